@@ -1,0 +1,487 @@
+#include <vhost/host/host.hpp>
+
+#include "config.hpp"
+#include "instance.hpp"
+#include "registry.hpp"
+#include "stages.hpp"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <mutex>
+#include <regex>
+#include <sstream>
+
+namespace vhost::host {
+
+std::string version() { return VHOST_VERSION; }
+std::string abi_version() { return std::to_string(VHOST_ABI_MAJOR) + "." + std::to_string(VHOST_ABI_MINOR); }
+
+static void ensure_logger() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    auto logger = spdlog::stderr_color_mt("vhost");
+    logger->set_pattern("[%H:%M:%S] [%^%l%$] %v");
+    spdlog::set_default_logger(logger);
+  });
+}
+
+void set_log_level(const std::string& level) {
+  ensure_logger();
+  static const std::vector<std::string> names = {"trace", "debug", "info", "warn", "error", "off"};
+  auto it = std::find(names.begin(), names.end(), level);
+  if (it == names.end())
+    throw Error("unknown log level '" + level + "' (use trace, debug, info, warn, error or off)");
+  spdlog::set_level(spdlog::level::from_str(level));
+}
+
+// ---- pipeline -------------------------------------------------------------------------------
+struct InstanceDecl {
+  std::string ref, kind, plugin;
+  std::shared_ptr<const LoadedPlugin> loaded;
+  json config;
+};
+
+struct StageDecl {
+  std::string id;
+  const StageType* type = nullptr;
+  json config;
+};
+
+struct Pipeline::Impl {
+  std::string name, source;
+  fs::path work_dir;
+  std::vector<std::string> order;
+  std::vector<InstanceDecl> instances;  // in declaration order
+  std::map<std::string, StageDecl> stages;
+  std::map<std::string, std::string> locations;
+  json resolved;
+};
+
+Pipeline::Pipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Pipeline::Pipeline(Pipeline&&) noexcept = default;
+Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
+Pipeline::~Pipeline() = default;
+const std::string& Pipeline::name() const { return impl_->name; }
+const std::string& Pipeline::source() const { return impl_->source; }
+std::vector<std::string> Pipeline::stages() const { return impl_->order; }
+fs::path Pipeline::work_dir() const { return impl_->work_dir; }
+json Pipeline::resolved() const { return impl_->resolved; }
+std::string Pipeline::where(const std::string& keypath) const {
+  auto it = impl_->locations.find(keypath);
+  return it == impl_->locations.end() ? std::string() : it->second;
+}
+
+// ---- host -----------------------------------------------------------------------------------
+struct Host::Impl {
+  HostOptions options;
+  std::vector<SearchDir> dirs;  // explicit, then standard
+};
+
+Host::Host(HostOptions options) : impl_(std::make_unique<Impl>()) {
+  ensure_logger();
+  impl_->options = std::move(options);
+  for (const auto& d : impl_->options.plugin_dirs) impl_->dirs.push_back({fs::absolute(d), "--plugin-dir"});
+  for (auto& d : standard_search_dirs(impl_->options.use_env_plugin_path, impl_->options.use_default_dirs))
+    impl_->dirs.push_back(std::move(d));
+  if (!impl_->options.env)
+    impl_->options.env = [](const std::string& name) -> std::optional<std::string> {
+      const char* v = std::getenv(name.c_str());
+      return v ? std::optional<std::string>(v) : std::nullopt;
+    };
+}
+
+Host::~Host() = default;
+
+std::vector<std::pair<fs::path, std::string>> Host::search_path() const {
+  std::vector<std::pair<fs::path, std::string>> out;
+  for (const auto& d : impl_->dirs) out.emplace_back(d.dir, d.origin);
+  return out;
+}
+
+std::vector<PluginInfo> Host::plugins() const {
+  Registry reg(impl_->dirs);
+  std::vector<PluginInfo> out;
+  for (const auto& c : reg.candidates()) {
+    PluginInfo info;
+    info.kind = c.kind;
+    info.name = c.name;
+    info.file = c.file;
+    info.origin = c.origin;
+    info.shadowed = c.shadowed;
+    try {
+      auto p = Registry::load(c);
+      info.version = p->desc->version;
+      info.description = p->desc->description ? p->desc->description : "";
+      info.abi = std::to_string(p->desc->abi_major) + "." + std::to_string(p->desc->abi_minor);
+      info.torch_abi = p->desc->torch_abi ? p->desc->torch_abi : "";
+      info.options = schema_to_json(p->schema);
+    } catch (const std::exception& e) {
+      info.error = e.what();
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+json Host::stage_types() {
+  json out = json::array();
+  for (const auto& t : vhost::host::stage_types())
+    out.push_back({{"type", t.type}, {"help", t.help}, {"options", schema_to_json(t.schema)}});
+  return out;
+}
+
+namespace {
+
+const std::vector<std::string> kSections = {"pipeline", "backends", "models", "datasets", "judges", "stages"};
+
+bool valid_id(const std::string& id) {
+  static const std::regex re("^[A-Za-z0-9][A-Za-z0-9_-]*$");
+  return std::regex_match(id, re);
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+Schema pipeline_schema() {
+  auto opt = [](std::string k, std::string t, std::optional<json> d, std::string h) {
+    OptionSpec s;
+    s.key = std::move(k);
+    s.type = std::move(t);
+    s.default_value = std::move(d);
+    s.help = std::move(h);
+    return s;
+  };
+  return {opt("name", "string", "", "the pipeline's name (default: the file's name)"),
+          opt("stages", "string_list", std::nullopt, "the stages to run, in order, e.g. [\"info\"]"),
+          opt("work_dir", "path", "", "where stages write their outputs (default: runs/NAME beside the file)"),
+          opt("plugin_dirs", "path_list", json::array(), "extra plugin folders, searched first")};
+}
+
+}  // namespace
+
+struct PipelineBuilder {
+  static Pipeline build(Document doc, const std::vector<std::string>& overrides, const HostOptions& options,
+                        const std::vector<SearchDir>& host_dirs);
+};
+
+Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& overrides,
+                                const HostOptions& options, const std::vector<SearchDir>& host_dirs) {
+  for (const auto& o : overrides) doc.apply_override(o);
+  Diagnostics diag;
+  doc.interpolate_env(options.env, diag);
+  diag.raise_if_any();
+
+  auto impl = std::make_unique<Pipeline::Impl>();
+  impl->source = doc.source_name();
+  const toml::table& root = doc.root();
+  json& resolved = impl->resolved;
+
+  for (auto&& [k, v] : root) {
+    std::string key(k.str());
+    if (std::find(kSections.begin(), kSections.end(), key) != kSections.end()) {
+      if (!v.is_table())
+        diag.error(doc.where(v, key), "'" + key + "' must be a table ([" + key + "]), not a " + toml_type_name(v));
+      continue;
+    }
+    std::string msg = "unknown key '" + key + "'";
+    std::string guess = did_you_mean(key, kSections);
+    if (!guess.empty()) msg += " (did you mean '" + guess + "'?)";
+    diag.error(doc.where(k.source(), key), msg + "; top-level tables are: " + join(kSections));
+  }
+
+  // [pipeline]
+  const toml::table* ptable = root.get_as<toml::table>("pipeline");
+  if (!ptable) {
+    diag.error(doc.source_name(), "missing [pipeline] table (it lists the stages to run: stages = [\"info\"])");
+    diag.raise_if_any();
+  }
+  json pconf = validate_table(doc, *ptable, "pipeline", pipeline_schema(), {}, diag, &impl->locations);
+  resolved["pipeline"] = pconf;
+  impl->name = pconf.value("name", "");
+  if (impl->name.empty()) {
+    fs::path src(doc.source_name());
+    impl->name = src.has_stem() && src.stem().string()[0] != '<' ? src.stem().string() : "pipeline";
+    resolved["pipeline"]["name"] = impl->name;
+  }
+  std::string wd = pconf.value("work_dir", "");
+  impl->work_dir = wd.empty() ? (doc.base_dir() / "runs" / impl->name) : fs::path(wd);
+  resolved["pipeline"]["work_dir"] = impl->work_dir.string();
+
+  // Plugin search path: the pipeline's plugin_dirs first, then the host's.
+  std::vector<SearchDir> dirs;
+  for (const auto& d : pconf.value("plugin_dirs", json::array()))
+    dirs.push_back({fs::path(d.get<std::string>()), "plugin_dirs"});
+  dirs.insert(dirs.end(), host_dirs.begin(), host_dirs.end());
+  Registry registry(dirs);
+  auto search_text = [&] {
+    std::string s;
+    for (const auto& d : dirs) s += "\n    " + d.dir.string() + " (" + d.origin + ")";
+    return s;
+  };
+
+  // [backends.X], [models.X], [datasets.X], [judges.X]
+  for (const std::string kind : {VHOST_KIND_BACKEND, VHOST_KIND_MODEL, VHOST_KIND_DATASET, VHOST_KIND_JUDGE}) {
+    std::string section = kind_section(kind);
+    const toml::table* sec = root.get_as<toml::table>(section);
+    if (!sec) continue;
+    for (auto&& [k, v] : *sec) {
+      std::string id(k.str());
+      std::string ref = section + "." + id;
+      if (!valid_id(id)) {
+        diag.error(doc.where(k.source(), ref), "'" + id + "' is not a valid instance name (letters, digits, _ and -)");
+        continue;
+      }
+      const toml::table* t = v.as_table();
+      if (!t) {
+        diag.error(doc.where(v, ref), ref + ": expected a table ([" + ref + "]) with plugin = \"...\", got " +
+                                          toml_type_name(v));
+        continue;
+      }
+      const toml::node* pn = t->get("plugin");
+      if (!pn) {
+        diag.error(doc.where(*t, ref), "missing required key '" + ref + ".plugin' (which " + kind +
+                                           " plugin to use; available: " + join(registry.names(kind)) + ")");
+        continue;
+      }
+      if (!pn->is_string()) {
+        diag.error(doc.where(*pn, ref + ".plugin"), ref + ".plugin: expected a string, got " + toml_type_name(*pn));
+        continue;
+      }
+      InstanceDecl decl;
+      decl.ref = ref;
+      decl.kind = kind;
+      decl.plugin = pn->as_string()->get();
+      std::string at = doc.where(*pn, ref + ".plugin");
+      impl->locations[ref + ".plugin"] = at;
+      const Candidate* c = registry.find(kind, decl.plugin);
+      if (!c) {
+        auto names = registry.names(kind);
+        std::string msg = ref + ".plugin: no " + kind + " plugin named '" + decl.plugin + "'";
+        std::string guess = did_you_mean(decl.plugin, names);
+        if (!guess.empty()) msg += " (did you mean '" + guess + "'?)";
+        msg += "; available: " + (names.empty() ? std::string("none") : join(names)) +
+               "; searched (file names vhost_" + kind + "_NAME.so):" + search_text();
+        diag.error(at, msg);
+        continue;
+      }
+      try {
+        decl.loaded = Registry::load(*c);
+      } catch (const PluginError& e) {
+        diag.error(at, ref + ".plugin: " + e.what());
+        continue;
+      }
+      decl.config = validate_table(doc, *t, ref, decl.loaded->schema, {"plugin"}, diag, &impl->locations);
+      resolved[section][id] = decl.config;
+      resolved[section][id]["plugin"] = decl.plugin;
+      impl->instances.push_back(std::move(decl));
+    }
+  }
+  auto declared = [&](const std::string& ref) {
+    for (const auto& d : impl->instances)
+      if (d.ref == ref) return true;
+    return false;
+  };
+
+  // [stages.X], in the order pipeline.stages gives.
+  const toml::table* stables = root.get_as<toml::table>("stages");
+  impl->order = pconf.value("stages", std::vector<std::string>{});
+  std::set<std::string> seen;
+  for (std::size_t i = 0; i < impl->order.size(); ++i) {
+    const std::string& id = impl->order[i];
+    std::string at = impl->locations.count("pipeline.stages") ? impl->locations["pipeline.stages"] : doc.source_name();
+    if (!valid_id(id)) {
+      diag.error(at, "pipeline.stages[" + std::to_string(i) + "]: '" + id + "' is not a valid stage name");
+      continue;
+    }
+    if (!seen.insert(id).second) {
+      diag.error(at, "pipeline.stages: '" + id + "' is listed twice");
+      continue;
+    }
+    std::string sref = "stages." + id;
+    const toml::table* st = stables ? stables->get_as<toml::table>(id) : nullptr;
+    if (stables && stables->get(id) && !st) {
+      diag.error(doc.where(*stables->get(id), sref), sref + ": expected a table");
+      continue;
+    }
+    toml::table empty;
+    const toml::table& t = st ? *st : empty;
+    std::string type = id;
+    if (const toml::node* tn = t.get("type")) {
+      if (!tn->is_string()) {
+        diag.error(doc.where(*tn, sref + ".type"), sref + ".type: expected a string");
+        continue;
+      }
+      type = tn->as_string()->get();
+    }
+    const StageType* stype = find_stage_type(type);
+    if (!stype) {
+      std::vector<std::string> names;
+      for (const auto& s : stage_types()) names.push_back(s.type);
+      std::string where = t.get("type") ? doc.where(*t.get("type"), sref + ".type") : at;
+      std::string msg = (t.get("type") ? sref + ".type" : "pipeline.stages") + ": unknown stage type '" + type + "'";
+      std::string guess = did_you_mean(type, names);
+      if (!guess.empty()) msg += " (did you mean '" + guess + "'?)";
+      diag.error(where, msg + "; known types: " + join(names) +
+                            (t.get("type") ? "" : " (or add [" + sref + "] with type = \"...\")"));
+      continue;
+    }
+    StageDecl sd;
+    sd.id = id;
+    sd.type = stype;
+    sd.config = validate_table(doc, t, sref, stype->schema, {"type"}, diag, &impl->locations);
+    // Resolve references to instances.
+    for (const auto& [key, kind] : stype->refs) {
+      std::string section = kind_section(kind);
+      std::string val = sd.config.value(key, "");
+      std::string kat = impl->locations.count(sref + "." + key) ? impl->locations[sref + "." + key]
+                        : st                                   ? doc.where(*st, sref)
+                                                               : at;
+      if (val.empty()) {
+        std::vector<std::string> all;
+        for (const auto& d : impl->instances)
+          if (d.kind == kind) all.push_back(d.ref.substr(section.size() + 1));
+        if (all.size() == 1) {
+          sd.config[key] = section + "." + all[0];
+        } else if (all.empty()) {
+          diag.error(kat, sref + ": this " + type + " stage needs a " + kind + ": declare one under [" + section + ".NAME]");
+        } else {
+          diag.error(kat, sref + "." + key + ": several " + section + " are declared (" + join(all) +
+                              "); say which one this stage uses");
+        }
+      } else if (!declared(section + "." + val)) {
+        diag.error(kat, sref + "." + key + ": no [" + section + "." + val + "] is declared");
+      } else {
+        sd.config[key] = section + "." + val;
+      }
+    }
+    for (const auto& key : stype->ref_lists) {
+      for (const auto& r : sd.config.value(key, json::array())) {
+        if (!declared(r.get<std::string>())) {
+          std::string kat = impl->locations.count(sref + "." + key) ? impl->locations[sref + "." + key] : at;
+          diag.error(kat, sref + "." + key + ": '" + r.get<std::string>() +
+                              "' is not a declared instance (write it as section.name, e.g. backends.cpu)");
+        }
+      }
+    }
+    resolved["stages"][id] = sd.config;
+    resolved["stages"][id]["type"] = type;
+    impl->stages[id] = std::move(sd);
+  }
+  if (stables) {
+    for (auto&& [k, v] : *stables) {
+      std::string id(k.str());
+      if (!seen.count(id))
+        diag.error(doc.where(k.source(), "stages." + id),
+                   "stage '" + id + "' is defined but not listed in pipeline.stages (add it there, or remove it)");
+    }
+  }
+  diag.raise_if_any();
+  return Pipeline(std::move(impl));
+}
+
+Pipeline Host::load_file(const fs::path& file, const std::vector<std::string>& overrides) const {
+  return PipelineBuilder::build(Document::from_file(file), overrides, impl_->options, impl_->dirs);
+}
+
+Pipeline Host::load_string(const std::string& toml, const std::string& source_name,
+                           const std::vector<std::string>& overrides, const fs::path& base_dir) const {
+  return PipelineBuilder::build(Document::from_string(toml, source_name, base_dir), overrides, impl_->options, impl_->dirs);
+}
+
+static std::string now_iso8601() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  std::ostringstream ss;
+  ss << std::put_time(&tm, "%Y-%m-%dT%H:%M:%SZ");
+  return ss.str();
+}
+
+RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
+  // Instance ids are process-wide for find_extension; one run at a time keeps them unambiguous.
+  static std::mutex run_mutex;
+  std::lock_guard<std::mutex> lock(run_mutex);
+  const Pipeline::Impl& p = *pipeline.impl_;
+  std::ostream& out = options.out ? *options.out : std::cout;
+  for (const auto& o : options.only)
+    if (!p.stages.count(o)) throw ConfigError("--only " + o + ": no stage '" + o + "' in pipeline.stages (" + join(p.order) + ")");
+
+  RunResult result;
+  result.pipeline = p.name;
+  result.work_dir = p.work_dir;
+  result.report = p.work_dir / "run.json";
+  std::error_code ec;
+  fs::create_directories(p.work_dir, ec);
+  if (ec) throw Error("cannot create work_dir " + p.work_dir.string() + ": " + ec.message());
+
+  std::map<std::string, std::unique_ptr<Instance>> live;
+  std::vector<std::string> created;  // destroyed in reverse order of creation
+  std::vector<std::string> declared;
+  for (const auto& d : p.instances) declared.push_back(d.ref);
+  auto get_instance = [&](const std::string& ref) -> Instance& {
+    auto it = live.find(ref);
+    if (it != live.end()) return *it->second;
+    for (const auto& d : p.instances) {
+      if (d.ref != ref) continue;
+      spdlog::debug("creating {} ({})", ref, d.loaded->label());
+      auto inst = std::make_unique<Instance>(d.loaded, ref, d.config, p.locations, p.source);
+      created.push_back(ref);
+      return *(live[ref] = std::move(inst));
+    }
+    throw Error("no instance '" + ref + "' in this pipeline");
+  };
+
+  json report = {{"pipeline", p.name}, {"source", p.source}, {"vhost", version()}, {"started", now_iso8601()},
+                 {"stages", json::array()}, {"status", "running"}};
+  auto write_report = [&] {
+    std::ofstream f(result.report);
+    f << report.dump(2) << "\n";
+    if (!f) spdlog::warn("could not write {}", result.report.string());
+  };
+  auto teardown = [&] {
+    for (auto it = created.rbegin(); it != created.rend(); ++it) live.erase(*it);
+  };
+
+  for (const auto& id : p.order) {
+    if (!options.only.empty() && std::find(options.only.begin(), options.only.end(), id) == options.only.end())
+      continue;
+    const StageDecl& sd = p.stages.at(id);
+    spdlog::info("stage '{}' ({})", id, sd.type->type);
+    StageContext ctx{id, sd.config, p.work_dir, out, declared, get_instance};
+    auto t0 = std::chrono::steady_clock::now();
+    StageResult r{id, sd.type->type, 0, json()};
+    try {
+      r.output = sd.type->run(ctx);
+    } catch (const std::exception& e) {
+      r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      report["stages"].push_back({{"id", id}, {"type", r.type}, {"seconds", r.seconds}, {"error", e.what()}});
+      report["status"] = "failed";
+      report["finished"] = now_iso8601();
+      write_report();
+      teardown();
+      if (dynamic_cast<const ConfigError*>(&e)) throw ConfigError(e.what());
+      throw Error("stage '" + id + "' (" + r.type + ") failed: " + e.what());
+    }
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    spdlog::info("stage '{}' done in {:.2f} s", id, r.seconds);
+    report["stages"].push_back({{"id", id}, {"type", r.type}, {"seconds", r.seconds}, {"output", r.output}});
+    result.stages.push_back(std::move(r));
+  }
+  teardown();
+  report["status"] = "ok";
+  report["finished"] = now_iso8601();
+  write_report();
+  return result;
+}
+
+}  // namespace vhost::host

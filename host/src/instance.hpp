@@ -1,0 +1,41 @@
+// Internal: one live plugin instance, and the calls into its C tables, with every status turned
+// into an exception that names the plugin, its file and (for configuration errors) the key.
+#pragma once
+
+#include "config.hpp"
+#include "registry.hpp"
+
+#include <map>
+#include <memory>
+#include <string>
+
+namespace vhost::host {
+
+class Instance {
+ public:
+  // `locations` maps full key paths ("judges.gpt4.model") to where they were written.
+  Instance(std::shared_ptr<const LoadedPlugin> plugin, std::string id, json config,
+           std::map<std::string, std::string> locations, std::string source_name);
+  ~Instance();
+  Instance(const Instance&) = delete;
+  Instance& operator=(const Instance&) = delete;
+
+  const LoadedPlugin& plugin() const { return *plugin_; }
+  const std::string& id() const { return id_; }
+  json describe();
+  const void* extension(const std::string& name);
+  // The judge kind's one call.
+  json judge_complete(const json& request);
+
+ private:
+  template <class Iface>
+  const Iface* iface(std::size_t needed_size, const char* slot) const;
+  void check(vhost_status* s, const std::string& what) const;
+  std::shared_ptr<const LoadedPlugin> plugin_;
+  std::string id_;
+  std::map<std::string, std::string> locations_;
+  std::string source_name_;
+  void* self_ = nullptr;
+};
+
+}  // namespace vhost::host

@@ -1,0 +1,39 @@
+// Internal: the stage types the host runs. A stage orchestrates plugin instances through their
+// kind tables; it never knows which plugin implements them.
+#pragma once
+
+#include "config.hpp"
+#include "instance.hpp"
+
+#include <functional>
+#include <map>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace vhost::host {
+
+struct StageContext {
+  std::string id;
+  json config;  // validated; instance references resolved to full ids ("judges.gpt4")
+  fs::path work_dir;
+  std::ostream& out;
+  std::vector<std::string> declared;                    // every instance id in the pipeline
+  std::function<Instance&(const std::string&)> instance;  // created on first use, kept for the run
+};
+
+struct StageType {
+  std::string type, help;
+  Schema schema;
+  // Options that name an instance, and the kind it must be. An empty value means "the only
+  // instance of that kind" and is an error when there are none or several.
+  std::map<std::string, std::string> refs;
+  // Options holding lists of instance ids ("backends.cpu"), any kind.
+  std::vector<std::string> ref_lists;
+  std::function<json(StageContext&)> run;
+};
+
+const std::vector<StageType>& stage_types();
+const StageType* find_stage_type(const std::string& type);
+
+}  // namespace vhost::host

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs vhost's build and test dependencies from Debian 12 packages. Idempotent: packages
+# already present are not fetched again, and apt is not touched at all when nothing is missing.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake ninja-build ccache pkg-config git
+  python3                 # test scripts
+  libtorch-dev            # tensors and autograd (1.13 on Debian; CUDA hosts bring 2.x)
+  libboost-dev            # Boost.DLL: plugin loading (header-only with std::filesystem)
+  libtomlplusplus-dev     # pipeline files
+  nlohmann-json3-dev      # JSON (configs of checkpoints, API bodies, reports)
+  libcli11-dev            # command line
+  libspdlog-dev           # logging
+  libsentencepiece-dev    # tokenizer
+  libcpp-httplib-dev      # HTTP server and client
+  catch2                  # tests
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

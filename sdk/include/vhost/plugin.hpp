@@ -1,0 +1,307 @@
+// The C++17 layer for plugin authors, on top of the C ABI in vhost/c/vhost.h.
+//
+// A plugin is one class deriving from a kind's base (vhost::Backend, vhost::Judge, ...), with
+//   static std::vector<vhost::Option> options();   // its configuration schema
+//   explicit MyPlugin(const vhost::Config&);        // throws vhost::ConfigError on bad values
+// and one line:  VHOST_PLUGIN(MyPlugin, "name", "1.0.0", "One-line description")
+//
+// Everything here compiles into the plugin: exceptions thrown by the plugin become status
+// objects at the boundary, JSON is exchanged as text, and nothing of this header's types
+// reaches the host. Only `vhost_plugin_entry` is exported.
+#pragma once
+
+#include <vhost/c/vhost.h>
+
+#include <boost/dll/alias.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#if defined(VHOST_PLUGIN_USES_TORCH)
+#include <vhost/torch/abi.hpp>
+#endif
+
+namespace vhost {
+
+using json = nlohmann::json;
+
+// An error with a vhost_code and, for configuration problems, the key it is about.
+class Error : public std::runtime_error {
+ public:
+  Error(vhost_code code, const std::string& message, std::string key = {})
+      : std::runtime_error(message), code_(code), key_(std::move(key)) {}
+  vhost_code code() const noexcept { return code_; }
+  const std::string& key() const noexcept { return key_; }
+
+ private:
+  vhost_code code_;
+  std::string key_;
+};
+
+// A configuration value the plugin cannot use; the host reports it at the key's file:line:col.
+class ConfigError : public Error {
+ public:
+  ConfigError(std::string key, const std::string& message)
+      : Error(VHOST_ERR_CONFIG, message, std::move(key)) {}
+};
+
+// One entry of a plugin's configuration schema. Build with the static helpers:
+//   Option::integer("threads", 0, "CPU threads (0: all cores)").range(0, 1024)
+struct Option {
+  std::string key, type, help;
+  std::optional<json> default_value;  // empty: required
+  std::optional<double> min, max;
+  std::vector<std::string> choices;
+
+  static Option make(std::string key, std::string type, std::optional<json> def, std::string help) {
+    Option o;
+    o.key = std::move(key);
+    o.type = std::move(type);
+    o.default_value = std::move(def);
+    o.help = std::move(help);
+    return o;
+  }
+  static Option string(std::string key, std::optional<std::string> def, std::string help) {
+    return make(std::move(key), "string", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
+  }
+  // A filesystem path; a relative path is resolved against the pipeline file's directory.
+  static Option path(std::string key, std::optional<std::string> def, std::string help) {
+    return make(std::move(key), "path", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
+  }
+  static Option integer(std::string key, std::optional<std::int64_t> def, std::string help) {
+    return make(std::move(key), "integer", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
+  }
+  static Option number(std::string key, std::optional<double> def, std::string help) {
+    return make(std::move(key), "float", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
+  }
+  static Option boolean(std::string key, std::optional<bool> def, std::string help) {
+    return make(std::move(key), "boolean", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
+  }
+  static Option string_list(std::string key, std::optional<std::vector<std::string>> def, std::string help) {
+    return make(std::move(key), "string_list", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
+  }
+  // A free-form sub-table, passed to the plugin as a JSON object without checking its keys.
+  static Option table(std::string key, std::string help) {
+    return make(std::move(key), "table", json::object(), std::move(help));
+  }
+  Option&& range(double lo, double hi) && {
+    min = lo;
+    max = hi;
+    return std::move(*this);
+  }
+  Option&& one_of(std::vector<std::string> c) && {
+    choices = std::move(c);
+    return std::move(*this);
+  }
+
+  json to_json() const {
+    json j = {{"key", key}, {"type", type}, {"help", help}};
+    if (default_value) j["default"] = *default_value;
+    if (min) j["min"] = *min;
+    if (max) j["max"] = *max;
+    if (!choices.empty()) j["choices"] = choices;
+    return j;
+  }
+};
+
+// The validated configuration a plugin receives: every option present, defaults filled in.
+class Config {
+ public:
+  explicit Config(json j) : j_(std::move(j)) {}
+  // The instance's id in the pipeline, e.g. "backends.cpu".
+  std::string id() const { return j_.value("_id", std::string{}); }
+  bool has(std::string_view dotted) const { return find(dotted) != nullptr; }
+  template <class T>
+  T get(std::string_view dotted) const {
+    const json* v = find(dotted);
+    if (!v) throw ConfigError(std::string(dotted), "missing configuration key");
+    try {
+      return v->get<T>();
+    } catch (const json::exception&) {
+      throw ConfigError(std::string(dotted), "has the wrong type (" + std::string(v->type_name()) + ")");
+    }
+  }
+  const json& raw() const { return j_; }
+
+ private:
+  const json* find(std::string_view dotted) const {
+    const json* cur = &j_;
+    while (true) {
+      auto dot = dotted.find('.');
+      auto part = std::string(dotted.substr(0, dot));
+      if (!cur->is_object()) return nullptr;
+      auto it = cur->find(part);
+      if (it == cur->end()) return nullptr;
+      cur = &*it;
+      if (dot == std::string_view::npos) return cur;
+      dotted.remove_prefix(dot + 1);
+    }
+  }
+  json j_;
+};
+
+// ---- kind bases --------------------------------------------------------------------------
+class Plugin {
+ public:
+  virtual ~Plugin() = default;
+  // A JSON object describing the live instance, shown by the `info` stage.
+  virtual json describe() const { return json::object(); }
+  // Named extension tables (see vhost_plugin_desc::get_extension). Default: none.
+  virtual const void* extension(std::string_view /*name*/) { return nullptr; }
+};
+
+class Backend : public Plugin {};
+class Model : public Plugin {};
+class Dataset : public Plugin {};
+class Judge : public Plugin {
+ public:
+  // Thread-safe: called concurrently. See vhost_judge_iface for the request/reply shapes.
+  virtual json complete(const json& request) = 0;
+};
+
+namespace detail {
+// One copy per plugin library (the SDK is compiled into each with hidden visibility).
+inline const vhost_host_api*& host_api() {
+  static const vhost_host_api* api = nullptr;
+  return api;
+}
+inline std::string& plugin_name() {
+  static std::string name;
+  return name;
+}
+}  // namespace detail
+
+// Logging through the host, so every plugin's lines look alike and obey --log-level.
+inline void log(vhost_log_level level, const std::string& message) {
+  if (auto* h = detail::host_api()) h->log(level, detail::plugin_name().c_str(), message.c_str());
+}
+
+// Another instance's extension table, e.g. a backend's "torch.backend" for a model plugin.
+inline const void* find_extension(const std::string& instance_ref, const std::string& name) {
+  auto* h = detail::host_api();
+  if (!h) return nullptr;
+#if defined(VHOST_PLUGIN_USES_TORCH)
+  const char* abi = VHOST_TORCH_ABI;
+#else
+  const char* abi = nullptr;
+#endif
+  return h->find_extension(instance_ref.c_str(), name.c_str(), abi);
+}
+
+namespace detail {
+
+template <class F>
+vhost_status* guard(F&& f) noexcept {
+  const vhost_host_api* h = host_api();
+  try {
+    f();
+    return nullptr;
+  } catch (const Error& e) {
+    return h->status_new(e.code(), e.what(), e.key().empty() ? nullptr : e.key().c_str());
+  } catch (const std::exception& e) {
+    return h->status_new(VHOST_ERR_INTERNAL, e.what(), nullptr);
+  } catch (...) {
+    return h->status_new(VHOST_ERR_INTERNAL, "unknown exception", nullptr);
+  }
+}
+
+inline void write(vhost_sink* sink, const std::string& s) { sink->write(sink->ctx, s.data(), s.size()); }
+inline Plugin* self(void* p) { return static_cast<Plugin*>(p); }
+
+template <class T>
+constexpr const char* kind_of() {
+  if constexpr (std::is_base_of_v<Backend, T>) return VHOST_KIND_BACKEND;
+  else if constexpr (std::is_base_of_v<Model, T>) return VHOST_KIND_MODEL;
+  else if constexpr (std::is_base_of_v<Dataset, T>) return VHOST_KIND_DATASET;
+  else if constexpr (std::is_base_of_v<Judge, T>) return VHOST_KIND_JUDGE;
+  else static_assert(std::is_base_of_v<Judge, T>, "a plugin derives from vhost::Backend, Model, Dataset or Judge");
+}
+
+template <class T>
+const void* kind_iface() {
+  if constexpr (std::is_base_of_v<Judge, T>) {
+    static const vhost_judge_iface iface = {
+        sizeof(vhost_judge_iface),
+        [](void* s, const char* request, vhost_sink* reply) {
+          return guard([&] {
+            auto r = static_cast<Judge*>(self(s))->complete(json::parse(request));
+            write(reply, r.dump());
+          });
+        }};
+    return &iface;
+  } else if constexpr (std::is_base_of_v<Backend, T>) {
+    static const vhost_backend_iface iface = {sizeof(vhost_backend_iface)};
+    return &iface;
+  } else if constexpr (std::is_base_of_v<Model, T>) {
+    static const vhost_model_iface iface = {sizeof(vhost_model_iface)};
+    return &iface;
+  } else {
+    static const vhost_dataset_iface iface = {sizeof(vhost_dataset_iface)};
+    return &iface;
+  }
+}
+
+template <class T>
+const vhost_plugin_desc* describe_plugin(const vhost_host_api* host, const char* name,
+                                         const char* version, const char* description) {
+  host_api() = host;
+  plugin_name() = name;
+  static std::string options = [] {
+    json arr = json::array();
+    for (const Option& o : T::options()) arr.push_back(o.to_json());
+    return arr.dump();
+  }();
+  static vhost_plugin_desc d = [&] {
+    vhost_plugin_desc x{};
+    x.struct_size = sizeof(vhost_plugin_desc);
+    x.abi_major = VHOST_ABI_MAJOR;
+    x.abi_minor = VHOST_ABI_MINOR;
+    x.name = name;
+    x.kind = kind_of<T>();
+    x.version = version;
+    x.description = description;
+#if defined(VHOST_PLUGIN_USES_TORCH)
+    x.torch_abi = VHOST_TORCH_ABI;
+#else
+    x.torch_abi = nullptr;
+#endif
+    x.options_json = options.c_str();
+    x.create = [](const char* config, void** out) {
+      *out = nullptr;
+      return guard([&] { *out = static_cast<Plugin*>(new T(Config(json::parse(config)))); });
+    };
+    x.destroy = [](void* s) { delete self(s); };
+    x.describe = [](void* s, vhost_sink* out) {
+      return guard([&] { write(out, self(s)->describe().dump()); });
+    };
+    x.kind_iface = kind_iface<T>();
+    x.get_extension = [](void* s, const char* n) -> const void* {
+      try {
+        return self(s)->extension(n);
+      } catch (...) {
+        return nullptr;
+      }
+    };
+    return x;
+  }();
+  return &d;
+}
+
+}  // namespace detail
+}  // namespace vhost
+
+// Exports the plugin through Boost.DLL under the one symbol the host looks for. Use once, at
+// global scope, in one source file of the plugin.
+#define VHOST_PLUGIN(Class, name, version, description)                                     \
+  namespace vhost_plugin_generated {                                                          \
+  inline const vhost_plugin_desc* entry(const vhost_host_api* host) {                         \
+    return ::vhost::detail::describe_plugin<Class>(host, name, version, description);         \
+  }                                                                                           \
+  }                                                                                           \
+  BOOST_DLL_ALIAS(vhost_plugin_generated::entry, vhost_plugin_entry)

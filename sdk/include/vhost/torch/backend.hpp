@@ -1,0 +1,30 @@
+// The "torch.backend" extension: what a backend plugin hands a model plugin, in libtorch types.
+// Only exchanged between plugins with identical VHOST_TORCH_ABI strings (the host checks).
+//
+//   auto* be = static_cast<const vhost::torch_ext::Backend*>(
+//       vhost::find_extension(cfg.get<std::string>("backend"), vhost::torch_ext::kBackend));
+#pragma once
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+namespace vhost::torch_ext {
+
+inline constexpr const char* kBackend = "torch.backend";
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // Where tensors live and compute runs.
+  virtual c10::Device device() const = 0;
+  // The dtype weights and activations use on this backend (float32, bfloat16, float16).
+  virtual c10::ScalarType dtype() const = 0;
+  // The seed the backend set; plugins derive their own generators from it.
+  virtual std::uint64_t seed() const = 0;
+  // Threads for intra-op parallelism.
+  virtual int threads() const = 0;
+};
+
+}  // namespace vhost::torch_ext

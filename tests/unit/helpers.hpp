@@ -1,0 +1,106 @@
+#pragma once
+
+#include <vhost/host/host.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+
+namespace fs = std::filesystem;
+namespace vh = vhost::host;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+
+// A fresh, empty scratch folder for one test.
+inline fs::path scratch(const std::string& name) {
+  fs::path p = fs::path(VHOST_TEST_TMP_DIR) / name;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+inline void write_file(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p) << text;
+}
+
+inline std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A host that sees only the given folders: no VHOST_PLUGIN_PATH, no build or install tree.
+inline vh::HostOptions only_dirs(std::vector<fs::path> dirs, std::map<std::string, std::string> env = {}) {
+  vh::HostOptions o;
+  o.plugin_dirs = std::move(dirs);
+  o.use_env_plugin_path = false;
+  o.use_default_dirs = false;
+  o.env = [env](const std::string& k) -> std::optional<std::string> {
+    auto it = env.find(k);
+    return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
+  };
+  return o;
+}
+
+// The message of the vhost::host::Error the callable throws; fails the test if it throws none.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const vh::Error& e) {
+    return e.what();
+  }
+  FAIL("expected a vhost::host::Error");
+  return {};
+}
+
+template <class F>
+std::string config_error_of(F&& f) {
+  try {
+    f();
+  } catch (const vh::ConfigError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    FAIL("expected a ConfigError, got: " << e.what());
+  }
+  FAIL("expected a ConfigError");
+  return {};
+}
+
+struct EnvVar {
+  std::string name;
+  EnvVar(std::string n, const std::string& value) : name(std::move(n)) { setenv(name.c_str(), value.c_str(), 1); }
+  ~EnvVar() { unsetenv(name.c_str()); }
+};
+
+struct CmdResult {
+  int rc;
+  std::string out;  // stdout and stderr together
+};
+
+inline CmdResult run_cmd(const std::string& cmd) {
+  CmdResult r{-1, {}};
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int status = pclose(p);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// A minimal pipeline around one echo judge; `judge_body` adds lines to [judges.e].
+inline std::string echo_pipeline(const std::string& judge_body = "", const std::string& stage = "probe") {
+  return "[pipeline]\nstages = [\"" + stage + "\"]\nwork_dir = \"" + std::string(VHOST_TEST_TMP_DIR) +
+         "/runs\"\n\n[judges.e]\nplugin = \"echo\"\nmodel = \"m\"\n" + judge_body;
+}

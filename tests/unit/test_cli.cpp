@@ -1,0 +1,88 @@
+// The vhost executable: exit codes, messages, the report line.
+#include "helpers.hpp"
+
+static std::string vhost_cmd(const std::string& args) {
+  return std::string("VHOST_PLUGIN_PATH= ") + VHOST_BIN + " " + args;
+}
+
+TEST_CASE("vhost version and usage errors", "[cli]") {
+  auto r = run_cmd(vhost_cmd("version"));
+  CHECK(r.rc == 0);
+  CHECK_THAT(r.out, Contains("plugin ABI 1.0"));
+  r = run_cmd(vhost_cmd("frobnicate"));
+  CHECK(r.rc == 2);
+  r = run_cmd(vhost_cmd("run"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("file is required"));
+  r = run_cmd(vhost_cmd("run /nonexistent/p.toml"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("/nonexistent/p.toml: cannot open pipeline file"));
+  r = run_cmd(vhost_cmd("--log-level loud version"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("--log-level: loud not in {trace,debug,info,warn,error,off}"));
+}
+
+TEST_CASE("vhost validate reports every problem with its position and exits 2", "[cli]") {
+  fs::path dir = scratch("cli-validate");
+  write_file(dir / "bad.toml", "[pipeline]\nstages = [\"probe\"]\n\n[judges.e]\nplugin = \"echo\"\nmodle = \"x\"\n");
+  auto r = run_cmd(vhost_cmd("--plugin-dir " + std::string(VHOST_TEST_PLUGIN_DIR) + " validate " + (dir / "bad.toml").string()));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains((dir / "bad.toml").string() + ":4:1: missing required key 'judges.e.model'"));
+  CHECK_THAT(r.out, Contains((dir / "bad.toml").string() + ":6:1: unknown key 'judges.e.modle' (did you mean 'model'?)"));
+
+  write_file(dir / "good.toml", "[pipeline]\nstages = [\"probe\"]\n\n[judges.e]\nplugin = \"echo\"\nmodel = \"x\"\n");
+  r = run_cmd(vhost_cmd("validate " + (dir / "good.toml").string() + " --plugin-dir " + VHOST_TEST_PLUGIN_DIR +
+                        " --print --set judges.e.prefix=P"));
+  CHECK(r.rc == 0);
+  CHECK_THAT(r.out, Contains("\"prefix\": \"P\""));
+  CHECK_THAT(r.out, Contains("good.toml: ok (1 stage)"));
+}
+
+TEST_CASE("vhost run ends with where its report is", "[cli]") {
+  fs::path dir = scratch("cli-run");
+  write_file(dir / "p.toml", "[pipeline]\nstages = [\"probe\"]\n[judges.e]\nplugin = \"echo\"\nmodel = \"x\"\n"
+                             "[stages.probe]\nprompt = \"ping\"\n");
+  auto r = run_cmd(vhost_cmd("run " + (dir / "p.toml").string() + " --plugin-dir " + VHOST_TEST_PLUGIN_DIR +
+                             " --set judges.e.prefix=pong: --log-level warn"));
+  CHECK(r.rc == 0);
+  CHECK_THAT(r.out, Contains("pong:ping"));
+  fs::path report = dir / "runs" / "p" / "run.json";
+  CHECK_THAT(r.out, Contains("report: " + report.string() + "\n"));
+  CHECK(r.out.substr(r.out.rfind("report: ")) == "report: " + report.string() + "\n");
+  CHECK(nlohmann::json::parse(read_file(report))["status"] == "ok");
+
+  r = run_cmd(vhost_cmd("run " + (dir / "p.toml").string() + " --plugin-dir " + VHOST_TEST_PLUGIN_DIR +
+                        " --set stages.probe.prompt=FAIL"));
+  CHECK(r.rc == 1);
+  CHECK_THAT(r.out, Contains("error: stage 'probe' (probe) failed"));
+}
+
+TEST_CASE("vhost plugins lists what it finds, including what it cannot use", "[cli]") {
+  auto r = run_cmd(vhost_cmd("plugins --json --plugin-dir " + std::string(VHOST_TEST_BAD_PLUGIN_DIR) +
+                             " --plugin-dir " + VHOST_TEST_PLUGIN_DIR));
+  REQUIRE(r.rc == 0);
+  auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  std::map<std::string, nlohmann::json> by_name;
+  for (const auto& p : j["plugins"]) by_name[p["name"]] = p;
+  CHECK(by_name["echo"]["error"] == "");
+  CHECK(by_name["echo"]["origin"] == "--plugin-dir");
+  CHECK(by_name["echo"]["options"][0]["key"] == "model");
+  CHECK_THAT(by_name["future"]["error"].get<std::string>(), Contains("ABI 2.0"));
+  CHECK(j["search_path"][0]["dir"] == VHOST_TEST_BAD_PLUGIN_DIR);
+
+  r = run_cmd(vhost_cmd("plugins -v --plugin-dir " + std::string(VHOST_TEST_BAD_PLUGIN_DIR)));
+  CHECK(r.rc == 0);
+  CHECK_THAT(r.out, Contains("judge  garbage  UNUSABLE"));
+}
+
+#if VHOST_HAVE_TORCH
+TEST_CASE("the quickstart pipeline runs", "[cli][demo]") {
+  fs::path dir = scratch("cli-quickstart");
+  auto r = run_cmd(vhost_cmd("run " + std::string(VHOST_SOURCE_DIR) + "/examples/quickstart.toml --set pipeline.work_dir=" +
+                             dir.string()));
+  INFO(r.out);
+  CHECK(r.rc == 0);
+  CHECK_THAT(r.out, Contains("device: cpu"));
+  CHECK_THAT(r.out, Contains("report: " + (dir / "run.json").string()));
+}
+#endif
