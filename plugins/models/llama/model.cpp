@@ -1,0 +1,284 @@
+#include "model.hpp"
+
+#include "safetensors.hpp"
+
+#include <vhost/plugin.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+
+namespace vhost::llama {
+
+namespace fs = std::filesystem;
+
+torch::ScalarType dtype_from_name(const std::string& name) {
+  if (name == "float32" || name == "float") return torch::kFloat32;
+  if (name == "bfloat16") return torch::kBFloat16;
+  if (name == "float16" || name == "half") return torch::kFloat16;
+  throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "unknown dtype '" + name + "' (float32, bfloat16, float16)");
+}
+
+std::string dtype_name(torch::ScalarType t) {
+  if (t == torch::kFloat32) return "float32";
+  if (t == torch::kBFloat16) return "bfloat16";
+  if (t == torch::kFloat16) return "float16";
+  return c10::toString(t);
+}
+
+KVCache KVCache::create(const LlamaConfig& cfg, int64_t batch, int64_t capacity, const torch::TensorOptions& opts) {
+  KVCache c;
+  c.capacity = capacity;
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    c.k.push_back(torch::empty({batch, cfg.num_key_value_heads, capacity, cfg.head_dim()}, opts));
+    c.v.push_back(torch::empty({batch, cfg.num_key_value_heads, capacity, cfg.head_dim()}, opts));
+  }
+  return c;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> LlamaModel::expected_tensors(const LlamaConfig& c) {
+  const int64_t d = c.hidden_size, hd = c.head_dim(), f = c.intermediate_size;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, d}});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    std::string p = "model.layers." + std::to_string(i) + ".";
+    out.push_back({p + "self_attn.q_proj.weight", {c.num_attention_heads * hd, d}});
+    out.push_back({p + "self_attn.k_proj.weight", {c.num_key_value_heads * hd, d}});
+    out.push_back({p + "self_attn.v_proj.weight", {c.num_key_value_heads * hd, d}});
+    out.push_back({p + "self_attn.o_proj.weight", {d, c.num_attention_heads * hd}});
+    out.push_back({p + "mlp.gate_proj.weight", {f, d}});
+    out.push_back({p + "mlp.up_proj.weight", {f, d}});
+    out.push_back({p + "mlp.down_proj.weight", {d, f}});
+    out.push_back({p + "input_layernorm.weight", {d}});
+    out.push_back({p + "post_attention_layernorm.weight", {d}});
+  }
+  out.push_back({"model.norm.weight", {d}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, d}});
+  return out;
+}
+
+static std::string shape_str(c10::IntArrayRef s) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch::Tensor>> tensors,
+                       const std::string& source, torch::Device device, torch::ScalarType dtype)
+    : cfg_(std::move(cfg)), device_(device), dtype_(dtype) {
+  std::map<std::string, torch::Tensor> by_name;
+  for (auto& [n, t] : tensors) by_name[n] = t;
+  std::set<std::string> used;
+  for (const auto& [name, shape] : expected_tensors(cfg_)) {
+    auto it = by_name.find(name);
+    if (it == by_name.end())
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, source + ": missing tensor '" + name + "'");
+    const auto& t = it->second;
+    if (t.sizes().vec() != shape)
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, source + ": tensor '" + name + "' has shape " +
+                                                         shape_str(t.sizes()) + " but config.json implies " +
+                                                         shape_str(shape));
+    if (!t.is_floating_point())
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, source + ": tensor '" + name + "' has dtype " +
+                                                         c10::toString(t.scalar_type()) + ", expected a float type");
+    auto moved = t.to(device_, dtype_);
+    tensors_.emplace_back(name, moved);
+    used.insert(name);
+  }
+  for (const auto& [name, t] : by_name) {
+    if (used.count(name)) continue;
+    // Old HF checkpoints store the rotary frequencies; they are recomputed here.
+    if (name.size() > 17 && name.compare(name.size() - 17, 17, "rotary_emb.inv_freq") == 0) continue;
+    if (name == "lm_head.weight" && cfg_.tie_word_embeddings) continue;
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT,
+                       source + ": unexpected tensor '" + name + "' (not part of a LLaMA of this config)");
+  }
+  std::map<std::string, torch::Tensor> w(tensors_.begin(), tensors_.end());
+  embed_ = w.at("model.embed_tokens.weight");
+  norm_ = w.at("model.norm.weight");
+  lm_head_ = cfg_.tie_word_embeddings ? embed_ : w.at("lm_head.weight");
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    std::string p = "model.layers." + std::to_string(i) + ".";
+    layers_.push_back({w.at(p + "input_layernorm.weight"), w.at(p + "self_attn.q_proj.weight"),
+                       w.at(p + "self_attn.k_proj.weight"), w.at(p + "self_attn.v_proj.weight"),
+                       w.at(p + "self_attn.o_proj.weight"), w.at(p + "post_attention_layernorm.weight"),
+                       w.at(p + "mlp.gate_proj.weight"), w.at(p + "mlp.up_proj.weight"),
+                       w.at(p + "mlp.down_proj.weight")});
+  }
+  // HF: inv_freq = 1 / theta^(arange(0, dim, 2) / dim), in float32.
+  auto idx = torch::arange(0, cfg_.head_dim(), 2, torch::TensorOptions().dtype(torch::kInt64)).to(torch::kFloat32);
+  inv_freq_ = (1.0 / torch::pow(cfg_.rope_theta, idx / static_cast<double>(cfg_.head_dim()))).to(device_);
+}
+
+LlamaModel LlamaModel::load(const fs::path& dir, torch::Device device, std::optional<torch::ScalarType> dtype) {
+  if (!fs::is_directory(dir))
+    throw vhost::Error(VHOST_ERR_IO, dir.string() + ": not a checkpoint folder (expected config.json and safetensors)");
+  LlamaConfig cfg = LlamaConfig::load(dir / "config.json");
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  std::vector<std::shared_ptr<SafetensorsFile>> files;
+  fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
+  std::string source;
+  if (fs::exists(single)) {
+    auto f = std::make_shared<SafetensorsFile>(single);
+    for (const auto& [name, e] : f->entries()) tensors.emplace_back(name, f->get(name));
+    source = single.string();
+  } else if (fs::exists(index)) {
+    nlohmann::json j;
+    try {
+      std::ifstream in(index);
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, index.string() + ": not valid JSON: " + e.what());
+    }
+    if (!j.contains("weight_map") || !j["weight_map"].is_object())
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, index.string() + ": has no \"weight_map\" object");
+    std::map<std::string, std::shared_ptr<SafetensorsFile>> shards;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it->is_string())
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, index.string() + ": weight_map['" + it.key() + "'] is not a file name");
+      std::string shard = it->get<std::string>();
+      if (shard.find('/') != std::string::npos)
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, index.string() + ": shard name '" + shard + "' is not a plain file name");
+      auto& f = shards[shard];
+      if (!f) f = std::make_shared<SafetensorsFile>(dir / shard);
+      if (!f->contains(it.key()))
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, (dir / shard).string() + ": missing tensor '" + it.key() +
+                                                           "' (the index says it is here)");
+      tensors.emplace_back(it.key(), f->get(it.key()));
+    }
+    source = index.string();
+  } else if (fs::exists(dir / "pytorch_model.bin") || fs::exists(dir / "pytorch_model.bin.index.json")) {
+    throw vhost::Error(VHOST_ERR_UNSUPPORTED, dir.string() + ": holds pickled pytorch_model.bin weights; convert them "
+                                              "to safetensors (transformers: save_pretrained(safe_serialization=True))");
+  } else {
+    throw vhost::Error(VHOST_ERR_IO, dir.string() + ": no model.safetensors or model.safetensors.index.json");
+  }
+  torch::ScalarType dt = dtype ? *dtype : dtype_from_name(cfg.torch_dtype);
+  return LlamaModel(cfg, std::move(tensors), source, device, dt);
+}
+
+LlamaModel LlamaModel::random(const LlamaConfig& cfg, uint64_t seed, torch::ScalarType dtype) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& [name, shape] : expected_tensors(cfg)) {
+    bool is_norm = shape.size() == 1;
+    auto t = is_norm ? torch::ones(shape) : torch::randn(shape, gen, torch::TensorOptions()) * 0.02;
+    tensors.emplace_back(name, t);
+  }
+  LlamaConfig c = cfg;
+  c.torch_dtype = dtype_name(dtype);
+  return LlamaModel(c, std::move(tensors), "random init", torch::kCPU, dtype);
+}
+
+void LlamaModel::save(const fs::path& dir, std::optional<torch::ScalarType> dtype, int64_t max_shard_bytes) const {
+  fs::create_directories(dir);
+  torch::ScalarType dt = dtype ? *dtype : dtype_;
+  LlamaConfig c = cfg_;
+  c.torch_dtype = dtype_name(dt);
+  std::vector<std::vector<std::pair<std::string, torch::Tensor>>> shards(1);
+  int64_t bytes = 0, total = 0;
+  for (const auto& [name, t] : tensors_) {
+    auto out = t.to(torch::kCPU, dt);
+    int64_t n = out.numel() * out.element_size();
+    if (max_shard_bytes > 0 && bytes > 0 && bytes + n > max_shard_bytes) {
+      shards.emplace_back();
+      bytes = 0;
+    }
+    shards.back().emplace_back(name, out);
+    bytes += n;
+    total += n;
+  }
+  const std::map<std::string, std::string> meta = {{"format", "pt"}};
+  if (shards.size() == 1) {
+    save_safetensors(dir / "model.safetensors", shards[0], meta);
+    fs::remove(dir / "model.safetensors.index.json");
+  } else {
+    nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
+    for (std::size_t i = 0; i < shards.size(); ++i) {
+      char fname[64];
+      std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+      save_safetensors(dir / fname, shards[i], meta);
+      for (const auto& [name, t] : shards[i]) index["weight_map"][name] = fname;
+    }
+    std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+    fs::remove(dir / "model.safetensors");
+  }
+  std::ofstream(dir / "config.json") << c.to_json().dump(2) << "\n";
+}
+
+torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
+  // As HF: normalise in float32, cast back, then scale.
+  auto x32 = x.to(torch::kFloat32);
+  auto var = x32.pow(2).mean(-1, /*keepdim=*/true);
+  return w * (x32 * torch::rsqrt(var + cfg_.rms_norm_eps)).to(x.scalar_type());
+}
+
+static torch::Tensor rotate_half(const torch::Tensor& x) {
+  auto half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache) const {
+  torch::NoGradGuard no_grad_if_inference_only;  // training arrives with its own path
+  TORCH_CHECK(tokens.dim() == 2, "tokens must be [batch, time]");
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const int64_t H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads, hd = cfg_.head_dim();
+  const int64_t rep = H / KV;
+  const int64_t start = cache ? cache->length : 0;
+  const int64_t S = start + T;  // key length
+  if (cache && S > cache->capacity)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "sequence of " + std::to_string(S) +
+                                                       " positions exceeds the KV cache capacity " +
+                                                       std::to_string(cache->capacity));
+  auto ids = tokens.to(device_, torch::kInt64);
+  auto x = torch::embedding(embed_, ids);  // [B, T, D]
+
+  // Rotary tables for positions start .. S-1: [T, hd], as HF builds them (float32, then cast).
+  auto pos = torch::arange(start, S, torch::TensorOptions().dtype(torch::kInt64).device(device_)).to(torch::kFloat32);
+  auto freqs = torch::outer(pos, inv_freq_);
+  auto emb = torch::cat({freqs, freqs}, -1);
+  auto cos = emb.cos().to(dtype_), sin = emb.sin().to(dtype_);
+
+  // Causal mask over keys 0..S-1 for queries start..S-1.
+  torch::Tensor mask;
+  if (T > 1) {
+    auto q_pos = torch::arange(start, S, torch::TensorOptions().dtype(torch::kInt64).device(device_)).unsqueeze(1);
+    auto k_pos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kInt64).device(device_)).unsqueeze(0);
+    mask = torch::zeros({T, S}, torch::TensorOptions().dtype(torch::kFloat32).device(device_))
+               .masked_fill(k_pos > q_pos, -std::numeric_limits<float>::infinity());
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+
+  for (std::size_t li = 0; li < layers_.size(); ++li) {
+    const Layer& L = layers_[li];
+    auto h = rms_norm(x, L.input_norm);
+    auto q = torch::linear(h, L.q).view({B, T, H, hd}).transpose(1, 2);   // [B, H, T, hd]
+    auto k = torch::linear(h, L.k).view({B, T, KV, hd}).transpose(1, 2);  // [B, KV, T, hd]
+    auto v = torch::linear(h, L.v).view({B, T, KV, hd}).transpose(1, 2);
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+    torch::Tensor keys = k, values = v;
+    if (cache) {
+      cache->k[li].narrow(2, start, T).copy_(k);
+      cache->v[li].narrow(2, start, T).copy_(v);
+      keys = cache->k[li].narrow(2, 0, S);
+      values = cache->v[li].narrow(2, 0, S);
+    }
+    // Grouped-query attention without copying keys: query head h uses kv head h / rep.
+    auto qg = q.reshape({B, KV, rep, T, hd});
+    auto scores = torch::matmul(qg, keys.unsqueeze(2).transpose(-1, -2)).to(torch::kFloat32) * scale;  // [B,KV,rep,T,S]
+    if (mask.defined()) scores = scores + mask;
+    auto probs = torch::softmax(scores, -1).to(dtype_);
+    auto attn = torch::matmul(probs, values.unsqueeze(2));  // [B, KV, rep, T, hd]
+    attn = attn.reshape({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
+    x = x + torch::linear(attn, L.o);
+    auto m = rms_norm(x, L.post_norm);
+    x = x + torch::linear(torch::silu(torch::linear(m, L.gate)) * torch::linear(m, L.up), L.down);
+  }
+  if (cache) cache->length = S;
+  x = rms_norm(x, norm_);
+  return torch::linear(x, lm_head_).to(torch::kFloat32);
+}
+
+}  // namespace vhost::llama

@@ -1,0 +1,73 @@
+// LLaMA (1 and 2, grouped-query attention included) in libtorch, with HF's tensor names and
+// HF's rotary convention (rotate-half), so checkpoints move between vhost and HF transformers.
+#pragma once
+
+#include "config.hpp"
+
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace vhost::llama {
+
+// Keys and values of every layer, preallocated for `capacity` positions: decoding writes into
+// it in place instead of growing tensors by concatenation.
+struct KVCache {
+  std::vector<torch::Tensor> k, v;  // per layer: [batch, kv_heads, capacity, head_dim]
+  int64_t length = 0;               // positions filled
+  int64_t capacity = 0;
+  static KVCache create(const LlamaConfig& cfg, int64_t batch, int64_t capacity, const torch::TensorOptions& opts);
+};
+
+class LlamaModel {
+ public:
+  // Checks every tensor against the config (names, shapes); `source` names the checkpoint in
+  // errors. Tensors are moved to `device` and `dtype`; with the same dtype on CPU they stay
+  // views of the memory-mapped file.
+  LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch::Tensor>> tensors, const std::string& source,
+             torch::Device device, torch::ScalarType dtype);
+
+  // An HF checkpoint folder: config.json plus model.safetensors, or shards listed in
+  // model.safetensors.index.json. `dtype` defaults to the stored one.
+  static LlamaModel load(const std::filesystem::path& dir, torch::Device device = torch::kCPU,
+                         std::optional<torch::ScalarType> dtype = std::nullopt);
+  // Random weights (normal, std 0.02; norms 1), deterministic for a seed.
+  static LlamaModel random(const LlamaConfig& cfg, uint64_t seed, torch::ScalarType dtype = torch::kFloat32);
+  // Writes config.json and safetensors (sharded when larger than max_shard_bytes > 0).
+  void save(const std::filesystem::path& dir, std::optional<torch::ScalarType> dtype = std::nullopt,
+            int64_t max_shard_bytes = 0) const;
+
+  // tokens [batch, time] (int64) -> logits [batch, time, vocab] (float32). With a cache, the
+  // tokens continue from cache->length and the cache is extended.
+  torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr) const;
+
+  const LlamaConfig& config() const { return cfg_; }
+  torch::Device device() const { return device_; }
+  torch::ScalarType dtype() const { return dtype_; }
+  // HF names, in HF order; the lm_head is absent when tied.
+  const std::vector<std::pair<std::string, torch::Tensor>>& named_tensors() const { return tensors_; }
+
+  // The names and shapes a checkpoint of this config holds.
+  static std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const LlamaConfig& cfg);
+
+ private:
+  struct Layer {
+    torch::Tensor input_norm, q, k, v, o, post_norm, gate, up, down;
+  };
+  torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
+  LlamaConfig cfg_;
+  torch::Device device_;
+  torch::ScalarType dtype_;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors_;
+  torch::Tensor embed_, norm_, lm_head_, inv_freq_;
+  std::vector<Layer> layers_;
+};
+
+torch::ScalarType dtype_from_name(const std::string& name);  // "float32", "bfloat16", "float16"
+std::string dtype_name(torch::ScalarType t);
+
+}  // namespace vhost::llama

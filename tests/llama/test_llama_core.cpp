@@ -1,0 +1,229 @@
+// LLaMA core: safetensors reading and writing, config.json, the forward pass and its KV cache.
+#include "model.hpp"
+#include "safetensors.hpp"
+
+#include <vhost/plugin.hpp>
+
+// Debian's libtorch pulls in glog, whose CHECK would replace Catch's: torch first, then drop it.
+#undef CHECK
+#define CATCH_CONFIG_MAIN
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+using namespace vhost::llama;
+using Catch::Matchers::Contains;
+
+static fs::path scratch(const std::string& name) {
+  fs::path p = fs::path(VHOST_TEST_TMP_DIR) / "llama" / name;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+template <class F>
+static std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const vhost::Error& e) {
+    return e.what();
+  }
+  FAIL("expected a vhost::Error");
+  return {};
+}
+
+static std::string read_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+static void write_bytes(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+// A safetensors file with the given header JSON and `data_bytes` zero bytes of data.
+static void write_raw(const fs::path& p, const std::string& header, std::size_t data_bytes) {
+  std::string out(8, '\0');
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(n >> (8 * i));
+  out += header;
+  out += std::string(data_bytes, '\0');
+  write_bytes(p, out);
+}
+
+TEST_CASE("safetensors: save then load is bit-exact for f32, f16, bf16", "[safetensors]") {
+  fs::path dir = scratch("roundtrip");
+  torch::manual_seed(1);
+  std::vector<std::pair<std::string, torch::Tensor>> ts = {
+      {"a", torch::randn({3, 5})}, {"b", torch::randn({7}).to(torch::kFloat16)},
+      {"c", torch::randn({2, 2, 3}).to(torch::kBFloat16)}, {"empty", torch::zeros({0, 4})}};
+  save_safetensors(dir / "t.safetensors", ts, {{"format", "pt"}});
+  SafetensorsFile f(dir / "t.safetensors");
+  CHECK(f.metadata().at("format") == "pt");
+  for (const auto& [name, t] : ts) {
+    auto back = f.get(name);
+    CHECK(back.scalar_type() == t.scalar_type());
+    CHECK(back.sizes() == t.sizes());
+    CHECK(torch::equal(back, t));
+  }
+  // Writing into a loaded tensor never changes the file (copy-on-write mapping).
+  f.get("a").fill_(42);
+  CHECK(torch::equal(SafetensorsFile(dir / "t.safetensors").get("a"), ts[0].second));
+  CHECK_FALSE(fs::exists(dir / "t.safetensors.tmp"));
+}
+
+TEST_CASE("safetensors: malformed files name the file and the tensor", "[safetensors][malformed]") {
+  fs::path dir = scratch("malformed");
+  save_safetensors(dir / "ok.safetensors", {{"w", torch::ones({4, 4})}});
+  std::string good = read_bytes(dir / "ok.safetensors");
+
+  write_bytes(dir / "short.safetensors", good.substr(0, 5));
+  CHECK_THAT(error_of([&] { SafetensorsFile(dir / "short.safetensors"); }),
+             Contains("short.safetensors: truncated: 5 bytes"));
+
+  write_bytes(dir / "trunc.safetensors", good.substr(0, good.size() - 10));
+  CHECK_THAT(error_of([&] { SafetensorsFile(dir / "trunc.safetensors"); }),
+             Contains("trunc.safetensors: tensor 'w': data_offsets end 64 is past the end of the data (54 bytes)"));
+
+  write_raw(dir / "hugelen.safetensors", "", 0);
+  auto bytes = read_bytes(dir / "hugelen.safetensors");
+  bytes[7] = 0x7f;
+  write_bytes(dir / "hugelen.safetensors", bytes);
+  CHECK_THAT(error_of([&] { SafetensorsFile(dir / "hugelen.safetensors"); }),
+             Contains("runs past the end of the file"));
+
+  write_raw(dir / "notjson.safetensors", "{\"w\": [", 0);
+  CHECK_THAT(error_of([&] { SafetensorsFile(dir / "notjson.safetensors"); }), Contains("header is not valid JSON"));
+
+  write_raw(dir / "lies.safetensors", R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,12]}})", 16);
+  CHECK_THAT(error_of([&] { SafetensorsFile(dir / "lies.safetensors"); }),
+             Contains("tensor 'w': holds 12 bytes but shape and dtype need 16"));
+
+  write_raw(dir / "overlap.safetensors",
+            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+            12);
+  CHECK_THAT(error_of([&] { SafetensorsFile(dir / "overlap.safetensors"); }), Contains("'a' and 'b' overlap"));
+
+  write_raw(dir / "dtype.safetensors", R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", 2);
+  CHECK_THAT(error_of([&] { SafetensorsFile(dir / "dtype.safetensors"); }),
+             Contains("tensor 'w': unsupported dtype 'F8_E4M3'"));
+
+  write_raw(dir / "neg.safetensors", R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4);
+  CHECK_THAT(error_of([&] { SafetensorsFile(dir / "neg.safetensors"); }), Contains("not a non-negative integer"));
+
+  CHECK_THAT(error_of([&] { SafetensorsFile(dir / "absent.safetensors"); }), Contains("absent.safetensors: cannot open"));
+}
+
+TEST_CASE("config.json: shapes, GQA and defaults; errors name the field", "[config]") {
+  auto c = LlamaConfig::from_json({{"vocab_size", 100}, {"hidden_size", 64}, {"intermediate_size", 128},
+                                   {"num_hidden_layers", 2}, {"num_attention_heads", 8}, {"num_key_value_heads", 2}},
+                                  "c.json");
+  CHECK(c.head_dim() == 8);
+  CHECK(c.rope_theta == 10000.0);
+  auto back = LlamaConfig::from_json(c.to_json(), "again");
+  CHECK(back.num_key_value_heads == 2);
+  CHECK_THAT(error_of([] { LlamaConfig::from_json({{"vocab_size", 1}}, "c.json"); }),
+             Contains("c.json: field 'hidden_size' is missing"));
+  CHECK_THAT(error_of([&] {
+               auto j = c.to_json();
+               j["num_key_value_heads"] = 3;
+               LlamaConfig::from_json(j, "c.json");
+             }),
+             Contains("field 'num_key_value_heads' 3 does not divide num_attention_heads 8"));
+  CHECK_THAT(error_of([&] {
+               auto j = c.to_json();
+               j["hidden_size"] = "64";
+               LlamaConfig::from_json(j, "c.json");
+             }),
+             Contains("field 'hidden_size' must be an integer"));
+  CHECK(LlamaConfig::preset("7b").parameter_count() == 6738415616LL);  // LLaMA-7B: 6.74e9
+}
+
+TEST_CASE("model: save then load is bit-exact; sharded loads like a single file", "[model]") {
+  fs::path dir = scratch("model-save");
+  auto cfg = LlamaConfig::preset("tiny");
+  auto m = LlamaModel::random(cfg, 7);
+  m.save(dir / "single");
+  m.save(dir / "sharded", std::nullopt, 40000);
+  CHECK(fs::exists(dir / "sharded" / "model.safetensors.index.json"));
+  int shards = 0;
+  for (const auto& e : fs::directory_iterator(dir / "sharded")) shards += e.path().extension() == ".safetensors";
+  CHECK(shards > 2);
+  CHECK_FALSE(fs::exists(dir / "sharded" / "model.safetensors"));
+  auto a = LlamaModel::load(dir / "single");
+  auto b = LlamaModel::load(dir / "sharded");
+  auto tokens = torch::randint(0, cfg.vocab_size, {2, 9}, torch::kInt64);
+  auto la = m.forward(tokens), lb = a.forward(tokens), lc = b.forward(tokens);
+  CHECK(torch::equal(la, lb));
+  CHECK(torch::equal(la, lc));
+  for (std::size_t i = 0; i < m.named_tensors().size(); ++i)
+    CHECK(torch::equal(m.named_tensors()[i].second, a.named_tensors()[i].second));
+  // bf16 on disk, loaded back as bf16.
+  m.save(dir / "bf16", torch::kBFloat16);
+  auto c = LlamaModel::load(dir / "bf16");
+  CHECK(c.dtype() == torch::kBFloat16);
+  CHECK(c.config().torch_dtype == "bfloat16");
+}
+
+TEST_CASE("model: full forward equals incremental decoding with the KV cache", "[model]") {
+  auto cfg = LlamaConfig::preset("tiny");  // 4 heads, 2 KV heads: grouped-query attention
+  auto m = LlamaModel::random(cfg, 3);
+  auto tokens = torch::randint(0, cfg.vocab_size, {3, 12}, torch::kInt64);
+  auto full = m.forward(tokens);
+  auto cache = KVCache::create(cfg, 3, 16, torch::TensorOptions().dtype(torch::kFloat32));
+  std::vector<torch::Tensor> steps = {m.forward(tokens.narrow(1, 0, 5), &cache)};  // a prompt, then one at a time
+  for (int64_t t = 5; t < 12; ++t) steps.push_back(m.forward(tokens.narrow(1, t, 1), &cache));
+  auto inc = torch::cat(steps, 1);
+  CHECK(cache.length == 12);
+  CHECK(torch::allclose(full, inc, 1e-5, 1e-5));
+  // Causality: changing a later token leaves earlier logits alone.
+  auto t2 = tokens.clone();
+  t2.index_put_({0, 11}, (t2.index({0, 11}).item<int64_t>() + 1) % cfg.vocab_size);
+  CHECK(torch::allclose(m.forward(t2).narrow(1, 0, 11), full.narrow(1, 0, 11), 1e-6, 1e-6));
+  auto small = KVCache::create(cfg, 3, 4, torch::TensorOptions());
+  CHECK_THAT(error_of([&] { m.forward(tokens, &small); }), Contains("exceeds the KV cache capacity 4"));
+}
+
+TEST_CASE("model: bad checkpoints name the file and the tensor", "[model][malformed]") {
+  fs::path dir = scratch("model-bad");
+  auto cfg = LlamaConfig::preset("tiny");
+  auto m = LlamaModel::random(cfg, 1);
+  m.save(dir / "ok");
+  auto tensors = m.named_tensors();
+
+  fs::create_directories(dir / "missing");
+  fs::copy_file(dir / "ok" / "config.json", dir / "missing" / "config.json");
+  auto fewer = tensors;
+  fewer.erase(fewer.begin() + 3);
+  save_safetensors(dir / "missing" / "model.safetensors", fewer);
+  CHECK_THAT(error_of([&] { LlamaModel::load(dir / "missing"); }),
+             Contains("missing/model.safetensors: missing tensor '" + tensors[3].first + "'"));
+
+  fs::create_directories(dir / "shape");
+  auto cj = LlamaConfig::load(dir / "ok" / "config.json").to_json();
+  cj["intermediate_size"] = 100;
+  std::ofstream(dir / "shape" / "config.json") << cj.dump();
+  fs::copy_file(dir / "ok" / "model.safetensors", dir / "shape" / "model.safetensors");
+  CHECK_THAT(error_of([&] { LlamaModel::load(dir / "shape"); }),
+             Contains("tensor 'model.layers.0.mlp.gate_proj.weight' has shape [172, 64] but config.json implies [100, 64]"));
+
+  fs::create_directories(dir / "int");
+  fs::copy_file(dir / "ok" / "config.json", dir / "int" / "config.json");
+  auto ints = tensors;
+  ints[0].second = ints[0].second.to(torch::kInt32);
+  save_safetensors(dir / "int" / "model.safetensors", ints);
+  CHECK_THAT(error_of([&] { LlamaModel::load(dir / "int"); }),
+             Contains("tensor 'model.embed_tokens.weight' has dtype Int, expected a float type"));
+
+  fs::create_directories(dir / "extra");
+  fs::copy_file(dir / "ok" / "config.json", dir / "extra" / "config.json");
+  auto more = tensors;
+  more.emplace_back("model.layers.9.mystery.weight", torch::ones({2}));
+  save_safetensors(dir / "extra" / "model.safetensors", more);
+  CHECK_THAT(error_of([&] { LlamaModel::load(dir / "extra"); }), Contains("unexpected tensor 'model.layers.9.mystery.weight'"));
+
+  fs::create_directories(dir / "badjson");
+  std::ofstream(dir / "badjson" / "config.json") << "{\"vocab_size\": 5,";
+  CHECK_THAT(error_of([&] { LlamaModel::load(dir / "badjson"); }), Contains("badjson/config.json: not valid JSON at byte"));
+
+  CHECK_THAT(error_of([&] { LlamaModel::load(dir / "nowhere"); }), Contains("not a checkpoint folder"));
+}
