@@ -227,3 +227,75 @@ TEST_CASE("model: bad checkpoints name the file and the tensor", "[model][malfor
 
   CHECK_THAT(error_of([&] { LlamaModel::load(dir / "nowhere"); }), Contains("not a checkpoint folder"));
 }
+
+// ---- tokenizer ---------------------------------------------------------------------------
+#include "tokenizer.hpp"
+
+#include <nlohmann/json.hpp>
+
+static const fs::path kShared = fs::path(VHOST_SOURCE_DIR) / ".." / "shared" / "models";
+
+TEST_CASE("tokenizer: reproduces the reference LLaMA-2 cases exactly", "[tokenizer][shared]") {
+  if (!fs::exists(kShared / "llama2_tokenizer.model") || !fs::exists(kShared / "llama2_tokenizer_cases.json")) {
+    WARN("skipped: ../shared/models/llama2_tokenizer.model is absent (a fresh clone without shared/)");
+    return;
+  }
+  auto tok = Tokenizer::load(kShared / "llama2_tokenizer.model");
+  std::ifstream in(kShared / "llama2_tokenizer_cases.json");
+  auto cases = nlohmann::json::parse(in);
+  CHECK(tok.vocab_size() == cases["vocab_size"]);
+  CHECK(tok.bos_id() == cases["bos_id"]);
+  CHECK(tok.eos_id() == cases["eos_id"]);
+  REQUIRE(cases["cases"].size() > 3);
+  for (const auto& c : cases["cases"]) {
+    std::string text = c["text"];
+    INFO("text: " << text);
+    auto ids = tok.encode(text);
+    CHECK(ids == c["ids"].get<std::vector<int32_t>>());
+    CHECK(tok.pieces(text) == c["pieces"].get<std::vector<std::string>>());
+    CHECK(tok.decode(ids) == text);
+    // Streaming, one id at a time, gives the same text.
+    Tokenizer::StreamDecoder sd(tok);
+    std::string streamed;
+    for (auto id : ids) {
+      auto delta = sd.push(id);
+      CHECK(delta.find("\xEF\xBF\xBD") == std::string::npos);
+      streamed += delta;
+    }
+    streamed += sd.flush();
+    CHECK(streamed == text);
+  }
+  // BOS only when asked for; "<s>" typed by a user stays text.
+  auto with_bos = tok.encode("<s>hi", true);
+  CHECK(with_bos.front() == 1);
+  CHECK(std::count(with_bos.begin(), with_bos.end(), 1) == 1);
+}
+
+TEST_CASE("tokenizer: trains a LLaMA-style BPE that round-trips any text", "[tokenizer]") {
+  fs::path dir = scratch("tok-train");
+  // Train on the project's own documentation.
+  std::ofstream corpus(dir / "corpus.txt");
+  for (const char* f : {"README.md", "docs/plugins.md", "docs/pipelines.md"})
+    corpus << std::ifstream(fs::path(VHOST_SOURCE_DIR) / f).rdbuf() << "\n";
+  corpus.close();
+  auto model = Tokenizer::train(dir / "corpus.txt", 400, dir / "out");
+  auto tok = Tokenizer::load(model);
+  CHECK(tok.vocab_size() == 400);
+  CHECK(tok.unk_id() == 0);
+  CHECK(tok.bos_id() == 1);
+  CHECK(tok.eos_id() == 2);
+  for (std::string text : {"plugins load 12345 times", "emoji \xF0\x9F\x98\x80 and \xE4\xB8\xAD\xE6\x96\x87", "  two  spaces\tand\ttabs\n"}) {
+    auto ids = tok.encode(text);
+    CHECK(tok.decode(ids) == text);
+    Tokenizer::StreamDecoder sd(tok);
+    std::string s;
+    for (auto id : ids) s += sd.push(id);
+    CHECK(s + sd.flush() == text);
+  }
+  // Digits are split one by one (split_digits).
+  auto p = tok.pieces("2048");
+  CHECK(p.size() >= 4);
+  CHECK_THAT(error_of([&] { tok.decode({5000}); }), Contains("token id 5000 is outside the vocabulary (0..399)"));
+  CHECK_THAT(error_of([&] { Tokenizer::load(dir / "corpus.txt"); }), Contains("corpus.txt: not a SentencePiece model"));
+  CHECK_THAT(error_of([&] { Tokenizer::train(dir / "corpus.txt", 100, dir / "x"); }), Contains("too small"));
+}
