@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 namespace fs = std::filesystem;
 using namespace vhost::llama;
@@ -298,4 +299,144 @@ TEST_CASE("tokenizer: trains a LLaMA-style BPE that round-trips any text", "[tok
   CHECK_THAT(error_of([&] { tok.decode({5000}); }), Contains("token id 5000 is outside the vocabulary (0..399)"));
   CHECK_THAT(error_of([&] { Tokenizer::load(dir / "corpus.txt"); }), Contains("corpus.txt: not a SentencePiece model"));
   CHECK_THAT(error_of([&] { Tokenizer::train(dir / "corpus.txt", 100, dir / "x"); }), Contains("too small"));
+}
+
+// ---- generation --------------------------------------------------------------------------
+#include "generate.hpp"
+
+// A tokenizer trained on the project's docs and a random model with its vocabulary.
+struct TinyLM {
+  Tokenizer tok;
+  LlamaModel model;
+};
+static TinyLM& tiny_lm() {
+  static TinyLM lm = [] {
+    fs::path dir = scratch("tiny-lm");
+    std::ofstream corpus(dir / "corpus.txt");
+    for (const char* f : {"README.md", "docs/plugins.md", "docs/pipelines.md"})
+      corpus << std::ifstream(fs::path(VHOST_SOURCE_DIR) / f).rdbuf() << "\n";
+    corpus.close();
+    auto tok = Tokenizer::load(Tokenizer::train(dir / "corpus.txt", 512, dir));
+    auto cfg = LlamaConfig::preset("tiny");
+    cfg.vocab_size = tok.vocab_size();
+    return TinyLM{tok, LlamaModel::random(cfg, 11)};
+  }();
+  return lm;
+}
+
+TEST_CASE("generate: a batch of different-length prompts equals one-by-one generation", "[generate]") {
+  auto& lm = tiny_lm();
+  std::vector<std::vector<int32_t>> prompts = {lm.tok.encode("plugins load", true),
+                                               lm.tok.encode("the host knows kinds, not internals of any plugin", true),
+                                               lm.tok.encode("a", true)};
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 12;
+  p.ignore_eos = true;
+  auto batched = generate(lm.model, lm.tok, prompts, p);
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    auto single = generate(lm.model, lm.tok, {prompts[i]}, p);
+    CHECK(batched[i].tokens == single[0].tokens);
+    CHECK(batched[i].text == single[0].text);
+    CHECK(batched[i].finish_reason == "length");
+    CHECK(batched[i].tokens.size() == 12);
+    CHECK(batched[i].prompt_tokens == static_cast<int64_t>(prompts[i].size()));
+  }
+  // The padded forward itself: each row's last logits match the row computed alone.
+  auto a = torch::tensor(std::vector<int64_t>(prompts[0].begin(), prompts[0].end())).view({1, -1});
+  int64_t n1 = static_cast<int64_t>(prompts[1].size()), n0 = a.size(1);
+  auto both = torch::zeros({2, n1}, torch::kInt64);
+  both[0].narrow(0, n1 - n0, n0).copy_(a[0]);
+  both[1].copy_(torch::tensor(std::vector<int64_t>(prompts[1].begin(), prompts[1].end())));
+  auto padded = lm.model.forward(both, nullptr, torch::tensor({n1 - n0, int64_t(0)}));
+  CHECK(torch::allclose(padded[0][n1 - 1], lm.model.forward(a)[0][n0 - 1], 1e-4, 1e-5));
+}
+
+TEST_CASE("generate: seeded sampling repeats; top-k 1 is greedy", "[generate]") {
+  auto& lm = tiny_lm();
+  auto prompt = lm.tok.encode("vhost", true);
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.top_p = 0.9;
+  p.max_tokens = 16;
+  p.seed = 1234;
+  p.ignore_eos = true;
+  auto a = generate(lm.model, lm.tok, {prompt}, p), b = generate(lm.model, lm.tok, {prompt}, p);
+  CHECK(a[0].tokens == b[0].tokens);
+  p.seed = 99;
+  auto c = generate(lm.model, lm.tok, {prompt}, p);
+  CHECK(a[0].tokens != c[0].tokens);
+  SamplingParams k1 = p, greedy = p;
+  k1.top_k = 1;
+  k1.top_p = 1.0;
+  greedy.temperature = 0;
+  CHECK(generate(lm.model, lm.tok, {prompt}, k1)[0].tokens == generate(lm.model, lm.tok, {prompt}, greedy)[0].tokens);
+  SamplingParams rep = greedy;
+  rep.repetition_penalty = 5.0;
+  auto r = generate(lm.model, lm.tok, {prompt}, rep)[0].tokens;
+  CHECK(std::set<int32_t>(r.begin(), r.end()).size() > 1);
+}
+
+TEST_CASE("generate: stop strings cut the text and are never streamed", "[generate]") {
+  auto& lm = tiny_lm();
+  auto prompt = lm.tok.encode("stages run in order", true);
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 40;
+  p.ignore_eos = true;
+  std::string full = generate(lm.model, lm.tok, {prompt}, p)[0].text;
+  REQUIRE(full.size() > 8);
+  std::string stop = full.substr(full.size() / 2, 3);
+  std::size_t cut = full.find(stop);
+  p.stop = {stop, "never-appears-anywhere"};
+  std::string streamed;
+  auto r = generate(lm.model, lm.tok, {prompt}, p, [&](std::size_t, int32_t, const std::string& d) {
+    streamed += d;
+    return true;
+  });
+  CHECK(r[0].finish_reason == "stop");
+  CHECK(r[0].text == full.substr(0, cut));
+  CHECK(streamed == r[0].text);
+
+  // Cancelling from the callback stops that sequence at once.
+  int calls = 0;
+  p.stop.clear();
+  auto cancelled = generate(lm.model, lm.tok, {prompt}, p, [&](std::size_t, int32_t, const std::string&) {
+    return ++calls < 3;
+  });
+  CHECK(cancelled[0].finish_reason == "cancelled");
+  CHECK(calls == 3);
+}
+
+TEST_CASE("generate: EOS ends a sequence; bad requests are refused with the field", "[generate][malformed]") {
+  auto& lm = tiny_lm();
+  auto prompt = lm.tok.encode("kinds", true);
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 5;
+  int32_t first = generate(lm.model, lm.tok, {prompt}, p)[0].tokens.at(0);
+  auto cfg = lm.model.config();
+  cfg.eos_token_id = first;  // make the first greedy token the end of sequence
+  LlamaModel eos_model(cfg, lm.model.named_tensors(), "copy", torch::kCPU, torch::kFloat32);
+  auto r = generate(eos_model, lm.tok, {prompt}, p);
+  CHECK(r[0].finish_reason == "stop");
+  CHECK(r[0].tokens.empty());
+
+  auto bad = [&](SamplingParams q) { return error_of([&] { generate(lm.model, lm.tok, {prompt}, q); }); };
+  SamplingParams q = p;
+  q.top_p = 0;
+  CHECK_THAT(bad(q), Contains("top_p must be in (0, 1]"));
+  q = p;
+  q.temperature = -1;
+  CHECK_THAT(bad(q), Contains("temperature must be >= 0"));
+  q = p;
+  q.max_tokens = 0;
+  CHECK_THAT(bad(q), Contains("max_tokens must be >= 1"));
+  q = p;
+  q.stop = {""};
+  CHECK_THAT(bad(q), Contains("stop strings must not be empty"));
+  CHECK_THAT(error_of([&] { generate(lm.model, lm.tok, {{}}, p); }), Contains("prompt 0 is empty"));
+  CHECK_THAT(error_of([&] { generate(lm.model, lm.tok, {{1, 99999}}, p); }), Contains("outside the vocabulary"));
+  std::vector<int32_t> huge(600, 5);
+  CHECK_THAT(error_of([&] { generate(lm.model, lm.tok, {huge}, p); }), Contains("leaves no room in the 512-token context"));
 }

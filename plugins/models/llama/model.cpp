@@ -219,7 +219,7 @@ static torch::Tensor rotate_half(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache) const {
+torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad) const {
   torch::NoGradGuard no_grad_if_inference_only;  // training arrives with its own path
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [batch, time]");
   const int64_t B = tokens.size(0), T = tokens.size(1);
@@ -234,19 +234,38 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache) c
   auto ids = tokens.to(device_, torch::kInt64);
   auto x = torch::embedding(embed_, ids);  // [B, T, D]
 
-  // Rotary tables for positions start .. S-1: [T, hd], as HF builds them (float32, then cast).
-  auto pos = torch::arange(start, S, torch::TensorOptions().dtype(torch::kInt64).device(device_)).to(torch::kFloat32);
-  auto freqs = torch::outer(pos, inv_freq_);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device_);
+  auto slots = torch::arange(start, S, i64);  // the query slots
+  const bool padded = left_pad.defined();
+  torch::Tensor pad;
+  if (padded) {
+    TORCH_CHECK(left_pad.dim() == 1 && left_pad.size(0) == B, "left_pad must be [batch]");
+    pad = left_pad.to(device_, torch::kInt64);
+  }
+  // Rotary tables, as HF builds them (float32, then cast): [T, hd], or [B, 1, T, hd] when rows
+  // are padded and so have their own positions.
+  auto pos = padded ? (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp_min(0) : slots;
+  auto freqs = pos.to(torch::kFloat32).unsqueeze(-1) * inv_freq_;
   auto emb = torch::cat({freqs, freqs}, -1);
   auto cos = emb.cos().to(dtype_), sin = emb.sin().to(dtype_);
+  if (padded) {
+    cos = cos.unsqueeze(1);
+    sin = sin.unsqueeze(1);
+  }
 
-  // Causal mask over keys 0..S-1 for queries start..S-1.
+  // Mask over key slots 0..S-1: causal, and padding keys hidden. A padding query still sees
+  // itself, so its (unused) row stays finite.
   torch::Tensor mask;
-  if (T > 1) {
-    auto q_pos = torch::arange(start, S, torch::TensorOptions().dtype(torch::kInt64).device(device_)).unsqueeze(1);
-    auto k_pos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kInt64).device(device_)).unsqueeze(0);
-    mask = torch::zeros({T, S}, torch::TensorOptions().dtype(torch::kFloat32).device(device_))
-               .masked_fill(k_pos > q_pos, -std::numeric_limits<float>::infinity());
+  if (T > 1 || padded) {
+    auto q_slot = slots.unsqueeze(1);                    // [T, 1]
+    auto k_slot = torch::arange(0, S, i64).unsqueeze(0);  // [1, S]
+    auto blocked = k_slot > q_slot;                      // [T, S]
+    if (padded)
+      blocked = blocked.unsqueeze(0) |
+                ((k_slot.unsqueeze(0) < pad.view({B, 1, 1})) & (k_slot != q_slot).unsqueeze(0));  // [B, T, S]
+    mask = torch::zeros(blocked.sizes(), torch::TensorOptions().dtype(torch::kFloat32).device(device_))
+               .masked_fill(blocked, -std::numeric_limits<float>::infinity());
+    if (padded) mask = mask.view({B, 1, 1, T, S});  // broadcast over [B, KV, rep, T, S]
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 

@@ -42,8 +42,11 @@ class LlamaModel {
             int64_t max_shard_bytes = 0) const;
 
   // tokens [batch, time] (int64) -> logits [batch, time, vocab] (float32). With a cache, the
-  // tokens continue from cache->length and the cache is extended.
-  torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr) const;
+  // tokens continue from cache->length and the cache is extended. `left_pad` ([batch] int64,
+  // optional) says how many leading slots of each row are padding: they are never attended to,
+  // and positions count from the first real token, so a padded row computes what it would alone.
+  torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr,
+                        const torch::Tensor& left_pad = torch::Tensor()) const;
 
   const LlamaConfig& config() const { return cfg_; }
   torch::Device device() const { return device_; }

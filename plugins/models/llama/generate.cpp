@@ -1,0 +1,190 @@
+#include "generate.hpp"
+
+#include <vhost/plugin.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <set>
+
+namespace vhost::llama {
+
+void validate(const SamplingParams& p) {
+  auto bad = [](const std::string& field, const std::string& why) {
+    return vhost::Error(VHOST_ERR_INVALID_ARGUMENT, field + " " + why);
+  };
+  if (!(p.temperature >= 0) || !std::isfinite(p.temperature)) throw bad("temperature", "must be >= 0");
+  if (!(p.top_p > 0 && p.top_p <= 1)) throw bad("top_p", "must be in (0, 1]");
+  if (p.top_k < 0) throw bad("top_k", "must be >= 0");
+  if (!(p.repetition_penalty > 0) || !std::isfinite(p.repetition_penalty)) throw bad("repetition_penalty", "must be > 0");
+  if (p.max_tokens < 1) throw bad("max_tokens", "must be >= 1");
+  for (const auto& s : p.stop)
+    if (s.empty()) throw bad("stop", "strings must not be empty");
+}
+
+namespace {
+
+struct SequenceState {
+  Tokenizer::StreamDecoder decoder;
+  std::string text;     // everything decoded so far
+  std::size_t sent = 0;  // bytes of `text` already handed to the callback
+  bool done = false;
+  explicit SequenceState(const Tokenizer& t) : decoder(t) {}
+};
+
+// Length of the longest suffix of `text` that is a proper prefix of a stop string: text that
+// may still become a stop string, and so must not be sent yet.
+std::size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
+  std::size_t hold = 0;
+  for (const auto& s : stops)
+    for (std::size_t k = std::min(s.size() - 1, text.size()); k > hold; --k)
+      if (text.compare(text.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+  return hold;
+}
+
+}  // namespace
+
+std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer& tokenizer,
+                                       const std::vector<std::vector<int32_t>>& prompts, const SamplingParams& p,
+                                       const TokenCallback& on_token) {
+  validate(p);
+  torch::NoGradGuard no_grad;
+  const auto& cfg = model.config();
+  const int64_t B = static_cast<int64_t>(prompts.size());
+  if (B == 0) return {};
+  int64_t longest = 0;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    if (prompts[i].empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt " + std::to_string(i) + " is empty");
+    for (int32_t id : prompts[i])
+      if (id < 0 || id >= cfg.vocab_size)
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt " + std::to_string(i) + " has token id " +
+                                                           std::to_string(id) + " outside the vocabulary");
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
+  }
+  if (longest >= cfg.max_position_embeddings)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt of " + std::to_string(longest) + " tokens leaves no room in the " +
+                                                       std::to_string(cfg.max_position_embeddings) + "-token context");
+  const int64_t capacity = std::min<int64_t>(cfg.max_position_embeddings, longest + p.max_tokens);
+
+  // Left-pad to a common length.
+  auto tokens = torch::zeros({B, longest}, torch::kInt64);
+  auto pad = torch::zeros({B}, torch::kInt64);
+  auto acc = tokens.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t n = static_cast<int64_t>(prompts[b].size());
+    pad[b] = longest - n;
+    for (int64_t t = 0; t < n; ++t) acc[b][longest - n + t] = prompts[b][t];
+  }
+  auto cache = KVCache::create(cfg, B, capacity, torch::TensorOptions().dtype(model.dtype()).device(model.device()));
+
+  std::vector<GenerationResult> results(B);
+  std::vector<SequenceState> state;
+  std::vector<torch::Generator> gens;
+  std::vector<std::vector<int32_t>> seen(B);  // for the repetition penalty
+  for (int64_t b = 0; b < B; ++b) {
+    results[b].prompt_tokens = static_cast<int64_t>(prompts[b].size());
+    state.emplace_back(tokenizer);
+    uint64_t seed = p.seed ? *p.seed + static_cast<uint64_t>(b) : static_cast<uint64_t>(std::random_device{}());
+    gens.push_back(at::detail::createCPUGenerator(seed));
+    seen[b] = prompts[b];
+  }
+
+  auto finish = [&](int64_t b, const std::string& reason) {
+    auto& st = state[b];
+    if (st.done) return;
+    st.done = true;
+    results[b].finish_reason = reason;
+    std::string rest = reason == "cancelled" ? std::string() : st.decoder.flush();
+    st.text += rest;
+    // Cut at the first stop string; send whatever of the final text was still held back.
+    std::size_t end = st.text.size();
+    for (const auto& s : p.stop) end = std::min(end, st.text.find(s) == std::string::npos ? end : st.text.find(s));
+    if (end < st.sent) end = st.sent;
+    if (on_token && end > st.sent && reason != "cancelled") on_token(b, -1, st.text.substr(st.sent, end - st.sent));
+    st.text.resize(end);
+    results[b].text = st.text;
+  };
+
+  auto logits = model.forward(tokens, &cache, pad).select(1, longest - 1);  // [B, V]
+  for (int64_t step = 0; step < p.max_tokens; ++step) {
+    auto next = torch::empty({B}, torch::kInt64);
+    auto lg = logits.to(torch::kCPU);
+    for (int64_t b = 0; b < B; ++b) {
+      if (state[b].done) {
+        next[b] = 0;
+        continue;
+      }
+      auto row = lg[b].clone();
+      if (p.repetition_penalty != 1.0 && !seen[b].empty()) {
+        std::set<int64_t> distinct(seen[b].begin(), seen[b].end());
+        auto idx = torch::tensor(std::vector<int64_t>(distinct.begin(), distinct.end()), torch::kInt64);
+        auto vals = row.index_select(0, idx);
+        vals = torch::where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty);
+        row.index_copy_(0, idx, vals);
+      }
+      int64_t tok;
+      if (p.temperature == 0) {
+        tok = row.argmax().item<int64_t>();
+      } else {
+        row = row / p.temperature;
+        if (p.top_k > 0 && p.top_k < row.size(0)) {
+          auto kth = std::get<0>(row.topk(p.top_k)).min();
+          row = row.masked_fill(row < kth, -std::numeric_limits<float>::infinity());
+        }
+        auto probs = torch::softmax(row, -1);
+        if (p.top_p < 1.0) {
+          auto sorted = probs.sort(-1, /*descending=*/true);
+          auto sp = std::get<0>(sorted), si = std::get<1>(sorted);
+          auto cum = sp.cumsum(-1);
+          auto drop = (cum - sp) >= p.top_p;  // keep the smallest prefix reaching top_p
+          sp = sp.masked_fill(drop, 0);
+          probs = torch::zeros_like(probs).scatter(0, si, sp);
+          probs = probs / probs.sum();
+        }
+        tok = torch::multinomial(probs, 1, false, gens[b]).item<int64_t>();
+      }
+      next[b] = tok;
+    }
+    // Account the new tokens; stop what has stopped.
+    for (int64_t b = 0; b < B; ++b) {
+      auto& st = state[b];
+      if (st.done) continue;
+      int32_t tok = static_cast<int32_t>(next[b].item<int64_t>());
+      if (tok == cfg.eos_token_id && !p.ignore_eos) {
+        finish(b, "stop");
+        continue;
+      }
+      results[b].tokens.push_back(tok);
+      seen[b].push_back(tok);
+      st.text += st.decoder.push(tok);
+      bool stopped = false;
+      for (const auto& s : p.stop)
+        if (st.text.find(s, st.sent > s.size() ? st.sent - s.size() : 0) != std::string::npos) stopped = true;
+      if (stopped) {
+        finish(b, "stop");
+        continue;
+      }
+      std::size_t safe = st.text.size() - held_back(st.text, p.stop);
+      if (on_token && safe > st.sent) {
+        bool go_on = on_token(b, tok, st.text.substr(st.sent, safe - st.sent));
+        st.sent = safe;
+        if (!go_on) {
+          finish(b, "cancelled");
+          continue;
+        }
+      }
+      if (static_cast<int64_t>(results[b].tokens.size()) >= p.max_tokens || cache.length + 1 > capacity)
+        finish(b, "length");
+    }
+    bool all_done = std::all_of(state.begin(), state.end(), [](const SequenceState& s) { return s.done; });
+    if (all_done || cache.length >= capacity) break;
+    logits = model.forward(next.view({B, 1}), &cache, pad).select(1, 0);
+  }
+  for (int64_t b = 0; b < B; ++b) finish(b, "length");
+  return results;
+}
+
+}  // namespace vhost::llama

@@ -1,0 +1,45 @@
+// Text generation: greedy and sampled decoding with a KV cache, several prompts of different
+// lengths in one batch, stop conditions and per-token streaming.
+#pragma once
+
+#include "model.hpp"
+#include "tokenizer.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vhost::llama {
+
+struct SamplingParams {
+  double temperature = 1.0;         // 0: greedy
+  double top_p = 1.0;               // nucleus: smallest set of tokens with this much probability
+  int64_t top_k = 0;                // 0: no limit
+  double repetition_penalty = 1.0;  // > 1 discourages tokens already in the sequence (CTRL / HF)
+  int64_t max_tokens = 256;
+  std::vector<std::string> stop;    // the text ends before the first of these
+  std::optional<uint64_t> seed;     // sequence i of a batch samples with seed + i
+  bool ignore_eos = false;
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated ids (EOS not included)
+  std::string text;             // decoded, cut before a stop string
+  std::string finish_reason;    // "stop" (EOS or stop string), "length", "cancelled"
+  int64_t prompt_tokens = 0;
+};
+
+// Called for each sequence as text becomes final: whole UTF-8 characters, never part of a stop
+// string. Return false to cancel that sequence.
+using TokenCallback = std::function<bool(std::size_t sequence, int32_t token, const std::string& delta)>;
+
+// Throws vhost::Error for bad parameters or prompts that do not fit the context.
+std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer& tokenizer,
+                                       const std::vector<std::vector<int32_t>>& prompts, const SamplingParams& params,
+                                       const TokenCallback& on_token = {});
+
+void validate(const SamplingParams& p);  // throws vhost::Error(VHOST_ERR_INVALID_ARGUMENT) naming the field
+
+}  // namespace vhost::llama
