@@ -3,7 +3,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <filesystem>
 #include <iostream>
+#include <iterator>
 
 namespace vh = vhost::host;
 
@@ -85,6 +87,53 @@ int main(int argc, char** argv) {
   plugins->add_flag("-v,--verbose", verbose, "also list each plugin's options");
 
   auto* stages = app.add_subcommand("stages", "list the stage types and their options");
+
+  // Model and tokenizer tools (plugin-level tools of a model plugin).
+  std::string model_plugin = "llama";
+  auto* model = app.add_subcommand("model", "make and convert model checkpoints");
+  model->require_subcommand(1);
+  std::string preset = "tiny", out_dir, dtype = "float32", tok_file, tok_text;
+  int64_t seed = 0;
+  auto* model_init = model->add_subcommand("init", "write a randomly initialised checkpoint of a preset shape");
+  model_init->add_option("--preset", preset, "tiny, stories15m, 7b, 13b")->capture_default_str();
+  model_init->add_option("--out", out_dir, "checkpoint folder to write")->required();
+  model_init->add_option("--seed", seed, "initialisation seed")->capture_default_str();
+  model_init->add_option("--dtype", dtype, "float32, bfloat16, float16")->capture_default_str();
+  auto* tok_opt = model_init->add_option("--tokenizer", tok_file, "tokenizer.model to copy (sets the vocabulary)");
+  model_init->add_option("--tokenizer-text", tok_text, "text file to train a tokenizer on")->excludes(tok_opt);
+  model_init->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+
+  auto* tokenizer = app.add_subcommand("tokenizer", "encode, decode, train SentencePiece tokenizers");
+  tokenizer->require_subcommand(1);
+  std::string tok_model, tok_input;
+  bool tok_bos = false, tok_eos = false;
+  int64_t tok_vocab = 32000;
+  auto* tok_encode = tokenizer->add_subcommand("encode", "text on stdin -> JSON array of ids");
+  tok_encode->add_option("--model", tok_model, "tokenizer.model, or a checkpoint folder")->required();
+  tok_encode->add_flag("--bos", tok_bos, "prepend BOS");
+  tok_encode->add_flag("--eos", tok_eos, "append EOS");
+  auto* tok_decode = tokenizer->add_subcommand("decode", "JSON array of ids on stdin -> text");
+  tok_decode->add_option("--model", tok_model, "tokenizer.model, or a checkpoint folder")->required();
+  auto* tok_train = tokenizer->add_subcommand("train", "train a LLaMA-style SentencePiece BPE");
+  tok_train->add_option("--input", tok_input, "text file")->required();
+  tok_train->add_option("--vocab", tok_vocab, "vocabulary size")->capture_default_str();
+  tok_train->add_option("--out", out_dir, "folder for tokenizer.model")->required();
+
+  auto* gen = app.add_subcommand("generate", "continue a prompt with a model");
+  std::string gen_model, gen_prompt;
+  int64_t gen_max = 64, gen_top_k = 0, gen_seed = -1, gen_threads = 0;
+  double gen_temp = 0.0, gen_top_p = 1.0;
+  std::vector<std::string> gen_stop;
+  gen->add_option("model_dir", gen_model, "checkpoint folder")->required();
+  gen->add_option("--prompt", gen_prompt, "the prompt")->required();
+  gen->add_option("--max-tokens", gen_max, "tokens to generate at most")->capture_default_str();
+  gen->add_option("--temperature", gen_temp, "0: greedy")->capture_default_str();
+  gen->add_option("--top-p", gen_top_p, "nucleus sampling")->capture_default_str();
+  gen->add_option("--top-k", gen_top_k, "0: no limit")->capture_default_str();
+  gen->add_option("--seed", gen_seed, "sampling seed (-1: random)")->capture_default_str();
+  gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
+  gen->add_option("--threads", gen_threads, "CPU threads (0: one per core)")->capture_default_str();
+  gen->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
   auto* ver = app.add_subcommand("version", "print versions");
 
   try {
@@ -115,6 +164,61 @@ int main(int argc, char** argv) {
                     << (o.contains("default") ? " = " + o["default"].dump() : std::string(" [required]")) << ": "
                     << o["help"].get<std::string>() << "\n";
       }
+      return 0;
+    }
+    if (*model_init) {
+      vh::json args = {{"preset", preset}, {"out", std::filesystem::absolute(out_dir).string()}, {"seed", seed}, {"dtype", dtype}};
+      if (!tok_file.empty()) args["tokenizer"] = std::filesystem::absolute(tok_file).string();
+      if (!tok_text.empty()) args["tokenizer_text"] = std::filesystem::absolute(tok_text).string();
+      auto r = host.model_tool(model_plugin, "init", args);
+      std::cout << "wrote " << r["out"].get<std::string>() << ": " << r["parameters"] << " parameters, vocabulary "
+                << r["vocab_size"] << ", " << r["dtype"].get<std::string>() << "\n";
+      return 0;
+    }
+    if (*tok_encode || *tok_decode) {
+      std::string in((std::istreambuf_iterator<char>(std::cin)), {});
+      vh::json args = {{"tokenizer", std::filesystem::absolute(tok_model).string()}};
+      if (*tok_encode) {
+        args["text"] = in;
+        args["bos"] = tok_bos;
+        args["eos"] = tok_eos;
+        std::cout << host.model_tool(model_plugin, "encode", args)["ids"].dump() << "\n";
+      } else {
+        vh::json ids;
+        try {
+          ids = vh::json::parse(in);
+        } catch (const vh::json::parse_error& e) {
+          throw vh::ConfigError("stdin: not a JSON array of token ids: byte " + std::to_string(e.byte) + ": " + e.what());
+        }
+        if (!ids.is_array()) throw vh::ConfigError("stdin: expected a JSON array of token ids, got " + std::string(ids.type_name()));
+        for (std::size_t i = 0; i < ids.size(); ++i)
+          if (!ids[i].is_number_integer())
+            throw vh::ConfigError("stdin: element " + std::to_string(i) + " is not an integer token id: " + ids[i].dump());
+        args["ids"] = ids;
+        std::cout << host.model_tool(model_plugin, "decode", args)["text"].get<std::string>();
+      }
+      return 0;
+    }
+    if (*tok_train) {
+      auto r = host.model_tool(model_plugin, "train-tokenizer",
+                               {{"input", std::filesystem::absolute(tok_input).string()}, {"vocab", tok_vocab},
+                                {"out", std::filesystem::absolute(out_dir).string()}});
+      std::cout << "wrote " << r["model"].get<std::string>() << " (" << r["vocab_size"] << " pieces)\n";
+      return 0;
+    }
+    if (*gen) {
+      // A one-stage pipeline, so `vhost generate` runs exactly what the generate stage runs.
+      auto q = [](const std::string& v) { return vh::json(v).dump(); };  // a JSON string is a TOML basic string
+      std::string toml = "[pipeline]\nname = \"generate\"\nstages = [\"generate\"]\nwork_dir = " +
+                         q((std::filesystem::temp_directory_path() / "vhost-generate").string()) +
+                         "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(gen_threads) +
+                         "\n[models.m]\nplugin = " + q(model_plugin) + "\npath = " +
+                         q(std::filesystem::absolute(gen_model).string()) + "\n[stages.generate]\nprompts = [" + q(gen_prompt) +
+                         "]\nmax_tokens = " + std::to_string(gen_max) + "\ntemperature = " + vh::json(gen_temp).dump() +
+                         "\ntop_p = " + vh::json(gen_top_p).dump() + "\ntop_k = " + std::to_string(gen_top_k) +
+                         "\nseed = " + std::to_string(gen_seed) + "\nstop = " + vh::json(gen_stop).dump() + "\n";
+      auto p = host.load_string(toml, "vhost generate");
+      host.run(p);
       return 0;
     }
     auto pipeline = host.load_file(file, sets);

@@ -11,7 +11,8 @@ namespace vhost::host {
 
 // ---- schema ---------------------------------------------------------------------------------
 static const std::set<std::string> kTypes = {"string",  "path",        "integer",   "float",
-                                             "boolean", "string_list", "path_list", "table"};
+                                             "boolean", "string_list", "path_list", "table",
+                                             "instance"};
 
 Schema schema_from_json(const std::string& options_json, const std::string& owner) {
   Schema schema;
@@ -32,11 +33,14 @@ Schema schema_from_json(const std::string& options_json, const std::string& owne
       if (o.contains("min")) s.min = o.at("min").get<double>();
       if (o.contains("max")) s.max = o.at("max").get<double>();
       if (o.contains("choices")) s.choices = o.at("choices").get<std::vector<std::string>>();
+      if (o.contains("kind")) s.instance_kind = o.at("kind").get<std::string>();
     } catch (const json::exception& e) {
       throw PluginError(owner + ": malformed option in its schema (" + o.dump() + "): " + e.what());
     }
     if (!kTypes.count(s.type))
       throw PluginError(owner + ": option '" + s.key + "' has unknown type '" + s.type + "'");
+    if (s.type == "instance" && s.instance_kind.empty())
+      throw PluginError(owner + ": option '" + s.key + "' is an instance but names no \"kind\"");
     if (s.key.empty() || s.key == "plugin" || s.key == "type" || s.key[0] == '_')
       throw PluginError(owner + ": option name '" + s.key + "' is reserved");
     schema.push_back(std::move(s));
@@ -52,6 +56,7 @@ json schema_to_json(const Schema& schema) {
     if (s.min) j["min"] = *s.min;
     if (s.max) j["max"] = *s.max;
     if (!s.choices.empty()) j["choices"] = s.choices;
+    if (!s.instance_kind.empty()) j["kind"] = s.instance_kind;
     arr.push_back(j);
   }
   return arr;
@@ -372,6 +377,10 @@ static std::optional<json> convert(const Document& doc, const toml::node& n, con
     }
     return true;
   };
+  if (s.type == "instance") {
+    if (!n.is_string()) return wrong("the name of a " + s.instance_kind);
+    return json(n.as_string()->get());
+  }
   if (s.type == "string" || s.type == "path") {
     if (!n.is_string()) return wrong("a string");
     const std::string& v = n.as_string()->get();

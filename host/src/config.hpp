@@ -25,6 +25,7 @@ struct OptionSpec {
   std::optional<json> default_value;
   std::optional<double> min, max;
   std::vector<std::string> choices;
+  std::string instance_kind;  // type "instance": the kind it must name
 };
 using Schema = std::vector<OptionSpec>;
 

@@ -16,6 +16,7 @@
 #include <iostream>
 #include <mutex>
 #include <regex>
+#include <set>
 #include <sstream>
 
 namespace vhost::host {
@@ -46,6 +47,7 @@ struct InstanceDecl {
   std::string ref, kind, plugin;
   std::shared_ptr<const LoadedPlugin> loaded;
   json config;
+  std::vector<std::string> deps;  // instances it names (type "instance" options), created first
 };
 
 struct StageDecl {
@@ -169,6 +171,16 @@ Schema pipeline_schema() {
 
 }  // namespace
 
+json Host::model_tool(const std::string& plugin, const std::string& tool, const json& args) const {
+  Registry reg(impl_->dirs);
+  const Candidate* c = reg.find(VHOST_KIND_MODEL, plugin);
+  if (!c) {
+    auto names = reg.names(VHOST_KIND_MODEL);
+    throw PluginError("no model plugin named '" + plugin + "' (available: " + (names.empty() ? "none" : join(names)) + ")");
+  }
+  return vhost::host::model_tool(*Registry::load(*c), tool, args);
+}
+
 struct PipelineBuilder {
   static Pipeline build(Document doc, const std::vector<std::string>& overrides, const HostOptions& options,
                         const std::vector<SearchDir>& host_dirs);
@@ -291,6 +303,41 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
       if (d.ref == ref) return true;
     return false;
   };
+  // Options of type "instance": resolve to full ids; an empty value means the only instance of
+  // that kind (or none, when none is declared).
+  for (auto& d : impl->instances) {
+    for (const auto& spec : d.loaded->schema) {
+      if (spec.type != "instance" || !d.config.contains(spec.key)) continue;
+      std::string section = kind_section(spec.instance_kind);
+      std::string kp = d.ref + "." + spec.key;
+      std::string at = impl->locations.count(kp) ? impl->locations[kp] : impl->locations[d.ref + ".plugin"];
+      std::string val = d.config[spec.key].get<std::string>();
+      std::string full;
+      if (val.empty()) {
+        std::vector<std::string> all;
+        for (const auto& o : impl->instances)
+          if (o.kind == spec.instance_kind) all.push_back(o.ref);
+        if (all.size() > 1) {
+          diag.error(at, kp + ": several " + section + " are declared (" + join(all) + "); say which one");
+          continue;
+        }
+        if (all.size() == 1) full = all[0];
+      } else {
+        full = val.rfind(section + ".", 0) == 0 ? val : section + "." + val;
+        if (!declared(full)) {
+          diag.error(at, kp + ": no [" + full + "] is declared");
+          continue;
+        }
+      }
+      if (full == d.ref) {
+        diag.error(at, kp + ": an instance cannot depend on itself");
+        continue;
+      }
+      d.config[spec.key] = full;
+      resolved[kind_section(d.kind)][d.ref.substr(kind_section(d.kind).size() + 1)][spec.key] = full;
+      if (!full.empty()) d.deps.push_back(full);
+    }
+  }
 
   // [stages.X], in the order pipeline.stages gives.
   const toml::table* stables = root.get_as<toml::table>("stages");
@@ -428,11 +475,15 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
   std::vector<std::string> created;  // destroyed in reverse order of creation
   std::vector<std::string> declared;
   for (const auto& d : p.instances) declared.push_back(d.ref);
-  auto get_instance = [&](const std::string& ref) -> Instance& {
+  std::set<std::string> creating;
+  std::function<Instance&(const std::string&)> get_instance = [&](const std::string& ref) -> Instance& {
     auto it = live.find(ref);
     if (it != live.end()) return *it->second;
     for (const auto& d : p.instances) {
       if (d.ref != ref) continue;
+      if (!creating.insert(ref).second) throw ConfigError(pipeline.where(ref + ".plugin") + ": " + ref + ": instances depend on each other in a cycle");
+      for (const auto& dep : d.deps) get_instance(dep);
+      creating.erase(ref);
       spdlog::debug("creating {} ({})", ref, d.loaded->label());
       auto inst = std::make_unique<Instance>(d.loaded, ref, d.config, p.locations, p.source);
       created.push_back(ref);
@@ -457,7 +508,10 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
       continue;
     const StageDecl& sd = p.stages.at(id);
     spdlog::info("stage '{}' ({})", id, sd.type->type);
-    StageContext ctx{id, sd.config, p.work_dir, out, declared, get_instance};
+    StageContext ctx{id, sd.config, p.work_dir, out, declared, get_instance,
+                     [this](const std::string& plugin, const std::string& tool, const json& args) {
+                       return model_tool(plugin, tool, args);
+                     }};
     auto t0 = std::chrono::steady_clock::now();
     StageResult r{id, sd.type->type, 0, json()};
     try {

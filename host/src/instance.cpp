@@ -49,13 +49,20 @@ void Instance::check(vhost_status* s, const std::string& what) const {
 }
 
 template <class Iface>
-const Iface* Instance::iface(std::size_t needed_size, const char* slot) const {
-  auto* t = static_cast<const Iface*>(plugin_->desc->kind_iface);
+static const Iface* table_of(const LoadedPlugin& p, const char* kind, std::size_t needed_size, const char* slot) {
+  if (p.kind != kind) throw PluginError(p.label() + " is not a " + kind + " plugin");
+  auto* t = static_cast<const Iface*>(p.desc->kind_iface);
   if (t->struct_size < needed_size)
-    throw PluginError(plugin_->label() + ": its " + plugin_->kind + " table is too old to have '" + slot +
-                      "': rebuild it against this SDK");
+    throw PluginError(p.label() + ": its " + p.kind + " table is too old to have '" + slot + "': rebuild it against this SDK");
   return t;
 }
+
+template <class Iface>
+const Iface* Instance::iface(const char* kind, std::size_t needed_size, const char* slot) const {
+  return table_of<Iface>(*plugin_, kind, needed_size, slot);
+}
+
+#define VHOST_SLOT_END(T, slot) (offsetof(T, slot) + sizeof(T::slot))
 
 json Instance::describe() {
   StringSink out;
@@ -73,8 +80,7 @@ const void* Instance::extension(const std::string& name) {
 }
 
 json Instance::judge_complete(const json& request) {
-  if (plugin_->kind != VHOST_KIND_JUDGE) throw PluginError(plugin_->label() + " is not a judge");
-  auto* t = iface<vhost_judge_iface>(offsetof(vhost_judge_iface, complete) + sizeof(vhost_judge_iface::complete), "complete");
+  auto* t = iface<vhost_judge_iface>(VHOST_KIND_JUDGE, VHOST_SLOT_END(vhost_judge_iface, complete), "complete");
   StringSink out;
   check(t->complete(self_, request.dump().c_str(), &out.sink), "request failed");
   try {
@@ -84,6 +90,58 @@ json Instance::judge_complete(const json& request) {
     return reply;
   } catch (const json::exception& e) {
     throw PluginError(plugin_->label() + ": its reply is not valid JSON: " + e.what());
+  }
+}
+
+std::vector<int32_t> Instance::model_encode(const std::string& text, bool bos, bool eos) {
+  auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, encode), "encode");
+  std::vector<int32_t> ids;
+  auto collect = [](void* ctx, const int32_t* p, size_t n) { static_cast<std::vector<int32_t>*>(ctx)->assign(p, p + n); };
+  check(t->encode(self_, text.data(), text.size(), (bos ? VHOST_ENCODE_BOS : 0u) | (eos ? VHOST_ENCODE_EOS : 0u),
+                  collect, &ids),
+        "encode failed");
+  return ids;
+}
+
+std::string Instance::model_decode(const std::vector<int32_t>& ids) {
+  auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, decode), "decode");
+  StringSink out;
+  check(t->decode(self_, ids.data(), ids.size(), &out.sink), "decode failed");
+  return out.data;
+}
+
+json Instance::model_generate(const json& request, const TokenFn& on_token) {
+  auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, generate), "generate");
+  StringSink out;
+  struct Ctx {
+    const TokenFn* fn;
+  } ctx{&on_token};
+  vhost_token_fn cb = nullptr;
+  if (on_token)
+    cb = [](void* c, uint32_t seq, int32_t tok, const char* text, size_t len) -> int32_t {
+      try {
+        return (*static_cast<Ctx*>(c)->fn)(seq, tok, std::string(text, len)) ? 0 : 1;
+      } catch (...) {
+        return 1;  // an exception must not unwind through the plugin: cancel instead
+      }
+    };
+  check(t->generate(self_, request.dump().c_str(), cb, &ctx, &out.sink), "generate failed");
+  try {
+    return json::parse(out.data);
+  } catch (const json::exception& e) {
+    throw PluginError(plugin_->label() + ": generate returned invalid JSON: " + e.what());
+  }
+}
+
+json model_tool(const LoadedPlugin& plugin, const std::string& name, const json& args) {
+  auto* t = table_of<vhost_model_iface>(plugin, VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, tool), "tool");
+  StringSink out;
+  auto info = take_status(t->tool(name.c_str(), args.dump().c_str(), &out.sink));
+  if (info) throw PluginError(plugin.label() + ": " + name + ": " + code_name(info->code) + ": " + info->message);
+  try {
+    return out.data.empty() ? json::object() : json::parse(out.data);
+  } catch (const json::exception& e) {
+    throw PluginError(plugin.label() + ": tool '" + name + "' returned invalid JSON: " + e.what());
   }
 }
 

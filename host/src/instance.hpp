@@ -5,6 +5,7 @@
 #include "config.hpp"
 #include "registry.hpp"
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -26,10 +27,15 @@ class Instance {
   const void* extension(const std::string& name);
   // The judge kind's one call.
   json judge_complete(const json& request);
+  // The model kind.
+  std::vector<int32_t> model_encode(const std::string& text, bool bos, bool eos);
+  std::string model_decode(const std::vector<int32_t>& ids);
+  using TokenFn = std::function<bool(uint32_t sequence, int32_t token, const std::string& text)>;
+  json model_generate(const json& request, const TokenFn& on_token);
 
  private:
   template <class Iface>
-  const Iface* iface(std::size_t needed_size, const char* slot) const;
+  const Iface* iface(const char* kind, std::size_t needed_size, const char* slot) const;
   void check(vhost_status* s, const std::string& what) const;
   std::shared_ptr<const LoadedPlugin> plugin_;
   std::string id_;
@@ -37,5 +43,8 @@ class Instance {
   std::string source_name_;
   void* self_ = nullptr;
 };
+
+// A plugin-level tool of a model plugin (vhost_model_iface::tool).
+json model_tool(const LoadedPlugin& plugin, const std::string& name, const json& args);
 
 }  // namespace vhost::host

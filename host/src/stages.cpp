@@ -3,6 +3,7 @@
 #include <vhost/host/host.hpp>
 
 #include <chrono>
+#include <fstream>
 
 namespace vhost::host {
 
@@ -56,6 +57,63 @@ json run_probe(StageContext& ctx) {
   return {{"judge", ctx.config["judge"]}, {"seconds", seconds}, {"reply", reply}};
 }
 
+// `generate`: prompts through a model, streamed to the terminal; the texts go to the report
+// and to work_dir/<stage>.jsonl.
+json run_generate(StageContext& ctx) {
+  const auto& c = ctx.config;
+  Instance& model = ctx.instance(c["model"].get<std::string>());
+  json request = {{"prompts", c["prompts"]},
+                  {"max_tokens", c["max_tokens"]},
+                  {"temperature", c["temperature"]},
+                  {"top_p", c["top_p"]},
+                  {"top_k", c["top_k"]},
+                  {"repetition_penalty", c["repetition_penalty"]},
+                  {"stop", c["stop"]},
+                  {"add_bos", true}};
+  if (c["seed"].get<int64_t>() >= 0) request["seed"] = c["seed"];
+  const auto prompts = c["prompts"].get<std::vector<std::string>>();
+  const bool stream = c["stream"].get<bool>() && prompts.size() == 1;
+  if (stream) ctx.out << prompts[0] << std::flush;
+  auto t0 = std::chrono::steady_clock::now();
+  json reply = model.model_generate(request, [&](uint32_t, int32_t, const std::string& text) {
+    if (stream) ctx.out << text << std::flush;
+    return true;
+  });
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (stream) ctx.out << "\n";
+  std::ofstream jsonl(ctx.work_dir / (ctx.id + ".jsonl"));
+  for (const auto& ch : reply["choices"]) {
+    std::size_t i = ch["index"].get<std::size_t>();
+    if (!stream) ctx.out << "[" << i << "] " << prompts.at(i) << ch["text"].get<std::string>() << "\n";
+    jsonl << json{{"prompt", prompts.at(i)}, {"text", ch["text"]}, {"finish_reason", ch["finish_reason"]}}.dump()
+          << "\n";
+  }
+  int64_t completion = reply["usage"]["completion_tokens"].get<int64_t>();
+  ctx.out << completion << " tokens in " << seconds << " s (" << (seconds > 0 ? completion / seconds : 0.0)
+          << " tokens/s)\n";
+  reply["seconds"] = seconds;
+  return reply;
+}
+
+// `model-init`: writes a random checkpoint of a preset shape, with a tokenizer trained on a text
+// file, unless one is already there: the demo's "tiny model made on the spot".
+json run_model_init(StageContext& ctx) {
+  const auto& c = ctx.config;
+  fs::path out = c["out"].get<std::string>();
+  if (fs::exists(out / "config.json") && !c["overwrite"].get<bool>()) {
+    ctx.out << out.string() << " exists; kept (overwrite = true to replace it)\n";
+    return {{"out", out.string()}, {"created", false}};
+  }
+  json args = {{"preset", c["preset"]}, {"out", out.string()}, {"seed", c["seed"]}, {"dtype", c["dtype"]}};
+  if (!c["tokenizer"].get<std::string>().empty()) args["tokenizer"] = c["tokenizer"];
+  if (!c["tokenizer_text"].get<std::string>().empty()) args["tokenizer_text"] = c["tokenizer_text"];
+  json r = ctx.model_tool(c["plugin"].get<std::string>(), "init", args);
+  ctx.out << "wrote " << out.string() << ": " << r["parameters"] << " parameters (" << c["preset"].get<std::string>()
+          << ", random weights)\n";
+  r["created"] = true;
+  return r;
+}
+
 OptionSpec opt(std::string key, std::string type, std::optional<json> def, std::string help,
                std::optional<double> min = std::nullopt, std::optional<double> max = std::nullopt) {
   OptionSpec s;
@@ -87,6 +145,34 @@ const std::vector<StageType>& stage_types() {
        {{"judge", VHOST_KIND_JUDGE}},
        {},
        run_probe},
+      {"model-init",
+       "Writes a randomly initialised checkpoint of a preset shape (kept if it already exists).",
+       {opt("plugin", "string", "llama", "the model plugin"),
+        opt("preset", "string", "tiny", "tiny, stories15m, 7b, 13b"),
+        opt("out", "path", std::nullopt, "checkpoint folder"),
+        opt("seed", "integer", 0, "initialisation seed", 0, 9007199254740991.0),
+        opt("dtype", "string", "float32", "float32, bfloat16, float16"),
+        opt("tokenizer", "path", "", "tokenizer.model to copy"),
+        opt("tokenizer_text", "path", "", "text file to train a tokenizer on"),
+        opt("overwrite", "boolean", false, "replace an existing checkpoint")},
+       {},
+       {},
+       run_model_init},
+      {"generate",
+       "Continues prompts with a model and prints the text (streamed when there is one prompt).",
+       {opt("model", "string", "", "the model instance (a name under [models]); empty: the only one"),
+        opt("prompts", "string_list", std::nullopt, "the prompts"),
+        opt("max_tokens", "integer", 64, "tokens to generate at most", 1, 1 << 20),
+        opt("temperature", "float", 0.0, "0: greedy", 0, 100),
+        opt("top_p", "float", 1.0, "nucleus sampling", 0, 1),
+        opt("top_k", "integer", 0, "sample from the k most likely (0: all)", 0, 1 << 30),
+        opt("repetition_penalty", "float", 1.0, "> 1 discourages repeats", 0.01, 100),
+        opt("seed", "integer", -1, "sampling seed (-1: random)", -1, 9007199254740991.0),
+        opt("stop", "string_list", json::array(), "stop before any of these"),
+        opt("stream", "boolean", true, "print text as it is generated (one prompt)")},
+       {{"model", VHOST_KIND_MODEL}},
+       {},
+       run_generate},
   };
   return types;
 }

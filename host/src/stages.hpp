@@ -20,6 +20,7 @@ struct StageContext {
   std::ostream& out;
   std::vector<std::string> declared;                    // every instance id in the pipeline
   std::function<Instance&(const std::string&)> instance;  // created on first use, kept for the run
+  std::function<json(const std::string& plugin, const std::string& tool, const json& args)> model_tool;
 };
 
 struct StageType {

@@ -51,6 +51,15 @@ if "$prefix/bin/vhost" validate "$src/examples/third_party_plugin/pipeline.toml"
 fi
 grep -q "judges.length.cap: 0 is out of range" "$scratch/err"
 
+echo "== the installed model plugin finds its SentencePiece shim and helper in the prefix"
+mv "$build/lib/vhost" "$build/lib/vhost.hidden"   # nothing from the build tree may be used
+trap 'mv "$build/lib/vhost.hidden" "$build/lib/vhost" 2>/dev/null || true' EXIT
+"$prefix/bin/vhost" model init --preset tiny --out "$scratch/tiny" --tokenizer-text "$src/docs/plugins.md"
+"$prefix/bin/vhost" generate "$scratch/tiny" --prompt "Hello" --max-tokens 5 --log-level warn | tee "$scratch/gen.out"
+grep -q "5 tokens in" "$scratch/gen.out"
+mv "$build/lib/vhost.hidden" "$build/lib/vhost"
+trap - EXIT
+
 echo "== build and run the embedding example against the installed library"
 cmake -S "$src/examples/embed" -B "$scratch/embed-build" "${gen[@]}" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
 cmake --build "$scratch/embed-build" >/dev/null

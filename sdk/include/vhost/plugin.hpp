@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -58,6 +59,7 @@ struct Option {
   std::optional<json> default_value;  // empty: required
   std::optional<double> min, max;
   std::vector<std::string> choices;
+  std::string instance_kind;  // for type "instance"
 
   static Option make(std::string key, std::string type, std::optional<json> def, std::string help) {
     Option o;
@@ -86,6 +88,13 @@ struct Option {
   static Option string_list(std::string key, std::optional<std::vector<std::string>> def, std::string help) {
     return make(std::move(key), "string_list", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
   }
+  // Another instance of the pipeline, of the given kind; the plugin receives its full id
+  // ("backends.cpu") or "" and looks it up with vhost::find_extension.
+  static Option instance(std::string key, std::string kind, std::string help) {
+    Option o = make(std::move(key), "instance", json(""), std::move(help));
+    o.instance_kind = std::move(kind);
+    return o;
+  }
   // A free-form sub-table, passed to the plugin as a JSON object without checking its keys.
   static Option table(std::string key, std::string help) {
     return make(std::move(key), "table", json::object(), std::move(help));
@@ -106,6 +115,7 @@ struct Option {
     if (min) j["min"] = *min;
     if (max) j["max"] = *max;
     if (!choices.empty()) j["choices"] = choices;
+    if (!instance_kind.empty()) j["kind"] = instance_kind;
     return j;
   }
 };
@@ -157,7 +167,18 @@ class Plugin {
 };
 
 class Backend : public Plugin {};
-class Model : public Plugin {};
+
+// Streams generated text: (sequence, token, text) -> false to cancel that sequence.
+using TokenSink = std::function<bool(std::uint32_t, std::int32_t, const std::string&)>;
+
+class Model : public Plugin {
+ public:
+  virtual std::vector<std::int32_t> encode(std::string_view text, bool bos, bool eos) const = 0;
+  virtual std::string decode(const std::vector<std::int32_t>& ids) const = 0;
+  // See vhost_model_iface::generate for the request and reply.
+  virtual json generate(const json& request, const TokenSink& on_token) = 0;
+  // A model class may also define   static json tool(const std::string& name, const json& args);
+};
 class Dataset : public Plugin {};
 class Judge : public Plugin {
  public:
@@ -223,6 +244,11 @@ constexpr const char* kind_of() {
   else static_assert(std::is_base_of_v<Judge, T>, "a plugin derives from vhost::Backend, Model, Dataset or Judge");
 }
 
+template <class T, class = void>
+struct has_tool : std::false_type {};
+template <class T>
+struct has_tool<T, std::void_t<decltype(T::tool(std::string(), json()))>> : std::true_type {};
+
 template <class T>
 const void* kind_iface() {
   if constexpr (std::is_base_of_v<Judge, T>) {
@@ -239,7 +265,37 @@ const void* kind_iface() {
     static const vhost_backend_iface iface = {sizeof(vhost_backend_iface)};
     return &iface;
   } else if constexpr (std::is_base_of_v<Model, T>) {
-    static const vhost_model_iface iface = {sizeof(vhost_model_iface)};
+    static const vhost_model_iface iface = {
+        sizeof(vhost_model_iface),
+        [](void* s, const char* text, size_t len, uint32_t flags, vhost_ids_fn out, void* ctx) {
+          return guard([&] {
+            auto ids = static_cast<Model*>(self(s))->encode(std::string_view(text, len), flags & VHOST_ENCODE_BOS,
+                                                            flags & VHOST_ENCODE_EOS);
+            out(ctx, ids.data(), ids.size());
+          });
+        },
+        [](void* s, const int32_t* ids, size_t n, vhost_sink* text) {
+          return guard([&] { write(text, static_cast<Model*>(self(s))->decode(std::vector<std::int32_t>(ids, ids + n))); });
+        },
+        [](void* s, const char* request, vhost_token_fn on_token, void* ctx, vhost_sink* reply) {
+          return guard([&] {
+            TokenSink sink;
+            if (on_token)
+              sink = [&](std::uint32_t seq, std::int32_t tok, const std::string& t) {
+                return on_token(ctx, seq, tok, t.data(), t.size()) == 0;
+              };
+            write(reply, static_cast<Model*>(self(s))->generate(json::parse(request), sink).dump());
+          });
+        },
+        [](const char* name, const char* args, vhost_sink* result) {
+          return guard([&] {
+            if constexpr (has_tool<T>::value) {
+              write(result, T::tool(name, json::parse(args)).dump());
+            } else {
+              throw Error(VHOST_ERR_UNSUPPORTED, std::string("this model plugin has no tool '") + name + "'");
+            }
+          });
+        }};
     return &iface;
   } else {
     static const vhost_dataset_iface iface = {sizeof(vhost_dataset_iface)};

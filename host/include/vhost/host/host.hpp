@@ -120,6 +120,9 @@ class Host {
   // Runs the stages in order; writes work_dir/run.json. Throws Error when a stage fails.
   RunResult run(const Pipeline& pipeline, const RunOptions& options = {}) const;
 
+  // Runs a plugin-level tool of a model plugin ("init", "train-tokenizer", "encode", ...).
+  json model_tool(const std::string& plugin, const std::string& tool, const json& args) const;
+
   // The stage types this host knows, as JSON ({"type", "help", "options"}).
   static json stage_types();
 

@@ -110,12 +110,35 @@ typedef struct vhost_backend_iface {
   uint32_t struct_size;
 } vhost_backend_iface;
 
-/* Model and dataset kinds: their tables are defined by the issues that make those kinds real;
- * until then they carry only the common slots of the descriptor. */
+/* A model family (LLaMA...): tokenizer, generation, and tools that need no instance.
+ * Instances must be thread-safe for encode/decode; generate calls are serialised by the caller. */
+typedef void (*vhost_ids_fn)(void* ctx, const int32_t* ids, size_t n);
+/* One piece of generated text for sequence `sequence` (whole UTF-8 characters; never part of a
+ * stop string). Return nonzero to cancel that sequence. */
+typedef int32_t (*vhost_token_fn)(void* ctx, uint32_t sequence, int32_t token, const char* text, size_t len);
+#define VHOST_ENCODE_BOS 1u
+#define VHOST_ENCODE_EOS 2u
+
 typedef struct vhost_model_iface {
   uint32_t struct_size;
+  /* Text to token ids; user text is never parsed for special tokens. */
+  vhost_status* (*encode)(void* self, const char* text, size_t len, uint32_t flags, vhost_ids_fn out, void* ctx);
+  vhost_status* (*decode)(void* self, const int32_t* ids, size_t n, vhost_sink* text);
+  /* request: {"prompts": ["..."]} or {"prompt_ids": [[1, 2]]}, "add_bos": true, "max_tokens": 256,
+   *          "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
+   *          "seed": 42 (optional), "stop": ["..."]
+   * reply:   {"choices": [{"index", "text", "tokens": [...], "finish_reason": "stop"|"length"|"cancelled"}],
+   *           "usage": {"prompt_tokens", "completion_tokens"}}
+   * on_token may be NULL. */
+  vhost_status* (*generate)(void* self, const char* request_json, vhost_token_fn on_token, void* ctx,
+                            vhost_sink* reply_json);
+  /* Plugin-level operations ("init", "train-tokenizer", "encode", "convert"...): args JSON in,
+   * result JSON out. Unknown names return VHOST_ERR_UNSUPPORTED. */
+  vhost_status* (*tool)(const char* name, const char* args_json, vhost_sink* result_json);
 } vhost_model_iface;
 
+/* Dataset kind: its table is defined by the issue that makes the kind real; until then it
+ * carries only the common slots of the descriptor. */
 typedef struct vhost_dataset_iface {
   uint32_t struct_size;
 } vhost_dataset_iface;
@@ -134,7 +157,10 @@ typedef struct vhost_plugin_desc {
   /* The plugin's options as a JSON array of
    *   {"key": "threads", "type": "integer", "default": 0, "help": "...",
    *    "min": 0, "max": 1024, "choices": [...]}
-   * types: string, path, integer, float, boolean, string_list, path_list, table.
+   * types: string, path, integer, float, boolean, string_list, path_list, table, instance.
+   * An "instance" option names another instance of the pipeline ({"kind": "backend"} says which
+   * kind): the host checks it exists, passes its full id ("backends.cpu"), and creates it first.
+   * Empty means "the only one of that kind", or none when none is declared.
    * A missing "default" makes the key required. Dotted keys ("sampling.top_p") are nested
    * tables. The host validates a pipeline's table against this before `create`. */
   const char* options_json;

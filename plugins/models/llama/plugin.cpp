@@ -1,0 +1,188 @@
+// The `llama` model plugin: LLaMA-1/2 checkpoints in HF layout, their SentencePiece tokenizer,
+// KV-cache generation; and the tools `init`, `train-tokenizer`, `encode`, `decode`.
+#include "generate.hpp"
+#include "model.hpp"
+#include "tokenizer.hpp"
+
+#include <vhost/plugin.hpp>
+#include <vhost/torch/backend.hpp>
+#include <vhost/torch/compat.hpp>
+
+#include <chrono>
+#include <mutex>
+
+namespace fs = std::filesystem;
+using vhost::json;
+
+namespace {
+
+fs::path tokenizer_file(const std::string& p) {
+  fs::path f(p);
+  return fs::is_directory(f) ? f / "tokenizer.model" : f;
+}
+
+template <class T>
+T field(const json& j, const char* name, T def) {
+  if (!j.contains(name) || j[name].is_null()) return def;
+  try {
+    return j[name].get<T>();
+  } catch (const json::exception&) {
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, std::string("'") + name + "' has the wrong type (" + j[name].type_name() + ")");
+  }
+}
+
+class LlamaPlugin final : public vhost::Model {
+ public:
+  static std::vector<vhost::Option> options() {
+    using vhost::Option;
+    return {Option::path("path", std::nullopt, "checkpoint folder (config.json, safetensors, tokenizer.model)"),
+            Option::instance("backend", "backend", "the backend to run on (empty: the only one, or the CPU)"),
+            Option::string("dtype", "auto", "weights and activations: auto (the backend's), float32, bfloat16, float16")
+                .one_of({"auto", "float32", "bfloat16", "float16"}),
+            Option::path("tokenizer", "", "tokenizer.model (default: the one in the checkpoint folder)")};
+  }
+
+  explicit LlamaPlugin(const vhost::Config& cfg) : path_(cfg.get<std::string>("path")) {
+    auto t0 = std::chrono::steady_clock::now();
+    torch::Device device = torch::kCPU;
+    torch::ScalarType dtype = torch::kFloat32;
+    std::string backend = cfg.get<std::string>("backend");
+    if (!backend.empty()) {
+      auto* be = static_cast<const vhost::torch_ext::Backend*>(vhost::find_extension(backend, vhost::torch_ext::kBackend));
+      if (!be)
+        throw vhost::ConfigError("backend", "'" + backend + "' offers no libtorch device to this plugin (a different libtorch build?)");
+      device = be->device();
+      dtype = be->dtype();
+    }
+    std::string d = cfg.get<std::string>("dtype");
+    if (d != "auto") dtype = vhost::llama::dtype_from_name(d);
+    if (!fs::exists(path_ / "config.json"))
+      throw vhost::ConfigError("path", path_.string() + " has no config.json (make one with: vhost model init --preset tiny --out DIR)");
+    std::string tok = cfg.get<std::string>("tokenizer");
+    fs::path tok_file = tok.empty() ? path_ / "tokenizer.model" : fs::path(tok);
+    if (!fs::exists(tok_file)) throw vhost::ConfigError(tok.empty() ? "path" : "tokenizer", tok_file.string() + " does not exist");
+    tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(vhost::llama::Tokenizer::load(tok_file));
+    model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(path_, device, dtype));
+    if (tokenizer_->vocab_size() > model_->config().vocab_size)
+      throw vhost::ConfigError("tokenizer", tok_file.string() + " has " + std::to_string(tokenizer_->vocab_size()) +
+                                                " pieces but the model only " + std::to_string(model_->config().vocab_size));
+    load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  json describe() const override {
+    const auto& c = model_->config();
+    return {{"path", path_.string()},
+            {"parameters", c.parameter_count()},
+            {"layers", c.num_hidden_layers},
+            {"hidden_size", c.hidden_size},
+            {"heads", c.num_attention_heads},
+            {"kv_heads", c.num_key_value_heads},
+            {"vocab_size", c.vocab_size},
+            {"context", c.max_position_embeddings},
+            {"dtype", vhost::llama::dtype_name(model_->dtype())},
+            {"device", model_->device().str()},
+            {"tokenizer", tokenizer_->path().string()},
+            {"bos_id", tokenizer_->bos_id()},
+            {"eos_id", c.eos_token_id},
+            {"load_seconds", load_seconds_}};
+  }
+
+  std::vector<std::int32_t> encode(std::string_view text, bool bos, bool eos) const override {
+    return tokenizer_->encode(std::string(text), bos, eos);
+  }
+  std::string decode(const std::vector<std::int32_t>& ids) const override { return tokenizer_->decode(ids); }
+
+  json generate(const json& req, const vhost::TokenSink& on_token) override {
+    if (!req.is_object()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request is not a JSON object");
+    vhost::llama::SamplingParams p;
+    p.temperature = field(req, "temperature", 1.0);
+    p.top_p = field(req, "top_p", 1.0);
+    p.top_k = field<int64_t>(req, "top_k", 0);
+    p.repetition_penalty = field(req, "repetition_penalty", 1.0);
+    p.max_tokens = field<int64_t>(req, "max_tokens", 256);
+    p.stop = field(req, "stop", std::vector<std::string>{});
+    p.ignore_eos = field(req, "ignore_eos", false);
+    if (req.contains("seed") && !req["seed"].is_null()) p.seed = field<uint64_t>(req, "seed", 0);
+    bool bos = field(req, "add_bos", true);
+    std::vector<std::vector<int32_t>> prompts;
+    if (req.contains("prompt_ids")) {
+      prompts = field(req, "prompt_ids", std::vector<std::vector<int32_t>>{});
+    } else if (req.contains("prompts")) {
+      for (const auto& s : field(req, "prompts", std::vector<std::string>{})) prompts.push_back(tokenizer_->encode(s, bos));
+    } else {
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request has neither 'prompts' nor 'prompt_ids'");
+    }
+    if (prompts.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "'prompts' is empty");
+    std::lock_guard<std::mutex> lock(mu_);
+    vhost::llama::TokenCallback cb;
+    if (on_token) cb = [&](std::size_t seq, int32_t tok, const std::string& d) { return on_token(seq, tok, d); };
+    auto results = vhost::llama::generate(*model_, *tokenizer_, prompts, p, cb);
+    json choices = json::array();
+    int64_t prompt_tokens = 0, completion_tokens = 0;
+    for (std::size_t i = 0; i < results.size(); ++i) {
+      choices.push_back({{"index", i}, {"text", results[i].text}, {"tokens", results[i].tokens},
+                         {"finish_reason", results[i].finish_reason}});
+      prompt_tokens += results[i].prompt_tokens;
+      completion_tokens += static_cast<int64_t>(results[i].tokens.size());
+    }
+    return {{"choices", choices}, {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}}}};
+  }
+
+  static json tool(const std::string& name, const json& args) {
+    using vhost::llama::LlamaConfig;
+    using vhost::llama::LlamaModel;
+    using vhost::llama::Tokenizer;
+    auto need = [&](const char* key) -> std::string {
+      if (!args.contains(key) || !args[key].is_string() || args[key].get<std::string>().empty())
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, name + ": '" + key + "' is required");
+      return args[key].get<std::string>();
+    };
+    if (name == "init") {
+      fs::path out = need("out");
+      auto cfg = LlamaConfig::preset(field<std::string>(args, "preset", "tiny"));
+      std::string tok_src = field<std::string>(args, "tokenizer", ""), text = field<std::string>(args, "tokenizer_text", "");
+      fs::create_directories(out);
+      if (!text.empty()) {
+        auto tok = Tokenizer::load(Tokenizer::train(text, static_cast<int>(cfg.vocab_size), out));
+        cfg.vocab_size = tok.vocab_size();  // a small corpus may give fewer pieces
+      } else if (!tok_src.empty()) {
+        auto tok = Tokenizer::load(tokenizer_file(tok_src));
+        cfg.vocab_size = tok.vocab_size();
+        fs::copy_file(tokenizer_file(tok_src), out / "tokenizer.model", fs::copy_options::overwrite_existing);
+      } else {
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "init: give 'tokenizer' (a tokenizer.model to copy) or "
+                                                       "'tokenizer_text' (a text file to train one on)");
+      }
+      auto dtype = vhost::llama::dtype_from_name(field<std::string>(args, "dtype", "float32"));
+      auto model = LlamaModel::random(cfg, field<uint64_t>(args, "seed", 0), dtype);
+      model.save(out);
+      return {{"out", out.string()}, {"parameters", cfg.parameter_count()}, {"vocab_size", cfg.vocab_size},
+              {"dtype", vhost::llama::dtype_name(dtype)}};
+    }
+    if (name == "train-tokenizer") {
+      auto model = Tokenizer::train(need("input"), static_cast<int>(field<int64_t>(args, "vocab", 32000)), need("out"));
+      return {{"model", model.string()}, {"vocab_size", Tokenizer::load(model).vocab_size()}};
+    }
+    if (name == "encode") {
+      auto tok = Tokenizer::load(tokenizer_file(need("tokenizer")));
+      return {{"ids", tok.encode(field<std::string>(args, "text", ""), field(args, "bos", false), field(args, "eos", false))}};
+    }
+    if (name == "decode") {
+      auto tok = Tokenizer::load(tokenizer_file(need("tokenizer")));
+      return {{"text", tok.decode(field(args, "ids", std::vector<int32_t>{}))}};
+    }
+    throw vhost::Error(VHOST_ERR_UNSUPPORTED, "the llama plugin has no tool '" + name +
+                                                  "' (init, train-tokenizer, encode, decode)");
+  }
+
+ private:
+  fs::path path_;
+  std::unique_ptr<vhost::llama::Tokenizer> tokenizer_;
+  std::unique_ptr<vhost::llama::LlamaModel> model_;
+  double load_seconds_ = 0;
+  std::mutex mu_;
+};
+
+}  // namespace
+
+VHOST_PLUGIN(LlamaPlugin, "llama", "0.1.0", "LLaMA 1/2 in libtorch: HF safetensors, SentencePiece, KV-cache generation")

@@ -1,0 +1,137 @@
+// The model kind end to end through the host: the llama plugin, its tools, the model-init and
+// generate stages, backend wiring, and the CLI commands on top.
+#include "helpers.hpp"
+
+#if VHOST_HAVE_TORCH
+
+static std::string vhost_cmd(const std::string& args) {
+  return std::string("VHOST_PLUGIN_PATH= ") + VHOST_BIN + " " + args;
+}
+
+static const fs::path kSharedTok = fs::path(VHOST_SOURCE_DIR) / ".." / "shared" / "models" / "llama2_tokenizer.model";
+
+// A tiny checkpoint shared by the tests of this file.
+static fs::path tiny_model() {
+  static fs::path dir = [] {
+    fs::path d = scratch("model-tiny");
+    auto r = run_cmd(vhost_cmd("model init --preset tiny --seed 3 --out " + (d / "m").string() + " --tokenizer-text " +
+                               std::string(VHOST_SOURCE_DIR) + "/docs/plugins.md"));
+    INFO(r.out);
+    REQUIRE(r.rc == 0);
+    return d / "m";
+  }();
+  return dir;
+}
+
+TEST_CASE("model init writes an HF checkpoint with a tokenizer; generate streams from it", "[model][cli]") {
+  fs::path m = tiny_model();
+  CHECK(fs::exists(m / "config.json"));
+  CHECK(fs::exists(m / "model.safetensors"));
+  CHECK(fs::exists(m / "tokenizer.model"));
+  auto cfg = nlohmann::json::parse(read_file(m / "config.json"));
+  CHECK(cfg["model_type"] == "llama");
+  CHECK(cfg["num_key_value_heads"] == 2);
+
+  auto r = run_cmd(vhost_cmd("generate " + m.string() + " --prompt 'Plugins' --max-tokens 7 --seed 5 --temperature 0.7 --log-level warn"));
+  INFO(r.out);
+  CHECK(r.rc == 0);
+  CHECK_THAT(r.out, StartsWith("Plugins"));
+  CHECK_THAT(r.out, Contains("7 tokens in"));
+  auto again = run_cmd(vhost_cmd("generate " + m.string() + " --prompt 'Plugins' --max-tokens 7 --seed 5 --temperature 0.7 --log-level warn"));
+  CHECK(again.out.substr(0, again.out.find("7 tokens")) == r.out.substr(0, r.out.find("7 tokens")));
+
+  r = run_cmd(vhost_cmd("model init --preset tiny --out " + (scratch("model-notok") / "m").string()));
+  CHECK(r.rc == 1);
+  CHECK_THAT(r.out, Contains("give 'tokenizer'"));
+  r = run_cmd(vhost_cmd("model init --preset huge --out /tmp/x --tokenizer-text README.md"));
+  CHECK(r.rc == 1);
+  CHECK_THAT(r.out, Contains("unknown preset 'huge'"));
+  r = run_cmd(vhost_cmd("generate /nonexistent/model --prompt hi"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("models.m.path: /nonexistent/model has no config.json"));
+}
+
+TEST_CASE("tokenizer commands: encode, decode, train; malformed input", "[model][cli][tokenizer]") {
+  fs::path dir = scratch("tok-cli");
+  auto r = run_cmd(vhost_cmd("tokenizer train --input " + std::string(VHOST_SOURCE_DIR) + "/docs/pipelines.md --vocab 300 --out " +
+                             dir.string()));
+  CHECK(r.rc == 1);  // more distinct characters than pieces: SentencePiece's reason comes through
+  CHECK_THAT(r.out, Contains("Vocabulary size is smaller than required_chars"));
+  r = run_cmd(vhost_cmd("tokenizer train --input " + std::string(VHOST_SOURCE_DIR) + "/docs/pipelines.md --vocab 400 --out " +
+                        dir.string()));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(fs::exists(dir / "tokenizer.model"));
+  r = run_cmd("printf 'stages run' | " + vhost_cmd("tokenizer encode --model " + dir.string() + " --bos"));
+  REQUIRE(r.rc == 0);
+  auto ids = nlohmann::json::parse(r.out);
+  CHECK(ids[0] == 1);
+  r = run_cmd("echo '" + ids.dump() + "' | " + vhost_cmd("tokenizer decode --model " + (dir / "tokenizer.model").string()));
+  CHECK(r.out == "stages run");
+
+  r = run_cmd("echo '[1, \"x\"]' | " + vhost_cmd("tokenizer decode --model " + dir.string()));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("stdin: element 1 is not an integer token id"));
+  r = run_cmd("echo '[1, 99999]' | " + vhost_cmd("tokenizer decode --model " + dir.string()));
+  CHECK(r.rc == 1);
+  CHECK_THAT(r.out, Contains("token id 99999 is outside the vocabulary"));
+  r = run_cmd("echo hi | " + vhost_cmd("tokenizer encode --model " + (dir / "nope.model").string()));
+  CHECK(r.rc == 1);
+  CHECK_THAT(r.out, Contains("nope.model: cannot open tokenizer model"));
+
+  if (!fs::exists(kSharedTok)) {
+    WARN("skipped the LLaMA-2 part: ../shared/models/llama2_tokenizer.model is absent");
+    return;
+  }
+  r = run_cmd("printf 'Hello world' | " + vhost_cmd("tokenizer encode --model " + kSharedTok.string()));
+  CHECK(r.out == "[15043,3186]\n");
+}
+
+TEST_CASE("a model names its backend; the host resolves and creates it first", "[model][pipeline]") {
+  vh::Host host(only_dirs({VHOST_BUILD_PLUGIN_DIR}));
+  std::string base = "[pipeline]\nstages = [\"generate\"]\nwork_dir = \"" + (scratch("model-pipe") / "run").string() +
+                     "\"\n[backends.cpu]\nplugin = \"cpu\"\nthreads = 1\n[models.m]\nplugin = \"llama\"\npath = \"" +
+                     tiny_model().string() + "\"\n";
+  std::ostringstream out;
+  vh::RunOptions ro;
+  ro.out = &out;
+  // No backend named: the only one is used.
+  auto p = host.load_string(base + "[stages.generate]\nprompts = [\"a\", \"longer prompt here\"]\nmax_tokens = 4\n", "m.toml");
+  CHECK(p.resolved()["models"]["m"]["backend"] == "backends.cpu");
+  auto r = host.run(p, ro);
+  auto reply = r.stages.at(0).output;
+  REQUIRE(reply["choices"].size() == 2);
+  CHECK(reply["usage"]["completion_tokens"] == 8);
+  CHECK(fs::exists(p.work_dir() / "generate.jsonl"));
+
+  auto msg = config_error_of([&] { host.load_string(base + "backend = \"gpu\"\n[stages.generate]\nprompts = [\"a\"]\n", "m.toml"); });
+  CHECK_THAT(msg, Contains("m.toml:10:11: models.m.backend: no [backends.gpu] is declared"));
+  msg = config_error_of([&] {
+    host.load_string(base + "[backends.cpu2]\nplugin = \"cpu\"\n[stages.generate]\nprompts = [\"a\"]\n", "m.toml");
+  });
+  CHECK_THAT(msg, Contains("models.m.backend: several backends are declared"));
+  msg = config_error_of([&] { host.load_string(base + "[stages.generate]\nprompts = [\"a\"]\ntemperature = -1\n", "m.toml"); });
+  CHECK_THAT(msg, Contains("stages.generate.temperature: -1 is out of range"));
+  msg = config_error_of([&] { host.load_string(base + "dtype = \"float8\"\n[stages.generate]\nprompts = [\"a\"]\n", "m.toml"); });
+  CHECK_THAT(msg, Contains("models.m.dtype: \"float8\" is not one of"));
+
+  // Refused by the plugin at run time: an empty prompt list.
+  auto empty = host.load_string(base + "[stages.generate]\nprompts = []\n", "m.toml");
+  CHECK_THAT(error_of([&] { host.run(empty, ro); }), Contains("invalid argument: 'prompts' is empty"));
+}
+
+TEST_CASE("the model-init stage creates a checkpoint once", "[model][pipeline]") {
+  vh::Host host(only_dirs({VHOST_BUILD_PLUGIN_DIR}));
+  fs::path dir = scratch("model-init-stage");
+  std::string toml = "[pipeline]\nstages = [\"model-init\"]\nwork_dir = \"" + dir.string() +
+                     "\"\n[stages.model-init]\nout = \"" + (dir / "m").string() + "\"\ntokenizer_text = \"" +
+                     std::string(VHOST_SOURCE_DIR) + "/docs/pipelines.md\"\n";
+  std::ostringstream out;
+  vh::RunOptions ro;
+  ro.out = &out;
+  CHECK(host.run(host.load_string(toml), ro).stages.at(0).output["created"] == true);
+  CHECK(host.run(host.load_string(toml), ro).stages.at(0).output["created"] == false);
+  CHECK_THAT(config_error_of([&] { host.load_string(toml + "preset = 7\n"); }),
+             Contains("stages.model-init.preset: expected a string"));
+}
+#endif
