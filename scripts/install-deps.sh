@@ -7,6 +7,9 @@ pkgs=(
   build-essential cmake ninja-build ccache pkg-config git
   python3                 # test scripts
   libtorch-dev            # tensors and autograd (1.13 on Debian; CUDA hosts bring 2.x)
+  libopenblas0-openmp     # libtorch-dev links the generic libblas.so.3; without this the
+                          # reference BLAS answers (25x slower matmuls). OpenMP build: it shares
+                          # libtorch's OpenMP thread pool instead of oversubscribing the cores.
   libboost-dev            # Boost.DLL: plugin loading (header-only with std::filesystem)
   libtomlplusplus-dev     # pipeline files
   nlohmann-json3-dev      # JSON (configs of checkpoints, API bodies, reports)

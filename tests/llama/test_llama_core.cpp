@@ -182,6 +182,8 @@ TEST_CASE("model: full forward equals incremental decoding with the KV cache", "
   CHECK(torch::allclose(m.forward(t2).narrow(1, 0, 11), full.narrow(1, 0, 11), 1e-6, 1e-6));
   auto small = KVCache::create(cfg, 3, 4, torch::TensorOptions());
   CHECK_THAT(error_of([&] { m.forward(tokens, &small); }), Contains("exceeds the KV cache capacity 4"));
+  auto too_long = torch::zeros({1, cfg.max_position_embeddings + 1}, torch::kInt64);
+  CHECK_THAT(error_of([&] { m.forward(too_long); }), Contains("exceeds the context of 512"));
 }
 
 TEST_CASE("model: bad checkpoints name the file and the tensor", "[model][malformed]") {
@@ -333,9 +335,9 @@ TEST_CASE("generate: a batch of different-length prompts equals one-by-one gener
   p.temperature = 0;
   p.max_tokens = 12;
   p.ignore_eos = true;
-  auto batched = generate(lm.model, lm.tok, prompts, p);
+  auto batched = generate(lm.model, &lm.tok, prompts, p);
   for (std::size_t i = 0; i < prompts.size(); ++i) {
-    auto single = generate(lm.model, lm.tok, {prompts[i]}, p);
+    auto single = generate(lm.model, &lm.tok, {prompts[i]}, p);
     CHECK(batched[i].tokens == single[0].tokens);
     CHECK(batched[i].text == single[0].text);
     CHECK(batched[i].finish_reason == "length");
@@ -361,19 +363,19 @@ TEST_CASE("generate: seeded sampling repeats; top-k 1 is greedy", "[generate]") 
   p.max_tokens = 16;
   p.seed = 1234;
   p.ignore_eos = true;
-  auto a = generate(lm.model, lm.tok, {prompt}, p), b = generate(lm.model, lm.tok, {prompt}, p);
+  auto a = generate(lm.model, &lm.tok, {prompt}, p), b = generate(lm.model, &lm.tok, {prompt}, p);
   CHECK(a[0].tokens == b[0].tokens);
   p.seed = 99;
-  auto c = generate(lm.model, lm.tok, {prompt}, p);
+  auto c = generate(lm.model, &lm.tok, {prompt}, p);
   CHECK(a[0].tokens != c[0].tokens);
   SamplingParams k1 = p, greedy = p;
   k1.top_k = 1;
   k1.top_p = 1.0;
   greedy.temperature = 0;
-  CHECK(generate(lm.model, lm.tok, {prompt}, k1)[0].tokens == generate(lm.model, lm.tok, {prompt}, greedy)[0].tokens);
+  CHECK(generate(lm.model, &lm.tok, {prompt}, k1)[0].tokens == generate(lm.model, &lm.tok, {prompt}, greedy)[0].tokens);
   SamplingParams rep = greedy;
   rep.repetition_penalty = 5.0;
-  auto r = generate(lm.model, lm.tok, {prompt}, rep)[0].tokens;
+  auto r = generate(lm.model, &lm.tok, {prompt}, rep)[0].tokens;
   CHECK(std::set<int32_t>(r.begin(), r.end()).size() > 1);
 }
 
@@ -384,13 +386,13 @@ TEST_CASE("generate: stop strings cut the text and are never streamed", "[genera
   p.temperature = 0;
   p.max_tokens = 40;
   p.ignore_eos = true;
-  std::string full = generate(lm.model, lm.tok, {prompt}, p)[0].text;
+  std::string full = generate(lm.model, &lm.tok, {prompt}, p)[0].text;
   REQUIRE(full.size() > 8);
   std::string stop = full.substr(full.size() / 2, 3);
   std::size_t cut = full.find(stop);
   p.stop = {stop, "never-appears-anywhere"};
   std::string streamed;
-  auto r = generate(lm.model, lm.tok, {prompt}, p, [&](std::size_t, int32_t, const std::string& d) {
+  auto r = generate(lm.model, &lm.tok, {prompt}, p, [&](std::size_t, int32_t, const std::string& d) {
     streamed += d;
     return true;
   });
@@ -401,7 +403,7 @@ TEST_CASE("generate: stop strings cut the text and are never streamed", "[genera
   // Cancelling from the callback stops that sequence at once.
   int calls = 0;
   p.stop.clear();
-  auto cancelled = generate(lm.model, lm.tok, {prompt}, p, [&](std::size_t, int32_t, const std::string&) {
+  auto cancelled = generate(lm.model, &lm.tok, {prompt}, p, [&](std::size_t, int32_t, const std::string&) {
     return ++calls < 3;
   });
   CHECK(cancelled[0].finish_reason == "cancelled");
@@ -414,15 +416,15 @@ TEST_CASE("generate: EOS ends a sequence; bad requests are refused with the fiel
   SamplingParams p;
   p.temperature = 0;
   p.max_tokens = 5;
-  int32_t first = generate(lm.model, lm.tok, {prompt}, p)[0].tokens.at(0);
+  int32_t first = generate(lm.model, &lm.tok, {prompt}, p)[0].tokens.at(0);
   auto cfg = lm.model.config();
   cfg.eos_token_id = first;  // make the first greedy token the end of sequence
   LlamaModel eos_model(cfg, lm.model.named_tensors(), "copy", torch::kCPU, torch::kFloat32);
-  auto r = generate(eos_model, lm.tok, {prompt}, p);
+  auto r = generate(eos_model, &lm.tok, {prompt}, p);
   CHECK(r[0].finish_reason == "stop");
   CHECK(r[0].tokens.empty());
 
-  auto bad = [&](SamplingParams q) { return error_of([&] { generate(lm.model, lm.tok, {prompt}, q); }); };
+  auto bad = [&](SamplingParams q) { return error_of([&] { generate(lm.model, &lm.tok, {prompt}, q); }); };
   SamplingParams q = p;
   q.top_p = 0;
   CHECK_THAT(bad(q), Contains("top_p must be in (0, 1]"));
@@ -435,8 +437,8 @@ TEST_CASE("generate: EOS ends a sequence; bad requests are refused with the fiel
   q = p;
   q.stop = {""};
   CHECK_THAT(bad(q), Contains("stop strings must not be empty"));
-  CHECK_THAT(error_of([&] { generate(lm.model, lm.tok, {{}}, p); }), Contains("prompt 0 is empty"));
-  CHECK_THAT(error_of([&] { generate(lm.model, lm.tok, {{1, 99999}}, p); }), Contains("outside the vocabulary"));
+  CHECK_THAT(error_of([&] { generate(lm.model, &lm.tok, {{}}, p); }), Contains("prompt 0 is empty"));
+  CHECK_THAT(error_of([&] { generate(lm.model, &lm.tok, {{1, 99999}}, p); }), Contains("outside the vocabulary"));
   std::vector<int32_t> huge(600, 5);
-  CHECK_THAT(error_of([&] { generate(lm.model, lm.tok, {huge}, p); }), Contains("leaves no room in the 512-token context"));
+  CHECK_THAT(error_of([&] { generate(lm.model, &lm.tok, {huge}, p); }), Contains("leaves no room in the 512-token context"));
 }

@@ -25,11 +25,10 @@ void validate(const SamplingParams& p) {
 namespace {
 
 struct SequenceState {
-  Tokenizer::StreamDecoder decoder;
+  std::optional<Tokenizer::StreamDecoder> decoder;
   std::string text;     // everything decoded so far
   std::size_t sent = 0;  // bytes of `text` already handed to the callback
   bool done = false;
-  explicit SequenceState(const Tokenizer& t) : decoder(t) {}
 };
 
 // Length of the longest suffix of `text` that is a proper prefix of a stop string: text that
@@ -47,11 +46,16 @@ std::size_t held_back(const std::string& text, const std::vector<std::string>& s
 
 }  // namespace
 
-std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer& tokenizer,
+std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer* tokenizer,
                                        const std::vector<std::vector<int32_t>>& prompts, const SamplingParams& p,
                                        const TokenCallback& on_token) {
   validate(p);
-  torch::NoGradGuard no_grad;
+  if (!tokenizer && !p.stop.empty())
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "stop strings need a tokenizer");
+  c10::InferenceMode inference;
+  // Text is decoded token by token only when someone watches it (a callback, stop strings);
+  // otherwise once at the end.
+  const bool incremental = tokenizer && (on_token || !p.stop.empty());
   const auto& cfg = model.config();
   const int64_t B = static_cast<int64_t>(prompts.size());
   if (B == 0) return {};
@@ -86,7 +90,8 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer&
   std::vector<std::vector<int32_t>> seen(B);  // for the repetition penalty
   for (int64_t b = 0; b < B; ++b) {
     results[b].prompt_tokens = static_cast<int64_t>(prompts[b].size());
-    state.emplace_back(tokenizer);
+    state.emplace_back();
+    if (incremental) state.back().decoder.emplace(*tokenizer);
     uint64_t seed = p.seed ? *p.seed + static_cast<uint64_t>(b) : static_cast<uint64_t>(std::random_device{}());
     gens.push_back(at::detail::createCPUGenerator(seed));
     seen[b] = prompts[b];
@@ -97,8 +102,11 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer&
     if (st.done) return;
     st.done = true;
     results[b].finish_reason = reason;
-    std::string rest = reason == "cancelled" ? std::string() : st.decoder.flush();
-    st.text += rest;
+    if (st.decoder) {
+      if (reason != "cancelled") st.text += st.decoder->flush();
+    } else if (tokenizer) {
+      st.text = tokenizer->decode(results[b].tokens);
+    }
     // Cut at the first stop string; send whatever of the final text was still held back.
     std::size_t end = st.text.size();
     for (const auto& s : p.stop) end = std::min(end, st.text.find(s) == std::string::npos ? end : st.text.find(s));
@@ -108,13 +116,20 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer&
     results[b].text = st.text;
   };
 
-  auto logits = model.forward(tokens, &cache, pad).select(1, longest - 1);  // [B, V]
+  const bool any_pad = pad.gt(0).any().item<bool>();
+  const torch::Tensor step_pad = any_pad ? pad : torch::Tensor();
+  auto logits = model.forward(tokens, &cache, step_pad).select(1, longest - 1);  // [B, V]
+  const bool plain_greedy = p.temperature == 0 && p.repetition_penalty == 1.0;
+  std::vector<int64_t> next_ids(B);
   for (int64_t step = 0; step < p.max_tokens; ++step) {
-    auto next = torch::empty({B}, torch::kInt64);
-    auto lg = logits.to(torch::kCPU);
-    for (int64_t b = 0; b < B; ++b) {
+    auto lg = logits.to(torch::kCPU, torch::kFloat32).contiguous();
+    if (plain_greedy) {
+      auto am = lg.argmax(-1).contiguous();
+      std::copy(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B, next_ids.begin());
+    }
+    for (int64_t b = 0; b < B && !plain_greedy; ++b) {
       if (state[b].done) {
-        next[b] = 0;
+        next_ids[b] = 0;
         continue;
       }
       auto row = lg[b].clone();
@@ -146,20 +161,25 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer&
         }
         tok = torch::multinomial(probs, 1, false, gens[b]).item<int64_t>();
       }
-      next[b] = tok;
+      next_ids[b] = tok;
     }
     // Account the new tokens; stop what has stopped.
     for (int64_t b = 0; b < B; ++b) {
       auto& st = state[b];
       if (st.done) continue;
-      int32_t tok = static_cast<int32_t>(next[b].item<int64_t>());
+      int32_t tok = static_cast<int32_t>(next_ids[b]);
       if (tok == cfg.eos_token_id && !p.ignore_eos) {
         finish(b, "stop");
         continue;
       }
       results[b].tokens.push_back(tok);
-      seen[b].push_back(tok);
-      st.text += st.decoder.push(tok);
+      if (p.repetition_penalty != 1.0) seen[b].push_back(tok);
+      if (!st.decoder) {
+        if (static_cast<int64_t>(results[b].tokens.size()) >= p.max_tokens || cache.length + 1 > capacity)
+          finish(b, "length");
+        continue;
+      }
+      st.text += st.decoder->push(tok);
       bool stopped = false;
       for (const auto& s : p.stop)
         if (st.text.find(s, st.sent > s.size() ? st.sent - s.size() : 0) != std::string::npos) stopped = true;
@@ -181,7 +201,10 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer&
     }
     bool all_done = std::all_of(state.begin(), state.end(), [](const SequenceState& s) { return s.done; });
     if (all_done || cache.length >= capacity) break;
-    logits = model.forward(next.view({B, 1}), &cache, pad).select(1, 0);
+    for (int64_t b = 0; b < B; ++b)
+      if (state[b].done) next_ids[b] = 0;  // finished rows still run along; their input is unused
+    auto next = torch::from_blob(next_ids.data(), {B, 1}, torch::kInt64).to(model.device());
+    logits = model.forward(next, &cache, step_pad).select(1, 0);
   }
   for (int64_t b = 0; b < B; ++b) finish(b, "length");
   return results;

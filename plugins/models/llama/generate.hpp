@@ -35,8 +35,9 @@ struct GenerationResult {
 // string. Return false to cancel that sequence.
 using TokenCallback = std::function<bool(std::size_t sequence, int32_t token, const std::string& delta)>;
 
-// Throws vhost::Error for bad parameters or prompts that do not fit the context.
-std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer& tokenizer,
+// Throws vhost::Error for bad parameters or prompts that do not fit the context. Without a
+// tokenizer (nullptr) only ids are produced: no text, no stop strings, no streaming text.
+std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer* tokenizer,
                                        const std::vector<std::vector<int32_t>>& prompts, const SamplingParams& params,
                                        const TokenCallback& on_token = {});
 

@@ -66,7 +66,8 @@ class LlamaModel {
   torch::Device device_;
   torch::ScalarType dtype_;
   std::vector<std::pair<std::string, torch::Tensor>> tensors_;
-  torch::Tensor embed_, norm_, lm_head_, inv_freq_;
+  torch::Tensor embed_, norm_, lm_head_;
+  torch::Tensor cos_, sin_;  // rotary tables [max_position_embeddings, head_dim], in dtype_
   std::vector<Layer> layers_;
 };
 

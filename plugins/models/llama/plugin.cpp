@@ -116,7 +116,7 @@ class LlamaPlugin final : public vhost::Model {
     std::lock_guard<std::mutex> lock(mu_);
     vhost::llama::TokenCallback cb;
     if (on_token) cb = [&](std::size_t seq, int32_t tok, const std::string& d) { return on_token(seq, tok, d); };
-    auto results = vhost::llama::generate(*model_, *tokenizer_, prompts, p, cb);
+    auto results = vhost::llama::generate(*model_, tokenizer_.get(), prompts, p, cb);
     json choices = json::array();
     int64_t prompt_tokens = 0, completion_tokens = 0;
     for (std::size_t i = 0; i < results.size(); ++i) {

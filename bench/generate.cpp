@@ -1,0 +1,112 @@
+// bench/generate: decode throughput of the llama plugin's generator on the stories15M shape
+// (dim 288, 6 layers, 6 heads, vocab 32000; random weights), against a naive eager decoder of
+// the same model measured in the same run: KV cache grown by concatenation, each op on its own.
+//
+//   bench_generate [--threads 2] [--tokens 128] [--batch 16]
+#include "generate.hpp"
+#include "model.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+using namespace vhost::llama;
+using Clock = std::chrono::steady_clock;
+
+// The baseline: the forward pass written the obvious way, one token at a time.
+struct Naive {
+  LlamaConfig c;
+  std::map<std::string, torch::Tensor> w;
+  std::vector<torch::Tensor> k, v;  // per layer [B, KV, t, hd], grown by torch::cat
+
+  torch::Tensor norm(const torch::Tensor& x, const torch::Tensor& g) {
+    return g * (x / torch::sqrt(x.pow(2).mean(-1, true) + c.rms_norm_eps));
+  }
+  torch::Tensor step(const torch::Tensor& tok, int64_t pos) {  // tok [B]
+    const int64_t B = tok.size(0), H = c.num_attention_heads, KV = c.num_key_value_heads, hd = c.head_dim();
+    auto x = w["model.embed_tokens.weight"].index_select(0, tok);  // [B, D]
+    auto inv = 1.0 / torch::pow(c.rope_theta, torch::arange(0, hd, 2).to(torch::kFloat32) / hd);
+    auto f = inv * static_cast<double>(pos);
+    auto cos = torch::cat({f.cos(), f.cos()}), sin = torch::cat({f.sin(), f.sin()});
+    auto rot = [&](const torch::Tensor& t) {
+      auto a = t.narrow(-1, 0, hd / 2), b = t.narrow(-1, hd / 2, hd / 2);
+      return t * cos + torch::cat({-b, a}, -1) * sin;
+    };
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      std::string p = "model.layers." + std::to_string(l) + ".";
+      auto h = norm(x, w[p + "input_layernorm.weight"]);
+      auto q = rot(torch::matmul(h, w[p + "self_attn.q_proj.weight"].t()).view({B, H, 1, hd}));
+      auto kk = rot(torch::matmul(h, w[p + "self_attn.k_proj.weight"].t()).view({B, KV, 1, hd}));
+      auto vv = torch::matmul(h, w[p + "self_attn.v_proj.weight"].t()).view({B, KV, 1, hd});
+      if (static_cast<int64_t>(k.size()) <= l) {
+        k.push_back(kk);
+        v.push_back(vv);
+      } else {
+        k[l] = torch::cat({k[l], kk}, 2);
+        v[l] = torch::cat({v[l], vv}, 2);
+      }
+      auto keys = k[l].repeat_interleave(H / KV, 1), vals = v[l].repeat_interleave(H / KV, 1);
+      auto att = torch::softmax(torch::matmul(q, keys.transpose(-1, -2)) / std::sqrt(double(hd)), -1);
+      auto o = torch::matmul(att, vals).view({B, H * hd});
+      x = x + torch::matmul(o, w[p + "self_attn.o_proj.weight"].t());
+      auto m = norm(x, w[p + "post_attention_layernorm.weight"]);
+      auto g = torch::matmul(m, w[p + "mlp.gate_proj.weight"].t());
+      auto u = torch::matmul(m, w[p + "mlp.up_proj.weight"].t());
+      x = x + torch::matmul(torch::silu(g) * u, w[p + "mlp.down_proj.weight"].t());
+    }
+    x = norm(x, w["model.norm.weight"]);
+    return torch::matmul(x, w["lm_head.weight"].t());
+  }
+};
+
+static double naive_tokens_per_s(const LlamaModel& m, int64_t batch, int64_t tokens) {
+  torch::NoGradGuard ng;
+  Naive n{m.config(), {}, {}, {}};
+  for (const auto& [name, t] : m.named_tensors()) n.w[name] = t;
+  auto tok = torch::ones({batch}, torch::kInt64);
+  auto t0 = Clock::now();
+  for (int64_t i = 0; i < tokens; ++i) tok = n.step(tok, i).argmax(-1);
+  return batch * tokens / std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+static double vhost_tokens_per_s(const LlamaModel& m, int64_t batch, int64_t tokens) {
+  std::vector<std::vector<int32_t>> prompts(batch, std::vector<int32_t>{1});
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = tokens;
+  p.ignore_eos = true;
+  auto t0 = Clock::now();
+  auto r = generate(m, nullptr, prompts, p);  // ids only: the baseline decodes no text either
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  int64_t n = 0;
+  for (const auto& x : r) n += static_cast<int64_t>(x.tokens.size());
+  return n / s;
+}
+
+int main(int argc, char** argv) {
+  int threads = 2;
+  int64_t tokens = 128, batch = 16;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--batch")) batch = std::atoll(argv[i + 1]);
+  }
+  torch::set_num_threads(threads);
+  auto cfg = LlamaConfig::preset("stories15m");
+  auto model = LlamaModel::random(cfg, 0);
+  std::printf("bench/generate: stories15M shape (dim %lld, %lld layers, %lld heads, vocab %lld), float32, %d threads, "
+              "%lld new tokens\n",
+              (long long)cfg.hidden_size, (long long)cfg.num_hidden_layers, (long long)cfg.num_attention_heads,
+              (long long)cfg.vocab_size, threads, (long long)tokens);
+  vhost_tokens_per_s(model, 1, 8);  // warm-up
+  naive_tokens_per_s(model, 1, 8);
+  double base1 = naive_tokens_per_s(model, 1, tokens);
+  double v1 = vhost_tokens_per_s(model, 1, tokens);
+  double vb = vhost_tokens_per_s(model, batch, tokens);
+  std::printf("naive eager baseline, batch 1:  %8.1f tokens/s\n", base1);
+  std::printf("vhost generate, batch 1:        %8.1f tokens/s   (%.2fx baseline)\n", v1, v1 / base1);
+  std::printf("vhost generate, batch %-3lld       %8.1f tokens/s   (%.2fx batch 1)\n", (long long)batch, vb, vb / v1);
+  return 0;
+}
