@@ -18,6 +18,7 @@ pkgs=(
   libsentencepiece-dev    # tokenizer
   libcpp-httplib-dev      # HTTP server and client
   catch2                  # tests
+  python3-torch           # tests: an independent reference forward pass (tests/reference/)
 )
 
 missing=()
