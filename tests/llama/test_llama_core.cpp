@@ -238,6 +238,14 @@ TEST_CASE("model: bad checkpoints name the file and the tensor", "[model][malfor
 
 static const fs::path kShared = fs::path(VHOST_SOURCE_DIR) / ".." / "shared" / "models";
 
+// A training text: the project's own documentation, in one file.
+static fs::path docs_corpus(const fs::path& dir) {
+  std::ofstream corpus(dir / "corpus.txt");
+  for (const char* f : {"README.md", "docs/plugins.md", "docs/pipelines.md"})
+    corpus << std::ifstream(fs::path(VHOST_SOURCE_DIR) / f).rdbuf() << "\n";
+  return dir / "corpus.txt";
+}
+
 TEST_CASE("tokenizer: reproduces the reference LLaMA-2 cases exactly", "[tokenizer][shared]") {
   if (!fs::exists(kShared / "llama2_tokenizer.model") || !fs::exists(kShared / "llama2_tokenizer_cases.json")) {
     WARN("skipped: ../shared/models/llama2_tokenizer.model is absent (a fresh clone without shared/)");
@@ -276,12 +284,7 @@ TEST_CASE("tokenizer: reproduces the reference LLaMA-2 cases exactly", "[tokeniz
 
 TEST_CASE("tokenizer: trains a LLaMA-style BPE that round-trips any text", "[tokenizer]") {
   fs::path dir = scratch("tok-train");
-  // Train on the project's own documentation.
-  std::ofstream corpus(dir / "corpus.txt");
-  for (const char* f : {"README.md", "docs/plugins.md", "docs/pipelines.md"})
-    corpus << std::ifstream(fs::path(VHOST_SOURCE_DIR) / f).rdbuf() << "\n";
-  corpus.close();
-  auto model = Tokenizer::train(dir / "corpus.txt", 400, dir / "out");
+  auto model = Tokenizer::train(docs_corpus(dir), 400, dir / "out");
   auto tok = Tokenizer::load(model);
   CHECK(tok.vocab_size() == 400);
   CHECK(tok.unk_id() == 0);
@@ -314,11 +317,7 @@ struct TinyLM {
 static TinyLM& tiny_lm() {
   static TinyLM lm = [] {
     fs::path dir = scratch("tiny-lm");
-    std::ofstream corpus(dir / "corpus.txt");
-    for (const char* f : {"README.md", "docs/plugins.md", "docs/pipelines.md"})
-      corpus << std::ifstream(fs::path(VHOST_SOURCE_DIR) / f).rdbuf() << "\n";
-    corpus.close();
-    auto tok = Tokenizer::load(Tokenizer::train(dir / "corpus.txt", 512, dir));
+    auto tok = Tokenizer::load(Tokenizer::train(docs_corpus(dir), 512, dir));
     auto cfg = LlamaConfig::preset("tiny");
     cfg.vocab_size = tok.vocab_size();
     return TinyLM{tok, LlamaModel::random(cfg, 11)};

@@ -99,6 +99,11 @@ inline CmdResult run_cmd(const std::string& cmd) {
   return r;
 }
 
+// The built vhost, seeing no plugins from the environment.
+inline std::string vhost_cmd(const std::string& args) {
+  return std::string("VHOST_PLUGIN_PATH= ") + VHOST_BIN + " " + args;
+}
+
 // A minimal pipeline around one echo judge; `judge_body` adds lines to [judges.e].
 inline std::string echo_pipeline(const std::string& judge_body = "", const std::string& stage = "probe") {
   return "[pipeline]\nstages = [\"" + stage + "\"]\nwork_dir = \"" + std::string(VHOST_TEST_TMP_DIR) +

@@ -1,10 +1,6 @@
 // The vhost executable: exit codes, messages, the report line.
 #include "helpers.hpp"
 
-static std::string vhost_cmd(const std::string& args) {
-  return std::string("VHOST_PLUGIN_PATH= ") + VHOST_BIN + " " + args;
-}
-
 TEST_CASE("vhost version and usage errors", "[cli]") {
   auto r = run_cmd(vhost_cmd("version"));
   CHECK(r.rc == 0);

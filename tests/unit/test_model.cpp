@@ -4,10 +4,6 @@
 
 #if VHOST_HAVE_TORCH
 
-static std::string vhost_cmd(const std::string& args) {
-  return std::string("VHOST_PLUGIN_PATH= ") + VHOST_BIN + " " + args;
-}
-
 static const fs::path kSharedTok = fs::path(VHOST_SOURCE_DIR) / ".." / "shared" / "models" / "llama2_tokenizer.model";
 
 // A tiny checkpoint shared by the tests of this file.
