@@ -527,6 +527,7 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
       throw Error("stage '" + id + "' (" + r.type + ") failed: " + e.what());
     }
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    out.flush();  // the stage's text before the log line that follows it
     spdlog::info("stage '{}' done in {:.2f} s", id, r.seconds);
     report["stages"].push_back({{"id", id}, {"type", r.type}, {"seconds", r.seconds}, {"output", r.output}});
     result.stages.push_back(std::move(r));
