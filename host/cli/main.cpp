@@ -103,6 +103,12 @@ int main(int argc, char** argv) {
   model_init->add_option("--tokenizer-text", tok_text, "text file to train a tokenizer on")->excludes(tok_opt);
   model_init->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
 
+  std::string convert_in, convert_out;
+  auto* model_convert = model->add_subcommand("convert", "convert a checkpoint: GGUF -> HF layout (safetensors, config.json, tokenizer.model)");
+  model_convert->add_option("in", convert_in, "GGUF file")->required();
+  model_convert->add_option("out", convert_out, "folder to write")->required();
+  model_convert->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+
   auto* tokenizer = app.add_subcommand("tokenizer", "encode, decode, train SentencePiece tokenizers");
   tokenizer->require_subcommand(1);
   std::string tok_model, tok_input;
@@ -173,6 +179,14 @@ int main(int argc, char** argv) {
       auto r = host.model_tool(model_plugin, "init", args);
       std::cout << "wrote " << r["out"].get<std::string>() << ": " << r["parameters"] << " parameters, vocabulary "
                 << r["vocab_size"] << ", " << r["dtype"].get<std::string>() << "\n";
+      return 0;
+    }
+    if (*model_convert) {
+      auto r = host.model_tool(model_plugin, "convert",
+                               {{"in", std::filesystem::absolute(convert_in).string()},
+                                {"out", std::filesystem::absolute(convert_out).string()}});
+      std::cout << "wrote " << r["out"].get<std::string>() << " (" << r["format"].get<std::string>() << " layout, "
+                << r["parameters"] << " parameters)\n";
       return 0;
     }
     if (*tok_encode || *tok_decode) {

@@ -1,5 +1,6 @@
 #include "model.hpp"
 
+#include "gguf.hpp"
 #include "safetensors.hpp"
 
 #include <vhost/plugin.hpp>
@@ -118,6 +119,10 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
 }
 
 LlamaModel LlamaModel::load(const fs::path& dir, torch::Device device, std::optional<torch::ScalarType> dtype) {
+  if (fs::is_regular_file(dir) && is_gguf(dir)) {  // recognised by content, not by name
+    auto g = load_gguf_llama(dir);
+    return LlamaModel(g.config, std::move(g.tensors), dir.string(), device, dtype ? *dtype : torch::kFloat32);
+  }
   if (!fs::is_directory(dir))
     throw vhost::Error(VHOST_ERR_IO, dir.string() + ": not a checkpoint folder (expected config.json and safetensors)");
   LlamaConfig cfg = LlamaConfig::load(dir / "config.json");

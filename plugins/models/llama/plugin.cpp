@@ -1,6 +1,7 @@
 // The `llama` model plugin: LLaMA-1/2 checkpoints in HF layout, their SentencePiece tokenizer,
 // KV-cache generation; and the tools `init`, `train-tokenizer`, `encode`, `decode`.
 #include "generate.hpp"
+#include "gguf.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -9,6 +10,7 @@
 #include <vhost/torch/compat.hpp>
 
 #include <chrono>
+#include <fstream>
 #include <mutex>
 
 namespace fs = std::filesystem;
@@ -19,6 +21,13 @@ namespace {
 fs::path tokenizer_file(const std::string& p) {
   fs::path f(p);
   return fs::is_directory(f) ? f / "tokenizer.model" : f;
+}
+
+// A tokenizer from a tokenizer.model, a checkpoint folder, or a GGUF file's embedded vocabulary.
+vhost::llama::Tokenizer open_tokenizer(const std::string& p) {
+  if (fs::is_regular_file(p) && vhost::llama::is_gguf(p))
+    return vhost::llama::Tokenizer::from_serialized(vhost::llama::load_gguf_llama(p).tokenizer_model, p);
+  return vhost::llama::Tokenizer::load(tokenizer_file(p));
 }
 
 template <class T>
@@ -35,7 +44,7 @@ class LlamaPlugin final : public vhost::Model {
  public:
   static std::vector<vhost::Option> options() {
     using vhost::Option;
-    return {Option::path("path", std::nullopt, "checkpoint folder (config.json, safetensors, tokenizer.model)"),
+    return {Option::path("path", std::nullopt, "checkpoint: an HF folder (config.json, safetensors, tokenizer.model) or a GGUF file"),
             Option::instance("backend", "backend", "the backend to run on (empty: the only one, or the CPU)"),
             Option::string("dtype", "auto", "weights and activations: auto (the backend's), float32, bfloat16, float16")
                 .one_of({"auto", "float32", "bfloat16", "float16"}),
@@ -56,15 +65,26 @@ class LlamaPlugin final : public vhost::Model {
     }
     std::string d = cfg.get<std::string>("dtype");
     if (d != "auto") dtype = vhost::llama::dtype_from_name(d);
-    if (!fs::exists(path_ / "config.json"))
-      throw vhost::ConfigError("path", path_.string() + " has no config.json (make one with: vhost model init --preset tiny --out DIR)");
     std::string tok = cfg.get<std::string>("tokenizer");
-    fs::path tok_file = tok.empty() ? path_ / "tokenizer.model" : fs::path(tok);
-    if (!fs::exists(tok_file)) throw vhost::ConfigError(tok.empty() ? "path" : "tokenizer", tok_file.string() + " does not exist");
-    tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(vhost::llama::Tokenizer::load(tok_file));
-    model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(path_, device, dtype));
+    if (fs::is_regular_file(path_) && vhost::llama::is_gguf(path_)) {
+      // A GGUF file carries its tokenizer.
+      auto g = vhost::llama::load_gguf_llama(path_);
+      tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(
+          tok.empty() ? vhost::llama::Tokenizer::from_serialized(g.tokenizer_model, path_.string())
+                      : vhost::llama::Tokenizer::load(tok));
+      model_ = std::make_unique<vhost::llama::LlamaModel>(g.config, std::move(g.tensors), path_.string(), device, dtype);
+    } else {
+      if (!fs::exists(path_ / "config.json"))
+        throw vhost::ConfigError("path", path_.string() + " has no config.json and is not a GGUF file (make a model with: "
+                                                          "vhost model init --preset tiny --out DIR)");
+      fs::path tok_file = tok.empty() ? path_ / "tokenizer.model" : fs::path(tok);
+      if (!fs::exists(tok_file)) throw vhost::ConfigError(tok.empty() ? "path" : "tokenizer", tok_file.string() + " does not exist");
+      tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(vhost::llama::Tokenizer::load(tok_file));
+      model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(path_, device, dtype));
+    }
+    std::string tok_name = tokenizer_->path().empty() ? path_.string() : tokenizer_->path().string();
     if (tokenizer_->vocab_size() > model_->config().vocab_size)
-      throw vhost::ConfigError("tokenizer", tok_file.string() + " has " + std::to_string(tokenizer_->vocab_size()) +
+      throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
                                                 " pieces but the model only " + std::to_string(model_->config().vocab_size));
     load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
@@ -81,7 +101,7 @@ class LlamaPlugin final : public vhost::Model {
             {"context", c.max_position_embeddings},
             {"dtype", vhost::llama::dtype_name(model_->dtype())},
             {"device", model_->device().str()},
-            {"tokenizer", tokenizer_->path().string()},
+            {"tokenizer", tokenizer_->path().empty() ? "embedded in " + path_.string() : tokenizer_->path().string()},
             {"bos_id", tokenizer_->bos_id()},
             {"eos_id", c.eos_token_id},
             {"load_seconds", load_seconds_}};
@@ -164,15 +184,29 @@ class LlamaPlugin final : public vhost::Model {
       return {{"model", model.string()}, {"vocab_size", Tokenizer::load(model).vocab_size()}};
     }
     if (name == "encode") {
-      auto tok = Tokenizer::load(tokenizer_file(need("tokenizer")));
+      auto tok = open_tokenizer(need("tokenizer"));
       return {{"ids", tok.encode(field<std::string>(args, "text", ""), field(args, "bos", false), field(args, "eos", false))}};
     }
     if (name == "decode") {
-      auto tok = Tokenizer::load(tokenizer_file(need("tokenizer")));
+      auto tok = open_tokenizer(need("tokenizer"));
       return {{"text", tok.decode(field(args, "ids", std::vector<int32_t>{}))}};
     }
+    if (name == "convert") {
+      fs::path in = need("in"), out = need("out");
+      if (!(fs::is_regular_file(in) && vhost::llama::is_gguf(in)))
+        throw vhost::Error(VHOST_ERR_UNSUPPORTED, "convert: " + in.string() +
+                                                      " is not a GGUF file; converting to GGUF is not implemented yet");
+      // GGUF -> HF layout: safetensors with HF names and rotary order, config.json, tokenizer.model.
+      auto g = vhost::llama::load_gguf_llama(in);
+      LlamaModel model(g.config, std::move(g.tensors), in.string(), torch::kCPU, torch::kFloat32);
+      model.save(out);
+      auto tmp = out / "tokenizer.model.tmp";
+      std::ofstream(tmp, std::ios::binary) << g.tokenizer_model;
+      fs::rename(tmp, out / "tokenizer.model");
+      return {{"out", out.string()}, {"format", "hf"}, {"parameters", model.config().parameter_count()}};
+    }
     throw vhost::Error(VHOST_ERR_UNSUPPORTED, "the llama plugin has no tool '" + name +
-                                                  "' (init, train-tokenizer, encode, decode)");
+                                                  "' (init, convert, train-tokenizer, encode, decode)");
   }
 
  private:

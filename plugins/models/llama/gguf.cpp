@@ -1,0 +1,325 @@
+#include "gguf.hpp"
+
+#include <vhost/plugin.hpp>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace vhost::llama {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+enum : uint32_t { kF32 = 0, kF16 = 1, kQ8_0 = 8, kBF16 = 30 };
+
+[[noreturn]] void fail(const fs::path& file, const std::string& what) {
+  throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, file.string() + ": " + what);
+}
+
+// A bounds-checked reader over the file's bytes.
+struct Reader {
+  const std::string& b;
+  const fs::path& file;
+  uint64_t o = 0;
+  void need(uint64_t n, const std::string& what) {
+    if (n > b.size() || o > b.size() - n)
+      fail(file, "truncated while reading " + what + " at byte " + std::to_string(o) + " (file has " +
+                     std::to_string(b.size()) + " bytes)");
+  }
+  template <class T>
+  T get(const std::string& what) {
+    need(sizeof(T), what);
+    T v;
+    std::memcpy(&v, b.data() + o, sizeof(T));
+    o += sizeof(T);
+    return v;
+  }
+  std::string str(const std::string& what) {
+    uint64_t n = get<uint64_t>(what + " length");
+    need(n, what);
+    std::string s = b.substr(o, n);
+    o += n;
+    return s;
+  }
+  nlohmann::json value(uint32_t type, const std::string& what, int depth = 0) {
+    switch (type) {
+      case 0: return get<uint8_t>(what);
+      case 1: return get<int8_t>(what);
+      case 2: return get<uint16_t>(what);
+      case 3: return get<int16_t>(what);
+      case 4: return get<uint32_t>(what);
+      case 5: return get<int32_t>(what);
+      case 6: return get<float>(what);
+      case 7: return get<uint8_t>(what) != 0;
+      case 8: return str(what);
+      case 9: {
+        if (depth > 2) fail(file, what + ": arrays nested too deeply");
+        uint32_t et = get<uint32_t>(what + " element type");
+        uint64_t n = get<uint64_t>(what + " element count");
+        if (n > b.size()) fail(file, what + ": array claims " + std::to_string(n) + " elements, more than the file has bytes");
+        nlohmann::json arr = nlohmann::json::array();
+        for (uint64_t i = 0; i < n; ++i) arr.push_back(value(et, what + "[" + std::to_string(i) + "]", depth + 1));
+        return arr;
+      }
+      case 10: return get<uint64_t>(what);
+      case 11: return get<int64_t>(what);
+      case 12: return get<double>(what);
+      default: fail(file, what + ": unknown metadata value type " + std::to_string(type));
+    }
+  }
+};
+
+uint64_t type_bytes(uint32_t type, uint64_t numel, const fs::path& file, const std::string& name) {
+  switch (type) {
+    case kF32: return numel * 4;
+    case kF16:
+    case kBF16: return numel * 2;
+    case kQ8_0:
+      if (numel % 32 != 0) fail(file, "tensor '" + name + "': Q8_0 needs a multiple of 32 elements");
+      return numel / 32 * 34;
+    default:
+      fail(file, "tensor '" + name + "': unsupported tensor type " + std::to_string(type) +
+                     " (vhost reads F32, F16, BF16 and Q8_0)");
+  }
+}
+
+}  // namespace
+
+bool is_gguf(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+GgufFile GgufFile::read(const fs::path& file) {
+  GgufFile g;
+  g.path = file;
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail(file, "cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  g.bytes = ss.str();
+  Reader r{g.bytes, file};
+  r.need(4, "magic");
+  if (std::memcmp(g.bytes.data(), "GGUF", 4) != 0) fail(file, "bad magic: not a GGUF file");
+  r.o = 4;
+  g.version = r.get<uint32_t>("version");
+  if (g.version < 2 || g.version > 3) fail(file, "GGUF version " + std::to_string(g.version) + " is not supported (2 or 3)");
+  uint64_t n_tensors = r.get<uint64_t>("tensor count");
+  uint64_t n_kv = r.get<uint64_t>("metadata count");
+  // Each entry takes at least 8 bytes: a count beyond that is a lie, not a reason to allocate.
+  if (n_tensors > g.bytes.size() / 8) fail(file, "tensor count " + std::to_string(n_tensors) + " exceeds what the file can hold");
+  if (n_kv > g.bytes.size() / 8) fail(file, "metadata count " + std::to_string(n_kv) + " exceeds what the file can hold");
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    std::string key = r.str("metadata key " + std::to_string(i));
+    uint32_t type = r.get<uint32_t>("type of " + key);
+    g.metadata[key] = r.value(type, key);
+  }
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    GgufTensorInfo t;
+    t.name = r.str("tensor name " + std::to_string(i));
+    uint32_t nd = r.get<uint32_t>("dimensions of " + t.name);
+    if (nd == 0 || nd > 4) fail(file, "tensor '" + t.name + "': " + std::to_string(nd) + " dimensions");
+    uint64_t numel = 1;
+    std::vector<int64_t> dims;
+    for (uint32_t d = 0; d < nd; ++d) {
+      uint64_t v = r.get<uint64_t>("shape of " + t.name);
+      if (v == 0 || v > (uint64_t(1) << 40) || numel > (uint64_t(1) << 40) / v)
+        fail(file, "tensor '" + t.name + "': implausible dimension " + std::to_string(v));
+      numel *= v;
+      dims.push_back(static_cast<int64_t>(v));
+    }
+    t.shape.assign(dims.rbegin(), dims.rend());
+    t.type = r.get<uint32_t>("type of " + t.name);
+    t.offset = r.get<uint64_t>("offset of " + t.name);
+    t.bytes = type_bytes(t.type, numel, file, t.name);
+    g.tensors.push_back(std::move(t));
+  }
+  uint64_t align = 32;
+  if (g.metadata.count("general.alignment")) {
+    const auto& a = g.metadata["general.alignment"];
+    if (!a.is_number_unsigned() || a.get<uint64_t>() == 0 || (a.get<uint64_t>() & (a.get<uint64_t>() - 1)))
+      fail(file, "general.alignment must be a power of two");
+    align = a.get<uint64_t>();
+  }
+  g.data_start = (r.o + align - 1) / align * align;
+  for (const auto& t : g.tensors) {
+    if (t.offset > g.bytes.size() || g.data_start > g.bytes.size() - t.offset ||
+        t.bytes > g.bytes.size() - g.data_start - t.offset)
+      fail(file, "tensor '" + t.name + "': offset " + std::to_string(t.offset) + " + " + std::to_string(t.bytes) +
+                     " bytes runs past the end of the file (truncated or lying header)");
+  }
+  return g;
+}
+
+torch::Tensor GgufFile::tensor(const GgufTensorInfo& t) const {
+  const char* p = bytes.data() + data_start + t.offset;
+  int64_t numel = 1;
+  for (auto d : t.shape) numel *= d;
+  switch (t.type) {
+    case kF32: return torch::from_blob(const_cast<char*>(p), t.shape, torch::kFloat32).clone();
+    case kF16: return torch::from_blob(const_cast<char*>(p), t.shape, torch::kFloat16).to(torch::kFloat32);
+    case kBF16: return torch::from_blob(const_cast<char*>(p), t.shape, torch::kBFloat16).to(torch::kFloat32);
+    case kQ8_0: {  // blocks of 32: an f16 scale, then 32 int8
+      int64_t blocks = numel / 32;
+      auto raw = torch::from_blob(const_cast<char*>(p), {blocks, 34}, torch::kUInt8);
+      auto scale = raw.narrow(1, 0, 2).contiguous().view(torch::kFloat16).to(torch::kFloat32);  // [blocks, 1]
+      auto q = raw.narrow(1, 2, 32).contiguous().view(torch::kInt8).to(torch::kFloat32);     // [blocks, 32]
+      return (q * scale).reshape(t.shape);
+    }
+    default: fail(path, "tensor '" + t.name + "': unsupported type");
+  }
+}
+
+namespace {
+
+// ---- a SentencePiece ModelProto, written in protobuf's wire format -------------------------
+// Field numbers from sentencepiece_model.proto (checked against a real LLaMA tokenizer.model).
+void varint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out += static_cast<char>((v & 0x7f) | 0x80);
+    v >>= 7;
+  }
+  out += static_cast<char>(v);
+}
+void key(std::string& out, int field, int wire) { varint(out, (uint64_t(field) << 3) | wire); }
+void bytes_field(std::string& out, int field, const std::string& s) {
+  key(out, field, 2);
+  varint(out, s.size());
+  out += s;
+}
+void int_field(std::string& out, int field, int64_t v) {
+  key(out, field, 0);
+  varint(out, static_cast<uint64_t>(v));
+}
+void float_field(std::string& out, int field, float f) {
+  key(out, field, 5);
+  char b[4];
+  std::memcpy(b, &f, 4);
+  out.append(b, 4);
+}
+
+std::string sentencepiece_proto(const fs::path& file, const std::map<std::string, nlohmann::json>& md) {
+  auto arr = [&](const char* k) -> const nlohmann::json& {
+    auto it = md.find(k);
+    if (it == md.end() || !it->second.is_array()) fail(file, std::string("metadata '") + k + "' is missing or not an array");
+    return it->second;
+  };
+  auto model = md.count("tokenizer.ggml.model") ? md.at("tokenizer.ggml.model") : nlohmann::json();
+  if (model != "llama")
+    fail(file, "tokenizer.ggml.model is " + model.dump() + "; only SentencePiece (\"llama\") vocabularies are supported");
+  const auto& tokens = arr("tokenizer.ggml.tokens");
+  const auto& scores = arr("tokenizer.ggml.scores");
+  const auto& types = arr("tokenizer.ggml.token_type");
+  if (scores.size() != tokens.size() || types.size() != tokens.size())
+    fail(file, "tokenizer.ggml.tokens, scores and token_type differ in length");
+  auto id = [&](const char* k, int64_t def) {
+    auto it = md.find(k);
+    if (it == md.end() || !it->second.is_number_integer()) return def;
+    int64_t v = it->second.get<int64_t>();
+    return v >= static_cast<int64_t>(tokens.size()) || v == 4294967295LL ? int64_t(-1) : v;
+  };
+  std::string out;
+  bool has_bytes = false;
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    if (!tokens[i].is_string() || !scores[i].is_number() || !types[i].is_number_integer())
+      fail(file, "tokenizer entry " + std::to_string(i) + " is malformed");
+    int64_t type = types[i].get<int64_t>();
+    if (type < 1 || type > 6) fail(file, "tokenizer.ggml.token_type[" + std::to_string(i) + "] = " + std::to_string(type));
+    has_bytes = has_bytes || type == 6;
+    std::string piece;
+    bytes_field(piece, 1, tokens[i].get<std::string>());
+    float_field(piece, 2, scores[i].get<float>());
+    if (type != 1) int_field(piece, 3, type);
+    bytes_field(out, 1, piece);
+  }
+  std::string trainer;
+  int_field(trainer, 3, 2);  // model_type: BPE
+  int_field(trainer, 4, static_cast<int64_t>(tokens.size()));
+  if (has_bytes) int_field(trainer, 35, 1);  // byte_fallback
+  int_field(trainer, 40, id("tokenizer.ggml.unknown_token_id", 0));
+  int_field(trainer, 41, id("tokenizer.ggml.bos_token_id", 1));
+  int_field(trainer, 42, id("tokenizer.ggml.eos_token_id", 2));
+  int_field(trainer, 43, id("tokenizer.ggml.padding_token_id", -1));
+  bytes_field(out, 2, trainer);
+  std::string normalizer;
+  bytes_field(normalizer, 1, "identity");
+  int_field(normalizer, 3, 1);  // add_dummy_prefix
+  int_field(normalizer, 4, 0);  // remove_extra_whitespaces
+  bytes_field(out, 3, normalizer);
+  return out;
+}
+
+// Meta's interleaved rotary rows -> HF's rotate-half rows (what HF's conversion script does).
+torch::Tensor meta_to_hf(const torch::Tensor& w, int64_t heads) {
+  int64_t rows = w.size(0), cols = w.size(1);
+  return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
+}
+
+}  // namespace
+
+GgufLlama load_gguf_llama(const fs::path& file) {
+  GgufFile g = GgufFile::read(file);
+  const auto& md = g.metadata;
+  auto arch = md.count("general.architecture") ? md.at("general.architecture") : nlohmann::json();
+  if (arch != "llama") fail(file, "general.architecture is " + arch.dump() + "; this plugin loads \"llama\"");
+  auto num = [&](const std::string& k, bool required) -> nlohmann::json {
+    auto it = md.find("llama." + k);
+    if (it == md.end() || !it->second.is_number()) {
+      if (required) fail(file, "metadata 'llama." + k + "' is missing or not a number");
+      return nlohmann::json();
+    }
+    return it->second;
+  };
+  GgufLlama out;
+  LlamaConfig& c = out.config;
+  c.hidden_size = num("embedding_length", true).get<int64_t>();
+  c.num_hidden_layers = num("block_count", true).get<int64_t>();
+  c.intermediate_size = num("feed_forward_length", true).get<int64_t>();
+  c.num_attention_heads = num("attention.head_count", true).get<int64_t>();
+  c.num_key_value_heads = num("attention.head_count_kv", false).is_null() ? c.num_attention_heads
+                                                                          : num("attention.head_count_kv", false).get<int64_t>();
+  c.rms_norm_eps = num("attention.layer_norm_rms_epsilon", true).get<double>();
+  c.rope_theta = num("rope.freq_base", false).is_null() ? 10000.0 : num("rope.freq_base", false).get<double>();
+  c.max_position_embeddings = num("context_length", false).is_null() ? 2048 : num("context_length", false).get<int64_t>();
+  c.torch_dtype = "float32";
+  out.tokenizer_model = sentencepiece_proto(file, md);
+
+  std::map<std::string, const GgufTensorInfo*> by;
+  for (const auto& t : g.tensors) by[t.name] = &t;
+  auto get = [&](const std::string& name) {
+    auto it = by.find(name);
+    if (it == by.end()) fail(file, "missing tensor '" + name + "'");
+    return g.tensor(*it->second);
+  };
+  auto embed = get("token_embd.weight");
+  c.vocab_size = embed.size(0);
+  if (md.count("tokenizer.ggml.bos_token_id")) c.bos_token_id = md.at("tokenizer.ggml.bos_token_id").get<int64_t>();
+  if (md.count("tokenizer.ggml.eos_token_id")) c.eos_token_id = md.at("tokenizer.ggml.eos_token_id").get<int64_t>();
+  out.tensors.emplace_back("model.embed_tokens.weight", embed);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    std::string b = "blk." + std::to_string(i) + ".", h = "model.layers." + std::to_string(i) + ".";
+    out.tensors.emplace_back(h + "self_attn.q_proj.weight", meta_to_hf(get(b + "attn_q.weight"), c.num_attention_heads));
+    out.tensors.emplace_back(h + "self_attn.k_proj.weight", meta_to_hf(get(b + "attn_k.weight"), c.num_key_value_heads));
+    out.tensors.emplace_back(h + "self_attn.v_proj.weight", get(b + "attn_v.weight"));
+    out.tensors.emplace_back(h + "self_attn.o_proj.weight", get(b + "attn_output.weight"));
+    out.tensors.emplace_back(h + "mlp.gate_proj.weight", get(b + "ffn_gate.weight"));
+    out.tensors.emplace_back(h + "mlp.up_proj.weight", get(b + "ffn_up.weight"));
+    out.tensors.emplace_back(h + "mlp.down_proj.weight", get(b + "ffn_down.weight"));
+    out.tensors.emplace_back(h + "input_layernorm.weight", get(b + "attn_norm.weight"));
+    out.tensors.emplace_back(h + "post_attention_layernorm.weight", get(b + "ffn_norm.weight"));
+  }
+  out.tensors.emplace_back("model.norm.weight", get("output_norm.weight"));
+  if (by.count("output.weight")) {
+    auto head = get("output.weight");
+    c.tie_word_embeddings = torch::equal(head, embed);
+    if (!c.tie_word_embeddings) out.tensors.emplace_back("lm_head.weight", head);
+  } else {
+    c.tie_word_embeddings = true;
+  }
+  return out;
+}
+
+}  // namespace vhost::llama

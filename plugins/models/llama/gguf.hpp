@@ -1,0 +1,51 @@
+// GGUF (llama.cpp's format, v2/v3) LLaMA checkpoints: header parsing with every offset checked,
+// F32/F16/BF16 tensors and Q8_0 dequantised on load, Q/K rows moved from Meta's interleaved
+// rotary order to HF's rotate-half order, and the embedded SentencePiece-style vocabulary
+// turned into a SentencePiece model the real library loads.
+#pragma once
+
+#include "config.hpp"
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace vhost::llama {
+
+struct GgufTensorInfo {
+  std::string name;
+  std::vector<int64_t> shape;  // torch order (GGUF lists the fastest dimension first)
+  uint32_t type = 0;
+  uint64_t offset = 0;  // into the data section
+  uint64_t bytes = 0;
+};
+
+struct GgufFile {
+  std::filesystem::path path;
+  uint32_t version = 0;
+  std::map<std::string, nlohmann::json> metadata;
+  std::vector<GgufTensorInfo> tensors;
+  uint64_t data_start = 0;
+  std::string bytes;  // the file's contents
+
+  // Throws vhost::Error naming the file and the field at fault.
+  static GgufFile read(const std::filesystem::path& file);
+  torch::Tensor tensor(const GgufTensorInfo& t) const;  // float32, dequantised
+};
+
+bool is_gguf(const std::filesystem::path& file);
+
+struct GgufLlama {
+  LlamaConfig config;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;  // HF names and conventions
+  std::string tokenizer_model;                                  // a serialized SentencePiece ModelProto
+};
+
+GgufLlama load_gguf_llama(const std::filesystem::path& file);
+
+}  // namespace vhost::llama
