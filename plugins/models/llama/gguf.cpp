@@ -94,13 +94,17 @@ bool is_gguf(const fs::path& file) {
 }
 
 GgufFile GgufFile::read(const fs::path& file) {
-  GgufFile g;
-  g.path = file;
   std::ifstream in(file, std::ios::binary);
   if (!in) fail(file, "cannot open");
   std::stringstream ss;
   ss << in.rdbuf();
-  g.bytes = ss.str();
+  return parse(ss.str(), file);
+}
+
+GgufFile GgufFile::parse(std::string bytes, const fs::path& file) {
+  GgufFile g;
+  g.path = file;
+  g.bytes = std::move(bytes);
   Reader r{g.bytes, file};
   r.need(4, "magic");
   if (std::memcmp(g.bytes.data(), "GGUF", 4) != 0) fail(file, "bad magic: not a GGUF file");

@@ -35,6 +35,8 @@ struct GgufFile {
 
   // Throws vhost::Error naming the file and the field at fault.
   static GgufFile read(const std::filesystem::path& file);
+  // The same, over bytes already in memory; `name` stands for the file in messages.
+  static GgufFile parse(std::string bytes, const std::filesystem::path& name);
   torch::Tensor tensor(const GgufTensorInfo& t) const;  // float32, dequantised
 };
 
