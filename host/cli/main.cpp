@@ -104,9 +104,9 @@ int main(int argc, char** argv) {
   model_init->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
 
   std::string convert_in, convert_out;
-  auto* model_convert = model->add_subcommand("convert", "convert a checkpoint: GGUF -> HF layout (safetensors, config.json, tokenizer.model)");
-  model_convert->add_option("in", convert_in, "GGUF file")->required();
-  model_convert->add_option("out", convert_out, "folder to write")->required();
+  auto* model_convert = model->add_subcommand("convert", "convert a checkpoint: GGUF file -> HF folder, or HF folder -> GGUF file");
+  model_convert->add_option("in", convert_in, "a GGUF file or an HF checkpoint folder")->required();
+  model_convert->add_option("out", convert_out, "the HF folder or GGUF file to write")->required();
   model_convert->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
 
   auto* tokenizer = app.add_subcommand("tokenizer", "encode, decode, train SentencePiece tokenizers");

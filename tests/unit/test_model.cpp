@@ -120,9 +120,32 @@ TEST_CASE("GGUF: stories260K through the plugin, and converted to HF layout", "[
   r = run_cmd("echo '[" + std::to_string(best) + "]' | " + vhost_cmd("tokenizer decode --model " + hf.string()));
   CHECK_THAT(first.out, StartsWith("Once upon a time" + r.out));
 
-  r = run_cmd(vhost_cmd("model convert " + hf.string() + " " + (hf.parent_path() / "back").string()));
+  // And back to GGUF: the same text again, from a file vhost wrote.
+  fs::path back = hf.parent_path() / "back.gguf";
+  r = run_cmd(vhost_cmd("model convert " + hf.string() + " " + back.string()));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  r = run_cmd(vhost_cmd("generate " + back.string() + " --prompt 'Once upon a time' --max-tokens 60 --log-level warn"));
+  CHECK_THAT(r.out, StartsWith(expected));
+  r = run_cmd(vhost_cmd("model convert /nonexistent " + (hf.parent_path() / "x").string()));
   CHECK(r.rc == 1);
-  CHECK_THAT(r.out, Contains("converting to GGUF is not implemented yet"));
+  CHECK_THAT(r.out, Contains("neither an HF checkpoint folder nor a GGUF file"));
+}
+
+TEST_CASE("HF -> GGUF -> HF keeps weights and tokenizer exactly", "[model][cli][gguf]") {
+  fs::path dir = scratch("gguf-roundtrip");
+  auto r = run_cmd(vhost_cmd("model convert " + tiny_model().string() + " " + (dir / "m.gguf").string()));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  r = run_cmd(vhost_cmd("model convert " + (dir / "m.gguf").string() + " " + (dir / "hf").string()));
+  REQUIRE(r.rc == 0);
+  CHECK(read_file(dir / "hf" / "model.safetensors") == read_file(tiny_model() / "model.safetensors"));
+  auto a = run_cmd(vhost_cmd("generate " + tiny_model().string() + " --prompt 'a b' --max-tokens 12 --log-level warn"));
+  auto b = run_cmd(vhost_cmd("generate " + (dir / "m.gguf").string() + " --prompt 'a b' --max-tokens 12 --log-level warn"));
+  CHECK(a.out.substr(0, a.out.find("12 tokens")) == b.out.substr(0, b.out.find("12 tokens")));
+  r = run_cmd("printf 'stages run 42' | " + vhost_cmd("tokenizer encode --model " + (dir / "m.gguf").string()));
+  auto c = run_cmd("printf 'stages run 42' | " + vhost_cmd("tokenizer encode --model " + tiny_model().string()));
+  CHECK(r.out == c.out);
 }
 
 TEST_CASE("a model names its backend; the host resolves and creates it first", "[model][pipeline]") {

@@ -1,5 +1,7 @@
 #include "gguf.hpp"
 
+#include "model.hpp"
+
 #include <vhost/plugin.hpp>
 
 #include <cstring>
@@ -262,7 +264,204 @@ torch::Tensor meta_to_hf(const torch::Tensor& w, int64_t heads) {
   return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
 }
 
+// HF's rotate-half rows -> Meta's interleaved rows (llama.cpp's conversion does the same).
+torch::Tensor hf_to_meta(const torch::Tensor& w, int64_t heads) {
+  int64_t rows = w.size(0), cols = w.size(1);
+  return w.reshape({heads, 2, rows / heads / 2, cols}).transpose(1, 2).reshape({rows, cols});
+}
+
+// Pieces of a serialized ModelProto: (piece, score, type).
+struct Piece {
+  std::string text;
+  float score = 0;
+  int32_t type = 1;
+};
+
+uint64_t read_varint(const std::string& b, std::size_t& o) {
+  uint64_t r = 0;
+  for (int shift = 0; o < b.size() && shift < 64; shift += 7) {
+    auto c = static_cast<unsigned char>(b[o++]);
+    r |= uint64_t(c & 0x7f) << shift;
+    if (c < 0x80) return r;
+  }
+  throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "tokenizer model: malformed varint");
+}
+
+// Calls f(field, wire_type, varint value, bytes) for each field of a message.
+template <class F>
+void each_field(const std::string& b, F f) {
+  std::size_t o = 0;
+  while (o < b.size()) {
+    uint64_t k = read_varint(b, o);
+    int field = static_cast<int>(k >> 3), wire = static_cast<int>(k & 7);
+    if (wire == 0) {
+      f(field, wire, read_varint(b, o), std::string());
+    } else if (wire == 2) {
+      uint64_t n = read_varint(b, o);
+      if (n > b.size() - o) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "tokenizer model: truncated field");
+      f(field, wire, 0, b.substr(o, n));
+      o += n;
+    } else if (wire == 5) {
+      if (b.size() - o < 4) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "tokenizer model: truncated field");
+      f(field, wire, 0, b.substr(o, 4));
+      o += 4;
+    } else if (wire == 1) {
+      if (b.size() - o < 8) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "tokenizer model: truncated field");
+      o += 8;
+    } else {
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "tokenizer model: unsupported wire type " + std::to_string(wire));
+    }
+  }
+}
+
+std::vector<Piece> proto_pieces(const std::string& proto) {
+  std::vector<Piece> out;
+  each_field(proto, [&](int field, int wire, uint64_t, const std::string& bytes) {
+    if (field != 1 || wire != 2) return;
+    Piece p;
+    each_field(bytes, [&](int f, int w, uint64_t v, const std::string& b) {
+      if (f == 1 && w == 2) p.text = b;
+      if (f == 2 && w == 5) std::memcpy(&p.score, b.data(), 4);
+      if (f == 3 && w == 0) p.type = static_cast<int32_t>(v);
+    });
+    out.push_back(std::move(p));
+  });
+  return out;
+}
+
+struct Writer {
+  std::string out;
+  uint64_t kvs = 0;  // metadata entries written
+  template <class T>
+  void raw(T v) {
+    out.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  void str(const std::string& s) {
+    raw<uint64_t>(s.size());
+    out += s;
+  }
+  template <class T>
+  void kv_array(const std::string& k, uint32_t type, const std::vector<T>& values, void (Writer::*put)(T)) {
+    ++kvs;
+    str(k);
+    raw<uint32_t>(9);
+    raw<uint32_t>(type);
+    raw<uint64_t>(values.size());
+    for (const auto& v : values) (this->*put)(v);
+  }
+  void put_str(std::string s) { str(s); }
+  void kv_str(const std::string& k, const std::string& v) {
+    ++kvs;
+    str(k);
+    raw<uint32_t>(8);
+    str(v);
+  }
+  void kv_u32(const std::string& k, uint32_t v) {
+    ++kvs;
+    str(k);
+    raw<uint32_t>(4);
+    raw<uint32_t>(v);
+  }
+  void kv_f32(const std::string& k, float v) {
+    ++kvs;
+    str(k);
+    raw<uint32_t>(6);
+    raw<float>(v);
+  }
+};
+
 }  // namespace
+
+void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file) {
+  const LlamaConfig& c = model.config();
+  auto pieces = proto_pieces(tokenizer_model);
+  if (pieces.empty()) fail(file, "the tokenizer model has no pieces");
+  if (static_cast<int64_t>(pieces.size()) > c.vocab_size)
+    fail(file, "the tokenizer has " + std::to_string(pieces.size()) + " pieces, the model only " + std::to_string(c.vocab_size));
+  uint32_t gtype = model.dtype() == torch::kFloat16 ? kF16 : model.dtype() == torch::kBFloat16 ? kBF16 : kF32;
+
+  // HF names -> GGUF names, Q/K rows back to Meta's order.
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& [name, t0] : model.named_tensors()) {
+    torch::Tensor t = t0.to(torch::kCPU);
+    std::string n = name;
+    if (n == "model.embed_tokens.weight") n = "token_embd.weight";
+    else if (n == "model.norm.weight") n = "output_norm.weight";
+    else if (n == "lm_head.weight") n = "output.weight";
+    else {
+      auto rest = n.substr(std::string("model.layers.").size());
+      auto dot = rest.find('.');
+      std::string blk = "blk." + rest.substr(0, dot) + ".", leaf = rest.substr(dot + 1);
+      static const std::map<std::string, std::string> names = {
+          {"self_attn.q_proj.weight", "attn_q.weight"},      {"self_attn.k_proj.weight", "attn_k.weight"},
+          {"self_attn.v_proj.weight", "attn_v.weight"},      {"self_attn.o_proj.weight", "attn_output.weight"},
+          {"mlp.gate_proj.weight", "ffn_gate.weight"},       {"mlp.up_proj.weight", "ffn_up.weight"},
+          {"mlp.down_proj.weight", "ffn_down.weight"},       {"input_layernorm.weight", "attn_norm.weight"},
+          {"post_attention_layernorm.weight", "ffn_norm.weight"}};
+      n = blk + names.at(leaf);
+      if (leaf == "self_attn.q_proj.weight") t = hf_to_meta(t, c.num_attention_heads);
+      if (leaf == "self_attn.k_proj.weight") t = hf_to_meta(t, c.num_key_value_heads);
+    }
+    tensors.emplace_back(n, t.contiguous());
+  }
+
+  Writer w;  // metadata first; the header that counts it is prepended below
+  w.kv_str("general.architecture", "llama");
+  w.kv_str("general.name", "vhost");
+  w.kv_u32("llama.context_length", static_cast<uint32_t>(c.max_position_embeddings));
+  w.kv_u32("llama.embedding_length", static_cast<uint32_t>(c.hidden_size));
+  w.kv_u32("llama.block_count", static_cast<uint32_t>(c.num_hidden_layers));
+  w.kv_u32("llama.feed_forward_length", static_cast<uint32_t>(c.intermediate_size));
+  w.kv_u32("llama.rope.dimension_count", static_cast<uint32_t>(c.head_dim()));
+  w.kv_u32("llama.attention.head_count", static_cast<uint32_t>(c.num_attention_heads));
+  w.kv_u32("llama.attention.head_count_kv", static_cast<uint32_t>(c.num_key_value_heads));
+  w.kv_f32("llama.attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
+  w.kv_f32("llama.rope.freq_base", static_cast<float>(c.rope_theta));
+  w.kv_str("tokenizer.ggml.model", "llama");
+  std::vector<std::string> texts;
+  std::vector<float> scores;
+  std::vector<int32_t> types;
+  for (const auto& p : pieces) {
+    texts.push_back(p.text);
+    scores.push_back(p.score);
+    types.push_back(p.type);
+  }
+  w.kv_array<std::string>("tokenizer.ggml.tokens", 8, texts, &Writer::put_str);
+  w.kv_array<float>("tokenizer.ggml.scores", 6, scores, &Writer::raw<float>);
+  w.kv_array<int32_t>("tokenizer.ggml.token_type", 5, types, &Writer::raw<int32_t>);
+  w.kv_u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(c.bos_token_id));
+  w.kv_u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(c.eos_token_id));
+  w.kv_u32("tokenizer.ggml.unknown_token_id", 0);
+
+  Writer head;
+  head.out = "GGUF";
+  head.raw<uint32_t>(3);
+  head.raw<uint64_t>(tensors.size());
+  head.raw<uint64_t>(w.kvs);
+  w.out = head.out + w.out;
+  uint64_t offset = 0;
+  for (const auto& [n, t] : tensors) {
+    w.str(n);
+    w.raw<uint32_t>(static_cast<uint32_t>(t.dim()));
+    for (int64_t d = t.dim() - 1; d >= 0; --d) w.raw<uint64_t>(static_cast<uint64_t>(t.size(d)));
+    w.raw<uint32_t>(gtype);
+    w.raw<uint64_t>(offset);
+    offset += (t.numel() * t.element_size() + 31) / 32 * 32;
+  }
+  while (w.out.size() % 32) w.out += '\0';
+  for (const auto& [n, t] : tensors) {
+    w.out.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+    while (w.out.size() % 32) w.out += '\0';
+  }
+  auto tmp = file;
+  tmp += ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f.write(w.out.data(), static_cast<std::streamsize>(w.out.size()));
+    if (!f) fail(tmp, "write failed (disk full?)");
+  }
+  fs::rename(tmp, file);
+}
 
 GgufLlama load_gguf_llama(const fs::path& file) {
   GgufFile g = GgufFile::read(file);

@@ -50,4 +50,9 @@ struct GgufLlama {
 
 GgufLlama load_gguf_llama(const std::filesystem::path& file);
 
+class LlamaModel;
+// Writes a GGUF v3 file llama.cpp reads: metadata, the vocabulary of a SentencePiece model
+// (serialized ModelProto), tensors in the model's dtype with Q/K rows in Meta's order.
+void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const std::filesystem::path& file);
+
 }  // namespace vhost::llama

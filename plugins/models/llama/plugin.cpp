@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 
 namespace fs = std::filesystem;
@@ -193,9 +194,18 @@ class LlamaPlugin final : public vhost::Model {
     }
     if (name == "convert") {
       fs::path in = need("in"), out = need("out");
+      if (fs::is_directory(in)) {
+        // HF layout -> GGUF, in the checkpoint's stored dtype.
+        auto model = LlamaModel::load(in);
+        std::ifstream t(in / "tokenizer.model", std::ios::binary);
+        if (!t) throw vhost::Error(VHOST_ERR_IO, (in / "tokenizer.model").string() + ": cannot open (GGUF embeds the tokenizer)");
+        std::string proto((std::istreambuf_iterator<char>(t)), {});
+        Tokenizer::from_serialized(proto, (in / "tokenizer.model").string());  // refuse a broken one before writing
+        vhost::llama::save_gguf_llama(model, proto, out);
+        return {{"out", out.string()}, {"format", "gguf"}, {"parameters", model.config().parameter_count()}};
+      }
       if (!(fs::is_regular_file(in) && vhost::llama::is_gguf(in)))
-        throw vhost::Error(VHOST_ERR_UNSUPPORTED, "convert: " + in.string() +
-                                                      " is not a GGUF file; converting to GGUF is not implemented yet");
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "convert: " + in.string() + " is neither an HF checkpoint folder nor a GGUF file");
       // GGUF -> HF layout: safetensors with HF names and rotary order, config.json, tokenizer.model.
       auto g = vhost::llama::load_gguf_llama(in);
       LlamaModel model(g.config, std::move(g.tensors), in.string(), torch::kCPU, torch::kFloat32);
