@@ -48,6 +48,24 @@ Schema schema_from_json(const std::string& options_json, const std::string& owne
   return schema;
 }
 
+OptionSpec option_spec(std::string key, std::string type, std::optional<json> default_value, std::string help,
+                       std::optional<double> min, std::optional<double> max) {
+  OptionSpec s;
+  s.key = std::move(key);
+  s.type = std::move(type);
+  s.default_value = std::move(default_value);
+  s.help = std::move(help);
+  s.min = min;
+  s.max = max;
+  return s;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string s;
+  for (const auto& x : items) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
 json schema_to_json(const Schema& schema) {
   json arr = json::array();
   for (const auto& s : schema) {
@@ -385,9 +403,7 @@ static std::optional<json> convert(const Document& doc, const toml::node& n, con
     if (!n.is_string()) return wrong("a string");
     const std::string& v = n.as_string()->get();
     if (!s.choices.empty() && std::find(s.choices.begin(), s.choices.end(), v) == s.choices.end()) {
-      std::string list;
-      for (const auto& c : s.choices) list += (list.empty() ? "" : ", ") + c;
-      diag.error(at, kp + ": \"" + v + "\" is not one of: " + list);
+      diag.error(at, kp + ": \"" + v + "\" is not one of: " + join(s.choices));
       return std::nullopt;
     }
     if (s.type == "path") return json(doc.resolve_path(v, kp).string());
@@ -472,9 +488,7 @@ json validate_table(const Document& doc, const toml::table& table, const std::st
         if (known.empty()) {
           msg += "; this table takes no options";
         } else {
-          std::string list;
-          for (const auto& c : known) list += (list.empty() ? "" : ", ") + c;
-          msg += "; valid keys: " + list;
+          msg += "; valid keys: " + join(known);
         }
         diag.error(doc.where(k.source(), kp), msg);
       }

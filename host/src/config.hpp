@@ -29,6 +29,13 @@ struct OptionSpec {
 };
 using Schema = std::vector<OptionSpec>;
 
+// An option of a host-defined schema (the pipeline table, stage types).
+OptionSpec option_spec(std::string key, std::string type, std::optional<json> default_value, std::string help,
+                       std::optional<double> min = std::nullopt, std::optional<double> max = std::nullopt);
+
+// "a, b, c"
+std::string join(const std::vector<std::string>& items);
+
 // Parses the JSON schema a plugin publishes; `owner` names it in errors.
 Schema schema_from_json(const std::string& options_json, const std::string& owner);
 json schema_to_json(const Schema& schema);

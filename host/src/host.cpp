@@ -148,25 +148,11 @@ bool valid_id(const std::string& id) {
   return std::regex_match(id, re);
 }
 
-std::string join(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
-  return s;
-}
-
 Schema pipeline_schema() {
-  auto opt = [](std::string k, std::string t, std::optional<json> d, std::string h) {
-    OptionSpec s;
-    s.key = std::move(k);
-    s.type = std::move(t);
-    s.default_value = std::move(d);
-    s.help = std::move(h);
-    return s;
-  };
-  return {opt("name", "string", "", "the pipeline's name (default: the file's name)"),
-          opt("stages", "string_list", std::nullopt, "the stages to run, in order, e.g. [\"info\"]"),
-          opt("work_dir", "path", "", "where stages write their outputs (default: runs/NAME beside the file)"),
-          opt("plugin_dirs", "path_list", json::array(), "extra plugin folders, searched first")};
+  return {option_spec("name", "string", "", "the pipeline's name (default: the file's name)"),
+          option_spec("stages", "string_list", std::nullopt, "the stages to run, in order, e.g. [\"info\"]"),
+          option_spec("work_dir", "path", "", "where stages write their outputs (default: runs/NAME beside the file)"),
+          option_spec("plugin_dirs", "path_list", json::array(), "extra plugin folders, searched first")};
 }
 
 }  // namespace
@@ -303,39 +289,46 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
       if (d.ref == ref) return true;
     return false;
   };
-  // Options of type "instance": resolve to full ids; an empty value means the only instance of
-  // that kind (or none, when none is declared).
+  // A reference to an instance of `kind`: its name under the kind's section, or its full id.
+  // Empty means the only one of that kind. Returns the full id, or "" when none is declared and
+  // `none_error` is empty; nullopt once a problem is reported.
+  auto resolve_ref = [&](const std::string& kind, const std::string& value, const std::string& at,
+                         const std::string& keypath, const std::string& none_error) -> std::optional<std::string> {
+    std::string section = kind_section(kind);
+    if (!value.empty()) {
+      std::string full = value.rfind(section + ".", 0) == 0 ? value : section + "." + value;
+      if (declared(full)) return full;
+      diag.error(at, keypath + ": no [" + full + "] is declared");
+      return std::nullopt;
+    }
+    std::vector<std::string> names;
+    for (const auto& d : impl->instances)
+      if (d.kind == kind) names.push_back(d.ref.substr(section.size() + 1));
+    if (names.size() == 1) return section + "." + names[0];
+    if (names.size() > 1)
+      diag.error(at, keypath + ": several " + section + " are declared (" + join(names) + "); say which one");
+    else if (!none_error.empty())
+      diag.error(at, none_error);
+    else
+      return std::string();
+    return std::nullopt;
+  };
+
+  // Plugin options of type "instance"; the instances they name are created first.
   for (auto& d : impl->instances) {
     for (const auto& spec : d.loaded->schema) {
       if (spec.type != "instance" || !d.config.contains(spec.key)) continue;
-      std::string section = kind_section(spec.instance_kind);
       std::string kp = d.ref + "." + spec.key;
       std::string at = impl->locations.count(kp) ? impl->locations[kp] : impl->locations[d.ref + ".plugin"];
-      std::string val = d.config[spec.key].get<std::string>();
-      std::string full;
-      if (val.empty()) {
-        std::vector<std::string> all;
-        for (const auto& o : impl->instances)
-          if (o.kind == spec.instance_kind) all.push_back(o.ref);
-        if (all.size() > 1) {
-          diag.error(at, kp + ": several " + section + " are declared (" + join(all) + "); say which one");
-          continue;
-        }
-        if (all.size() == 1) full = all[0];
-      } else {
-        full = val.rfind(section + ".", 0) == 0 ? val : section + "." + val;
-        if (!declared(full)) {
-          diag.error(at, kp + ": no [" + full + "] is declared");
-          continue;
-        }
-      }
-      if (full == d.ref) {
+      auto full = resolve_ref(spec.instance_kind, d.config[spec.key].get<std::string>(), at, kp, "");
+      if (!full) continue;
+      if (*full == d.ref) {
         diag.error(at, kp + ": an instance cannot depend on itself");
         continue;
       }
-      d.config[spec.key] = full;
-      resolved[kind_section(d.kind)][d.ref.substr(kind_section(d.kind).size() + 1)][spec.key] = full;
-      if (!full.empty()) d.deps.push_back(full);
+      d.config[spec.key] = *full;
+      resolved[kind_section(d.kind)][d.ref.substr(kind_section(d.kind).size() + 1)][spec.key] = *full;
+      if (!full->empty()) d.deps.push_back(*full);
     }
   }
 
@@ -388,28 +381,13 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
     sd.config = validate_table(doc, t, sref, stype->schema, {"type"}, diag, &impl->locations);
     // Resolve references to instances.
     for (const auto& [key, kind] : stype->refs) {
-      std::string section = kind_section(kind);
-      std::string val = sd.config.value(key, "");
       std::string kat = impl->locations.count(sref + "." + key) ? impl->locations[sref + "." + key]
                         : st                                   ? doc.where(*st, sref)
                                                                : at;
-      if (val.empty()) {
-        std::vector<std::string> all;
-        for (const auto& d : impl->instances)
-          if (d.kind == kind) all.push_back(d.ref.substr(section.size() + 1));
-        if (all.size() == 1) {
-          sd.config[key] = section + "." + all[0];
-        } else if (all.empty()) {
-          diag.error(kat, sref + ": this " + type + " stage needs a " + kind + ": declare one under [" + section + ".NAME]");
-        } else {
-          diag.error(kat, sref + "." + key + ": several " + section + " are declared (" + join(all) +
-                              "); say which one this stage uses");
-        }
-      } else if (!declared(section + "." + val)) {
-        diag.error(kat, sref + "." + key + ": no [" + section + "." + val + "] is declared");
-      } else {
-        sd.config[key] = section + "." + val;
-      }
+      auto full = resolve_ref(kind, sd.config.value(key, ""), kat, sref + "." + key,
+                              sref + ": this " + type + " stage needs a " + kind + ": declare one under [" +
+                                  kind_section(kind) + ".NAME]");
+      if (full) sd.config[key] = *full;
     }
     for (const auto& key : stype->ref_lists) {
       for (const auto& r : sd.config.value(key, json::array())) {

@@ -114,62 +114,50 @@ json run_model_init(StageContext& ctx) {
   return r;
 }
 
-OptionSpec opt(std::string key, std::string type, std::optional<json> def, std::string help,
-               std::optional<double> min = std::nullopt, std::optional<double> max = std::nullopt) {
-  OptionSpec s;
-  s.key = std::move(key);
-  s.type = std::move(type);
-  s.default_value = std::move(def);
-  s.help = std::move(help);
-  s.min = min;
-  s.max = max;
-  return s;
-}
-
 }  // namespace
 
 const std::vector<StageType>& stage_types() {
   static const std::vector<StageType> types = {
       {"info",
        "Creates plugin instances and prints what each reports (device, threads, versions).",
-       {opt("instances", "string_list", json::array(),
+       {option_spec("instances", "string_list", json::array(),
             "instance ids to describe, e.g. [\"backends.cpu\"]; empty: every instance")},
        {},
        {"instances"},
        run_info},
       {"probe",
        "Sends one prompt to a judge and prints the reply and latency.",
-       {opt("judge", "string", "", "the judge instance (a name under [judges]); empty: the only one"),
-        opt("prompt", "string", "Reply with the single word: ready", "the prompt"),
-        opt("max_tokens", "integer", 16, "reply length limit", 1, 1 << 20)},
+       {option_spec("judge", "string", "", "the judge instance (a name under [judges]); empty: the only one"),
+        option_spec("prompt", "string", "Reply with the single word: ready", "the prompt"),
+        option_spec("max_tokens", "integer", 16, "reply length limit", 1, 1 << 20)},
        {{"judge", VHOST_KIND_JUDGE}},
        {},
        run_probe},
       {"model-init",
        "Writes a randomly initialised checkpoint of a preset shape (kept if it already exists).",
-       {opt("plugin", "string", "llama", "the model plugin"),
-        opt("preset", "string", "tiny", "tiny, stories15m, 7b, 13b"),
-        opt("out", "path", std::nullopt, "checkpoint folder"),
-        opt("seed", "integer", 0, "initialisation seed", 0, 9007199254740991.0),
-        opt("dtype", "string", "float32", "float32, bfloat16, float16"),
-        opt("tokenizer", "path", "", "tokenizer.model to copy"),
-        opt("tokenizer_text", "path", "", "text file to train a tokenizer on"),
-        opt("overwrite", "boolean", false, "replace an existing checkpoint")},
+       {option_spec("plugin", "string", "llama", "the model plugin"),
+        option_spec("preset", "string", "tiny", "tiny, stories15m, 7b, 13b"),
+        option_spec("out", "path", std::nullopt, "checkpoint folder"),
+        option_spec("seed", "integer", 0, "initialisation seed", 0, 9007199254740991.0),
+        option_spec("dtype", "string", "float32", "float32, bfloat16, float16"),
+        option_spec("tokenizer", "path", "", "tokenizer.model to copy"),
+        option_spec("tokenizer_text", "path", "", "text file to train a tokenizer on"),
+        option_spec("overwrite", "boolean", false, "replace an existing checkpoint")},
        {},
        {},
        run_model_init},
       {"generate",
        "Continues prompts with a model and prints the text (streamed when there is one prompt).",
-       {opt("model", "string", "", "the model instance (a name under [models]); empty: the only one"),
-        opt("prompts", "string_list", std::nullopt, "the prompts"),
-        opt("max_tokens", "integer", 64, "tokens to generate at most", 1, 1 << 20),
-        opt("temperature", "float", 0.0, "0: greedy", 0, 100),
-        opt("top_p", "float", 1.0, "nucleus sampling", 0, 1),
-        opt("top_k", "integer", 0, "sample from the k most likely (0: all)", 0, 1 << 30),
-        opt("repetition_penalty", "float", 1.0, "> 1 discourages repeats", 0.01, 100),
-        opt("seed", "integer", -1, "sampling seed (-1: random)", -1, 9007199254740991.0),
-        opt("stop", "string_list", json::array(), "stop before any of these"),
-        opt("stream", "boolean", true, "print text as it is generated (one prompt)")},
+       {option_spec("model", "string", "", "the model instance (a name under [models]); empty: the only one"),
+        option_spec("prompts", "string_list", std::nullopt, "the prompts"),
+        option_spec("max_tokens", "integer", 64, "tokens to generate at most", 1, 1 << 20),
+        option_spec("temperature", "float", 0.0, "0: greedy", 0, 100),
+        option_spec("top_p", "float", 1.0, "nucleus sampling", 0, 1),
+        option_spec("top_k", "integer", 0, "sample from the k most likely (0: all)", 0, 1 << 30),
+        option_spec("repetition_penalty", "float", 1.0, "> 1 discourages repeats", 0.01, 100),
+        option_spec("seed", "integer", -1, "sampling seed (-1: random)", -1, 9007199254740991.0),
+        option_spec("stop", "string_list", json::array(), "stop before any of these"),
+        option_spec("stream", "boolean", true, "print text as it is generated (one prompt)")},
        {{"model", VHOST_KIND_MODEL}},
        {},
        run_generate},
