@@ -226,30 +226,29 @@ fs::path Tokenizer::train(const fs::path& input, int vocab_size, const fs::path&
   return prefix + ".model";
 }
 
+std::pair<std::string, std::string> Tokenizer::StreamDecoder::window() const {
+  auto from = ids_.begin() + static_cast<std::ptrdiff_t>(prefix_);
+  return {tok_->decode(std::vector<int32_t>(from, ids_.begin() + static_cast<std::ptrdiff_t>(read_))),
+          tok_->decode(std::vector<int32_t>(from, ids_.end()))};
+}
+
 std::string Tokenizer::StreamDecoder::push(int32_t id) {
   // The approach of HF text-generation-inference: decode a short window twice, with and
   // without the new ids, and emit the difference once it no longer ends in an incomplete
   // character (which SentencePiece's byte fallback shows as U+FFFD).
   ids_.push_back(id);
-  std::vector<int32_t> window(ids_.begin() + static_cast<std::ptrdiff_t>(prefix_), ids_.end());
-  std::vector<int32_t> before(ids_.begin() + static_cast<std::ptrdiff_t>(prefix_),
-                              ids_.begin() + static_cast<std::ptrdiff_t>(read_));
-  std::string prev = tok_->decode(before), now = tok_->decode(window);
+  auto [prev, now] = window();
   static const std::string kReplacement = "\xEF\xBF\xBD";
   if (now.size() > prev.size() && !(now.size() >= 3 && now.compare(now.size() - 3, 3, kReplacement) == 0)) {
-    std::string delta = now.substr(prev.size());
     prefix_ = read_;
     read_ = ids_.size();
-    return delta;
+    return now.substr(prev.size());
   }
   return {};
 }
 
 std::string Tokenizer::StreamDecoder::flush() {
-  std::vector<int32_t> window(ids_.begin() + static_cast<std::ptrdiff_t>(prefix_), ids_.end());
-  std::vector<int32_t> before(ids_.begin() + static_cast<std::ptrdiff_t>(prefix_),
-                              ids_.begin() + static_cast<std::ptrdiff_t>(read_));
-  std::string prev = tok_->decode(before), now = tok_->decode(window);
+  auto [prev, now] = window();
   prefix_ = read_ = ids_.size();
   return now.size() > prev.size() ? now.substr(prev.size()) : std::string();
 }

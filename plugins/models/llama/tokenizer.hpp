@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 struct vspm;
@@ -42,6 +43,8 @@ class Tokenizer {
     std::string flush();           // whatever is still held back (invalid bytes as U+FFFD)
 
    private:
+    // The text of ids [prefix_, read_) and of ids [prefix_, end): what was sent, and what is now.
+    std::pair<std::string, std::string> window() const;
     const Tokenizer* tok_;
     std::vector<int32_t> ids_;
     std::size_t prefix_ = 0, read_ = 0;
