@@ -64,6 +64,7 @@ struct Pipeline::Impl {
   std::map<std::string, StageDecl> stages;
   std::map<std::string, std::string> locations;
   json resolved;
+  std::vector<SearchDir> dirs;  // its plugin_dirs, then the host's search path
 };
 
 Pipeline::Pipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -157,14 +158,20 @@ Schema pipeline_schema() {
 
 }  // namespace
 
-json Host::model_tool(const std::string& plugin, const std::string& tool, const json& args) const {
-  Registry reg(impl_->dirs);
+// A model plugin's tool, with the plugin found on the given search path.
+static json model_tool_on(const std::vector<SearchDir>& dirs, const std::string& plugin, const std::string& tool,
+                          const json& args) {
+  Registry reg(dirs);
   const Candidate* c = reg.find(VHOST_KIND_MODEL, plugin);
   if (!c) {
     auto names = reg.names(VHOST_KIND_MODEL);
     throw PluginError("no model plugin named '" + plugin + "' (available: " + (names.empty() ? "none" : join(names)) + ")");
   }
   return vhost::host::model_tool(*Registry::load(*c), tool, args);
+}
+
+json Host::model_tool(const std::string& plugin, const std::string& tool, const json& args) const {
+  return model_tool_on(impl_->dirs, plugin, tool, args);
 }
 
 struct PipelineBuilder {
@@ -221,6 +228,7 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
     dirs.push_back({fs::path(d.get<std::string>()), "plugin_dirs"});
   dirs.insert(dirs.end(), host_dirs.begin(), host_dirs.end());
   Registry registry(dirs);
+  impl->dirs = dirs;
   auto search_text = [&] {
     std::string s;
     for (const auto& d : dirs) s += "\n    " + d.dir.string() + " (" + d.origin + ")";
@@ -487,8 +495,8 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
     const StageDecl& sd = p.stages.at(id);
     spdlog::info("stage '{}' ({})", id, sd.type->type);
     StageContext ctx{id, sd.config, p.work_dir, out, declared, get_instance,
-                     [this](const std::string& plugin, const std::string& tool, const json& args) {
-                       return model_tool(plugin, tool, args);
+                     [&p](const std::string& plugin, const std::string& tool, const json& args) {
+                       return model_tool_on(p.dirs, plugin, tool, args);  // the pipeline's plugin_dirs too
                      }};
     auto t0 = std::chrono::steady_clock::now();
     StageResult r{id, sd.type->type, 0, json()};

@@ -194,5 +194,15 @@ TEST_CASE("the model-init stage creates a checkpoint once", "[model][pipeline]")
   CHECK(host.run(host.load_string(toml), ro).stages.at(0).output["created"] == false);
   CHECK_THAT(config_error_of([&] { host.load_string(toml + "preset = 7\n"); }),
              Contains("stages.model-init.preset: expected a string"));
+
+  // The stage finds its model plugin on the pipeline's own plugin_dirs, like instances do.
+  vh::Host bare(only_dirs({}));
+  std::string via_dirs = "[pipeline]\nstages = [\"model-init\"]\nwork_dir = \"" + dir.string() +
+                         "\"\nplugin_dirs = [\"" + std::string(VHOST_BUILD_PLUGIN_DIR) + "\"]\n[stages.model-init]\nout = \"" +
+                         (dir / "m2").string() + "\"\ntokenizer_text = \"" + std::string(VHOST_SOURCE_DIR) +
+                         "/docs/pipelines.md\"\n";
+  CHECK(bare.run(bare.load_string(via_dirs), ro).stages.at(0).output["created"] == true);
+  CHECK_THAT(error_of([&] { bare.run(bare.load_string(toml + "overwrite = true\n"), ro); }),
+             Contains("no model plugin named 'llama'"));
 }
 #endif
