@@ -463,6 +463,8 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
   fs::rename(tmp, file);
 }
 
+std::string load_gguf_tokenizer(const fs::path& file) { return sentencepiece_proto(file, GgufFile::read(file).metadata); }
+
 GgufLlama load_gguf_llama(const fs::path& file) {
   GgufFile g = GgufFile::read(file);
   const auto& md = g.metadata;

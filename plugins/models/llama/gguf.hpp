@@ -49,6 +49,8 @@ struct GgufLlama {
 };
 
 GgufLlama load_gguf_llama(const std::filesystem::path& file);
+// Only the embedded vocabulary, as a serialized SentencePiece ModelProto (no tensor is read).
+std::string load_gguf_tokenizer(const std::filesystem::path& file);
 
 class LlamaModel;
 // Writes a GGUF v3 file llama.cpp reads: metadata, the vocabulary of a SentencePiece model

@@ -27,7 +27,7 @@ fs::path tokenizer_file(const std::string& p) {
 // A tokenizer from a tokenizer.model, a checkpoint folder, or a GGUF file's embedded vocabulary.
 vhost::llama::Tokenizer open_tokenizer(const std::string& p) {
   if (fs::is_regular_file(p) && vhost::llama::is_gguf(p))
-    return vhost::llama::Tokenizer::from_serialized(vhost::llama::load_gguf_llama(p).tokenizer_model, p);
+    return vhost::llama::Tokenizer::from_serialized(vhost::llama::load_gguf_tokenizer(p), p);
   return vhost::llama::Tokenizer::load(tokenizer_file(p));
 }
 
