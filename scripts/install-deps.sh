@@ -17,6 +17,8 @@ pkgs=(
   libspdlog-dev           # logging
   libsentencepiece-dev    # tokenizer
   libcpp-httplib-dev      # HTTP server and client
+  libgumbo-dev            # HTML5 parser: ShareGPT's HTML answers back to Markdown
+  libcld2-dev             # language detection for the dataset's language filter
   catch2                  # tests
   python3-torch           # tests: an independent reference forward pass (tests/reference/)
 )

@@ -1,4 +1,5 @@
 // The `vhost` command: a thin shell over the embedding API in vhost/host/host.hpp.
+#include <vhost/conversation.hpp>
 #include <vhost/host/host.hpp>
 
 #include <CLI/CLI.hpp>
@@ -140,6 +141,38 @@ int main(int argc, char** argv) {
   gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
   gen->add_option("--threads", gen_threads, "CPU threads (0: one per core)")->capture_default_str();
   gen->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+  // Data preparation (a one-stage pipeline, like generate).
+  auto* prep = app.add_subcommand("prepare", "clean, split and tokenize ShareGPT conversations for training");
+  std::string prep_input, prep_model, prep_out, prep_template, prep_html = "auto", prep_templates;
+  int64_t prep_max_length = 2048, prep_max_turns = 0;
+  double prep_eval = 0.0;
+  std::vector<std::string> prep_langs, prep_blocked;
+  bool prep_no_dedupe = false;
+  prep->add_option("input", prep_input, "ShareGPT JSON file")->required();
+  prep->add_option("--model", prep_model, "checkpoint folder or GGUF file whose tokenizer to use")->required();
+  prep->add_option("--out", prep_out, "output folder (train/, eval/, stats.json, cleaned.json)")->required();
+  prep->add_option("--template", prep_template, "conversation template (default: the model's, vicuna_v1.1)");
+  prep->add_option("--templates", prep_templates, "TOML file of custom templates ([NAME] tables)");
+  prep->add_option("--max-length", prep_max_length, "tokens per sequence")->capture_default_str();
+  prep->add_option("--eval-fraction", prep_eval, "share held out in eval/")->capture_default_str();
+  prep->add_option("--html", prep_html, "auto, always, never")->capture_default_str();
+  prep->add_option("--language", prep_langs, "keep only this language (cld2 code; repeatable)");
+  prep->add_option("--blocked-word", prep_blocked, "drop conversations containing it (repeatable)");
+  prep->add_option("--max-turns", prep_max_turns, "drop conversations with more turns (0: no limit)");
+  prep->add_flag("--no-dedupe", prep_no_dedupe, "keep exact duplicates");
+
+  auto* tmpl = app.add_subcommand("template", "conversation templates (FastChat's formats)");
+  tmpl->require_subcommand(1);
+  std::string tmpl_name = "vicuna_v1.1", tmpl_file;
+  bool tmpl_mask = false, tmpl_json = false;
+  auto* tmpl_render = tmpl->add_subcommand("render", "one ShareGPT conversation (JSON) on stdin -> the prompt");
+  tmpl_render->add_option("--template", tmpl_name, "template name")->capture_default_str();
+  tmpl_render->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
+  tmpl_render->add_flag("--mask", tmpl_mask, "mark the trained spans (the assistant's replies) with [[ ]]");
+  tmpl_render->add_flag("--json", tmpl_json, "print the segments as JSON (text, role, trained, special)");
+  auto* tmpl_list = tmpl->add_subcommand("list", "list the templates");
+  tmpl_list->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
+
   auto* ver = app.add_subcommand("version", "print versions");
 
   try {
@@ -233,6 +266,93 @@ int main(int argc, char** argv) {
                          "\nseed = " + std::to_string(gen_seed) + "\nstop = " + vh::json(gen_stop).dump() + "\n";
       auto p = host.load_string(toml, "vhost generate");
       host.run(p);
+      return 0;
+    }
+    if (*tmpl_render || *tmpl_list) {
+      vhost::conv::Registry reg;
+      try {
+        if (!tmpl_file.empty()) reg.add(vh::read_toml_file(tmpl_file));
+      } catch (const vhost::conv::TemplateError& e) {
+        throw vh::ConfigError(tmpl_file + ": " + e.field() + ": " + e.what());
+      }
+      if (*tmpl_list) {
+        for (const auto& n : reg.names()) {
+          const auto& t = reg.get(n);
+          std::cout << n << "  roles: " << t.roles[0] << " / " << t.roles[1] << "\n";
+        }
+        return 0;
+      }
+      std::string in((std::istreambuf_iterator<char>(std::cin)), {});
+      vh::json rec;
+      try {
+        rec = vh::json::parse(in);
+      } catch (const vh::json::parse_error& e) {
+        throw vh::ConfigError("stdin: byte " + std::to_string(e.byte) + ": not JSON: " + e.what());
+      }
+      vhost::conv::Conversation conv;
+      const vhost::conv::Template* t = nullptr;
+      try {
+        conv = vhost::conv::conversation_from_sharegpt(rec);
+        t = &reg.get(tmpl_name);
+      } catch (const vhost::conv::TemplateError& e) {
+        throw vh::ConfigError("stdin: " + (e.field().empty() ? std::string() : e.field() + ": ") + e.what());
+      }
+      auto r = vhost::conv::render(*t, conv);
+      if (tmpl_json) {
+        vh::json segs = vh::json::array();
+        for (const auto& sg : r.segments) {
+          static const char* roles[] = {"system", "tag", "user", "assistant"};
+          segs.push_back({{"text", sg.text},
+                          {"role", roles[sg.role]},
+                          {"trained", sg.trained},
+                          {"special", sg.kind == vhost::conv::Segment::Bos   ? "bos"
+                                      : sg.kind == vhost::conv::Segment::Eos ? "eos"
+                                                                             : ""}});
+        }
+        std::cout << vh::json{{"template", t->name}, {"text", r.text()}, {"segments", segs},
+                              {"stop", t->stop_strings()}}
+                         .dump(2)
+                  << "\n";
+        return 0;
+      }
+      bool open = false;
+      for (const auto& sg : r.segments) {
+        if (tmpl_mask && sg.trained != open) {
+          std::cout << (sg.trained ? "[[" : "]]");
+          open = sg.trained;
+        }
+        std::cout << sg.text;
+      }
+      if (open) std::cout << "]]";
+      std::cout << "\n";
+      return 0;
+    }
+    if (*prep) {
+      auto q = [](const std::string& v) { return vh::json(v).dump(); };
+      // Custom templates become [datasets.d.templates."NAME"] tables (their values are strings and
+      // lists of strings, whose JSON spelling is valid TOML).
+      std::string templates;
+      if (!prep_templates.empty()) {
+        vh::json tj = vh::read_toml_file(prep_templates);
+        for (auto it = tj.begin(); it != tj.end(); ++it) {
+          templates += "[datasets.d.templates." + q(it.key()) + "]\n";
+          if (it->is_object())
+            for (auto kv = it->begin(); kv != it->end(); ++kv) templates += q(kv.key()) + " = " + kv->dump() + "\n";
+        }
+      }
+      std::string toml = "[pipeline]\nname = \"prepare\"\nstages = [\"prepare\"]\nwork_dir = " +
+                         q((std::filesystem::absolute(prep_out) / ".runs").string()) +
+                         "\n[models.m]\nplugin = \"llama\"\nload_weights = false\npath = " +
+                         q(std::filesystem::absolute(prep_model).string()) +
+                         "\n[datasets.d]\nplugin = \"sharegpt\"\npath = " + q(std::filesystem::absolute(prep_input).string()) +
+                         "\ntemplate = " + q(prep_template) + "\nmax_length = " + std::to_string(prep_max_length) +
+                         "\neval_fraction = " + vh::json(prep_eval).dump() + "\nhtml = " + q(prep_html) +
+                         "\nlanguages = " + vh::json(prep_langs).dump() + "\nblocked_words = " + vh::json(prep_blocked).dump() +
+                         "\nmax_turns = " + std::to_string(prep_max_turns) + "\ndedupe = " + (prep_no_dedupe ? "false" : "true") +
+                         "\n" + templates + "[stages.prepare]\nout = " + q(std::filesystem::absolute(prep_out).string()) + "\n";
+      auto p = host.load_string(toml, "vhost prepare");
+      host.run(p);
+      std::cout << "prepared: " << std::filesystem::absolute(prep_out).string() << " (train/, stats.json)\n";
       return 0;
     }
     auto pipeline = host.load_file(file, sets);

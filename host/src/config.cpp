@@ -123,7 +123,7 @@ static toml::table parse_or_throw(const std::string& text, const std::string& na
 
 Document Document::from_file(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
-  if (!in) throw ConfigError(file.string() + ": cannot open pipeline file");
+  if (!in) throw ConfigError(file.string() + ": cannot open");
   std::stringstream ss;
   ss << in.rdbuf();
   Document d;

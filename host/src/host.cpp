@@ -24,6 +24,8 @@ namespace vhost::host {
 std::string version() { return VHOST_VERSION; }
 std::string abi_version() { return std::to_string(VHOST_ABI_MAJOR) + "." + std::to_string(VHOST_ABI_MINOR); }
 
+json read_toml_file(const fs::path& file) { return toml_to_json(Document::from_file(file).root()); }
+
 static void ensure_logger() {
   static std::once_flag once;
   std::call_once(once, [] {

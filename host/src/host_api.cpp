@@ -75,8 +75,35 @@ const void* find_extension(const char* ref, const char* name, const char* reques
   return inst->extension(ext);
 }
 
+const void* find_instance(const char* ref, const char* kind, void** self) {
+  if (self) *self = nullptr;
+  if (!ref || !kind || !self) return nullptr;
+  Instance* inst = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(directory_mutex());
+    auto it = directory().find(ref);
+    if (it != directory().end()) inst = it->second;
+  }
+  if (!inst) {
+    spdlog::error("a plugin asked for instance '{}', which does not exist in this pipeline", ref);
+    return nullptr;
+  }
+  if (inst->plugin().kind != kind) {
+    spdlog::error("a plugin asked for '{}' as a {} instance, but it is a {} ({})", ref, kind, inst->plugin().kind,
+                  inst->plugin().label());
+    return nullptr;
+  }
+  *self = inst->self();
+  return inst->plugin().desc->kind_iface;
+}
+
+int32_t status_code(const vhost_status* s) { return s ? s->code : VHOST_OK; }
+const char* status_message(const vhost_status* s) { return s ? s->message.c_str() : ""; }
+void status_free(vhost_status* s) { delete s; }
+
 const vhost_host_api kApi = {
     sizeof(vhost_host_api), VHOST_ABI_MAJOR, VHOST_ABI_MINOR, VHOST_VERSION, &status_new, &log, &find_extension,
+    &find_instance,         &status_code,    &status_message, &status_free,
 };
 
 }  // namespace

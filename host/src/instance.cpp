@@ -45,6 +45,9 @@ void Instance::check(vhost_status* s, const std::string& what) const {
     std::string where = it != locations_.end() ? it->second : source_name_;
     throw ConfigError(where + ": " + kp + ": " + info->message + " (rejected by " + plugin_->label() + ")");
   }
+  // Bad input data (a malformed file the plugin read): the user's to fix, like a bad config.
+  if (info->code == VHOST_ERR_INVALID_ARGUMENT)
+    throw ConfigError(info->message + " (" + what + ", " + plugin_->label() + ")");
   throw PluginError(plugin_->label() + ": " + what + ": " + code_name(info->code) + ": " + info->message);
 }
 
@@ -130,6 +133,29 @@ json Instance::model_generate(const json& request, const TokenFn& on_token) {
     return json::parse(out.data);
   } catch (const json::exception& e) {
     throw PluginError(plugin_->label() + ": generate returned invalid JSON: " + e.what());
+  }
+}
+
+json Instance::model_tokenizer_info() {
+  auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, tokenizer_info),
+                                     "tokenizer_info");
+  StringSink out;
+  check(t->tokenizer_info(self_, &out.sink), "tokenizer_info failed");
+  try {
+    return json::parse(out.data);
+  } catch (const json::exception& e) {
+    throw PluginError(plugin_->label() + ": tokenizer_info returned invalid JSON: " + e.what());
+  }
+}
+
+json Instance::dataset_prepare(const json& request) {
+  auto* t = iface<vhost_dataset_iface>(VHOST_KIND_DATASET, VHOST_SLOT_END(vhost_dataset_iface, prepare), "prepare");
+  StringSink out;
+  check(t->prepare(self_, request.dump().c_str(), &out.sink), "prepare failed");
+  try {
+    return json::parse(out.data);
+  } catch (const json::exception& e) {
+    throw PluginError(plugin_->label() + ": prepare returned invalid JSON: " + e.what());
   }
 }
 

@@ -23,6 +23,7 @@ class Instance {
 
   const LoadedPlugin& plugin() const { return *plugin_; }
   const std::string& id() const { return id_; }
+  void* self() const { return self_; }
   json describe();
   const void* extension(const std::string& name);
   // The judge kind's one call.
@@ -32,6 +33,9 @@ class Instance {
   std::string model_decode(const std::vector<int32_t>& ids);
   using TokenFn = std::function<bool(uint32_t sequence, int32_t token, const std::string& text)>;
   json model_generate(const json& request, const TokenFn& on_token);
+  json model_tokenizer_info();
+  // The dataset kind.
+  json dataset_prepare(const json& request);
 
  private:
   template <class Iface>

@@ -114,6 +114,21 @@ json run_model_init(StageContext& ctx) {
   return r;
 }
 
+// `prepare`: a dataset plugin turns its raw source into training tokens, tokenizing with a model.
+json run_prepare(StageContext& ctx) {
+  const auto& c = ctx.config;
+  Instance& dataset = ctx.instance(c["dataset"].get<std::string>());
+  const std::string model_ref = c["model"].get<std::string>();
+  ctx.instance(model_ref);  // created before the dataset asks for it
+  json stats = dataset.dataset_prepare({{"out_dir", c["out"]}, {"model", model_ref}});
+  if (stats.contains("table") && stats["table"].is_string()) {
+    ctx.out << c["dataset"].get<std::string>() << " -> " << c["out"].get<std::string>() << "\n"
+            << stats["table"].get<std::string>();
+    stats.erase("table");
+  }
+  return stats;
+}
+
 }  // namespace
 
 const std::vector<StageType>& stage_types() {
@@ -161,6 +176,14 @@ const std::vector<StageType>& stage_types() {
        {{"model", VHOST_KIND_MODEL}},
        {},
        run_generate},
+      {"prepare",
+       "Cleans a dataset, splits it to the context length and tokenizes it with labels (train/, eval/, stats.json).",
+       {option_spec("dataset", "string", "", "the dataset instance (a name under [datasets]); empty: the only one"),
+        option_spec("model", "string", "", "the model whose tokenizer and template to use; empty: the only one"),
+        option_spec("out", "path", std::nullopt, "output folder")},
+       {{"dataset", VHOST_KIND_DATASET}, {"model", VHOST_KIND_MODEL}},
+       {},
+       run_prepare},
   };
   return types;
 }

@@ -611,3 +611,70 @@ TEST_CASE("GGUF: Q8_0 blocks dequantise to scale * int8", "[gguf]") {
   auto g = GgufFile::read(dir / "q8.gguf");
   CHECK(torch::equal(g.tensor(g.tensors[0]), (torch::arange(32) - 16).to(torch::kFloat32) * 0.5));
 }
+
+// ---- training labels with the real tokenizer ----------------------------------------------
+#include "prepare.hpp"
+
+#include <vhost/conversation.hpp>
+
+// SentencePiece merges a space into the next piece ("▁Hello"), so where a role tag ends and a
+// reply begins is a boundary inside the tokens' text. The labels must still cover exactly the
+// assistant's replies: decoding each trained run gives the reply back, then </s>.
+static void check_trained_spans(const Tokenizer& tok, const std::string& label) {
+  vhost::sharegpt::TokenizerFns fns;
+  fns.bos_id = tok.bos_id();
+  fns.eos_id = tok.eos_id();
+  fns.encode_spans = [&](const std::string& s, std::vector<int32_t>& ids, std::vector<uint32_t>& b, std::vector<uint32_t>& e) {
+    auto r = tok.encode_spans(s);
+    ids = r.ids, b = r.begin, e = r.end;
+  };
+  std::vector<std::string> msgs = {"How do I print in C?",
+                                   "Use `printf(\"%d\\n\", x);` from <stdio.h>.",
+                                   "And 中文 with emoji \xF0\x9F\x98\x80?",
+                                   "\xE4\xBD\xA0\xE5\xA5\xBD \xF0\x9F\x98\x80 2048 tokens, a literal </s> and <s> too.",
+                                   "Code?",
+                                   "```python\nfor i in range(3):\n    print(i)\n```\nDone."};
+  vhost::conv::Registry reg;
+  for (const char* name : {"vicuna_v1.1", "llama-2-chat", "alpaca", "vicuna_v0", "chatml"}) {
+    INFO(label << " / " << name);
+    const auto& t = reg.get(name);
+    auto r = vhost::sharegpt::tokenize(vhost::conv::render(t, {std::nullopt, msgs}), fns);
+    REQUIRE(r.ids.size() == r.labels.size());
+    std::vector<std::vector<int32_t>> runs(1);
+    for (std::size_t i = 0; i < r.ids.size(); ++i) {
+      if (r.labels[i]) runs.back().push_back(r.ids[i]);
+      else if (!runs.back().empty()) runs.emplace_back();
+    }
+    if (runs.back().empty()) runs.pop_back();
+    REQUIRE(runs.size() == 3);
+    for (std::size_t k = 0; k < 3; ++k) {
+      auto run = runs[k];
+      std::string end = t.assistant_end();
+      std::string expect = msgs[2 * k + 1];
+      if (end.find("</s>") != std::string::npos) {
+        CHECK(run.back() == tok.eos_id());  // the template's </s> is the EOS id, and trained
+        run.pop_back();
+        expect += end.substr(0, end.find("</s>"));
+      } else {
+        expect += end;
+      }
+      CHECK(tok.decode(run) == expect);
+    }
+    // Nothing the user wrote is trained, and the user's literal "</s>" is text, not EOS.
+    CHECK(std::count(r.ids.begin(), r.ids.end(), tok.eos_id()) ==
+          (t.assistant_end().find("</s>") != std::string::npos ? 3 : 0));
+  }
+}
+
+TEST_CASE("labels: trained spans decode to exactly the assistant's replies (trained tokenizer)", "[labels]") {
+  fs::path dir = scratch("labels");
+  check_trained_spans(Tokenizer::load(Tokenizer::train(docs_corpus(dir), 512, dir)), "docs-trained BPE");
+}
+
+TEST_CASE("labels: trained spans decode to exactly the assistant's replies (LLaMA-2 tokenizer)", "[labels][shared]") {
+  if (!fs::exists(kShared / "llama2_tokenizer.model")) {
+    WARN("skipped: ../shared/models/llama2_tokenizer.model is absent (a fresh clone without shared/)");
+    return;
+  }
+  check_trained_spans(Tokenizer::load(kShared / "llama2_tokenizer.model"), "LLaMA-2");
+}

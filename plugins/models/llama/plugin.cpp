@@ -49,10 +49,15 @@ class LlamaPlugin final : public vhost::Model {
             Option::instance("backend", "backend", "the backend to run on (empty: the only one, or the CPU)"),
             Option::string("dtype", "auto", "weights and activations: auto (the backend's), float32, bfloat16, float16")
                 .one_of({"auto", "float32", "bfloat16", "float16"}),
-            Option::path("tokenizer", "", "tokenizer.model (default: the one in the checkpoint folder)")};
+            Option::path("tokenizer", "", "tokenizer.model (default: the one in the checkpoint folder)"),
+            Option::boolean("load_weights", true,
+                            "false: only the tokenizer and config (data preparation); generation is refused"),
+            Option::string("template", "vicuna_v1.1",
+                           "the conversation template chat prompts use (vicuna_v1.1, llama-2-chat, ...)")};
   }
 
-  explicit LlamaPlugin(const vhost::Config& cfg) : path_(cfg.get<std::string>("path")) {
+  explicit LlamaPlugin(const vhost::Config& cfg)
+      : path_(cfg.get<std::string>("path")), template_(cfg.get<std::string>("template")) {
     auto t0 = std::chrono::steady_clock::now();
     torch::Device device = torch::kCPU;
     torch::ScalarType dtype = torch::kFloat32;
@@ -67,13 +72,24 @@ class LlamaPlugin final : public vhost::Model {
     std::string d = cfg.get<std::string>("dtype");
     if (d != "auto") dtype = vhost::llama::dtype_from_name(d);
     std::string tok = cfg.get<std::string>("tokenizer");
+    const bool weights = cfg.get<bool>("load_weights");
     if (fs::is_regular_file(path_) && vhost::llama::is_gguf(path_)) {
       // A GGUF file carries its tokenizer.
-      auto g = vhost::llama::load_gguf_llama(path_);
-      tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(
-          tok.empty() ? vhost::llama::Tokenizer::from_serialized(g.tokenizer_model, path_.string())
-                      : vhost::llama::Tokenizer::load(tok));
-      model_ = std::make_unique<vhost::llama::LlamaModel>(g.config, std::move(g.tensors), path_.string(), device, dtype);
+      if (weights) {
+        auto g = vhost::llama::load_gguf_llama(path_);
+        config_ = g.config;
+        tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(
+            tok.empty() ? vhost::llama::Tokenizer::from_serialized(g.tokenizer_model, path_.string())
+                        : vhost::llama::Tokenizer::load(tok));
+        model_ = std::make_unique<vhost::llama::LlamaModel>(g.config, std::move(g.tensors), path_.string(), device, dtype);
+      } else {
+        tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(
+            tok.empty() ? vhost::llama::Tokenizer::from_serialized(vhost::llama::load_gguf_tokenizer(path_), path_.string())
+                        : vhost::llama::Tokenizer::load(tok));
+        config_.vocab_size = tokenizer_->vocab_size();
+        config_.bos_token_id = tokenizer_->bos_id();
+        config_.eos_token_id = tokenizer_->eos_id();
+      }
     } else {
       if (!fs::exists(path_ / "config.json"))
         throw vhost::ConfigError("path", path_.string() + " has no config.json and is not a GGUF file (make a model with: "
@@ -81,17 +97,22 @@ class LlamaPlugin final : public vhost::Model {
       fs::path tok_file = tok.empty() ? path_ / "tokenizer.model" : fs::path(tok);
       if (!fs::exists(tok_file)) throw vhost::ConfigError(tok.empty() ? "path" : "tokenizer", tok_file.string() + " does not exist");
       tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(vhost::llama::Tokenizer::load(tok_file));
-      model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(path_, device, dtype));
+      if (weights) {
+        model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(path_, device, dtype));
+        config_ = model_->config();
+      } else {
+        config_ = vhost::llama::LlamaConfig::load(path_ / "config.json");
+      }
     }
     std::string tok_name = tokenizer_->path().empty() ? path_.string() : tokenizer_->path().string();
-    if (tokenizer_->vocab_size() > model_->config().vocab_size)
+    if (tokenizer_->vocab_size() > config_.vocab_size)
       throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
-                                                " pieces but the model only " + std::to_string(model_->config().vocab_size));
+                                                " pieces but the model only " + std::to_string(config_.vocab_size));
     load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
   json describe() const override {
-    const auto& c = model_->config();
+    const auto& c = config_;
     return {{"path", path_.string()},
             {"parameters", c.parameter_count()},
             {"layers", c.num_hidden_layers},
@@ -100,11 +121,12 @@ class LlamaPlugin final : public vhost::Model {
             {"kv_heads", c.num_key_value_heads},
             {"vocab_size", c.vocab_size},
             {"context", c.max_position_embeddings},
-            {"dtype", vhost::llama::dtype_name(model_->dtype())},
-            {"device", model_->device().str()},
+            {"dtype", model_ ? vhost::llama::dtype_name(model_->dtype()) : "(weights not loaded)"},
+            {"device", model_ ? model_->device().str() : "(weights not loaded)"},
             {"tokenizer", tokenizer_->path().empty() ? "embedded in " + path_.string() : tokenizer_->path().string()},
             {"bos_id", tokenizer_->bos_id()},
             {"eos_id", c.eos_token_id},
+            {"template", template_},
             {"load_seconds", load_seconds_}};
   }
 
@@ -112,6 +134,17 @@ class LlamaPlugin final : public vhost::Model {
     return tokenizer_->encode(std::string(text), bos, eos);
   }
   std::string decode(const std::vector<std::int32_t>& ids) const override { return tokenizer_->decode(ids); }
+  Spans encode_spans(std::string_view text) const override {
+    auto s = tokenizer_->encode_spans(std::string(text));
+    return {std::move(s.ids), std::move(s.begin), std::move(s.end)};
+  }
+  json tokenizer_info() const override {
+    return {{"bos_id", tokenizer_->bos_id()},
+            {"eos_id", config_.eos_token_id},
+            {"vocab_size", tokenizer_->vocab_size()},
+            {"context", config_.max_position_embeddings},
+            {"template", template_}};
+  }
 
   json generate(const json& req, const vhost::TokenSink& on_token) override {
     if (!req.is_object()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request is not a JSON object");
@@ -134,6 +167,8 @@ class LlamaPlugin final : public vhost::Model {
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request has neither 'prompts' nor 'prompt_ids'");
     }
     if (prompts.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "'prompts' is empty");
+    if (!model_)
+      throw vhost::Error(VHOST_ERR_UNSUPPORTED, path_.string() + ": opened with load_weights = false: cannot generate");
     std::lock_guard<std::mutex> lock(mu_);
     vhost::llama::TokenCallback cb;
     if (on_token) cb = [&](std::size_t seq, int32_t tok, const std::string& d) { return on_token(seq, tok, d); };
@@ -221,8 +256,10 @@ class LlamaPlugin final : public vhost::Model {
 
  private:
   fs::path path_;
+  std::string template_;
   std::unique_ptr<vhost::llama::Tokenizer> tokenizer_;
-  std::unique_ptr<vhost::llama::LlamaModel> model_;
+  std::unique_ptr<vhost::llama::LlamaModel> model_;  // null with load_weights = false
+  vhost::llama::LlamaConfig config_;
   double load_seconds_ = 0;
   std::mutex mu_;
 };

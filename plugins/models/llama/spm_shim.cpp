@@ -70,6 +70,27 @@ VSPM_EXPORT int vspm_encode(const vspm* p, const char* text, size_t n, vspm_ids_
   }
 }
 
+VSPM_EXPORT int vspm_encode_spans(const vspm* p, const char* text, size_t n, vspm_spans_fn out, void* ctx,
+                                  char** err) {
+  try {
+    auto spt = p->sp.EncodeAsImmutableProto(std::string(text, n));
+    const size_t count = spt.pieces_size();
+    std::vector<int32_t> ids(count);
+    std::vector<uint32_t> b(count), e(count);
+    for (size_t i = 0; i < count; ++i) {
+      auto piece = spt.pieces(static_cast<int>(i));
+      ids[i] = static_cast<int32_t>(piece.id());
+      b[i] = piece.begin();
+      e[i] = piece.end();
+    }
+    out(ctx, ids.data(), b.data(), e.data(), count);
+    return 0;
+  } catch (const std::exception& ex) {
+    set_err(err, ex.what());
+    return 1;
+  }
+}
+
 VSPM_EXPORT int vspm_decode(const vspm* p, const int32_t* ids, size_t n, vspm_str_fn out, void* ctx, char** err) {
   try {
     std::vector<int> in(ids, ids + n);

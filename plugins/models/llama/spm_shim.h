@@ -20,6 +20,9 @@ void vspm_free(vspm* p);
 int32_t vspm_info(const vspm* p, int32_t what);
 /* 0 on success. encode: ids through ids_fn, or pieces (one call each) through str_fn. */
 int vspm_encode(const vspm* p, const char* text, size_t n, vspm_ids_fn ids_fn, vspm_str_fn str_fn, void* ctx, char** err);
+/* ids with the byte span [begin, end) of `text` each one covers. */
+typedef void (*vspm_spans_fn)(void* ctx, const int32_t* ids, const uint32_t* begin, const uint32_t* end, size_t n);
+int vspm_encode_spans(const vspm* p, const char* text, size_t n, vspm_spans_fn out, void* ctx, char** err);
 int vspm_decode(const vspm* p, const int32_t* ids, size_t n, vspm_str_fn out, void* ctx, char** err);
 int vspm_train(const char* args, char** err); /* use the vhost_spm_train executable, not in-process */
 void vspm_free_string(char* s);

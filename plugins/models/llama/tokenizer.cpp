@@ -32,6 +32,7 @@ struct Shim {
   decltype(&vspm_info) info;
   decltype(&vspm_encode) encode;
   decltype(&vspm_decode) decode;
+  decltype(&vspm_encode_spans) encode_spans;
   decltype(&vspm_free_string) free_string;
 };
 
@@ -95,6 +96,7 @@ const Shim& shim() {
     s.info = reinterpret_cast<decltype(s.info)>(sym("vspm_info"));
     s.encode = reinterpret_cast<decltype(s.encode)>(sym("vspm_encode"));
     s.decode = reinterpret_cast<decltype(s.decode)>(sym("vspm_decode"));
+    s.encode_spans = reinterpret_cast<decltype(s.encode_spans)>(sym("vspm_encode_spans"));
     s.free_string = reinterpret_cast<decltype(s.free_string)>(sym("vspm_free_string"));
   });
   if (!error.empty()) throw vhost::Error(VHOST_ERR_RUNTIME, error);
@@ -145,6 +147,20 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_bos, bo
   if (shim().encode(sp_.get(), text.data(), text.size(), collect, nullptr, &out, &err) != 0)
     throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "cannot tokenize: " + take_error(err));
   if (add_eos && eos_ >= 0) out.push_back(eos_);
+  return out;
+}
+
+Tokenizer::Spans Tokenizer::encode_spans(const std::string& text) const {
+  Spans out;
+  char* err = nullptr;
+  auto collect = [](void* ctx, const int32_t* ids, const uint32_t* b, const uint32_t* e, size_t n) {
+    auto* s = static_cast<Spans*>(ctx);
+    s->ids.assign(ids, ids + n);
+    s->begin.assign(b, b + n);
+    s->end.assign(e, e + n);
+  };
+  if (shim().encode_spans(sp_.get(), text.data(), text.size(), collect, &out, &err) != 0)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "cannot tokenize: " + take_error(err));
   return out;
 }
 

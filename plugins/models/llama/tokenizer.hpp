@@ -21,6 +21,12 @@ class Tokenizer {
   // User text is always text: "<s>" in it is encoded as the characters, never as BOS.
   std::vector<int32_t> encode(const std::string& text, bool add_bos = false, bool add_eos = false) const;
   std::vector<std::string> pieces(const std::string& text) const;
+  // encode() without BOS/EOS, plus each id's byte span [begin, end) in `text`.
+  struct Spans {
+    std::vector<int32_t> ids;
+    std::vector<uint32_t> begin, end;
+  };
+  Spans encode_spans(const std::string& text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
 
   int32_t bos_id() const;

@@ -15,6 +15,7 @@
 #include <boost/dll/alias.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -177,9 +178,23 @@ class Model : public Plugin {
   virtual std::string decode(const std::vector<std::int32_t>& ids) const = 0;
   // See vhost_model_iface::generate for the request and reply.
   virtual json generate(const json& request, const TokenSink& on_token) = 0;
+  // Ids with the byte span [begin, end) of `text` each covers (no BOS/EOS).
+  struct Spans {
+    std::vector<std::int32_t> ids;
+    std::vector<std::uint32_t> begin, end;
+  };
+  virtual Spans encode_spans(std::string_view /*text*/) const {
+    throw Error(VHOST_ERR_UNSUPPORTED, "this model plugin cannot report token spans");
+  }
+  // {"bos_id", "eos_id", "vocab_size", "template"}
+  virtual json tokenizer_info() const = 0;
   // A model class may also define   static json tool(const std::string& name, const json& args);
 };
-class Dataset : public Plugin {};
+class Dataset : public Plugin {
+ public:
+  // See vhost_dataset_iface::prepare for the request and the reply.
+  virtual json prepare(const json& request) = 0;
+};
 class Judge : public Plugin {
  public:
   // Thread-safe: called concurrently. See vhost_judge_iface for the request/reply shapes.
@@ -214,6 +229,75 @@ inline const void* find_extension(const std::string& instance_ref, const std::st
 #endif
   return h->find_extension(instance_ref.c_str(), name.c_str(), abi);
 }
+
+// Another instance's kind table and self pointer (see vhost_host_api::find_instance).
+inline std::pair<const void*, void*> find_instance(const std::string& instance_ref, const char* kind) {
+  auto* h = detail::host_api();
+  void* self = nullptr;
+  if (!h || h->struct_size < offsetof(vhost_host_api, find_instance) + sizeof(h->find_instance) || !h->find_instance)
+    throw Error(VHOST_ERR_UNSUPPORTED, "this host is too old to let plugins call each other (ABI 1.1 needed)");
+  const void* t = h->find_instance(instance_ref.c_str(), kind, &self);
+  if (!t) throw Error(VHOST_ERR_CONFIG, "no " + std::string(kind) + " instance '" + instance_ref + "' in this pipeline");
+  return {t, self};
+}
+
+// A model instance of the pipeline seen through the model kind's C table: how a dataset or
+// judge plugin tokenizes without knowing which model plugin it talks to.
+class ModelClient {
+ public:
+  explicit ModelClient(const std::string& instance_ref) : ref_(instance_ref) {
+    auto [t, s] = find_instance(instance_ref, VHOST_KIND_MODEL);
+    t_ = static_cast<const vhost_model_iface*>(t);
+    self_ = s;
+    if (t_->struct_size < offsetof(vhost_model_iface, tokenizer_info) + sizeof(t_->tokenizer_info))
+      throw Error(VHOST_ERR_UNSUPPORTED, "model instance '" + ref_ + "' was built against an older SDK: rebuild it");
+  }
+  std::vector<std::int32_t> encode(std::string_view text, bool bos = false, bool eos = false) const {
+    std::vector<std::int32_t> ids;
+    check(t_->encode(self_, text.data(), text.size(), (bos ? VHOST_ENCODE_BOS : 0u) | (eos ? VHOST_ENCODE_EOS : 0u),
+                     [](void* c, const int32_t* p, size_t n) { static_cast<std::vector<std::int32_t>*>(c)->assign(p, p + n); },
+                     &ids));
+    return ids;
+  }
+  Model::Spans encode_spans(std::string_view text) const {
+    Model::Spans r;
+    check(t_->encode_spans(self_, text.data(), text.size(),
+                           [](void* c, const int32_t* ids, const uint32_t* b, const uint32_t* e, size_t n) {
+                             auto* r = static_cast<Model::Spans*>(c);
+                             r->ids.assign(ids, ids + n);
+                             r->begin.assign(b, b + n);
+                             r->end.assign(e, e + n);
+                           },
+                           &r));
+    return r;
+  }
+  std::string decode(const std::vector<std::int32_t>& ids) const {
+    std::string out;
+    vhost_sink sink{&out, [](void* c, const char* d, size_t n) { static_cast<std::string*>(c)->append(d, n); }};
+    check(t_->decode(self_, ids.data(), ids.size(), &sink));
+    return out;
+  }
+  json tokenizer_info() const {
+    std::string out;
+    vhost_sink sink{&out, [](void* c, const char* d, size_t n) { static_cast<std::string*>(c)->append(d, n); }};
+    check(t_->tokenizer_info(self_, &sink));
+    return json::parse(out);
+  }
+
+ private:
+  // A status from the other plugin becomes an Error of ours, naming the instance.
+  void check(vhost_status* s) const {
+    if (!s) return;
+    auto* h = detail::host_api();
+    vhost_code code = static_cast<vhost_code>(h->status_code(s));
+    std::string msg = h->status_message(s);
+    h->status_free(s);
+    throw Error(code == VHOST_ERR_CONFIG ? VHOST_ERR_RUNTIME : code, "model instance '" + ref_ + "': " + msg);
+  }
+  std::string ref_;
+  const vhost_model_iface* t_ = nullptr;
+  void* self_ = nullptr;
+};
 
 namespace detail {
 
@@ -295,10 +379,22 @@ const void* kind_iface() {
               throw Error(VHOST_ERR_UNSUPPORTED, std::string("this model plugin has no tool '") + name + "'");
             }
           });
+        },
+        [](void* s, const char* text, size_t len, vhost_spans_fn out, void* ctx) {
+          return guard([&] {
+            auto r = static_cast<Model*>(self(s))->encode_spans(std::string_view(text, len));
+            out(ctx, r.ids.data(), r.begin.data(), r.end.data(), r.ids.size());
+          });
+        },
+        [](void* s, vhost_sink* out) {
+          return guard([&] { write(out, static_cast<Model*>(self(s))->tokenizer_info().dump()); });
         }};
     return &iface;
   } else {
-    static const vhost_dataset_iface iface = {sizeof(vhost_dataset_iface)};
+    static const vhost_dataset_iface iface = {
+        sizeof(vhost_dataset_iface), [](void* s, const char* request, vhost_sink* stats) {
+          return guard([&] { write(stats, static_cast<Dataset*>(self(s))->prepare(json::parse(request)).dump()); });
+        }};
     return &iface;
   }
 }

@@ -27,6 +27,10 @@ std::string version();
 // "1.0": the plugin ABI this host implements.
 std::string abi_version();
 
+// A TOML file as JSON (side files such as custom conversation templates). Throws ConfigError
+// naming file:line:col on a syntax error.
+json read_toml_file(const std::filesystem::path& file);
+
 // trace, debug, info, warn, error, off. Throws Error for anything else.
 void set_log_level(const std::string& level);
 

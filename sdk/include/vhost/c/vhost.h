@@ -34,7 +34,7 @@ extern "C" {
 #define VHOST_ABI_MAJOR 1
 #endif
 #ifndef VHOST_ABI_MINOR
-#define VHOST_ABI_MINOR 0
+#define VHOST_ABI_MINOR 1
 #endif
 
 /* The one symbol a plugin exports (through BOOST_DLL_ALIAS; see vhost/plugin.hpp). */
@@ -84,6 +84,14 @@ typedef struct vhost_host_api {
    * the pipeline names it (e.g. "backends.cpu"), which the plugin got in its config. */
   const void* (*find_extension)(const char* instance_ref, const char* extension_name,
                                 const char* requester_torch_abi);
+  /* 1.1: another instance's kind table (vhost_model_iface, ...) and its `self`, so that a plugin
+   * can call it through its kind's interface (a dataset tokenizing with a model). NULL when no
+   * instance has that id or it is not of `kind`. */
+  const void* (*find_instance)(const char* instance_ref, const char* kind, void** self);
+  /* 1.1: reading and freeing a status that another plugin's call returned to this plugin. */
+  int32_t (*status_code)(const vhost_status* status);
+  const char* (*status_message)(const vhost_status* status);
+  void (*status_free)(vhost_status* status);
 } vhost_host_api;
 
 /* ---- plugin kinds -------------------------------------------------------------------------- */
@@ -116,6 +124,8 @@ typedef void (*vhost_ids_fn)(void* ctx, const int32_t* ids, size_t n);
 /* One piece of generated text for sequence `sequence` (whole UTF-8 characters; never part of a
  * stop string). Return nonzero to cancel that sequence. */
 typedef int32_t (*vhost_token_fn)(void* ctx, uint32_t sequence, int32_t token, const char* text, size_t len);
+/* Token ids with, for each, the byte span [begin, end) of the encoded text it came from. */
+typedef void (*vhost_spans_fn)(void* ctx, const int32_t* ids, const uint32_t* begin, const uint32_t* end, size_t n);
 #define VHOST_ENCODE_BOS 1u
 #define VHOST_ENCODE_EOS 2u
 
@@ -135,12 +145,22 @@ typedef struct vhost_model_iface {
   /* Plugin-level operations ("init", "train-tokenizer", "encode", "convert"...): args JSON in,
    * result JSON out. Unknown names return VHOST_ERR_UNSUPPORTED. */
   vhost_status* (*tool)(const char* name, const char* args_json, vhost_sink* result_json);
+  /* 1.1: like encode without BOS/EOS, plus each id's byte span in `text`: how training labels
+   * find the tokens of an assistant's reply inside a rendered conversation. */
+  vhost_status* (*encode_spans)(void* self, const char* text, size_t len, vhost_spans_fn out, void* ctx);
+  /* 1.1: {"bos_id", "eos_id", "vocab_size", "template": the model's conversation template name}. */
+  vhost_status* (*tokenizer_info)(void* self, vhost_sink* info_json);
 } vhost_model_iface;
 
-/* Dataset kind: its table is defined by the issue that makes the kind real; until then it
- * carries only the common slots of the descriptor. */
+/* A dataset turns a raw source (ShareGPT JSON...) into a prepared, tokenized dataset on disk
+ * (the layout in vhost/token_dataset.hpp), tokenizing with a model instance it finds through
+ * host->find_instance.
+ *   request: {"out_dir": "...", "model": "models.m" (instance id), "overwrite": false}
+ *   reply:   the statistics report (JSON object: counts, drops by reason, lengths). */
 typedef struct vhost_dataset_iface {
   uint32_t struct_size;
+  /* 1.1 */
+  vhost_status* (*prepare)(void* self, const char* request_json, vhost_sink* stats_json);
 } vhost_dataset_iface;
 
 /* ---- the descriptor a plugin returns ------------------------------------------------------- */
