@@ -173,6 +173,19 @@ int main(int argc, char** argv) {
   auto* tmpl_list = tmpl->add_subcommand("list", "list the templates");
   tmpl_list->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
 
+  auto* chat = app.add_subcommand("chat", "chat with a model in the terminal (multi-turn, streaming)");
+  std::string chat_model, chat_template, chat_system;
+  int64_t chat_max = 512, chat_seed = -1, chat_threads = 0;
+  double chat_temp = 0.7, chat_top_p = 1.0;
+  chat->add_option("model_dir", chat_model, "checkpoint folder or GGUF file")->required();
+  chat->add_option("--template", chat_template, "conversation template (default: the model's, vicuna_v1.1)");
+  chat->add_option("--system", chat_system, "system message");
+  chat->add_option("--max-tokens", chat_max, "reply length limit")->capture_default_str();
+  chat->add_option("--temperature", chat_temp, "0: greedy")->capture_default_str();
+  chat->add_option("--top-p", chat_top_p, "nucleus sampling")->capture_default_str();
+  chat->add_option("--seed", chat_seed, "sampling seed (-1: random)")->capture_default_str();
+  chat->add_option("--threads", chat_threads, "CPU threads (0: one per core)")->capture_default_str();
+
   auto* ver = app.add_subcommand("version", "print versions");
 
   try {
@@ -265,6 +278,20 @@ int main(int argc, char** argv) {
                          "\ntop_p = " + vh::json(gen_top_p).dump() + "\ntop_k = " + std::to_string(gen_top_k) +
                          "\nseed = " + std::to_string(gen_seed) + "\nstop = " + vh::json(gen_stop).dump() + "\n";
       auto p = host.load_string(toml, "vhost generate");
+      host.run(p);
+      return 0;
+    }
+    if (*chat) {
+      auto q = [](const std::string& v) { return vh::json(v).dump(); };
+      std::string toml = "[pipeline]\nname = \"chat\"\nstages = [\"chat\"]\nwork_dir = " +
+                         q((std::filesystem::temp_directory_path() / "vhost-chat").string()) +
+                         "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(chat_threads) +
+                         "\n[models.m]\nplugin = \"llama\"\npath = " + q(std::filesystem::absolute(chat_model).string()) +
+                         "\n[stages.chat]\ntemplate = " + q(chat_template) + "\nsystem = " + q(chat_system) +
+                         "\nmax_tokens = " + std::to_string(chat_max) + "\ntemperature = " + vh::json(chat_temp).dump() +
+                         "\ntop_p = " + vh::json(chat_top_p).dump() + "\nseed = " + std::to_string(chat_seed) + "\n";
+      vh::set_log_level(log_level == "info" ? "warn" : log_level);  // keep the chat clean
+      auto p = host.load_string(toml, "vhost chat");
       host.run(p);
       return 0;
     }

@@ -448,6 +448,7 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
   std::lock_guard<std::mutex> lock(run_mutex);
   const Pipeline::Impl& p = *pipeline.impl_;
   std::ostream& out = options.out ? *options.out : std::cout;
+  std::istream& in = options.in ? *options.in : std::cin;
   for (const auto& o : options.only)
     if (!p.stages.count(o)) throw ConfigError("--only " + o + ": no stage '" + o + "' in pipeline.stages (" + join(p.order) + ")");
 
@@ -499,7 +500,8 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
     StageContext ctx{id, sd.config, p.work_dir, out, declared, get_instance,
                      [&p](const std::string& plugin, const std::string& tool, const json& args) {
                        return model_tool_on(p.dirs, plugin, tool, args);  // the pipeline's plugin_dirs too
-                     }};
+                     },
+                     in};
     auto t0 = std::chrono::steady_clock::now();
     StageResult r{id, sd.type->type, 0, json()};
     try {

@@ -2,6 +2,8 @@
 
 #include <vhost/host/host.hpp>
 
+#include <vhost/conversation.hpp>
+
 #include <chrono>
 #include <fstream>
 
@@ -129,6 +131,87 @@ json run_prepare(StageContext& ctx) {
   return stats;
 }
 
+// `chat`: an interactive multi-turn chat in the terminal, like FastChat's CLI. Lines starting
+// with "!!" are commands: !!exit, !!reset, !!regen. Each turn renders the whole conversation
+// with the template (oldest pairs dropped when it would not fit the context) and streams the
+// reply; the transcript goes to work_dir/<stage>.jsonl.
+json run_chat(StageContext& ctx) {
+  const auto& c = ctx.config;
+  Instance& model = ctx.instance(c["model"].get<std::string>());
+  json info = model.model_tokenizer_info();
+  conv::Registry reg;
+  std::string name = c["template"].get<std::string>();
+  if (name.empty()) name = info.value("template", std::string("vicuna_v1.1"));
+  const conv::Template* t = nullptr;
+  try {
+    t = &reg.get(name);
+  } catch (const conv::TemplateError& e) {
+    throw ConfigError(ctx.id + ".template: " + e.what());
+  }
+  conv::Conversation conv;
+  if (!c["system"].get<std::string>().empty()) conv.system = c["system"].get<std::string>();
+  const int64_t context = info.value("context", int64_t{2048});
+  const int64_t max_tokens = c["max_tokens"].get<int64_t>();
+  std::ofstream log(ctx.work_dir / (ctx.id + ".jsonl"), std::ios::app);
+  const bool prompt_marks = c["prompt"].get<bool>();
+  int turns = 0;
+  ctx.out << "chat with " << model.plugin().name << " (" << c["model"].get<std::string>() << "), template " << t->name
+          << "; !!exit to quit, !!reset to start over, !!regen to answer again\n";
+  std::string line;
+  while (true) {
+    if (prompt_marks) ctx.out << t->roles[0] << ": " << std::flush;
+    if (!std::getline(ctx.in, line)) break;
+    if (line == "!!exit") break;
+    if (line == "!!reset") {
+      conv.messages.clear();
+      ctx.out << "(conversation cleared)\n";
+      continue;
+    }
+    if (line == "!!regen") {
+      if (conv.messages.size() < 2) {
+        ctx.out << "(nothing to regenerate)\n";
+        continue;
+      }
+      conv.messages.pop_back();
+    } else {
+      if (line.empty()) continue;
+      conv.messages.push_back(line);
+    }
+    // Drop the oldest pairs until the prompt and the reply fit the context.
+    std::string prompt = conv::render(*t, conv).text();
+    while (conv.messages.size() > 1 &&
+           static_cast<int64_t>(model.model_encode(prompt, true, false).size()) + max_tokens > context) {
+      conv.messages.erase(conv.messages.begin(), conv.messages.begin() + 2);
+      prompt = conv::render(*t, conv).text();
+    }
+    json request = {{"prompts", json::array({prompt})},
+                    {"max_tokens", max_tokens},
+                    {"temperature", c["temperature"]},
+                    {"top_p", c["top_p"]},
+                    {"repetition_penalty", c["repetition_penalty"]},
+                    {"stop", t->stop_strings()},
+                    {"add_bos", true}};
+    if (c["seed"].get<int64_t>() >= 0) request["seed"] = c["seed"].get<int64_t>() + turns;
+    if (prompt_marks) ctx.out << t->roles[1] << ": " << std::flush;
+    json reply = model.model_generate(request, [&](uint32_t, int32_t, const std::string& text) {
+      ctx.out << text << std::flush;
+      return true;
+    });
+    ctx.out << "\n" << std::flush;
+    std::string text = reply["choices"][0]["text"].get<std::string>();
+    auto b = text.find_first_not_of(" \n");
+    auto e = text.find_last_not_of(" \n");
+    text = b == std::string::npos ? "" : text.substr(b, e - b + 1);
+    conv.messages.push_back(text);
+    log << json{{"turn", turns}, {"user", conv.messages[conv.messages.size() - 2]}, {"assistant", text},
+                {"finish_reason", reply["choices"][0]["finish_reason"]}}
+               .dump()
+        << "\n";
+    ++turns;
+  }
+  return {{"turns", turns}, {"template", t->name}, {"transcript", (ctx.work_dir / (ctx.id + ".jsonl")).string()}};
+}
+
 }  // namespace
 
 const std::vector<StageType>& stage_types() {
@@ -184,6 +267,20 @@ const std::vector<StageType>& stage_types() {
        {{"dataset", VHOST_KIND_DATASET}, {"model", VHOST_KIND_MODEL}},
        {},
        run_prepare},
+      {"chat",
+       "An interactive multi-turn chat on the terminal with a model and its conversation template.",
+       {option_spec("model", "string", "", "the model instance; empty: the only one"),
+        option_spec("template", "string", "", "conversation template; empty: the model's"),
+        option_spec("system", "string", "", "system message (empty: the template's)"),
+        option_spec("max_tokens", "integer", 512, "reply length limit", 1, 1 << 20),
+        option_spec("temperature", "float", 0.7, "0: greedy", 0, 100),
+        option_spec("top_p", "float", 1.0, "nucleus sampling", 0, 1),
+        option_spec("repetition_penalty", "float", 1.0, "> 1 discourages repeats", 0.01, 100),
+        option_spec("seed", "integer", -1, "sampling seed (-1: random)", -1, 9007199254740991.0),
+        option_spec("prompt", "boolean", true, "print the role names before each turn")},
+       {{"model", VHOST_KIND_MODEL}},
+       {},
+       run_chat},
   };
   return types;
 }

@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <map>
+#include <istream>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@ struct StageContext {
   std::vector<std::string> declared;                    // every instance id in the pipeline
   std::function<Instance&(const std::string&)> instance;  // created on first use, kept for the run
   std::function<json(const std::string& plugin, const std::string& tool, const json& args)> model_tool;
+  std::istream& in;  // interactive input (the chat stage)
 };
 
 struct StageType {

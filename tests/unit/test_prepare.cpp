@@ -127,3 +127,28 @@ TEST_CASE("vhost template render: FastChat's prompt, the trained spans, and bad 
   r = run_cmd(vhost_cmd("template list"));
   CHECK_THAT(r.out, Contains("vicuna_v1.1  roles: USER / ASSISTANT"));
 }
+
+#if VHOST_HAVE_TORCH
+TEST_CASE("vhost chat: multi-turn with the template, commands, transcript; bad template", "[chat][cli][malformed]") {
+  fs::path d = scratch("chat-cli");
+  write_file(d / "in.txt", "Hello there\nTell me more\n!!regen\n!!reset\nAgain\n!!exit\nnever read\n");
+  std::string cmd = "TMPDIR=" + d.string() + " " + vhost_cmd("chat " + prep_model().string() + " --max-tokens 6 --temperature 0");
+  auto r = run_cmd(cmd + " < " + (d / "in.txt").string());
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK_THAT(r.out, Contains("template vicuna_v1.1"));
+  CHECK_THAT(r.out, Contains("(conversation cleared)"));
+  std::vector<nlohmann::json> turns;
+  std::istringstream log(read_file(d / "vhost-chat" / "chat.jsonl"));
+  for (std::string line; std::getline(log, line);) turns.push_back(nlohmann::json::parse(line));
+  REQUIRE(turns.size() == 4);  // Hello, Tell me more, its regeneration, Again
+  CHECK(turns[1]["user"] == "Tell me more");
+  CHECK(turns[2]["user"] == "Tell me more");
+  CHECK(turns[1]["assistant"] == turns[2]["assistant"]);  // greedy: the regeneration is the same
+  CHECK(turns[3]["user"] == "Again");
+
+  r = run_cmd("TMPDIR=" + d.string() + " " + vhost_cmd("chat " + prep_model().string() + " --template nope < /dev/null"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("chat.template: unknown conversation template 'nope'"));
+}
+#endif

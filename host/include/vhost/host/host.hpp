@@ -73,6 +73,7 @@ struct RunResult {
 struct RunOptions {
   std::vector<std::string> only;  // stage ids to run; empty: all, in the file's order
   std::ostream* out = nullptr;    // human-readable stage output; default std::cout
+  std::istream* in = nullptr;     // what interactive stages (chat) read; default std::cin
 };
 
 class Host;
