@@ -16,6 +16,10 @@ namespace {
 constexpr int kFailed = 1;
 constexpr int kBadInput = 2;
 
+// A string as a TOML basic string (its JSON spelling is one): for the one-stage pipelines that
+// generate, chat and prepare build.
+std::string q(const std::string& v) { return vh::json(v).dump(); }
+
 void print_plugins(const vh::Host& host, bool as_json, bool verbose) {
   auto plugins = host.plugins();
   if (as_json) {
@@ -268,7 +272,6 @@ int main(int argc, char** argv) {
     }
     if (*gen) {
       // A one-stage pipeline, so `vhost generate` runs exactly what the generate stage runs.
-      auto q = [](const std::string& v) { return vh::json(v).dump(); };  // a JSON string is a TOML basic string
       std::string toml = "[pipeline]\nname = \"generate\"\nstages = [\"generate\"]\nwork_dir = " +
                          q((std::filesystem::temp_directory_path() / "vhost-generate").string()) +
                          "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(gen_threads) +
@@ -282,7 +285,6 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*chat) {
-      auto q = [](const std::string& v) { return vh::json(v).dump(); };
       std::string toml = "[pipeline]\nname = \"chat\"\nstages = [\"chat\"]\nwork_dir = " +
                          q((std::filesystem::temp_directory_path() / "vhost-chat").string()) +
                          "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(chat_threads) +
@@ -355,7 +357,6 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*prep) {
-      auto q = [](const std::string& v) { return vh::json(v).dump(); };
       // Custom templates become [datasets.d.templates."NAME"] tables (their values are strings and
       // lists of strings, whose JSON spelling is valid TOML).
       std::string templates;

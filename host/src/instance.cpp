@@ -13,6 +13,15 @@ struct StringSink {
                     static_cast<StringSink*>(ctx)->data.append(d, n);
                   }};
 };
+
+// A plugin's JSON reply; `what` names the call in the error ("generate", "tool 'init'").
+json parse_reply(const LoadedPlugin& p, const std::string& data, const std::string& what) {
+  try {
+    return json::parse(data);
+  } catch (const json::exception& e) {
+    throw PluginError(p.label() + ": " + what + " returned invalid JSON: " + e.what());
+  }
+}
 }  // namespace
 
 Instance::Instance(std::shared_ptr<const LoadedPlugin> plugin, std::string id, json config,
@@ -71,11 +80,7 @@ json Instance::describe() {
   StringSink out;
   check(plugin_->desc->describe(self_, &out.sink), "describe failed");
   if (out.data.empty()) return json::object();
-  try {
-    return json::parse(out.data);
-  } catch (const json::exception& e) {
-    throw PluginError(plugin_->label() + ": describe returned invalid JSON: " + e.what());
-  }
+  return parse_reply(*plugin_, out.data, "describe");
 }
 
 const void* Instance::extension(const std::string& name) {
@@ -129,11 +134,7 @@ json Instance::model_generate(const json& request, const TokenFn& on_token) {
       }
     };
   check(t->generate(self_, request.dump().c_str(), cb, &ctx, &out.sink), "generate failed");
-  try {
-    return json::parse(out.data);
-  } catch (const json::exception& e) {
-    throw PluginError(plugin_->label() + ": generate returned invalid JSON: " + e.what());
-  }
+  return parse_reply(*plugin_, out.data, "generate");
 }
 
 json Instance::model_tokenizer_info() {
@@ -141,22 +142,14 @@ json Instance::model_tokenizer_info() {
                                      "tokenizer_info");
   StringSink out;
   check(t->tokenizer_info(self_, &out.sink), "tokenizer_info failed");
-  try {
-    return json::parse(out.data);
-  } catch (const json::exception& e) {
-    throw PluginError(plugin_->label() + ": tokenizer_info returned invalid JSON: " + e.what());
-  }
+  return parse_reply(*plugin_, out.data, "tokenizer_info");
 }
 
 json Instance::dataset_prepare(const json& request) {
   auto* t = iface<vhost_dataset_iface>(VHOST_KIND_DATASET, VHOST_SLOT_END(vhost_dataset_iface, prepare), "prepare");
   StringSink out;
   check(t->prepare(self_, request.dump().c_str(), &out.sink), "prepare failed");
-  try {
-    return json::parse(out.data);
-  } catch (const json::exception& e) {
-    throw PluginError(plugin_->label() + ": prepare returned invalid JSON: " + e.what());
-  }
+  return parse_reply(*plugin_, out.data, "prepare");
 }
 
 json model_tool(const LoadedPlugin& plugin, const std::string& name, const json& args) {
@@ -164,11 +157,7 @@ json model_tool(const LoadedPlugin& plugin, const std::string& name, const json&
   StringSink out;
   auto info = take_status(t->tool(name.c_str(), args.dump().c_str(), &out.sink));
   if (info) throw PluginError(plugin.label() + ": " + name + ": " + code_name(info->code) + ": " + info->message);
-  try {
-    return out.data.empty() ? json::object() : json::parse(out.data);
-  } catch (const json::exception& e) {
-    throw PluginError(plugin.label() + ": tool '" + name + "' returned invalid JSON: " + e.what());
-  }
+  return out.data.empty() ? json::object() : parse_reply(plugin, out.data, "tool '" + name + "'");
 }
 
 }  // namespace vhost::host

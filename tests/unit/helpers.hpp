@@ -109,3 +109,13 @@ inline std::string echo_pipeline(const std::string& judge_body = "", const std::
   return "[pipeline]\nstages = [\"" + stage + "\"]\nwork_dir = \"" + std::string(VHOST_TEST_TMP_DIR) +
          "/runs\"\n\n[judges.e]\nplugin = \"echo\"\nmodel = \"m\"\n" + judge_body;
 }
+
+// A tiny random LLaMA with a tokenizer trained on the docs, made once per name by `vhost model init`.
+inline fs::path make_tiny_model(const std::string& name, int seed) {
+  fs::path d = scratch(name);
+  auto r = run_cmd(vhost_cmd("model init --preset tiny --seed " + std::to_string(seed) + " --out " + (d / "m").string() +
+                             " --tokenizer-text " + std::string(VHOST_SOURCE_DIR) + "/docs/plugins.md"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  return d / "m";
+}

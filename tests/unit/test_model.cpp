@@ -8,14 +8,7 @@ static const fs::path kSharedTok = fs::path(VHOST_SOURCE_DIR) / ".." / "shared" 
 
 // A tiny checkpoint shared by the tests of this file.
 static fs::path tiny_model() {
-  static fs::path dir = [] {
-    fs::path d = scratch("model-tiny");
-    auto r = run_cmd(vhost_cmd("model init --preset tiny --seed 3 --out " + (d / "m").string() + " --tokenizer-text " +
-                               std::string(VHOST_SOURCE_DIR) + "/docs/plugins.md"));
-    INFO(r.out);
-    REQUIRE(r.rc == 0);
-    return d / "m";
-  }();
+  static fs::path dir = make_tiny_model("model-tiny", 3);
   return dir;
 }
 

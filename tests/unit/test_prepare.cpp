@@ -7,14 +7,7 @@
 static const fs::path kDemo = fs::path(VHOST_SOURCE_DIR) / "examples" / "data" / "sharegpt_demo.json";
 
 static fs::path prep_model() {
-  static fs::path dir = [] {
-    fs::path d = scratch("prepare-model");
-    auto r = run_cmd(vhost_cmd("model init --preset tiny --seed 1 --out " + (d / "m").string() + " --tokenizer-text " +
-                               std::string(VHOST_SOURCE_DIR) + "/docs/plugins.md"));
-    INFO(r.out);
-    REQUIRE(r.rc == 0);
-    return d / "m";
-  }();
+  static fs::path dir = make_tiny_model("prepare-model", 1);
   return dir;
 }
 

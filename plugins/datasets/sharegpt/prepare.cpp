@@ -153,7 +153,9 @@ Tokenized tokenize(const conv::Rendered& r, const TokenizerFns& tok, bool add_bo
   if (add_bos) {
     out.ids.push_back(tok.bos_id);
     out.labels.push_back(0);
+    out.offsets.push_back(0);
   }
+  std::size_t chunk_base = 0;  // where the current chunk starts in text()
   std::string chunk;
   struct Trained {
     std::size_t b, e;
@@ -173,7 +175,9 @@ Tokenized tokenize(const conv::Rendered& r, const TokenizerFns& tok, bool add_bo
         if (trained[u].e > begin[k]) on = true;
       out.ids.push_back(ids[k]);
       out.labels.push_back(on ? 1 : 0);
+      out.offsets.push_back(static_cast<std::uint32_t>(chunk_base + begin[k]));
     }
+    chunk_base += chunk.size();
     chunk.clear();
     trained.clear();
   };
@@ -185,6 +189,8 @@ Tokenized tokenize(const conv::Rendered& r, const TokenizerFns& tok, bool add_bo
       flush();
       out.ids.push_back(s.kind == conv::Segment::Bos ? tok.bos_id : tok.eos_id);
       out.labels.push_back(s.trained ? 1 : 0);
+      out.offsets.push_back(static_cast<std::uint32_t>(chunk_base));
+      chunk_base += s.text.size();
     }
   }
   flush();
@@ -201,41 +207,23 @@ struct Stats {
   std::vector<std::uint64_t> edges;
 };
 
-// The length of each pair (user + assistant) in tokens, estimated from one tokenization of the
-// whole conversation; the split then checks each segment's real length.
-std::vector<std::size_t> pair_lengths(const Cleaned& c, const conv::Template& t, const TokenizerFns& tok,
-                                      std::size_t& header) {
-  conv::Conversation whole{c.system, c.messages};
-  auto r = conv::render(t, whole);
-  // Byte offset where each user message starts in the rendering.
-  std::vector<std::size_t> starts;
-  std::size_t pos = 0;
-  for (const auto& s : r.segments) {
-    if (s.kind == conv::Segment::Text && s.role == conv::Segment::User) starts.push_back(pos);
-    pos += s.kind == conv::Segment::Text ? s.text.size() : 0;
-  }
-  // Token index where each user message starts: tokenize with spans over the text rendering.
-  std::string text;
-  for (const auto& s : r.segments)
-    if (s.kind == conv::Segment::Text) text += s.text;
-  std::vector<std::int32_t> ids;
-  std::vector<std::uint32_t> b, e;
-  tok.encode_spans(text, ids, b, e);
+// The length in tokens of each pair (from its user message to the next one's) and of what
+// precedes the first (BOS, system prompt, first role tag), read off the whole conversation's
+// tokenization; the split then checks each segment's real length.
+std::vector<std::size_t> pair_lengths(const conv::Rendered& r, const Tokenized& t, std::size_t& header) {
   std::vector<std::size_t> tok_start;
-  std::size_t k = 0;
-  for (std::size_t st : starts) {
-    while (k < ids.size() && b[k] < st) ++k;
-    tok_start.push_back(k);
+  std::size_t pos = 0, k = 0;
+  for (const auto& s : r.segments) {
+    if (s.kind == conv::Segment::Text && s.role == conv::Segment::User) {
+      while (k < t.offsets.size() && t.offsets[k] < pos) ++k;
+      tok_start.push_back(k);
+    }
+    pos += s.text.size();
   }
-  std::size_t eos_per_pair = 0;
-  for (const auto& s : r.segments) eos_per_pair += s.kind != conv::Segment::Text ? 1 : 0;
-  eos_per_pair = c.messages.empty() ? 0 : eos_per_pair / std::max<std::size_t>(1, c.messages.size() / 2);
-  header = (tok_start.empty() ? ids.size() : tok_start[0]) + 1;  // + BOS
+  header = tok_start.empty() ? t.ids.size() : tok_start[0];
   std::vector<std::size_t> lens;
-  for (std::size_t p = 0; p < tok_start.size(); ++p) {
-    std::size_t next = p + 1 < tok_start.size() ? tok_start[p + 1] : ids.size();
-    lens.push_back(next - tok_start[p] + eos_per_pair);
-  }
+  for (std::size_t p = 0; p < tok_start.size(); ++p)
+    lens.push_back((p + 1 < tok_start.size() ? tok_start[p + 1] : t.ids.size()) - tok_start[p]);
   return lens;
 }
 
@@ -317,14 +305,15 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
     ++st.out;
     const std::size_t limit = static_cast<std::size_t>(opt.max_length);
     // Most conversations fit: one tokenization, one sequence.
-    Tokenized whole = tokenize(conv::render(opt.templ, {c.system, c.messages}), tok);
+    conv::Rendered rendered = conv::render(opt.templ, {c.system, c.messages});
+    Tokenized whole = tokenize(rendered, tok);
     if (whole.ids.size() <= limit || c.messages.size() == 2) {
       write_segment(c, 0, c.messages.size(), 0, std::move(whole));
       return;
     }
     // Split at pair boundaries into segments of at most max_length tokens.
     std::size_t header = 0;
-    auto lens = pair_lengths(c, opt.templ, tok, header);
+    auto lens = pair_lengths(rendered, whole, header);
     std::size_t from = 0, part = 0;
     while (from < lens.size()) {
       std::size_t to = from, len = header;

@@ -60,7 +60,8 @@ struct TokenizerFns {
 
 struct Tokenized {
   std::vector<std::int32_t> ids;
-  std::vector<std::uint8_t> labels;  // 1: the loss is taken on this token
+  std::vector<std::uint8_t> labels;    // 1: the loss is taken on this token
+  std::vector<std::uint32_t> offsets;  // where each token starts in the rendering's text()
 };
 
 // Tokenizes a rendering: BOS first (when add_bos), the template's <s>/</s> as BOS/EOS ids, text
