@@ -19,6 +19,7 @@ pkgs=(
   libcpp-httplib-dev      # HTTP server and client
   libgumbo-dev            # HTML5 parser: ShareGPT's HTML answers back to Markdown
   libcld2-dev             # language detection for the dataset's language filter
+  libgloo-dev             # Gloo headers: libtorch's CPU process group (multi-process training)
   catch2                  # tests
   python3-torch           # tests: an independent reference forward pass (tests/reference/)
 )

@@ -1,4 +1,6 @@
 // The `vhost` command: a thin shell over the embedding API in vhost/host/host.hpp.
+#include "launch.hpp"
+
 #include <vhost/conversation.hpp>
 #include <vhost/host/host.hpp>
 
@@ -81,6 +83,18 @@ int main(int argc, char** argv) {
   run->add_option("file", file, "pipeline TOML file")->required();
   run->add_option("--set", sets, "override a value: section.key=value (repeatable)");
   run->add_option("--only", only, "run only this stage (repeatable)");
+
+  vhost::cli::LaunchOptions lo;
+  auto* launch = app.add_subcommand("launch", "run a pipeline as several processes (data-parallel training), torchrun-style");
+  launch->add_option("file", file, "pipeline TOML file")->required();
+  launch->add_option("--nproc-per-node", lo.nproc_per_node, "processes on this host")->capture_default_str();
+  launch->add_option("--nnodes", lo.nnodes, "hosts in the job")->capture_default_str();
+  launch->add_option("--node-rank", lo.node_rank, "this host's index")->capture_default_str();
+  launch->add_option("--master-addr", lo.master_addr, "rank 0's host")->capture_default_str();
+  launch->add_option("--master-port", lo.master_port, "rank 0's port (default: MASTER_PORT, else a free one)");
+  launch->add_option("--log-dir", lo.log_dir, "write ranks 1.. output to DIR/rank-N.log (default: discard their stdout)");
+  launch->add_option("--set", sets, "override a value: section.key=value (repeatable)");
+  launch->add_option("--only", only, "run only this stage (repeatable)");
 
   auto* validate = app.add_subcommand("validate", "check a pipeline file without running it");
   validate->add_option("file", file, "pipeline TOML file")->required();
@@ -199,6 +213,13 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (*launch) {
+      std::vector<std::string> args = {"run", file, "--log-level", log_level};
+      for (const auto& d : plugin_dirs) args.insert(args.end(), {"--plugin-dir", d});
+      for (const auto& x : sets) args.insert(args.end(), {"--set", x});
+      for (const auto& x : only) args.insert(args.end(), {"--only", x});
+      return vhost::cli::launch(lo, std::filesystem::read_symlink("/proc/self/exe").string(), args);
+    }
     vh::set_log_level(log_level);
     vh::HostOptions opts;
     for (const auto& d : plugin_dirs) opts.plugin_dirs.emplace_back(d);

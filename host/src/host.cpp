@@ -455,7 +455,9 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
   RunResult result;
   result.pipeline = p.name;
   result.work_dir = p.work_dir;
-  result.report = p.work_dir / "run.json";
+  // Under `vhost launch` every rank runs the pipeline; only rank 0 writes run.json.
+  const char* rank = std::getenv("RANK");
+  result.report = p.work_dir / (rank && *rank && std::string(rank) != "0" ? "run.rank-" + std::string(rank) + ".json" : "run.json");
   std::error_code ec;
   fs::create_directories(p.work_dir, ec);
   if (ec) throw Error("cannot create work_dir " + p.work_dir.string() + ": " + ec.message());

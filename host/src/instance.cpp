@@ -145,6 +145,25 @@ json Instance::model_tokenizer_info() {
   return parse_reply(*plugin_, out.data, "tokenizer_info");
 }
 
+json Instance::model_train(const json& request, const EventFn& on_event) {
+  auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, train), "train");
+  StringSink out;
+  struct Ctx {
+    const EventFn* fn;
+  } ctx{&on_event};
+  vhost_event_fn cb = nullptr;
+  if (on_event)
+    cb = [](void* c, const char* e, size_t len) -> int32_t {
+      try {
+        return (*static_cast<Ctx*>(c)->fn)(json::parse(e, e + len)) ? 0 : 1;
+      } catch (...) {
+        return 1;  // never unwind through the plugin: ask it to stop instead
+      }
+    };
+  check(t->train(self_, request.dump().c_str(), cb, &ctx, &out.sink), "train failed");
+  return parse_reply(*plugin_, out.data, "train");
+}
+
 json Instance::dataset_prepare(const json& request) {
   auto* t = iface<vhost_dataset_iface>(VHOST_KIND_DATASET, VHOST_SLOT_END(vhost_dataset_iface, prepare), "prepare");
   StringSink out;

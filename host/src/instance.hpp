@@ -34,6 +34,9 @@ class Instance {
   using TokenFn = std::function<bool(uint32_t sequence, int32_t token, const std::string& text)>;
   json model_generate(const json& request, const TokenFn& on_token);
   json model_tokenizer_info();
+  // on_event returns false to ask the trainer to checkpoint and stop.
+  using EventFn = std::function<bool(const json& event)>;
+  json model_train(const json& request, const EventFn& on_event);
   // The dataset kind.
   json dataset_prepare(const json& request);
 

@@ -4,6 +4,8 @@
 #include <vhost/torch/backend.hpp>
 #include <vhost/torch/compat.hpp>
 
+#include "gloo_collective.hpp"
+
 #include <fstream>
 #include <string>
 #include <thread>
@@ -59,6 +61,7 @@ class CpuBackend final : public vhost::Backend, public vhost::torch_ext::Backend
     torch::set_num_threads(threads_);
     torch::manual_seed(seed_);
     at::globalContext().setDeterministicAlgorithms(deterministic_, false);
+    collective_ = vhost::cpu::gloo_from_env();  // null for a single process
     vhost::log(VHOST_LOG_DEBUG, "cpu backend: " + std::to_string(threads_) + " threads, seed " +
                                     std::to_string(seed_) + ", " + dtype_name_);
   }
@@ -76,7 +79,10 @@ class CpuBackend final : public vhost::Backend, public vhost::torch_ext::Backend
             {"mkldnn", at::hasMKLDNN()},
             {"openmp", at::hasOpenMP()},
             {"gpu_runtime", vhost::torch_compat::gpu_runtime()},
-            {"gpu_visible", vhost::torch_compat::gpu_available()}};
+            {"gpu_visible", vhost::torch_compat::gpu_available()},
+            {"rank", collective_ ? collective_->rank() : 0},
+            {"world_size", collective_ ? collective_->world_size() : 1},
+            {"process_group", collective_ ? "gloo" : "none"}};
   }
 
   const void* extension(std::string_view name) override {
@@ -89,6 +95,7 @@ class CpuBackend final : public vhost::Backend, public vhost::torch_ext::Backend
   c10::ScalarType dtype() const override { return dtype_; }
   std::uint64_t seed() const override { return seed_; }
   int threads() const override { return threads_; }
+  vhost::torch_ext::Collective* collective() const override { return collective_.get(); }
 
  private:
   int threads_;
@@ -96,6 +103,7 @@ class CpuBackend final : public vhost::Backend, public vhost::torch_ext::Backend
   std::string dtype_name_;
   c10::ScalarType dtype_;
   bool deterministic_;
+  std::unique_ptr<vhost::torch_ext::Collective> collective_;
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include "gguf.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
+#include "train.hpp"
 
 #include <vhost/plugin.hpp>
 #include <vhost/torch/backend.hpp>
@@ -68,7 +69,10 @@ class LlamaPlugin final : public vhost::Model {
         throw vhost::ConfigError("backend", "'" + backend + "' offers no libtorch device to this plugin (a different libtorch build?)");
       device = be->device();
       dtype = be->dtype();
+      backend_ = be;
     }
+    device_ = device;
+    dtype_ = dtype;
     std::string d = cfg.get<std::string>("dtype");
     if (d != "auto") dtype = vhost::llama::dtype_from_name(d);
     std::string tok = cfg.get<std::string>("tokenizer");
@@ -144,6 +148,28 @@ class LlamaPlugin final : public vhost::Model {
             {"vocab_size", tokenizer_->vocab_size()},
             {"context", config_.max_position_embeddings},
             {"template", template_}};
+  }
+
+  // Fine-tunes from this instance's checkpoint (re-read in float32: the master weights), on the
+  // backend's device and process group. Afterwards the instance generates with the result.
+  json train(const json& req, const vhost::EventSink& on_event) override {
+    if (!req.is_object()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request is not a JSON object");
+    auto cfg = vhost::llama::TrainConfig::from_json(req);
+    std::lock_guard<std::mutex> lock(mu_);
+    const bool had_weights = model_ != nullptr;
+    model_.reset();  // the trainer keeps its own float32 copy
+    auto init = vhost::llama::LlamaModel::load(path_, torch::kCPU, torch::kFloat32);
+    vhost::llama::TrainEnv env;
+    env.device = device_;
+    env.compute_dtype = dtype_;
+    env.collective = backend_ ? backend_->collective() : nullptr;
+    env.tokenizer = tokenizer_->path();
+    json r = vhost::llama::train(init, cfg, env, on_event ? vhost::llama::TrainEvents(on_event) : nullptr);
+    if (had_weights) {
+      fs::path src = r.contains("model") ? fs::path(r["model"].get<std::string>()) : path_;
+      model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(src, device_, dtype_));
+    }
+    return r;
   }
 
   json generate(const json& req, const vhost::TokenSink& on_token) override {
@@ -259,6 +285,9 @@ class LlamaPlugin final : public vhost::Model {
   std::string template_;
   std::unique_ptr<vhost::llama::Tokenizer> tokenizer_;
   std::unique_ptr<vhost::llama::LlamaModel> model_;  // null with load_weights = false
+  const vhost::torch_ext::Backend* backend_ = nullptr;
+  torch::Device device_ = torch::kCPU;
+  torch::ScalarType dtype_ = torch::kFloat32;
   vhost::llama::LlamaConfig config_;
   double load_seconds_ = 0;
   std::mutex mu_;

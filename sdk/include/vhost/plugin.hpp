@@ -14,6 +14,9 @@
 
 #include <boost/dll/alias.hpp>
 #include <nlohmann/json.hpp>
+#if defined(VHOST_PLUGIN_USES_TORCH)
+#include <c10/util/Exception.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>
@@ -171,6 +174,8 @@ class Backend : public Plugin {};
 
 // Streams generated text: (sequence, token, text) -> false to cancel that sequence.
 using TokenSink = std::function<bool(std::uint32_t, std::int32_t, const std::string&)>;
+// Training events (see vhost_event_fn) -> false to ask for a checkpoint and a stop.
+using EventSink = std::function<bool(const json&)>;
 
 class Model : public Plugin {
  public:
@@ -188,6 +193,10 @@ class Model : public Plugin {
   }
   // {"bos_id", "eos_id", "vocab_size", "template"}
   virtual json tokenizer_info() const = 0;
+  // See vhost_model_iface::train. `on_event` may be empty.
+  virtual json train(const json& /*request*/, const EventSink& /*on_event*/) {
+    throw Error(VHOST_ERR_UNSUPPORTED, "this model plugin cannot train");
+  }
   // A model class may also define   static json tool(const std::string& name, const json& args);
 };
 class Dataset : public Plugin {
@@ -309,6 +318,10 @@ vhost_status* guard(F&& f) noexcept {
     return nullptr;
   } catch (const Error& e) {
     return h->status_new(e.code(), e.what(), e.key().empty() ? nullptr : e.key().c_str());
+#if defined(VHOST_PLUGIN_USES_TORCH)
+  } catch (const c10::Error& e) {  // its what() carries a C++ backtrace: not for users
+    return h->status_new(VHOST_ERR_INTERNAL, e.what_without_backtrace(), nullptr);
+#endif
   } catch (const std::exception& e) {
     return h->status_new(VHOST_ERR_INTERNAL, e.what(), nullptr);
   } catch (...) {
@@ -388,6 +401,17 @@ const void* kind_iface() {
         },
         [](void* s, vhost_sink* out) {
           return guard([&] { write(out, static_cast<Model*>(self(s))->tokenizer_info().dump()); });
+        },
+        [](void* s, const char* request, vhost_event_fn on_event, void* ctx, vhost_sink* result) {
+          return guard([&] {
+            EventSink sink;
+            if (on_event)
+              sink = [&](const json& e) {
+                std::string d = e.dump();
+                return on_event(ctx, d.data(), d.size()) == 0;
+              };
+            write(result, static_cast<Model*>(self(s))->train(json::parse(request), sink).dump());
+          });
         }};
     return &iface;
   } else {

@@ -34,7 +34,7 @@ extern "C" {
 #define VHOST_ABI_MAJOR 1
 #endif
 #ifndef VHOST_ABI_MINOR
-#define VHOST_ABI_MINOR 1
+#define VHOST_ABI_MINOR 2
 #endif
 
 /* The one symbol a plugin exports (through BOOST_DLL_ALIAS; see vhost/plugin.hpp). */
@@ -126,6 +126,9 @@ typedef void (*vhost_ids_fn)(void* ctx, const int32_t* ids, size_t n);
 typedef int32_t (*vhost_token_fn)(void* ctx, uint32_t sequence, int32_t token, const char* text, size_t len);
 /* Token ids with, for each, the byte span [begin, end) of the encoded text it came from. */
 typedef void (*vhost_spans_fn)(void* ctx, const int32_t* ids, const uint32_t* begin, const uint32_t* end, size_t n);
+/* A training event (JSON object: {"event": "start"|"step"|"checkpoint"|"resume"|"end", ...}).
+ * Return nonzero to ask the trainer to save a checkpoint and stop (SIGTERM, Ctrl-C). */
+typedef int32_t (*vhost_event_fn)(void* ctx, const char* event_json, size_t len);
 #define VHOST_ENCODE_BOS 1u
 #define VHOST_ENCODE_EOS 2u
 
@@ -150,6 +153,11 @@ typedef struct vhost_model_iface {
   vhost_status* (*encode_spans)(void* self, const char* text, size_t len, vhost_spans_fn out, void* ctx);
   /* 1.1: {"bos_id", "eos_id", "vocab_size", "template": the model's conversation template name}. */
   vhost_status* (*tokenizer_info)(void* self, vhost_sink* info_json);
+  /* 1.2: fine-tunes the instance's weights on a prepared dataset (vhost/token_dataset.hpp),
+   * resuming from the newest complete checkpoint in request.out. Request and reply: docs/training.md.
+   * Events stream through on_event (may be NULL). */
+  vhost_status* (*train)(void* self, const char* request_json, vhost_event_fn on_event, void* ctx,
+                         vhost_sink* result_json);
 } vhost_model_iface;
 
 /* A dataset turns a raw source (ShareGPT JSON...) into a prepared, tokenized dataset on disk

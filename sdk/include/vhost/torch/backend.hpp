@@ -11,6 +11,10 @@
 #include <cstdint>
 
 namespace vhost::torch_ext {
+class Collective;
+}
+
+namespace vhost::torch_ext {
 
 inline constexpr const char* kBackend = "torch.backend";
 
@@ -25,6 +29,9 @@ class Backend {
   virtual std::uint64_t seed() const = 0;
   // Threads for intra-op parallelism.
   virtual int threads() const = 0;
+  // The job's process group when it runs as several processes (RANK / WORLD_SIZE set), else
+  // null. See vhost/torch/collective.hpp.
+  virtual Collective* collective() const { return nullptr; }
 };
 
 }  // namespace vhost::torch_ext

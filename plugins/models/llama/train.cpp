@@ -1,0 +1,854 @@
+#include "train.hpp"
+
+#include "safetensors.hpp"
+
+#include <vhost/torch/compat.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <random>
+#include <regex>
+#include <set>
+
+namespace vhost::llama {
+
+namespace fs = std::filesystem;
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// ---- options --------------------------------------------------------------------------------
+
+TrainConfig TrainConfig::from_json(const json& j) {
+  TrainConfig c;
+  auto bad = [](const std::string& field, const std::string& why) {
+    return vhost::Error(VHOST_ERR_INVALID_ARGUMENT, field + ": " + why);
+  };
+  auto num = [&](const char* k, double& v, double lo, double hi) {
+    if (!j.contains(k)) return;
+    if (!j[k].is_number()) throw bad(k, "expected a number, got " + j[k].dump());
+    v = j[k].get<double>();
+    if (!(v >= lo && v <= hi)) throw bad(k, j[k].dump() + " is outside [" + json(lo).dump() + ", " + json(hi).dump() + "]");
+  };
+  auto integer = [&](const char* k, int64_t& v, int64_t lo, int64_t hi) {
+    if (!j.contains(k)) return;
+    if (!j[k].is_number_integer()) throw bad(k, "expected an integer, got " + j[k].dump());
+    v = j[k].get<int64_t>();
+    if (v < lo || v > hi) throw bad(k, std::to_string(v) + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  };
+  auto boolean = [&](const char* k, bool& v) {
+    if (!j.contains(k)) return;
+    if (!j[k].is_boolean()) throw bad(k, "expected true or false, got " + j[k].dump());
+    v = j[k].get<bool>();
+  };
+  auto choice = [&](const char* k, std::string& v, std::vector<std::string> allowed) {
+    if (!j.contains(k)) return;
+    if (!j[k].is_string() || std::find(allowed.begin(), allowed.end(), j[k].get<std::string>()) == allowed.end()) {
+      std::string list;
+      for (auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      throw bad(k, j[k].dump() + " is not one of " + list);
+    }
+    v = j[k].get<std::string>();
+  };
+  for (const char* k : {"data", "out"})
+    if (!j.contains(k) || !j[k].is_string() || j[k].get<std::string>().empty()) throw bad(k, "required (a folder)");
+  c.data = j["data"].get<std::string>();
+  c.out = j["out"].get<std::string>();
+  const int64_t big = int64_t(1) << 40;
+  integer("epochs", c.epochs, 1, 100000);
+  integer("max_steps", c.max_steps, 0, big);
+  integer("stop_at_step", c.stop_at_step, 0, big);
+  integer("batch_size", c.batch_size, 1, big);
+  integer("micro_batch_size", c.micro_batch_size, 1, big);
+  num("lr", c.lr, 0, 10);
+  num("warmup_ratio", c.warmup_ratio, 0, 1);
+  integer("warmup_steps", c.warmup_steps, -1, big);
+  choice("schedule", c.schedule, {"cosine", "linear", "constant"});
+  num("weight_decay", c.weight_decay, 0, 10);
+  num("beta1", c.beta1, 0, 0.999999);
+  num("beta2", c.beta2, 0, 0.999999999);
+  num("eps", c.eps, 1e-30, 1);
+  num("max_grad_norm", c.max_grad_norm, 0, 1e9);
+  boolean("gradient_checkpointing", c.gradient_checkpointing);
+  choice("padding", c.padding, {"longest", "max_length"});
+  boolean("group_by_length", c.group_by_length);
+  integer("save_every", c.save_every, 0, big);
+  integer("keep_last", c.keep_last, 1, 1000000);
+  integer("eval_every", c.eval_every, 0, big);
+  int64_t seed = static_cast<int64_t>(c.seed);
+  integer("seed", seed, 0, int64_t(9007199254740991));
+  c.seed = static_cast<uint64_t>(seed);
+  num("peak_tflops", c.peak_tflops, 0, 1e7);
+  return c;
+}
+
+double learning_rate(const TrainConfig& c, int64_t step, int64_t total, int64_t warmup) {
+  if (step < warmup) return c.lr * static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup));
+  if (c.schedule == "constant") return c.lr;
+  double progress = static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
+  if (c.schedule == "linear") return c.lr * std::max(0.0, 1.0 - progress);
+  return c.lr * std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+}
+
+// ---- the sharded model ----------------------------------------------------------------------
+
+namespace {
+
+struct Unit {
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<int64_t> offsets;
+  int64_t numel = 0, shard_numel = 0;
+  Tensor shard;       // float32 leaf [shard_numel], requires grad
+  Tensor m, v;        // AdamW moments of the shard
+  Tensor decay;       // 1 where weight decay applies (matrices), 0 on norms; [shard_numel]
+  Tensor view(const Tensor& full, std::size_t i) const {
+    return full.narrow(0, offsets[i], c10::multiply_integers(shapes[i])).view(shapes[i]);
+  }
+};
+
+Tensor rotate_half(const Tensor& x) {
+  auto half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+}  // namespace
+
+struct Trainer::Impl {
+  LlamaConfig cfg;
+  TrainEnv env;
+  bool checkpointing = true;
+  int rank = 0, world = 1;
+  std::vector<Unit> units;  // 0: embedding; 1..L: layers; L+1: final norm (+ lm_head unless tied)
+  Tensor cos, sin;          // rotary tables [context, head_dim], compute dtype
+
+  std::size_t head() const { return units.size() - 1; }
+
+  // The whole flat parameter vector of unit u, in the compute dtype, as a fresh leaf.
+  Tensor gather(std::size_t u) {
+    const Unit& U = units[u];
+    Tensor s = U.shard.detach();
+    if (world == 1) return s.to(env.compute_dtype).detach();  // no copy in float32
+    auto part = s.to(env.compute_dtype).contiguous();
+    std::vector<Tensor> parts;
+    for (int r = 0; r < world; ++r) parts.push_back(torch::empty_like(part));
+    env.collective->all_gather(parts, part);
+    return torch::cat(parts).narrow(0, 0, U.numel);
+  }
+
+  // A full-size gradient of unit u's flat vector -> this rank's shard of the sum over ranks.
+  Tensor scatter(std::size_t u, const Tensor& g) {
+    const Unit& U = units[u];
+    auto g32 = g.to(torch::kFloat32);
+    if (world == 1) return g32;
+    auto padded = torch::zeros({U.shard_numel * world}, g32.options());
+    padded.narrow(0, 0, U.numel).copy_(g32);
+    auto out = torch::empty({U.shard_numel}, g32.options());
+    env.collective->reduce_scatter_sum(out, padded);
+    return out;
+  }
+
+  Tensor rms_norm(const Tensor& x, const Tensor& w) const {
+    auto x32 = x.to(torch::kFloat32);
+    auto var = x32.pow(2).mean(-1, true);
+    return w * (x32 * torch::rsqrt(var + cfg.rms_norm_eps)).to(x.scalar_type());
+  }
+
+  // Unit u on input x with gathered flat parameters `full` (and, for a tied head, `extra`: the
+  // embedding's flat vector).
+  Tensor compute(std::size_t u, const Tensor& full, const Tensor& extra, const Tensor& x) const {
+    const Unit& U = units[u];
+    if (u == 0) return torch::embedding(U.view(full, 0), x);
+    if (u == head()) {
+      auto w = cfg.tie_word_embeddings ? units[0].view(extra, 0) : U.view(full, 1);
+      return torch::linear(rms_norm(x, U.view(full, 0)), w).to(torch::kFloat32);
+    }
+    const int64_t B = x.size(0), T = x.size(1);
+    const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
+    // Order of names: input_norm, q, k, v, o, post_norm, gate, up, down (see build()).
+    auto h = rms_norm(x, U.view(full, 0));
+    auto q = torch::linear(h, U.view(full, 1)).view({B, T, H, hd}).transpose(1, 2);
+    auto k = torch::linear(h, U.view(full, 2)).view({B, T, KV, hd}).transpose(1, 2);
+    auto v = torch::linear(h, U.view(full, 3)).view({B, T, KV, hd}).transpose(1, 2);
+    auto c = cos.narrow(0, 0, T), s = sin.narrow(0, 0, T);
+    q = q * c + rotate_half(q) * s;
+    k = k * c + rotate_half(k) * s;
+    if (KV != H) {
+      k = k.repeat_interleave(H / KV, 1);
+      v = v.repeat_interleave(H / KV, 1);
+    }
+    auto a = torch_compat::causal_attention(q, k, v).transpose(1, 2).reshape({B, T, H * hd});
+    auto y = x + torch::linear(a, U.view(full, 4));
+    auto m = rms_norm(y, U.view(full, 5));
+    return y + torch::linear(torch::silu(torch::linear(m, U.view(full, 6))) * torch::linear(m, U.view(full, 7)),
+                             U.view(full, 8));
+  }
+};
+
+namespace {
+
+// One unit as an autograd function of (input, own shard[, embedding shard]).
+struct UnitFn : public torch::autograd::Function<UnitFn> {
+  static variable_list forward(AutogradContext* ctx, Tensor x, at::TensorList shards, Trainer::Impl* t, int64_t u) {
+    ctx->saved_data["t"] = reinterpret_cast<int64_t>(t);
+    ctx->saved_data["u"] = u;
+    ctx->saved_data["n"] = static_cast<int64_t>(shards.size());
+    const bool tied_head = shards.size() == 2;
+    Tensor full = t->gather(static_cast<std::size_t>(u));
+    Tensor extra = tied_head ? t->gather(0) : Tensor();
+    if (t->checkpointing) {
+      ctx->save_for_backward({x});
+      return {t->compute(u, full, extra, x)};
+    }
+    // Keep this unit's graph for backward (more memory, no recomputation).
+    torch::AutoGradMode grad(true);
+    Tensor xin = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
+    full.requires_grad_(true);
+    if (extra.defined()) extra.requires_grad_(true);
+    Tensor y = t->compute(u, full, extra, xin);
+    ctx->saved_data["y"] = y;
+    ctx->saved_data["xin"] = xin;
+    ctx->saved_data["full"] = full;
+    ctx->saved_data["extra"] = extra.defined() ? extra : torch::Tensor();
+    return {y.detach()};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    auto* t = reinterpret_cast<Trainer::Impl*>(ctx->saved_data["t"].toInt());
+    const auto u = static_cast<std::size_t>(ctx->saved_data["u"].toInt());
+    const auto n = ctx->saved_data["n"].toInt();
+    Tensor y, xin, full, extra;
+    if (t->checkpointing) {
+      Tensor x = ctx->get_saved_variables()[0];
+      torch::AutoGradMode grad(true);
+      full = t->gather(u).requires_grad_(true);
+      if (n == 2) extra = t->gather(0).requires_grad_(true);
+      xin = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
+      y = t->compute(u, full, extra, xin);
+    } else {
+      y = ctx->saved_data["y"].toTensor();
+      xin = ctx->saved_data["xin"].toTensor();
+      full = ctx->saved_data["full"].toTensor();
+      if (n == 2) extra = ctx->saved_data["extra"].toTensor();
+    }
+    std::vector<Tensor> inputs;
+    const bool want_x = xin.is_floating_point();
+    if (want_x) inputs.push_back(xin);
+    inputs.push_back(full);
+    if (extra.defined()) inputs.push_back(extra);
+    auto grads = torch::autograd::grad({y}, inputs, {grad_out[0]});
+    ctx->saved_data.clear();
+    variable_list out;
+    std::size_t i = 0;
+    out.push_back(want_x ? grads[i++] : Tensor());
+    out.push_back(t->scatter(u, grads[i++]));
+    if (n == 2) out.push_back(t->scatter(0, grads[i++]));
+    out.push_back(Tensor());  // t
+    out.push_back(Tensor());  // u
+    return out;
+  }
+};
+
+}  // namespace
+
+Trainer::Trainer(const LlamaModel& init, TrainEnv env, bool gradient_checkpointing)
+    : cfg_(init.config()), impl_(std::make_unique<Impl>()) {
+  Impl& I = *impl_;
+  I.cfg = cfg_;
+  I.env = env;
+  I.checkpointing = gradient_checkpointing;
+  if (env.collective) {
+    I.rank = env.collective->rank();
+    I.world = env.collective->world_size();
+  }
+  std::map<std::string, Tensor> w(init.named_tensors().begin(), init.named_tensors().end());
+  auto add_unit = [&](std::vector<std::string> names) {
+    Unit U;
+    for (auto& n : names) {
+      U.offsets.push_back(U.numel);
+      U.shapes.push_back(w.at(n).sizes().vec());
+      U.numel += w.at(n).numel();
+    }
+    U.names = std::move(names);
+    U.shard_numel = (U.numel + I.world - 1) / I.world;
+    // This rank's slice of the flat vector, zero-padded at the end of the last rank.
+    auto flat = torch::zeros({U.shard_numel * I.world}, torch::kFloat32);
+    auto decay = torch::zeros({U.shard_numel * I.world}, torch::kFloat32);
+    for (std::size_t i = 0; i < U.names.size(); ++i) {
+      const Tensor& src = w.at(U.names[i]);
+      flat.narrow(0, U.offsets[i], src.numel()).copy_(src.reshape({-1}).to(torch::kCPU, torch::kFloat32));
+      if (src.dim() >= 2) decay.narrow(0, U.offsets[i], src.numel()).fill_(1);
+    }
+    auto mine = [&](const Tensor& t) { return t.narrow(0, U.shard_numel * I.rank, U.shard_numel).clone().to(env.device); };
+    U.shard = mine(flat).requires_grad_(true);
+    U.decay = mine(decay);
+    U.m = torch::zeros_like(U.shard).detach();
+    U.v = torch::zeros_like(U.shard).detach();
+    I.units.push_back(std::move(U));
+  };
+  add_unit({"model.embed_tokens.weight"});
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    std::string p = "model.layers." + std::to_string(i) + ".";
+    add_unit({p + "input_layernorm.weight", p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
+              p + "self_attn.v_proj.weight", p + "self_attn.o_proj.weight", p + "post_attention_layernorm.weight",
+              p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight"});
+  }
+  if (cfg_.tie_word_embeddings)
+    add_unit({"model.norm.weight"});
+  else
+    add_unit({"model.norm.weight", "lm_head.weight"});
+  auto idx = torch::arange(0, cfg_.head_dim(), 2, torch::kInt64).to(torch::kFloat32);
+  auto inv_freq = 1.0 / torch::pow(cfg_.rope_theta, idx / static_cast<double>(cfg_.head_dim()));
+  auto pos = torch::arange(0, cfg_.max_position_embeddings, torch::kInt64).to(torch::kFloat32);
+  auto freqs = torch::outer(pos, inv_freq);
+  auto emb = torch::cat({freqs, freqs}, -1);
+  I.cos = emb.cos().to(env.device, env.compute_dtype);
+  I.sin = emb.sin().to(env.device, env.compute_dtype);
+}
+
+Trainer::~Trainer() = default;
+
+static Tensor run_model(Trainer::Impl& I, const Tensor& ids) {
+  Tensor x = ids.to(I.env.device, torch::kInt64);
+  for (std::size_t u = 0; u < I.units.size(); ++u) {
+    std::vector<Tensor> shards{I.units[u].shard};
+    if (u == I.head() && I.cfg.tie_word_embeddings) shards.push_back(I.units[0].shard);
+    x = UnitFn::apply(x, at::TensorList(shards), &I, static_cast<int64_t>(u))[0];
+  }
+  return x;  // logits, float32
+}
+
+static Tensor summed_loss(const Tensor& logits, const Tensor& targets) {
+  return torch::nn::functional::cross_entropy(
+      logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}).to(logits.device()),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+}
+
+double Trainer::forward_backward(const Batch& b, double normaliser) {
+  Tensor loss = summed_loss(run_model(*impl_, b.ids), b.targets);
+  (loss / normaliser).backward();
+  return loss.item<double>();
+}
+
+double Trainer::loss_sum(const Batch& b) {
+  torch::NoGradGuard ng;
+  return summed_loss(run_model(*impl_, b.ids), b.targets).item<double>();
+}
+
+Tensor Trainer::logits(const Tensor& ids) {
+  torch::NoGradGuard ng;
+  return run_model(*impl_, ids);
+}
+
+Tensor Trainer::flat_grad() const {
+  std::vector<Tensor> g;
+  for (auto& U : impl_->units)
+    if (U.shard.grad().defined()) g.push_back(U.shard.grad().reshape({-1}));
+  return g.empty() ? Tensor() : torch::cat(g);
+}
+
+void Trainer::zero_grad() {
+  for (auto& U : impl_->units)
+    if (U.shard.grad().defined()) U.shard.mutable_grad() = Tensor();
+}
+
+double Trainer::clip_grad_norm(double max_norm) {
+  Impl& I = *impl_;
+  torch::NoGradGuard ng;
+  auto sq = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat64).device(I.env.device));
+  for (auto& U : I.units)
+    if (U.shard.grad().defined()) sq += U.shard.grad().to(torch::kFloat64).pow(2).sum();
+  if (I.world > 1) I.env.collective->all_reduce_sum(sq);
+  double norm = std::sqrt(sq.item<double>());
+  if (max_norm > 0 && std::isfinite(norm)) {
+    double coef = max_norm / (norm + 1e-6);
+    if (coef < 1)
+      for (auto& U : I.units)
+        if (U.shard.grad().defined()) U.shard.mutable_grad().mul_(coef);
+  }
+  return norm;
+}
+
+// torch.optim.AdamW's update, on each shard.
+void Trainer::adamw_step(double lr, double beta1, double beta2, double eps, double weight_decay) {
+  torch::NoGradGuard ng;
+  ++adam_steps_;
+  const double bc1 = 1 - std::pow(beta1, static_cast<double>(adam_steps_));
+  const double bc2 = 1 - std::pow(beta2, static_cast<double>(adam_steps_));
+  for (auto& U : impl_->units) {
+    if (!U.shard.grad().defined()) continue;
+    Tensor p = U.shard.detach();
+    const Tensor& g = U.shard.grad();
+    if (weight_decay > 0) p.mul_(1 - lr * weight_decay * U.decay);
+    U.m.mul_(beta1).add_(g, 1 - beta1);
+    U.v.mul_(beta2).addcmul_(g, g, 1 - beta2);
+    auto denom = (U.v / bc2).sqrt_().add_(eps);
+    p.addcdiv_(U.m, denom, -lr / bc1);
+  }
+}
+
+std::vector<std::pair<std::string, Tensor>> Trainer::full_parameters() { return full_moments(-1); }
+
+std::vector<std::pair<std::string, Tensor>> Trainer::full_moments(int which) {
+  Impl& I = *impl_;
+  torch::NoGradGuard ng;
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (auto& U : I.units) {
+    Tensor s = which < 0 ? U.shard.detach() : which == 0 ? U.m : U.v;
+    Tensor full;
+    if (I.world == 1) {
+      full = s.to(torch::kCPU).clone();
+    } else {
+      std::vector<Tensor> parts;
+      for (int r = 0; r < I.world; ++r) parts.push_back(torch::empty_like(s));
+      I.env.collective->all_gather(parts, s.contiguous());
+      full = torch::cat(parts).narrow(0, 0, U.numel).to(torch::kCPU);
+    }
+    for (std::size_t i = 0; i < U.names.size(); ++i) out.emplace_back(U.names[i], U.view(full, i).clone());
+  }
+  return out;
+}
+
+void Trainer::load(const std::vector<std::pair<std::string, Tensor>>& params,
+                   const std::vector<std::pair<std::string, Tensor>>& exp_avg,
+                   const std::vector<std::pair<std::string, Tensor>>& exp_avg_sq, int64_t adam_steps) {
+  Impl& I = *impl_;
+  torch::NoGradGuard ng;
+  auto fill = [&](const std::vector<std::pair<std::string, Tensor>>& src, int which) {
+    std::map<std::string, Tensor> by(src.begin(), src.end());
+    for (auto& U : I.units) {
+      auto flat = torch::zeros({U.shard_numel * I.world}, torch::kFloat32);
+      for (std::size_t i = 0; i < U.names.size(); ++i) {
+        auto it = by.find(U.names[i]);
+        if (it == by.end()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "missing tensor '" + U.names[i] + "'");
+        if (it->second.sizes().vec() != U.shapes[i])
+          throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "tensor '" + U.names[i] + "' has another shape than the model's");
+        flat.narrow(0, U.offsets[i], it->second.numel()).copy_(it->second.reshape({-1}).to(torch::kFloat32));
+      }
+      auto mine = flat.narrow(0, U.shard_numel * I.rank, U.shard_numel).to(I.env.device);
+      Tensor dst = which < 0 ? U.shard.detach() : which == 0 ? U.m : U.v;
+      dst.copy_(mine);
+    }
+  };
+  fill(params, -1);
+  fill(exp_avg, 0);
+  fill(exp_avg_sq, 1);
+  adam_steps_ = adam_steps;
+}
+
+int64_t Trainer::shard_bytes() const {
+  int64_t n = 0;
+  for (auto& U : impl_->units) n += U.shard.numel() * 4;
+  return n;
+}
+
+// ---- data -----------------------------------------------------------------------------------
+
+namespace {
+
+fs::path split_dir(const fs::path& data, const char* split) {
+  if (fs::exists(data / split / "meta.json")) return data / split;
+  if (std::string(split) == "train" && fs::exists(data / "meta.json")) return data;
+  return {};
+}
+
+// Sequence order of one epoch: a seeded shuffle. With group_by_length, each step's sequences
+// are sorted longest first, so its micro-batches hold similar lengths (less padding) while the
+// steps stay random; it depends on batch_size only, so any split into ranks and micro-batches
+// sees the same steps.
+std::vector<uint64_t> epoch_order(const tokens::Reader& d, const TrainConfig& c, int64_t epoch) {
+  std::vector<uint64_t> order(d.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(c.seed * 1000003ULL + static_cast<uint64_t>(epoch));
+  for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+  if (c.group_by_length) {
+    const auto g = static_cast<std::size_t>(c.batch_size);
+    for (std::size_t b = 0; b + g <= order.size(); b += g)
+      std::stable_sort(order.begin() + b, order.begin() + b + g,
+                       [&](uint64_t x, uint64_t y) { return d.length(x) > d.length(y); });
+  }
+  return order;
+}
+
+}  // namespace
+
+Batch make_batch(const tokens::Reader& d, const std::vector<uint64_t>& seqs, int64_t pad_to) {
+  int64_t T = pad_to;
+  if (T <= 0)
+    for (auto s : seqs) T = std::max<int64_t>(T, static_cast<int64_t>(d.length(s)));
+  const int64_t B = static_cast<int64_t>(seqs.size());
+  auto ids = torch::zeros({B, T}, torch::kInt64);
+  auto tg = torch::full({B, T}, -100, torch::kInt64);
+  auto* pi = ids.data_ptr<int64_t>();
+  auto* pt = tg.data_ptr<int64_t>();
+  Batch b;
+  for (int64_t r = 0; r < B; ++r) {
+    const auto n = static_cast<int64_t>(d.length(seqs[r]));
+    const int32_t* x = d.ids(seqs[r]);
+    const uint8_t* l = d.labels(seqs[r]);
+    for (int64_t t = 0; t < n; ++t) pi[r * T + t] = x[t];
+    // Position t predicts token t+1, which is trained when its label says so.
+    for (int64_t t = 0; t + 1 < n; ++t)
+      if (l[t + 1]) {
+        pt[r * T + t] = x[t + 1];
+        ++b.trained;
+      }
+    b.tokens += n;
+  }
+  b.ids = ids;
+  b.targets = tg;
+  return b;
+}
+
+namespace {
+
+// ---- checkpoints ----------------------------------------------------------------------------
+
+void fsync_path(const fs::path& p, bool dir) {
+  int fd = ::open(p.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void write_text(const fs::path& p, const std::string& s) {
+  std::ofstream f(p, std::ios::binary);
+  f << s;
+  f.flush();
+  if (!f) throw vhost::Error(VHOST_ERR_IO, p.string() + ": write failed (disk full?)");
+}
+
+std::vector<std::pair<int64_t, fs::path>> list_checkpoints(const fs::path& dir) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  if (!fs::is_directory(dir)) return out;
+  static const std::regex re("step-([0-9]{8})");
+  for (auto& e : fs::directory_iterator(dir)) {
+    std::smatch m;
+    std::string name = e.path().filename().string();
+    if (e.is_directory() && std::regex_match(name, m, re) && fs::exists(e.path() / "trainer_state.json"))
+      out.emplace_back(std::stoll(m[1]), e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string step_name(int64_t step) {
+  char b[32];
+  std::snprintf(b, sizeof b, "step-%08lld", static_cast<long long>(step));
+  return b;
+}
+
+// A model folder HF transformers and the llama plugin both load.
+void write_model(const fs::path& dir, const LlamaConfig& cfg, const std::vector<std::pair<std::string, Tensor>>& params,
+                 const fs::path& tokenizer) {
+  fs::create_directories(dir);
+  save_safetensors(dir / "model.safetensors", params, {{"format", "pt"}});
+  LlamaConfig c = cfg;
+  c.torch_dtype = "float32";
+  write_text(dir / "config.json", c.to_json().dump(2) + "\n");
+  if (!tokenizer.empty() && fs::exists(tokenizer))
+    fs::copy_file(tokenizer, dir / "tokenizer.model", fs::copy_options::overwrite_existing);
+}
+
+}  // namespace
+
+// ---- the loop -------------------------------------------------------------------------------
+
+json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, const TrainEvents& events) {
+  using clock = std::chrono::steady_clock;
+  const int rank = env.collective ? env.collective->rank() : 0;
+  const int world = env.collective ? env.collective->world_size() : 1;
+  const LlamaConfig& mc = init.config();
+
+  fs::path train_dir = split_dir(c.data, "train"), eval_dir = split_dir(c.data, "eval");
+  if (train_dir.empty())
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + c.data.string() +
+                                                       " is not a prepared dataset (no meta.json, no train/meta.json; "
+                                                       "make one with the prepare stage)");
+  std::unique_ptr<tokens::Reader> data, eval;
+  try {
+    data = std::make_unique<tokens::Reader>(train_dir);
+    if (!eval_dir.empty()) eval = std::make_unique<tokens::Reader>(eval_dir);
+  } catch (const std::exception& e) {
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, std::string("data: ") + e.what());
+  }
+  const json& meta = data->meta();
+  if (meta.contains("vocab_size") && meta["vocab_size"].is_number_integer() &&
+      meta["vocab_size"].get<int64_t>() > mc.vocab_size)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT,
+                       "data: " + train_dir.string() + " was tokenized with a vocabulary of " +
+                           meta["vocab_size"].dump() + " pieces; this model has " + std::to_string(mc.vocab_size) +
+                           " (prepare it again with this model)");
+  int64_t longest = 0;
+  for (uint64_t i = 0; i < data->size(); ++i) longest = std::max<int64_t>(longest, static_cast<int64_t>(data->length(i)));
+  if (longest > mc.max_position_embeddings)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + train_dir.string() + " has a sequence of " +
+                                                       std::to_string(longest) + " tokens; the model's context is " +
+                                                       std::to_string(mc.max_position_embeddings));
+  for (uint64_t i = 0; i < data->size(); ++i)
+    for (std::size_t t = 0; t < data->length(i); ++t)
+      if (data->ids(i)[t] < 0 || data->ids(i)[t] >= mc.vocab_size)
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + train_dir.string() + ": sequence " + std::to_string(i) +
+                                                           " holds token id " + std::to_string(data->ids(i)[t]) +
+                                                           ", outside the model's vocabulary of " +
+                                                           std::to_string(mc.vocab_size));
+  const int64_t per_rank = c.micro_batch_size * world;
+  if (c.batch_size % per_rank != 0)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT,
+                       "batch_size: " + std::to_string(c.batch_size) + " is not a multiple of micro_batch_size (" +
+                           std::to_string(c.micro_batch_size) + ") x processes (" + std::to_string(world) + ")");
+  const int64_t accum = c.batch_size / per_rank;
+  const int64_t steps_per_epoch = static_cast<int64_t>(data->size()) / c.batch_size;
+  if (steps_per_epoch == 0)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "batch_size: " + std::to_string(c.batch_size) + " exceeds the " +
+                                                       std::to_string(data->size()) + " training sequences in " +
+                                                       train_dir.string());
+  const int64_t total = c.max_steps > 0 ? std::min(c.max_steps, c.epochs * steps_per_epoch) : c.epochs * steps_per_epoch;
+  const int64_t warmup = c.warmup_steps >= 0 ? c.warmup_steps
+                                             : static_cast<int64_t>(std::ceil(c.warmup_ratio * static_cast<double>(total)));
+  const int64_t pad_to = c.padding == "max_length" ? meta.value("max_length", longest) : 0;
+
+  Trainer tr(init, env, c.gradient_checkpointing);
+
+  // ---- resume
+  const fs::path ckdir = c.out / "checkpoints";
+  int64_t step = 0;
+  double last_loss = std::nan("");  // of the newest step done (restored on resume)
+  fs::path resumed_from;
+  json data_id = {{"sequences", data->size()}, {"tokens", data->total_tokens()}};
+  auto checkpoints = list_checkpoints(ckdir);
+  for (auto it = checkpoints.rbegin(); it != checkpoints.rend(); ++it) {
+    const fs::path& dir = it->second;
+    json st;
+    try {
+      std::ifstream in(dir / "trainer_state.json");
+      st = json::parse(in);
+    } catch (const std::exception& e) {
+      vhost::log(VHOST_LOG_WARN, dir.string() + ": unreadable trainer_state.json (" + e.what() + "); trying an older one");
+      continue;
+    }
+    auto same = [&](const char* field, const json& now) {
+      if (st.value(field, json()) != now)
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT,
+                           field + std::string(": ") + dir.string() + " was made with " + st.value(field, json()).dump() +
+                               ", this run has " + now.dump() + " (resume with the same settings, or use a new out folder)");
+    };
+    same("batch_size", c.batch_size);
+    same("seed", c.seed);
+    same("data", data_id);
+    same("group_by_length", c.group_by_length);
+    try {
+      SafetensorsFile mf(dir / "model.safetensors"), of(dir / "optimizer.safetensors");
+      std::vector<std::pair<std::string, Tensor>> p, m, v;
+      for (auto& [n, e] : mf.entries()) p.emplace_back(n, mf.get(n));
+      for (auto& [n, e] : of.entries()) {
+        if (n.rfind("exp_avg_sq.", 0) == 0) v.emplace_back(n.substr(11), of.get(n));
+        else if (n.rfind("exp_avg.", 0) == 0) m.emplace_back(n.substr(8), of.get(n));
+      }
+      tr.load(p, m, v, st.at("adam_steps").get<int64_t>());
+      step = st.at("step").get<int64_t>();
+      if (st.contains("loss") && st["loss"].is_number()) last_loss = st["loss"].get<double>();
+      resumed_from = dir;
+      break;
+    } catch (const std::exception& e) {
+      vhost::log(VHOST_LOG_WARN, dir.string() + ": cannot be loaded (" + e.what() + "); trying an older one");
+    }
+  }
+  if (step > total)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "max_steps: " + resumed_from.string() + " is at step " +
+                                                       std::to_string(step) + ", beyond this run's " +
+                                                       std::to_string(total) + " steps");
+
+  const int64_t params = mc.parameter_count();
+  std::string device = env.device.str();
+  double peak = c.peak_tflops;
+  if (peak == 0 && env.device.is_cuda()) peak = 989;  // H100 SXM dense bf16
+  json start = {{"event", "start"},       {"rank", rank},
+                {"world_size", world},     {"total_steps", total},
+                {"start_step", step},      {"steps_per_epoch", steps_per_epoch},
+                {"batch_size", c.batch_size}, {"micro_batch_size", c.micro_batch_size},
+                {"grad_accum", accum},     {"parameters", params},
+                {"param_bytes_per_rank", tr.shard_bytes()}, {"device", device},
+                {"sequences", data->size()}, {"warmup_steps", warmup},
+                {"gradient_checkpointing", c.gradient_checkpointing}};
+  if (!resumed_from.empty()) start["resumed_from"] = resumed_from.string();
+  bool stop = events && !events(start);
+
+  auto all_sum = [&](double x) {
+    if (world == 1) return x;
+    auto t = torch::tensor({x}, torch::kFloat64);
+    env.collective->all_reduce_sum(t);
+    return t.item<double>();
+  };
+
+  auto save = [&](int64_t at) -> fs::path {
+    auto t0 = clock::now();
+    auto p = tr.full_parameters();
+    auto m = tr.full_moments(0);
+    auto v = tr.full_moments(1);
+    fs::path final_dir = ckdir / step_name(at), tmp = ckdir / (step_name(at) + ".tmp");
+    if (rank == 0) {
+      try {
+        fs::remove_all(tmp);
+        fs::create_directories(tmp);
+        write_model(tmp, mc, p, env.tokenizer);
+        std::vector<std::pair<std::string, Tensor>> opt;
+        for (auto& [n, t] : m) opt.emplace_back("exp_avg." + n, t);
+        for (auto& [n, t] : v) opt.emplace_back("exp_avg_sq." + n, t);
+        save_safetensors(tmp / "optimizer.safetensors", opt, {{"format", "vhost-adamw"}});
+        json st = {{"format", "vhost-train-state"}, {"version", 1},
+                   {"step", at},                     {"adam_steps", tr.adam_steps()},
+                   {"epoch", at / steps_per_epoch},  {"total_steps", total},
+                   {"batch_size", c.batch_size},     {"seed", c.seed},
+                   {"group_by_length", c.group_by_length}, {"data", data_id},
+                   {"world_size", world},            {"loss", std::isfinite(last_loss) ? json(last_loss) : json()},
+                   {"rng", "the data order is a pure function of seed and epoch"}};
+        write_text(tmp / "trainer_state.json", st.dump(2) + "\n");  // written last: marks completeness
+        for (auto& e : fs::directory_iterator(tmp)) fsync_path(e.path(), false);
+        fsync_path(tmp, true);
+        fs::remove_all(final_dir);
+        fs::rename(tmp, final_dir);
+        fsync_path(ckdir, true);
+      } catch (const std::exception& e) {
+        std::error_code ec;
+        fs::remove_all(tmp, ec);
+        auto prev = list_checkpoints(ckdir);
+        throw vhost::Error(VHOST_ERR_IO, "saving the checkpoint of step " + std::to_string(at) + " to " + tmp.string() +
+                                             " failed: " + e.what() + "; nothing torn was left" +
+                                             (prev.empty() ? std::string() : "; the newest good one is " + prev.back().second.string()));
+      }
+      auto all = list_checkpoints(ckdir);
+      for (std::size_t i = 0; i + static_cast<std::size_t>(c.keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
+    }
+    if (env.collective) env.collective->barrier();
+    if (events) events({{"event", "checkpoint"}, {"rank", rank}, {"step", at}, {"path", final_dir.string()},
+                        {"seconds", std::chrono::duration<double>(clock::now() - t0).count()}});
+    return final_dir;
+  };
+
+  auto evaluate = [&]() -> double {
+    if (!eval || eval->size() == 0) return std::nan("");
+    double sum = 0, n = 0;
+    for (uint64_t i = static_cast<uint64_t>(rank) * c.micro_batch_size; i < eval->size();
+         i += static_cast<uint64_t>(per_rank)) {
+      std::vector<uint64_t> seqs;
+      for (uint64_t j = i; j < std::min<uint64_t>(eval->size(), i + c.micro_batch_size); ++j) seqs.push_back(j);
+      Batch b = make_batch(*eval, seqs, 0);
+      sum += tr.loss_sum(b);
+      n += static_cast<double>(b.trained);
+    }
+    sum = all_sum(sum);
+    n = all_sum(n);
+    return n > 0 ? sum / n : std::nan("");
+  };
+
+  auto t_start = clock::now();
+  const int64_t first = step;
+  int64_t tokens_done = 0;
+  std::vector<uint64_t> order;
+  int64_t order_epoch = -1;
+  fs::path last_ckpt = resumed_from;
+  bool interrupted = false;
+  while (step < total && !stop) {
+    const int64_t epoch = step / steps_per_epoch, in_epoch = step % steps_per_epoch;
+    if (epoch != order_epoch) {
+      order = epoch_order(*data, c, epoch);
+      order_epoch = epoch;
+    }
+    auto t0 = clock::now();
+    // The step's sequences; micro-batch k goes to rank k % world.
+    const auto base = static_cast<std::size_t>(in_epoch * c.batch_size);
+    std::vector<Batch> mine;
+    double trained = 0;
+    for (int64_t k = 0; k < accum * world; ++k) {
+      std::vector<uint64_t> seqs(order.begin() + base + k * c.micro_batch_size,
+                                 order.begin() + base + (k + 1) * c.micro_batch_size);
+      Batch b = make_batch(*data, seqs, pad_to);
+      trained += static_cast<double>(b.trained);
+      if (k % world == rank) mine.push_back(std::move(b));
+    }
+    if (trained == 0) trained = 1;  // no trained token: zero gradient, loss 0
+    double loss = 0;
+    int64_t toks = 0;
+    for (auto& b : mine) {
+      loss += tr.forward_backward(b, trained);
+      toks += b.tokens;
+    }
+    loss = all_sum(loss) / trained;
+    toks = static_cast<int64_t>(all_sum(static_cast<double>(toks)));
+    if (!std::isfinite(loss)) {
+      throw vhost::Error(VHOST_ERR_RUNTIME, "the loss is " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
+                                                " at step " + std::to_string(step + 1) + " (lr " +
+                                                std::to_string(learning_rate(c, step, total, warmup)) +
+                                                "): training stopped; " +
+                                                (last_ckpt.empty() ? std::string("no checkpoint was written")
+                                                                   : "the last good checkpoint is " + last_ckpt.string()) +
+                                                " (lower lr, or check the data)");
+    }
+    const double lr = learning_rate(c, step, total, warmup);
+    double gnorm = tr.clip_grad_norm(c.max_grad_norm);
+    tr.adamw_step(lr, c.beta1, c.beta2, c.eps, c.weight_decay);
+    tr.zero_grad();
+    ++step;
+    last_loss = loss;
+    tokens_done += toks;
+    double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
+    json ev = {{"event", "step"},       {"rank", rank},           {"step", step},
+               {"total_steps", total},  {"epoch", static_cast<double>(step) / steps_per_epoch},
+               {"loss", loss},          {"lr", lr},               {"grad_norm", gnorm},
+               {"tokens", toks},        {"tokens_per_s", toks / std::max(dt, 1e-9)},
+               {"step_s", dt},          {"elapsed_s", elapsed},
+               {"eta_s", elapsed / static_cast<double>(step - first) * static_cast<double>(total - step)}};
+    if (peak > 0) {
+      // FLOPs per token: 6 x parameters + the attention term 12 x layers x hidden x tokens (PaLM).
+      double T = static_cast<double>(toks) / static_cast<double>(c.batch_size);
+      double flops = (6.0 * params + 12.0 * mc.num_hidden_layers * mc.hidden_size * T) * toks;
+      ev["mfu"] = flops / dt / world / (peak * 1e12);
+    }
+    bool go_on = !events || events(ev);
+    if ((c.eval_every > 0 && step % c.eval_every == 0) && step < total) {
+      double el = evaluate();
+      if (events) events({{"event", "eval"}, {"rank", rank}, {"step", step}, {"eval_loss", el}});
+    }
+    // Every rank stops at the same step when any was asked to.
+    stop = all_sum(go_on ? 0.0 : 1.0) > 0 || (c.stop_at_step > 0 && step >= c.stop_at_step);
+    if (stop && step < total) interrupted = true;
+    if ((c.save_every > 0 && step % c.save_every == 0) || stop || step == total) last_ckpt = save(step);
+  }
+  if (step == total && last_ckpt.empty() && total > 0) last_ckpt = save(step);  // resumed at the end already
+  json result = {{"steps", step},          {"total_steps", total},   {"final_loss", last_loss},
+                 {"interrupted", interrupted}, {"checkpoint", last_ckpt.string()},
+                 {"tokens", tokens_done},  {"seconds", std::chrono::duration<double>(clock::now() - t_start).count()},
+                 {"param_bytes_per_rank", tr.shard_bytes()}, {"world_size", world}};
+  if (!resumed_from.empty()) result["resumed_from"] = resumed_from.string();
+  if (!interrupted) {
+    double el = evaluate();
+    if (!std::isnan(el)) {
+      result["eval_loss"] = el;
+      if (events) events({{"event", "eval"}, {"rank", rank}, {"step", step}, {"eval_loss", el}});
+    }
+    auto p = tr.full_parameters();
+    fs::path model_dir = c.out / "model";
+    if (rank == 0) {
+      fs::path tmp = c.out / "model.tmp";
+      fs::remove_all(tmp);
+      write_model(tmp, mc, p, env.tokenizer);
+      fs::remove_all(model_dir);
+      fs::rename(tmp, model_dir);
+    }
+    if (env.collective) env.collective->barrier();
+    result["model"] = model_dir.string();
+  }
+  if (events) events({{"event", "end"}, {"rank", rank}, {"result", result}});
+  return result;
+}
+
+}  // namespace vhost::llama

@@ -1,0 +1,29 @@
+// Collective communication between the processes of one training job, as a backend offers it
+// (Gloo on CPU, NCCL on CUDA). Model plugins shard and synchronise through this interface and
+// never see a process group type, so they build the same against any libtorch.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <vector>
+
+namespace vhost::torch_ext {
+
+class Collective {
+ public:
+  virtual ~Collective() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  // out[r] receives rank r's `in`; every `out[r]` has in's shape and dtype. Blocking.
+  virtual void all_gather(std::vector<at::Tensor>& out, const at::Tensor& in) = 0;
+  // Sums the ranks' `in` element-wise and leaves the rank's own equal slice of the sum in `out`
+  // (in.numel() == out.numel() * world_size, contiguous). Blocking.
+  virtual void reduce_scatter_sum(at::Tensor& out, const at::Tensor& in) = 0;
+  // Element-wise sum over ranks, in place. Blocking.
+  virtual void all_reduce_sum(at::Tensor& t) = 0;
+  // Copies root's `t` to every rank, in place. Blocking.
+  virtual void broadcast(at::Tensor& t, int root) = 0;
+  virtual void barrier() = 0;
+};
+
+}  // namespace vhost::torch_ext

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The train stage as real processes:
+#  1. FSDP on Gloo: 2 processes (`vhost launch`) give the losses and final weights of 1 process
+#     with the same global batch, with about half the parameter memory per rank;
+#  2. a checkpoint written by 2 ranks resumes on 1 and ends where an uninterrupted run ends;
+#  3. SIGTERM checkpoints and stops; kill -9 loses only the steps since the last checkpoint; the
+#     restarted command resumes, and the loss sequence equals an uninterrupted run's;
+#  4. a write limit (ulimit -f, as a full disk) fails the save with a clear error and leaves no
+#     torn checkpoint.
+#   train_processes.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+build=$1 src=$2 scratch=$3
+vhost=$build/bin/vhost
+rm -rf "$scratch"
+mkdir -p "$scratch"
+cd "$scratch"
+
+"$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out model >/dev/null
+"$vhost" prepare "$src/examples/data/sharegpt_demo.json" --model model --out data --max-length 512 >/dev/null
+
+pipeline() {  # pipeline NAME OUT EPOCHS [extra train lines...]
+  local name=$1 out=$2 epochs=$3
+  shift 3
+  cat > "$name.toml" <<EOF
+[pipeline]
+name = "$name"
+stages = ["train"]
+work_dir = "$scratch/work-$name"
+[backends.cpu]
+plugin = "cpu"
+threads = 1
+[models.m]
+plugin = "llama"
+path = "$scratch/model"
+backend = "cpu"
+load_weights = false
+[stages.train]
+data = "$scratch/data"
+out = "$scratch/$out"
+epochs = $epochs
+batch_size = 4
+micro_batch_size = 2
+lr = 2e-3
+warmup_steps = 2
+log_every = 1
+EOF
+  for line in "$@"; do echo "$line" >> "$name.toml"; done
+}
+
+compare() {  # compare A B TOLERANCE: metrics losses and final weights
+  python3 - "$1" "$2" "$3" <<'PY'
+import array, json, struct, sys
+a, b, tol = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def losses(d):
+    return [json.loads(l)["loss"] for l in open(d + "/metrics.jsonl") if '"loss"' in l]
+def weights(d):
+    raw = open(d + "/model/model.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    head = json.loads(raw[8:8 + n]); base = 8 + n; out = {}
+    for k, e in head.items():
+        if k == "__metadata__": continue
+        s, t = e["data_offsets"]
+        assert e["dtype"] == "F32", e["dtype"]
+        out[k] = array.array("f", raw[base + s:base + t])
+    return out
+la, lb = losses(a), losses(b)
+assert len(la) == len(lb) and la, f"{len(la)} vs {len(lb)} steps"
+for i, (x, y) in enumerate(zip(la, lb)):
+    assert abs(x - y) <= tol * max(1, abs(x)), f"step {i + 1}: loss {x} vs {y}"
+wa, wb = weights(a), weights(b)
+assert wa.keys() == wb.keys()
+worst = max(max(abs(x - y) for x, y in zip(wa[k], wb[k])) for k in wa)
+assert worst <= tol * 10, f"weights differ by {worst}"
+print(f"  {len(la)} losses agree within {tol}; weights within {worst:.2e}")
+PY
+}
+
+echo "== 1 process vs 2 processes (Gloo), same global batch"
+pipeline one out-one 3
+pipeline two out-two 3
+"$vhost" run one.toml > one.log 2>&1 || { cat one.log; exit 1; }
+"$vhost" launch --nproc-per-node 2 --log-dir logs two.toml > two.log 2>&1 || { cat two.log logs/*; exit 1; }
+grep -q "x 2 processes" two.log || { echo "2-process run did not say so"; cat two.log; exit 1; }
+compare out-one out-two 1e-5
+python3 - work-one/run.json work-two/run.json <<'PY'
+import json, sys
+def per_rank(f):
+    r = json.load(open(f))
+    for s in r["stages"]:
+        res = s.get("output", {})
+        if "param_bytes_per_rank" in res: return res["param_bytes_per_rank"]
+    raise SystemExit(f"{f}: no param_bytes_per_rank")
+one, two = per_rank(sys.argv[1]), per_rank(sys.argv[2])
+ratio = two / one
+print(f"  parameter bytes per rank: {one} (1 process), {two} (2 processes): {ratio:.3f}")
+assert 0.5 <= ratio <= 0.51, ratio
+PY
+
+echo "== a 2-rank checkpoint resumes on 1 rank"
+pipeline cut out-cut 3 "stop_at_step = 4"
+"$vhost" launch --nproc-per-node 2 cut.toml > cut.log 2>&1 || { cat cut.log; exit 1; }
+grep -q "stopped at step 4" cut.log || { cat cut.log; exit 1; }
+test -d out-cut/checkpoints/step-00000004
+grep -q '"world_size": 2' out-cut/checkpoints/step-00000004/trainer_state.json
+pipeline cut out-cut 3
+"$vhost" run cut.toml > cut2.log 2>&1 || { cat cut2.log; exit 1; }
+grep -q "resumed from .*step-00000004 at step 4" cut2.log || { cat cut2.log; exit 1; }
+compare out-one out-cut 1e-5
+
+echo "== SIGTERM, kill -9, and resuming the same command"
+pipeline full out-full 16
+pipeline long out-long 16 "save_every = 10"
+"$vhost" run full.toml > full.log 2>&1 || { cat full.log; exit 1; }
+wait_steps() {  # wait_steps N: until out-long/metrics.jsonl holds N steps
+  for _ in $(seq 1 600); do
+    [ -f out-long/metrics.jsonl ] && [ "$(grep -c '"loss"' out-long/metrics.jsonl)" -ge "$1" ] && return 0
+    sleep 0.05
+  done
+  echo "training did not reach step $1"; exit 1
+}
+"$vhost" run long.toml > long1.log 2>&1 &
+pid=$!
+wait_steps 3
+kill -TERM $pid
+rc=0; wait $pid || rc=$?
+[ $rc -ne 0 ] || { echo "SIGTERM: expected a nonzero exit"; exit 1; }
+grep -q "SIGTERM: stopped at step" long1.log || { cat long1.log; exit 1; }
+stopped=$(sed -n 's/.*SIGTERM: stopped at step \([0-9]*\).*/\1/p' long1.log)
+test -f "out-long/checkpoints/$(printf 'step-%08d' "$stopped")/trainer_state.json"
+echo "  SIGTERM at step $stopped: checkpoint written"
+"$vhost" run long.toml > long2.log 2>&1 &
+pid=$!
+wait_steps $((stopped + 15))
+kill -KILL $pid
+wait $pid || true
+"$vhost" run long.toml > long3.log 2>&1 || { cat long3.log; exit 1; }
+grep -q "resumed from" long3.log
+! ls -d out-long/checkpoints/*.tmp 2>/dev/null
+compare out-full out-long 0
+echo "  killed twice, resumed twice: the same losses as one uninterrupted run"
+
+echo "== a write limit while saving: clear error, nothing torn"
+pipeline full2 out-limit 1
+rc=0
+( ulimit -f 300; exec "$vhost" run full2.toml ) > limit.log 2>&1 || rc=$?
+[ $rc -ne 0 ] || { echo "expected the save to fail"; cat limit.log; exit 1; }
+grep -Eq "saving the checkpoint of step [0-9]+ to .*failed: .*write failed" limit.log || { cat limit.log; exit 1; }
+! ls -d out-limit/checkpoints/* 2>/dev/null
+echo "  $(grep -o 'saving the checkpoint.*' limit.log | cut -c1-150)"
+echo "train_processes: ok"
