@@ -26,18 +26,26 @@ inline std::string gpu_runtime() { return VHOST_TORCH_GPU; }
 // Whether a CUDA (or HIP) device is usable right now.
 inline bool gpu_available() { return torch::cuda::is_available(); }
 
-// Causal self-attention, q [B, H, T, d], k and v [B, H, T, d] (heads already repeated for GQA),
-// scaled by 1/sqrt(d). libtorch 2.x: scaled_dot_product_attention (flash or memory-efficient
-// kernels on CUDA, differentiable); 1.13: the same maths written out, softmax in float32.
+// Causal self-attention: q [B, H, T, d]; k and v [B, KV, T, d] with H a multiple of KV
+// (grouped-query attention: query head h reads kv head h / (H / KV)); scaled by 1/sqrt(d).
+// libtorch 2.x: scaled_dot_product_attention (flash or memory-efficient kernels on CUDA);
+// 1.13: the maths in three batched kernels - baddbmm (scores, scale and causal mask in one
+// pass), softmax in float32, bmm - with each kv head's query heads stacked, so keys and values
+// are never repeated.
 inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3), KV = k.size(1), rep = H / KV;
 #if VHOST_TORCH_AT_LEAST(2, 0)
-  return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  (void)B, (void)T, (void)d;
+  auto kk = rep > 1 ? k.repeat_interleave(rep, 1) : k;
+  auto vv = rep > 1 ? v.repeat_interleave(rep, 1) : v;
+  return at::scaled_dot_product_attention(q, kk, vv, {}, 0.0, /*is_causal=*/true);
 #else
-  const int64_t T = q.size(-2), S = k.size(-2);
-  auto scores = at::matmul(q, k.transpose(-1, -2)).to(at::kFloat) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
-  auto blocked = at::ones({T, S}, q.options().dtype(at::kBool)).triu(S - T + 1);
-  scores = scores.masked_fill(blocked, -std::numeric_limits<float>::infinity());
-  return at::matmul(at::softmax(scores, -1).to(q.scalar_type()), v);
+  auto mask = at::full({T, T}, -std::numeric_limits<float>::infinity(), q.options()).triu(1);
+  if (rep > 1) mask = mask.repeat({rep, 1});  // [rep * T, T]
+  auto scores = at::baddbmm(mask, q.reshape({B * KV, rep * T, d}), k.reshape({B * KV, T, d}).transpose(1, 2), 1.0,
+                            1.0 / std::sqrt(static_cast<double>(d)));
+  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  return at::bmm(probs, v.reshape({B * KV, T, d})).view({B, H, T, d});
 #endif
 }
 
