@@ -22,6 +22,7 @@ pkgs=(
   libgloo-dev             # Gloo headers: libtorch's CPU process group (multi-process training)
   catch2                  # tests
   python3-torch           # tests: an independent reference forward pass (tests/reference/)
+  nodejs                  # tests: the official OpenAI client library (npm, vendored) against vhost serve
 )
 
 missing=()

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <iostream>
 #include <iterator>
+#include <set>
+#include <cctype>
 
 namespace vh = vhost::host;
 
@@ -191,6 +193,20 @@ int main(int argc, char** argv) {
   auto* tmpl_list = tmpl->add_subcommand("list", "list the templates");
   tmpl_list->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
 
+  auto* serve = app.add_subcommand("serve", "serve models over an OpenAI-compatible API with a web chat page");
+  std::vector<std::string> serve_models, serve_keys;
+  std::string serve_host = "127.0.0.1", serve_log, serve_template;
+  int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64;
+  serve->add_option("model_dir", serve_models, "checkpoint folders or GGUF files (served by folder name)")->required();
+  serve->add_option("--host", serve_host, "address to listen on")->capture_default_str();
+  serve->add_option("--port", serve_port, "port (0: any free one)")->capture_default_str();
+  serve->add_option("--max-batch", serve_batch, "sequences decoded together per model (continuous batching)")->capture_default_str();
+  serve->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429")->capture_default_str();
+  serve->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
+  serve->add_option("--threads", serve_threads, "CPU threads (0: one per core)")->capture_default_str();
+  serve->add_option("--template", serve_template, "conversation template for chat (default vicuna_v1.1)");
+  serve->add_option("--log", serve_log, "append conversations to this JSONL file");
+
   auto* chat = app.add_subcommand("chat", "chat with a model in the terminal (multi-turn, streaming)");
   std::string chat_model, chat_template, chat_system;
   int64_t chat_max = 512, chat_seed = -1, chat_threads = 0;
@@ -302,6 +318,29 @@ int main(int argc, char** argv) {
                          "\ntop_p = " + vh::json(gen_top_p).dump() + "\ntop_k = " + std::to_string(gen_top_k) +
                          "\nseed = " + std::to_string(gen_seed) + "\nstop = " + vh::json(gen_stop).dump() + "\n";
       auto p = host.load_string(toml, "vhost generate");
+      host.run(p);
+      return 0;
+    }
+    if (*serve) {
+      std::string toml = "[pipeline]\nname = \"serve\"\nstages = [\"serve\"]\nwork_dir = " +
+                         q((std::filesystem::temp_directory_path() / "vhost-serve").string()) +
+                         "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(serve_threads) + "\n";
+      std::set<std::string> names;
+      for (const auto& m : serve_models) {
+        std::filesystem::path path = std::filesystem::absolute(m);
+        std::string name = path.filename().string();
+        if (name.empty()) name = path.parent_path().filename().string();
+        for (char& ch : name)
+          if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_') ch = '-';
+        if (!names.insert(name).second) throw vh::ConfigError(m + ": two models would both be served as '" + name + "'");
+        toml += "[models." + q(name) + "]\nplugin = \"llama\"\npath = " + q(path.string()) +
+                "\nmax_batch = " + std::to_string(serve_batch) + "\nmax_queue = " + std::to_string(serve_queue) +
+                (serve_template.empty() ? std::string() : "\ntemplate = " + q(serve_template)) + "\n";
+      }
+      vh::json keys = serve_keys;
+      toml += "[stages.serve]\nhost = " + q(serve_host) + "\nport = " + std::to_string(serve_port) +
+              "\napi_keys = " + keys.dump() + "\nlog = " + q(serve_log.empty() ? "" : std::filesystem::absolute(serve_log).string()) + "\n";
+      auto p = host.load_string(toml, "vhost serve");
       host.run(p);
       return 0;
     }

@@ -126,6 +126,7 @@ const char* code_name(int32_t code) {
     case VHOST_ERR_UNSUPPORTED: return "unsupported";
     case VHOST_ERR_CANCELLED: return "cancelled";
     case VHOST_ERR_INTERNAL: return "internal error";
+    case VHOST_ERR_BUSY: return "busy";
     default: return "error";
   }
 }

@@ -1,5 +1,7 @@
 #include "stages.hpp"
 
+#include "server.hpp"
+
 #include <vhost/host/host.hpp>
 
 #include <vhost/conversation.hpp>
@@ -15,6 +17,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 namespace vhost::host {
 
@@ -425,6 +428,51 @@ json run_train(StageContext& ctx) {
   return r;
 }
 
+
+// `serve`: the OpenAI-compatible API and the web chat page over model instances, until SIGINT
+// or SIGTERM. Models are served under their instance names (models.NAME -> "NAME").
+json run_serve(StageContext& ctx) {
+  const auto& c = ctx.config;
+  auto wanted = c["models"].get<std::vector<std::string>>();
+  if (wanted.empty())
+    for (const auto& d : ctx.declared)
+      if (d.rfind("models.", 0) == 0) wanted.push_back(d);
+  if (wanted.empty()) throw ConfigError(ctx.id + ".models: no model to serve: declare one under [models.NAME]");
+  std::map<std::string, Instance*> models;
+  for (const auto& ref : wanted) {
+    Instance& inst = ctx.instance(ref);
+    if (inst.plugin().kind != std::string(VHOST_KIND_MODEL))
+      throw ConfigError(ctx.id + ".models: '" + ref + "' is a " + inst.plugin().kind + ", not a model");
+    models[ref.substr(ref.find('.') + 1)] = &inst;
+  }
+  ServeOptions o;
+  o.host = c["host"].get<std::string>();
+  o.port = static_cast<int>(c["port"].get<int64_t>());
+  o.api_keys = c["api_keys"].get<std::vector<std::string>>();
+  o.threads = static_cast<int>(c["threads"].get<int64_t>());
+  o.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
+  o.log_file = c["log"].get<std::string>();
+  ApiServer server(models, o);
+  int port = server.bind();
+  StopSignals signals;
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    while (!done && signals.signal() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    server.stop();
+  });
+  std::string names;
+  for (auto& [n, i] : models) names += (names.empty() ? "" : ", ") + n;
+  ctx.out << "serving " << names << " on http://" << o.host << ":" << port << "  (OpenAI API under /v1, chat page at /)"
+          << (o.api_keys.empty() ? "" : ", API keys required") << "\n" << std::flush;
+  server.run();
+  done = true;
+  watcher.join();
+  json m = server.metrics();
+  m["port"] = port;
+  ctx.out << "stopped serving after " << m["requests"] << " requests\n";
+  return m;
+}
+
 }  // namespace
 
 OptionSpec one_of(OptionSpec s, std::vector<std::string> choices) {
@@ -499,6 +547,18 @@ const std::vector<StageType>& stage_types() {
        {{"model", VHOST_KIND_MODEL}},
        {},
        run_chat},
+      {"serve",
+       "Serves models over an OpenAI-compatible HTTP API with a web chat page, until SIGINT/SIGTERM.",
+       {option_spec("models", "string_list", json::array(), "model instances to serve (empty: every model)"),
+        option_spec("host", "string", "127.0.0.1", "address to listen on (0.0.0.0: every interface)"),
+        option_spec("port", "integer", 8000, "port (0: any free one; the chosen one is printed)", 0, 65535),
+        option_spec("api_keys", "string_list", json::array(), "accepted Bearer keys (empty: no authentication)"),
+        option_spec("threads", "integer", 64, "connections served at once", 1, 100000),
+        option_spec("max_body", "integer", 1048576, "largest request body in bytes", 1024, 1e9),
+        option_spec("log", "path", "", "append every conversation to this JSONL file (empty: none)")},
+       {},
+       {"models"},
+       run_serve},
       {"train",
        "Fine-tunes a model on a prepared dataset (assistant-only loss), resumable from its checkpoints.",
        {option_spec("model", "string", "", "the model instance to start from; empty: the only one"),

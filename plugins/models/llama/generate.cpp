@@ -22,17 +22,35 @@ void validate(const SamplingParams& p) {
     if (s.empty()) throw bad("stop", "strings must not be empty");
 }
 
-namespace {
+int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const std::vector<int32_t>& seen,
+                     torch::Generator& gen) {
+  auto row = logits.to(torch::kCPU, torch::kFloat32).clone();
+  if (p.repetition_penalty != 1.0 && !seen.empty()) {
+    std::set<int64_t> distinct(seen.begin(), seen.end());
+    auto idx = torch::tensor(std::vector<int64_t>(distinct.begin(), distinct.end()), torch::kInt64);
+    auto vals = row.index_select(0, idx);
+    vals = torch::where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty);
+    row.index_copy_(0, idx, vals);
+  }
+  if (p.temperature == 0) return row.argmax().item<int64_t>();
+  row = row / p.temperature;
+  if (p.top_k > 0 && p.top_k < row.size(0)) {
+    auto kth = std::get<0>(row.topk(p.top_k)).min();
+    row = row.masked_fill(row < kth, -std::numeric_limits<float>::infinity());
+  }
+  auto probs = torch::softmax(row, -1);
+  if (p.top_p < 1.0) {
+    auto sorted = probs.sort(-1, /*descending=*/true);
+    auto sp = std::get<0>(sorted), si = std::get<1>(sorted);
+    auto cum = sp.cumsum(-1);
+    auto drop = (cum - sp) >= p.top_p;  // keep the smallest prefix reaching top_p
+    sp = sp.masked_fill(drop, 0);
+    probs = torch::zeros_like(probs).scatter(0, si, sp);
+    probs = probs / probs.sum();
+  }
+  return torch::multinomial(probs, 1, false, gen).item<int64_t>();
+}
 
-struct SequenceState {
-  std::optional<Tokenizer::StreamDecoder> decoder;
-  std::string text;     // everything decoded so far
-  std::size_t sent = 0;  // bytes of `text` already handed to the callback
-  bool done = false;
-};
-
-// Length of the longest suffix of `text` that is a proper prefix of a stop string: text that
-// may still become a stop string, and so must not be sent yet.
 std::size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
   std::size_t hold = 0;
   for (const auto& s : stops)
@@ -43,6 +61,15 @@ std::size_t held_back(const std::string& text, const std::vector<std::string>& s
       }
   return hold;
 }
+
+namespace {
+
+struct SequenceState {
+  std::optional<Tokenizer::StreamDecoder> decoder;
+  std::string text;     // everything decoded so far
+  std::size_t sent = 0;  // bytes of `text` already handed to the callback
+  bool done = false;
+};
 
 }  // namespace
 
@@ -132,35 +159,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
         next_ids[b] = 0;
         continue;
       }
-      auto row = lg[b].clone();
-      if (p.repetition_penalty != 1.0 && !seen[b].empty()) {
-        std::set<int64_t> distinct(seen[b].begin(), seen[b].end());
-        auto idx = torch::tensor(std::vector<int64_t>(distinct.begin(), distinct.end()), torch::kInt64);
-        auto vals = row.index_select(0, idx);
-        vals = torch::where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty);
-        row.index_copy_(0, idx, vals);
-      }
-      int64_t tok;
-      if (p.temperature == 0) {
-        tok = row.argmax().item<int64_t>();
-      } else {
-        row = row / p.temperature;
-        if (p.top_k > 0 && p.top_k < row.size(0)) {
-          auto kth = std::get<0>(row.topk(p.top_k)).min();
-          row = row.masked_fill(row < kth, -std::numeric_limits<float>::infinity());
-        }
-        auto probs = torch::softmax(row, -1);
-        if (p.top_p < 1.0) {
-          auto sorted = probs.sort(-1, /*descending=*/true);
-          auto sp = std::get<0>(sorted), si = std::get<1>(sorted);
-          auto cum = sp.cumsum(-1);
-          auto drop = (cum - sp) >= p.top_p;  // keep the smallest prefix reaching top_p
-          sp = sp.masked_fill(drop, 0);
-          probs = torch::zeros_like(probs).scatter(0, si, sp);
-          probs = probs / probs.sum();
-        }
-        tok = torch::multinomial(probs, 1, false, gens[b]).item<int64_t>();
-      }
+      int64_t tok = sample_token(lg[b], p, seen[b], gens[b]);
       next_ids[b] = tok;
     }
     // Account the new tokens; stop what has stopped.

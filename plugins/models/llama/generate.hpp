@@ -41,6 +41,15 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
                                        const std::vector<std::vector<int32_t>>& prompts, const SamplingParams& params,
                                        const TokenCallback& on_token = {});
 
-void validate(const SamplingParams& p);  // throws vhost::Error(VHOST_ERR_INVALID_ARGUMENT) naming the field
+void validate(const SamplingParams& p);
+
+// One token from a row of logits [V]: repetition penalty over `seen`, then greedy, or
+// temperature, top-k, top-p and a draw from `gen`.
+int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const std::vector<int32_t>& seen,
+                     torch::Generator& gen);
+
+// Length of the longest suffix of `text` that is a proper prefix of a stop string: text that
+// may still become a stop string, and so must not be streamed yet.
+std::size_t held_back(const std::string& text, const std::vector<std::string>& stops);  // throws vhost::Error(VHOST_ERR_INVALID_ARGUMENT) naming the field
 
 }  // namespace vhost::llama

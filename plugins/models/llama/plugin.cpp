@@ -1,5 +1,6 @@
 // The `llama` model plugin: LLaMA-1/2 checkpoints in HF layout, their SentencePiece tokenizer,
 // KV-cache generation; and the tools `init`, `train-tokenizer`, `encode`, `decode`.
+#include "engine.hpp"
 #include "generate.hpp"
 #include "gguf.hpp"
 #include "model.hpp"
@@ -14,6 +15,7 @@
 #include <fstream>
 #include <iterator>
 #include <mutex>
+#include <thread>
 
 namespace fs = std::filesystem;
 using vhost::json;
@@ -54,7 +56,14 @@ class LlamaPlugin final : public vhost::Model {
             Option::boolean("load_weights", true,
                             "false: only the tokenizer and config (data preparation); generation is refused"),
             Option::string("template", "vicuna_v1.1",
-                           "the conversation template chat prompts use (vicuna_v1.1, llama-2-chat, ...)")};
+                           "the conversation template chat prompts use (vicuna_v1.1, llama-2-chat, ...)"),
+            Option::integer("max_batch", 0,
+                            "continuous batching: concurrent generate calls share a running batch of this many "
+                            "sequences (0: calls run one at a time)")
+                .range(0, 4096),
+            Option::integer("max_queue", 64, "with max_batch: requests waiting beyond the batch before BUSY").range(0, 1 << 20),
+            Option::integer("max_context", 0, "with max_batch: positions per sequence (0: the model's context)")
+                .range(0, 1 << 24)};
   }
 
   explicit LlamaPlugin(const vhost::Config& cfg)
@@ -113,6 +122,11 @@ class LlamaPlugin final : public vhost::Model {
       throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
                                                 " pieces but the model only " + std::to_string(config_.vocab_size));
     load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    max_batch_ = cfg.get<int64_t>("max_batch");
+    max_queue_ = cfg.get<int64_t>("max_queue");
+    max_context_ = cfg.get<int64_t>("max_context");
+    if (max_batch_ > 0 && model_)
+      engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
   }
 
   json describe() const override {
@@ -147,7 +161,8 @@ class LlamaPlugin final : public vhost::Model {
             {"eos_id", config_.eos_token_id},
             {"vocab_size", tokenizer_->vocab_size()},
             {"context", config_.max_position_embeddings},
-            {"template", template_}};
+            {"template", template_},
+            {"max_batch", engine_ ? max_batch_ : 1}};  // concurrent generate calls worth making
   }
 
   // Fine-tunes from this instance's checkpoint (re-read in float32: the master weights), on the
@@ -157,6 +172,7 @@ class LlamaPlugin final : public vhost::Model {
     auto cfg = vhost::llama::TrainConfig::from_json(req);
     std::lock_guard<std::mutex> lock(mu_);
     const bool had_weights = model_ != nullptr;
+    engine_.reset();
     model_.reset();  // the trainer keeps its own float32 copy
     auto init = vhost::llama::LlamaModel::load(path_, torch::kCPU, torch::kFloat32);
     vhost::llama::TrainEnv env;
@@ -168,6 +184,8 @@ class LlamaPlugin final : public vhost::Model {
     if (had_weights) {
       fs::path src = r.contains("model") ? fs::path(r["model"].get<std::string>()) : path_;
       model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(src, device_, dtype_));
+      if (max_batch_ > 0)
+        engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
     }
     return r;
   }
@@ -195,10 +213,34 @@ class LlamaPlugin final : public vhost::Model {
     if (prompts.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "'prompts' is empty");
     if (!model_)
       throw vhost::Error(VHOST_ERR_UNSUPPORTED, path_.string() + ": opened with load_weights = false: cannot generate");
-    std::lock_guard<std::mutex> lock(mu_);
-    vhost::llama::TokenCallback cb;
-    if (on_token) cb = [&](std::size_t seq, int32_t tok, const std::string& d) { return on_token(seq, tok, d); };
-    auto results = vhost::llama::generate(*model_, tokenizer_.get(), prompts, p, cb);
+    std::vector<vhost::llama::GenerationResult> results;
+    if (engine_) {
+      // Each prompt is one engine sequence (seed + i, as in a batch); they run concurrently.
+      results.resize(prompts.size());
+      std::vector<std::exception_ptr> errors(prompts.size());
+      auto one = [&](std::size_t i) {
+        try {
+          auto q = p;
+          if (p.seed) q.seed = *p.seed + i;
+          vhost::llama::TokenCallback cb;
+          if (on_token) cb = [&, i](std::size_t, int32_t tok, const std::string& d) { return on_token(i, tok, d); };
+          results[i] = engine_->generate(prompts[i], q, cb);
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+      };
+      std::vector<std::thread> threads;
+      for (std::size_t i = 1; i < prompts.size(); ++i) threads.emplace_back(one, i);
+      one(0);
+      for (auto& t : threads) t.join();
+      for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+    } else {
+      std::lock_guard<std::mutex> lock(mu_);
+      vhost::llama::TokenCallback cb;
+      if (on_token) cb = [&](std::size_t seq, int32_t tok, const std::string& d) { return on_token(seq, tok, d); };
+      results = vhost::llama::generate(*model_, tokenizer_.get(), prompts, p, cb);
+    }
     json choices = json::array();
     int64_t prompt_tokens = 0, completion_tokens = 0;
     for (std::size_t i = 0; i < results.size(); ++i) {
@@ -286,6 +328,8 @@ class LlamaPlugin final : public vhost::Model {
   std::unique_ptr<vhost::llama::Tokenizer> tokenizer_;
   std::unique_ptr<vhost::llama::LlamaModel> model_;  // null with load_weights = false
   const vhost::torch_ext::Backend* backend_ = nullptr;
+  std::unique_ptr<vhost::llama::Engine> engine_;  // declared after model_: destroyed first
+  int64_t max_batch_ = 0, max_queue_ = 64, max_context_ = 0;
   torch::Device device_ = torch::kCPU;
   torch::ScalarType dtype_ = torch::kFloat32;
   vhost::llama::LlamaConfig config_;

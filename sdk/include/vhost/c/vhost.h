@@ -49,7 +49,8 @@ typedef enum vhost_code {
   VHOST_ERR_RUNTIME = 4,          /* anything else that went wrong while running */
   VHOST_ERR_UNSUPPORTED = 5,      /* valid, but this plugin cannot do it */
   VHOST_ERR_CANCELLED = 6,        /* the caller cancelled */
-  VHOST_ERR_INTERNAL = 7          /* a bug: an unexpected exception inside the plugin */
+  VHOST_ERR_INTERNAL = 7,         /* a bug: an unexpected exception inside the plugin */
+  VHOST_ERR_BUSY = 8              /* 1.2: at capacity (a full queue): retry later */
 } vhost_code;
 
 typedef struct vhost_status vhost_status; /* opaque; owned by the host */

@@ -1,0 +1,317 @@
+#include "engine.hpp"
+
+#include <vhost/plugin.hpp>
+
+#include <algorithm>
+#include <random>
+
+namespace vhost::llama {
+
+struct Engine::Request {
+  std::vector<int32_t> prompt;
+  SamplingParams p;
+  TokenCallback cb;
+  GenerationResult result;
+  std::optional<Tokenizer::StreamDecoder> decoder;
+  std::string text;
+  std::size_t sent = 0;
+  std::vector<int32_t> seen;
+  torch::Generator gen;
+  bool done = false;
+  std::exception_ptr error;
+  std::condition_variable cv;
+};
+
+Engine::Engine(const LlamaModel& model, const Tokenizer* tokenizer, int64_t max_batch, int64_t max_context,
+               int64_t max_queue)
+    : model_(model),
+      tokenizer_(tokenizer),
+      max_batch_(std::max<int64_t>(1, max_batch)),
+      capacity_(max_context > 0 ? std::min(max_context, model.config().max_position_embeddings)
+                                : model.config().max_position_embeddings),
+      max_queue_(std::max<int64_t>(0, max_queue)) {
+  cache_ = KVCache::create(model.config(), max_batch_, capacity_,
+                           torch::TensorOptions().dtype(model.dtype()).device(model.device()));
+  cache_.length = 0;
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+Engine::Stats Engine::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stats s;
+  s.active = static_cast<int64_t>(rows_.size());
+  s.queued = static_cast<int64_t>(waiting_.size());
+  s.max_batch = max_batch_;
+  s.steps = steps_;
+  s.tokens = tokens_;
+  s.mean_batch = steps_ ? static_cast<double>(row_steps_) / static_cast<double>(steps_) : 0.0;
+  return s;
+}
+
+GenerationResult Engine::generate(const std::vector<int32_t>& prompt, const SamplingParams& p, const TokenCallback& cb) {
+  validate(p);
+  if (!tokenizer_ && !p.stop.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "stop strings need a tokenizer");
+  if (prompt.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the prompt is empty");
+  for (int32_t id : prompt)
+    if (id < 0 || id >= model_.config().vocab_size)
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the prompt has token id " + std::to_string(id) +
+                                                         " outside the vocabulary");
+  if (static_cast<int64_t>(prompt.size()) >= capacity_)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt of " + std::to_string(prompt.size()) +
+                                                       " tokens leaves no room in the " + std::to_string(capacity_) +
+                                                       "-token context");
+  auto r = std::make_shared<Request>();
+  r->prompt = prompt;
+  r->p = p;
+  r->cb = cb;
+  r->result.prompt_tokens = static_cast<int64_t>(prompt.size());
+  if (tokenizer_ && (cb || !p.stop.empty())) r->decoder.emplace(*tokenizer_);
+  r->seen = prompt;
+  r->gen = at::detail::createCPUGenerator(p.seed ? *p.seed : static_cast<uint64_t>(std::random_device{}()));
+  std::unique_lock<std::mutex> lock(mu_);
+  if (static_cast<int64_t>(waiting_.size()) >= max_queue_ + max_batch_ - static_cast<int64_t>(rows_.size()))
+    throw vhost::Error(VHOST_ERR_BUSY, "overloaded: " + std::to_string(rows_.size()) + " sequences running and " +
+                                           std::to_string(waiting_.size()) + " waiting (max_queue " +
+                                           std::to_string(max_queue_) + "); retry later");
+  waiting_.push_back(r);
+  wake_.notify_all();
+  r->cv.wait(lock, [&] { return r->done; });
+  if (r->error) std::rethrow_exception(r->error);
+  return r->result;
+}
+
+void Engine::loop() {
+  c10::InferenceMode inference;
+  while (true) {
+    std::unique_lock<std::mutex> lock(mu_);
+    wake_.wait(lock, [&] { return stop_ || !waiting_.empty() || !rows_.empty(); });
+    if (stop_) {
+      auto fail = [&](const std::shared_ptr<Request>& r) {
+        r->error = std::make_exception_ptr(vhost::Error(VHOST_ERR_CANCELLED, "the model is shutting down"));
+        r->done = true;
+        r->cv.notify_all();
+      };
+      for (auto& r : waiting_) fail(r);
+      for (auto& r : rows_) fail(r);
+      return;
+    }
+    admit(lock);
+    lock.unlock();
+    if (!rows_.empty()) {
+      try {
+        step();
+      } catch (...) {
+        // A failed step fails every running sequence; the engine itself goes on.
+        auto e = std::current_exception();
+        std::lock_guard<std::mutex> g(mu_);
+        for (auto& r : rows_) {
+          r->error = e;
+          r->done = true;
+          r->cv.notify_all();
+        }
+        rows_.clear();
+        pad_.clear();
+        next_.clear();
+        cache_.length = 0;
+      }
+    }
+  }
+}
+
+// Takes waiting requests into free rows; each prompt is prefilled alone into its row, ending at
+// the batch's common last slot.
+void Engine::admit(std::unique_lock<std::mutex>& lock) {
+  while (static_cast<int64_t>(rows_.size()) < max_batch_ && !waiting_.empty()) {
+    auto r = waiting_.front();
+    waiting_.pop_front();
+    lock.unlock();
+    try {
+      if (rows_.empty()) cache_.length = 0;
+      const int64_t n = static_cast<int64_t>(r->prompt.size());
+      if (n > cache_.length) shift_rows(n - cache_.length);
+      const int64_t row = static_cast<int64_t>(rows_.size()), pad = cache_.length - n;
+      KVCache view;
+      for (std::size_t l = 0; l < cache_.k.size(); ++l) {
+        view.k.push_back(cache_.k[l].narrow(0, row, 1));
+        view.v.push_back(cache_.v[l].narrow(0, row, 1));
+      }
+      view.length = pad;
+      view.capacity = capacity_;
+      auto ids = torch::tensor(std::vector<int64_t>(r->prompt.begin(), r->prompt.end()), torch::kInt64).view({1, n});
+      auto logits = model_.forward(ids, &view, torch::tensor({pad}, torch::kInt64)).select(1, n - 1)[0];
+      rows_.push_back(r);
+      pad_.push_back(pad);
+      next_.push_back(0);
+      int32_t tok = static_cast<int32_t>(sample_token(logits, r->p, r->seen, r->gen));
+      emit(rows_.size() - 1, tok);
+    } catch (...) {
+      if (!rows_.empty() && rows_.back() == r) {
+        rows_.pop_back();
+        pad_.pop_back();
+        next_.pop_back();
+      }
+      std::lock_guard<std::mutex> g(mu_);
+      r->error = std::current_exception();
+      r->done = true;
+      r->cv.notify_all();
+    }
+    lock.lock();
+  }
+}
+
+void Engine::shift_rows(int64_t by) {
+  const int64_t A = static_cast<int64_t>(rows_.size()), L = cache_.length;
+  if (A > 0 && L > 0) {
+    for (std::size_t l = 0; l < cache_.k.size(); ++l)
+      for (auto* t : {&cache_.k[l], &cache_.v[l]}) {
+        auto rows = t->narrow(0, 0, A);
+        if (by > 0)
+          rows.narrow(2, by, L).copy_(rows.narrow(2, 0, L).clone());
+        else
+          rows.narrow(2, 0, L + by).copy_(rows.narrow(2, -by, L + by).clone());
+      }
+  }
+  for (auto& p : pad_) p += by;
+  cache_.length += by;
+}
+
+void Engine::step() {
+  // A full cache: drop the padding every row has; a row without any has used its context.
+  if (cache_.length + 1 > capacity_) {
+    int64_t common = *std::min_element(pad_.begin(), pad_.end());
+    if (common > 0) shift_rows(-common);
+    for (std::size_t i = rows_.size(); i-- > 0;)
+      if (pad_[i] == 0 && cache_.length + 1 > capacity_) retire(i, "length");
+    if (rows_.empty()) return;
+  }
+  const int64_t A = static_cast<int64_t>(rows_.size());
+  KVCache view;
+  for (std::size_t l = 0; l < cache_.k.size(); ++l) {
+    view.k.push_back(cache_.k[l].narrow(0, 0, A));
+    view.v.push_back(cache_.v[l].narrow(0, 0, A));
+  }
+  view.length = cache_.length;
+  view.capacity = capacity_;
+  auto ids = torch::tensor(std::vector<int64_t>(next_.begin(), next_.end()), torch::kInt64).view({A, 1});
+  auto logits = model_.forward(ids, &view, torch::tensor(pad_, torch::kInt64)).select(1, 0).to(torch::kCPU, torch::kFloat32);
+  cache_.length = view.length;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    ++steps_;
+    row_steps_ += A;
+  }
+  // Backwards: retiring row i moves the last row into i, which is then already done.
+  for (int64_t i = A - 1; i >= 0; --i) {
+    auto& r = rows_[i];
+    int32_t tok = static_cast<int32_t>(sample_token(logits[i], r->p, r->seen, r->gen));
+    emit(static_cast<std::size_t>(i), tok);
+  }
+}
+
+bool Engine::emit(std::size_t row, int32_t tok) {
+  auto& r = *rows_[row];
+  const auto& p = r.p;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    ++tokens_;
+  }
+  if (tok == model_.config().eos_token_id && !p.ignore_eos) {
+    retire(row, "stop");
+    return false;
+  }
+  r.result.tokens.push_back(tok);
+  if (p.repetition_penalty != 1.0) r.seen.push_back(tok);
+  next_[row] = tok;
+  if (r.decoder) {
+    r.text += r.decoder->push(tok);
+    for (const auto& s : p.stop)
+      if (r.text.find(s, r.sent > s.size() ? r.sent - s.size() : 0) != std::string::npos) {
+        retire(row, "stop");
+        return false;
+      }
+    std::size_t safe = r.text.size() - held_back(r.text, p.stop);
+    if (r.cb && safe > r.sent) {
+      bool go_on = false;
+      try {
+        go_on = r.cb(0, tok, r.text.substr(r.sent, safe - r.sent));
+      } catch (...) {
+        go_on = false;  // a failing client is a gone client
+      }
+      r.sent = safe;
+      if (!go_on) {
+        retire(row, "cancelled");
+        return false;
+      }
+    }
+  }
+  if (!r.decoder && r.cb) {  // no tokenizer: ids stream, without text
+    bool go_on = false;
+    try {
+      go_on = r.cb(0, tok, std::string());
+    } catch (...) {
+    }
+    if (!go_on) {
+      retire(row, "cancelled");
+      return false;
+    }
+  }
+  const bool full = cache_.length + 1 > capacity_ && pad_[row] == 0;
+  if (static_cast<int64_t>(r.result.tokens.size()) >= p.max_tokens || full) {
+    retire(row, "length");
+    return false;
+  }
+  return true;
+}
+
+void Engine::retire(std::size_t row, const std::string& reason) {
+  auto r = rows_[row];
+  r->result.finish_reason = reason;
+  if (r->decoder) {
+    if (reason != "cancelled") r->text += r->decoder->flush();
+  } else if (tokenizer_) {
+    r->text = tokenizer_->decode(r->result.tokens);
+  }
+  std::size_t end = r->text.size();
+  for (const auto& s : r->p.stop) {
+    auto f = r->text.find(s);
+    if (f != std::string::npos) end = std::min(end, f);
+  }
+  if (end < r->sent) end = r->sent;
+  if (r->cb && end > r->sent && reason != "cancelled") {
+    try {
+      r->cb(0, -1, r->text.substr(r->sent, end - r->sent));
+    } catch (...) {
+    }
+  }
+  r->text.resize(end);
+  r->result.text = r->text;
+  // Compact: the last row moves into the freed one.
+  const std::size_t last = rows_.size() - 1;
+  if (row != last) {
+    const int64_t L = cache_.length;
+    for (std::size_t l = 0; l < cache_.k.size(); ++l)
+      for (auto* t : {&cache_.k[l], &cache_.v[l]})
+        if (L > 0) (*t)[row].narrow(1, 0, L).copy_((*t)[last].narrow(1, 0, L));
+    rows_[row] = rows_[last];
+    pad_[row] = pad_[last];
+    next_[row] = next_[last];
+  }
+  rows_.pop_back();
+  pad_.pop_back();
+  next_.pop_back();
+  if (rows_.empty()) cache_.length = 0;
+  std::lock_guard<std::mutex> g(mu_);
+  r->done = true;
+  r->cv.notify_all();
+}
+
+}  // namespace vhost::llama

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `vhost serve` over real HTTP: the official OpenAI client library (node, vendored npm package)
+# for models, chat and completions, streamed and not, typed errors, concurrency; curl for API
+# keys, malformed and oversized bodies, the web page and /metrics; SIGTERM ends it cleanly.
+#   serve_openai.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+build=$1 src=$2 scratch=$3
+vhost=$build/bin/vhost
+rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
+if ! command -v node >/dev/null; then echo "SKIP: node is not installed (scripts/install-deps.sh installs nodejs)"; exit 0; fi
+mkdir -p node_modules/openai
+tar -xzf "$src/tests/vendor/openai-6.30.1.tgz" -C node_modules/openai --strip-components=1
+cp "$src/tests/integration/openai_client.mjs" .
+"$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out tiny >/dev/null
+
+start() {  # start LOG ARGS...: runs vhost serve, sets PID and PORT
+  local log=$1; shift
+  "$vhost" serve tiny --port 0 --threads 2 "$@" > "$log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 200); do
+    PORT=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+    [ -n "$PORT" ] && return 0
+    kill -0 $PID 2>/dev/null || { cat "$log"; exit 1; }
+    sleep 0.05
+  done
+  echo "server did not start"; cat "$log"; exit 1
+}
+
+start serve.log --max-batch 4 --log conversations.jsonl
+trap 'kill $PID 2>/dev/null || true' EXIT
+node openai_client.mjs "http://127.0.0.1:$PORT" tiny
+code() { curl -s -o body.json -w '%{http_code}' "$@"; }
+[ "$(code "http://127.0.0.1:$PORT/v1/chat/completions" -d '{"model": "tiny", "messages": [')" = 400 ]
+grep -q '"type":"invalid_request_error"' body.json
+head -c 2000000 /dev/zero | tr '\0' 'a' > big.txt
+[ "$(code "http://127.0.0.1:$PORT/v1/completions" --data-binary @big.txt)" = 413 ]
+grep -q 'too large' body.json
+[ "$(code "http://127.0.0.1:$PORT/v1/nothing")" = 404 ]
+[ "$(code "http://127.0.0.1:$PORT/")" = 200 ] && grep -q '<title>vhost chat</title>' body.json
+[ "$(code "http://127.0.0.1:$PORT/metrics")" = 200 ] && grep -q '^vhost_requests_total [1-9]' body.json
+[ "$(code "http://127.0.0.1:$PORT/health")" = 200 ]
+[ "$(wc -l < conversations.jsonl)" -ge 5 ]
+kill -TERM $PID; wait $PID
+grep -q "stopped serving" serve.log
+
+start keyed.log --api-key sesame
+[ "$(code "http://127.0.0.1:$PORT/v1/models")" = 401 ] && grep -q invalid_api_key body.json
+[ "$(code -H 'Authorization: Bearer wrong' "http://127.0.0.1:$PORT/v1/models")" = 401 ]
+[ "$(code -H 'Authorization: Bearer sesame' "http://127.0.0.1:$PORT/v1/models")" = 200 ]
+kill -TERM $PID; wait $PID
+echo "serve_openai: ok"

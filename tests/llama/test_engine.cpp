@@ -1,0 +1,97 @@
+// Continuous batching: concurrent requests through the engine give what each gives alone.
+#include "engine.hpp"
+#include "model.hpp"
+
+#include <vhost/plugin.hpp>
+
+#undef CHECK
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <thread>
+
+using namespace vhost::llama;
+
+namespace {
+LlamaConfig engine_cfg() {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.vocab_size = 97;
+  c.max_position_embeddings = 40;
+  return c;
+}
+std::vector<int32_t> prompt_of(int64_t n, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto t = torch::randint(3, 97, {n}, gen, torch::kInt64);
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i < n; ++i) out.push_back(static_cast<int32_t>(t[i].item<int64_t>()));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("the engine's concurrent sequences equal generating each alone", "[engine]") {
+  auto model = LlamaModel::random(engine_cfg(), 21);
+  SamplingParams p;
+  p.temperature = 0;
+  p.ignore_eos = true;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 7; ++i) prompts.push_back(prompt_of(3 + (i * 5) % 17, 100 + i));
+  std::vector<std::vector<int32_t>> alone;
+  std::vector<std::string> reasons;
+  for (int i = 0; i < 7; ++i) {
+    SamplingParams q = p;
+    q.max_tokens = 8 + i * 6;  // the longest run past the 40-position context: "length"
+    auto r = generate(model, nullptr, {prompts[i]}, q)[0];
+    alone.push_back(r.tokens);
+    reasons.push_back(r.finish_reason);
+  }
+  Engine engine(model, nullptr, 3, 0, 16);
+  std::vector<GenerationResult> got(7);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 7; ++i)
+    threads.emplace_back([&, i] {
+      SamplingParams q = p;
+      q.max_tokens = 8 + i * 6;
+      got[i] = engine.generate(prompts[i], q);
+    });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 7; ++i) {
+    INFO("sequence " << i << " prompt " << prompts[i].size());
+    CHECK(got[i].tokens == alone[i]);
+    CHECK(got[i].finish_reason == reasons[i]);
+  }
+  auto s = engine.stats();
+  CHECK(s.mean_batch > 1.5);  // they really ran together
+  CHECK(s.active == 0);
+}
+
+TEST_CASE("a full queue is refused with BUSY, and a cancelled client frees its row", "[engine][bad-input]") {
+  auto model = LlamaModel::random(engine_cfg(), 22);
+  Engine engine(model, nullptr, 1, 0, 0);
+  SamplingParams p;
+  p.temperature = 0;
+  p.ignore_eos = true;
+  p.max_tokens = 30;
+  std::atomic<bool> started{false}, release{false};
+  std::thread slow([&] {
+    engine.generate(prompt_of(4, 1), p, [&](std::size_t, int32_t, const std::string&) {
+      started = true;
+      while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      return false;  // cancel
+    });
+  });
+  while (!started) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // it holds the only row
+  try {
+    engine.generate(prompt_of(4, 2), p);
+    FAIL("expected BUSY");
+  } catch (const vhost::Error& e) {
+    CHECK(e.code() == VHOST_ERR_BUSY);
+    CHECK_THAT(std::string(e.what()), Catch::Matchers::Contains("overloaded"));
+  }
+  release = true;
+  slow.join();
+  CHECK(engine.generate(prompt_of(4, 3), p).tokens.size() == 30);
+  SamplingParams bad = p;
+  bad.top_p = 0;
+  CHECK_THROWS_WITH(engine.generate(prompt_of(4, 3), bad), Catch::Matchers::Contains("top_p"));
+  CHECK_THROWS_WITH(engine.generate(prompt_of(45, 3), p), Catch::Matchers::Contains("leaves no room"));
+}
