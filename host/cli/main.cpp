@@ -1,11 +1,14 @@
 // The `vhost` command: a thin shell over the embedding API in vhost/host/host.hpp.
 #include "launch.hpp"
+#include "../src/cluster.hpp"
 
 #include <vhost/conversation.hpp>
 #include <vhost/host/host.hpp>
 
 #include <CLI/CLI.hpp>
 
+#include <atomic>
+#include <csignal>
 #include <filesystem>
 #include <iostream>
 #include <iterator>
@@ -194,18 +197,39 @@ int main(int argc, char** argv) {
   tmpl_list->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
 
   auto* serve = app.add_subcommand("serve", "serve models over an OpenAI-compatible API with a web chat page");
+  auto* worker = app.add_subcommand("worker", "serve models as a worker of a controller (vhost serve --controller)");
   std::vector<std::string> serve_models, serve_keys;
-  std::string serve_host = "127.0.0.1", serve_log, serve_template;
+  std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_controller, serve_advertise;
   int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64;
-  serve->add_option("model_dir", serve_models, "checkpoint folders or GGUF files (served by folder name)")->required();
-  serve->add_option("--host", serve_host, "address to listen on")->capture_default_str();
-  serve->add_option("--port", serve_port, "port (0: any free one)")->capture_default_str();
-  serve->add_option("--max-batch", serve_batch, "sequences decoded together per model (continuous batching)")->capture_default_str();
-  serve->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429")->capture_default_str();
-  serve->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
-  serve->add_option("--threads", serve_threads, "CPU threads (0: one per core)")->capture_default_str();
-  serve->add_option("--template", serve_template, "conversation template for chat (default vicuna_v1.1)");
-  serve->add_option("--log", serve_log, "append conversations to this JSONL file");
+  double serve_heartbeat = 5;
+  for (auto* sub : {serve, worker}) {
+    sub->add_option("model_dir", serve_models, "checkpoint folders or GGUF files (served by folder name)")->required();
+    sub->add_option("--host", serve_host, "address to listen on")->capture_default_str();
+    sub->add_option("--port", serve_port, "port (0: any free one)")->capture_default_str();
+    sub->add_option("--max-batch", serve_batch, "sequences decoded together per model (continuous batching)")->capture_default_str();
+    sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429")->capture_default_str();
+    sub->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
+    sub->add_option("--threads", serve_threads, "CPU threads (0: one per core)")->capture_default_str();
+    sub->add_option("--template", serve_template, "conversation template for chat (default vicuna_v1.1)");
+    sub->add_option("--log", serve_log, "append conversations to this JSONL file");
+    auto* c = sub->add_option("--controller", serve_controller, "register with this controller (http://host:port)");
+    if (sub == worker) c->required();
+    sub->add_option("--advertise", serve_advertise, "the URL the controller hands out (default http://host:port)");
+    sub->add_option("--heartbeat", serve_heartbeat, "seconds between heartbeats")->capture_default_str();
+  }
+  auto* controller = app.add_subcommand("controller", "keep the live workers and dispatch requests to them");
+  vh::ControllerOptions copt;
+  controller->add_option("--host", copt.host, "address to listen on")->capture_default_str();
+  controller->add_option("--port", copt.port, "port (0: any free one)")->capture_default_str();
+  controller->add_option("--expiry", copt.expiry_seconds, "drop a worker silent this many seconds")->capture_default_str();
+  controller->add_option("--dispatch", copt.dispatch, "shortest_queue or lottery")
+      ->check(CLI::IsMember({"shortest_queue", "lottery"}))->capture_default_str();
+  auto* api = app.add_subcommand("api", "OpenAI-compatible API and chat page in front of a controller's workers");
+  vh::ApiOptions aopt;
+  api->add_option("--controller", aopt.controller, "the controller (http://host:port)")->required();
+  api->add_option("--host", aopt.host, "address to listen on")->capture_default_str();
+  api->add_option("--port", aopt.port, "port (0: any free one)")->capture_default_str();
+  api->add_option("--api-key", aopt.api_keys, "accept this Bearer key (repeatable)");
 
   auto* chat = app.add_subcommand("chat", "chat with a model in the terminal (multi-turn, streaming)");
   std::string chat_model, chat_template, chat_system;
@@ -321,7 +345,22 @@ int main(int argc, char** argv) {
       host.run(p);
       return 0;
     }
-    if (*serve) {
+    if (*controller || *api) {
+      static std::atomic<bool> stop{false};
+      std::signal(SIGINT, [](int) { stop = true; });
+      std::signal(SIGTERM, [](int) { stop = true; });
+      auto say = [&](const char* what) {
+        return [what, &copt, &aopt, &controller](int port) {
+          std::cout << what << " listening on http://" << (*controller ? copt.host : aopt.host) << ":" << port << std::endl;
+        };
+      };
+      if (*controller)
+        vh::run_controller(copt, stop, say("controller"));
+      else
+        vh::run_api(aopt, stop, say("api"));
+      return 0;
+    }
+    if (*serve || *worker) {
       std::string toml = "[pipeline]\nname = \"serve\"\nstages = [\"serve\"]\nwork_dir = " +
                          q((std::filesystem::temp_directory_path() / "vhost-serve").string()) +
                          "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(serve_threads) + "\n";
@@ -339,7 +378,9 @@ int main(int argc, char** argv) {
       }
       vh::json keys = serve_keys;
       toml += "[stages.serve]\nhost = " + q(serve_host) + "\nport = " + std::to_string(serve_port) +
-              "\napi_keys = " + keys.dump() + "\nlog = " + q(serve_log.empty() ? "" : std::filesystem::absolute(serve_log).string()) + "\n";
+              "\napi_keys = " + keys.dump() + "\nlog = " + q(serve_log.empty() ? "" : std::filesystem::absolute(serve_log).string()) +
+              "\ncontroller = " + q(serve_controller) + "\nadvertise = " + q(serve_advertise) +
+              "\nheartbeat = " + vh::json(serve_heartbeat).dump() + "\n";
       auto p = host.load_string(toml, "vhost serve");
       host.run(p);
       return 0;

@@ -7,13 +7,26 @@
 
 #include <httplib.h>
 
+#include <sys/socket.h>
+
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <thread>
 #include <fstream>
 #include <mutex>
 #include <random>
 #include <sstream>
 
 namespace vhost::host {
+
+json openai_error_body(const std::string& message, const std::string& type, const std::string& param, const std::string& code) {
+  return {{"error",
+           {{"message", message},
+            {"type", type},
+            {"param", param.empty() ? json(nullptr) : json(param)},
+            {"code", code.empty() ? json(nullptr) : json(code)}}}};
+}
 
 namespace {
 
@@ -24,14 +37,6 @@ struct ApiError : std::runtime_error {
   ApiError(int s, std::string message, std::string t = "invalid_request_error", std::string p = "", std::string c = "")
       : std::runtime_error(std::move(message)), status(s), type(std::move(t)), param(std::move(p)), code(std::move(c)) {}
 };
-
-json error_body(const std::string& message, const std::string& type, const std::string& param, const std::string& code) {
-  return {{"error",
-           {{"message", message},
-            {"type", type},
-            {"param", param.empty() ? json(nullptr) : json(param)},
-            {"code", code.empty() ? json(nullptr) : json(code)}}}};
-}
 
 std::string random_id(const char* prefix) {
   static std::mutex m;
@@ -69,6 +74,7 @@ struct ApiServer::Impl {
   std::ofstream log;
   std::atomic<int64_t> requests{0}, errors{0}, active{0}, completion_tokens{0}, prompt_tokens{0};
   std::atomic<int64_t> ttft_us_sum{0}, ttft_count{0};
+  int listen_fd = -1;
 
   void check_auth(const httplib::Request& req) const {
     if (opt.api_keys.empty()) return;
@@ -283,9 +289,47 @@ struct ApiServer::Impl {
           std::vector<bool> started(static_cast<std::size_t>(n), false);
           bool first = true;
           json reply;
-          try {
-            reply = generate(model, request, [&](uint32_t seq, int32_t, const std::string& text) {
-              if (!alive) return false;
+          // The model's callback only queues text (it runs on the model's scheduler thread, which
+          // must not wait for sockets or build JSON); this thread formats and writes it.
+          struct Queue {
+            std::mutex m;
+            std::condition_variable cv;
+            std::deque<std::pair<uint32_t, std::string>> items;
+            bool finished = false;
+            std::atomic<bool> alive{true};
+            std::exception_ptr error;
+          } queue;
+          std::thread producer([&] {
+            try {
+              reply = generate(model, request, [&](uint32_t seq, int32_t, const std::string& text) {
+                if (!queue.alive) return false;  // a gone client cancels its sequence at once
+                {
+                  std::lock_guard<std::mutex> g(queue.m);
+                  queue.items.emplace_back(seq, text);
+                }
+                queue.cv.notify_one();
+                return true;
+              });
+            } catch (...) {
+              queue.error = std::current_exception();
+            }
+            {
+              std::lock_guard<std::mutex> g(queue.m);
+              queue.finished = true;
+            }
+            queue.cv.notify_one();
+          });
+          while (true) {
+            std::deque<std::pair<uint32_t, std::string>> batch;
+            bool finished;
+            {
+              std::unique_lock<std::mutex> g(queue.m);
+              queue.cv.wait(g, [&] { return queue.finished || !queue.items.empty(); });
+              batch.swap(queue.items);
+              finished = queue.finished;
+            }
+            for (auto& [seq, text] : batch) {
+              if (!alive) break;
               if (first) {
                 first = false;
                 ttft_us_sum += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
@@ -295,15 +339,25 @@ struct ApiServer::Impl {
               if (chat && !started[seq]) {  // the template's space after "ASSISTANT:"
                 auto b = t.find_first_not_of(' ');
                 t = b == std::string::npos ? "" : t.substr(b);
-                if (t.empty()) return true;
+                if (t.empty()) continue;
                 started[seq] = true;
               }
               alive = chunk(seq, chat ? json{{"content", t}} : json(t), nullptr);
-              return alive;  // a gone client cancels its sequence at once
-            });
-          } catch (const ApiError& e) {
-            std::string s = "data: " + error_body(e.what(), e.type, e.param, e.code).dump() + "\n\n";
-            sink.write(s.data(), s.size());
+              if (!alive) queue.alive = false;
+            }
+            if (finished) break;
+          }
+          producer.join();
+          if (queue.error) {
+            try {
+              std::rethrow_exception(queue.error);
+            } catch (const ApiError& e) {
+              std::string s = "data: " + openai_error_body(e.what(), e.type, e.param, e.code).dump() + "\n\n";
+              sink.write(s.data(), s.size());
+            } catch (const std::exception& e) {
+              std::string s = "data: " + openai_error_body(e.what(), "server_error", "", "").dump() + "\n\n";
+              sink.write(s.data(), s.size());
+            }
             sink.done();
             return true;
           }
@@ -360,6 +414,14 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
   const int threads = std::max(1, I.opt.threads);
   S.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
   S.set_payload_max_length(I.opt.max_body);
+  S.set_tcp_nodelay(true);  // streamed tokens are small writes: do not let Nagle hold them
+  // httplib listens with a backlog of 5: a burst of clients overflows it and their connects
+  // wait a second for a SYN retry. Keep the listening socket to widen the backlog after bind.
+  S.set_socket_options([this](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    impl_->listen_fd = sock;
+  });
   S.set_read_timeout(30, 0);
   S.set_write_timeout(30, 0);
   auto guarded = [this](auto fn) {
@@ -369,11 +431,11 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
       } catch (const ApiError& e) {
         ++impl_->errors;
         res.status = e.status;
-        res.set_content(error_body(e.what(), e.type, e.param, e.code).dump(), "application/json");
+        res.set_content(openai_error_body(e.what(), e.type, e.param, e.code).dump(), "application/json");
       } catch (const std::exception& e) {
         ++impl_->errors;
         res.status = 500;
-        res.set_content(error_body(e.what(), "server_error", "", "").dump(), "application/json");
+        res.set_content(openai_error_body(e.what(), "server_error", "", "").dump(), "application/json");
       }
     };
   };
@@ -414,7 +476,7 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
                       : res.status == 404 ? "no such endpoint (see GET /v1/models, POST /v1/chat/completions, "
                                             "POST /v1/completions)"
                                           : "HTTP " + std::to_string(res.status);
-    res.set_content(error_body(msg, "invalid_request_error", "", "").dump(), "application/json");
+    res.set_content(openai_error_body(msg, "invalid_request_error", "", "").dump(), "application/json");
   });
 }
 
@@ -430,6 +492,7 @@ int ApiServer::bind() {
     throw Error("cannot listen on " + impl_->opt.host + ":" + std::to_string(port) + " (in use?)");
   }
   impl_->opt.port = port;
+  if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, 1024);
   return port;
 }
 
@@ -437,7 +500,7 @@ void ApiServer::run() { impl_->server.listen_after_bind(); }
 void ApiServer::stop() { impl_->server.stop(); }
 
 json ApiServer::metrics() const {
-  return {{"requests", impl_->requests.load()}, {"errors", impl_->errors.load()},
+  return {{"requests", impl_->requests.load()}, {"errors", impl_->errors.load()}, {"active", impl_->active.load()},
           {"completion_tokens", impl_->completion_tokens.load()}};
 }
 

@@ -13,6 +13,10 @@
 
 namespace vhost::host {
 
+// {"error": {"message", "type", "param", "code"}}: the error shape OpenAI clients parse.
+json openai_error_body(const std::string& message, const std::string& type, const std::string& param,
+                       const std::string& code);
+
 struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                    // 0: any free port

@@ -1,5 +1,6 @@
 #include "stages.hpp"
 
+#include "cluster.hpp"
 #include "server.hpp"
 
 #include <vhost/host/host.hpp>
@@ -460,6 +461,22 @@ json run_serve(StageContext& ctx) {
     while (!done && signals.signal() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     server.stop();
   });
+  std::unique_ptr<WorkerMembership> membership;
+  const std::string controller = c["controller"].get<std::string>();
+  if (!controller.empty()) {
+    std::string advertise = c["advertise"].get<std::string>();
+    if (advertise.empty()) advertise = "http://" + (o.host == "0.0.0.0" ? std::string("127.0.0.1") : o.host) + ":" + std::to_string(port);
+    std::vector<std::string> names;
+    int capacity = 0;
+    for (auto& [n, inst] : models) {
+      names.push_back(n);
+      capacity += inst->model_tokenizer_info().value("max_batch", 1);
+    }
+    membership = std::make_unique<WorkerMembership>(controller, advertise, names, std::max(1, capacity),
+                                                    c["heartbeat"].get<double>(),
+                                                    [&server] { return server.metrics().value("active", int64_t{0}); });
+    ctx.out << "worker of " << controller << " at " << advertise << "\n";
+  }
   std::string names;
   for (auto& [n, i] : models) names += (names.empty() ? "" : ", ") + n;
   ctx.out << "serving " << names << " on http://" << o.host << ":" << port << "  (OpenAI API under /v1, chat page at /)"
@@ -467,6 +484,7 @@ json run_serve(StageContext& ctx) {
   server.run();
   done = true;
   watcher.join();
+  membership.reset();
   json m = server.metrics();
   m["port"] = port;
   ctx.out << "stopped serving after " << m["requests"] << " requests\n";
@@ -555,7 +573,10 @@ const std::vector<StageType>& stage_types() {
         option_spec("api_keys", "string_list", json::array(), "accepted Bearer keys (empty: no authentication)"),
         option_spec("threads", "integer", 64, "connections served at once", 1, 100000),
         option_spec("max_body", "integer", 1048576, "largest request body in bytes", 1024, 1e9),
-        option_spec("log", "path", "", "append every conversation to this JSONL file (empty: none)")},
+        option_spec("log", "path", "", "append every conversation to this JSONL file (empty: none)"),
+        option_spec("controller", "string", "", "register with this controller as a worker (http://host:port)"),
+        option_spec("advertise", "string", "", "the URL the controller hands out for this worker (default: http://host:port)"),
+        option_spec("heartbeat", "float", 5.0, "seconds between heartbeats to the controller", 0.05, 3600)},
        {},
        {"models"},
        run_serve},

@@ -1,0 +1,169 @@
+// bench/serve: output tokens/s of `vhost serve` on the `tiny` preset with 64 concurrent
+// streaming clients, measured in one run against baselines:
+//  1. the same server limited to batch size 1 (--max-batch 1): what continuous batching buys;
+//  2. the in-process engine with the same requests and no HTTP: what the HTTP path costs.
+// Also p50/p99 time to first token over HTTP.
+//
+//   bench_serve [--clients 64] [--tokens 64] [--threads 2]
+#include "engine.hpp"
+#include "model.hpp"
+#include "tokenizer.hpp"
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+static const char* kPrompt = "A chat between a curious user and an artificial intelligence assistant. USER: Tell me a story. ASSISTANT:";
+
+struct Load {
+  double tokens_per_s = 0, ttft_p50 = 0, ttft_p99 = 0;
+  int64_t tokens = 0, failed = 0;
+};
+
+static Load http_load(int port, int clients, int tokens) {
+  std::vector<double> ttft(clients, -1);
+  std::vector<int64_t> got(clients, 0);
+  std::vector<std::thread> threads;
+  auto t0 = Clock::now();
+  for (int i = 0; i < clients; ++i)
+    threads.emplace_back([&, i] {
+      httplib::Client cli("127.0.0.1", port);
+      cli.set_read_timeout(600, 0);
+      json body = {{"model", "tiny"}, {"prompt", kPrompt}, {"max_tokens", tokens}, {"temperature", 1.0},
+                   {"seed", i}, {"stream", true}, {"stream_options", {{"include_usage", true}}}};
+      httplib::Request req;
+      req.method = "POST";
+      req.path = "/v1/completions";
+      req.body = body.dump();
+      req.set_header("Content-Type", "application/json");
+      auto start = Clock::now();
+      std::string buf;
+      req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+        if (ttft[i] < 0) ttft[i] = std::chrono::duration<double>(Clock::now() - start).count();
+        buf.append(d, n);
+        return true;
+      };
+      httplib::Response res;
+      httplib::Error err;
+      if (!cli.send(req, res, err) || res.status != 200) {
+        if (i == 0) std::fprintf(stderr, "client 0: HTTP %d, %s: %s\n", res.status, httplib::to_string(err).c_str(), buf.substr(0, 300).c_str());
+        return;
+      }
+      // The usage chunk counts the completion tokens.
+      auto at = buf.find("\"usage\"");
+      if (at == std::string::npos) return;
+      auto line_start = buf.rfind("data: ", at) + 6;
+      got[i] = json::parse(buf.substr(line_start, buf.find("\n\n", at) - line_start))["usage"]["completion_tokens"];
+    });
+  for (auto& t : threads) t.join();
+  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  Load l;
+  for (int i = 0; i < clients; ++i) {
+    l.tokens += got[i];
+    l.failed += got[i] == 0;
+  }
+  l.tokens_per_s = static_cast<double>(l.tokens) / secs;
+  std::sort(ttft.begin(), ttft.end());
+  l.ttft_p50 = ttft[clients / 2];
+  l.ttft_p99 = ttft[std::min(clients - 1, static_cast<int>(clients * 0.99))];
+  return l;
+}
+
+// Starts `vhost serve` and returns (pid, port).
+static std::pair<pid_t, int> start_server(const fs::path& vhost, const fs::path& model, int batch, int threads,
+                                          const fs::path& log) {
+  fs::remove(log);  // never read a previous run's port
+  std::fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = std::freopen(log.c_str(), "w", stdout);
+    (void)f;
+    std::string b = std::to_string(batch), t = std::to_string(threads);
+    execl(vhost.c_str(), vhost.c_str(), "serve", model.c_str(), "--port", "0", "--max-batch", b.c_str(), "--max-queue",
+          "1024", "--threads", t.c_str(), "--log-level", "warn", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 400; ++i) {
+    std::ifstream in(log);
+    std::string s((std::istreambuf_iterator<char>(in)), {});
+    auto p = s.find("127.0.0.1:");
+    if (p != std::string::npos) return {pid, std::atoi(s.c_str() + p + 10)};
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::fprintf(stderr, "the server did not start (see %s)\n", log.c_str());
+  std::exit(1);
+}
+
+int main(int argc, char** argv) {
+  int clients = 64, tokens = 64, threads = 2;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    if (a == "--clients") clients = std::atoi(argv[i + 1]);
+    else if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
+    else if (a == "--threads") threads = std::atoi(argv[i + 1]);
+  }
+  fs::path self = fs::read_symlink("/proc/self/exe").parent_path(), vhost = self / "vhost";
+  fs::path scratch = fs::temp_directory_path() / "vhost-bench-serve", model = scratch / "tiny";
+  fs::create_directories(scratch);
+  std::string init = vhost.string() + " model init --preset tiny --tokenizer-text " + VHOST_SOURCE_DIR +
+                     "/docs/plugins.md --out " + model.string() + " >/dev/null";
+  if (std::system(init.c_str()) != 0) return 1;
+  std::printf("tiny preset, %d concurrent streaming clients, %d tokens each (temperature 1, seeded), %d threads\n",
+              clients, tokens, threads);
+
+  Load one, many;
+  for (int batch : {1, clients}) {
+    auto [pid, port] = start_server(vhost, model, batch, threads, scratch / ("serve-" + std::to_string(batch) + ".log"));
+    http_load(port, 2, 4);  // warm-up
+    Load l = http_load(port, clients, tokens);
+    kill(pid, SIGTERM);
+    waitpid(pid, nullptr, 0);
+    (batch == 1 ? one : many) = l;
+    std::printf("HTTP, --max-batch %-3d %9.0f tokens/s  (%lld tokens, %lld failed)  TTFT p50 %.3f s, p99 %.3f s\n", batch,
+                l.tokens_per_s, static_cast<long long>(l.tokens), static_cast<long long>(l.failed), l.ttft_p50,
+                l.ttft_p99);
+  }
+  std::printf("continuous batching: %.2fx batch size 1\n", many.tokens_per_s / one.tokens_per_s);
+
+  // In process: the same requests straight into the engine.
+  torch::set_num_threads(threads);
+  auto m = vhost::llama::LlamaModel::load(model);
+  auto tok = vhost::llama::Tokenizer::load(model / "tokenizer.model");
+  vhost::llama::Engine engine(m, &tok, clients, 0, 1024);
+  auto prompt = tok.encode(kPrompt, true);
+  std::vector<int64_t> got(clients, 0);
+  std::vector<std::thread> ts;
+  auto t0 = Clock::now();
+  for (int i = 0; i < clients; ++i)
+    ts.emplace_back([&, i] {
+      vhost::llama::SamplingParams p;
+      p.temperature = 1.0;
+      p.max_tokens = tokens;
+      p.seed = static_cast<uint64_t>(i);
+      got[i] = static_cast<int64_t>(engine.generate(prompt, p, [](std::size_t, int32_t, const std::string&) { return true; })
+                                        .tokens.size());
+    });
+  for (auto& t : ts) t.join();
+  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  int64_t total = 0;
+  for (auto g : got) total += g;
+  double inproc = static_cast<double>(total) / secs;
+  std::printf("in-process engine    %9.0f tokens/s  (%lld tokens)\n", inproc, static_cast<long long>(total));
+  std::printf("HTTP path: %.2fx the in-process engine\n", many.tokens_per_s / inproc);
+  return 0;
+}

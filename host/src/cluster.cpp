@@ -1,0 +1,391 @@
+#include "cluster.hpp"
+
+#include "server.hpp"
+#include "web_chat.hpp"
+
+#include <vhost/host/error.hpp>
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+namespace vhost::host {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// httplib listens with a backlog of 5; widen it after bind (see server.cpp).
+struct Backlog {
+  int fd = -1;
+  void attach(httplib::Server& s) {
+    s.set_socket_options([this](socket_t sock) {
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+      fd = sock;
+    });
+  }
+  void widen() const {
+    if (fd >= 0) ::listen(fd, 1024);
+  }
+};
+
+int bind_server(httplib::Server& s, Backlog& b, const std::string& host, int port, const char* what) {
+  if (port == 0) {
+    port = s.bind_to_any_port(host);
+    if (port < 0) throw Error(std::string(what) + ": cannot listen on " + host);
+  } else if (!s.bind_to_port(host, port)) {
+    throw Error(std::string(what) + ": cannot listen on " + host + ":" + std::to_string(port) + " (in use?)");
+  }
+  b.widen();
+  return port;
+}
+
+// Runs the server until `stop`; a watcher thread turns the flag into server.stop().
+void serve_until(httplib::Server& s, const std::atomic<bool>& stop) {
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    while (!done && !stop) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    s.stop();
+  });
+  s.listen_after_bind();
+  done = true;
+  watcher.join();
+}
+
+void reply_json(httplib::Response& res, const json& j, int status = 200) {
+  res.status = status;
+  res.set_content(j.dump(), "application/json");
+}
+
+json body_of(const httplib::Request& req) {
+  try {
+    json j = json::parse(req.body);
+    if (!j.is_object()) throw std::runtime_error("not an object");
+    return j;
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(std::string("the body is not a JSON object: ") + e.what());
+  }
+}
+
+}  // namespace
+
+// ---- controller -------------------------------------------------------------------------------
+
+void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening) {
+  if (o.dispatch != "shortest_queue" && o.dispatch != "lottery")
+    throw ConfigError("dispatch: '" + o.dispatch + "' is not shortest_queue or lottery");
+  struct Worker {
+    std::vector<std::string> models;
+    int64_t capacity = 1, queue = 0;
+    Clock::time_point seen;
+  };
+  std::mutex mu;
+  std::map<std::string, Worker> workers;
+  std::mt19937_64 rng(std::random_device{}());
+  httplib::Server s;
+  Backlog backlog;
+  backlog.attach(s);
+  auto guarded = [](auto fn) {
+    return [fn](const httplib::Request& req, httplib::Response& res) {
+      try {
+        fn(req, res);
+      } catch (const std::exception& e) {
+        reply_json(res, {{"error", e.what()}}, 400);
+      }
+    };
+  };
+  s.Post("/register", guarded([&](const httplib::Request& req, httplib::Response& res) {
+           json b = body_of(req);
+           Worker w;
+           std::string address = b.at("address").get<std::string>();
+           w.models = b.at("models").get<std::vector<std::string>>();
+           w.capacity = std::max<int64_t>(1, b.value("capacity", int64_t{1}));
+           w.queue = b.value("queue", int64_t{0});
+           w.seen = Clock::now();
+           std::lock_guard<std::mutex> g(mu);
+           workers[address] = w;
+           reply_json(res, {{"ok", true}});
+         }));
+  s.Post("/heartbeat", guarded([&](const httplib::Request& req, httplib::Response& res) {
+           json b = body_of(req);
+           std::lock_guard<std::mutex> g(mu);
+           auto it = workers.find(b.at("address").get<std::string>());
+           if (it == workers.end()) return reply_json(res, {{"known", false}});  // the worker registers again
+           it->second.seen = Clock::now();
+           it->second.queue = b.value("queue", int64_t{0});
+           reply_json(res, {{"known", true}});
+         }));
+  s.Get("/list_models", [&](const httplib::Request&, httplib::Response& res) {
+    std::set<std::string> names;
+    std::lock_guard<std::mutex> g(mu);
+    for (auto& [a, w] : workers) names.insert(w.models.begin(), w.models.end());
+    reply_json(res, {{"models", names}});
+  });
+  s.Get("/workers", [&](const httplib::Request&, httplib::Response& res) {
+    json out = json::array();
+    std::lock_guard<std::mutex> g(mu);
+    for (auto& [a, w] : workers)
+      out.push_back({{"address", a}, {"models", w.models}, {"capacity", w.capacity}, {"queue", w.queue},
+                     {"silent_s", std::chrono::duration<double>(Clock::now() - w.seen).count()}});
+    reply_json(res, {{"workers", out}});
+  });
+  s.Post("/get_worker", guarded([&](const httplib::Request& req, httplib::Response& res) {
+           json b = body_of(req);
+           std::string model = b.at("model").get<std::string>();
+           auto exclude = b.value("exclude", std::vector<std::string>{});
+           std::lock_guard<std::mutex> g(mu);
+           std::vector<std::string> cands;
+           bool known = false;
+           for (auto& [a, w] : workers)
+             if (std::find(w.models.begin(), w.models.end(), model) != w.models.end()) {
+               known = true;
+               if (std::find(exclude.begin(), exclude.end(), a) == exclude.end()) cands.push_back(a);
+             }
+           if (cands.empty()) return reply_json(res, {{"address", ""}, {"known", known}});
+           std::string pick;
+           if (o.dispatch == "lottery") {
+             std::vector<double> weights;
+             for (auto& a : cands) weights.push_back(static_cast<double>(workers[a].capacity));
+             pick = cands[std::discrete_distribution<std::size_t>(weights.begin(), weights.end())(rng)];
+           } else {
+             double best = 1e300;
+             for (auto& a : cands) {
+               double load = static_cast<double>(workers[a].queue + 1) / static_cast<double>(workers[a].capacity);
+               if (load < best) best = load, pick = a;
+             }
+           }
+           ++workers[pick].queue;  // until its next heartbeat says otherwise
+           reply_json(res, {{"address", pick}, {"known", true}});
+         }));
+  s.Get("/health", [](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"status", "ok"}}); });
+  int port = bind_server(s, backlog, o.host, o.port, "controller");
+  std::atomic<bool> done{false};
+  std::thread expiry([&] {
+    while (!done) {
+      {
+        std::lock_guard<std::mutex> g(mu);
+        for (auto it = workers.begin(); it != workers.end();)
+          if (std::chrono::duration<double>(Clock::now() - it->second.seen).count() > o.expiry_seconds)
+            it = workers.erase(it);
+          else
+            ++it;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::max(20, static_cast<int>(o.expiry_seconds * 250))));
+    }
+  });
+  if (on_listening) on_listening(port);
+  serve_until(s, stop);
+  done = true;
+  expiry.join();
+}
+
+// ---- worker membership ------------------------------------------------------------------------
+
+struct WorkerMembership::Impl {
+  std::string controller, address;
+  json registration;
+  double heartbeat;
+  std::function<int64_t()> queue;
+  std::mutex m;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread thread;
+};
+
+WorkerMembership::WorkerMembership(std::string controller, std::string address, std::vector<std::string> models,
+                                   int capacity, double heartbeat_seconds, std::function<int64_t()> queue_length)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& I = *impl_;
+  I.controller = std::move(controller);
+  I.address = std::move(address);
+  I.registration = {{"address", I.address}, {"models", models}, {"capacity", capacity}};
+  I.heartbeat = heartbeat_seconds;
+  I.queue = std::move(queue_length);
+  I.thread = std::thread([this] {
+    Impl& I = *impl_;
+    bool registered = false, warned = false;
+    while (true) {
+      {
+        httplib::Client cli(I.controller);
+        cli.set_connection_timeout(2, 0);
+        cli.set_read_timeout(5, 0);
+        json b = registered ? json{{"address", I.address}, {"queue", I.queue()}} : I.registration;
+        if (!registered) b["queue"] = I.queue();
+        auto r = cli.Post(registered ? "/heartbeat" : "/register", b.dump(), "application/json");
+        bool ok = r && r->status == 200;
+        if (ok && registered) {
+          try {
+            ok = json::parse(r->body).value("known", false);  // false: the controller restarted
+          } catch (...) {
+            ok = false;
+          }
+        }
+        if (!ok && !warned) {
+          spdlog::warn("[worker] {}", "controller " + I.controller + " unreachable or restarted; registering again");
+          warned = true;
+        }
+        if (ok && !registered) {
+          spdlog::info("[worker] {}", "registered " + I.address + " with " + I.controller);
+          warned = false;
+        }
+        registered = ok;
+      }
+      std::unique_lock<std::mutex> g(I.m);
+      if (I.cv.wait_for(g, std::chrono::duration<double>(registered ? I.heartbeat : std::min(I.heartbeat, 1.0)),
+                        [&] { return I.stop; }))
+        return;
+    }
+  });
+}
+
+WorkerMembership::~WorkerMembership() {
+  {
+    std::lock_guard<std::mutex> g(impl_->m);
+    impl_->stop = true;
+  }
+  impl_->cv.notify_all();
+  impl_->thread.join();
+}
+
+// ---- API server -------------------------------------------------------------------------------
+
+void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening) {
+  if (o.controller.empty()) throw ConfigError("controller: the controller's URL is required (http://host:port)");
+  httplib::Server s;
+  Backlog backlog;
+  backlog.attach(s);
+  const int threads = std::max(1, o.threads);
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
+  s.set_payload_max_length(o.max_body);
+  s.set_tcp_nodelay(true);
+  auto error = [](httplib::Response& res, int status, const std::string& msg, const std::string& type = "invalid_request_error",
+                  const std::string& param = "", const std::string& code = "") {
+    reply_json(res, openai_error_body(msg, type, param, code), status);
+  };
+  auto authorized = [&o, error](const httplib::Request& req, httplib::Response& res) {
+    if (o.api_keys.empty()) return true;
+    std::string h = req.get_header_value("Authorization");
+    for (const auto& k : o.api_keys)
+      if (h == "Bearer " + k) return true;
+    error(res, 401, "invalid or missing API key (send Authorization: Bearer KEY)", "invalid_request_error", "",
+          "invalid_api_key");
+    return false;
+  };
+  auto controller_json = [&o](const std::string& path, const json* body) -> json {
+    httplib::Client cli(o.controller);
+    cli.set_connection_timeout(2, 0);
+    cli.set_read_timeout(10, 0);
+    auto r = body ? cli.Post(path, body->dump(), "application/json") : cli.Get(path);
+    if (!r || r->status != 200) throw std::runtime_error("the controller at " + o.controller + " is unreachable");
+    return json::parse(r->body);
+  };
+  s.Get("/v1/models", [&](const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req, res)) return;
+    try {
+      json data = json::array();
+      json listed = controller_json("/list_models", nullptr);  // kept alive for the loop
+      for (auto& m : listed["models"])
+        data.push_back({{"id", m}, {"object", "model"}, {"created", 0}, {"owned_by", "vhost"}});
+      reply_json(res, {{"object", "list"}, {"data", data}});
+    } catch (const std::exception& e) {
+      error(res, 503, e.what(), "server_error");
+    }
+  });
+  auto forward = [&](const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req, res)) return;
+    json body;
+    try {
+      body = json::parse(req.body);
+    } catch (const json::parse_error& e) {
+      return error(res, 400, "the body is not valid JSON: byte " + std::to_string(e.byte) + ": " + e.what());
+    }
+    if (!body.is_object() || !body.contains("model") || !body["model"].is_string())
+      return error(res, 400, "'model' is required (GET /v1/models lists them)", "invalid_request_error", "model");
+    const std::string model = body["model"].get<std::string>();
+    const bool stream = body.value("stream", false);
+    std::vector<std::string> tried;
+    // Up to three workers: one that cannot be reached is skipped (a dead worker's request is retried).
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      json pick;
+      try {
+        json q = {{"model", model}, {"exclude", tried}};
+        pick = controller_json("/get_worker", &q);
+      } catch (const std::exception& e) {
+        return error(res, 503, e.what(), "server_error");
+      }
+      std::string address = pick.value("address", "");
+      if (address.empty()) {
+        if (!pick.value("known", false))
+          return error(res, 404, "the model '" + model + "' does not exist (GET /v1/models lists them)",
+                       "invalid_request_error", "model", "model_not_found");
+        return error(res, 503, "no worker of '" + model + "' could take the request", "server_error", "", "unavailable");
+      }
+      tried.push_back(address);
+      if (!stream) {
+        httplib::Client cli(address);
+        cli.set_connection_timeout(2, 0);
+        cli.set_read_timeout(600, 0);
+        auto r = cli.Post(req.path, req.body, "application/json");
+        if (!r) continue;  // unreachable or died mid-request: another worker
+        res.status = r->status;
+        res.set_content(r->body, "application/json");
+        return;
+      }
+      // Streaming: connect first (so a dead worker is still retried), then relay the events.
+      auto cli = std::make_shared<httplib::Client>(address);
+      cli->set_connection_timeout(2, 0);
+      cli->set_read_timeout(600, 0);
+      if (!cli->Get("/health")) continue;
+      res.set_header("Cache-Control", "no-cache");
+      std::string path = req.path, payload = req.body;
+      res.set_chunked_content_provider("text/event-stream", [cli, path, payload](std::size_t, httplib::DataSink& sink) {
+        httplib::Request up;
+        up.method = "POST";
+        up.path = path;
+        up.body = payload;
+        up.set_header("Content-Type", "application/json");
+        bool client_alive = true;
+        up.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+          client_alive = sink.write(d, n);
+          return client_alive;  // a gone client closes the worker's stream, which cancels there
+        };
+        httplib::Response r;
+        httplib::Error err;
+        if (!cli->send(up, r, err) && client_alive) {
+          std::string e = "data: " + openai_error_body("the worker failed mid-stream: " + httplib::to_string(err),
+                                                       "server_error", "", "").dump() + "\n\n";
+          sink.write(e.data(), e.size());
+        }
+        sink.done();
+        return true;
+      });
+      return;
+    }
+    error(res, 503, "no worker of '" + model + "' answered", "server_error", "", "unavailable");
+  };
+  s.Post("/v1/completions", forward);
+  s.Post("/v1/chat/completions", forward);
+  s.Get("/health", [](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"status", "ok"}}); });
+  s.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(web_chat_html(), "text/html"); });
+  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    res.set_content(openai_error_body(res.status == 413 ? "the request body is too large" : "HTTP " + std::to_string(res.status),
+                                      "invalid_request_error", "", "")
+                        .dump(),
+                    "application/json");
+  });
+  int port = bind_server(s, backlog, o.host, o.port, "api");
+  if (on_listening) on_listening(port);
+  serve_until(s, stop);
+}
+
+}  // namespace vhost::host

@@ -1,0 +1,49 @@
+// Internal: distributed serving. A controller keeps the live workers (registration, heartbeats,
+// expiry) and picks one per request; workers are `serve` stages that register their models; an
+// API server answers the OpenAI API by forwarding each request to a worker the controller picks.
+#pragma once
+
+#include "config.hpp"
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vhost::host {
+
+struct ControllerOptions {
+  std::string host = "127.0.0.1";
+  int port = 21001;             // 0: any free port
+  double expiry_seconds = 30;   // a worker silent this long is dropped
+  std::string dispatch = "shortest_queue";  // or "lottery" (weighted by capacity)
+};
+
+struct ApiOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string controller;  // http://host:port
+  std::vector<std::string> api_keys;
+  int threads = 64;
+  std::size_t max_body = 1 << 20;
+};
+
+// Serve until *stop becomes true; `on_listening(port)` runs once bound.
+void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening);
+void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening);
+
+// A worker's membership: registers `models` served at `address` with the controller and keeps
+// heartbeating (re-registering after a controller restart) until destroyed.
+class WorkerMembership {
+ public:
+  WorkerMembership(std::string controller, std::string address, std::vector<std::string> models, int capacity,
+                   double heartbeat_seconds, std::function<int64_t()> queue_length);
+  ~WorkerMembership();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vhost::host

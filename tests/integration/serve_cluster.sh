@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Distributed serving on loopback: a controller, two workers of one model and a third of another,
+# and the API server in front. The official OpenAI client talks to the API server; then a worker
+# is killed (its requests go to the other; it leaves /v1/models' worker list within the expiry),
+# and the controller is restarted (the workers register again on their own).
+#   serve_cluster.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+build=$1 src=$2 scratch=$3
+vhost=$build/bin/vhost
+rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
+if ! command -v node >/dev/null; then echo "SKIP: node is not installed (scripts/install-deps.sh installs nodejs)"; exit 0; fi
+mkdir -p node_modules/openai
+tar -xzf "$src/tests/vendor/openai-6.30.1.tgz" -C node_modules/openai --strip-components=1
+cp "$src/tests/integration/openai_client.mjs" .
+"$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out tiny >/dev/null
+"$vhost" model init --preset tiny --seed 5 --tokenizer-text "$src/docs/plugins.md" --out other >/dev/null
+pids=()
+trap 'kill ${pids[*]} 2>/dev/null || true' EXIT
+port_of() {  # port_of LOG: waits for "http://127.0.0.1:PORT" in LOG
+  for _ in $(seq 1 300); do
+    p=$(sed -n 's/.*http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$1" | head -1)
+    [ -n "$p" ] && { echo "$p"; return 0; }
+    sleep 0.05
+  done
+  echo "no port in $1" >&2; cat "$1" >&2; exit 1
+}
+workers() { curl -s "http://127.0.0.1:$CPORT/workers" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))'; }
+wait_workers() {  # wait_workers N
+  for _ in $(seq 1 200); do [ "$(workers)" = "$1" ] && return 0; sleep 0.05; done
+  echo "expected $1 workers, have $(workers)"; exit 1
+}
+
+"$vhost" controller --port 0 --expiry 1 > controller.log 2>&1 & pids+=($!)
+CPORT=$(port_of controller.log)
+for w in 1 2; do
+  "$vhost" worker tiny --port 0 --threads 1 --max-batch 4 --controller "http://127.0.0.1:$CPORT" --heartbeat 0.2 > w$w.log 2>&1 &
+  pids+=($!); eval "W${w}PID=$!"
+done
+"$vhost" worker other --port 0 --threads 1 --controller "http://127.0.0.1:$CPORT" --heartbeat 0.2 > w3.log 2>&1 & pids+=($!)
+"$vhost" api --controller "http://127.0.0.1:$CPORT" --port 0 > api.log 2>&1 & pids+=($!)
+APORT=$(port_of api.log)
+wait_workers 3
+models=$(curl -s "http://127.0.0.1:$APORT/v1/models" | python3 -c 'import json,sys; print(",".join(sorted(m["id"] for m in json.load(sys.stdin)["data"])))')
+[ "$models" = "other,tiny" ] || { echo "models: $models"; exit 1; }
+
+# The full client suite through the API server (one model is asked for; the test expects it alone).
+sed -i 's/assert.deepEqual(models.data.map(m => m.id), \[model\]);/assert.ok(models.data.map(m => m.id).includes(model));/' openai_client.mjs
+node openai_client.mjs "http://127.0.0.1:$APORT" tiny
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/v1/chat/completions" -d '{"model":"nope","messages":[{"role":"user","content":"x"}]}')" = 404 ]
+
+echo "== a worker dies: requests go to the other, it leaves within the expiry"
+kill -KILL "$W1PID"
+for i in 1 2 3 4 5 6; do
+  code=$(curl -s -o out.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d "{\"model\":\"tiny\",\"prompt\":\"Hi\",\"max_tokens\":4,\"seed\":$i}")
+  [ "$code" = 200 ] || { echo "request $i after the kill: HTTP $code"; cat out.json; exit 1; }
+done
+wait_workers 2
+
+echo "== the controller restarts: workers register again"
+kill -TERM "${pids[0]}"; wait "${pids[0]}" || true
+"$vhost" controller --port "$CPORT" --expiry 1 > controller2.log 2>&1 & pids+=($!)
+wait_workers 2
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"other","prompt":"Hi","max_tokens":3}')" = 200 ]
+echo "serve_cluster: ok"
