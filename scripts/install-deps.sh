@@ -23,6 +23,7 @@ pkgs=(
   catch2                  # tests
   python3-torch           # tests: an independent reference forward pass (tests/reference/)
   nodejs                  # tests: the official OpenAI client library (npm, vendored) against vhost serve
+  chromium                # tests: the web chat page in a headless browser
 )
 
 missing=()

@@ -198,7 +198,7 @@ int main(int argc, char** argv) {
 
   auto* serve = app.add_subcommand("serve", "serve models over an OpenAI-compatible API with a web chat page");
   auto* worker = app.add_subcommand("worker", "serve models as a worker of a controller (vhost serve --controller)");
-  std::vector<std::string> serve_models, serve_keys;
+  std::vector<std::string> serve_models, serve_keys, serve_blocked;
   std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_controller, serve_advertise;
   int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64;
   double serve_heartbeat = 5;
@@ -212,6 +212,7 @@ int main(int argc, char** argv) {
     sub->add_option("--threads", serve_threads, "CPU threads (0: one per core)")->capture_default_str();
     sub->add_option("--template", serve_template, "conversation template for chat (default vicuna_v1.1)");
     sub->add_option("--log", serve_log, "append conversations to this JSONL file");
+    sub->add_option("--blocked-word", serve_blocked, "moderation: refuse prompts containing this (repeatable)");
     auto* c = sub->add_option("--controller", serve_controller, "register with this controller (http://host:port)");
     if (sub == worker) c->required();
     sub->add_option("--advertise", serve_advertise, "the URL the controller hands out (default http://host:port)");
@@ -380,7 +381,7 @@ int main(int argc, char** argv) {
       toml += "[stages.serve]\nhost = " + q(serve_host) + "\nport = " + std::to_string(serve_port) +
               "\napi_keys = " + keys.dump() + "\nlog = " + q(serve_log.empty() ? "" : std::filesystem::absolute(serve_log).string()) +
               "\ncontroller = " + q(serve_controller) + "\nadvertise = " + q(serve_advertise) +
-              "\nheartbeat = " + vh::json(serve_heartbeat).dump() + "\n";
+              "\nheartbeat = " + vh::json(serve_heartbeat).dump() + "\nblocked_words = " + vh::json(serve_blocked).dump() + "\n";
       auto p = host.load_string(toml, "vhost serve");
       host.run(p);
       return 0;

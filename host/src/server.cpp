@@ -9,6 +9,7 @@
 
 #include <sys/socket.h>
 
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -216,6 +217,7 @@ struct ApiServer::Impl {
         throw ApiError(400, "'prompt' must be a string (one prompt per request)", "invalid_request_error", "prompt");
     }
     if (prompt.empty()) throw ApiError(400, "the prompt is empty", "invalid_request_error", chat ? "messages" : "prompt");
+    moderate(chat ? conversation.messages : std::vector<std::string>{prompt});
     request["prompts"] = json::array();
     for (int64_t i = 0; i < n; ++i) request["prompts"].push_back(prompt);
     request["add_bos"] = true;
@@ -382,6 +384,26 @@ struct ApiServer::Impl {
         });
   }
 
+  // The moderation hook: a word list from the configuration. A flagged request is refused
+  // before it reaches a model, as the Vicuna demo's moderation filter did.
+  void moderate(const std::vector<std::string>& texts) {
+    if (opt.blocked_words.empty()) return;
+    auto lower = [](std::string x) {
+      for (char& ch : x) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      return x;
+    };
+    for (const auto& t : texts) {
+      std::string l = lower(t);
+      for (const auto& w : opt.blocked_words)
+        if (!w.empty() && l.find(lower(w)) != std::string::npos) {
+          ++errors;
+          record({{"time", now_s()}, {"moderated", true}, {"word", w}});
+          throw ApiError(400, "the request was refused by the moderation filter", "invalid_request_error", "messages",
+                         "content_filter");
+        }
+    }
+  }
+
   // The model's generate, with plugin errors turned into API errors.
   json generate(Instance& model, const json& request, const Instance::TokenFn& on_token) {
     ++active;
@@ -456,6 +478,19 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
          }));
   S.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
            impl_->complete(req, res, true);
+         }));
+  S.Post("/v1/votes", guarded([this](const httplib::Request& req, httplib::Response& res) {
+           impl_->check_auth(req);
+           json body;
+           try {
+             body = json::parse(req.body);
+           } catch (const json::parse_error& e) {
+             throw ApiError(400, std::string("the body is not valid JSON: ") + e.what());
+           }
+           if (!body.is_object() || !body.contains("vote") || !body["vote"].is_string())
+             throw ApiError(400, "'vote' is required (A, B, tie, bad)", "invalid_request_error", "vote");
+           impl_->record({{"time", now_s()}, {"vote", body}});
+           res.set_content(R"({"ok":true})", "application/json");
          }));
   S.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     std::ostringstream o;

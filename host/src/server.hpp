@@ -24,6 +24,7 @@ struct ServeOptions {
   int threads = 64;                   // connections served at once
   std::size_t max_body = 1 << 20;     // bytes
   std::string log_file;               // conversation log (JSONL); empty: none
+  std::vector<std::string> blocked_words;  // moderation: prompts containing any (any case) are refused
 };
 
 class ApiServer {

@@ -453,6 +453,7 @@ json run_serve(StageContext& ctx) {
   o.threads = static_cast<int>(c["threads"].get<int64_t>());
   o.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
   o.log_file = c["log"].get<std::string>();
+  o.blocked_words = c["blocked_words"].get<std::vector<std::string>>();
   ApiServer server(models, o);
   int port = server.bind();
   StopSignals signals;
@@ -574,6 +575,7 @@ const std::vector<StageType>& stage_types() {
         option_spec("threads", "integer", 64, "connections served at once", 1, 100000),
         option_spec("max_body", "integer", 1048576, "largest request body in bytes", 1024, 1e9),
         option_spec("log", "path", "", "append every conversation to this JSONL file (empty: none)"),
+        option_spec("blocked_words", "string_list", json::array(), "moderation: refuse prompts containing any of these"),
         option_spec("controller", "string", "", "register with this controller as a worker (http://host:port)"),
         option_spec("advertise", "string", "", "the URL the controller hands out for this worker (default: http://host:port)"),
         option_spec("heartbeat", "float", 5.0, "seconds between heartbeats to the controller", 0.05, 3600)},

@@ -1,6 +1,7 @@
 // The web chat page: plain HTML, CSS and JavaScript against the server's own
 // /v1/chat/completions (streamed), no build step. Model picker, multi-turn chat, stop,
-// regenerate, clear, parameters; "side by side" sends one prompt to two models and records a vote.
+// regenerate, clear, parameters; "side by side" sends one prompt to two models and records a vote
+// (POST /v1/votes, kept in the conversation log).
 #include "web_chat.hpp"
 
 namespace vhost::host {
@@ -37,7 +38,7 @@ textarea{flex:1;height:3.5em}
 <button id="clear">Clear</button></footer>
 <script>
 const $ = id => document.getElementById(id);
-let histories = [[], []], controllers = [], votes = [];
+let histories = [[], []], controllers = [];
 async function loadModels() {
   const r = await fetch('/v1/models'); const j = await r.json();
   for (const sel of [$('model'), $('model2')]) {
@@ -102,11 +103,17 @@ $('regen').onclick = () => {
 };
 $('clear').onclick = () => { histories = [[], []]; $('pane0').innerHTML = ''; $('pane1').innerHTML = ''; };
 $('sbs').onchange = () => { $('pane1').style.display = $('sbs').checked ? 'block' : 'none'; };
-document.querySelectorAll('#vote button').forEach(b => b.onclick = () => {
-  votes.push({models: [$('model').value, $('model2').value], vote: b.dataset.v, turn: histories[0].length});
-  localStorage.setItem('vhost-votes', JSON.stringify(votes)); $('vote').style.display = 'none';
+document.querySelectorAll('#vote button').forEach(b => b.onclick = async () => {
+  await fetch('/v1/votes', {method: 'POST', headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({models: [$('model').value, $('model2').value], vote: b.dataset.v, conversation: histories})});
+  $('vote').style.display = 'none';
 });
-loadModels();
+// A link may carry a first message: /?prompt=...&model=... sends it once the models are listed.
+loadModels().then(() => {
+  const q = new URLSearchParams(location.search);
+  if (q.get('model')) $('model').value = q.get('model');
+  if (q.get('prompt')) { $('input').value = q.get('prompt'); send(false); }
+});
 </script></body></html>
 )HTML";
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `vhost serve` over real HTTP: the official OpenAI client library (node, vendored npm package)
-# for models, chat and completions, streamed and not, typed errors, concurrency; curl for API
-# keys, malformed and oversized bodies, the web page and /metrics; SIGTERM ends it cleanly.
+# for models, chat and completions, streamed and not, typed errors, concurrency; the web chat
+# page driven in headless Chromium (screenshot: SCRATCH_DIR/web_chat.png); curl for API keys,
+# moderation, malformed and oversized bodies, /metrics; SIGTERM ends it cleanly.
 #   serve_openai.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 build=$1 src=$2 scratch=$3
@@ -29,6 +30,8 @@ start() {  # start LOG ARGS...: runs vhost serve, sets PID and PORT
 start serve.log --max-batch 4 --log conversations.jsonl
 trap 'kill $PID 2>/dev/null || true' EXIT
 node openai_client.mjs "http://127.0.0.1:$PORT" tiny
+# The web page in headless Chromium: type, Send, the streamed answer appears; a screenshot stays.
+python3 "$src/tests/integration/web_chat.py" "http://127.0.0.1:$PORT" "$scratch/web_chat.png"
 code() { curl -s -o body.json -w '%{http_code}' "$@"; }
 [ "$(code "http://127.0.0.1:$PORT/v1/chat/completions" -d '{"model": "tiny", "messages": [')" = 400 ]
 grep -q '"type":"invalid_request_error"' body.json
@@ -43,7 +46,9 @@ grep -q 'too large' body.json
 kill -TERM $PID; wait $PID
 grep -q "stopped serving" serve.log
 
-start keyed.log --api-key sesame
+start keyed.log --api-key sesame --blocked-word "Forbidden Topic"
+[ "$(code -H 'Authorization: Bearer sesame' "http://127.0.0.1:$PORT/v1/chat/completions" -d '{"model": "tiny", "messages": [{"role": "user", "content": "tell me about the forbidden topic"}]}')" = 400 ]
+grep -q '"code":"content_filter"' body.json
 [ "$(code "http://127.0.0.1:$PORT/v1/models")" = 401 ] && grep -q invalid_api_key body.json
 [ "$(code -H 'Authorization: Bearer wrong' "http://127.0.0.1:$PORT/v1/models")" = 401 ]
 [ "$(code -H 'Authorization: Bearer sesame' "http://127.0.0.1:$PORT/v1/models")" = 200 ]
