@@ -490,7 +490,9 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
     f << report.dump(2) << "\n";
     if (!f) spdlog::warn("could not write {}", result.report.string());
   };
+  std::vector<std::shared_ptr<void>> kept;  // background servers: stopped before the instances go
   auto teardown = [&] {
+    while (!kept.empty()) kept.pop_back();
     for (auto it = created.rbegin(); it != created.rend(); ++it) live.erase(*it);
   };
 
@@ -503,7 +505,7 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
                      [&p](const std::string& plugin, const std::string& tool, const json& args) {
                        return model_tool_on(p.dirs, plugin, tool, args);  // the pipeline's plugin_dirs too
                      },
-                     in};
+                     in, [&kept](std::shared_ptr<void> o) { kept.push_back(std::move(o)); }};
     auto t0 = std::chrono::steady_clock::now();
     StageResult r{id, sd.type->type, 0, json()};
     try {

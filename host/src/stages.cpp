@@ -454,6 +454,26 @@ json run_serve(StageContext& ctx) {
   o.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
   o.log_file = c["log"].get<std::string>();
   o.blocked_words = c["blocked_words"].get<std::vector<std::string>>();
+  if (c["background"].get<bool>()) {
+    // Serve while the rest of the pipeline runs (a local judge for evaluation, a demo).
+    struct Background {
+      std::unique_ptr<ApiServer> server;
+      std::thread thread;
+      ~Background() {
+        server->stop();
+        if (thread.joinable()) thread.join();
+      }
+    };
+    auto bg = std::make_shared<Background>();
+    bg->server = std::make_unique<ApiServer>(models, o);
+    int port = bg->server->bind();
+    ApiServer* srv = bg->server.get();
+    bg->thread = std::thread([srv] { srv->run(); });
+    std::string url = "http://" + o.host + ":" + std::to_string(port);
+    ctx.out << "serving in the background on " << url << " until the pipeline ends\n";
+    ctx.keep(bg);
+    return {{"port", port}, {"url", url}, {"background", true}};
+  }
   ApiServer server(models, o);
   int port = server.bind();
   StopSignals signals;
@@ -576,6 +596,7 @@ const std::vector<StageType>& stage_types() {
         option_spec("max_body", "integer", 1048576, "largest request body in bytes", 1024, 1e9),
         option_spec("log", "path", "", "append every conversation to this JSONL file (empty: none)"),
         option_spec("blocked_words", "string_list", json::array(), "moderation: refuse prompts containing any of these"),
+        option_spec("background", "boolean", false, "serve while the next stages run, stop when the pipeline ends"),
         option_spec("controller", "string", "", "register with this controller as a worker (http://host:port)"),
         option_spec("advertise", "string", "", "the URL the controller hands out for this worker (default: http://host:port)"),
         option_spec("heartbeat", "float", 5.0, "seconds between heartbeats to the controller", 0.05, 3600)},

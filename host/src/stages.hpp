@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <istream>
 #include <ostream>
 #include <string>
@@ -23,6 +24,9 @@ struct StageContext {
   std::function<Instance&(const std::string&)> instance;  // created on first use, kept for the run
   std::function<json(const std::string& plugin, const std::string& tool, const json& args)> model_tool;
   std::istream& in;  // interactive input (the chat stage)
+  // Keeps an object (a background server) alive until the pipeline ends; it is destroyed
+  // before the instances.
+  std::function<void(std::shared_ptr<void>)> keep = nullptr;
 };
 
 struct StageType {

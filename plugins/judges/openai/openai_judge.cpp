@@ -1,0 +1,219 @@
+// The `openai` judge: any OpenAI-compatible chat-completions endpoint (GPT-4 by default; vhost's
+// own `serve`, vLLM, llama.cpp's server...). HTTPS through cpp-httplib (OpenSSL), retries with
+// exponential backoff on 429, 5xx, timeouts, dropped connections and malformed replies (honouring
+// Retry-After), token and cost accounting, and a JSONL cache so that an interrupted evaluation
+// never pays twice for a judgment.
+#include <vhost/plugin.hpp>
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace {
+
+using vhost::json;
+
+struct Url {
+  std::string origin;  // scheme://host[:port]
+  std::string path;    // "/v1" (no trailing slash)
+};
+
+Url parse_url(const std::string& u, const char* field) {
+  auto scheme = u.find("://");
+  if (scheme == std::string::npos || (u.compare(0, scheme, "http") != 0 && u.compare(0, scheme, "https") != 0))
+    throw vhost::ConfigError(field, "'" + u + "' is not an http:// or https:// URL");
+  auto slash = u.find('/', scheme + 3);
+  Url r{slash == std::string::npos ? u : u.substr(0, slash), slash == std::string::npos ? "" : u.substr(slash)};
+  while (!r.path.empty() && r.path.back() == '/') r.path.pop_back();
+  return r;
+}
+
+// FNV-1a 64: a cache key stable across runs and machines (std::hash is neither).
+std::string fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
+  return b;
+}
+
+class OpenAIJudge final : public vhost::Judge {
+ public:
+  static std::vector<vhost::Option> options() {
+    using vhost::Option;
+    return {
+        Option::string("base_url", "https://api.openai.com/v1", "the endpoint (…/v1)"),
+        Option::string("model", "gpt-4", "the model name sent to the endpoint"),
+        Option::string("api_key", "", "Bearer key (empty: the OPENAI_API_KEY environment variable)"),
+        Option::string("fallback_url", "",
+                       "used instead of base_url when there is no key (e.g. vhost's own server: a local judge)"),
+        Option::string("fallback_model", "", "the model name at fallback_url"),
+        Option::number("timeout_s", 120, "seconds to wait for one reply").range(0.01, 3600),
+        Option::integer("max_retries", 5, "retries after a failed attempt").range(0, 100),
+        Option::number("backoff_s", 1.0, "first wait before a retry; doubles each time (at most 60 s)").range(0, 600),
+        Option::path("cache", "", "JSONL of judgments already paid for (empty: no cache)"),
+        Option::number("prompt_price_per_1k", 0.03, "USD per 1000 prompt tokens (GPT-4 8k)").range(0, 1000),
+        Option::number("completion_price_per_1k", 0.06, "USD per 1000 completion tokens").range(0, 1000),
+    };
+  }
+
+  explicit OpenAIJudge(const vhost::Config& cfg)
+      : timeout_(cfg.get<double>("timeout_s")),
+        retries_(cfg.get<int64_t>("max_retries")),
+        backoff_(cfg.get<double>("backoff_s")),
+        prompt_price_(cfg.get<double>("prompt_price_per_1k")),
+        completion_price_(cfg.get<double>("completion_price_per_1k")) {
+    key_ = cfg.get<std::string>("api_key");
+    if (key_.empty())
+      if (const char* k = std::getenv("OPENAI_API_KEY")) key_ = k;
+    std::string base = cfg.get<std::string>("base_url"), fallback = cfg.get<std::string>("fallback_url");
+    model_ = cfg.get<std::string>("model");
+    if (key_.empty() && !fallback.empty()) {
+      base = fallback;
+      if (!cfg.get<std::string>("fallback_model").empty()) model_ = cfg.get<std::string>("fallback_model");
+      using_fallback_ = true;
+    }
+    url_ = parse_url(base, using_fallback_ ? "fallback_url" : "base_url");
+    if (key_.empty() && url_.origin.rfind("https://api.openai.com", 0) == 0)
+      throw vhost::ConfigError("api_key", "api.openai.com needs a key: set OPENAI_API_KEY or api_key "
+                                          "(or fallback_url for a local judge)");
+    std::string cache = cfg.get<std::string>("cache");
+    if (!cache.empty()) {
+      cache_path_ = cache;
+      std::ifstream in(cache);
+      std::string line;
+      std::size_t n = 0;
+      while (std::getline(in, line)) {
+        ++n;
+        try {
+          json j = json::parse(line);
+          cache_[j.at("key").get<std::string>()] = j.at("reply");
+        } catch (const std::exception&) {
+          vhost::log(VHOST_LOG_WARN, cache + ":" + std::to_string(n) + ": not a cache entry (a torn write?); ignored");
+        }
+      }
+      cache_out_.open(cache, std::ios::app);
+      if (!cache_out_) throw vhost::ConfigError("cache", cache + ": cannot open for appending");
+    }
+  }
+
+  json describe() const override {
+    std::lock_guard<std::mutex> g(mu_);
+    return {{"endpoint", url_.origin + url_.path}, {"model", model_}, {"local_fallback", using_fallback_},
+            {"key", key_.empty() ? "none" : "set"}, {"cache", cache_path_}, {"cached_judgments", cache_.size()},
+            {"calls", calls_.load()}, {"cache_hits", hits_.load()}, {"retries", retry_count_.load()},
+            {"failures", failures_.load()}, {"prompt_tokens", prompt_tokens_.load()},
+            {"completion_tokens", completion_tokens_.load()}, {"cost_usd", cost()}};
+  }
+
+  json complete(const json& request) override {
+    if (!request.is_object() || !request.contains("messages") || !request["messages"].is_array())
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the judge request needs a 'messages' array");
+    json body = {{"model", model_}, {"messages", request["messages"]},
+                 {"temperature", request.value("temperature", 0.0)}, {"max_tokens", request.value("max_tokens", 1024)}};
+    const std::string key = fnv1a(url_.origin + url_.path + "\n" + body.dump());
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      auto it = cache_.find(key);
+      if (it != cache_.end()) {
+        ++hits_;
+        json r = it->second;
+        r["cached"] = true;
+        return r;
+      }
+    }
+    ++calls_;
+    std::string last_error;
+    double wait = backoff_;
+    for (int64_t attempt = 0; attempt <= retries_; ++attempt) {
+      if (attempt > 0) {
+        ++retry_count_;
+        std::this_thread::sleep_for(std::chrono::duration<double>(std::min(wait, 60.0)));
+        wait *= 2;
+      }
+      httplib::Client cli(url_.origin);
+      auto secs = static_cast<time_t>(timeout_);
+      auto usecs = static_cast<time_t>((timeout_ - static_cast<double>(secs)) * 1e6);
+      cli.set_connection_timeout(secs, usecs);
+      cli.set_read_timeout(secs, usecs);
+      cli.set_write_timeout(secs, usecs);
+      httplib::Headers headers;
+      if (!key_.empty()) headers.emplace("Authorization", "Bearer " + key_);
+      auto res = cli.Post(url_.path + "/chat/completions", headers, body.dump(), "application/json");
+      if (!res) {
+        last_error = "no reply (" + httplib::to_string(res.error()) + ")";
+        continue;
+      }
+      if (res->status == 429 || res->status >= 500) {
+        last_error = "HTTP " + std::to_string(res->status) + ": " + res->body.substr(0, 300);
+        if (res->has_header("Retry-After")) wait = std::max(0.0, std::atof(res->get_header_value("Retry-After").c_str()));
+        continue;
+      }
+      if (res->status != 200) {  // the request itself is wrong: retrying will not help
+        ++failures_;
+        std::string msg = res->body.substr(0, 500);
+        try {
+          msg = json::parse(res->body).at("error").at("message").get<std::string>();
+        } catch (...) {
+        }
+        throw vhost::Error(VHOST_ERR_RUNTIME, url_.origin + url_.path + ": HTTP " + std::to_string(res->status) + ": " + msg);
+      }
+      json reply;
+      try {
+        json j = json::parse(res->body);
+        const json& choice = j.at("choices").at(0);
+        const json& content = choice.at("message").at("content");
+        if (!content.is_string()) throw std::runtime_error("the message has no text content");
+        int64_t pt = j.contains("usage") ? j["usage"].value("prompt_tokens", int64_t{0}) : 0;
+        int64_t ct = j.contains("usage") ? j["usage"].value("completion_tokens", int64_t{0}) : 0;
+        double usd = (static_cast<double>(pt) * prompt_price_ + static_cast<double>(ct) * completion_price_) / 1000.0;
+        reply = {{"text", content.get<std::string>()},
+                 {"model", j.value("model", model_)},
+                 {"finish_reason", choice.value("finish_reason", json(nullptr))},
+                 {"usage", {{"prompt_tokens", pt}, {"completion_tokens", ct}}},
+                 {"cost_usd", usd}};
+        prompt_tokens_ += pt;
+        completion_tokens_ += ct;
+      } catch (const std::exception& e) {
+        last_error = std::string("malformed reply: ") + e.what() + ": " + res->body.substr(0, 200);
+        continue;
+      }
+      std::lock_guard<std::mutex> g(mu_);
+      cache_[key] = reply;
+      if (cache_out_.is_open()) cache_out_ << json{{"key", key}, {"request", body}, {"reply", reply}}.dump() << "\n" << std::flush;
+      return reply;
+    }
+    ++failures_;
+    throw vhost::Error(VHOST_ERR_IO, url_.origin + url_.path + ": no usable reply after " + std::to_string(retries_ + 1) +
+                                         " attempts; last: " + last_error);
+  }
+
+ private:
+  double cost() const {
+    return (static_cast<double>(prompt_tokens_) * prompt_price_ + static_cast<double>(completion_tokens_) * completion_price_) /
+           1000.0;
+  }
+  Url url_;
+  std::string key_, model_, cache_path_;
+  bool using_fallback_ = false;
+  double timeout_;
+  int64_t retries_;
+  double backoff_, prompt_price_, completion_price_;
+  mutable std::mutex mu_;
+  std::map<std::string, json> cache_;
+  std::ofstream cache_out_;
+  std::atomic<int64_t> calls_{0}, hits_{0}, retry_count_{0}, failures_{0}, prompt_tokens_{0}, completion_tokens_{0};
+};
+
+}  // namespace
+
+VHOST_PLUGIN(OpenAIJudge, "openai", "0.1.0", "any OpenAI-compatible chat endpoint as judge: retries, cache, cost")

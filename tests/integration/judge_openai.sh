@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The openai judge against a scripted endpoint (timeouts, 429, 500, truncated JSON, missing
+# content, a 400), its cache (a second run pays nothing), and against vhost's own server (real
+# HTTP, the local judge of the demo).
+#   judge_openai.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+build=$1 src=$2 scratch=$3
+vhost=$build/bin/vhost
+rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
+python3 "$src/tests/integration/scripted_openai.py" > server.log 2>&1 &
+SPID=$!
+trap 'kill $SPID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do grep -q listening server.log && break; sleep 0.05; done
+PORT=$(sed -n 's/listening on //p' server.log)
+calls() { curl -s "http://127.0.0.1:$PORT/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
+
+pipeline() {  # pipeline PROMPT: a probe of the scripted endpoint
+  cat > p.toml <<TOML
+[pipeline]
+name = "judge"
+stages = ["probe"]
+[judges.j]
+plugin = "openai"
+base_url = "http://127.0.0.1:$PORT/v1"
+model = "gpt-4"
+api_key = "test"
+timeout_s = 1.0
+max_retries = 3
+backoff_s = 0.01
+cache = "$scratch/cache.jsonl"
+[stages.probe]
+prompt = "$1"
+TOML
+}
+ok() { pipeline "$1"; "$vhost" run p.toml > out.log 2>&1 || { echo "$1: failed"; cat out.log; exit 1; }; grep -q "scores: 8 9" out.log; }
+fails() { pipeline "$1"; if "$vhost" run p.toml > out.log 2>&1; then echo "$1: expected a failure"; cat out.log; exit 1; fi; grep -q "$2" out.log || { cat out.log; exit 1; }; }
+
+ok "OK"
+ok "429#2"
+ok "500#3"
+ok "TRUNC#1"
+ok "SLOW#1"
+fails "NOCONTENT" "no usable reply after 4 attempts; last: malformed reply"
+fails "500#9" "no usable reply after 4 attempts; last: HTTP 500"
+before=$(calls)
+fails "BAD" "HTTP 400: max_tokens is too large"
+[ $(( $(calls) - before )) -eq 1 ] || { echo "a 400 must not be retried"; exit 1; }
+echo "  retries, timeouts and malformed replies: ok"
+
+before=$(calls)
+ok "OK"; ok "429#2"; ok "TRUNC#1"
+[ "$(calls)" = "$before" ] || { echo "cached judgments were requested again"; exit 1; }
+echo "  a second run is answered from the cache: ok"
+
+pipeline "x"; sed -i 's|^base_url = .*|base_url = "ftp://nowhere"|' p.toml
+rc=0; "$vhost" run p.toml > out.log 2>&1 || rc=$?
+[ $rc -eq 2 ] && grep -q "judges.j.base_url" out.log || { cat out.log; exit 1; }
+pipeline "x"; sed -i '/^api_key/d; s|^base_url = .*|base_url = "https://api.openai.com/v1"|' p.toml
+rc=0; env -u OPENAI_API_KEY "$vhost" run p.toml > out.log 2>&1 || rc=$?
+[ $rc -eq 2 ] && grep -q "needs a key: set OPENAI_API_KEY" out.log || { cat out.log; exit 1; }
+echo "  bad configuration: ok"
+
+# The local judge: vhost serves a model in the background, the judge falls back to it.
+"$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out tiny >/dev/null
+cat > local.toml <<TOML
+[pipeline]
+name = "local"
+stages = ["serve", "probe"]
+[backends.cpu]
+plugin = "cpu"
+threads = 1
+[models.tiny]
+plugin = "llama"
+path = "$scratch/tiny"
+max_batch = 4
+[judges.local]
+plugin = "openai"
+fallback_url = "http://127.0.0.1:0/v1"
+fallback_model = "tiny"
+[stages.serve]
+background = true
+port = 0
+[stages.probe]
+prompt = "Rate this answer from 1 to 10."
+max_tokens = 8
+TOML
+# Port 0 cannot be known in advance: ask for a free one first.
+LPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+sed -i "s|127.0.0.1:0/v1|127.0.0.1:$LPORT/v1|; s|^port = 0|port = $LPORT|" local.toml
+env -u OPENAI_API_KEY "$vhost" run local.toml > local.log 2>&1 || { cat local.log; exit 1; }
+grep -q "serving in the background on http://127.0.0.1:$LPORT" local.log
+grep -q "judges.local replied in" local.log
+echo "  a local judge served by vhost: ok"
+echo "judge_openai: ok"

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""A scripted OpenAI-compatible chat endpoint for judge tests. The last user message picks the
+behaviour; `NAME#k` fails the first k calls of that message, then answers:
+  OK              a normal reply "scores: 8 9"
+  SLOW#k          sleeps 3 s (longer than the test's timeout) k times
+  429#k / 500#k   that status k times (429 with Retry-After: 0)
+  TRUNC#k         truncated JSON k times
+  NOCONTENT       a reply without message content, always
+  BAD             400 with an OpenAI error object, always
+GET /count returns {"calls": n}. Prints "listening on PORT" once ready.
+   scripted_openai.py
+"""
+import json, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+calls, seen, lock = 0, {}, threading.Lock()
+
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def send(self, status, body, headers=()):
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        with lock:
+            self.send(200, json.dumps({"calls": calls}))
+
+    def do_POST(self):
+        global calls
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        msg = req["messages"][-1]["content"]
+        name, _, k = msg.partition("#")
+        with lock:
+            calls += 1
+            n = seen[msg] = seen.get(msg, 0) + 1
+        failing = n <= int(k or 0)
+        ok = {"id": "x", "object": "chat.completion", "model": req["model"],
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "scores: 8 9"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}
+        if name == "SLOW" and failing:
+            time.sleep(3)
+        if name == "429" and failing:
+            return self.send(429, '{"error": {"message": "rate limited"}}', [("Retry-After", "0")])
+        if name == "500" and failing:
+            return self.send(500, '{"error": {"message": "boom"}}')
+        if name == "TRUNC" and failing:
+            return self.send(200, json.dumps(ok)[:40])
+        if name == "NOCONTENT":
+            ok["choices"][0]["message"] = {"role": "assistant"}
+        if name == "BAD":
+            return self.send(400, '{"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}')
+        self.send(200, json.dumps(ok))
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(f"listening on {server.server_address[1]}", flush=True)
+server.serve_forever()
