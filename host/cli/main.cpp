@@ -1,6 +1,7 @@
 // The `vhost` command: a thin shell over the embedding API in vhost/host/host.hpp.
 #include "launch.hpp"
 #include "../src/cluster.hpp"
+#include "../src/eval.hpp"
 
 #include <vhost/conversation.hpp>
 #include <vhost/host/host.hpp>
@@ -10,6 +11,7 @@
 #include <atomic>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <iterator>
 #include <set>
@@ -218,6 +220,15 @@ int main(int argc, char** argv) {
     sub->add_option("--advertise", serve_advertise, "the URL the controller hands out (default http://host:port)");
     sub->add_option("--heartbeat", serve_heartbeat, "seconds between heartbeats")->capture_default_str();
   }
+  auto* eval = app.add_subcommand("eval", "evaluation reports");
+  auto* eval_report_cmd = eval->add_subcommand("report", "recompute the report from judgment files (vhost's or FastChat's reviews)");
+  std::vector<std::string> review_files, review_names;
+  std::string review_baseline, review_out;
+  eval_report_cmd->add_option("--reviews", review_files, "judgments.jsonl or FastChat review JSONL files")->required();
+  eval_report_cmd->add_option("--names", review_names, "FastChat reviews: the two models' names, in answer order")->expected(2);
+  eval_report_cmd->add_option("--baseline", review_baseline, "the model the others are compared with");
+  eval_report_cmd->add_option("--out", review_out, "also write report.md, report.json and report.html here");
+  eval->require_subcommand(1);
   auto* controller = app.add_subcommand("controller", "keep the live workers and dispatch requests to them");
   vh::ControllerOptions copt;
   controller->add_option("--host", copt.host, "address to listen on")->capture_default_str();
@@ -344,6 +355,25 @@ int main(int argc, char** argv) {
                          "\nseed = " + std::to_string(gen_seed) + "\nstop = " + vh::json(gen_stop).dump() + "\n";
       auto p = host.load_string(toml, "vhost generate");
       host.run(p);
+      return 0;
+    }
+    if (*eval_report_cmd) {
+      std::vector<vh::json> all;
+      std::vector<std::string> warnings;
+      for (const auto& f : review_files) {
+        auto js = vh::read_judgments(f, review_names, warnings);
+        all.insert(all.end(), js.begin(), js.end());
+      }
+      for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
+      vh::json r = vh::eval_report(all, review_baseline);
+      std::cout << r["markdown"].get<std::string>();
+      if (!review_out.empty()) {
+        std::filesystem::create_directories(review_out);
+        std::ofstream(std::filesystem::path(review_out) / "report.md") << r["markdown"].get<std::string>();
+        std::ofstream(std::filesystem::path(review_out) / "report.json") << r.dump(2) << "\n";
+        std::ofstream(std::filesystem::path(review_out) / "report.html") << vh::eval_html(r);
+        std::cout << "\nreport: " << (std::filesystem::path(review_out) / "report.html").string() << "\n";
+      }
       return 0;
     }
     if (*controller || *api) {

@@ -1,6 +1,7 @@
 #include "stages.hpp"
 
 #include "cluster.hpp"
+#include "eval.hpp"
 #include "server.hpp"
 
 #include <vhost/host/host.hpp>
@@ -119,7 +120,8 @@ json run_model_init(StageContext& ctx) {
     ctx.out << out.string() << " exists; kept (overwrite = true to replace it)\n";
     return {{"out", out.string()}, {"created", false}};
   }
-  json args = {{"preset", c["preset"]}, {"out", out.string()}, {"seed", c["seed"]}, {"dtype", c["dtype"]}};
+  json args = {{"preset", c["preset"]}, {"out", out.string()}, {"seed", c["seed"]}, {"dtype", c["dtype"]},
+               {"context", c["context"]}};
   if (!c["tokenizer"].get<std::string>().empty()) args["tokenizer"] = c["tokenizer"];
   if (!c["tokenizer_text"].get<std::string>().empty()) args["tokenizer_text"] = c["tokenizer_text"];
   json r = ctx.model_tool(c["plugin"].get<std::string>(), "init", args);
@@ -543,6 +545,7 @@ const std::vector<StageType>& stage_types() {
         option_spec("out", "path", std::nullopt, "checkpoint folder"),
         option_spec("seed", "integer", 0, "initialisation seed", 0, 9007199254740991.0),
         option_spec("dtype", "string", "float32", "float32, bfloat16, float16"),
+        option_spec("context", "integer", 0, "positions (0: the preset's)", 0, 1 << 20),
         option_spec("tokenizer", "path", "", "tokenizer.model to copy"),
         option_spec("tokenizer_text", "path", "", "text file to train a tokenizer on"),
         option_spec("overwrite", "boolean", false, "replace an existing checkpoint")},
@@ -603,6 +606,29 @@ const std::vector<StageType>& stage_types() {
        {},
        {"models"},
        run_serve},
+      {"eval",
+       "Answers a question set with models, grades the answers with a judge, and reports (Markdown, JSON, HTML).",
+       {option_spec("questions", "path", std::nullopt, "FastChat question JSONL (question_id, category, turns)"),
+        option_spec("limit", "integer", 0, "only the first N questions (0: all)", 0, 1e9),
+        option_spec("models", "string_list", json::array(), "model instances that answer (empty: every model)"),
+        option_spec("answers", "string_list", json::array(), "FastChat answer JSONL files to grade as well"),
+        option_spec("endpoints", "string_list", json::array(),
+                    "chat endpoints that answer too: judge-kind instances (e.g. the openai plugin at vhost serve)"),
+        option_spec("judge", "string", "", "the judge instance; empty: the only one"),
+        one_of(option_spec("mode", "string", "vicuna", "vicuna (two scores), single ([[rating]]), pairwise ([[A]]/[[B]]/[[C]])"),
+               {"vicuna", "single", "pairwise"}),
+        option_spec("baseline", "string", "", "pairwise modes: the model the others are compared with (default: the first)"),
+        option_spec("both_orders", "boolean", true, "pairwise modes: judge each pair in both orders"),
+        option_spec("judge_prompts", "path", "", "FastChat judge_prompts.jsonl to use instead of the built-in prompts"),
+        option_spec("out", "path", std::nullopt, "answers/, judgments.jsonl, report.md/json/html"),
+        option_spec("concurrency", "integer", 8, "judge requests in flight", 1, 1024),
+        option_spec("parse_retries", "integer", 2, "ask again when the judge's reply has no verdict", 0, 10),
+        option_spec("max_tokens", "integer", 512, "answer length per turn", 1, 1 << 20),
+        option_spec("temperature", "float", 0.7, "answer sampling temperature (seeded per question)", 0, 2),
+        option_spec("judge_max_tokens", "integer", 1024, "judge reply length", 1, 1 << 20)},
+       {{"judge", VHOST_KIND_JUDGE}},
+       {"models", "endpoints"},
+       run_eval},
       {"train",
        "Fine-tunes a model on a prepared dataset (assistant-only loss), resumable from its checkpoints.",
        {option_spec("model", "string", "", "the model instance to start from; empty: the only one"),

@@ -8,12 +8,13 @@ behaviour; `NAME#k` fails the first k calls of that message, then answers:
   NOCONTENT       a reply without message content, always
   BAD             400 with an OpenAI error object, always
 GET /count returns {"calls": n}. Prints "listening on PORT" once ready.
-   scripted_openai.py
+   scripted_openai.py [DELAY_SECONDS]   (every reply waits that long: a slow judge)
 """
-import json, sys, threading, time
+import json, re, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 calls, seen, lock = 0, {}, threading.Lock()
+DELAY = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
 
 
 class H(BaseHTTPRequestHandler):
@@ -38,7 +39,9 @@ class H(BaseHTTPRequestHandler):
         global calls
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         msg = req["messages"][-1]["content"]
-        name, _, k = msg.partition("#")
+        name, _, k = msg.partition("#") if re.fullmatch(r"[A-Z0-9]+#\d+", msg) else (msg, "", "")
+        if DELAY:
+            time.sleep(DELAY)
         with lock:
             calls += 1
             n = seen[msg] = seen.get(msg, 0) + 1
@@ -46,6 +49,20 @@ class H(BaseHTTPRequestHandler):
         ok = {"id": "x", "object": "chat.completion", "model": req["model"],
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "scores: 8 9"}, "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}
+        # Evaluation prompts: the format the judge is asked for.
+        system = req["messages"][0]["content"] if req["messages"][0]["role"] == "system" else ""
+        if "NOVERDICT" in msg:
+            ok["choices"][0]["message"]["content"] = "I cannot decide."
+        elif "Rating: [[" in msg:
+            ok["choices"][0]["message"]["content"] = "Fine. Rating: [[7]]"
+        elif '"[[A]]"' in system:
+            ok["choices"][0]["message"]["content"] = "The first answer is better. [[A]]"
+        elif "[Assistant 1's answer]" in msg:
+            # Vicuna scores: the longer answer scores 9, the other 6; equal lengths 7 7.
+            a = msg.split("[Assistant 1's answer]\n")[1].split("\n[End of Assistant 1's answer]")[0]
+            b = msg.split("[Assistant 2's answer]\n")[1].split("\n[End of Assistant 2's answer]")[0]
+            sa, sb = (9, 6) if len(a) > len(b) else (6, 9) if len(b) > len(a) else (7, 7)
+            ok["choices"][0]["message"]["content"] = f"{sa} {sb}\nLonger is better here."
         if name == "SLOW" and failing:
             time.sleep(3)
         if name == "429" and failing:
@@ -61,6 +78,7 @@ class H(BaseHTTPRequestHandler):
         self.send(200, json.dumps(ok))
 
 
+ThreadingHTTPServer.request_queue_size = 128
 server = ThreadingHTTPServer(("127.0.0.1", 0), H)
 print(f"listening on {server.server_address[1]}", flush=True)
 server.serve_forever()

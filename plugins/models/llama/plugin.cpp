@@ -264,6 +264,7 @@ class LlamaPlugin final : public vhost::Model {
     if (name == "init") {
       fs::path out = need("out");
       auto cfg = LlamaConfig::preset(field<std::string>(args, "preset", "tiny"));
+      if (int64_t ctx = field<int64_t>(args, "context", 0); ctx > 0) cfg.max_position_embeddings = ctx;
       std::string tok_src = field<std::string>(args, "tokenizer", ""), text = field<std::string>(args, "tokenizer_text", "");
       fs::create_directories(out);
       if (!text.empty()) {

@@ -1,0 +1,793 @@
+#include "eval.hpp"
+
+#include "stages.hpp"
+
+#include <vhost/conversation.hpp>
+#include <vhost/host/error.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <mutex>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace vhost::host {
+
+// ---- questions and verdicts -------------------------------------------------------------------
+
+std::vector<Question> load_questions(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) throw ConfigError(file.string() + ": cannot open the question file");
+  std::vector<Question> out;
+  std::set<int64_t> ids;
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    std::string at = file.string() + ":" + std::to_string(n);
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::parse_error& e) {
+      throw ConfigError(at + ":" + std::to_string(e.byte) + ": not JSON: " + e.what());
+    }
+    Question q;
+    if (!j.is_object() || !j.contains("question_id") || !j["question_id"].is_number_integer())
+      throw ConfigError(at + ": question_id: missing or not an integer");
+    q.id = j["question_id"].get<int64_t>();
+    if (!ids.insert(q.id).second) throw ConfigError(at + ": question_id " + std::to_string(q.id) + " appears twice");
+    q.category = j.value("category", std::string("general"));
+    if (j.contains("turns") && j["turns"].is_array() && !j["turns"].empty()) {
+      for (const auto& t : j["turns"]) {
+        if (!t.is_string() || t.get<std::string>().empty()) throw ConfigError(at + ": turns: every turn must be a non-empty string");
+        q.turns.push_back(t.get<std::string>());
+      }
+    } else if (j.contains("text") && j["text"].is_string()) {  // FastChat's older Vicuna-bench field
+      q.turns.push_back(j["text"].get<std::string>());
+    } else {
+      throw ConfigError(at + ": turns: missing (a non-empty list of strings)");
+    }
+    if (j.contains("reference")) {
+      if (!j["reference"].is_array()) throw ConfigError(at + ": reference: expected a list of strings");
+      for (const auto& r : j["reference"]) q.reference.push_back(r.is_string() ? r.get<std::string>() : r.dump());
+    }
+    out.push_back(std::move(q));
+  }
+  if (out.empty()) throw ConfigError(file.string() + ": no questions");
+  return out;
+}
+
+bool parse_two_scores(const std::string& text, double& a, double& b) {
+  std::string first = text.substr(0, text.find('\n'));
+  static const std::regex two(R"(^\s*(?:[Ss]cores?\s*:?\s*)?(\d+(?:\.\d+)?)\s*[ ,/]\s*(\d+(?:\.\d+)?)\s*$)");
+  std::smatch m;
+  if (!std::regex_match(first, m, two)) return false;
+  a = std::stod(m[1]);
+  b = std::stod(m[2]);
+  return a >= 1 && a <= 10 && b >= 1 && b <= 10;
+}
+
+bool parse_rating(const std::string& text, double& r) {
+  static const std::regex re(R"(\[\[(\d+(?:\.\d+)?)\]\])");
+  std::smatch m;
+  if (!std::regex_search(text, m, re)) return false;
+  r = std::stod(m[1]);
+  return r >= 1 && r <= 10;
+}
+
+bool parse_verdict(const std::string& text, char& v) {
+  bool a = text.find("[[A]]") != std::string::npos, b = text.find("[[B]]") != std::string::npos,
+       c = text.find("[[C]]") != std::string::npos;
+  if (a + b + c != 1) return false;  // none, or contradicting verdicts
+  v = a ? 'A' : b ? 'B' : 'C';
+  return true;
+}
+
+// ---- judge prompts ----------------------------------------------------------------------------
+
+namespace {
+
+struct Prompt {
+  std::string system, user;  // user: a template with {question}, {answer_a}, ...
+};
+
+std::string fill(std::string t, const std::map<std::string, std::string>& v) {
+  for (const auto& [k, val] : v) {
+    const std::string key = "{" + k + "}";
+    for (std::size_t p = t.find(key); p != std::string::npos; p = t.find(key, p + val.size())) t.replace(p, key.size(), val);
+  }
+  return t;
+}
+
+// The project's own judge prompts. Output formats follow Vicuna ("s1 s2" on the first line) and
+// MT-bench ("[[rating]]", "[[A]]"/"[[B]]"/"[[C]]"), so any judge trained on those formats fits.
+const char* kVicunaSystem = "You are a careful, impartial reviewer of answers written by AI assistants.";
+const char* kVicunaUser =
+    "[Question]\n{question}\n\n[Assistant 1's answer]\n{answer_a}\n[End of Assistant 1's answer]\n\n"
+    "[Assistant 2's answer]\n{answer_b}\n[End of Assistant 2's answer]\n\n"
+    "[Task]\nReview both answers for helpfulness, relevance, accuracy and level of detail. Give each assistant one "
+    "overall score from 1 to 10, higher meaning better.\nWrite the two scores on the first line, Assistant 1's then "
+    "Assistant 2's, separated by a space, and nothing else on that line. From the next line on, explain your review. "
+    "The order in which the answers appear must not influence you.";
+const char* kSingleSystem = "You are a careful, impartial reviewer of answers written by AI assistants.";
+const char* kSingleUser =
+    "Review the assistant's answer to the user's question below for helpfulness, relevance, accuracy, depth and level "
+    "of detail.{reference_note} Explain briefly, then give a score from 1 to 10 in exactly this form: \"Rating: "
+    "[[5]]\".\n\n{reference_block}[Question]\n{question}\n\n[Assistant's answer]\n{answer}\n[End of the answer]";
+const char* kPairSystem =
+    "You are a careful, impartial judge of two AI assistants' answers. Decide which one follows the user's "
+    "instructions and answers the question better. Neither the order of the answers, their length nor the assistants' "
+    "names may influence you. Explain briefly, then give your verdict in exactly this form: \"[[A]]\" if assistant A "
+    "is better, \"[[B]]\" if assistant B is better, \"[[C]]\" for a tie.";
+const char* kPairUser =
+    "{reference_block}[Question]\n{question}\n\n[Assistant A's answer]\n{answer_a}\n[End of assistant A's answer]\n\n"
+    "[Assistant B's answer]\n{answer_b}\n[End of assistant B's answer]";
+
+// A conversation as text: "### User: ... ### Assistant: ..." (multi-turn judging).
+std::string transcript(const Question& q, const std::vector<std::string>& answers, std::size_t upto) {
+  std::string s;
+  for (std::size_t t = 0; t <= upto && t < q.turns.size(); ++t)
+    s += "### User:\n" + q.turns[t] + "\n\n### Assistant:\n" + (t < answers.size() ? answers[t] : "") + "\n\n";
+  return s;
+}
+
+}  // namespace
+
+// ---- reports ----------------------------------------------------------------------------------
+
+namespace {
+
+std::string fmt(double v, int digits = 1) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.*f", digits, v);
+  return b;
+}
+
+struct Tally {
+  int win = 0, tie = 0, loss = 0, inconsistent = 0, errors = 0;
+  double score_model = 0, score_base = 0;
+  int scored = 0;
+  json to_json() const {
+    json j = {{"win", win}, {"tie", tie}, {"loss", loss}, {"inconsistent", inconsistent}, {"errors", errors}};
+    int n = win + tie + loss;
+    j["better_or_equal"] = n ? static_cast<double>(win + tie) / n : 0.0;
+    if (scored) {
+      j["total_model"] = score_model;
+      j["total_baseline"] = score_base;
+      j["relative_percent"] = score_base > 0 ? 100.0 * score_model / score_base : 0.0;
+      j["questions_scored"] = scored;
+    }
+    return j;
+  }
+};
+
+}  // namespace
+
+json eval_report(const std::vector<json>& judgments, const std::string& baseline_in) {
+  json report = {{"pairs", json::array()}, {"single", json::object()}};
+  std::string md;
+  // --- pairwise modes: (mode, model vs baseline) -> question -> records
+  std::map<std::pair<std::string, std::string>, std::map<int64_t, std::vector<const json*>>> pairs;
+  std::string baseline = baseline_in;
+  for (const auto& j : judgments) {
+    std::string mode = j.value("mode", "");
+    if (mode != "vicuna" && mode != "pairwise") continue;
+    std::string a = j.value("model_a", ""), b = j.value("model_b", "");
+    if (baseline.empty()) baseline = a;
+    std::string model = a == baseline ? b : a;
+    pairs[{mode, model}][j.value("question_id", int64_t{0}) * 16 + j.value("turn", 1)].push_back(&j);
+  }
+  for (auto& [key, questions] : pairs) {
+    const auto& [mode, model] = key;
+    Tally all;
+    std::map<std::string, Tally> cats;
+    for (auto& [qk, recs] : questions) {
+      std::string cat = recs.front()->value("category", "general");
+      Tally& c = cats[cat];
+      // Per order: +1 model better, -1 baseline better, 0 tie; scores in model/baseline terms.
+      std::vector<int> dirs;
+      double sm = 0, sb = 0;
+      int ns = 0;
+      for (const json* r : recs) {
+        if (r->contains("error")) continue;
+        bool model_is_a = r->value("model_a", "") == model;
+        if (mode == "vicuna") {
+          double a = (*r)["score_a"].get<double>(), b = (*r)["score_b"].get<double>();
+          double m = model_is_a ? a : b, base = model_is_a ? b : a;
+          sm += m, sb += base, ++ns;
+          dirs.push_back(m > base ? 1 : m < base ? -1 : 0);
+        } else {
+          std::string w = r->value("winner", "tie");
+          dirs.push_back(w == model ? 1 : w == "tie" ? 0 : -1);
+        }
+      }
+      if (dirs.empty()) {
+        ++all.errors, ++c.errors;
+        continue;
+      }
+      bool up = std::count(dirs.begin(), dirs.end(), 1) > 0, down = std::count(dirs.begin(), dirs.end(), -1) > 0;
+      int outcome;
+      if (mode == "vicuna") {  // the mean of the orders' scores decides
+        outcome = sm > sb ? 1 : sm < sb ? -1 : 0;
+      } else {  // a win must hold in both orders; disagreement is a tie (as FastChat counts it)
+        outcome = up && !down && std::count(dirs.begin(), dirs.end(), 0) == 0 ? 1
+                  : down && !up && std::count(dirs.begin(), dirs.end(), 0) == 0 ? -1
+                                                                                 : 0;
+      }
+      if (up && down) ++all.inconsistent, ++c.inconsistent;
+      for (Tally* t : {&all, &c}) {
+        (outcome > 0 ? t->win : outcome < 0 ? t->loss : t->tie)++;
+        if (ns) {
+          t->score_model += sm / ns;
+          t->score_base += sb / ns;
+          ++t->scored;
+        }
+      }
+    }
+    json p = {{"mode", mode}, {"model", model}, {"baseline", baseline}, {"overall", all.to_json()}, {"categories", json::object()}};
+    for (auto& [cat, t] : cats) p["categories"][cat] = t.to_json();
+    report["pairs"].push_back(p);
+    md += "\n### " + model + " vs " + baseline + " (" + mode + ")\n\n";
+    if (mode == "vicuna" && all.scored)
+      md += "Total score: " + model + " " + fmt(all.score_model) + ", " + baseline + " " + fmt(all.score_base) + " = " +
+            fmt(all.score_base > 0 ? 100.0 * all.score_model / all.score_base : 0) + "% of " + baseline + " over " +
+            std::to_string(all.scored) + " questions\n\n";
+    md += "| category | win | tie | loss | better or equal | inconsistent | errors |\n|---|---:|---:|---:|---:|---:|---:|\n";
+    auto row = [&](const std::string& name, const Tally& t) {
+      int n = t.win + t.tie + t.loss;
+      md += "| " + name + " | " + std::to_string(t.win) + " | " + std::to_string(t.tie) + " | " + std::to_string(t.loss) +
+            " | " + (n ? fmt(100.0 * (t.win + t.tie) / n) + "%" : "-") + " | " + std::to_string(t.inconsistent) + " | " +
+            std::to_string(t.errors) + " |\n";
+    };
+    for (auto& [cat, t] : cats) row(cat, t);
+    row("**all**", all);
+  }
+  // --- single grading: model -> mean per turn and category
+  std::map<std::string, std::vector<const json*>> single;
+  for (const auto& j : judgments)
+    if (j.value("mode", "") == "single") single[j.value("model", "")].push_back(&j);
+  if (!single.empty()) {
+    std::set<std::string> categories;
+    std::map<std::string, json> rows;
+    for (auto& [model, recs] : single) {
+      std::map<std::string, std::pair<double, int>> by_cat, by_turn;
+      double sum = 0;
+      int n = 0, errors = 0;
+      for (const json* r : recs) {
+        if (r->contains("error")) {
+          ++errors;
+          continue;
+        }
+        double v = (*r)["rating"].get<double>();
+        sum += v, ++n;
+        auto& c = by_cat[r->value("category", "general")];
+        c.first += v, ++c.second;
+        auto& t = by_turn[std::to_string(r->value("turn", 1))];
+        t.first += v, ++t.second;
+        categories.insert(r->value("category", "general"));
+      }
+      json m = {{"mean", n ? sum / n : 0.0}, {"judged", n}, {"errors", errors}, {"turns", json::object()}, {"categories", json::object()}};
+      for (auto& [k, v] : by_turn) m["turns"][k] = v.first / v.second;
+      for (auto& [k, v] : by_cat) m["categories"][k] = v.first / v.second;
+      report["single"][model] = m;
+      rows[model] = m;
+    }
+    md += "\n### Single-answer grading (mean score, 1-10)\n\n| model | mean | turn 1 | turn 2 |";
+    for (auto& c : categories) md += " " + c + " |";
+    md += " errors |\n|---|---:|---:|---:|";
+    for (std::size_t i = 0; i < categories.size(); ++i) md += "---:|";
+    md += "---:|\n";
+    for (auto& [model, m] : rows) {
+      auto cell = [&](const json& obj, const std::string& k) { return obj.contains(k) ? fmt(obj[k].get<double>(), 2) : "-"; };
+      md += "| " + model + " | " + fmt(m["mean"].get<double>(), 2) + " | " + cell(m["turns"], "1") + " | " + cell(m["turns"], "2") + " |";
+      for (auto& c : categories) md += " " + cell(m["categories"], c) + " |";
+      md += " " + std::to_string(m["errors"].get<int>()) + " |\n";
+    }
+  }
+  report["baseline"] = baseline;
+  report["markdown"] = md;
+  return report;
+}
+
+std::vector<json> read_judgments(const fs::path& file, const std::vector<std::string>& names, std::vector<std::string>& warnings) {
+  std::ifstream in(file);
+  if (!in) throw ConfigError(file.string() + ": cannot open");
+  std::vector<json> out;
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    std::string at = file.string() + ":" + std::to_string(n);
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::parse_error& e) {
+      throw ConfigError(at + ":" + std::to_string(e.byte) + ": not JSON: " + e.what());
+    }
+    if (j.contains("mode")) {
+      out.push_back(j);
+      continue;
+    }
+    // FastChat's GPT-4 review: re-parse the scores from the text and check them against "score".
+    if (!j.contains("text") || !j["text"].is_string() || !j.contains("question_id"))
+      throw ConfigError(at + ": neither a vhost judgment nor a FastChat review (needs question_id and text)");
+    json r = {{"mode", "vicuna"}, {"question_id", j["question_id"]}, {"turn", 1},
+              {"category", j.value("category", std::string("general"))},
+              {"model_a", names.size() > 0 ? names[0] : "model1"}, {"model_b", names.size() > 1 ? names[1] : "model2"},
+              {"order", "ab"}, {"judge_text", j["text"]}};
+    double a, b;
+    if (parse_two_scores(j["text"].get<std::string>(), a, b)) {
+      r["score_a"] = a;
+      r["score_b"] = b;
+      if (j.contains("score") && j["score"].is_array() && j["score"].size() == 2 &&
+          (j["score"][0].get<double>() != a || j["score"][1].get<double>() != b))
+        warnings.push_back(at + ": the text says " + fmt(a) + " " + fmt(b) + " but \"score\" says " + j["score"].dump() +
+                           "; the text's scores are used");
+    } else {
+      r["error"] = "no two scores on the first line";
+      warnings.push_back(at + ": no two scores on the first line of the review: counted as an error");
+    }
+    out.push_back(r);
+  }
+  return out;
+}
+
+// ---- HTML with SVG charts ---------------------------------------------------------------------
+
+namespace {
+std::string esc(const std::string& s) {
+  std::string o;
+  for (char c : s) o += c == '<' ? "&lt;" : c == '>' ? "&gt;" : c == '&' ? "&amp;" : c == '"' ? "&quot;" : std::string(1, c);
+  return o;
+}
+}  // namespace
+
+std::string eval_html(const json& report) {
+  std::ostringstream h;
+  h << "<!doctype html><html><head><meta charset=\"utf-8\"><title>vhost evaluation</title><style>"
+       "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+       "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
+       "</style></head><body><h1>Evaluation</h1>\n";
+  for (const auto& p : report["pairs"]) {
+    h << "<h2>" << esc(p["model"].get<std::string>()) << " vs " << esc(p["baseline"].get<std::string>()) << " ("
+      << esc(p["mode"].get<std::string>()) << ")</h2>\n";
+    const json& o = p["overall"];
+    if (o.contains("relative_percent"))
+      h << "<p>Total score " << fmt(o["total_model"].get<double>()) << " vs " << fmt(o["total_baseline"].get<double>())
+        << ": <b>" << fmt(o["relative_percent"].get<double>()) << "%</b> of the baseline.</p>\n";
+    // Win / tie / loss stacked bars per category (Vicuna's Figure 3).
+    std::vector<std::pair<std::string, json>> rows;
+    for (auto it = p["categories"].begin(); it != p["categories"].end(); ++it) rows.emplace_back(it.key(), *it);
+    rows.emplace_back("all", o);
+    const int W = 720, L = 140, bar = 18, gap = 8;
+    h << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << rows.size() * (bar + gap) + 30
+      << "\" font-size=\"12\">\n";
+    int y = 4;
+    for (auto& [name, t] : rows) {
+      double n = t["win"].get<int>() + t["tie"].get<int>() + t["loss"].get<int>();
+      double x = L;
+      h << "<text x=\"" << L - 6 << "\" y=\"" << y + 13 << "\" text-anchor=\"end\">" << esc(name) << "</text>";
+      const char* colors[] = {"#2ca02c", "#bbbbbb", "#d62728"};
+      const char* keys[] = {"win", "tie", "loss"};
+      for (int k = 0; k < 3; ++k) {
+        double w = n > 0 ? (W - L - 10) * t[keys[k]].get<int>() / n : 0;
+        if (w > 0)
+          h << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << w << "\" height=\"" << bar << "\" fill=\"" << colors[k]
+            << "\"><title>" << keys[k] << ": " << t[keys[k]].get<int>() << "</title></rect>";
+        x += w;
+      }
+      h << "\n";
+      y += bar + gap;
+    }
+    h << "<text x=\"" << L << "\" y=\"" << y + 14 << "\" fill=\"#2ca02c\">win</text><text x=\"" << L + 40 << "\" y=\"" << y + 14
+      << "\" fill=\"#888\">tie</text><text x=\"" << L + 75 << "\" y=\"" << y + 14 << "\" fill=\"#d62728\">loss</text></svg>\n";
+  }
+  if (!report["single"].empty()) {
+    h << "<h2>Single-answer grading</h2>\n";
+    // A radar chart of the mean score per category, one polygon per model (MT-bench style).
+    std::set<std::string> cats;
+    for (auto& [m, v] : report["single"].items())
+      for (auto& [c, s] : v["categories"].items()) cats.insert(c);
+    std::vector<std::string> cv(cats.begin(), cats.end());
+    const double cx = 260, cy = 230, R = 180;
+    h << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"470\" font-size=\"12\">\n";
+    auto pt = [&](std::size_t i, double r) {
+      double a = 2 * M_PI * static_cast<double>(i) / std::max<std::size_t>(1, cv.size()) - M_PI / 2;
+      return std::make_pair(cx + r * std::cos(a), cy + r * std::sin(a));
+    };
+    for (int ring = 2; ring <= 10; ring += 2) {
+      h << "<polygon fill=\"none\" stroke=\"#ddd\" points=\"";
+      for (std::size_t i = 0; i < cv.size(); ++i) {
+        auto [x, y] = pt(i, R * ring / 10);
+        h << x << "," << y << " ";
+      }
+      h << "\"/>";
+    }
+    for (std::size_t i = 0; i < cv.size(); ++i) {
+      auto [x, y] = pt(i, R + 16);
+      h << "<text x=\"" << x << "\" y=\"" << y << "\" text-anchor=\"middle\">" << esc(cv[i]) << "</text>";
+    }
+    const char* colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
+    int k = 0;
+    for (auto& [m, v] : report["single"].items()) {
+      const char* col = colors[k % 6];
+      h << "<polygon fill=\"" << col << "\" fill-opacity=\"0.15\" stroke=\"" << col << "\" points=\"";
+      for (std::size_t i = 0; i < cv.size(); ++i) {
+        double s = v["categories"].contains(cv[i]) ? v["categories"][cv[i]].get<double>() : 0;
+        auto [x, y] = pt(i, R * s / 10);
+        h << x << "," << y << " ";
+      }
+      h << "\"/><text x=\"560\" y=\"" << 30 + 18 * k << "\" fill=\"" << col << "\">" << esc(m) << ": "
+        << fmt(v["mean"].get<double>(), 2) << "</text>\n";
+      ++k;
+    }
+    h << "</svg>\n";
+  }
+  h << "<h2>Tables</h2><pre>" << esc(report["markdown"].get<std::string>()) << "</pre></body></html>\n";
+  return h.str();
+}
+
+// ---- the stage --------------------------------------------------------------------------------
+
+namespace {
+
+std::map<int64_t, json> read_jsonl_by_qid(const fs::path& f) {
+  std::map<int64_t, json> out;
+  std::ifstream in(f);
+  std::string line;
+  while (std::getline(in, line)) {
+    try {
+      json j = json::parse(line);
+      out[j.at("question_id").get<int64_t>()] = j;
+    } catch (const std::exception&) {
+      // a line torn by an interruption: that answer is made again
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+json run_eval(StageContext& ctx) {
+  const auto& c = ctx.config;
+  const fs::path out = c["out"].get<std::string>();
+  fs::create_directories(out / "answers");
+  auto questions = load_questions(c["questions"].get<std::string>());
+  if (c["limit"].get<int64_t>() > 0 && static_cast<int64_t>(questions.size()) > c["limit"].get<int64_t>())
+    questions.resize(static_cast<std::size_t>(c["limit"].get<int64_t>()));
+  const std::string mode = c["mode"].get<std::string>();
+  Instance& judge = ctx.instance(c["judge"].get<std::string>());
+  const int concurrency = static_cast<int>(c["concurrency"].get<int64_t>());
+  const int64_t max_tokens = c["max_tokens"].get<int64_t>();
+
+  // ---- answers: each model answers every question (every turn), resumably
+  std::vector<std::string> models = c["models"].get<std::vector<std::string>>();
+  if (models.empty())
+    for (const auto& d : ctx.declared)
+      if (d.rfind("models.", 0) == 0) models.push_back(d);
+  std::map<std::string, std::map<int64_t, std::vector<std::string>>> answers;  // name -> qid -> turns
+  for (const auto& f : c["answers"].get<std::vector<std::string>>()) {         // FastChat answer files
+    for (auto& [qid, j] : read_jsonl_by_qid(f)) {
+      std::string name = j.value("model_id", fs::path(f).stem().string());
+      answers[name][qid] = j.at("choices").at(0).at("turns").get<std::vector<std::string>>();
+    }
+  }
+  for (const auto& ref : models) {
+    Instance& model = ctx.instance(ref);
+    const std::string name = ref.substr(ref.find('.') + 1);
+    const fs::path file = out / "answers" / (name + ".jsonl");
+    for (auto& [qid, j] : read_jsonl_by_qid(file)) answers[name][qid] = j["choices"][0]["turns"].get<std::vector<std::string>>();
+    json info = model.model_tokenizer_info();
+    conv::Registry reg;
+    const conv::Template* t = &reg.get(info.value("template", std::string("vicuna_v1.1")));
+    std::vector<const Question*> todo;
+    for (const auto& q : questions)
+      if (!answers[name].count(q.id)) todo.push_back(&q);
+    if (todo.empty()) continue;
+    ctx.out << name << ": answering " << todo.size() << " of " << questions.size() << " questions\n" << std::flush;
+    std::ofstream af(file, std::ios::app);
+    std::mutex m;
+    std::atomic<std::size_t> next{0};
+    std::exception_ptr failure;
+    auto worker = [&] {
+      for (std::size_t i = next++; i < todo.size(); i = next++) {
+        const Question& q = *todo[i];
+        try {
+          conv::Conversation conversation;
+          std::vector<std::string> turns;
+          for (const auto& turn : q.turns) {
+            conversation.messages.push_back(turn);
+            json req = {{"prompts", json::array({conv::render(*t, conversation).text()})},
+                        {"max_tokens", max_tokens},
+                        {"temperature", c["temperature"]},
+                        {"stop", t->stop_strings()},
+                        {"add_bos", true},
+                        {"seed", static_cast<int64_t>(q.id)}};
+            std::string text = model.model_generate(req, nullptr)["choices"][0]["text"].get<std::string>();
+            auto b = text.find_first_not_of(" \n"), e = text.find_last_not_of(" \n");
+            text = b == std::string::npos ? "" : text.substr(b, e - b + 1);
+            conversation.messages.push_back(text);
+            turns.push_back(text);
+          }
+          std::lock_guard<std::mutex> g(m);
+          answers[name][q.id] = turns;
+          af << json{{"question_id", q.id}, {"answer_id", name + "-" + std::to_string(q.id)}, {"model_id", name},
+                     {"choices", json::array({{{"index", 0}, {"turns", turns}}})}}.dump()
+             << "\n" << std::flush;
+        } catch (...) {
+          std::lock_guard<std::mutex> g(m);
+          if (!failure) failure = std::current_exception();
+        }
+      }
+    };
+    const int n = std::min<int>(std::max(1, info.value("max_batch", 1)), static_cast<int>(todo.size()));
+    std::vector<std::thread> ts;
+    for (int k = 0; k < n; ++k) ts.emplace_back(worker);
+    for (auto& th : ts) th.join();
+    if (failure) std::rethrow_exception(failure);
+  }
+  // Answers from OpenAI-compatible endpoints: judge-kind instances (the `openai` plugin is a
+  // chat-completions client), asked turn by turn with the conversation so far as messages.
+  for (const auto& ref : c["endpoints"].get<std::vector<std::string>>()) {
+    Instance& ep = ctx.instance(ref);
+    if (ep.plugin().kind != std::string(VHOST_KIND_JUDGE))
+      throw ConfigError(ctx.id + ".endpoints: '" + ref + "' is a " + ep.plugin().kind + " instance, not a chat endpoint (a judge)");
+    const std::string name = ref.substr(ref.find('.') + 1);
+    const fs::path file = out / "answers" / (name + ".jsonl");
+    for (auto& [qid, j] : read_jsonl_by_qid(file)) answers[name][qid] = j["choices"][0]["turns"].get<std::vector<std::string>>();
+    std::vector<const Question*> todo;
+    for (const auto& q : questions)
+      if (!answers[name].count(q.id)) todo.push_back(&q);
+    if (todo.empty()) continue;
+    ctx.out << name << ": answering " << todo.size() << " of " << questions.size() << " questions over HTTP\n" << std::flush;
+    std::ofstream af(file, std::ios::app);
+    std::mutex m;
+    std::atomic<std::size_t> next{0};
+    std::exception_ptr failure;
+    auto worker = [&] {
+      for (std::size_t i = next++; i < todo.size(); i = next++) {
+        const Question& q = *todo[i];
+        try {
+          json messages = json::array();
+          std::vector<std::string> turns;
+          for (const auto& turn : q.turns) {
+            messages.push_back({{"role", "user"}, {"content", turn}});
+            json reply = ep.judge_complete({{"messages", messages}, {"temperature", c["temperature"]}, {"max_tokens", max_tokens}});
+            std::string text = reply.value("text", "");
+            messages.push_back({{"role", "assistant"}, {"content", text}});
+            turns.push_back(text);
+          }
+          std::lock_guard<std::mutex> g(m);
+          answers[name][q.id] = turns;
+          af << json{{"question_id", q.id}, {"answer_id", name + "-" + std::to_string(q.id)}, {"model_id", name},
+                     {"choices", json::array({{{"index", 0}, {"turns", turns}}})}}.dump()
+             << "\n" << std::flush;
+        } catch (...) {
+          std::lock_guard<std::mutex> g(m);
+          if (!failure) failure = std::current_exception();
+        }
+      }
+    };
+    std::vector<std::thread> ts;
+    for (int k = 0; k < std::min<int>(concurrency, static_cast<int>(todo.size())); ++k) ts.emplace_back(worker);
+    for (auto& th : ts) th.join();
+    if (failure) std::rethrow_exception(failure);
+  }
+  std::vector<std::string> names;
+  for (auto& [n, a] : answers) names.push_back(n);
+  if (names.empty()) throw ConfigError(ctx.id + ".models: nothing to evaluate: no model instance and no answers file");
+
+  // ---- judge prompts: the project's, or FastChat judge_prompts.jsonl
+  std::map<std::string, Prompt> fastchat;
+  if (!c["judge_prompts"].get<std::string>().empty()) {
+    std::ifstream in(c["judge_prompts"].get<std::string>());
+    if (!in) throw ConfigError(ctx.id + ".judge_prompts: cannot open " + c["judge_prompts"].get<std::string>());
+    std::string line;
+    int n = 0;
+    while (std::getline(in, line)) {
+      ++n;
+      try {
+        json j = json::parse(line);
+        fastchat[j.at("name").get<std::string>()] = {j.at("system_prompt").get<std::string>(),
+                                                     j.at("prompt_template").get<std::string>()};
+      } catch (const std::exception& e) {
+        throw ConfigError(c["judge_prompts"].get<std::string>() + ":" + std::to_string(n) + ": not a judge prompt: " + e.what());
+      }
+    }
+  }
+  const std::set<std::string> ref_categories = {"math", "reasoning", "coding"};
+
+  // ---- the judgments to make
+  std::string baseline = c["baseline"].get<std::string>();
+  if (mode != "single") {
+    if (baseline.empty()) baseline = names.front();
+    if (!answers.count(baseline)) throw ConfigError(ctx.id + ".baseline: no answers from '" + baseline + "' (have: " + join(names) + ")");
+  }
+  struct Task {
+    const Question* q;
+    int turn;
+    std::string a, b, order;  // pairwise: a and b as shown (order "ab": model_a shown first)
+    std::string model_a, model_b, key;
+  };
+  std::vector<Task> tasks;
+  for (const auto& q : questions) {
+    const int turns = mode == "vicuna" ? 1 : static_cast<int>(std::min<std::size_t>(2, q.turns.size()));
+    for (int turn = 1; turn <= turns; ++turn) {
+      if (mode == "single") {
+        for (auto& n : names)
+          if (answers[n].count(q.id))
+            tasks.push_back({&q, turn, n, "", "", n, "", "single|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + n});
+      } else {
+        for (auto& n : names) {
+          if (n == baseline || !answers[n].count(q.id) || !answers[baseline].count(q.id)) continue;
+          for (std::string order : {"ab", "ba"}) {
+            if (order == "ba" && !c["both_orders"].get<bool>()) continue;
+            Task t{&q, turn, order == "ab" ? baseline : n, order == "ab" ? n : baseline, order, baseline, n, ""};
+            t.key = mode + "|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + baseline + "|" + n + "|" + order;
+            tasks.push_back(t);
+          }
+        }
+      }
+    }
+  }
+  // Resume: judgments already made are kept.
+  const fs::path jfile = out / "judgments.jsonl";
+  std::vector<json> judgments;
+  std::set<std::string> done;
+  {
+    std::ifstream in(jfile);
+    std::string line;
+    while (std::getline(in, line)) {
+      try {
+        json j = json::parse(line);
+        done.insert(j.at("key").get<std::string>());
+        judgments.push_back(j);
+      } catch (const std::exception&) {
+      }
+    }
+  }
+  std::vector<const Task*> todo;
+  for (const auto& t : tasks)
+    if (!done.count(t.key)) todo.push_back(&t);
+  ctx.out << "judging: " << todo.size() << " of " << tasks.size() << " judgments to make (" << mode << ", concurrency "
+          << concurrency << ")\n" << std::flush;
+  std::ofstream jf(jfile, std::ios::app);
+  std::mutex m;
+  std::atomic<std::size_t> next{0};
+  std::atomic<int> unparsed{0};
+  int failed_calls = 0;
+  std::string first_failure;
+  const int retries = static_cast<int>(c["parse_retries"].get<int64_t>());
+  auto build = [&](const Task& t) -> json {
+    const Question& q = *t.q;
+    const bool with_ref = ref_categories.count(q.category) && !q.reference.empty();
+    std::map<std::string, std::string> v;
+    v["question"] = q.turns[0];
+    v["question_1"] = q.turns[0];
+    v["question_2"] = q.turns.size() > 1 ? q.turns[1] : "";
+    v["ref_answer_1"] = q.reference.size() > 0 ? q.reference[0] : "";
+    v["ref_answer_2"] = q.reference.size() > 1 ? q.reference[1] : "";
+    auto ans = [&](const std::string& name, int k) {
+      const auto& turns = answers[name][q.id];
+      return k < static_cast<int>(turns.size()) ? turns[k] : std::string();
+    };
+    Prompt p;
+    if (mode == "vicuna") {
+      p = {kVicunaSystem, kVicunaUser};
+      v["answer_a"] = ans(t.a, 0);
+      v["answer_b"] = ans(t.b, 0);
+    } else {
+      std::string fc = std::string(mode == "single" ? "single-" : "pair-") + (with_ref ? "math-v1" : mode == "single" ? "v1" : "v2") +
+                       (t.turn == 2 ? "-multi-turn" : "");
+      if (fastchat.count(fc)) {
+        p = fastchat[fc];
+      } else {
+        p = mode == "single" ? Prompt{kSingleSystem, kSingleUser} : Prompt{kPairSystem, kPairUser};
+        if (t.turn == 2) {  // the whole conversation; the verdict is about the last answer
+          if (mode == "single") v["question"] = transcript(q, answers[t.a][q.id], 1) + "(Judge the assistant's last answer.)";
+          else v["question"] = "A conversation with two turns; judge the answers to the second turn, in context.\n\n" + q.turns[0] + "\n\n(then) " + q.turns[1];
+        }
+        std::string rb = with_ref ? "[Reference answer]\n" + v[t.turn == 2 ? "ref_answer_2" : "ref_answer_1"] + "\n[End of the reference]\n\n" : "";
+        v["reference_block"] = rb;
+        v["reference_note"] = with_ref ? " Compare it with the reference answer, which is correct." : "";
+      }
+      int k = t.turn - 1;
+      v["answer"] = ans(t.a, k);
+      v["answer_1"] = ans(t.a, 0);
+      v["answer_2"] = ans(t.a, 1);
+      v["answer_a"] = ans(t.a, k);
+      v["answer_b"] = ans(t.b, k);
+      v["answer_a_1"] = ans(t.a, 0);
+      v["answer_a_2"] = ans(t.a, 1);
+      v["answer_b_1"] = ans(t.b, 0);
+      v["answer_b_2"] = ans(t.b, 1);
+    }
+    return {{"messages", json::array({{{"role", "system"}, {"content", p.system}}, {{"role", "user"}, {"content", fill(p.user, v)}}})},
+            {"temperature", 0.0},
+            {"max_tokens", c["judge_max_tokens"]}};
+  };
+  auto worker = [&] {
+    for (std::size_t i = next++; i < todo.size(); i = next++) {
+      const Task& t = *todo[i];
+      try {
+        json rec = {{"key", t.key}, {"mode", mode}, {"question_id", t.q->id}, {"category", t.q->category}, {"turn", t.turn}};
+        if (mode == "single") rec["model"] = t.a;
+        else rec["model_a"] = t.model_a, rec["model_b"] = t.model_b, rec["order"] = t.order;
+        json req = build(t);
+        bool ok = false;
+        std::string text;
+        double cost = 0;
+        int attempt = 0;
+        // Unparseable output is asked again (at temperature 0.7: a new request, not the cached
+        // one), then recorded as an error. Never guessed.
+        for (; attempt <= retries && !ok; ++attempt) {
+          if (attempt > 0) req["temperature"] = 0.7, req["messages"][0]["content"] = req["messages"][0]["content"].get<std::string>() + " ";
+          json reply = judge.judge_complete(req);
+          text = reply.value("text", "");
+          cost += reply.value("cost_usd", 0.0);
+          if (mode == "vicuna") {
+            double a, b;
+            if ((ok = parse_two_scores(text, a, b))) {
+              bool model_a_first = t.order == "ab";
+              rec["score_a"] = model_a_first ? a : b;  // in model_a / model_b terms, whatever the order
+              rec["score_b"] = model_a_first ? b : a;
+            }
+          } else if (mode == "single") {
+            double r;
+            if ((ok = parse_rating(text, r))) rec["rating"] = r;
+          } else {
+            char verdict;
+            if ((ok = parse_verdict(text, verdict)))
+              rec["winner"] = verdict == 'C' ? std::string("tie") : verdict == 'A' ? t.a : t.b;
+          }
+        }
+        rec["attempts"] = attempt;
+        rec["judge_text"] = text;
+        rec["cost_usd"] = cost;
+        if (!ok) {
+          rec["error"] = "no verdict in the judge's reply";
+          ++unparsed;
+        }
+        std::lock_guard<std::mutex> g(m);
+        jf << rec.dump() << "\n" << std::flush;
+        judgments.push_back(rec);
+      } catch (const std::exception& e) {
+        // The judge could not be asked (unreachable, refused the request): counted in this
+        // report, not stored, so running the stage again asks again.
+        std::lock_guard<std::mutex> g(m);
+        if (failed_calls++ == 0) first_failure = e.what();
+        json rec = {{"key", t.key}, {"mode", mode}, {"question_id", t.q->id}, {"category", t.q->category}, {"turn", t.turn},
+                    {"error", std::string("judge request failed: ") + e.what()}};
+        if (mode == "single") rec["model"] = t.a;
+        else rec["model_a"] = t.model_a, rec["model_b"] = t.model_b, rec["order"] = t.order;
+        judgments.push_back(rec);
+      }
+    }
+  };
+  std::vector<std::thread> ts;
+  for (int k = 0; k < std::min<int>(concurrency, static_cast<int>(std::max<std::size_t>(1, todo.size()))); ++k) ts.emplace_back(worker);
+  for (auto& th : ts) th.join();
+  if (failed_calls)
+    ctx.out << "warning: " << failed_calls << " judge requests failed (counted as errors; run again to retry them); the first: "
+            << first_failure << "\n";
+
+  // ---- report
+  json report = eval_report(judgments, baseline);
+  std::ofstream(out / "report.md") << report["markdown"].get<std::string>();
+  std::ofstream(out / "report.json") << report.dump(2) << "\n";
+  std::ofstream(out / "report.html") << eval_html(report);
+  ctx.out << report["markdown"].get<std::string>() << "\nreport: " << (out / "report.html").string() << "\n";
+  double cost = 0;
+  for (const auto& j : judgments) cost += j.value("cost_usd", 0.0);
+  return {{"questions", questions.size()}, {"judgments", judgments.size()}, {"unparsed", unparsed.load()},
+          {"failed_requests", failed_calls},
+          {"cost_usd", cost}, {"report", (out / "report.html").string()}, {"pairs", report["pairs"]}, {"single", report["single"]}};
+}
+
+}  // namespace vhost::host

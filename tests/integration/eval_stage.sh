@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The eval stage end to end against a scripted judge with known behaviour: Vicuna scores (the
+# longer answer gets 9, the other 6, in either order), single ratings, pairwise verdicts with a
+# position bias, an unparseable reply; resuming; in-process answers; `vhost eval report`.
+#   eval_stage.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+build=$1 src=$2 scratch=$3
+vhost=$build/bin/vhost
+rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
+python3 "$src/tests/integration/scripted_openai.py" > server.log 2>&1 &
+SPID=$!
+trap 'kill $SPID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do grep -q listening server.log && break; sleep 0.05; done
+PORT=$(sed -n 's/listening on //p' server.log)
+calls() { curl -s "http://127.0.0.1:$PORT/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
+
+cat > questions.jsonl <<'Q'
+{"question_id": 1, "category": "writing", "turns": ["Write a haiku."]}
+{"question_id": 2, "category": "writing", "turns": ["Write a limerick."]}
+{"question_id": 3, "category": "math", "turns": ["What is 2+2?", "And 3+3?"], "reference": ["4", "6"]}
+{"question_id": 4, "category": "math", "turns": ["What is 5*5?"]}
+{"question_id": 5, "category": "generic", "turns": ["NOVERDICT please"]}
+Q
+answers() {  # answers NAME TEXT... (one per question)
+  local name=$1; shift
+  local i=0
+  for t in "$@"; do
+    i=$((i + 1))
+    turns="[\"$t\"]"; [ $i -eq 3 ] && turns="[\"$t\", \"$t\"]"
+    echo "{\"question_id\": $i, \"answer_id\": \"$name-$i\", \"model_id\": \"$name\", \"choices\": [{\"index\": 0, \"turns\": $turns}]}"
+  done > "$name.jsonl"
+}
+answers long "a long answer one" "a long answer two" "a long answer three" "x" "same"
+answers short "short" "short" "short" "a much longer answer" "same"
+
+pipeline() {  # pipeline MODE OUT
+  cat > eval.toml <<TOML
+[pipeline]
+name = "eval"
+stages = ["eval"]
+[judges.j]
+plugin = "openai"
+base_url = "http://127.0.0.1:$PORT/v1"
+api_key = "test"
+backoff_s = 0.01
+[stages.eval]
+questions = "$scratch/questions.jsonl"
+answers = ["$scratch/long.jsonl", "$scratch/short.jsonl"]
+baseline = "short"
+mode = "$1"
+out = "$scratch/$2"
+concurrency = 4
+TOML
+}
+
+pipeline vicuna out-vicuna
+"$vhost" run eval.toml > vicuna.log 2>&1 || { cat vicuna.log; exit 1; }
+python3 - out-vicuna/report.json <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+o = r["pairs"][0]["overall"]
+assert r["pairs"][0]["model"] == "long" and r["pairs"][0]["baseline"] == "short", r["pairs"][0]
+assert (o["win"], o["tie"], o["loss"], o["errors"], o["inconsistent"]) == (3, 0, 1, 1, 0), o
+assert o["total_model"] == 33 and o["total_baseline"] == 27, o
+assert abs(o["relative_percent"] - 100 * 33 / 27) < 1e-9
+assert r["pairs"][0]["categories"]["math"]["loss"] == 1
+print(f"  vicuna: {o['win']}/{o['tie']}/{o['loss']}, {o['relative_percent']:.1f}% of the baseline, 1 unparseable")
+PY
+grep -q '"attempts":3' out-vicuna/judgments.jsonl  # the unparseable reply was asked again twice
+grep -q "<svg" out-vicuna/report.html
+before=$(calls)
+"$vhost" run eval.toml > vicuna2.log 2>&1
+grep -q "judging: 0 of 10 judgments to make" vicuna2.log || { cat vicuna2.log; exit 1; }
+[ "$(calls)" = "$before" ]
+"$vhost" eval report --reviews out-vicuna/judgments.jsonl --baseline short > recomputed.md
+diff <(sed 's/[[:space:]]*$//' recomputed.md) <(sed 's/[[:space:]]*$//' out-vicuna/report.md)
+echo "  resumed without new judge calls; vhost eval report recomputes the same tables"
+
+pipeline single out-single
+"$vhost" run eval.toml > single.log 2>&1 || { cat single.log; exit 1; }
+python3 -c "
+import json; r = json.load(open('out-single/report.json'))
+for m in ('long', 'short'):
+    s = r['single'][m]; assert s['mean'] == 7 and s['turns']['2'] == 7 and s['errors'] == 1, s
+print('  single: every answer rated 7, turn 2 judged, 1 unparseable per model')"
+
+pipeline pairwise out-pairwise
+"$vhost" run eval.toml > pairwise.log 2>&1 || { cat pairwise.log; exit 1; }
+python3 -c "
+import json; o = json.load(open('out-pairwise/report.json'))['pairs'][0]['overall']
+assert (o['win'], o['loss'], o['inconsistent'], o['tie'], o['errors']) == (0, 0, 5, 5, 1), o  # q3 has two turns
+print('  pairwise: a judge that always picks the first answer gives only ties, each flagged inconsistent')"
+
+echo "== in-process answers"
+"$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out tiny >/dev/null
+cat > answer.toml <<TOML
+[pipeline]
+name = "answer"
+stages = ["eval"]
+[backends.cpu]
+plugin = "cpu"
+threads = 1
+[models.toy]
+plugin = "llama"
+path = "$scratch/tiny"
+max_batch = 4
+[judges.j]
+plugin = "openai"
+base_url = "http://127.0.0.1:$PORT/v1"
+api_key = "test"
+[stages.eval]
+questions = "$scratch/questions.jsonl"
+answers = ["$scratch/short.jsonl"]
+baseline = "short"
+limit = 3
+max_tokens = 8
+out = "$scratch/out-toy"
+TOML
+"$vhost" run answer.toml > toy.log 2>&1 || { cat toy.log; exit 1; }
+grep -q "toy: answering 3 of 3 questions" toy.log
+[ "$(wc -l < out-toy/answers/toy.jsonl)" = 3 ]
+python3 -c "
+import json
+for l in open('out-toy/answers/toy.jsonl'):
+    a = json.loads(l); assert a['model_id'] == 'toy' and len(a['choices'][0]['turns']) == (2 if a['question_id'] == 3 else 1), a"
+"$vhost" run answer.toml > toy2.log 2>&1
+! grep -q "answering" toy2.log
+
+echo "== answers from an OpenAI-compatible endpoint"
+cat >> answer.toml <<TOML
+[judges.remote]
+plugin = "openai"
+base_url = "http://127.0.0.1:$PORT/v1"
+model = "gpt-3.5"
+api_key = "test"
+TOML
+sed -i 's|^judge = .*||; s|^\[stages.eval\]|[stages.eval]\njudge = "judges.j"\nendpoints = ["judges.remote"]|' answer.toml
+"$vhost" run answer.toml > remote.log 2>&1 || { cat remote.log; exit 1; }
+grep -q "remote: answering 3 of 3 questions over HTTP" remote.log || { cat remote.log; exit 1; }
+python3 -c "
+import json
+a = [json.loads(l) for l in open('out-toy/answers/remote.jsonl')]
+assert len(a) == 3 and all(x['model_id'] == 'remote' for x in a)
+assert [len(x['choices'][0]['turns']) for x in sorted(a, key=lambda x: x['question_id'])] == [1, 1, 2]"
+
+echo "== bad input"
+echo '{"question_id": 1, "turns": "not a list"}' > bad.jsonl
+sed -i "s|^questions = .*|questions = \"$scratch/bad.jsonl\"|" answer.toml
+rc=0; "$vhost" run answer.toml > bad.log 2>&1 || rc=$?
+[ $rc -eq 2 ] && grep -q "bad.jsonl:1: turns: missing" bad.log || { cat bad.log; exit 1; }
+echo "eval_stage: ok"
