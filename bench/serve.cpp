@@ -4,7 +4,7 @@
 //  2. the in-process engine with the same requests and no HTTP: what the HTTP path costs.
 // Also p50/p99 time to first token over HTTP.
 //
-//   bench_serve [--clients 64] [--tokens 64] [--threads 2]
+//   bench_serve [--clients 64] [--tokens 256] [--threads 2]
 #include "engine.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
@@ -110,7 +110,7 @@ static std::pair<pid_t, int> start_server(const fs::path& vhost, const fs::path&
 }
 
 int main(int argc, char** argv) {
-  int clients = 64, tokens = 64, threads = 2;
+  int clients = 64, tokens = 256, threads = 2;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--clients") clients = std::atoi(argv[i + 1]);

@@ -285,6 +285,21 @@ struct ApiServer::Impl {
             std::string s = "data: " + c.dump() + "\n\n";
             return sink.write(s.data(), s.size());
           };
+          // The per-token chunk, the hot path: the fixed parts are rendered once and only the text
+          // is escaped per token (same JSON as chunk() makes).
+          const std::string head = "data: {\"choices\":[{\"" + std::string(chat ? "delta\":{\"content\":" : "finish_reason\":null,\"index\":");
+          const std::string tail = "\"created\":" + std::to_string(created) + ",\"id\":" + json(id).dump() + ",\"model\":" +
+                                   json(name).dump() + ",\"object\":\"" + (chat ? "chat.completion.chunk" : "text_completion") +
+                                   "\"}\n\n";
+          auto token_chunk = [&](int64_t index, const std::string& text) {
+            std::string s = head;
+            if (chat)
+              s += json(text).dump() + "},\"finish_reason\":null,\"index\":" + std::to_string(index) + ",\"logprobs\":null}],";
+            else
+              s += std::to_string(index) + ",\"logprobs\":null,\"text\":" + json(text).dump() + "}],";
+            s += tail;
+            return sink.write(s.data(), s.size());
+          };
           bool alive = true;
           if (chat)
             for (int64_t i = 0; i < n && alive; ++i) alive = chunk(i, {{"role", "assistant"}, {"content", ""}}, nullptr);
@@ -344,7 +359,7 @@ struct ApiServer::Impl {
                 if (t.empty()) continue;
                 started[seq] = true;
               }
-              alive = chunk(seq, chat ? json{{"content", t}} : json(t), nullptr);
+              alive = token_chunk(seq, t);
               if (!alive) queue.alive = false;
             }
             if (finished) break;

@@ -95,3 +95,27 @@ TEST_CASE("a full queue is refused with BUSY, and a cancelled client frees its r
   CHECK_THROWS_WITH(engine.generate(prompt_of(4, 3), bad), Catch::Matchers::Contains("top_p"));
   CHECK_THROWS_WITH(engine.generate(prompt_of(45, 3), p), Catch::Matchers::Contains("leaves no room"));
 }
+
+TEST_CASE("batched sampling draws what each row draws alone", "[engine][generate]") {
+  auto logits = torch::randn({6, 97}) * 3;
+  SamplingParams greedy, hot, cold, topk;
+  greedy.temperature = 0;
+  hot.temperature = 1.3;
+  cold.temperature = 0.4;
+  topk.temperature = 1.0;
+  topk.top_k = 5;  // not plain: sampled one by one
+  std::vector<const SamplingParams*> ps = {&hot, &greedy, &cold, &topk, &hot, &cold};
+  std::vector<int32_t> none;
+  std::vector<const std::vector<int32_t>*> seen(6, &none);
+  for (uint64_t trial = 0; trial < 20; ++trial) {
+    std::vector<torch::Generator> a, b;
+    std::vector<torch::Generator*> pa;
+    for (uint64_t r = 0; r < 6; ++r) {
+      a.push_back(at::detail::createCPUGenerator(trial * 10 + r));
+      b.push_back(at::detail::createCPUGenerator(trial * 10 + r));
+    }
+    for (auto& g : a) pa.push_back(&g);
+    auto batched = sample_tokens(logits, ps, seen, pa);
+    for (int64_t r = 0; r < 6; ++r) CHECK(batched[r] == sample_token(logits[r], *ps[r], none, b[r]));
+  }
+}

@@ -213,12 +213,13 @@ void Engine::step() {
     ++steps_;
     row_steps_ += A;
   }
+  std::vector<const SamplingParams*> ps;
+  std::vector<const std::vector<int32_t>*> ss;
+  std::vector<torch::Generator*> gs;
+  for (auto& r : rows_) ps.push_back(&r->p), ss.push_back(&r->seen), gs.push_back(&r->gen);
+  auto picks = sample_tokens(logits, ps, ss, gs);
   // Backwards: retiring row i moves the last row into i, which is then already done.
-  for (int64_t i = A - 1; i >= 0; --i) {
-    auto& r = rows_[i];
-    int32_t tok = static_cast<int32_t>(sample_token(logits[i], r->p, r->seen, r->gen));
-    emit(static_cast<std::size_t>(i), tok);
-  }
+  for (int64_t i = A - 1; i >= 0; --i) emit(static_cast<std::size_t>(i), static_cast<int32_t>(picks[static_cast<std::size_t>(i)]));
 }
 
 bool Engine::emit(std::size_t row, int32_t tok) {

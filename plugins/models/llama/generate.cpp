@@ -2,9 +2,12 @@
 
 #include <vhost/plugin.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <mutex>
 #include <set>
 
 namespace vhost::llama {
@@ -21,6 +24,27 @@ void validate(const SamplingParams& p) {
   for (const auto& s : p.stop)
     if (s.empty()) throw bad("stop", "strings must not be empty");
 }
+
+namespace {
+
+// A uniform draw in [0, 1) from a row's own generator.
+double uniform(torch::Generator& gen) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return static_cast<double>(at::check_generator<at::CPUGeneratorImpl>(gen)->random64() >> 11) * 0x1.0p-53;
+}
+
+// Inverse-CDF draw from unnormalised probabilities [V]: the first index whose cumulative mass
+// exceeds u * total.
+int64_t draw(const torch::Tensor& probs, double u) {
+  auto cdf = probs.cumsum(-1).to(torch::kFloat64);  // as sample_tokens compares
+  double total = cdf[-1].item<double>();
+  int64_t idx = (cdf < u * total).sum().item<int64_t>();
+  return std::min<int64_t>(idx, probs.size(0) - 1);
+}
+
+bool plain(const SamplingParams& p) { return p.repetition_penalty == 1.0 && p.top_k == 0 && p.top_p >= 1.0; }
+
+}  // namespace
 
 int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const std::vector<int32_t>& seen,
                      torch::Generator& gen) {
@@ -46,9 +70,44 @@ int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const
     auto drop = (cum - sp) >= p.top_p;  // keep the smallest prefix reaching top_p
     sp = sp.masked_fill(drop, 0);
     probs = torch::zeros_like(probs).scatter(0, si, sp);
-    probs = probs / probs.sum();
   }
-  return torch::multinomial(probs, 1, false, gen).item<int64_t>();
+  return draw(probs, uniform(gen));
+}
+
+std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vector<const SamplingParams*>& params,
+                                   const std::vector<const std::vector<int32_t>*>& seen,
+                                   const std::vector<torch::Generator*>& gens) {
+  const int64_t R = logits.size(0);
+  std::vector<int64_t> out(static_cast<std::size_t>(R), 0);
+  auto lg = logits.to(torch::kCPU, torch::kFloat32);
+  // Rows with plain parameters go together: one argmax for the greedy ones, one softmax and one
+  // cumulative sum for the sampled ones; the rest one by one.
+  std::vector<int64_t> greedy, sampled;
+  for (int64_t r = 0; r < R; ++r) {
+    const SamplingParams& p = *params[r];
+    if (!plain(p)) out[r] = sample_token(lg[r], p, *seen[r], *gens[r]);
+    else (p.temperature == 0 ? greedy : sampled).push_back(r);
+  }
+  if (!greedy.empty()) {
+    auto idx = torch::tensor(greedy, torch::kInt64);
+    auto am = lg.index_select(0, idx).argmax(-1).contiguous();
+    for (std::size_t i = 0; i < greedy.size(); ++i) out[greedy[i]] = am.data_ptr<int64_t>()[i];
+  }
+  if (!sampled.empty()) {
+    auto idx = torch::tensor(sampled, torch::kInt64);
+    std::vector<float> temps;
+    std::vector<double> us;
+    for (auto r : sampled) {
+      temps.push_back(static_cast<float>(params[r]->temperature));
+      us.push_back(uniform(*gens[r]));
+    }
+    auto t = torch::tensor(temps).unsqueeze(1);
+    auto cdf = torch::softmax(lg.index_select(0, idx) / t, -1).cumsum(-1);
+    auto target = torch::tensor(us, torch::kFloat64).unsqueeze(1) * cdf.select(1, -1).to(torch::kFloat64).unsqueeze(1);
+    auto picks = (cdf.to(torch::kFloat64) < target).sum(-1).clamp_max(lg.size(1) - 1).contiguous();
+    for (std::size_t i = 0; i < sampled.size(); ++i) out[sampled[i]] = picks.data_ptr<int64_t>()[i];
+  }
+  return out;
 }
 
 std::size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
@@ -154,13 +213,17 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
       auto am = lg.argmax(-1).contiguous();
       std::copy(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B, next_ids.begin());
     }
-    for (int64_t b = 0; b < B && !plain_greedy; ++b) {
-      if (state[b].done) {
-        next_ids[b] = 0;
-        continue;
-      }
-      int64_t tok = sample_token(lg[b], p, seen[b], gens[b]);
-      next_ids[b] = tok;
+    if (!plain_greedy) {
+      std::vector<int64_t> rows;
+      for (int64_t b = 0; b < B; ++b)
+        if (state[b].done) next_ids[b] = 0;
+        else rows.push_back(b);
+      std::vector<const SamplingParams*> ps(rows.size(), &p);
+      std::vector<const std::vector<int32_t>*> ss;
+      std::vector<torch::Generator*> gs;
+      for (auto b : rows) ss.push_back(&seen[b]), gs.push_back(&gens[b]);
+      auto picks = sample_tokens(lg.index_select(0, torch::tensor(rows, torch::kInt64)), ps, ss, gs);
+      for (std::size_t i = 0; i < rows.size(); ++i) next_ids[rows[i]] = picks[i];
     }
     // Account the new tokens; stop what has stopped.
     for (int64_t b = 0; b < B; ++b) {

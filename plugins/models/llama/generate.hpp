@@ -48,6 +48,13 @@ void validate(const SamplingParams& p);
 int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const std::vector<int32_t>& seen,
                      torch::Generator& gen);
 
+// One token per row of logits [R, V], each row with its own parameters, history and generator.
+// Rows without penalty, top-k or top-p are sampled together (one softmax for all); a row draws
+// the same token here as sample_token would give it alone.
+std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vector<const SamplingParams*>& params,
+                                   const std::vector<const std::vector<int32_t>*>& seen,
+                                   const std::vector<torch::Generator*>& gens);
+
 // Length of the longest suffix of `text` that is a proper prefix of a stop string: text that
 // may still become a stop string, and so must not be streamed yet.
 std::size_t held_back(const std::string& text, const std::vector<std::string>& stops);  // throws vhost::Error(VHOST_ERR_INVALID_ARGUMENT) naming the field
