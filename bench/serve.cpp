@@ -84,18 +84,19 @@ static Load http_load(int port, int clients, int tokens) {
   return l;
 }
 
-// Starts `vhost serve` and returns (pid, port).
-static std::pair<pid_t, int> start_server(const fs::path& vhost, const fs::path& model, int batch, int threads,
-                                          const fs::path& log) {
+// Starts `vhost ARGS...` with its output in `log` and returns (pid, port) once it prints its
+// listening address.
+static std::pair<pid_t, int> start(const fs::path& vhost, std::vector<std::string> args, const fs::path& log) {
   fs::remove(log);  // never read a previous run's port
   std::fflush(stdout);
   pid_t pid = fork();
   if (pid == 0) {
     FILE* f = std::freopen(log.c_str(), "w", stdout);
     (void)f;
-    std::string b = std::to_string(batch), t = std::to_string(threads);
-    execl(vhost.c_str(), vhost.c_str(), "serve", model.c_str(), "--port", "0", "--max-batch", b.c_str(), "--max-queue",
-          "1024", "--threads", t.c_str(), "--log-level", "warn", static_cast<char*>(nullptr));
+    std::vector<char*> argv{const_cast<char*>(vhost.c_str())};
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(vhost.c_str(), argv.data());
     _exit(127);
   }
   for (int i = 0; i < 400; ++i) {
@@ -105,8 +106,20 @@ static std::pair<pid_t, int> start_server(const fs::path& vhost, const fs::path&
     if (p != std::string::npos) return {pid, std::atoi(s.c_str() + p + 10)};
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  std::fprintf(stderr, "the server did not start (see %s)\n", log.c_str());
+  std::fprintf(stderr, "vhost %s did not start (see %s)\n", args[0].c_str(), log.c_str());
   std::exit(1);
+}
+
+static std::pair<pid_t, int> start_server(const fs::path& vhost, const fs::path& model, int batch, int threads,
+                                          const fs::path& log) {
+  return start(vhost, {"serve", model.string(), "--port", "0", "--max-batch", std::to_string(batch), "--max-queue", "1024",
+                       "--threads", std::to_string(threads), "--log-level", "warn"},
+               log);
+}
+
+static void stop(pid_t pid) {
+  kill(pid, SIGTERM);
+  waitpid(pid, nullptr, 0);
 }
 
 int main(int argc, char** argv) {
@@ -131,14 +144,40 @@ int main(int argc, char** argv) {
     auto [pid, port] = start_server(vhost, model, batch, threads, scratch / ("serve-" + std::to_string(batch) + ".log"));
     http_load(port, 2, 4);  // warm-up
     Load l = http_load(port, clients, tokens);
-    kill(pid, SIGTERM);
-    waitpid(pid, nullptr, 0);
+    stop(pid);
     (batch == 1 ? one : many) = l;
     std::printf("HTTP, --max-batch %-3d %9.0f tokens/s  (%lld tokens, %lld failed)  TTFT p50 %.3f s, p99 %.3f s\n", batch,
                 l.tokens_per_s, static_cast<long long>(l.tokens), static_cast<long long>(l.failed), l.ttft_p50,
                 l.ttft_p99);
   }
   std::printf("continuous batching: %.2fx batch size 1\n", many.tokens_per_s / one.tokens_per_s);
+
+  // The distributed path: API server -> controller -> worker, each its own process.
+  Load routed;
+  {
+    auto [cpid, cport] = start(vhost, {"controller", "--port", "0"}, scratch / "controller.log");
+    std::string ctl = "http://127.0.0.1:" + std::to_string(cport);
+    auto [wpid, wport] = start(vhost, {"worker", model.string(), "--controller", ctl, "--port", "0", "--max-batch",
+                                        std::to_string(clients), "--max-queue", "1024", "--threads", std::to_string(threads),
+                                        "--heartbeat", "0.5", "--log-level", "warn"},
+                               scratch / "worker.log");
+    (void)wport;
+    auto [apid, aport] = start(vhost, {"api", "--controller", ctl, "--port", "0"}, scratch / "api.log");
+    for (int i = 0; i < 200; ++i) {  // until the worker has registered
+      httplib::Client c("127.0.0.1", aport);
+      auto r = c.Get("/v1/models");
+      if (r && r->body.find("\"tiny\"") != std::string::npos) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    http_load(aport, 2, 4);
+    routed = http_load(aport, clients, tokens);
+    stop(apid);
+    stop(wpid);
+    stop(cpid);
+    std::printf("HTTP via api + controller %6.0f tokens/s  (%lld tokens, %lld failed)  TTFT p50 %.3f s, p99 %.3f s\n",
+                routed.tokens_per_s, static_cast<long long>(routed.tokens), static_cast<long long>(routed.failed),
+                routed.ttft_p50, routed.ttft_p99);
+  }
 
   // In process: the same requests straight into the engine.
   torch::set_num_threads(threads);
@@ -164,6 +203,7 @@ int main(int argc, char** argv) {
   for (auto g : got) total += g;
   double inproc = static_cast<double>(total) / secs;
   std::printf("in-process engine    %9.0f tokens/s  (%lld tokens)\n", inproc, static_cast<long long>(total));
-  std::printf("HTTP path: %.2fx the in-process engine\n", many.tokens_per_s / inproc);
+  std::printf("HTTP path: %.2fx the in-process engine; via api + controller: %.2fx\n", many.tokens_per_s / inproc,
+              routed.tokens_per_s / inproc);
   return 0;
 }

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
 namespace vhost::host {
@@ -91,6 +92,7 @@ void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, c
   std::mutex mu;
   std::map<std::string, Worker> workers;
   std::mt19937_64 rng(std::random_device{}());
+  std::atomic<int64_t> dispatched{0}, expired{0};
   httplib::Server s;
   Backlog backlog;
   backlog.attach(s);
@@ -164,9 +166,27 @@ void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, c
              }
            }
            ++workers[pick].queue;  // until its next heartbeat says otherwise
+           ++dispatched;
            reply_json(res, {{"address", pick}, {"known", true}});
          }));
   s.Get("/health", [](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"status", "ok"}}); });
+  s.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+    std::ostringstream m;
+    std::lock_guard<std::mutex> g(mu);
+    std::map<std::string, int> per_model;
+    int64_t queue = 0;
+    for (auto& [a, w] : workers) {
+      for (auto& name : w.models) ++per_model[name];
+      queue += w.queue;
+    }
+    m << "# TYPE vhost_controller_workers gauge\nvhost_controller_workers " << workers.size()
+      << "\n# TYPE vhost_controller_queue gauge\nvhost_controller_queue " << queue
+      << "\n# TYPE vhost_controller_dispatched_total counter\nvhost_controller_dispatched_total " << dispatched
+      << "\n# TYPE vhost_controller_expired_total counter\nvhost_controller_expired_total " << expired
+      << "\n# TYPE vhost_controller_model_workers gauge\n";
+    for (auto& [name, n] : per_model) m << "vhost_controller_model_workers{model=\"" << name << "\"} " << n << "\n";
+    res.set_content(m.str(), "text/plain; version=0.0.4");
+  });
   int port = bind_server(s, backlog, o.host, o.port, "controller");
   std::atomic<bool> done{false};
   std::thread expiry([&] {
@@ -174,8 +194,11 @@ void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, c
       {
         std::lock_guard<std::mutex> g(mu);
         for (auto it = workers.begin(); it != workers.end();)
-          if (std::chrono::duration<double>(Clock::now() - it->second.seen).count() > o.expiry_seconds)
+          if (std::chrono::duration<double>(Clock::now() - it->second.seen).count() > o.expiry_seconds) {
+            spdlog::warn("[controller] worker {} silent for {} s: dropped", it->first, o.expiry_seconds);
             it = workers.erase(it);
+            ++expired;
+          }
           else
             ++it;
       }
@@ -267,8 +290,11 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
   s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
   s.set_payload_max_length(o.max_body);
   s.set_tcp_nodelay(true);
-  auto error = [](httplib::Response& res, int status, const std::string& msg, const std::string& type = "invalid_request_error",
-                  const std::string& param = "", const std::string& code = "") {
+  std::atomic<int64_t> api_requests{0}, api_retries{0}, api_errors{0};
+  auto error = [&api_errors](httplib::Response& res, int status, const std::string& msg,
+                             const std::string& type = "invalid_request_error", const std::string& param = "",
+                             const std::string& code = "") {
+    ++api_errors;
     reply_json(res, openai_error_body(msg, type, param, code), status);
   };
   auto authorized = [&o, error](const httplib::Request& req, httplib::Response& res) {
@@ -312,6 +338,7 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
       return error(res, 400, "'model' is required (GET /v1/models lists them)", "invalid_request_error", "model");
     const std::string model = body["model"].get<std::string>();
     const bool stream = body.value("stream", false);
+    ++api_requests;
     std::vector<std::string> tried;
     // Up to three workers: one that cannot be reached is skipped (a dead worker's request is retried).
     for (int attempt = 0; attempt < 3; ++attempt) {
@@ -335,7 +362,10 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
         cli.set_connection_timeout(2, 0);
         cli.set_read_timeout(600, 0);
         auto r = cli.Post(req.path, req.body, "application/json");
-        if (!r) continue;  // unreachable or died mid-request: another worker
+        if (!r) {  // unreachable or died mid-request: another worker
+          ++api_retries;
+          continue;
+        }
         res.status = r->status;
         res.set_content(r->body, "application/json");
         return;
@@ -344,7 +374,10 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
       auto cli = std::make_shared<httplib::Client>(address);
       cli->set_connection_timeout(2, 0);
       cli->set_read_timeout(600, 0);
-      if (!cli->Get("/health")) continue;
+      if (!cli->Get("/health")) {
+        ++api_retries;
+        continue;
+      }
       res.set_header("Cache-Control", "no-cache");
       std::string path = req.path, payload = req.body;
       res.set_chunked_content_provider("text/event-stream", [cli, path, payload](std::size_t, httplib::DataSink& sink) {
@@ -374,6 +407,13 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
   };
   s.Post("/v1/completions", forward);
   s.Post("/v1/chat/completions", forward);
+  s.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+    std::ostringstream m;
+    m << "# TYPE vhost_api_requests_total counter\nvhost_api_requests_total " << api_requests
+      << "\n# TYPE vhost_api_retries_total counter\nvhost_api_retries_total " << api_retries
+      << "\n# TYPE vhost_api_errors_total counter\nvhost_api_errors_total " << api_errors << "\n";
+    res.set_content(m.str(), "text/plain; version=0.0.4");
+  });
   s.Get("/health", [](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"status", "ok"}}); });
   s.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(web_chat_html(), "text/html"); });
   s.set_error_handler([](const httplib::Request&, httplib::Response& res) {

@@ -126,6 +126,7 @@ struct ApiServer::Impl {
     }
     r["stop"] = stop;
     if (body.contains("seed") && !body["seed"].is_null()) r["seed"] = param<int64_t>(body, "seed", 0);
+    if (param(body, "ignore_eos", false)) r["ignore_eos"] = true;  // vLLM's extension: benchmarks, tests
     if (body.contains("presence_penalty") || body.contains("frequency_penalty")) {
       // Not modelled; accepted so that clients which always send them work.
     }
@@ -517,6 +518,23 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
       << "# TYPE vhost_prompt_tokens_total counter\nvhost_prompt_tokens_total " << I.prompt_tokens << "\n"
       << "# TYPE vhost_time_to_first_token_seconds_mean gauge\nvhost_time_to_first_token_seconds_mean "
       << (I.ttft_count ? static_cast<double>(I.ttft_us_sum) / 1e6 / static_cast<double>(I.ttft_count) : 0.0) << "\n";
+    // Per model, what its engine reports (continuous batching): running and queued sequences,
+    // mean rows per decode step, generated tokens.
+    o << "# TYPE vhost_model_running gauge\n# TYPE vhost_model_queued gauge\n# TYPE vhost_model_mean_batch gauge\n"
+         "# TYPE vhost_model_generated_tokens_total counter\n";
+    for (auto& [name, inst] : I.models) {
+      json e;
+      try {
+        e = inst->describe().value("engine", json(nullptr));
+      } catch (const std::exception&) {
+        continue;
+      }
+      if (!e.is_object()) continue;
+      std::string l = "{model=\"" + name + "\"} ";
+      o << "vhost_model_running" << l << e.value("active", 0) << "\nvhost_model_queued" << l << e.value("queued", 0)
+        << "\nvhost_model_mean_batch" << l << e.value("mean_batch", 0.0) << "\nvhost_model_generated_tokens_total" << l
+        << e.value("tokens", 0) << "\n";
+    }
     res.set_content(o.str(), "text/plain; version=0.0.4");
   });
   S.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(web_chat_html(), "text/html"); });

@@ -48,8 +48,26 @@ sed -i 's/assert.deepEqual(models.data.map(m => m.id), \[model\]);/assert.ok(mod
 node openai_client.mjs "http://127.0.0.1:$APORT" tiny
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/v1/chat/completions" -d '{"model":"nope","messages":[{"role":"user","content":"x"}]}')" = 404 ]
 
-echo "== a worker dies: requests go to the other, it leaves within the expiry"
+curl -s "http://127.0.0.1:$CPORT/metrics" | grep -q '^vhost_controller_model_workers{model="tiny"} 2'
+echo "== a worker dies under load: its requests are retried on the other, it leaves within the expiry"
+for i in 1 2 3 4 5 6; do
+  curl -s --max-time 60 -o "load$i.json" -w '%{http_code}\n' "http://127.0.0.1:$APORT/v1/completions" \
+       -d "{\"model\":\"tiny\",\"prompt\":\"Hi\",\"max_tokens\":480,\"ignore_eos\":true,\"seed\":$i}" > "load$i.code" &
+done
+W1PORT=$(port_of w1.log)
+for _ in $(seq 1 400); do  # until the worker to be killed is busy with some of them
+  grep -q '^vhost_model_running{model="tiny"} [1-9]' <(curl -s "http://127.0.0.1:$W1PORT/metrics") && break
+  sleep 0.01
+done
 kill -KILL "$W1PID"
+for i in 1 2 3 4 5 6; do
+  for _ in $(seq 1 1200); do [ -s "load$i.code" ] && break; sleep 0.05; done
+  [ "$(cat "load$i.code")" = 200 ] || { echo "request $i under load: HTTP $(cat "load$i.code")"; cat "load$i.json"; exit 1; }
+  python3 -c "import json; assert json.load(open('load$i.json'))['usage']['completion_tokens'] == 480"
+done
+retries=$(curl -s "http://127.0.0.1:$APORT/metrics" | sed -n 's/^vhost_api_retries_total //p')
+[ "${retries:-0}" -ge 1 ] || { echo "the killed worker had no request in flight: the test proves nothing"; exit 1; }
+echo "  6 requests in flight when a worker was killed: all answered ($retries retried on the other worker)"
 for i in 1 2 3 4 5 6; do
   code=$(curl -s -o out.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d "{\"model\":\"tiny\",\"prompt\":\"Hi\",\"max_tokens\":4,\"seed\":$i}")
   [ "$code" = 200 ] || { echo "request $i after the kill: HTTP $code"; cat out.json; exit 1; }

@@ -43,8 +43,23 @@ grep -q 'too large' body.json
 [ "$(code "http://127.0.0.1:$PORT/metrics")" = 200 ] && grep -q '^vhost_requests_total [1-9]' body.json
 [ "$(code "http://127.0.0.1:$PORT/health")" = 200 ]
 [ "$(wc -l < conversations.jsonl)" -ge 5 ]
+curl -s "http://127.0.0.1:$PORT/metrics" > metrics.txt
+grep -q '^vhost_model_mean_batch{model="tiny"} [1-9]' metrics.txt || { cat metrics.txt; exit 1; }
 kill -TERM $PID; wait $PID
 grep -q "stopped serving" serve.log
+
+# A full queue is HTTP 429 "overloaded": one row, no queue, a long request holding the row.
+start busy.log --max-batch 1 --max-queue 0
+long='{"model": "tiny", "prompt": "Hi", "max_tokens": 450, "ignore_eos": true}'
+curl -s -o long.json "http://127.0.0.1:$PORT/v1/completions" -d "$long" &
+CPID=$!
+for _ in $(seq 1 100); do grep -q '^vhost_model_running{model="tiny"} 1' <(curl -s "http://127.0.0.1:$PORT/metrics") && break; sleep 0.02; done
+[ "$(code "http://127.0.0.1:$PORT/v1/completions" -d '{"model": "tiny", "prompt": "Hi", "max_tokens": 5}')" = 429 ]
+grep -q '"code":"overloaded"' body.json
+wait $CPID
+python3 -c "import json; r = json.load(open('long.json')); assert r['usage']['completion_tokens'] == 450, r['usage']"
+echo "  a full queue answers 429 overloaded; the running request completes"
+kill -TERM $PID; wait $PID
 
 start keyed.log --api-key sesame --blocked-word "Forbidden Topic"
 [ "$(code -H 'Authorization: Bearer sesame' "http://127.0.0.1:$PORT/v1/chat/completions" -d '{"model": "tiny", "messages": [{"role": "user", "content": "tell me about the forbidden topic"}]}')" = 400 ]

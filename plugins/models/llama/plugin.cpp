@@ -145,7 +145,14 @@ class LlamaPlugin final : public vhost::Model {
             {"bos_id", tokenizer_->bos_id()},
             {"eos_id", c.eos_token_id},
             {"template", template_},
-            {"load_seconds", load_seconds_}};
+            {"load_seconds", load_seconds_},
+            {"engine", engine_ ? engine_json() : json(nullptr)}};
+  }
+
+  json engine_json() const {
+    auto s = engine_->stats();
+    return {{"max_batch", s.max_batch}, {"active", s.active}, {"queued", s.queued}, {"steps", s.steps},
+            {"tokens", s.tokens}, {"mean_batch", s.mean_batch}};
   }
 
   std::vector<std::int32_t> encode(std::string_view text, bool bos, bool eos) const override {
