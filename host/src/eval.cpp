@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <regex>
 #include <set>
@@ -452,6 +453,51 @@ std::map<int64_t, json> read_jsonl_by_qid(const fs::path& f) {
   return out;
 }
 
+// Runs fn(0..n-1) on `threads` threads; the first exception is rethrown after all finish.
+void parallel_for(std::size_t n, int threads, const std::function<void(std::size_t)>& fn) {
+  std::atomic<std::size_t> next{0};
+  std::mutex m;
+  std::exception_ptr failure;
+  auto worker = [&] {
+    for (std::size_t i = next++; i < n; i = next++) {
+      try {
+        fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> g(m);
+        if (!failure) failure = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> ts;
+  for (int k = 0; k < std::min<int>(std::max(1, threads), static_cast<int>(std::max<std::size_t>(1, n))); ++k) ts.emplace_back(worker);
+  for (auto& t : ts) t.join();
+  if (failure) std::rethrow_exception(failure);
+}
+
+// Answers the questions `into` lacks with `answer`, appending each to `file` in FastChat's
+// answer format as it comes (so an interrupted run keeps what it has).
+void answer_questions(StageContext& ctx, const std::string& name, const std::vector<Question>& questions, int threads,
+                      const fs::path& file, const char* how, std::map<int64_t, std::vector<std::string>>& into,
+                      const std::function<std::vector<std::string>(const Question&)>& answer) {
+  for (auto& [qid, j] : read_jsonl_by_qid(file)) into[qid] = j["choices"][0]["turns"].get<std::vector<std::string>>();
+  std::vector<const Question*> todo;
+  for (const auto& q : questions)
+    if (!into.count(q.id)) todo.push_back(&q);
+  if (todo.empty()) return;
+  ctx.out << name << ": answering " << todo.size() << " of " << questions.size() << " questions" << how << "\n" << std::flush;
+  std::ofstream af(file, std::ios::app);
+  std::mutex m;
+  parallel_for(todo.size(), threads, [&](std::size_t i) {
+    const Question& q = *todo[i];
+    auto turns = answer(q);
+    std::lock_guard<std::mutex> g(m);
+    into[q.id] = turns;
+    af << json{{"question_id", q.id}, {"answer_id", name + "-" + std::to_string(q.id)}, {"model_id", name},
+               {"choices", json::array({{{"index", 0}, {"turns", turns}}})}}.dump()
+       << "\n" << std::flush;
+  });
+}
+
 }  // namespace
 
 json run_eval(StageContext& ctx) {
@@ -481,56 +527,29 @@ json run_eval(StageContext& ctx) {
   for (const auto& ref : models) {
     Instance& model = ctx.instance(ref);
     const std::string name = ref.substr(ref.find('.') + 1);
-    const fs::path file = out / "answers" / (name + ".jsonl");
-    for (auto& [qid, j] : read_jsonl_by_qid(file)) answers[name][qid] = j["choices"][0]["turns"].get<std::vector<std::string>>();
     json info = model.model_tokenizer_info();
     conv::Registry reg;
     const conv::Template* t = &reg.get(info.value("template", std::string("vicuna_v1.1")));
-    std::vector<const Question*> todo;
-    for (const auto& q : questions)
-      if (!answers[name].count(q.id)) todo.push_back(&q);
-    if (todo.empty()) continue;
-    ctx.out << name << ": answering " << todo.size() << " of " << questions.size() << " questions\n" << std::flush;
-    std::ofstream af(file, std::ios::app);
-    std::mutex m;
-    std::atomic<std::size_t> next{0};
-    std::exception_ptr failure;
-    auto worker = [&] {
-      for (std::size_t i = next++; i < todo.size(); i = next++) {
-        const Question& q = *todo[i];
-        try {
-          conv::Conversation conversation;
-          std::vector<std::string> turns;
-          for (const auto& turn : q.turns) {
-            conversation.messages.push_back(turn);
-            json req = {{"prompts", json::array({conv::render(*t, conversation).text()})},
-                        {"max_tokens", max_tokens},
-                        {"temperature", c["temperature"]},
-                        {"stop", t->stop_strings()},
-                        {"add_bos", true},
-                        {"seed", static_cast<int64_t>(q.id)}};
-            std::string text = model.model_generate(req, nullptr)["choices"][0]["text"].get<std::string>();
-            auto b = text.find_first_not_of(" \n"), e = text.find_last_not_of(" \n");
-            text = b == std::string::npos ? "" : text.substr(b, e - b + 1);
-            conversation.messages.push_back(text);
-            turns.push_back(text);
-          }
-          std::lock_guard<std::mutex> g(m);
-          answers[name][q.id] = turns;
-          af << json{{"question_id", q.id}, {"answer_id", name + "-" + std::to_string(q.id)}, {"model_id", name},
-                     {"choices", json::array({{{"index", 0}, {"turns", turns}}})}}.dump()
-             << "\n" << std::flush;
-        } catch (...) {
-          std::lock_guard<std::mutex> g(m);
-          if (!failure) failure = std::current_exception();
-        }
-      }
-    };
-    const int n = std::min<int>(std::max(1, info.value("max_batch", 1)), static_cast<int>(todo.size()));
-    std::vector<std::thread> ts;
-    for (int k = 0; k < n; ++k) ts.emplace_back(worker);
-    for (auto& th : ts) th.join();
-    if (failure) std::rethrow_exception(failure);
+    answer_questions(ctx, name, questions, std::max(1, info.value("max_batch", 1)), out / "answers" / (name + ".jsonl"), "",
+                     answers[name], [&](const Question& q) {
+                       conv::Conversation conversation;
+                       std::vector<std::string> turns;
+                       for (const auto& turn : q.turns) {
+                         conversation.messages.push_back(turn);
+                         json req = {{"prompts", json::array({conv::render(*t, conversation).text()})},
+                                     {"max_tokens", max_tokens},
+                                     {"temperature", c["temperature"]},
+                                     {"stop", t->stop_strings()},
+                                     {"add_bos", true},
+                                     {"seed", static_cast<int64_t>(q.id)}};
+                         std::string text = model.model_generate(req, nullptr)["choices"][0]["text"].get<std::string>();
+                         auto b = text.find_first_not_of(" \n"), e = text.find_last_not_of(" \n");
+                         text = b == std::string::npos ? "" : text.substr(b, e - b + 1);
+                         conversation.messages.push_back(text);
+                         turns.push_back(text);
+                       }
+                       return turns;
+                     });
   }
   // Answers from OpenAI-compatible endpoints: judge-kind instances (the `openai` plugin is a
   // chat-completions client), asked turn by turn with the conversation so far as messages.
@@ -539,45 +558,20 @@ json run_eval(StageContext& ctx) {
     if (ep.plugin().kind != std::string(VHOST_KIND_JUDGE))
       throw ConfigError(ctx.id + ".endpoints: '" + ref + "' is a " + ep.plugin().kind + " instance, not a chat endpoint (a judge)");
     const std::string name = ref.substr(ref.find('.') + 1);
-    const fs::path file = out / "answers" / (name + ".jsonl");
-    for (auto& [qid, j] : read_jsonl_by_qid(file)) answers[name][qid] = j["choices"][0]["turns"].get<std::vector<std::string>>();
-    std::vector<const Question*> todo;
-    for (const auto& q : questions)
-      if (!answers[name].count(q.id)) todo.push_back(&q);
-    if (todo.empty()) continue;
-    ctx.out << name << ": answering " << todo.size() << " of " << questions.size() << " questions over HTTP\n" << std::flush;
-    std::ofstream af(file, std::ios::app);
-    std::mutex m;
-    std::atomic<std::size_t> next{0};
-    std::exception_ptr failure;
-    auto worker = [&] {
-      for (std::size_t i = next++; i < todo.size(); i = next++) {
-        const Question& q = *todo[i];
-        try {
-          json messages = json::array();
-          std::vector<std::string> turns;
-          for (const auto& turn : q.turns) {
-            messages.push_back({{"role", "user"}, {"content", turn}});
-            json reply = ep.judge_complete({{"messages", messages}, {"temperature", c["temperature"]}, {"max_tokens", max_tokens}});
-            std::string text = reply.value("text", "");
-            messages.push_back({{"role", "assistant"}, {"content", text}});
-            turns.push_back(text);
-          }
-          std::lock_guard<std::mutex> g(m);
-          answers[name][q.id] = turns;
-          af << json{{"question_id", q.id}, {"answer_id", name + "-" + std::to_string(q.id)}, {"model_id", name},
-                     {"choices", json::array({{{"index", 0}, {"turns", turns}}})}}.dump()
-             << "\n" << std::flush;
-        } catch (...) {
-          std::lock_guard<std::mutex> g(m);
-          if (!failure) failure = std::current_exception();
-        }
-      }
-    };
-    std::vector<std::thread> ts;
-    for (int k = 0; k < std::min<int>(concurrency, static_cast<int>(todo.size())); ++k) ts.emplace_back(worker);
-    for (auto& th : ts) th.join();
-    if (failure) std::rethrow_exception(failure);
+    answer_questions(ctx, name, questions, concurrency, out / "answers" / (name + ".jsonl"), " over HTTP", answers[name],
+                     [&](const Question& q) {
+                       json messages = json::array();
+                       std::vector<std::string> turns;
+                       for (const auto& turn : q.turns) {
+                         messages.push_back({{"role", "user"}, {"content", turn}});
+                         json reply = ep.judge_complete(
+                             {{"messages", messages}, {"temperature", c["temperature"]}, {"max_tokens", max_tokens}});
+                         std::string text = reply.value("text", "");
+                         messages.push_back({{"role", "assistant"}, {"content", text}});
+                         turns.push_back(text);
+                       }
+                       return turns;
+                     });
   }
   std::vector<std::string> names;
   for (auto& [n, a] : answers) names.push_back(n);
@@ -659,7 +653,6 @@ json run_eval(StageContext& ctx) {
           << concurrency << ")\n" << std::flush;
   std::ofstream jf(jfile, std::ios::app);
   std::mutex m;
-  std::atomic<std::size_t> next{0};
   std::atomic<int> unparsed{0};
   int failed_calls = 0;
   std::string first_failure;
@@ -712,8 +705,7 @@ json run_eval(StageContext& ctx) {
             {"temperature", 0.0},
             {"max_tokens", c["judge_max_tokens"]}};
   };
-  auto worker = [&] {
-    for (std::size_t i = next++; i < todo.size(); i = next++) {
+  parallel_for(todo.size(), concurrency, [&](std::size_t i) {
       const Task& t = *todo[i];
       try {
         json rec = {{"key", t.key}, {"mode", mode}, {"question_id", t.q->id}, {"category", t.q->category}, {"turn", t.turn}};
@@ -768,11 +760,7 @@ json run_eval(StageContext& ctx) {
         else rec["model_a"] = t.model_a, rec["model_b"] = t.model_b, rec["order"] = t.order;
         judgments.push_back(rec);
       }
-    }
-  };
-  std::vector<std::thread> ts;
-  for (int k = 0; k < std::min<int>(concurrency, static_cast<int>(std::max<std::size_t>(1, todo.size()))); ++k) ts.emplace_back(worker);
-  for (auto& th : ts) th.join();
+  });
   if (failed_calls)
     ctx.out << "warning: " << failed_calls << " judge requests failed (counted as errors; run again to retry them); the first: "
             << first_failure << "\n";
