@@ -91,6 +91,27 @@ import json; o = json.load(open('out-pairwise/report.json'))['pairs'][0]['overal
 assert (o['win'], o['loss'], o['inconsistent'], o['tie'], o['errors']) == (0, 0, 5, 5, 1), o  # q3 has two turns
 print('  pairwise: a judge that always picks the first answer gives only ties, each flagged inconsistent')"
 
+# FastChat's own judge prompts (../shared fixture), when present.
+prompts="$src/../shared/data/judge_prompts.jsonl"
+if [ -f "$prompts" ]; then
+  for mode in single pairwise; do
+    pipeline $mode out-fc-$mode
+    echo "judge_prompts = \"$prompts\"" >> eval.toml
+    "$vhost" run eval.toml > fc.log 2>&1 || { cat fc.log; exit 1; }
+  done
+  python3 -c "
+import json
+s = json.load(open('out-fc-single/report.json'))['single']
+assert s['long']['mean'] == 7 and s['long']['turns']['2'] == 7, s
+o = json.load(open('out-fc-pairwise/report.json'))['pairs'][0]['overall']
+assert o['tie'] == 5 and o['inconsistent'] == 5, o
+j = [json.loads(l) for l in open('out-fc-single/judgments.jsonl')]
+assert all('error' in x or x['rating'] == 7 for x in j)"
+  echo "  FastChat's judge_prompts.jsonl (single-v1, pair-v2, math and multi-turn variants): ok"
+else
+  echo "  ../shared/data/judge_prompts.jsonl absent: FastChat prompt files not checked"
+fi
+
 echo "== in-process answers"
 "$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out tiny >/dev/null
 cat > answer.toml <<TOML

@@ -53,7 +53,7 @@ class H(BaseHTTPRequestHandler):
         system = req["messages"][0]["content"] if req["messages"][0]["role"] == "system" else ""
         if "NOVERDICT" in msg:
             ok["choices"][0]["message"]["content"] = "I cannot decide."
-        elif "Rating: [[" in msg:
+        elif "Rating: [[" in msg or "Rating: [[" in system:
             ok["choices"][0]["message"]["content"] = "Fine. Rating: [[7]]"
         elif '"[[A]]"' in system:
             ok["choices"][0]["message"]["content"] = "The first answer is better. [[A]]"
