@@ -187,6 +187,8 @@ class LlamaPlugin final : public vhost::Model {
     env.compute_dtype = dtype_;
     env.collective = backend_ ? backend_->collective() : nullptr;
     env.tokenizer = tokenizer_->path();
+    if (env.tokenizer.empty() && fs::is_regular_file(path_) && vhost::llama::is_gguf(path_))
+      env.tokenizer_proto = vhost::llama::load_gguf_tokenizer(path_);  // the GGUF's vocabulary, as a tokenizer.model
     json r = vhost::llama::train(init, cfg, env, on_event ? vhost::llama::TrainEvents(on_event) : nullptr);
     if (had_weights) {
       fs::path src = r.contains("model") ? fs::path(r["model"].get<std::string>()) : path_;

@@ -546,7 +546,8 @@ std::string step_name(int64_t step) {
 
 // A model folder HF transformers and the llama plugin both load.
 void write_model(const fs::path& dir, const LlamaConfig& cfg, const std::vector<std::pair<std::string, Tensor>>& params,
-                 const fs::path& tokenizer) {
+                 const TrainEnv& env) {
+  const fs::path& tokenizer = env.tokenizer;
   fs::create_directories(dir);
   save_safetensors(dir / "model.safetensors", params, {{"format", "pt"}});
   LlamaConfig c = cfg;
@@ -554,6 +555,8 @@ void write_model(const fs::path& dir, const LlamaConfig& cfg, const std::vector<
   write_text(dir / "config.json", c.to_json().dump(2) + "\n");
   if (!tokenizer.empty() && fs::exists(tokenizer))
     fs::copy_file(tokenizer, dir / "tokenizer.model", fs::copy_options::overwrite_existing);
+  else if (!env.tokenizer_proto.empty())
+    write_text(dir / "tokenizer.model", env.tokenizer_proto);
 }
 
 }  // namespace
@@ -697,7 +700,7 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
       try {
         fs::remove_all(tmp);
         fs::create_directories(tmp);
-        write_model(tmp, mc, p, env.tokenizer);
+        write_model(tmp, mc, p, env);
         std::vector<std::pair<std::string, Tensor>> opt;
         for (auto& [n, t] : m) opt.emplace_back("exp_avg." + n, t);
         for (auto& [n, t] : v) opt.emplace_back("exp_avg_sq." + n, t);
@@ -839,7 +842,7 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
     if (rank == 0) {
       fs::path tmp = c.out / "model.tmp";
       fs::remove_all(tmp);
-      write_model(tmp, mc, p, env.tokenizer);
+      write_model(tmp, mc, p, env);
       fs::remove_all(model_dir);
       fs::rename(tmp, model_dir);
     }

@@ -63,6 +63,7 @@ struct TrainEnv {
   torch::ScalarType compute_dtype = torch::kFloat32;  // bf16 on GPUs: weights cast per unit
   torch_ext::Collective* collective = nullptr;        // null: one process
   std::filesystem::path tokenizer;                    // copied beside every saved model
+  std::string tokenizer_proto;                        // or these bytes (a GGUF's embedded vocabulary)
 };
 
 // One micro-batch: right-padded ids and next-token targets (-100: no loss).
