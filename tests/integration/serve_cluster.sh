@@ -54,11 +54,13 @@ for i in 1 2 3 4 5 6; do
   curl -s --max-time 60 -o "load$i.json" -w '%{http_code}\n' "http://127.0.0.1:$APORT/v1/completions" \
        -d "{\"model\":\"tiny\",\"prompt\":\"Hi\",\"max_tokens\":480,\"ignore_eos\":true,\"seed\":$i}" > "load$i.code" &
 done
-W1PORT=$(port_of w1.log)
+W1PORT=$(sed -n 's/^serving tiny on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' w1.log)  # not the controller's URL, also in the log
+busy=0
 for _ in $(seq 1 400); do  # until the worker to be killed is busy with some of them
-  grep -q '^vhost_model_running{model="tiny"} [1-9]' <(curl -s "http://127.0.0.1:$W1PORT/metrics") && break
+  grep -q '^vhost_model_running{model="tiny"} [1-9]' <(curl -s "http://127.0.0.1:$W1PORT/metrics") && { busy=1; break; }
   sleep 0.01
 done
+[ $busy = 1 ] || { echo "worker 1 (port $W1PORT) never got a request"; exit 1; }
 kill -KILL "$W1PID"
 for i in 1 2 3 4 5 6; do
   for _ in $(seq 1 1200); do [ -s "load$i.code" ] && break; sleep 0.05; done

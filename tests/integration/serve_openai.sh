@@ -53,7 +53,9 @@ start busy.log --max-batch 1 --max-queue 0
 long='{"model": "tiny", "prompt": "Hi", "max_tokens": 450, "ignore_eos": true}'
 curl -s -o long.json "http://127.0.0.1:$PORT/v1/completions" -d "$long" &
 CPID=$!
-for _ in $(seq 1 100); do grep -q '^vhost_model_running{model="tiny"} 1' <(curl -s "http://127.0.0.1:$PORT/metrics") && break; sleep 0.02; done
+busy=0
+for _ in $(seq 1 500); do grep -q '^vhost_model_running{model="tiny"} 1' <(curl -s "http://127.0.0.1:$PORT/metrics") && { busy=1; break; }; sleep 0.02; done
+[ $busy = 1 ] || { echo "the long request never started"; exit 1; }
 [ "$(code "http://127.0.0.1:$PORT/v1/completions" -d '{"model": "tiny", "prompt": "Hi", "max_tokens": 5}')" = 429 ]
 grep -q '"code":"overloaded"' body.json
 wait $CPID
