@@ -120,7 +120,8 @@ typedef struct vhost_backend_iface {
 } vhost_backend_iface;
 
 /* A model family (LLaMA...): tokenizer, generation, and tools that need no instance.
- * Instances must be thread-safe for encode/decode; generate calls are serialised by the caller. */
+ * Instances must be thread-safe for encode/decode. generate is called from one thread at a time
+ * unless tokenizer_info reports "max_batch" > 1 (1.2): then concurrent calls are allowed and batched. */
 typedef void (*vhost_ids_fn)(void* ctx, const int32_t* ids, size_t n);
 /* One piece of generated text for sequence `sequence` (whole UTF-8 characters; never part of a
  * stop string). Return nonzero to cancel that sequence. */
