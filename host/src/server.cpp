@@ -76,6 +76,7 @@ struct ApiServer::Impl {
   std::atomic<int64_t> requests{0}, errors{0}, active{0}, completion_tokens{0}, prompt_tokens{0};
   std::atomic<int64_t> ttft_us_sum{0}, ttft_count{0};
   int listen_fd = -1;
+  std::map<Instance*, std::unique_ptr<std::mutex>> serialise;  // models without concurrent generate
 
   void check_auth(const httplib::Request& req) const {
     if (opt.api_keys.empty()) return;
@@ -428,6 +429,10 @@ struct ApiServer::Impl {
       ~Done() { --a; }
     } done{active};
     try {
+      // A model that does not take concurrent calls (tokenizer_info "concurrent") gets one at a time.
+      std::unique_lock<std::mutex> serial;
+      auto it = serialise.find(&model);
+      if (it != serialise.end()) serial = std::unique_lock<std::mutex>(*it->second);
       return model.model_generate(request, on_token);
     } catch (const ConfigError& e) {  // the plugin's INVALID_ARGUMENT: the request's fault
       throw ApiError(400, e.what());
@@ -443,7 +448,10 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
   Impl& I = *impl_;
   I.models = std::move(models);
   I.opt = std::move(options);
-  for (auto& [name, inst] : I.models) I.info[name] = inst->model_tokenizer_info();
+  for (auto& [name, inst] : I.models) {
+    I.info[name] = inst->model_tokenizer_info();
+    if (!I.info[name].value("concurrent", false)) I.serialise[inst] = std::make_unique<std::mutex>();
+  }
   if (!I.opt.log_file.empty()) {
     I.log.open(I.opt.log_file, std::ios::app);
     if (!I.log) throw Error("cannot open the conversation log " + I.opt.log_file);

@@ -169,7 +169,8 @@ class LlamaPlugin final : public vhost::Model {
             {"vocab_size", tokenizer_->vocab_size()},
             {"context", config_.max_position_embeddings},
             {"template", template_},
-            {"max_batch", engine_ ? max_batch_ : 1}};  // concurrent generate calls worth making
+            {"max_batch", engine_ ? max_batch_ : 1},  // concurrent generate calls worth making
+            {"concurrent", engine_ != nullptr}};      // generate may be called from several threads
   }
 
   // Fine-tunes from this instance's checkpoint (re-read in float32: the master weights), on the

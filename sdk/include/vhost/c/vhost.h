@@ -121,7 +121,8 @@ typedef struct vhost_backend_iface {
 
 /* A model family (LLaMA...): tokenizer, generation, and tools that need no instance.
  * Instances must be thread-safe for encode/decode. generate is called from one thread at a time
- * unless tokenizer_info reports "max_batch" > 1 (1.2): then concurrent calls are allowed and batched. */
+ * unless tokenizer_info reports "concurrent": true (1.2); "max_batch" then says how many calls
+ * the instance decodes together. */
 typedef void (*vhost_ids_fn)(void* ctx, const int32_t* ids, size_t n);
 /* One piece of generated text for sequence `sequence` (whole UTF-8 characters; never part of a
  * stop string). Return nonzero to cancel that sequence. */
