@@ -30,7 +30,7 @@ wait_workers() {  # wait_workers N
   echo "expected $1 workers, have $(workers)"; exit 1
 }
 
-"$vhost" controller --port 0 --expiry 1 > controller.log 2>&1 & pids+=($!)
+"$vhost" controller --port 0 --expiry 2 > controller.log 2>&1 & pids+=($!)
 CPORT=$(port_of controller.log)
 for w in 1 2; do
   "$vhost" worker tiny --port 0 --threads 1 --max-batch 4 --controller "http://127.0.0.1:$CPORT" --heartbeat 0.2 > w$w.log 2>&1 &
@@ -54,14 +54,19 @@ for i in 1 2 3 4 5 6; do
   curl -s --max-time 60 -o "load$i.json" -w '%{http_code}\n' "http://127.0.0.1:$APORT/v1/completions" \
        -d "{\"model\":\"tiny\",\"prompt\":\"Hi\",\"max_tokens\":480,\"ignore_eos\":true,\"seed\":$i}" > "load$i.code" &
 done
+# Kill a tiny worker that is busy with some of them (whichever the controller picked).
 W1PORT=$(sed -n 's/^serving tiny on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' w1.log)  # not the controller's URL, also in the log
-busy=0
-for _ in $(seq 1 400); do  # until the worker to be killed is busy with some of them
-  grep -q '^vhost_model_running{model="tiny"} [1-9]' <(curl -s "http://127.0.0.1:$W1PORT/metrics") && { busy=1; break; }
+W2PORT=$(sed -n 's/^serving tiny on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' w2.log)
+victim=""
+for _ in $(seq 1 400); do
+  for w in 1 2; do
+    port=$([ $w = 1 ] && echo "$W1PORT" || echo "$W2PORT")
+    if grep -q '^vhost_model_running{model="tiny"} [1-9]' <(curl -s "http://127.0.0.1:$port/metrics"); then victim=$w; break 2; fi
+  done
   sleep 0.01
 done
-[ $busy = 1 ] || { echo "worker 1 (port $W1PORT) never got a request"; exit 1; }
-kill -KILL "$W1PID"
+[ -n "$victim" ] || { echo "no tiny worker ever got a request"; exit 1; }
+eval "kill -KILL \$W${victim}PID"
 for i in 1 2 3 4 5 6; do
   for _ in $(seq 1 1200); do [ -s "load$i.code" ] && break; sleep 0.05; done
   [ "$(cat "load$i.code")" = 200 ] || { echo "request $i under load: HTTP $(cat "load$i.code")"; cat "load$i.json"; exit 1; }
@@ -78,7 +83,7 @@ wait_workers 2
 
 echo "== the controller restarts: workers register again"
 kill -TERM "${pids[0]}"; wait "${pids[0]}" || true
-"$vhost" controller --port "$CPORT" --expiry 1 > controller2.log 2>&1 & pids+=($!)
+"$vhost" controller --port "$CPORT" --expiry 2 > controller2.log 2>&1 & pids+=($!)
 wait_workers 2
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"other","prompt":"Hi","max_tokens":3}')" = 200 ]
 echo "serve_cluster: ok"
