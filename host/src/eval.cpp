@@ -20,11 +20,13 @@ namespace vhost::host {
 
 // ---- questions and verdicts -------------------------------------------------------------------
 
-std::vector<Question> load_questions(const fs::path& file) {
+namespace {
+
+// Calls fn(value, "FILE:LINE") for each non-blank line of a JSONL file; a line that is not JSON is a
+// ConfigError naming file, line and byte. `what` names the file in the error when it cannot be opened.
+void for_each_jsonl(const fs::path& file, const std::string& what, const std::function<void(const json&, const std::string&)>& fn) {
   std::ifstream in(file);
-  if (!in) throw ConfigError(file.string() + ": cannot open the question file");
-  std::vector<Question> out;
-  std::set<int64_t> ids;
+  if (!in) throw ConfigError(file.string() + ": cannot open" + what);
   std::string line;
   int n = 0;
   while (std::getline(in, line)) {
@@ -37,6 +39,16 @@ std::vector<Question> load_questions(const fs::path& file) {
     } catch (const json::parse_error& e) {
       throw ConfigError(at + ":" + std::to_string(e.byte) + ": not JSON: " + e.what());
     }
+    fn(j, at);
+  }
+}
+
+}  // namespace
+
+std::vector<Question> load_questions(const fs::path& file) {
+  std::vector<Question> out;
+  std::set<int64_t> ids;
+  for_each_jsonl(file, " the question file", [&](const json& j, const std::string& at) {
     Question q;
     if (!j.is_object() || !j.contains("question_id") || !j["question_id"].is_number_integer())
       throw ConfigError(at + ": question_id: missing or not an integer");
@@ -58,7 +70,7 @@ std::vector<Question> load_questions(const fs::path& file) {
       for (const auto& r : j["reference"]) q.reference.push_back(r.is_string() ? r.get<std::string>() : r.dump());
     }
     out.push_back(std::move(q));
-  }
+  });
   if (out.empty()) throw ConfigError(file.string() + ": no questions");
   return out;
 }
@@ -296,24 +308,11 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
 }
 
 std::vector<json> read_judgments(const fs::path& file, const std::vector<std::string>& names, std::vector<std::string>& warnings) {
-  std::ifstream in(file);
-  if (!in) throw ConfigError(file.string() + ": cannot open");
   std::vector<json> out;
-  std::string line;
-  int n = 0;
-  while (std::getline(in, line)) {
-    ++n;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    std::string at = file.string() + ":" + std::to_string(n);
-    json j;
-    try {
-      j = json::parse(line);
-    } catch (const json::parse_error& e) {
-      throw ConfigError(at + ":" + std::to_string(e.byte) + ": not JSON: " + e.what());
-    }
+  for_each_jsonl(file, "", [&](const json& j, const std::string& at) {
     if (j.contains("mode")) {
       out.push_back(j);
-      continue;
+      return;
     }
     // FastChat's GPT-4 review: re-parse the scores from the text and check them against "score".
     if (!j.contains("text") || !j["text"].is_string() || !j.contains("question_id"))
@@ -326,16 +325,18 @@ std::vector<json> read_judgments(const fs::path& file, const std::vector<std::st
     if (parse_two_scores(j["text"].get<std::string>(), a, b)) {
       r["score_a"] = a;
       r["score_b"] = b;
-      if (j.contains("score") && j["score"].is_array() && j["score"].size() == 2 &&
-          (j["score"][0].get<double>() != a || j["score"][1].get<double>() != b))
-        warnings.push_back(at + ": the text says " + fmt(a) + " " + fmt(b) + " but \"score\" says " + j["score"].dump() +
+      const json* score = j.contains("score") ? &j["score"] : nullptr;
+      if (score && (!score->is_array() || score->size() != 2 || !(*score)[0].is_number() || !(*score)[1].is_number()))
+        warnings.push_back(at + ": \"score\" is not two numbers (" + score->dump() + "); the text's scores are used");
+      else if (score && ((*score)[0].get<double>() != a || (*score)[1].get<double>() != b))
+        warnings.push_back(at + ": the text says " + fmt(a) + " " + fmt(b) + " but \"score\" says " + score->dump() +
                            "; the text's scores are used");
     } else {
       r["error"] = "no two scores on the first line";
       warnings.push_back(at + ": no two scores on the first line of the review: counted as an error");
     }
     out.push_back(r);
-  }
+  });
   return out;
 }
 
@@ -580,20 +581,14 @@ json run_eval(StageContext& ctx) {
   // ---- judge prompts: the project's, or FastChat judge_prompts.jsonl
   std::map<std::string, Prompt> fastchat;
   if (!c["judge_prompts"].get<std::string>().empty()) {
-    std::ifstream in(c["judge_prompts"].get<std::string>());
-    if (!in) throw ConfigError(ctx.id + ".judge_prompts: cannot open " + c["judge_prompts"].get<std::string>());
-    std::string line;
-    int n = 0;
-    while (std::getline(in, line)) {
-      ++n;
+    for_each_jsonl(c["judge_prompts"].get<std::string>(), " (" + ctx.id + ".judge_prompts)", [&](const json& j, const std::string& at) {
       try {
-        json j = json::parse(line);
         fastchat[j.at("name").get<std::string>()] = {j.at("system_prompt").get<std::string>(),
                                                      j.at("prompt_template").get<std::string>()};
-      } catch (const std::exception& e) {
-        throw ConfigError(c["judge_prompts"].get<std::string>() + ":" + std::to_string(n) + ": not a judge prompt: " + e.what());
+      } catch (const json::exception& e) {
+        throw ConfigError(at + ": not a judge prompt: " + e.what());
       }
-    }
+    });
   }
   const std::set<std::string> ref_categories = {"math", "reasoning", "coding"};
 

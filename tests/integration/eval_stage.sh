@@ -4,15 +4,8 @@
 # position bias, an unparseable reply; resuming; in-process answers; `vhost eval report`.
 #   eval_stage.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
-build=$1 src=$2 scratch=$3
-vhost=$build/bin/vhost
-rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
-python3 "$src/tests/integration/scripted_openai.py" > server.log 2>&1 &
-SPID=$!
-trap 'kill $SPID 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do grep -q listening server.log && break; sleep 0.05; done
-PORT=$(sed -n 's/listening on //p' server.log)
-calls() { curl -s "http://127.0.0.1:$PORT/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
+source "$(dirname "$0")/lib.sh" "$@"
+start_scripted_judge
 
 cat > questions.jsonl <<'Q'
 {"question_id": 1, "category": "writing", "turns": ["Write a haiku."]}
@@ -90,6 +83,15 @@ python3 -c "
 import json; o = json.load(open('out-pairwise/report.json'))['pairs'][0]['overall']
 assert (o['win'], o['loss'], o['inconsistent'], o['tie'], o['errors']) == (0, 0, 5, 5, 1), o  # q3 has two turns
 print('  pairwise: a judge that always picks the first answer gives only ties, each flagged inconsistent')"
+
+# A judge prompt file with a bad line: the error names the file and line; nothing is judged.
+pipeline single out-badprompts
+printf '{"name": "single-v1", "system_prompt": "s", "prompt_template": "t"}\n\n{"name": "x"}\n' > prompts.jsonl
+echo 'judge_prompts = "prompts.jsonl"' >> eval.toml
+if "$vhost" run eval.toml > badprompts.log 2>&1; then cat badprompts.log; exit 1; fi
+grep -q 'prompts.jsonl:3: not a judge prompt' badprompts.log || { cat badprompts.log; exit 1; }
+[ ! -s out-badprompts/judgments.jsonl ]
+echo "  a malformed judge_prompts line is named by file:line"
 
 # FastChat's own judge prompts (../shared fixture), when present.
 prompts="$src/../shared/data/judge_prompts.jsonl"

@@ -4,15 +4,8 @@
 # HTTP, the local judge of the demo).
 #   judge_openai.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
-build=$1 src=$2 scratch=$3
-vhost=$build/bin/vhost
-rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
-python3 "$src/tests/integration/scripted_openai.py" > server.log 2>&1 &
-SPID=$!
-trap 'kill $SPID 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do grep -q listening server.log && break; sleep 0.05; done
-PORT=$(sed -n 's/listening on //p' server.log)
-calls() { curl -s "http://127.0.0.1:$PORT/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
+source "$(dirname "$0")/lib.sh" "$@"
+start_scripted_judge
 
 pipeline() {  # pipeline PROMPT: a probe of the scripted endpoint
   cat > p.toml <<TOML

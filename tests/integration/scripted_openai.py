@@ -7,7 +7,7 @@ behaviour; `NAME#k` fails the first k calls of that message, then answers:
   TRUNC#k         truncated JSON k times
   NOCONTENT       a reply without message content, always
   BAD             400 with an OpenAI error object, always
-GET /count returns {"calls": n}. Prints "listening on PORT" once ready.
+GET /count returns {"calls": n}. Prints "listening on http://127.0.0.1:PORT" once ready.
    scripted_openai.py [DELAY_SECONDS]   (every reply waits that long: a slow judge)
 """
 import json, re, sys, threading, time
@@ -80,5 +80,5 @@ class H(BaseHTTPRequestHandler):
 
 ThreadingHTTPServer.request_queue_size = 128
 server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(f"listening on {server.server_address[1]}", flush=True)
+print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
 server.serve_forever()

@@ -5,25 +5,12 @@
 # and the controller is restarted (the workers register again on their own).
 #   serve_cluster.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
-build=$1 src=$2 scratch=$3
-vhost=$build/bin/vhost
-rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
-if ! command -v node >/dev/null; then echo "SKIP: node is not installed (scripts/install-deps.sh installs nodejs)"; exit 0; fi
-mkdir -p node_modules/openai
-tar -xzf "$src/tests/vendor/openai-6.30.1.tgz" -C node_modules/openai --strip-components=1
-cp "$src/tests/integration/openai_client.mjs" .
+source "$(dirname "$0")/lib.sh" "$@"
+openai_client
 "$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out tiny >/dev/null
 "$vhost" model init --preset tiny --seed 5 --tokenizer-text "$src/docs/plugins.md" --out other >/dev/null
 pids=()
 trap 'kill ${pids[*]} 2>/dev/null || true' EXIT
-port_of() {  # port_of LOG: waits for "http://127.0.0.1:PORT" in LOG
-  for _ in $(seq 1 300); do
-    p=$(sed -n 's/.*http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$1" | head -1)
-    [ -n "$p" ] && { echo "$p"; return 0; }
-    sleep 0.05
-  done
-  echo "no port in $1" >&2; cat "$1" >&2; exit 1
-}
 workers() { curl -s "http://127.0.0.1:$CPORT/workers" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))'; }
 wait_workers() {  # wait_workers N
   for _ in $(seq 1 200); do [ "$(workers)" = "$1" ] && return 0; sleep 0.05; done

@@ -5,26 +5,15 @@
 # moderation, malformed and oversized bodies, /metrics; SIGTERM ends it cleanly.
 #   serve_openai.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
-build=$1 src=$2 scratch=$3
-vhost=$build/bin/vhost
-rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
-if ! command -v node >/dev/null; then echo "SKIP: node is not installed (scripts/install-deps.sh installs nodejs)"; exit 0; fi
-mkdir -p node_modules/openai
-tar -xzf "$src/tests/vendor/openai-6.30.1.tgz" -C node_modules/openai --strip-components=1
-cp "$src/tests/integration/openai_client.mjs" .
+source "$(dirname "$0")/lib.sh" "$@"
+openai_client
 "$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out tiny >/dev/null
 
 start() {  # start LOG ARGS...: runs vhost serve, sets PID and PORT
   local log=$1; shift
   "$vhost" serve tiny --port 0 --threads 2 "$@" > "$log" 2>&1 &
   PID=$!
-  for _ in $(seq 1 200); do
-    PORT=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-    [ -n "$PORT" ] && return 0
-    kill -0 $PID 2>/dev/null || { cat "$log"; exit 1; }
-    sleep 0.05
-  done
-  echo "server did not start"; cat "$log"; exit 1
+  PORT=$(port_of "$log" $PID)
 }
 
 start serve.log --max-batch 4 --log conversations.jsonl

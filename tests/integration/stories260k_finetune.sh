@@ -4,15 +4,13 @@
 # vocabulary as tokenizer.model) loads and generates. Skips with a message without the fixtures.
 #   stories260k_finetune.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
-build=$1 src=$2 scratch=$3
-vhost=$build/bin/vhost
+source "$(dirname "$0")/lib.sh" "$@"
 gguf="$src/../shared/models/stories260K.gguf"
 sample="$src/../shared/data/sharegpt_sample.json"
 if [ ! -f "$gguf" ] || [ ! -f "$sample" ]; then
   echo "SKIP: ../shared/models/stories260K.gguf or ../shared/data/sharegpt_sample.json is absent"
   exit 0
 fi
-rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
 "$vhost" prepare "$sample" --model "$gguf" --out data --max-length 256 --eval-fraction 0.1 --log-level warn > prepare.log
 cat > ft.toml <<TOML
 [pipeline]

@@ -9,11 +9,7 @@
 #     torn checkpoint.
 #   train_processes.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
-build=$1 src=$2 scratch=$3
-vhost=$build/bin/vhost
-rm -rf "$scratch"
-mkdir -p "$scratch"
-cd "$scratch"
+source "$(dirname "$0")/lib.sh" "$@"
 
 "$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out model >/dev/null
 "$vhost" prepare "$src/examples/data/sharegpt_demo.json" --model model --out data --max-length 512 >/dev/null

@@ -98,6 +98,11 @@ TEST_CASE("FastChat GPT-4 reviews: scores re-parsed from the text and checked", 
   json r = eval_report(js, "gpt-3.5");
   CHECK(r["pairs"][0]["overall"]["total_model"].get<double>() == Approx(15));
   CHECK(r["pairs"][0]["overall"]["errors"] == 1);
+  std::ofstream(f) << R"({"question_id": 1, "text": "7 9", "score": ["x", 9]})" "\n";
+  warnings.clear();
+  REQUIRE(read_judgments(f, {}, warnings).size() == 1);
+  REQUIRE(warnings.size() == 1);
+  CHECK_THAT(warnings[0], Contains("review.jsonl:1: \"score\" is not two numbers"));
   std::ofstream(f) << "{\"question_id\": 1}\n";
   CHECK_THROWS_WITH(read_judgments(f, {}, warnings), Contains("review.jsonl:1: neither a vhost judgment nor a FastChat review"));
 }

@@ -1,0 +1,38 @@
+# Shared by the integration scripts: `source "$(dirname "$0")/lib.sh" "$@"` after `set -euo pipefail`.
+# Sets build, src, scratch and vhost from BUILD_DIR SOURCE_DIR SCRATCH_DIR, and makes SCRATCH_DIR a
+# fresh, current directory.
+build=$1 src=$2 scratch=$3
+vhost=$build/bin/vhost
+rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
+
+# port_of LOG [PID]: prints the first 127.0.0.1 port LOG names, waiting up to 15 s for it; fails
+# with the log when PID exits first or the time is up.
+port_of() {
+  local p
+  for _ in $(seq 1 300); do
+    p=$(sed -n 's/.*127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$1" | head -1)
+    [ -n "$p" ] && { echo "$p"; return 0; }
+    if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  echo "no port in $1" >&2; cat "$1" >&2; exit 1
+}
+
+# start_scripted_judge: runs scripted_openai.py (a fake OpenAI endpoint with known replies);
+# sets SPID and PORT and kills it on exit; calls() prints how many requests it has answered.
+start_scripted_judge() {
+  python3 "$src/tests/integration/scripted_openai.py" > server.log 2>&1 &
+  SPID=$!
+  trap 'kill $SPID 2>/dev/null || true' EXIT
+  PORT=$(port_of server.log $SPID)
+}
+calls() { curl -s "http://127.0.0.1:$PORT/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
+
+# openai_client: unpacks the vendored OpenAI JS client beside openai_client.mjs, or skips the
+# test (exit 0 with "SKIP:") where node is missing.
+openai_client() {
+  if ! command -v node >/dev/null; then echo "SKIP: node is not installed (scripts/install-deps.sh installs nodejs)"; exit 0; fi
+  mkdir -p node_modules/openai
+  tar -xzf "$src/tests/vendor/openai-6.30.1.tgz" -C node_modules/openai --strip-components=1
+  cp "$src/tests/integration/openai_client.mjs" .
+}
