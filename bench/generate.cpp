@@ -3,6 +3,7 @@
 // the same model measured in the same run: KV cache grown by concatenation, each op on its own.
 //
 //   bench_generate [--threads 2] [--tokens 128] [--batch 16]
+#include "decode_kernels.hpp"
 #include "generate.hpp"
 #include "model.hpp"
 
@@ -85,6 +86,26 @@ static double vhost_tokens_per_s(const LlamaModel& m, int64_t batch, int64_t tok
   return n / s;
 }
 
+// The output layer of one batch-B decoding step ([B, D] x [D, vocab]): small_gemm against
+// torch::linear (OpenBLAS) on the same tensors; milliseconds per call.
+static std::pair<double, double> output_layer_ms(const LlamaModel& m, int64_t batch) {
+  torch::NoGradGuard ng;
+  torch::Tensor w;  // lm_head, or the embedding when they are tied
+  for (const auto& [name, t] : m.named_tensors())
+    if (name == "lm_head.weight" || (name == "model.embed_tokens.weight" && !w.defined())) w = t.contiguous();
+  auto x = torch::randn({batch, w.size(1)});
+  auto out = torch::empty({batch, w.size(0)});
+  auto time = [&](auto&& f) {
+    f();
+    auto t0 = Clock::now();
+    for (int i = 0; i < 50; ++i) f();
+    return std::chrono::duration<double>(Clock::now() - t0).count() / 50 * 1e3;
+  };
+  double blas = time([&] { torch::linear(x, w); });
+  double kernel = time([&] { small_gemm(x.data_ptr<float>(), batch, w.data_ptr<float>(), w.size(0), w.size(1), out.data_ptr<float>()); });
+  return {kernel, blas};
+}
+
 int main(int argc, char** argv) {
   int threads = 2;
   int64_t tokens = 128, batch = 16;
@@ -108,5 +129,10 @@ int main(int argc, char** argv) {
   std::printf("naive eager baseline, batch 1:  %8.1f tokens/s\n", base1);
   std::printf("vhost generate, batch 1:        %8.1f tokens/s   (%.2fx baseline)\n", v1, v1 / base1);
   std::printf("vhost generate, batch %-3lld       %8.1f tokens/s   (%.2fx batch 1)\n", (long long)batch, vb, vb / v1);
+  if (*small_gemm_isa()) {
+    auto [kernel, blas] = output_layer_ms(model, batch);
+    std::printf("output layer at batch %lld: small_gemm (%s) %.3f ms, torch::linear %.3f ms (%.2fx)\n", (long long)batch,
+                small_gemm_isa(), kernel, blas, blas / kernel);
+  }
   return 0;
 }

@@ -1,0 +1,205 @@
+// See decode_kernels.hpp. The kernels are written once with GCC/Clang vector extensions and compiled
+// twice, inside functions with target("avx512f") and target("avx2,fma"); the one for this CPU is
+// picked at run time, so the binary still runs (through BLAS) on a CPU with neither.
+//
+// A tile is MR rows of A against NR rows of W: MR*NR vector accumulators over k, V floats wide.
+// Each accumulator holds V partial sums of one dot product; a shuffle tree then sums the V
+// accumulators of a tile into one vector of V finished dot products (about 3 instructions per
+// dot product instead of a full horizontal sum each).
+#include "decode_kernels.hpp"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+// __builtin_shufflevector: GCC 12 and Clang. Older compilers and other CPUs build without the
+// kernels, and the model keeps libtorch's ops.
+#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+#define VHOST_SMALL_GEMM_X86 1
+#endif
+
+namespace vhost::llama {
+
+#ifdef VHOST_SMALL_GEMM_X86
+namespace {
+
+#define VHOST_INLINE __attribute__((always_inline)) inline
+
+// One level of the shuffle tree. The two inputs, side by side, hold 2V/G accumulators of G
+// partial sums each; output lane j adds partial j%(G/2) of accumulator j/(G/2) to the partial
+// G/2 lanes further on, leaving 2V/G accumulators of G/2 partial sums each in one vector.
+constexpr int tree_lane(int j, int G, bool upper) { return (j / (G / 2)) * G + j % (G / 2) + (upper ? G / 2 : 0); }
+
+template <int G, typename vec, std::size_t... J>
+VHOST_INLINE vec tree_step(vec x, vec y, std::index_sequence<J...>) {
+  return __builtin_shufflevector(x, y, tree_lane(static_cast<int>(J), G, false)...) +
+         __builtin_shufflevector(x, y, tree_lane(static_cast<int>(J), G, true)...);
+}
+
+// a[0..G) hold one accumulator each (at the top level G = V); on return lane j of a[0] is the
+// full sum of accumulator j.
+template <int V, int G, typename vec>
+VHOST_INLINE void tree_reduce(vec* a) {
+  if constexpr (G >= 2) {
+#pragma GCC unroll 16
+    for (int i = 0; i < G / 2; ++i) a[i] = tree_step<G>(a[2 * i], a[2 * i + 1], std::make_index_sequence<V>{});
+    tree_reduce<V, G / 2>(a);
+  }
+}
+
+// C[r, c] for r < MR, c < NR: A and W advanced to the tile's first rows; both have row stride K.
+template <int V, int MR, int NR>
+VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int64_t ldc) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  static_assert(MR * NR <= V, "a tile has at most V accumulators");
+  vec acc[V] = {};
+  const int64_t Kv = K - K % V;
+  for (int64_t k = 0; k < Kv; k += V) {
+    vec w[NR];
+#pragma GCC unroll 8
+    for (int c = 0; c < NR; ++c) std::memcpy(&w[c], W + c * K + k, sizeof(vec));
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      vec a;
+      std::memcpy(&a, A + r * K + k, sizeof(vec));
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c) acc[r * NR + c] += a * w[c];
+    }
+  }
+  tree_reduce<V, V>(acc);
+  float sums[V];
+  std::memcpy(sums, &acc[0], sizeof sums);
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NR; ++c) {
+      float s = sums[r * NR + c];
+      for (int64_t k = Kv; k < K; ++k) s += A[r * K + k] * W[c * K + k];
+      C[r * ldc + c] = s;
+    }
+}
+
+// A tile of mr <= MR rows by nr <= NR columns, with the sizes made compile-time constants.
+template <int V, int MR, int NR>
+VHOST_INLINE void any_tile(int mr, int nr, const float* A, const float* W, int64_t K, float* C, int64_t ldc) {
+  if constexpr (MR > 1)
+    if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc);
+  if constexpr (NR > 1)
+    if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc);
+  tile<V, MR, NR>(A, W, K, C, ldc);
+}
+
+// Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache.
+template <int V, int MR, int NR>
+VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C, int64_t t0,
+                               int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t * NR;
+    const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
+    for (int64_t m = 0; m < M; m += MR)
+      any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * K, W + n * K, K, C + m * N + n, N);
+  }
+}
+
+using RangeFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, int64_t);
+using AttendFn = void (*)(const DecodeAttention&, int64_t, int64_t);
+
+// Rows [r0, r1) of B*H (row r is batch r / H, query head r % H).
+VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) {
+  const int64_t hd = a.hd, rep = a.H / a.KV;
+  std::vector<float> p(static_cast<std::size_t>(a.S));
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / a.H, kv = (r % a.H) / rep;
+    const float* q = a.q + r * hd;
+    const float* K = a.k + (b * a.KV + kv) * a.capacity * hd;
+    const float* V = a.v + (b * a.KV + kv) * a.capacity * hd;
+    const int64_t first = a.pad ? std::min(std::max<int64_t>(a.pad[b], 0), a.S - 1) : 0;  // its own slot always counts
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t s = first; s < a.S; ++s) {
+      float d = 0;
+#pragma omp simd reduction(+ : d)
+      for (int64_t i = 0; i < hd; ++i) d += q[i] * K[s * hd + i];
+      p[s] = d * a.scale;
+      mx = std::max(mx, p[s]);
+    }
+    float sum = 0;
+    for (int64_t s = first; s < a.S; ++s) sum += p[s] = std::exp(p[s] - mx);
+    float* o = a.out + r * hd;
+    std::fill(o, o + hd, 0.0f);
+    for (int64_t s = first; s < a.S; ++s) {
+      const float w = p[s] / sum;
+#pragma omp simd
+      for (int64_t i = 0; i < hd; ++i) o[i] += w * V[s * hd + i];
+    }
+  }
+}
+
+// 16 floats a vector, 4x4 tiles: 16 accumulators + 4 weight vectors + 1 of A in 32 registers.
+__attribute__((target("avx512f"))) void range_avx512(const float* A, int64_t M, const float* W, int64_t N, int64_t K,
+                                                     float* C, int64_t t0, int64_t t1) {
+  column_tiles<16, 4, 4>(A, M, W, N, K, C, t0, t1);
+}
+__attribute__((target("avx512f"))) void attend_avx512(const DecodeAttention& a, int64_t r0, int64_t r1) {
+  attend_rows(a, r0, r1);
+}
+
+// 8 floats a vector, 4x2 tiles: 8 accumulators + 2 + 1 in 16 registers.
+__attribute__((target("avx2,fma"))) void range_avx2(const float* A, int64_t M, const float* W, int64_t N, int64_t K,
+                                                   float* C, int64_t t0, int64_t t1) {
+  column_tiles<8, 4, 2>(A, M, W, N, K, C, t0, t1);
+}
+__attribute__((target("avx2,fma"))) void attend_avx2(const DecodeAttention& a, int64_t r0, int64_t r1) {
+  attend_rows(a, r0, r1);
+}
+
+struct Isa {
+  const char* name;
+  RangeFn fn;
+  int64_t nr;  // columns (rows of W) per tile
+  AttendFn attend;
+};
+
+const Isa& isa() {
+  static const Isa chosen = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return Isa{"avx512", range_avx512, 4, attend_avx512};
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa{"avx2", range_avx2, 2, attend_avx2};
+    return Isa{"", nullptr, 1, nullptr};
+  }();
+  return chosen;
+}
+
+}  // namespace
+
+const char* small_gemm_isa() { return isa().name; }
+
+bool small_gemm(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C) {
+  const Isa& s = isa();
+  if (!s.fn) return false;
+  const int64_t tiles = (N + s.nr - 1) / s.nr;
+  // A thread's share should be worth waking it for: at least ~64K multiply-adds.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, M * K * s.nr));
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) { s.fn(A, M, W, N, K, C, t0, t1); });
+  return true;
+}
+
+bool decode_attention(const DecodeAttention& a) {
+  const Isa& s = isa();
+  if (!s.attend) return false;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, a.S * a.hd));
+  at::parallel_for(0, a.B * a.H, grain, [&](int64_t r0, int64_t r1) { s.attend(a, r0, r1); });
+  return true;
+}
+
+#else  // not x86 with GCC/Clang: libtorch and BLAS only
+
+const char* small_gemm_isa() { return ""; }
+bool small_gemm(const float*, int64_t, const float*, int64_t, int64_t, float*) { return false; }
+bool decode_attention(const DecodeAttention&) { return false; }
+
+#endif
+
+}  // namespace vhost::llama

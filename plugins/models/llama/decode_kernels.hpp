@@ -1,0 +1,41 @@
+// CPU kernels for a decoding step (one new token per row of a batch), float32.
+//
+// small_gemm: C = A · Wᵀ for the few rows of a decoding step. A decoding step of a batch multiplies M = batch rows (1..32) by each weight matrix. BLAS gemm
+// is built for large M: OpenBLAS repacks the whole weight matrix on every call, which took a
+// third of a batch-16 step of the stories15M shape here (bench/generate). This kernel reads the
+// weights in their stored layout ([N, K], as torch::linear), once per call, with each row of W
+// dotted against every row of A while it is in cache; no copy, no extra memory.
+//
+// Kept free of torch headers: the model includes it, and so do tests and benchmarks.
+#pragma once
+
+#include <cstdint>
+
+namespace vhost::llama {
+
+// The instruction set small_gemm uses on this CPU: "avx512", "avx2", or "" when neither is
+// available (then small_gemm returns false and the caller uses BLAS).
+const char* small_gemm_isa();
+
+// C[m, n] = sum_k A[m, k] * W[n, k] for row-major contiguous A [M, K], W [N, K], C [M, N].
+// Runs on at::get_num_threads() threads. Returns false, touching nothing, when this CPU has no
+// kernel for it (see small_gemm_isa).
+bool small_gemm(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C);
+
+// decode_attention: one query per row against its KV cache, in place of broadcast-multiply,
+// sum, mask, softmax, broadcast-multiply, sum as separate libtorch ops (a dozen passes over
+// [B, H, S, hd] temporaries, about 1 ms of a batch-16 step of the stories15M shape here).
+struct DecodeAttention {
+  const float* q;     // [B, H, hd], rotated
+  const float* k;     // [B, KV, capacity, hd]: the cache, slots 0..S-1 filled
+  const float* v;     // same layout as k
+  const int64_t* pad;  // [B] left padding: slots < pad[b] are not attended (nullptr: none)
+  float* out;          // [B, H, hd]
+  int64_t B, H, KV, hd, capacity, S;
+  float scale;         // 1/sqrt(hd)
+};
+// Query head h reads kv head h / (H / KV). Softmax in float32, max subtracted, as libtorch's.
+// Returns false when this CPU has no kernel (see small_gemm_isa).
+bool decode_attention(const DecodeAttention& a);
+
+}  // namespace vhost::llama
