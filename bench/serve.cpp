@@ -4,7 +4,7 @@
 //  2. the in-process engine with the same requests and no HTTP: what the HTTP path costs.
 // Also p50/p99 time to first token over HTTP.
 //
-//   bench_serve [--clients 64] [--tokens 256] [--threads 2]
+//   bench_serve [--clients 64] [--tokens 256] [--threads 2] [--rounds 5]
 #include "engine.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
@@ -117,18 +117,24 @@ static std::pair<pid_t, int> start_server(const fs::path& vhost, const fs::path&
                log);
 }
 
+static void print_load(const std::string& what, const Load& l) {
+  std::printf("%-26s %9.0f tokens/s  (%lld tokens, %lld failed)  TTFT p50 %.3f s, p99 %.3f s\n", what.c_str(), l.tokens_per_s,
+              static_cast<long long>(l.tokens), static_cast<long long>(l.failed), l.ttft_p50, l.ttft_p99);
+}
+
 static void stop(pid_t pid) {
   kill(pid, SIGTERM);
   waitpid(pid, nullptr, 0);
 }
 
 int main(int argc, char** argv) {
-  int clients = 64, tokens = 256, threads = 2;
+  int clients = 64, tokens = 256, threads = 2, rounds = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--clients") clients = std::atoi(argv[i + 1]);
     else if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
+    else if (a == "--rounds") rounds = std::max(1, std::atoi(argv[i + 1]));
   }
   fs::path self = fs::read_symlink("/proc/self/exe").parent_path(), vhost = self / "vhost";
   fs::path scratch = fs::temp_directory_path() / "vhost-bench-serve", model = scratch / "tiny";
@@ -139,45 +145,36 @@ int main(int argc, char** argv) {
   std::printf("tiny preset, %d concurrent streaming clients, %d tokens each (temperature 1, seeded), %d threads\n",
               clients, tokens, threads);
 
-  Load one, many;
-  for (int batch : {1, clients}) {
-    auto [pid, port] = start_server(vhost, model, batch, threads, scratch / ("serve-" + std::to_string(batch) + ".log"));
-    http_load(port, 2, 4);  // warm-up
-    Load l = http_load(port, clients, tokens);
-    stop(pid);
-    (batch == 1 ? one : many) = l;
-    std::printf("HTTP, --max-batch %-3d %9.0f tokens/s  (%lld tokens, %lld failed)  TTFT p50 %.3f s, p99 %.3f s\n", batch,
-                l.tokens_per_s, static_cast<long long>(l.tokens), static_cast<long long>(l.failed), l.ttft_p50,
-                l.ttft_p99);
-  }
-  std::printf("continuous batching: %.2fx batch size 1\n", many.tokens_per_s / one.tokens_per_s);
-
-  // The distributed path: API server -> controller -> worker, each its own process.
-  Load routed;
+  // Batch size 1 is slow (about 10 s): one run. The fast runs take under a second each on a
+  // shared machine, so they go in rounds: direct HTTP, the API path and the in-process engine
+  // one after the other, each round the same requests, and the medians are compared.
+  Load one;
   {
-    auto [cpid, cport] = start(vhost, {"controller", "--port", "0"}, scratch / "controller.log");
-    std::string ctl = "http://127.0.0.1:" + std::to_string(cport);
-    auto [wpid, wport] = start(vhost, {"worker", model.string(), "--controller", ctl, "--port", "0", "--max-batch",
-                                        std::to_string(clients), "--max-queue", "1024", "--threads", std::to_string(threads),
-                                        "--heartbeat", "0.5", "--log-level", "warn"},
-                               scratch / "worker.log");
-    (void)wport;
-    auto [apid, aport] = start(vhost, {"api", "--controller", ctl, "--port", "0"}, scratch / "api.log");
-    for (int i = 0; i < 200; ++i) {  // until the worker has registered
-      httplib::Client c("127.0.0.1", aport);
-      auto r = c.Get("/v1/models");
-      if (r && r->body.find("\"tiny\"") != std::string::npos) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    http_load(aport, 2, 4);
-    routed = http_load(aport, clients, tokens);
-    stop(apid);
-    stop(wpid);
-    stop(cpid);
-    std::printf("HTTP via api + controller %6.0f tokens/s  (%lld tokens, %lld failed)  TTFT p50 %.3f s, p99 %.3f s\n",
-                routed.tokens_per_s, static_cast<long long>(routed.tokens), static_cast<long long>(routed.failed),
-                routed.ttft_p50, routed.ttft_p99);
+    auto [pid, port] = start_server(vhost, model, 1, threads, scratch / "serve-1.log");
+    http_load(port, 2, 4);  // warm-up
+    one = http_load(port, clients, tokens);
+    stop(pid);
+    print_load("HTTP, --max-batch 1", one);
   }
+
+  auto [spid, sport] = start_server(vhost, model, clients, threads, scratch / ("serve-" + std::to_string(clients) + ".log"));
+  // The distributed path: API server -> controller -> worker, each its own process.
+  auto [cpid, cport] = start(vhost, {"controller", "--port", "0"}, scratch / "controller.log");
+  std::string ctl = "http://127.0.0.1:" + std::to_string(cport);
+  auto [wpid, wport] = start(vhost, {"worker", model.string(), "--controller", ctl, "--port", "0", "--max-batch",
+                                      std::to_string(clients), "--max-queue", "1024", "--threads", std::to_string(threads),
+                                      "--heartbeat", "0.5", "--log-level", "warn"},
+                             scratch / "worker.log");
+  (void)wport;
+  auto [apid, aport] = start(vhost, {"api", "--controller", ctl, "--port", "0"}, scratch / "api.log");
+  for (int i = 0; i < 200; ++i) {  // until the worker has registered
+    httplib::Client c("127.0.0.1", aport);
+    auto r = c.Get("/v1/models");
+    if (r && r->body.find("\"tiny\"") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  http_load(sport, 2, 4);  // warm-up
+  http_load(aport, 2, 4);
 
   // In process: the same requests straight into the engine.
   torch::set_num_threads(threads);
@@ -185,25 +182,50 @@ int main(int argc, char** argv) {
   auto tok = vhost::llama::Tokenizer::load(model / "tokenizer.model");
   vhost::llama::Engine engine(m, &tok, clients, 0, 1024);
   auto prompt = tok.encode(kPrompt, true);
-  std::vector<int64_t> got(clients, 0);
-  std::vector<std::thread> ts;
-  auto t0 = Clock::now();
-  for (int i = 0; i < clients; ++i)
-    ts.emplace_back([&, i] {
-      vhost::llama::SamplingParams p;
-      p.temperature = 1.0;
-      p.max_tokens = tokens;
-      p.seed = static_cast<uint64_t>(i);
-      got[i] = static_cast<int64_t>(engine.generate(prompt, p, [](std::size_t, int32_t, const std::string&) { return true; })
-                                        .tokens.size());
-    });
-  for (auto& t : ts) t.join();
-  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  int64_t total = 0;
-  for (auto g : got) total += g;
-  double inproc = static_cast<double>(total) / secs;
-  std::printf("in-process engine    %9.0f tokens/s  (%lld tokens)\n", inproc, static_cast<long long>(total));
-  std::printf("HTTP path: %.2fx the in-process engine; via api + controller: %.2fx\n", many.tokens_per_s / inproc,
-              routed.tokens_per_s / inproc);
+  auto in_process = [&] {
+    std::vector<int64_t> got(clients, 0);
+    std::vector<std::thread> ts;
+    auto t0 = Clock::now();
+    for (int i = 0; i < clients; ++i)
+      ts.emplace_back([&, i] {
+        vhost::llama::SamplingParams p;
+        p.temperature = 1.0;
+        p.max_tokens = tokens;
+        p.seed = static_cast<uint64_t>(i);
+        got[i] = static_cast<int64_t>(
+            engine.generate(prompt, p, [](std::size_t, int32_t, const std::string&) { return true; }).tokens.size());
+      });
+    for (auto& t : ts) t.join();
+    Load l;
+    for (auto g : got) l.tokens += g;
+    l.tokens_per_s = static_cast<double>(l.tokens) / std::chrono::duration<double>(Clock::now() - t0).count();
+    return l;
+  };
+
+  std::vector<Load> direct, routed, inproc;
+  for (int round = 0; round < rounds; ++round) {
+    direct.push_back(http_load(sport, clients, tokens));
+    routed.push_back(http_load(aport, clients, tokens));
+    inproc.push_back(in_process());
+  }
+  stop(apid);
+  stop(wpid);
+  stop(cpid);
+  stop(spid);
+  auto median = [](std::vector<Load> v) {
+    std::sort(v.begin(), v.end(), [](const Load& a, const Load& b) { return a.tokens_per_s < b.tokens_per_s; });
+    return v[v.size() / 2];
+  };
+  Load many = median(direct), via_api = median(routed), engine_only = median(inproc);
+  print_load("HTTP, --max-batch " + std::to_string(clients), many);
+  std::printf("continuous batching: %.2fx batch size 1\n", many.tokens_per_s / one.tokens_per_s);
+  print_load("HTTP via api + controller", via_api);
+  std::printf("%-26s %9.0f tokens/s  (%lld tokens)\n", "in-process engine", engine_only.tokens_per_s,
+              static_cast<long long>(engine_only.tokens));
+  std::printf("(medians of %d rounds; per round, api path / in-process:", rounds);
+  for (int r = 0; r < rounds; ++r) std::printf(" %.2f", routed[r].tokens_per_s / inproc[r].tokens_per_s);
+  std::printf(")\n");
+  std::printf("HTTP path: %.2fx the in-process engine; via api + controller: %.2fx\n", many.tokens_per_s / engine_only.tokens_per_s,
+              via_api.tokens_per_s / engine_only.tokens_per_s);
   return 0;
 }

@@ -374,6 +374,7 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
       auto cli = std::make_shared<httplib::Client>(address);
       cli->set_connection_timeout(2, 0);
       cli->set_read_timeout(600, 0);
+      cli->set_keep_alive(true);  // the stream reuses the connection the health check opened
       if (!cli->Get("/health")) {
         ++api_retries;
         continue;

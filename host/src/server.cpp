@@ -293,14 +293,13 @@ struct ApiServer::Impl {
           const std::string tail = "\"created\":" + std::to_string(created) + ",\"id\":" + json(id).dump() + ",\"model\":" +
                                    json(name).dump() + ",\"object\":\"" + (chat ? "chat.completion.chunk" : "text_completion") +
                                    "\"}\n\n";
-          auto token_chunk = [&](int64_t index, const std::string& text) {
-            std::string s = head;
+          auto token_chunk = [&](std::string& s, int64_t index, const std::string& text) {
+            s += head;
             if (chat)
               s += json(text).dump() + "},\"finish_reason\":null,\"index\":" + std::to_string(index) + ",\"logprobs\":null}],";
             else
               s += std::to_string(index) + ",\"logprobs\":null,\"text\":" + json(text).dump() + "}],";
             s += tail;
-            return sink.write(s.data(), s.size());
           };
           bool alive = true;
           if (chat)
@@ -309,7 +308,9 @@ struct ApiServer::Impl {
           bool first = true;
           json reply;
           // The model's callback only queues text (it runs on the model's scheduler thread, which
-          // must not wait for sockets or build JSON); this thread formats and writes it.
+          // must not wait for sockets or build JSON); this thread formats and writes it. The first
+          // token wakes it at once (time to first token); later ones every stream_interval tokens,
+          // written together: one wake-up and one socket write for several SSE events.
           struct Queue {
             std::mutex m;
             std::condition_variable cv;
@@ -317,16 +318,21 @@ struct ApiServer::Impl {
             bool finished = false;
             std::atomic<bool> alive{true};
             std::exception_ptr error;
+            bool woken = false;  // the first token has been signalled
           } queue;
+          const std::size_t interval = static_cast<std::size_t>(std::max(1, opt.stream_interval));
           std::thread producer([&] {
             try {
               reply = generate(model, request, [&](uint32_t seq, int32_t, const std::string& text) {
                 if (!queue.alive) return false;  // a gone client cancels its sequence at once
+                bool wake;
                 {
                   std::lock_guard<std::mutex> g(queue.m);
                   queue.items.emplace_back(seq, text);
+                  wake = !queue.woken || queue.items.size() >= interval;
+                  queue.woken = true;
                 }
-                queue.cv.notify_one();
+                if (wake) queue.cv.notify_one();
                 return true;
               });
             } catch (...) {
@@ -343,12 +349,12 @@ struct ApiServer::Impl {
             bool finished;
             {
               std::unique_lock<std::mutex> g(queue.m);
-              queue.cv.wait(g, [&] { return queue.finished || !queue.items.empty(); });
+              queue.cv.wait(g, [&] { return queue.finished || queue.items.size() >= (first ? 1 : interval); });
               batch.swap(queue.items);
               finished = queue.finished;
             }
+            std::string events;  // the batch's SSE events, written at once
             for (auto& [seq, text] : batch) {
-              if (!alive) break;
               if (first) {
                 first = false;
                 ttft_us_sum += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
@@ -361,7 +367,10 @@ struct ApiServer::Impl {
                 if (t.empty()) continue;
                 started[seq] = true;
               }
-              alive = token_chunk(seq, t);
+              token_chunk(events, seq, t);
+            }
+            if (alive && !events.empty()) {
+              alive = sink.write(events.data(), events.size());
               if (!alive) queue.alive = false;
             }
             if (finished) break;

@@ -25,6 +25,9 @@ struct ServeOptions {
   std::size_t max_body = 1 << 20;     // bytes
   std::string log_file;               // conversation log (JSONL); empty: none
   std::vector<std::string> blocked_words;  // moderation: prompts containing any (any case) are refused
+  // Streaming: tokens delivered per socket write after the first (each still its own SSE event).
+  // FastChat's workers stream every 2 tokens; 1 writes every token as it comes.
+  int stream_interval = 2;
 };
 
 class ApiServer {
