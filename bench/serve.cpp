@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -117,6 +118,20 @@ static std::pair<pid_t, int> start_server(const fs::path& vhost, const fs::path&
                log);
 }
 
+// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+static double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), {});
+  auto close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i)
+    if (i == 14 || i == 15) ticks += std::stod(f);  // utime, stime
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
 static void print_load(const std::string& what, const Load& l) {
   std::printf("%-26s %9.0f tokens/s  (%lld tokens, %lld failed)  TTFT p50 %.3f s, p99 %.3f s\n", what.c_str(), l.tokens_per_s,
               static_cast<long long>(l.tokens), static_cast<long long>(l.failed), l.ttft_p50, l.ttft_p99);
@@ -203,9 +218,17 @@ int main(int argc, char** argv) {
   };
 
   std::vector<Load> direct, routed, inproc;
+  // Where the CPU goes on the API path: each process's CPU seconds over the routed rounds.
+  double api_cpu = 0, worker_cpu = 0, controller_cpu = 0, routed_tokens = 0, routed_wall = 0;
   for (int round = 0; round < rounds; ++round) {
     direct.push_back(http_load(sport, clients, tokens));
+    double a0 = cpu_seconds(apid), w0 = cpu_seconds(wpid), c0 = cpu_seconds(cpid);
     routed.push_back(http_load(aport, clients, tokens));
+    api_cpu += cpu_seconds(apid) - a0;
+    worker_cpu += cpu_seconds(wpid) - w0;
+    controller_cpu += cpu_seconds(cpid) - c0;
+    routed_tokens += static_cast<double>(routed.back().tokens);
+    routed_wall += static_cast<double>(routed.back().tokens) / routed.back().tokens_per_s;
     inproc.push_back(in_process());
   }
   stop(apid);
@@ -225,6 +248,9 @@ int main(int argc, char** argv) {
   std::printf("(medians of %d rounds; per round, api path / in-process:", rounds);
   for (int r = 0; r < rounds; ++r) std::printf(" %.2f", routed[r].tokens_per_s / inproc[r].tokens_per_s);
   std::printf(")\n");
+  std::printf("API path CPU per 1000 tokens: worker %.3f s, api %.3f s, controller %.3f s (wall %.3f s, %d cores)\n",
+              1000 * worker_cpu / routed_tokens, 1000 * api_cpu / routed_tokens, 1000 * controller_cpu / routed_tokens,
+              1000 * routed_wall / routed_tokens, threads);
   std::printf("HTTP path: %.2fx the in-process engine; via api + controller: %.2fx\n", many.tokens_per_s / engine_only.tokens_per_s,
               via_api.tokens_per_s / engine_only.tokens_per_s);
   return 0;
