@@ -336,19 +336,24 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, c
   }
 
   // Mask over key slots 0..S-1: causal, and padding keys hidden. A padding query still sees
-  // itself, so its (unused) row stays finite.
-  torch::Tensor mask;
-  if (T > 1 || padded) {
+  // itself, so its (unused) row stays finite. Made on first use: a decoding step that goes
+  // through decode_attention never needs it.
+  torch::Tensor mask_;
+  bool mask_made = false;
+  auto mask = [&]() -> const torch::Tensor& {
+    if (mask_made || !(T > 1 || padded)) return mask_;
+    mask_made = true;
     auto q_slot = slots.unsqueeze(1);                    // [T, 1]
     auto k_slot = torch::arange(0, S, i64).unsqueeze(0);  // [1, S]
     auto blocked = k_slot > q_slot;                      // [T, S]
     if (padded)
       blocked = blocked.unsqueeze(0) |
                 ((k_slot.unsqueeze(0) < pad.view({B, 1, 1})) & (k_slot != q_slot).unsqueeze(0));  // [B, T, S]
-    mask = torch::zeros(blocked.sizes(), torch::TensorOptions().dtype(torch::kFloat32).device(device_))
-               .masked_fill(blocked, -std::numeric_limits<float>::infinity());
-    if (padded) mask = mask.view({B, 1, 1, T, S});  // broadcast over [B, KV, rep, T, S]
-  }
+    mask_ = torch::zeros(blocked.sizes(), torch::TensorOptions().dtype(torch::kFloat32).device(device_))
+                .masked_fill(blocked, -std::numeric_limits<float>::infinity());
+    if (padded) mask_ = mask_.view({B, 1, 1, T, S});  // broadcast over [B, KV, rep, T, S]
+    return mask_;
+  };
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
   for (std::size_t li = 0; li < layers_.size(); ++li) {
@@ -368,7 +373,7 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, c
     }
     // One new token per row in float32 on the CPU: one kernel pass over the cache.
     torch::Tensor attn = T == 1 && cache ? kernel_decode_attention(q, *cache, li, pad, S, scale) : torch::Tensor();
-    if (!attn.defined()) attn = torch_attention(q, keys, values, mask, KV, rep, scale);
+    if (!attn.defined()) attn = torch_attention(q, keys, values, mask(), KV, rep, scale);
     x = x + proj(attn, L.o);
     auto m = rms_norm(x, L.post_norm);
     x = x + proj(torch::silu(proj(m, L.gate)) * proj(m, L.up), L.down);
