@@ -355,6 +355,7 @@ struct ApiServer::Impl {
             }
             std::string events;  // the batch's SSE events, written at once
             for (auto& [seq, text] : batch) {
+              if (!alive) break;  // the client is gone: nothing more to format
               if (first) {
                 first = false;
                 ttft_us_sum += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
