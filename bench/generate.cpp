@@ -2,7 +2,7 @@
 // (dim 288, 6 layers, 6 heads, vocab 32000; random weights), against a naive eager decoder of
 // the same model measured in the same run: KV cache grown by concatenation, each op on its own.
 //
-//   bench_generate [--threads 2] [--tokens 128] [--batch 16]
+//   bench_generate [--threads 2] [--tokens 128] [--batch 16] [--preset stories15m|tiny]
 #include "decode_kernels.hpp"
 #include "generate.hpp"
 #include "model.hpp"
@@ -109,17 +109,19 @@ static std::pair<double, double> output_layer_ms(const LlamaModel& m, int64_t ba
 int main(int argc, char** argv) {
   int threads = 2;
   int64_t tokens = 128, batch = 16;
+  std::string preset = "stories15m";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--batch")) batch = std::atoll(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--preset")) preset = argv[i + 1];
   }
   torch::set_num_threads(threads);
-  auto cfg = LlamaConfig::preset("stories15m");
+  auto cfg = LlamaConfig::preset(preset);
   auto model = LlamaModel::random(cfg, 0);
-  std::printf("bench/generate: stories15M shape (dim %lld, %lld layers, %lld heads, vocab %lld), float32, %d threads, "
+  std::printf("bench/generate: %s shape (dim %lld, %lld layers, %lld heads, vocab %lld), float32, %d threads, "
               "%lld new tokens\n",
-              (long long)cfg.hidden_size, (long long)cfg.num_hidden_layers, (long long)cfg.num_attention_heads,
+              preset.c_str(), (long long)cfg.hidden_size, (long long)cfg.num_hidden_layers, (long long)cfg.num_attention_heads,
               (long long)cfg.vocab_size, threads, (long long)tokens);
   vhost_tokens_per_s(model, 1, 8);  // warm-up
   naive_tokens_per_s(model, 1, 8);

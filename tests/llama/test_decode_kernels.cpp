@@ -9,11 +9,23 @@
 
 #include <limits>
 #include <string>
+#include <vector>
 
 using namespace vhost::llama;
 
+// Each kernel set this CPU can run, the best last (it stays selected for the other tests).
+static std::vector<std::string> runnable_kernels() {
+  std::vector<std::string> out;
+  for (const char* name : {"avx2", "avx512"})
+    if (select_kernels(name)) out.push_back(name);
+  select_kernels(nullptr);
+  return out;
+}
+
 TEST_CASE("small_gemm equals torch::linear on shapes off the tile grid", "[kernels]") {
-  INFO("kernel ISA on this CPU: '" << small_gemm_isa() << "'");
+  for (const auto& isa : runnable_kernels()) {
+  select_kernels(isa.c_str());
+  INFO("kernels: " << small_gemm_isa());
   torch::manual_seed(3);
   for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {2, 7, 19}, {5, 37, 16}, {16, 288, 288},
                          {3, 1001, 300}, {32, 33, 768}, {7, 4, 17}}) {
@@ -25,6 +37,8 @@ TEST_CASE("small_gemm equals torch::linear on shapes off the tile grid", "[kerne
     INFO("M=" << M << " N=" << N << " K=" << K);
     CHECK(torch::allclose(C, torch::linear(A, W), 1e-4, 1e-4));  // every element written, none NaN
   }
+  }
+  select_kernels(nullptr);
 }
 
 // The reference: softmax(q k^T * scale, masked to slots >= pad) v, per row and head.
@@ -34,7 +48,7 @@ static torch::Tensor reference_attention(const torch::Tensor& q, const torch::Te
   auto out = torch::empty_like(q);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
-      int64_t first = pad.empty() ? 0 : pad[b];
+      int64_t first = pad.empty() ? 0 : std::min(pad[b], S - 1);  // its own slot always counts
       auto keys = k[b][h / (H / KV)].narrow(0, first, S - first);
       auto vals = v[b][h / (H / KV)].narrow(0, first, S - first);
       out[b][h] = torch::softmax(torch::mv(keys, q[b][h]) * scale, 0).matmul(vals);
@@ -47,13 +61,20 @@ TEST_CASE("decode_attention equals softmax attention: grouped-query heads, left 
     WARN("no decode kernel for this CPU: the model keeps libtorch's attention");
     return;
   }
+  for (const auto& isa : runnable_kernels()) {
+  select_kernels(isa.c_str());
+  INFO("kernels: " << small_gemm_isa());
   torch::manual_seed(4);
-  const int64_t B = 3, H = 6, KV = 2, hd = 20, cap = 40, S = 23;
-  auto q = torch::randn({B, H, hd});
+  const int64_t B = 3, H = 6, KV = 2, cap = 72;
+  // Head size 20: the scalar loop. 16, 48, 64: the vector kernel (whole vectors of 8 or 16);
+  // 23 and 71 keys leave a remainder after the blocks of 16 keys, 64 and 1 do not.
+  for (int64_t hd : {20, 16, 48, 64})
+    for (int64_t S : {23, 64, 71, 1}) {
+  auto q = torch::randn({B, H, hd}) * 3;  // spread scores: the exp is tested over a wide range
   auto k = torch::randn({B, KV, cap, hd}), v = torch::randn({B, KV, cap, hd});
   const double scale = 1.0 / std::sqrt(double(hd));
   for (std::vector<int64_t> pad : {std::vector<int64_t>{}, std::vector<int64_t>{0, 5, 22}}) {
-    INFO((pad.empty() ? "no padding" : "padding 0, 5, 22"));
+    INFO("head size " << hd << ", " << S << " keys, " << (pad.empty() ? "no padding" : "padding 0, 5, 22"));
     auto padt = torch::tensor(pad.empty() ? std::vector<int64_t>{0} : pad);
     auto out = torch::full({B, H, hd}, std::numeric_limits<float>::quiet_NaN());
     DecodeAttention a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
@@ -62,4 +83,7 @@ TEST_CASE("decode_attention equals softmax attention: grouped-query heads, left 
     REQUIRE(decode_attention(a));
     CHECK(torch::allclose(out, reference_attention(q, k, v, pad, S, scale), 1e-5, 1e-5));
   }
+    }
+  }
+  select_kernels(nullptr);
 }

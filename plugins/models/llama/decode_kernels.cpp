@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -137,13 +138,134 @@ VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) 
   }
 }
 
+// e^x for x <= 0 on a vector (Cephes' expf polynomial, about 1 ulp): 2^n * p(r), with
+// x = n ln2 + r, |r| <= ln2/2. Below -87.3 the result is 0 (the float range ends there).
+template <int V, typename vec>
+VHOST_INLINE vec exp_nonpositive(vec x) {
+  typedef int32_t ivec __attribute__((vector_size(4 * V)));
+  const vec lo = x < -87.3f ? vec{} + 1 : vec{};  // lanes that underflow
+  x = x < -87.3f ? vec{} - 87.3f : x;
+  vec n = x * 1.44269504088896341f;
+  n = __builtin_convertvector(__builtin_convertvector(n + (n < 0 ? vec{} - 0.5f : vec{} + 0.5f), ivec), vec);  // round
+  vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vec p = vec{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;
+  vec scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  p = p * scale;
+  return lo > 0 ? vec{} : p;
+}
+
+// One query row against its keys and values, head size D vectors of V floats: scores for V keys
+// at once (D multiply-adds per key, then the shuffle tree sums V keys' partials together), a
+// vector exp, and the weighted sum of values with the 1/sum applied once at the end.
+template <int V, int D>
+VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv, int64_t first, int64_t S, float scale,
+                                 float* p, float* o) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  constexpr int64_t hd = int64_t(V) * D;
+  vec qv[D];
+  for (int d = 0; d < D; ++d) std::memcpy(&qv[d], q + d * V, sizeof(vec));
+  auto dot = [&](int64_t s) {
+    vec acc = qv[0] * [&] { vec k; std::memcpy(&k, K + s * hd, sizeof k); return k; }();
+#pragma GCC unroll 16
+    for (int d = 1; d < D; ++d) {
+      vec k;
+      std::memcpy(&k, K + s * hd + d * V, sizeof k);
+      acc += qv[d] * k;
+    }
+    return acc;
+  };
+  float mx = -std::numeric_limits<float>::infinity();
+  int64_t s = first;
+  for (; s + V <= S; s += V) {
+    vec acc[V];
+#pragma GCC unroll 16
+    for (int j = 0; j < V; ++j) acc[j] = dot(s + j);
+    tree_reduce<V, V>(acc);
+    acc[0] *= scale;
+    std::memcpy(p + s, &acc[0], sizeof(vec));
+    for (int j = 0; j < V; ++j) mx = std::max(mx, p[s + j]);
+  }
+  for (; s < S; ++s) {
+    vec acc = dot(s);
+    float lanes[V], d = 0;
+    std::memcpy(lanes, &acc, sizeof lanes);
+    for (int j = 0; j < V; ++j) d += lanes[j];
+    p[s] = d * scale;
+    mx = std::max(mx, p[s]);
+  }
+  vec sumv{};
+  s = first;
+  for (; s + V <= S; s += V) {
+    vec x;
+    std::memcpy(&x, p + s, sizeof x);
+    x = exp_nonpositive<V>(x - mx);
+    std::memcpy(p + s, &x, sizeof x);
+    sumv += x;
+  }
+  float lanes[V], sum = 0;
+  std::memcpy(lanes, &sumv, sizeof lanes);
+  for (int j = 0; j < V; ++j) sum += lanes[j];
+  for (; s < S; ++s) sum += p[s] = std::exp(p[s] - mx);
+  vec acc[D] = {};
+  for (s = first; s < S; ++s) {
+    const vec w = vec{} + p[s];
+#pragma GCC unroll 16
+    for (int d = 0; d < D; ++d) {
+      vec v;
+      std::memcpy(&v, Vv + s * hd + d * V, sizeof v);
+      acc[d] += w * v;
+    }
+  }
+  const float inv = 1.0f / sum;
+  for (int d = 0; d < D; ++d) {
+    acc[d] *= inv;
+    std::memcpy(o + d * V, &acc[d], sizeof(vec));
+  }
+}
+
+// Rows [r0, r1) with the vector kernel when the head size is a multiple of V (up to 8 vectors),
+// else attend_rows.
+template <int V>
+VHOST_INLINE void attend_rows_vec(const DecodeAttention& a, int64_t r0, int64_t r1) {
+  const int64_t D = a.hd / V;
+  if (a.hd % V != 0 || D > 8) return attend_rows(a, r0, r1);
+  const int64_t rep = a.H / a.KV;
+  std::vector<float> p(static_cast<std::size_t>(a.S));
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / a.H, kv = (r % a.H) / rep;
+    const float* q = a.q + r * a.hd;
+    const float* K = a.k + (b * a.KV + kv) * a.capacity * a.hd;
+    const float* Vv = a.v + (b * a.KV + kv) * a.capacity * a.hd;
+    const int64_t first = a.pad ? std::min(std::max<int64_t>(a.pad[b], 0), a.S - 1) : 0;
+    float* o = a.out + r * a.hd;
+    switch (D) {
+      case 1: attend_row_vec<V, 1>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+      case 2: attend_row_vec<V, 2>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+      case 3: attend_row_vec<V, 3>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+      case 4: attend_row_vec<V, 4>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+      case 5: attend_row_vec<V, 5>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+      case 6: attend_row_vec<V, 6>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+      case 7: attend_row_vec<V, 7>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+      default: attend_row_vec<V, 8>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+    }
+  }
+}
+
 // 16 floats a vector, 4x4 tiles: 16 accumulators + 4 weight vectors + 1 of A in 32 registers.
 __attribute__((target("avx512f"))) void range_avx512(const float* A, int64_t M, const float* W, int64_t N, int64_t K,
                                                      float* C, int64_t t0, int64_t t1) {
   column_tiles<16, 4, 4>(A, M, W, N, K, C, t0, t1);
 }
 __attribute__((target("avx512f"))) void attend_avx512(const DecodeAttention& a, int64_t r0, int64_t r1) {
-  attend_rows(a, r0, r1);
+  attend_rows_vec<16>(a, r0, r1);
 }
 
 // 8 floats a vector, 4x2 tiles: 8 accumulators + 2 + 1 in 16 registers.
@@ -152,7 +274,7 @@ __attribute__((target("avx2,fma"))) void range_avx2(const float* A, int64_t M, c
   column_tiles<8, 4, 2>(A, M, W, N, K, C, t0, t1);
 }
 __attribute__((target("avx2,fma"))) void attend_avx2(const DecodeAttention& a, int64_t r0, int64_t r1) {
-  attend_rows(a, r0, r1);
+  attend_rows_vec<8>(a, r0, r1);
 }
 
 struct Isa {
@@ -162,22 +284,31 @@ struct Isa {
   AttendFn attend;
 };
 
-const Isa& isa() {
-  static const Isa chosen = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return Isa{"avx512", range_avx512, 4, attend_avx512};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa{"avx2", range_avx2, 2, attend_avx2};
-    return Isa{"", nullptr, 1, nullptr};
-  }();
+Isa pick(const char* name) {
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const std::string want = name ? name : "";
+  if (avx512 && (want.empty() || want == "avx512")) return Isa{"avx512", range_avx512, 4, attend_avx512};
+  if (avx2 && (want.empty() || want == "avx2" || want == "avx512")) return Isa{"avx2", range_avx2, 2, attend_avx2};
+  return Isa{"", nullptr, 1, nullptr};
+}
+
+Isa& isa() {
+  static Isa chosen = pick(nullptr);
   return chosen;
 }
 
 }  // namespace
 
+bool select_kernels(const char* name) {
+  isa() = pick(name);
+  return name == nullptr || isa().name == std::string(name);
+}
+
 const char* small_gemm_isa() { return isa().name; }
 
 bool small_gemm(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C) {
-  const Isa& s = isa();
+  const Isa s = isa();
   if (!s.fn) return false;
   const int64_t tiles = (N + s.nr - 1) / s.nr;
   // A thread's share should be worth waking it for: at least ~64K multiply-adds.
@@ -187,7 +318,7 @@ bool small_gemm(const float* A, int64_t M, const float* W, int64_t N, int64_t K,
 }
 
 bool decode_attention(const DecodeAttention& a) {
-  const Isa& s = isa();
+  const Isa s = isa();
   if (!s.attend) return false;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, a.S * a.hd));
   at::parallel_for(0, a.B * a.H, grain, [&](int64_t r0, int64_t r1) { s.attend(a, r0, r1); });
@@ -197,6 +328,7 @@ bool decode_attention(const DecodeAttention& a) {
 #else  // not x86 with GCC/Clang: libtorch and BLAS only
 
 const char* small_gemm_isa() { return ""; }
+bool select_kernels(const char* name) { return name == nullptr || !*name; }
 bool small_gemm(const float*, int64_t, const float*, int64_t, int64_t, float*) { return false; }
 bool decode_attention(const DecodeAttention&) { return false; }
 

@@ -17,6 +17,12 @@ namespace vhost::llama {
 // available (then small_gemm returns false and the caller uses BLAS).
 const char* small_gemm_isa();
 
+// Picks the kernels by name: "avx512", "avx2" (where this CPU has it), "" (none: libtorch and
+// BLAS), or nullptr (the best this CPU has, the default). For tests and A/B runs; not thread-safe
+// with running kernels. Returns false when this CPU cannot run the named ones (then the best
+// available below them are used).
+bool select_kernels(const char* name);
+
 // C[m, n] = sum_k A[m, k] * W[n, k] for row-major contiguous A [M, K], W [N, K], C [M, N].
 // Runs on at::get_num_threads() threads. Returns false, touching nothing, when this CPU has no
 // kernel for it (see small_gemm_isa).
