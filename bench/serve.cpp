@@ -1,10 +1,13 @@
 // bench/serve: output tokens/s of `vhost serve` on the `tiny` preset with 64 concurrent
-// streaming clients, measured in one run against baselines:
+// streaming clients, each sending its requests one after the other (a closed loop, as a load
+// generator with a concurrency limit does: the batch stays full and per-request costs such as
+// connecting and dispatch are paid on every request), measured in one run against baselines:
 //  1. the same server limited to batch size 1 (--max-batch 1): what continuous batching buys;
 //  2. the in-process engine with the same requests and no HTTP: what the HTTP path costs.
 // Also p50/p99 time to first token over HTTP.
 //
-//   bench_serve [--clients 64] [--tokens 256] [--threads 2] [--rounds 5]
+//   bench_serve [--clients 64] [--requests 4] [--tokens 256] [--threads 2] [--rounds 5]
+// --requests 1: a single burst of one request per client (ramp-up and tail weigh more).
 #include "engine.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
@@ -36,13 +39,14 @@ struct Load {
   int64_t tokens = 0, failed = 0;
 };
 
-static Load http_load(int port, int clients, int tokens) {
-  std::vector<double> ttft(clients, -1);
-  std::vector<int64_t> got(clients, 0);
+static Load http_load(int port, int clients, int tokens, int requests) {
+  std::vector<double> ttft(static_cast<std::size_t>(clients * requests), -1);
+  std::vector<int64_t> got(ttft.size(), -1);  // -1: failed (0 is a request whose first token was EOS)
   std::vector<std::thread> threads;
   auto t0 = Clock::now();
-  for (int i = 0; i < clients; ++i)
-    threads.emplace_back([&, i] {
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back([&, c] {
+     for (int i = c * requests; i < (c + 1) * requests; ++i) {
       httplib::Client cli("127.0.0.1", port);
       cli.set_read_timeout(600, 0);
       json body = {{"model", "tiny"}, {"prompt", kPrompt}, {"max_tokens", tokens}, {"temperature", 1.0},
@@ -63,25 +67,27 @@ static Load http_load(int port, int clients, int tokens) {
       httplib::Error err;
       if (!cli.send(req, res, err) || res.status != 200) {
         if (i == 0) std::fprintf(stderr, "client 0: HTTP %d, %s: %s\n", res.status, httplib::to_string(err).c_str(), buf.substr(0, 300).c_str());
-        return;
+        continue;
       }
       // The usage chunk counts the completion tokens.
       auto at = buf.find("\"usage\"");
-      if (at == std::string::npos) return;
+      if (at == std::string::npos) continue;
       auto line_start = buf.rfind("data: ", at) + 6;
       got[i] = json::parse(buf.substr(line_start, buf.find("\n\n", at) - line_start))["usage"]["completion_tokens"];
+     }
     });
   for (auto& t : threads) t.join();
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   Load l;
-  for (int i = 0; i < clients; ++i) {
-    l.tokens += got[i];
-    l.failed += got[i] == 0;
+  for (auto g : got) {
+    l.tokens += std::max<int64_t>(g, 0);
+    l.failed += g < 0;
   }
   l.tokens_per_s = static_cast<double>(l.tokens) / secs;
   std::sort(ttft.begin(), ttft.end());
-  l.ttft_p50 = ttft[clients / 2];
-  l.ttft_p99 = ttft[std::min(clients - 1, static_cast<int>(clients * 0.99))];
+  const int n = static_cast<int>(ttft.size());
+  l.ttft_p50 = ttft[n / 2];
+  l.ttft_p99 = ttft[std::min(n - 1, static_cast<int>(n * 0.99))];
   return l;
 }
 
@@ -143,11 +149,12 @@ static void stop(pid_t pid) {
 }
 
 int main(int argc, char** argv) {
-  int clients = 64, tokens = 256, threads = 2, rounds = 5;
+  int clients = 64, requests = 4, tokens = 256, threads = 2, rounds = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--clients") clients = std::atoi(argv[i + 1]);
     else if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
+    else if (a == "--requests") requests = std::max(1, std::atoi(argv[i + 1]));
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
     else if (a == "--rounds") rounds = std::max(1, std::atoi(argv[i + 1]));
   }
@@ -157,8 +164,9 @@ int main(int argc, char** argv) {
   std::string init = vhost.string() + " model init --preset tiny --tokenizer-text " + VHOST_SOURCE_DIR +
                      "/docs/plugins.md --out " + model.string() + " >/dev/null";
   if (std::system(init.c_str()) != 0) return 1;
-  std::printf("tiny preset, %d concurrent streaming clients, %d tokens each (temperature 1, seeded), %d threads\n",
-              clients, tokens, threads);
+  std::printf("tiny preset, %d concurrent streaming clients, %d requests each one after the other, at most %d tokens a "
+              "request (temperature 1, seeded), %d threads\n",
+              clients, requests, tokens, threads);
 
   // Batch size 1 is slow (about 10 s): one run. The fast runs take under a second each on a
   // shared machine, so they go in rounds: direct HTTP, the API path and the in-process engine
@@ -166,8 +174,8 @@ int main(int argc, char** argv) {
   Load one;
   {
     auto [pid, port] = start_server(vhost, model, 1, threads, scratch / "serve-1.log");
-    http_load(port, 2, 4);  // warm-up
-    one = http_load(port, clients, tokens);
+    http_load(port, 2, 4, 1);  // warm-up
+    one = http_load(port, clients, tokens, requests);
     stop(pid);
     print_load("HTTP, --max-batch 1", one);
   }
@@ -188,8 +196,8 @@ int main(int argc, char** argv) {
     if (r && r->body.find("\"tiny\"") != std::string::npos) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  http_load(sport, 2, 4);  // warm-up
-  http_load(aport, 2, 4);
+  http_load(sport, 2, 4, 1);  // warm-up
+  http_load(aport, 2, 4, 1);
 
   // In process: the same requests straight into the engine.
   torch::set_num_threads(threads);
@@ -198,17 +206,19 @@ int main(int argc, char** argv) {
   vhost::llama::Engine engine(m, &tok, clients, 0, 1024);
   auto prompt = tok.encode(kPrompt, true);
   auto in_process = [&] {
-    std::vector<int64_t> got(clients, 0);
+    std::vector<int64_t> got(static_cast<std::size_t>(clients * requests), 0);
     std::vector<std::thread> ts;
     auto t0 = Clock::now();
-    for (int i = 0; i < clients; ++i)
-      ts.emplace_back([&, i] {
-        vhost::llama::SamplingParams p;
-        p.temperature = 1.0;
-        p.max_tokens = tokens;
-        p.seed = static_cast<uint64_t>(i);
-        got[i] = static_cast<int64_t>(
-            engine.generate(prompt, p, [](std::size_t, int32_t, const std::string&) { return true; }).tokens.size());
+    for (int c = 0; c < clients; ++c)
+      ts.emplace_back([&, c] {
+        for (int i = c * requests; i < (c + 1) * requests; ++i) {
+          vhost::llama::SamplingParams p;
+          p.temperature = 1.0;
+          p.max_tokens = tokens;
+          p.seed = static_cast<uint64_t>(i);
+          got[i] = static_cast<int64_t>(
+              engine.generate(prompt, p, [](std::size_t, int32_t, const std::string&) { return true; }).tokens.size());
+        }
       });
     for (auto& t : ts) t.join();
     Load l;
@@ -221,9 +231,9 @@ int main(int argc, char** argv) {
   // Where the CPU goes on the API path: each process's CPU seconds over the routed rounds.
   double api_cpu = 0, worker_cpu = 0, controller_cpu = 0, routed_tokens = 0, routed_wall = 0;
   for (int round = 0; round < rounds; ++round) {
-    direct.push_back(http_load(sport, clients, tokens));
+    direct.push_back(http_load(sport, clients, tokens, requests));
     double a0 = cpu_seconds(apid), w0 = cpu_seconds(wpid), c0 = cpu_seconds(cpid);
-    routed.push_back(http_load(aport, clients, tokens));
+    routed.push_back(http_load(aport, clients, tokens, requests));
     api_cpu += cpu_seconds(apid) - a0;
     worker_cpu += cpu_seconds(wpid) - w0;
     controller_cpu += cpu_seconds(cpid) - c0;

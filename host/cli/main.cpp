@@ -202,7 +202,8 @@ int main(int argc, char** argv) {
   auto* worker = app.add_subcommand("worker", "serve models as a worker of a controller (vhost serve --controller)");
   std::vector<std::string> serve_models, serve_keys, serve_blocked;
   std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_controller, serve_advertise;
-  int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64, serve_interval = 2;
+  int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64, serve_interval = 16,
+          serve_flush_ms = 20;
   double serve_heartbeat = 5;
   for (auto* sub : {serve, worker}) {
     sub->add_option("model_dir", serve_models, "checkpoint folders or GGUF files (served by folder name)")->required();
@@ -215,7 +216,9 @@ int main(int argc, char** argv) {
     sub->add_option("--template", serve_template, "conversation template for chat (default vicuna_v1.1)");
     sub->add_option("--log", serve_log, "append conversations to this JSONL file");
     sub->add_option("--blocked-word", serve_blocked, "moderation: refuse prompts containing this (repeatable)");
-    sub->add_option("--stream-interval", serve_interval, "streaming: tokens per socket write after the first")->capture_default_str();
+    sub->add_option("--stream-interval", serve_interval, "streaming: write once this many tokens wait")->capture_default_str();
+    sub->add_option("--stream-flush-ms", serve_flush_ms, "streaming: or this many ms after the last write (0: by count only)")
+        ->capture_default_str();
     auto* c = sub->add_option("--controller", serve_controller, "register with this controller (http://host:port)");
     if (sub == worker) c->required();
     sub->add_option("--advertise", serve_advertise, "the URL the controller hands out (default http://host:port)");
@@ -413,7 +416,8 @@ int main(int argc, char** argv) {
               "\napi_keys = " + keys.dump() + "\nlog = " + q(serve_log.empty() ? "" : std::filesystem::absolute(serve_log).string()) +
               "\ncontroller = " + q(serve_controller) + "\nadvertise = " + q(serve_advertise) +
               "\nheartbeat = " + vh::json(serve_heartbeat).dump() + "\nblocked_words = " + vh::json(serve_blocked).dump() +
-              "\nstream_interval = " + std::to_string(serve_interval) + "\n";
+              "\nstream_interval = " + std::to_string(serve_interval) +
+              "\nstream_flush_ms = " + std::to_string(serve_flush_ms) + "\n";
       auto p = host.load_string(toml, "vhost serve");
       host.run(p);
       return 0;

@@ -370,38 +370,102 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
         res.set_content(r->body, "application/json");
         return;
       }
-      // Streaming: connect first (so a dead worker is still retried), then relay the events.
+      // Streaming: the request goes to the worker on a relay thread, and the client's response
+      // starts only once the worker's headers are back. A worker that cannot be reached or fails
+      // before answering is retried like a non-streamed request; a worker's error reply (a 4xx
+      // or 429 with a JSON body) goes back to the client with its status. Then the relay thread
+      // writes the worker's bytes straight into the client's stream: no extra hop per event.
+      struct Relay {
+        std::mutex m;
+        std::condition_variable cv;
+        int status = 0;                      // the worker's, once its headers are in
+        bool failed = false, done = false;   // the request to the worker failed / has ended
+        bool abandoned = false;              // the client's response is gone: stop relaying
+        httplib::DataSink* sink = nullptr;   // the client's stream, while the provider runs
+        bool client_alive = true;
+        std::string body;                    // a non-200 reply's body
+        httplib::Error err = httplib::Error::Success;
+        std::thread thread;
+      };
+      auto relay = std::make_shared<Relay>();
       auto cli = std::make_shared<httplib::Client>(address);
       cli->set_connection_timeout(2, 0);
       cli->set_read_timeout(600, 0);
-      cli->set_keep_alive(true);  // the stream reuses the connection the health check opened
-      if (!cli->Get("/health")) {
-        ++api_retries;
-        continue;
-      }
-      res.set_header("Cache-Control", "no-cache");
-      std::string path = req.path, payload = req.body;
-      res.set_chunked_content_provider("text/event-stream", [cli, path, payload](std::size_t, httplib::DataSink& sink) {
+      relay->thread = std::thread([relay, cli, path = req.path, payload = req.body] {
         httplib::Request up;
         up.method = "POST";
         up.path = path;
         up.body = payload;
         up.set_header("Content-Type", "application/json");
-        bool client_alive = true;
-        up.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
-          client_alive = sink.write(d, n);
-          return client_alive;  // a gone client closes the worker's stream, which cancels there
+        up.response_handler = [relay](const httplib::Response& r) {
+          std::unique_lock<std::mutex> g(relay->m);
+          relay->status = r.status;
+          relay->cv.notify_all();
+          if (r.status != 200) return true;  // the body is collected for the client
+          relay->cv.wait(g, [&] { return relay->sink || relay->abandoned; });
+          return !relay->abandoned;
+        };
+        up.content_receiver = [relay](const char* d, size_t n, uint64_t, uint64_t) {
+          if (relay->status != 200) {
+            relay->body.append(d, n);
+            return true;
+          }
+          relay->client_alive = relay->sink->write(d, n);
+          return relay->client_alive;  // a gone client closes the worker's stream, which cancels there
         };
         httplib::Response r;
-        httplib::Error err;
-        if (!cli->send(up, r, err) && client_alive) {
-          std::string e = "data: " + openai_error_body("the worker failed mid-stream: " + httplib::to_string(err),
-                                                       "server_error", "", "").dump() + "\n\n";
-          sink.write(e.data(), e.size());
-        }
-        sink.done();
-        return true;
+        httplib::Error err = httplib::Error::Success;
+        bool ok = cli->send(up, r, err);
+        std::lock_guard<std::mutex> g(relay->m);
+        if (!ok && relay->status == 0) relay->failed = true;
+        relay->err = ok ? httplib::Error::Success : err;
+        relay->done = true;
+        relay->cv.notify_all();
       });
+      int status;
+      {
+        std::unique_lock<std::mutex> g(relay->m);
+        relay->cv.wait(g, [&] { return relay->failed || relay->done || relay->status == 200; });
+        status = relay->failed ? 0 : relay->status;
+      }
+      if (status != 200) {
+        relay->thread.join();  // done: failed, or a complete error reply
+        if (status == 0) {     // unreachable or died before answering: another worker
+          ++api_retries;
+          continue;
+        }
+        res.status = status;
+        res.set_content(relay->body, "application/json");
+        return;
+      }
+      res.set_header("Cache-Control", "no-cache");
+      res.set_chunked_content_provider(
+          "text/event-stream",
+          [relay](std::size_t, httplib::DataSink& sink) {
+            std::unique_lock<std::mutex> g(relay->m);
+            relay->sink = &sink;
+            relay->cv.notify_all();
+            relay->cv.wait(g, [&] { return relay->done; });
+            relay->sink = nullptr;
+            if (relay->err != httplib::Error::Success && relay->client_alive) {
+              std::string e = "data: " +
+                              openai_error_body("the worker failed mid-stream: " + httplib::to_string(relay->err),
+                                                "server_error", "", "")
+                                  .dump() +
+                              "\n\n";
+              sink.write(e.data(), e.size());
+            }
+            sink.done();
+            return true;
+          },
+          [relay](bool) {  // the response is finished or dropped: release the relay thread
+            {
+              std::lock_guard<std::mutex> g(relay->m);
+              relay->abandoned = true;
+            }
+            relay->cv.notify_all();
+            relay->thread.join();
+          });
       return;
     }
     error(res, 503, "no worker of '" + model + "' answered", "server_error", "", "unavailable");

@@ -309,8 +309,11 @@ struct ApiServer::Impl {
           json reply;
           // The model's callback only queues text (it runs on the model's scheduler thread, which
           // must not wait for sockets or build JSON); this thread formats and writes it. The first
-          // token wakes it at once (time to first token); later ones every stream_interval tokens,
-          // written together: one wake-up and one socket write for several SSE events.
+          // token wakes it at once (time to first token). After a write the thread sleeps out
+          // stream_flush_ms (a full stream_interval of tokens or the end cuts that short) and writes
+          // what has come meanwhile; if nothing has, the next token wakes it and goes out at once.
+          // One wake-up and one socket write for several SSE events: with 64 streams of a fast
+          // engine, wake-ups and writes per token were the HTTP path's main cost (bench/serve).
           struct Queue {
             std::mutex m;
             std::condition_variable cv;
@@ -319,8 +322,11 @@ struct ApiServer::Impl {
             std::atomic<bool> alive{true};
             std::exception_ptr error;
             bool woken = false;  // the first token has been signalled
+            bool idle = false;   // the writer waits for a token, not for time
           } queue;
           const std::size_t interval = static_cast<std::size_t>(std::max(1, opt.stream_interval));
+          const auto gap = std::chrono::milliseconds(std::max(0, opt.stream_flush_ms));
+          auto due = std::chrono::steady_clock::now();
           std::thread producer([&] {
             try {
               reply = generate(model, request, [&](uint32_t seq, int32_t, const std::string& text) {
@@ -329,7 +335,7 @@ struct ApiServer::Impl {
                 {
                   std::lock_guard<std::mutex> g(queue.m);
                   queue.items.emplace_back(seq, text);
-                  wake = !queue.woken || queue.items.size() >= interval;
+                  wake = !queue.woken || queue.items.size() >= interval || queue.idle;
                   queue.woken = true;
                 }
                 if (wake) queue.cv.notify_one();
@@ -349,7 +355,16 @@ struct ApiServer::Impl {
             bool finished;
             {
               std::unique_lock<std::mutex> g(queue.m);
-              queue.cv.wait(g, [&] { return queue.finished || queue.items.size() >= (first ? 1 : interval); });
+              if (first || gap.count() == 0) {
+                queue.cv.wait(g, [&] { return queue.finished || queue.items.size() >= (first ? 1 : interval); });
+              } else {
+                queue.cv.wait_until(g, due, [&] { return queue.finished || queue.items.size() >= interval; });
+                if (queue.items.empty() && !queue.finished) {
+                  queue.idle = true;
+                  queue.cv.wait(g, [&] { return queue.finished || !queue.items.empty(); });
+                  queue.idle = false;
+                }
+              }
               batch.swap(queue.items);
               finished = queue.finished;
             }
@@ -373,6 +388,7 @@ struct ApiServer::Impl {
             if (alive && !events.empty()) {
               alive = sink.write(events.data(), events.size());
               if (!alive) queue.alive = false;
+              due = std::chrono::steady_clock::now() + gap;
             }
             if (finished) break;
           }

@@ -25,9 +25,14 @@ struct ServeOptions {
   std::size_t max_body = 1 << 20;     // bytes
   std::string log_file;               // conversation log (JSONL); empty: none
   std::vector<std::string> blocked_words;  // moderation: prompts containing any (any case) are refused
-  // Streaming: tokens delivered per socket write after the first (each still its own SSE event).
-  // FastChat's workers stream every 2 tokens; 1 writes every token as it comes.
-  int stream_interval = 2;
+  // Streaming (each token stays its own SSE event; these only decide how many go per socket
+  // write). The first token is written at once. After it, a stream's pending tokens are written
+  // when stream_interval of them are waiting, or once stream_flush_ms have passed since the
+  // stream's last write, whichever comes first: a fast engine's tokens go out in batches of at
+  // most stream_flush_ms, a slow engine's (a token per stream_flush_ms or slower) each at once.
+  // stream_flush_ms 0: by count only, every stream_interval tokens (1: every token).
+  int stream_interval = 16;
+  int stream_flush_ms = 20;
 };
 
 class ApiServer {

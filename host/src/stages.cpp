@@ -457,6 +457,7 @@ json run_serve(StageContext& ctx) {
   o.log_file = c["log"].get<std::string>();
   o.blocked_words = c["blocked_words"].get<std::vector<std::string>>();
   o.stream_interval = static_cast<int>(c["stream_interval"].get<int64_t>());
+  o.stream_flush_ms = static_cast<int>(c["stream_flush_ms"].get<int64_t>());
   if (c["background"].get<bool>()) {
     // Serve while the rest of the pipeline runs (a local judge for evaluation, a demo).
     struct Background {
@@ -600,9 +601,11 @@ const std::vector<StageType>& stage_types() {
         option_spec("max_body", "integer", 1048576, "largest request body in bytes", 1024, 1e9),
         option_spec("log", "path", "", "append every conversation to this JSONL file (empty: none)"),
         option_spec("blocked_words", "string_list", json::array(), "moderation: refuse prompts containing any of these"),
-        option_spec("stream_interval", "integer", 2,
-                    "streaming: tokens per socket write after the first, each its own SSE event (1: every token at once)", 1,
-                    64),
+        option_spec("stream_interval", "integer", 16,
+                    "streaming: write a stream's pending tokens (each its own SSE event) once this many wait (1: every token at once)",
+                    1, 256),
+        option_spec("stream_flush_ms", "integer", 20,
+                    "streaming: or once this many ms have passed since the stream's last write (0: by count only)", 0, 10000),
         option_spec("background", "boolean", false, "serve while the next stages run, stop when the pipeline ends"),
         option_spec("controller", "string", "", "register with this controller as a worker (http://host:port)"),
         option_spec("advertise", "string", "", "the URL the controller hands out for this worker (default: http://host:port)"),

@@ -34,6 +34,9 @@ models=$(curl -s "http://127.0.0.1:$APORT/v1/models" | python3 -c 'import json,s
 sed -i 's/assert.deepEqual(models.data.map(m => m.id), \[model\]);/assert.ok(models.data.map(m => m.id).includes(model));/' openai_client.mjs
 node openai_client.mjs "http://127.0.0.1:$APORT" tiny
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/v1/chat/completions" -d '{"model":"nope","messages":[{"role":"user","content":"x"}]}')" = 404 ]
+# A worker's error reply to a streamed request keeps its status and OpenAI-shaped body.
+code=$(curl -s -o bad.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"tiny","prompt":"Hi","stream":true,"temperature":-1}')
+[ "$code" = 400 ] && grep -q '"param":"temperature"' bad.json || { echo "HTTP $code"; cat bad.json; exit 1; }
 
 curl -s "http://127.0.0.1:$CPORT/metrics" | grep -q '^vhost_controller_model_workers{model="tiny"} 2'
 echo "== a worker dies under load: its requests are retried on the other, it leaves within the expiry"
@@ -65,6 +68,9 @@ echo "  6 requests in flight when a worker was killed: all answered ($retries re
 for i in 1 2 3 4 5 6; do
   code=$(curl -s -o out.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d "{\"model\":\"tiny\",\"prompt\":\"Hi\",\"max_tokens\":4,\"seed\":$i}")
   [ "$code" = 200 ] || { echo "request $i after the kill: HTTP $code"; cat out.json; exit 1; }
+  # Streamed too: a dead worker picked before it expires is skipped before the stream starts.
+  curl -s -N "http://127.0.0.1:$APORT/v1/completions" -d "{\"model\":\"tiny\",\"prompt\":\"Hi\",\"max_tokens\":4,\"seed\":$i,\"stream\":true}" > out.sse
+  tail -n 2 out.sse | grep -q '^data: \[DONE\]' && ! grep -q '"error"' out.sse || { echo "stream $i after the kill:"; cat out.sse; exit 1; }
 done
 wait_workers 2
 

@@ -31,8 +31,8 @@ grep -q 'too large' body.json
 [ "$(code "http://127.0.0.1:$PORT/")" = 200 ] && grep -q '<title>vhost chat</title>' body.json
 [ "$(code "http://127.0.0.1:$PORT/metrics")" = 200 ] && grep -q '^vhost_requests_total [1-9]' body.json
 [ "$(code "http://127.0.0.1:$PORT/health")" = 200 ]
-# Streaming writes 2 tokens at a time after the first (stream_interval 2); checked against
-# --stream-interval 1 below: the same SSE events either way.
+# Streaming with the defaults (after the first token, a write per 16 tokens or 20 ms); checked
+# against --stream-interval 1 and against a 5 s flush below: the same SSE events every way.
 sse='{"model": "tiny", "prompt": "Hi", "max_tokens": 21, "ignore_eos": true, "stream": true, "temperature": 0}'
 curl -s -N "http://127.0.0.1:$PORT/v1/completions" -d "$sse" > sse2.txt
 [ "$(wc -l < conversations.jsonl)" -ge 6 ]
@@ -44,6 +44,15 @@ grep -q "stopped serving" serve.log
 # A bad option is refused by name before anything is served.
 if "$vhost" serve tiny --port 0 --stream-interval 0 > badopt.log 2>&1; then cat badopt.log; exit 1; fi
 grep -q 'stages.serve.stream_interval: 0 is out of range' badopt.log || { cat badopt.log; exit 1; }
+if "$vhost" serve tiny --port 0 --stream-flush-ms -1 > badopt.log 2>&1; then cat badopt.log; exit 1; fi
+grep -q 'stages.serve.stream_flush_ms: -1 is out of range' badopt.log || { cat badopt.log; exit 1; }
+
+# Tokens held for a 5 s flush still all arrive, and the end of the request cuts the wait short.
+start held.log --stream-interval 256 --stream-flush-ms 5000
+t0=$(date +%s.%N)
+curl -s -N "http://127.0.0.1:$PORT/v1/completions" -d "$sse" > sse_held.txt
+python3 -c "import sys; d = float(sys.argv[2]) - float(sys.argv[1]); assert d < 3, d" "$t0" "$(date +%s.%N)"
+kill -TERM $PID; wait $PID
 
 # A full queue is HTTP 429 "overloaded": one row, no queue, a long request holding the row.
 start busy.log --max-batch 1 --max-queue 0
@@ -62,16 +71,16 @@ kill -TERM $PID; wait $PID
 
 start keyed.log --api-key sesame --blocked-word "Forbidden Topic" --stream-interval 1
 curl -s -N -H 'Authorization: Bearer sesame' "http://127.0.0.1:$PORT/v1/completions" -d "$sse" > sse1.txt
-python3 - sse1.txt sse2.txt <<'PY'
+python3 - sse1.txt sse2.txt sse_held.txt <<'PY'
 import json, sys
 def events(f):
     ev = [l[6:] for l in open(f).read().split("\n") if l.startswith("data: ")]
     assert ev[-1] == "[DONE]", ev[-3:]
     return [json.loads(e)["choices"][0]["text"] for e in ev[:-1]]
-one, two = events(sys.argv[1]), events(sys.argv[2])
-assert one == two and len(one) > 10, (one, two)
+one, two, held = events(sys.argv[1]), events(sys.argv[2]), events(sys.argv[3])
+assert one == two == held and len(one) > 10, (one, two, held)
 PY
-echo "  stream_interval 2 sends the same SSE events as 1"
+echo "  the default stream coalescing and a 5 s flush send the same SSE events as writing every token"
 [ "$(code -H 'Authorization: Bearer sesame' "http://127.0.0.1:$PORT/v1/chat/completions" -d '{"model": "tiny", "messages": [{"role": "user", "content": "tell me about the forbidden topic"}]}')" = 400 ]
 grep -q '"code":"content_filter"' body.json
 [ "$(code "http://127.0.0.1:$PORT/v1/models")" = 401 ] && grep -q invalid_api_key body.json
