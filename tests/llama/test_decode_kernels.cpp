@@ -24,19 +24,19 @@ static std::vector<std::string> runnable_kernels() {
 
 TEST_CASE("small_gemm equals torch::linear on shapes off the tile grid", "[kernels]") {
   for (const auto& isa : runnable_kernels()) {
-  select_kernels(isa.c_str());
-  INFO("kernels: " << small_gemm_isa());
-  torch::manual_seed(3);
-  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {2, 7, 19}, {5, 37, 16}, {16, 288, 288},
-                         {3, 1001, 300}, {32, 33, 768}, {7, 4, 17}}) {
-    auto A = torch::randn({M, K}), W = torch::randn({N, K});
-    auto C = torch::full({M, N}, std::numeric_limits<float>::quiet_NaN());
-    bool ran = small_gemm(A.data_ptr<float>(), M, W.data_ptr<float>(), N, K, C.data_ptr<float>());
-    CHECK(ran == (std::string(small_gemm_isa()) != ""));
-    if (!ran) continue;  // no kernel for this CPU: the model uses BLAS
-    INFO("M=" << M << " N=" << N << " K=" << K);
-    CHECK(torch::allclose(C, torch::linear(A, W), 1e-4, 1e-4));  // every element written, none NaN
-  }
+    select_kernels(isa.c_str());
+    INFO("kernels: " << small_gemm_isa());
+    torch::manual_seed(3);
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {2, 7, 19}, {5, 37, 16}, {16, 288, 288},
+                           {3, 1001, 300}, {32, 33, 768}, {7, 4, 17}, {1, 32000, 288}}) {
+      auto A = torch::randn({M, K}), W = torch::randn({N, K});
+      auto C = torch::full({M, N}, std::numeric_limits<float>::quiet_NaN());
+      bool ran = small_gemm(A.data_ptr<float>(), M, W.data_ptr<float>(), N, K, C.data_ptr<float>());
+      CHECK(ran == (std::string(small_gemm_isa()) != ""));
+      if (!ran) continue;  // no kernel for this CPU: the model uses BLAS
+      INFO("M=" << M << " N=" << N << " K=" << K);
+      CHECK(torch::allclose(C, torch::linear(A, W), 1e-4, 1e-4));  // every element written, none NaN
+    }
   }
   select_kernels(nullptr);
 }
@@ -61,29 +61,28 @@ TEST_CASE("decode_attention equals softmax attention: grouped-query heads, left 
     WARN("no decode kernel for this CPU: the model keeps libtorch's attention");
     return;
   }
-  for (const auto& isa : runnable_kernels()) {
-  select_kernels(isa.c_str());
-  INFO("kernels: " << small_gemm_isa());
-  torch::manual_seed(4);
-  const int64_t B = 3, H = 6, KV = 2, cap = 72;
   // Head size 20: the scalar loop. 16, 48, 64: the vector kernel (whole vectors of 8 or 16);
   // 23 and 71 keys leave a remainder after the blocks of 16 keys, 64 and 1 do not.
-  for (int64_t hd : {20, 16, 48, 64})
-    for (int64_t S : {23, 64, 71, 1}) {
-  auto q = torch::randn({B, H, hd}) * 3;  // spread scores: the exp is tested over a wide range
-  auto k = torch::randn({B, KV, cap, hd}), v = torch::randn({B, KV, cap, hd});
-  const double scale = 1.0 / std::sqrt(double(hd));
-  for (std::vector<int64_t> pad : {std::vector<int64_t>{}, std::vector<int64_t>{0, 5, 22}}) {
-    INFO("head size " << hd << ", " << S << " keys, " << (pad.empty() ? "no padding" : "padding 0, 5, 22"));
-    auto padt = torch::tensor(pad.empty() ? std::vector<int64_t>{0} : pad);
-    auto out = torch::full({B, H, hd}, std::numeric_limits<float>::quiet_NaN());
-    DecodeAttention a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
-                      pad.empty() ? nullptr : padt.data_ptr<int64_t>(), out.data_ptr<float>(), B, H, KV, hd, cap, S,
-                      static_cast<float>(scale)};
-    REQUIRE(decode_attention(a));
-    CHECK(torch::allclose(out, reference_attention(q, k, v, pad, S, scale), 1e-5, 1e-5));
-  }
-    }
-  }
+  const int64_t B = 3, H = 6, KV = 2, cap = 72;
+  for (const auto& isa : runnable_kernels())
+    for (int64_t hd : {20, 16, 48, 64})
+      for (int64_t S : {23, 64, 71, 1}) {
+        select_kernels(isa.c_str());
+        torch::manual_seed(4);
+        auto q = torch::randn({B, H, hd}) * 3;  // spread scores: the exp is tested over a wide range
+        auto k = torch::randn({B, KV, cap, hd}), v = torch::randn({B, KV, cap, hd});
+        const double scale = 1.0 / std::sqrt(double(hd));
+        for (std::vector<int64_t> pad : {std::vector<int64_t>{}, std::vector<int64_t>{0, 5, 22}}) {
+          INFO("kernels " << small_gemm_isa() << ", head size " << hd << ", " << S << " keys, "
+                          << (pad.empty() ? "no padding" : "padding 0, 5, 22"));
+          auto padt = torch::tensor(pad.empty() ? std::vector<int64_t>{0} : pad);
+          auto out = torch::full({B, H, hd}, std::numeric_limits<float>::quiet_NaN());
+          DecodeAttention a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+                            pad.empty() ? nullptr : padt.data_ptr<int64_t>(), out.data_ptr<float>(), B, H, KV, hd, cap, S,
+                            static_cast<float>(scale)};
+          REQUIRE(decode_attention(a));
+          CHECK(torch::allclose(out, reference_attention(q, k, v, pad, S, scale), 1e-5, 1e-5));
+        }
+      }
   select_kernels(nullptr);
 }
