@@ -378,8 +378,8 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
       struct Relay {
         std::mutex m;
         std::condition_variable cv;
-        int status = 0;                      // the worker's, once its headers are in
-        bool failed = false, done = false;   // the request to the worker failed / has ended
+        int status = 0;                      // the worker's, once its headers are in (0: none came)
+        bool done = false;                   // the request to the worker has ended
         bool abandoned = false;              // the client's response is gone: stop relaying
         httplib::DataSink* sink = nullptr;   // the client's stream, while the provider runs
         bool client_alive = true;
@@ -417,7 +417,6 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
         httplib::Error err = httplib::Error::Success;
         bool ok = cli->send(up, r, err);
         std::lock_guard<std::mutex> g(relay->m);
-        if (!ok && relay->status == 0) relay->failed = true;
         relay->err = ok ? httplib::Error::Success : err;
         relay->done = true;
         relay->cv.notify_all();
@@ -425,8 +424,8 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
       int status;
       {
         std::unique_lock<std::mutex> g(relay->m);
-        relay->cv.wait(g, [&] { return relay->failed || relay->done || relay->status == 200; });
-        status = relay->failed ? 0 : relay->status;
+        relay->cv.wait(g, [&] { return relay->done || relay->status == 200; });
+        status = relay->status;
       }
       if (status != 200) {
         relay->thread.join();  // done: failed, or a complete error reply

@@ -108,33 +108,25 @@ VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_
 using RangeFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, int64_t);
 using AttendFn = void (*)(const DecodeAttention&, int64_t, int64_t);
 
-// Rows [r0, r1) of B*H (row r is batch r / H, query head r % H).
-VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) {
-  const int64_t hd = a.hd, rep = a.H / a.KV;
-  std::vector<float> p(static_cast<std::size_t>(a.S));
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / a.H, kv = (r % a.H) / rep;
-    const float* q = a.q + r * hd;
-    const float* K = a.k + (b * a.KV + kv) * a.capacity * hd;
-    const float* V = a.v + (b * a.KV + kv) * a.capacity * hd;
-    const int64_t first = a.pad ? std::min(std::max<int64_t>(a.pad[b], 0), a.S - 1) : 0;  // its own slot always counts
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t s = first; s < a.S; ++s) {
-      float d = 0;
+// One query row q [hd] against keys K and values V [S, hd] from slot first on, any head size:
+// softmax weights in p, the weighted sum of values in o.
+VHOST_INLINE void attend_row(const float* q, const float* K, const float* V, int64_t first, int64_t S, int64_t hd,
+                             float scale, float* p, float* o) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t s = first; s < S; ++s) {
+    float d = 0;
 #pragma omp simd reduction(+ : d)
-      for (int64_t i = 0; i < hd; ++i) d += q[i] * K[s * hd + i];
-      p[s] = d * a.scale;
-      mx = std::max(mx, p[s]);
-    }
-    float sum = 0;
-    for (int64_t s = first; s < a.S; ++s) sum += p[s] = std::exp(p[s] - mx);
-    float* o = a.out + r * hd;
-    std::fill(o, o + hd, 0.0f);
-    for (int64_t s = first; s < a.S; ++s) {
-      const float w = p[s] / sum;
+    for (int64_t i = 0; i < hd; ++i) d += q[i] * K[s * hd + i];
+    p[s] = d * scale;
+    mx = std::max(mx, p[s]);
+  }
+  float sum = 0;
+  for (int64_t s = first; s < S; ++s) sum += p[s] = std::exp(p[s] - mx);
+  std::fill(o, o + hd, 0.0f);
+  for (int64_t s = first; s < S; ++s) {
+    const float w = p[s] / sum;
 #pragma omp simd
-      for (int64_t i = 0; i < hd; ++i) o[i] += w * V[s * hd + i];
-    }
+    for (int64_t i = 0; i < hd; ++i) o[i] += w * V[s * hd + i];
   }
 }
 
@@ -143,8 +135,8 @@ VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) 
 template <int V, typename vec>
 VHOST_INLINE vec exp_nonpositive(vec x) {
   typedef int32_t ivec __attribute__((vector_size(4 * V)));
-  const vec lo = x < -87.3f ? vec{} + 1 : vec{};  // lanes that underflow
-  x = x < -87.3f ? vec{} - 87.3f : x;
+  const auto under = x < -87.3f;  // lanes that underflow
+  x = under ? vec{} - 87.3f : x;
   vec n = x * 1.44269504088896341f;
   n = __builtin_convertvector(__builtin_convertvector(n + (n < 0 ? vec{} - 0.5f : vec{} + 0.5f), ivec), vec);  // round
   vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
@@ -159,7 +151,7 @@ VHOST_INLINE vec exp_nonpositive(vec x) {
   vec scale;
   std::memcpy(&scale, &bits, sizeof scale);
   p = p * scale;
-  return lo > 0 ? vec{} : p;
+  return under ? vec{} : p;
 }
 
 // One query row against its keys and values, head size D vectors of V floats: scores for V keys
@@ -173,9 +165,9 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
   vec qv[D];
   for (int d = 0; d < D; ++d) std::memcpy(&qv[d], q + d * V, sizeof(vec));
   auto dot = [&](int64_t s) {
-    vec acc = qv[0] * [&] { vec k; std::memcpy(&k, K + s * hd, sizeof k); return k; }();
+    vec acc{};
 #pragma GCC unroll 16
-    for (int d = 1; d < D; ++d) {
+    for (int d = 0; d < D; ++d) {
       vec k;
       std::memcpy(&k, K + s * hd + d * V, sizeof k);
       acc += qv[d] * k;
@@ -231,21 +223,19 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
   }
 }
 
-// Rows [r0, r1) with the vector kernel when the head size is a multiple of V (up to 8 vectors),
-// else attend_rows.
+// Rows [r0, r1) of B*H (row r is batch r / H, query head r % H): the vector kernel when the
+// head size is whole vectors of V floats (up to 8), else the scalar one.
 template <int V>
-VHOST_INLINE void attend_rows_vec(const DecodeAttention& a, int64_t r0, int64_t r1) {
-  const int64_t D = a.hd / V;
-  if (a.hd % V != 0 || D > 8) return attend_rows(a, r0, r1);
-  const int64_t rep = a.H / a.KV;
+VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) {
+  const int64_t hd = a.hd, rep = a.H / a.KV, D = hd % V == 0 ? hd / V : 0;
   std::vector<float> p(static_cast<std::size_t>(a.S));
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / a.H, kv = (r % a.H) / rep;
-    const float* q = a.q + r * a.hd;
-    const float* K = a.k + (b * a.KV + kv) * a.capacity * a.hd;
-    const float* Vv = a.v + (b * a.KV + kv) * a.capacity * a.hd;
-    const int64_t first = a.pad ? std::min(std::max<int64_t>(a.pad[b], 0), a.S - 1) : 0;
-    float* o = a.out + r * a.hd;
+    const float* q = a.q + r * hd;
+    const float* K = a.k + (b * a.KV + kv) * a.capacity * hd;
+    const float* Vv = a.v + (b * a.KV + kv) * a.capacity * hd;
+    const int64_t first = a.pad ? std::min(std::max<int64_t>(a.pad[b], 0), a.S - 1) : 0;  // its own slot always counts
+    float* o = a.out + r * hd;
     switch (D) {
       case 1: attend_row_vec<V, 1>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
       case 2: attend_row_vec<V, 2>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
@@ -254,7 +244,8 @@ VHOST_INLINE void attend_rows_vec(const DecodeAttention& a, int64_t r0, int64_t 
       case 5: attend_row_vec<V, 5>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
       case 6: attend_row_vec<V, 6>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
       case 7: attend_row_vec<V, 7>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
-      default: attend_row_vec<V, 8>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+      case 8: attend_row_vec<V, 8>(q, K, Vv, first, a.S, a.scale, p.data(), o); break;
+      default: attend_row(q, K, Vv, first, a.S, hd, a.scale, p.data(), o);
     }
   }
 }
@@ -265,7 +256,7 @@ __attribute__((target("avx512f"))) void range_avx512(const float* A, int64_t M, 
   column_tiles<16, 4, 4>(A, M, W, N, K, C, t0, t1);
 }
 __attribute__((target("avx512f"))) void attend_avx512(const DecodeAttention& a, int64_t r0, int64_t r1) {
-  attend_rows_vec<16>(a, r0, r1);
+  attend_rows<16>(a, r0, r1);
 }
 
 // 8 floats a vector, 4x2 tiles: 8 accumulators + 2 + 1 in 16 registers.
@@ -274,7 +265,7 @@ __attribute__((target("avx2,fma"))) void range_avx2(const float* A, int64_t M, c
   column_tiles<8, 4, 2>(A, M, W, N, K, C, t0, t1);
 }
 __attribute__((target("avx2,fma"))) void attend_avx2(const DecodeAttention& a, int64_t r0, int64_t r1) {
-  attend_rows_vec<8>(a, r0, r1);
+  attend_rows<8>(a, r0, r1);
 }
 
 struct Isa {
