@@ -7,6 +7,8 @@
 #undef CHECK  // glog's, from Debian's libtorch; Catch's below
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
@@ -85,4 +87,50 @@ TEST_CASE("decode_attention equals softmax attention: grouped-query heads, left 
         }
       }
   select_kernels(nullptr);
+}
+
+TEST_CASE("softmax_draw: draws in proportion to the softmax at the temperature", "[kernels][sampling]") {
+  // Weights 1, 2, 3, 4 (logits log w) at temperature 1; 0, 1, 0, 0 with a -inf and a -1000.
+  std::vector<float> x = {0.0f, std::log(2.0f), std::log(3.0f), std::log(4.0f)};
+  for (const auto& isa : runnable_kernels()) {
+    INFO("kernels " << isa);
+    select_kernels(isa.c_str());
+    // u at the quantiles (i + 0.5) / N: the counts are the weights' shares of N, to rounding.
+    const int N = 10000;
+    for (float t : {1.0f, 0.5f, 3.0f}) {
+      std::vector<double> w;
+      double total = 0;
+      for (float v : x) total += w.emplace_back(std::exp(static_cast<double>(v) / t));
+      std::vector<int> count(x.size(), 0);
+      for (int i = 0; i < N; ++i) ++count[softmax_draw(x.data(), 4, 1.0f / t, (i + 0.5) / N)];
+      for (std::size_t j = 0; j < x.size(); ++j) {
+        INFO("temperature " << t << " index " << j);
+        CHECK(std::abs(count[j] - N * w[j] / total) <= 2);
+      }
+    }
+    // Zero weights are never drawn, not even at u = 0 or just below 1.
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> y = {-inf, 5.0f, -1000.0f, -inf};
+    for (double u : {0.0, 0.3, 0.999999999}) CHECK(softmax_draw(y.data(), 4, 1.0f, u) == 1);
+    // Long rows go through the vector exp and its tail: the draw at u lands where the
+    // cumulative weights say.
+    std::vector<float> z(1000);
+    for (std::size_t i = 0; i < z.size(); ++i) z[i] = static_cast<float>((i * 37) % 101) / 10.0f;
+    std::vector<double> cum;
+    double acc = 0;
+    for (float v : z) cum.push_back(acc += std::exp(static_cast<double>(v) - 10.0));
+    for (double u : {0.01, 0.25, 0.5, 0.75, 0.99}) {
+      int64_t want = std::lower_bound(cum.begin(), cum.end(), u * acc) - cum.begin();
+      int64_t got = softmax_draw(z.data(), 1000, 1.0f, u);
+      INFO("u " << u);
+      CHECK(std::abs(got - want) <= 1);  // float exp against double: at most a neighbour at a boundary
+      CHECK(z[got] >= 0);
+    }
+  }
+  select_kernels(nullptr);
+  // NaN logits give index 0 rather than garbage.
+  std::vector<float> bad = {1.0f, std::numeric_limits<float>::quiet_NaN(), 2.0f};
+  int64_t i = softmax_draw(bad.data(), 3, 1.0f, 0.5);
+  CHECK(i >= 0);
+  CHECK(i < 3);
 }

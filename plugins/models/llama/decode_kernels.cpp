@@ -26,6 +26,8 @@
 
 namespace vhost::llama {
 
+using ExpFn = void (*)(const float*, int64_t, float, float, float*);
+
 #ifdef VHOST_SMALL_GEMM_X86
 namespace {
 
@@ -268,20 +270,40 @@ __attribute__((target("avx2,fma"))) void attend_avx2(const DecodeAttention& a, i
   attend_rows<8>(a, r0, r1);
 }
 
+// w[i] = exp((x[i] - mx) * inv_t), V lanes at a time.
+template <int V>
+VHOST_INLINE void exp_weights(const float* x, int64_t n, float mx, float inv_t, float* w) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    vec v;
+    std::memcpy(&v, x + i, sizeof v);
+    v = exp_nonpositive<V>((v - mx) * inv_t);
+    std::memcpy(w + i, &v, sizeof v);
+  }
+  for (; i < n; ++i) w[i] = std::exp((x[i] - mx) * inv_t);
+}
+__attribute__((target("avx512f"))) void exp_avx512(const float* x, int64_t n, float mx, float inv_t, float* w) {
+  exp_weights<16>(x, n, mx, inv_t, w);
+}
+__attribute__((target("avx2,fma"))) void exp_avx2(const float* x, int64_t n, float mx, float inv_t, float* w) {
+  exp_weights<8>(x, n, mx, inv_t, w);
+}
 struct Isa {
   const char* name;
   RangeFn fn;
   int64_t nr;  // columns (rows of W) per tile
   AttendFn attend;
+  ExpFn exp;
 };
 
 Isa pick(const char* name) {
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const std::string want = name ? name : "";
-  if (avx512 && (want.empty() || want == "avx512")) return Isa{"avx512", range_avx512, 4, attend_avx512};
-  if (avx2 && (want.empty() || want == "avx2" || want == "avx512")) return Isa{"avx2", range_avx2, 2, attend_avx2};
-  return Isa{"", nullptr, 1, nullptr};
+  if (avx512 && (want.empty() || want == "avx512")) return Isa{"avx512", range_avx512, 4, attend_avx512, exp_avx512};
+  if (avx2 && (want.empty() || want == "avx2" || want == "avx512")) return Isa{"avx2", range_avx2, 2, attend_avx2, exp_avx2};
+  return Isa{"", nullptr, 1, nullptr, nullptr};
 }
 
 Isa& isa() {
@@ -316,13 +338,42 @@ bool decode_attention(const DecodeAttention& a) {
   return true;
 }
 
+static ExpFn exp_fn() { return isa().exp; }
+
 #else  // not x86 with GCC/Clang: libtorch and BLAS only
 
 const char* small_gemm_isa() { return ""; }
 bool select_kernels(const char* name) { return name == nullptr || !*name; }
 bool small_gemm(const float*, int64_t, const float*, int64_t, int64_t, float*) { return false; }
 bool decode_attention(const DecodeAttention&) { return false; }
+static ExpFn exp_fn() { return nullptr; }
 
 #endif
+
+int64_t softmax_draw(const float* x, int64_t n, float inv_t, double u) {
+  if (n <= 0) return 0;
+  float mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  thread_local std::vector<float> w;
+  w.resize(static_cast<std::size_t>(n));
+  if (ExpFn f = std::isfinite(mx) ? exp_fn() : nullptr) {
+    f(x, n, mx, inv_t, w.data());
+  } else {
+    for (int64_t i = 0; i < n; ++i) w[i] = std::isfinite(mx) ? std::exp((x[i] - mx) * inv_t) : (x[i] == mx ? 1.0f : 0.0f);
+  }
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += w[i];
+  if (!(total > 0) || !std::isfinite(total)) return 0;  // NaN logits
+  const double target = u * total;
+  double acc = 0;
+  int64_t last = 0;  // the last index of nonzero weight: where rounding leaves the walk short
+  for (int64_t i = 0; i < n; ++i) {
+    if (w[i] == 0) continue;
+    acc += w[i];
+    last = i;
+    if (acc > target) return i;
+  }
+  return last;
+}
 
 }  // namespace vhost::llama

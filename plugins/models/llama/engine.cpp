@@ -143,15 +143,17 @@ void Engine::admit(std::unique_lock<std::mutex>& lock) {
       const int64_t n = static_cast<int64_t>(r->prompt.size());
       if (n > cache_.length) shift_rows(n - cache_.length);
       const int64_t row = static_cast<int64_t>(rows_.size()), pad = cache_.length - n;
+      // The prompt goes into its row's slots pad.. as a cache of its own that starts there: its
+      // attention covers its own tokens, not the padding before them.
       KVCache view;
       for (std::size_t l = 0; l < cache_.k.size(); ++l) {
-        view.k.push_back(cache_.k[l].narrow(0, row, 1));
-        view.v.push_back(cache_.v[l].narrow(0, row, 1));
+        view.k.push_back(cache_.k[l].narrow(0, row, 1).narrow(2, pad, capacity_ - pad));
+        view.v.push_back(cache_.v[l].narrow(0, row, 1).narrow(2, pad, capacity_ - pad));
       }
-      view.length = pad;
-      view.capacity = capacity_;
+      view.length = 0;
+      view.capacity = capacity_ - pad;
       auto ids = torch::tensor(std::vector<int64_t>(r->prompt.begin(), r->prompt.end()), torch::kInt64).view({1, n});
-      auto logits = model_.forward(ids, &view, torch::tensor({pad}, torch::kInt64)).select(1, n - 1)[0];
+      auto logits = model_.forward(ids, &view, torch::Tensor(), /*last_only=*/true).select(1, 0)[0];
       rows_.push_back(r);
       pad_.push_back(pad);
       next_.push_back(0);

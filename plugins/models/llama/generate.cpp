@@ -1,5 +1,7 @@
 #include "generate.hpp"
 
+#include "decode_kernels.hpp"
+
 #include <vhost/plugin.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -57,6 +59,7 @@ int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const
     row.index_copy_(0, idx, vals);
   }
   if (p.temperature == 0) return row.argmax().item<int64_t>();
+  if (plain(p)) return softmax_draw(row.data_ptr<float>(), row.size(0), static_cast<float>(1.0 / p.temperature), uniform(gen));
   row = row / p.temperature;
   if (p.top_k > 0 && p.top_k < row.size(0)) {
     auto kth = std::get<0>(row.topk(p.top_k)).min();
@@ -84,8 +87,8 @@ std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vecto
   const int64_t R = logits.size(0);
   std::vector<int64_t> out(static_cast<std::size_t>(R), 0);
   auto lg = logits.to(torch::kCPU, torch::kFloat32);
-  // Rows with plain parameters go together: one argmax for the greedy ones, one softmax and one
-  // cumulative sum for the sampled ones; the rest one by one.
+  // Rows with plain parameters: one argmax for all the greedy ones, softmax_draw for each sampled
+  // one; the rest one by one through sample_token.
   std::vector<int64_t> greedy, sampled;
   for (int64_t r = 0; r < R; ++r) {
     const SamplingParams& p = *params[r];
@@ -98,18 +101,11 @@ std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vecto
     for (std::size_t i = 0; i < greedy.size(); ++i) out[greedy[i]] = am.data_ptr<int64_t>()[i];
   }
   if (!sampled.empty()) {
-    auto idx = torch::tensor(sampled, torch::kInt64);
-    std::vector<float> temps;
-    std::vector<double> us;
-    for (auto r : sampled) {
-      temps.push_back(static_cast<float>(params[r]->temperature));
-      us.push_back(uniform(*gens[r]));
-    }
-    auto t = torch::tensor(temps).unsqueeze(1);
-    auto cdf = torch::softmax(lg.index_select(0, idx) / t, -1).cumsum(-1);
-    auto target = torch::tensor(us, torch::kFloat64).unsqueeze(1) * cdf.select(1, -1).to(torch::kFloat64).unsqueeze(1);
-    auto picks = (cdf.to(torch::kFloat64) < target).sum(-1).clamp_max(lg.size(1) - 1).contiguous();
-    for (std::size_t i = 0; i < sampled.size(); ++i) out[sampled[i]] = picks.data_ptr<int64_t>()[i];
+    auto rows = lg.contiguous();
+    const int64_t V = rows.size(1);
+    for (auto r : sampled)
+      out[r] = softmax_draw(rows.data_ptr<float>() + r * V, V, static_cast<float>(1.0 / params[r]->temperature),
+                            uniform(*gens[r]));
   }
   return out;
 }
@@ -208,7 +204,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
 
   const bool any_pad = pad.gt(0).any().item<bool>();
   const torch::Tensor step_pad = any_pad ? pad : torch::Tensor();
-  auto logits = model.forward(tokens, &cache, step_pad).select(1, longest - 1);  // [B, V]
+  auto logits = model.forward(tokens, &cache, step_pad, /*last_only=*/true).select(1, 0);  // [B, V]
   const bool plain_greedy = p.temperature == 0 && p.repetition_penalty == 1.0;
   std::vector<int64_t> next_ids(B);
   for (int64_t step = 0; step < p.max_tokens; ++step) {

@@ -117,6 +117,8 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
   auto emb = torch::cat({freqs, freqs}, -1);
   cos_ = emb.cos().to(device_, dtype_);
   sin_ = emb.sin().to(device_, dtype_);
+  for (const auto& [name, t] : tensors_)
+    if (t.dim() == 2) largest_matrix_ = std::max<int64_t>(largest_matrix_, t.numel());
 }
 
 LlamaModel LlamaModel::load(const fs::path& dir, torch::Device device, std::optional<torch::ScalarType> dtype) {
@@ -301,8 +303,67 @@ static torch::Tensor kernel_decode_attention(const torch::Tensor& q, const KVCac
   return decode_attention(a) ? out : torch::Tensor();
 }
 
-torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad) const {
+// Threads on a model too small for intra-op threading. On the `tiny` preset every operation's
+// parallel region woke a sleeping helper thread (in a thread other than libgomp's initial one,
+// spinning is throttled, so the helper sleeps between regions) for microseconds of work, and the
+// serial operations between regions left the second core idle. So when even the largest
+// projection of a call is under kSmallWork multiply-adds:
+//  - a decoding step of several rows runs as row shards, one per thread, each the whole forward
+//    of its rows single-threaded: one parallel region a step instead of one per operation. Rows
+//    are independent in a decoding step, so a shard computes exactly what the whole batch
+//    computes for its rows;
+//  - any other call runs inside one region on one thread, its operations serial, unless it is
+//    so small that it opens no region anyway (a one-row decoding step), where that region would
+//    be the only one.
+// Larger models keep intra-op threading: there each shard would stream all weights again
+// (stories15M at batch 16 was slower sharded) and an operation's share is worth a wake-up.
+constexpr int64_t kSmallWork = int64_t(1) << 22;
+constexpr int64_t kMinShardRows = 4;
+constexpr int64_t kNoRegions = int64_t(1) << 17;  // small_gemm splits a projection from 2 x 64K multiply-adds
+
+int64_t LlamaModel::decode_shards(int64_t rows) const {
+  if (!device_.is_cpu() || at::in_parallel_region() || rows * largest_matrix_ > kSmallWork) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / kMinShardRows));
+}
+
+torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad,
+                                  bool last_only) const {
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [batch, time]");
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const int64_t work = B * T * largest_matrix_, shards = T == 1 && cache ? decode_shards(B) : 1;
+  if (!device_.is_cpu() || at::in_parallel_region() || at::get_num_threads() < 2 || work > kSmallWork ||
+      (shards == 1 && work <= kNoRegions) || (torch::GradMode::is_enabled() && embed_.requires_grad()))
+    return forward_rows(tokens, cache, left_pad, last_only);
+  std::vector<torch::Tensor> parts(static_cast<std::size_t>(shards));
+  std::vector<int64_t> lengths(static_cast<std::size_t>(shards));
+  const bool inference = c10::InferenceMode::is_enabled(), grad = torch::GradMode::is_enabled();
+  at::parallel_for(0, std::max<int64_t>(shards, 2), 1, [&](int64_t s0, int64_t s1) {
+    // The caller's autograd modes are thread-local: a helper thread does not inherit them.
+    std::optional<c10::InferenceMode> inference_mode;
+    if (inference) inference_mode.emplace();
+    torch::AutoGradMode grad_mode(grad && !inference);
+    for (int64_t s = s0; s < std::min(s1, shards); ++s) {
+      const int64_t r0 = B * s / shards, n = B * (s + 1) / shards - r0;
+      KVCache view;
+      if (cache) {
+        for (std::size_t l = 0; l < cache->k.size(); ++l) {
+          view.k.push_back(cache->k[l].narrow(0, r0, n));
+          view.v.push_back(cache->v[l].narrow(0, r0, n));
+        }
+        view.length = cache->length;
+        view.capacity = cache->capacity;
+      }
+      parts[static_cast<std::size_t>(s)] = forward_rows(tokens.narrow(0, r0, n), cache ? &view : nullptr,
+                                                        left_pad.defined() ? left_pad.narrow(0, r0, n) : left_pad, last_only);
+      lengths[static_cast<std::size_t>(s)] = view.length;
+    }
+  });
+  if (cache) cache->length = lengths[0];
+  return shards == 1 ? parts[0] : torch::cat(parts);
+}
+
+torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad,
+                                       bool last_only) const {
   const int64_t B = tokens.size(0), T = tokens.size(1);
   const int64_t H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads, hd = cfg_.head_dim();
   const int64_t rep = H / KV;
@@ -382,6 +443,7 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, c
     x = x + proj(torch::silu(proj(m, L.gate)) * proj(m, L.up), L.down);
   }
   if (cache) cache->length = S;
+  if (last_only && T > 1) x = x.narrow(1, T - 1, 1);
   x = rms_norm(x, norm_);
   return proj(x, lm_head_).to(torch::kFloat32);
 }

@@ -45,8 +45,14 @@ class LlamaModel {
   // tokens continue from cache->length and the cache is extended. `left_pad` ([batch] int64,
   // optional) says how many leading slots of each row are padding: they are never attended to,
   // and positions count from the first real token, so a padded row computes what it would alone.
+  // `last_only`: logits of the last position only ([batch, 1, vocab]), as a prefill that samples
+  // its next token needs; the output layer then runs on one row instead of `time`.
   torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr,
-                        const torch::Tensor& left_pad = torch::Tensor()) const;
+                        const torch::Tensor& left_pad = torch::Tensor(), bool last_only = false) const;
+
+  // How many row shards, one per thread, a decoding step of `rows` rows on this thread should
+  // run as (see forward()); 1 where intra-op threading pays better.
+  int64_t decode_shards(int64_t rows) const;
 
   const LlamaConfig& config() const { return cfg_; }
   torch::Device device() const { return device_; }
@@ -62,6 +68,9 @@ class LlamaModel {
     torch::Tensor input_norm, q, k, v, o, post_norm, gate, up, down;
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
+  torch::Tensor forward_rows(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad,
+                             bool last_only) const;
+  int64_t largest_matrix_ = 0;  // elements of the largest weight matrix
   LlamaConfig cfg_;
   torch::Device device_;
   torch::ScalarType dtype_;
