@@ -26,7 +26,8 @@
 
 namespace vhost::llama {
 
-using ExpFn = void (*)(const float*, int64_t, float, float, float*);
+// Weights for softmax_draw: returns max x; unless that is infinite, w[i] = exp((x[i] - max) * inv_t).
+using ExpFn = float (*)(const float* x, int64_t n, float inv_t, float* w);
 
 #ifdef VHOST_SMALL_GEMM_X86
 namespace {
@@ -176,52 +177,74 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
     }
     return acc;
   };
-  float mx = -std::numeric_limits<float>::infinity();
-  int64_t s = first;
-  for (; s + V <= S; s += V) {
+  // Scores V keys at a time; the last block's missing keys score -inf (weight 0), so no key goes
+  // through a scalar path. p has V floats of room past S for that block.
+  const float inf = std::numeric_limits<float>::infinity();
+  vec vmx = vec{} - inf;
+  for (int64_t s = first; s < S; s += V) {
+    const int64_t rem = std::min<int64_t>(V, S - s);
     vec acc[V];
+    if (rem == V) {
 #pragma GCC unroll 16
-    for (int j = 0; j < V; ++j) acc[j] = dot(s + j);
+      for (int j = 0; j < V; ++j) acc[j] = dot(s + j);
+    } else {
+      for (int j = 0; j < V; ++j) acc[j] = j < rem ? dot(s + j) : vec{};
+    }
     tree_reduce<V, V>(acc);
     acc[0] *= scale;
     std::memcpy(p + s, &acc[0], sizeof(vec));
-    for (int j = 0; j < V; ++j) mx = std::max(mx, p[s + j]);
+    for (int64_t j = rem; j < V; ++j) p[s + j] = -inf;
+    std::memcpy(&acc[0], p + s, sizeof(vec));
+    vmx = vmx > acc[0] ? vmx : acc[0];
   }
-  for (; s < S; ++s) {
-    vec acc = dot(s);
-    float lanes[V], d = 0;
-    std::memcpy(lanes, &acc, sizeof lanes);
-    for (int j = 0; j < V; ++j) d += lanes[j];
-    p[s] = d * scale;
-    mx = std::max(mx, p[s]);
-  }
+  float lanes[V];
+  std::memcpy(lanes, &vmx, sizeof lanes);
+  float mx = lanes[0];
+  for (int j = 1; j < V; ++j) mx = std::max(mx, lanes[j]);
   vec sumv{};
-  s = first;
-  for (; s + V <= S; s += V) {
+  for (int64_t s = first; s < S; s += V) {
     vec x;
     std::memcpy(&x, p + s, sizeof x);
     x = exp_nonpositive<V>(x - mx);
     std::memcpy(p + s, &x, sizeof x);
     sumv += x;
   }
-  float lanes[V], sum = 0;
   std::memcpy(lanes, &sumv, sizeof lanes);
+  float sum = 0;
   for (int j = 0; j < V; ++j) sum += lanes[j];
-  for (; s < S; ++s) sum += p[s] = std::exp(p[s] - mx);
-  vec acc[D] = {};
-  for (s = first; s < S; ++s) {
+  // The weighted sum of values: U keys at a time into U sets of accumulators, so that the
+  // multiply-adds of consecutive keys do not wait on each other (a single chain waited 4 cycles a
+  // key at head size 16).
+  constexpr int U = D <= 2 ? 4 : D <= 4 ? 2 : 1;
+  vec acc[U][D] = {};
+  int64_t s = first;
+  for (; s + U <= S; s += U) {
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      const vec w = vec{} + p[s + u];
+#pragma GCC unroll 16
+      for (int d = 0; d < D; ++d) {
+        vec v;
+        std::memcpy(&v, Vv + (s + u) * hd + d * V, sizeof v);
+        acc[u][d] += w * v;
+      }
+    }
+  }
+  for (; s < S; ++s) {
     const vec w = vec{} + p[s];
 #pragma GCC unroll 16
     for (int d = 0; d < D; ++d) {
       vec v;
       std::memcpy(&v, Vv + s * hd + d * V, sizeof v);
-      acc[d] += w * v;
+      acc[0][d] += w * v;
     }
   }
+  for (int u = 1; u < U; ++u)
+    for (int d = 0; d < D; ++d) acc[0][d] += acc[u][d];
   const float inv = 1.0f / sum;
   for (int d = 0; d < D; ++d) {
-    acc[d] *= inv;
-    std::memcpy(o + d * V, &acc[d], sizeof(vec));
+    acc[0][d] *= inv;
+    std::memcpy(o + d * V, &acc[0][d], sizeof(vec));
   }
 }
 
@@ -230,7 +253,7 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
 template <int V>
 VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) {
   const int64_t hd = a.hd, rep = a.H / a.KV, D = hd % V == 0 ? hd / V : 0;
-  std::vector<float> p(static_cast<std::size_t>(a.S));
+  std::vector<float> p(static_cast<std::size_t>(a.S + V));  // attend_row_vec writes whole vectors
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / a.H, kv = (r % a.H) / rep;
     const float* q = a.q + r * hd;
@@ -270,25 +293,39 @@ __attribute__((target("avx2,fma"))) void attend_avx2(const DecodeAttention& a, i
   attend_rows<8>(a, r0, r1);
 }
 
-// w[i] = exp((x[i] - mx) * inv_t), V lanes at a time.
+// Weights for softmax_draw (see ExpFn), V lanes at a time.
 template <int V>
-VHOST_INLINE void exp_weights(const float* x, int64_t n, float mx, float inv_t, float* w) {
+VHOST_INLINE float exp_weights(const float* x, int64_t n, float inv_t, float* w) {
   typedef float vec __attribute__((vector_size(4 * V)));
+  vec vmx = vec{} - std::numeric_limits<float>::infinity();
   int64_t i = 0;
   for (; i + V <= n; i += V) {
+    vec v;
+    std::memcpy(&v, x + i, sizeof v);
+    vmx = vmx > v ? vmx : v;
+  }
+  float lanes[V];
+  std::memcpy(lanes, &vmx, sizeof lanes);
+  float mx = lanes[0];
+  for (int j = 1; j < V; ++j) mx = std::max(mx, lanes[j]);
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  if (!std::isfinite(mx)) return mx;
+  for (i = 0; i + V <= n; i += V) {
     vec v;
     std::memcpy(&v, x + i, sizeof v);
     v = exp_nonpositive<V>((v - mx) * inv_t);
     std::memcpy(w + i, &v, sizeof v);
   }
   for (; i < n; ++i) w[i] = std::exp((x[i] - mx) * inv_t);
+  return mx;
 }
-__attribute__((target("avx512f"))) void exp_avx512(const float* x, int64_t n, float mx, float inv_t, float* w) {
-  exp_weights<16>(x, n, mx, inv_t, w);
+__attribute__((target("avx512f"))) float exp_avx512(const float* x, int64_t n, float inv_t, float* w) {
+  return exp_weights<16>(x, n, inv_t, w);
 }
-__attribute__((target("avx2,fma"))) void exp_avx2(const float* x, int64_t n, float mx, float inv_t, float* w) {
-  exp_weights<8>(x, n, mx, inv_t, w);
+__attribute__((target("avx2,fma"))) float exp_avx2(const float* x, int64_t n, float inv_t, float* w) {
+  return exp_weights<8>(x, n, inv_t, w);
 }
+
 struct Isa {
   const char* name;
   RangeFn fn;
@@ -350,30 +387,60 @@ static ExpFn exp_fn() { return nullptr; }
 
 #endif
 
-int64_t softmax_draw(const float* x, int64_t n, float inv_t, double u) {
-  if (n <= 0) return 0;
+// The scalar weights, for CPUs without a kernel (and an infinite maximum: weight 1 where it is).
+static float scalar_weights(const float* x, int64_t n, float inv_t, float* w) {
   float mx = x[0];
   for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
-  thread_local std::vector<float> w;
+  for (int64_t i = 0; i < n; ++i) w[i] = std::isfinite(mx) ? std::exp((x[i] - mx) * inv_t) : (x[i] == mx ? 1.0f : 0.0f);
+  return mx;
+}
+
+int64_t softmax_draw(const float* x, int64_t n, float inv_t, double u) {
+  if (n <= 0) return 0;
+  thread_local std::vector<float> w, sums;
   w.resize(static_cast<std::size_t>(n));
-  if (ExpFn f = std::isfinite(mx) ? exp_fn() : nullptr) {
-    f(x, n, mx, inv_t, w.data());
-  } else {
-    for (int64_t i = 0; i < n; ++i) w[i] = std::isfinite(mx) ? std::exp((x[i] - mx) * inv_t) : (x[i] == mx ? 1.0f : 0.0f);
-  }
+  ExpFn f = exp_fn();
+  if (!f || !std::isfinite(f(x, n, inv_t, w.data()))) scalar_weights(x, n, inv_t, w.data());
+  // Sums of blocks of 16 (independent short trees, not one long chain of dependent adds), then
+  // the walk: blocks until the one where the running sum passes u * total, then its weights.
+  constexpr int64_t kBlock = 16;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  sums.resize(static_cast<std::size_t>(blocks));
   double total = 0;
-  for (int64_t i = 0; i < n; ++i) total += w[i];
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* p = w.data() + b * kBlock;
+    float s = 0;
+    if ((b + 1) * kBlock <= n) {
+      float t[8];
+      for (int j = 0; j < 8; ++j) t[j] = p[j] + p[j + 8];
+      s = ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
+    } else {
+      for (int64_t j = 0; j < n - b * kBlock; ++j) s += p[j];
+    }
+    sums[b] = s;
+    total += s;
+  }
   if (!(total > 0) || !std::isfinite(total)) return 0;  // NaN logits
   const double target = u * total;
   double acc = 0;
-  int64_t last = 0;  // the last index of nonzero weight: where rounding leaves the walk short
-  for (int64_t i = 0; i < n; ++i) {
-    if (w[i] == 0) continue;
-    acc += w[i];
-    last = i;
-    if (acc > target) return i;
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (acc + sums[b] <= target) {
+      acc += sums[b];
+      continue;
+    }
+    int64_t last = -1;
+    for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) {
+      if (w[i] == 0) continue;
+      acc += w[i];
+      last = i;
+      if (acc > target) return i;
+    }
+    if (last >= 0) return last;  // rounding left the walk short inside the block
+    break;
   }
-  return last;
+  for (int64_t i = n; i-- > 0;)  // never an index of weight 0
+    if (w[i] > 0) return i;
+  return 0;
 }
 
 }  // namespace vhost::llama
