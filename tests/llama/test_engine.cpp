@@ -69,6 +69,54 @@ TEST_CASE("the engine's concurrent sequences equal generating each alone", "[eng
   CHECK(s.active == 0);
 }
 
+TEST_CASE("a long prompt joins a running batch beside its step, shifting the batch right", "[engine]") {
+  // A small model's batch of 8+ rows steps in row shards; a waiting prompt is then prefilled on
+  // another thread during the step. This one is longer than the batch's context so far.
+  torch::set_num_threads(2);
+  auto model = LlamaModel::random(engine_cfg(), 23);
+  REQUIRE(model.decode_shards(9) == 2);
+  SamplingParams p;
+  p.temperature = 0;
+  p.ignore_eos = true;
+  p.max_tokens = 12;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 9; ++i) prompts.push_back(prompt_of(3, 300 + i));
+  prompts.push_back(prompt_of(20, 400));
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& pr : prompts) alone.push_back(generate(model, nullptr, {pr}, p)[0].tokens);
+
+  Engine engine(model, nullptr, 12, 0, 16);
+  std::vector<GenerationResult> got(10);
+  std::thread late;
+  auto wait_queued = [&](int64_t n) {
+    for (int i = 0; i < 5000 && engine.stats().queued < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
+  std::atomic<int> calls{0};
+  // Sequence 0's callback runs on the engine's thread: it holds the engine until the other 8
+  // are queued (so all 9 start together), and at its third token sends the long prompt.
+  std::thread first([&] {
+    got[0] = engine.generate(prompts[0], p, [&](std::size_t, int32_t, const std::string&) {
+      ++calls;
+      if (calls == 1) wait_queued(8);
+      if (calls == 3) {
+        late = std::thread([&] { got[9] = engine.generate(prompts[9], p); });
+        wait_queued(1);
+      }
+      return true;
+    });
+  });
+  while (calls == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::vector<std::thread> others;
+  for (int i = 1; i < 9; ++i) others.emplace_back([&, i] { got[i] = engine.generate(prompts[i], p); });
+  first.join();
+  for (auto& t : others) t.join();
+  late.join();
+  for (int i = 0; i < 10; ++i) {
+    INFO("sequence " << i);
+    CHECK(got[i].tokens == alone[i]);
+  }
+}
+
 TEST_CASE("a full queue is refused with BUSY, and a cancelled client frees its row", "[engine][bad-input]") {
   auto model = LlamaModel::random(engine_cfg(), 22);
   Engine engine(model, nullptr, 1, 0, 0);

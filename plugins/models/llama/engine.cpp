@@ -99,36 +99,52 @@ void Engine::loop() {
     std::unique_lock<std::mutex> lock(mu_);
     wake_.wait(lock, [&] { return stop_ || !waiting_.empty() || !rows_.empty(); });
     if (stop_) {
-      auto fail = [&](const std::shared_ptr<Request>& r) {
+      auto shut = [&](const std::shared_ptr<Request>& r) {
         r->error = std::make_exception_ptr(vhost::Error(VHOST_ERR_CANCELLED, "the model is shutting down"));
         r->done = true;
         r->cv.notify_all();
       };
-      for (auto& r : waiting_) fail(r);
-      for (auto& r : rows_) fail(r);
+      for (auto& r : waiting_) shut(r);
+      for (auto& r : rows_) shut(r);
       return;
     }
-    admit(lock);
+    // A small model's step runs on several threads (row shards); there a waiting prompt's
+    // prefill, which would stall the whole batch on this thread, runs beside the step instead.
+    std::shared_ptr<Request> joining;
+    if (!rows_.empty() && !waiting_.empty() && static_cast<int64_t>(rows_.size()) < max_batch_ &&
+        model_.decode_shards(static_cast<int64_t>(rows_.size())) >= 2) {
+      joining = waiting_.front();
+      waiting_.pop_front();
+    } else {
+      admit(lock);
+    }
     lock.unlock();
     if (!rows_.empty()) {
       try {
-        step();
+        step(joining);
       } catch (...) {
         // A failed step fails every running sequence; the engine itself goes on.
         auto e = std::current_exception();
-        std::lock_guard<std::mutex> g(mu_);
-        for (auto& r : rows_) {
-          r->error = e;
-          r->done = true;
-          r->cv.notify_all();
-        }
+        for (auto& r : rows_) fail(r, e);
+        if (joining && std::find(rows_.begin(), rows_.end(), joining) == rows_.end()) fail(joining, e);
         rows_.clear();
         pad_.clear();
         next_.clear();
         cache_.length = 0;
       }
+    } else if (joining) {
+      lock.lock();
+      waiting_.push_front(joining);
     }
   }
+}
+
+void Engine::fail(const std::shared_ptr<Request>& r, std::exception_ptr e) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (r->done) return;
+  r->error = e;
+  r->done = true;
+  r->cv.notify_all();
 }
 
 // Takes waiting requests into free rows; each prompt is prefilled alone into its row, ending at
@@ -143,15 +159,7 @@ void Engine::admit(std::unique_lock<std::mutex>& lock) {
       const int64_t n = static_cast<int64_t>(r->prompt.size());
       if (n > cache_.length) shift_rows(n - cache_.length);
       const int64_t row = static_cast<int64_t>(rows_.size()), pad = cache_.length - n;
-      // The prompt goes into its row's slots pad.. as a cache of its own that starts there: its
-      // attention covers its own tokens, not the padding before them.
-      KVCache view;
-      for (std::size_t l = 0; l < cache_.k.size(); ++l) {
-        view.k.push_back(cache_.k[l].narrow(0, row, 1).narrow(2, pad, capacity_ - pad));
-        view.v.push_back(cache_.v[l].narrow(0, row, 1).narrow(2, pad, capacity_ - pad));
-      }
-      view.length = 0;
-      view.capacity = capacity_ - pad;
+      KVCache view = prompt_view(row, pad);
       auto ids = torch::tensor(std::vector<int64_t>(r->prompt.begin(), r->prompt.end()), torch::kInt64).view({1, n});
       auto logits = model_.forward(ids, &view, torch::Tensor(), /*last_only=*/true).select(1, 0)[0];
       rows_.push_back(r);
@@ -190,25 +198,62 @@ void Engine::shift_rows(int64_t by) {
   cache_.length += by;
 }
 
-void Engine::step() {
+void Engine::step(const std::shared_ptr<Request>& joining) {
   // A full cache: drop the padding every row has; a row without any has used its context.
   if (cache_.length + 1 > capacity_) {
     int64_t common = *std::min_element(pad_.begin(), pad_.end());
     if (common > 0) shift_rows(-common);
     for (std::size_t i = rows_.size(); i-- > 0;)
       if (pad_[i] == 0 && cache_.length + 1 > capacity_) retire(i, "length");
-    if (rows_.empty()) return;
   }
-  const int64_t A = static_cast<int64_t>(rows_.size());
+  if (rows_.empty()) {
+    if (joining) {
+      std::unique_lock<std::mutex> lock(mu_);
+      waiting_.push_front(joining);
+    }
+    return;
+  }
+  // The joining prompt ends in the slot this step writes, as the batch's rows do: it fills slots
+  // L+1-n..L of row A, and the batch first shifts right if it is longer than that.
+  const int64_t jn = joining ? static_cast<int64_t>(joining->prompt.size()) : 0;
+  if (jn > cache_.length + 1) shift_rows(jn - cache_.length - 1);
+  const int64_t A = static_cast<int64_t>(rows_.size()), L = cache_.length;
   KVCache view;
   for (std::size_t l = 0; l < cache_.k.size(); ++l) {
     view.k.push_back(cache_.k[l].narrow(0, 0, A));
     view.v.push_back(cache_.v[l].narrow(0, 0, A));
   }
-  view.length = cache_.length;
+  view.length = L;
   view.capacity = capacity_;
   auto ids = torch::tensor(std::vector<int64_t>(next_.begin(), next_.end()), torch::kInt64).view({A, 1});
-  auto logits = model_.forward(ids, &view, torch::tensor(pad_, torch::kInt64)).select(1, 0).to(torch::kCPU, torch::kFloat32);
+  auto decode = [&] {
+    return model_.forward(ids, &view, torch::tensor(pad_, torch::kInt64)).select(1, 0).to(torch::kCPU, torch::kFloat32);
+  };
+  torch::Tensor logits, joining_logits;
+  std::exception_ptr joining_error;
+  if (!joining) {
+    logits = decode();
+  } else {
+    KVCache own = prompt_view(A, L + 1 - jn);
+    auto prompt = torch::tensor(std::vector<int64_t>(joining->prompt.begin(), joining->prompt.end()), torch::kInt64).view({1, jn});
+    std::exception_ptr decode_error;
+    at::parallel_for(0, 2, 1, [&](int64_t t0, int64_t t1) {
+      c10::InferenceMode guard;  // thread-local: a helper thread does not inherit it
+      for (int64_t t = t0; t < t1; ++t) try {
+          if (t == 0) logits = decode();
+          else joining_logits = model_.forward(prompt, &own, torch::Tensor(), /*last_only=*/true).select(1, 0)[0];
+        } catch (...) {
+          (t == 0 ? decode_error : joining_error) = std::current_exception();
+        }
+    });
+    if (joining_error) fail(joining, joining_error);
+    if (decode_error) std::rethrow_exception(decode_error);
+    if (!joining_error) {  // it is a row now; its first token goes out after the others'
+      rows_.push_back(joining);
+      pad_.push_back(L + 1 - jn);
+      next_.push_back(0);
+    }
+  }
   cache_.length = view.length;
   {
     std::lock_guard<std::mutex> g(mu_);
@@ -218,10 +263,32 @@ void Engine::step() {
   std::vector<const SamplingParams*> ps;
   std::vector<const std::vector<int32_t>*> ss;
   std::vector<torch::Generator*> gs;
-  for (auto& r : rows_) ps.push_back(&r->p), ss.push_back(&r->seen), gs.push_back(&r->gen);
+  for (int64_t i = 0; i < A; ++i) {
+    auto& r = rows_[static_cast<std::size_t>(i)];
+    ps.push_back(&r->p), ss.push_back(&r->seen), gs.push_back(&r->gen);
+  }
   auto picks = sample_tokens(logits, ps, ss, gs);
-  // Backwards: retiring row i moves the last row into i, which is then already done.
+  // Backwards: retiring row i moves the last row into i, which is then already done (or is the
+  // joining row, emitted below).
   for (int64_t i = A - 1; i >= 0; --i) emit(static_cast<std::size_t>(i), static_cast<int32_t>(picks[static_cast<std::size_t>(i)]));
+  if (joining && !joining_error) {
+    auto at = std::find(rows_.begin(), rows_.end(), joining) - rows_.begin();
+    emit(static_cast<std::size_t>(at),
+         static_cast<int32_t>(sample_token(joining_logits, joining->p, joining->seen, joining->gen)));
+  }
+}
+
+KVCache Engine::prompt_view(int64_t row, int64_t first_slot) {
+  // A prompt goes into its row's slots first_slot.. as a cache of its own that starts there: its
+  // attention covers its own tokens, not the padding before them.
+  KVCache view;
+  for (std::size_t l = 0; l < cache_.k.size(); ++l) {
+    view.k.push_back(cache_.k[l].narrow(0, row, 1).narrow(2, first_slot, capacity_ - first_slot));
+    view.v.push_back(cache_.v[l].narrow(0, row, 1).narrow(2, first_slot, capacity_ - first_slot));
+  }
+  view.length = 0;
+  view.capacity = capacity_ - first_slot;
+  return view;
 }
 
 bool Engine::emit(std::size_t row, int32_t tok) {

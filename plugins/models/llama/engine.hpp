@@ -6,6 +6,10 @@
 // All rows end at the same cache slot; a shorter row is left-padded (LlamaModel::forward's
 // left_pad), so one decode step is one forward pass of [rows, 1] tokens. A longer prompt shifts
 // the rows right to make room; when the cache is full the common padding is shifted out.
+//
+// A prompt is prefilled into its own row's slots, attending to its own tokens only. For a small
+// model whose step runs in row shards (LlamaModel::decode_shards), one waiting prompt a step is
+// prefilled on another thread while the step runs, instead of stalling the batch.
 #pragma once
 
 #include "generate.hpp"
@@ -42,7 +46,11 @@ class Engine {
   struct Request;
   void loop();
   void admit(std::unique_lock<std::mutex>& lock);
-  void step();
+  // One decoding step of every active row; `joining` (may be null), a waiting request, is
+  // prefilled into the next free row at the same time on another thread and joins the batch.
+  void step(const std::shared_ptr<Request>& joining);
+  void fail(const std::shared_ptr<Request>& r, std::exception_ptr e);
+  KVCache prompt_view(int64_t row, int64_t first_slot);
   bool emit(std::size_t row, int32_t token);  // false: the row finished
   void retire(std::size_t row, const std::string& reason);
   void shift_rows(int64_t by);  // moves every active row's cache right (by > 0) or left (by < 0)
