@@ -218,59 +218,82 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
   const int64_t jn = joining ? static_cast<int64_t>(joining->prompt.size()) : 0;
   if (jn > cache_.length + 1) shift_rows(jn - cache_.length - 1);
   const int64_t A = static_cast<int64_t>(rows_.size()), L = cache_.length;
-  KVCache view;
-  for (std::size_t l = 0; l < cache_.k.size(); ++l) {
-    view.k.push_back(cache_.k[l].narrow(0, 0, A));
-    view.v.push_back(cache_.v[l].narrow(0, 0, A));
-  }
-  view.length = L;
-  view.capacity = capacity_;
+  // The step's tasks: `shards` groups of rows, each decoded, sampled and detokenised on its own
+  // thread (rows are independent in all three), and the joining prompt's prefill. A model that
+  // threads inside its operations instead (decode_shards 1) runs one group here.
+  const int64_t shards = joining ? 1 : model_.decode_shards(A);
+  std::vector<int64_t> picks(static_cast<std::size_t>(A)), lengths(static_cast<std::size_t>(shards));
+  std::vector<std::optional<std::string>> pieces(static_cast<std::size_t>(A));
   auto ids = torch::tensor(std::vector<int64_t>(next_.begin(), next_.end()), torch::kInt64).view({A, 1});
-  auto decode = [&] {
-    return model_.forward(ids, &view, torch::tensor(pad_, torch::kInt64)).select(1, 0).to(torch::kCPU, torch::kFloat32);
+  auto pads = torch::tensor(pad_, torch::kInt64);
+  const int32_t eos = static_cast<int32_t>(model_.config().eos_token_id);
+  auto run_shard = [&](int64_t s) {
+    const int64_t r0 = A * s / shards, n = A * (s + 1) / shards - r0;
+    KVCache view;
+    for (std::size_t l = 0; l < cache_.k.size(); ++l) {
+      view.k.push_back(cache_.k[l].narrow(0, r0, n));
+      view.v.push_back(cache_.v[l].narrow(0, r0, n));
+    }
+    view.length = L;
+    view.capacity = capacity_;
+    auto logits = model_.forward(ids.narrow(0, r0, n), &view, pads.narrow(0, r0, n)).select(1, 0).to(torch::kCPU, torch::kFloat32);
+    lengths[static_cast<std::size_t>(s)] = view.length;
+    std::vector<const SamplingParams*> ps;
+    std::vector<const std::vector<int32_t>*> ss;
+    std::vector<torch::Generator*> gs;
+    for (int64_t i = r0; i < r0 + n; ++i) {
+      auto& r = rows_[static_cast<std::size_t>(i)];
+      ps.push_back(&r->p), ss.push_back(&r->seen), gs.push_back(&r->gen);
+    }
+    auto got = sample_tokens(logits, ps, ss, gs);
+    for (int64_t i = r0; i < r0 + n; ++i) {
+      const int32_t tok = static_cast<int32_t>(got[static_cast<std::size_t>(i - r0)]);
+      picks[static_cast<std::size_t>(i)] = tok;
+      auto& r = *rows_[static_cast<std::size_t>(i)];
+      if (r.decoder && !(tok == eos && !r.p.ignore_eos)) pieces[static_cast<std::size_t>(i)] = r.decoder->push(tok);
+    }
   };
-  torch::Tensor logits, joining_logits;
+  torch::Tensor joining_logits;
   std::exception_ptr joining_error;
-  if (!joining) {
-    logits = decode();
+  if (shards == 1 && !joining) {
+    run_shard(0);
   } else {
-    KVCache own = prompt_view(A, L + 1 - jn);
-    auto prompt = torch::tensor(std::vector<int64_t>(joining->prompt.begin(), joining->prompt.end()), torch::kInt64).view({1, jn});
+    KVCache own;
+    torch::Tensor prompt;
+    if (joining) {
+      own = prompt_view(A, L + 1 - jn);
+      prompt = torch::tensor(std::vector<int64_t>(joining->prompt.begin(), joining->prompt.end()), torch::kInt64).view({1, jn});
+    }
     std::exception_ptr decode_error;
-    at::parallel_for(0, 2, 1, [&](int64_t t0, int64_t t1) {
+    std::mutex error_mu;
+    at::parallel_for(0, shards + (joining ? 1 : 0), 1, [&](int64_t t0, int64_t t1) {
       c10::InferenceMode guard;  // thread-local: a helper thread does not inherit it
       for (int64_t t = t0; t < t1; ++t) try {
-          if (t == 0) logits = decode();
+          if (t < shards) run_shard(t);
           else joining_logits = model_.forward(prompt, &own, torch::Tensor(), /*last_only=*/true).select(1, 0)[0];
         } catch (...) {
-          (t == 0 ? decode_error : joining_error) = std::current_exception();
+          std::lock_guard<std::mutex> g(error_mu);
+          (t < shards ? decode_error : joining_error) = std::current_exception();
         }
     });
     if (joining_error) fail(joining, joining_error);
     if (decode_error) std::rethrow_exception(decode_error);
-    if (!joining_error) {  // it is a row now; its first token goes out after the others'
+    if (joining && !joining_error) {  // it is a row now; its first token goes out after the others'
       rows_.push_back(joining);
       pad_.push_back(L + 1 - jn);
       next_.push_back(0);
     }
   }
-  cache_.length = view.length;
+  cache_.length = lengths[0];
   {
     std::lock_guard<std::mutex> g(mu_);
     ++steps_;
     row_steps_ += A;
   }
-  std::vector<const SamplingParams*> ps;
-  std::vector<const std::vector<int32_t>*> ss;
-  std::vector<torch::Generator*> gs;
-  for (int64_t i = 0; i < A; ++i) {
-    auto& r = rows_[static_cast<std::size_t>(i)];
-    ps.push_back(&r->p), ss.push_back(&r->seen), gs.push_back(&r->gen);
-  }
-  auto picks = sample_tokens(logits, ps, ss, gs);
   // Backwards: retiring row i moves the last row into i, which is then already done (or is the
   // joining row, emitted below).
-  for (int64_t i = A - 1; i >= 0; --i) emit(static_cast<std::size_t>(i), static_cast<int32_t>(picks[static_cast<std::size_t>(i)]));
+  for (int64_t i = A - 1; i >= 0; --i)
+    emit(static_cast<std::size_t>(i), static_cast<int32_t>(picks[static_cast<std::size_t>(i)]), &pieces[static_cast<std::size_t>(i)]);
   if (joining && !joining_error) {
     auto at = std::find(rows_.begin(), rows_.end(), joining) - rows_.begin();
     emit(static_cast<std::size_t>(at),
@@ -291,7 +314,7 @@ KVCache Engine::prompt_view(int64_t row, int64_t first_slot) {
   return view;
 }
 
-bool Engine::emit(std::size_t row, int32_t tok) {
+bool Engine::emit(std::size_t row, int32_t tok, std::optional<std::string>* piece) {
   auto& r = *rows_[row];
   const auto& p = r.p;
   {
@@ -306,7 +329,7 @@ bool Engine::emit(std::size_t row, int32_t tok) {
   if (p.repetition_penalty != 1.0) r.seen.push_back(tok);
   next_[row] = tok;
   if (r.decoder) {
-    r.text += r.decoder->push(tok);
+    r.text += piece && *piece ? std::move(**piece) : r.decoder->push(tok);
     for (const auto& s : p.stop)
       if (r.text.find(s, r.sent > s.size() ? r.sent - s.size() : 0) != std::string::npos) {
         retire(row, "stop");

@@ -8,8 +8,9 @@
 // the rows right to make room; when the cache is full the common padding is shifted out.
 //
 // A prompt is prefilled into its own row's slots, attending to its own tokens only. For a small
-// model whose step runs in row shards (LlamaModel::decode_shards), one waiting prompt a step is
-// prefilled on another thread while the step runs, instead of stalling the batch.
+// model whose step runs in row shards (LlamaModel::decode_shards), each shard decodes, samples
+// and detokenises its rows on its own thread, and one waiting prompt a step is prefilled on
+// another thread while the step runs, instead of stalling the batch.
 #pragma once
 
 #include "generate.hpp"
@@ -18,6 +19,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 namespace vhost::llama {
@@ -51,7 +53,9 @@ class Engine {
   void step(const std::shared_ptr<Request>& joining);
   void fail(const std::shared_ptr<Request>& r, std::exception_ptr e);
   KVCache prompt_view(int64_t row, int64_t first_slot);
-  bool emit(std::size_t row, int32_t token);  // false: the row finished
+  // false: the row finished. `piece`: the token's text, when already pushed through the row's
+  // decoder (by the step's shard).
+  bool emit(std::size_t row, int32_t token, std::optional<std::string>* piece = nullptr);
   void retire(std::size_t row, const std::string& reason);
   void shift_rows(int64_t by);  // moves every active row's cache right (by > 0) or left (by < 0)
 
