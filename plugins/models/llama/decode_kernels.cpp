@@ -75,15 +75,27 @@ VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int6
       for (int c = 0; c < NR; ++c) acc[r * NR + c] += a * w[c];
     }
   }
+  if (Kv < K) {  // the last K % V of each row, zero-padded to a vector: no scalar tail per output
+    const std::size_t tail = static_cast<std::size_t>(K - Kv) * sizeof(float);
+    vec w[NR];
+#pragma GCC unroll 8
+    for (int c = 0; c < NR; ++c) {
+      w[c] = vec{};
+      std::memcpy(&w[c], W + c * K + Kv, tail);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      vec a{};
+      std::memcpy(&a, A + r * K + Kv, tail);
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c) acc[r * NR + c] += a * w[c];
+    }
+  }
   tree_reduce<V, V>(acc);
   float sums[V];
   std::memcpy(sums, &acc[0], sizeof sums);
   for (int r = 0; r < MR; ++r)
-    for (int c = 0; c < NR; ++c) {
-      float s = sums[r * NR + c];
-      for (int64_t k = Kv; k < K; ++k) s += A[r * K + k] * W[c * K + k];
-      C[r * ldc + c] = s;
-    }
+    for (int c = 0; c < NR; ++c) C[r * ldc + c] = sums[r * NR + c];
 }
 
 // A tile of mr <= MR rows by nr <= NR columns, with the sizes made compile-time constants.
