@@ -58,12 +58,15 @@ VHOST_INLINE void tree_reduce(vec* a) {
 
 // C[r, c] for r < MR, c < NR: A and W advanced to the tile's first rows; both have row stride K.
 template <int V, int MR, int NR>
-VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int64_t ldc) {
+VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int64_t ldc, const float* next = nullptr) {
   typedef float vec __attribute__((vector_size(4 * V)));
   static_assert(MR * NR <= V, "a tile has at most V accumulators");
   vec acc[V] = {};
   const int64_t Kv = K - K % V;
   for (int64_t k = 0; k < Kv; k += V) {
+    if (next)
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c) __builtin_prefetch(next + c * K + k);
     vec w[NR];
 #pragma GCC unroll 8
     for (int c = 0; c < NR; ++c) std::memcpy(&w[c], W + c * K + k, sizeof(vec));
@@ -100,12 +103,13 @@ VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int6
 
 // A tile of mr <= MR rows by nr <= NR columns, with the sizes made compile-time constants.
 template <int V, int MR, int NR>
-VHOST_INLINE void any_tile(int mr, int nr, const float* A, const float* W, int64_t K, float* C, int64_t ldc) {
+VHOST_INLINE void any_tile(int mr, int nr, const float* A, const float* W, int64_t K, float* C, int64_t ldc,
+                           const float* next = nullptr) {
   if constexpr (MR > 1)
-    if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc);
+    if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, next);
   if constexpr (NR > 1)
-    if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc);
-  tile<V, MR, NR>(A, W, K, C, ldc);
+    if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, next);
+  tile<V, MR, NR>(A, W, K, C, ldc, next);
 }
 
 // Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache.
@@ -115,8 +119,11 @@ VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t * NR;
     const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
+    // The first row tile pulls the next column tile's weights toward the cache meanwhile.
+    const float* next = n + 2 * NR <= N ? W + (n + NR) * K : nullptr;
     for (int64_t m = 0; m < M; m += MR)
-      any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * K, W + n * K, K, C + m * N + n, N);
+      any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * K, W + n * K, K, C + m * N + n, N,
+                          m == 0 ? next : nullptr);
   }
 }
 
