@@ -406,6 +406,21 @@ static ExpFn exp_fn() { return nullptr; }
 
 #endif
 
+void rms_norm_rows(const float* x, const float* w, int64_t R, int64_t D, float eps, float* out) {
+  for (int64_t r = 0; r < R; ++r) {
+    const float* xr = x + r * D;
+    float* o = out + r * D;
+    float part[8] = {};  // eight running sums: no single chain of dependent adds
+    int64_t i = 0;
+    for (; i + 8 <= D; i += 8)
+      for (int j = 0; j < 8; ++j) part[j] += xr[i + j] * xr[i + j];
+    float ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < D; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(D) + eps);
+    for (int64_t k = 0; k < D; ++k) o[k] = w[k] * (xr[k] * inv);
+  }
+}
+
 // The scalar weights, for CPUs without a kernel (and an infinite maximum: weight 1 where it is).
 static float scalar_weights(const float* x, int64_t n, float inv_t, float* w) {
   float mx = x[0];

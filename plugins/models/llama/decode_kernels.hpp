@@ -44,6 +44,10 @@ struct DecodeAttention {
 // Returns false when this CPU has no kernel (see small_gemm_isa).
 bool decode_attention(const DecodeAttention& a);
 
+// out[r, :] = w * (x[r, :] / sqrt(mean(x[r, :]^2) + eps)) for R rows of D floats: LLaMA's RMSNorm
+// in float32, as HF computes it (up to the order of the sum of squares).
+void rms_norm_rows(const float* x, const float* w, int64_t R, int64_t D, float eps, float* out);
+
 // Sampling one token at temperature t from logits x [n]: the first index whose cumulative weight
 // exceeds u * total, weights exp((x[i] - max x) / t) (softmax up to its normalisation), u in
 // [0, 1). One pass of vector exp and a running sum in double, single-threaded: a batch's rows
