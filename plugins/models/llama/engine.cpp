@@ -132,9 +132,6 @@ void Engine::loop() {
         next_.clear();
         cache_.length = 0;
       }
-    } else if (joining) {
-      lock.lock();
-      waiting_.push_front(joining);
     }
   }
 }
@@ -159,9 +156,7 @@ void Engine::admit(std::unique_lock<std::mutex>& lock) {
       const int64_t n = static_cast<int64_t>(r->prompt.size());
       if (n > cache_.length) shift_rows(n - cache_.length);
       const int64_t row = static_cast<int64_t>(rows_.size()), pad = cache_.length - n;
-      KVCache view = prompt_view(row, pad);
-      auto ids = torch::tensor(std::vector<int64_t>(r->prompt.begin(), r->prompt.end()), torch::kInt64).view({1, n});
-      auto logits = model_.forward(ids, &view, torch::Tensor(), /*last_only=*/true).select(1, 0)[0];
+      auto logits = prefill(*r, row, pad);
       rows_.push_back(r);
       pad_.push_back(pad);
       next_.push_back(0);
@@ -222,22 +217,15 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
   // thread (rows are independent in all three), and the joining prompt's prefill. A model that
   // threads inside its operations instead (decode_shards 1) runs one group here.
   const int64_t shards = joining ? 1 : model_.decode_shards(A);
-  std::vector<int64_t> picks(static_cast<std::size_t>(A)), lengths(static_cast<std::size_t>(shards));
+  std::vector<int64_t> picks(static_cast<std::size_t>(A));
   std::vector<std::optional<std::string>> pieces(static_cast<std::size_t>(A));
   auto ids = torch::tensor(std::vector<int64_t>(next_.begin(), next_.end()), torch::kInt64).view({A, 1});
   auto pads = torch::tensor(pad_, torch::kInt64);
   const int32_t eos = static_cast<int32_t>(model_.config().eos_token_id);
   auto run_shard = [&](int64_t s) {
     const int64_t r0 = A * s / shards, n = A * (s + 1) / shards - r0;
-    KVCache view;
-    for (std::size_t l = 0; l < cache_.k.size(); ++l) {
-      view.k.push_back(cache_.k[l].narrow(0, r0, n));
-      view.v.push_back(cache_.v[l].narrow(0, r0, n));
-    }
-    view.length = L;
-    view.capacity = capacity_;
+    KVCache view = cache_.rows(r0, n);
     auto logits = model_.forward(ids.narrow(0, r0, n), &view, pads.narrow(0, r0, n)).select(1, 0).to(torch::kCPU, torch::kFloat32);
-    lengths[static_cast<std::size_t>(s)] = view.length;
     std::vector<const SamplingParams*> ps;
     std::vector<const std::vector<int32_t>*> ss;
     std::vector<torch::Generator*> gs;
@@ -258,19 +246,13 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
   if (shards == 1 && !joining) {
     run_shard(0);
   } else {
-    KVCache own;
-    torch::Tensor prompt;
-    if (joining) {
-      own = prompt_view(A, L + 1 - jn);
-      prompt = torch::tensor(std::vector<int64_t>(joining->prompt.begin(), joining->prompt.end()), torch::kInt64).view({1, jn});
-    }
     std::exception_ptr decode_error;
     std::mutex error_mu;
     at::parallel_for(0, shards + (joining ? 1 : 0), 1, [&](int64_t t0, int64_t t1) {
       c10::InferenceMode guard;  // thread-local: a helper thread does not inherit it
       for (int64_t t = t0; t < t1; ++t) try {
           if (t < shards) run_shard(t);
-          else joining_logits = model_.forward(prompt, &own, torch::Tensor(), /*last_only=*/true).select(1, 0)[0];
+          else joining_logits = prefill(*joining, A, L + 1 - jn);
         } catch (...) {
           std::lock_guard<std::mutex> g(error_mu);
           (t < shards ? decode_error : joining_error) = std::current_exception();
@@ -284,7 +266,7 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
       next_.push_back(0);
     }
   }
-  cache_.length = lengths[0];
+  cache_.length = L + 1;  // as each shard's view
   {
     std::lock_guard<std::mutex> g(mu_);
     ++steps_;
@@ -301,17 +283,19 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
   }
 }
 
-KVCache Engine::prompt_view(int64_t row, int64_t first_slot) {
-  // A prompt goes into its row's slots first_slot.. as a cache of its own that starts there: its
-  // attention covers its own tokens, not the padding before them.
-  KVCache view;
-  for (std::size_t l = 0; l < cache_.k.size(); ++l) {
-    view.k.push_back(cache_.k[l].narrow(0, row, 1).narrow(2, first_slot, capacity_ - first_slot));
-    view.v.push_back(cache_.v[l].narrow(0, row, 1).narrow(2, first_slot, capacity_ - first_slot));
+torch::Tensor Engine::prefill(const Request& r, int64_t row, int64_t first_slot) const {
+  // The prompt goes into its row's slots first_slot.. as a cache of its own that starts there:
+  // its attention covers its own tokens, not the padding before them.
+  KVCache own = cache_.rows(row, 1);
+  for (std::size_t l = 0; l < own.k.size(); ++l) {
+    own.k[l] = own.k[l].narrow(2, first_slot, capacity_ - first_slot);
+    own.v[l] = own.v[l].narrow(2, first_slot, capacity_ - first_slot);
   }
-  view.length = 0;
-  view.capacity = capacity_ - first_slot;
-  return view;
+  own.length = 0;
+  own.capacity = capacity_ - first_slot;
+  const int64_t n = static_cast<int64_t>(r.prompt.size());
+  auto ids = torch::tensor(std::vector<int64_t>(r.prompt.begin(), r.prompt.end()), torch::kInt64).view({1, n});
+  return model_.forward(ids, &own, torch::Tensor(), /*last_only=*/true).select(1, 0)[0];
 }
 
 bool Engine::emit(std::size_t row, int32_t tok, std::optional<std::string>* piece) {

@@ -52,7 +52,8 @@ class Engine {
   // prefilled into the next free row at the same time on another thread and joins the batch.
   void step(const std::shared_ptr<Request>& joining);
   void fail(const std::shared_ptr<Request>& r, std::exception_ptr e);
-  KVCache prompt_view(int64_t row, int64_t first_slot);
+  // Prefills r's prompt into `row` from slot `first_slot` on; the logits of its next token.
+  torch::Tensor prefill(const Request& r, int64_t row, int64_t first_slot) const;
   // false: the row finished. `piece`: the token's text, when already pushed through the row's
   // decoder (by the step's shard).
   bool emit(std::size_t row, int32_t token, std::optional<std::string>* piece = nullptr);

@@ -39,6 +39,17 @@ KVCache KVCache::create(const LlamaConfig& cfg, int64_t batch, int64_t capacity,
   return c;
 }
 
+KVCache KVCache::rows(int64_t first, int64_t n) const {
+  KVCache view;
+  for (std::size_t l = 0; l < k.size(); ++l) {
+    view.k.push_back(k[l].narrow(0, first, n));
+    view.v.push_back(v[l].narrow(0, first, n));
+  }
+  view.length = length;
+  view.capacity = capacity;
+  return view;
+}
+
 std::vector<std::pair<std::string, std::vector<int64_t>>> LlamaModel::expected_tensors(const LlamaConfig& c) {
   const int64_t d = c.hidden_size, hd = c.head_dim(), f = c.intermediate_size;
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
@@ -346,7 +357,6 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, c
       (shards == 1 && work <= kNoRegions) || (torch::GradMode::is_enabled() && embed_.requires_grad()))
     return forward_rows(tokens, cache, left_pad, last_only);
   std::vector<torch::Tensor> parts(static_cast<std::size_t>(shards));
-  std::vector<int64_t> lengths(static_cast<std::size_t>(shards));
   const bool inference = c10::InferenceMode::is_enabled(), grad = torch::GradMode::is_enabled();
   at::parallel_for(0, std::max<int64_t>(shards, 2), 1, [&](int64_t s0, int64_t s1) {
     // The caller's autograd modes are thread-local: a helper thread does not inherit them.
@@ -355,21 +365,12 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, c
     torch::AutoGradMode grad_mode(grad && !inference);
     for (int64_t s = s0; s < std::min(s1, shards); ++s) {
       const int64_t r0 = B * s / shards, n = B * (s + 1) / shards - r0;
-      KVCache view;
-      if (cache) {
-        for (std::size_t l = 0; l < cache->k.size(); ++l) {
-          view.k.push_back(cache->k[l].narrow(0, r0, n));
-          view.v.push_back(cache->v[l].narrow(0, r0, n));
-        }
-        view.length = cache->length;
-        view.capacity = cache->capacity;
-      }
+      KVCache view = cache ? cache->rows(r0, n) : KVCache();
       parts[static_cast<std::size_t>(s)] = forward_rows(tokens.narrow(0, r0, n), cache ? &view : nullptr,
                                                         left_pad.defined() ? left_pad.narrow(0, r0, n) : left_pad, last_only);
-      lengths[static_cast<std::size_t>(s)] = view.length;
     }
   });
-  if (cache) cache->length = lengths[0];
+  if (cache) cache->length += T;  // as each shard's view
   return shards == 1 ? parts[0] : torch::cat(parts);
 }
 
@@ -414,10 +415,8 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
   // itself, so its (unused) row stays finite. Made on first use: a decoding step that goes
   // through decode_attention never needs it.
   torch::Tensor mask_;
-  bool mask_made = false;
   auto mask = [&]() -> const torch::Tensor& {
-    if (mask_made || !(T > 1 || padded)) return mask_;
-    mask_made = true;
+    if (mask_.defined() || !(T > 1 || padded)) return mask_;
     auto q_slot = slots.unsqueeze(1);                    // [T, 1]
     auto k_slot = torch::arange(0, S, i64).unsqueeze(0);  // [1, S]
     auto blocked = k_slot > q_slot;                      // [T, S]

@@ -21,6 +21,8 @@ struct KVCache {
   int64_t length = 0;               // positions filled
   int64_t capacity = 0;
   static KVCache create(const LlamaConfig& cfg, int64_t batch, int64_t capacity, const torch::TensorOptions& opts);
+  // Rows first..first+n-1 as a cache of their own (views: writes go to this cache), same length.
+  KVCache rows(int64_t first, int64_t n) const;
 };
 
 class LlamaModel {
