@@ -56,6 +56,24 @@ VHOST_INLINE void tree_reduce(vec* a) {
   }
 }
 
+// The largest and the sum of a vector's V lanes.
+template <int V, typename vec>
+VHOST_INLINE float lanes_max(vec x) {
+  float l[V];
+  std::memcpy(l, &x, sizeof l);
+  float m = l[0];
+  for (int j = 1; j < V; ++j) m = std::max(m, l[j]);
+  return m;
+}
+template <int V, typename vec>
+VHOST_INLINE float lanes_sum(vec x) {
+  float l[V];
+  std::memcpy(l, &x, sizeof l);
+  float s = 0;
+  for (int j = 0; j < V; ++j) s += l[j];
+  return s;
+}
+
 // C[r, c] for r < MR, c < NR: A and W advanced to the tile's first rows; both have row stride K.
 template <int V, int MR, int NR>
 VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int64_t ldc, const float* next = nullptr) {
@@ -216,10 +234,7 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
     std::memcpy(&acc[0], p + s, sizeof(vec));
     vmx = vmx > acc[0] ? vmx : acc[0];
   }
-  float lanes[V];
-  std::memcpy(lanes, &vmx, sizeof lanes);
-  float mx = lanes[0];
-  for (int j = 1; j < V; ++j) mx = std::max(mx, lanes[j]);
+  const float mx = lanes_max<V>(vmx);
   vec sumv{};
   for (int64_t s = first; s < S; s += V) {
     vec x;
@@ -228,9 +243,7 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
     std::memcpy(p + s, &x, sizeof x);
     sumv += x;
   }
-  std::memcpy(lanes, &sumv, sizeof lanes);
-  float sum = 0;
-  for (int j = 0; j < V; ++j) sum += lanes[j];
+  const float sum = lanes_sum<V>(sumv);
   // The weighted sum of values: U keys at a time into U sets of accumulators, so that the
   // multiply-adds of consecutive keys do not wait on each other (a single chain waited 4 cycles a
   // key at head size 16).
@@ -323,10 +336,7 @@ VHOST_INLINE float exp_weights(const float* x, int64_t n, float inv_t, float* w)
     std::memcpy(&v, x + i, sizeof v);
     vmx = vmx > v ? vmx : v;
   }
-  float lanes[V];
-  std::memcpy(lanes, &vmx, sizeof lanes);
-  float mx = lanes[0];
-  for (int j = 1; j < V; ++j) mx = std::max(mx, lanes[j]);
+  float mx = lanes_max<V>(vmx);
   for (; i < n; ++i) mx = std::max(mx, x[i]);
   if (!std::isfinite(mx)) return mx;
   for (i = 0; i + V <= n; i += V) {

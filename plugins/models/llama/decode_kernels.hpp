@@ -50,8 +50,9 @@ void rms_norm_rows(const float* x, const float* w, int64_t R, int64_t D, float e
 
 // Sampling one token at temperature t from logits x [n]: the first index whose cumulative weight
 // exceeds u * total, weights exp((x[i] - max x) / t) (softmax up to its normalisation), u in
-// [0, 1). One pass of vector exp and a running sum in double, single-threaded: a batch's rows
-// each take microseconds, where libtorch's softmax and cumsum cost a parallel region each.
+// [0, 1). A vector max, a vector exp, sums of blocks of 16, then one walk over the blocks (in
+// double), single-threaded: a batch's rows each take microseconds, where libtorch's softmax and
+// cumsum cost a parallel region each.
 // Never returns an index of weight 0 while another has weight.
 int64_t softmax_draw(const float* x, int64_t n, float inv_t, double u);
 
