@@ -46,35 +46,35 @@ static Load http_load(int port, int clients, int tokens, int requests) {
   auto t0 = Clock::now();
   for (int c = 0; c < clients; ++c)
     threads.emplace_back([&, c] {
-     for (int i = c * requests; i < (c + 1) * requests; ++i) {
-      httplib::Client cli("127.0.0.1", port);
-      cli.set_read_timeout(600, 0);
-      json body = {{"model", "tiny"}, {"prompt", kPrompt}, {"max_tokens", tokens}, {"temperature", 1.0},
-                   {"seed", i}, {"stream", true}, {"stream_options", {{"include_usage", true}}}};
-      httplib::Request req;
-      req.method = "POST";
-      req.path = "/v1/completions";
-      req.body = body.dump();
-      req.set_header("Content-Type", "application/json");
-      auto start = Clock::now();
-      std::string buf;
-      req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
-        if (ttft[i] < 0) ttft[i] = std::chrono::duration<double>(Clock::now() - start).count();
-        buf.append(d, n);
-        return true;
-      };
-      httplib::Response res;
-      httplib::Error err;
-      if (!cli.send(req, res, err) || res.status != 200) {
-        if (i == 0) std::fprintf(stderr, "client 0: HTTP %d, %s: %s\n", res.status, httplib::to_string(err).c_str(), buf.substr(0, 300).c_str());
-        continue;
+      for (int i = c * requests; i < (c + 1) * requests; ++i) {
+        httplib::Client cli("127.0.0.1", port);
+        cli.set_read_timeout(600, 0);
+        json body = {{"model", "tiny"}, {"prompt", kPrompt}, {"max_tokens", tokens}, {"temperature", 1.0},
+                     {"seed", i}, {"stream", true}, {"stream_options", {{"include_usage", true}}}};
+        httplib::Request req;
+        req.method = "POST";
+        req.path = "/v1/completions";
+        req.body = body.dump();
+        req.set_header("Content-Type", "application/json");
+        auto start = Clock::now();
+        std::string buf;
+        req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+          if (ttft[i] < 0) ttft[i] = std::chrono::duration<double>(Clock::now() - start).count();
+          buf.append(d, n);
+          return true;
+        };
+        httplib::Response res;
+        httplib::Error err;
+        if (!cli.send(req, res, err) || res.status != 200) {
+          if (i == 0) std::fprintf(stderr, "client 0: HTTP %d, %s: %s\n", res.status, httplib::to_string(err).c_str(), buf.substr(0, 300).c_str());
+          continue;
+        }
+        // The usage chunk counts the completion tokens.
+        auto at = buf.find("\"usage\"");
+        if (at == std::string::npos) continue;
+        auto line_start = buf.rfind("data: ", at) + 6;
+        got[i] = json::parse(buf.substr(line_start, buf.find("\n\n", at) - line_start))["usage"]["completion_tokens"];
       }
-      // The usage chunk counts the completion tokens.
-      auto at = buf.find("\"usage\"");
-      if (at == std::string::npos) continue;
-      auto line_start = buf.rfind("data: ", at) + 6;
-      got[i] = json::parse(buf.substr(line_start, buf.find("\n\n", at) - line_start))["usage"]["completion_tokens"];
-     }
     });
   for (auto& t : threads) t.join();
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
