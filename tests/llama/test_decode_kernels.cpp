@@ -43,6 +43,68 @@ TEST_CASE("small_gemm equals torch::linear on shapes off the tile grid", "[kerne
   select_kernels(nullptr);
 }
 
+TEST_CASE("small_gemm accumulates; small_gemm_many and gate_up_silu equal their libtorch formulas", "[kernels]") {
+  for (const auto& isa : runnable_kernels()) {
+    select_kernels(isa.c_str());
+    INFO("kernels: " << small_gemm_isa());
+    torch::manual_seed(5);
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {3, 37, 19}, {16, 768, 288}, {5, 6, 33}}) {
+      INFO("M=" << M << " N=" << N << " K=" << K);
+      auto A = torch::randn({M, K}), W = torch::randn({N, K}), W2 = torch::randn({N + 3, K}), W3 = torch::randn({1, K});
+      auto C0 = torch::randn({M, N});
+      auto C = C0.clone();
+      REQUIRE(small_gemm(A.data_ptr<float>(), M, W.data_ptr<float>(), N, K, C.data_ptr<float>(), /*accumulate=*/true));
+      CHECK(torch::allclose(C, C0 + torch::linear(A, W), 1e-4, 1e-4));
+
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      auto c1 = torch::full({M, N}, nan), c2 = torch::full({M, N + 3}, nan), c3 = torch::full({M, 1}, nan);
+      const GemmOutput outs[3] = {{W.data_ptr<float>(), N, c1.data_ptr<float>()},
+                                  {W2.data_ptr<float>(), N + 3, c2.data_ptr<float>()},
+                                  {W3.data_ptr<float>(), 1, c3.data_ptr<float>()}};
+      REQUIRE(small_gemm_many(A.data_ptr<float>(), M, K, outs, 3));
+      CHECK(torch::allclose(c1, torch::linear(A, W), 1e-4, 1e-4));
+      CHECK(torch::allclose(c2, torch::linear(A, W2), 1e-4, 1e-4));
+      CHECK(torch::allclose(c3, torch::linear(A, W3), 1e-4, 1e-4));
+
+      // Gate values over a wide range: silu's both tails.
+      auto Ag = A * 4;
+      auto act = torch::full({M, N}, nan);
+      REQUIRE(gate_up_silu(Ag.data_ptr<float>(), M, K, W.data_ptr<float>(), W2.data_ptr<float>(), N, act.data_ptr<float>()));
+      auto want = torch::silu(torch::linear(Ag, W)) * torch::linear(Ag, W2.narrow(0, 0, N));
+      // Both products round in a different order than libtorch's: error relative to their scale.
+      CHECK(torch::allclose(act, want, 1e-4, 1e-5 * want.abs().max().item<double>()));
+    }
+  }
+  select_kernels(nullptr);
+}
+
+TEST_CASE("argmax_rows: the first largest of each row, as torch::argmax", "[kernels][sampling]") {
+  for (const auto& isa : std::vector<std::string>{"", "avx2", "avx512"}) {
+    if (!select_kernels(isa.c_str())) continue;
+    INFO("kernels: '" << small_gemm_isa() << "'");
+    torch::manual_seed(6);
+    for (int64_t n : {1, 7, 16, 33, 32000}) {
+      auto x = torch::randn({5, n});
+      // Ties: row 1's largest twice (the first must win), row 2 all equal, row 3 -inf but one
+      // entry, row 4 the largest in the tail after the whole vectors.
+      x[1][n / 2] = 9;
+      x[1][n - 1] = 9;
+      x[2].fill_(1.5);
+      x[3].fill_(-std::numeric_limits<float>::infinity());
+      x[3][n - 1] = -1e30f;
+      x[4][n - 1] = 50;
+      std::vector<int64_t> got(5, -1);
+      argmax_rows(x.data_ptr<float>(), 5, n, got.data());
+      auto want = x.argmax(-1);
+      for (int64_t r = 0; r < 5; ++r) {
+        INFO("n=" << n << " row " << r);
+        CHECK(got[r] == want[r].item<int64_t>());
+      }
+    }
+  }
+  select_kernels(nullptr);
+}
+
 // The reference: softmax(q k^T * scale, masked to slots >= pad) v, per row and head.
 static torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                          const std::vector<int64_t>& pad, int64_t S, double scale) {

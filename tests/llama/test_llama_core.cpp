@@ -1,4 +1,5 @@
 // LLaMA core: safetensors reading and writing, config.json, the forward pass and its KV cache.
+#include "decode_kernels.hpp"
 #include "model.hpp"
 #include "safetensors.hpp"
 
@@ -163,6 +164,35 @@ TEST_CASE("model: save then load is bit-exact; sharded loads like a single file"
   auto c = LlamaModel::load(dir / "bf16");
   CHECK(c.dtype() == torch::kBFloat16);
   CHECK(c.config().torch_dtype == "bfloat16");
+}
+
+TEST_CASE("model: the CPU decoding step on kernels equals libtorch's ops, left padding and GQA included", "[model]") {
+  if (!*small_gemm_isa()) {
+    WARN("no decode kernels for this CPU: decoding steps run on libtorch's ops only");
+    return;
+  }
+  auto cfg = LlamaConfig::preset("tiny");  // 4 heads, 2 KV heads
+  auto m = LlamaModel::random(cfg, 8);
+  c10::InferenceMode inference;
+  auto prompt = torch::randint(0, cfg.vocab_size, {3, 6}, torch::kInt64);
+  auto pad = torch::tensor(std::vector<int64_t>{0, 2, 5});
+  auto run = [&](const char* kernels) {
+    select_kernels(kernels);
+    auto cache = KVCache::create(cfg, 3, 12, torch::TensorOptions());
+    m.forward(prompt, &cache, pad);
+    std::vector<torch::Tensor> steps;
+    for (int64_t t = 0; t < 5; ++t)
+      steps.push_back(m.forward(torch::tensor(std::vector<int64_t>{7 + t, 100 + t, 300 + t}).view({3, 1}), &cache, pad));
+    select_kernels(nullptr);
+    return std::make_pair(torch::cat(steps, 1), cache);
+  };
+  auto [fast, fast_cache] = run(nullptr);
+  auto [ops, ops_cache] = run("");
+  CHECK(torch::allclose(fast, ops, 1e-5, 1e-5));
+  for (std::size_t l = 0; l < fast_cache.k.size(); ++l) {  // the cache slots written are the same
+    CHECK(torch::allclose(fast_cache.k[l], ops_cache.k[l], 1e-5, 1e-5));
+    CHECK(torch::allclose(fast_cache.v[l], ops_cache.v[l], 1e-5, 1e-5));
+  }
 }
 
 TEST_CASE("model: full forward equals incremental decoding with the KV cache", "[model]") {

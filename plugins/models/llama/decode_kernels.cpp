@@ -75,8 +75,10 @@ VHOST_INLINE float lanes_sum(vec x) {
 }
 
 // C[r, c] for r < MR, c < NR: A and W advanced to the tile's first rows; both have row stride K.
+// With `add` the sums are added to C instead of stored.
 template <int V, int MR, int NR>
-VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int64_t ldc, const float* next = nullptr) {
+VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int64_t ldc, bool add,
+                       const float* next = nullptr) {
   typedef float vec __attribute__((vector_size(4 * V)));
   static_assert(MR * NR <= V, "a tile has at most V accumulators");
   vec acc[V] = {};
@@ -116,24 +118,24 @@ VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int6
   float sums[V];
   std::memcpy(sums, &acc[0], sizeof sums);
   for (int r = 0; r < MR; ++r)
-    for (int c = 0; c < NR; ++c) C[r * ldc + c] = sums[r * NR + c];
+    for (int c = 0; c < NR; ++c) C[r * ldc + c] = add ? C[r * ldc + c] + sums[r * NR + c] : sums[r * NR + c];
 }
 
 // A tile of mr <= MR rows by nr <= NR columns, with the sizes made compile-time constants.
 template <int V, int MR, int NR>
-VHOST_INLINE void any_tile(int mr, int nr, const float* A, const float* W, int64_t K, float* C, int64_t ldc,
+VHOST_INLINE void any_tile(int mr, int nr, const float* A, const float* W, int64_t K, float* C, int64_t ldc, bool acc,
                            const float* next = nullptr) {
   if constexpr (MR > 1)
-    if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, next);
+    if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, acc, next);
   if constexpr (NR > 1)
-    if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, next);
-  tile<V, MR, NR>(A, W, K, C, ldc, next);
+    if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, acc, next);
+  tile<V, MR, NR>(A, W, K, C, ldc, acc, next);
 }
 
 // Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache.
 template <int V, int MR, int NR>
-VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C, int64_t t0,
-                               int64_t t1) {
+VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C, bool acc,
+                               int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t * NR;
     const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
@@ -141,11 +143,43 @@ VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_
     const float* next = n + 2 * NR <= N ? W + (n + NR) * K : nullptr;
     for (int64_t m = 0; m < M; m += MR)
       any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * K, W + n * K, K, C + m * N + n, N,
-                          m == 0 ? next : nullptr);
+                          acc, m == 0 ? next : nullptr);
   }
 }
 
-using RangeFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, int64_t);
+// silu(g) * u on a vector: g * sigmoid(g), sigmoid from e = exp(-|g|) <= 1 (never overflows).
+template <int V, typename vec>
+VHOST_INLINE vec silu_mul(vec g, vec u);
+
+// Column tiles [t0, t1) of both Wg and Wu: each tile's two MR x NR blocks of sums, then
+// C = silu(gate) * up for them, so the gate and up projections never reach memory.
+template <int V, int MR, int NR>
+VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const float* Wg, const float* Wu, int64_t N, int64_t K, float* C,
+                                int64_t t0, int64_t t1) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  static_assert(MR * NR == V, "one tile's sums fill one vector");
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t * NR;
+    const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
+    const bool more = n + 2 * NR <= N;  // the first row tile prefetches the next column tile
+    for (int64_t m = 0; m < M; m += MR) {
+      const int mr = static_cast<int>(std::min<int64_t>(MR, M - m));
+      float g[V] = {}, u[V] = {};
+      any_tile<V, MR, NR>(mr, nr, A + m * K, Wg + n * K, K, g, NR, false, m == 0 && more ? Wg + (n + NR) * K : nullptr);
+      any_tile<V, MR, NR>(mr, nr, A + m * K, Wu + n * K, K, u, NR, false, m == 0 && more ? Wu + (n + NR) * K : nullptr);
+      vec gv, uv;
+      std::memcpy(&gv, g, sizeof gv);
+      std::memcpy(&uv, u, sizeof uv);
+      gv = silu_mul<V>(gv, uv);
+      std::memcpy(g, &gv, sizeof gv);
+      for (int r = 0; r < mr; ++r)
+        for (int c = 0; c < nr; ++c) C[(m + r) * N + n + c] = g[r * NR + c];
+    }
+  }
+}
+
+using RangeFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, bool, int64_t, int64_t);
+using GateUpFn = void (*)(const float*, int64_t, const float*, const float*, int64_t, int64_t, float*, int64_t, int64_t);
 using AttendFn = void (*)(const DecodeAttention&, int64_t, int64_t);
 
 // One query row q [hd] against keys K and values V [S, hd] from slot first on, any head size:
@@ -192,6 +226,13 @@ VHOST_INLINE vec exp_nonpositive(vec x) {
   std::memcpy(&scale, &bits, sizeof scale);
   p = p * scale;
   return under ? vec{} : p;
+}
+
+template <int V, typename vec>
+VHOST_INLINE vec silu_mul(vec g, vec u) {
+  const vec e = exp_nonpositive<V>(g < 0 ? g : -g);
+  const vec one = vec{} + 1.0f;
+  return g * ((g < 0 ? e : one) / (one + e)) * u;
 }
 
 // One query row against its keys and values, head size D vectors of V floats: scores for V keys
@@ -309,8 +350,12 @@ VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) 
 
 // 16 floats a vector, 4x4 tiles: 16 accumulators + 4 weight vectors + 1 of A in 32 registers.
 __attribute__((target("avx512f"))) void range_avx512(const float* A, int64_t M, const float* W, int64_t N, int64_t K,
-                                                     float* C, int64_t t0, int64_t t1) {
-  column_tiles<16, 4, 4>(A, M, W, N, K, C, t0, t1);
+                                                     float* C, bool acc, int64_t t0, int64_t t1) {
+  column_tiles<16, 4, 4>(A, M, W, N, K, C, acc, t0, t1);
+}
+__attribute__((target("avx512f"))) void gate_up_avx512(const float* A, int64_t M, const float* Wg, const float* Wu,
+                                                       int64_t N, int64_t K, float* C, int64_t t0, int64_t t1) {
+  gate_up_tiles<16, 4, 4>(A, M, Wg, Wu, N, K, C, t0, t1);
 }
 __attribute__((target("avx512f"))) void attend_avx512(const DecodeAttention& a, int64_t r0, int64_t r1) {
   attend_rows<16>(a, r0, r1);
@@ -318,8 +363,12 @@ __attribute__((target("avx512f"))) void attend_avx512(const DecodeAttention& a, 
 
 // 8 floats a vector, 4x2 tiles: 8 accumulators + 2 + 1 in 16 registers.
 __attribute__((target("avx2,fma"))) void range_avx2(const float* A, int64_t M, const float* W, int64_t N, int64_t K,
-                                                   float* C, int64_t t0, int64_t t1) {
-  column_tiles<8, 4, 2>(A, M, W, N, K, C, t0, t1);
+                                                   float* C, bool acc, int64_t t0, int64_t t1) {
+  column_tiles<8, 4, 2>(A, M, W, N, K, C, acc, t0, t1);
+}
+__attribute__((target("avx2,fma"))) void gate_up_avx2(const float* A, int64_t M, const float* Wg, const float* Wu,
+                                                     int64_t N, int64_t K, float* C, int64_t t0, int64_t t1) {
+  gate_up_tiles<8, 4, 2>(A, M, Wg, Wu, N, K, C, t0, t1);
 }
 __attribute__((target("avx2,fma"))) void attend_avx2(const DecodeAttention& a, int64_t r0, int64_t r1) {
   attend_rows<8>(a, r0, r1);
@@ -348,6 +397,40 @@ VHOST_INLINE float exp_weights(const float* x, int64_t n, float inv_t, float* w)
   for (; i < n; ++i) w[i] = std::exp((x[i] - mx) * inv_t);
   return mx;
 }
+// The first index of the largest of x[0..n) (NaN never is; 0 when nothing is larger than -inf).
+// Each lane keeps its first largest; ties between lanes go to the lower index.
+template <int V>
+VHOST_INLINE int64_t argmax_vec(const float* x, int64_t n) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  typedef int32_t ivec __attribute__((vector_size(4 * V)));
+  int32_t lanes[V];
+  for (int j = 0; j < V; ++j) lanes[j] = j;
+  ivec lane, at = ivec{};
+  std::memcpy(&lane, lanes, sizeof lane);
+  vec best = vec{} - std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  for (; i + V <= n && i + V <= INT32_MAX; i += V) {
+    vec v;
+    std::memcpy(&v, x + i, sizeof v);
+    const ivec more = v > best;
+    best = more ? v : best;
+    at = more ? lane + static_cast<int32_t>(i) : at;
+  }
+  float b[V];
+  int32_t a[V];
+  std::memcpy(b, &best, sizeof b);
+  std::memcpy(a, &at, sizeof a);
+  float m = b[0];
+  int64_t idx = a[0];
+  for (int j = 1; j < V; ++j)
+    if (b[j] > m || (b[j] == m && a[j] < idx)) m = b[j], idx = a[j];
+  for (; i < n; ++i)
+    if (x[i] > m) m = x[i], idx = i;
+  return idx;
+}
+__attribute__((target("avx512f"))) int64_t argmax_avx512(const float* x, int64_t n) { return argmax_vec<16>(x, n); }
+__attribute__((target("avx2,fma"))) int64_t argmax_avx2(const float* x, int64_t n) { return argmax_vec<8>(x, n); }
+
 __attribute__((target("avx512f"))) float exp_avx512(const float* x, int64_t n, float inv_t, float* w) {
   return exp_weights<16>(x, n, inv_t, w);
 }
@@ -361,15 +444,18 @@ struct Isa {
   int64_t nr;  // columns (rows of W) per tile
   AttendFn attend;
   ExpFn exp;
+  GateUpFn gate_up;
+  int64_t (*argmax)(const float*, int64_t);
 };
 
 Isa pick(const char* name) {
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool best = name == nullptr;
   const std::string want = name ? name : "";
-  if (avx512 && (want.empty() || want == "avx512")) return Isa{"avx512", range_avx512, 4, attend_avx512, exp_avx512};
-  if (avx2 && (want.empty() || want == "avx2" || want == "avx512")) return Isa{"avx2", range_avx2, 2, attend_avx2, exp_avx2};
-  return Isa{"", nullptr, 1, nullptr, nullptr};
+  if (avx512 && (best || want == "avx512")) return Isa{"avx512", range_avx512, 4, attend_avx512, exp_avx512, gate_up_avx512, argmax_avx512};
+  if (avx2 && (best || want == "avx2" || want == "avx512")) return Isa{"avx2", range_avx2, 2, attend_avx2, exp_avx2, gate_up_avx2, argmax_avx2};
+  return Isa{"", nullptr, 1, nullptr, nullptr, nullptr, nullptr};
 }
 
 Isa& isa() {
@@ -386,13 +472,41 @@ bool select_kernels(const char* name) {
 
 const char* small_gemm_isa() { return isa().name; }
 
-bool small_gemm(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C) {
+// Column tiles per parallel_for chunk such that a thread's share is worth waking it for: at least
+// ~64K multiply-adds.
+static int64_t tile_grain(int64_t M, int64_t K, int64_t nr) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, M * K * nr));
+}
+
+bool small_gemm(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C, bool accumulate) {
   const Isa s = isa();
   if (!s.fn) return false;
   const int64_t tiles = (N + s.nr - 1) / s.nr;
-  // A thread's share should be worth waking it for: at least ~64K multiply-adds.
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, M * K * s.nr));
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) { s.fn(A, M, W, N, K, C, t0, t1); });
+  at::parallel_for(0, tiles, tile_grain(M, K, s.nr),
+                   [&](int64_t t0, int64_t t1) { s.fn(A, M, W, N, K, C, accumulate, t0, t1); });
+  return true;
+}
+
+bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* outs, int n) {
+  const Isa s = isa();
+  if (!s.fn) return false;
+  std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);  // first tile of each output in one index space
+  for (int i = 0; i < n; ++i) first[i + 1] = first[i] + (outs[i].N + s.nr - 1) / s.nr;
+  at::parallel_for(0, first[n], tile_grain(M, K, s.nr), [&](int64_t t0, int64_t t1) {
+    for (int i = 0; i < n; ++i) {
+      const int64_t a = std::max(t0, first[i]), b = std::min(t1, first[i + 1]);
+      if (a < b) s.fn(A, M, outs[i].W, outs[i].N, K, outs[i].C, false, a - first[i], b - first[i]);
+    }
+  });
+  return true;
+}
+
+bool gate_up_silu(const float* A, int64_t M, int64_t K, const float* Wg, const float* Wu, int64_t N, float* C) {
+  const Isa s = isa();
+  if (!s.gate_up) return false;
+  const int64_t tiles = (N + s.nr - 1) / s.nr;
+  at::parallel_for(0, tiles, std::max<int64_t>(1, tile_grain(M, K, s.nr) / 2),
+                   [&](int64_t t0, int64_t t1) { s.gate_up(A, M, Wg, Wu, N, K, C, t0, t1); });
   return true;
 }
 
@@ -405,14 +519,18 @@ bool decode_attention(const DecodeAttention& a) {
 }
 
 static ExpFn exp_fn() { return isa().exp; }
+static int64_t (*argmax_fn())(const float*, int64_t) { return isa().argmax; }
 
 #else  // not x86 with GCC/Clang: libtorch and BLAS only
 
 const char* small_gemm_isa() { return ""; }
 bool select_kernels(const char* name) { return name == nullptr || !*name; }
-bool small_gemm(const float*, int64_t, const float*, int64_t, int64_t, float*) { return false; }
+bool small_gemm(const float*, int64_t, const float*, int64_t, int64_t, float*, bool) { return false; }
+bool small_gemm_many(const float*, int64_t, int64_t, const GemmOutput*, int) { return false; }
+bool gate_up_silu(const float*, int64_t, int64_t, const float*, const float*, int64_t, float*) { return false; }
 bool decode_attention(const DecodeAttention&) { return false; }
 static ExpFn exp_fn() { return nullptr; }
+static int64_t (*argmax_fn())(const float*, int64_t) { return nullptr; }
 
 #endif
 
@@ -429,6 +547,25 @@ void rms_norm_rows(const float* x, const float* w, int64_t R, int64_t D, float e
     const float inv = 1.0f / std::sqrt(ss / static_cast<float>(D) + eps);
     for (int64_t k = 0; k < D; ++k) o[k] = w[k] * (xr[k] * inv);
   }
+}
+
+void argmax_rows(const float* x, int64_t R, int64_t n, int64_t* out) {
+  auto f = argmax_fn();
+  auto rows = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = x + r * n;
+      if (f) {
+        out[r] = f(row, n);
+        continue;
+      }
+      int64_t idx = 0;
+      for (int64_t i = 1; i < n; ++i)
+        if (row[i] > row[idx]) idx = i;
+      out[r] = idx;
+    }
+  };
+  // Rows of the vocabulary size are worth a thread each.
+  at::parallel_for(0, R, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, n)), rows);
 }
 
 // The scalar weights, for CPUs without a kernel (and an infinite maximum: weight 1 where it is).

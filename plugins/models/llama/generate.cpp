@@ -77,9 +77,17 @@ int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const
   return draw(probs, uniform(gen));
 }
 
-// The first largest logit of each row of [R, V], as argmax; max(-1)'s indices are the same and
-// 3x faster in libtorch 1.13 on the CPU (0.14 vs 0.45 ms for 16 x 32000 here).
-static torch::Tensor greedy_ids(const torch::Tensor& logits) { return std::get<1>(logits.max(-1)).contiguous(); }
+// The first largest logit of rows `rows` of lg ([R, V], float32, contiguous, on the CPU), as
+// argmax, into out[row].
+static void greedy_ids(const torch::Tensor& lg, const std::vector<int64_t>& rows, std::vector<int64_t>& out) {
+  const int64_t R = lg.size(0), V = lg.size(1);
+  const float* x = lg.data_ptr<float>();
+  if (static_cast<int64_t>(rows.size()) == R && static_cast<int64_t>(out.size()) >= R) {
+    argmax_rows(x, R, V, out.data());  // rows are 0..R-1 (they are ascending and distinct)
+    return;
+  }
+  for (auto r : rows) argmax_rows(x + r * V, 1, V, &out[static_cast<std::size_t>(r)]);
+}
 
 std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vector<const SamplingParams*>& params,
                                    const std::vector<const std::vector<int32_t>*>& seen,
@@ -95,13 +103,9 @@ std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vecto
     if (!plain(p)) out[r] = sample_token(lg[r], p, *seen[r], *gens[r]);
     else (p.temperature == 0 ? greedy : sampled).push_back(r);
   }
-  if (!greedy.empty()) {
-    auto idx = torch::tensor(greedy, torch::kInt64);
-    auto am = greedy_ids(lg.index_select(0, idx));
-    for (std::size_t i = 0; i < greedy.size(); ++i) out[greedy[i]] = am.data_ptr<int64_t>()[i];
-  }
+  auto rows = lg.contiguous();
+  if (!greedy.empty()) greedy_ids(rows, greedy, out);
   if (!sampled.empty()) {
-    auto rows = lg.contiguous();
     const int64_t V = rows.size(1);
     for (auto r : sampled)
       out[r] = softmax_draw(rows.data_ptr<float>() + r * V, V, static_cast<float>(1.0 / params[r]->temperature),
@@ -206,13 +210,11 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
   const torch::Tensor step_pad = any_pad ? pad : torch::Tensor();
   auto logits = model.forward(tokens, &cache, step_pad, /*last_only=*/true).select(1, 0);  // [B, V]
   const bool plain_greedy = p.temperature == 0 && p.repetition_penalty == 1.0;
-  std::vector<int64_t> next_ids(B);
+  std::vector<int64_t> next_ids(B), all_rows(B);
+  for (int64_t b = 0; b < B; ++b) all_rows[b] = b;
   for (int64_t step = 0; step < p.max_tokens; ++step) {
     auto lg = logits.to(torch::kCPU, torch::kFloat32).contiguous();
-    if (plain_greedy) {
-      auto am = greedy_ids(lg);
-      std::copy(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B, next_ids.begin());
-    }
+    if (plain_greedy) greedy_ids(lg, all_rows, next_ids);
     if (!plain_greedy) {
       std::vector<int64_t> rows;
       for (int64_t b = 0; b < B; ++b)

@@ -72,6 +72,9 @@ class LlamaModel {
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
   torch::Tensor forward_rows(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad,
                              bool last_only) const;
+  // forward_rows for one new token per row, float32 on the CPU outside autograd, on raw buffers
+  // with the decode kernels; undefined where it does not apply.
+  torch::Tensor decode_step(const torch::Tensor& tokens, KVCache& cache, const torch::Tensor& left_pad) const;
   int64_t largest_matrix_ = 0;  // elements of the largest weight matrix
   LlamaConfig cfg_;
   torch::Device device_;
