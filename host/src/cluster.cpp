@@ -340,7 +340,14 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
     const bool stream = body.value("stream", false);
     ++api_requests;
     std::vector<std::string> tried;
-    // Up to three workers: one that cannot be reached is skipped (a dead worker's request is retried).
+    // A worker's reply that says the failure was on its side (500, 502, 503, 504: it broke or is
+    // going down) or that it is full (429): another worker may well answer. Kept, so that when no
+    // worker is left to try the client gets the last one's reply rather than a generic error.
+    int failed_status = 0;
+    std::string failed_body;
+    auto worker_side = [](int status) { return status == 429 || status == 500 || status == 502 || status == 503 || status == 504; };
+    // Up to three workers: one that cannot be reached, dies before answering or answers with a
+    // worker-side failure is skipped and the request goes to another.
     for (int attempt = 0; attempt < 3; ++attempt) {
       json pick;
       try {
@@ -350,6 +357,11 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
         return error(res, 503, e.what(), "server_error");
       }
       std::string address = pick.value("address", "");
+      if (address.empty() && failed_status) {
+        res.status = failed_status;
+        res.set_content(failed_body, "application/json");
+        return;
+      }
       if (address.empty()) {
         if (!pick.value("known", false))
           return error(res, 404, "the model '" + model + "' does not exist (GET /v1/models lists them)",
@@ -364,6 +376,12 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
         auto r = cli.Post(req.path, req.body, "application/json");
         if (!r) {  // unreachable or died mid-request: another worker
           ++api_retries;
+          continue;
+        }
+        if (worker_side(r->status) && attempt + 1 < 3) {
+          ++api_retries;
+          failed_status = r->status;
+          failed_body = r->body;
           continue;
         }
         res.status = r->status;
@@ -433,6 +451,12 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
           ++api_retries;
           continue;
         }
+        if (worker_side(status) && attempt + 1 < 3) {
+          ++api_retries;
+          failed_status = status;
+          failed_body = relay->body;
+          continue;
+        }
         res.status = status;
         res.set_content(relay->body, "application/json");
         return;
@@ -465,6 +489,11 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
             relay->cv.notify_all();
             relay->thread.join();
           });
+      return;
+    }
+    if (failed_status) {
+      res.status = failed_status;
+      res.set_content(failed_body, "application/json");
       return;
     }
     error(res, 503, "no worker of '" + model + "' answered", "server_error", "", "unavailable");

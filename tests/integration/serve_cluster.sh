@@ -79,4 +79,57 @@ kill -TERM "${pids[0]}"; wait "${pids[0]}" || true
 "$vhost" controller --port "$CPORT" --expiry 2 > controller2.log 2>&1 & pids+=($!)
 wait_workers 2
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"other","prompt":"Hi","max_tokens":3}')" = 200 ]
+
+echo "== a worker that answers with a failure of its own: the request goes to another worker"
+# A stand-in worker registers for tiny with a capacity that makes the controller pick it first,
+# and answers every request with a 503 (as a worker going down does) or a 500.
+cat > broken_worker.py <<'PY'
+import http.server, json, sys, threading, time, urllib.request
+controller = sys.argv[1]
+hits = 0
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        global hits
+        hits += 1
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status = 503 if hits % 2 else 500
+        body = json.dumps({"error": {"message": "worker failure %d" % hits, "type": "server_error", "param": None, "code": None}}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        with open("broken_hits", "w") as f: f.write(str(hits))
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+me = "http://127.0.0.1:%d" % srv.server_address[1]
+def beat():
+    path = "/register"
+    while True:
+        req = urllib.request.Request(controller + path, json.dumps({"address": me, "models": ["tiny"], "capacity": 1000, "queue": 0}).encode(), {"Content-Type": "application/json"})
+        urllib.request.urlopen(req).read()
+        path = "/heartbeat"
+        time.sleep(0.2)
+threading.Thread(target=beat, daemon=True).start()
+srv.serve_forever()
+PY
+python3 broken_worker.py "http://127.0.0.1:$CPORT" & pids+=($!); BROKEN=$!
+wait_workers 3
+before=$(curl -s "http://127.0.0.1:$APORT/metrics" | sed -n 's/^vhost_api_retries_total //p')
+for i in 1 2 3; do
+  code=$(curl -s -o out.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d "{\"model\":\"tiny\",\"prompt\":\"Hi\",\"max_tokens\":4,\"seed\":$i}")
+  [ "$code" = 200 ] || { echo "request $i beside a failing worker: HTTP $code"; cat out.json; exit 1; }
+  curl -s -N "http://127.0.0.1:$APORT/v1/completions" -d "{\"model\":\"tiny\",\"prompt\":\"Hi\",\"max_tokens\":4,\"seed\":$i,\"stream\":true}" > out.sse
+  tail -n 2 out.sse | grep -q '^data: \[DONE\]' && ! grep -q '"error"' out.sse || { echo "stream $i beside a failing worker:"; cat out.sse; exit 1; }
+done
+after=$(curl -s "http://127.0.0.1:$APORT/metrics" | sed -n 's/^vhost_api_retries_total //p')
+hits=$(cat broken_hits 2>/dev/null || echo 0)
+[ "$hits" -ge 6 ] && [ "$((after - before))" -ge 6 ] || { echo "the failing worker got $hits requests, $((after - before)) retries"; exit 1; }
+echo "  6 requests first sent to a failing worker: all answered by the other ($((after - before)) retries)"
+# The model's only workers failing: the client gets the last failure as it was, not a generic one.
+eval "kill -KILL \$W$((3 - victim))PID"
+code=$(curl -s -o out.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"tiny","prompt":"Hi","max_tokens":4}')
+[ "$code" = 503 ] || [ "$code" = 500 ] || { echo "only failing workers: HTTP $code"; cat out.json; exit 1; }
+grep -q '"message": *"worker failure' out.json || { echo "only failing workers:"; cat out.json; exit 1; }
+kill "$BROKEN"
 echo "serve_cluster: ok"
