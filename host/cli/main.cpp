@@ -201,7 +201,8 @@ int main(int argc, char** argv) {
   auto* serve = app.add_subcommand("serve", "serve models over an OpenAI-compatible API with a web chat page");
   auto* worker = app.add_subcommand("worker", "serve models as a worker of a controller (vhost serve --controller)");
   std::vector<std::string> serve_models, serve_keys, serve_blocked;
-  std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_controller, serve_advertise;
+  std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_controller, serve_advertise, serve_moderation,
+              serve_moderation_model = "omni-moderation-latest";
   int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64, serve_interval = 16,
           serve_flush_ms = 20;
   double serve_heartbeat = 5;
@@ -216,6 +217,10 @@ int main(int argc, char** argv) {
     sub->add_option("--template", serve_template, "conversation template for chat (default vicuna_v1.1)");
     sub->add_option("--log", serve_log, "append conversations to this JSONL file");
     sub->add_option("--blocked-word", serve_blocked, "moderation: refuse prompts containing this (repeatable)");
+    sub->add_option("--moderation", serve_moderation,
+                    "moderation: also ask this OpenAI-compatible endpoint's /moderations about every prompt "
+                    "(e.g. https://api.openai.com/v1; key from OPENAI_API_KEY)");
+    sub->add_option("--moderation-model", serve_moderation_model, "the model --moderation asks")->capture_default_str();
     sub->add_option("--stream-interval", serve_interval, "streaming: write once this many tokens wait")->capture_default_str();
     sub->add_option("--stream-flush-ms", serve_flush_ms, "streaming: or this many ms after the last write (0: by count only)")
         ->capture_default_str();
@@ -411,12 +416,16 @@ int main(int argc, char** argv) {
                 "\nmax_batch = " + std::to_string(serve_batch) + "\nmax_queue = " + std::to_string(serve_queue) +
                 (serve_template.empty() ? std::string() : "\ntemplate = " + q(serve_template)) + "\n";
       }
+      if (!serve_moderation.empty())
+        toml += "[judges.moderation]\nplugin = \"openai\"\nbase_url = " + q(serve_moderation) + "\nmodel = " +
+                q(serve_moderation_model) + "\nmoderation_model = " + q(serve_moderation_model) + "\n";
       vh::json keys = serve_keys;
+      vh::json moderators = serve_moderation.empty() ? vh::json::array() : vh::json::array({"judges.moderation"});
       toml += "[stages.serve]\nhost = " + q(serve_host) + "\nport = " + std::to_string(serve_port) +
               "\napi_keys = " + keys.dump() + "\nlog = " + q(serve_log.empty() ? "" : std::filesystem::absolute(serve_log).string()) +
               "\ncontroller = " + q(serve_controller) + "\nadvertise = " + q(serve_advertise) +
               "\nheartbeat = " + vh::json(serve_heartbeat).dump() + "\nblocked_words = " + vh::json(serve_blocked).dump() +
-              "\nstream_interval = " + std::to_string(serve_interval) +
+              "\nmoderators = " + moderators.dump() + "\nstream_interval = " + std::to_string(serve_interval) +
               "\nstream_flush_ms = " + std::to_string(serve_flush_ms) + "\n";
       auto p = host.load_string(toml, "vhost serve");
       host.run(p);

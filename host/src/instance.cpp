@@ -101,6 +101,25 @@ json Instance::judge_complete(const json& request) {
   }
 }
 
+json Instance::judge_moderate(const json& request) {
+  auto* t = iface<vhost_judge_iface>(VHOST_KIND_JUDGE, VHOST_SLOT_END(vhost_judge_iface, moderate), "moderate");
+  if (!t->moderate) throw PluginError(plugin_->label() + ": this judge does not moderate content");
+  StringSink out;
+  check(t->moderate(self_, request.dump().c_str(), &out.sink), "moderation failed");
+  json reply;
+  try {
+    reply = json::parse(out.data);
+  } catch (const json::exception& e) {
+    throw PluginError(plugin_->label() + ": its moderation reply is not valid JSON: " + e.what());
+  }
+  if (!reply.is_object() || !reply.contains("flagged") || !reply["flagged"].is_boolean())
+    throw PluginError(plugin_->label() + ": its moderation reply has no boolean \"flagged\": " + out.data.substr(0, 200));
+  if (!reply.contains("categories")) reply["categories"] = json::array();
+  if (!reply["categories"].is_array())
+    throw PluginError(plugin_->label() + ": its moderation reply's \"categories\" is not a list: " + out.data.substr(0, 200));
+  return reply;
+}
+
 std::vector<int32_t> Instance::model_encode(const std::string& text, bool bos, bool eos) {
   auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, encode), "encode");
   std::vector<int32_t> ids;

@@ -26,8 +26,10 @@ class Instance {
   void* self() const { return self_; }
   json describe();
   const void* extension(const std::string& name);
-  // The judge kind's one call.
+  // The judge kind: a chat completion, and (ABI 1.3) content moderation, whose reply is checked
+  // to hold a boolean "flagged" and a list of "categories".
   json judge_complete(const json& request);
+  json judge_moderate(const json& request);
   // The model kind.
   std::vector<int32_t> model_encode(const std::string& text, bool bos, bool eos);
   std::string model_decode(const std::vector<int32_t>& ids);

@@ -6,6 +6,7 @@
 #include <vhost/host/error.hpp>
 
 #include <httplib.h>
+#include <spdlog/spdlog.h>
 
 #include <sys/socket.h>
 
@@ -427,9 +428,32 @@ struct ApiServer::Impl {
         });
   }
 
-  // The moderation hook: a word list from the configuration. A flagged request is refused
-  // before it reaches a model, as the Vicuna demo's moderation filter did.
+  // The moderation hook: a word list from the configuration, then the moderators (judge
+  // plugins, such as OpenAI's moderation endpoint, which the Vicuna demo's filter used). A
+  // flagged request is refused before it reaches a model.
   void moderate(const std::vector<std::string>& texts) {
+    words_filter(texts);
+    for (Instance* m : opt.moderators) {
+      json verdict;
+      try {
+        verdict = m->judge_moderate({{"input", texts}});
+      } catch (const std::exception& e) {
+        ++errors;
+        spdlog::error("[serve] moderation by {} failed: {}", m->id(), e.what());
+        throw ApiError(503, "the moderation filter is unavailable; the request was not run", "server_error", "",
+                       "moderation_unavailable");
+      }
+      if (verdict["flagged"].get<bool>()) {
+        ++errors;
+        std::string cats;
+        for (const auto& c : verdict["categories"]) cats += (cats.empty() ? "" : ", ") + (c.is_string() ? c.get<std::string>() : c.dump());
+        record({{"time", now_s()}, {"moderated", true}, {"moderator", m->id()}, {"categories", verdict["categories"]}});
+        throw ApiError(400, "the request was refused by the moderation filter" + (cats.empty() ? std::string() : " (" + cats + ")"),
+                       "invalid_request_error", "messages", "content_filter");
+      }
+    }
+  }
+  void words_filter(const std::vector<std::string>& texts) {
     if (opt.blocked_words.empty()) return;
     auto lower = [](std::string x) {
       for (char& ch : x) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));

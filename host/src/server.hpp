@@ -25,6 +25,9 @@ struct ServeOptions {
   std::size_t max_body = 1 << 20;     // bytes
   std::string log_file;               // conversation log (JSONL); empty: none
   std::vector<std::string> blocked_words;  // moderation: prompts containing any (any case) are refused
+  // Moderation by judge instances (their `moderate`): a prompt any of them flags is refused; one
+  // that cannot answer refuses the request too (503): the filter fails closed.
+  std::vector<Instance*> moderators;
   // Streaming (each token stays its own SSE event; these only decide how many go per socket
   // write). The first token is written at once. After it, a stream's pending tokens are written
   // when stream_interval of them are waiting, or once stream_flush_ms have passed since the

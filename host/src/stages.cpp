@@ -456,6 +456,17 @@ json run_serve(StageContext& ctx) {
   o.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
   o.log_file = c["log"].get<std::string>();
   o.blocked_words = c["blocked_words"].get<std::vector<std::string>>();
+  for (const auto& ref : c["moderators"].get<std::vector<std::string>>()) {
+    Instance& inst = ctx.instance(ref);
+    if (inst.plugin().kind != std::string(VHOST_KIND_JUDGE))
+      throw ConfigError(ctx.id + ".moderators: '" + ref + "' is a " + inst.plugin().kind + ", not a judge");
+    try {  // a judge that cannot moderate is found now, not at the first prompt
+      inst.judge_moderate({{"input", json::array()}});
+    } catch (const std::exception& e) {
+      throw ConfigError(ctx.id + ".moderators: '" + ref + "' cannot moderate: " + e.what());
+    }
+    o.moderators.push_back(&inst);
+  }
   o.stream_interval = static_cast<int>(c["stream_interval"].get<int64_t>());
   o.stream_flush_ms = static_cast<int>(c["stream_flush_ms"].get<int64_t>());
   if (c["background"].get<bool>()) {
@@ -601,6 +612,8 @@ const std::vector<StageType>& stage_types() {
         option_spec("max_body", "integer", 1048576, "largest request body in bytes", 1024, 1e9),
         option_spec("log", "path", "", "append every conversation to this JSONL file (empty: none)"),
         option_spec("blocked_words", "string_list", json::array(), "moderation: refuse prompts containing any of these"),
+        option_spec("moderators", "string_list", json::array(),
+                    "moderation: judge instances (judges.NAME) that check every prompt; one flagging it refuses it"),
         option_spec("stream_interval", "integer", 16,
                     "streaming: write a stream's pending tokens (each its own SSE event) once this many wait (1: every token at once)",
                     1, 256),
@@ -611,7 +624,7 @@ const std::vector<StageType>& stage_types() {
         option_spec("advertise", "string", "", "the URL the controller hands out for this worker (default: http://host:port)"),
         option_spec("heartbeat", "float", 5.0, "seconds between heartbeats to the controller", 0.05, 3600)},
        {},
-       {"models"},
+       {"models", "moderators"},
        run_serve},
       {"eval",
        "Answers a question set with models, grades the answers with a judge, and reports (Markdown, JSON, HTML).",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The openai judge against a scripted endpoint (timeouts, 429, 500, truncated JSON, missing
-# content, a 400), its cache (a second run pays nothing), and against vhost's own server (real
-# HTTP, the local judge of the demo).
+# content, a 400), its cache (a second run pays nothing), against vhost's own server (real
+# HTTP, the local judge of the demo), and as a serve stage's moderator.
 #   judge_openai.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
@@ -84,4 +84,77 @@ env -u OPENAI_API_KEY "$vhost" run local.toml > local.log 2>&1 || { cat local.lo
 grep -q "serving in the background on http://127.0.0.1:$LPORT" local.log
 grep -q "judges.local replied in" local.log
 echo "  a local judge served by vhost: ok"
+
+# Moderation: the serve stage asks the openai judge's moderation endpoint about every prompt.
+MPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+modpipe() {  # modpipe MODERATORS
+  cat > mod.toml <<TOML
+[pipeline]
+name = "moderated"
+stages = ["serve"]
+[backends.cpu]
+plugin = "cpu"
+threads = 1
+[models.tiny]
+plugin = "llama"
+path = "$scratch/tiny"
+[judges.mod]
+plugin = "openai"
+base_url = "http://127.0.0.1:$PORT/v1"
+api_key = "test"
+max_retries = 1
+backoff_s = 0.01
+[stages.serve]
+port = $MPORT
+moderators = $1
+TOML
+}
+modpipe '["judges.mod"]'
+"$vhost" run mod.toml > mod.log 2>&1 & MODPID=$!
+trap 'kill $SPID $MODPID 2>/dev/null || true' EXIT
+port_of mod.log $MODPID > /dev/null
+chat() { curl -s -o reply.json -w '%{http_code}' "http://127.0.0.1:$MPORT/v1/chat/completions" \
+           -d "{\"model\":\"tiny\",\"max_tokens\":4,\"messages\":[{\"role\":\"user\",\"content\":\"$1\"}]}"; }
+before=$(calls)
+[ "$(chat "Hello there")" = 200 ] || { cat reply.json; exit 1; }
+[ $(( $(calls) - before )) -eq 1 ] || { echo "the moderation endpoint was not asked"; exit 1; }
+[ "$(chat "a FORBIDDEN thing")" = 400 ] || { cat reply.json; exit 1; }
+python3 - <<'PY'
+import json
+e = json.load(open("reply.json"))["error"]
+assert e["code"] == "content_filter" and "hate, violence" in e["message"], e
+PY
+code=$(curl -s -o reply.json -w '%{http_code}' "http://127.0.0.1:$MPORT/v1/completions" -d '{"model":"tiny","prompt":"FORBIDDEN","max_tokens":4}')
+[ "$code" = 400 ] && grep -q content_filter reply.json || { echo "completions: HTTP $code"; cat reply.json; exit 1; }
+# The moderator failing (5xx after its retries, or a malformed reply): refused, not let through.
+for bad in MODFAIL MODBAD; do
+  [ "$(chat "$bad")" = 503 ] && grep -q moderation_unavailable reply.json || { echo "$bad:"; cat reply.json; exit 1; }
+done
+[ "$(chat "Hello again")" = 200 ] || { cat reply.json; exit 1; }
+kill $MODPID; wait $MODPID 2>/dev/null || true
+grep -q "moderation by judges.mod failed" mod.log || { cat mod.log; exit 1; }
+# vhost serve --moderation URL: the same, from the command line.
+"$vhost" serve "$scratch/tiny" --port 0 --threads 1 --moderation "http://127.0.0.1:$PORT/v1" > cli.log 2>&1 & MODPID=$!
+MPORT=$(port_of cli.log $MODPID)
+[ "$(chat "Hello there")" = 200 ] || { cat reply.json; exit 1; }
+[ "$(chat "FORBIDDEN")" = 400 ] && grep -q content_filter reply.json || { cat reply.json cli.log; exit 1; }
+kill $MODPID; wait $MODPID 2>/dev/null || true
+# A moderator that is not a judge, or not declared: the configuration is refused before serving.
+modpipe '["models.tiny"]'
+rc=0; "$vhost" run mod.toml > mod.log 2>&1 || rc=$?
+[ $rc -eq 2 ] && grep -q "serve.moderators: 'models.tiny' is a model, not a judge" mod.log || { echo "rc $rc"; cat mod.log; exit 1; }
+modpipe '["judges.nope"]'
+rc=0; "$vhost" run mod.toml > mod.log 2>&1 || rc=$?
+[ $rc -eq 2 ] && grep -q "'judges.nope' is not a declared instance" mod.log || { echo "rc $rc"; cat mod.log; exit 1; }
+# A judge that does not moderate (the test plugin echo; older, built for ABI 1.0 before the slot
+# existed): refused at start-up, naming it.
+for j in echo older; do
+  modpipe '["judges.e"]'
+  sed -i "s|^\[pipeline\]|[pipeline]\nplugin_dirs = [\"$build/tests/plugins\"]|" mod.toml
+  printf '[judges.e]\nplugin = "%s"\nmodel = "m"\n' "$j" >> mod.toml
+  rc=0; "$vhost" run mod.toml > mod.log 2>&1 || rc=$?
+  [ $rc -eq 2 ] && grep -q "serve.moderators: 'judges.e' cannot moderate: .*does not moderate content" mod.log ||
+    { echo "$j: rc $rc"; cat mod.log; exit 1; }
+done
+echo "  moderation through the judge's moderation endpoint: ok"
 echo "judge_openai: ok"

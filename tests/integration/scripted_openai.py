@@ -7,6 +7,8 @@ behaviour; `NAME#k` fails the first k calls of that message, then answers:
   TRUNC#k         truncated JSON k times
   NOCONTENT       a reply without message content, always
   BAD             400 with an OpenAI error object, always
+POST …/moderations flags an input holding FORBIDDEN (categories violence and hate); MODFAIL in
+an input makes it answer 500 always, MODBAD a reply without "results".
 GET /count returns {"calls": n}. Prints "listening on http://127.0.0.1:PORT" once ready.
    scripted_openai.py [DELAY_SECONDS]   (every reply waits that long: a slow judge)
 """
@@ -38,6 +40,18 @@ class H(BaseHTTPRequestHandler):
     def do_POST(self):
         global calls
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path.endswith("/moderations"):
+            with lock:
+                calls += 1
+            inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
+            if any("MODFAIL" in t for t in inputs):
+                return self.send(500, '{"error": {"message": "moderation down"}}')
+            if any("MODBAD" in t for t in inputs):
+                return self.send(200, '{"id": "modr"}')
+            results = [{"flagged": "FORBIDDEN" in t,
+                        "categories": {"violence": "FORBIDDEN" in t, "hate": "FORBIDDEN" in t, "sexual": False}}
+                       for t in inputs]
+            return self.send(200, json.dumps({"id": "modr", "model": req.get("model", ""), "results": results}))
         msg = req["messages"][-1]["content"]
         name, _, k = msg.partition("#") if re.fullmatch(r"[A-Z0-9]+#\d+", msg) else (msg, "", "")
         if DELAY:

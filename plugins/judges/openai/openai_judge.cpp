@@ -11,8 +11,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 namespace {
@@ -63,6 +65,8 @@ class OpenAIJudge final : public vhost::Judge {
         Option::path("cache", "", "JSONL of judgments already paid for (empty: no cache)"),
         Option::number("prompt_price_per_1k", 0.03, "USD per 1000 prompt tokens (GPT-4 8k)").range(0, 1000),
         Option::number("completion_price_per_1k", 0.06, "USD per 1000 completion tokens").range(0, 1000),
+        Option::string("moderation_model", "omni-moderation-latest",
+                       "the model name for POST …/moderations, when this judge moderates a server's prompts"),
     };
   }
 
@@ -71,7 +75,8 @@ class OpenAIJudge final : public vhost::Judge {
         retries_(cfg.get<int64_t>("max_retries")),
         backoff_(cfg.get<double>("backoff_s")),
         prompt_price_(cfg.get<double>("prompt_price_per_1k")),
-        completion_price_(cfg.get<double>("completion_price_per_1k")) {
+        completion_price_(cfg.get<double>("completion_price_per_1k")),
+        moderation_model_(cfg.get<std::string>("moderation_model")) {
     key_ = cfg.get<std::string>("api_key");
     if (key_.empty())
       if (const char* k = std::getenv("OPENAI_API_KEY")) key_ = k;
@@ -115,6 +120,30 @@ class OpenAIJudge final : public vhost::Judge {
             {"completion_tokens", completion_tokens_.load()}, {"cost_usd", cost()}};
   }
 
+  // OpenAI's moderation endpoint (the one the Vicuna demo filtered its prompts with): flagged
+  // when any input is, with the union of the flagged categories. Retried as complete is; never
+  // cached (a moderation list changes under the same input).
+  json moderate(const json& request) override {
+    if (!request.is_object() || !request.contains("input") || !request["input"].is_array())
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the moderation request needs an 'input' array of strings");
+    for (const auto& t : request["input"])
+      if (!t.is_string()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the moderation 'input' holds a non-string");
+    if (request["input"].empty()) return {{"flagged", false}, {"categories", json::array()}, {"model", moderation_model_}};
+    json body = {{"model", moderation_model_}, {"input", request["input"]}};
+    return post("/moderations", body, [&](const std::string& text) {
+      json j = json::parse(text);
+      bool flagged = false;
+      std::set<std::string> categories;
+      for (const auto& r : j.at("results")) {
+        flagged = flagged || r.at("flagged").get<bool>();
+        if (r.contains("categories"))
+          for (const auto& [name, on] : r["categories"].items())
+            if (on.is_boolean() && on.get<bool>()) categories.insert(name);
+      }
+      return json{{"flagged", flagged}, {"categories", categories}, {"model", j.value("model", moderation_model_)}};
+    });
+  }
+
   json complete(const json& request) override {
     if (!request.is_object() || !request.contains("messages") || !request["messages"].is_array())
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the judge request needs a 'messages' array");
@@ -131,9 +160,36 @@ class OpenAIJudge final : public vhost::Judge {
         return r;
       }
     }
-    ++calls_;
+    json reply = post("/chat/completions", body, [&](const std::string& text) {
+      json j = json::parse(text);
+      const json& choice = j.at("choices").at(0);
+      const json& content = choice.at("message").at("content");
+      if (!content.is_string()) throw std::runtime_error("the message has no text content");
+      int64_t pt = j.contains("usage") ? j["usage"].value("prompt_tokens", int64_t{0}) : 0;
+      int64_t ct = j.contains("usage") ? j["usage"].value("completion_tokens", int64_t{0}) : 0;
+      double usd = (static_cast<double>(pt) * prompt_price_ + static_cast<double>(ct) * completion_price_) / 1000.0;
+      return json{{"text", content.get<std::string>()},
+                  {"model", j.value("model", model_)},
+                  {"finish_reason", choice.value("finish_reason", json(nullptr))},
+                  {"usage", {{"prompt_tokens", pt}, {"completion_tokens", ct}}},
+                  {"cost_usd", usd}};
+    });
+    prompt_tokens_ += reply["usage"]["prompt_tokens"].get<int64_t>();
+    completion_tokens_ += reply["usage"]["completion_tokens"].get<int64_t>();
+    std::lock_guard<std::mutex> g(mu_);
+    cache_[key] = reply;
+    if (cache_out_.is_open()) cache_out_ << json{{"key", key}, {"request", body}, {"reply", reply}}.dump() << "\n" << std::flush;
+    return reply;
+  }
+
+ private:
+  // POST path (under the endpoint) with retries on 429, 5xx, timeouts, dropped connections and
+  // replies `parse` rejects (it throws); what `parse` makes of a 200 reply. Another status is the
+  // request's fault: an error naming it, not retried.
+  json post(const std::string& path, const json& body, const std::function<json(const std::string&)>& parse) {
     std::string last_error;
     double wait = backoff_;
+    ++calls_;
     for (int64_t attempt = 0; attempt <= retries_; ++attempt) {
       if (attempt > 0) {
         ++retry_count_;
@@ -148,7 +204,7 @@ class OpenAIJudge final : public vhost::Judge {
       cli.set_write_timeout(secs, usecs);
       httplib::Headers headers;
       if (!key_.empty()) headers.emplace("Authorization", "Bearer " + key_);
-      auto res = cli.Post(url_.path + "/chat/completions", headers, body.dump(), "application/json");
+      auto res = cli.Post(url_.path + path, headers, body.dump(), "application/json");
       if (!res) {
         last_error = "no reply (" + httplib::to_string(res.error()) + ")";
         continue;
@@ -158,46 +214,26 @@ class OpenAIJudge final : public vhost::Judge {
         if (res->has_header("Retry-After")) wait = std::max(0.0, std::atof(res->get_header_value("Retry-After").c_str()));
         continue;
       }
-      if (res->status != 200) {  // the request itself is wrong: retrying will not help
+      if (res->status != 200) {
         ++failures_;
         std::string msg = res->body.substr(0, 500);
         try {
           msg = json::parse(res->body).at("error").at("message").get<std::string>();
         } catch (...) {
         }
-        throw vhost::Error(VHOST_ERR_RUNTIME, url_.origin + url_.path + ": HTTP " + std::to_string(res->status) + ": " + msg);
+        throw vhost::Error(VHOST_ERR_RUNTIME, url_.origin + url_.path + path + ": HTTP " + std::to_string(res->status) + ": " + msg);
       }
-      json reply;
       try {
-        json j = json::parse(res->body);
-        const json& choice = j.at("choices").at(0);
-        const json& content = choice.at("message").at("content");
-        if (!content.is_string()) throw std::runtime_error("the message has no text content");
-        int64_t pt = j.contains("usage") ? j["usage"].value("prompt_tokens", int64_t{0}) : 0;
-        int64_t ct = j.contains("usage") ? j["usage"].value("completion_tokens", int64_t{0}) : 0;
-        double usd = (static_cast<double>(pt) * prompt_price_ + static_cast<double>(ct) * completion_price_) / 1000.0;
-        reply = {{"text", content.get<std::string>()},
-                 {"model", j.value("model", model_)},
-                 {"finish_reason", choice.value("finish_reason", json(nullptr))},
-                 {"usage", {{"prompt_tokens", pt}, {"completion_tokens", ct}}},
-                 {"cost_usd", usd}};
-        prompt_tokens_ += pt;
-        completion_tokens_ += ct;
+        return parse(res->body);
       } catch (const std::exception& e) {
         last_error = std::string("malformed reply: ") + e.what() + ": " + res->body.substr(0, 200);
-        continue;
       }
-      std::lock_guard<std::mutex> g(mu_);
-      cache_[key] = reply;
-      if (cache_out_.is_open()) cache_out_ << json{{"key", key}, {"request", body}, {"reply", reply}}.dump() << "\n" << std::flush;
-      return reply;
     }
     ++failures_;
-    throw vhost::Error(VHOST_ERR_IO, url_.origin + url_.path + ": no usable reply after " + std::to_string(retries_ + 1) +
-                                         " attempts; last: " + last_error);
+    throw vhost::Error(VHOST_ERR_IO, url_.origin + url_.path + path + ": no usable reply after " +
+                                         std::to_string(retries_ + 1) + " attempts; last: " + last_error);
   }
 
- private:
   double cost() const {
     return (static_cast<double>(prompt_tokens_) * prompt_price_ + static_cast<double>(completion_tokens_) * completion_price_) /
            1000.0;
@@ -208,6 +244,7 @@ class OpenAIJudge final : public vhost::Judge {
   double timeout_;
   int64_t retries_;
   double backoff_, prompt_price_, completion_price_;
+  std::string moderation_model_;
   mutable std::mutex mu_;
   std::map<std::string, json> cache_;
   std::ofstream cache_out_;

@@ -208,6 +208,11 @@ class Judge : public Plugin {
  public:
   // Thread-safe: called concurrently. See vhost_judge_iface for the request/reply shapes.
   virtual json complete(const json& request) = 0;
+  // Content moderation (ABI 1.3), as thread-safe; see vhost_judge_iface::moderate. A judge that
+  // does not moderate keeps this one.
+  virtual json moderate(const json& /*request*/) {
+    throw Error(VHOST_ERR_UNSUPPORTED, "this judge does not moderate content");
+  }
 };
 
 namespace detail {
@@ -354,6 +359,12 @@ const void* kind_iface() {
         [](void* s, const char* request, vhost_sink* reply) {
           return guard([&] {
             auto r = static_cast<Judge*>(self(s))->complete(json::parse(request));
+            write(reply, r.dump());
+          });
+        },
+        [](void* s, const char* request, vhost_sink* reply) {
+          return guard([&] {
+            auto r = static_cast<Judge*>(self(s))->moderate(json::parse(request));
             write(reply, r.dump());
           });
         }};

@@ -34,7 +34,7 @@ extern "C" {
 #define VHOST_ABI_MAJOR 1
 #endif
 #ifndef VHOST_ABI_MINOR
-#define VHOST_ABI_MINOR 2
+#define VHOST_ABI_MINOR 3
 #endif
 
 /* The one symbol a plugin exports (through BOOST_DLL_ALIAS; see vhost/plugin.hpp). */
@@ -110,6 +110,11 @@ typedef struct vhost_host_api {
 typedef struct vhost_judge_iface {
   uint32_t struct_size;
   vhost_status* (*complete)(void* self, const char* request_json, vhost_sink* reply_json);
+  /* 1.3: content moderation (the serve stage's `moderators`). Thread-safe like complete.
+   *   request: {"input": ["text", ...]}
+   *   reply:   {"flagged": true|false, "categories": ["violence", ...] (the flagged ones), "model": "..."}
+   * VHOST_ERR_UNSUPPORTED from a judge that does not moderate. */
+  vhost_status* (*moderate)(void* self, const char* request_json, vhost_sink* reply_json);
 } vhost_judge_iface;
 
 /* A backend owns a compute device (its threads, seed, default dtype) and, on several devices,
