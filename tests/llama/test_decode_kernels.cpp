@@ -43,7 +43,7 @@ TEST_CASE("small_gemm equals torch::linear on shapes off the tile grid", "[kerne
   select_kernels(nullptr);
 }
 
-TEST_CASE("small_gemm accumulates; small_gemm_many and gate_up_silu equal their libtorch formulas", "[kernels]") {
+TEST_CASE("small_gemm accumulates, small_gemm_many and gate_up_silu equal their libtorch formulas", "[kernels]") {
   for (const auto& isa : runnable_kernels()) {
     select_kernels(isa.c_str());
     INFO("kernels: " << small_gemm_isa());

@@ -115,7 +115,7 @@ TEST_CASE("safetensors: malformed files name the file and the tensor", "[safeten
   CHECK_THAT(error_of([&] { SafetensorsFile(dir / "absent.safetensors"); }), Contains("absent.safetensors: cannot open"));
 }
 
-TEST_CASE("config.json: shapes, GQA and defaults; errors name the field", "[config]") {
+TEST_CASE("config.json: shapes, GQA and defaults, errors name the field", "[config]") {
   auto c = LlamaConfig::from_json({{"vocab_size", 100}, {"hidden_size", 64}, {"intermediate_size", 128},
                                    {"num_hidden_layers", 2}, {"num_attention_heads", 8}, {"num_key_value_heads", 2}},
                                   "c.json");
@@ -140,7 +140,7 @@ TEST_CASE("config.json: shapes, GQA and defaults; errors name the field", "[conf
   CHECK(LlamaConfig::preset("7b").parameter_count() == 6738415616LL);  // LLaMA-7B: 6.74e9
 }
 
-TEST_CASE("model: save then load is bit-exact; sharded loads like a single file", "[model]") {
+TEST_CASE("model: save then load is bit-exact, sharded loads like a single file", "[model]") {
   fs::path dir = scratch("model-save");
   auto cfg = LlamaConfig::preset("tiny");
   auto m = LlamaModel::random(cfg, 7);
@@ -425,7 +425,7 @@ TEST_CASE("engine: sampled text streamed from a sharded batch equals each sequen
   }
 }
 
-TEST_CASE("generate: seeded sampling repeats; top-k 1 is greedy", "[generate]") {
+TEST_CASE("generate: seeded sampling repeats, top-k 1 is greedy", "[generate]") {
   auto& lm = tiny_lm();
   auto prompt = lm.tok.encode("vhost", true);
   SamplingParams p;
@@ -481,7 +481,7 @@ TEST_CASE("generate: stop strings cut the text and are never streamed", "[genera
   CHECK(calls == 3);
 }
 
-TEST_CASE("generate: EOS ends a sequence; bad requests are refused with the field", "[generate][malformed]") {
+TEST_CASE("generate: EOS ends a sequence, bad requests are refused with the field", "[generate][malformed]") {
   auto& lm = tiny_lm();
   auto prompt = lm.tok.encode("kinds", true);
   SamplingParams p;

@@ -82,7 +82,7 @@ TEST_CASE("templates render FastChat's formats byte for byte", "[template]") {
   CHECK(reg.get("vicuna_v1.1").stop_strings().empty());
 }
 
-TEST_CASE("the template's </s> is EOS; a user's </s> stays text; only assistant spans are trained", "[template]") {
+TEST_CASE("the template's </s> is EOS, a user's </s> stays text, only assistant spans are trained", "[template]") {
   conv::Registry reg;
   auto r = conv::render(reg.get("vicuna_v1.1"), {std::nullopt, {"say </s> please", "ok </s>", "again"}});
   int eos = 0;
@@ -184,7 +184,7 @@ TEST_CASE("invalid UTF-8 is repaired and flagged on its own record only", "[read
   CHECK(t.repaired_bytes == 4);
 }
 
-TEST_CASE("HTML becomes Markdown: code with language, lists, tables, links, emphasis; debris removed", "[html]") {
+TEST_CASE("HTML becomes Markdown: code with language, lists, tables, links, emphasis, debris removed", "[html]") {
   using sharegpt::html_to_markdown;
   std::string chatgpt_code =
       "<div class=\"markdown\"><p>Try this:</p><pre><div class=\"bg-black\"><div class=\"flex\"><span>python</span>"

@@ -114,7 +114,7 @@ TEST_CASE("unknown plugins, stage types and stage wiring", "[config]") {
   CHECK_THAT(msg, Contains("stages.info.instances: 'judges.nope' is not a declared instance"));
 }
 
-TEST_CASE("${NAME} reads the environment; an unset variable is an error naming it", "[config][env]") {
+TEST_CASE("${NAME} reads the environment, an unset variable is an error naming it", "[config][env]") {
   auto host = test_host({{"JUDGE_MODEL", "gpt-4"}, {"EMPTY", ""}});
   auto p = host.load_string(echo_pipeline("prefix = \"${JUDGE_MODEL}:$${literal}:${EMPTY}|\"\n"), "t.toml");
   CHECK(p.resolved()["judges"]["e"]["prefix"] == "gpt-4:${literal}:|");

@@ -60,7 +60,7 @@ TEST_CASE("Vicuna totals, relative score and win/tie/loss from known judgments",
   CHECK_THAT(eval_html(r), Contains("<svg"));
 }
 
-TEST_CASE("pairwise verdicts need both orders to agree; single grading averages per turn", "[eval]") {
+TEST_CASE("pairwise verdicts need both orders to agree, single grading averages per turn", "[eval]") {
   auto p = [](int q, const char* order, const char* winner) {
     return json{{"mode", "pairwise"}, {"question_id", q}, {"category", "c"}, {"turn", 1}, {"model_a", "base"},
                 {"model_b", "mine"}, {"order", order}, {"winner", winner}};

@@ -12,7 +12,7 @@ static fs::path tiny_model() {
   return dir;
 }
 
-TEST_CASE("model init writes an HF checkpoint with a tokenizer; generate streams from it", "[model][cli]") {
+TEST_CASE("model init writes an HF checkpoint with a tokenizer, generate streams from it", "[model][cli]") {
   fs::path m = tiny_model();
   CHECK(fs::exists(m / "config.json"));
   CHECK(fs::exists(m / "model.safetensors"));
@@ -40,7 +40,7 @@ TEST_CASE("model init writes an HF checkpoint with a tokenizer; generate streams
   CHECK_THAT(r.out, Contains("models.m.path: /nonexistent/model has no config.json"));
 }
 
-TEST_CASE("tokenizer commands: encode, decode, train; malformed input", "[model][cli][tokenizer]") {
+TEST_CASE("tokenizer commands: encode, decode, train, malformed input", "[model][cli][tokenizer]") {
   fs::path dir = scratch("tok-cli");
   auto r = run_cmd(vhost_cmd("tokenizer train --input " + std::string(VHOST_SOURCE_DIR) + "/docs/pipelines.md --vocab 300 --out " +
                              dir.string()));
@@ -141,7 +141,7 @@ TEST_CASE("HF -> GGUF -> HF keeps weights and tokenizer exactly", "[model][cli][
   CHECK(r.out == c.out);
 }
 
-TEST_CASE("a model names its backend; the host resolves and creates it first", "[model][pipeline]") {
+TEST_CASE("a model names its backend, the host resolves and creates it first", "[model][pipeline]") {
   vh::Host host(only_dirs({VHOST_BUILD_PLUGIN_DIR}));
   std::string base = "[pipeline]\nstages = [\"generate\"]\nwork_dir = \"" + (scratch("model-pipe") / "run").string() +
                      "\"\n[backends.cpu]\nplugin = \"cpu\"\nthreads = 1\n[models.m]\nplugin = \"llama\"\npath = \"" +
@@ -171,7 +171,7 @@ TEST_CASE("a model names its backend; the host resolves and creates it first", "
 
   // Refused by the plugin at run time: an empty prompt list.
   auto empty = host.load_string(base + "[stages.generate]\nprompts = []\n", "m.toml");
-  CHECK_THAT(error_of([&] { host.run(empty, ro); }), Contains("invalid argument: 'prompts' is empty"));
+  CHECK_THAT(error_of([&] { host.run(empty, ro); }), Contains("'prompts' is empty (generate failed, model plugin 'llama'"));
 }
 
 TEST_CASE("the model-init stage creates a checkpoint once", "[model][pipeline]") {

@@ -50,7 +50,7 @@ TEST_CASE("vhost prepare: malformed JSON is an input error at file:line:col", "[
   CHECK_THAT(r.out, Contains("datasets.d.path: " + (d / "absent.json").string() + " does not exist"));
 }
 
-TEST_CASE("the prepare stage in a pipeline; a bad template is reported at its line", "[prepare][pipeline][malformed]") {
+TEST_CASE("the prepare stage in a pipeline, a bad template is reported at its line", "[prepare][pipeline][malformed]") {
   fs::path d = scratch("prepare-pipeline");
   std::string toml = "[pipeline]\nstages = [\"prep\"]\nwork_dir = \"" + (d / "runs").string() +
                      "\"\n[models.m]\nplugin = \"llama\"\npath = \"" + prep_model().string() +
@@ -122,7 +122,7 @@ TEST_CASE("vhost template render: FastChat's prompt, the trained spans, and bad 
 }
 
 #if VHOST_HAVE_TORCH
-TEST_CASE("vhost chat: multi-turn with the template, commands, transcript; bad template", "[chat][cli][malformed]") {
+TEST_CASE("vhost chat: multi-turn with the template, commands, transcript, bad template", "[chat][cli][malformed]") {
   fs::path d = scratch("chat-cli");
   write_file(d / "in.txt", "Hello there\nTell me more\n!!regen\n!!reset\nAgain\n!!exit\nnever read\n");
   std::string cmd = "TMPDIR=" + d.string() + " " + vhost_cmd("chat " + prep_model().string() + " --max-tokens 6 --temperature 0");
