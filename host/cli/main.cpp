@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
   auto* worker = app.add_subcommand("worker", "serve models as a worker of a controller (vhost serve --controller)");
   std::vector<std::string> serve_models, serve_keys, serve_blocked;
   std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_controller, serve_advertise, serve_moderation,
-              serve_moderation_model = "omni-moderation-latest";
+              serve_moderation_model = "omni-moderation-latest", serve_decode_dtype = "float32";
   int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64, serve_interval = 16,
           serve_flush_ms = 20;
   double serve_heartbeat = 5;
@@ -214,6 +214,9 @@ int main(int argc, char** argv) {
     sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429")->capture_default_str();
     sub->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
     sub->add_option("--threads", serve_threads, "CPU threads (0: one per core)")->capture_default_str();
+    sub->add_option("--decode-dtype", serve_decode_dtype, "decoding steps: float32, or bfloat16 on Intel AMX (the llama option decode_dtype)")
+        ->check(CLI::IsMember({"float32", "bfloat16"}))
+        ->capture_default_str();
     sub->add_option("--template", serve_template, "conversation template for chat (default vicuna_v1.1)");
     sub->add_option("--log", serve_log, "append conversations to this JSONL file");
     sub->add_option("--blocked-word", serve_blocked, "moderation: refuse prompts containing this (repeatable)");
@@ -414,6 +417,7 @@ int main(int argc, char** argv) {
         if (!names.insert(name).second) throw vh::ConfigError(m + ": two models would both be served as '" + name + "'");
         toml += "[models." + q(name) + "]\nplugin = \"llama\"\npath = " + q(path.string()) +
                 "\nmax_batch = " + std::to_string(serve_batch) + "\nmax_queue = " + std::to_string(serve_queue) +
+                "\ndecode_dtype = " + q(serve_decode_dtype) +
                 (serve_template.empty() ? std::string() : "\ntemplate = " + q(serve_template)) + "\n";
       }
       if (!serve_moderation.empty())

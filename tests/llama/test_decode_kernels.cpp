@@ -151,6 +151,109 @@ TEST_CASE("decode_attention equals softmax attention: grouped-query heads, left 
   select_kernels(nullptr);
 }
 
+TEST_CASE("decode_attention reads a bfloat16 cache as its values widened to float32", "[kernels][bf16]") {
+  if (std::string(small_gemm_isa()).empty()) {
+    WARN("no decode kernel for this CPU: the model keeps libtorch's attention");
+    return;
+  }
+  const int64_t B = 2, H = 4, KV = 2, cap = 40;
+  for (const auto& isa : runnable_kernels())
+    for (int64_t hd : {20, 48}) {  // the scalar loop, the vector kernel
+      select_kernels(isa.c_str());
+      torch::manual_seed(5);
+      auto q = torch::randn({B, H, hd}) * 3;
+      auto k = torch::randn({B, KV, cap, hd}).to(torch::kBFloat16), v = torch::randn({B, KV, cap, hd}).to(torch::kBFloat16);
+      const int64_t S = 37;
+      const double scale = 1.0 / std::sqrt(double(hd));
+      std::vector<int64_t> pad = {0, 9};
+      auto padt = torch::tensor(pad);
+      auto out = torch::full({B, H, hd}, std::numeric_limits<float>::quiet_NaN());
+      DecodeAttention a{q.data_ptr<float>(), nullptr, nullptr, padt.data_ptr<int64_t>(), out.data_ptr<float>(), B, H, KV, hd,
+                        cap, S, static_cast<float>(scale), reinterpret_cast<const uint16_t*>(k.data_ptr()),
+                        reinterpret_cast<const uint16_t*>(v.data_ptr())};
+      INFO("kernels " << small_gemm_isa() << ", head size " << hd);
+      REQUIRE(decode_attention(a));
+      CHECK(torch::allclose(out, reference_attention(q, k.to(torch::kFloat32), v.to(torch::kFloat32), pad, S, scale), 1e-5,
+                            1e-5));
+    }
+  select_kernels(nullptr);
+}
+
+TEST_CASE("to_bf16_rows rounds as libtorch's float -> bfloat16 and pads with zeros", "[kernels][bf16]") {
+  const float inf = std::numeric_limits<float>::infinity();
+  // Ties (1 + 2^-8 rounds down to even, 1 + 3 * 2^-8 up), the largest finite float (rounds to
+  // inf), denormals, signed zero, infinities, NaN, and ordinary values.
+  std::vector<float> x = {1.0f + 1.0f / 256, 1.0f + 3.0f / 256, 3.3895314e38f, 1e-40f, -1e-40f, -0.0f, inf, -inf,
+                          std::numeric_limits<float>::quiet_NaN(), 0.1f, -7.75f, 65504.0f, 1.0f / 3};
+  auto t = torch::randn({2, 50}) * 1000;
+  for (std::size_t i = 0; i < x.size(); ++i) t[0][static_cast<int64_t>(i)] = x[i];
+  const int64_t Kp = 64;
+  std::vector<uint16_t> got(2 * Kp, 0xffff);
+  to_bf16_rows(t.data_ptr<float>(), 2, 50, got.data(), Kp);
+  auto want = t.to(torch::kBFloat16).contiguous();
+  const auto* w = reinterpret_cast<const uint16_t*>(want.data_ptr());
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t k = 0; k < Kp; ++k) {
+      INFO("row " << r << " column " << k);
+      if (k >= 50)
+        CHECK(got[r * Kp + k] == 0);
+      else if (std::isnan(t[r][k].item<float>()))
+        CHECK(((got[r * Kp + k] & 0x7f80) == 0x7f80 && (got[r * Kp + k] & 0x7f) != 0));
+      else
+        CHECK(got[r * Kp + k] == w[r * 50 + k]);
+    }
+}
+
+TEST_CASE("amx_gemm equals the product of bfloat16-rounded operands on shapes off the tile grid", "[kernels][bf16]") {
+  if (!amx_available()) {
+    WARN("no AMX on this CPU or kernel: decode_dtype bfloat16 falls back to float32 here, and amx_gemm is untested");
+    CHECK_FALSE(select_amx(true));
+    return;
+  }
+  auto r16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).to(torch::kFloat32); };
+  auto run = [&](const torch::Tensor& A, const std::vector<AmxOutput>& outs) {
+    const int64_t M = A.size(0), K = A.size(1), Kp = outs[0].W->Kp;
+    std::vector<uint16_t> a(static_cast<std::size_t>(M * Kp));
+    to_bf16_rows(A.data_ptr<float>(), M, K, a.data(), Kp);
+    return amx_gemm(a.data(), M, outs.data(), static_cast<int>(outs.size()));
+  };
+  torch::manual_seed(6);
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {3, 70, 40}, {16, 64, 32}, {17, 200, 288},
+                         {40, 130, 100}, {5, 32000, 288}}) {
+    INFO("M=" << M << " N=" << N << " K=" << K);
+    auto A = torch::randn({M, K}), W = torch::randn({N, K}), W2 = torch::randn({N / 2 + 1, K});
+    auto P = pack_bf16(W.data_ptr<float>(), N, K), P2 = pack_bf16(W2.data_ptr<float>(), W2.size(0), K);
+    // Two outputs in one call (as the query, key and value projections), each with a guard row
+    // after it that must stay untouched; the second accumulates.
+    auto C = torch::full({M + 1, N}, std::numeric_limits<float>::quiet_NaN());
+    auto start = torch::randn({M + 1, W2.size(0)});
+    auto C2 = start.clone();
+    REQUIRE(run(A, {{&P, C.data_ptr<float>(), false}, {&P2, C2.data_ptr<float>(), true}}));
+    auto want = torch::linear(r16(A), r16(W));
+    CHECK(torch::allclose(C.narrow(0, 0, M), want, 1e-4, 1e-3));
+    CHECK(torch::isnan(C[M]).all().item<bool>());
+    CHECK(torch::allclose(C2.narrow(0, 0, M), start.narrow(0, 0, M) + torch::linear(r16(A), r16(W2)), 1e-4, 1e-3));
+    CHECK(torch::equal(C2[M], start[M]));
+  }
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 40, 288}, {16, 96, 50}, {19, 768, 288}}) {
+    INFO("gate/up: M=" << M << " N=" << N << " K=" << K);
+    auto A = torch::randn({M, K}), Wg = torch::randn({N, K}), Wu = torch::randn({N, K});
+    auto P = pack_bf16_gate_up(Wg.data_ptr<float>(), Wu.data_ptr<float>(), N, K);
+    auto C = torch::full({M, N}, std::numeric_limits<float>::quiet_NaN());
+    REQUIRE(run(A, {{&P, C.data_ptr<float>(), false}}));
+    auto want = torch::silu(torch::linear(r16(A), r16(Wg))) * torch::linear(r16(A), r16(Wu));
+    CHECK(torch::allclose(C, want, 1e-4, 1e-3));
+  }
+  // Turned off, it declines and touches nothing.
+  REQUIRE(select_amx(false));
+  auto W = torch::randn({8, 8});
+  auto P = pack_bf16(W.data_ptr<float>(), 8, 8);
+  auto C = torch::zeros({1, 8});
+  CHECK_FALSE(run(torch::randn({1, 8}), {{&P, C.data_ptr<float>(), false}}));
+  CHECK(torch::equal(C, torch::zeros({1, 8})));
+  CHECK(select_amx(true));
+}
+
 TEST_CASE("softmax_draw: draws in proportion to the softmax at the temperature", "[kernels][sampling]") {
   // Weights 1, 2, 3, 4 (logits log w) at temperature 1; 0, 1, 0, 0 with a -inf and a -1000.
   std::vector<float> x = {0.0f, std::log(2.0f), std::log(3.0f), std::log(4.0f)};

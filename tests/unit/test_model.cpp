@@ -168,10 +168,17 @@ TEST_CASE("a model names its backend, the host resolves and creates it first", "
   CHECK_THAT(msg, Contains("stages.generate.temperature: -1 is out of range"));
   msg = config_error_of([&] { host.load_string(base + "dtype = \"float8\"\n[stages.generate]\nprompts = [\"a\"]\n", "m.toml"); });
   CHECK_THAT(msg, Contains("models.m.dtype: \"float8\" is not one of"));
+  msg = config_error_of([&] { host.load_string(base + "decode_dtype = \"int8\"\n[stages.generate]\nprompts = [\"a\"]\n", "m.toml"); });
+  CHECK_THAT(msg, Contains("models.m.decode_dtype: \"int8\" is not one of"));
 
   // Refused by the plugin at run time: an empty prompt list.
   auto empty = host.load_string(base + "[stages.generate]\nprompts = []\n", "m.toml");
   CHECK_THAT(error_of([&] { host.run(empty, ro); }), Contains("'prompts' is empty (generate failed, model plugin 'llama'"));
+  // bfloat16 decoding: on AMX it generates; elsewhere it warns and decodes in float32.
+  auto bf = host.load_string(base + "decode_dtype = \"bfloat16\"\n[stages.generate]\nprompts = [\"a\", \"b c\"]\nmax_tokens = 4\n",
+                             "m.toml");
+  auto bf_reply = host.run(bf, ro).stages.at(0).output;
+  CHECK(bf_reply["usage"]["completion_tokens"] == 8);
 }
 
 TEST_CASE("the model-init stage creates a checkpoint once", "[model][pipeline]") {

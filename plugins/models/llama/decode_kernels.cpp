@@ -7,6 +7,7 @@
 // accumulators of a tile into one vector of V finished dot products (about 3 instructions per
 // dot product instead of a full horizontal sum each).
 #include "decode_kernels.hpp"
+#include "vec_math.hpp"
 
 #include <ATen/Parallel.h>
 
@@ -31,8 +32,6 @@ using ExpFn = float (*)(const float* x, int64_t n, float inv_t, float* w);
 
 #ifdef VHOST_SMALL_GEMM_X86
 namespace {
-
-#define VHOST_INLINE __attribute__((always_inline)) inline
 
 // One level of the shuffle tree. The two inputs, side by side, hold 2V/G accumulators of G
 // partial sums each; output lane j adds partial j%(G/2) of accumulator j/(G/2) to the partial
@@ -147,10 +146,6 @@ VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_
   }
 }
 
-// silu(g) * u on a vector: g * sigmoid(g), sigmoid from e = exp(-|g|) <= 1 (never overflows).
-template <int V, typename vec>
-VHOST_INLINE vec silu_mul(vec g, vec u);
-
 // Column tiles [t0, t1) of both Wg and Wu: each tile's two MR x NR blocks of sums, then
 // C = silu(gate) * up for them, so the gate and up projections never reach memory.
 template <int V, int MR, int NR>
@@ -184,13 +179,14 @@ using AttendFn = void (*)(const DecodeAttention&, int64_t, int64_t);
 
 // One query row q [hd] against keys K and values V [S, hd] from slot first on, any head size:
 // softmax weights in p, the weighted sum of values in o.
-VHOST_INLINE void attend_row(const float* q, const float* K, const float* V, int64_t first, int64_t S, int64_t hd,
+template <typename T>
+VHOST_INLINE void attend_row(const float* q, const T* K, const T* V, int64_t first, int64_t S, int64_t hd,
                              float scale, float* p, float* o) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t s = first; s < S; ++s) {
     float d = 0;
 #pragma omp simd reduction(+ : d)
-    for (int64_t i = 0; i < hd; ++i) d += q[i] * K[s * hd + i];
+    for (int64_t i = 0; i < hd; ++i) d += q[i] * as_float(K[s * hd + i]);
     p[s] = d * scale;
     mx = std::max(mx, p[s]);
   }
@@ -200,46 +196,15 @@ VHOST_INLINE void attend_row(const float* q, const float* K, const float* V, int
   for (int64_t s = first; s < S; ++s) {
     const float w = p[s] / sum;
 #pragma omp simd
-    for (int64_t i = 0; i < hd; ++i) o[i] += w * V[s * hd + i];
+    for (int64_t i = 0; i < hd; ++i) o[i] += w * as_float(V[s * hd + i]);
   }
-}
-
-// e^x for x <= 0 on a vector (Cephes' expf polynomial, about 1 ulp): 2^n * p(r), with
-// x = n ln2 + r, |r| <= ln2/2. Below -87.3 the result is 0 (the float range ends there).
-template <int V, typename vec>
-VHOST_INLINE vec exp_nonpositive(vec x) {
-  typedef int32_t ivec __attribute__((vector_size(4 * V)));
-  const auto under = x < -87.3f;  // lanes that underflow
-  x = under ? vec{} - 87.3f : x;
-  vec n = x * 1.44269504088896341f;
-  n = __builtin_convertvector(__builtin_convertvector(n + (n < 0 ? vec{} - 0.5f : vec{} + 0.5f), ivec), vec);  // round
-  vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  vec p = vec{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;
-  vec scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  p = p * scale;
-  return under ? vec{} : p;
-}
-
-template <int V, typename vec>
-VHOST_INLINE vec silu_mul(vec g, vec u) {
-  const vec e = exp_nonpositive<V>(g < 0 ? g : -g);
-  const vec one = vec{} + 1.0f;
-  return g * ((g < 0 ? e : one) / (one + e)) * u;
 }
 
 // One query row against its keys and values, head size D vectors of V floats: scores for V keys
 // at once (D multiply-adds per key, then the shuffle tree sums V keys' partials together), a
 // vector exp, and the weighted sum of values with the 1/sum applied once at the end.
-template <int V, int D>
-VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv, int64_t first, int64_t S, float scale,
+template <int V, int D, typename T>
+VHOST_INLINE void attend_row_vec(const float* q, const T* K, const T* Vv, int64_t first, int64_t S, float scale,
                                  float* p, float* o) {
   typedef float vec __attribute__((vector_size(4 * V)));
   constexpr int64_t hd = int64_t(V) * D;
@@ -249,9 +214,7 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
     vec acc{};
 #pragma GCC unroll 16
     for (int d = 0; d < D; ++d) {
-      vec k;
-      std::memcpy(&k, K + s * hd + d * V, sizeof k);
-      acc += qv[d] * k;
+      acc += qv[d] * load_vec<V, vec>(K + s * hd + d * V);
     }
     return acc;
   };
@@ -297,9 +260,7 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
       const vec w = vec{} + p[s + u];
 #pragma GCC unroll 16
       for (int d = 0; d < D; ++d) {
-        vec v;
-        std::memcpy(&v, Vv + (s + u) * hd + d * V, sizeof v);
-        acc[u][d] += w * v;
+        acc[u][d] += w * load_vec<V, vec>(Vv + (s + u) * hd + d * V);
       }
     }
   }
@@ -307,9 +268,7 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
     const vec w = vec{} + p[s];
 #pragma GCC unroll 16
     for (int d = 0; d < D; ++d) {
-      vec v;
-      std::memcpy(&v, Vv + s * hd + d * V, sizeof v);
-      acc[0][d] += w * v;
+      acc[0][d] += w * load_vec<V, vec>(Vv + s * hd + d * V);
     }
   }
   for (int u = 1; u < U; ++u)
@@ -322,16 +281,17 @@ VHOST_INLINE void attend_row_vec(const float* q, const float* K, const float* Vv
 }
 
 // Rows [r0, r1) of B*H (row r is batch r / H, query head r % H): the vector kernel when the
-// head size is whole vectors of V floats (up to 8), else the scalar one.
-template <int V>
-VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) {
+// head size is whole vectors of V floats (up to 8), else the scalar one. T: the cache's element,
+// float or bfloat16 bits.
+template <int V, typename T>
+VHOST_INLINE void attend_rows(const DecodeAttention& a, const T* kc, const T* vc, int64_t r0, int64_t r1) {
   const int64_t hd = a.hd, rep = a.H / a.KV, D = hd % V == 0 ? hd / V : 0;
   std::vector<float> p(static_cast<std::size_t>(a.S + V));  // attend_row_vec writes whole vectors
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / a.H, kv = (r % a.H) / rep;
     const float* q = a.q + r * hd;
-    const float* K = a.k + (b * a.KV + kv) * a.capacity * hd;
-    const float* Vv = a.v + (b * a.KV + kv) * a.capacity * hd;
+    const T* K = kc + (b * a.KV + kv) * a.capacity * hd;
+    const T* Vv = vc + (b * a.KV + kv) * a.capacity * hd;
     const int64_t first = a.pad ? std::min(std::max<int64_t>(a.pad[b], 0), a.S - 1) : 0;  // its own slot always counts
     float* o = a.out + r * hd;
     switch (D) {
@@ -346,6 +306,13 @@ VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) 
       default: attend_row(q, K, Vv, first, a.S, hd, a.scale, p.data(), o);
     }
   }
+}
+template <int V>
+VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) {
+  if (a.k16)
+    attend_rows<V>(a, a.k16, a.v16, r0, r1);
+  else
+    attend_rows<V>(a, a.k, a.v, r0, r1);
 }
 
 // 16 floats a vector, 4x4 tiles: 16 accumulators + 4 weight vectors + 1 of A in 32 registers.

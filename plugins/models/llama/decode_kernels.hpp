@@ -10,6 +10,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 
 namespace vhost::llama {
 
@@ -53,6 +55,9 @@ struct DecodeAttention {
   float* out;          // [B, H, hd]
   int64_t B, H, KV, hd, capacity, S;
   float scale;         // 1/sqrt(hd)
+  // A bfloat16 cache instead (its bits, same layout; k and v unused): read widened to float32.
+  const uint16_t* k16 = nullptr;
+  const uint16_t* v16 = nullptr;
 };
 // Query head h reads kv head h / (H / KV). Softmax in float32, max subtracted, as libtorch's.
 // Returns false when this CPU has no kernel (see small_gemm_isa).
@@ -74,5 +79,49 @@ void argmax_rows(const float* x, int64_t R, int64_t n, int64_t* out);
 // cumsum cost a parallel region each.
 // Never returns an index of weight 0 while another has weight.
 int64_t softmax_draw(const float* x, int64_t n, float inv_t, double u);
+
+// ---- bfloat16 weights on Intel AMX (amx_kernels.cpp) ----------------------------------------
+// A decoding step's products with the weights in bfloat16, packed for AMX tiles, and the
+// activations rounded to bfloat16; sums in float32. Half the bytes of float32 weights per step,
+// and on AMX a batch of 16 rows costs little more than one: the bf16 decode of docs/models.md.
+
+// The weights of C = A · Wᵀ (W [N, K]) in AMX tile order (see amx_kernels.cpp), zero-padded to
+// whole tiles. With silu_pairs, the fused MLP input silu(A · Wgᵀ) * (A · Wuᵀ) (C [M, N]).
+class PackedBF16 {
+ public:
+  PackedBF16(int64_t n, int64_t k, bool gate_up_pairs);
+  int64_t N = 0, K = 0, Kp = 0;  // Kp: K rounded up to 32, the row stride of A
+  int64_t groups = 0;            // of 64 packed columns
+  bool silu_pairs = false;
+  uint16_t* data() const { return data_.get(); }
+
+ private:
+  struct Free {
+    void operator()(uint16_t* p) const { std::free(p); }
+  };
+  std::shared_ptr<uint16_t> data_{nullptr, Free{}};
+};
+PackedBF16 pack_bf16(const float* W, int64_t N, int64_t K);
+PackedBF16 pack_bf16_gate_up(const float* Wg, const float* Wu, int64_t N, int64_t K);
+
+// out [M, Kp] = x [M, K] rounded to bfloat16 (nearest even), zero past K.
+void to_bf16_rows(const float* x, int64_t M, int64_t K, uint16_t* out, int64_t Kp);
+
+// True when this CPU has AMX-BF16 and the kernel granted the tile state (and select_amx has not
+// turned it off).
+bool amx_available();
+// Turns the AMX kernels off (false) or back on; returns false when asked for them where they are
+// not available. For tests and A/B runs.
+bool select_amx(bool on);
+
+struct AmxOutput {
+  const PackedBF16* W;
+  float* C;         // [M, W->N], row-major
+  bool accumulate;  // C += the product (not for silu_pairs)
+};
+// C_i (+)= A · W_iᵀ for each output, A [M, Kp] bfloat16 (the same Kp for all), any M (16 rows
+// at a time), on at::get_num_threads() threads in one parallel region. False, touching nothing,
+// without AMX.
+bool amx_gemm(const uint16_t* A, int64_t M, const AmxOutput* outs, int n);
 
 }  // namespace vhost::llama

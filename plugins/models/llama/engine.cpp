@@ -31,7 +31,7 @@ Engine::Engine(const LlamaModel& model, const Tokenizer* tokenizer, int64_t max_
                                 : model.config().max_position_embeddings),
       max_queue_(std::max<int64_t>(0, max_queue)) {
   cache_ = KVCache::create(model.config(), max_batch_, capacity_,
-                           torch::TensorOptions().dtype(model.dtype()).device(model.device()));
+                           torch::TensorOptions().dtype(model.cache_dtype()).device(model.device()));
   // Zeroed, not just allocated: a row's slots before its padding are masked by adding -inf to
   // their scores, which would not hide NaN garbage in uninitialised memory (NaN - inf = NaN).
   for (auto& t : cache_.k) t.zero_();

@@ -172,7 +172,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
     pad[b] = longest - n;
     for (int64_t t = 0; t < n; ++t) acc[b][longest - n + t] = prompts[b][t];
   }
-  auto cache = KVCache::create(cfg, B, capacity, torch::TensorOptions().dtype(model.dtype()).device(model.device()));
+  auto cache = KVCache::create(cfg, B, capacity, torch::TensorOptions().dtype(model.cache_dtype()).device(model.device()));
 
   std::vector<GenerationResult> results(B);
   std::vector<SequenceState> state;

@@ -375,6 +375,44 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, c
   return shards == 1 ? parts[0] : torch::cat(parts);
 }
 
+// The bf16 decode's weights: each matrix of a layer packed for AMX (gate and up as one fused
+// product), and the output layer.
+struct LlamaModel::Bf16Weights {
+  struct Layer {
+    PackedBF16 q, k, v, o, gate_up, down;
+  };
+  std::vector<Layer> layers;
+  PackedBF16 lm_head;
+  std::vector<std::pair<torch::Tensor, uint32_t>> versions;  // each packed tensor and its version then
+};
+
+bool LlamaModel::enable_bf16_decode() {
+  if (!amx_available() || !device_.is_cpu() || dtype_ != torch::kFloat32 || !*small_gemm_isa()) return false;
+  auto c = [](const torch::Tensor& t) { return t.contiguous(); };
+  auto pack = [&](const torch::Tensor& t) {
+    auto x = c(t);
+    return pack_bf16(x.data_ptr<float>(), x.size(0), x.size(1));
+  };
+  auto w = std::make_shared<Bf16Weights>(Bf16Weights{{}, pack(lm_head_), {}});
+  for (const Layer& L : layers_) {
+    auto g = c(L.gate), u = c(L.up);
+    w->layers.push_back({pack(L.q), pack(L.k), pack(L.v), pack(L.o),
+                         pack_bf16_gate_up(g.data_ptr<float>(), u.data_ptr<float>(), g.size(0), g.size(1)), pack(L.down)});
+    for (const auto* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+      if (!t->is_inference()) w->versions.emplace_back(*t, t->_version());  // inference tensors have none (and stay put)
+  }
+  if (!lm_head_.is_inference()) w->versions.emplace_back(lm_head_, lm_head_._version());
+  bf16_ = std::move(w);
+  return true;
+}
+
+bool LlamaModel::bf16_current() const {
+  if (!bf16_ || !amx_available()) return false;
+  for (const auto& [t, v] : bf16_->versions)
+    if (t._version() != v) return false;
+  return true;
+}
+
 // A decoding step as a dozen kernel calls on preallocated buffers. Through libtorch, every
 // elementwise operation of a layer (rotary embedding, cache writes, residual adds, silu, product)
 // cost an operator dispatch and a tensor allocation: 0.5 ms of a 3.2 ms batch-16 step of the
@@ -394,8 +432,10 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
     const Layer& L = layers_[li];
     for (const auto* t : {&L.input_norm, &L.q, &L.k, &L.v, &L.o, &L.post_norm, &L.gate, &L.up, &L.down})
       if (!t->is_contiguous()) return {};
-    if (cache.k[li].scalar_type() != torch::kFloat32 || !cache.k[li].device().is_cpu() || !cache.k[li].is_contiguous() ||
-        !cache.v[li].is_contiguous() || cache.k[li].size(0) != B)
+    const auto kt = cache.k[li].scalar_type();
+    if ((kt != torch::kFloat32 && kt != torch::kBFloat16) || cache.v[li].scalar_type() != kt ||
+        !cache.k[li].device().is_cpu() || !cache.k[li].is_contiguous() || !cache.v[li].is_contiguous() ||
+        cache.k[li].size(0) != B)
       return {};
   }
   auto ids = tokens.to(torch::kCPU, torch::kInt64).contiguous();
@@ -414,6 +454,15 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   float* v = k + B * KV * hd;
   float* att = v + B * KV * hd;
   float* act = att + B * H * hd;
+  // With bfloat16 weights (enable_bf16_decode): the input of each product rounded to bfloat16.
+  const Bf16Weights* bf = bf16_current() ? bf16_.get() : nullptr;
+  std::vector<uint16_t> a16;
+  auto amx = [&](const float* in, int64_t K, const AmxOutput* outs, int n) {
+    const int64_t Kp = outs[0].W->Kp;
+    a16.resize(static_cast<std::size_t>(B * Kp));
+    to_bf16_rows(in, B, K, a16.data(), Kp);
+    amx_gemm(a16.data(), B, outs, n);
+  };
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const float* cosp = cos_.data_ptr<float>();
   const float* sinp = sin_.data_ptr<float>();
@@ -426,22 +475,31 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
     }
   };
   auto w = [](const torch::Tensor& t) { return t.data_ptr<float>(); };
+  // A bfloat16 cache (cache_dtype with bf16 decode) is written rounded and read widened.
+  const bool kv16 = cache.k[0].scalar_type() == torch::kBFloat16;
+  const std::size_t kv_size = kv16 ? 2 : 4;
 
   for (std::size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
-    float* kc = w(cache.k[li]);
-    float* vc = w(cache.v[li]);
+    char* kc = static_cast<char*>(cache.k[li].data_ptr());
+    char* vc = static_cast<char*>(cache.v[li].data_ptr());
     // The new cache slots of this layer are far from anything recently touched: asking for them
     // before the projections overlaps their misses with the projections (at batch 16 of the
     // stories15M shape, writing them cold cost 125 us a step, prefetched 45).
     for (int64_t r = 0; r < B * KV; ++r)
-      for (int64_t i = 0; i < hd; i += 16) {
-        __builtin_prefetch(kc + (r * cache.capacity + start) * hd + i, 1, 3);
-        __builtin_prefetch(vc + (r * cache.capacity + start) * hd + i, 1, 3);
+      for (int64_t i = 0; i < hd * static_cast<int64_t>(kv_size); i += 64) {
+        __builtin_prefetch(kc + (r * cache.capacity + start) * hd * kv_size + i, 1, 3);
+        __builtin_prefetch(vc + (r * cache.capacity + start) * hd * kv_size + i, 1, 3);
       }
     rms_norm_rows(xp, w(L.input_norm), B, D, eps, h);
-    const GemmOutput qkv[3] = {{w(L.q), H * hd, q}, {w(L.k), KV * hd, k}, {w(L.v), KV * hd, v}};
-    small_gemm_many(h, B, D, qkv, 3);
+    const Bf16Weights::Layer* P = bf ? &bf->layers[li] : nullptr;
+    if (P) {
+      const AmxOutput qkv[3] = {{&P->q, q, false}, {&P->k, k, false}, {&P->v, v, false}};
+      amx(h, D, qkv, 3);
+    } else {
+      const GemmOutput qkv[3] = {{w(L.q), H * hd, q}, {w(L.k), KV * hd, k}, {w(L.v), KV * hd, v}};
+      small_gemm_many(h, B, D, qkv, 3);
+    }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t pos = padp ? std::max<int64_t>(start - padp[b], 0) : start;  // the row's own position
       const float* c = cosp + pos * hd;
@@ -451,13 +509,29 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
         float* kh = k + (b * KV + j) * hd;
         rotate(kh, c, s);
         const int64_t slot = ((b * KV + j) * cache.capacity + start) * hd;
-        std::memcpy(kc + slot, kh, sizeof(float) * hd);
-        std::memcpy(vc + slot, v + (b * KV + j) * hd, sizeof(float) * hd);
+        const float* vh = v + (b * KV + j) * hd;
+        if (kv16) {
+          to_bf16_rows(kh, 1, hd, reinterpret_cast<uint16_t*>(kc) + slot, hd);
+          to_bf16_rows(vh, 1, hd, reinterpret_cast<uint16_t*>(vc) + slot, hd);
+        } else {
+          std::memcpy(reinterpret_cast<float*>(kc) + slot, kh, sizeof(float) * hd);
+          std::memcpy(reinterpret_cast<float*>(vc) + slot, vh, sizeof(float) * hd);
+        }
       }
     }
-    DecodeAttention a{q, kc, vc, padp, att, B, H, KV, hd, cache.capacity, S,
-                      static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))};
+    DecodeAttention a{q, kv16 ? nullptr : reinterpret_cast<const float*>(kc), kv16 ? nullptr : reinterpret_cast<const float*>(vc),
+                      padp, att, B, H, KV, hd, cache.capacity, S,
+                      static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))),
+                      kv16 ? reinterpret_cast<const uint16_t*>(kc) : nullptr, kv16 ? reinterpret_cast<const uint16_t*>(vc) : nullptr};
     decode_attention(a);
+    if (P) {
+      const AmxOutput o{&P->o, xp, true}, gu{&P->gate_up, act, false}, down{&P->down, xp, true};
+      amx(att, H * hd, &o, 1);
+      rms_norm_rows(xp, w(L.post_norm), B, D, eps, h);
+      amx(h, D, &gu, 1);
+      amx(act, F, &down, 1);
+      continue;
+    }
     small_gemm(att, B, w(L.o), D, H * hd, xp, /*accumulate=*/true);
     rms_norm_rows(xp, w(L.post_norm), B, D, eps, h);
     gate_up_silu(h, B, D, w(L.gate), w(L.up), F, act);
@@ -466,7 +540,12 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   cache.length = S;
   rms_norm_rows(xp, w(norm_), B, D, eps, h);
   auto logits = torch::empty({B, 1, Vocab}, x.options());
-  small_gemm(h, B, w(lm_head_), Vocab, D, logits.data_ptr<float>());
+  if (bf) {
+    const AmxOutput out{&bf->lm_head, logits.data_ptr<float>(), false};
+    amx(h, D, &out, 1);
+  } else {
+    small_gemm(h, B, w(lm_head_), Vocab, D, logits.data_ptr<float>());
+  }
   return logits;
 }
 
@@ -542,8 +621,8 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
     if (cache) {
       cache->k[li].narrow(2, start, T).copy_(k);
       cache->v[li].narrow(2, start, T).copy_(v);
-      keys = cache->k[li].narrow(2, 0, S);
-      values = cache->v[li].narrow(2, 0, S);
+      keys = cache->k[li].narrow(2, 0, S).to(k.scalar_type());  // a bfloat16 cache: widened (cache_dtype)
+      values = cache->v[li].narrow(2, 0, S).to(v.scalar_type());
     }
     // One new token per row in float32 on the CPU: one kernel pass over the cache.
     torch::Tensor attn = T == 1 && cache ? kernel_decode_attention(q, *cache, li, pad, S, scale) : torch::Tensor();

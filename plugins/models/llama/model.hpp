@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -56,6 +57,17 @@ class LlamaModel {
   // run as (see forward()); 1 where intra-op threading pays better.
   int64_t decode_shards(int64_t rows) const;
 
+  // Decoding steps (one new token per row, float32 on the CPU) multiply by bfloat16 copies of the
+  // weight matrices on Intel AMX, with activations rounded to bfloat16 (see decode_kernels.hpp):
+  // packs the copies now (half the float32 weights' size again). Steps after an in-place change
+  // of a weight (training) use the float32 weights. False, changing nothing, without AMX or
+  // where decode_step does not apply (not float32 on the CPU).
+  bool enable_bf16_decode();
+  bool bf16_decode() const { return bf16_ != nullptr; }
+  // The element type of a KV cache for this model: bfloat16 with bf16 decode (half the bytes a
+  // decoding step reads from the cache), else the weights'. forward() takes a cache of either.
+  torch::ScalarType cache_dtype() const { return bf16_ ? torch::kBFloat16 : dtype_; }
+
   const LlamaConfig& config() const { return cfg_; }
   torch::Device device() const { return device_; }
   torch::ScalarType dtype() const { return dtype_; }
@@ -75,6 +87,9 @@ class LlamaModel {
   // forward_rows for one new token per row, float32 on the CPU outside autograd, on raw buffers
   // with the decode kernels; undefined where it does not apply.
   torch::Tensor decode_step(const torch::Tensor& tokens, KVCache& cache, const torch::Tensor& left_pad) const;
+  struct Bf16Weights;  // the packed copies, decode_kernels.hpp's PackedBF16 (kept out of this header)
+  std::shared_ptr<const Bf16Weights> bf16_;
+  bool bf16_current() const;  // no weight changed since packing
   int64_t largest_matrix_ = 0;  // elements of the largest weight matrix
   LlamaConfig cfg_;
   torch::Device device_;

@@ -1,0 +1,260 @@
+// See decode_kernels.hpp (the bfloat16 part). Intel AMX: eight tile registers of up to 16 rows
+// of 64 bytes; TDPBF16PS multiplies a 16x32 bf16 tile of A by a 32x16 bf16 tile of W, stored as
+// 16 rows of 16 (k, k+1) pairs (the "VNNI" layout), into a 16x16 float32 tile, 8192
+// multiply-adds per instruction. A decoding step's M <= 16 rows fit one A tile; four C tiles
+// take 64 output columns, so each tile of A is used four times per load.
+//
+// Packed layout: groups of 64 output columns; within a group, for each 32-wide block of k, the
+// four 1 KiB W tiles of its four 16-column blocks, one after the other. A group's weights are
+// therefore one contiguous run, read front to back (the hardware prefetcher follows it; the
+// kernel also prefetches a few tiles ahead). Columns past N and k past K are zero.
+#include "decode_kernels.hpp"
+#include "vec_math.hpp"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+
+#if defined(__x86_64__) && defined(__linux__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+#define VHOST_AMX 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace vhost::llama {
+
+namespace {
+constexpr int64_t kGroup = 64;   // output columns per group (four C tiles)
+constexpr int64_t kKBlock = 32;  // k per tile
+constexpr int64_t kTile = 512;   // bf16 elements per W tile (16 x 32)
+
+// Round to nearest even, as torch's float -> bfloat16; a NaN stays a NaN. Branch-free, so the
+// loops below vectorise.
+inline uint16_t bf16_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, nan = (u >> 16) | 0x40u;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+}  // namespace
+
+PackedBF16::PackedBF16(int64_t n, int64_t k, bool gate_up_pairs)
+    : N(n), K(k), Kp((k + kKBlock - 1) / kKBlock * kKBlock), silu_pairs(gate_up_pairs) {
+  // silu_pairs: a group's 64 columns are 32 of gate then the same 32 of up.
+  groups = gate_up_pairs ? (n + 31) / 32 : (n + kGroup - 1) / kGroup;
+  const std::size_t bytes = static_cast<std::size_t>(groups * kGroup * Kp) * sizeof(uint16_t);
+  data_.reset(static_cast<uint16_t*>(std::aligned_alloc(64, std::max<std::size_t>(64, (bytes + 63) / 64 * 64))), Free{});
+  if (!data_) throw std::bad_alloc();
+  std::memset(data_.get(), 0, bytes);
+}
+
+// Column c of group g's packed tiles (c < 64), from row `row` of a [N, K] float matrix.
+static void pack_column(uint16_t* group, int64_t Kp, int64_t c, const float* row, int64_t K) {
+  const int64_t blk = c / 16, col = c % 16;
+  for (int64_t kb = 0; kb < Kp / kKBlock; ++kb) {
+    uint16_t* tile = group + (kb * 4 + blk) * kTile;
+    for (int64_t p = 0; p < 16; ++p)
+      for (int64_t j = 0; j < 2; ++j) {
+        const int64_t k = kb * kKBlock + 2 * p + j;
+        if (k < K) tile[p * 32 + col * 2 + j] = bf16_of(row[k]);
+      }
+  }
+}
+
+PackedBF16 pack_bf16(const float* W, int64_t N, int64_t K) {
+  PackedBF16 P(N, K, false);
+  at::parallel_for(0, P.groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t c = 0; c < kGroup && g * kGroup + c < N; ++c)
+        pack_column(P.data() + g * kGroup * P.Kp, P.Kp, c, W + (g * kGroup + c) * K, K);
+  });
+  return P;
+}
+
+PackedBF16 pack_bf16_gate_up(const float* Wg, const float* Wu, int64_t N, int64_t K) {
+  PackedBF16 P(N, K, true);
+  at::parallel_for(0, P.groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t c = 0; c < 32 && g * 32 + c < N; ++c) {
+        pack_column(P.data() + g * kGroup * P.Kp, P.Kp, c, Wg + (g * 32 + c) * K, K);
+        pack_column(P.data() + g * kGroup * P.Kp, P.Kp, 32 + c, Wu + (g * 32 + c) * K, K);
+      }
+  });
+  return P;
+}
+
+void to_bf16_rows(const float* x, int64_t M, int64_t K, uint16_t* out, int64_t Kp) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* in = x + m * K;
+    uint16_t* o = out + m * Kp;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) o[k] = bf16_of(in[k]);
+    for (int64_t k = K; k < Kp; ++k) out[m * Kp + k] = 0;
+  }
+}
+
+#ifdef VHOST_AMX
+namespace {
+
+struct TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: C (rows x 16 floats); 4: A (rows x 32 bf16); 5-7: W (16 x 32 bf16 pairs).
+__attribute__((target("amx-tile"))) void configure(int rows) {
+  alignas(64) TileConfig c;
+  for (int i = 0; i < 8; ++i) {
+    c.colsb[i] = 64;
+    c.rows[i] = static_cast<uint8_t>(i < 5 ? rows : 16);
+  }
+  // GCC 12 does not see that LDTILECFG reads the 64 bytes and drops the stores above.
+  __asm__ volatile("" : : "r"(&c) : "memory");
+  _tile_loadconfig(&c);
+}
+
+// Groups [g0, g1) of one output, rows [m0, m0 + rows) of A (bf16, row stride Kp).
+__attribute__((target("amx-tile,amx-bf16,avx512f"))) void groups_amx(const uint16_t* A, int64_t m0, int rows,
+                                                                      const AmxOutput& o, int64_t g0, int64_t g1) {
+  const PackedBF16& P = *o.W;
+  const int64_t KB = P.Kp / kKBlock;
+  const int64_t lda = P.Kp * 2;
+  const uint16_t* a = A + m0 * P.Kp;
+  alignas(64) float buf[16 * kGroup];
+  typedef float vec __attribute__((vector_size(64)));
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint16_t* w = P.data() + g * kGroup * P.Kp;
+    // A whole group of a plain product goes straight between C and the tiles; a partial group
+    // and the gate/up pairs go through buf.
+    const bool direct = !P.silu_pairs && (g + 1) * kGroup <= P.N;
+    float* c = o.C + m0 * P.N + g * kGroup;
+    const int64_t ldc = P.N * 4;
+    if (direct && o.accumulate) {
+      _tile_loadd(0, c, ldc);
+      _tile_loadd(1, c + 16, ldc);
+      _tile_loadd(2, c + 32, ldc);
+      _tile_loadd(3, c + 48, ldc);
+    } else {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+    for (int64_t kb = 0; kb < KB; ++kb) {
+      const uint16_t* t = w + kb * 4 * kTile;
+      const char* ahead = reinterpret_cast<const char*>(t + 16 * kTile);  // four k-blocks on
+      for (int l = 0; l < 64; ++l) _mm_prefetch(ahead + l * 64, _MM_HINT_T0);
+      _tile_loadd(4, a + kb * kKBlock, lda);
+      _tile_loadd(5, t, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      _tile_loadd(6, t + kTile, 64);
+      _tile_dpbf16ps(1, 4, 6);
+      _tile_loadd(7, t + 2 * kTile, 64);
+      _tile_dpbf16ps(2, 4, 7);
+      _tile_loadd(5, t + 3 * kTile, 64);
+      _tile_dpbf16ps(3, 4, 5);
+    }
+    if (direct) {
+      _tile_stored(0, c, ldc);
+      _tile_stored(1, c + 16, ldc);
+      _tile_stored(2, c + 32, ldc);
+      _tile_stored(3, c + 48, ldc);
+      continue;
+    }
+    _tile_stored(0, buf, kGroup * 4);
+    _tile_stored(1, buf + 16, kGroup * 4);
+    _tile_stored(2, buf + 32, kGroup * 4);
+    _tile_stored(3, buf + 48, kGroup * 4);
+    if (P.silu_pairs) {  // act = silu(gate) * up, 32 columns
+      const int64_t n0 = g * 32, nc = std::min<int64_t>(32, P.N - n0);
+      for (int r = 0; r < rows; ++r) {
+        float* s = buf + r * kGroup;
+        for (int h = 0; h < 2; ++h) {
+          vec gate, up;
+          std::memcpy(&gate, s + 16 * h, sizeof gate);
+          std::memcpy(&up, s + 32 + 16 * h, sizeof up);
+          gate = silu_mul<16>(gate, up);
+          std::memcpy(s + 16 * h, &gate, sizeof gate);
+        }
+        std::memcpy(o.C + (m0 + r) * P.N + n0, s, static_cast<std::size_t>(nc) * sizeof(float));
+      }
+    } else {
+      const int64_t n0 = g * kGroup, nc = P.N - n0;
+      for (int r = 0; r < rows; ++r) {
+        float* cr = o.C + (m0 + r) * P.N + n0;
+        const float* s = buf + r * kGroup;
+        if (o.accumulate)
+          for (int64_t j = 0; j < nc; ++j) cr[j] += s[j];
+        else
+          std::memcpy(cr, s, static_cast<std::size_t>(nc) * sizeof(float));
+      }
+    }
+  }
+}
+
+__attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
+
+bool amx_granted() {
+  static const bool granted = [] {
+    if (!__builtin_cpu_supports("avx512f")) return false;
+    unsigned a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    const bool tile = (d >> 24) & 1, bf16 = (d >> 22) & 1;
+    if (!tile || !bf16) return false;
+    // Linux keeps the 8 KiB tile state off until a process asks (arch_prctl ARCH_REQ_XCOMP_PERM
+    // for XTILEDATA, feature 18); a kernel or hypervisor that refuses leaves AMX unusable.
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return granted;
+}
+
+bool amx_enabled = true;
+
+}  // namespace
+
+bool amx_available() { return amx_enabled && amx_granted(); }
+bool select_amx(bool on) {
+  amx_enabled = on;
+  return !on || amx_granted();
+}
+
+bool amx_gemm(const uint16_t* A, int64_t M, const AmxOutput* outs, int n) {
+  if (!amx_available()) return false;
+  if (M <= 0) return true;
+  for (int i = 1; i < n; ++i)
+    if (outs[i].W->Kp != outs[0].W->Kp) return false;
+  std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);  // first group of each output, one index space
+  for (int i = 0; i < n; ++i) first[i + 1] = first[i] + outs[i].W->groups;
+  // A chunk of groups worth waking a thread for: ~256K multiply-adds.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, std::min<int64_t>(M, 16) * kGroup * outs[0].W->Kp));
+  at::parallel_for(0, first[n], grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t m0 = 0; m0 < M; m0 += 16) {
+      const int rows = static_cast<int>(std::min<int64_t>(16, M - m0));
+      configure(rows);
+      for (int i = 0; i < n; ++i) {
+        const int64_t a = std::max(t0, first[i]), b = std::min(t1, first[i + 1]);
+        if (a < b) groups_amx(A, m0, rows, outs[i], a - first[i], b - first[i]);
+      }
+    }
+    release_tiles();
+  });
+  return true;
+}
+
+#else
+
+bool amx_available() { return false; }
+bool select_amx(bool on) { return !on; }
+bool amx_gemm(const uint16_t*, int64_t, const AmxOutput*, int) { return false; }
+
+#endif
+
+}  // namespace vhost::llama

@@ -1,0 +1,84 @@
+// Vector math shared by the decode kernels (decode_kernels.cpp, amx_kernels.cpp): GCC/Clang
+// vector extensions, instantiated inside each kernel's target("...") function.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#define VHOST_INLINE __attribute__((always_inline)) inline
+
+namespace vhost::llama {
+
+// A bfloat16 (its 16 bits) or a float, as a float: bfloat16 is a float's upper half.
+VHOST_INLINE float as_float(float x) { return x; }
+VHOST_INLINE float as_float(uint16_t x) {
+  const uint32_t u = uint32_t(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// V consecutive floats, or V bfloat16 widened to floats, as a vector.
+template <int V, typename vec>
+VHOST_INLINE vec load_vec(const float* p) {
+  vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+// (GCC 12 drops a vector_size that depends on a template parameter from a typedef inside a
+// function template: the widths are spelled out here.)
+template <int V>
+struct Widen;
+template <>
+struct Widen<16> {
+  typedef uint16_t half __attribute__((vector_size(32)));
+  typedef uint32_t word __attribute__((vector_size(64)));
+};
+template <>
+struct Widen<8> {
+  typedef uint16_t half __attribute__((vector_size(16)));
+  typedef uint32_t word __attribute__((vector_size(32)));
+};
+template <int V, typename vec>
+VHOST_INLINE vec load_vec(const uint16_t* p) {
+  typename Widen<V>::half h;
+  std::memcpy(&h, p, sizeof h);
+  const typename Widen<V>::word u = __builtin_convertvector(h, typename Widen<V>::word) << 16;
+  vec v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+// e^x for x <= 0 on a vector (Cephes' expf polynomial, about 1 ulp): 2^n * p(r), with
+// x = n ln2 + r, |r| <= ln2/2. Below -87.3 the result is 0 (the float range ends there).
+template <int V, typename vec>
+VHOST_INLINE vec exp_nonpositive(vec x) {
+  typedef int32_t ivec __attribute__((vector_size(4 * V)));
+  const auto under = x < -87.3f;  // lanes that underflow
+  x = under ? vec{} - 87.3f : x;
+  vec n = x * 1.44269504088896341f;
+  n = __builtin_convertvector(__builtin_convertvector(n + (n < 0 ? vec{} - 0.5f : vec{} + 0.5f), ivec), vec);  // round
+  vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vec p = vec{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;
+  vec scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  p = p * scale;
+  return under ? vec{} : p;
+}
+
+// silu(g) * u on a vector: g * sigmoid(g), sigmoid from e = exp(-|g|) <= 1 (never overflows).
+template <int V, typename vec>
+VHOST_INLINE vec silu_mul(vec g, vec u) {
+  const vec e = exp_nonpositive<V>(g < 0 ? g : -g);
+  const vec one = vec{} + 1.0f;
+  return g * ((g < 0 ? e : one) / (one + e)) * u;
+}
+
+}  // namespace vhost::llama
