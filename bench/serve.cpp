@@ -7,6 +7,7 @@
 // Also p50/p99 time to first token over HTTP.
 //
 //   bench_serve [--clients 64] [--requests 4] [--tokens 256] [--threads 2] [--rounds 5]
+//               [--decode-dtype float32|bfloat16]
 // --requests 1: a single burst of one request per client (ramp-up and tail weigh more).
 #include "engine.hpp"
 #include "model.hpp"
@@ -117,10 +118,12 @@ static std::pair<pid_t, int> start(const fs::path& vhost, std::vector<std::strin
   std::exit(1);
 }
 
+static std::string decode_dtype = "float32";
+
 static std::pair<pid_t, int> start_server(const fs::path& vhost, const fs::path& model, int batch, int threads,
                                           const fs::path& log) {
   return start(vhost, {"serve", model.string(), "--port", "0", "--max-batch", std::to_string(batch), "--max-queue", "1024",
-                       "--threads", std::to_string(threads), "--log-level", "warn"},
+                       "--threads", std::to_string(threads), "--decode-dtype", decode_dtype, "--log-level", "warn"},
                log);
 }
 
@@ -157,6 +160,7 @@ int main(int argc, char** argv) {
     else if (a == "--requests") requests = std::max(1, std::atoi(argv[i + 1]));
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
     else if (a == "--rounds") rounds = std::max(1, std::atoi(argv[i + 1]));
+    else if (a == "--decode-dtype") decode_dtype = argv[i + 1];
   }
   fs::path self = fs::read_symlink("/proc/self/exe").parent_path(), vhost = self / "vhost";
   fs::path scratch = fs::temp_directory_path() / "vhost-bench-serve", model = scratch / "tiny";
@@ -165,8 +169,8 @@ int main(int argc, char** argv) {
                      "/docs/plugins.md --out " + model.string() + " >/dev/null";
   if (std::system(init.c_str()) != 0) return 1;
   std::printf("tiny preset, %d concurrent streaming clients, %d requests each one after the other, at most %d tokens a "
-              "request (temperature 1, seeded), %d threads\n",
-              clients, requests, tokens, threads);
+              "request (temperature 1, seeded), %d threads, decode_dtype %s\n",
+              clients, requests, tokens, threads, decode_dtype.c_str());
 
   // Batch size 1 is slow (about 10 s): one run. The fast runs take under a second each on a
   // shared machine, so they go in rounds: direct HTTP, the API path and the in-process engine
@@ -186,7 +190,7 @@ int main(int argc, char** argv) {
   std::string ctl = "http://127.0.0.1:" + std::to_string(cport);
   auto [wpid, wport] = start(vhost, {"worker", model.string(), "--controller", ctl, "--port", "0", "--max-batch",
                                       std::to_string(clients), "--max-queue", "1024", "--threads", std::to_string(threads),
-                                      "--heartbeat", "0.5", "--log-level", "warn"},
+                                      "--decode-dtype", decode_dtype, "--heartbeat", "0.5", "--log-level", "warn"},
                              scratch / "worker.log");
   (void)wport;
   auto [apid, aport] = start(vhost, {"api", "--controller", ctl, "--port", "0"}, scratch / "api.log");
@@ -202,6 +206,7 @@ int main(int argc, char** argv) {
   // In process: the same requests straight into the engine.
   torch::set_num_threads(threads);
   auto m = vhost::llama::LlamaModel::load(model);
+  if (decode_dtype == "bfloat16" && !m.enable_bf16_decode()) std::printf("(no AMX here: the engine decodes in float32)\n");
   auto tok = vhost::llama::Tokenizer::load(model / "tokenizer.model");
   vhost::llama::Engine engine(m, &tok, clients, 0, 1024);
   auto prompt = tok.encode(kPrompt, true);
