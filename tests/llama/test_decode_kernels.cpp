@@ -120,62 +120,41 @@ static torch::Tensor reference_attention(const torch::Tensor& q, const torch::Te
   return out;
 }
 
-TEST_CASE("decode_attention equals softmax attention: grouped-query heads, left padding", "[kernels]") {
+TEST_CASE("decode_attention equals softmax attention: grouped-query heads, left padding, a bfloat16 cache",
+          "[kernels][bf16]") {
   if (std::string(small_gemm_isa()).empty()) {
     WARN("no decode kernel for this CPU: the model keeps libtorch's attention");
     return;
   }
   // Head size 20: the scalar loop. 16, 48, 64: the vector kernel (whole vectors of 8 or 16);
-  // 23 and 71 keys leave a remainder after the blocks of 16 keys, 64 and 1 do not.
+  // 23 and 71 keys leave a remainder after the blocks of 16 keys, 64 and 1 do not. A bfloat16
+  // cache is read as its values widened to float32.
   const int64_t B = 3, H = 6, KV = 2, cap = 72;
   for (const auto& isa : runnable_kernels())
     for (int64_t hd : {20, 16, 48, 64})
-      for (int64_t S : {23, 64, 71, 1}) {
-        select_kernels(isa.c_str());
-        torch::manual_seed(4);
-        auto q = torch::randn({B, H, hd}) * 3;  // spread scores: the exp is tested over a wide range
-        auto k = torch::randn({B, KV, cap, hd}), v = torch::randn({B, KV, cap, hd});
-        const double scale = 1.0 / std::sqrt(double(hd));
-        for (std::vector<int64_t> pad : {std::vector<int64_t>{}, std::vector<int64_t>{0, 5, 22}}) {
-          INFO("kernels " << small_gemm_isa() << ", head size " << hd << ", " << S << " keys, "
-                          << (pad.empty() ? "no padding" : "padding 0, 5, 22"));
-          auto padt = torch::tensor(pad.empty() ? std::vector<int64_t>{0} : pad);
-          auto out = torch::full({B, H, hd}, std::numeric_limits<float>::quiet_NaN());
-          DecodeAttention a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
-                            pad.empty() ? nullptr : padt.data_ptr<int64_t>(), out.data_ptr<float>(), B, H, KV, hd, cap, S,
-                            static_cast<float>(scale)};
-          REQUIRE(decode_attention(a));
-          CHECK(torch::allclose(out, reference_attention(q, k, v, pad, S, scale), 1e-5, 1e-5));
+      for (int64_t S : {23, 64, 71, 1})
+        for (bool bf16 : {false, true}) {
+          select_kernels(isa.c_str());
+          torch::manual_seed(4);
+          auto q = torch::randn({B, H, hd}) * 3;  // spread scores: the exp is tested over a wide range
+          auto k = torch::randn({B, KV, cap, hd}), v = torch::randn({B, KV, cap, hd});
+          auto k16 = k.to(torch::kBFloat16), v16 = v.to(torch::kBFloat16);
+          if (bf16) k = k16.to(torch::kFloat32), v = v16.to(torch::kFloat32);  // what the kernel should see
+          const double scale = 1.0 / std::sqrt(double(hd));
+          for (std::vector<int64_t> pad : {std::vector<int64_t>{}, std::vector<int64_t>{0, 5, 22}}) {
+            INFO("kernels " << small_gemm_isa() << ", head size " << hd << ", " << S << " keys, "
+                            << (pad.empty() ? "no padding" : "padding 0, 5, 22") << (bf16 ? ", bfloat16 cache" : ""));
+            auto padt = torch::tensor(pad.empty() ? std::vector<int64_t>{0} : pad);
+            auto out = torch::full({B, H, hd}, std::numeric_limits<float>::quiet_NaN());
+            DecodeAttention a{q.data_ptr<float>(), bf16 ? nullptr : k.data_ptr<float>(), bf16 ? nullptr : v.data_ptr<float>(),
+                              pad.empty() ? nullptr : padt.data_ptr<int64_t>(), out.data_ptr<float>(), B, H, KV, hd, cap, S,
+                              static_cast<float>(scale),
+                              bf16 ? reinterpret_cast<const uint16_t*>(k16.data_ptr()) : nullptr,
+                              bf16 ? reinterpret_cast<const uint16_t*>(v16.data_ptr()) : nullptr};
+            REQUIRE(decode_attention(a));
+            CHECK(torch::allclose(out, reference_attention(q, k, v, pad, S, scale), 1e-5, 1e-5));
+          }
         }
-      }
-  select_kernels(nullptr);
-}
-
-TEST_CASE("decode_attention reads a bfloat16 cache as its values widened to float32", "[kernels][bf16]") {
-  if (std::string(small_gemm_isa()).empty()) {
-    WARN("no decode kernel for this CPU: the model keeps libtorch's attention");
-    return;
-  }
-  const int64_t B = 2, H = 4, KV = 2, cap = 40;
-  for (const auto& isa : runnable_kernels())
-    for (int64_t hd : {20, 48}) {  // the scalar loop, the vector kernel
-      select_kernels(isa.c_str());
-      torch::manual_seed(5);
-      auto q = torch::randn({B, H, hd}) * 3;
-      auto k = torch::randn({B, KV, cap, hd}).to(torch::kBFloat16), v = torch::randn({B, KV, cap, hd}).to(torch::kBFloat16);
-      const int64_t S = 37;
-      const double scale = 1.0 / std::sqrt(double(hd));
-      std::vector<int64_t> pad = {0, 9};
-      auto padt = torch::tensor(pad);
-      auto out = torch::full({B, H, hd}, std::numeric_limits<float>::quiet_NaN());
-      DecodeAttention a{q.data_ptr<float>(), nullptr, nullptr, padt.data_ptr<int64_t>(), out.data_ptr<float>(), B, H, KV, hd,
-                        cap, S, static_cast<float>(scale), reinterpret_cast<const uint16_t*>(k.data_ptr()),
-                        reinterpret_cast<const uint16_t*>(v.data_ptr())};
-      INFO("kernels " << small_gemm_isa() << ", head size " << hd);
-      REQUIRE(decode_attention(a));
-      CHECK(torch::allclose(out, reference_attention(q, k.to(torch::kFloat32), v.to(torch::kFloat32), pad, S, scale), 1e-5,
-                            1e-5));
-    }
   select_kernels(nullptr);
 }
 

@@ -355,15 +355,24 @@ static TinyLM& tiny_lm() {
   return lm;
 }
 
-TEST_CASE("generate: a batch of different-length prompts equals one-by-one generation", "[generate]") {
-  auto& lm = tiny_lm();
-  std::vector<std::vector<int32_t>> prompts = {lm.tok.encode("plugins load", true),
-                                               lm.tok.encode("the host knows kinds, not internals of any plugin", true),
-                                               lm.tok.encode("a", true)};
+// Three prompts of different lengths, and greedy decoding of 12 tokens past EOS: a batch of them
+// must equal each alone.
+static std::vector<std::vector<int32_t>> uneven_prompts(const TinyLM& lm) {
+  return {lm.tok.encode("plugins load", true), lm.tok.encode("the host knows kinds, not internals of any plugin", true),
+          lm.tok.encode("a", true)};
+}
+static SamplingParams greedy_12() {
   SamplingParams p;
   p.temperature = 0;
   p.max_tokens = 12;
   p.ignore_eos = true;
+  return p;
+}
+
+TEST_CASE("generate: a batch of different-length prompts equals one-by-one generation", "[generate]") {
+  auto& lm = tiny_lm();
+  const auto prompts = uneven_prompts(lm);
+  const SamplingParams p = greedy_12();
   auto batched = generate(lm.model, &lm.tok, prompts, p);
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     auto single = generate(lm.model, &lm.tok, {prompts[i]}, p);
@@ -461,13 +470,8 @@ TEST_CASE("bf16 decode on AMX: close to float32, batches exactly, steps aside wh
   CHECK(torch::allclose(steps(bf, torch::kFloat32), b16, 0.05, 0.05));
 
   // Greedy generation: a batch equals each prompt alone, and the engine equals generate.
-  std::vector<std::vector<int32_t>> prompts = {lm.tok.encode("plugins load", true),
-                                               lm.tok.encode("the host knows kinds, not internals of any plugin", true),
-                                               lm.tok.encode("a", true)};
-  SamplingParams p;
-  p.temperature = 0;
-  p.max_tokens = 12;
-  p.ignore_eos = true;
+  const auto prompts = uneven_prompts(lm);
+  const SamplingParams p = greedy_12();
   auto batched = generate(bf, &lm.tok, prompts, p);
   Engine engine(bf, &lm.tok, 4, 0, 8);
   for (std::size_t i = 0; i < prompts.size(); ++i) {
