@@ -78,7 +78,7 @@ prompt = "Rate this answer from 1 to 10."
 max_tokens = 8
 TOML
 # Port 0 cannot be known in advance: ask for a free one first.
-LPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+LPORT=$(free_port)
 sed -i "s|127.0.0.1:0/v1|127.0.0.1:$LPORT/v1|; s|^port = 0|port = $LPORT|" local.toml
 env -u OPENAI_API_KEY "$vhost" run local.toml > local.log 2>&1 || { cat local.log; exit 1; }
 grep -q "serving in the background on http://127.0.0.1:$LPORT" local.log
@@ -86,7 +86,7 @@ grep -q "judges.local replied in" local.log
 echo "  a local judge served by vhost: ok"
 
 # Moderation: the serve stage asks the openai judge's moderation endpoint about every prompt.
-MPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+MPORT=$(free_port)
 modpipe() {  # modpipe MODERATORS
   cat > mod.toml <<TOML
 [pipeline]

@@ -18,6 +18,9 @@ port_of() {
   echo "no port in $1" >&2; cat "$1" >&2; exit 1
 }
 
+# free_port: prints a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 # start_scripted_judge: runs scripted_openai.py (a fake OpenAI endpoint with known replies);
 # sets SPID and PORT and kills it on exit; calls() prints how many requests it has answered.
 start_scripted_judge() {

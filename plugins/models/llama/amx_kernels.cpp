@@ -95,7 +95,7 @@ void to_bf16_rows(const float* x, int64_t M, int64_t K, uint16_t* out, int64_t K
     uint16_t* o = out + m * Kp;
 #pragma omp simd
     for (int64_t k = 0; k < K; ++k) o[k] = bf16_of(in[k]);
-    for (int64_t k = K; k < Kp; ++k) out[m * Kp + k] = 0;
+    for (int64_t k = K; k < Kp; ++k) o[k] = 0;
   }
 }
 
