@@ -189,6 +189,20 @@ TEST_CASE("model: the CPU decoding step on kernels equals libtorch's ops, left p
   auto [fast, fast_cache] = run(nullptr);
   auto [ops, ops_cache] = run("");
   CHECK(torch::allclose(fast, ops, 1e-5, 1e-5));
+  // A step's logits go out in a buffer the steps reuse once the caller lets go of it: a view
+  // still held (a caller sampling from .select(1, 0)) keeps it, over more steps than the two
+  // buffers that take turns.
+  {
+    auto cache = KVCache::create(cfg, 3, 12, torch::TensorOptions());
+    m.forward(prompt, &cache, pad);
+    std::vector<torch::Tensor> views, copies;
+    for (int64_t t = 0; t < 4; ++t) {
+      views.push_back(m.forward(torch::tensor(std::vector<int64_t>{7 + t, 100 + t, 300 + t}).view({3, 1}), &cache, pad).select(1, 0));
+      copies.push_back(views.back().clone());
+    }
+    for (int64_t t = 0; t < 4; ++t) CHECK(torch::equal(views[t], copies[t]));
+    CHECK(torch::allclose(torch::stack(copies, 1), fast.narrow(1, 0, 4), 1e-5, 1e-5));
+  }
   for (std::size_t l = 0; l < fast_cache.k.size(); ++l) {  // the cache slots written are the same
     CHECK(torch::allclose(fast_cache.k[l], ops_cache.k[l], 1e-5, 1e-5));
     CHECK(torch::allclose(fast_cache.v[l], ops_cache.v[l], 1e-5, 1e-5));

@@ -413,6 +413,14 @@ bool LlamaModel::bf16_current() const {
   return true;
 }
 
+namespace {
+struct StepBuffers {  // see decode_step
+  std::vector<float> x, scratch;
+  std::vector<uint16_t> a16;
+  torch::Tensor logits[2];
+};
+}  // namespace
+
 // A decoding step as a dozen kernel calls on preallocated buffers. Through libtorch, every
 // elementwise operation of a layer (rotary embedding, cache writes, residual adds, silu, product)
 // cost an operator dispatch and a tensor allocation: 0.5 ms of a 3.2 ms batch-16 step of the
@@ -426,7 +434,7 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   const int64_t start = cache.length, S = start + 1;
   if (tokens.size(1) != 1 || !device_.is_cpu() || dtype_ != torch::kFloat32 || !*small_gemm_isa() ||
       S > cfg_.max_position_embeddings || S > cache.capacity || (torch::GradMode::is_enabled() && embed_.requires_grad()) ||
-      !lm_head_.is_contiguous() || hd % 2)
+      !lm_head_.is_contiguous() || !embed_.is_contiguous() || hd % 2)
     return {};
   for (std::size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
@@ -443,12 +451,22 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   if (pad.defined()) TORCH_CHECK(pad.dim() == 1 && pad.size(0) == B, "left_pad must be [batch]");
   const int64_t* padp = pad.defined() ? pad.data_ptr<int64_t>() : nullptr;
 
-  auto x = embed_.index_select(0, ids.view({B}));  // [B, D], a copy: updated in place below
-  // Scratch: h (normed input) [B, D], q [B, H*hd], k and v [B, KV*hd], attention output
-  // [B, H*hd], MLP activation [B, F].
-  auto scratch = torch::empty({B * (D + 2 * H * hd + 2 * KV * hd + F)}, x.options());
-  float* xp = x.data_ptr<float>();
-  float* h = scratch.data_ptr<float>();
+  // The step's buffers live on between steps (one set per calling thread: the engine's row
+  // shards step at once). Allocated anew each step, the logits and scratch of a 16-row step of
+  // the stories15M shape (2.2 MB) went back to the kernel when freed and came back as ~240 page
+  // faults a step.
+  thread_local StepBuffers buf;
+  // x: the residual stream [B, D]. Scratch: h (normed input) [B, D], q [B, H*hd], k and v
+  // [B, KV*hd], attention output [B, H*hd], MLP activation [B, F].
+  buf.x.resize(static_cast<std::size_t>(B * D));
+  buf.scratch.resize(static_cast<std::size_t>(B * (D + 2 * H * hd + 2 * KV * hd + F)));
+  float* xp = buf.x.data();
+  const int64_t* idp = ids.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(idp[b] >= 0 && idp[b] < Vocab, "token id ", idp[b], " is outside the vocabulary of ", Vocab);
+    std::memcpy(xp + b * D, embed_.data_ptr<float>() + idp[b] * D, sizeof(float) * D);
+  }
+  float* h = buf.scratch.data();
   float* q = h + B * D;
   float* k = q + B * H * hd;
   float* v = k + B * KV * hd;
@@ -456,7 +474,7 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   float* act = att + B * H * hd;
   // With bfloat16 weights (enable_bf16_decode): the input of each product rounded to bfloat16.
   const Bf16Weights* bf = bf16_current() ? bf16_.get() : nullptr;
-  std::vector<uint16_t> a16;
+  std::vector<uint16_t>& a16 = buf.a16;
   auto amx = [&](const float* in, int64_t K, const AmxOutput* outs, int n) {
     const int64_t Kp = outs[0].W->Kp;
     a16.resize(static_cast<std::size_t>(B * Kp));
@@ -539,7 +557,15 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   }
   cache.length = S;
   rms_norm_rows(xp, w(norm_), B, D, eps, h);
-  auto logits = torch::empty({B, 1, Vocab}, x.options());
+  // The logits go out in one of the last two steps' tensors that the caller has let go of (no
+  // tensor or view of it left: a loop `logits = forward(...)` still holds the last one), else in
+  // a new one.
+  auto free_logits = [&](const torch::Tensor& t) {
+    return t.defined() && t.use_count() == 1 && t.storage().use_count() == 1 && t.size(0) == B && t.size(2) == Vocab;
+  };
+  if (!free_logits(buf.logits[0])) std::swap(buf.logits[0], buf.logits[1]);
+  torch::Tensor& logits = buf.logits[0];
+  if (!free_logits(logits)) logits = torch::empty({B, 1, Vocab}, torch::TensorOptions().dtype(torch::kFloat32));
   if (bf) {
     const AmxOutput out{&bf->lm_head, logits.data_ptr<float>(), false};
     amx(h, D, &out, 1);
