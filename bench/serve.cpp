@@ -110,8 +110,12 @@ static std::pair<pid_t, int> start(const fs::path& vhost, std::vector<std::strin
   for (int i = 0; i < 400; ++i) {
     std::ifstream in(log);
     std::string s((std::istreambuf_iterator<char>(in)), {});
+    // The last address on the first line that has one ("worker of CONTROLLER at SELF").
     auto p = s.find("127.0.0.1:");
-    if (p != std::string::npos) return {pid, std::atoi(s.c_str() + p + 10)};
+    if (p != std::string::npos && s.find('\n', p) != std::string::npos) {
+      p = s.rfind("127.0.0.1:", s.find('\n', p));
+      return {pid, std::atoi(s.c_str() + p + 10)};
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   std::fprintf(stderr, "vhost %s did not start (see %s)\n", args[0].c_str(), log.c_str());
@@ -192,7 +196,6 @@ int main(int argc, char** argv) {
                                       std::to_string(clients), "--max-queue", "1024", "--threads", std::to_string(threads),
                                       "--decode-dtype", decode_dtype, "--heartbeat", "0.5", "--log-level", "warn"},
                              scratch / "worker.log");
-  (void)wport;
   auto [apid, aport] = start(vhost, {"api", "--controller", ctl, "--port", "0"}, scratch / "api.log");
   for (int i = 0; i < 200; ++i) {  // until the worker has registered
     httplib::Client c("127.0.0.1", aport);
@@ -235,6 +238,7 @@ int main(int argc, char** argv) {
   std::vector<Load> direct, routed, inproc;
   // Where the CPU goes on the API path: each process's CPU seconds over the routed rounds.
   double api_cpu = 0, worker_cpu = 0, controller_cpu = 0, routed_tokens = 0, routed_wall = 0;
+  double inproc_cpu = 0, inproc_tokens = 0;
   for (int round = 0; round < rounds; ++round) {
     direct.push_back(http_load(sport, clients, tokens, requests));
     double a0 = cpu_seconds(apid), w0 = cpu_seconds(wpid), c0 = cpu_seconds(cpid);
@@ -244,7 +248,16 @@ int main(int argc, char** argv) {
     controller_cpu += cpu_seconds(cpid) - c0;
     routed_tokens += static_cast<double>(routed.back().tokens);
     routed_wall += static_cast<double>(routed.back().tokens) / routed.back().tokens_per_s;
+    const double e0 = cpu_seconds(getpid());
     inproc.push_back(in_process());
+    inproc_cpu += cpu_seconds(getpid()) - e0;  // this process runs nothing else meanwhile
+    inproc_tokens += static_cast<double>(inproc.back().tokens);
+  }
+  // Rows per decode step over the worker's life (warm-up included) and the in-process engine's.
+  double worker_batch = 0;
+  if (auto r = httplib::Client("127.0.0.1", wport).Get("/metrics")) {
+    auto at = r->body.find("\nvhost_model_mean_batch{");
+    if (at != std::string::npos) worker_batch = std::atof(r->body.c_str() + r->body.find("} ", at) + 2);
   }
   stop(apid);
   stop(wpid);
@@ -266,6 +279,13 @@ int main(int argc, char** argv) {
   std::printf("API path CPU per 1000 tokens: worker %.3f s, api %.3f s, controller %.3f s (wall %.3f s, %d cores)\n",
               1000 * worker_cpu / routed_tokens, 1000 * api_cpu / routed_tokens, 1000 * controller_cpu / routed_tokens,
               1000 * routed_wall / routed_tokens, threads);
+  // The load generator shares the cores with the servers here; the servers' own CPU per token
+  // against the engine's is what the HTTP path costs where clients run elsewhere.
+  const double served = (worker_cpu + api_cpu + controller_cpu) / routed_tokens, engine_cpu = inproc_cpu / inproc_tokens;
+  std::printf("in-process engine CPU per 1000 tokens: %.3f s; servers' CPU (worker + api + controller) per token: %.2fx "
+              "the engine's\n",
+              1000 * engine_cpu, served / engine_cpu);
+  std::printf("mean rows per decode step: worker %.1f, in-process engine %.1f\n", worker_batch, engine.stats().mean_batch);
   std::printf("HTTP path: %.2fx the in-process engine; via api + controller: %.2fx\n", many.tokens_per_s / engine_only.tokens_per_s,
               via_api.tokens_per_s / engine_only.tokens_per_s);
   return 0;
