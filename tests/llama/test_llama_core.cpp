@@ -616,6 +616,22 @@ static torch::Tensor reference_logits(const fs::path& ckpt, const std::vector<st
   return torch::tensor(flat).view({(int64_t)j.size(), (int64_t)j[0].size(), -1});
 }
 
+// vhost's logits beside the checkpoint, for tests/reference/hf_compare.py: the same comparison
+// against HF transformers itself, where that is installed (not Debian 12; the lent GPU host).
+static void save_logits(const fs::path& ckpt, const std::vector<std::vector<int64_t>>& ids, const torch::Tensor& logits) {
+  auto l = logits.contiguous();
+  std::vector<float> flat(l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t b = 0; b < l.size(0); ++b) {
+    nlohmann::json seq = nlohmann::json::array();
+    for (int64_t t = 0; t < l.size(1); ++t)
+      seq.push_back(std::vector<float>(flat.begin() + (b * l.size(1) + t) * l.size(2),
+                                       flat.begin() + (b * l.size(1) + t + 1) * l.size(2)));
+    rows.push_back(seq);
+  }
+  std::ofstream(ckpt / "vhost_logits.json") << nlohmann::json{{"ids", ids}, {"logits", rows}}.dump();
+}
+
 TEST_CASE("forward matches an independent Python implementation of HF's formulas", "[model][reference]") {
   fs::path dir = scratch("reference");
   std::vector<std::vector<int64_t>> ids = {{1, 17, 200, 3, 99, 42, 7, 311}, {1, 5, 5, 5, 480, 2, 64, 128}};
@@ -627,6 +643,7 @@ TEST_CASE("forward matches an independent Python implementation of HF's formulas
   auto m = LlamaModel::random(cfg, 21);
   m.save(dir / "gqa");
   auto ours = LlamaModel::load(dir / "gqa").forward(tokens);
+  save_logits(dir / "gqa", ids, ours);
   auto ref = reference_logits(dir / "gqa", ids);
   double diff = (ours - ref).abs().max().item<double>();
   INFO("max |logit difference| (gqa): " << diff);
@@ -640,6 +657,7 @@ TEST_CASE("forward matches an independent Python implementation of HF's formulas
   auto t = LlamaModel::random(cfg, 22);
   t.save(dir / "tied", torch::kBFloat16, 30000);
   ours = LlamaModel::load(dir / "tied", torch::kCPU, torch::kFloat32).forward(tokens);
+  save_logits(dir / "tied", ids, ours);
   ref = reference_logits(dir / "tied", ids);
   diff = (ours - ref).abs().max().item<double>();
   INFO("max |logit difference| (tied, bf16 on disk): " << diff);
