@@ -462,9 +462,10 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   buf.scratch.resize(static_cast<std::size_t>(B * (D + 2 * H * hd + 2 * KV * hd + F)));
   float* xp = buf.x.data();
   const int64_t* idp = ids.data_ptr<int64_t>();
+  const float* embed = embed_.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(idp[b] >= 0 && idp[b] < Vocab, "token id ", idp[b], " is outside the vocabulary of ", Vocab);
-    std::memcpy(xp + b * D, embed_.data_ptr<float>() + idp[b] * D, sizeof(float) * D);
+    std::memcpy(xp + b * D, embed + idp[b] * D, sizeof(float) * D);
   }
   float* h = buf.scratch.data();
   float* q = h + B * D;
