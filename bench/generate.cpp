@@ -2,7 +2,8 @@
 // (dim 288, 6 layers, 6 heads, vocab 32000; random weights), against a naive eager decoder of
 // the same model measured in the same run: KV cache grown by concatenation, each op on its own.
 //
-// Where the CPU has AMX, the same two runs again with bfloat16 weights (enable_bf16_decode).
+// Where the CPU has AMX or AVX512-BF16, the same two runs again with bfloat16 weights
+// (enable_bf16_decode).
 //
 //   bench_generate [--threads 2] [--tokens 128] [--batch 16] [--preset stories15m|tiny]
 #include "decode_kernels.hpp"
@@ -129,13 +130,13 @@ int main(int argc, char** argv) {
   // Each the best of three runs, interleaved: a shared machine's slow moments hit one run, not
   // one configuration.
   LlamaModel bf16 = model;
-  const bool amx = bf16.enable_bf16_decode();
+  const bool bf = bf16.enable_bf16_decode();
   double base1 = 0, v1 = 0, vb = 0, h1 = 0, hb = 0;
   for (int run = 0; run < 3; ++run) {
     base1 = std::max(base1, naive_tokens_per_s(model, 1, tokens));
     v1 = std::max(v1, vhost_tokens_per_s(model, 1, tokens));
     vb = std::max(vb, vhost_tokens_per_s(model, batch, tokens));
-    if (amx) {
+    if (bf) {
       h1 = std::max(h1, vhost_tokens_per_s(bf16, 1, tokens));
       hb = std::max(hb, vhost_tokens_per_s(bf16, batch, tokens));
     }
@@ -143,12 +144,12 @@ int main(int argc, char** argv) {
   std::printf("naive eager baseline, batch 1:  %8.1f tokens/s\n", base1);
   std::printf("vhost generate, batch 1:        %8.1f tokens/s   (%.2fx baseline)\n", v1, v1 / base1);
   std::printf("vhost generate, batch %-3lld       %8.1f tokens/s   (%.2fx batch 1)\n", (long long)batch, vb, vb / v1);
-  if (amx) {
-    std::printf("bf16 weights (AMX), batch 1:    %8.1f tokens/s   (%.2fx baseline, %.2fx float32)\n", h1, h1 / base1, h1 / v1);
-    std::printf("bf16 weights (AMX), batch %-3lld   %8.1f tokens/s   (%.2fx bf16 batch 1, %.2fx float32 batch 1)\n",
-                (long long)batch, hb, hb / h1, hb / v1);
+  if (bf) {
+    std::printf("bf16 weights (%s), batch 1:    %8.1f tokens/s   (%.2fx baseline, %.2fx float32)\n", bf16_gemm_isa(), h1, h1 / base1, h1 / v1);
+    std::printf("bf16 weights (%s), batch %-3lld   %8.1f tokens/s   (%.2fx bf16 batch 1, %.2fx float32 batch 1)\n",
+                bf16_gemm_isa(), (long long)batch, hb, hb / h1, hb / v1);
   } else {
-    std::printf("bf16 weights (AMX): not run, this CPU or kernel offers no AMX\n");
+    std::printf("bf16 weights: not run, this CPU or kernel offers neither AMX nor AVX512-BF16\n");
   }
   if (*small_gemm_isa()) {
     auto [kernel, blas] = output_layer_ms(model, batch);

@@ -183,54 +183,66 @@ TEST_CASE("to_bf16_rows rounds as libtorch's float -> bfloat16 and pads with zer
     }
 }
 
-TEST_CASE("amx_gemm equals the product of bfloat16-rounded operands on shapes off the tile grid", "[kernels][bf16]") {
-  if (!amx_available()) {
-    WARN("no AMX on this CPU or kernel: decode_dtype bfloat16 falls back to float32 here, and amx_gemm is untested");
-    CHECK_FALSE(select_amx(true));
-    return;
+TEST_CASE("bf16_gemm equals the product of bfloat16-rounded operands on shapes off the tile grid", "[kernels][bf16]") {
+  std::vector<std::string> kernels;
+  for (const char* name : {"amx", "avx512bf16"})
+    if (select_bf16_gemm(name)) kernels.push_back(name);
+  if (kernels.empty()) {
+    WARN("neither AMX nor AVX512-BF16 on this CPU or kernel: decode_dtype bfloat16 falls back to float32 here, "
+         "and bf16_gemm is untested");
+    CHECK(std::string(bf16_gemm_isa()).empty());
   }
+  CHECK_FALSE(select_bf16_gemm("sse"));  // unknown: declined, and none picked
+  CHECK(std::string(bf16_gemm_isa()).empty());
   auto r16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).to(torch::kFloat32); };
-  auto run = [&](const torch::Tensor& A, const std::vector<AmxOutput>& outs) {
+  auto run = [&](const torch::Tensor& A, const std::vector<Bf16Output>& outs) {
     const int64_t M = A.size(0), K = A.size(1), Kp = outs[0].W->Kp;
     std::vector<uint16_t> a(static_cast<std::size_t>(M * Kp));
     to_bf16_rows(A.data_ptr<float>(), M, K, a.data(), Kp);
-    return amx_gemm(a.data(), M, outs.data(), static_cast<int>(outs.size()));
+    return bf16_gemm(a.data(), M, outs.data(), static_cast<int>(outs.size()));
   };
-  torch::manual_seed(6);
-  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {3, 70, 40}, {16, 64, 32}, {17, 200, 288},
-                         {40, 130, 100}, {5, 32000, 288}}) {
-    INFO("M=" << M << " N=" << N << " K=" << K);
-    auto A = torch::randn({M, K}), W = torch::randn({N, K}), W2 = torch::randn({N / 2 + 1, K});
-    auto P = pack_bf16(W.data_ptr<float>(), N, K), P2 = pack_bf16(W2.data_ptr<float>(), W2.size(0), K);
-    // Two outputs in one call (as the query, key and value projections), each with a guard row
-    // after it that must stay untouched; the second accumulates.
-    auto C = torch::full({M + 1, N}, std::numeric_limits<float>::quiet_NaN());
-    auto start = torch::randn({M + 1, W2.size(0)});
-    auto C2 = start.clone();
-    REQUIRE(run(A, {{&P, C.data_ptr<float>(), false}, {&P2, C2.data_ptr<float>(), true}}));
-    auto want = torch::linear(r16(A), r16(W));
-    CHECK(torch::allclose(C.narrow(0, 0, M), want, 1e-4, 1e-3));
-    CHECK(torch::isnan(C[M]).all().item<bool>());
-    CHECK(torch::allclose(C2.narrow(0, 0, M), start.narrow(0, 0, M) + torch::linear(r16(A), r16(W2)), 1e-4, 1e-3));
-    CHECK(torch::equal(C2[M], start[M]));
+  for (const auto& isa : kernels) {
+    REQUIRE(select_bf16_gemm(isa.c_str()));
+    INFO("kernel " << bf16_gemm_isa());
+    torch::manual_seed(6);
+    // Row counts for each way the AVX512-BF16 kernel splits a pass (up to 6, 12 and 16 rows) and
+    // past one pass of 16.
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {3, 70, 40}, {16, 64, 32}, {17, 200, 288},
+                           {40, 130, 100}, {5, 32000, 288}, {7, 130, 64}, {12, 64, 96}, {14, 65, 33}}) {
+      INFO("M=" << M << " N=" << N << " K=" << K);
+      auto A = torch::randn({M, K}), W = torch::randn({N, K}), W2 = torch::randn({N / 2 + 1, K});
+      auto P = pack_bf16(W.data_ptr<float>(), N, K), P2 = pack_bf16(W2.data_ptr<float>(), W2.size(0), K);
+      // Two outputs in one call (as the query, key and value projections), each with a guard row
+      // after it that must stay untouched; the second accumulates.
+      auto C = torch::full({M + 1, N}, std::numeric_limits<float>::quiet_NaN());
+      auto start = torch::randn({M + 1, W2.size(0)});
+      auto C2 = start.clone();
+      REQUIRE(run(A, {{&P, C.data_ptr<float>(), false}, {&P2, C2.data_ptr<float>(), true}}));
+      auto want = torch::linear(r16(A), r16(W));
+      CHECK(torch::allclose(C.narrow(0, 0, M), want, 1e-4, 1e-3));
+      CHECK(torch::isnan(C[M]).all().item<bool>());
+      CHECK(torch::allclose(C2.narrow(0, 0, M), start.narrow(0, 0, M) + torch::linear(r16(A), r16(W2)), 1e-4, 1e-3));
+      CHECK(torch::equal(C2[M], start[M]));
+    }
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 40, 288}, {16, 96, 50}, {19, 768, 288}, {9, 70, 64}}) {
+      INFO("gate/up: M=" << M << " N=" << N << " K=" << K);
+      auto A = torch::randn({M, K}), Wg = torch::randn({N, K}), Wu = torch::randn({N, K});
+      auto P = pack_bf16_gate_up(Wg.data_ptr<float>(), Wu.data_ptr<float>(), N, K);
+      auto C = torch::full({M, N}, std::numeric_limits<float>::quiet_NaN());
+      REQUIRE(run(A, {{&P, C.data_ptr<float>(), false}}));
+      auto want = torch::silu(torch::linear(r16(A), r16(Wg))) * torch::linear(r16(A), r16(Wu));
+      CHECK(torch::allclose(C, want, 1e-4, 1e-3));
+    }
   }
-  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 40, 288}, {16, 96, 50}, {19, 768, 288}}) {
-    INFO("gate/up: M=" << M << " N=" << N << " K=" << K);
-    auto A = torch::randn({M, K}), Wg = torch::randn({N, K}), Wu = torch::randn({N, K});
-    auto P = pack_bf16_gate_up(Wg.data_ptr<float>(), Wu.data_ptr<float>(), N, K);
-    auto C = torch::full({M, N}, std::numeric_limits<float>::quiet_NaN());
-    REQUIRE(run(A, {{&P, C.data_ptr<float>(), false}}));
-    auto want = torch::silu(torch::linear(r16(A), r16(Wg))) * torch::linear(r16(A), r16(Wu));
-    CHECK(torch::allclose(C, want, 1e-4, 1e-3));
-  }
-  // Turned off, it declines and touches nothing.
-  REQUIRE(select_amx(false));
+  // With none picked, it declines and touches nothing.
+  REQUIRE(select_bf16_gemm(""));
   auto W = torch::randn({8, 8});
   auto P = pack_bf16(W.data_ptr<float>(), 8, 8);
   auto C = torch::zeros({1, 8});
   CHECK_FALSE(run(torch::randn({1, 8}), {{&P, C.data_ptr<float>(), false}}));
   CHECK(torch::equal(C, torch::zeros({1, 8})));
-  CHECK(select_amx(true));
+  CHECK(select_bf16_gemm(nullptr) == !kernels.empty());
+  if (!kernels.empty()) CHECK(bf16_gemm_isa() == kernels.front());  // the best: AMX where both run
 }
 
 TEST_CASE("softmax_draw: draws in proportion to the softmax at the temperature", "[kernels][sampling]") {

@@ -448,60 +448,69 @@ TEST_CASE("engine: sampled text streamed from a sharded batch equals each sequen
   }
 }
 
-TEST_CASE("bf16 decode on AMX: close to float32, batches exactly, steps aside when a weight changes", "[model][bf16]") {
-  if (!amx_available()) {
-    WARN("no AMX on this CPU or kernel: decode_dtype bfloat16 decodes in float32 here");
+TEST_CASE("bf16 decode: close to float32, batches exactly, steps aside when a weight changes", "[model][bf16]") {
+  std::vector<std::string> kernels;
+  for (const char* name : {"amx", "avx512bf16"})
+    if (select_bf16_gemm(name)) kernels.push_back(name);
+  // Without a kernel (this CPU has none, or none is picked) the option changes nothing.
+  REQUIRE(select_bf16_gemm(""));
+  {
     auto m = tiny_lm().model;
     CHECK_FALSE(m.enable_bf16_decode());
     CHECK(m.cache_dtype() == torch::kFloat32);
-    return;
   }
+  if (kernels.empty()) WARN("neither AMX nor AVX512-BF16 on this CPU or kernel: decode_dtype bfloat16 decodes in float32 here");
   torch::set_num_threads(2);
-  auto& lm = tiny_lm();
-  const auto& cfg = lm.model.config();
-  LlamaModel bf = lm.model;  // shares the weights' storage
-  REQUIRE(bf.enable_bf16_decode());
-  CHECK(bf.cache_dtype() == torch::kBFloat16);
-  torch::NoGradGuard no_grad;
-  auto prompt = torch::randint(0, cfg.vocab_size, {3, 6}, torch::kInt64);
-  auto pad = torch::tensor(std::vector<int64_t>{0, 2, 5});
-  auto steps = [&](const LlamaModel& m, torch::ScalarType cache_dtype) {
-    auto cache = KVCache::create(cfg, 3, 12, torch::TensorOptions().dtype(cache_dtype));
-    m.forward(prompt, &cache, pad);
-    std::vector<torch::Tensor> out;
-    for (int64_t t = 0; t < 5; ++t)
-      out.push_back(m.forward(torch::tensor(std::vector<int64_t>{7 + t, 100 + t, 300 + t}).view({3, 1}), &cache, pad));
-    return torch::cat(out, 1);
-  };
-  auto f32 = steps(lm.model, torch::kFloat32);
-  auto b16 = steps(bf, torch::kBFloat16);
-  // bfloat16 keeps 8 bits of mantissa: the logits move by a small fraction of their spread.
-  const double rel = ((b16 - f32).norm() / f32.norm()).item<double>();
-  INFO("relative difference of the logits: " << rel);
-  CHECK(rel < 2e-2);
-  CHECK(rel > 1e-6);  // the bfloat16 path did run
-  // A float32 cache works too (forward takes either).
-  CHECK(torch::allclose(steps(bf, torch::kFloat32), b16, 0.05, 0.05));
+  for (const auto& isa : kernels) {
+    REQUIRE(select_bf16_gemm(isa.c_str()));
+    INFO("kernel " << isa);
+    auto& lm = tiny_lm();
+    const auto& cfg = lm.model.config();
+    LlamaModel bf = lm.model;  // shares the weights' storage
+    REQUIRE(bf.enable_bf16_decode());
+    CHECK(bf.cache_dtype() == torch::kBFloat16);
+    torch::NoGradGuard no_grad;
+    auto prompt = torch::randint(0, cfg.vocab_size, {3, 6}, torch::kInt64);
+    auto pad = torch::tensor(std::vector<int64_t>{0, 2, 5});
+    auto steps = [&](const LlamaModel& m, torch::ScalarType cache_dtype) {
+      auto cache = KVCache::create(cfg, 3, 12, torch::TensorOptions().dtype(cache_dtype));
+      m.forward(prompt, &cache, pad);
+      std::vector<torch::Tensor> out;
+      for (int64_t t = 0; t < 5; ++t)
+        out.push_back(m.forward(torch::tensor(std::vector<int64_t>{7 + t, 100 + t, 300 + t}).view({3, 1}), &cache, pad));
+      return torch::cat(out, 1);
+    };
+    auto f32 = steps(lm.model, torch::kFloat32);
+    auto b16 = steps(bf, torch::kBFloat16);
+    // bfloat16 keeps 8 bits of mantissa: the logits move by a small fraction of their spread.
+    const double rel = ((b16 - f32).norm() / f32.norm()).item<double>();
+    INFO("relative difference of the logits: " << rel);
+    CHECK(rel < 2e-2);
+    CHECK(rel > 1e-6);  // the bfloat16 path did run
+    // A float32 cache works too (forward takes either).
+    CHECK(torch::allclose(steps(bf, torch::kFloat32), b16, 0.05, 0.05));
 
-  // Greedy generation: a batch equals each prompt alone, and the engine equals generate.
-  const auto prompts = uneven_prompts(lm);
-  const SamplingParams p = greedy_12();
-  auto batched = generate(bf, &lm.tok, prompts, p);
-  Engine engine(bf, &lm.tok, 4, 0, 8);
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
-    INFO("prompt " << i);
-    CHECK(batched[i].tokens == generate(bf, &lm.tok, {prompts[i]}, p)[0].tokens);
-    CHECK(engine.generate(prompts[i], p, nullptr).tokens == batched[i].tokens);
+    // Greedy generation: a batch equals each prompt alone, and the engine equals generate.
+    const auto prompts = uneven_prompts(lm);
+    const SamplingParams p = greedy_12();
+    auto batched = generate(bf, &lm.tok, prompts, p);
+    Engine engine(bf, &lm.tok, 4, 0, 8);
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      INFO("prompt " << i);
+      CHECK(batched[i].tokens == generate(bf, &lm.tok, {prompts[i]}, p)[0].tokens);
+      CHECK(engine.generate(prompts[i], p, nullptr).tokens == batched[i].tokens);
+    }
+
+    // Training changes weights in place: the packed copies are stale, and steps use float32 again.
+    LlamaModel changed = LlamaModel::random(cfg, 12);
+    LlamaModel changed_bf = changed;
+    REQUIRE(changed_bf.enable_bf16_decode());
+    CHECK_FALSE(torch::allclose(steps(changed_bf, torch::kFloat32), steps(changed, torch::kFloat32), 1e-4, 1e-4));
+    for (const auto& [name, t] : changed.named_tensors())
+      if (name.find("down_proj") != std::string::npos) t.mul_(1.5);
+    CHECK(torch::allclose(steps(changed_bf, torch::kFloat32), steps(changed, torch::kFloat32), 1e-5, 1e-5));
   }
-
-  // Training changes weights in place: the packed copies are stale, and steps use float32 again.
-  LlamaModel changed = LlamaModel::random(cfg, 12);
-  LlamaModel changed_bf = changed;
-  REQUIRE(changed_bf.enable_bf16_decode());
-  CHECK_FALSE(torch::allclose(steps(changed_bf, torch::kFloat32), steps(changed, torch::kFloat32), 1e-4, 1e-4));
-  for (const auto& [name, t] : changed.named_tensors())
-    if (name.find("down_proj") != std::string::npos) t.mul_(1.5);
-  CHECK(torch::allclose(steps(changed_bf, torch::kFloat32), steps(changed, torch::kFloat32), 1e-5, 1e-5));
+  select_bf16_gemm(nullptr);
 }
 
 TEST_CASE("generate: seeded sampling repeats, top-k 1 is greedy", "[generate]") {

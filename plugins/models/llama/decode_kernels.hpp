@@ -80,12 +80,14 @@ void argmax_rows(const float* x, int64_t R, int64_t n, int64_t* out);
 // Never returns an index of weight 0 while another has weight.
 int64_t softmax_draw(const float* x, int64_t n, float inv_t, double u);
 
-// ---- bfloat16 weights on Intel AMX (amx_kernels.cpp) ----------------------------------------
-// A decoding step's products with the weights in bfloat16, packed for AMX tiles, and the
-// activations rounded to bfloat16; sums in float32. Half the bytes of float32 weights per step,
-// and on AMX a batch of 16 rows costs little more than one: the bf16 decode of docs/models.md.
+// ---- bfloat16 weights (bf16_kernels.cpp): Intel AMX, or AVX512-BF16 -------------------------
+// A decoding step's products with the weights in bfloat16, packed in AMX tile order, and the
+// activations rounded to bfloat16; sums in float32. Half the bytes of float32 weights per step:
+// the bf16 decode of docs/models.md. Two kernels read the same packing: AMX tiles (Intel Sapphire
+// Rapids and later), and vdpbf16ps on 512-bit vectors (AVX512-BF16: AMD Zen 4 and later, Intel
+// Cooper Lake and later, and Sapphire Rapids where the kernel grants no tile state).
 
-// The weights of C = A · Wᵀ (W [N, K]) in AMX tile order (see amx_kernels.cpp), zero-padded to
+// The weights of C = A · Wᵀ (W [N, K]) in AMX tile order (see bf16_kernels.cpp), zero-padded to
 // whole tiles. With silu_pairs, the fused MLP input silu(A · Wgᵀ) * (A · Wuᵀ) (C [M, N]).
 class PackedBF16 {
  public:
@@ -107,21 +109,21 @@ PackedBF16 pack_bf16_gate_up(const float* Wg, const float* Wu, int64_t N, int64_
 // out [M, Kp] = x [M, K] rounded to bfloat16 (nearest even), zero past K.
 void to_bf16_rows(const float* x, int64_t M, int64_t K, uint16_t* out, int64_t Kp);
 
-// True when this CPU has AMX-BF16 and the kernel granted the tile state (and select_amx has not
-// turned it off).
-bool amx_available();
-// Turns the AMX kernels off (false) or back on; returns false when asked for them where they are
-// not available. For tests and A/B runs.
-bool select_amx(bool on);
+// The bfloat16 product kernel in use: "amx" (the CPU has AMX-BF16 and the kernel granted the
+// tile state), "avx512bf16", or "" (none: bf16_gemm declines and bf16 decoding is off).
+const char* bf16_gemm_isa();
+// Picks the kernel: nullptr the best this CPU runs, "" none, or "amx" / "avx512bf16". False, with
+// none picked, when the one asked for cannot run here. For tests and A/B runs.
+bool select_bf16_gemm(const char* name);
 
-struct AmxOutput {
+struct Bf16Output {
   const PackedBF16* W;
   float* C;         // [M, W->N], row-major
   bool accumulate;  // C += the product (not for silu_pairs)
 };
 // C_i (+)= A · W_iᵀ for each output, A [M, Kp] bfloat16 (the same Kp for all), any M (16 rows
 // at a time), on at::get_num_threads() threads in one parallel region. False, touching nothing,
-// without AMX.
-bool amx_gemm(const uint16_t* A, int64_t M, const AmxOutput* outs, int n);
+// when no kernel is picked.
+bool bf16_gemm(const uint16_t* A, int64_t M, const Bf16Output* outs, int n);
 
 }  // namespace vhost::llama

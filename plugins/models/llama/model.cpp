@@ -375,7 +375,7 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, c
   return shards == 1 ? parts[0] : torch::cat(parts);
 }
 
-// The bf16 decode's weights: each matrix of a layer packed for AMX (gate and up as one fused
+// The bf16 decode's weights: each matrix of a layer packed in AMX tile order (gate and up as one fused
 // product), and the output layer.
 struct LlamaModel::Bf16Weights {
   struct Layer {
@@ -387,7 +387,7 @@ struct LlamaModel::Bf16Weights {
 };
 
 bool LlamaModel::enable_bf16_decode() {
-  if (!amx_available() || !device_.is_cpu() || dtype_ != torch::kFloat32 || !*small_gemm_isa()) return false;
+  if (!*bf16_gemm_isa() || !device_.is_cpu() || dtype_ != torch::kFloat32 || !*small_gemm_isa()) return false;
   auto c = [](const torch::Tensor& t) { return t.contiguous(); };
   auto pack = [&](const torch::Tensor& t) {
     auto x = c(t);
@@ -407,7 +407,7 @@ bool LlamaModel::enable_bf16_decode() {
 }
 
 bool LlamaModel::bf16_current() const {
-  if (!bf16_ || !amx_available()) return false;
+  if (!bf16_ || !*bf16_gemm_isa()) return false;
   for (const auto& [t, v] : bf16_->versions)
     if (t._version() != v) return false;
   return true;
@@ -476,11 +476,11 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   // With bfloat16 weights (enable_bf16_decode): the input of each product rounded to bfloat16.
   const Bf16Weights* bf = bf16_current() ? bf16_.get() : nullptr;
   std::vector<uint16_t>& a16 = buf.a16;
-  auto amx = [&](const float* in, int64_t K, const AmxOutput* outs, int n) {
+  auto bf16 = [&](const float* in, int64_t K, const Bf16Output* outs, int n) {
     const int64_t Kp = outs[0].W->Kp;
     a16.resize(static_cast<std::size_t>(B * Kp));
     to_bf16_rows(in, B, K, a16.data(), Kp);
-    amx_gemm(a16.data(), B, outs, n);
+    bf16_gemm(a16.data(), B, outs, n);
   };
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const float* cosp = cos_.data_ptr<float>();
@@ -513,8 +513,8 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
     rms_norm_rows(xp, w(L.input_norm), B, D, eps, h);
     const Bf16Weights::Layer* P = bf ? &bf->layers[li] : nullptr;
     if (P) {
-      const AmxOutput qkv[3] = {{&P->q, q, false}, {&P->k, k, false}, {&P->v, v, false}};
-      amx(h, D, qkv, 3);
+      const Bf16Output qkv[3] = {{&P->q, q, false}, {&P->k, k, false}, {&P->v, v, false}};
+      bf16(h, D, qkv, 3);
     } else {
       const GemmOutput qkv[3] = {{w(L.q), H * hd, q}, {w(L.k), KV * hd, k}, {w(L.v), KV * hd, v}};
       small_gemm_many(h, B, D, qkv, 3);
@@ -544,11 +544,11 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
                       kv16 ? reinterpret_cast<const uint16_t*>(kc) : nullptr, kv16 ? reinterpret_cast<const uint16_t*>(vc) : nullptr};
     decode_attention(a);
     if (P) {
-      const AmxOutput o{&P->o, xp, true}, gu{&P->gate_up, act, false}, down{&P->down, xp, true};
-      amx(att, H * hd, &o, 1);
+      const Bf16Output o{&P->o, xp, true}, gu{&P->gate_up, act, false}, down{&P->down, xp, true};
+      bf16(att, H * hd, &o, 1);
       rms_norm_rows(xp, w(L.post_norm), B, D, eps, h);
-      amx(h, D, &gu, 1);
-      amx(act, F, &down, 1);
+      bf16(h, D, &gu, 1);
+      bf16(act, F, &down, 1);
       continue;
     }
     small_gemm(att, B, w(L.o), D, H * hd, xp, /*accumulate=*/true);
@@ -568,8 +568,8 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   torch::Tensor& logits = buf.logits[0];
   if (!free_logits(logits)) logits = torch::empty({B, 1, Vocab}, torch::TensorOptions().dtype(torch::kFloat32));
   if (bf) {
-    const AmxOutput out{&bf->lm_head, logits.data_ptr<float>(), false};
-    amx(h, D, &out, 1);
+    const Bf16Output out{&bf->lm_head, logits.data_ptr<float>(), false};
+    bf16(h, D, &out, 1);
   } else {
     small_gemm(h, B, w(lm_head_), Vocab, D, logits.data_ptr<float>());
   }
