@@ -77,7 +77,7 @@ VHOST_INLINE float lanes_sum(vec x) {
 // With `add` the sums are added to C instead of stored.
 template <int V, int MR, int NR>
 VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int64_t ldc, bool add,
-                       const float* next = nullptr) {
+                       const float* next = nullptr, int pf_rows = NR) {
   typedef float vec __attribute__((vector_size(4 * V)));
   static_assert(MR * NR <= V, "a tile has at most V accumulators");
   vec acc[V] = {};
@@ -85,7 +85,8 @@ VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int6
   for (int64_t k = 0; k < Kv; k += V) {
     if (next)
 #pragma GCC unroll 8
-      for (int c = 0; c < NR; ++c) __builtin_prefetch(next + c * K + k);
+      for (int c = 0; c < NR; ++c)
+        if (c < pf_rows) __builtin_prefetch(next + c * K + k);
     vec w[NR];
 #pragma GCC unroll 8
     for (int c = 0; c < NR; ++c) std::memcpy(&w[c], W + c * K + k, sizeof(vec));
@@ -123,12 +124,12 @@ VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int6
 // A tile of mr <= MR rows by nr <= NR columns, with the sizes made compile-time constants.
 template <int V, int MR, int NR>
 VHOST_INLINE void any_tile(int mr, int nr, const float* A, const float* W, int64_t K, float* C, int64_t ldc, bool acc,
-                           const float* next = nullptr) {
+                           const float* next = nullptr, int pf_rows = NR) {
   if constexpr (MR > 1)
-    if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, acc, next);
+    if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
   if constexpr (NR > 1)
-    if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, acc, next);
-  tile<V, MR, NR>(A, W, K, C, ldc, acc, next);
+    if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
+  tile<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
 }
 
 // Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache.
@@ -138,11 +139,15 @@ VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t * NR;
     const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
-    // The first row tile pulls the next column tile's weights toward the cache meanwhile.
+    // The row tiles pull the next column tile's weights toward the cache meanwhile, each its
+    // share of the NR rows.
     const float* next = n + 2 * NR <= N ? W + (n + NR) * K : nullptr;
-    for (int64_t m = 0; m < M; m += MR)
+    const int64_t blocks = (M + MR - 1) / MR;
+    for (int64_t m = 0, bi = 0; m < M; m += MR, ++bi) {
+      const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
       any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * K, W + n * K, K, C + m * N + n, N,
-                          acc, m == 0 ? next : nullptr);
+                          acc, next && r1 > r0 ? next + r0 * K : nullptr, r1 - r0);
+    }
   }
 }
 
@@ -156,12 +161,15 @@ VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const float* Wg, cons
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t * NR;
     const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
-    const bool more = n + 2 * NR <= N;  // the first row tile prefetches the next column tile
-    for (int64_t m = 0; m < M; m += MR) {
+    const bool more = n + 2 * NR <= N;  // the row tiles prefetch the next column tile, each its share
+    const int64_t blocks = (M + MR - 1) / MR;
+    for (int64_t m = 0, bi = 0; m < M; m += MR, ++bi) {
       const int mr = static_cast<int>(std::min<int64_t>(MR, M - m));
+      const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
+      const bool pf = more && r1 > r0;
       float g[V] = {}, u[V] = {};
-      any_tile<V, MR, NR>(mr, nr, A + m * K, Wg + n * K, K, g, NR, false, m == 0 && more ? Wg + (n + NR) * K : nullptr);
-      any_tile<V, MR, NR>(mr, nr, A + m * K, Wu + n * K, K, u, NR, false, m == 0 && more ? Wu + (n + NR) * K : nullptr);
+      any_tile<V, MR, NR>(mr, nr, A + m * K, Wg + n * K, K, g, NR, false, pf ? Wg + (n + NR + r0) * K : nullptr, r1 - r0);
+      any_tile<V, MR, NR>(mr, nr, A + m * K, Wu + n * K, K, u, NR, false, pf ? Wu + (n + NR + r0) * K : nullptr, r1 - r0);
       vec gv, uv;
       std::memcpy(&gv, g, sizeof gv);
       std::memcpy(&uv, u, sizeof uv);
