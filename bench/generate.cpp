@@ -2,10 +2,11 @@
 // (dim 288, 6 layers, 6 heads, vocab 32000; random weights), against a naive eager decoder of
 // the same model measured in the same run: KV cache grown by concatenation, each op on its own.
 //
-// Where the CPU has AMX or AVX512-BF16, the same two runs again with bfloat16 weights
-// (enable_bf16_decode).
+// Where the CPU has a bfloat16 kernel (AMX, AVX512-BF16, or widened on AVX-512/AVX2), the same
+// two runs again with bfloat16 weights (enable_bf16_decode).
 //
 //   bench_generate [--threads 2] [--tokens 128] [--batch 16] [--preset stories15m|tiny]
+//                  [--bf16-kernel amx|avx512bf16|avx512|avx2]   (default: the best this CPU runs)
 #include "decode_kernels.hpp"
 #include "generate.hpp"
 #include "model.hpp"
@@ -113,12 +114,13 @@ static std::pair<double, double> output_layer_ms(const LlamaModel& m, int64_t ba
 int main(int argc, char** argv) {
   int threads = 2;
   int64_t tokens = 128, batch = 16;
-  std::string preset = "stories15m";
+  std::string preset = "stories15m", bf16_kernel;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--batch")) batch = std::atoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--preset")) preset = argv[i + 1];
+    if (!std::strcmp(argv[i], "--bf16-kernel")) bf16_kernel = argv[i + 1];
   }
   torch::set_num_threads(threads);
   auto cfg = LlamaConfig::preset(preset);
@@ -129,6 +131,10 @@ int main(int argc, char** argv) {
               (long long)cfg.vocab_size, threads, (long long)tokens);
   // Each the best of three runs, interleaved: a shared machine's slow moments hit one run, not
   // one configuration.
+  if (!bf16_kernel.empty() && !select_bf16_gemm(bf16_kernel.c_str())) {
+    std::fprintf(stderr, "--bf16-kernel %s: not runnable on this CPU (amx, avx512bf16, avx512, avx2)\n", bf16_kernel.c_str());
+    return 2;
+  }
   LlamaModel bf16 = model;
   const bool bf = bf16.enable_bf16_decode();
   double base1 = 0, v1 = 0, vb = 0, h1 = 0, hb = 0;
@@ -149,7 +155,7 @@ int main(int argc, char** argv) {
     std::printf("bf16 weights (%s), batch %-3lld   %8.1f tokens/s   (%.2fx bf16 batch 1, %.2fx float32 batch 1)\n",
                 bf16_gemm_isa(), (long long)batch, hb, hb / h1, hb / v1);
   } else {
-    std::printf("bf16 weights: not run, this CPU or kernel offers neither AMX nor AVX512-BF16\n");
+    std::printf("bf16 weights: not run, no bfloat16 kernel for this CPU\n");
   }
   if (*small_gemm_isa()) {
     auto [kernel, blas] = output_layer_ms(model, batch);

@@ -209,7 +209,7 @@ int main(int argc, char** argv) {
   // In process: the same requests straight into the engine.
   torch::set_num_threads(threads);
   auto m = vhost::llama::LlamaModel::load(model);
-  if (decode_dtype == "bfloat16" && !m.enable_bf16_decode()) std::printf("(no AMX or AVX512-BF16 here: the engine decodes in float32)\n");
+  if (decode_dtype == "bfloat16" && !m.enable_bf16_decode()) std::printf("(no bfloat16 kernel for this CPU: the engine decodes in float32)\n");
   auto tok = vhost::llama::Tokenizer::load(model / "tokenizer.model");
   vhost::llama::Engine engine(m, &tok, clients, 0, 1024);
   auto prompt = tok.encode(kPrompt, true);

@@ -174,7 +174,8 @@ TEST_CASE("a model names its backend, the host resolves and creates it first", "
   // Refused by the plugin at run time: an empty prompt list.
   auto empty = host.load_string(base + "[stages.generate]\nprompts = []\n", "m.toml");
   CHECK_THAT(error_of([&] { host.run(empty, ro); }), Contains("'prompts' is empty (generate failed, model plugin 'llama'"));
-  // bfloat16 decoding: with AMX or AVX512-BF16 it generates; elsewhere it warns and decodes in float32.
+  // bfloat16 decoding: with a bfloat16 kernel (x86 with AVX2 or better) it generates; elsewhere it
+  // warns and decodes in float32.
   auto bf = host.load_string(base + "decode_dtype = \"bfloat16\"\n[stages.generate]\nprompts = [\"a\", \"b c\"]\nmax_tokens = 4\n",
                              "m.toml");
   auto bf_reply = host.run(bf, ro).stages.at(0).output;

@@ -116,25 +116,24 @@ void to_bf16_rows(const float* x, int64_t M, int64_t K, uint16_t* out, int64_t K
 #ifdef VHOST_BF16_X86
 namespace {
 
-typedef float vec16 __attribute__((vector_size(64)));
-
 // Rows [m0, m0 + rows) of group g of output o, summed in buf (row stride kGroup, 64 columns),
 // into C: silu(gate) * up for gate/up pairs, else stored or added, as far as the group has
-// columns.
-__attribute__((target("avx512f"))) void finish_group(const float* buf, int rows, const Bf16Output& o, int64_t g,
-                                                     int64_t m0) {
+// columns. V: floats a vector of the caller's target.
+template <int V>
+VHOST_INLINE void finish_group(const float* buf, int rows, const Bf16Output& o, int64_t g, int64_t m0) {
+  typedef float vec __attribute__((vector_size(4 * V)));
   const PackedBF16& P = *o.W;
   if (P.silu_pairs) {  // act = silu(gate) * up, 32 columns
     const int64_t n0 = g * 32, nc = std::min<int64_t>(32, P.N - n0);
     for (int r = 0; r < rows; ++r) {
       const float* s = buf + r * kGroup;
       float act[32];
-      for (int h = 0; h < 2; ++h) {
-        vec16 gate, up;
-        std::memcpy(&gate, s + 16 * h, sizeof gate);
-        std::memcpy(&up, s + 32 + 16 * h, sizeof up);
-        gate = silu_mul<16>(gate, up);
-        std::memcpy(act + 16 * h, &gate, sizeof gate);
+      for (int h = 0; h < 32; h += V) {
+        vec gate, up;
+        std::memcpy(&gate, s + h, sizeof gate);
+        std::memcpy(&up, s + 32 + h, sizeof up);
+        gate = silu_mul<V>(gate, up);
+        std::memcpy(act + h, &gate, sizeof gate);
       }
       std::memcpy(o.C + (m0 + r) * P.N + n0, act, static_cast<std::size_t>(nc) * sizeof(float));
     }
@@ -222,9 +221,120 @@ __attribute__((target("avx512f,avx512bf16"))) void groups_avx512bf16(const uint1
   for (int64_t g = g0; g < g1; ++g) {
     const uint16_t* w = P.data() + g * kGroup * P.Kp;
     for (int b = 0; b < 4; b += nb) dp(a, P.Kp, w + b * kTile, KB, buf + b * 16);
-    finish_group(buf, rows, o, g, m0);
+    finish_group<16>(buf, rows, o, g, m0);
   }
 }
+
+// ---- bfloat16 widened to float32: AVX-512F or AVX2 (no bf16 instruction) ----
+
+// Each 32-bit lane of a W tile row holds one column's (k, k+1) pair of bf16: shifted up 16 bits
+// it is k's float, masked to its upper half k+1's. So V columns' pair is two vectors of floats,
+// multiplied by the activations' k and k+1 (widened once per call, broadcast from memory). With
+// few rows (Split) into two sets of sums, added at the end, so that consecutive multiply-adds do
+// not wait on each other; with many, the rows' own sums are enough independent chains. Float32 arithmetic, as small_gemm's, on half its bytes: a batch-1 step, which waits on
+// memory, reads half as much.
+//
+// Rows [0, R) of af (float32, row stride lda) against NV vectors of V columns (w: the group's
+// weights; the pass's first column is `col`): sums into out (row stride kGroup, advanced to col).
+template <int V, int R, int NV, bool Split>
+VHOST_INLINE void widen_cols(const float* af, int64_t lda, const uint16_t* w, int64_t col, int64_t KB, float* out) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  typedef typename Widen<V>::word uvec;  // (see vec_math.hpp on GCC 12 and such typedefs)
+  constexpr int64_t PF = 4;
+  vec lo_sum[R][NV] = {}, hi_sum[R][NV] = {};
+  const uvec high = uvec{} + 0xffff0000u;  // k+1: the upper half of each lane
+  for (int64_t kb = 0; kb < KB; ++kb) {
+    const uint16_t* t = w + kb * 4 * kTile;
+    const float* ak = af + kb * kKBlock;
+    for (int p = 0; p < 16; ++p) {
+      vec lo[NV], hi[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        const int64_t c = col + v * V;
+        const uint16_t* src = t + (c / 16) * kTile + p * 32 + (c % 16) * 2;
+        __builtin_prefetch(src + PF * 4 * kTile);
+        uvec u;
+        std::memcpy(&u, src, sizeof u);
+        const uvec l = u << 16, h = u & high;
+        std::memcpy(&lo[v], &l, sizeof l);
+        std::memcpy(&hi[v], &h, sizeof h);
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const vec a0 = vec{} + ak[r * lda + 2 * p], a1 = vec{} + ak[r * lda + 2 * p + 1];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+          lo_sum[r][v] += a0 * lo[v];
+          (Split ? hi_sum : lo_sum)[r][v] += a1 * hi[v];
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const vec s = lo_sum[r][v] + hi_sum[r][v];
+      std::memcpy(out + r * kGroup + v * V, &s, sizeof s);
+    }
+}
+
+using WidenFn = void (*)(const float*, int64_t, const uint16_t*, int64_t, int64_t, float*);
+
+// Groups [g0, g1) of one output, rows [m0, m0 + rows) of A, rows <= 16. Up to 2 rows take
+// whole_nv vectors of columns a pass (AVX-512: 4, the whole group; AVX2: 2); more take one
+// vector a pass, in chunks of up to maxr rows (AVX-512: 16, all; AVX2: 10, the strip of weights
+// then staying in L1 for the next chunk), as the registers allow. fn_for: the instantiations.
+template <int V, typename F>
+VHOST_INLINE void groups_widen(const uint16_t* A, int64_t m0, int rows, const Bf16Output& o, int64_t g0, int64_t g1,
+                               int whole_nv, int maxr, F fn_for) {
+  const PackedBF16& P = *o.W;
+  const int64_t KB = P.Kp / kKBlock;
+  // The rows' activations as floats, once per call.
+  thread_local std::vector<float> af;
+  af.resize(static_cast<std::size_t>(rows * P.Kp));
+  for (int64_t i = 0; i < rows * P.Kp; ++i) af[static_cast<std::size_t>(i)] = as_float(A[m0 * P.Kp + i]);
+  const bool whole = rows <= 2;
+  int first[5] = {}, count[4] = {};
+  const int chunks = whole ? 1 : (rows + maxr - 1) / maxr;
+  const int64_t step = (whole ? whole_nv : 1) * V;  // columns a pass
+  for (int c = 0; c < chunks; ++c) {
+    first[c + 1] = rows * (c + 1) / chunks;
+    count[c] = first[c + 1] - first[c];
+  }
+  WidenFn fn[4] = {};
+  for (int c = 0; c < chunks; ++c) fn[c] = fn_for(whole, count[c]);
+  alignas(64) float buf[16 * kGroup];
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint16_t* w = P.data() + g * kGroup * P.Kp;
+    for (int64_t col = 0; col < kGroup; col += step)
+      for (int c = 0; c < chunks; ++c) fn[c](af.data() + first[c] * P.Kp, P.Kp, w, col, KB, buf + first[c] * kGroup + col);
+    finish_group<V>(buf, rows, o, g, m0);
+  }
+}
+
+// widen_cols<V, R, NV> for 1 <= rows <= MaxR, as a target-specific function.
+#define VHOST_WIDEN_TABLE(NAME, TARGET, V, WHOLE_NV, MAXR)                                                      \
+  template <int R, int NV>                                                                                       \
+  __attribute__((target(TARGET))) void NAME##_cols(const float* af, int64_t lda, const uint16_t* w, int64_t col, \
+                                                   int64_t KB, float* out) {                                     \
+    widen_cols<V, R, NV, (R <= 4)>(af, lda, w, col, KB, out);                                                    \
+  }                                                                                                              \
+  template <int NV, int MaxR, int R = 1>                                                                         \
+  WidenFn NAME##_for(int rows) {                                                                                 \
+    if constexpr (R < MaxR)                                                                                      \
+      if (rows > R) return NAME##_for<NV, MaxR, R + 1>(rows);                                                    \
+    return NAME##_cols<R, NV>;                                                                                   \
+  }                                                                                                              \
+  __attribute__((target(TARGET))) void groups_##NAME(const uint16_t* A, int64_t m0, int rows, const Bf16Output& o, \
+                                                     int64_t g0, int64_t g1) {                                   \
+    groups_widen<V>(A, m0, rows, o, g0, g1, WHOLE_NV, MAXR, [](bool whole, int r) {                           \
+      return whole ? NAME##_for<WHOLE_NV, 2>(r) : NAME##_for<1, MAXR>(r);                                        \
+    });                                                                                                          \
+  }
+VHOST_WIDEN_TABLE(widen512, "avx512f", 16, 4, 16)
+VHOST_WIDEN_TABLE(widen256, "avx2,fma", 8, 2, 10)
+#undef VHOST_WIDEN_TABLE
 
 bool avx512bf16_supported() {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
@@ -306,7 +416,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void groups_amx(const uint1
     _tile_stored(1, buf + 16, kGroup * 4);
     _tile_stored(2, buf + 32, kGroup * 4);
     _tile_stored(3, buf + 48, kGroup * 4);
-    finish_group(buf, rows, o, g, m0);
+    finish_group<16>(buf, rows, o, g, m0);
   }
 }
 
@@ -330,13 +440,15 @@ bool amx_granted() {
 #endif  // VHOST_AMX
 
 namespace {
-enum class Bf16Isa { none, avx512bf16, amx };
+enum class Bf16Isa { none, avx2, avx512, avx512bf16, amx };
 
 bool runnable(Bf16Isa isa) {
   switch (isa) {
     case Bf16Isa::none: return true;
 #ifdef VHOST_BF16_X86
     case Bf16Isa::avx512bf16: return avx512bf16_supported();
+    case Bf16Isa::avx512: return __builtin_cpu_supports("avx512f");
+    case Bf16Isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
 #ifdef VHOST_AMX
     case Bf16Isa::amx: return amx_granted();
@@ -346,7 +458,9 @@ bool runnable(Bf16Isa isa) {
 }
 
 Bf16Isa best() {
-  return runnable(Bf16Isa::amx) ? Bf16Isa::amx : runnable(Bf16Isa::avx512bf16) ? Bf16Isa::avx512bf16 : Bf16Isa::none;
+  for (Bf16Isa isa : {Bf16Isa::amx, Bf16Isa::avx512bf16, Bf16Isa::avx512, Bf16Isa::avx2})
+    if (runnable(isa)) return isa;
+  return Bf16Isa::none;
 }
 
 Bf16Isa& chosen() {
@@ -359,6 +473,8 @@ const char* bf16_gemm_isa() {
   switch (chosen()) {
     case Bf16Isa::amx: return "amx";
     case Bf16Isa::avx512bf16: return "avx512bf16";
+    case Bf16Isa::avx512: return "avx512";
+    case Bf16Isa::avx2: return "avx2";
     default: return "";
   }
 }
@@ -369,6 +485,8 @@ bool select_bf16_gemm(const char* name) {
   else if (!*name) want = Bf16Isa::none;
   else if (std::strcmp(name, "amx") == 0) want = Bf16Isa::amx;
   else if (std::strcmp(name, "avx512bf16") == 0) want = Bf16Isa::avx512bf16;
+  else if (std::strcmp(name, "avx512") == 0) want = Bf16Isa::avx512;
+  else if (std::strcmp(name, "avx2") == 0) want = Bf16Isa::avx2;
   const bool ok = want && runnable(*want);
   chosen() = ok ? *want : Bf16Isa::none;
   return ok;
@@ -400,7 +518,9 @@ bool bf16_gemm(const uint16_t* A, int64_t M, const Bf16Output* outs, int n) {
         }
 #endif
 #ifdef VHOST_BF16_X86
-        groups_avx512bf16(A, m0, rows, outs[i], a - first[i], b - first[i]);
+        if (isa == Bf16Isa::avx512bf16) groups_avx512bf16(A, m0, rows, outs[i], a - first[i], b - first[i]);
+        else if (isa == Bf16Isa::avx512) groups_widen512(A, m0, rows, outs[i], a - first[i], b - first[i]);
+        else groups_widen256(A, m0, rows, outs[i], a - first[i], b - first[i]);
 #endif
       }
     }

@@ -80,12 +80,14 @@ void argmax_rows(const float* x, int64_t R, int64_t n, int64_t* out);
 // Never returns an index of weight 0 while another has weight.
 int64_t softmax_draw(const float* x, int64_t n, float inv_t, double u);
 
-// ---- bfloat16 weights (bf16_kernels.cpp): Intel AMX, or AVX512-BF16 -------------------------
+// ---- bfloat16 weights (bf16_kernels.cpp): AMX, AVX512-BF16, or widened on AVX-512/AVX2 -----
 // A decoding step's products with the weights in bfloat16, packed in AMX tile order, and the
 // activations rounded to bfloat16; sums in float32. Half the bytes of float32 weights per step:
-// the bf16 decode of docs/models.md. Two kernels read the same packing: AMX tiles (Intel Sapphire
-// Rapids and later), and vdpbf16ps on 512-bit vectors (AVX512-BF16: AMD Zen 4 and later, Intel
-// Cooper Lake and later, and Sapphire Rapids where the kernel grants no tile state).
+// the bf16 decode of docs/models.md. Four kernels read the same packing: AMX tiles (Intel
+// Sapphire Rapids and later); vdpbf16ps on 512-bit vectors (AVX512-BF16: AMD Zen 4 and later,
+// Intel Cooper Lake and later, and Sapphire Rapids where the kernel grants no tile state); and,
+// on any other x86 CPU with AVX-512F or AVX2, the bf16 widened to float32 in registers and
+// multiplied in float32 (the bytes of bf16 at the arithmetic rate of float32).
 
 // The weights of C = A · Wᵀ (W [N, K]) in AMX tile order (see bf16_kernels.cpp), zero-padded to
 // whole tiles. With silu_pairs, the fused MLP input silu(A · Wgᵀ) * (A · Wuᵀ) (C [M, N]).
@@ -109,11 +111,12 @@ PackedBF16 pack_bf16_gate_up(const float* Wg, const float* Wu, int64_t N, int64_
 // out [M, Kp] = x [M, K] rounded to bfloat16 (nearest even), zero past K.
 void to_bf16_rows(const float* x, int64_t M, int64_t K, uint16_t* out, int64_t Kp);
 
-// The bfloat16 product kernel in use: "amx" (the CPU has AMX-BF16 and the kernel granted the
-// tile state), "avx512bf16", or "" (none: bf16_gemm declines and bf16 decoding is off).
+// The bfloat16 product kernel in use, best first: "amx" (the CPU has AMX-BF16 and the kernel
+// granted the tile state), "avx512bf16", "avx512" and "avx2" (widened to float32), or "" (none:
+// bf16_gemm declines and bf16 decoding is off).
 const char* bf16_gemm_isa();
-// Picks the kernel: nullptr the best this CPU runs, "" none, or "amx" / "avx512bf16". False, with
-// none picked, when the one asked for cannot run here. For tests and A/B runs.
+// Picks the kernel: nullptr the best this CPU runs, "" none, or one of the names above. False,
+// with none picked, when the one asked for cannot run here. For tests and A/B runs.
 bool select_bf16_gemm(const char* name);
 
 struct Bf16Output {

@@ -375,8 +375,8 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, c
   return shards == 1 ? parts[0] : torch::cat(parts);
 }
 
-// The bf16 decode's weights: each matrix of a layer packed in AMX tile order (gate and up as one fused
-// product), and the output layer.
+// The bf16 decode's weights: each matrix of a layer packed in AMX tile order (gate and up as one
+// fused product), and the output layer.
 struct LlamaModel::Bf16Weights {
   struct Layer {
     PackedBF16 q, k, v, o, gate_up, down;

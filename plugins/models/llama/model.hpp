@@ -58,11 +58,11 @@ class LlamaModel {
   int64_t decode_shards(int64_t rows) const;
 
   // Decoding steps (one new token per row, float32 on the CPU) multiply by bfloat16 copies of the
-  // weight matrices (Intel AMX or AVX512-BF16), with activations rounded to bfloat16 (see
-  // decode_kernels.hpp):
-  // packs the copies now (half the float32 weights' size again). Steps after an in-place change
-  // of a weight (training) use the float32 weights. False, changing nothing, without either or
-  // where decode_step does not apply (not float32 on the CPU).
+  // weight matrices (AMX, AVX512-BF16, or widened on AVX-512/AVX2), with activations rounded to
+  // bfloat16 (see decode_kernels.hpp): packs the copies now (half the float32 weights' size
+  // again). Steps after an in-place change of a weight (training) use the float32 weights. False,
+  // changing nothing, without any of those or where decode_step does not apply (not float32 on
+  // the CPU).
   bool enable_bf16_decode();
   bool bf16_decode() const { return bf16_ != nullptr; }
   // The element type of a KV cache for this model: bfloat16 with bf16 decode (half the bytes a

@@ -66,9 +66,9 @@ class LlamaPlugin final : public vhost::Model {
             Option::integer("max_context", 0, "with max_batch: positions per sequence (0: the model's context)")
                 .range(0, 1 << 24),
             Option::string("decode_dtype", "float32",
-                           "decoding steps on the CPU: float32, or bfloat16 (weight products on Intel AMX or "
-                           "AVX512-BF16 with activations and the KV cache in bfloat16; float32 where the CPU "
-                           "has neither)")
+                           "decoding steps on the CPU: float32, or bfloat16 (weight products in bfloat16 on AMX "
+                           "or AVX512-BF16, or widened to float32 on AVX-512/AVX2, with activations and the "
+                           "KV cache in bfloat16; float32 on other CPUs)")
                 .one_of({"float32", "bfloat16"})};
   }
 
@@ -128,9 +128,9 @@ class LlamaPlugin final : public vhost::Model {
       throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
                                                 " pieces but the model only " + std::to_string(config_.vocab_size));
     if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && !model_->enable_bf16_decode())
-      vhost::log(VHOST_LOG_WARN, "decode_dtype = \"bfloat16\" needs Intel AMX or AVX512-BF16 and float32 weights on the CPU (" +
+      vhost::log(VHOST_LOG_WARN, "decode_dtype = \"bfloat16\" needs an x86 CPU with AVX2 or better and float32 weights on the CPU (" +
                                      std::string(*vhost::llama::bf16_gemm_isa() ? "the weights are " + vhost::llama::dtype_name(model_->dtype()) + " on " + model_->device().str()
-                                                                                : "this CPU or kernel offers neither") +
+                                                                                : "this CPU has no bfloat16 kernel") +
                                      "): decoding in " + vhost::llama::dtype_name(model_->dtype()));
     load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     max_batch_ = cfg.get<int64_t>("max_batch");
