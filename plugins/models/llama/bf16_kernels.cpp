@@ -230,9 +230,10 @@ __attribute__((target("avx512f,avx512bf16"))) void groups_avx512bf16(const uint1
 // Each 32-bit lane of a W tile row holds one column's (k, k+1) pair of bf16: shifted up 16 bits
 // it is k's float, masked to its upper half k+1's. So V columns' pair is two vectors of floats,
 // multiplied by the activations' k and k+1 (widened once per call, broadcast from memory). With
-// few rows (Split) into two sets of sums, added at the end, so that consecutive multiply-adds do
-// not wait on each other; with many, the rows' own sums are enough independent chains. Float32 arithmetic, as small_gemm's, on half its bytes: a batch-1 step, which waits on
-// memory, reads half as much.
+// up to 4 rows (Split) into two sets of sums, added at the end, so that consecutive multiply-adds
+// do not wait on each other; with more, the rows' own sums are enough independent chains.
+// Float32 arithmetic, as small_gemm's, on half its bytes: a batch-1 step, which waits on memory,
+// reads half as much.
 //
 // Rows [0, R) of af (float32, row stride lda) against NV vectors of V columns (w: the group's
 // weights; the pass's first column is `col`): sums into out (row stride kGroup, advanced to col).
