@@ -206,7 +206,8 @@ TEST_CASE("bf16_gemm equals the product of bfloat16-rounded operands on shapes o
     INFO("kernel " << bf16_gemm_isa());
     torch::manual_seed(6);
     // Row counts for each way the kernels split a pass (AVX512-BF16: up to 6, 12 and 16 rows;
-    // widened: up to 2 rows, then chunks of 5 or 12) and past one pass of 16.
+    // widened: up to 2 rows, two sets of sums up to 4, AVX2 in chunks of up to 10) and past one
+    // pass of 16.
     for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {3, 70, 40}, {16, 64, 32}, {17, 200, 288},
                            {40, 130, 100}, {5, 32000, 288}, {7, 130, 64}, {12, 64, 96}, {14, 65, 33}, {2, 96, 64}}) {
       INFO("M=" << M << " N=" << N << " K=" << K);
