@@ -273,7 +273,7 @@ int main(int argc, char** argv) {
   // What any batching server could reach here if its HTTP path cost nothing: the in-process
   // engine at the same batch against the HTTP server at batch 1.
   std::printf("ceiling on these cores: the in-process engine is %.2fx the HTTP server at batch size 1\n",
-              median(inproc).tokens_per_s / one.tokens_per_s);
+              engine_only.tokens_per_s / one.tokens_per_s);
   print_load("HTTP via api + controller", via_api);
   std::printf("%-26s %9.0f tokens/s  (%lld tokens)\n", "in-process engine", engine_only.tokens_per_s,
               static_cast<long long>(engine_only.tokens));

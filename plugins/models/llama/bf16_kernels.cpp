@@ -29,6 +29,7 @@
 #include <mutex>
 #include <new>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
@@ -150,6 +151,15 @@ VHOST_INLINE void finish_group(const float* buf, int rows, const Bf16Output& o, 
   }
 }
 
+// make(std::integral_constant<int, rows>{}) for 1 <= rows <= MaxR: a run-time row count to the
+// kernel instantiated for it (each kernel keeps its rows' sums in registers).
+template <int MaxR, int R = 1, typename Make>
+auto for_rows(int rows, Make make) {
+  if constexpr (R < MaxR)
+    if (rows > R) return for_rows<MaxR, R + 1>(rows, make);
+  return make(std::integral_constant<int, R>{});
+}
+
 // ---- AVX512-BF16 ----
 
 // Rows [0, R) of A (bf16, row stride lda) against NB consecutive 16-column blocks of a group
@@ -195,13 +205,6 @@ __attribute__((target("avx512f,avx512bf16"))) void dp_blocks(const uint16_t* a, 
 }
 
 using DpFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, float*);
-// dp_blocks<rows, NB> for 1 <= rows <= MaxR.
-template <int NB, int MaxR, int R = 1>
-DpFn dp_for(int rows) {
-  if constexpr (R < MaxR)
-    if (rows > R) return dp_for<NB, MaxR, R + 1>(rows);
-  return dp_blocks<R, NB>;
-}
 
 // Groups [g0, g1) of one output, rows [m0, m0 + rows) of A, rows <= 16. The fewer the rows, the
 // more 16-column blocks a pass takes (4 blocks up to 6 rows, 2 up to 12, else 1): enough
@@ -216,7 +219,9 @@ __attribute__((target("avx512f,avx512bf16"))) void groups_avx512bf16(const uint1
   const int64_t KB = P.Kp / kKBlock;
   const uint16_t* a = A + m0 * P.Kp;
   const int nb = rows <= 6 ? 4 : rows <= 12 ? 2 : 1;
-  const DpFn dp = nb == 4 ? dp_for<4, 6>(rows) : nb == 2 ? dp_for<2, 12>(rows) : dp_for<1, 16>(rows);
+  const DpFn dp = nb == 4   ? for_rows<6>(rows, [](auto r) -> DpFn { return dp_blocks<decltype(r)::value, 4>; })
+                  : nb == 2 ? for_rows<12>(rows, [](auto r) -> DpFn { return dp_blocks<decltype(r)::value, 2>; })
+                            : for_rows<16>(rows, [](auto r) -> DpFn { return dp_blocks<decltype(r)::value, 1>; });
   alignas(64) float buf[16 * kGroup];
   for (int64_t g = g0; g < g1; ++g) {
     const uint16_t* w = P.data() + g * kGroup * P.Kp;
@@ -314,23 +319,18 @@ VHOST_INLINE void groups_widen(const uint16_t* A, int64_t m0, int rows, const Bf
   }
 }
 
-// widen_cols<V, R, NV> for 1 <= rows <= MaxR, as a target-specific function.
+// widen_cols<V, R, NV> as a target-specific function, and groups_NAME picking its instantiations.
 #define VHOST_WIDEN_TABLE(NAME, TARGET, V, WHOLE_NV, MAXR)                                                      \
   template <int R, int NV>                                                                                       \
   __attribute__((target(TARGET))) void NAME##_cols(const float* af, int64_t lda, const uint16_t* w, int64_t col, \
                                                    int64_t KB, float* out) {                                     \
     widen_cols<V, R, NV, (R <= 4)>(af, lda, w, col, KB, out);                                                    \
   }                                                                                                              \
-  template <int NV, int MaxR, int R = 1>                                                                         \
-  WidenFn NAME##_for(int rows) {                                                                                 \
-    if constexpr (R < MaxR)                                                                                      \
-      if (rows > R) return NAME##_for<NV, MaxR, R + 1>(rows);                                                    \
-    return NAME##_cols<R, NV>;                                                                                   \
-  }                                                                                                              \
   __attribute__((target(TARGET))) void groups_##NAME(const uint16_t* A, int64_t m0, int rows, const Bf16Output& o, \
                                                      int64_t g0, int64_t g1) {                                   \
-    groups_widen<V>(A, m0, rows, o, g0, g1, WHOLE_NV, MAXR, [](bool whole, int r) {                           \
-      return whole ? NAME##_for<WHOLE_NV, 2>(r) : NAME##_for<1, MAXR>(r);                                        \
+    groups_widen<V>(A, m0, rows, o, g0, g1, WHOLE_NV, MAXR, [](bool whole, int r) -> WidenFn {                \
+      return whole ? for_rows<2>(r, [](auto R) -> WidenFn { return NAME##_cols<decltype(R)::value, WHOLE_NV>; }) \
+                   : for_rows<MAXR>(r, [](auto R) -> WidenFn { return NAME##_cols<decltype(R)::value, 1>; });    \
     });                                                                                                          \
   }
 VHOST_WIDEN_TABLE(widen512, "avx512f", 16, 4, 16)
