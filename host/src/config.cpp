@@ -60,6 +60,11 @@ OptionSpec option_spec(std::string key, std::string type, std::optional<json> de
   return s;
 }
 
+OptionSpec one_of(OptionSpec s, std::vector<std::string> choices) {
+  s.choices = std::move(choices);
+  return s;
+}
+
 std::string join(const std::vector<std::string>& items) {
   std::string s;
   for (const auto& x : items) s += (s.empty() ? "" : ", ") + x;

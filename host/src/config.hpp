@@ -33,6 +33,9 @@ using Schema = std::vector<OptionSpec>;
 OptionSpec option_spec(std::string key, std::string type, std::optional<json> default_value, std::string help,
                        std::optional<double> min = std::nullopt, std::optional<double> max = std::nullopt);
 
+// `s` restricted to these values.
+OptionSpec one_of(OptionSpec s, std::vector<std::string> choices);
+
 // "a, b, c"
 std::string join(const std::vector<std::string>& items);
 

@@ -67,6 +67,7 @@ struct Pipeline::Impl {
   std::map<std::string, std::string> locations;
   json resolved;
   std::vector<SearchDir> dirs;  // its plugin_dirs, then the host's search path
+  bool once_per_node = false;   // pipeline.once_per = "node"
 };
 
 Pipeline::Pipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -155,7 +156,11 @@ Schema pipeline_schema() {
   return {option_spec("name", "string", "", "the pipeline's name (default: the file's name)"),
           option_spec("stages", "string_list", std::nullopt, "the stages to run, in order, e.g. [\"info\"]"),
           option_spec("work_dir", "path", "", "where stages write their outputs (default: runs/NAME beside the file)"),
-          option_spec("plugin_dirs", "path_list", json::array(), "extra plugin folders, searched first")};
+          option_spec("plugin_dirs", "path_list", json::array(), "extra plugin folders, searched first"),
+          one_of(option_spec("once_per", "string", "job",
+                             "under several processes, who runs the stages that write files (all but train): "
+                             "rank 0 (job: paths on a shared filesystem) or local rank 0 of each node (node)"),
+                 {"job", "node"})};
 }
 
 }  // namespace
@@ -223,6 +228,7 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
   std::string wd = pconf.value("work_dir", "");
   impl->work_dir = wd.empty() ? (doc.base_dir() / "runs" / impl->name) : fs::path(wd);
   resolved["pipeline"]["work_dir"] = impl->work_dir.string();
+  impl->once_per_node = pconf.value("once_per", "job") == "node";
 
   // Plugin search path: the pipeline's plugin_dirs first, then the host's.
   std::vector<SearchDir> dirs;
@@ -442,6 +448,34 @@ static std::string now_iso8601() {
   return ss.str();
 }
 
+namespace {
+
+// This process's place in a job of several (vhost launch, torchrun, Slurm set these).
+struct RankEnv {
+  int rank = 0, local_rank = 0, world = 1;
+};
+RankEnv rank_env() {
+  auto num = [](const char* name, int def) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return def;
+    char* end = nullptr;
+    long x = std::strtol(v, &end, 10);
+    if (*end != '\0' || x < 0 || x > (1 << 24)) throw ConfigError(std::string("the environment variable ") + name + " = '" + v + "' is not a rank number");
+    return static_cast<int>(x);
+  };
+  RankEnv r;
+  r.world = std::max(1, num("WORLD_SIZE", 1));
+  r.rank = num("RANK", 0);
+  r.local_rank = num("LOCAL_RANK", r.rank);
+  return r;
+}
+
+// How long the other ranks wait while one runs a stage alone (a prepare of all of ShareGPT
+// takes a while); a rank that dies ends the wait at once.
+constexpr double kStageWaitSeconds = 24 * 3600;
+
+}  // namespace
+
 RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
   // Instance ids are process-wide for find_extension; one run at a time keeps them unambiguous.
   static std::mutex run_mutex;
@@ -456,8 +490,8 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
   result.pipeline = p.name;
   result.work_dir = p.work_dir;
   // Under `vhost launch` every rank runs the pipeline; only rank 0 writes run.json.
-  const char* rank = std::getenv("RANK");
-  result.report = p.work_dir / (rank && *rank && std::string(rank) != "0" ? "run.rank-" + std::string(rank) + ".json" : "run.json");
+  const RankEnv ranks = rank_env();
+  result.report = p.work_dir / (ranks.rank != 0 ? "run.rank-" + std::to_string(ranks.rank) + ".json" : "run.json");
   std::error_code ec;
   fs::create_directories(p.work_dir, ec);
   if (ec) throw Error("cannot create work_dir " + p.work_dir.string() + ": " + ec.message());
@@ -496,11 +530,36 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
     for (auto it = created.rbegin(); it != created.rend(); ++it) live.erase(*it);
   };
 
+  // Under several processes a stage that is not collective runs on one rank (rank 0, or local
+  // rank 0 with once_per = "node") while the others wait at the barrier of the pipeline's
+  // backend; they go on together once it has written its files.
+  Instance* group = nullptr;
+  auto process_group = [&]() -> Instance& {
+    if (group) return *group;
+    for (const auto& d : p.instances) {
+      if (d.loaded->kind != VHOST_KIND_BACKEND) continue;
+      Instance& b = get_instance(d.ref);
+      auto [r, world] = b.backend_process_group();
+      if (world == ranks.world) return *(group = &b);
+      if (world > 1)
+        throw Error(d.ref + " has a process group of " + std::to_string(world) + " ranks, but WORLD_SIZE is " +
+                    std::to_string(ranks.world));
+    }
+    throw ConfigError("WORLD_SIZE is " + std::to_string(ranks.world) +
+                      ", but no backend of this pipeline runs a process group to coordinate the ranks with "
+                      "(declare one, e.g. [backends.cpu] plugin = \"cpu\")");
+  };
+  const bool lead = ranks.world == 1 || (p.once_per_node ? ranks.local_rank == 0 : ranks.rank == 0);
+
   for (const auto& id : p.order) {
     if (!options.only.empty() && std::find(options.only.begin(), options.only.end(), id) == options.only.end())
       continue;
     const StageDecl& sd = p.stages.at(id);
-    spdlog::info("stage '{}' ({})", id, sd.type->type);
+    const bool alone = ranks.world > 1 && !sd.type->every_rank;
+    spdlog::info("stage '{}' ({}){}", id, sd.type->type,
+                 alone ? (lead ? ", on this rank while the others wait"
+                               : p.once_per_node ? ", waiting for local rank 0" : ", waiting for rank 0")
+                       : "");
     StageContext ctx{id, sd.config, p.work_dir, out, declared, get_instance,
                      [&p](const std::string& plugin, const std::string& tool, const json& args) {
                        return model_tool_on(p.dirs, plugin, tool, args);  // the pipeline's plugin_dirs too
@@ -509,7 +568,18 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
     auto t0 = std::chrono::steady_clock::now();
     StageResult r{id, sd.type->type, 0, json()};
     try {
-      r.output = sd.type->run(ctx);
+      if (!alone) {
+        r.output = sd.type->run(ctx);
+      } else {
+        if (lead) r.output = sd.type->run(ctx);
+        try {
+          process_group().backend_barrier(kStageWaitSeconds);
+        } catch (const std::exception& e) {
+          throw Error(std::string(lead ? "after running it, waiting for the other ranks: "
+                                       : "waiting for the rank that runs it: ") + e.what());
+        }
+        if (!lead) r.output = {{"ran_on", p.once_per_node ? "local rank 0" : "rank 0"}};
+      }
     } catch (const std::exception& e) {
       r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       report["stages"].push_back({{"id", id}, {"type", r.type}, {"seconds", r.seconds}, {"error", e.what()}});

@@ -183,6 +183,20 @@ json Instance::model_train(const json& request, const EventFn& on_event) {
   return parse_reply(*plugin_, out.data, "train");
 }
 
+std::pair<int, int> Instance::backend_process_group() {
+  if (plugin_->kind != VHOST_KIND_BACKEND) throw PluginError(plugin_->label() + " is not a backend plugin");
+  auto* t = static_cast<const vhost_backend_iface*>(plugin_->desc->kind_iface);
+  if (t->struct_size < VHOST_SLOT_END(vhost_backend_iface, process_group)) return {0, 1};
+  int32_t rank = 0, world = 1;
+  check(t->process_group(self_, &rank, &world), "process_group failed");
+  return {rank, world};
+}
+
+void Instance::backend_barrier(double timeout_s) {
+  auto* t = iface<vhost_backend_iface>(VHOST_KIND_BACKEND, VHOST_SLOT_END(vhost_backend_iface, barrier), "barrier");
+  check(t->barrier(self_, timeout_s), "barrier failed");
+}
+
 json Instance::dataset_prepare(const json& request) {
   auto* t = iface<vhost_dataset_iface>(VHOST_KIND_DATASET, VHOST_SLOT_END(vhost_dataset_iface, prepare), "prepare");
   StringSink out;

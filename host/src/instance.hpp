@@ -39,6 +39,10 @@ class Instance {
   // on_event returns false to ask the trainer to checkpoint and stop.
   using EventFn = std::function<bool(const json& event)>;
   json model_train(const json& request, const EventFn& on_event);
+  // The backend kind (ABI 1.4): the process group's {rank, world size}, {0, 1} for a backend
+  // built before 1.4; and a barrier across its ranks (timeout_s <= 0: the backend's own).
+  std::pair<int, int> backend_process_group();
+  void backend_barrier(double timeout_s);
   // The dataset kind.
   json dataset_prepare(const json& request);
 

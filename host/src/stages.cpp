@@ -529,11 +529,6 @@ json run_serve(StageContext& ctx) {
 
 }  // namespace
 
-OptionSpec one_of(OptionSpec s, std::vector<std::string> choices) {
-  s.choices = std::move(choices);
-  return s;
-}
-
 const std::vector<StageType>& stage_types() {
   static const std::vector<StageType> types = {
       {"info",
@@ -682,7 +677,8 @@ const std::vector<StageType>& stage_types() {
                     1e12)},
        {{"model", VHOST_KIND_MODEL}},
        {},
-       run_train},
+       run_train,
+       /*every_rank=*/true},
   };
   return types;
 }

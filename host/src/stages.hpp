@@ -38,6 +38,10 @@ struct StageType {
   // Options holding lists of instance ids ("backends.cpu"), any kind.
   std::vector<std::string> ref_lists;
   std::function<json(StageContext&)> run;
+  // Under several processes (vhost launch, torchrun) a stage runs on every rank only when it is
+  // collective (train); any other stage writes files every rank reads, so one rank runs it while
+  // the others wait at the backend's barrier.
+  bool every_rank = false;
 };
 
 const std::vector<StageType>& stage_types();

@@ -2,6 +2,9 @@
 # The train stage as real processes:
 #  1. FSDP on Gloo: 2 processes (`vhost launch`) give the losses and final weights of 1 process
 #     with the same global batch, with about half the parameter memory per rank;
+#  1b. `prepare` then `train` under `vhost launch`: rank 0 prepares, rank 1 waits at the
+#     barrier and trains with it; when rank 0's prepare fails, rank 1 stops with a clear error;
+#     a filesystem error is reported as an I/O error;
 #  2. a checkpoint written by 2 ranks resumes on 1 and ends where an uninterrupted run ends;
 #  3. SIGTERM checkpoints and stops; kill -9 loses only the steps since the last checkpoint; the
 #     restarted command resumes, and the loss sequence equals an uninterrupted run's;
@@ -91,6 +94,63 @@ ratio = two / one
 print(f"  parameter bytes per rank: {one} (1 process), {two} (2 processes): {ratio:.3f}")
 assert 0.5 <= ratio <= 0.51, ratio
 PY
+
+echo "== prepare then train under vhost launch: rank 0 prepares while rank 1 waits"
+two_stage() {  # two_stage NAME DATASET
+  cat > "$1.toml" <<EOF
+[pipeline]
+name = "$1"
+stages = ["prepare", "train"]
+work_dir = "$scratch/work-$1"
+[backends.cpu]
+plugin = "cpu"
+threads = 1
+[models.m]
+plugin = "llama"
+path = "$scratch/model"
+backend = "cpu"
+load_weights = false
+[datasets.sharegpt]
+plugin = "sharegpt"
+path = "$2"
+max_length = 512
+[stages.prepare]
+out = "$scratch/data-$1"
+[stages.train]
+data = "$scratch/data-$1"
+out = "$scratch/out-$1"
+epochs = 1
+batch_size = 4
+micro_batch_size = 2
+EOF
+}
+two_stage staged "$src/examples/data/sharegpt_demo.json"
+for i in 1 2 3; do
+  rm -rf data-staged out-staged work-staged logs
+  timeout 120 "$vhost" launch --nproc-per-node 2 --log-dir logs staged.toml > staged.log 2>&1 || { echo "run $i:"; cat staged.log logs/*; exit 1; }
+  grep -q '"ran_on": "rank 0"' work-staged/run.rank-1.json || { cat work-staged/run.rank-1.json; exit 1; }
+  test -f out-staged/model/model.safetensors
+done
+grep -q "waiting for rank 0" logs/rank-1.log || { cat logs/rank-1.log; exit 1; }
+echo "  3 runs of 3: prepared once, trained on 2 ranks"
+# Rank 0's prepare fails: rank 1 stops waiting at once with an error that says so; nothing hangs.
+printf '[{"id": "a", "conversations": [' > broken.json
+two_stage broken "$scratch/broken.json"
+rc=0
+timeout 120 "$vhost" launch --nproc-per-node 2 --log-dir logs broken.toml > broken.log 2>&1 || rc=$?
+[ $rc -ne 0 ] && [ $rc -ne 124 ] || { echo "expected a failure, not status $rc"; cat broken.log logs/*; exit 1; }
+grep -q "broken.json" broken.log || { cat broken.log; exit 1; }
+grep -q "waiting for the rank that runs it" logs/rank-1.log || { cat logs/rank-1.log; exit 1; }
+echo "  rank 0's prepare failed: both ranks stopped"
+# A filesystem error is an I/O error, not an "internal error".
+touch afile
+rc=0
+"$vhost" run staged.toml --only prepare --set "stages.prepare.out=\"$scratch/afile/data\"" > io.log 2>&1 || rc=$?
+[ $rc -eq 1 ] || { echo "expected status 1, got $rc"; cat io.log; exit 1; }
+grep -q "I/O error: .*afile" io.log || { cat io.log; exit 1; }
+if grep -q "internal error" io.log; then cat io.log; exit 1; fi
+echo "  $(grep -o 'I/O error.*' io.log | cut -c1-120)"
+
 
 echo "== a 2-rank checkpoint resumes on 1 rank"
 pipeline cut out-cut 3 "stop_at_step = 4"

@@ -90,6 +90,13 @@ class CpuBackend final : public vhost::Backend, public vhost::torch_ext::Backend
     return nullptr;
   }
 
+  // the process group (vhost::Backend)
+  int rank() const override { return collective_ ? collective_->rank() : 0; }
+  int world_size() const override { return collective_ ? collective_->world_size() : 1; }
+  void barrier(double timeout_s) override {
+    if (collective_) collective_->barrier_for(timeout_s);
+  }
+
   // torch.backend
   c10::Device device() const override { return c10::Device(c10::kCPU); }
   c10::ScalarType dtype() const override { return dtype_; }

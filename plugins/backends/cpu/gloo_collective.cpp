@@ -66,11 +66,30 @@ class GlooCollective final : public torch_ext::Collective {
     for (std::size_t r = 0; r < out.size(); ++r)
       if (!o[0][r].is_same(out[r])) out[r].copy_(o[0][r]);
   }
-  // Gloo has no reduce-scatter in libtorch 1.13: a sum over everything, then the own slice.
+  // ProcessGroupGloo has no reduce-scatter (1.13 and 2.x): one reduce per slice, each to the
+  // rank that owns it. Every rank sends each slice once and keeps one slice-sized buffer, where
+  // an all-reduce would send it twice and hold the whole sum.
   void reduce_scatter_sum(at::Tensor& out, const at::Tensor& in) override {
-    std::vector<at::Tensor> t{in.contiguous().clone()};
-    run([&] { return pg_->allreduce(t); }, "reduce_scatter");
-    out.copy_(t[0].view({-1}).narrow(0, out.numel() * rank_, out.numel()).view(out.sizes()));
+    auto flat = in.contiguous().view({-1});
+    const int64_t n = out.numel();
+    for (int r = 0; r < world_; ++r) {
+      std::vector<at::Tensor> t{flat.narrow(0, n * r, n).clone()};
+      c10d::ReduceOptions o;
+      o.rootRank = r;
+      run([&] { return pg_->reduce(t, o); }, "reduce_scatter");
+      if (r == rank_) out.copy_(t[0].view(out.sizes()));
+    }
+  }
+  void gather(std::vector<at::Tensor>& out, const at::Tensor& in, int root) override {
+    std::vector<std::vector<at::Tensor>> o;
+    if (rank_ == root) o.push_back(out);
+    std::vector<at::Tensor> i{in.contiguous()};
+    c10d::GatherOptions opts;
+    opts.rootRank = root;
+    run([&] { return pg_->gather(o, i, opts); }, "gather");
+    if (rank_ == root)
+      for (std::size_t r = 0; r < out.size(); ++r)
+        if (!o[0][r].is_same(out[r])) out[r].copy_(o[0][r]);
   }
   void all_reduce_sum(at::Tensor& t) override {
     std::vector<at::Tensor> v{t};
@@ -84,6 +103,11 @@ class GlooCollective final : public torch_ext::Collective {
   }
   void barrier() override {
     run([&] { return pg_->barrier(); }, "barrier");
+  }
+  void barrier_for(double timeout_s) override {
+    c10d::BarrierOptions o;
+    if (timeout_s > 0) o.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+    run([&] { return pg_->barrier(o); }, "barrier");
   }
 
  private:

@@ -253,7 +253,7 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
   bool first_json = true;
   if (opt.write_json) {
     cleaned.open(json_tmp);
-    if (!cleaned) throw std::runtime_error(json_tmp.string() + ": cannot create");
+    if (!cleaned) tokens::io_error(json_tmp, "cannot create");
     cleaned << "[";
   }
   std::unordered_set<std::uint64_t> seen;
@@ -358,7 +358,7 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
   if (opt.write_json) {
     cleaned << "\n]\n";
     cleaned.close();
-    if (!cleaned) throw std::runtime_error(json_tmp.string() + ": write failed");
+    if (!cleaned) tokens::io_error(json_tmp, "write failed");
     fs::rename(json_tmp, opt.out_dir / "cleaned.json");
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

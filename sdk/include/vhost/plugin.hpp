@@ -24,6 +24,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -170,7 +171,15 @@ class Plugin {
   virtual const void* extension(std::string_view /*name*/) { return nullptr; }
 };
 
-class Backend : public Plugin {};
+class Backend : public Plugin {
+ public:
+  // The job's process group (ABI 1.4): rank and size, and a barrier across its ranks. A backend
+  // that runs one process keeps these.
+  virtual int rank() const { return 0; }
+  virtual int world_size() const { return 1; }
+  // Returns when every rank called it; throws when one died or timeout_s (> 0) passed.
+  virtual void barrier(double /*timeout_s*/) {}
+};
 
 // Streams generated text: (sequence, token, text) -> false to cancel that sequence.
 using TokenSink = std::function<bool(std::uint32_t, std::int32_t, const std::string&)>;
@@ -327,6 +336,8 @@ vhost_status* guard(F&& f) noexcept {
   } catch (const c10::Error& e) {  // its what() carries a C++ backtrace: not for users
     return h->status_new(VHOST_ERR_INTERNAL, e.what_without_backtrace(), nullptr);
 #endif
+  } catch (const std::system_error& e) {  // std::filesystem and stream failures: the disk, not a bug
+    return h->status_new(VHOST_ERR_IO, e.what(), nullptr);
   } catch (const std::exception& e) {
     return h->status_new(VHOST_ERR_INTERNAL, e.what(), nullptr);
   } catch (...) {
@@ -370,7 +381,16 @@ const void* kind_iface() {
         }};
     return &iface;
   } else if constexpr (std::is_base_of_v<Backend, T>) {
-    static const vhost_backend_iface iface = {sizeof(vhost_backend_iface)};
+    static const vhost_backend_iface iface = {
+        sizeof(vhost_backend_iface),
+        [](void* s, int32_t* rank, int32_t* world) {
+          return guard([&] {
+            auto* b = static_cast<Backend*>(self(s));
+            *rank = b->rank();
+            *world = b->world_size();
+          });
+        },
+        [](void* s, double timeout_s) { return guard([&] { static_cast<Backend*>(self(s))->barrier(timeout_s); }); }};
     return &iface;
   } else if constexpr (std::is_base_of_v<Model, T>) {
     static const vhost_model_iface iface = {

@@ -19,6 +19,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <fcntl.h>
@@ -38,6 +39,13 @@ class FormatError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// A file that could not be written: a std::system_error (errno's reason appended), which the
+// SDK reports as an I/O error, not as a bug.
+[[noreturn]] inline void io_error(const fs::path& file, const std::string& what) {
+  const int e = errno;
+  throw std::system_error(e ? e : EIO, std::generic_category(), file.string() + ": " + what);
+}
 
 // Streams sequences into `dir`.tmp and renames it to `dir` on finish(); a run that dies leaves
 // only the .tmp folder, which the next writer replaces.
@@ -72,7 +80,7 @@ class Writer {
   void finish(json meta) {
     for (auto* f : {&tokens_, &labels_, &index_}) {
       f->flush();
-      if (!*f) throw FormatError(tmp_.string() + ": write failed (disk full?)");
+      if (!*f) io_error(tmp_, "write failed (disk full?)");
       f->close();
     }
     meta["format"] = kFormat;
@@ -83,7 +91,7 @@ class Writer {
     {
       std::ofstream m(tmp_ / "meta.json");
       m << meta.dump(2) << "\n";
-      if (!m) throw FormatError((tmp_ / "meta.json").string() + ": write failed");
+      if (!m) io_error(tmp_ / "meta.json", "write failed");
     }
     std::error_code ec;
     fs::remove_all(dir_, ec);
@@ -93,7 +101,7 @@ class Writer {
  private:
   void open(std::ofstream& f, const char* name) {
     f.open(tmp_ / name, std::ios::binary | std::ios::trunc);
-    if (!f) throw FormatError((tmp_ / name).string() + ": cannot create");
+    if (!f) io_error(tmp_ / name, "cannot create");
   }
   template <class T>
   static void put(std::ofstream& f, T v) {

@@ -34,7 +34,7 @@ extern "C" {
 #define VHOST_ABI_MAJOR 1
 #endif
 #ifndef VHOST_ABI_MINOR
-#define VHOST_ABI_MINOR 3
+#define VHOST_ABI_MINOR 4
 #endif
 
 /* The one symbol a plugin exports (through BOOST_DLL_ALIAS; see vhost/plugin.hpp). */
@@ -119,9 +119,16 @@ typedef struct vhost_judge_iface {
 
 /* A backend owns a compute device (its threads, seed, default dtype) and, on several devices,
  * the process group. Its libtorch objects reach model plugins through the extension
- * "torch.backend" (see vhost/torch/backend.hpp). Nothing else is needed in C. */
+ * "torch.backend" (see vhost/torch/backend.hpp). */
 typedef struct vhost_backend_iface {
   uint32_t struct_size;
+  /* 1.4: the job's process group as the host needs it to run a stage on one rank while the
+   * others wait (a `prepare` writing files every rank reads). `rank` and `world_size` are 0 and
+   * 1 for a single process. */
+  vhost_status* (*process_group)(void* self, int32_t* rank, int32_t* world_size);
+  /* 1.4: blocks until every rank of the group has called it, or fails (VHOST_ERR_RUNTIME) when a
+   * rank died or `timeout_s` seconds passed (<= 0: the backend's own timeout). */
+  vhost_status* (*barrier)(void* self, double timeout_s);
 } vhost_backend_iface;
 
 /* A model family (LLaMA...): tokenizer, generation, and tools that need no instance.

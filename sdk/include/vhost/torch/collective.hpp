@@ -3,6 +3,7 @@
 // never see a process group type, so they build the same against any libtorch.
 #pragma once
 
+#include <ATen/Functions.h>
 #include <ATen/Tensor.h>
 
 #include <vector>
@@ -24,6 +25,21 @@ class Collective {
   // Copies root's `t` to every rank, in place. Blocking.
   virtual void broadcast(at::Tensor& t, int root) = 0;
   virtual void barrier() = 0;
+  // Rank root's out[r] receives rank r's `in` (every out[r] shaped like in); the other ranks'
+  // `out` is ignored and may be empty. Blocking. Appended; the default gathers on every rank.
+  virtual void gather(std::vector<at::Tensor>& out, const at::Tensor& in, int root) {
+    std::vector<at::Tensor> all;
+    for (int r = 0; r < world_size(); ++r) all.push_back(at::empty_like(in));
+    all_gather(all, in);
+    if (rank() == root)
+      for (int r = 0; r < world_size(); ++r) out[r].copy_(all[r]);
+  }
+  // A barrier that waits up to timeout_s seconds (<= 0: the group's timeout): the ranks waiting
+  // while one runs a long stage alone. Appended; the default is the plain barrier.
+  virtual void barrier_for(double timeout_s) {
+    (void)timeout_s;
+    barrier();
+  }
 };
 
 }  // namespace vhost::torch_ext
