@@ -193,8 +193,10 @@ class LlamaPlugin final : public vhost::Model {
     std::lock_guard<std::mutex> lock(mu_);
     const bool had_weights = model_ != nullptr;
     engine_.reset();
-    model_.reset();  // the trainer keeps its own float32 copy
-    auto init = vhost::llama::LlamaModel::load(path_, torch::kCPU, torch::kFloat32);
+    model_.reset();  // the trainer keeps its own float32 shards
+    // In the stored dtype: safetensors stay memory-mapped, and each rank reads only its shards'
+    // slices of them (in float32 as it copies them), never a whole float32 copy.
+    auto init = vhost::llama::LlamaModel::load(path_, torch::kCPU);
     vhost::llama::TrainEnv env;
     env.device = device_;
     env.compute_dtype = dtype_;

@@ -156,52 +156,76 @@ torch::Tensor SafetensorsFile::get(const std::string& name) const {
   return torch::from_blob(ptr, e.shape, [keep](void*) {}, opts);
 }
 
-void save_safetensors(const std::filesystem::path& file,
-                      const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+SafetensorsWriter::SafetensorsWriter(std::filesystem::path file, const std::vector<Spec>& specs,
+                                     const std::map<std::string, std::string>& metadata)
+    : file_(std::move(file)), specs_(specs) {
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<torch::Tensor> data;
   std::size_t offset = 0;
-  for (const auto& [name, t0] : tensors) {
-    auto t = t0.detach().to(torch::kCPU).contiguous();
-    std::size_t bytes = t.numel() * t.element_size();
-    header[name] = {{"dtype", safetensors_dtype(t.scalar_type())},
-                    {"shape", t.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+  for (const auto& sp : specs_) {
+    std::size_t bytes = static_cast<std::size_t>(c10::multiply_integers(sp.shape)) * c10::elementSize(sp.dtype);
+    header[sp.name] = {{"dtype", safetensors_dtype(sp.dtype)}, {"shape", sp.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
-    data.push_back(t);
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as HF's writer does
-  auto tmp = file;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail(tmp, std::string("cannot write: ") + std::strerror(errno));
-    std::uint64_t n = h.size();
-    unsigned char len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-    out.write(reinterpret_cast<const char*>(len), 8);
-    out.write(h.data(), static_cast<std::streamsize>(h.size()));
-    for (const auto& t : data) out.write(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
-    out.flush();
-    if (!out) {
-      std::filesystem::remove(tmp);
-      fail(tmp, "write failed (disk full?)");
-    }
-  }
+  tmp_ = file_;
+  tmp_ += ".tmp";
+  out_ = std::make_unique<std::ofstream>(tmp_, std::ios::binary | std::ios::trunc);
+  if (!*out_) fail(tmp_, std::string("cannot write: ") + std::strerror(errno));
+  std::uint64_t n = h.size();
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+  out_->write(reinterpret_cast<const char*>(len), 8);
+  out_->write(h.data(), static_cast<std::streamsize>(h.size()));
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (!out_) return;
+  out_.reset();
+  std::error_code ec;
+  std::filesystem::remove(tmp_, ec);
+}
+
+void SafetensorsWriter::write(const torch::Tensor& t0) {
+  if (!out_ || next_ >= specs_.size()) fail(tmp_, "more tensors written than its header lists");
+  const Spec& sp = specs_[next_++];
+  if (t0.sizes().vec() != sp.shape) fail(tmp_, "tensor '" + sp.name + "' has another shape than its header says");
+  auto t = t0.detach().to(torch::kCPU, sp.dtype).contiguous();
+  out_->write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
+  if (!*out_) fail(tmp_, "write failed (disk full?)");
+}
+
+void SafetensorsWriter::finish() {
+  if (!out_) fail(tmp_, "finished twice");
+  if (next_ != specs_.size()) fail(tmp_, "only " + std::to_string(next_) + " of its " + std::to_string(specs_.size()) + " tensors were written");
+  out_->flush();
+  if (!*out_) fail(tmp_, "write failed (disk full?)");
+  out_.reset();
   // Durable before it gets the final name: a crash leaves either the old file or the new one.
-  int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+  std::error_code ec;
+  int fd = ::open(tmp_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0 || ::fsync(fd) != 0) {
     if (fd >= 0) ::close(fd);
-    std::filesystem::remove(tmp);
-    fail(tmp, std::string("cannot sync: ") + std::strerror(errno));
+    std::filesystem::remove(tmp_, ec);
+    fail(tmp_, std::string("cannot sync: ") + std::strerror(errno));
   }
   ::close(fd);
-  std::error_code ec;
-  std::filesystem::rename(tmp, file, ec);
-  if (ec) fail(file, "cannot move the finished file into place: " + ec.message());
+  std::filesystem::rename(tmp_, file_, ec);
+  if (ec) {
+    std::filesystem::remove(tmp_, ec);
+    fail(file_, "cannot move the finished file into place: " + ec.message());
+  }
+}
+
+void save_safetensors(const std::filesystem::path& file,
+                      const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsWriter::Spec> specs;
+  for (const auto& [name, t] : tensors) specs.push_back({name, t.scalar_type(), t.sizes().vec()});
+  SafetensorsWriter w(file, specs, metadata);
+  for (const auto& [name, t] : tensors) w.write(t);
+  w.finish();
 }
 
 }  // namespace vhost::llama

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -41,6 +42,33 @@ class SafetensorsFile {
   std::size_t data_start_ = 0;
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> metadata_;
+};
+
+// Streams tensors into a safetensors file whose header is known up front (names, dtypes,
+// shapes), so that a writer never holds more than the tensor it is writing: a sharded trainer
+// saves unit by unit. Writes to FILE.tmp, which finish() makes durable and renames into place;
+// an unfinished writer removes it. Errors name the file.
+class SafetensorsWriter {
+ public:
+  struct Spec {
+    std::string name;
+    c10::ScalarType dtype;
+    std::vector<int64_t> shape;
+  };
+  SafetensorsWriter(std::filesystem::path file, const std::vector<Spec>& specs,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+  // The next tensor in the order of `specs` (converted to the spec's dtype, moved to CPU).
+  void write(const torch::Tensor& t);
+  void finish();
+
+ private:
+  std::filesystem::path file_, tmp_;
+  std::vector<Spec> specs_;
+  std::size_t next_ = 0;
+  std::unique_ptr<std::ofstream> out_;
 };
 
 // Writes tensors (made contiguous, moved to CPU) atomically: to a temporary file that is renamed

@@ -100,6 +100,12 @@ class Trainer {
   // Whole tensors by HF name (collective: every rank must call). Parameters, or the AdamW moments.
   std::vector<std::pair<std::string, torch::Tensor>> full_parameters();
   std::vector<std::pair<std::string, torch::Tensor>> full_moments(int which);  // 0: exp_avg, 1: exp_avg_sq
+  // Names and shapes of the whole tensors, in the order stream_full hands them out.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> tensor_shapes() const;
+  // Whole tensors (parameters: which < 0, exp_avg: 0, exp_avg_sq: 1), one unit at a time, to
+  // rank `root` alone, which calls take(name, tensor) for each; no rank ever holds more than one
+  // unit whole. Collective: every rank must call.
+  void stream_full(int which, int root, const std::function<void(const std::string&, const torch::Tensor&)>& take);
   // Loads whole tensors into this rank's shards (a checkpoint from any number of ranks).
   void load(const std::vector<std::pair<std::string, torch::Tensor>>& params,
             const std::vector<std::pair<std::string, torch::Tensor>>& exp_avg,
