@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -147,11 +148,43 @@ struct Trainer::Impl {
     }
   }
 
+  // The all-gather of the unit likely needed next (forward: u + 1; backward: u - 1), started
+  // while unit u computes, so the transfer overlaps the compute. At most one in flight.
+  struct Prefetch {
+    std::size_t unit = SIZE_MAX;
+    Tensor part, buf;
+    std::vector<Tensor> parts;
+    std::unique_ptr<torch_ext::Collective::Work> work;
+  } next;
+
+  void prefetch(std::size_t u) {
+    if (world == 1 || u >= units.size() || next.unit == u) return;
+    drop_prefetch();
+    const Unit& U = units[u];
+    next.part = U.shard.detach().to(env.compute_dtype).contiguous();
+    next.buf = torch::empty({U.shard_numel * world}, next.part.options());
+    next.parts = next.buf.chunk(world);
+    next.work = env.collective->all_gather_async(next.parts, next.part);
+    next.unit = u;
+  }
+  // Every rank makes the same calls, so a prefetch nobody takes is still completed everywhere.
+  void drop_prefetch() {
+    if (next.work) next.work->wait();
+    next = Prefetch();
+  }
+
   // The whole flat parameter vector of unit u, in the compute dtype, as a fresh leaf.
   Tensor gather(std::size_t u) {
     const Unit& U = units[u];
     Tensor s = U.shard.detach();
     if (world == 1) return s.to(env.compute_dtype).detach();  // no copy in float32
+    if (next.unit == u) {
+      next.work->wait();
+      Tensor full = next.buf.narrow(0, 0, U.numel);
+      next = Prefetch();
+      return full;
+    }
+    drop_prefetch();
     auto part = s.to(env.compute_dtype).contiguous();
     // The ranks' parts land side by side in one buffer: no second copy to concatenate them.
     auto buf = torch::empty({U.shard_numel * world}, part.options());
@@ -219,6 +252,7 @@ struct UnitFn : public torch::autograd::Function<UnitFn> {
     const bool tied_head = shards.size() == 2;
     Tensor full = t->gather(static_cast<std::size_t>(u));
     Tensor extra = tied_head ? t->gather(0) : Tensor();
+    t->prefetch(static_cast<std::size_t>(u) + 1);
     if (t->checkpointing) {
       ctx->save_for_backward({x});
       return {t->compute(u, full, extra, x)};
@@ -246,6 +280,7 @@ struct UnitFn : public torch::autograd::Function<UnitFn> {
       torch::AutoGradMode grad(true);
       full = t->gather(u).requires_grad_(true);
       if (n == 2) extra = t->gather(0).requires_grad_(true);
+      if (u > 0) t->prefetch(u - 1);
       xin = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
       y = t->compute(u, full, extra, xin);
     } else {
@@ -399,6 +434,7 @@ double Trainer::clip_grad_norm(double max_norm) {
 void Trainer::adamw_step(double lr, double beta1, double beta2, double eps, double weight_decay) {
   torch::NoGradGuard ng;
   ++adam_steps_;
+  impl_->drop_prefetch();  // the shards are about to change
   const double bc1 = 1 - std::pow(beta1, static_cast<double>(adam_steps_));
   const double bc2 = 1 - std::pow(beta2, static_cast<double>(adam_steps_));
   for (auto& U : impl_->units) {
@@ -739,7 +775,7 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
   const int64_t params = mc.parameter_count();
   std::string device = env.device.str();
   double peak = c.peak_tflops;
-  if (peak == 0 && env.device.is_cuda()) peak = 989;  // H100 SXM dense bf16
+  if (peak == 0) peak = env.peak_tflops;  // the backend's table (A100 312, H100/H200 989 bf16 dense)
   json start = {{"event", "start"},       {"rank", rank},
                 {"world_size", world},     {"total_steps", total},
                 {"start_step", step},      {"steps_per_epoch", steps_per_epoch},

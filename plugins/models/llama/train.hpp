@@ -50,7 +50,7 @@ struct TrainConfig {
   int64_t keep_last = 2;            // checkpoints kept
   int64_t eval_every = 0;           // steps between evaluations on eval/ (0: only at the end)
   uint64_t seed = 42;
-  double peak_tflops = 0;  // device peak for MFU (0: the GPU's known bf16 peak, none on CPU)
+  double peak_tflops = 0;  // device peak for MFU (0: the backend's, TrainEnv::peak_tflops)
 
   static TrainConfig from_json(const json& j);  // errors name the field
 };
@@ -64,6 +64,7 @@ struct TrainEnv {
   torch_ext::Collective* collective = nullptr;        // null: one process
   std::filesystem::path tokenizer;                    // copied beside every saved model
   std::string tokenizer_proto;                        // or these bytes (a GGUF's embedded vocabulary)
+  double peak_tflops = 0;                             // the backend's device peak (0: unknown, no MFU)
 };
 
 // One micro-batch: right-padded ids and next-token targets (-100: no loss).

@@ -6,6 +6,7 @@
 #include <ATen/Functions.h>
 #include <ATen/Tensor.h>
 
+#include <memory>
 #include <vector>
 
 namespace vhost::torch_ext {
@@ -33,6 +34,23 @@ class Collective {
     all_gather(all, in);
     if (rank() == root)
       for (int r = 0; r < world_size(); ++r) out[r].copy_(all[r]);
+  }
+  // A collective running in the background; wait() returns when it is done (and throws its
+  // failure). Appended, like the two calls below.
+  class Work {
+   public:
+    virtual ~Work() = default;
+    virtual void wait() = 0;
+  };
+  // all_gather started now, finished by the returned Work's wait(); `out` and `in` must stay
+  // alive until then. FSDP gathers the next unit this way while it computes the current one.
+  // Default: the blocking call, and a Work that is already done.
+  virtual std::unique_ptr<Work> all_gather_async(std::vector<at::Tensor>& out, const at::Tensor& in) {
+    all_gather(out, in);
+    struct Done final : Work {
+      void wait() override {}
+    };
+    return std::make_unique<Done>();
   }
   // A barrier that waits up to timeout_s seconds (<= 0: the group's timeout): the ranks waiting
   // while one runs a long stage alone. Appended; the default is the plain barrier.
