@@ -60,6 +60,11 @@ function(vhost_add_plugin name)
     target_compile_options(${target} PRIVATE ${_torch_flags})
     target_compile_definitions(${target} PRIVATE VHOST_PLUGIN_USES_TORCH=1 VHOST_TORCH_GPU="${gpu}")
     target_link_libraries(${target} PRIVATE ${TORCH_LIBRARIES})
+    # An installed plugin still finds a libtorch outside the system folders (PyTorch's wheel).
+    get_filename_component(_torch_libdir "${TORCH_LIBRARY}" DIRECTORY)
+    if(_torch_libdir AND NOT _torch_libdir IN_LIST CMAKE_CXX_IMPLICIT_LINK_DIRECTORIES)
+      set_property(TARGET ${target} APPEND PROPERTY INSTALL_RPATH "${_torch_libdir}")
+    endif()
   endif()
 
   if(NOT ARG_NO_INSTALL)

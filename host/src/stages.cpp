@@ -672,7 +672,7 @@ const std::vector<StageType>& stage_types() {
         option_spec("keep_last", "integer", 2, "checkpoints to keep", 1, 1000000),
         option_spec("eval_every", "integer", 0, "steps between evaluations (0: at the end)", 0, 1e12),
         option_spec("seed", "integer", 42, "data order seed", 0, 9007199254740991.0),
-        option_spec("peak_tflops", "float", 0.0, "device peak for MFU (0: 989 on CUDA, none on CPU)", 0, 1e7),
+        option_spec("peak_tflops", "float", 0.0, "device peak for MFU (0: the backend's: A100 312, H100/H200 989; none on CPU)", 0, 1e7),
         option_spec("log_every", "integer", 0, "steps between progress lines when not on a terminal (0: 20 lines)", 0,
                     1e12)},
        {{"model", VHOST_KIND_MODEL}},

@@ -201,10 +201,15 @@ class LlamaPlugin final : public vhost::Model {
     env.device = device_;
     env.compute_dtype = dtype_;
     env.collective = backend_ ? backend_->collective() : nullptr;
+    env.peak_tflops = backend_ ? backend_->peak_tflops() : 0;
     env.tokenizer = tokenizer_->path();
     if (env.tokenizer.empty() && fs::is_regular_file(path_) && vhost::llama::is_gguf(path_))
       env.tokenizer_proto = vhost::llama::load_gguf_tokenizer(path_);  // the GGUF's vocabulary, as a tokenizer.model
     json r = vhost::llama::train(init, cfg, env, on_event ? vhost::llama::TrainEvents(on_event) : nullptr);
+    if (backend_ && backend_->peak_allocated_bytes() >= 0) {  // a GPU's allocator
+      r["peak_allocated_bytes"] = backend_->peak_allocated_bytes();
+      r["peak_reserved_bytes"] = backend_->peak_reserved_bytes();
+    }
     if (had_weights) {
       fs::path src = r.contains("model") ? fs::path(r["model"].get<std::string>()) : path_;
       model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(src, device_, dtype_));

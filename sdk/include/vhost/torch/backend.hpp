@@ -32,6 +32,13 @@ class Backend {
   // The job's process group when it runs as several processes (RANK / WORLD_SIZE set), else
   // null. See vhost/torch/collective.hpp.
   virtual Collective* collective() const { return nullptr; }
+  // Appended (ABI 1.4). The device's dense peak in TFLOP/s at the backend's dtype, for MFU; 0
+  // when unknown (CPUs).
+  virtual double peak_tflops() const { return 0; }
+  // Peak bytes the device allocator handed out and reserved since the backend started; -1 where
+  // the backend keeps no such count (the CPU: see the process's peak RSS instead).
+  virtual std::int64_t peak_allocated_bytes() const { return -1; }
+  virtual std::int64_t peak_reserved_bytes() const { return -1; }
 };
 
 }  // namespace vhost::torch_ext
