@@ -51,19 +51,7 @@ print(f"  model: {off / 4 / 1e6:.1f} M parameters, {off / 2**20:.0f} MiB float32
 PY
 
 pipeline() {  # pipeline NAME OUT
-  cat > "$1.toml" <<EOF
-[pipeline]
-name = "$1"
-stages = ["train"]
-work_dir = "$scratch/work-$1"
-[backends.cpu]
-plugin = "cpu"
-threads = 1
-[models.m]
-plugin = "llama"
-path = "$scratch/model"
-backend = "cpu"
-load_weights = false
+  { pipeline_head "$1" '["train"]'; cat <<EOF; } > "$1.toml"
 [stages.train]
 data = "$scratch/data"
 out = "$scratch/$2"

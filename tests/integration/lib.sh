@@ -39,3 +39,23 @@ openai_client() {
   tar -xzf "$src/tests/vendor/openai-6.30.1.tgz" -C node_modules/openai --strip-components=1
   cp "$src/tests/integration/openai_client.mjs" .
 }
+
+# pipeline_head NAME STAGES: the [pipeline] table (work_dir scratch/work-NAME), a one-thread cpu
+# backend and the model at scratch/model whose weights the trainer reads: what the training
+# tests' pipelines share. Their stage tables follow it.
+pipeline_head() {
+  cat <<EOF
+[pipeline]
+name = "$1"
+stages = $2
+work_dir = "$scratch/work-$1"
+[backends.cpu]
+plugin = "cpu"
+threads = 1
+[models.m]
+plugin = "llama"
+path = "$scratch/model"
+backend = "cpu"
+load_weights = false
+EOF
+}

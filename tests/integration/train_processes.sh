@@ -20,19 +20,7 @@ source "$(dirname "$0")/lib.sh" "$@"
 pipeline() {  # pipeline NAME OUT EPOCHS [extra train lines...]
   local name=$1 out=$2 epochs=$3
   shift 3
-  cat > "$name.toml" <<EOF
-[pipeline]
-name = "$name"
-stages = ["train"]
-work_dir = "$scratch/work-$name"
-[backends.cpu]
-plugin = "cpu"
-threads = 1
-[models.m]
-plugin = "llama"
-path = "$scratch/model"
-backend = "cpu"
-load_weights = false
+  { pipeline_head "$name" '["train"]'; cat <<EOF; } > "$name.toml"
 [stages.train]
 data = "$scratch/data"
 out = "$scratch/$out"
@@ -97,19 +85,7 @@ PY
 
 echo "== prepare then train under vhost launch: rank 0 prepares while rank 1 waits"
 two_stage() {  # two_stage NAME DATASET
-  cat > "$1.toml" <<EOF
-[pipeline]
-name = "$1"
-stages = ["prepare", "train"]
-work_dir = "$scratch/work-$1"
-[backends.cpu]
-plugin = "cpu"
-threads = 1
-[models.m]
-plugin = "llama"
-path = "$scratch/model"
-backend = "cpu"
-load_weights = false
+  { pipeline_head "$1" '["prepare", "train"]'; cat <<EOF; } > "$1.toml"
 [datasets.sharegpt]
 plugin = "sharegpt"
 path = "$2"

@@ -5,6 +5,7 @@
 #include <vhost/torch/compat.hpp>
 
 #include "gloo_collective.hpp"
+#include "torch_backend.hpp"
 
 #include <fstream>
 #include <string>
@@ -30,7 +31,7 @@ std::string cpu_model() {
   return "unknown";
 }
 
-class CpuBackend final : public vhost::Backend, public vhost::torch_ext::Backend {
+class CpuBackend final : public vhost::backends::TorchBackend {
  public:
   static std::vector<vhost::Option> options() {
     using vhost::Option;
@@ -85,24 +86,11 @@ class CpuBackend final : public vhost::Backend, public vhost::torch_ext::Backend
             {"process_group", collective_ ? "gloo" : "none"}};
   }
 
-  const void* extension(std::string_view name) override {
-    if (name == vhost::torch_ext::kBackend) return static_cast<const vhost::torch_ext::Backend*>(this);
-    return nullptr;
-  }
-
-  // the process group (vhost::Backend)
-  int rank() const override { return collective_ ? collective_->rank() : 0; }
-  int world_size() const override { return collective_ ? collective_->world_size() : 1; }
-  void barrier(double timeout_s) override {
-    if (collective_) collective_->barrier_for(timeout_s);
-  }
-
   // torch.backend
   c10::Device device() const override { return c10::Device(c10::kCPU); }
   c10::ScalarType dtype() const override { return dtype_; }
   std::uint64_t seed() const override { return seed_; }
   int threads() const override { return threads_; }
-  vhost::torch_ext::Collective* collective() const override { return collective_.get(); }
 
  private:
   int threads_;
@@ -110,7 +98,6 @@ class CpuBackend final : public vhost::Backend, public vhost::torch_ext::Backend
   std::string dtype_name_;
   c10::ScalarType dtype_;
   bool deterministic_;
-  std::unique_ptr<vhost::torch_ext::Collective> collective_;
 };
 
 }  // namespace

@@ -9,6 +9,8 @@
 #include <vhost/torch/collective.hpp>
 #include <vhost/torch/compat.hpp>
 
+#include "torch_backend.hpp"
+
 #if defined(VHOST_TORCH_CUDA)
 #include "c10d_collective.hpp"
 
@@ -73,7 +75,7 @@ class NcclCollective final : public vhost::backends::C10dCollective<c10d::Proces
 };
 #endif
 
-class CudaBackend final : public vhost::Backend, public vhost::torch_ext::Backend {
+class CudaBackend final : public vhost::backends::TorchBackend {
  public:
   static std::vector<vhost::Option> options() {
     using vhost::Option;
@@ -182,24 +184,11 @@ class CudaBackend final : public vhost::Backend, public vhost::torch_ext::Backen
             {"process_group", collective_ ? "nccl" : "none"}};
   }
 
-  const void* extension(std::string_view name) override {
-    if (name == vhost::torch_ext::kBackend) return static_cast<const vhost::torch_ext::Backend*>(this);
-    return nullptr;
-  }
-
-  // the process group (vhost::Backend)
-  int rank() const override { return collective_ ? collective_->rank() : 0; }
-  int world_size() const override { return collective_ ? collective_->world_size() : 1; }
-  void barrier(double timeout_s) override {
-    if (collective_) collective_->barrier_for(timeout_s);
-  }
-
   // torch.backend
   c10::Device device() const override { return device_; }
   c10::ScalarType dtype() const override { return dtype_; }
   std::uint64_t seed() const override { return seed_; }
   int threads() const override { return torch::get_num_threads(); }
-  vhost::torch_ext::Collective* collective() const override { return collective_.get(); }
   double peak_tflops() const override { return peak_; }
   std::int64_t peak_allocated_bytes() const override {
 #if defined(VHOST_TORCH_CUDA)
@@ -228,7 +217,6 @@ class CudaBackend final : public vhost::Backend, public vhost::torch_ext::Backen
 #if defined(VHOST_TORCH_CUDA)
   vhost::backends::JobEnv job_;
 #endif
-  std::unique_ptr<vhost::torch_ext::Collective> collective_;
 };
 
 }  // namespace
