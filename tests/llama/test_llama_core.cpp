@@ -766,6 +766,38 @@ TEST_CASE("GGUF: malformed files name the file and the field", "[gguf][malformed
   CHECK_THAT(error_of([&] { load_gguf_llama(dir / "good.gguf"); }), Contains("llama.embedding_length"));
 }
 
+TEST_CASE("GGUF: a bf16 model is written with its 1-D tensors in F32, as llama.cpp needs", "[gguf]") {
+  fs::path dir = scratch("gguf-bf16");
+  auto tok_file = Tokenizer::train(docs_corpus(dir), 400, dir / "tok");
+  LlamaConfig cfg = LlamaConfig::preset("tiny");
+  cfg.vocab_size = Tokenizer::load(tok_file).vocab_size();
+  auto m32 = LlamaModel::random(cfg, 3);
+  LlamaModel bf(cfg, m32.named_tensors(), "test", torch::kCPU, torch::kBFloat16);
+  std::ifstream in(tok_file, std::ios::binary);
+  std::string proto((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  save_gguf_llama(bf, proto, dir / "m.gguf");
+  auto g = GgufFile::read(dir / "m.gguf");
+  int norms = 0, matrices = 0;
+  for (const auto& t : g.tensors) {
+    INFO(t.name);
+    if (t.shape.size() == 1) {
+      CHECK(t.type == 0);  // F32
+      ++norms;
+    } else {
+      CHECK(t.type == 30);  // BF16
+      ++matrices;
+    }
+  }
+  CHECK(norms == 2 * cfg.num_hidden_layers + 1);
+  CHECK(matrices == 7 * cfg.num_hidden_layers + 1 + (cfg.tie_word_embeddings ? 0 : 1));
+  // It reads back to the same weights.
+  std::map<std::string, torch::Tensor> before(bf.named_tensors().begin(), bf.named_tensors().end());
+  for (const auto& [name, t] : load_gguf_llama(dir / "m.gguf").tensors) {
+    INFO(name);
+    CHECK(torch::equal(t.to(torch::kFloat32), before.at(name).to(torch::kFloat32)));
+  }
+}
+
 TEST_CASE("GGUF: Q8_0 blocks dequantise to scale * int8", "[gguf]") {
   fs::path dir = scratch("gguf-q8");
   std::string bytes = GgufBuilder::make(8);  // 8 elements: not a whole Q8_0 block

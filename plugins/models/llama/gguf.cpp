@@ -378,7 +378,6 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
   if (pieces.empty()) fail(file, "the tokenizer model has no pieces");
   if (static_cast<int64_t>(pieces.size()) > c.vocab_size)
     fail(file, "the tokenizer has " + std::to_string(pieces.size()) + " pieces, the model only " + std::to_string(c.vocab_size));
-  uint32_t gtype = model.dtype() == torch::kFloat16 ? kF16 : model.dtype() == torch::kBFloat16 ? kBF16 : kF32;
 
   // HF names -> GGUF names, Q/K rows back to Meta's order.
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
@@ -402,6 +401,9 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
       if (leaf == "self_attn.q_proj.weight") t = hf_to_meta(t, c.num_attention_heads);
       if (leaf == "self_attn.k_proj.weight") t = hf_to_meta(t, c.num_key_value_heads);
     }
+    // 1-D tensors (the norms) stay float32 whatever the matrices' dtype, as llama.cpp's own
+    // converter writes them: llama.cpp's CPU norm kernels assert F32 weights.
+    if (t.dim() == 1) t = t.to(torch::kFloat32);
     tensors.emplace_back(n, t.contiguous());
   }
 
@@ -444,7 +446,7 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     w.str(n);
     w.raw<uint32_t>(static_cast<uint32_t>(t.dim()));
     for (int64_t d = t.dim() - 1; d >= 0; --d) w.raw<uint64_t>(static_cast<uint64_t>(t.size(d)));
-    w.raw<uint32_t>(gtype);
+    w.raw<uint32_t>(t.scalar_type() == torch::kFloat16 ? kF16 : t.scalar_type() == torch::kBFloat16 ? kBF16 : kF32);
     w.raw<uint64_t>(offset);
     offset += (t.numel() * t.element_size() + 31) / 32 * 32;
   }
