@@ -166,6 +166,34 @@ TEST_CASE("model: save then load is bit-exact, sharded loads like a single file"
   CHECK(c.config().torch_dtype == "bfloat16");
 }
 
+TEST_CASE("model: write_random writes what random() then save() writes, byte for byte", "[model]") {
+  fs::path dir = scratch("model-write-random");
+  auto cfg = LlamaConfig::preset("tiny");
+  auto same_files = [](const fs::path& a, const fs::path& b) {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(a)) {
+      INFO(e.path().filename().string());
+      std::ifstream fa(e.path(), std::ios::binary), fb(b / e.path().filename(), std::ios::binary);
+      REQUIRE(fb);
+      std::string x((std::istreambuf_iterator<char>(fa)), {}), y((std::istreambuf_iterator<char>(fb)), {});
+      CHECK(x == y);
+      ++n;
+    }
+    return n;
+  };
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    for (int64_t shard : {int64_t{0}, int64_t{40000}}) {
+      INFO(c10::toString(dtype) << ", shards of " << shard);
+      fs::path a = dir / ("a" + std::to_string(shard) + c10::toString(dtype)), b = dir / ("b" + std::to_string(shard) + c10::toString(dtype));
+      LlamaModel::write_random(a, cfg, 11, dtype, shard);
+      LlamaModel::random(cfg, 11, dtype).save(b, std::nullopt, shard);
+      int files = same_files(a, b);
+      CHECK(files == same_files(b, a));
+      CHECK(files >= (shard ? 4 : 2));  // config.json, the safetensors, and an index when sharded
+    }
+  }
+}
+
 TEST_CASE("model: the CPU decoding step on kernels equals libtorch's ops, left padding and GQA included", "[model]") {
   if (!*small_gemm_isa()) {
     WARN("no decode kernels for this CPU: decoding steps run on libtorch's ops only");

@@ -184,17 +184,80 @@ LlamaModel LlamaModel::load(const fs::path& dir, torch::Device device, std::opti
   return LlamaModel(cfg, std::move(tensors), source, device, dt);
 }
 
+// Random weights in expected_tensors order, drawn from one generator: normal(0, 0.02), norms 1.
+static torch::Tensor random_tensor(const std::vector<int64_t>& shape, at::Generator& gen) {
+  return shape.size() == 1 ? torch::ones(shape) : torch::randn(shape, gen, torch::TensorOptions()) * 0.02;
+}
+
 LlamaModel LlamaModel::random(const LlamaConfig& cfg, uint64_t seed, torch::ScalarType dtype) {
   auto gen = at::detail::createCPUGenerator(seed);
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& [name, shape] : expected_tensors(cfg)) {
-    bool is_norm = shape.size() == 1;
-    auto t = is_norm ? torch::ones(shape) : torch::randn(shape, gen, torch::TensorOptions()) * 0.02;
-    tensors.emplace_back(name, t);
-  }
+  for (const auto& [name, shape] : expected_tensors(cfg)) tensors.emplace_back(name, random_tensor(shape, gen));
   LlamaConfig c = cfg;
   c.torch_dtype = dtype_name(dtype);
   return LlamaModel(c, std::move(tensors), "random init", torch::kCPU, dtype);
+}
+
+// save()'s file layout for tensors of these shapes: one file, or shards of at most
+// max_shard_bytes (a tensor never split), named as HF names them.
+static std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::vector<int64_t>>>>> shard_plan(
+    const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors, std::size_t element_size,
+    int64_t max_shard_bytes) {
+  std::vector<std::vector<std::pair<std::string, std::vector<int64_t>>>> shards(1);
+  int64_t bytes = 0;
+  for (const auto& t : tensors) {
+    int64_t n = c10::multiply_integers(t.second) * static_cast<int64_t>(element_size);
+    if (max_shard_bytes > 0 && bytes > 0 && bytes + n > max_shard_bytes) {
+      shards.emplace_back();
+      bytes = 0;
+    }
+    shards.back().push_back(t);
+    bytes += n;
+  }
+  std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::vector<int64_t>>>>> out;
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    char fname[64];
+    std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    out.emplace_back(shards.size() == 1 ? std::string("model.safetensors") : std::string(fname), shards[i]);
+  }
+  return out;
+}
+
+// config.json, and the index when there are several files (or no stale one when there is one).
+static void write_layout(const fs::path& dir, const LlamaConfig& c,
+                         const std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::vector<int64_t>>>>>& plan,
+                         int64_t total_bytes) {
+  if (plan.size() == 1) {
+    fs::remove(dir / "model.safetensors.index.json");
+  } else {
+    nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", nlohmann::json::object()}};
+    for (const auto& [file, tensors] : plan)
+      for (const auto& t : tensors) index["weight_map"][t.first] = file;
+    std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+    fs::remove(dir / "model.safetensors");
+  }
+  std::ofstream(dir / "config.json") << c.to_json().dump(2) << "\n";
+}
+
+void LlamaModel::write_random(const fs::path& dir, const LlamaConfig& cfg, uint64_t seed, torch::ScalarType dtype,
+                              int64_t max_shard_bytes) {
+  fs::create_directories(dir);
+  LlamaConfig c = cfg;
+  c.torch_dtype = dtype_name(dtype);
+  auto gen = at::detail::createCPUGenerator(seed);
+  const auto plan = shard_plan(expected_tensors(c), c10::elementSize(dtype), max_shard_bytes);
+  int64_t total = 0;
+  for (const auto& [file, tensors] : plan) {
+    std::vector<SafetensorsWriter::Spec> specs;
+    for (const auto& [name, shape] : tensors) specs.push_back({name, dtype, shape});
+    SafetensorsWriter w(dir / file, specs, {{"format", "pt"}});
+    for (const auto& [name, shape] : tensors) {
+      w.write(random_tensor(shape, gen).to(dtype));  // written, then freed: one tensor at a time
+      total += c10::multiply_integers(shape) * static_cast<int64_t>(c10::elementSize(dtype));
+    }
+    w.finish();
+  }
+  write_layout(dir, c, plan, total);
 }
 
 void LlamaModel::save(const fs::path& dir, std::optional<torch::ScalarType> dtype, int64_t max_shard_bytes) const {
@@ -202,35 +265,25 @@ void LlamaModel::save(const fs::path& dir, std::optional<torch::ScalarType> dtyp
   torch::ScalarType dt = dtype ? *dtype : dtype_;
   LlamaConfig c = cfg_;
   c.torch_dtype = dtype_name(dt);
-  std::vector<std::vector<std::pair<std::string, torch::Tensor>>> shards(1);
-  int64_t bytes = 0, total = 0;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  std::map<std::string, torch::Tensor> by_name;
   for (const auto& [name, t] : tensors_) {
-    auto out = t.to(torch::kCPU, dt);
-    int64_t n = out.numel() * out.element_size();
-    if (max_shard_bytes > 0 && bytes > 0 && bytes + n > max_shard_bytes) {
-      shards.emplace_back();
-      bytes = 0;
-    }
-    shards.back().emplace_back(name, out);
-    bytes += n;
-    total += n;
+    shapes.emplace_back(name, t.sizes().vec());
+    by_name[name] = t;
   }
-  const std::map<std::string, std::string> meta = {{"format", "pt"}};
-  if (shards.size() == 1) {
-    save_safetensors(dir / "model.safetensors", shards[0], meta);
-    fs::remove(dir / "model.safetensors.index.json");
-  } else {
-    nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
-    for (std::size_t i = 0; i < shards.size(); ++i) {
-      char fname[64];
-      std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-      save_safetensors(dir / fname, shards[i], meta);
-      for (const auto& [name, t] : shards[i]) index["weight_map"][name] = fname;
+  const auto plan = shard_plan(shapes, c10::elementSize(dt), max_shard_bytes);
+  int64_t total = 0;
+  for (const auto& [file, tensors] : plan) {
+    std::vector<SafetensorsWriter::Spec> specs;
+    for (const auto& [name, shape] : tensors) specs.push_back({name, dt, shape});
+    SafetensorsWriter w(dir / file, specs, {{"format", "pt"}});
+    for (const auto& [name, shape] : tensors) {
+      w.write(by_name.at(name));  // converted one tensor at a time
+      total += c10::multiply_integers(shape) * static_cast<int64_t>(c10::elementSize(dt));
     }
-    std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
-    fs::remove(dir / "model.safetensors");
+    w.finish();
   }
-  std::ofstream(dir / "config.json") << c.to_json().dump(2) << "\n";
+  write_layout(dir, c, plan, total);
 }
 
 torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {

@@ -40,6 +40,11 @@ class LlamaModel {
                          std::optional<torch::ScalarType> dtype = std::nullopt);
   // Random weights (normal, std 0.02; norms 1), deterministic for a seed.
   static LlamaModel random(const LlamaConfig& cfg, uint64_t seed, torch::ScalarType dtype = torch::kFloat32);
+  // The checkpoint random(cfg, seed, dtype).save(dir, dtype, max_shard_bytes) would write, made
+  // one tensor at a time: the largest tensor in float32 is the most it holds (7B in bf16: 0.8 GB,
+  // where random() then save() needs the whole model in float32 and in bf16, 40 GB).
+  static void write_random(const std::filesystem::path& dir, const LlamaConfig& cfg, uint64_t seed,
+                           torch::ScalarType dtype, int64_t max_shard_bytes = 0);
   // Writes config.json and safetensors (sharded when larger than max_shard_bytes > 0).
   void save(const std::filesystem::path& dir, std::optional<torch::ScalarType> dtype = std::nullopt,
             int64_t max_shard_bytes = 0) const;

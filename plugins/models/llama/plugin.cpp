@@ -308,8 +308,7 @@ class LlamaPlugin final : public vhost::Model {
                                                        "'tokenizer_text' (a text file to train one on)");
       }
       auto dtype = vhost::llama::dtype_from_name(field<std::string>(args, "dtype", "float32"));
-      auto model = LlamaModel::random(cfg, field<uint64_t>(args, "seed", 0), dtype);
-      model.save(out);
+      LlamaModel::write_random(out, cfg, field<uint64_t>(args, "seed", 0), dtype);  // one tensor at a time
       return {{"out", out.string()}, {"parameters", cfg.parameter_count()}, {"vocab_size", cfg.vocab_size},
               {"dtype", vhost::llama::dtype_name(dtype)}};
     }
