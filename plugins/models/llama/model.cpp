@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -239,20 +240,22 @@ static void write_layout(const fs::path& dir, const LlamaConfig& c,
   std::ofstream(dir / "config.json") << c.to_json().dump(2) << "\n";
 }
 
-void LlamaModel::write_random(const fs::path& dir, const LlamaConfig& cfg, uint64_t seed, torch::ScalarType dtype,
-                              int64_t max_shard_bytes) {
+// Writes a checkpoint of `c` (its torch_dtype set to dtype) whose tensors, in this order, come
+// from tensor(name, shape) one at a time: each is converted, written and freed before the next.
+static void write_checkpoint(const fs::path& dir, LlamaConfig c, torch::ScalarType dtype,
+                             const std::vector<std::pair<std::string, std::vector<int64_t>>>& shapes,
+                             int64_t max_shard_bytes,
+                             const std::function<torch::Tensor(const std::string&, const std::vector<int64_t>&)>& tensor) {
   fs::create_directories(dir);
-  LlamaConfig c = cfg;
   c.torch_dtype = dtype_name(dtype);
-  auto gen = at::detail::createCPUGenerator(seed);
-  const auto plan = shard_plan(expected_tensors(c), c10::elementSize(dtype), max_shard_bytes);
+  const auto plan = shard_plan(shapes, c10::elementSize(dtype), max_shard_bytes);
   int64_t total = 0;
   for (const auto& [file, tensors] : plan) {
     std::vector<SafetensorsWriter::Spec> specs;
     for (const auto& [name, shape] : tensors) specs.push_back({name, dtype, shape});
     SafetensorsWriter w(dir / file, specs, {{"format", "pt"}});
     for (const auto& [name, shape] : tensors) {
-      w.write(random_tensor(shape, gen).to(dtype));  // written, then freed: one tensor at a time
+      w.write(tensor(name, shape));
       total += c10::multiply_integers(shape) * static_cast<int64_t>(c10::elementSize(dtype));
     }
     w.finish();
@@ -260,30 +263,22 @@ void LlamaModel::write_random(const fs::path& dir, const LlamaConfig& cfg, uint6
   write_layout(dir, c, plan, total);
 }
 
+void LlamaModel::write_random(const fs::path& dir, const LlamaConfig& cfg, uint64_t seed, torch::ScalarType dtype,
+                              int64_t max_shard_bytes) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  write_checkpoint(dir, cfg, dtype, expected_tensors(cfg), max_shard_bytes,
+                   [&](const std::string&, const std::vector<int64_t>& shape) { return random_tensor(shape, gen); });
+}
+
 void LlamaModel::save(const fs::path& dir, std::optional<torch::ScalarType> dtype, int64_t max_shard_bytes) const {
-  fs::create_directories(dir);
-  torch::ScalarType dt = dtype ? *dtype : dtype_;
-  LlamaConfig c = cfg_;
-  c.torch_dtype = dtype_name(dt);
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
   std::map<std::string, torch::Tensor> by_name;
   for (const auto& [name, t] : tensors_) {
     shapes.emplace_back(name, t.sizes().vec());
     by_name[name] = t;
   }
-  const auto plan = shard_plan(shapes, c10::elementSize(dt), max_shard_bytes);
-  int64_t total = 0;
-  for (const auto& [file, tensors] : plan) {
-    std::vector<SafetensorsWriter::Spec> specs;
-    for (const auto& [name, shape] : tensors) specs.push_back({name, dt, shape});
-    SafetensorsWriter w(dir / file, specs, {{"format", "pt"}});
-    for (const auto& [name, shape] : tensors) {
-      w.write(by_name.at(name));  // converted one tensor at a time
-      total += c10::multiply_integers(shape) * static_cast<int64_t>(c10::elementSize(dt));
-    }
-    w.finish();
-  }
-  write_layout(dir, c, plan, total);
+  write_checkpoint(dir, cfg_, dtype ? *dtype : dtype_, shapes, max_shard_bytes,
+                   [&](const std::string& name, const std::vector<int64_t>&) { return by_name.at(name); });
 }
 
 torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
