@@ -572,8 +572,9 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
         r.output = sd.type->run(ctx);
       } else {
         if (lead) r.output = sd.type->run(ctx);
+        Instance& group_backend = process_group();  // a pipeline without one is a ConfigError
         try {
-          process_group().backend_barrier(kStageWaitSeconds);
+          group_backend.backend_barrier(kStageWaitSeconds);
         } catch (const std::exception& e) {
           throw Error(std::string(lead ? "after running it, waiting for the other ranks: "
                                        : "waiting for the rank that runs it: ") + e.what());

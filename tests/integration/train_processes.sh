@@ -118,6 +118,20 @@ timeout 120 "$vhost" launch --nproc-per-node 2 --log-dir logs broken.toml > brok
 grep -q "broken.json" broken.log || { cat broken.log; exit 1; }
 grep -q "waiting for the rank that runs it" logs/rank-1.log || { cat logs/rank-1.log; exit 1; }
 echo "  rank 0's prepare failed: both ranks stopped"
+# Several processes need a backend with a process group to wait at: without one, a clear
+# configuration error (exit status 2), not a hang.
+cat > nobackend.toml <<EOF
+[pipeline]
+stages = ["info"]
+work_dir = "$scratch/work-nobackend"
+[models.m]
+plugin = "llama"
+path = "$scratch/model"
+EOF
+rc=0
+WORLD_SIZE=2 RANK=1 LOCAL_RANK=1 timeout 60 "$vhost" run nobackend.toml > nobackend.log 2>&1 || rc=$?
+[ $rc -eq 2 ] || { echo "expected status 2, got $rc"; cat nobackend.log; exit 1; }
+grep -q "no backend of this pipeline runs a process group" nobackend.log || { cat nobackend.log; exit 1; }
 # A filesystem error is an I/O error, not an "internal error".
 touch afile
 rc=0
