@@ -6,6 +6,7 @@ set -euo pipefail
 pkgs=(
   build-essential cmake ninja-build ccache pkg-config git
   python3                 # test scripts
+  python3-venv            # the venvs of make test-torch2 (PyTorch 2.x) and the skypilot test
   libtorch-dev            # tensors and autograd (1.13 on Debian; CUDA hosts bring 2.x)
   libopenblas0-openmp     # libtorch-dev links the generic libblas.so.3; without this the
                           # reference BLAS answers (25x slower matmuls). OpenMP build: it shares
