@@ -181,7 +181,7 @@ kill -KILL $pid
 wait $pid || true
 "$vhost" run long.toml > long3.log 2>&1 || { cat long3.log; exit 1; }
 grep -q "resumed from" long3.log
-! ls -d out-long/checkpoints/*.tmp 2>/dev/null
+if ls -d out-long/checkpoints/*.tmp 2>/dev/null; then echo "a torn .tmp checkpoint was left"; exit 1; fi
 compare out-full out-long 0
 echo "  killed twice, resumed twice: the same losses as one uninterrupted run"
 
@@ -191,6 +191,6 @@ rc=0
 ( ulimit -f 300; exec "$vhost" run full2.toml ) > limit.log 2>&1 || rc=$?
 [ $rc -ne 0 ] || { echo "expected the save to fail"; cat limit.log; exit 1; }
 grep -Eq "saving the checkpoint of step [0-9]+ to .*failed: .*write failed" limit.log || { cat limit.log; exit 1; }
-! ls -d out-limit/checkpoints/* 2>/dev/null
+if ls -d out-limit/checkpoints/* 2>/dev/null; then echo "the failed save left files behind"; exit 1; fi
 echo "  $(grep -o 'saving the checkpoint.*' limit.log | cut -c1-150)"
 echo "train_processes: ok"
