@@ -78,7 +78,7 @@ GenerationResult Engine::generate(const std::vector<int32_t>& prompt, const Samp
   r->p = p;
   r->cb = cb;
   r->result.prompt_tokens = static_cast<int64_t>(prompt.size());
-  if (tokenizer_ && (cb || !p.stop.empty())) r->decoder.emplace(*tokenizer_);
+  if (tokenizer_ && (cb || !p.stop.empty())) r->decoder.emplace(*tokenizer_, tokenizer_->continuation_context(prompt));
   r->seen = prompt;
   r->gen = at::detail::createCPUGenerator(p.seed ? *p.seed : static_cast<uint64_t>(std::random_device{}()));
   std::unique_lock<std::mutex> lock(mu_);
@@ -359,7 +359,7 @@ void Engine::retire(std::size_t row, const std::string& reason) {
   if (r->decoder) {
     if (reason != "cancelled") r->text += r->decoder->flush();
   } else if (tokenizer_) {
-    r->text = tokenizer_->decode(r->result.tokens);
+    r->text = tokenizer_->decode_after(tokenizer_->continuation_context(r->prompt), r->result.tokens);
   }
   std::size_t end = r->text.size();
   for (const auto& s : r->p.stop) {

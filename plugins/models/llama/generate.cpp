@@ -181,7 +181,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
   for (int64_t b = 0; b < B; ++b) {
     results[b].prompt_tokens = static_cast<int64_t>(prompts[b].size());
     state.emplace_back();
-    if (incremental) state.back().decoder.emplace(*tokenizer);
+    if (incremental) state.back().decoder.emplace(*tokenizer, tokenizer->continuation_context(prompts[b]));
     uint64_t seed = p.seed ? *p.seed + static_cast<uint64_t>(b) : static_cast<uint64_t>(std::random_device{}());
     gens.push_back(at::detail::createCPUGenerator(seed));
     seen[b] = prompts[b];
@@ -195,7 +195,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
     if (st.decoder) {
       if (reason != "cancelled") st.text += st.decoder->flush();
     } else if (tokenizer) {
-      st.text = tokenizer->decode(results[b].tokens);
+      st.text = tokenizer->decode_after(tokenizer->continuation_context(prompts[b]), results[b].tokens);
     }
     // Cut at the first stop string; send whatever of the final text was still held back.
     std::size_t end = st.text.size();

@@ -186,6 +186,35 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   return text;
 }
 
+namespace {
+const std::string kReplacement = "\xEF\xBF\xBD";  // what SentencePiece shows for an incomplete character
+bool ends_incomplete(const std::string& s) {
+  return s.size() >= 3 && s.compare(s.size() - 3, 3, kReplacement) == 0;
+}
+}  // namespace
+
+std::vector<int32_t> Tokenizer::continuation_context(const std::vector<int32_t>& prompt) const {
+  // A few ids are enough: the dummy-prefix rule looks at the first piece only. Byte-fallback
+  // pieces of a character cut at the end are dropped, so that the context's text is a prefix
+  // of the text with the continuation.
+  constexpr std::size_t kTail = 4;
+  std::size_t from = prompt.size() > kTail ? prompt.size() - kTail : 0;
+  std::vector<int32_t> ctx(prompt.begin() + static_cast<std::ptrdiff_t>(from), prompt.end());
+  for (auto& id : ctx)
+    if (id < 0 || id >= vocab_) return {};
+  while (!ctx.empty() && ends_incomplete(decode(ctx))) ctx.pop_back();
+  return ctx;
+}
+
+std::string Tokenizer::decode_after(const std::vector<int32_t>& context, const std::vector<int32_t>& ids) const {
+  if (context.empty()) return decode(ids);
+  std::vector<int32_t> all(context);
+  all.insert(all.end(), ids.begin(), ids.end());
+  std::string before = decode(context), text = decode(all);
+  if (text.compare(0, before.size(), before) == 0) return text.substr(before.size());
+  return decode(ids);
+}
+
 int32_t Tokenizer::bos_id() const { return bos_; }
 int32_t Tokenizer::eos_id() const { return eos_; }
 int32_t Tokenizer::unk_id() const { return unk_; }
@@ -242,6 +271,9 @@ fs::path Tokenizer::train(const fs::path& input, int vocab_size, const fs::path&
   return prefix + ".model";
 }
 
+Tokenizer::StreamDecoder::StreamDecoder(const Tokenizer& tok, const std::vector<int32_t>& context)
+    : tok_(&tok), ids_(context), prefix_(0), read_(context.size()) {}
+
 std::pair<std::string, std::string> Tokenizer::StreamDecoder::window() const {
   auto from = ids_.begin() + static_cast<std::ptrdiff_t>(prefix_);
   return {tok_->decode(std::vector<int32_t>(from, ids_.begin() + static_cast<std::ptrdiff_t>(read_))),
@@ -254,8 +286,7 @@ std::string Tokenizer::StreamDecoder::push(int32_t id) {
   // character (which SentencePiece's byte fallback shows as U+FFFD).
   ids_.push_back(id);
   auto [prev, now] = window();
-  static const std::string kReplacement = "\xEF\xBF\xBD";
-  if (now.size() > prev.size() && !(now.size() >= 3 && now.compare(now.size() - 3, 3, kReplacement) == 0)) {
+  if (now.size() > prev.size() && !ends_incomplete(now)) {
     prefix_ = read_;
     read_ = ids_.size();
     return now.substr(prev.size());

@@ -28,6 +28,12 @@ class Tokenizer {
   };
   Spans encode_spans(const std::string& text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
+  // The text of `ids` as it reads after `context` (a prompt's ids): decode(ids) alone drops the
+  // leading space of the first piece, since SentencePiece strips the dummy prefix at the start
+  // of a text — "Lily and Tom" + "▁were" must continue " were", not "were".
+  std::string decode_after(const std::vector<int32_t>& context, const std::vector<int32_t>& ids) const;
+  // The last few ids of `prompt` that decode to whole characters: the context for the two above.
+  std::vector<int32_t> continuation_context(const std::vector<int32_t>& prompt) const;
 
   int32_t bos_id() const;
   int32_t eos_id() const;
@@ -44,7 +50,8 @@ class Tokenizer {
   // and keep SentencePiece's spaces right (a piece's leading space depends on what precedes it).
   class StreamDecoder {
    public:
-    explicit StreamDecoder(const Tokenizer& tok) : tok_(&tok) {}
+    // `context`: the prompt's ids (see continuation_context); empty when the text starts anew.
+    explicit StreamDecoder(const Tokenizer& tok, const std::vector<int32_t>& context = {});
     std::string push(int32_t id);  // the new text, possibly empty while a character is incomplete
     std::string flush();           // whatever is still held back (invalid bytes as U+FFFD)
 
