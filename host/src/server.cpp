@@ -230,13 +230,20 @@ struct ApiServer::Impl {
     const bool stream = param(body, "stream", false);
     ++requests;
     auto t0 = std::chrono::steady_clock::now();
-    auto finish_log = [&](const json& reply) {
+    // By value: a streamed reply is logged by the content provider, after this function returned.
+    auto finish_log = [this, record_base = json{{"time", created},
+                                                {"id", id},
+                                                {"model", name},
+                                                {"endpoint", chat ? "chat" : "completions"},
+                                                {"prompt", chat ? json(conversation.messages) : json(prompt)}}](
+                          const json& reply) {
       completion_tokens += reply["usage"].value("completion_tokens", int64_t{0});
       prompt_tokens += reply["usage"].value("prompt_tokens", int64_t{0});
       json choices = json::array();
       for (const auto& c : reply["choices"]) choices.push_back(c.value("text", ""));
-      record({{"time", created}, {"id", id}, {"model", name}, {"endpoint", chat ? "chat" : "completions"},
-              {"prompt", chat ? json(conversation.messages) : json(prompt)}, {"choices", choices}});
+      json entry = record_base;
+      entry["choices"] = choices;
+      record(entry);
     };
 
     if (!stream) {
