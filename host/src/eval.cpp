@@ -3,10 +3,12 @@
 #include "stages.hpp"
 
 #include <vhost/conversation.hpp>
+#include <vhost/fingerprint.hpp>
 #include <vhost/host/error.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -14,6 +16,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <system_error>
 #include <thread>
 
 namespace vhost::host {
@@ -603,6 +606,7 @@ json run_eval(StageContext& ctx) {
     int turn;
     std::string a, b, order;  // pairwise: a and b as shown (order "ab": model_a shown first)
     std::string model_a, model_b, key;
+    std::string fingerprint;  // of the judge's identity and the request: see the resume below
   };
   std::vector<Task> tasks;
   for (const auto& q : questions) {
@@ -625,28 +629,6 @@ json run_eval(StageContext& ctx) {
       }
     }
   }
-  // Resume: judgments already made are kept.
-  const fs::path jfile = out / "judgments.jsonl";
-  std::vector<json> judgments;
-  std::set<std::string> done;
-  {
-    std::ifstream in(jfile);
-    std::string line;
-    while (std::getline(in, line)) {
-      try {
-        json j = json::parse(line);
-        done.insert(j.at("key").get<std::string>());
-        judgments.push_back(j);
-      } catch (const std::exception&) {
-      }
-    }
-  }
-  std::vector<const Task*> todo;
-  for (const auto& t : tasks)
-    if (!done.count(t.key)) todo.push_back(&t);
-  ctx.out << "judging: " << todo.size() << " of " << tasks.size() << " judgments to make (" << mode << ", concurrency "
-          << concurrency << ")\n" << std::flush;
-  std::ofstream jf(jfile, std::ios::app);
   std::mutex m;
   std::atomic<int> unparsed{0};
   int failed_calls = 0;
@@ -700,10 +682,85 @@ json run_eval(StageContext& ctx) {
             {"temperature", 0.0},
             {"max_tokens", c["judge_max_tokens"]}};
   };
+
+  // Resume: a stored judgment is kept only when it was made by this judge (the plugin's
+  // "identity": endpoint and model), from the same request (prompt template, question, answers),
+  // so that a toy judge's verdicts never stand in for GPT-4's. The others, and with
+  // retry_errors those that recorded an error, move to judgments.previous.jsonl: nothing is
+  // lost, and judgments.jsonl always holds exactly what the report counts.
+  json judge_info = judge.describe();
+  const json identity = judge_info.contains("identity") ? judge_info["identity"]
+                                                        : json{{"plugin", judge.plugin().name}, {"instance", judge.id()}};
+  for (auto& t : tasks) t.fingerprint = vhost::fingerprint(identity.dump() + "\n" + build(t).dump());
+  const fs::path jfile = out / "judgments.jsonl", previous = out / "judgments.previous.jsonl";
+  const bool retry_errors = c["retry_errors"].get<bool>();
+  std::vector<json> judgments;
+  std::set<std::string> done;
+  {
+    std::map<std::string, const Task*> by_key;
+    for (const auto& t : tasks) by_key[t.key] = &t;
+    std::map<std::string, std::size_t> kept;  // key -> index in `judgments`
+    std::vector<std::string> set_aside;
+    std::ifstream in(jfile);
+    std::string line;
+    int torn = 0;
+    while (std::getline(in, line)) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      json j;
+      try {
+        j = json::parse(line);
+      } catch (const std::exception&) {
+        ++torn;  // a write cut by a kill: asked again
+        continue;
+      }
+      const std::string key = j.is_object() && j.contains("key") && j["key"].is_string() ? j["key"].get<std::string>() : "";
+      auto t = by_key.find(key);
+      const bool same = t != by_key.end() && j.value("fingerprint", "") == t->second->fingerprint &&
+                        !(retry_errors && j.contains("error"));
+      if (!same) {
+        set_aside.push_back(line);
+        continue;
+      }
+      if (kept.count(key)) set_aside.push_back(judgments[kept[key]].dump());  // a later one of the same wins
+      else kept[key] = judgments.size(), judgments.emplace_back();
+      judgments[kept[key]] = j;
+      done.insert(key);
+    }
+    in.close();
+    if (!set_aside.empty() || torn) {
+      {
+        std::ofstream prev(previous, std::ios::app);
+        for (const auto& l : set_aside) prev << l << "\n";
+        prev.flush();
+        if (!prev) throw std::system_error(errno, std::generic_category(), previous.string() + ": cannot write");
+      }
+      fs::path tmp = jfile;
+      tmp += ".tmp";
+      {
+        std::ofstream o(tmp, std::ios::trunc);
+        for (const auto& j : judgments) o << j.dump() << "\n";
+        o.flush();
+        if (!o) throw std::system_error(errno, std::generic_category(), tmp.string() + ": cannot write");
+      }
+      fs::rename(tmp, jfile);
+      if (!set_aside.empty())
+        ctx.out << "judging: " << set_aside.size()
+                << " stored judgments were made by another judge or from another prompt or answers"
+                << (retry_errors ? ", or recorded an error (retry_errors)" : "") << "; moved to " << previous.string()
+                << "\n";
+    }
+  }
+  std::vector<const Task*> todo;
+  for (const auto& t : tasks)
+    if (!done.count(t.key)) todo.push_back(&t);
+  ctx.out << "judging: " << todo.size() << " of " << tasks.size() << " judgments to make (" << mode << ", judge "
+          << identity.dump() << ", concurrency " << concurrency << ")\n" << std::flush;
+  std::ofstream jf(jfile, std::ios::app);
   parallel_for(todo.size(), concurrency, [&](std::size_t i) {
       const Task& t = *todo[i];
       try {
-        json rec = {{"key", t.key}, {"mode", mode}, {"question_id", t.q->id}, {"category", t.q->category}, {"turn", t.turn}};
+        json rec = {{"key", t.key}, {"mode", mode}, {"question_id", t.q->id}, {"category", t.q->category}, {"turn", t.turn},
+                    {"judge", identity}, {"fingerprint", t.fingerprint}};
         if (mode == "single") rec["model"] = t.a;
         else rec["model_a"] = t.model_a, rec["model_b"] = t.model_b, rec["order"] = t.order;
         json req = build(t);

@@ -638,6 +638,8 @@ const std::vector<StageType>& stage_types() {
         option_spec("out", "path", std::nullopt, "answers/, judgments.jsonl, report.md/json/html"),
         option_spec("concurrency", "integer", 8, "judge requests in flight", 1, 1024),
         option_spec("parse_retries", "integer", 2, "ask again when the judge's reply has no verdict", 0, 10),
+        option_spec("retry_errors", "boolean", false,
+                    "ask again the stored judgments that recorded an error (the old ones go to judgments.previous.jsonl)"),
         option_spec("max_tokens", "integer", 512, "answer length per turn", 1, 1 << 20),
         option_spec("temperature", "float", 0.7, "answer sampling temperature (seeded per question)", 0, 2),
         option_spec("judge_max_tokens", "integer", 1024, "judge reply length", 1, 1 << 20)},

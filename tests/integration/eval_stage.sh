@@ -68,6 +68,28 @@ grep -q "judging: 0 of 10 judgments to make" vicuna2.log || { cat vicuna2.log; e
 "$vhost" eval report --reviews out-vicuna/judgments.jsonl --baseline short > recomputed.md
 diff <(sed 's/[[:space:]]*$//' recomputed.md) <(sed 's/[[:space:]]*$//' out-vicuna/report.md)
 echo "  resumed without new judge calls; vhost eval report recomputes the same tables"
+# Stored judgments belong to their judge: another judge model asks everything again (the old
+# verdicts move to judgments.previous.jsonl, the report counts only the new judge's); the same
+# judge again asks nothing; retry_errors asks again the two (both orders) that recorded an error.
+sed -i 's/^plugin = "openai"$/plugin = "openai"\nmodel = "judge-b"/' eval.toml
+"$vhost" run eval.toml > vicuna3.log 2>&1 || { cat vicuna3.log; exit 1; }
+grep -q "judging: 10 of 10 judgments to make" vicuna3.log || { cat vicuna3.log; exit 1; }
+grep -q "10 stored judgments were made by another judge" vicuna3.log || { cat vicuna3.log; exit 1; }
+[ "$(wc -l < out-vicuna/judgments.previous.jsonl)" = 10 ] || { echo "previous judgments not kept"; exit 1; }
+[ "$(wc -l < out-vicuna/judgments.jsonl)" = 10 ] || { echo "judgments.jsonl is not the new judge's ten"; exit 1; }
+python3 -c "
+import json
+j = [json.loads(l) for l in open('out-vicuna/judgments.jsonl')]
+assert all(x['judge']['model'] == 'judge-b' for x in j), j[0]"
+"$vhost" run eval.toml > vicuna4.log 2>&1 || { cat vicuna4.log; exit 1; }
+grep -q "judging: 0 of 10 judgments to make" vicuna4.log || { cat vicuna4.log; exit 1; }
+before=$(calls)
+"$vhost" run eval.toml --set stages.eval.retry_errors=true > vicuna5.log 2>&1 || { cat vicuna5.log; exit 1; }
+grep -q "judging: 2 of 10 judgments to make" vicuna5.log || { cat vicuna5.log; exit 1; }
+[ "$(calls)" -gt "$before" ] || { echo "retry_errors did not ask the judge"; exit 1; }
+[ "$(wc -l < out-vicuna/judgments.jsonl)" = 10 ] || { echo "judgments.jsonl lost or doubled records"; exit 1; }
+[ "$(wc -l < out-vicuna/judgments.previous.jsonl)" = 12 ] || { echo "the retried error records were not kept"; exit 1; }
+echo "  stored judgments are the judge's own: another judge model re-judges, retry_errors re-asks errors"
 
 pipeline single out-single
 "$vhost" run eval.toml > single.log 2>&1 || { cat single.log; exit 1; }

@@ -3,6 +3,7 @@
 // exponential backoff on 429, 5xx, timeouts, dropped connections and malformed replies (honouring
 // Retry-After), token and cost accounting, and a JSONL cache so that an interrupted evaluation
 // never pays twice for a judgment.
+#include <vhost/fingerprint.hpp>
 #include <vhost/plugin.hpp>
 
 #include <httplib.h>
@@ -36,17 +37,6 @@ Url parse_url(const std::string& u, const char* field) {
   return r;
 }
 
-// FNV-1a 64: a cache key stable across runs and machines (std::hash is neither).
-std::string fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ULL;
-  }
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
-  return b;
-}
 
 class OpenAIJudge final : public vhost::Judge {
  public:
@@ -113,7 +103,10 @@ class OpenAIJudge final : public vhost::Judge {
 
   json describe() const override {
     std::lock_guard<std::mutex> g(mu_);
-    return {{"endpoint", url_.origin + url_.path}, {"model", model_}, {"local_fallback", using_fallback_},
+    // "identity": what makes two judges' verdicts interchangeable; the eval stage keeps stored
+    // judgments only while it is unchanged (a toy fallback's are not GPT-4's).
+    return {{"identity", {{"endpoint", url_.origin + url_.path}, {"model", model_}}},
+            {"endpoint", url_.origin + url_.path}, {"model", model_}, {"local_fallback", using_fallback_},
             {"key", key_.empty() ? "none" : "set"}, {"cache", cache_path_}, {"cached_judgments", cache_.size()},
             {"calls", calls_.load()}, {"cache_hits", hits_.load()}, {"retries", retry_count_.load()},
             {"failures", failures_.load()}, {"prompt_tokens", prompt_tokens_.load()},
@@ -149,7 +142,7 @@ class OpenAIJudge final : public vhost::Judge {
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the judge request needs a 'messages' array");
     json body = {{"model", model_}, {"messages", request["messages"]},
                  {"temperature", request.value("temperature", 0.0)}, {"max_tokens", request.value("max_tokens", 1024)}};
-    const std::string key = fnv1a(url_.origin + url_.path + "\n" + body.dump());
+    const std::string key = vhost::fingerprint(url_.origin + url_.path + "\n" + body.dump());
     {
       std::lock_guard<std::mutex> g(mu_);
       auto it = cache_.find(key);
