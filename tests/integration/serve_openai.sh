@@ -28,16 +28,36 @@ head -c 2000000 /dev/zero | tr '\0' 'a' > big.txt
 [ "$(code "http://127.0.0.1:$PORT/v1/completions" --data-binary @big.txt)" = 413 ]
 grep -q 'too large' body.json
 [ "$(code "http://127.0.0.1:$PORT/v1/nothing")" = 404 ]
-[ "$(code "http://127.0.0.1:$PORT/")" = 200 ] && grep -q '<title>vhost chat</title>' body.json
-[ "$(code "http://127.0.0.1:$PORT/metrics")" = 200 ] && grep -q '^vhost_requests_total [1-9]' body.json
+[ "$(code "http://127.0.0.1:$PORT/")" = 200 ] && grep -q '<title>vhost chat</title>' body.json || { echo "no chat page"; exit 1; }
+[ "$(code "http://127.0.0.1:$PORT/metrics")" = 200 ] && grep -q '^vhost_requests_total [1-9]' body.json || { cat body.json; exit 1; }
 [ "$(code "http://127.0.0.1:$PORT/health")" = 200 ]
 # Streaming with the defaults (after the first token, a write per 16 tokens or 20 ms); checked
 # against --stream-interval 1 and against a 5 s flush below: the same SSE events every way.
 sse='{"model": "tiny", "prompt": "Hi", "max_tokens": 21, "ignore_eos": true, "stream": true, "temperature": 0}'
 curl -s -N "http://127.0.0.1:$PORT/v1/completions" -d "$sse" > sse2.txt
 [ "$(wc -l < conversations.jsonl)" -ge 6 ]
+# The streamed request is logged whole, as the non-streamed ones are (it was logged with an empty
+# id, model and prompt and time 0: the stream outlived what its record pointed to).
+python3 - conversations.jsonl sse2.txt <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+sid = json.loads(open(sys.argv[2]).read().split("\n")[0][6:])["id"]
+r = [x for x in recs if x.get("id") == sid]
+assert len(r) == 1, (sid, recs[-2:])
+r = r[0]
+assert r["model"] == "tiny" and r["prompt"] == "Hi" and r["endpoint"] == "completions" and r["time"] > 1.7e9, r
+assert len(r["choices"]) == 1 and r["choices"][0], r
+chats = [x for x in recs if x.get("endpoint") == "chat"]
+assert chats and all(x["id"].startswith("chatcmpl") and x["prompt"] for x in chats), chats
+PY
 curl -s "http://127.0.0.1:$PORT/metrics" > metrics.txt
-grep -q '^vhost_model_mean_batch{model="tiny"} [1-9]' metrics.txt || { cat metrics.txt; exit 1; }
+# The client's eight concurrent streams shared decode steps: a mean batch above 1 (static
+# one-at-a-time serving gives exactly 1).
+python3 - metrics.txt <<'PY' || { cat metrics.txt; exit 1; }
+import re, sys
+m = re.search(r'^vhost_model_mean_batch\{model="tiny"\} ([0-9.e+-]+)$', open(sys.argv[1]).read(), re.M)
+assert m and float(m.group(1)) > 1.0, m and m.group(1)
+PY
 kill -TERM $PID; wait $PID
 grep -q "stopped serving" serve.log
 
@@ -110,8 +130,8 @@ PY
 echo "  the default stream coalescing and a 5 s flush send the same SSE events as writing every token"
 [ "$(code -H 'Authorization: Bearer sesame' "http://127.0.0.1:$PORT/v1/chat/completions" -d '{"model": "tiny", "messages": [{"role": "user", "content": "tell me about the forbidden topic"}]}')" = 400 ]
 grep -q '"code":"content_filter"' body.json
-[ "$(code "http://127.0.0.1:$PORT/v1/models")" = 401 ] && grep -q invalid_api_key body.json
-[ "$(code -H 'Authorization: Bearer wrong' "http://127.0.0.1:$PORT/v1/models")" = 401 ]
+[ "$(code "http://127.0.0.1:$PORT/v1/models")" = 401 ] && grep -q invalid_api_key body.json || { echo "no key: not 401"; cat body.json; exit 1; }
+[ "$(code -H 'Authorization: Bearer wrong' "http://127.0.0.1:$PORT/v1/models")" = 401 ] || { echo "wrong key: not 401"; exit 1; }
 [ "$(code -H 'Authorization: Bearer sesame' "http://127.0.0.1:$PORT/v1/models")" = 200 ]
 kill -TERM $PID; wait $PID
 echo "serve_openai: ok"
