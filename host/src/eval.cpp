@@ -78,14 +78,36 @@ std::vector<Question> load_questions(const fs::path& file) {
   return out;
 }
 
+namespace {
+bool two_scores_line(const std::string& line, double& a, double& b) {
+  static const std::regex two(R"(^\s*(?:[Ss]cores?\s*:?\s*)?(\d+(?:\.\d+)?)\s*(?:,|\s|/)\s*(\d+(?:\.\d+)?)\s*$)");
+  std::smatch m;
+  if (!std::regex_match(line, m, two)) return false;
+  double x = std::stod(m[1]), y = std::stod(m[2]);
+  if (!(x >= 0 && x <= 10 && y >= 0 && y <= 10)) return false;
+  a = x, b = y;
+  return true;
+}
+}  // namespace
+
 bool parse_two_scores(const std::string& text, double& a, double& b) {
   std::string first = text.substr(0, text.find('\n'));
-  static const std::regex two(R"(^\s*(?:[Ss]cores?\s*:?\s*)?(\d+(?:\.\d+)?)\s*[ ,/]\s*(\d+(?:\.\d+)?)\s*$)");
-  std::smatch m;
-  if (!std::regex_match(first, m, two)) return false;
-  a = std::stod(m[1]);
-  b = std::stod(m[2]);
-  return a >= 1 && a <= 10 && b >= 1 && b <= 10;
+  if (!first.empty() && first.back() == '\r') first.pop_back();
+  return two_scores_line(first, a, b);
+}
+
+bool parse_review_scores(const std::string& text, double& a, double& b, bool& from_last_line) {
+  from_last_line = false;
+  if (parse_two_scores(text, a, b)) return true;
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) {
+    if (!l.empty() && l.back() == '\r') l.pop_back();
+    if (l.find_first_not_of(" \t") != std::string::npos) lines.push_back(l);
+  }
+  if (lines.size() < 2 || !two_scores_line(lines.back(), a, b)) return false;
+  from_last_line = true;
+  return true;
 }
 
 bool parse_rating(const std::string& text, double& r) {
@@ -310,33 +332,50 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
   return report;
 }
 
-std::vector<json> read_judgments(const fs::path& file, const std::vector<std::string>& names, std::vector<std::string>& warnings) {
+std::vector<json> read_judgments(const fs::path& file, const std::vector<std::string>& names, std::vector<std::string>& warnings,
+                                 const std::map<int64_t, std::string>& categories) {
   std::vector<json> out;
   for_each_jsonl(file, "", [&](const json& j, const std::string& at) {
     if (j.contains("mode")) {
       out.push_back(j);
       return;
     }
-    // FastChat's GPT-4 review: re-parse the scores from the text and check them against "score".
-    if (!j.contains("text") || !j["text"].is_string() || !j.contains("question_id"))
+    if (!j.contains("text") || !j["text"].is_string() || !j.contains("question_id") || !j["question_id"].is_number_integer())
       throw ConfigError(at + ": neither a vhost judgment nor a FastChat review (needs question_id and text)");
-    json r = {{"mode", "vicuna"}, {"question_id", j["question_id"]}, {"turn", 1},
-              {"category", j.value("category", std::string("general"))},
+    const int64_t qid = j["question_id"].get<int64_t>();
+    std::string category = j.value("category", std::string());
+    if (category.empty() && categories.count(qid)) category = categories.at(qid);
+    json r = {{"mode", "vicuna"}, {"question_id", qid}, {"turn", 1}, {"category", category.empty() ? "general" : category},
               {"model_a", names.size() > 0 ? names[0] : "model1"}, {"model_b", names.size() > 1 ? names[1] : "model2"},
               {"order", "ab"}, {"judge_text", j["text"]}};
-    double a, b;
-    if (parse_two_scores(j["text"].get<std::string>(), a, b)) {
-      r["score_a"] = a;
-      r["score_b"] = b;
-      const json* score = j.contains("score") ? &j["score"] : nullptr;
-      if (score && (!score->is_array() || score->size() != 2 || !(*score)[0].is_number() || !(*score)[1].is_number()))
-        warnings.push_back(at + ": \"score\" is not two numbers (" + score->dump() + "); the text's scores are used");
-      else if (score && ((*score)[0].get<double>() != a || (*score)[1].get<double>() != b))
-        warnings.push_back(at + ": the text says " + fmt(a) + " " + fmt(b) + " but \"score\" says " + score->dump() +
-                           "; the text's scores are used");
+    double ta = 0, tb = 0;
+    bool last_line = false;
+    const bool parsed = parse_review_scores(j["text"].get<std::string>(), ta, tb, last_line);
+    // The stored verdict: two numbers, not FastChat's failure mark [-1, -1].
+    const json* score = j.contains("score") && !j["score"].is_null() ? &j["score"] : nullptr;
+    bool stored = false;
+    if (score) {
+      if (!score->is_array() || score->size() != 2 || !(*score)[0].is_number() || !(*score)[1].is_number())
+        warnings.push_back(at + ": \"score\" is not two numbers (" + score->dump() + "); " +
+                           (parsed ? "the text's scores are used" : "and the text has none: counted as an error"));
+      else if ((*score)[0].get<double>() >= 0 && (*score)[1].get<double>() >= 0)
+        stored = true;
+    }
+    if (stored) {
+      r["score_a"] = (*score)[0].get<double>();
+      r["score_b"] = (*score)[1].get<double>();
+      r["score_from"] = "stored";
+      if (parsed && (ta != r["score_a"].get<double>() || tb != r["score_b"].get<double>()))
+        warnings.push_back(at + ": the text says " + fmt(ta) + " " + fmt(tb) + (last_line ? " (on its last line)" : "") +
+                           " but \"score\" says " + score->dump() + "; the stored score is used (FastChat's recorded verdict)");
+    } else if (parsed) {
+      r["score_a"] = ta;
+      r["score_b"] = tb;
+      r["score_from"] = last_line ? "text, last line" : "text";
     } else {
-      r["error"] = "no two scores on the first line";
-      warnings.push_back(at + ": no two scores on the first line of the review: counted as an error");
+      r["error"] = "no two scores in the review";
+      warnings.push_back(at + ": no two scores on the first or last line of the review" +
+                         std::string(score ? " and \"score\" is FastChat's failure mark" : "") + ": counted as an error");
     }
     out.push_back(r);
   });
@@ -615,13 +654,13 @@ json run_eval(StageContext& ctx) {
       if (mode == "single") {
         for (auto& n : names)
           if (answers[n].count(q.id))
-            tasks.push_back({&q, turn, n, "", "", n, "", "single|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + n});
+            tasks.push_back({&q, turn, n, "", "", n, "", "single|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + n, ""});
       } else {
         for (auto& n : names) {
           if (n == baseline || !answers[n].count(q.id) || !answers[baseline].count(q.id)) continue;
           for (std::string order : {"ab", "ba"}) {
             if (order == "ba" && !c["both_orders"].get<bool>()) continue;
-            Task t{&q, turn, order == "ab" ? baseline : n, order == "ab" ? n : baseline, order, baseline, n, ""};
+            Task t{&q, turn, order == "ab" ? baseline : n, order == "ab" ? n : baseline, order, baseline, n, "", ""};
             t.key = mode + "|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + baseline + "|" + n + "|" + order;
             tasks.push_back(t);
           }
@@ -777,7 +816,8 @@ json run_eval(StageContext& ctx) {
           cost += reply.value("cost_usd", 0.0);
           if (mode == "vicuna") {
             double a, b;
-            if ((ok = parse_two_scores(text, a, b))) {
+            bool last_line = false;
+            if ((ok = parse_review_scores(text, a, b, last_line))) {
               bool model_a_first = t.order == "ab";
               rec["score_a"] = model_a_first ? a : b;  // in model_a / model_b terms, whatever the order
               rec["score_b"] = model_a_first ? b : a;

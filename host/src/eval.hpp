@@ -27,7 +27,12 @@ struct Question {
 std::vector<Question> load_questions(const fs::path& file);
 
 // The judge's verdict parsers. Each returns false when the text holds no valid verdict.
-bool parse_two_scores(const std::string& text, double& a, double& b);  // Vicuna: "8 9" on the first line
+// Vicuna: two scores 0..10 on the first line, space or comma separated ("8 9", "8, 9", "Scores: 8 9"),
+// as FastChat's parse_score reads them (which has no range check; 0..10 is FastChat's scale).
+bool parse_two_scores(const std::string& text, double& a, double& b);
+// The same, then a fallback for reviews that solve the problem first and give the two scores
+// only at the end (math): the last line that is two scores. `from_last_line` says which was used.
+bool parse_review_scores(const std::string& text, double& a, double& b, bool& from_last_line);
 bool parse_rating(const std::string& text, double& r);                  // MT-bench single: "[[7]]" (1-10)
 bool parse_verdict(const std::string& text, char& v);                   // "[[A]]", "[[B]]", "[[C]]" -> 'A','B','C'
 
@@ -36,9 +41,14 @@ bool parse_verdict(const std::string& text, char& v);                   // "[[A]
 json eval_report(const std::vector<json>& judgments, const std::string& baseline);
 
 // Reads judgment files: vhost judgments.jsonl, or FastChat review JSONL ({"question_id",
-// "answer1_id", "answer2_id", "text", "score": [s1, s2]}, scores re-parsed from text and checked
-// against "score"; model names from `names` = {model1, model2}). Errors name file and line.
-std::vector<json> read_judgments(const fs::path& file, const std::vector<std::string>& names, std::vector<std::string>& warnings);
+// "answer1_id", "answer2_id", "text", "score": [s1, s2]}; model names from `names` = {model1,
+// model2}). For FastChat reviews the stored "score" is the recorded verdict (FastChat tells
+// users to fix it by hand where its parser failed) and wins; the text is parsed too (first line,
+// then the last-line fallback) and a disagreement is listed in `warnings`; the text decides only
+// where "score" is absent or FastChat's failure mark [-1, -1]. `categories` (question id ->
+// category, e.g. from a question file) fills in reviews that carry none. Errors name file and line.
+std::vector<json> read_judgments(const fs::path& file, const std::vector<std::string>& names, std::vector<std::string>& warnings,
+                                 const std::map<int64_t, std::string>& categories = {});
 
 // The HTML report with SVG charts.
 std::string eval_html(const json& report);

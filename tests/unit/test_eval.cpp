@@ -18,6 +18,16 @@ TEST_CASE("judge verdicts are parsed strictly, never guessed", "[eval]") {
   CHECK_FALSE(parse_two_scores("I think 8 and 9", a, b));
   CHECK_FALSE(parse_two_scores("11 9", a, b));  // out of range
   CHECK_FALSE(parse_two_scores("\n8 9", a, b));  // not on the first line
+  CHECK(parse_two_scores("0 9", a, b));          // FastChat's scale is 0..10: real reviews have 0
+  CHECK((a == 0 && b == 9));
+  bool last = true;
+  CHECK(parse_review_scores("8 9\nfine", a, b, last));
+  CHECK_FALSE(last);
+  // Math reviews solve first and give the scores at the end: the last line is the fallback.
+  CHECK(parse_review_scores("Let us compute 3*4 = 12.\nAssistant 1 is right.\n\n10 4\n", a, b, last));
+  CHECK((a == 10 && b == 4 && last));
+  CHECK_FALSE(parse_review_scores("Both are right, 8 and 9 points.", a, b, last));
+  CHECK_FALSE(parse_review_scores("one line: 12 4", a, b, last));
   CHECK(parse_rating("Good answer. Rating: [[7]]", r));
   CHECK(r == 7);
   CHECK_FALSE(parse_rating("Rating: 7", r));
@@ -93,10 +103,10 @@ TEST_CASE("FastChat GPT-4 reviews: scores re-parsed from the text and checked", 
   auto js = read_judgments(f, {"gpt-3.5", "vicuna"}, warnings);
   REQUIRE(js.size() == 3);
   REQUIRE(warnings.size() == 2);
-  CHECK_THAT(warnings[0], Contains("review.jsonl:2: the text says 8.0 6.0 but \"score\" says [8,5]"));
+  CHECK_THAT(warnings[0], Contains("review.jsonl:2: the text says 8.0 6.0 but \"score\" says [8,5]; the stored score is used"));
   CHECK_THAT(warnings[1], Contains("review.jsonl:3: no two scores"));
   json r = eval_report(js, "gpt-3.5");
-  CHECK(r["pairs"][0]["overall"]["total_model"].get<double>() == Approx(15));
+  CHECK(r["pairs"][0]["overall"]["total_model"].get<double>() == Approx(14));  // 9 + 5: the stored verdict wins
   CHECK(r["pairs"][0]["overall"]["errors"] == 1);
   std::ofstream(f) << R"({"question_id": 1, "text": "7 9", "score": ["x", 9]})" "\n";
   warnings.clear();
@@ -105,6 +115,42 @@ TEST_CASE("FastChat GPT-4 reviews: scores re-parsed from the text and checked", 
   CHECK_THAT(warnings[0], Contains("review.jsonl:1: \"score\" is not two numbers"));
   std::ofstream(f) << "{\"question_id\": 1}\n";
   CHECK_THROWS_WITH(read_judgments(f, {}, warnings), Contains("review.jsonl:1: neither a vhost judgment nor a FastChat review"));
+}
+
+TEST_CASE("FastChat reviews with real files' quirks give Table 2's kind of totals", "[eval]") {
+  // Five questions: a plain one; a math review whose scores come only at its end; a 0 score; a
+  // review whose text disagrees with its stored (hand-fixed) score; one whose parse failed in
+  // FastChat (-1, -1) but whose text has the scores on its last line. No categories in the
+  // reviews: they come from the question file.
+  fs::path d = scratch("eval-reviews-quirks");
+  std::ofstream(d / "q.jsonl") << R"({"question_id": 1, "category": "generic", "text": "a"})" "\n"
+                               << R"({"question_id": 2, "category": "math", "text": "b"})" "\n"
+                               << R"({"question_id": 3, "category": "coding", "text": "c"})" "\n"
+                               << R"({"question_id": 4, "category": "generic", "text": "d"})" "\n"
+                               << R"({"question_id": 5, "category": "math", "text": "e"})" "\n";
+  std::ofstream(d / "r.jsonl")
+      << R"({"question_id": 1, "answer1_id": "x1", "answer2_id": "y1", "text": "7 9\nB is better.", "score": [7.0, 9.0]})" "\n"
+      << R"({"question_id": 2, "answer1_id": "x2", "answer2_id": "y2", "text": "First, solve it: 12.\nA got 12.\n\n10 3", "score": [10.0, 3.0]})" "\n"
+      << R"({"question_id": 3, "answer1_id": "x3", "answer2_id": "y3", "text": "0 9\nA wrote no code.", "score": [0.0, 9.0]})" "\n"
+      << R"({"question_id": 4, "answer1_id": "x4", "answer2_id": "y4", "text": "8 8\nsame", "score": [8.0, 9.0]})" "\n"
+      << R"({"question_id": 5, "answer1_id": "x5", "answer2_id": "y5", "text": "Working: 2+2=4.\n6 6", "score": [-1, -1]})" "\n";
+  std::map<int64_t, std::string> cats;
+  for (const auto& q : load_questions(d / "q.jsonl")) cats[q.id] = q.category;
+  std::vector<std::string> warnings;
+  auto js = read_judgments(d / "r.jsonl", {"gpt35", "vicuna"}, warnings, cats);
+  REQUIRE(js.size() == 5);
+  REQUIRE(warnings.size() == 1);
+  CHECK_THAT(warnings[0], Contains("r.jsonl:4: the text says 8.0 8.0 but \"score\" says [8.0,9.0]; the stored score is used"));
+  CHECK(js[1]["score_from"] == "stored");
+  CHECK(js[4]["score_from"] == "text, last line");
+  CHECK(js[2]["category"] == "coding");
+  json o = eval_report(js, "gpt35")["pairs"][0]["overall"];
+  CHECK(o["total_baseline"].get<double>() == Approx(7 + 10 + 0 + 8 + 6));
+  CHECK(o["total_model"].get<double>() == Approx(9 + 3 + 9 + 9 + 6));
+  CHECK((o["win"] == 3 && o["tie"] == 1 && o["loss"] == 1 && o["errors"] == 0));
+  CHECK(o["relative_percent"].get<double>() == Approx(100.0 * 36 / 31));
+  json cat = eval_report(js, "gpt35")["pairs"][0]["categories"];
+  CHECK((cat["math"]["win"] == 0 && cat["math"]["tie"] == 1 && cat["math"]["loss"] == 1));
 }
 
 TEST_CASE("question files: errors name the file and line", "[eval][bad-input]") {
