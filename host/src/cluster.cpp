@@ -93,6 +93,7 @@ void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, c
   std::map<std::string, Worker> workers;
   std::mt19937_64 rng(std::random_device{}());
   std::atomic<int64_t> dispatched{0}, expired{0};
+  const auto started = Clock::now();
   httplib::Server s;
   Backlog backlog;
   backlog.attach(s);
@@ -116,6 +117,13 @@ void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, c
            std::lock_guard<std::mutex> g(mu);
            workers[address] = w;
            reply_json(res, {{"ok", true}});
+         }));
+  s.Post("/unregister", guarded([&](const httplib::Request& req, httplib::Response& res) {
+           json b = body_of(req);
+           std::lock_guard<std::mutex> g(mu);
+           bool known = workers.erase(b.at("address").get<std::string>()) > 0;
+           if (known) spdlog::info("[controller] worker {} left", b.at("address").get<std::string>());
+           reply_json(res, {{"ok", true}, {"known", known}});
          }));
   s.Post("/heartbeat", guarded([&](const httplib::Request& req, httplib::Response& res) {
            json b = body_of(req);
@@ -152,7 +160,12 @@ void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, c
                known = true;
                if (std::find(exclude.begin(), exclude.end(), a) == exclude.end()) cands.push_back(a);
              }
-           if (cands.empty()) return reply_json(res, {{"address", ""}, {"known", known}});
+           // "warming": a model no worker serves may only be one whose workers have not registered
+           // again since this controller started (they do within a heartbeat): not yet a 404.
+           const double up = std::chrono::duration<double>(Clock::now() - started).count();
+           if (cands.empty())
+             return reply_json(res, {{"address", ""}, {"known", known}, {"warming", up < o.expiry_seconds || workers.empty()},
+                                     {"uptime_s", up}});
            std::string pick;
            if (o.dispatch == "lottery") {
              std::vector<double> weights;
@@ -270,13 +283,22 @@ WorkerMembership::WorkerMembership(std::string controller, std::string address, 
   });
 }
 
-WorkerMembership::~WorkerMembership() {
+WorkerMembership::~WorkerMembership() { leave(); }
+
+void WorkerMembership::leave() {
   {
     std::lock_guard<std::mutex> g(impl_->m);
+    if (impl_->stop) return;
     impl_->stop = true;
   }
   impl_->cv.notify_all();
   impl_->thread.join();
+  httplib::Client cli(impl_->controller);
+  cli.set_connection_timeout(1, 0);
+  cli.set_read_timeout(2, 0);
+  auto r = cli.Post("/unregister", json{{"address", impl_->address}}.dump(), "application/json");
+  if (r && r->status == 200) spdlog::info("[worker] {}", "left " + impl_->controller);
+  else spdlog::warn("[worker] {}", "could not tell " + impl_->controller + " that this worker leaves; it drops it after its expiry");
 }
 
 // ---- API server -------------------------------------------------------------------------------
@@ -363,6 +385,12 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
         return;
       }
       if (address.empty()) {
+        if (!pick.value("known", false) && pick.value("warming", false))
+          return error(res, 503,
+                       "no worker serves '" + model + "' yet: the controller started " +
+                           std::to_string(static_cast<int>(pick.value("uptime_s", 0.0))) +
+                           " s ago and its workers register within a heartbeat, or none is up; retry",
+                       "server_error", "", "unavailable");
         if (!pick.value("known", false))
           return error(res, 404, "the model '" + model + "' does not exist (GET /v1/models lists them)",
                        "invalid_request_error", "model", "model_not_found");
@@ -472,8 +500,10 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
             relay->sink = nullptr;
             if (relay->err != httplib::Error::Success && relay->client_alive) {
               std::string e = "data: " +
-                              openai_error_body("the worker failed mid-stream: " + httplib::to_string(relay->err),
-                                                "server_error", "", "")
+                              openai_error_body("the worker answering this request stopped mid-stream (its connection "
+                                                "was lost: " + httplib::to_string(relay->err) +
+                                                "); the reply is incomplete: send the request again",
+                                                "server_error", "", "worker_lost")
                                   .dump() +
                               "\n\n";
               sink.write(e.data(), e.size());

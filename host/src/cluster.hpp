@@ -39,7 +39,10 @@ class WorkerMembership {
  public:
   WorkerMembership(std::string controller, std::string address, std::vector<std::string> models, int capacity,
                    double heartbeat_seconds, std::function<int64_t()> queue_length);
-  ~WorkerMembership();
+  ~WorkerMembership();  // leaves
+  // Stops heartbeating and tells the controller at once that this worker is gone (a worker
+  // stopped by SIGTERM must not be dispatched to until its expiry). Idempotent.
+  void leave();
 
  private:
   struct Impl;

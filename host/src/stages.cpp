@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -493,11 +494,17 @@ json run_serve(StageContext& ctx) {
   int port = server.bind();
   StopSignals signals;
   std::atomic<bool> done{false};
+  std::unique_ptr<WorkerMembership> membership;
+  std::mutex membership_mu;
   std::thread watcher([&] {
     while (!done && signals.signal() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    {
+      // A worker leaves its controller first, so that no new request is sent to it, then stops.
+      std::lock_guard<std::mutex> g(membership_mu);
+      if (membership) membership->leave();
+    }
     server.stop();
   });
-  std::unique_ptr<WorkerMembership> membership;
   const std::string controller = c["controller"].get<std::string>();
   if (!controller.empty()) {
     std::string advertise = c["advertise"].get<std::string>();
@@ -508,6 +515,7 @@ json run_serve(StageContext& ctx) {
       names.push_back(n);
       capacity += inst->model_tokenizer_info().value("max_batch", 1);
     }
+    std::lock_guard<std::mutex> g(membership_mu);
     membership = std::make_unique<WorkerMembership>(controller, advertise, names, std::max(1, capacity),
                                                     c["heartbeat"].get<double>(),
                                                     [&server] { return server.metrics().value("active", int64_t{0}); });

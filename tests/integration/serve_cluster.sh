@@ -23,17 +23,21 @@ for w in 1 2; do
   "$vhost" worker tiny --port 0 --threads 1 --max-batch 4 --controller "http://127.0.0.1:$CPORT" --heartbeat 0.2 > w$w.log 2>&1 &
   pids+=($!); eval "W${w}PID=$!"
 done
-"$vhost" worker other --port 0 --threads 1 --controller "http://127.0.0.1:$CPORT" --heartbeat 0.2 > w3.log 2>&1 & pids+=($!)
+"$vhost" worker other --port 0 --threads 1 --controller "http://127.0.0.1:$CPORT" --heartbeat 0.2 > w3.log 2>&1 & pids+=($!); W3PID=$!
 "$vhost" api --controller "http://127.0.0.1:$CPORT" --port 0 > api.log 2>&1 & pids+=($!)
 APORT=$(port_of api.log)
 wait_workers 3
+# Past the controller's first expiry (2 s) an unknown model is a 404; before it, while workers may
+# still be registering, a retryable 503 (checked after the restart below).
+sleep 2
 models=$(curl -s "http://127.0.0.1:$APORT/v1/models" | python3 -c 'import json,sys; print(",".join(sorted(m["id"] for m in json.load(sys.stdin)["data"])))')
 [ "$models" = "other,tiny" ] || { echo "models: $models"; exit 1; }
 
 # The full client suite through the API server (one model is asked for; the test expects it alone).
 sed -i 's/assert.deepEqual(models.data.map(m => m.id), \[model\]);/assert.ok(models.data.map(m => m.id).includes(model));/' openai_client.mjs
 node openai_client.mjs "http://127.0.0.1:$APORT" tiny
-[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/v1/chat/completions" -d '{"model":"nope","messages":[{"role":"user","content":"x"}]}')" = 404 ]
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/v1/chat/completions" -d '{"model":"nope","messages":[{"role":"user","content":"x"}]}')" = 404 ] ||
+  { echo "an unknown model is not a 404"; exit 1; }
 # A worker's error reply to a streamed request keeps its status and OpenAI-shaped body.
 code=$(curl -s -o bad.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"tiny","prompt":"Hi","stream":true,"temperature":-1}')
 [ "$code" = 400 ] && grep -q '"param":"temperature"' bad.json || { echo "HTTP $code"; cat bad.json; exit 1; }
@@ -79,6 +83,16 @@ wait_workers 2
 echo "== the controller restarts: workers register again"
 kill -TERM "${pids[0]}"; wait "${pids[0]}" || true
 "$vhost" controller --port "$CPORT" --expiry 2 > controller2.log 2>&1 & pids+=($!)
+port_of controller2.log >/dev/null
+# Until its workers have registered again, a model the new controller does not know yet is a
+# retryable 503, never a 404 (the OpenAI SDK retries 503, not 404): "nope" just after the start,
+# and "other" all through its re-registration.
+code=$(curl -s -o nope.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"nope","prompt":"Hi","max_tokens":1}')
+[ "$code" = 503 ] && grep -q "no worker serves 'nope' yet" nope.json || { echo "just after a controller restart: HTTP $code"; cat nope.json; exit 1; }
+for i in $(seq 1 20); do
+  code=$(curl -s -o out.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"other","prompt":"Hi","max_tokens":1}')
+  [ "$code" = 200 ] || [ "$code" = 503 ] || { echo "during re-registration: HTTP $code"; cat out.json; exit 1; }
+done
 wait_workers 2
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"other","prompt":"Hi","max_tokens":3}')" = 200 ]
 
@@ -134,4 +148,11 @@ code=$(curl -s -o out.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/complet
 [ "$code" = 503 ] || [ "$code" = 500 ] || { echo "only failing workers: HTTP $code"; cat out.json; exit 1; }
 grep -q '"message": *"worker failure' out.json || { echo "only failing workers:"; cat out.json; exit 1; }
 kill "$BROKEN"
+# A worker stopped with SIGTERM leaves its controller at once (not after its expiry).
+before=$(workers)
+kill -TERM "$W3PID"; wait "$W3PID" || true
+grep -q "left http://127.0.0.1:$CPORT" w3.log || { echo "the worker did not say it left"; cat w3.log; exit 1; }
+grep -q "worker .* left" controller2.log || { echo "the controller did not drop the leaving worker"; cat controller2.log; exit 1; }
+[ "$(workers)" = "$((before - 1))" ] || { echo "the stopped worker is still listed"; curl -s "http://127.0.0.1:$CPORT/workers"; exit 1; }
+echo "  a worker stopped with SIGTERM leaves its controller at once"
 echo "serve_cluster: ok"
