@@ -14,7 +14,9 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <set>
+#include <sstream>
 #include <cctype>
 
 namespace vh = vhost::host;
@@ -144,6 +146,8 @@ int main(int argc, char** argv) {
   tok_encode->add_option("--model", tok_model, "tokenizer.model, or a checkpoint folder")->required();
   tok_encode->add_flag("--bos", tok_bos, "prepend BOS");
   tok_encode->add_flag("--eos", tok_eos, "append EOS");
+  bool tok_jsonl = false;
+  tok_encode->add_flag("--jsonl", tok_jsonl, "stdin: one JSON string per line; stdout: one JSON array of ids per line");
   auto* tok_decode = tokenizer->add_subcommand("decode", "JSON array of ids on stdin -> text");
   tok_decode->add_option("--model", tok_model, "tokenizer.model, or a checkpoint folder")->required();
   auto* tok_train = tokenizer->add_subcommand("train", "train a LLaMA-style SentencePiece BPE");
@@ -240,6 +244,9 @@ int main(int argc, char** argv) {
   eval_report_cmd->add_option("--names", review_names, "FastChat reviews: the two models' names, in answer order")->expected(2);
   eval_report_cmd->add_option("--baseline", review_baseline, "the model the others are compared with");
   eval_report_cmd->add_option("--out", review_out, "also write report.md, report.json and report.html here");
+  std::string review_questions;
+  eval_report_cmd->add_option("--questions", review_questions,
+                              "question JSONL: categories for FastChat reviews that carry none");
   eval->require_subcommand(1);
   auto* controller = app.add_subcommand("controller", "keep the live workers and dispatch requests to them");
   vh::ControllerOptions copt;
@@ -327,7 +334,26 @@ int main(int argc, char** argv) {
     if (*tok_encode || *tok_decode) {
       std::string in((std::istreambuf_iterator<char>(std::cin)), {});
       vh::json args = {{"tokenizer", std::filesystem::absolute(tok_model).string()}};
-      if (*tok_encode) {
+      if (*tok_encode && tok_jsonl) {
+        vh::json texts = vh::json::array();
+        std::istringstream lines(in);
+        std::string line;
+        for (int n = 1; std::getline(lines, line); ++n) {
+          vh::json t;
+          try {
+            t = vh::json::parse(line);
+          } catch (const vh::json::exception& e) {
+            throw vh::ConfigError("stdin:" + std::to_string(n) + ": not a JSON string: " + e.what());
+          }
+          if (!t.is_string()) throw vh::ConfigError("stdin:" + std::to_string(n) + ": expected a JSON string, got " + std::string(t.type_name()));
+          texts.push_back(t);
+        }
+        args["texts"] = texts;
+        args["bos"] = tok_bos;
+        args["eos"] = tok_eos;
+        const vh::json r = host.model_tool(model_plugin, "encode", args);  // (a temporary would die before the loop)
+        for (const auto& ids : r["ids"]) std::cout << ids.dump() << "\n";
+      } else if (*tok_encode) {
         args["text"] = in;
         args["bos"] = tok_bos;
         args["eos"] = tok_eos;
@@ -372,8 +398,11 @@ int main(int argc, char** argv) {
     if (*eval_report_cmd) {
       std::vector<vh::json> all;
       std::vector<std::string> warnings;
+      std::map<int64_t, std::string> categories;
+      if (!review_questions.empty())
+        for (const auto& q : vh::load_questions(review_questions)) categories[q.id] = q.category;
       for (const auto& f : review_files) {
-        auto js = vh::read_judgments(f, review_names, warnings);
+        auto js = vh::read_judgments(f, review_names, warnings, categories);
         all.insert(all.end(), js.begin(), js.end());
       }
       for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";

@@ -17,14 +17,20 @@
 #include <thread>
 #include <fstream>
 #include <mutex>
+#include <limits>
 #include <random>
+#include <set>
+#include <type_traits>
 #include <sstream>
 
 namespace vhost::host {
 
 json openai_error_body(const std::string& message, const std::string& type, const std::string& param, const std::string& code) {
+  // The message may quote what the client sent, invalid UTF-8 included: replaced (U+FFFD), so
+  // that the body can always be written.
+  std::string safe = json::parse(json(message).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
   return {{"error",
-           {{"message", message},
+           {{"message", safe},
             {"type", type},
             {"param", param.empty() ? json(nullptr) : json(param)},
             {"code", code.empty() ? json(nullptr) : json(code)}}}};
@@ -53,17 +59,223 @@ int64_t now_s() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// Typed field access with OpenAI-style errors naming the parameter.
+// Typed field access with OpenAI-style errors naming the parameter. Strict, as OpenAI is:
+// 2.5 is not an integer, "x" is not a boolean, 2^70 is not an int64 seed.
 template <class T>
 T param(const json& body, const char* name, T def) {
   if (!body.contains(name) || body[name].is_null()) return def;
-  try {
-    return body[name].get<T>();
-  } catch (const json::exception&) {
-    throw ApiError(400, std::string("'") + name + "' has the wrong type (" + body[name].type_name() + ")",
-                   "invalid_request_error", name);
+  const json& v = body[name];
+  auto wrong = [&](const std::string& want) {
+    return ApiError(400, std::string("'") + name + "' must be " + want + " (got " + v.dump(-1, ' ', false, json::error_handler_t::replace) + ")",
+                    "invalid_request_error", name);
+  };
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!v.is_boolean()) throw wrong("true or false");
+    return v.get<bool>();
+  } else if constexpr (std::is_integral_v<T>) {
+    const std::string range = "an integer in [" + std::to_string(std::numeric_limits<T>::min()) + ", " +
+                              std::to_string(std::numeric_limits<T>::max()) + "]";
+    if (!v.is_number_integer()) throw wrong(range);
+    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())
+                               : v.get<int64_t>() < static_cast<int64_t>(std::numeric_limits<T>::min()))
+      throw wrong(range);
+    return v.get<T>();
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!v.is_number()) throw wrong("a number");
+    return v.get<T>();
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const json::exception&) {
+      throw ApiError(400, std::string("'") + name + "' has the wrong type (" + v.type_name() + ")", "invalid_request_error", name);
+    }
   }
 }
+
+// Parameters of OpenAI's API that this server does not implement: a request that gives one a
+// value other than its neutral default is refused with 400 naming it, never silently ignored.
+// Fields outside both lists are refused as OpenAI refuses them ("unrecognized").
+void refuse_unsupported(const json& body, bool chat) {
+  static const std::set<std::string> common = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "stream",
+                                               "stream_options", "seed", "user", "presence_penalty", "frequency_penalty",
+                                               // vLLM's / FastChat's extensions
+                                               "top_k", "repetition_penalty", "ignore_eos"};
+  static const std::set<std::string> chat_only = {"messages", "max_completion_tokens", "logprobs", "top_logprobs"};
+  static const std::set<std::string> completions_only = {"prompt", "logprobs", "echo"};
+  auto neutral = [](const std::string& k, const json& v) {
+    if (v.is_null()) return true;
+    if (k == "parallel_tool_calls") return v.is_boolean() && !v.get<bool>();
+    if (k == "logit_bias" || k == "metadata") return v.is_object() && v.empty();
+    if (k == "tools" || k == "functions") return v.is_array() && v.empty();
+    if (k == "tool_choice" || k == "function_call") return v == "none";
+    if (k == "response_format") return v.is_object() && v.size() == 1 && v.value("type", "") == "text";
+    if (k == "best_of") return v.is_number_integer() && v.get<int64_t>() == 1;
+    if (k == "suffix") return v.is_string() && v.get<std::string>().empty();
+    if (k == "store") return v.is_boolean() && !v.get<bool>();
+    return false;
+  };
+  static const std::set<std::string> known = {"logit_bias", "tools",
+                                              "tool_choice", "functions", "function_call", "parallel_tool_calls",
+                                              "response_format", "best_of", "suffix", "store", "metadata",
+                                              "modalities", "audio", "prediction", "service_tier", "reasoning_effort",
+                                              "web_search_options", "min_tokens", "min_p"};
+  for (auto it = body.begin(); it != body.end(); ++it) {
+    const std::string& k = it.key();
+    if (common.count(k) || (chat ? chat_only : completions_only).count(k)) continue;
+    if (neutral(k, it.value())) continue;
+    if (known.count(k) || (chat ? completions_only : chat_only).count(k) || k == "echo" || k == "top_logprobs")
+      throw ApiError(400,
+                     "'" + k + "' is not supported " +
+                         (k == "prompt" || k == "messages" || k == "max_completion_tokens" || k == "echo" || k == "top_logprobs"
+                              ? std::string("on this endpoint (") + (chat ? "/v1/chat/completions" : "/v1/completions") + ")"
+                              : std::string("by this server (docs/serving.md lists what is)")),
+                     "invalid_request_error", k, "unsupported_parameter");
+    throw ApiError(400, "unrecognized request argument supplied: " + k, "invalid_request_error", k, "unrecognized_parameter");
+  }
+}
+
+// `prompt` of /v1/completions as OpenAI takes it: a string, a list of strings, a list of token
+// ids, or a list of lists of ids. Ids are checked against the model's vocabulary.
+void parse_prompts(const json& body, const json& tokenizer_info, std::vector<std::string>& texts,
+                   std::vector<std::vector<int32_t>>& ids) {
+  if (!body.contains("prompt") || body["prompt"].is_null())
+    throw ApiError(400, "'prompt' is required", "invalid_request_error", "prompt");
+  const json& p = body["prompt"];
+  const int64_t vocab = tokenizer_info.value("vocab_size", int64_t{0});
+  auto id_list = [&](const json& a, const std::string& where) {
+    std::vector<int32_t> out;
+    for (const auto& v : a) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || (vocab > 0 && v.get<int64_t>() >= vocab))
+        throw ApiError(400, where + ": " + v.dump() + " is not a token id of this model (0.." + std::to_string(vocab - 1) + ")",
+                       "invalid_request_error", "prompt");
+      out.push_back(static_cast<int32_t>(v.get<int64_t>()));
+    }
+    if (out.empty()) throw ApiError(400, where + ": the prompt is empty", "invalid_request_error", "prompt");
+    return out;
+  };
+  if (p.is_string()) {
+    texts.push_back(p.get<std::string>());
+  } else if (p.is_array() && !p.empty() && p[0].is_string()) {
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      if (!p[i].is_string())
+        throw ApiError(400, "prompt[" + std::to_string(i) + "]: a list of prompts must all be strings", "invalid_request_error", "prompt");
+      texts.push_back(p[i].get<std::string>());
+    }
+  } else if (p.is_array() && !p.empty() && p[0].is_number()) {
+    ids.push_back(id_list(p, "prompt"));
+  } else if (p.is_array() && !p.empty() && p[0].is_array()) {
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      if (!p[i].is_array())
+        throw ApiError(400, "prompt[" + std::to_string(i) + "]: a list of token-id prompts must all be lists", "invalid_request_error", "prompt");
+      ids.push_back(id_list(p[i], "prompt[" + std::to_string(i) + "]"));
+    }
+  } else {
+    throw ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list of such lists",
+                   "invalid_request_error", "prompt");
+  }
+  for (std::size_t i = 0; i < texts.size(); ++i)
+    if (texts[i].empty())
+      throw ApiError(400, (texts.size() > 1 ? "prompt[" + std::to_string(i) + "]: " : std::string()) + "the prompt is empty",
+                     "invalid_request_error", "prompt");
+}
+
+std::vector<std::string> expand(const std::vector<std::string>& v, int64_t n) {
+  std::vector<std::string> out;
+  for (const auto& x : v)
+    for (int64_t i = 0; i < n; ++i) out.push_back(x);
+  return out;
+}
+
+// A token's text as OpenAI writes it; "bytes:\xNN" (part of a character) is that byte.
+std::string token_bytes(const std::string& t) {
+  if (t.rfind("bytes:\\x", 0) == 0 && t.size() == 10) return std::string(1, static_cast<char>(std::stoi(t.substr(8), nullptr, 16)));
+  return t;
+}
+std::size_t utf8_chars(const std::string& s) {
+  std::size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+// The model's per-token scores ({"id", "text", "logprob", "top": [[id, text, logprob]...]}) as
+// /v1/completions' logprobs: tokens, token_logprobs, top_logprobs ({text: logprob}), text_offset
+// (characters into the returned text).
+json completion_logprobs(const json& prompt_part, const json& generated) {
+  json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  std::size_t offset = 0;
+  for (const json* part : {&prompt_part, &generated})
+    for (const auto& t : *part) {
+      const std::string text = t.value("text", "");
+      tokens.push_back(text);
+      lps.push_back(t["logprob"]);
+      if (t["logprob"].is_null()) {
+        tops.push_back(nullptr);
+      } else {
+        json top = json::object();
+        for (const auto& a : t["top"]) {
+          const std::string at = a[1].get<std::string>();
+          if (!top.contains(at) || top[at].get<double>() < a[2].get<double>()) top[at] = a[2];
+        }
+        tops.push_back(top);
+      }
+      offsets.push_back(offset);
+      offset += utf8_chars(token_bytes(text));
+    }
+  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+// ... and as /v1/chat/completions' logprobs: {"content": [{token, logprob, bytes, top_logprobs}]}.
+json chat_logprobs(const json& generated) {
+  auto entry = [](const std::string& text, double lp) {
+    json bytes = json::array();
+    for (unsigned char c : token_bytes(text)) bytes.push_back(static_cast<int>(c));
+    return json{{"token", text}, {"logprob", lp}, {"bytes", bytes}};
+  };
+  json content = json::array();
+  for (const auto& t : generated) {
+    json e = entry(t.value("text", ""), t["logprob"].is_null() ? 0.0 : t["logprob"].get<double>());
+    e["top_logprobs"] = json::array();
+    for (const auto& a : t["top"]) e["top_logprobs"].push_back(entry(a[1].get<std::string>(), a[2].get<double>()));
+    content.push_back(e);
+  }
+  return {{"content", content}, {"refusal", nullptr}};
+}
+
+// A Prometheus histogram (cumulative buckets, +Inf, sum, count), as vLLM's.
+struct Histogram {
+  std::vector<double> bounds;
+  std::vector<uint64_t> counts;  // per bucket, not cumulative; the last is +Inf
+  double sum = 0;
+  uint64_t count = 0;
+  explicit Histogram(std::vector<double> b = {}) : bounds(std::move(b)), counts(bounds.size() + 1, 0) {}
+  void observe(double v) {
+    std::size_t i = static_cast<std::size_t>(std::lower_bound(bounds.begin(), bounds.end(), v) - bounds.begin());
+    ++counts[i];
+    sum += v;
+    ++count;
+  }
+  void write(std::ostream& o, const std::string& name, const std::string& labels) const {
+    uint64_t cum = 0;
+    char b[64];
+    for (std::size_t i = 0; i < bounds.size(); ++i) {
+      cum += counts[i];
+      std::snprintf(b, sizeof b, "%g", bounds[i]);
+      o << name << "_bucket{" << labels << ",le=\"" << b << "\"} " << cum << "\n";
+    }
+    o << name << "_bucket{" << labels << ",le=\"+Inf\"} " << count << "\n"
+      << name << "_sum{" << labels << "} " << sum << "\n" << name << "_count{" << labels << "} " << count << "\n";
+  }
+};
+
+// Per served model, what vLLM's /metrics reports (vllm:* names, here vhost:*).
+struct ModelMetrics {
+  Histogram ttft{{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0}};
+  Histogram tpot{{0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0}};
+  Histogram e2e{{0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0}};
+  Histogram queue{{0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0}};
+  uint64_t prompt_tokens = 0, generation_tokens = 0;
+  std::map<std::string, uint64_t> finished;  // finish reason -> requests
+};
 
 }  // namespace
 
@@ -76,6 +288,29 @@ struct ApiServer::Impl {
   std::ofstream log;
   std::atomic<int64_t> requests{0}, errors{0}, active{0}, completion_tokens{0}, prompt_tokens{0};
   std::atomic<int64_t> ttft_us_sum{0}, ttft_count{0};
+  std::mutex metrics_mu;
+  std::map<std::string, ModelMetrics> per_model;
+  // A finished request of `model`: its latencies (seconds; ttft < 0: none came) and its reply.
+  void observe(const std::string& model, double e2e, double ttft, const json& reply, int64_t n) {
+    std::lock_guard<std::mutex> g(metrics_mu);
+    ModelMetrics& m = per_model[model];
+    m.e2e.observe(e2e);
+    const int64_t ct = reply["usage"].value("completion_tokens", int64_t{0});
+    m.prompt_tokens += static_cast<uint64_t>(reply["usage"].value("prompt_tokens", int64_t{0}));
+    m.generation_tokens += static_cast<uint64_t>(ct);
+    if (ttft >= 0) {
+      m.ttft.observe(ttft);
+      const int64_t per_choice = ct / std::max<int64_t>(1, n);
+      if (per_choice > 1) m.tpot.observe((e2e - ttft) / static_cast<double>(per_choice - 1));
+    }
+    double queued = -1;
+    for (const auto& c : reply["choices"]) {
+      std::string fr = c.value("finish_reason", "");
+      ++m.finished[fr == "cancelled" ? "abort" : fr];
+      if (c.contains("queue_s") && c["queue_s"].is_number()) queued = std::max(queued, c["queue_s"].get<double>());
+    }
+    if (queued >= 0) m.queue.observe(queued);
+  }
   int listen_fd = -1;
   std::map<Instance*, std::unique_ptr<std::mutex>> serialise;  // models without concurrent generate
 
@@ -103,8 +338,102 @@ struct ApiServer::Impl {
     return *it->second;
   }
 
+  // vLLM's tokenizer endpoints (/tokenize, /detokenize, /tokenizer_info), which
+  // lm-evaluation-harness's "remote" tokenizer uses: the model named in the body or the query,
+  // or the only one served.
+  Instance& tool_model(const json& body, const httplib::Request& req, std::string& name) {
+    name = body.is_object() && body.contains("model") && body["model"].is_string() ? body["model"].get<std::string>()
+                                                                                    : req.get_param_value("model");
+    if (name.empty()) {
+      if (models.size() != 1)
+        throw ApiError(400, "'model' is required: this server serves several (GET /v1/models lists them)", "invalid_request_error", "model");
+      name = models.begin()->first;
+    }
+    auto it = models.find(name);
+    if (it == models.end())
+      throw ApiError(404, "the model '" + name + "' does not exist (GET /v1/models lists them)", "invalid_request_error",
+                     "model", "model_not_found");
+    return *it->second;
+  }
+  static json parse_body(const httplib::Request& req) {
+    try {
+      json b = json::parse(req.body);
+      if (!b.is_object()) throw ApiError(400, "the body must be a JSON object");
+      return b;
+    } catch (const json::exception& e) {
+      throw ApiError(400, std::string("the body is not valid JSON: ") + e.what());
+    }
+  }
+  // Text to ids as HF tokenizers do it: the model's BOS/EOS strings in the text are those tokens
+  // (completions prompts, by contrast, are always plain text); add_special_tokens adds BOS.
+  json tokenize(const httplib::Request& req) {
+    check_auth(req);
+    json body = parse_body(req);
+    std::string name;
+    Instance& m = tool_model(body, req, name);
+    if (body.contains("messages")) throw ApiError(400, "'messages' is not supported by /tokenize: send 'prompt'", "invalid_request_error", "messages", "unsupported_parameter");
+    if (!body.contains("prompt") || !body["prompt"].is_string())
+      throw ApiError(400, "'prompt' must be a string", "invalid_request_error", "prompt");
+    const std::string text = body["prompt"].get<std::string>();
+    const json& ti = info.at(name);
+    std::vector<std::pair<std::string, int32_t>> specials;
+    for (const char* k : {"bos", "eos"})
+      if (ti.contains(std::string(k) + "_token") && ti[std::string(k) + "_token"].is_string() && !ti[std::string(k) + "_token"].get<std::string>().empty())
+        specials.emplace_back(ti[std::string(k) + "_token"].get<std::string>(), ti.value(std::string(k) + "_id", int32_t{-1}));
+    std::vector<int32_t> ids;
+    if (param(body, "add_special_tokens", true) && ti.value("bos_id", -1) >= 0) ids.push_back(ti["bos_id"].get<int32_t>());
+    std::size_t at = 0;
+    while (at <= text.size()) {
+      std::size_t next = std::string::npos;
+      const std::pair<std::string, int32_t>* hit = nullptr;
+      for (const auto& sp : specials) {
+        auto f = text.find(sp.first, at);
+        if (f != std::string::npos && (f < next || (f == next && sp.first.size() > hit->first.size()))) next = f, hit = &sp;
+      }
+      std::string piece = text.substr(at, next == std::string::npos ? std::string::npos : next - at);
+      if (!piece.empty())
+        for (int32_t id : m.model_encode(piece, false, false)) ids.push_back(id);
+      if (!hit) break;
+      ids.push_back(hit->second);
+      at = next + hit->first.size();
+    }
+    return {{"count", ids.size()}, {"max_model_len", ti.value("context", 0)}, {"tokens", ids}};
+  }
+  json detokenize(const httplib::Request& req) {
+    check_auth(req);
+    json body = parse_body(req);
+    std::string name;
+    Instance& m = tool_model(body, req, name);
+    if (!body.contains("tokens") || !body["tokens"].is_array())
+      throw ApiError(400, "'tokens' must be a list of token ids", "invalid_request_error", "tokens");
+    json fake = {{"prompt", body["tokens"]}};
+    std::vector<std::string> texts;
+    std::vector<std::vector<int32_t>> ids;
+    if (body["tokens"].empty()) return {{"prompt", ""}};
+    try {
+      parse_prompts(fake, info.at(name), texts, ids);
+    } catch (const ApiError& e) {
+      throw ApiError(400, e.what(), "invalid_request_error", "tokens");
+    }
+    if (ids.size() != 1) throw ApiError(400, "'tokens' must be a list of token ids", "invalid_request_error", "tokens");
+    return {{"prompt", m.model_decode(ids[0])}};
+  }
+  json tokenizer_info(const httplib::Request& req) {
+    check_auth(req);
+    std::string name;
+    tool_model(json(), req, name);
+    const json& ti = info.at(name);
+    return {{"model", name},
+            {"tokenizer_class", "LlamaTokenizer"},
+            {"bos_token", ti.value("bos_token", "")},
+            {"eos_token", ti.value("eos_token", "")},
+            {"pad_token", nullptr},
+            {"vocab_size", ti.value("vocab_size", 0)},
+            {"model_max_length", ti.value("context", 0)}};
+  }
+
   // The sampling part of a generate request, from OpenAI's parameters.
-  json sampling(const json& body, int64_t default_max_tokens) {
+  json sampling(const json& body, int64_t default_max_tokens, bool allow_zero_tokens = false) {
     json r;
     double temperature = param(body, "temperature", 1.0), top_p = param(body, "top_p", 1.0);
     int64_t max_tokens = param(body, "max_tokens", default_max_tokens);
@@ -112,7 +441,9 @@ struct ApiServer::Impl {
     if (!(temperature >= 0 && temperature <= 2))
       throw ApiError(400, "temperature must be in [0, 2]", "invalid_request_error", "temperature");
     if (!(top_p > 0 && top_p <= 1)) throw ApiError(400, "top_p must be in (0, 1]", "invalid_request_error", "top_p");
-    if (max_tokens < 1) throw ApiError(400, "max_tokens must be at least 1", "invalid_request_error", "max_tokens");
+    if (max_tokens < (allow_zero_tokens ? 0 : 1))
+      throw ApiError(400, allow_zero_tokens ? "max_tokens must be at least 0" : "max_tokens must be at least 1 (0 only with echo)",
+                     "invalid_request_error", "max_tokens");
     r["temperature"] = temperature;
     r["top_p"] = top_p;
     r["max_tokens"] = max_tokens;
@@ -129,8 +460,32 @@ struct ApiServer::Impl {
     r["stop"] = stop;
     if (body.contains("seed") && !body["seed"].is_null()) r["seed"] = param<int64_t>(body, "seed", 0);
     if (param(body, "ignore_eos", false)) r["ignore_eos"] = true;  // vLLM's extension: benchmarks, tests
-    if (body.contains("presence_penalty") || body.contains("frequency_penalty")) {
-      // Not modelled; accepted so that clients which always send them work.
+    for (const char* k : {"presence_penalty", "frequency_penalty"}) {
+      double v = param(body, k, 0.0);
+      if (!(v >= -2 && v <= 2)) throw ApiError(400, std::string(k) + " must be in [-2, 2]", "invalid_request_error", k);
+      if (v != 0) r[k] = v;
+    }
+    if (body.contains("top_k") && !body["top_k"].is_null()) {
+      int64_t k = param<int64_t>(body, "top_k", 0);
+      if (k < -1) throw ApiError(400, "top_k must be -1 or 0 (no limit) or positive", "invalid_request_error", "top_k");
+      r["top_k"] = std::max<int64_t>(k, 0);
+    }
+    if (body.contains("repetition_penalty") && !body["repetition_penalty"].is_null()) {
+      double v = param(body, "repetition_penalty", 1.0);
+      if (!(v > 0 && v <= 10))
+        throw ApiError(400, "repetition_penalty must be in (0, 10]", "invalid_request_error", "repetition_penalty");
+      r["repetition_penalty"] = v;
+    }
+    if (body.contains("stream_options") && !body["stream_options"].is_null()) {
+      const json& so = body["stream_options"];
+      if (!so.is_object())
+        throw ApiError(400, "'stream_options' must be an object", "invalid_request_error", "stream_options");
+      if (!param(body, "stream", false))
+        throw ApiError(400, "'stream_options' is only allowed when 'stream' is true", "invalid_request_error", "stream_options");
+      for (auto it = so.begin(); it != so.end(); ++it)
+        if (it.key() != "include_usage")
+          throw ApiError(400, "unrecognized stream option: " + it.key(), "invalid_request_error", "stream_options");
+      param(so, "include_usage", false);  // a boolean, or 400 naming it
     }
     return r;
   }
@@ -144,7 +499,7 @@ struct ApiServer::Impl {
   void record(const json& entry) {
     if (!log.is_open()) return;
     std::lock_guard<std::mutex> lock(log_mu);
-    log << entry.dump() << "\n" << std::flush;
+    log << entry.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
   }
 
   // Runs a completion for `prompt` (already templated for chat) and answers, streamed or not.
@@ -155,14 +510,43 @@ struct ApiServer::Impl {
       body = json::parse(req.body);
     } catch (const json::parse_error& e) {
       throw ApiError(400, "the body is not valid JSON: byte " + std::to_string(e.byte) + ": " + e.what());
+    } catch (const json::exception& e) {  // e.g. a number too large for a double (1e400)
+      throw ApiError(400, std::string("the body is not valid JSON: ") + e.what());
     }
     if (!body.is_object()) throw ApiError(400, "the body must be a JSON object");
+    refuse_unsupported(body, chat);
     std::string name;
     Instance& model = model_of(body, name);
     const json& ti = info.at(name);
-    json request = sampling(body, chat ? 512 : 16);
+    const bool echo = !chat && param(body, "echo", false);
+    json request = sampling(body, chat ? 512 : 16, echo);
     const int64_t n = n_of(body);
-    std::string prompt;
+    const bool stream = param(body, "stream", false);
+    // logprobs: completions take an integer (alternatives per token), chat a boolean plus
+    // top_logprobs. Computed by the model after generation (one scoring pass), so not streamed.
+    int64_t logprobs = -1;
+    if (chat) {
+      const bool want = param(body, "logprobs", false);
+      const int64_t top = param<int64_t>(body, "top_logprobs", 0);
+      if (body.contains("top_logprobs") && !body["top_logprobs"].is_null() && !want)
+        throw ApiError(400, "top_logprobs needs logprobs: true", "invalid_request_error", "top_logprobs");
+      if (top < 0 || top > 20) throw ApiError(400, "top_logprobs must be in [0, 20]", "invalid_request_error", "top_logprobs");
+      if (want) logprobs = top;
+    } else if (body.contains("logprobs") && !body["logprobs"].is_null()) {
+      logprobs = param<int64_t>(body, "logprobs", 0);
+      if (logprobs < 0 || logprobs > 20) throw ApiError(400, "logprobs must be in [0, 20]", "invalid_request_error", "logprobs");
+    }
+    if ((logprobs >= 0 || echo) && !ti.value("logprobs", false))
+      throw ApiError(400, "the model '" + name + "' does not report log-probabilities", "invalid_request_error",
+                     logprobs >= 0 ? "logprobs" : "echo", "unsupported_parameter");
+    if (logprobs >= 0 && stream)
+      throw ApiError(400, "logprobs are not streamed by this server: ask without stream", "invalid_request_error", "logprobs",
+                     "unsupported_parameter");
+    if (logprobs >= 0) request["logprobs"] = logprobs;
+    if (echo && (logprobs >= 0 || request["max_tokens"] == 0)) request["prompt_logprobs"] = std::max<int64_t>(logprobs, 0);
+    std::string prompt;                        // chat: the rendered conversation
+    std::vector<std::string> prompt_texts;     // completions: one text per prompt...
+    std::vector<std::vector<int32_t>> prompt_ids;  // ...or token ids, used as given
     conv::Conversation conversation;
     if (chat) {
       if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
@@ -207,27 +591,33 @@ struct ApiServer::Impl {
       if (conversation.messages.size() % 2 == 0)
         throw ApiError(400, "the last message must be the user's", "invalid_request_error", "messages");
       prompt = conv::render(*t, conversation).text();
+      prompt_texts = {prompt};
       auto stops = request["stop"].get<std::vector<std::string>>();
       for (const auto& s : t->stop_strings()) stops.push_back(s);
       request["stop"] = stops;
     } else {
-      if (!body.contains("prompt")) throw ApiError(400, "'prompt' is required", "invalid_request_error", "prompt");
-      if (body["prompt"].is_string())
-        prompt = body["prompt"].get<std::string>();
-      else if (body["prompt"].is_array() && body["prompt"].size() == 1 && body["prompt"][0].is_string())
-        prompt = body["prompt"][0].get<std::string>();
-      else
-        throw ApiError(400, "'prompt' must be a string (one prompt per request)", "invalid_request_error", "prompt");
+      parse_prompts(body, ti, prompt_texts, prompt_ids);
+      if (!prompt_ids.empty())  // the texts, for echo, moderation and the log
+        for (const auto& ids : prompt_ids) prompt_texts.push_back(model.model_decode(ids));
     }
-    if (prompt.empty()) throw ApiError(400, "the prompt is empty", "invalid_request_error", chat ? "messages" : "prompt");
-    moderate(chat ? conversation.messages : std::vector<std::string>{prompt});
-    request["prompts"] = json::array();
-    for (int64_t i = 0; i < n; ++i) request["prompts"].push_back(prompt);
-    request["add_bos"] = true;
+    if (chat && prompt.empty()) throw ApiError(400, "the prompt is empty", "invalid_request_error", "messages");
+    const std::size_t prompts_n = prompt_texts.size();
+    if (prompts_n * static_cast<std::size_t>(n) > 256)
+      throw ApiError(400, "at most 256 choices per request (prompts times n)", "invalid_request_error", "prompt");
+    moderate(chat ? conversation.messages : prompt_texts);
+    if (!prompt_ids.empty()) {
+      request["prompt_ids"] = json::array();
+      for (const auto& ids : prompt_ids)
+        for (int64_t i = 0; i < n; ++i) request["prompt_ids"].push_back(ids);
+    } else {
+      request["prompts"] = json::array();
+      for (const auto& t : prompt_texts)
+        for (int64_t i = 0; i < n; ++i) request["prompts"].push_back(t);
+      request["add_bos"] = true;
+    }
 
     const std::string id = random_id(chat ? "chatcmpl" : "cmpl");
     const int64_t created = now_s();
-    const bool stream = param(body, "stream", false);
     ++requests;
     auto t0 = std::chrono::steady_clock::now();
     // By value: a streamed reply is logged by the content provider, after this function returned.
@@ -235,7 +625,8 @@ struct ApiServer::Impl {
                                                 {"id", id},
                                                 {"model", name},
                                                 {"endpoint", chat ? "chat" : "completions"},
-                                                {"prompt", chat ? json(conversation.messages) : json(prompt)}}](
+                                                {"prompt", chat ? json(conversation.messages)
+                                                           : prompts_n == 1 ? json(prompt_texts[0]) : json(prompt_texts)}}](
                           const json& reply) {
       completion_tokens += reply["usage"].value("completion_tokens", int64_t{0});
       prompt_tokens += reply["usage"].value("prompt_tokens", int64_t{0});
@@ -247,7 +638,12 @@ struct ApiServer::Impl {
     };
 
     if (!stream) {
-      json reply = generate(model, request, nullptr);
+      double ttft = -1;
+      json reply = generate(model, request, [&](uint32_t, int32_t, const std::string&) {
+        if (ttft < 0) ttft = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return true;
+      });
+      observe(name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), ttft, reply, n);
       json choices = json::array();
       for (const auto& c : reply["choices"]) {
         std::string text = c.value("text", "");
@@ -257,10 +653,15 @@ struct ApiServer::Impl {
           choices.push_back({{"index", c["index"]},
                              {"message", {{"role", "assistant"}, {"content", text}}},
                              {"finish_reason", c["finish_reason"] == "cancelled" ? json("stop") : c["finish_reason"]},
-                             {"logprobs", nullptr}});
+                             {"logprobs", logprobs >= 0 ? chat_logprobs(c.value("logprobs", json::array())) : json(nullptr)}});
         } else {
-          choices.push_back({{"index", c["index"]}, {"text", text}, {"logprobs", nullptr},
-                             {"finish_reason", c["finish_reason"]}});
+          const std::size_t k = c["index"].get<std::size_t>() / static_cast<std::size_t>(n);
+          if (echo) text = prompt_texts.at(k) + text;
+          json lp = nullptr;
+          if (logprobs >= 0)
+            lp = completion_logprobs(echo ? c.value("prompt_logprobs", json::array()) : json::array(),
+                                     c.value("logprobs", json::array()));
+          choices.push_back({{"index", c["index"]}, {"text", text}, {"logprobs", lp}, {"finish_reason", c["finish_reason"]}});
         }
       }
       int64_t pt = reply["usage"].value("prompt_tokens", int64_t{0}) / n, ct = reply["usage"].value("completion_tokens", int64_t{0});
@@ -277,12 +678,12 @@ struct ApiServer::Impl {
 
     // Streaming: server-sent events, one chunk per piece of text, then [DONE].
     const bool include_usage = body.contains("stream_options") && body["stream_options"].is_object() &&
-                               body["stream_options"].value("include_usage", false);
+                               param(body["stream_options"], "include_usage", false);
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, &model, request, id, created, name, chat, n, include_usage, t0, finish_log](std::size_t,
-                                                                                            httplib::DataSink& sink) {
+        [this, &model, request, id, created, name, chat, n, include_usage, t0, finish_log, echo,
+         echoed = echo ? expand(prompt_texts, n) : std::vector<std::string>()](std::size_t, httplib::DataSink& sink) {
           auto chunk = [&](int64_t index, const json& delta_or_text, const json& finish) {
             json c = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
                       {"model", name}};
@@ -312,8 +713,12 @@ struct ApiServer::Impl {
           bool alive = true;
           if (chat)
             for (int64_t i = 0; i < n && alive; ++i) alive = chunk(i, {{"role", "assistant"}, {"content", ""}}, nullptr);
+          if (echo)
+            for (std::size_t i = 0; i < echoed.size() && alive; ++i)
+              alive = chunk(static_cast<int64_t>(i), echoed[i], nullptr);
           std::vector<bool> started(static_cast<std::size_t>(n), false);
           bool first = true;
+          double ttft_s = -1;
           json reply;
           // The model's callback only queues text (it runs on the model's scheduler thread, which
           // must not wait for sockets or build JSON); this thread formats and writes it. The first
@@ -381,7 +786,8 @@ struct ApiServer::Impl {
               if (!alive) break;  // the client is gone: nothing more to format
               if (first) {
                 first = false;
-                ttft_us_sum += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+                ttft_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                ttft_us_sum += static_cast<int64_t>(ttft_s * 1e6);
                 ++ttft_count;
               }
               std::string t = text;
@@ -401,6 +807,8 @@ struct ApiServer::Impl {
             if (finished) break;
           }
           producer.join();
+          if (!queue.error)
+            observe(name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), ttft_s, reply, n);
           if (queue.error) {
             try {
               std::rethrow_exception(queue.error);
@@ -560,6 +968,15 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
   S.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
            impl_->complete(req, res, true);
          }));
+  S.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+           res.set_content(impl_->tokenize(req).dump(), "application/json");
+         }));
+  S.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+           res.set_content(impl_->detokenize(req).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+         }));
+  S.Get("/tokenizer_info", guarded([this](const httplib::Request& req, httplib::Response& res) {
+          res.set_content(impl_->tokenizer_info(req).dump(), "application/json");
+        }));
   S.Post("/v1/votes", guarded([this](const httplib::Request& req, httplib::Response& res) {
            impl_->check_auth(req);
            json body;
@@ -599,6 +1016,46 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
       o << "vhost_model_running" << l << e.value("active", 0) << "\nvhost_model_queued" << l << e.value("queued", 0)
         << "\nvhost_model_mean_batch" << l << e.value("mean_batch", 0.0) << "\nvhost_model_generated_tokens_total" << l
         << e.value("tokens", 0) << "\n";
+    }
+    // vLLM's metrics, named as vLLM names them (vllm:* -> vhost:*), per model_name.
+    {
+      std::lock_guard<std::mutex> g(impl_->metrics_mu);
+      auto type = [&](const char* n, const char* t, const char* help) {
+        o << "# HELP " << n << " " << help << "\n# TYPE " << n << " " << t << "\n";
+      };
+      std::map<std::string, json> engines;
+      for (auto& [name, inst] : I.models) {
+        try {
+          engines[name] = inst->describe().value("engine", json(nullptr));
+        } catch (const std::exception&) {
+        }
+      }
+      auto gauge = [&](const char* n, const char* key, const char* help) {
+        type(n, "gauge", help);
+        for (auto& [name, e] : engines)
+          if (e.is_object() && e.contains(key)) o << n << "{model_name=\"" << name << "\"} " << e[key].get<double>() << "\n";
+      };
+      gauge("vhost:num_requests_running", "active", "Sequences in the model's batch now.");
+      gauge("vhost:num_requests_waiting", "queued", "Sequences waiting for a batch row.");
+      gauge("vhost:kv_cache_usage_perc", "kv_cache_usage", "Share of the KV cache in use (1 = full).");
+      auto counter = [&](const char* n, const char* help, auto value) {
+        type(n, "counter", help);
+        for (auto& [name, m] : impl_->per_model) o << n << "{model_name=\"" << name << "\"} " << value(m) << "\n";
+      };
+      counter("vhost:prompt_tokens_total", "Prompt tokens processed.", [](const ModelMetrics& m) { return m.prompt_tokens; });
+      counter("vhost:generation_tokens_total", "Tokens generated.", [](const ModelMetrics& m) { return m.generation_tokens; });
+      type("vhost:request_success_total", "counter", "Finished sequences by finish reason.");
+      for (auto& [name, m] : impl_->per_model)
+        for (auto& [reason, k] : m.finished)
+          o << "vhost:request_success_total{finished_reason=\"" << reason << "\",model_name=\"" << name << "\"} " << k << "\n";
+      auto hist = [&](const char* n, const char* help, Histogram ModelMetrics::*h) {
+        type(n, "histogram", help);
+        for (auto& [name, m] : impl_->per_model) (m.*h).write(o, n, "model_name=\"" + name + "\"");
+      };
+      hist("vhost:time_to_first_token_seconds", "Time to the first token.", &ModelMetrics::ttft);
+      hist("vhost:time_per_output_token_seconds", "Time per output token after the first.", &ModelMetrics::tpot);
+      hist("vhost:e2e_request_latency_seconds", "Request latency, end to end.", &ModelMetrics::e2e);
+      hist("vhost:request_queue_time_seconds", "Time a request waited for a batch row.", &ModelMetrics::queue);
     }
     res.set_content(o.str(), "text/plain; version=0.0.4");
   });

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <set>
 #include <thread>
 
 using namespace vhost::llama;
@@ -171,4 +172,47 @@ TEST_CASE("batched sampling draws what each row draws alone", "[engine][generate
     auto batched = sample_tokens(logits, ps, seen, pa);
     for (int64_t r = 0; r < 6; ++r) CHECK(batched[r] == sample_token(logits[r], *ps[r], none, b[r]));
   }
+}
+
+TEST_CASE("presence and frequency penalties count the generated tokens only, as OpenAI's", "[engine][generate]") {
+  // Token 3 leads token 5 by 1.5: a presence penalty of 2 once it was generated hands the lead
+  // to 5; a frequency penalty of 0.5 needs it generated 4 times (2.0 > 1.5), not 3 (1.5).
+  auto logits = torch::zeros({10});
+  logits[3] = 2.5;
+  logits[5] = 1.0;
+  auto gen = at::detail::createCPUGenerator(1);
+  SamplingParams p;
+  p.temperature = 0;
+  std::vector<int32_t> prompt = {3, 3, 3, 3, 3}, once = {3}, thrice = {3, 7, 3, 3}, four = {3, 3, 3, 3};
+  CHECK(sample_token(logits, p, prompt, gen, &once) == 3);  // no penalty set
+  p.presence_penalty = 2;
+  CHECK(sample_token(logits, p, prompt, gen, nullptr) == 3);  // the prompt's tokens do not count
+  CHECK(sample_token(logits, p, prompt, gen, &once) == 5);
+  p.presence_penalty = 0;
+  p.frequency_penalty = 0.5;
+  CHECK(sample_token(logits, p, prompt, gen, &thrice) == 3);
+  CHECK(sample_token(logits, p, prompt, gen, &four) == 5);
+  p.frequency_penalty = -2;  // negative: encourages repetition
+  logits[5] = 4.0;
+  CHECK(sample_token(logits, p, prompt, gen, &once) == 3);
+  p.frequency_penalty = 2.5;
+  CHECK_THROWS_WITH(validate(p), Catch::Matchers::Contains("frequency_penalty must be in [-2, 2]"));
+}
+
+TEST_CASE("penalised greedy decoding is the same in the engine and in generate, and repeats less", "[engine][generate]") {
+  auto model = LlamaModel::random(engine_cfg(), 5);
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = 30;
+  p.ignore_eos = true;
+  auto prompt = prompt_of(4, 3);
+  auto plain = generate(model, nullptr, {prompt}, p)[0].tokens;
+  p.frequency_penalty = 2;
+  p.presence_penalty = 1;
+  auto alone = generate(model, nullptr, {prompt}, p)[0].tokens;
+  Engine engine(model, nullptr, 4, 0, 4);
+  CHECK(engine.generate(prompt, p).tokens == alone);
+  auto distinct = [](const std::vector<int32_t>& t) { return std::set<int32_t>(t.begin(), t.end()).size(); };
+  CHECK(alone != plain);
+  CHECK(distinct(alone) > distinct(plain));
 }

@@ -138,6 +138,23 @@ TEST_CASE("config.json: shapes, GQA and defaults, errors name the field", "[conf
              }),
              Contains("field 'hidden_size' must be an integer"));
   CHECK(LlamaConfig::preset("7b").parameter_count() == 6738415616LL);  // LLaMA-7B: 6.74e9
+  // transformers 5 writes rope_theta inside rope_parameters (it was read as 10000 before).
+  auto with = [&](std::function<void(nlohmann::json&)> edit) {
+    auto j = c.to_json();
+    j.erase("rope_theta");
+    edit(j);
+    return LlamaConfig::from_json(j, "c.json");
+  };
+  CHECK(with([](auto& j) { j["rope_parameters"] = {{"rope_theta", 1e6}, {"rope_type", "default"}}; }).rope_theta == 1e6);
+  CHECK(with([](auto& j) { j.erase("torch_dtype"); j["dtype"] = "bfloat16"; }).torch_dtype == "bfloat16");
+  CHECK_THAT(error_of([&] { with([](auto& j) { j["rope_parameters"] = {{"rope_theta", 1e6}, {"rope_type", "llama3"}}; }); }),
+             Contains("field 'rope_parameters.rope_type' is \"llama3\""));
+  CHECK_THAT(error_of([&] { with([](auto& j) { j["rope_parameters"] = {{"rope_theta", 1e6}}; j["rope_theta"] = 5e5; }); }),
+             Contains("'rope_theta' disagrees with rope_parameters.rope_theta"));
+  CHECK_THAT(error_of([&] { with([](auto& j) { j["attention_bias"] = true; }); }), Contains("'attention_bias' is true"));
+  CHECK_THAT(error_of([&] { with([](auto& j) { j["hidden_act"] = "gelu"; }); }), Contains("'hidden_act' is \"gelu\""));
+  CHECK_THAT(error_of([&] { with([](auto& j) { j["head_dim"] = 16; }); }), Contains("'head_dim' 16 is not hidden_size"));
+  CHECK(with([](auto& j) { j["head_dim"] = 8; j["attention_bias"] = false; }).head_dim() == 8);
 }
 
 TEST_CASE("model: save then load is bit-exact, sharded loads like a single file", "[model]") {
@@ -455,6 +472,7 @@ TEST_CASE("generate: a batch of different-length prompts equals one-by-one gener
 
 #include "engine.hpp"
 
+#include <functional>
 #include <thread>
 
 TEST_CASE("engine: sampled text streamed from a sharded batch equals each sequence alone", "[generate][engine]") {
@@ -594,6 +612,40 @@ TEST_CASE("generate: the text continues the prompt's text, its first space kept,
   bool spaced = false;
   for (const auto& prompt : uneven_prompts(lm)) spaced |= generate(lm.model, &lm.tok, {prompt}, p)[0].text.rfind(' ', 0) == 0;
   CHECK(spaced);
+}
+
+#include "score.hpp"
+
+TEST_CASE("score: log-probabilities from one teacher-forced pass equal the decode's logits", "[generate][score]") {
+  auto& lm = tiny_lm();
+  auto p = greedy_12();
+  const auto prompt = lm.tok.encode("plugins load", true);
+  auto gen = generate(lm.model, &lm.tok, {prompt}, p)[0];
+  std::vector<int32_t> all(prompt);
+  all.insert(all.end(), gen.tokens.begin(), gen.tokens.end());
+  auto s = score(lm.model, &lm.tok, all, 0, 3);
+  REQUIRE(s.size() == all.size());
+  CHECK(!s[0].logprob);  // nothing predicts the first token
+  CHECK(s[0].top.empty());
+  // Each position against a plain forward of its prefix: log_softmax of the last row.
+  for (std::size_t j = 1; j < all.size(); ++j) {
+    auto ids = torch::tensor(std::vector<int64_t>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(j)), torch::kInt64).view({1, -1});
+    auto lsm = torch::log_softmax(lm.model.forward(ids)[0][static_cast<int64_t>(j) - 1], -1);
+    REQUIRE(s[j].logprob);
+    CHECK(std::abs(*s[j].logprob - lsm[all[j]].item<double>()) < 1e-4);
+    REQUIRE(s[j].top.size() == 3);
+    CHECK(s[j].top[0].id == lsm.argmax().item<int64_t>());
+    CHECK(s[j].top[0].logprob >= s[j].top[1].logprob);
+    // Greedy decoding picked each generated token as its row's most likely one.
+    if (j >= prompt.size()) CHECK(s[j].top[0].id == all[j]);
+  }
+  // The tokens' texts put together are the text (leading spaces kept).
+  std::string joined;
+  for (std::size_t j = prompt.size(); j < all.size(); ++j) joined += s[j].text;
+  if (joined.find("bytes:") == std::string::npos) CHECK(joined == gen.text);
+  // Scoring from the middle returns only those; ids outside the vocabulary are refused.
+  CHECK(score(lm.model, &lm.tok, all, prompt.size(), 0).size() == gen.tokens.size());
+  CHECK_THROWS_WITH(score(lm.model, &lm.tok, {1, 99999}, 0, 1), Catch::Matchers::Contains("outside the vocabulary"));
 }
 
 TEST_CASE("generate: seeded sampling repeats, top-k 1 is greedy", "[generate]") {

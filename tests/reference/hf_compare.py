@@ -7,7 +7,8 @@ vhost_logits.json: the token ids and vhost's float32 logits for them. transforme
 Debian 12, so the comparison with it runs where it is installed, such as the lent GPU host:
 
     hf_compare.py CHECKPOINT_DIR...             transformers' LlamaForCausalLM (eager attention):
-                                                CPU float32, and with CUDA, GPU float32 and bfloat16
+                                                CPU float32 and bfloat16, and with CUDA, GPU float32
+                                                and bfloat16 (bfloat16 reported, not judged)
     hf_compare.py --formulas CHECKPOINT_DIR...  llama_reference.py's forward instead of transformers
                                                 (runs anywhere; the test of this script)
 
@@ -58,7 +59,7 @@ def main(argv):
     # Full float32 products on the GPU (no TF32), as on the CPU.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    runs = [("cpu", torch.float32)]
+    runs = [("cpu", torch.float32)] + ([] if formulas else [("cpu", torch.bfloat16)])  # bfloat16: reported
     if not formulas and torch.cuda.is_available():
         runs += [("cuda", torch.float32), ("cuda", torch.bfloat16)]
     logits_of = formula_logits if formulas else hf_logits

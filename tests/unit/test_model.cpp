@@ -2,6 +2,8 @@
 // generate stages, backend wiring, and the CLI commands on top.
 #include "helpers.hpp"
 
+#include <sstream>
+
 #if VHOST_HAVE_TORCH
 
 static const fs::path kSharedTok = fs::path(VHOST_SOURCE_DIR) / ".." / "shared" / "models" / "llama2_tokenizer.model";
@@ -57,6 +59,26 @@ TEST_CASE("tokenizer commands: encode, decode, train, malformed input", "[model]
   CHECK(ids[0] == 1);
   r = run_cmd("echo '" + ids.dump() + "' | " + vhost_cmd("tokenizer decode --model " + (dir / "tokenizer.model").string()));
   CHECK(r.out == "stages run");
+
+  // --jsonl: one JSON string a line in, one array of ids a line out, each as encoding it alone.
+  r = run_cmd("printf '\"stages run\"\\n\"a\\\\tb\"\\n' | " + vhost_cmd("tokenizer encode --jsonl --model " + dir.string()));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  {
+    std::istringstream lines(r.out);
+    std::string one, two;
+    std::getline(lines, one);
+    std::getline(lines, two);
+    CHECK(nlohmann::json::parse(one) == nlohmann::json(std::vector<int>(ids.begin() + 1, ids.end())));
+    auto tab = run_cmd("printf 'a\\tb' | " + vhost_cmd("tokenizer encode --model " + dir.string()));
+    CHECK(nlohmann::json::parse(two) == nlohmann::json::parse(tab.out));
+  }
+  r = run_cmd("printf '\"ok\"\\n5\\n' | " + vhost_cmd("tokenizer encode --jsonl --model " + dir.string()));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("stdin:2: expected a JSON string, got number"));
+  r = run_cmd("printf '\"ok\\n' | " + vhost_cmd("tokenizer encode --jsonl --model " + dir.string()));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("stdin:1: not a JSON string"));
 
   r = run_cmd("echo '[1, \"x\"]' | " + vhost_cmd("tokenizer decode --model " + dir.string()));
   CHECK(r.rc == 2);

@@ -68,8 +68,33 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& s
     c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
   }
   if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) c.torch_dtype = j["torch_dtype"];
+  else if (j.contains("dtype") && j["dtype"].is_string()) c.torch_dtype = j["dtype"];  // transformers 5's name
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     throw bad("rope_scaling", "is set; scaled rotary embeddings are not supported yet");
+  // transformers 5 writes the rotary settings as "rope_parameters": {"rope_theta", "rope_type"}.
+  if (j.contains("rope_parameters") && !j["rope_parameters"].is_null()) {
+    const auto& rp = j["rope_parameters"];
+    if (!rp.is_object()) throw bad("rope_parameters", "must be an object");
+    if (rp.contains("rope_type") && rp["rope_type"] != "default")
+      throw bad("rope_parameters.rope_type", "is " + rp["rope_type"].dump() + "; only \"default\" rotary embeddings are supported yet");
+    if (rp.contains("rope_theta") && !rp["rope_theta"].is_null()) {
+      if (!rp["rope_theta"].is_number() || !(rp["rope_theta"].get<double>() > 0))
+        throw bad("rope_parameters.rope_theta", "must be a positive number");
+      double theta = rp["rope_theta"].get<double>();
+      if (j.contains("rope_theta") && j["rope_theta"].is_number() && j["rope_theta"].get<double>() != theta)
+        throw bad("rope_theta", "disagrees with rope_parameters.rope_theta");
+      c.rope_theta = theta;
+    }
+  }
+  // Variants of the architecture this plugin does not compute: refused, never silently ignored.
+  for (const char* f : {"attention_bias", "mlp_bias"})
+    if (j.contains(f) && j[f].is_boolean() && j[f].get<bool>()) throw bad(f, "is true; biases are not supported");
+  if (j.contains("hidden_act") && j["hidden_act"].is_string() && j["hidden_act"] != "silu")
+    throw bad("hidden_act", "is " + j["hidden_act"].dump() + "; only \"silu\" is supported");
+  if (j.contains("head_dim") && j["head_dim"].is_number_integer() && c.num_attention_heads > 0 &&
+      j["head_dim"].get<int64_t>() != c.hidden_size / c.num_attention_heads)
+    throw bad("head_dim", std::to_string(j["head_dim"].get<int64_t>()) + " is not hidden_size / num_attention_heads (" +
+                              std::to_string(c.hidden_size / c.num_attention_heads) + "); not supported");
   if (c.hidden_size % c.num_attention_heads != 0)
     throw bad("hidden_size", std::to_string(c.hidden_size) + " is not divisible by num_attention_heads " +
                                  std::to_string(c.num_attention_heads));

@@ -3,6 +3,7 @@
 #include <vhost/plugin.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <random>
 
 namespace vhost::llama {
@@ -20,6 +21,10 @@ struct Engine::Request {
   bool done = false;
   std::exception_ptr error;
   std::condition_variable cv;
+  std::chrono::steady_clock::time_point queued_at = std::chrono::steady_clock::now();
+  void admitted() {
+    result.queue_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - queued_at).count();
+  }
 };
 
 Engine::Engine(const LlamaModel& model, const Tokenizer* tokenizer, int64_t max_batch, int64_t max_context,
@@ -58,6 +63,9 @@ Engine::Stats Engine::stats() const {
   s.steps = steps_;
   s.tokens = tokens_;
   s.mean_batch = steps_ ? static_cast<double>(row_steps_) / static_cast<double>(steps_) : 0.0;
+  // Rows share one length (left-padded): each active row holds cache_.length slots of capacity_.
+  s.kv_cache_usage = static_cast<double>(rows_.size()) * static_cast<double>(cache_.length) /
+                     static_cast<double>(std::max<int64_t>(1, max_batch_ * capacity_));
   return s;
 }
 
@@ -115,6 +123,7 @@ void Engine::loop() {
         model_.decode_shards(static_cast<int64_t>(rows_.size())) >= 2) {
       joining = waiting_.front();
       waiting_.pop_front();
+      joining->admitted();
     } else {
       admit(lock);
     }
@@ -150,6 +159,7 @@ void Engine::admit(std::unique_lock<std::mutex>& lock) {
   while (static_cast<int64_t>(rows_.size()) < max_batch_ && !waiting_.empty()) {
     auto r = waiting_.front();
     waiting_.pop_front();
+    r->admitted();
     lock.unlock();
     try {
       if (rows_.empty()) cache_.length = 0;
@@ -160,7 +170,7 @@ void Engine::admit(std::unique_lock<std::mutex>& lock) {
       rows_.push_back(r);
       pad_.push_back(pad);
       next_.push_back(0);
-      int32_t tok = static_cast<int32_t>(sample_token(logits, r->p, r->seen, r->gen));
+      int32_t tok = static_cast<int32_t>(sample_token(logits, r->p, r->seen, r->gen, &r->result.tokens));
       emit(rows_.size() - 1, tok);
     } catch (...) {
       if (!rows_.empty() && rows_.back() == r) {
@@ -227,13 +237,13 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
     KVCache view = cache_.rows(r0, n);
     auto logits = model_.forward(ids.narrow(0, r0, n), &view, pads.narrow(0, r0, n)).select(1, 0).to(torch::kCPU, torch::kFloat32);
     std::vector<const SamplingParams*> ps;
-    std::vector<const std::vector<int32_t>*> ss;
+    std::vector<const std::vector<int32_t>*> ss, generated;
     std::vector<torch::Generator*> gs;
     for (int64_t i = r0; i < r0 + n; ++i) {
       auto& r = rows_[static_cast<std::size_t>(i)];
-      ps.push_back(&r->p), ss.push_back(&r->seen), gs.push_back(&r->gen);
+      ps.push_back(&r->p), ss.push_back(&r->seen), gs.push_back(&r->gen), generated.push_back(&r->result.tokens);
     }
-    auto got = sample_tokens(logits, ps, ss, gs);
+    auto got = sample_tokens(logits, ps, ss, gs, generated);
     for (int64_t i = r0; i < r0 + n; ++i) {
       const int32_t tok = static_cast<int32_t>(got[static_cast<std::size_t>(i - r0)]);
       picks[static_cast<std::size_t>(i)] = tok;
@@ -279,7 +289,7 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
   if (joining && !joining_error) {
     auto at = std::find(rows_.begin(), rows_.end(), joining) - rows_.begin();
     emit(static_cast<std::size_t>(at),
-         static_cast<int32_t>(sample_token(joining_logits, joining->p, joining->seen, joining->gen)));
+         static_cast<int32_t>(sample_token(joining_logits, joining->p, joining->seen, joining->gen, &joining->result.tokens)));
   }
 }
 

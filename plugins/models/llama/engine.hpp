@@ -41,6 +41,7 @@ class Engine {
   struct Stats {
     int64_t active = 0, queued = 0, max_batch = 0, steps = 0, tokens = 0;
     double mean_batch = 0;  // rows per decode step, over the engine's life
+    double kv_cache_usage = 0;  // share of the KV cache's slots (rows x positions) in use now
   };
   Stats stats() const;
 

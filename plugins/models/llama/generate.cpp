@@ -10,6 +10,7 @@
 #include <cmath>
 #include <random>
 #include <mutex>
+#include <map>
 #include <set>
 
 namespace vhost::llama {
@@ -22,6 +23,8 @@ void validate(const SamplingParams& p) {
   if (!(p.top_p > 0 && p.top_p <= 1)) throw bad("top_p", "must be in (0, 1]");
   if (p.top_k < 0) throw bad("top_k", "must be >= 0");
   if (!(p.repetition_penalty > 0) || !std::isfinite(p.repetition_penalty)) throw bad("repetition_penalty", "must be > 0");
+  if (!(p.presence_penalty >= -2 && p.presence_penalty <= 2)) throw bad("presence_penalty", "must be in [-2, 2]");
+  if (!(p.frequency_penalty >= -2 && p.frequency_penalty <= 2)) throw bad("frequency_penalty", "must be in [-2, 2]");
   if (p.max_tokens < 1) throw bad("max_tokens", "must be >= 1");
   for (const auto& s : p.stop)
     if (s.empty()) throw bad("stop", "strings must not be empty");
@@ -44,13 +47,24 @@ int64_t draw(const torch::Tensor& probs, double u) {
   return std::min<int64_t>(idx, probs.size(0) - 1);
 }
 
-bool plain(const SamplingParams& p) { return p.repetition_penalty == 1.0 && p.top_k == 0 && p.top_p >= 1.0; }
+bool penalised(const SamplingParams& p) {
+  return p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+}
+bool plain(const SamplingParams& p) { return !penalised(p) && p.top_k == 0 && p.top_p >= 1.0; }
 
 }  // namespace
 
 int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const std::vector<int32_t>& seen,
-                     torch::Generator& gen) {
+                     torch::Generator& gen, const std::vector<int32_t>* generated) {
   auto row = logits.to(torch::kCPU, torch::kFloat32).clone();
+  if ((p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) && generated && !generated->empty()) {
+    std::map<int32_t, int> count;
+    for (int32_t t : *generated) ++count[t];
+    float* x = row.data_ptr<float>();
+    for (const auto& [t, c] : count)
+      if (t >= 0 && t < row.size(0))
+        x[t] -= static_cast<float>(p.presence_penalty + p.frequency_penalty * c);
+  }
   if (p.repetition_penalty != 1.0 && !seen.empty()) {
     std::set<int64_t> distinct(seen.begin(), seen.end());
     auto idx = torch::tensor(std::vector<int64_t>(distinct.begin(), distinct.end()), torch::kInt64);
@@ -91,7 +105,8 @@ static void greedy_ids(const torch::Tensor& lg, const std::vector<int64_t>& rows
 
 std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vector<const SamplingParams*>& params,
                                    const std::vector<const std::vector<int32_t>*>& seen,
-                                   const std::vector<torch::Generator*>& gens) {
+                                   const std::vector<torch::Generator*>& gens,
+                                   const std::vector<const std::vector<int32_t>*>& generated) {
   const int64_t R = logits.size(0);
   std::vector<int64_t> out(static_cast<std::size_t>(R), 0);
   auto lg = logits.to(torch::kCPU, torch::kFloat32);
@@ -100,7 +115,7 @@ std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vecto
   std::vector<int64_t> greedy, sampled;
   for (int64_t r = 0; r < R; ++r) {
     const SamplingParams& p = *params[r];
-    if (!plain(p)) out[r] = sample_token(lg[r], p, *seen[r], *gens[r]);
+    if (!plain(p)) out[r] = sample_token(lg[r], p, *seen[r], *gens[r], generated.empty() ? nullptr : generated[r]);
     else (p.temperature == 0 ? greedy : sampled).push_back(r);
   }
   auto rows = lg.contiguous();
@@ -209,7 +224,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
   const bool any_pad = pad.gt(0).any().item<bool>();
   const torch::Tensor step_pad = any_pad ? pad : torch::Tensor();
   auto logits = model.forward(tokens, &cache, step_pad, /*last_only=*/true).select(1, 0);  // [B, V]
-  const bool plain_greedy = p.temperature == 0 && p.repetition_penalty == 1.0;
+  const bool plain_greedy = p.temperature == 0 && !penalised(p);
   std::vector<int64_t> next_ids(B), all_rows(B);
   for (int64_t b = 0; b < B; ++b) all_rows[b] = b;
   for (int64_t step = 0; step < p.max_tokens; ++step) {
@@ -221,10 +236,10 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
         if (state[b].done) next_ids[b] = 0;
         else rows.push_back(b);
       std::vector<const SamplingParams*> ps(rows.size(), &p);
-      std::vector<const std::vector<int32_t>*> ss;
+      std::vector<const std::vector<int32_t>*> ss, gen_so_far;
       std::vector<torch::Generator*> gs;
-      for (auto b : rows) ss.push_back(&seen[b]), gs.push_back(&gens[b]);
-      auto picks = sample_tokens(lg.index_select(0, torch::tensor(rows, torch::kInt64)), ps, ss, gs);
+      for (auto b : rows) ss.push_back(&seen[b]), gs.push_back(&gens[b]), gen_so_far.push_back(&results[b].tokens);
+      auto picks = sample_tokens(lg.index_select(0, torch::tensor(rows, torch::kInt64)), ps, ss, gs, gen_so_far);
       for (std::size_t i = 0; i < rows.size(); ++i) next_ids[rows[i]] = picks[i];
     }
     // Account the new tokens; stop what has stopped.

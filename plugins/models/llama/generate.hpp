@@ -18,6 +18,9 @@ struct SamplingParams {
   double top_p = 1.0;               // nucleus: smallest set of tokens with this much probability
   int64_t top_k = 0;                // 0: no limit
   double repetition_penalty = 1.0;  // > 1 discourages tokens already in the sequence (CTRL / HF)
+  // OpenAI's: subtracted from the logit of each token already generated (presence), and once
+  // per time it was (frequency); over the generated tokens only, as vLLM does. In [-2, 2].
+  double presence_penalty = 0.0, frequency_penalty = 0.0;
   int64_t max_tokens = 256;
   std::vector<std::string> stop;    // the text ends before the first of these
   std::optional<uint64_t> seed;     // sequence i of a batch samples with seed + i
@@ -29,6 +32,7 @@ struct GenerationResult {
   std::string text;             // decoded, cut before a stop string
   std::string finish_reason;    // "stop" (EOS or stop string), "length", "cancelled"
   int64_t prompt_tokens = 0;
+  double queue_seconds = 0;  // waiting for a batch row (the engine), before the prefill
 };
 
 // Called for each sequence as text becomes final: whole UTF-8 characters, never part of a stop
@@ -43,17 +47,19 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
 
 void validate(const SamplingParams& p);
 
-// One token from a row of logits [V]: repetition penalty over `seen`, then greedy, or
-// temperature, top-k, top-p and a draw from `gen`.
+// One token from a row of logits [V]: repetition penalty over `seen`, presence and frequency
+// penalties over `generated` (the tokens generated so far), then greedy, or temperature, top-k,
+// top-p and a draw from `gen`.
 int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const std::vector<int32_t>& seen,
-                     torch::Generator& gen);
+                     torch::Generator& gen, const std::vector<int32_t>* generated = nullptr);
 
 // One token per row of logits [R, V], each row with its own parameters, history and generator.
 // Rows without penalty, top-k or top-p are sampled together (one softmax for all); a row draws
 // the same token here as sample_token would give it alone.
 std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vector<const SamplingParams*>& params,
                                    const std::vector<const std::vector<int32_t>*>& seen,
-                                   const std::vector<torch::Generator*>& gens);
+                                   const std::vector<torch::Generator*>& gens,
+                                   const std::vector<const std::vector<int32_t>*>& generated = {});
 
 // Length of the longest suffix of `text` that is a proper prefix of a stop string: text that
 // may still become a stop string, and so must not be streamed yet.

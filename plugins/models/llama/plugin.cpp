@@ -5,6 +5,7 @@
 #include "gguf.hpp"
 #include "decode_kernels.hpp"
 #include "model.hpp"
+#include "score.hpp"
 #include "tokenizer.hpp"
 #include "train.hpp"
 
@@ -164,7 +165,7 @@ class LlamaPlugin final : public vhost::Model {
   json engine_json() const {
     auto s = engine_->stats();
     return {{"max_batch", s.max_batch}, {"active", s.active}, {"queued", s.queued}, {"steps", s.steps},
-            {"tokens", s.tokens}, {"mean_batch", s.mean_batch}};
+            {"tokens", s.tokens}, {"mean_batch", s.mean_batch}, {"kv_cache_usage", s.kv_cache_usage}};
   }
 
   std::vector<std::int32_t> encode(std::string_view text, bool bos, bool eos) const override {
@@ -177,12 +178,15 @@ class LlamaPlugin final : public vhost::Model {
   }
   json tokenizer_info() const override {
     return {{"bos_id", tokenizer_->bos_id()},
+            {"bos_token", "<s>"},  // LLaMA's SentencePiece names for them
+            {"eos_token", "</s>"},
             {"eos_id", config_.eos_token_id},
             {"vocab_size", tokenizer_->vocab_size()},
             {"context", config_.max_position_embeddings},
             {"template", template_},
             {"max_batch", engine_ ? max_batch_ : 1},  // concurrent generate calls worth making
-            {"concurrent", engine_ != nullptr}};      // generate may be called from several threads
+            {"concurrent", engine_ != nullptr},       // generate may be called from several threads
+            {"logprobs", true}};                      // generate takes logprobs / prompt_logprobs
   }
 
   // Fine-tunes from this instance's checkpoint (re-read in float32: the master weights), on the
@@ -226,6 +230,8 @@ class LlamaPlugin final : public vhost::Model {
     p.top_p = field(req, "top_p", 1.0);
     p.top_k = field<int64_t>(req, "top_k", 0);
     p.repetition_penalty = field(req, "repetition_penalty", 1.0);
+    p.presence_penalty = field(req, "presence_penalty", 0.0);
+    p.frequency_penalty = field(req, "frequency_penalty", 0.0);
     p.max_tokens = field<int64_t>(req, "max_tokens", 256);
     p.stop = field(req, "stop", std::vector<std::string>{});
     p.ignore_eos = field(req, "ignore_eos", false);
@@ -242,8 +248,27 @@ class LlamaPlugin final : public vhost::Model {
     if (prompts.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "'prompts' is empty");
     if (!model_)
       throw vhost::Error(VHOST_ERR_UNSUPPORTED, path_.string() + ": opened with load_weights = false: cannot generate");
+    // Log-probabilities: "logprobs": K for the generated tokens, "prompt_logprobs": K for the
+    // prompt's (K alternatives each, 0..20); "max_tokens": 0 scores the prompt only.
+    auto top_k_of = [&](const char* key) -> int64_t {
+      if (!req.contains(key) || req[key].is_null()) return -1;
+      int64_t k = field<int64_t>(req, key, 0);
+      if (k < 0 || k > 20) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, std::string(key) + " must be in [0, 20]");
+      return k;
+    };
+    const int64_t lp = top_k_of("logprobs"), plp = top_k_of("prompt_logprobs");
+    const bool score_only = p.max_tokens == 0;
+    if (score_only && plp < 0)
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "max_tokens 0 generates nothing: it needs prompt_logprobs (scoring)");
     std::vector<vhost::llama::GenerationResult> results;
-    if (engine_) {
+    if (score_only) {
+      for (const auto& pr : prompts) {
+        vhost::llama::GenerationResult r;
+        r.finish_reason = "length";
+        r.prompt_tokens = static_cast<int64_t>(pr.size());
+        results.push_back(r);
+      }
+    } else if (engine_) {
       // Each prompt is one engine sequence (seed + i, as in a batch); they run concurrently.
       results.resize(prompts.size());
       std::vector<std::exception_ptr> errors(prompts.size());
@@ -274,7 +299,27 @@ class LlamaPlugin final : public vhost::Model {
     int64_t prompt_tokens = 0, completion_tokens = 0;
     for (std::size_t i = 0; i < results.size(); ++i) {
       choices.push_back({{"index", i}, {"text", results[i].text}, {"tokens", results[i].tokens},
-                         {"finish_reason", results[i].finish_reason}});
+                         {"finish_reason", results[i].finish_reason}, {"queue_s", results[i].queue_seconds}});
+      if (lp >= 0 || plp >= 0) {
+        std::vector<int32_t> all(prompts[i]);
+        all.insert(all.end(), results[i].tokens.begin(), results[i].tokens.end());
+        const std::size_t P = prompts[i].size();
+        auto scores = vhost::llama::score(*model_, tokenizer_.get(), all, plp >= 0 ? 0 : P, std::max(lp, plp));
+        auto part = [&](std::size_t from, std::size_t to, int64_t k) {
+          json out = json::array();
+          for (std::size_t j = from; j < to; ++j) {
+            const auto& sc = scores[j - (plp >= 0 ? 0 : P)];
+            json top = json::array();
+            for (std::size_t a = 0; a < sc.top.size() && static_cast<int64_t>(a) < k; ++a)
+              top.push_back({sc.top[a].id, sc.top[a].text, sc.top[a].logprob});
+            out.push_back({{"id", sc.id}, {"text", sc.text}, {"logprob", sc.logprob ? json(*sc.logprob) : json(nullptr)},
+                           {"top", top}});
+          }
+          return out;
+        };
+        if (plp >= 0) choices.back()["prompt_logprobs"] = part(0, P, plp);
+        if (lp >= 0) choices.back()["logprobs"] = part(P, all.size(), lp);
+      }
       prompt_tokens += results[i].prompt_tokens;
       completion_tokens += static_cast<int64_t>(results[i].tokens.size());
     }
@@ -318,6 +363,12 @@ class LlamaPlugin final : public vhost::Model {
     }
     if (name == "encode") {
       auto tok = open_tokenizer(need("tokenizer"));
+      if (args.contains("texts")) {  // many at once: {"texts": [...]} -> {"ids": [[...]...]}
+        json all = json::array();
+        for (const auto& t : field(args, "texts", std::vector<std::string>{}))
+          all.push_back(tok.encode(t, field(args, "bos", false), field(args, "eos", false)));
+        return {{"ids", all}};
+      }
       return {{"ids", tok.encode(field<std::string>(args, "text", ""), field(args, "bos", false), field(args, "eos", false))}};
     }
     if (name == "decode") {

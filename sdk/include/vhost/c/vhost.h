@@ -154,10 +154,14 @@ typedef struct vhost_model_iface {
   vhost_status* (*decode)(void* self, const int32_t* ids, size_t n, vhost_sink* text);
   /* request: {"prompts": ["..."]} or {"prompt_ids": [[1, 2]]}, "add_bos": true, "max_tokens": 256,
    *          "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
-   *          "seed": 42 (optional), "stop": ["..."]
-   * reply:   {"choices": [{"index", "text", "tokens": [...], "finish_reason": "stop"|"length"|"cancelled"}],
+   *          "presence_penalty": 0, "frequency_penalty": 0, "seed": 42 (optional), "stop": ["..."],
+   *          where tokenizer_info says "logprobs": true, also "logprobs": K and "prompt_logprobs": K
+   *          (0..20 alternatives; "max_tokens": 0 with prompt_logprobs only scores)
+   * reply:   {"choices": [{"index", "text", "tokens": [...], "finish_reason": "stop"|"length"|"cancelled",
+   *                        "logprobs"/"prompt_logprobs": [{"id", "text", "logprob" (null for the
+   *                        first prompt token), "top": [[id, text, logprob]...]}...]}],
    *           "usage": {"prompt_tokens", "completion_tokens"}}
-   * on_token may be NULL. */
+   * "text" continues the prompt's text (its first space kept). on_token may be NULL. */
   vhost_status* (*generate)(void* self, const char* request_json, vhost_token_fn on_token, void* ctx,
                             vhost_sink* reply_json);
   /* Plugin-level operations ("init", "train-tokenizer", "encode", "convert"...): args JSON in,
@@ -166,7 +170,9 @@ typedef struct vhost_model_iface {
   /* 1.1: like encode without BOS/EOS, plus each id's byte span in `text`: how training labels
    * find the tokens of an assistant's reply inside a rendered conversation. */
   vhost_status* (*encode_spans)(void* self, const char* text, size_t len, vhost_spans_fn out, void* ctx);
-  /* 1.1: {"bos_id", "eos_id", "vocab_size", "template": the model's conversation template name}. */
+  /* 1.1: {"bos_id", "eos_id", "vocab_size", "template": the model's conversation template name};
+   * optional: "bos_token"/"eos_token" (their text), "context", "max_batch", "concurrent",
+   * "logprobs" (generate takes logprobs / prompt_logprobs). */
   vhost_status* (*tokenizer_info)(void* self, vhost_sink* info_json);
   /* 1.2: fine-tunes the instance's weights on a prepared dataset (vhost/token_dataset.hpp),
    * resuming from the newest complete checkpoint in request.out. Request and reply: docs/training.md.

@@ -1,0 +1,80 @@
+"""vhost serve driven by the official openai Python client (the pinned one in
+scripts/interop-env.sh): chat and completions, streamed and not, n and seeds, logprobs, echo
+and scoring, prompts as lists and as token ids, and errors arriving as the client's typed
+exceptions.   openai_python.py BASE_URL MODEL API_KEY"""
+import json
+import sys
+import urllib.request
+
+import openai
+
+base, model, key = sys.argv[1:]
+client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+
+assert [m.id for m in client.models.list().data] == [model]
+
+chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=8, seed=1)
+assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens >= 1, chat
+parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=8, seed=1, stream=True) if c.choices]
+assert "".join(parts) == chat.choices[0].message.content, (parts, chat.choices[0].message.content)
+
+# Completions: the continuation keeps its leading space; streamed text equals the whole.
+c = client.completions.create(model=model, prompt="The plugin", max_tokens=12, temperature=0, seed=3)
+streamed = "".join(x.choices[0].text for x in client.completions.create(
+    model=model, prompt="The plugin", max_tokens=12, temperature=0, stream=True))
+assert streamed == c.choices[0].text, (streamed, c.choices[0].text)
+two = client.completions.create(model=model, prompt=["a", "the host"], max_tokens=4, n=2, seed=7, temperature=1)
+assert [x.index for x in two.choices] == [0, 1, 2, 3], two
+
+# logprobs: one entry per token; temperature 0 picks each row's most likely token.
+lp = client.completions.create(model=model, prompt="The plugin", max_tokens=6, temperature=0, logprobs=3,
+                               extra_body={"ignore_eos": True})
+L = lp.choices[0].logprobs
+assert len(L.tokens) == len(L.token_logprobs) == len(L.top_logprobs) == len(L.text_offset) == 6, L
+for tok, val, top in zip(L.tokens, L.token_logprobs, L.top_logprobs):
+    assert len(top) <= 3 and abs(max(top.values()) - val) < 1e-6, (tok, val, top)
+assert "".join(L.tokens) == lp.choices[0].text or "bytes:" in "".join(L.tokens), (L.tokens, lp.choices[0].text)
+# echo + max_tokens 0: the prompt scored (lm-eval's loglikelihood); its first token has none.
+req = urllib.request.Request(base + "/tokenize", json.dumps({"prompt": "The plugin loads"}).encode(),
+                             {"Content-Type": "application/json", "Authorization": "Bearer " + key})
+ids = json.load(urllib.request.urlopen(req))["tokens"]  # vLLM's endpoint; add_special_tokens: BOS first
+sc = client.completions.create(model=model, prompt=ids, max_tokens=0, echo=True, logprobs=1)
+S = sc.choices[0].logprobs
+assert len(S.token_logprobs) == len(ids) and S.token_logprobs[0] is None and all(v < 0 for v in S.token_logprobs[1:]), S
+assert sc.choices[0].text == "The plugin loads" and sc.usage.completion_tokens == 0, sc
+# The same tokens as text give the same scores.
+sc2 = client.completions.create(model=model, prompt="The plugin loads", max_tokens=0, echo=True, logprobs=1)
+assert sc2.choices[0].logprobs.token_logprobs == S.token_logprobs, (sc2.choices[0].logprobs.token_logprobs, S.token_logprobs)
+# Chat logprobs.
+cl = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                    logprobs=True, top_logprobs=2, temperature=0)
+content = cl.choices[0].logprobs.content
+assert 1 <= len(content) <= 4 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content), content
+
+# Errors as the client's typed exceptions, with the parameter named.
+def raises(exc, param, **kw):
+    try:
+        client.completions.create(model=model, **kw)
+    except exc as e:
+        assert e.body.get("param") == param, (kw, e.body)
+        return
+    raise AssertionError(f"{kw}: no {exc.__name__}")
+try:
+    client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    raise AssertionError("an unknown model was served")
+except openai.NotFoundError as e:
+    assert e.body["code"] == "model_not_found", e.body
+raises(openai.BadRequestError, "temperature", prompt="x", temperature=9)
+raises(openai.BadRequestError, "max_tokens", prompt="x", max_tokens=0)  # 0 only with echo
+raises(openai.BadRequestError, "logprobs", prompt="x", logprobs=3, stream=True)
+raises(openai.BadRequestError, "logit_bias", prompt="x", logit_bias={"5": 10})
+raises(openai.BadRequestError, "prompt", prompt=[99999])
+raises(openai.BadRequestError, "suffix", prompt="x", suffix="y")
+bad = openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0)
+try:
+    bad.models.list()
+    raise AssertionError("a wrong key was let in")
+except openai.AuthenticationError:
+    pass
+print("openai python client: ok")
