@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes the venv of the ecosystem's own tools that the interoperability tests drive vhost with:
-# the official openai Python client, lm-evaluation-harness (its API models), prometheus_client.
+# the official openai Python client, lm-evaluation-harness (its API models), prometheus_client,
+# FastChat's llm_judge (fschat, without its dependencies).
 # Pinned; the project's own venv (default build/venv-interop, ignored by git), never
 # system-wide; pip's cache makes a second run quick. Idempotent; no torch (lm-eval's API models
 # need none). Exit 3 when it cannot be made (no PyPI): the tests then report a CTest skip.
@@ -8,10 +9,11 @@
 set -euo pipefail
 venv=${1:-build/venv-interop}
 pins=("lm-eval[api]==0.4.13" "openai==3.60.0" "prometheus-client==0.26.0")
+nodeps=("fschat==0.2.36")  # FastChat's llm_judge scripts only (its dependencies would pull in far more)
 stamp="$venv/.vhost-pins"
 py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3)
-want=$(printf '%s\n' "${pins[@]}")
+want=$(printf '%s\n' "${pins[@]}" "${nodeps[@]}")
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # One maker at a time (the tests that need it may start together).
   exec 9>"${venv%/}.lock"
@@ -20,6 +22,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     echo "interop-env: installing ${pins[*]} into $venv" >&2
     { "$py" -m venv "$venv" >&2 &&
       "$venv/bin/pip" install -q --disable-pip-version-check "${pins[@]}" >&2 &&
+      "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "${nodeps[@]}" >&2 &&
       printf '%s\n' "$want" > "$stamp"; } || { echo "interop-env: cannot make $venv (is PyPI reachable?)" >&2; exit 3; }
   fi
 fi

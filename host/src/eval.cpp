@@ -110,19 +110,33 @@ bool parse_review_scores(const std::string& text, double& a, double& b, bool& fr
   return true;
 }
 
+// As FastChat's llm_judge/common.py: "[[7.5]]", else the backup "[7.5]"; the number as
+// \d+\.?\d*; no range check (FastChat has none: the report counts ratings outside 1-10).
 bool parse_rating(const std::string& text, double& r) {
-  static const std::regex re(R"(\[\[(\d+(?:\.\d+)?)\]\])");
+  static const std::regex two(R"(\[\[(\d+\.?\d*)\]\])"), one(R"(\[(\d+\.?\d*)\])");
   std::smatch m;
-  if (!std::regex_search(text, m, re)) return false;
+  if (!std::regex_search(text, m, two) && !std::regex_search(text, m, one)) return false;
   r = std::stod(m[1]);
-  return r >= 1 && r <= 10;
+  return true;
 }
 
+// FastChat's order: [[A]] anywhere wins, then [[B]], then [[C]].
 bool parse_verdict(const std::string& text, char& v) {
-  bool a = text.find("[[A]]") != std::string::npos, b = text.find("[[B]]") != std::string::npos,
-       c = text.find("[[C]]") != std::string::npos;
-  if (a + b + c != 1) return false;  // none, or contradicting verdicts
-  v = a ? 'A' : b ? 'B' : 'C';
+  for (char c : {'A', 'B', 'C'})
+    if (text.find(std::string("[[") + c + "]]") != std::string::npos) {
+      v = c;
+      return true;
+    }
+  return false;
+}
+
+// FastChat's "[[rating_a,rating_b]]" output format (backup "[a, b]"); a tie within 0.1.
+bool parse_two_ratings(const std::string& text, double& a, double& b) {
+  static const std::regex two(R"(\[\[(\d+\.?\d*),\s?(\d+\.?\d*)\]\])"), one(R"(\[(\d+\.?\d*),\s?(\d+\.?\d*)\])");
+  std::smatch m;
+  if (!std::regex_search(text, m, two) && !std::regex_search(text, m, one)) return false;
+  a = std::stod(m[1]);
+  b = std::stod(m[2]);
   return true;
 }
 
@@ -132,6 +146,7 @@ namespace {
 
 struct Prompt {
   std::string system, user;  // user: a template with {question}, {answer_a}, ...
+  std::string format = "";   // FastChat's output_format when from judge_prompts.jsonl
 };
 
 std::string fill(std::string t, const std::map<std::string, std::string>& v) {
@@ -193,7 +208,12 @@ struct Tally {
   json to_json() const {
     json j = {{"win", win}, {"tie", tie}, {"loss", loss}, {"inconsistent", inconsistent}, {"errors", errors}};
     int n = win + tie + loss;
-    j["better_or_equal"] = n ? static_cast<double>(win + tie) / n : 0.0;
+    auto rate = [&](double x) { return n ? json(x / n) : json(nullptr); };  // null: no data
+    j["better_or_equal"] = rate(win + tie);
+    // FastChat's show_result.py: over the questions judged (errors out, inconsistent as ties).
+    j["win_rate"] = rate(win);
+    j["loss_rate"] = rate(loss);
+    j["win_rate_adjusted"] = rate(win + 0.5 * tie);
     if (scored) {
       j["total_model"] = score_model;
       j["total_baseline"] = score_base;
@@ -244,7 +264,10 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
           dirs.push_back(w == model ? 1 : w == "tie" ? 0 : -1);
         }
       }
-      if (dirs.empty()) {
+      // pairwise: a question counts only when every order was judged (FastChat drops a match
+      // whose g1 or g2 is an error); vicuna: the orders that were scored.
+      const bool any_error = std::any_of(recs.begin(), recs.end(), [](const json* r) { return r->contains("error"); });
+      if (dirs.empty() || (mode == "pairwise" && any_error)) {
         ++all.errors, ++c.errors;
         continue;
       }
@@ -295,13 +318,14 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
     for (auto& [model, recs] : single) {
       std::map<std::string, std::pair<double, int>> by_cat, by_turn;
       double sum = 0;
-      int n = 0, errors = 0;
+      int n = 0, errors = 0, outside = 0;
       for (const json* r : recs) {
         if (r->contains("error")) {
           ++errors;
           continue;
         }
         double v = (*r)["rating"].get<double>();
+        outside += v < 1 || v > 10;  // kept, as FastChat keeps them (it has no range check)
         sum += v, ++n;
         auto& c = by_cat[r->value("category", "general")];
         c.first += v, ++c.second;
@@ -309,7 +333,8 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
         t.first += v, ++t.second;
         categories.insert(r->value("category", "general"));
       }
-      json m = {{"mean", n ? sum / n : 0.0}, {"judged", n}, {"errors", errors}, {"turns", json::object()}, {"categories", json::object()}};
+      json m = {{"mean", n ? json(sum / n) : json(nullptr)}, {"judged", n}, {"errors", errors}, {"outside_1_10", outside},
+                {"turns", json::object()}, {"categories", json::object()}};
       for (auto& [k, v] : by_turn) m["turns"][k] = v.first / v.second;
       for (auto& [k, v] : by_cat) m["categories"][k] = v.first / v.second;
       report["single"][model] = m;
@@ -322,7 +347,8 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
     md += "---:|\n";
     for (auto& [model, m] : rows) {
       auto cell = [&](const json& obj, const std::string& k) { return obj.contains(k) ? fmt(obj[k].get<double>(), 2) : "-"; };
-      md += "| " + model + " | " + fmt(m["mean"].get<double>(), 2) + " | " + cell(m["turns"], "1") + " | " + cell(m["turns"], "2") + " |";
+      md += "| " + model + " | " + (m["mean"].is_null() ? std::string("-") : fmt(m["mean"].get<double>(), 2)) + " | " +
+            cell(m["turns"], "1") + " | " + cell(m["turns"], "2") + " |";
       for (auto& c : categories) md += " " + cell(m["categories"], c) + " |";
       md += " " + std::to_string(m["errors"].get<int>()) + " |\n";
     }
@@ -332,12 +358,113 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
   return report;
 }
 
+// ---- FastChat llm_judge judgment files ---------------------------------------------------------
+
+namespace {
+std::string fastchat_prompt_name(const std::string& mode, bool with_ref, int turn) {
+  return std::string(mode == "single" ? "single-" : "pair-") + (with_ref ? "math-v1" : mode == "single" ? "v1" : "v2") +
+         (turn == 2 ? "-multi-turn" : "");
+}
+
+json write_fastchat_judgments(const std::vector<json>& judgments, const std::string& judge_model, const fs::path& dir) {
+  fs::create_directories(dir);
+  std::vector<json> single;
+  // pairwise: (question, turn, model, baseline) -> {g1 (model shown first, order "ba"), g2}
+  std::map<std::tuple<int64_t, int, std::string, std::string>, std::pair<const json*, const json*>> pairs;
+  for (const auto& j : judgments) {
+    const std::string mode = j.value("mode", "");
+    if (mode == "single") {
+      single.push_back({{"question_id", j.value("question_id", int64_t{0})},
+                        {"model", j.value("model", "")},
+                        {"judge", {judge_model, j.value("prompt_name", std::string("single-v1"))}},
+                        {"user_prompt", ""},
+                        {"judgment", j.value("judge_text", "")},
+                        {"score", j.contains("rating") && !j.contains("error") ? j["rating"] : json(-1)},
+                        {"turn", j.value("turn", 1)},
+                        {"tstamp", 0}});
+    } else if (mode == "pairwise") {
+      auto key = std::make_tuple(j.value("question_id", int64_t{0}), j.value("turn", 1), j.value("model_b", ""), j.value("model_a", ""));
+      (j.value("order", "ab") == "ba" ? pairs[key].first : pairs[key].second) = &j;
+    }
+  }
+  json files = json::object();
+  auto write = [&](const std::string& name, const std::vector<json>& recs) {
+    if (recs.empty()) return;
+    fs::path f = dir / (judge_model + "_" + name + ".jsonl");
+    std::ofstream o(f);
+    for (const auto& r : recs) o << r.dump() << "\n";
+    files[name] = f.string();
+  };
+  write("single", single);
+  std::vector<json> pair;
+  for (const auto& [key, g] : pairs) {
+    const auto& [qid, turn, model, baseline] = key;
+    auto winner = [&](const json* r) -> std::string {
+      if (!r || r->contains("error")) return "error";
+      std::string w = r->value("winner", "");
+      return w == model ? "model_1" : w == baseline ? "model_2" : w == "tie" ? "tie" : "error";
+    };
+    const json* any = g.first ? g.first : g.second;
+    pair.push_back({{"question_id", qid},
+                    {"model_1", model},
+                    {"model_2", baseline},
+                    {"g1_winner", winner(g.first)},
+                    {"g2_winner", winner(g.second)},
+                    {"judge", {judge_model, any->value("prompt_name", std::string("pair-v2"))}},
+                    {"g1_user_prompt", ""},
+                    {"g1_judgment", g.first ? g.first->value("judge_text", "") : ""},
+                    {"g2_user_prompt", ""},
+                    {"g2_judgment", g.second ? g.second->value("judge_text", "") : ""},
+                    {"turn", turn},
+                    {"tstamp", 0}});
+  }
+  write("pair", pair);
+  return files;
+}
+}  // namespace
+
 std::vector<json> read_judgments(const fs::path& file, const std::vector<std::string>& names, std::vector<std::string>& warnings,
                                  const std::map<int64_t, std::string>& categories) {
   std::vector<json> out;
   for_each_jsonl(file, "", [&](const json& j, const std::string& at) {
     if (j.contains("mode")) {
       out.push_back(j);
+      return;
+    }
+    auto category_of = [&](int64_t qid) {
+      auto it = categories.find(qid);
+      return it == categories.end() ? std::string("general") : it->second;
+    };
+    // FastChat llm_judge, single: {"question_id", "model", "score" (-1: no verdict), "turn", "judgment"}.
+    if (j.contains("model") && j.contains("score") && j.contains("turn") && j.contains("question_id")) {
+      if (!j["score"].is_number() || !j["question_id"].is_number_integer() || !j["model"].is_string())
+        throw ConfigError(at + ": a FastChat single judgment needs numbers in score and question_id and a model name");
+      json r = {{"mode", "single"}, {"question_id", j["question_id"]}, {"turn", j.value("turn", 1)},
+                {"category", category_of(j["question_id"].get<int64_t>())}, {"model", j["model"]},
+                {"judge_text", j.value("judgment", "")}};
+      if (j["score"].get<double>() == -1) r["error"] = "no verdict (FastChat's -1)";
+      else r["rating"] = j["score"];
+      out.push_back(r);
+      return;
+    }
+    // FastChat llm_judge, pairwise: {"question_id", "model_1", "model_2", "g1_winner", "g2_winner",
+    // "turn"}; g1 shows model_1 first. model_2 is the baseline (FastChat's pairwise-baseline).
+    if (j.contains("model_1") && j.contains("g1_winner") && j.contains("g2_winner")) {
+      const std::string m1 = j.value("model_1", ""), m2 = j.value("model_2", "");
+      if (m1.empty() || m2.empty() || !j.contains("question_id") || !j["question_id"].is_number_integer())
+        throw ConfigError(at + ": a FastChat pairwise judgment needs question_id, model_1 and model_2");
+      for (const char* g : {"g1", "g2"}) {
+        const std::string w = j.value(std::string(g) + "_winner", "error");
+        if (w != "model_1" && w != "model_2" && w != "tie" && w != "error")
+          throw ConfigError(at + ": " + g + "_winner is '" + w + "', not model_1, model_2, tie or error");
+        json r = {{"mode", "pairwise"}, {"question_id", j["question_id"]}, {"turn", j.value("turn", 1)},
+                  {"category", category_of(j["question_id"].get<int64_t>())}, {"model_a", m2}, {"model_b", m1},
+                  {"order", std::string(g) == "g1" ? "ba" : "ab"},
+                  {"judge_text", j.value(std::string(g) + "_judgment", "")}};
+        if (w == "error") r["error"] = "no verdict (FastChat's error)";
+        else r["winner"] = w == "model_1" ? m1 : w == "model_2" ? m2 : std::string("tie");
+        out.push_back(r);
+      }
       return;
     }
     if (!j.contains("text") || !j["text"].is_string() || !j.contains("question_id") || !j["question_id"].is_number_integer())
@@ -397,11 +524,37 @@ std::string eval_html(const json& report) {
   h << "<!doctype html><html><head><meta charset=\"utf-8\"><title>vhost evaluation</title><style>"
        "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
        "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
+       ".empty{padding:1em;background:#fff4e5;border:1px solid #f0c36d}"
        "</style></head><body><h1>Evaluation</h1>\n";
+  // Who judged, and how many judgments could not be counted.
+  if (report.contains("judge") && !report["judge"].is_null()) {
+    std::string who;
+    for (auto& [k, v] : report["judge"].items()) who += (who.empty() ? "" : ", ") + k + " " + (v.is_string() ? v.get<std::string>() : v.dump());
+    h << "<p>Judge: " << esc(who) << ".";
+    if (report.contains("judgments"))
+      h << " " << report["judgments"].get<int64_t>() << " judgments, " << report.value("errors", 0)
+        << " of them not counted (no verdict, or the judge could not be asked: " << report.value("failed_requests", 0)
+        << " requests failed in this run).";
+    if (report.contains("cost_usd")) h << " Cost: " << (report["cost_usd"].is_number() ? "$" + fmt(report["cost_usd"].get<double>(), 2) : "not known (no price for this judge)") << ".";
+    h << "</p>\n";
+  }
+  bool any_counted = false;
+  for (const auto& p : report["pairs"]) {
+    const json& o = p["overall"];
+    any_counted |= o["win"].get<int>() + o["tie"].get<int>() + o["loss"].get<int>() > 0;
+  }
+  for (auto& [m, v] : report["single"].items()) any_counted |= v.value("judged", 0) > 0;
+  if (!any_counted)
+    h << "<p class=\"empty\">No judgment could be counted: every one failed or gave no verdict, so there is nothing to "
+         "chart. With the local toy judge of the quickstart this is expected; set OPENAI_API_KEY to grade with GPT-4.</p>\n";
   for (const auto& p : report["pairs"]) {
     h << "<h2>" << esc(p["model"].get<std::string>()) << " vs " << esc(p["baseline"].get<std::string>()) << " ("
       << esc(p["mode"].get<std::string>()) << ")</h2>\n";
     const json& o = p["overall"];
+    if (o["win"].get<int>() + o["tie"].get<int>() + o["loss"].get<int>() == 0) {
+      h << "<p class=\"empty\">No question of this pair could be counted (" << o["errors"].get<int>() << " errors).</p>\n";
+      continue;
+    }
     if (o.contains("relative_percent"))
       h << "<p>Total score " << fmt(o["total_model"].get<double>()) << " vs " << fmt(o["total_baseline"].get<double>())
         << ": <b>" << fmt(o["relative_percent"].get<double>()) << "%</b> of the baseline.</p>\n";
@@ -417,13 +570,20 @@ std::string eval_html(const json& report) {
       double n = t["win"].get<int>() + t["tie"].get<int>() + t["loss"].get<int>();
       double x = L;
       h << "<text x=\"" << L - 6 << "\" y=\"" << y + 13 << "\" text-anchor=\"end\">" << esc(name) << "</text>";
+      if (n == 0)
+        h << "<text x=\"" << L << "\" y=\"" << y + 13 << "\" fill=\"#888\">nothing counted (" << t["errors"].get<int>()
+          << " errors)</text>";
       const char* colors[] = {"#2ca02c", "#bbbbbb", "#d62728"};
       const char* keys[] = {"win", "tie", "loss"};
       for (int k = 0; k < 3; ++k) {
         double w = n > 0 ? (W - L - 10) * t[keys[k]].get<int>() / n : 0;
-        if (w > 0)
+        if (w > 0) {
           h << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << w << "\" height=\"" << bar << "\" fill=\"" << colors[k]
             << "\"><title>" << keys[k] << ": " << t[keys[k]].get<int>() << "</title></rect>";
+          if (w >= 16)  // the count on its bar
+            h << "<text x=\"" << x + w / 2 << "\" y=\"" << y + 13 << "\" text-anchor=\"middle\" fill=\"#fff\">"
+              << t[keys[k]].get<int>() << "</text>";
+        }
         x += w;
       }
       h << "\n";
@@ -468,12 +628,39 @@ std::string eval_html(const json& report) {
         h << x << "," << y << " ";
       }
       h << "\"/><text x=\"560\" y=\"" << 30 + 18 * k << "\" fill=\"" << col << "\">" << esc(m) << ": "
-        << fmt(v["mean"].get<double>(), 2) << "</text>\n";
+        << (v["mean"].is_null() ? std::string("-") : fmt(v["mean"].get<double>(), 2)) << "</text>\n";
       ++k;
     }
     h << "</svg>\n";
   }
-  h << "<h2>Tables</h2><pre>" << esc(report["markdown"].get<std::string>()) << "</pre></body></html>\n";
+  // The tables, as tables.
+  auto pct = [](const json& v) { return v.is_number() ? fmt(100 * v.get<double>()) + "%" : std::string("-"); };
+  for (const auto& p : report["pairs"]) {
+    h << "<h3>" << esc(p["model"].get<std::string>()) << " vs " << esc(p["baseline"].get<std::string>()) << "</h3>\n<table><tr>"
+      << "<th>category</th><th>win</th><th>tie</th><th>loss</th><th>better or equal</th><th>win rate (adjusted)</th>"
+      << "<th>inconsistent</th><th>errors</th></tr>\n";
+    auto row = [&](const std::string& name, const json& t) {
+      h << "<tr><td>" << esc(name) << "</td><td>" << t["win"] << "</td><td>" << t["tie"] << "</td><td>" << t["loss"] << "</td><td>"
+        << pct(t.value("better_or_equal", json(nullptr))) << "</td><td>" << pct(t.value("win_rate_adjusted", json(nullptr)))
+        << "</td><td>" << t["inconsistent"] << "</td><td>" << t["errors"] << "</td></tr>\n";
+    };
+    for (auto it = p["categories"].begin(); it != p["categories"].end(); ++it) row(it.key(), *it);
+    row("all", p["overall"]);
+    h << "</table>\n";
+  }
+  if (!report["single"].empty()) {
+    h << "<h3>Single-answer grading</h3>\n<table><tr><th>model</th><th>mean</th><th>turn 1</th><th>turn 2</th>"
+      << "<th>judged</th><th>errors</th><th>outside 1-10</th></tr>\n";
+    auto num = [](const json& o, const std::string& k) {
+      return o.contains(k) && o[k].is_number() ? fmt(o[k].get<double>(), 2) : std::string("-");
+    };
+    for (auto& [m, v] : report["single"].items())
+      h << "<tr><td>" << esc(m) << "</td><td>" << num(v, "mean") << "</td><td>" << num(v["turns"], "1") << "</td><td>"
+        << num(v["turns"], "2") << "</td><td>" << v.value("judged", 0) << "</td><td>" << v.value("errors", 0) << "</td><td>"
+        << v.value("outside_1_10", 0) << "</td></tr>\n";
+    h << "</table>\n";
+  }
+  h << "</body></html>\n";
   return h.str();
 }
 
@@ -626,7 +813,8 @@ json run_eval(StageContext& ctx) {
     for_each_jsonl(c["judge_prompts"].get<std::string>(), " (" + ctx.id + ".judge_prompts)", [&](const json& j, const std::string& at) {
       try {
         fastchat[j.at("name").get<std::string>()] = {j.at("system_prompt").get<std::string>(),
-                                                     j.at("prompt_template").get<std::string>()};
+                                                     j.at("prompt_template").get<std::string>(),
+                                                     j.value("output_format", std::string())};
       } catch (const json::exception& e) {
         throw ConfigError(at + ": not a judge prompt: " + e.what());
       }
@@ -717,9 +905,11 @@ json run_eval(StageContext& ctx) {
       v["answer_b_1"] = ans(t.b, 0);
       v["answer_b_2"] = ans(t.b, 1);
     }
-    return {{"messages", json::array({{{"role", "system"}, {"content", p.system}}, {{"role", "user"}, {"content", fill(p.user, v)}}})},
-            {"temperature", 0.0},
-            {"max_tokens", c["judge_max_tokens"]}};
+    json req = {{"messages", json::array({{{"role", "system"}, {"content", p.system}}, {{"role", "user"}, {"content", fill(p.user, v)}}})},
+                {"temperature", 0.0},
+                {"max_tokens", c["judge_max_tokens"]}};
+    if (!p.format.empty()) req["output_format"] = p.format;  // how to read the reply (not sent)
+    return req;
   };
 
   // Resume: a stored judgment is kept only when it was made by this judge (the plugin's
@@ -806,6 +996,7 @@ json run_eval(StageContext& ctx) {
         bool ok = false;
         std::string text;
         double cost = 0;
+        bool priced = false;  // a judge without a known price sends no cost_usd
         int attempt = 0;
         // Unparseable output is asked again (at temperature 0.7: a new request, not the cached
         // one), then recorded as an error. Never guessed.
@@ -813,7 +1004,7 @@ json run_eval(StageContext& ctx) {
           if (attempt > 0) req["temperature"] = 0.7, req["messages"][0]["content"] = req["messages"][0]["content"].get<std::string>() + " ";
           json reply = judge.judge_complete(req);
           text = reply.value("text", "");
-          cost += reply.value("cost_usd", 0.0);
+          if (reply.contains("cost_usd") && reply["cost_usd"].is_number()) cost += reply["cost_usd"].get<double>(), priced = true;
           if (mode == "vicuna") {
             double a, b;
             bool last_line = false;
@@ -826,14 +1017,21 @@ json run_eval(StageContext& ctx) {
             double r;
             if ((ok = parse_rating(text, r))) rec["rating"] = r;
           } else {
-            char verdict;
-            if ((ok = parse_verdict(text, verdict)))
-              rec["winner"] = verdict == 'C' ? std::string("tie") : verdict == 'A' ? t.a : t.b;
+            if (req.value("output_format", "") == "[[rating_a,rating_b]]") {
+              double ra, rb;
+              if ((ok = parse_two_ratings(text, ra, rb)))
+                rec["winner"] = std::abs(ra - rb) <= 0.1 ? std::string("tie") : ra > rb ? t.a : t.b;
+            } else {
+              char verdict;
+              if ((ok = parse_verdict(text, verdict)))
+                rec["winner"] = verdict == 'C' ? std::string("tie") : verdict == 'A' ? t.a : t.b;
+            }
           }
         }
         rec["attempts"] = attempt;
+        rec["prompt_name"] = fastchat_prompt_name(mode, ref_categories.count(t.q->category) && !t.q->reference.empty(), t.turn);
         rec["judge_text"] = text;
-        rec["cost_usd"] = cost;
+        rec["cost_usd"] = priced ? json(cost) : json(nullptr);
         if (!ok) {
           rec["error"] = "no verdict in the judge's reply";
           ++unparsed;
@@ -857,17 +1055,27 @@ json run_eval(StageContext& ctx) {
     ctx.out << "warning: " << failed_calls << " judge requests failed (counted as errors; run again to retry them); the first: "
             << first_failure << "\n";
 
-  // ---- report
+  // ---- report; the judgments also in FastChat's llm_judge files (its show_result.py reads them)
+  json fastchat_files;
+  if (mode != "vicuna")
+    fastchat_files = write_fastchat_judgments(judgments, identity.value("model", judge.id()), out / "model_judgment");
   json report = eval_report(judgments, baseline);
+  json cost = nullptr;  // null: no judgment had a known price (a local judge is free, not unknown-priced at GPT-4's)
+  for (const auto& j : judgments)
+    if (j.contains("cost_usd") && j["cost_usd"].is_number()) cost = (cost.is_null() ? 0.0 : cost.get<double>()) + j["cost_usd"].get<double>();
+  report["judge"] = identity;
+  report["judgments"] = judgments.size();
+  report["errors"] = std::count_if(judgments.begin(), judgments.end(), [](const json& j) { return j.contains("error"); });
+  report["failed_requests"] = failed_calls;
+  report["cost_usd"] = cost;
   std::ofstream(out / "report.md") << report["markdown"].get<std::string>();
   std::ofstream(out / "report.json") << report.dump(2) << "\n";
   std::ofstream(out / "report.html") << eval_html(report);
   ctx.out << report["markdown"].get<std::string>() << "\nreport: " << (out / "report.html").string() << "\n";
-  double cost = 0;
-  for (const auto& j : judgments) cost += j.value("cost_usd", 0.0);
   return {{"questions", questions.size()}, {"judgments", judgments.size()}, {"unparsed", unparsed.load()},
           {"failed_requests", failed_calls},
-          {"cost_usd", cost}, {"report", (out / "report.html").string()}, {"pairs", report["pairs"]}, {"single", report["single"]}};
+          {"cost_usd", cost}, {"report", (out / "report.html").string()}, {"pairs", report["pairs"]}, {"single", report["single"]},
+          {"fastchat_judgments", fastchat_files}};
 }
 
 }  // namespace vhost::host

@@ -33,8 +33,11 @@ bool parse_two_scores(const std::string& text, double& a, double& b);
 // The same, then a fallback for reviews that solve the problem first and give the two scores
 // only at the end (math): the last line that is two scores. `from_last_line` says which was used.
 bool parse_review_scores(const std::string& text, double& a, double& b, bool& from_last_line);
-bool parse_rating(const std::string& text, double& r);                  // MT-bench single: "[[7]]" (1-10)
-bool parse_verdict(const std::string& text, char& v);                   // "[[A]]", "[[B]]", "[[C]]" -> 'A','B','C'
+// As FastChat's llm_judge: "[[7.5]]" or the backup "[7.5]", no range check; the first of [[A]],
+// [[B]], [[C]] in that order; "[[8,6.5]]" (output_format "[[rating_a,rating_b]]").
+bool parse_rating(const std::string& text, double& r);
+bool parse_verdict(const std::string& text, char& v);
+bool parse_two_ratings(const std::string& text, double& a, double& b);
 
 // Recomputes the report from judgment records (this stage's judgments.jsonl lines, or FastChat's
 // GPT-4 review lines turned into them). Returns {"mode", "tables": ..., "markdown": ...}.

@@ -31,11 +31,28 @@ TEST_CASE("judge verdicts are parsed strictly, never guessed", "[eval]") {
   CHECK(parse_rating("Good answer. Rating: [[7]]", r));
   CHECK(r == 7);
   CHECK_FALSE(parse_rating("Rating: 7", r));
-  CHECK_FALSE(parse_rating("Rating: [[0]]", r));
+  // As FastChat's llm_judge/common.py: decimals, the single-bracket backup, no range check.
+  CHECK(parse_rating("Rating: [[0]]", r));
+  CHECK(r == 0);
+  CHECK(parse_rating("Rating: [[7.5]] (or [[3]])", r));
+  CHECK(r == 7.5);
+  CHECK(parse_rating("Rating: [8]", r));
+  CHECK(r == 8);
+  CHECK(parse_rating("[[7.]]", r));
+  CHECK(r == 7);
+  CHECK(parse_rating("[[11]]", r));  // kept (the report counts it outside 1-10)
   CHECK(parse_verdict("B is clearer. [[B]]", v));
   CHECK(v == 'B');
-  CHECK_FALSE(parse_verdict("[[A]] or maybe [[B]]", v));
+  CHECK(parse_verdict("[[B]] or maybe [[A]]", v));  // FastChat checks [[A]] first
+  CHECK(v == 'A');
+  CHECK(parse_verdict("[[C]] ... [[B]]", v));
+  CHECK(v == 'B');
   CHECK_FALSE(parse_verdict("A is better", v));
+  CHECK(parse_two_ratings("A: 8, B: 6.5 so [[8,6.5]]", a, b));
+  CHECK((a == 8 && b == 6.5));
+  CHECK(parse_two_ratings("[7, 9]", a, b));
+  CHECK((a == 7 && b == 9));
+  CHECK_FALSE(parse_two_ratings("[[8]]", a, b));
 }
 
 TEST_CASE("Vicuna totals, relative score and win/tie/loss from known judgments", "[eval]") {

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# vhost's MT-bench numbers against FastChat's own show_result.py (fschat 0.2.36 from PyPI, in the
+# interop venv): judgment files the eval stage writes in FastChat's format give the same
+# numbers in vhost's report as in show_result.py, and FastChat-format files written here (as
+# FastChat's gen_judgment.py writes them: decimals, a score of 11, -1 for no verdict; pairwise
+# wins both ways, a tie, an inconsistent pair, an error) load in `vhost eval report` with the
+# same numbers. Skips (CTest) where the venv cannot be made.
+#   fastchat_llm_judge.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+source "$(dirname "$0")/lib.sh" "$@"
+rc=0; py=$("$src/scripts/interop-env.sh" "$build/venv-interop" | tail -1) || rc=$?
+[ $rc = 0 ] || { [ $rc = 3 ] && { echo "SKIP: the interop venv cannot be made here"; exit 0; }; exit $rc; }
+show() { "$py" "$src/tests/interop/fastchat_show_result.py" "$@"; }
+
+# 1. The eval stage, graded by a scripted judge ([[7]] for every answer but one without a
+#    verdict; [[A]] always), writes model_judgment/*.jsonl; show_result.py reads them.
+start_scripted_judge
+cat > questions.jsonl <<'Q'
+{"question_id": 1, "category": "writing", "turns": ["Write a haiku.", "Now a limerick."]}
+{"question_id": 2, "category": "math", "turns": ["What is 2+2?"], "reference": ["4"]}
+{"question_id": 3, "category": "generic", "turns": ["NOVERDICT please"]}
+Q
+for m in alpha beta; do
+  python3 - "$m" > $m.jsonl <<'PY'
+import json, sys
+m = sys.argv[1]
+for q, n in ((1, 2), (2, 1), (3, 1)):
+    print(json.dumps({"question_id": q, "model_id": m, "choices": [{"index": 0, "turns": [f"{m} answer {t}" for t in range(n)]}]}))
+PY
+done
+for mode in single pairwise; do
+  cat > eval-$mode.toml <<TOML
+[pipeline]
+name = "fc-$mode"
+stages = ["eval"]
+[judges.j]
+plugin = "openai"
+base_url = "http://127.0.0.1:$PORT/v1"
+api_key = "test"
+backoff_s = 0.01
+[stages.eval]
+questions = "$scratch/questions.jsonl"
+answers = ["$scratch/alpha.jsonl", "$scratch/beta.jsonl"]
+baseline = "beta"
+mode = "$mode"
+out = "$scratch/out-$mode"
+TOML
+  "$vhost" run eval-$mode.toml > $mode.log 2>&1 || { cat $mode.log; exit 1; }
+done
+show single out-single/model_judgment/*_single.jsonl > fc-single.json
+show pairwise out-pairwise/model_judgment/*_pair.jsonl beta > fc-pair.json
+python3 - out-single/report.json fc-single.json out-pairwise/report.json fc-pair.json <<'PY'
+import json, sys
+ours, theirs = json.load(open(sys.argv[1]))["single"], json.load(open(sys.argv[2]))
+for m in ("alpha", "beta"):
+    assert abs(ours[m]["turns"]["1"] - theirs["turn1"][m]) < 1e-9, (m, ours[m], theirs)
+    assert abs(ours[m]["turns"]["2"] - theirs["turn2"][m]) < 1e-9, (m, ours[m], theirs)
+    assert abs(ours[m]["mean"] - theirs["average"][m]) < 1e-9, (m, ours[m], theirs)
+o, t = json.load(open(sys.argv[3]))["pairs"][0]["overall"], json.load(open(sys.argv[4]))["alpha"]
+for k in ("win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted"):
+    assert abs(o[k] - t[k]) < 1e-9, (k, o, t)
+print("  the eval stage's judgments in FastChat's files: show_result.py gives vhost's means and win rates")
+PY
+
+# 2. FastChat-made files (as gen_judgment.py writes them) in vhost eval report.
+python3 > fc_single.jsonl <<'PY'
+import json
+rows = [(1, "m1", 8.5, 1), (1, "m1", 6, 2), (2, "m1", 11, 1), (3, "m1", -1, 1), (1, "m2", 4, 1), (1, "m2", 5.5, 2),
+        (2, "m2", 7, 1), (3, "m2", 9, 1)]
+for q, m, s, t in rows:
+    print(json.dumps({"question_id": q, "model": m, "judge": ["gpt-4", "single-v1"], "user_prompt": "...",
+                      "judgment": f"... Rating: [[{s}]]", "score": s, "turn": t, "tstamp": 1.0}))
+PY
+python3 > fc_pair.jsonl <<'PY'
+import json
+rows = [(1, "model_1", "model_1", 1), (2, "model_2", "model_2", 1), (3, "tie", "tie", 1), (4, "model_1", "model_2", 1),
+        (5, "model_1", "error", 1), (1, "model_1", "tie", 2), (6, "model_1", "model_1", 1)]
+for q, g1, g2, t in rows:
+    print(json.dumps({"question_id": q, "model_1": "vicuna", "model_2": "gpt-3.5-turbo", "g1_winner": g1, "g2_winner": g2,
+                      "judge": ["gpt-4", "pair-v2"], "g1_user_prompt": "", "g1_judgment": "", "g2_user_prompt": "",
+                      "g2_judgment": "", "turn": t, "tstamp": 1.0}))
+PY
+"$vhost" eval report --reviews fc_single.jsonl --out rep-single > rep-single.log 2>&1 || { cat rep-single.log; exit 1; }
+"$vhost" eval report --reviews fc_pair.jsonl --baseline gpt-3.5-turbo --out rep-pair > rep-pair.log 2>&1 || { cat rep-pair.log; exit 1; }
+show single fc_single.jsonl > fc2-single.json
+show pairwise fc_pair.jsonl gpt-3.5-turbo > fc2-pair.json
+python3 - rep-single/report.json fc2-single.json rep-pair/report.json fc2-pair.json <<'PY'
+import json, sys
+ours, theirs = json.load(open(sys.argv[1]))["single"], json.load(open(sys.argv[2]))
+for m in ("m1", "m2"):
+    assert abs(ours[m]["turns"]["1"] - theirs["turn1"][m]) < 1e-9, (m, ours[m], theirs)
+    assert abs(ours[m]["turns"]["2"] - theirs["turn2"][m]) < 1e-9, (m, ours[m], theirs)
+    assert abs(ours[m]["mean"] - theirs["average"][m]) < 1e-9, (m, ours[m], theirs)
+assert ours["m1"]["errors"] == 1 and ours["m1"]["outside_1_10"] == 1, ours["m1"]
+o, t = json.load(open(sys.argv[3]))["pairs"][0]["overall"], json.load(open(sys.argv[4]))["vicuna"]
+for k in ("win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted"):
+    assert abs(o[k] - t[k]) < 1e-9, (k, o, t)
+assert o["errors"] == 1 and o["inconsistent"] == 1, o
+print(f"  FastChat-made files in vhost eval report: the same numbers as show_result.py "
+      f"(single means {ours['m1']['mean']:.4g} / {ours['m2']['mean']:.4g}; pairwise win rate {o['win_rate']:.4g}, adjusted {o['win_rate_adjusted']:.4g})")
+PY
+# A malformed FastChat record names file and line.
+echo '{"question_id": 1, "model_1": "a", "model_2": "b", "g1_winner": "A", "g2_winner": "tie"}' > bad.jsonl
+if "$vhost" eval report --reviews bad.jsonl > bad.log 2>&1; then cat bad.log; exit 1; fi
+grep -q "bad.jsonl:1: g1_winner is 'A'" bad.log || { cat bad.log; exit 1; }
+echo "fastchat_llm_judge: ok"
