@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <map>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <set>
@@ -530,6 +531,32 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
   };
   s.Post("/v1/completions", forward);
   s.Post("/v1/chat/completions", forward);
+  // The chat page's side-by-side votes (the page is served here too): kept in --log, as vhost
+  // serve keeps them in its conversation log.
+  std::mutex log_mu;
+  std::ofstream log;
+  if (!o.log_file.empty()) {
+    log.open(o.log_file, std::ios::app);
+    if (!log) throw ConfigError("--log: cannot open " + o.log_file + " for appending");
+  }
+  s.Post("/v1/votes", [&](const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req, res)) return;
+    json body;
+    try {
+      body = json::parse(req.body);
+    } catch (const json::exception& e) {
+      return error(res, 400, std::string("the body is not valid JSON: ") + e.what());
+    }
+    if (!body.is_object() || !body.contains("vote") || !body["vote"].is_string())
+      return error(res, 400, "'vote' is required (A, B, tie, bad)", "invalid_request_error", "vote");
+    if (log.is_open()) {
+      std::lock_guard<std::mutex> g(log_mu);
+      log << json{{"time", std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()},
+                  {"vote", body}}.dump(-1, ' ', false, json::error_handler_t::replace)
+          << "\n" << std::flush;
+    }
+    reply_json(res, {{"ok", true}, {"kept", log.is_open()}});
+  });
   s.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
     std::ostringstream m;
     m << "# TYPE vhost_api_requests_total counter\nvhost_api_requests_total " << api_requests

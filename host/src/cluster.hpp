@@ -27,6 +27,7 @@ struct ApiOptions {
   std::vector<std::string> api_keys;
   int threads = 64;
   std::size_t max_body = 1 << 20;
+  std::string log_file;  // the chat page's votes (POST /v1/votes), one JSON line each; empty: not kept
 };
 
 // Serve until *stop becomes true; `on_listening(port)` runs once bound.

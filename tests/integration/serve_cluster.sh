@@ -24,7 +24,7 @@ for w in 1 2; do
   pids+=($!); eval "W${w}PID=$!"
 done
 "$vhost" worker other --port 0 --threads 1 --controller "http://127.0.0.1:$CPORT" --heartbeat 0.2 > w3.log 2>&1 & pids+=($!); W3PID=$!
-"$vhost" api --controller "http://127.0.0.1:$CPORT" --port 0 > api.log 2>&1 & pids+=($!)
+"$vhost" api --controller "http://127.0.0.1:$CPORT" --port 0 --log votes.jsonl > api.log 2>&1 & pids+=($!)
 APORT=$(port_of api.log)
 wait_workers 3
 # Past the controller's first expiry (2 s) an unknown model is a 404; before it, while workers may
@@ -42,6 +42,12 @@ node openai_client.mjs "http://127.0.0.1:$APORT" tiny
 code=$(curl -s -o bad.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/completions" -d '{"model":"tiny","prompt":"Hi","stream":true,"temperature":-1}')
 [ "$code" = 400 ] && grep -q '"param":"temperature"' bad.json || { echo "HTTP $code"; cat bad.json; exit 1; }
 
+# The chat page's votes reach --log through the API server too (they were a 404 there).
+vote='{"models": ["tiny", "other"], "vote": "A", "conversation": [[{"role": "user", "content": "hi"}]]}'
+[ "$(curl -s -o vote.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/votes" -d "$vote")" = 200 ] || { cat vote.json; exit 1; }
+python3 -c "import json; r = [json.loads(l) for l in open('votes.jsonl')]; assert len(r) == 1 and r[0]['vote']['vote'] == 'A' and r[0]['time'] > 1.7e9, r"
+[ "$(curl -s -o vote.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/votes" -d '{"models": []}')" = 400 ] && grep -q '"param":"vote"' vote.json ||
+  { echo "a vote without 'vote' was not refused"; cat vote.json; exit 1; }
 curl -s "http://127.0.0.1:$CPORT/metrics" | grep -q '^vhost_controller_model_workers{model="tiny"} 2'
 echo "== a worker dies under load: its requests are retried on the other, it leaves within the expiry"
 # 12 requests on two workers of 4 rows: each has a full batch and a queue when it is killed (with
