@@ -261,6 +261,7 @@ int main(int argc, char** argv) {
   api->add_option("--host", aopt.host, "address to listen on")->capture_default_str();
   api->add_option("--port", aopt.port, "port (0: any free one)")->capture_default_str();
   api->add_option("--api-key", aopt.api_keys, "accept this Bearer key (repeatable)");
+  api->add_option("--log", aopt.log_file, "append the chat page's votes to this JSONL file");
 
   auto* chat = app.add_subcommand("chat", "chat with a model in the terminal (multi-turn, streaming)");
   std::string chat_model, chat_template, chat_system;
@@ -573,8 +574,18 @@ int main(int argc, char** argv) {
     vh::RunOptions ro;
     ro.only = only;
     auto result = host.run(pipeline, ro);
+    // The run ends with the report a person opens: the last HTML report a stage wrote (the eval
+    // stage's), else run.json.
+    std::string html;
+    for (const auto& st : result.stages)
+      if (st.output.is_object() && st.output.contains("report") && st.output["report"].is_string()) {
+        std::string r = st.output["report"].get<std::string>();
+        if (r.size() > 5 && r.compare(r.size() - 5, 5, ".html") == 0) html = r;
+      }
     std::cout << "pipeline '" << result.pipeline << "' finished: " << result.stages.size() << " stage"
-              << (result.stages.size() == 1 ? "" : "s") << "\nreport: " << result.report.string() << "\n";
+              << (result.stages.size() == 1 ? "" : "s") << "\n";
+    if (!html.empty()) std::cout << "run record: " << result.report.string() << "\nreport: " << html << "\n";
+    else std::cout << "report: " << result.report.string() << "\n";
     return 0;
   } catch (const vh::ConfigError& e) {
     std::cerr << "error: " << e.what() << "\n";

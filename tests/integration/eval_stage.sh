@@ -61,6 +61,15 @@ print(f"  vicuna: {o['win']}/{o['tie']}/{o['loss']}, {o['relative_percent']:.1f}
 PY
 grep -q '"attempts":3' out-vicuna/judgments.jsonl  # the unparseable reply was asked again twice
 grep -q "<svg" out-vicuna/report.html
+# The HTML report is a page a person reads: tables as tables, counts on the bars, the judge named.
+grep -q "<table><tr><th>category</th>" out-vicuna/report.html || { echo "no HTML table"; exit 1; }
+grep -q "<p>Judge: endpoint http://127.0.0.1:$PORT/v1" out-vicuna/report.html || { echo "the judge is not named"; exit 1; }
+grep -q 'fill="#fff">3</text>' out-vicuna/report.html || { echo "no count on the win bar"; exit 1; }
+if command -v chromium >/dev/null; then
+  timeout 60 chromium --headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --window-size=1000,1200 \
+    --screenshot="$scratch/report.png" "file://$scratch/out-vicuna/report.html" >/dev/null 2>&1 || true
+  [ -s "$scratch/report.png" ] && echo "  report.html rendered in headless Chromium: $scratch/report.png"
+fi
 before=$(calls)
 "$vhost" run eval.toml > vicuna2.log 2>&1
 grep -q "judging: 0 of 10 judgments to make" vicuna2.log || { cat vicuna2.log; exit 1; }
@@ -98,6 +107,21 @@ import json; r = json.load(open('out-single/report.json'))
 for m in ('long', 'short'):
     s = r['single'][m]; assert s['mean'] == 7 and s['turns']['2'] == 7 and s['errors'] == 1, s
 print('  single: every answer rated 7, turn 2 judged, 1 unparseable per model')"
+
+# Costs only where the price is known: this local judge has none by default (cost_usd null: it was
+# charged GPT-4's price), and with prices set each judgment carries its cost.
+python3 -c "
+import json
+j = [json.loads(l) for l in open('out-single/judgments.jsonl')]
+assert j and all(x['cost_usd'] is None for x in j), j[0]"
+pipeline single out-priced
+sed -i 's/^plugin = "openai"$/plugin = "openai"\nprompt_price_per_1k = 0.01\ncompletion_price_per_1k = 0.02/' eval.toml
+"$vhost" run eval.toml > priced.log 2>&1 || { cat priced.log; exit 1; }
+python3 -c "
+import json
+j = [json.loads(l) for l in open('out-priced/judgments.jsonl')]
+assert j and all(abs(x['cost_usd'] - x['attempts'] * (100 * 0.01 + 10 * 0.02) / 1000) < 1e-12 for x in j), j[0]"
+echo "  a judge without a known price costs null, not GPT-4's price; set prices are charged per token"
 
 pipeline pairwise out-pairwise
 "$vhost" run eval.toml > pairwise.log 2>&1 || { cat pairwise.log; exit 1; }

@@ -79,6 +79,15 @@ TEST_CASE("the quickstart pipeline runs", "[cli][demo]") {
   INFO(r.out);
   CHECK(r.rc == 0);
   CHECK_THAT(r.out, Contains("device: cpu"));
-  CHECK_THAT(r.out, Contains("report: " + (dir / "run.json").string()));
+  CHECK_THAT(r.out, Contains("run record: " + (dir / "run.json").string()));
+  // The run ends with the report a person opens: the evaluation's HTML page.
+  const std::string last = r.out.substr(r.out.rfind("\nreport: ") + 1);
+  CHECK(last.rfind("report: ", 0) == 0);
+  CHECK(last.size() > 13);
+  CHECK(last.substr(last.size() - 12) == "report.html\n");
+  const fs::path html = last.substr(8, last.size() - 9);
+  REQUIRE(fs::exists(html));
+  // The toy judge gives no verdicts: the page says so instead of drawing empty frames.
+  CHECK_THAT(read_file(html), Contains("No judgment could be counted"));
 }
 #endif

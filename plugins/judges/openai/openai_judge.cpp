@@ -53,8 +53,10 @@ class OpenAIJudge final : public vhost::Judge {
         Option::integer("max_retries", 5, "retries after a failed attempt").range(0, 100),
         Option::number("backoff_s", 1.0, "first wait before a retry; doubles each time (at most 60 s)").range(0, 600),
         Option::path("cache", "", "JSONL of judgments already paid for (empty: no cache)"),
-        Option::number("prompt_price_per_1k", 0.03, "USD per 1000 prompt tokens (GPT-4 8k)").range(0, 1000),
-        Option::number("completion_price_per_1k", 0.06, "USD per 1000 completion tokens").range(0, 1000),
+        Option::number("prompt_price_per_1k", -1,
+                       "USD per 1000 prompt tokens; -1: OpenAI's list price for api.openai.com's gpt-4 / gpt-4o / "
+                       "gpt-3.5-turbo, and no cost at all for any other endpoint or model").range(-1, 1000),
+        Option::number("completion_price_per_1k", -1, "USD per 1000 completion tokens (-1: as above)").range(-1, 1000),
         Option::string("moderation_model", "omni-moderation-latest",
                        "the model name for POST …/moderations, when this judge moderates a server's prompts"),
     };
@@ -78,6 +80,19 @@ class OpenAIJudge final : public vhost::Judge {
       using_fallback_ = true;
     }
     url_ = parse_url(base, using_fallback_ ? "fallback_url" : "base_url");
+    // Costs only where the price is known: set by the user, or OpenAI's list price of the model
+    // at api.openai.com. A local or third-party judge is not charged GPT-4's price.
+    if (prompt_price_ < 0 || completion_price_ < 0) {
+      static const std::map<std::string, std::pair<double, double>> list = {
+          {"gpt-4", {0.03, 0.06}}, {"gpt-4-0613", {0.03, 0.06}}, {"gpt-4-turbo", {0.01, 0.03}},
+          {"gpt-4o", {0.0025, 0.01}}, {"gpt-3.5-turbo", {0.0005, 0.0015}}};
+      auto it = list.find(model_);
+      if (url_.origin == "https://api.openai.com" && it != list.end()) {
+        if (prompt_price_ < 0) prompt_price_ = it->second.first;
+        if (completion_price_ < 0) completion_price_ = it->second.second;
+      }
+    }
+    priced_ = prompt_price_ >= 0 && completion_price_ >= 0;
     if (key_.empty() && url_.origin.rfind("https://api.openai.com", 0) == 0)
       throw vhost::ConfigError("api_key", "api.openai.com needs a key: set OPENAI_API_KEY or api_key "
                                           "(or fallback_url for a local judge)");
@@ -160,12 +175,13 @@ class OpenAIJudge final : public vhost::Judge {
       if (!content.is_string()) throw std::runtime_error("the message has no text content");
       int64_t pt = j.contains("usage") ? j["usage"].value("prompt_tokens", int64_t{0}) : 0;
       int64_t ct = j.contains("usage") ? j["usage"].value("completion_tokens", int64_t{0}) : 0;
-      double usd = (static_cast<double>(pt) * prompt_price_ + static_cast<double>(ct) * completion_price_) / 1000.0;
-      return json{{"text", content.get<std::string>()},
-                  {"model", j.value("model", model_)},
-                  {"finish_reason", choice.value("finish_reason", json(nullptr))},
-                  {"usage", {{"prompt_tokens", pt}, {"completion_tokens", ct}}},
-                  {"cost_usd", usd}};
+      json r = {{"text", content.get<std::string>()},
+                {"model", j.value("model", model_)},
+                {"finish_reason", choice.value("finish_reason", json(nullptr))},
+                {"usage", {{"prompt_tokens", pt}, {"completion_tokens", ct}}}};
+      if (priced_)  // no key at all when the price is unknown: the caller must not add up a guess
+        r["cost_usd"] = (static_cast<double>(pt) * prompt_price_ + static_cast<double>(ct) * completion_price_) / 1000.0;
+      return r;
     });
     prompt_tokens_ += reply["usage"]["prompt_tokens"].get<int64_t>();
     completion_tokens_ += reply["usage"]["completion_tokens"].get<int64_t>();
@@ -227,10 +243,12 @@ class OpenAIJudge final : public vhost::Judge {
                                          std::to_string(retries_ + 1) + " attempts; last: " + last_error);
   }
 
-  double cost() const {
+  json cost() const {
+    if (!priced_) return nullptr;
     return (static_cast<double>(prompt_tokens_) * prompt_price_ + static_cast<double>(completion_tokens_) * completion_price_) /
            1000.0;
   }
+  bool priced_ = false;
   Url url_;
   std::string key_, model_, cache_path_;
   bool using_fallback_ = false;
