@@ -25,6 +25,7 @@ pkgs=(
   python3-torch           # tests: an independent reference forward pass (tests/reference/)
   nodejs                  # tests: the official OpenAI client library (npm, vendored) against vhost serve
   chromium                # tests: the web chat page in a headless browser
+  time                    # tests: /usr/bin/time measures peak memory (prepare_memory, fsdp_memory)
 )
 
 missing=()

@@ -11,7 +11,7 @@ import base64, json, os, shutil, socket, struct, subprocess, sys, tempfile, time
 server, shot = sys.argv[1], sys.argv[2]
 chromium = shutil.which("chromium") or shutil.which("chromium-browser")
 if not chromium:
-    print("web chat: not checked, chromium is not installed (scripts/install-deps.sh installs it)")
+    print("SKIP: web chat not checked, chromium is not installed (scripts/install-deps.sh installs it)")
     sys.exit(0)
 
 profile = tempfile.mkdtemp(prefix="vhost-chromium-")

@@ -123,7 +123,7 @@ static torch::Tensor reference_attention(const torch::Tensor& q, const torch::Te
 TEST_CASE("decode_attention equals softmax attention: grouped-query heads, left padding, a bfloat16 cache",
           "[kernels][bf16]") {
   if (std::string(small_gemm_isa()).empty()) {
-    WARN("no decode kernel for this CPU: the model keeps libtorch's attention");
+    WARN("SKIP: no decode kernel for this CPU: the model keeps libtorch's attention");
     return;
   }
   // Head size 20: the scalar loop. 16, 48, 64: the vector kernel (whole vectors of 8 or 16);
@@ -188,7 +188,7 @@ TEST_CASE("bf16_gemm equals the product of bfloat16-rounded operands on shapes o
   for (const char* name : {"amx", "avx512bf16", "avx512", "avx2"})
     if (select_bf16_gemm(name)) kernels.push_back(name);
   if (kernels.empty()) {
-    WARN("no bfloat16 kernel for this CPU: decode_dtype bfloat16 falls back to float32 here, "
+    WARN("SKIP: no bfloat16 kernel for this CPU: decode_dtype bfloat16 falls back to float32 here, "
          "and bf16_gemm is untested");
     CHECK(std::string(bf16_gemm_isa()).empty());
   }

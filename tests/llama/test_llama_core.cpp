@@ -213,7 +213,7 @@ TEST_CASE("model: write_random writes what random() then save() writes, byte for
 
 TEST_CASE("model: the CPU decoding step on kernels equals libtorch's ops, left padding and GQA included", "[model]") {
   if (!*small_gemm_isa()) {
-    WARN("no decode kernels for this CPU: decoding steps run on libtorch's ops only");
+    WARN("SKIP: no decode kernels for this CPU: decoding steps run on libtorch's ops only");
     return;
   }
   auto cfg = LlamaConfig::preset("tiny");  // 4 heads, 2 KV heads
@@ -337,7 +337,7 @@ static fs::path docs_corpus(const fs::path& dir) {
 
 TEST_CASE("tokenizer: reproduces the reference LLaMA-2 cases exactly", "[tokenizer][shared]") {
   if (!fs::exists(kShared / "llama2_tokenizer.model") || !fs::exists(kShared / "llama2_tokenizer_cases.json")) {
-    WARN("skipped: ../shared/models/llama2_tokenizer.model is absent (a fresh clone without shared/)");
+    WARN("SKIP: ../shared/models/llama2_tokenizer.model is absent (a fresh clone without shared/)");
     return;
   }
   auto tok = Tokenizer::load(kShared / "llama2_tokenizer.model");
@@ -524,7 +524,7 @@ TEST_CASE("bf16 decode: close to float32, batches exactly, steps aside when a we
     CHECK_FALSE(m.enable_bf16_decode());
     CHECK(m.cache_dtype() == torch::kFloat32);
   }
-  if (kernels.empty()) WARN("no bfloat16 kernel for this CPU: decode_dtype bfloat16 decodes in float32 here");
+  if (kernels.empty()) WARN("SKIP: no bfloat16 kernel for this CPU: decode_dtype bfloat16 decodes in float32 here");
   torch::set_num_threads(2);
   for (const auto& isa : kernels) {
     REQUIRE(select_bf16_gemm(isa.c_str()));
@@ -814,7 +814,7 @@ TEST_CASE("forward matches an independent Python implementation of HF's formulas
 TEST_CASE("GGUF: stories260K greedy-decodes its published sample exactly", "[gguf][shared]") {
   fs::path file = fs::path(VHOST_SOURCE_DIR) / ".." / "shared" / "models" / "stories260K.gguf";
   if (!fs::exists(file)) {
-    WARN("skipped: ../shared/models/stories260K.gguf is absent (a fresh clone without shared/)");
+    WARN("SKIP: ../shared/models/stories260K.gguf is absent (a fresh clone without shared/)");
     return;
   }
   auto g = load_gguf_llama(file);
@@ -1018,7 +1018,7 @@ TEST_CASE("labels: trained spans decode to exactly the assistant's replies (trai
 
 TEST_CASE("labels: trained spans decode to exactly the assistant's replies (LLaMA-2 tokenizer)", "[labels][shared]") {
   if (!fs::exists(kShared / "llama2_tokenizer.model")) {
-    WARN("skipped: ../shared/models/llama2_tokenizer.model is absent (a fresh clone without shared/)");
+    WARN("SKIP: ../shared/models/llama2_tokenizer.model is absent (a fresh clone without shared/)");
     return;
   }
   check_trained_spans(Tokenizer::load(kShared / "llama2_tokenizer.model"), "LLaMA-2");

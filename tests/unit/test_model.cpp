@@ -91,7 +91,7 @@ TEST_CASE("tokenizer commands: encode, decode, train, malformed input", "[model]
   CHECK_THAT(r.out, Contains("nope.model: cannot open tokenizer model"));
 
   if (!fs::exists(kSharedTok)) {
-    WARN("skipped the LLaMA-2 part: ../shared/models/llama2_tokenizer.model is absent");
+    WARN("SKIP: the LLaMA-2 part: ../shared/models/llama2_tokenizer.model is absent");
     return;
   }
   r = run_cmd("printf 'Hello world' | " + vhost_cmd("tokenizer encode --model " + kSharedTok.string()));
@@ -101,7 +101,7 @@ TEST_CASE("tokenizer commands: encode, decode, train, malformed input", "[model]
 TEST_CASE("GGUF: stories260K through the plugin, and converted to HF layout", "[model][cli][gguf]") {
   fs::path gguf = fs::path(VHOST_SOURCE_DIR) / ".." / "shared" / "models" / "stories260K.gguf";
   if (!fs::exists(gguf)) {
-    WARN("skipped: ../shared/models/stories260K.gguf is absent");
+    WARN("SKIP: ../shared/models/stories260K.gguf is absent");
     return;
   }
   const std::string expected =

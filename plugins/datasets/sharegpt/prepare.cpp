@@ -304,6 +304,22 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
     }
     ++st.out;
     const std::size_t limit = static_cast<std::size_t>(opt.max_length);
+    // A message can only ever contribute max_length tokens to a sequence, and a SentencePiece
+    // piece covers at most 16 characters (64 bytes; 128 allowed here): anything past
+    // max_length * 128 bytes is cut before tokenizing, at a space where one is near, so that
+    // the tokens kept are the ones the whole message gives. Without it a 50 MB message took
+    // 11.9 GB and a minute to tokenize, only to be truncated.
+    const std::size_t cap = limit * 128;
+    for (auto& m : c.messages) {
+      if (m.size() <= cap) continue;
+      std::size_t cut = cap;
+      while (cut > 0 && (static_cast<unsigned char>(m[cut]) & 0xC0) == 0x80) --cut;  // a whole UTF-8 character
+      auto space = m.find_last_of(" \n\t", cut);
+      if (space != std::string::npos && space > cap / 2) cut = space;
+      m.resize(cut);
+      m.shrink_to_fit();
+      ++st.notes["long_messages_cut_before_tokenizing"];
+    }
     // Most conversations fit: one tokenization, one sequence.
     conv::Rendered rendered = conv::render(opt.templ, {c.system, c.messages});
     Tokenized whole = tokenize(rendered, tok);
