@@ -6,6 +6,7 @@
 #include <vhost/host/error.hpp>
 
 #include <httplib.h>
+#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
 #include <sys/socket.h>
@@ -418,6 +419,61 @@ struct ApiServer::Impl {
     if (ids.size() != 1) throw ApiError(400, "'tokens' must be a list of token ids", "invalid_request_error", "tokens");
     return {{"prompt", m.model_decode(ids[0])}};
   }
+  // OpenAI's /v1/embeddings, as FastChat serves it: the model's mean-pooled, L2-normalised last
+  // hidden state per input; encoding_format float or base64 (little-endian float32, what the
+  // openai client asks for by default).
+  json embeddings(const httplib::Request& req) {
+    check_auth(req);
+    json body = parse_body(req);
+    std::string name;
+    Instance& m = model_of(body, name);
+    const json& ti = info.at(name);
+    for (auto it = body.begin(); it != body.end(); ++it)
+      if (it.key() != "model" && it.key() != "input" && it.key() != "encoding_format" && it.key() != "user")
+        throw ApiError(400,
+                       it.key() == "dimensions" ? "'dimensions' is not supported: the embedding has the model's hidden size"
+                                                : "unrecognized request argument supplied: " + it.key(),
+                       "invalid_request_error", it.key(), it.key() == "dimensions" ? "unsupported_parameter" : "unrecognized_parameter");
+    if (!ti.value("embeddings", false))
+      throw ApiError(400, "the model '" + name + "' does not compute embeddings", "invalid_request_error", "model", "unsupported_parameter");
+    const std::string format = param(body, "encoding_format", std::string("float"));
+    if (format != "float" && format != "base64")
+      throw ApiError(400, "encoding_format must be float or base64", "invalid_request_error", "encoding_format");
+    json as_prompt = {{"prompt", body.contains("input") ? body["input"] : json(nullptr)}};
+    std::vector<std::string> texts;
+    std::vector<std::vector<int32_t>> ids;
+    try {
+      parse_prompts(as_prompt, ti, texts, ids);
+    } catch (const ApiError& e) {
+      std::string msg = e.what();
+      for (std::size_t p = msg.find("prompt"); p != std::string::npos; p = msg.find("prompt", p + 5)) msg.replace(p, 6, "input");
+      throw ApiError(400, msg, "invalid_request_error", "input");
+    }
+    json request = {{"embed", true}};
+    if (!ids.empty()) request["prompt_ids"] = ids;
+    else request["prompts"] = texts, request["add_bos"] = true;
+    json reply = generate(m, request, nullptr);
+    ++requests;
+    json data = json::array();
+    for (auto& d : reply["data"]) {
+      json e = {{"object", "embedding"}, {"index", d["index"]}};
+      if (format == "base64") {
+        std::vector<float> v = d["embedding"].get<std::vector<float>>();
+        std::string b64(4 * ((v.size() * sizeof(float) + 2) / 3) + 1, '\0');
+        int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()), reinterpret_cast<const unsigned char*>(v.data()),
+                                static_cast<int>(v.size() * sizeof(float)));
+        b64.resize(static_cast<std::size_t>(n));
+        e["embedding"] = b64;
+      } else {
+        e["embedding"] = d["embedding"];
+      }
+      data.push_back(e);
+    }
+    const int64_t pt = reply["usage"].value("prompt_tokens", int64_t{0});
+    prompt_tokens += pt;
+    return {{"object", "list"}, {"data", data}, {"model", name}, {"usage", {{"prompt_tokens", pt}, {"total_tokens", pt}}}};
+  }
+
   json tokenizer_info(const httplib::Request& req) {
     check_auth(req);
     std::string name;
@@ -967,6 +1023,9 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
          }));
   S.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
            impl_->complete(req, res, true);
+         }));
+  S.Post("/v1/embeddings", guarded([this](const httplib::Request& req, httplib::Response& res) {
+           res.set_content(impl_->embeddings(req).dump(), "application/json");
          }));
   S.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
            res.set_content(impl_->tokenize(req).dump(), "application/json");

@@ -52,6 +52,24 @@ cl = client.chat.completions.create(model=model, messages=[{"role": "user", "con
 content = cl.choices[0].logprobs.content
 assert 1 <= len(content) <= 4 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content), content
 
+# Embeddings (FastChat's: mean-pooled last hidden state, L2-normalised): the client asks for
+# base64 by default and decodes it; float gives the same numbers; text and token ids agree.
+emb = client.embeddings.create(model=model, input=["The plugin loads", "a"])
+vecs = [d.embedding for d in emb.data]
+assert len(vecs) == 2 and len(vecs[0]) == len(vecs[1]) > 0, emb
+assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vecs), [sum(x * x for x in v) for v in vecs]
+flt = client.embeddings.create(model=model, input="The plugin loads", encoding_format="float").data[0].embedding
+assert max(abs(a - b) for a, b in zip(flt, vecs[0])) < 1e-6
+by_ids = client.embeddings.create(model=model, input=[ids], encoding_format="float").data[0].embedding
+assert max(abs(a - b) for a, b in zip(by_ids, flt)) < 1e-6  # ids (BOS first) = the text with BOS
+assert emb.usage.prompt_tokens > 0 and emb.model == model, emb.usage
+for kw, param in (({"input": ["x"], "dimensions": 8}, "dimensions"), ({"input": []}, "input"), ({"input": [[99999]]}, "input")):
+    try:
+        client.embeddings.create(model=model, **kw)
+        raise AssertionError(f"{kw} was accepted")
+    except openai.BadRequestError as e:
+        assert e.body.get("param") == param, (kw, e.body)
+
 # Errors as the client's typed exceptions, with the parameter named.
 def raises(exc, param, **kw):
     try:

@@ -116,6 +116,17 @@ want = decode("vinit", out)[len(decode("vinit", ids[:8])):]
 got = s.greedy(ids[:8], 64)
 assert got == want, (got, want)
 rows.append(("64 greedy tokens: the same text", 0.0))
+# /v1/embeddings: FastChat's recipe (mean of the last hidden state, L2-normalised) with
+# transformers' own LlamaModel as the reference.
+r = s.post("/v1/embeddings", {"model": s.name, "input": [ids[:12], ids[:20]], "encoding_format": "float"})
+with torch.no_grad():
+    d = 0.0
+    for k, n in enumerate((12, 20)):
+        h = hf.model(torch.tensor([ids[:n]])).last_hidden_state[0].double().mean(0)
+        ref = h / h.norm()
+        d = max(d, (torch.tensor(r["data"][k]["embedding"], dtype=torch.float64) - ref).abs().max().item())
+rows.append(("/v1/embeddings vs transformers' last_hidden_state, mean-pooled and normalised", d))
+assert d <= TOL, rows[-1]
 s.stop()
 
 # 2. transformers writes (sharded), vhost reads.

@@ -624,10 +624,14 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   return logits;
 }
 
+torch::Tensor LlamaModel::hidden_states(const torch::Tensor& tokens) const {
+  return forward_rows(tokens, nullptr, torch::Tensor(), false, /*hidden=*/true);
+}
+
 torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad,
-                                       bool last_only) const {
+                                       bool last_only, bool hidden) const {
   const int64_t B = tokens.size(0), T = tokens.size(1);
-  if (T == 1 && cache) {
+  if (T == 1 && cache && !hidden) {
     auto logits = decode_step(tokens, *cache, left_pad);
     if (logits.defined()) return logits;
   }
@@ -709,6 +713,7 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
   if (cache) cache->length = S;
   if (last_only && T > 1) x = x.narrow(1, T - 1, 1);
   x = rms_norm(x, norm_);
+  if (hidden) return x.to(torch::kFloat32);
   return proj(x, lm_head_).to(torch::kFloat32);
 }
 

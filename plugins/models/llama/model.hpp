@@ -58,6 +58,10 @@ class LlamaModel {
   torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr,
                         const torch::Tensor& left_pad = torch::Tensor(), bool last_only = false) const;
 
+  // tokens [batch, time] -> the last hidden states [batch, time, hidden] (float32): after the
+  // final norm, before the output layer, as HF's hidden_states[-1]. What /v1/embeddings pools.
+  torch::Tensor hidden_states(const torch::Tensor& tokens) const;
+
   // How many row shards, one per thread, a decoding step of `rows` rows on this thread should
   // run as (see forward()); 1 where intra-op threading pays better.
   int64_t decode_shards(int64_t rows) const;
@@ -89,7 +93,7 @@ class LlamaModel {
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
   torch::Tensor forward_rows(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad,
-                             bool last_only) const;
+                             bool last_only, bool hidden = false) const;
   // forward_rows for one new token per row, float32 on the CPU outside autograd, on raw buffers
   // with the decode kernels; undefined where it does not apply.
   torch::Tensor decode_step(const torch::Tensor& tokens, KVCache& cache, const torch::Tensor& left_pad) const;

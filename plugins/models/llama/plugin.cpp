@@ -186,7 +186,8 @@ class LlamaPlugin final : public vhost::Model {
             {"template", template_},
             {"max_batch", engine_ ? max_batch_ : 1},  // concurrent generate calls worth making
             {"concurrent", engine_ != nullptr},       // generate may be called from several threads
-            {"logprobs", true}};                      // generate takes logprobs / prompt_logprobs
+            {"logprobs", true},                       // generate takes logprobs / prompt_logprobs
+            {"embeddings", true}};                    // generate takes {"embed": true}
   }
 
   // Fine-tunes from this instance's checkpoint (re-read in float32: the master weights), on the
@@ -248,6 +249,7 @@ class LlamaPlugin final : public vhost::Model {
     if (prompts.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "'prompts' is empty");
     if (!model_)
       throw vhost::Error(VHOST_ERR_UNSUPPORTED, path_.string() + ": opened with load_weights = false: cannot generate");
+    if (field(req, "embed", false)) return embed(prompts);
     // Log-probabilities: "logprobs": K for the generated tokens, "prompt_logprobs": K for the
     // prompt's (K alternatives each, 0..20); "max_tokens": 0 scores the prompt only.
     auto top_k_of = [&](const char* key) -> int64_t {
@@ -324,6 +326,31 @@ class LlamaPlugin final : public vhost::Model {
       completion_tokens += static_cast<int64_t>(results[i].tokens.size());
     }
     return {{"choices", choices}, {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}}}};
+  }
+
+  // {"embed": true}: per prompt, the mean over its tokens of the last hidden state, L2-normalised
+  // (FastChat's embedding for LLaMA models).
+  json embed(const std::vector<std::vector<int32_t>>& prompts) const {
+    json data = json::array();
+    int64_t tokens = 0;
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      const auto& p = prompts[i];
+      if (p.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "input " + std::to_string(i) + " is empty");
+      if (static_cast<int64_t>(p.size()) > config_.max_position_embeddings)
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "input " + std::to_string(i) + " has " + std::to_string(p.size()) +
+                                                           " tokens; the context is " + std::to_string(config_.max_position_embeddings));
+      for (int32_t id : p)
+        if (id < 0 || id >= config_.vocab_size)
+          throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "token id " + std::to_string(id) + " is outside the vocabulary");
+      auto ids = torch::tensor(std::vector<int64_t>(p.begin(), p.end()), torch::kInt64).view({1, -1}).to(model_->device());
+      auto h = model_->hidden_states(ids)[0].mean(0);
+      h = h / h.norm().clamp_min(1e-12);
+      h = h.to(torch::kCPU).contiguous();
+      data.push_back({{"index", i}, {"embedding", std::vector<float>(h.data_ptr<float>(), h.data_ptr<float>() + h.numel())}});
+      tokens += static_cast<int64_t>(p.size());
+    }
+    return {{"data", data}, {"usage", {{"prompt_tokens", tokens}}}};
   }
 
   static json tool(const std::string& name, const json& args) {

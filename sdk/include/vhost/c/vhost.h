@@ -156,7 +156,9 @@ typedef struct vhost_model_iface {
    *          "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
    *          "presence_penalty": 0, "frequency_penalty": 0, "seed": 42 (optional), "stop": ["..."],
    *          where tokenizer_info says "logprobs": true, also "logprobs": K and "prompt_logprobs": K
-   *          (0..20 alternatives; "max_tokens": 0 with prompt_logprobs only scores)
+   *          (0..20 alternatives; "max_tokens": 0 with prompt_logprobs only scores); where it
+   *          says "embeddings": true, {"embed": true, prompts...} answers {"data": [{"index",
+   *          "embedding": [...]}], "usage": {"prompt_tokens"}} instead (mean-pooled, normalised)
    * reply:   {"choices": [{"index", "text", "tokens": [...], "finish_reason": "stop"|"length"|"cancelled",
    *                        "logprobs"/"prompt_logprobs": [{"id", "text", "logprob" (null for the
    *                        first prompt token), "top": [[id, text, logprob]...]}...]}],
