@@ -27,23 +27,7 @@ answers long "a long answer one" "a long answer two" "a long answer three" "x" "
 answers short "short" "short" "short" "a much longer answer" "same"
 
 pipeline() {  # pipeline MODE OUT
-  cat > eval.toml <<TOML
-[pipeline]
-name = "eval"
-stages = ["eval"]
-[judges.j]
-plugin = "openai"
-base_url = "http://127.0.0.1:$PORT/v1"
-api_key = "test"
-backoff_s = 0.01
-[stages.eval]
-questions = "$scratch/questions.jsonl"
-answers = ["$scratch/long.jsonl", "$scratch/short.jsonl"]
-baseline = "short"
-mode = "$1"
-out = "$scratch/$2"
-concurrency = 4
-TOML
+  eval_pipeline eval.toml "$1" "$2" short long.jsonl short.jsonl
 }
 
 pipeline vicuna out-vicuna

@@ -59,3 +59,28 @@ backend = "cpu"
 load_weights = false
 EOF
 }
+
+# eval_pipeline FILE MODE OUT BASELINE ANSWERS...: a one-stage eval pipeline graded by the
+# scripted judge at $PORT (start_scripted_judge), on $scratch/questions.jsonl.
+eval_pipeline() {
+  local file=$1 mode=$2 out=$3 baseline=$4; shift 4
+  local answers=""
+  for a in "$@"; do answers+="${answers:+, }\"$scratch/$a\""; done
+  cat > "$file" <<TOML
+[pipeline]
+name = "eval"
+stages = ["eval"]
+[judges.j]
+plugin = "openai"
+base_url = "http://127.0.0.1:$PORT/v1"
+api_key = "test"
+backoff_s = 0.01
+[stages.eval]
+questions = "$scratch/questions.jsonl"
+answers = [$answers]
+baseline = "$baseline"
+mode = "$mode"
+out = "$scratch/$out"
+concurrency = 4
+TOML
+}
