@@ -49,6 +49,21 @@ python3 -c "import json; r = [json.loads(l) for l in open('votes.jsonl')]; asser
 [ "$(curl -s -o vote.json -w '%{http_code}' "http://127.0.0.1:$APORT/v1/votes" -d '{"models": []}')" = 400 ] && grep -q '"param":"vote"' vote.json ||
   { echo "a vote without 'vote' was not refused"; cat vote.json; exit 1; }
 curl -s "http://127.0.0.1:$CPORT/metrics" | grep -q '^vhost_controller_model_workers{model="tiny"} 2'
+# API keys on vhost api (untested before): none or a wrong one is a 401 on every endpoint; the
+# key lets a request through to a worker.
+"$vhost" api --controller "http://127.0.0.1:$CPORT" --port 0 --api-key sesame > keyed-api.log 2>&1 & pids+=($!); KPID=$!
+KPORT=$(port_of keyed-api.log $KPID)
+[ "$(curl -s -o k.json -w '%{http_code}' "http://127.0.0.1:$KPORT/v1/models")" = 401 ] &&
+  grep -q invalid_api_key k.json || { echo "no key on /v1/models: not 401"; cat k.json; exit 1; }
+[ "$(curl -s -o k.json -w '%{http_code}' "http://127.0.0.1:$KPORT/v1/completions" -d '{"model":"tiny","prompt":"Hi","max_tokens":2}')" = 401 ] &&
+  grep -q invalid_api_key k.json || { echo "no key on /v1/completions: not 401"; cat k.json; exit 1; }
+[ "$(curl -s -o k.json -w '%{http_code}' -H 'Authorization: Bearer wrong' "http://127.0.0.1:$KPORT/v1/models")" = 401 ] ||
+  { echo "a wrong key was let in"; exit 1; }
+[ "$(curl -s -o k.json -w '%{http_code}' -H 'Authorization: Bearer sesame' "http://127.0.0.1:$KPORT/v1/completions" \
+     -d '{"model":"tiny","prompt":"Hi","max_tokens":2}')" = 200 ] || { echo "the key was refused"; cat k.json; exit 1; }
+kill "$KPID"
+echo "  vhost api --api-key: 401 without or with a wrong key, 200 with it"
+
 echo "== a worker dies under load: its requests are retried on the other, it leaves within the expiry"
 # 12 requests on two workers of 4 rows: each has a full batch and a queue when it is killed (with
 # 6, a fast machine could finish the victim's share between the check below and the kill).
