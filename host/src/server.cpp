@@ -694,12 +694,16 @@ struct ApiServer::Impl {
     };
 
     if (!stream) {
+      json reply = generate(model, request, nullptr);
+      // Time to first token: what the model reports (a token callback here would make it
+      // detokenise every token of a request that is not streamed); -1 where it reports none.
       double ttft = -1;
-      json reply = generate(model, request, [&](uint32_t, int32_t, const std::string&) {
-        if (ttft < 0) ttft = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        return true;
-      });
-      observe(name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), ttft, reply, n);
+      const double e2e = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      for (const auto& c : reply["choices"])
+        if (c.contains("first_token_s") && c["first_token_s"].is_number())
+          ttft = ttft < 0 ? c["first_token_s"].get<double>() : std::min(ttft, c["first_token_s"].get<double>());
+      if (ttft > e2e) ttft = e2e;
+      observe(name, e2e, ttft, reply, n);
       json choices = json::array();
       for (const auto& c : reply["choices"]) {
         std::string text = c.value("text", "");

@@ -606,6 +606,9 @@ TEST_CASE("generate: the text continues the prompt's text, its first space kept,
     });
     CHECK(e.text == expected);
     CHECK(streamed_e == expected);
+    // The first token's time is reported (the server's time-to-first-token metric reads it).
+    CHECK(plain.first_token_seconds >= 0);
+    CHECK(e.first_token_seconds >= e.queue_seconds);
   }
   // At least one of them begins with a space (this tokenizer's pieces mostly do): the case the
   // plain decode got wrong.

@@ -315,6 +315,8 @@ bool Engine::emit(std::size_t row, int32_t tok, std::optional<std::string>* piec
     std::lock_guard<std::mutex> g(mu_);
     ++tokens_;
   }
+  if (r.result.first_token_seconds < 0)  // time to first token, for the server's metrics
+    r.result.first_token_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.queued_at).count();
   if (tok == model_.config().eos_token_id && !p.ignore_eos) {
     retire(row, "stop");
     return false;

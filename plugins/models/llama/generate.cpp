@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <random>
 #include <mutex>
@@ -155,6 +156,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
                                        const std::vector<std::vector<int32_t>>& prompts, const SamplingParams& p,
                                        const TokenCallback& on_token) {
   validate(p);
+  const auto t0 = std::chrono::steady_clock::now();
   if (!tokenizer && !p.stop.empty())
     throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "stop strings need a tokenizer");
   c10::InferenceMode inference;
@@ -247,6 +249,8 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
       auto& st = state[b];
       if (st.done) continue;
       int32_t tok = static_cast<int32_t>(next_ids[b]);
+      if (results[b].first_token_seconds < 0)
+        results[b].first_token_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (tok == cfg.eos_token_id && !p.ignore_eos) {
         finish(b, "stop");
         continue;

@@ -33,6 +33,7 @@ struct GenerationResult {
   std::string finish_reason;    // "stop" (EOS or stop string), "length", "cancelled"
   int64_t prompt_tokens = 0;
   double queue_seconds = 0;  // waiting for a batch row (the engine), before the prefill
+  double first_token_seconds = -1;  // from the call to the first token sampled (EOS too); -1: none
 };
 
 // Called for each sequence as text becomes final: whole UTF-8 characters, never part of a stop

@@ -302,6 +302,7 @@ class LlamaPlugin final : public vhost::Model {
     for (std::size_t i = 0; i < results.size(); ++i) {
       choices.push_back({{"index", i}, {"text", results[i].text}, {"tokens", results[i].tokens},
                          {"finish_reason", results[i].finish_reason}, {"queue_s", results[i].queue_seconds}});
+      if (results[i].first_token_seconds >= 0) choices.back()["first_token_s"] = results[i].first_token_seconds;
       if (lp >= 0 || plp >= 0) {
         std::vector<int32_t> all(prompts[i]);
         all.insert(all.end(), results[i].tokens.begin(), results[i].tokens.end());
