@@ -124,12 +124,13 @@ void refuse_unsupported(const json& body, bool chat) {
     const std::string& k = it.key();
     if (common.count(k) || (chat ? chat_only : completions_only).count(k)) continue;
     if (neutral(k, it.value())) continue;
-    if (known.count(k) || (chat ? completions_only : chat_only).count(k) || k == "echo" || k == "top_logprobs")
+    // The other endpoint's own fields (prompt, echo / messages, top_logprobs...) are refused as such.
+    const bool other_endpoint = (chat ? completions_only : chat_only).count(k) > 0;
+    if (known.count(k) || other_endpoint)
       throw ApiError(400,
                      "'" + k + "' is not supported " +
-                         (k == "prompt" || k == "messages" || k == "max_completion_tokens" || k == "echo" || k == "top_logprobs"
-                              ? std::string("on this endpoint (") + (chat ? "/v1/chat/completions" : "/v1/completions") + ")"
-                              : std::string("by this server (docs/serving.md lists what is)")),
+                         (other_endpoint ? std::string("on this endpoint (") + (chat ? "/v1/chat/completions" : "/v1/completions") + ")"
+                                         : std::string("by this server (docs/serving.md lists what is)")),
                      "invalid_request_error", k, "unsupported_parameter");
     throw ApiError(400, "unrecognized request argument supplied: " + k, "invalid_request_error", k, "unrecognized_parameter");
   }
