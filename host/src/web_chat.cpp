@@ -56,7 +56,11 @@ async function ask(i, model) {
   const ctl = new AbortController(); controllers.push(ctl);
   const body = {model, stream: true, messages: histories[i],
     temperature: +$('temperature').value, top_p: +$('top_p').value, max_tokens: +$('max_tokens').value};
-  let text = '';
+  // The text is drawn at most once a frame: a fast model streams thousands of tokens a second,
+  // and laying the whole answer out on every event froze the page (Stop could not be clicked).
+  let text = '', drawn = false;
+  const show = () => { if (drawn) return; drawn = true;
+    requestAnimationFrame(() => { drawn = false; if (box.className === 'msg assistant') box.textContent = text; $(pane).scrollTop = 1e9; }); };
   try {
     const r = await fetch('/v1/chat/completions', {method: 'POST', headers: {'Content-Type': 'application/json'},
       body: JSON.stringify(body), signal: ctl.signal});
@@ -72,10 +76,11 @@ async function ask(i, model) {
         const j = JSON.parse(data);
         if (j.error) { box.className = 'msg error'; box.textContent = j.error.message; return; }
         const d = j.choices.length ? j.choices[0].delta : null;
-        if (d && d.content) { text += d.content; box.textContent = text; $(pane).scrollTop = 1e9; }
+        if (d && d.content) { text += d.content; show(); }
       }
     }
   } catch (e) { if (e.name !== 'AbortError') { box.className = 'msg error'; box.textContent = String(e); } }
+  if (box.className === 'msg assistant') box.textContent = text;
   histories[i].push({role: 'assistant', content: text});
 }
 async function send(again) {

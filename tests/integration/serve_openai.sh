@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # `vhost serve` over real HTTP: the official OpenAI client library (node, vendored npm package)
-# for models, chat and completions, streamed and not, typed errors, concurrency; the web chat
-# page driven in headless Chromium (screenshot: SCRATCH_DIR/web_chat.png); curl for API keys,
-# moderation, malformed and oversized bodies, /metrics; SIGTERM ends it cleanly.
+# for models, chat and completions, streamed and not, typed errors, concurrency; curl for the chat
+# page (web_chat.sh drives it in Chromium), API keys, moderation, malformed and oversized bodies, /metrics; SIGTERM ends it cleanly.
 #   serve_openai.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
@@ -19,8 +18,6 @@ start() {  # start LOG ARGS...: runs vhost serve, sets PID and PORT
 start serve.log --max-batch 4 --log conversations.jsonl
 trap 'kill $PID 2>/dev/null || true' EXIT
 node openai_client.mjs "http://127.0.0.1:$PORT" tiny
-# The web page in headless Chromium: type, Send, the streamed answer appears; a screenshot stays.
-python3 "$src/tests/integration/web_chat.py" "http://127.0.0.1:$PORT" "$scratch/web_chat.png"
 code() { curl -s -o body.json -w '%{http_code}' "$@"; }
 [ "$(code "http://127.0.0.1:$PORT/v1/chat/completions" -d '{"model": "tiny", "messages": [')" = 400 ]
 grep -q '"type":"invalid_request_error"' body.json
