@@ -5,6 +5,7 @@
 
 #include <vhost/conversation.hpp>
 #include <vhost/host/host.hpp>
+#include <vhost/host/sampling.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -30,6 +31,44 @@ constexpr int kBadInput = 2;
 // A string as a TOML basic string (its JSON spelling is one): for the one-stage pipelines that
 // generate, chat and prepare build.
 std::string q(const std::string& v) { return vh::json(v).dump(); }
+
+// A sampling flag checked against the one range its pipeline option and the HTTP API use, so that
+// a bad value is named by its flag ("--temperature: must be in [0, 2]"), not by the hidden pipeline.
+CLI::Option* sampling_flag(CLI::App* app, const vh::sampling::Range& r, double& value) {
+  const vh::sampling::Range range = r;
+  return app->add_option(range.flag, value, range.help)
+      ->check(CLI::Validator(
+          [range](std::string& text) -> std::string {
+            try {
+              std::size_t used = 0;
+              double v = std::stod(text, &used);
+              if (used == text.size() && range.contains(v)) return "";
+            } catch (const std::exception&) {
+            }
+            return "must be a number in " + range.text() + ", got '" + text + "'";
+          },
+          range.text(), ""))
+      ->capture_default_str();
+}
+CLI::Option* sampling_flag(CLI::App* app, const vh::sampling::Range& r, int64_t& value) {
+  return app->add_option(r.flag, value, r.help)
+      ->check(CLI::Range(static_cast<int64_t>(r.min), static_cast<int64_t>(r.max)))
+      ->capture_default_str();
+}
+
+// Custom templates from a TOML file of [NAME] tables, as [PREFIX.templates."NAME"] tables (their
+// values are strings and lists of strings, whose JSON spelling is valid TOML). Empty: none.
+std::string templates_toml(const std::string& prefix, const std::string& file) {
+  std::string out;
+  if (file.empty()) return out;
+  vh::json tj = vh::read_toml_file(file);
+  for (auto it = tj.begin(); it != tj.end(); ++it) {
+    if (!it->is_object()) throw vh::ConfigError(file + ": " + it.key() + ": a template is a table ([" + it.key() + "])");
+    out += "[" + prefix + ".templates." + q(it.key()) + "]\n";
+    for (auto kv = it->begin(); kv != it->end(); ++kv) out += q(kv.key()) + " = " + kv->dump() + "\n";
+  }
+  return out;
+}
 
 void print_plugins(const vh::Host& host, bool as_json, bool verbose) {
   auto plugins = host.plugins();
@@ -158,14 +197,14 @@ int main(int argc, char** argv) {
   auto* gen = app.add_subcommand("generate", "continue a prompt with a model");
   std::string gen_model, gen_prompt;
   int64_t gen_max = 64, gen_top_k = 0, gen_seed = -1, gen_threads = 0;
-  double gen_temp = 0.0, gen_top_p = 1.0;
+  double gen_temp = vh::sampling::kTemperatureGenerate, gen_top_p = 1.0;
   std::vector<std::string> gen_stop;
   gen->add_option("model_dir", gen_model, "checkpoint folder")->required();
   gen->add_option("--prompt", gen_prompt, "the prompt")->required();
-  gen->add_option("--max-tokens", gen_max, "tokens to generate at most")->capture_default_str();
-  gen->add_option("--temperature", gen_temp, "0: greedy")->capture_default_str();
-  gen->add_option("--top-p", gen_top_p, "nucleus sampling")->capture_default_str();
-  gen->add_option("--top-k", gen_top_k, "0: no limit")->capture_default_str();
+  gen->add_option("--max-tokens", gen_max, "tokens to generate at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
+  sampling_flag(gen, vh::sampling::kTemperature, gen_temp);
+  sampling_flag(gen, vh::sampling::kTopP, gen_top_p);
+  sampling_flag(gen, vh::sampling::kTopK, gen_top_k);
   gen->add_option("--seed", gen_seed, "sampling seed (-1: random)")->capture_default_str();
   gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
   gen->add_option("--threads", gen_threads, "CPU threads (0: one per core)")->capture_default_str();
@@ -205,7 +244,7 @@ int main(int argc, char** argv) {
   auto* serve = app.add_subcommand("serve", "serve models over an OpenAI-compatible API with a web chat page");
   auto* worker = app.add_subcommand("worker", "serve models as a worker of a controller (vhost serve --controller)");
   std::vector<std::string> serve_models, serve_keys, serve_blocked;
-  std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_controller, serve_advertise, serve_moderation,
+  std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_templates, serve_controller, serve_advertise, serve_moderation,
               serve_moderation_model = "omni-moderation-latest", serve_decode_dtype = "float32";
   int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64, serve_interval = 16,
           serve_flush_ms = 20;
@@ -221,7 +260,9 @@ int main(int argc, char** argv) {
     sub->add_option("--decode-dtype", serve_decode_dtype, "decoding steps: float32, or bfloat16 on Intel AMX (the llama option decode_dtype)")
         ->check(CLI::IsMember({"float32", "bfloat16"}))
         ->capture_default_str();
-    sub->add_option("--template", serve_template, "conversation template for chat (default vicuna_v1.1)");
+    sub->add_option("--template", serve_template,
+                    "conversation template for chat (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");
+    sub->add_option("--templates", serve_templates, "TOML file of custom templates ([NAME] tables) --template may name");
     sub->add_option("--log", serve_log, "append conversations to this JSONL file");
     sub->add_option("--blocked-word", serve_blocked, "moderation: refuse prompts containing this (repeatable)");
     sub->add_option("--moderation", serve_moderation,
@@ -264,15 +305,17 @@ int main(int argc, char** argv) {
   api->add_option("--log", aopt.log_file, "append the chat page's votes to this JSONL file");
 
   auto* chat = app.add_subcommand("chat", "chat with a model in the terminal (multi-turn, streaming)");
-  std::string chat_model, chat_template, chat_system;
+  std::string chat_model, chat_template, chat_templates, chat_system;
   int64_t chat_max = 512, chat_seed = -1, chat_threads = 0;
-  double chat_temp = 0.7, chat_top_p = 1.0;
+  double chat_temp = vh::sampling::kTemperatureChat, chat_top_p = 1.0;
   chat->add_option("model_dir", chat_model, "checkpoint folder or GGUF file")->required();
-  chat->add_option("--template", chat_template, "conversation template (default: the model's, vicuna_v1.1)");
+  chat->add_option("--template", chat_template,
+                   "conversation template (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");
+  chat->add_option("--templates", chat_templates, "TOML file of custom templates ([NAME] tables) --template may name");
   chat->add_option("--system", chat_system, "system message");
-  chat->add_option("--max-tokens", chat_max, "reply length limit")->capture_default_str();
-  chat->add_option("--temperature", chat_temp, "0: greedy")->capture_default_str();
-  chat->add_option("--top-p", chat_top_p, "nucleus sampling")->capture_default_str();
+  chat->add_option("--max-tokens", chat_max, "reply length limit")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
+  sampling_flag(chat, vh::sampling::kTemperature, chat_temp);
+  sampling_flag(chat, vh::sampling::kTopP, chat_top_p);
   chat->add_option("--seed", chat_seed, "sampling seed (-1: random)")->capture_default_str();
   chat->add_option("--threads", chat_threads, "CPU threads (0: one per core)")->capture_default_str();
 
@@ -448,7 +491,8 @@ int main(int argc, char** argv) {
         toml += "[models." + q(name) + "]\nplugin = \"llama\"\npath = " + q(path.string()) +
                 "\nmax_batch = " + std::to_string(serve_batch) + "\nmax_queue = " + std::to_string(serve_queue) +
                 "\ndecode_dtype = " + q(serve_decode_dtype) +
-                (serve_template.empty() ? std::string() : "\ntemplate = " + q(serve_template)) + "\n";
+                (serve_template.empty() ? std::string() : "\ntemplate = " + q(serve_template)) + "\n" +
+                templates_toml("models." + q(name), serve_templates);
       }
       if (!serve_moderation.empty())
         toml += "[judges.moderation]\nplugin = \"openai\"\nbase_url = " + q(serve_moderation) + "\nmodel = " +
@@ -470,7 +514,8 @@ int main(int argc, char** argv) {
                          q((std::filesystem::temp_directory_path() / "vhost-chat").string()) +
                          "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(chat_threads) +
                          "\n[models.m]\nplugin = \"llama\"\npath = " + q(std::filesystem::absolute(chat_model).string()) +
-                         "\n[stages.chat]\ntemplate = " + q(chat_template) + "\nsystem = " + q(chat_system) +
+                         "\n" + templates_toml("models.m", chat_templates) +
+                         "[stages.chat]\ntemplate = " + q(chat_template) + "\nsystem = " + q(chat_system) +
                          "\nmax_tokens = " + std::to_string(chat_max) + "\ntemperature = " + vh::json(chat_temp).dump() +
                          "\ntop_p = " + vh::json(chat_top_p).dump() + "\nseed = " + std::to_string(chat_seed) + "\n";
       vh::set_log_level(log_level == "info" ? "warn" : log_level);  // keep the chat clean
@@ -540,15 +585,7 @@ int main(int argc, char** argv) {
     if (*prep) {
       // Custom templates become [datasets.d.templates."NAME"] tables (their values are strings and
       // lists of strings, whose JSON spelling is valid TOML).
-      std::string templates;
-      if (!prep_templates.empty()) {
-        vh::json tj = vh::read_toml_file(prep_templates);
-        for (auto it = tj.begin(); it != tj.end(); ++it) {
-          templates += "[datasets.d.templates." + q(it.key()) + "]\n";
-          if (it->is_object())
-            for (auto kv = it->begin(); kv != it->end(); ++kv) templates += q(kv.key()) + " = " + kv->dump() + "\n";
-        }
-      }
+      const std::string templates = templates_toml("datasets.d", prep_templates);
       std::string toml = "[pipeline]\nname = \"prepare\"\nstages = [\"prepare\"]\nwork_dir = " +
                          q((std::filesystem::absolute(prep_out) / ".runs").string()) +
                          "\n[models.m]\nplugin = \"llama\"\nload_weights = false\npath = " +

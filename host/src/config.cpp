@@ -32,6 +32,7 @@ Schema schema_from_json(const std::string& options_json, const std::string& owne
       if (o.contains("default")) s.default_value = o.at("default");
       if (o.contains("min")) s.min = o.at("min").get<double>();
       if (o.contains("max")) s.max = o.at("max").get<double>();
+      if (o.contains("exclusive_min")) s.min_open = o.at("exclusive_min").get<bool>();
       if (o.contains("choices")) s.choices = o.at("choices").get<std::vector<std::string>>();
       if (o.contains("kind")) s.instance_kind = o.at("kind").get<std::string>();
     } catch (const json::exception& e) {
@@ -78,6 +79,7 @@ json schema_to_json(const Schema& schema) {
     if (s.default_value) j["default"] = *s.default_value;
     if (s.min) j["min"] = *s.min;
     if (s.max) j["max"] = *s.max;
+    if (s.min_open) j["exclusive_min"] = true;
     if (!s.choices.empty()) j["choices"] = s.choices;
     if (!s.instance_kind.empty()) j["kind"] = s.instance_kind;
     arr.push_back(j);
@@ -391,9 +393,11 @@ static std::optional<json> convert(const Document& doc, const toml::node& n, con
     return std::nullopt;
   };
   auto in_range = [&](double v) {
-    if ((s.min && v < *s.min) || (s.max && v > *s.max)) {
-      std::string range = s.min && s.max ? "between " + fmt_number(*s.min) + " and " + fmt_number(*s.max)
-                          : s.min        ? "at least " + fmt_number(*s.min)
+    if ((s.min && (s.min_open ? !(v > *s.min) : v < *s.min)) || (s.max && v > *s.max)) {
+      const std::string low = s.min ? (s.min_open ? "greater than " : "at least ") + fmt_number(*s.min) : "";
+      std::string range = s.min && s.max ? (s.min_open ? low + " and at most " + fmt_number(*s.max)
+                                                       : "between " + fmt_number(*s.min) + " and " + fmt_number(*s.max))
+                          : s.min        ? low
                                          : "at most " + fmt_number(*s.max);
       diag.error(at, kp + ": " + fmt_number(v) + " is out of range: must be " + range);
       return false;

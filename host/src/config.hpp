@@ -24,6 +24,7 @@ struct OptionSpec {
   std::string key, type, help;
   std::optional<json> default_value;
   std::optional<double> min, max;
+  bool min_open = false;  // min itself excluded: (min, max]
   std::vector<std::string> choices;
   std::string instance_kind;  // type "instance": the kind it must name
 };

@@ -758,8 +758,13 @@ json run_eval(StageContext& ctx) {
     Instance& model = ctx.instance(ref);
     const std::string name = ref.substr(ref.find('.') + 1);
     json info = model.model_tokenizer_info();
-    conv::Registry reg;
-    const conv::Template* t = &reg.get(info.value("template", std::string("vicuna_v1.1")));
+    conv::Template templ;
+    try {
+      templ = conv::model_template(info);
+    } catch (const conv::TemplateError& e) {
+      throw ConfigError(ref + ": " + e.what());
+    }
+    const conv::Template* t = &templ;
     answer_questions(ctx, name, questions, std::max(1, info.value("max_batch", 1)), out / "answers" / (name + ".jsonl"), "",
                      answers[name], [&](const Question& q) {
                        conv::Conversation conversation;

@@ -4,6 +4,7 @@
 
 #include <vhost/conversation.hpp>
 #include <vhost/host/error.hpp>
+#include <vhost/host/sampling.hpp>
 
 #include <httplib.h>
 #include <openssl/evp.h>
@@ -373,11 +374,26 @@ struct ApiServer::Impl {
     json body = parse_body(req);
     std::string name;
     Instance& m = tool_model(body, req, name);
-    if (body.contains("messages")) throw ApiError(400, "'messages' is not supported by /tokenize: send 'prompt'", "invalid_request_error", "messages", "unsupported_parameter");
-    if (!body.contains("prompt") || !body["prompt"].is_string())
-      throw ApiError(400, "'prompt' must be a string", "invalid_request_error", "prompt");
-    const std::string text = body["prompt"].get<std::string>();
     const json& ti = info.at(name);
+    std::string text;
+    if (body.contains("messages")) {
+      // vLLM's chat form: the conversation rendered with the model's template, exactly the
+      // prompt /v1/chat/completions would give the model (the assistant's turn opened).
+      if (body.contains("prompt")) throw ApiError(400, "give 'prompt' or 'messages', not both", "invalid_request_error", "prompt");
+      if (!param(body, "add_generation_prompt", true))
+        throw ApiError(400, "add_generation_prompt: false is not supported: the prompt always opens the assistant's turn",
+                       "invalid_request_error", "add_generation_prompt", "unsupported_parameter");
+      try {
+        text = conv::render(conv::model_template(ti), conv::conversation_from_messages(body["messages"])).text();
+      } catch (const conv::TemplateError& e) {
+        const std::string f = e.field();
+        throw ApiError(400, (f == "messages" ? "" : f + ": ") + e.what(), "invalid_request_error", "messages");
+      }
+    } else {
+      if (!body.contains("prompt") || !body["prompt"].is_string())
+        throw ApiError(400, "'prompt' must be a string (or give 'messages')", "invalid_request_error", "prompt");
+      text = body["prompt"].get<std::string>();
+    }
     std::vector<std::pair<std::string, int32_t>> specials;
     for (const char* k : {"bos", "eos"})
       if (ti.contains(std::string(k) + "_token") && ti[std::string(k) + "_token"].is_string() && !ti[std::string(k) + "_token"].get<std::string>().empty())
@@ -492,12 +508,11 @@ struct ApiServer::Impl {
   // The sampling part of a generate request, from OpenAI's parameters.
   json sampling(const json& body, int64_t default_max_tokens, bool allow_zero_tokens = false) {
     json r;
-    double temperature = param(body, "temperature", 1.0), top_p = param(body, "top_p", 1.0);
+    double temperature = param(body, "temperature", sampling::kTemperatureApi), top_p = param(body, "top_p", 1.0);
     int64_t max_tokens = param(body, "max_tokens", default_max_tokens);
     if (body.contains("max_completion_tokens")) max_tokens = param(body, "max_completion_tokens", max_tokens);
-    if (!(temperature >= 0 && temperature <= 2))
-      throw ApiError(400, "temperature must be in [0, 2]", "invalid_request_error", "temperature");
-    if (!(top_p > 0 && top_p <= 1)) throw ApiError(400, "top_p must be in (0, 1]", "invalid_request_error", "top_p");
+    for (const auto& [r, v] : {std::pair{&sampling::kTemperature, temperature}, std::pair{&sampling::kTopP, top_p}})
+      if (!r->contains(v)) throw ApiError(400, r->must(), "invalid_request_error", r->key);
     if (max_tokens < (allow_zero_tokens ? 0 : 1))
       throw ApiError(400, allow_zero_tokens ? "max_tokens must be at least 0" : "max_tokens must be at least 1 (0 only with echo)",
                      "invalid_request_error", "max_tokens");
@@ -517,20 +532,21 @@ struct ApiServer::Impl {
     r["stop"] = stop;
     if (body.contains("seed") && !body["seed"].is_null()) r["seed"] = param<int64_t>(body, "seed", 0);
     if (param(body, "ignore_eos", false)) r["ignore_eos"] = true;  // vLLM's extension: benchmarks, tests
-    for (const char* k : {"presence_penalty", "frequency_penalty"}) {
-      double v = param(body, k, 0.0);
-      if (!(v >= -2 && v <= 2)) throw ApiError(400, std::string(k) + " must be in [-2, 2]", "invalid_request_error", k);
-      if (v != 0) r[k] = v;
+    for (const sampling::Range* p : {&sampling::kPresencePenalty, &sampling::kFrequencyPenalty}) {
+      double v = param(body, p->key, 0.0);
+      if (!p->contains(v)) throw ApiError(400, p->must(), "invalid_request_error", p->key);
+      if (v != 0) r[p->key] = v;
     }
     if (body.contains("top_k") && !body["top_k"].is_null()) {
       int64_t k = param<int64_t>(body, "top_k", 0);
-      if (k < -1) throw ApiError(400, "top_k must be -1 or 0 (no limit) or positive", "invalid_request_error", "top_k");
+      if (!sampling::kTopK.contains(static_cast<double>(k)))
+        throw ApiError(400, sampling::kTopK.must() + " (-1 and 0: no limit)", "invalid_request_error", "top_k");
       r["top_k"] = std::max<int64_t>(k, 0);
     }
     if (body.contains("repetition_penalty") && !body["repetition_penalty"].is_null()) {
       double v = param(body, "repetition_penalty", 1.0);
-      if (!(v > 0 && v <= 10))
-        throw ApiError(400, "repetition_penalty must be in (0, 10]", "invalid_request_error", "repetition_penalty");
+      if (!sampling::kRepetitionPenalty.contains(v))
+        throw ApiError(400, sampling::kRepetitionPenalty.must(), "invalid_request_error", "repetition_penalty");
       r["repetition_penalty"] = v;
     }
     if (body.contains("stream_options") && !body["stream_options"].is_null()) {
@@ -606,51 +622,22 @@ struct ApiServer::Impl {
     std::vector<std::vector<int32_t>> prompt_ids;  // ...or token ids, used as given
     conv::Conversation conversation;
     if (chat) {
-      if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
-        throw ApiError(400, "'messages' must be a non-empty array", "invalid_request_error", "messages");
-      conv::Registry reg;
-      const conv::Template* t = nullptr;
+      conv::Template t;
       try {
-        t = &reg.get(ti.value("template", std::string("vicuna_v1.1")));
+        t = conv::model_template(ti);
       } catch (const conv::TemplateError& e) {
         throw ApiError(500, std::string("the model's template: ") + e.what(), "server_error");
       }
-      std::size_t i = 0;
-      for (const auto& m : body["messages"]) {
-        std::string where = "messages[" + std::to_string(i++) + "]";
-        if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
-          throw ApiError(400, where + ": needs a 'role'", "invalid_request_error", "messages");
-        std::string role = m["role"].get<std::string>();
-        std::string content;
-        if (m.contains("content") && m["content"].is_string()) {
-          content = m["content"].get<std::string>();
-        } else if (m.contains("content") && m["content"].is_array()) {  // [{"type": "text", "text": ...}]
-          for (const auto& part : m["content"])
-            if (part.is_object() && part.value("type", "") == "text") content += part.value("text", "");
-        } else {
-          throw ApiError(400, where + ": 'content' must be a string", "invalid_request_error", "messages");
-        }
-        const bool user_turn = conversation.messages.size() % 2 == 0;
-        if (role == "system" || role == "developer") {
-          if (!conversation.messages.empty())
-            throw ApiError(400, where + ": a system message must come first", "invalid_request_error", "messages");
-          conversation.system = content;
-        } else if (role == "user" || role == "assistant") {
-          if ((role == "user") != user_turn)
-            throw ApiError(400, where + ": user and assistant messages must alternate, starting with the user",
-                           "invalid_request_error", "messages");
-          conversation.messages.push_back(content);
-        } else {
-          throw ApiError(400, where + ": role '" + role + "' is not one of system, user, assistant",
-                         "invalid_request_error", "messages");
-        }
+      try {
+        conversation = conv::conversation_from_messages(body.value("messages", json()));
+      } catch (const conv::TemplateError& e) {
+        const std::string f = e.field();
+        throw ApiError(400, (f == "messages" ? "" : f + ": ") + e.what(), "invalid_request_error", "messages");
       }
-      if (conversation.messages.size() % 2 == 0)
-        throw ApiError(400, "the last message must be the user's", "invalid_request_error", "messages");
-      prompt = conv::render(*t, conversation).text();
+      prompt = conv::render(t, conversation).text();
       prompt_texts = {prompt};
       auto stops = request["stop"].get<std::vector<std::string>>();
-      for (const auto& s : t->stop_strings()) stops.push_back(s);
+      for (const auto& s : t.stop_strings()) stops.push_back(s);
       request["stop"] = stops;
     } else {
       parse_prompts(body, ti, prompt_texts, prompt_ids);

@@ -5,6 +5,7 @@
 #include "server.hpp"
 
 #include <vhost/host/host.hpp>
+#include <vhost/host/sampling.hpp>
 
 #include <vhost/conversation.hpp>
 
@@ -83,7 +84,7 @@ json run_generate(StageContext& ctx) {
                   {"max_tokens", c["max_tokens"]},
                   {"temperature", c["temperature"]},
                   {"top_p", c["top_p"]},
-                  {"top_k", c["top_k"]},
+                  {"top_k", std::max<int64_t>(c["top_k"].get<int64_t>(), 0)},  // -1 and 0: all
                   {"repetition_penalty", c["repetition_penalty"]},
                   {"stop", c["stop"]},
                   {"add_bos", true}};
@@ -155,15 +156,13 @@ json run_chat(StageContext& ctx) {
   const auto& c = ctx.config;
   Instance& model = ctx.instance(c["model"].get<std::string>());
   json info = model.model_tokenizer_info();
-  conv::Registry reg;
-  std::string name = c["template"].get<std::string>();
-  if (name.empty()) name = info.value("template", std::string("vicuna_v1.1"));
-  const conv::Template* t = nullptr;
+  conv::Template templ;
   try {
-    t = &reg.get(name);
+    templ = conv::model_template(info, c["template"].get<std::string>());
   } catch (const conv::TemplateError& e) {
     throw ConfigError(ctx.id + ".template: " + e.what());
   }
+  const conv::Template* t = &templ;
   conv::Conversation conv;
   if (!c["system"].get<std::string>().empty()) conv.system = c["system"].get<std::string>();
   const int64_t context = info.value("context", int64_t{2048});
@@ -537,6 +536,13 @@ json run_serve(StageContext& ctx) {
 
 }  // namespace
 
+// A sampling option with the one range every entry point checks (vhost/host/sampling.hpp).
+static OptionSpec sampling_option(const sampling::Range& r, const char* type, json default_value) {
+  OptionSpec o = option_spec(r.key, type, std::move(default_value), r.help, r.min, r.max);
+  o.min_open = r.min_open;
+  return o;
+}
+
 const std::vector<StageType>& stage_types() {
   static const std::vector<StageType> types = {
       {"info",
@@ -573,10 +579,10 @@ const std::vector<StageType>& stage_types() {
        {option_spec("model", "string", "", "the model instance (a name under [models]); empty: the only one"),
         option_spec("prompts", "string_list", std::nullopt, "the prompts"),
         option_spec("max_tokens", "integer", 64, "tokens to generate at most", 1, 1 << 20),
-        option_spec("temperature", "float", 0.0, "0: greedy", 0, 100),
-        option_spec("top_p", "float", 1.0, "nucleus sampling", 0, 1),
-        option_spec("top_k", "integer", 0, "sample from the k most likely (0: all)", 0, 1 << 30),
-        option_spec("repetition_penalty", "float", 1.0, "> 1 discourages repeats", 0.01, 100),
+        sampling_option(sampling::kTemperature, "float", sampling::kTemperatureGenerate),
+        sampling_option(sampling::kTopP, "float", 1.0),
+        sampling_option(sampling::kTopK, "integer", 0),
+        sampling_option(sampling::kRepetitionPenalty, "float", 1.0),
         option_spec("seed", "integer", -1, "sampling seed (-1: random)", -1, 9007199254740991.0),
         option_spec("stop", "string_list", json::array(), "stop before any of these"),
         option_spec("stream", "boolean", true, "print text as it is generated (one prompt)")},
@@ -597,9 +603,9 @@ const std::vector<StageType>& stage_types() {
         option_spec("template", "string", "", "conversation template; empty: the model's"),
         option_spec("system", "string", "", "system message (empty: the template's)"),
         option_spec("max_tokens", "integer", 512, "reply length limit", 1, 1 << 20),
-        option_spec("temperature", "float", 0.7, "0: greedy", 0, 100),
-        option_spec("top_p", "float", 1.0, "nucleus sampling", 0, 1),
-        option_spec("repetition_penalty", "float", 1.0, "> 1 discourages repeats", 0.01, 100),
+        sampling_option(sampling::kTemperature, "float", sampling::kTemperatureChat),
+        sampling_option(sampling::kTopP, "float", 1.0),
+        sampling_option(sampling::kRepetitionPenalty, "float", 1.0),
         option_spec("seed", "integer", -1, "sampling seed (-1: random)", -1, 9007199254740991.0),
         option_spec("prompt", "boolean", true, "print the role names before each turn")},
        {{"model", VHOST_KIND_MODEL}},
@@ -649,7 +655,7 @@ const std::vector<StageType>& stage_types() {
         option_spec("retry_errors", "boolean", false,
                     "ask again the stored judgments that recorded an error (the old ones go to judgments.previous.jsonl)"),
         option_spec("max_tokens", "integer", 512, "answer length per turn", 1, 1 << 20),
-        option_spec("temperature", "float", 0.7, "answer sampling temperature (seeded per question)", 0, 2),
+        sampling_option(sampling::kTemperature, "float", sampling::kTemperatureEval),
         option_spec("judge_max_tokens", "integer", 1024, "judge reply length", 1, 1 << 20)},
        {{"judge", VHOST_KIND_JUDGE}},
        {"models", "endpoints"},

@@ -82,7 +82,11 @@ expect 400 prompt $c '{"model":"tiny","prompt":["a",""]}' "prompt[1]: the prompt
 expect 400 prompt $c '{"model":"tiny","prompt":{"a":1}}' "must be a string"
 # vLLM's tokenizer endpoints: malformed bodies.
 expect 400 prompt ../tokenize '{"prompt":5}' "must be a string"
-expect 400 messages ../tokenize '{"messages":[]}' "not supported by /tokenize"
+expect 400 messages ../tokenize '{"messages":[]}' "'messages' must be a non-empty array"
+expect 400 messages ../tokenize '{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}' "messages[1]: user and assistant messages must alternate"
+expect 400 messages ../tokenize '{"messages":[{"role":"tool","content":"a"}]}' "messages[0]: role 'tool' is not one of"
+expect 400 prompt ../tokenize '{"messages":[{"role":"user","content":"a"}],"prompt":"x"}' "not both"
+expect 400 add_generation_prompt ../tokenize '{"messages":[{"role":"user","content":"a"}],"add_generation_prompt":false}' "not supported"
 expect 400 tokens ../detokenize '{"tokens":[1,99999]}' "not a token id"
 expect 400 tokens ../detokenize '{"tokens":"x"}' "list of token ids"
 expect 404 model ../tokenize '{"prompt":"x","model":"nope"}' "does not exist"

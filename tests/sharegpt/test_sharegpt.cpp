@@ -118,6 +118,58 @@ TEST_CASE("custom templates from tables, and their errors name the field", "[tem
   CHECK_THROWS_WITH(reg.get("vicuna"), Contains("unknown conversation template 'vicuna' (known: alpaca"));
 }
 
+TEST_CASE("a template's whole definition round-trips, and a model's reported template resolves", "[template]") {
+  conv::Registry reg(json{{"mine", {{"style", "add_colon_two"}, {"roles", {"Q", "A"}}, {"sep", "\n"}, {"sep2", "</s>\n"},
+                                    {"assistant_end", "<end>"}, {"stop", {"Q:"}}}}});
+  const conv::Conversation c{std::string("sys"), {"1+1?", "2", "2+2?"}};
+  for (const auto& name : reg.names()) {
+    const conv::Template& t = reg.get(name);
+    const conv::Template back = conv::template_from_json(name, conv::template_to_json(t), {});
+    CHECK(conv::render(back, c).text() == conv::render(t, c).text());
+    CHECK(conv::render(back, three_turns()).text() == conv::render(t, three_turns()).text());
+    CHECK(back.stop_strings() == t.stop_strings());
+    CHECK(back.assistant_end() == t.assistant_end());
+  }
+  // What a model reports: a custom template by name with its definition; another name is a built-in.
+  const json info = {{"template", "mine"}, {"template_definition", conv::template_to_json(reg.get("mine"))}};
+  CHECK(conv::render(conv::model_template(info), three_turns()).text() == conv::render(reg.get("mine"), three_turns()).text());
+  CHECK(conv::model_template(info, "chatml").name == "chatml");
+  const json more = {{"template", "vicuna_v1.1"}, {"templates", {{"mine", conv::template_to_json(reg.get("mine"))}}}};
+  CHECK(conv::model_template(more).name == "vicuna_v1.1");
+  CHECK(conv::render(conv::model_template(more, "mine"), three_turns()).text() == conv::render(reg.get("mine"), three_turns()).text());
+  CHECK(conv::model_template(json{{"template", "alpaca"}}).name == "alpaca");
+  CHECK(conv::model_template(json::object()).name == "vicuna_v1.1");
+  CHECK_THROWS_WITH(conv::model_template(json{{"template", "gone"}}), Contains("unknown conversation template 'gone'"));
+  CHECK_THROWS_WITH(conv::model_template(json{{"template", "x"}, {"template_definition", {{"style", "odd"}}}}),
+                    Contains("the model's template: unknown style 'odd'"));
+}
+
+TEST_CASE("OpenAI chat messages become a conversation, strictly", "[template][malformed]") {
+  auto c = conv::conversation_from_messages(json::parse(
+      R"([{"role": "developer", "content": "S"}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]},
+          {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}])"));
+  CHECK(*c.system == "S");
+  CHECK(c.messages == std::vector<std::string>{"a", "b", "c"});
+  auto err = [](const char* text) {
+    try {
+      conv::conversation_from_messages(json::parse(text));
+    } catch (const conv::TemplateError& e) {
+      return e.field() + ": " + e.what();
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(err(R"([])"), Contains("messages: 'messages' must be a non-empty array"));
+  CHECK_THAT(err(R"({"role": "user"})"), Contains("must be a non-empty array"));
+  CHECK_THAT(err(R"([{"content": "x"}])"), Contains("messages[0]: needs a 'role'"));
+  CHECK_THAT(err(R"([{"role": "user", "content": 5}])"), Contains("messages[0]: 'content' must be a string"));
+  CHECK_THAT(err(R"([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}])"),
+             Contains("messages[1]: a system message must come first"));
+  CHECK_THAT(err(R"([{"role": "assistant", "content": "a"}])"), Contains("messages[0]: user and assistant messages must alternate"));
+  CHECK_THAT(err(R"([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])"),
+             Contains("messages: the last message must be the user's"));
+  CHECK_THAT(err(R"([{"role": "tool", "content": "a"}])"), Contains("messages[0]: role 'tool' is not one of"));
+}
+
 TEST_CASE("a ShareGPT record becomes a conversation, strictly", "[template][malformed]") {
   auto c = conv::conversation_from_sharegpt(json::parse(
       R"({"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})"));

@@ -42,6 +42,41 @@ TEST_CASE("model init writes an HF checkpoint with a tokenizer, generate streams
   CHECK_THAT(r.out, Contains("models.m.path: /nonexistent/model has no config.json"));
 }
 
+TEST_CASE("sampling parameters: one range for the CLI flags and the pipeline stages", "[model][cli][malformed]") {
+  const std::string m = tiny_model().string();
+  // CLI flags are named as flags, exit 2, before anything loads.
+  auto r = run_cmd(vhost_cmd("generate " + m + " --prompt hi --temperature 3"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("--temperature: must be a number in [0, 2], got '3'"));
+  r = run_cmd(vhost_cmd("generate " + m + " --prompt hi --top-p 0"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("--top-p: must be a number in (0, 1], got '0'"));
+  r = run_cmd(vhost_cmd("generate " + m + " --prompt hi --max-tokens 0"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("--max-tokens"));
+  r = run_cmd(vhost_cmd("chat " + m + " --temperature 2.5"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("--temperature: must be a number in [0, 2], got '2.5'"));
+  r = run_cmd(vhost_cmd("chat " + m + " --top-p nan"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("--top-p: must be a number in (0, 1]"));
+  // The same ranges in a pipeline (they were 0..100 in generate and chat, 0..2 in eval and the API).
+  fs::path dir = scratch("sampling-ranges");
+  write_file(dir / "p.toml", "[pipeline]\nstages = [\"generate\", \"chat\"]\n[models.m]\nplugin = \"llama\"\npath = \"" + m +
+                                 "\"\n[stages.generate]\nprompts = [\"a\"]\ntemperature = 5.0\ntop_k = -2\n"
+                                 "[stages.chat]\ntop_p = 0.0\nrepetition_penalty = 0.0\n");
+  r = run_cmd(vhost_cmd("validate " + (dir / "p.toml").string()));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("stages.generate.temperature: 5 is out of range: must be between 0 and 2"));
+  CHECK_THAT(r.out, Contains("stages.generate.top_k: -2 is out of range: must be between -1 and"));
+  CHECK_THAT(r.out, Contains("stages.chat.top_p: 0 is out of range: must be greater than 0 and at most 1"));
+  CHECK_THAT(r.out, Contains("stages.chat.repetition_penalty: 0 is out of range: must be greater than 0 and at most 10"));
+  // top_k = -1 means all, as in the API (vLLM's spelling), and generates.
+  r = run_cmd(vhost_cmd("generate " + m + " --prompt hi --top-k -1 --temperature 1 --seed 3 --max-tokens 3 --log-level warn"));
+  INFO(r.out);
+  CHECK(r.rc == 0);
+}
+
 TEST_CASE("tokenizer commands: encode, decode, train, malformed input", "[model][cli][tokenizer]") {
   fs::path dir = scratch("tok-cli");
   auto r = run_cmd(vhost_cmd("tokenizer train --input " + std::string(VHOST_SOURCE_DIR) + "/docs/pipelines.md --vocab 300 --out " +

@@ -87,9 +87,8 @@ class ShareGptPlugin final : public vhost::Dataset {
     PrepareOptions o;
     o.input = path_;
     o.out_dir = request["out_dir"].get<std::string>();
-    std::string name = templ_.empty() ? info.value("template", std::string("vicuna_v1.1")) : templ_;
     try {
-      o.templ = registry_.get(name);
+      o.templ = templ_.empty() ? vhost::conv::model_template(info) : registry_.get(templ_);
     } catch (const vhost::conv::TemplateError& e) {
       throw vhost::ConfigError("template", std::string(e.what()) + " (the model's template; set one here)");
     }

@@ -241,6 +241,7 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
 
   json meta = {{"source", opt.input.string()},
                {"template", opt.templ.name},
+               {"template_definition", conv::template_to_json(opt.templ)},  // the trainer keeps it with the model
                {"max_length", opt.max_length},
                {"bos_id", tok.bos_id},
                {"eos_id", tok.eos_id},
@@ -402,6 +403,7 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
                 {"longest_sequence", st.longest},
                 {"max_length", opt.max_length},
                 {"template", opt.templ.name},
+                {"template_definition", conv::template_to_json(opt.templ)},
                 {"length_histogram", hist},
                 {"out_dir", opt.out_dir.string()}};
   std::ofstream(opt.out_dir / "stats.json") << stats.dump(2) << "\n";

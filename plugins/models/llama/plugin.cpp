@@ -9,6 +9,7 @@
 #include "tokenizer.hpp"
 #include "train.hpp"
 
+#include <vhost/conversation.hpp>
 #include <vhost/plugin.hpp>
 #include <vhost/torch/backend.hpp>
 #include <vhost/torch/compat.hpp>
@@ -57,8 +58,10 @@ class LlamaPlugin final : public vhost::Model {
             Option::path("tokenizer", "", "tokenizer.model (default: the one in the checkpoint folder)"),
             Option::boolean("load_weights", true,
                             "false: only the tokenizer and config (data preparation); generation is refused"),
-            Option::string("template", "vicuna_v1.1",
-                           "the conversation template chat prompts use (vicuna_v1.1, llama-2-chat, ...)"),
+            Option::string("template", "",
+                           "the conversation template chat prompts use (vicuna_v1.1, llama-2-chat, ..., or one under "
+                           "templates); empty: the checkpoint's conversation_template.json, else vicuna_v1.1"),
+            Option::table("templates", "custom templates: name -> {base, style, roles, system_message, sep, sep2, ...}"),
             Option::integer("max_batch", 0,
                             "continuous batching: concurrent generate calls share a running batch of this many "
                             "sequences (0: calls run one at a time)")
@@ -74,8 +77,9 @@ class LlamaPlugin final : public vhost::Model {
   }
 
   explicit LlamaPlugin(const vhost::Config& cfg)
-      : path_(cfg.get<std::string>("path")), template_(cfg.get<std::string>("template")) {
+      : path_(cfg.get<std::string>("path")) {
     auto t0 = std::chrono::steady_clock::now();
+    resolve_template(cfg);
     torch::Device device = torch::kCPU;
     torch::ScalarType dtype = torch::kFloat32;
     std::string backend = cfg.get<std::string>("backend");
@@ -157,9 +161,55 @@ class LlamaPlugin final : public vhost::Model {
             {"tokenizer", tokenizer_->path().empty() ? "embedded in " + path_.string() : tokenizer_->path().string()},
             {"bos_id", tokenizer_->bos_id()},
             {"eos_id", c.eos_token_id},
-            {"template", template_},
+            {"template", template_.name},
             {"load_seconds", load_seconds_},
             {"engine", engine_ ? engine_json() : json(nullptr)}};
+  }
+
+  // The template: the `template` option (a built-in or one of `templates`), else the one the
+  // checkpoint was trained with (conversation_template.json, written by the train stage), else
+  // vicuna_v1.1. Reported whole in tokenizer_info, so that a custom one is served as trained.
+  void resolve_template(const vhost::Config& cfg) {
+    vhost::conv::Registry reg;
+    try {
+      const json custom = cfg.get<json>("templates");
+      reg.add(custom);
+      custom_templates_ = json::object();
+      if (custom.is_object())
+        for (auto it = custom.begin(); it != custom.end(); ++it)
+          custom_templates_[it.key()] = vhost::conv::template_to_json(reg.get(it.key()));
+    } catch (const vhost::conv::TemplateError& e) {
+      throw vhost::ConfigError("templates" + (e.field().empty() ? "" : "." + e.field()), e.what());
+    }
+    const std::string name = cfg.get<std::string>("template");
+    const fs::path file = path_ / "conversation_template.json";
+    if (!name.empty()) {
+      try {
+        template_ = reg.get(name);
+      } catch (const vhost::conv::TemplateError& e) {
+        throw vhost::ConfigError("template", e.what());
+      }
+    } else if (fs::is_directory(path_) && fs::exists(file)) {
+      try {
+        std::ifstream in(file);
+        json j = json::parse(in);
+        if (!j.is_object() || !j.contains("name") || !j["name"].is_string())
+          throw vhost::conv::TemplateError("name", "must be the template's name (a string)");
+        if (j.contains("definition") && !j["definition"].is_null()) {
+          if (!j["definition"].is_object()) throw vhost::conv::TemplateError("definition", "must be a table");
+          template_ = vhost::conv::template_from_json(j["name"].get<std::string>(), j["definition"], {});
+        } else {
+          template_ = reg.get(j["name"].get<std::string>());
+        }
+      } catch (const json::exception& e) {
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, file.string() + ": not valid JSON: " + e.what());
+      } catch (const vhost::conv::TemplateError& e) {
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT,
+                           file.string() + ": " + (e.field().empty() ? "" : e.field() + ": ") + e.what());
+      }
+    } else {
+      template_ = reg.get("vicuna_v1.1");
+    }
   }
 
   json engine_json() const {
@@ -183,7 +233,9 @@ class LlamaPlugin final : public vhost::Model {
             {"eos_id", config_.eos_token_id},
             {"vocab_size", tokenizer_->vocab_size()},
             {"context", config_.max_position_embeddings},
-            {"template", template_},
+            {"template", template_.name},
+            {"template_definition", vhost::conv::template_to_json(template_)},
+            {"templates", custom_templates_},  // the custom ones it was given, which chat/serve may name
             {"max_batch", engine_ ? max_batch_ : 1},  // concurrent generate calls worth making
             {"concurrent", engine_ != nullptr},       // generate may be called from several threads
             {"logprobs", true},                       // generate takes logprobs / prompt_logprobs
@@ -432,7 +484,8 @@ class LlamaPlugin final : public vhost::Model {
 
  private:
   fs::path path_;
-  std::string template_;
+  vhost::conv::Template template_;
+  json custom_templates_ = json::object();
   std::unique_ptr<vhost::llama::Tokenizer> tokenizer_;
   std::unique_ptr<vhost::llama::LlamaModel> model_;  // null with load_weights = false
   const vhost::torch_ext::Backend* backend_ = nullptr;

@@ -637,8 +637,9 @@ std::string step_name(int64_t step) {
 }
 
 // What a model folder holds beside its weights, so that HF transformers and the llama plugin
-// both load it: config.json and the tokenizer.
-void write_model_meta(const fs::path& dir, const LlamaConfig& cfg, const TrainEnv& env) {
+// both load it: config.json and the tokenizer; and the conversation template the data was
+// prepared with (conversation_template.json), so that the model is served as it was trained.
+void write_model_meta(const fs::path& dir, const LlamaConfig& cfg, const TrainEnv& env, const json& data_meta) {
   const fs::path& tokenizer = env.tokenizer;
   fs::create_directories(dir);
   LlamaConfig c = cfg;
@@ -648,6 +649,10 @@ void write_model_meta(const fs::path& dir, const LlamaConfig& cfg, const TrainEn
     fs::copy_file(tokenizer, dir / "tokenizer.model", fs::copy_options::overwrite_existing);
   else if (!env.tokenizer_proto.empty())
     write_text(dir / "tokenizer.model", env.tokenizer_proto);
+  if (data_meta.contains("template") && data_meta["template"].is_string())
+    write_text(dir / "conversation_template.json",
+               json{{"name", data_meta["template"]}, {"definition", data_meta.value("template_definition", json(nullptr))}}.dump(2) +
+                   "\n");
 }
 
 // This process's peak resident memory (VmHWM), in bytes; 0 where /proc does not say.
@@ -814,7 +819,7 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
     attempt([&] {
       std::error_code ec;
       fs::remove_all(dir, ec);
-      write_model_meta(dir, mc, env);
+      write_model_meta(dir, mc, env, meta);
       std::vector<SafetensorsWriter::Spec> ps, os;
       for (auto& [n, sh] : shapes) ps.push_back({n, torch::kFloat32, sh});
       mw = std::make_unique<SafetensorsWriter>(dir / "model.safetensors", ps, std::map<std::string, std::string>{{"format", "pt"}});

@@ -401,6 +401,90 @@ class Registry {
   std::map<std::string, Template> t_;
 };
 
+// The whole definition of `t` (no "base"): what a model reports and a checkpoint keeps, so that
+// a custom template travels with the model. template_from_json(t.name, template_to_json(t), {})
+// gives `t` back.
+inline json template_to_json(const Template& t) {
+  std::string style;
+  for (const auto& [n, st] : style_names())
+    if (st == t.style) style = n;
+  json j = {{"style", style},
+            {"roles", {t.roles[0], t.roles[1]}},
+            {"system_message", t.system_message},
+            {"system_template", t.system_template},
+            {"sep", t.sep},
+            {"sep2", t.sep2},
+            {"stop", t.stop}};
+  if (!t.assistant_end_override.empty()) j["assistant_end"] = t.assistant_end_override;
+  return j;
+}
+
+// The template a model reports in its tokenizer/capabilities info: {"template": NAME,
+// "template_definition": {...}} (template_to_json; may be absent for a built-in), and optionally
+// {"templates": {NAME: definition, ...}}, the other custom templates it was given. `name`, when
+// not empty, asks for another template instead: a built-in or one of those, by name.
+// Every component that renders chats (serve, chat, eval, prepare) resolves templates here, so a
+// custom template that was trained on is also served. Throws TemplateError.
+inline Template model_template(const json& info, const std::string& name = "") {
+  const std::string own = info.is_object() && info.contains("template") && info["template"].is_string()
+                              ? info["template"].get<std::string>()
+                              : std::string("vicuna_v1.1");
+  Registry reg;
+  if (info.is_object() && info.contains("templates") && info["templates"].is_object()) {
+    try {
+      reg.add(info["templates"]);
+    } catch (const TemplateError& e) {
+      throw TemplateError(e.field(), "the model's templates: " + std::string(e.what()));
+    }
+  }
+  if (info.is_object() && info.contains("template_definition") && info["template_definition"].is_object()) {
+    try {
+      reg.add(json{{own, info["template_definition"]}});
+    } catch (const TemplateError& e) {
+      throw TemplateError(e.field(), "the model's template: " + std::string(e.what()));
+    }
+  }
+  return reg.get(name.empty() ? own : name);
+}
+
+// OpenAI chat messages ([{"role": "system"|"developer"|"user"|"assistant", "content": text or
+// [{"type": "text", "text": ...}]}, ...]) as a Conversation: an optional system message first,
+// then user and assistant alternating from the user, the last one the user's (the one to
+// answer). Errors name the message ("messages[2]") as the field.
+inline Conversation conversation_from_messages(const json& messages) {
+  if (!messages.is_array() || messages.empty()) throw TemplateError("messages", "'messages' must be a non-empty array");
+  Conversation conversation;
+  std::size_t i = 0;
+  for (const auto& m : messages) {
+    const std::string where = "messages[" + std::to_string(i++) + "]";
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) throw TemplateError(where, "needs a 'role'");
+    const std::string role = m["role"].get<std::string>();
+    std::string content;
+    if (m.contains("content") && m["content"].is_string()) {
+      content = m["content"].get<std::string>();
+    } else if (m.contains("content") && m["content"].is_array()) {
+      for (const auto& part : m["content"])
+        if (part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string())
+          content += part["text"].get<std::string>();
+    } else {
+      throw TemplateError(where, "'content' must be a string");
+    }
+    const bool user_turn = conversation.messages.size() % 2 == 0;
+    if (role == "system" || role == "developer") {
+      if (!conversation.messages.empty()) throw TemplateError(where, "a system message must come first");
+      conversation.system = content;
+    } else if (role == "user" || role == "assistant") {
+      if ((role == "user") != user_turn)
+        throw TemplateError(where, "user and assistant messages must alternate, starting with the user");
+      conversation.messages.push_back(content);
+    } else {
+      throw TemplateError(where, "role '" + role + "' is not one of system, user, assistant");
+    }
+  }
+  if (conversation.messages.size() % 2 == 0) throw TemplateError("messages", "the last message must be the user's");
+  return conversation;
+}
+
 // ---- ShareGPT roles ---------------------------------------------------------------------------
 enum class Speaker { User, Assistant, System, Unknown };
 // "human"/"user" -> User; "gpt"/"assistant"/"chatgpt"/"bard"/"bing" -> Assistant; "system".
