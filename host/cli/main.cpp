@@ -1,6 +1,7 @@
 // The `vhost` command: a thin shell over the embedding API in vhost/host/host.hpp.
 #include "launch.hpp"
 #include "../src/cluster.hpp"
+#include "../src/arena.hpp"
 #include "../src/eval.hpp"
 
 #include <vhost/conversation.hpp>
@@ -289,6 +290,25 @@ int main(int argc, char** argv) {
   eval_report_cmd->add_option("--questions", review_questions,
                               "question JSONL: categories for FastChat reviews that carry none");
   eval->require_subcommand(1);
+  auto* arena_cmd = app.add_subcommand("arena", "the arena leaderboard (FastChat's Chatbot Arena)");
+  auto* arena_report_cmd = arena_cmd->add_subcommand(
+      "report", "ratings (Bradley-Terry MLE with bootstrap intervals, online Elo) from votes, battles or pairwise judgments");
+  std::vector<std::string> arena_files, arena_anchor;
+  std::string arena_out;
+  vh::arena::Options arena_opt;
+  bool arena_json = false;
+  arena_report_cmd->add_option("files", arena_files,
+                               "conversation logs with votes (vhost serve|api --log), FastChat battle files, pairwise judgments")
+      ->required();
+  arena_report_cmd->add_option("--bootstrap", arena_opt.rounds, "bootstrap rounds for the 95% intervals (0: none)")
+      ->check(CLI::Range(int64_t{0}, int64_t{100000}))
+      ->capture_default_str();
+  arena_report_cmd->add_option("--seed", arena_opt.seed, "bootstrap seed")->capture_default_str();
+  arena_report_cmd->add_flag("--anonymous-only", arena_opt.anonymous_only, "only battles whose models were hidden until the vote");
+  arena_report_cmd->add_option("--anchor", arena_anchor, "MODEL=RATING: shift every rating so MODEL has RATING (FastChat: llama-13b=800)");
+  arena_report_cmd->add_option("--out", arena_out, "also write arena.md, arena.json and arena.html here");
+  arena_report_cmd->add_flag("--json", arena_json, "print the report as JSON");
+  arena_cmd->require_subcommand(1);
   auto* controller = app.add_subcommand("controller", "keep the live workers and dispatch requests to them");
   vh::ControllerOptions copt;
   controller->add_option("--host", copt.host, "address to listen on")->capture_default_str();
@@ -458,6 +478,41 @@ int main(int argc, char** argv) {
         std::ofstream(std::filesystem::path(review_out) / "report.json") << r.dump(2) << "\n";
         std::ofstream(std::filesystem::path(review_out) / "report.html") << vh::eval_html(r);
         std::cout << "\nreport: " << (std::filesystem::path(review_out) / "report.html").string() << "\n";
+      }
+      return 0;
+    }
+    if (*arena_report_cmd) {
+      for (const auto& a : arena_anchor) {
+        const auto eq = a.rfind('=');
+        double v = 0;
+        std::size_t used = 0;
+        try {
+          if (eq != std::string::npos && eq > 0) v = std::stod(a.substr(eq + 1), &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (eq == std::string::npos || eq == 0 || used == 0 || used != a.size() - eq - 1) {
+          std::cerr << "--anchor: expected MODEL=RATING, got '" << a << "'\n";
+          return kBadInput;
+        }
+        arena_opt.anchors[a.substr(0, eq)] = v;
+      }
+      std::vector<vh::arena::Battle> battles;
+      std::vector<std::string> notes;
+      for (const auto& f : arena_files) {
+        auto b = vh::arena::read_battles(f, notes);
+        battles.insert(battles.end(), b.begin(), b.end());
+      }
+      for (const auto& n : notes) std::cerr << n << "\n";
+      vh::json r = vh::arena::report(battles, arena_opt);
+      std::cout << (arena_json ? r.dump(2) + "\n" : vh::arena::markdown(r));
+      if (!arena_out.empty()) {
+        const std::filesystem::path out = arena_out;
+        std::filesystem::create_directories(out);
+        std::ofstream(out / "arena.md") << vh::arena::markdown(r);
+        std::ofstream(out / "arena.json") << r.dump(2) << "\n";
+        std::ofstream(out / "arena.html") << vh::arena::html(r);
+        (arena_json ? std::cerr : std::cout) << "\nreport: " << (out / "arena.html").string() << "\n";
       }
       return 0;
     }

@@ -1,7 +1,8 @@
 // The web chat page: plain HTML, CSS and JavaScript against the server's own
 // /v1/chat/completions (streamed), no build step. Model picker, multi-turn chat, stop,
 // regenerate, clear, parameters; "side by side" sends one prompt to two models and records a vote
-// (POST /v1/votes, kept in the conversation log).
+// (POST /v1/votes, kept in the conversation log); "anonymous battle" draws the two models at random
+// and names them only after the vote (Chatbot Arena's battle mode; `vhost arena report` rates them).
 #include "web_chat.hpp"
 
 namespace vhost::host {
@@ -18,7 +19,7 @@ header input{width:4.5em}
 main{flex:1;display:flex;gap:1em;overflow:hidden;padding:1em}
 .pane{flex:1;overflow-y:auto;background:#fff;border-radius:8px;padding:1em;box-shadow:0 1px 3px #0002}
 .msg{margin:.4em 0;padding:.5em .8em;border-radius:6px;white-space:pre-wrap}
-.user{background:#e8eefc}.assistant{background:#eef7ee}.error{background:#fdd}
+.who{font-weight:600;margin-bottom:.4em}.user{background:#e8eefc}.assistant{background:#eef7ee}.error{background:#fdd}
 footer{display:flex;gap:.5em;padding:.5em 1em}
 textarea{flex:1;height:3.5em}
 #vote{display:none;gap:.5em;justify-content:center;padding:.3em}
@@ -26,6 +27,7 @@ textarea{flex:1;height:3.5em}
 <header><b>vhost</b>
 <label>model <select id="model"></select></label>
 <label><input type="checkbox" id="sbs"> side by side with <select id="model2"></select></label>
+<label title="two models drawn at random, their names shown after your vote (Chatbot Arena)"><input type="checkbox" id="arena"> anonymous battle</label>
 <label>temperature <input id="temperature" type="number" step="0.1" min="0" max="2" value="0.7"></label>
 <label>top_p <input id="top_p" type="number" step="0.05" min="0.05" max="1" value="1"></label>
 <label>max tokens <input id="max_tokens" type="number" min="1" value="256"></label>
@@ -39,6 +41,16 @@ textarea{flex:1;height:3.5em}
 <script>
 const $ = id => document.getElementById(id);
 let histories = [[], []], controllers = [];
+// An anonymous battle: {models: [a, b], voted}; the panes say "Model A"/"Model B" until the vote.
+let battle = null;
+function label(i, text) {
+  let h = $('pane' + i).querySelector('.who');
+  if (!h) { h = document.createElement('div'); h.className = 'who'; $('pane' + i).prepend(h); }
+  h.textContent = text;
+}
+function clearAll() {
+  histories = [[], []]; battle = null; $('pane0').innerHTML = ''; $('pane1').innerHTML = ''; $('vote').style.display = 'none';
+}
 async function loadModels() {
   const r = await fetch('/v1/models'); const j = await r.json();
   for (const sel of [$('model'), $('model2')]) {
@@ -84,17 +96,29 @@ async function ask(i, model) {
   histories[i].push({role: 'assistant', content: text});
 }
 async function send(again) {
-  const sbs = $('sbs').checked, msg = $('input').value.trim();
+  const arena = $('arena').checked, msg = $('input').value.trim();
+  if (!again && !msg) return;
+  if (again && battle && battle.voted) return;  // a decided battle is not answered again
+  if (arena && battle && battle.voted) clearAll();  // after a vote, the next message starts a new battle
+  if (arena && !battle) {
+    const names = [...$('model').options].map(o => o.value);
+    if (names.length < 2) { add('pane0', 'error', 'an anonymous battle needs two served models'); return; }
+    const i = Math.floor(Math.random() * names.length);
+    let j = Math.floor(Math.random() * (names.length - 1)); if (j >= i) ++j;
+    battle = {models: [names[i], names[j]], voted: false};
+    $('pane1').style.display = 'block'; label(0, 'Model A'); label(1, 'Model B');
+  }
+  const sbs = arena || $('sbs').checked;
+  const models = battle ? battle.models : [$('model').value, $('model2').value];
   if (!again) {
-    if (!msg) return;
     $('input').value = '';
     for (let i = 0; i < (sbs ? 2 : 1); ++i) { histories[i].push({role: 'user', content: msg}); add('pane' + i, 'user', msg); }
   }
   controllers = [];
-  const jobs = [ask(0, $('model').value)];
-  if (sbs) jobs.push(ask(1, $('model2').value));
+  const jobs = [ask(0, models[0])];
+  if (sbs) jobs.push(ask(1, models[1]));
   await Promise.all(jobs);
-  $('vote').style.display = sbs ? 'flex' : 'none';
+  $('vote').style.display = sbs && !(battle && battle.voted) ? 'flex' : 'none';
 }
 $('send').onclick = () => send(false);
 $('input').addEventListener('keydown', e => { if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); send(false); } });
@@ -106,12 +130,18 @@ $('regen').onclick = () => {
   }
   send(true);
 };
-$('clear').onclick = () => { histories = [[], []]; $('pane0').innerHTML = ''; $('pane1').innerHTML = ''; };
-$('sbs').onchange = () => { $('pane1').style.display = $('sbs').checked ? 'block' : 'none'; };
+$('clear').onclick = clearAll;
+$('sbs').onchange = $('arena').onchange = () => {
+  clearAll();
+  $('pane1').style.display = $('sbs').checked || $('arena').checked ? 'block' : 'none';
+  $('model').disabled = $('model2').disabled = $('arena').checked;
+};
 document.querySelectorAll('#vote button').forEach(b => b.onclick = async () => {
+  const models = battle ? battle.models : [$('model').value, $('model2').value];
   await fetch('/v1/votes', {method: 'POST', headers: {'Content-Type': 'application/json'},
-    body: JSON.stringify({models: [$('model').value, $('model2').value], vote: b.dataset.v, conversation: histories})});
+    body: JSON.stringify({models, vote: b.dataset.v, anonymous: !!battle, conversation: histories})});
   $('vote').style.display = 'none';
+  if (battle) { battle.voted = true; label(0, 'Model A: ' + models[0]); label(1, 'Model B: ' + models[1]); }
 });
 // A link may carry a first message: /?prompt=...&model=... sends it once the models are listed.
 loadModels().then(() => {

@@ -122,6 +122,8 @@ try:
 
     def js(expr):
         r = call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in r:
+            raise SystemExit(f"the page's script failed: {r['exceptionDetails'].get('exception', {}).get('description')}\n  in: {expr}")
         return r["result"].get("value")
 
     def texts(pane):
@@ -189,10 +191,10 @@ try:
 
     # 4. Side by side, and a vote.
     assert len(models) >= 2, f"side by side needs two served models, the page lists {models}"
-    js("document.getElementById('clear').click(); const s = document.getElementById('sbs'); s.checked = true;"
+    js("{ document.getElementById('clear').click(); const s = document.getElementById('sbs'); s.checked = true;"
        "s.onchange(); document.getElementById('model').selectedIndex = 0;"
        "document.getElementById('model2').selectedIndex = 1; document.getElementById('max_tokens').value = 16;"
-       "document.getElementById('input').value = 'Which is better?'; document.getElementById('send').click(); true")
+       "document.getElementById('input').value = 'Which is better?'; document.getElementById('send').click(); true }")
     left, right = settle("pane0")[0], settle("pane1")[0]
     deadline = time.time() + 10
     while js("getComputedStyle(document.getElementById('vote')).display") == "none":
@@ -204,6 +206,29 @@ try:
         if time.time() > deadline: raise SystemExit("the vote was not taken")
         time.sleep(0.05)
     print(f"web chat: side by side {models[0]} vs {models[1]} answered ({len(left)} and {len(right)} characters); voted A")
+
+    # 5. An anonymous battle: the panes say Model A / Model B until the vote, then name the models.
+    js("{ const s = document.getElementById('sbs'); s.checked = false; s.onchange();"
+       "const a = document.getElementById('arena'); a.checked = true; a.onchange();"
+       "document.getElementById('input').value = 'Who are you?'; document.getElementById('send').click(); true }")
+    settle("pane0"), settle("pane1")
+    who = js("[...document.querySelectorAll('.who')].map(d => d.textContent)")
+    assert who == ["Model A", "Model B"], who
+    page = js("document.querySelector('main').textContent")
+    assert not any(m in page for m in models), f"a model's name shows before the vote: {page!r}"
+    deadline = time.time() + 10
+    while js("getComputedStyle(document.getElementById('vote')).display") == "none":
+        if time.time() > deadline: raise SystemExit("the vote bar never appeared in the battle")
+        time.sleep(0.05)
+    js("document.querySelector('#vote button[data-v=\"B\"]').click(); true")
+    deadline = time.time() + 10
+    while not js("document.querySelector('.who').textContent.includes(':')"):
+        if time.time() > deadline: raise SystemExit("the models were not named after the vote")
+        time.sleep(0.05)
+    who = js("[...document.querySelectorAll('.who')].map(d => d.textContent)")
+    named = [w.split(": ", 1)[1] for w in who]
+    assert sorted(named) == sorted(models[:2]) and who[0].startswith("Model A: "), who
+    print(f"web chat: anonymous battle, voted B; then named: {who}")
 finally:
     proc.kill()
     proc.wait()

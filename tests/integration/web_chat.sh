@@ -19,10 +19,21 @@ grep -q '^SKIP:' page.txt && exit 0
 python3 - chat.jsonl <<'PY' || { tail -3 chat.jsonl; exit 1; }
 import json, sys
 votes = [json.loads(l)["vote"] for l in open(sys.argv[1]) if '"vote"' in l]
-assert len(votes) == 1, votes
+assert len(votes) == 2, votes
 v = votes[0]
-assert v["vote"] == "A" and sorted(v["models"]) == ["other", "tiny"], v
+assert v["vote"] == "A" and sorted(v["models"]) == ["other", "tiny"] and not v["anonymous"], v
 assert [m["role"] for m in v["conversation"][0]] == ["user", "assistant"] and v["conversation"][1][1]["content"], v
+v = votes[1]
+assert v["vote"] == "B" and sorted(v["models"]) == ["other", "tiny"] and v["anonymous"] is True, v
+assert v["conversation"][0][0]["content"] == "Who are you?", v
+PY
+# The votes are battles: the arena leaderboard reads them from the log.
+"$vhost" arena report chat.jsonl --bootstrap 20 --json > arena.json 2> arena.err || { cat arena.err; exit 1; }
+python3 - arena.json <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["battles"] == 2 and r["anonymous_battles"] == 1, r
+assert sorted(m["model"] for m in r["models"]) == ["other", "tiny"], r
 PY
 kill -TERM $PID; wait $PID
 echo "web_chat: ok"

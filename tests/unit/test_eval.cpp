@@ -1,6 +1,7 @@
 // Evaluation: verdict parsing, report arithmetic on hand-made judgments, FastChat reviews.
 #include "helpers.hpp"
 
+#include "../../host/src/arena.hpp"
 #include "../../host/src/eval.hpp"
 
 #include <fstream>
@@ -184,4 +185,70 @@ TEST_CASE("question files: errors name the file and line", "[eval][bad-input]") 
   CHECK_THROWS_WITH(load_questions(d / "bad2.jsonl"), Contains("bad2.jsonl:1: turns: missing"));
   std::ofstream(d / "bad3.jsonl") << "{\"question_id\": 1, \"turns\": [\"a\"]\n";
   CHECK_THROWS_WITH(load_questions(d / "bad3.jsonl"), Contains("bad3.jsonl:1:"));
+}
+
+TEST_CASE("arena ratings: online Elo by hand, the MLE at its optimum, a reproducible bootstrap", "[eval][arena]") {
+  using arena::Battle;
+  auto e = arena::online_elo({{"a", "b", "model_a"}});
+  CHECK(e["a"] == Approx(1002));  // K = 4, expected 0.5
+  CHECK(e["b"] == Approx(998));
+  e = arena::online_elo({{"a", "b", "tie"}, {"a", "b", "tie (bothbad)"}});
+  CHECK(e["a"] == Approx(1000));
+  // Three wins of a, one of b: ratings symmetric about 1000, and the regularised likelihood's
+  // gradient is zero there: (8 s - 6) ln 10 + t = 0 with t = (r_a - 1000) / 400, s = sigma(2 t ln 10).
+  std::vector<Battle> bs = {{"a", "b", "model_a"}, {"a", "b", "model_a"}, {"b", "a", "model_b"}, {"a", "b", "model_b"}};
+  auto m = arena::mle_elo(bs);
+  CHECK(m["a"] - 1000 == Approx(1000 - m["b"]));
+  const double t = (m["a"] - 1000) / 400, s = 1 / (1 + std::exp(-2 * t * std::log(10.0)));
+  CHECK(std::abs((8 * s - 6) * std::log(10.0) + t) < 1e-9);
+  CHECK(m["a"] > 1000);
+  arena::Options o;
+  o.rounds = 30;
+  o.seed = 5;
+  auto r1 = arena::report(bs, o), r2 = arena::report(bs, o);
+  CHECK(r1 == r2);
+  o.seed = 6;
+  CHECK(arena::report(bs, o)["models"] != r1["models"]);
+  CHECK(r1["models"][0]["model"] == "a");
+  CHECK(r1["models"][0]["wins"] == 3);
+  CHECK(r1["win_fraction"]["matrix"][0][1] == Approx(0.75));
+  CHECK(r1["battle_counts"]["matrix"][1][0] == 4);
+  o.anchors = {{"b", 800.0}};
+  CHECK(arena::report(bs, o)["models"][1]["rating"] == Approx(800));
+  CHECK_THAT(arena::markdown(r1), Contains("| 1 | a |"));
+  CHECK_THAT(arena::html(r1), Contains("<svg"));
+  CHECK_THROWS_WITH(arena::report({{"a", "a", "model_a"}}, o), Contains("no battles to rate"));
+}
+
+TEST_CASE("arena battles from votes, FastChat battles and judgments, malformed ones named at their line", "[eval][arena][malformed]") {
+  fs::path dir = scratch("arena-read");
+  std::vector<std::string> notes;
+  write_file(dir / "log.jsonl", R"({"endpoint": "chat", "id": "x"}
+{"vote": {"models": ["a", "b"], "vote": "bad", "anonymous": true}}
+{"vote": {"models": ["b", "a"], "vote": "A"}}
+)");
+  auto b = arena::read_battles(dir / "log.jsonl", notes);
+  REQUIRE(b.size() == 2);
+  CHECK((b[0].winner == "tie (bothbad)" && b[0].anonymous && b[1].model_a == "b" && b[1].winner == "model_a" && !b[1].anonymous));
+  write_file(dir / "fc.json", R"([{"model_a": "a", "model_b": "b", "winner": "model_b", "anony": true}])");
+  b = arena::read_battles(dir / "fc.json", notes);
+  CHECK((b.size() == 1 && b[0].winner == "model_b" && b[0].anonymous));
+  auto err = [&](const std::string& name, const std::string& text) {
+    write_file(dir / name, text);
+    try {
+      arena::read_battles(dir / name, notes);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(err("b1.jsonl", "{\"vote\": {\"models\": [\"a\", \"b\"], \"vote\": \"A\"}}\n{\"vote\": {\"models\": [\"a\", \"b\"], \"vote\": \"maybe\"}}\n"),
+             Contains("b1.jsonl:2: vote.vote: 'maybe' is not A, B, tie or bad"));
+  CHECK_THAT(err("b2.json", "[{\"model_a\": \"a\", \"model_b\": 3, \"winner\": \"tie\"}]"), Contains("b2.json: [0]: model_b: expected a string"));
+  CHECK_THAT(err("b3.json", "[{\"model_a\": \"a\""), Contains("b3.json: byte"));
+  CHECK_THAT(err("b4.jsonl", "{\"vote\": {\"models\": [\"a\", \"b\"], \"vote\": \"A\", \"anonymous\": \"yes\"}}\n"),
+             Contains("b4.jsonl:1: vote.anonymous: expected true or false"));
+  CHECK_THAT(err("b5.jsonl", "\n  \n"), Contains("b5.jsonl: empty: no battles"));
+  CHECK_THAT(err("b6.jsonl", "{\"mode\": \"single\", \"question_id\": 1, \"model\": \"a\", \"rating\": 5, \"turn\": 1}\n"),
+             Contains("single-answer judgments compare no two models"));
 }
