@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
   fs::path scratch = fs::temp_directory_path() / "vhost-bench-serve", model = scratch / "tiny";
   fs::create_directories(scratch);
   std::string init = vhost.string() + " model init --preset tiny --tokenizer-text " + VHOST_SOURCE_DIR +
-                     "/docs/plugins.md --out " + model.string() + " >/dev/null";
+                     "/docs/plugins.md --overwrite --out " + model.string() + " >/dev/null";
   if (std::system(init.c_str()) != 0) return 1;
   std::printf("tiny preset, %d concurrent streaming clients, %d requests each one after the other, at most %d tokens a "
               "request (temperature 1, seeded), %d threads, decode_dtype %s\n",

@@ -170,12 +170,15 @@ int main(int argc, char** argv) {
   auto* tok_opt = model_init->add_option("--tokenizer", tok_file, "tokenizer.model to copy (sets the vocabulary)");
   model_init->add_option("--tokenizer-text", tok_text, "text file to train a tokenizer on")->excludes(tok_opt);
   model_init->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+  bool init_overwrite = false, convert_overwrite = false;
+  model_init->add_flag("--overwrite", init_overwrite, "replace --out if it exists");
 
   std::string convert_in, convert_out;
   auto* model_convert = model->add_subcommand("convert", "convert a checkpoint: GGUF file -> HF folder, or HF folder -> GGUF file");
   model_convert->add_option("in", convert_in, "a GGUF file or an HF checkpoint folder")->required();
   model_convert->add_option("out", convert_out, "the HF folder or GGUF file to write")->required();
   model_convert->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+  model_convert->add_flag("--overwrite", convert_overwrite, "replace out if it exists");
 
   auto* tokenizer = app.add_subcommand("tokenizer", "encode, decode, train SentencePiece tokenizers");
   tokenizer->require_subcommand(1);
@@ -379,6 +382,16 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*model_init) {
+      // Checked here so that the answer names the flags (the plugin names its tool's fields).
+      if (tok_file.empty() && tok_text.empty()) {
+        std::cerr << "model init: give --tokenizer-text FILE (trains a tokenizer on it) or --tokenizer tokenizer.model (copies it)\n";
+        return kBadInput;
+      }
+      if (const auto o = std::filesystem::path(out_dir); std::filesystem::exists(o) && !init_overwrite &&
+                                                          !(std::filesystem::is_directory(o) && std::filesystem::is_empty(o))) {
+        std::cerr << "--out: " << out_dir << " exists; kept (--overwrite replaces it)\n";
+        return kBadInput;
+      }
       vh::json args = {{"preset", preset}, {"out", std::filesystem::absolute(out_dir).string()}, {"seed", seed}, {"dtype", dtype}};
       if (!tok_file.empty()) args["tokenizer"] = std::filesystem::absolute(tok_file).string();
       if (!tok_text.empty()) args["tokenizer_text"] = std::filesystem::absolute(tok_text).string();
@@ -388,6 +401,25 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*model_convert) {
+      namespace fsys = std::filesystem;
+      const fsys::path in = convert_in, out = convert_out;
+      std::error_code ec;
+      if (!fsys::exists(in)) {
+        std::cerr << "in: " << convert_in << " does not exist\n";
+        return kBadInput;
+      }
+      if (fsys::exists(out) && fsys::equivalent(in, out, ec)) {
+        std::cerr << "out: " << convert_out << " is the input itself; write somewhere else\n";
+        return kBadInput;
+      }
+      if (fsys::is_directory(in) && out.extension() != ".gguf") {
+        std::cerr << "out: " << convert_out << ": an HF folder converts to a GGUF file, whose name ends in .gguf\n";
+        return kBadInput;
+      }
+      if (fsys::exists(out) && !convert_overwrite && !(fsys::is_directory(out) && fsys::is_empty(out))) {
+        std::cerr << "out: " << convert_out << " exists; kept (--overwrite replaces it)\n";
+        return kBadInput;
+      }
       auto r = host.model_tool(model_plugin, "convert",
                                {{"in", std::filesystem::absolute(convert_in).string()},
                                 {"out", std::filesystem::absolute(convert_out).string()}});

@@ -27,6 +27,20 @@ namespace vhost::host {
 
 namespace {
 
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+// "0.058 ms", "2.35 s", "312 s": a duration as a person reads it (not 5.847e-05).
+std::string human_seconds(double s) {
+  if (s < 1e-3) return fmt("%.3f ms", s * 1e3);
+  if (s < 1) return fmt("%.1f ms", s * 1e3);
+  if (s < 100) return fmt("%.2f s", s);
+  return fmt("%.0f s", s);
+}
+
 void print_json_fields(std::ostream& out, const json& j, const std::string& indent) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it->is_object()) {
@@ -70,7 +84,7 @@ json run_probe(StageContext& ctx) {
   auto t0 = std::chrono::steady_clock::now();
   json reply = judge.judge_complete(request);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  ctx.out << ctx.config["judge"].get<std::string>() << " replied in " << seconds << " s:\n"
+  ctx.out << ctx.config["judge"].get<std::string>() << " replied in " << human_seconds(seconds) << ":\n"
           << reply["text"].get<std::string>() << "\n";
   return {{"judge", ctx.config["judge"]}, {"seconds", seconds}, {"reply", reply}};
 }
@@ -107,7 +121,7 @@ json run_generate(StageContext& ctx) {
           << "\n";
   }
   int64_t completion = reply["usage"]["completion_tokens"].get<int64_t>();
-  ctx.out << completion << " tokens in " << seconds << " s (" << (seconds > 0 ? completion / seconds : 0.0)
+  ctx.out << completion << " tokens in " << human_seconds(seconds) << " (" << fmt("%.1f", seconds > 0 ? completion / seconds : 0.0)
           << " tokens/s)\n";
   reply["seconds"] = seconds;
   return reply;
@@ -147,6 +161,8 @@ json run_prepare(StageContext& ctx) {
   }
   return stats;
 }
+
+std::atomic<bool> g_chat_interrupted{false};
 
 // `chat`: an interactive multi-turn chat in the terminal, like FastChat's CLI. Lines starting
 // with "!!" are commands: !!exit, !!reset, !!regen. Each turn renders the whole conversation
@@ -208,10 +224,24 @@ json run_chat(StageContext& ctx) {
                     {"add_bos", true}};
     if (c["seed"].get<int64_t>() >= 0) request["seed"] = c["seed"].get<int64_t>() + turns;
     if (prompt_marks) ctx.out << t->roles[1] << ": " << std::flush;
-    json reply = model.model_generate(request, [&](uint32_t, int32_t, const std::string& text) {
-      ctx.out << text << std::flush;
-      return true;
-    });
+    // Ctrl-C during a reply stops the reply, as in FastChat's CLI; at the prompt it still quits.
+    g_chat_interrupted = false;
+    struct sigaction stop_reply {}, before {};
+    stop_reply.sa_handler = [](int) { g_chat_interrupted = true; };
+    sigemptyset(&stop_reply.sa_mask);
+    sigaction(SIGINT, &stop_reply, &before);
+    json reply;
+    try {
+      reply = model.model_generate(request, [&](uint32_t, int32_t, const std::string& text) {
+        ctx.out << text << std::flush;
+        return !g_chat_interrupted.load();
+      });
+    } catch (...) {
+      sigaction(SIGINT, &before, nullptr);
+      throw;
+    }
+    sigaction(SIGINT, &before, nullptr);
+    if (g_chat_interrupted) ctx.out << " (stopped)";
     ctx.out << "\n" << std::flush;
     std::string text = reply["choices"][0]["text"].get<std::string>();
     auto b = text.find_first_not_of(" \n");
@@ -272,11 +302,6 @@ std::string duration_str(double s) {
   return b;
 }
 
-std::string fmt(const char* f, double v) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
 
 }  // namespace
 

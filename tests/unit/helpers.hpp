@@ -16,6 +16,7 @@
 namespace fs = std::filesystem;
 namespace vh = vhost::host;
 using Catch::Matchers::Contains;
+using Catch::Matchers::Matches;
 using Catch::Matchers::StartsWith;
 
 // A fresh, empty scratch folder for one test.

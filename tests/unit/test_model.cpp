@@ -31,15 +31,25 @@ TEST_CASE("model init writes an HF checkpoint with a tokenizer, generate streams
   auto again = run_cmd(vhost_cmd("generate " + m.string() + " --prompt 'Plugins' --max-tokens 7 --seed 5 --temperature 0.7 --log-level warn"));
   CHECK(again.out.substr(0, again.out.find("7 tokens")) == r.out.substr(0, r.out.find("7 tokens")));
 
+  CHECK_THAT(r.out, Matches("(.|\n)*7 tokens in [0-9.]+ (ms|s) \\([0-9]+\\.[0-9] tokens/s\\)(.|\n)*"));  // no 5.8e-05 s
   r = run_cmd(vhost_cmd("model init --preset tiny --out " + (scratch("model-notok") / "m").string()));
-  CHECK(r.rc == 1);
-  CHECK_THAT(r.out, Contains("give 'tokenizer'"));
-  r = run_cmd(vhost_cmd("model init --preset huge --out /tmp/x --tokenizer-text README.md"));
+  CHECK(r.rc == 2);  // named by its flags, not by the plugin tool's fields
+  CHECK_THAT(r.out, Contains("give --tokenizer-text FILE (trains a tokenizer on it) or --tokenizer tokenizer.model"));
+  // An existing checkpoint is kept unless --overwrite says otherwise.
+  const std::string before = read_file(m / "model.safetensors");
+  r = run_cmd(vhost_cmd("model init --preset tiny --seed 9 --out " + m.string() + " --tokenizer " + (m / "tokenizer.model").string()));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("--out: " + m.string() + " exists; kept (--overwrite replaces it)"));
+  CHECK(read_file(m / "model.safetensors") == before);
+  r = run_cmd(vhost_cmd("model init --preset huge --out " + (scratch("model-huge") / "m").string() + " --tokenizer-text README.md"));
   CHECK(r.rc == 1);
   CHECK_THAT(r.out, Contains("unknown preset 'huge'"));
   r = run_cmd(vhost_cmd("generate /nonexistent/model --prompt hi"));
   CHECK(r.rc == 2);
-  CHECK_THAT(r.out, Contains("models.m.path: /nonexistent/model has no config.json"));
+  CHECK_THAT(r.out, Contains("models.m.path: /nonexistent/model does not exist"));
+  r = run_cmd(vhost_cmd("generate " + scratch("model-empty").string() + " --prompt hi"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("has no config.json and is not a GGUF file"));
 }
 
 TEST_CASE("sampling parameters: one range for the CLI flags and the pipeline stages", "[model][cli][malformed]") {
@@ -178,8 +188,22 @@ TEST_CASE("GGUF: stories260K through the plugin, and converted to HF layout", "[
   r = run_cmd(vhost_cmd("generate " + back.string() + " --prompt 'Once upon a time' --max-tokens 60 --log-level warn"));
   CHECK_THAT(r.out, StartsWith(expected));
   r = run_cmd(vhost_cmd("model convert /nonexistent " + (hf.parent_path() / "x").string()));
-  CHECK(r.rc == 1);
-  CHECK_THAT(r.out, Contains("neither an HF checkpoint folder nor a GGUF file"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("in: /nonexistent does not exist"));
+  // Mistakes that used to write an extensionless GGUF, or fail with "internal error" leaving OUT.tmp.
+  r = run_cmd(vhost_cmd("model convert " + hf.string() + " " + (hf.parent_path() / "noext").string()));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("an HF folder converts to a GGUF file, whose name ends in .gguf"));
+  CHECK_FALSE(fs::exists(hf.parent_path() / "noext"));
+  r = run_cmd(vhost_cmd("model convert " + back.string() + " " + back.string()));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("is the input itself"));
+  CHECK_FALSE(fs::exists(back.string() + ".tmp"));
+  r = run_cmd(vhost_cmd("model convert " + back.string() + " " + hf.string()));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("exists; kept (--overwrite replaces it)"));
+  r = run_cmd(vhost_cmd("model convert " + back.string() + " " + hf.string() + " --overwrite"));
+  CHECK(r.rc == 0);
 }
 
 TEST_CASE("HF -> GGUF -> HF keeps weights and tokenizer exactly", "[model][cli][gguf]") {

@@ -115,6 +115,8 @@ class LlamaPlugin final : public vhost::Model {
         config_.eos_token_id = tokenizer_->eos_id();
       }
     } else {
+      if (!fs::exists(path_))
+        throw vhost::ConfigError("path", path_.string() + " does not exist (make a model with: vhost model init --preset tiny --out DIR)");
       if (!fs::exists(path_ / "config.json"))
         throw vhost::ConfigError("path", path_.string() + " has no config.json and is not a GGUF file (make a model with: "
                                                           "vhost model init --preset tiny --out DIR)");
