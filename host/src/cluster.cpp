@@ -198,7 +198,7 @@ void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, c
       << "\n# TYPE vhost_controller_dispatched_total counter\nvhost_controller_dispatched_total " << dispatched
       << "\n# TYPE vhost_controller_expired_total counter\nvhost_controller_expired_total " << expired
       << "\n# TYPE vhost_controller_model_workers gauge\n";
-    for (auto& [name, n] : per_model) m << "vhost_controller_model_workers{model=\"" << name << "\"} " << n << "\n";
+    for (auto& [name, n] : per_model) m << "vhost_controller_model_workers{model=\"" << prom_label(name) << "\"} " << n << "\n";
     res.set_content(m.str(), "text/plain; version=0.0.4");
   });
   int port = bind_server(s, backlog, o.host, o.port, "controller");

@@ -1063,7 +1063,7 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
         continue;
       }
       if (!e.is_object()) continue;
-      std::string l = "{model=\"" + name + "\"} ";
+      std::string l = "{model=\"" + prom_label(name) + "\"} ";
       o << "vhost_model_running" << l << e.value("active", 0) << "\nvhost_model_queued" << l << e.value("queued", 0)
         << "\nvhost_model_mean_batch" << l << e.value("mean_batch", 0.0) << "\nvhost_model_generated_tokens_total" << l
         << e.value("tokens", 0) << "\n";
@@ -1084,24 +1084,24 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
       auto gauge = [&](const char* n, const char* key, const char* help) {
         type(n, "gauge", help);
         for (auto& [name, e] : engines)
-          if (e.is_object() && e.contains(key)) o << n << "{model_name=\"" << name << "\"} " << e[key].get<double>() << "\n";
+          if (e.is_object() && e.contains(key)) o << n << "{model_name=\"" << prom_label(name) << "\"} " << e[key].get<double>() << "\n";
       };
       gauge("vhost:num_requests_running", "active", "Sequences in the model's batch now.");
       gauge("vhost:num_requests_waiting", "queued", "Sequences waiting for a batch row.");
       gauge("vhost:kv_cache_usage_perc", "kv_cache_usage", "Share of the KV cache in use (1 = full).");
       auto counter = [&](const char* n, const char* help, auto value) {
         type(n, "counter", help);
-        for (auto& [name, m] : impl_->per_model) o << n << "{model_name=\"" << name << "\"} " << value(m) << "\n";
+        for (auto& [name, m] : impl_->per_model) o << n << "{model_name=\"" << prom_label(name) << "\"} " << value(m) << "\n";
       };
       counter("vhost:prompt_tokens_total", "Prompt tokens processed.", [](const ModelMetrics& m) { return m.prompt_tokens; });
       counter("vhost:generation_tokens_total", "Tokens generated.", [](const ModelMetrics& m) { return m.generation_tokens; });
       type("vhost:request_success_total", "counter", "Finished sequences by finish reason.");
       for (auto& [name, m] : impl_->per_model)
         for (auto& [reason, k] : m.finished)
-          o << "vhost:request_success_total{finished_reason=\"" << reason << "\",model_name=\"" << name << "\"} " << k << "\n";
+          o << "vhost:request_success_total{finished_reason=\"" << reason << "\",model_name=\"" << prom_label(name) << "\"} " << k << "\n";
       auto hist = [&](const char* n, const char* help, Histogram ModelMetrics::*h) {
         type(n, "histogram", help);
-        for (auto& [name, m] : impl_->per_model) (m.*h).write(o, n, "model_name=\"" + name + "\"");
+        for (auto& [name, m] : impl_->per_model) (m.*h).write(o, n, "model_name=\"" + prom_label(name) + "\"");
       };
       hist("vhost:time_to_first_token_seconds", "Time to the first token.", &ModelMetrics::ttft);
       hist("vhost:time_per_output_token_seconds", "Time per output token after the first.", &ModelMetrics::tpot);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lm-evaluation-harness (PyPI, pinned in scripts/interop-env.sh) runs against `vhost serve` as
 # against vLLM: `lm_eval --model local-completions` with the "remote" tokenizer (vLLM's
-# /tokenize, /detokenize, /tokenizer_info), on a task of the project's own
+# /tokenize, /detokenize, /tokenizer_info), and `local-chat-completions`, on tasks of the project's own
 # (tests/interop/lm_eval_tasks: a loglikelihood one and a generate_until one). It must run to
 # the end, and its numbers must equal an independent computation: every log-likelihood and
 # is_greedy recomputed with tests/reference/llama_reference.py (HF's formulas in Debian's
@@ -27,6 +27,12 @@ HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 HF_HOME="$scratch/hf" "$venv_bin/lm_eval"
   --tasks vhost_mc,vhost_gen --include_path tasks --output_path out --log_samples --seed 1 > lm_eval.log 2>&1 ||
   { tail -40 lm_eval.log; exit 1; }
 grep -A4 '| *Tasks' lm_eval.log
+# local-chat-completions (lm-eval's chat API model, with its chat template applied by the server).
+HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 HF_HOME="$scratch/hf" "$venv_bin/lm_eval" --model local-chat-completions \
+  --model_args "model=tiny,base_url=http://127.0.0.1:$PORT/v1/chat/completions,num_concurrent=2,max_retries=1" \
+  --apply_chat_template --tasks vhost_gen --include_path tasks --output_path out-chat --log_samples --seed 1 > lm_eval_chat.log 2>&1 ||
+  { tail -40 lm_eval_chat.log; exit 1; }
+grep -A3 '| *Tasks' lm_eval_chat.log
 
 # The reference: lm-eval's split of each (context, continuation) into tokens, by vhost's
 # tokenizer through the CLI (the same SentencePiece model), scored by llama_reference.py.
@@ -79,7 +85,33 @@ for line in open(glob.glob(out + "/tiny/samples_vhost_gen_*.jsonl")[0]):
     want = full[len(head):].split("\n")[0]
     assert s["resps"][0][0] == want, (s["resps"][0][0], want)
     gen += 1
-print(f"  lm-eval's {checked} log-likelihoods (and is_greedy) equal llama_reference.py's to 1e-4; its {gen} generations equal reference greedy decoding")
+# local-chat-completions: each answer is reference greedy decoding of the conversation rendered
+# in FastChat's vicuna_v1.1 format (vhost template render, checked byte for byte against
+# FastChat's formats in the unit tests), BOS first, cut at "\n", leading spaces dropped.
+chat = 0
+for line in open(glob.glob(out + "-chat/tiny/samples_vhost_gen_*.jsonl")[0]):
+    s = json.loads(line)
+    arg = s["arguments"]["gen_args_0"]["arg_0"]
+    msgs = json.loads(arg[0] if isinstance(arg, list) else arg)
+    convo = {"conversations": [{"from": {"user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]} for m in msgs]}
+    prompt = subprocess.run([vhost, "template", "render", "--template", "vicuna_v1.1"], input=json.dumps(convo).encode(),
+                            capture_output=True, check=True).stdout.decode()[:-1]
+    ctx = json.loads(subprocess.run([vhost, "tokenizer", "encode", "--model", "tiny", "--bos"], input=prompt.encode(),
+                                    capture_output=True, check=True).stdout)
+    ids = list(ctx)
+    for _ in range(s["arguments"]["gen_args_0"]["arg_1"]["max_gen_toks"]):
+        nxt = logits(ids)[-1].argmax().item()
+        if nxt == cfg.get("eos_token_id", 2):
+            break
+        ids.append(nxt)
+    full = subprocess.run([vhost, "tokenizer", "decode", "--model", "tiny"], input=json.dumps(ids).encode(), capture_output=True, check=True).stdout.decode("utf-8", "replace")
+    head = subprocess.run([vhost, "tokenizer", "decode", "--model", "tiny"], input=json.dumps(ctx).encode(), capture_output=True, check=True).stdout.decode("utf-8", "replace")
+    want = full[len(head):].split("\n")[0].lstrip(" ")
+    assert s["resps"][0][0] == want, (s["resps"][0][0], want)
+    chat += 1
+assert chat >= 3, chat
+print(f"  lm-eval's {checked} log-likelihoods (and is_greedy) equal llama_reference.py's to 1e-4; its {gen} generations "
+      f"(local-completions) and {chat} chat answers (local-chat-completions) equal reference greedy decoding")
 PY
 python3 - out <<'PY'
 import glob, json, sys

@@ -3,6 +3,7 @@
 
 #include "../../host/src/arena.hpp"
 #include "../../host/src/eval.hpp"
+#include "../../host/src/server.hpp"
 
 #include <fstream>
 
@@ -251,4 +252,9 @@ TEST_CASE("arena battles from votes, FastChat battles and judgments, malformed o
   CHECK_THAT(err("b5.jsonl", "\n  \n"), Contains("b5.jsonl: empty: no battles"));
   CHECK_THAT(err("b6.jsonl", "{\"mode\": \"single\", \"question_id\": 1, \"model\": \"a\", \"rating\": 5, \"turn\": 1}\n"),
              Contains("single-answer judgments compare no two models"));
+}
+
+TEST_CASE("Prometheus label values are escaped as the text format requires", "[serve][malformed]") {
+  CHECK(prom_label("tiny") == "tiny");
+  CHECK(prom_label("a\"b\\c\nd") == "a\\\"b\\\\c\\nd");
 }
