@@ -211,7 +211,7 @@ int main(int argc, char** argv) {
   sampling_flag(gen, vh::sampling::kTopK, gen_top_k);
   gen->add_option("--seed", gen_seed, "sampling seed (-1: random)")->capture_default_str();
   gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
-  gen->add_option("--threads", gen_threads, "CPU threads (0: one per core)")->capture_default_str();
+  gen->add_option("--threads", gen_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
   gen->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
   // Data preparation (a one-stage pipeline, like generate).
   auto* prep = app.add_subcommand("prepare", "clean, split and tokenize ShareGPT conversations for training");
@@ -260,7 +260,7 @@ int main(int argc, char** argv) {
     sub->add_option("--max-batch", serve_batch, "sequences decoded together per model (continuous batching)")->capture_default_str();
     sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429")->capture_default_str();
     sub->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
-    sub->add_option("--threads", serve_threads, "CPU threads (0: one per core)")->capture_default_str();
+    sub->add_option("--threads", serve_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
     sub->add_option("--decode-dtype", serve_decode_dtype, "decoding steps: float32, or bfloat16 on Intel AMX (the llama option decode_dtype)")
         ->check(CLI::IsMember({"float32", "bfloat16"}))
         ->capture_default_str();
@@ -340,7 +340,7 @@ int main(int argc, char** argv) {
   sampling_flag(chat, vh::sampling::kTemperature, chat_temp);
   sampling_flag(chat, vh::sampling::kTopP, chat_top_p);
   chat->add_option("--seed", chat_seed, "sampling seed (-1: random)")->capture_default_str();
-  chat->add_option("--threads", chat_threads, "CPU threads (0: one per core)")->capture_default_str();
+  chat->add_option("--threads", chat_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
 
   auto* ver = app.add_subcommand("version", "print versions");
 
