@@ -69,20 +69,23 @@ for line in open(glob.glob(out + "/tiny/samples_vhost_mc_*.jsonl")[0]):
         assert got_greedy == greedy, (args, got_greedy, greedy)
         checked += 1
 assert checked >= 8, checked
+def greedy_text(ctx, n):  # up to n tokens of greedy decoding with the reference forward, as text
+    ids = list(ctx)
+    for _ in range(n):
+        nxt = logits(ids)[-1].argmax().item()
+        if nxt == cfg.get("eos_token_id", 2):
+            break
+        ids.append(nxt)
+    decode = lambda x: subprocess.run([vhost, "tokenizer", "decode", "--model", "tiny"], input=json.dumps(x).encode(),
+                                      capture_output=True, check=True).stdout.decode("utf-8", "replace")
+    full, head = decode(ids), decode(list(ctx))
+    return full[len(head):]
 # generate_until: greedy decoding with the reference forward, cut at the task's "\n".
 gen = 0
 for line in open(glob.glob(out + "/tiny/samples_vhost_gen_*.jsonl")[0]):
     s = json.loads(line)
     ctx = enc(s["arguments"]["gen_args_0"]["arg_0"])
-    ids = list(ctx)
-    for _ in range(s["arguments"]["gen_args_0"]["arg_1"]["max_gen_toks"]):
-        nxt = logits(ids)[-1].argmax().item()
-        if nxt == cfg.get("eos_token_id", 2):
-            break
-        ids.append(nxt)
-    full = subprocess.run([vhost, "tokenizer", "decode", "--model", "tiny"], input=json.dumps(ids).encode(), capture_output=True, check=True).stdout.decode("utf-8", "replace")
-    head = subprocess.run([vhost, "tokenizer", "decode", "--model", "tiny"], input=json.dumps(ctx).encode(), capture_output=True, check=True).stdout.decode("utf-8", "replace")
-    want = full[len(head):].split("\n")[0]
+    want = greedy_text(ctx, s["arguments"]["gen_args_0"]["arg_1"]["max_gen_toks"]).split("\n")[0]
     assert s["resps"][0][0] == want, (s["resps"][0][0], want)
     gen += 1
 # local-chat-completions: each answer is reference greedy decoding of the conversation rendered
@@ -98,15 +101,7 @@ for line in open(glob.glob(out + "-chat/tiny/samples_vhost_gen_*.jsonl")[0]):
                             capture_output=True, check=True).stdout.decode()[:-1]
     ctx = json.loads(subprocess.run([vhost, "tokenizer", "encode", "--model", "tiny", "--bos"], input=prompt.encode(),
                                     capture_output=True, check=True).stdout)
-    ids = list(ctx)
-    for _ in range(s["arguments"]["gen_args_0"]["arg_1"]["max_gen_toks"]):
-        nxt = logits(ids)[-1].argmax().item()
-        if nxt == cfg.get("eos_token_id", 2):
-            break
-        ids.append(nxt)
-    full = subprocess.run([vhost, "tokenizer", "decode", "--model", "tiny"], input=json.dumps(ids).encode(), capture_output=True, check=True).stdout.decode("utf-8", "replace")
-    head = subprocess.run([vhost, "tokenizer", "decode", "--model", "tiny"], input=json.dumps(ctx).encode(), capture_output=True, check=True).stdout.decode("utf-8", "replace")
-    want = full[len(head):].split("\n")[0].lstrip(" ")
+    want = greedy_text(ctx, s["arguments"]["gen_args_0"]["arg_1"]["max_gen_toks"]).split("\n")[0].lstrip(" ")
     assert s["resps"][0][0] == want, (s["resps"][0][0], want)
     chat += 1
 assert chat >= 3, chat

@@ -126,6 +126,15 @@ try:
             raise SystemExit(f"the page's script failed: {r['exceptionDetails'].get('exception', {}).get('description')}\n  in: {expr}")
         return r["result"].get("value")
 
+    def wait_for(expr, what, timeout=10):
+        """Waits until the page expression `expr` is true, or fails saying `what` did not happen."""
+        deadline = time.time() + timeout
+        while not js(expr):
+            if time.time() > deadline: raise SystemExit(what)
+            time.sleep(0.05)
+
+    vote_shown = "getComputedStyle(document.getElementById('vote')).display !== 'none'"
+
     def texts(pane):
         return js(f"[...document.querySelectorAll('#{pane} .msg.assistant')].map(d => d.textContent)")
 
@@ -196,15 +205,9 @@ try:
        "document.getElementById('model2').selectedIndex = 1; document.getElementById('max_tokens').value = 16;"
        "document.getElementById('input').value = 'Which is better?'; document.getElementById('send').click(); true }")
     left, right = settle("pane0")[0], settle("pane1")[0]
-    deadline = time.time() + 10
-    while js("getComputedStyle(document.getElementById('vote')).display") == "none":
-        if time.time() > deadline: raise SystemExit("the vote bar never appeared")
-        time.sleep(0.05)
+    wait_for(vote_shown, "the vote bar never appeared")
     js("document.querySelector('#vote button[data-v=\"A\"]').click(); true")
-    deadline = time.time() + 10
-    while js("getComputedStyle(document.getElementById('vote')).display") != "none":
-        if time.time() > deadline: raise SystemExit("the vote was not taken")
-        time.sleep(0.05)
+    wait_for("!(" + vote_shown + ")", "the vote was not taken")
     print(f"web chat: side by side {models[0]} vs {models[1]} answered ({len(left)} and {len(right)} characters); voted A")
 
     # 5. An anonymous battle: the panes say Model A / Model B until the vote, then name the models.
@@ -216,15 +219,9 @@ try:
     assert who == ["Model A", "Model B"], who
     page = js("document.querySelector('main').textContent")
     assert not any(m in page for m in models), f"a model's name shows before the vote: {page!r}"
-    deadline = time.time() + 10
-    while js("getComputedStyle(document.getElementById('vote')).display") == "none":
-        if time.time() > deadline: raise SystemExit("the vote bar never appeared in the battle")
-        time.sleep(0.05)
+    wait_for(vote_shown, "the vote bar never appeared in the battle")
     js("document.querySelector('#vote button[data-v=\"B\"]').click(); true")
-    deadline = time.time() + 10
-    while not js("document.querySelector('.who').textContent.includes(':')"):
-        if time.time() > deadline: raise SystemExit("the models were not named after the vote")
-        time.sleep(0.05)
+    wait_for("document.querySelector('.who').textContent.includes(':')", "the models were not named after the vote")
     who = js("[...document.querySelectorAll('.who')].map(d => d.textContent)")
     named = [w.split(": ", 1)[1] for w in who]
     assert sorted(named) == sorted(models[:2]) and who[0].startswith("Model A: "), who

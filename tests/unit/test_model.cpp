@@ -55,27 +55,24 @@ TEST_CASE("model init writes an HF checkpoint with a tokenizer, generate streams
 TEST_CASE("sampling parameters: one range for the CLI flags and the pipeline stages", "[model][cli][malformed]") {
   const std::string m = tiny_model().string();
   // CLI flags are named as flags, exit 2, before anything loads.
-  auto r = run_cmd(vhost_cmd("generate " + m + " --prompt hi --temperature 3"));
-  CHECK(r.rc == 2);
-  CHECK_THAT(r.out, Contains("--temperature: must be a number in [0, 2], got '3'"));
-  r = run_cmd(vhost_cmd("generate " + m + " --prompt hi --top-p 0"));
-  CHECK(r.rc == 2);
-  CHECK_THAT(r.out, Contains("--top-p: must be a number in (0, 1], got '0'"));
-  r = run_cmd(vhost_cmd("generate " + m + " --prompt hi --max-tokens 0"));
-  CHECK(r.rc == 2);
-  CHECK_THAT(r.out, Contains("--max-tokens"));
-  r = run_cmd(vhost_cmd("chat " + m + " --temperature 2.5"));
-  CHECK(r.rc == 2);
-  CHECK_THAT(r.out, Contains("--temperature: must be a number in [0, 2], got '2.5'"));
-  r = run_cmd(vhost_cmd("chat " + m + " --top-p nan"));
-  CHECK(r.rc == 2);
-  CHECK_THAT(r.out, Contains("--top-p: must be a number in (0, 1]"));
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"generate " + m + " --prompt hi --temperature 3", "--temperature: must be a number in [0, 2], got '3'"},
+      {"generate " + m + " --prompt hi --top-p 0", "--top-p: must be a number in (0, 1], got '0'"},
+      {"generate " + m + " --prompt hi --max-tokens 0", "--max-tokens"},
+      {"chat " + m + " --temperature 2.5", "--temperature: must be a number in [0, 2], got '2.5'"},
+      {"chat " + m + " --top-p nan", "--top-p: must be a number in (0, 1]"}};
+  for (const auto& [args, message] : refused) {
+    auto r = run_cmd(vhost_cmd(args));
+    INFO(args);
+    CHECK(r.rc == 2);
+    CHECK_THAT(r.out, Contains(message));
+  }
   // The same ranges in a pipeline (they were 0..100 in generate and chat, 0..2 in eval and the API).
   fs::path dir = scratch("sampling-ranges");
   write_file(dir / "p.toml", "[pipeline]\nstages = [\"generate\", \"chat\"]\n[models.m]\nplugin = \"llama\"\npath = \"" + m +
                                  "\"\n[stages.generate]\nprompts = [\"a\"]\ntemperature = 5.0\ntop_k = -2\n"
                                  "[stages.chat]\ntop_p = 0.0\nrepetition_penalty = 0.0\n");
-  r = run_cmd(vhost_cmd("validate " + (dir / "p.toml").string()));
+  auto r = run_cmd(vhost_cmd("validate " + (dir / "p.toml").string()));
   CHECK(r.rc == 2);
   CHECK_THAT(r.out, Contains("stages.generate.temperature: 5 is out of range: must be between 0 and 2"));
   CHECK_THAT(r.out, Contains("stages.generate.top_k: -2 is out of range: must be between -1 and"));
