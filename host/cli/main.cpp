@@ -1,6 +1,7 @@
 // The `vhost` command: a thin shell over the embedding API in vhost/host/host.hpp.
 #include "launch.hpp"
 #include "../src/cluster.hpp"
+#include "../src/agreement.hpp"
 #include "../src/arena.hpp"
 #include "../src/eval.hpp"
 
@@ -292,6 +293,15 @@ int main(int argc, char** argv) {
   std::string review_questions;
   eval_report_cmd->add_option("--questions", review_questions,
                               "question JSONL: categories for FastChat reviews that carry none");
+  auto* agree_cmd = eval->add_subcommand(
+      "agreement", "agreement between judges on pairwise votes, per turn, with and without ties (FastChat's compute_agreement.py)");
+  std::vector<std::string> agree_files, agree_judges = {"gpt4-pair", "human"};
+  bool agree_json = false;
+  agree_cmd->add_option("files", agree_files,
+                        "vote files: FastChat's MT-bench judgment JSON (human and GPT-4), or vhost pairwise judgments.jsonl (as gpt4-pair)")
+      ->required();
+  agree_cmd->add_option("--judges", agree_judges, "the two judges: gpt4-pair human, or human human")->expected(2)->capture_default_str();
+  agree_cmd->add_flag("--json", agree_json, "print JSON");
   eval->require_subcommand(1);
   auto* arena_cmd = app.add_subcommand("arena", "the arena leaderboard (FastChat's Chatbot Arena)");
   auto* arena_report_cmd = arena_cmd->add_subcommand(
@@ -511,6 +521,16 @@ int main(int argc, char** argv) {
         std::ofstream(std::filesystem::path(review_out) / "report.html") << vh::eval_html(r);
         std::cout << "\nreport: " << (std::filesystem::path(review_out) / "report.html").string() << "\n";
       }
+      return 0;
+    }
+    if (*agree_cmd) {
+      std::vector<vh::agreement::Vote> votes;
+      for (const auto& f : agree_files) {
+        auto v = vh::agreement::read_votes(f);
+        votes.insert(votes.end(), v.begin(), v.end());
+      }
+      const vh::json r = vh::agreement::compute(votes, agree_judges[0], agree_judges[1]);
+      std::cout << (agree_json ? r.dump(2) + "\n" : vh::agreement::text(r));
       return 0;
     }
     if (*arena_report_cmd) {

@@ -3,8 +3,8 @@
 # in the interop venv) on the same battles: online Elo, the Bradley-Terry MLE rating, the
 # win-fraction matrix, and the bootstrap's median and 95% interval (the same resamples, from
 # vhost's documented generator). The same battles given as chat-page votes rate the same; pairwise
-# judgments become battles; malformed battle files are named at their line. Skips (CTest) where
-# the venv cannot be made.
+# judgments become battles; malformed battle files are named at their line. Then judge agreement
+# against FastChat's compute_agreement.py. Skips (CTest) where the venv cannot be made.
 #   arena_fastchat.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
@@ -104,4 +104,41 @@ bad /nonexistent.json "/nonexistent.json: cannot open"
 printf '{"endpoint": "chat"}\n' > novotes.jsonl; bad novotes.jsonl "no battles to rate"
 out=$("$vhost" arena report battles.json --anchor nonsense 2>&1) && { echo "accepted --anchor nonsense"; exit 1; }
 grep -q "expected MODEL=RATING" <<<"$out" || { echo "$out"; exit 1; }
+# Judge agreement (MT-bench's "GPT-4 agrees with humans"): vhost eval agreement against FastChat's
+# own compute_agreement.py on vote files in its format — several experts per question, GPT-4-pair
+# votes, ties of both kinds, model pairs in either order, authors (ignored), both turns.
+python3 - <<'PY'
+import json, random
+rng = random.Random(3)
+models = ["vicuna-13b", "alpaca-13b", "llama-13b", "gpt-3.5-turbo"]
+winners = ["model_a", "model_b", "tie", "tie (bothbad)"]
+human, gpt4 = [], []
+for q in range(81, 121):
+    for turn in (1, 2):
+        a, b = rng.sample(models, 2)
+        gpt4.append({"question_id": q, "model_a": a, "model_b": b, "winner": rng.choice(winners), "judge": ["gpt-4", "pair-v2"], "turn": turn})
+        for e in range(rng.randint(1, 3)):
+            x, y = (a, b) if rng.random() < 0.5 else (b, a)
+            judge = f"expert_{rng.randint(0, 9)}" if rng.random() < 0.85 else f"author_{e}"
+            human.append({"question_id": q, "model_a": x, "model_b": y, "winner": rng.choice(winners), "judge": judge, "turn": turn})
+json.dump(human, open("human_judgments.json", "w"))
+json.dump(gpt4, open("gpt4_pair_judgments.json", "w"))
+PY
+for judges in "gpt4-pair human" "human human"; do
+  "$py" "$src/tests/interop/fastchat_agreement.py" $judges human_judgments.json gpt4_pair_judgments.json > fc-agree.txt
+  "$vhost" eval agreement human_judgments.json gpt4_pair_judgments.json --judges $judges > vh-agree.txt
+  diff fc-agree.txt vh-agree.txt || { echo "agreement ($judges) differs from FastChat's compute_agreement.py"; exit 1; }
+done
+echo "  judge agreement equals compute_agreement.py line for line (gpt4-pair vs human, human vs human):"
+sed 's/^/    /' fc-agree.txt
+# vhost's own pairwise judgments count as gpt4-pair votes (both orders agreeing, else a tie).
+"$vhost" eval agreement judgments.jsonl human_judgments.json --json > vh-own.json
+printf '[{"question_id": 1, "model_a": "x", "model_b": "y", "winner": "model_a", "judge": "expert_1"}]' > h1.json
+"$vhost" eval agreement judgments.jsonl h1.json --json > vh-one.json
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["turn1"]["with_tie"] == {"agree": 1, "total": 1, "ratio": 1.0}, r' vh-one.json
+printf '[{"question_id": 1, "model_a": "x", "model_b": "y", "judge": "expert_1"}]' > bad-vote.json
+out=$("$vhost" eval agreement bad-vote.json 2>&1) && { echo "accepted a vote without a winner"; exit 1; }
+grep -q "bad-vote.json: \[0\]: winner: expected a string" <<<"$out" || { echo "$out"; exit 1; }
+out=$("$vhost" eval agreement human_judgments.json --judges human gpt4-pair 2>&1) && { echo "accepted unsupported judges"; exit 1; }
+grep -q "supported are gpt4-pair human, and human human" <<<"$out" || { echo "$out"; exit 1; }
 echo "arena_fastchat: ok"

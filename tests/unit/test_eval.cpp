@@ -1,6 +1,7 @@
 // Evaluation: verdict parsing, report arithmetic on hand-made judgments, FastChat reviews.
 #include "helpers.hpp"
 
+#include "../../host/src/agreement.hpp"
 #include "../../host/src/arena.hpp"
 #include "../../host/src/eval.hpp"
 #include "../../host/src/server.hpp"
@@ -257,4 +258,27 @@ TEST_CASE("arena battles from votes, FastChat battles and judgments, malformed o
 TEST_CASE("Prometheus label values are escaped as the text format requires", "[serve][malformed]") {
   CHECK(prom_label("tiny") == "tiny");
   CHECK(prom_label("a\"b\\c\nd") == "a\\\"b\\\\c\\nd");
+}
+
+TEST_CASE("judge agreement counted as FastChat's compute_agreement.py, by hand", "[eval][agreement]") {
+  using agreement::Vote;
+  // One question, turn 1: GPT-4 says the first model (in name order, "a") wins; three experts: one
+  // agrees with the pair given the other way round, one says tie, one the other model.
+  std::vector<Vote> v = {{1, 1, "a", "b", "model_a", "gpt4-pair"},
+                         {1, 1, "b", "a", "model_b", "human"},
+                         {1, 1, "a", "b", "tie (bothbad)", "human"},
+                         {1, 1, "a", "b", "model_b", "human"},
+                         {1, 1, "a", "b", "model_b", "author"}};
+  auto r = agreement::compute(v, "gpt4-pair", "human");
+  CHECK(r["turn1"]["with_tie"] == json({{"agree", 1}, {"total", 3}, {"ratio", 1.0 / 3}}));
+  CHECK(r["turn1"]["without_tie"]["total"] == 2);
+  CHECK(r["turn2"]["with_tie"]["ratio"].is_null());
+  r = agreement::compute(v, "human", "human");  // pairs of experts: (agree, tie), (agree, b), (tie, b)
+  CHECK(r["turn1"]["with_tie"]["agree"] == 0);
+  CHECK(r["turn1"]["with_tie"]["total"] == 3);
+  CHECK(r["turn1"]["without_tie"]["total"] == 1);
+  CHECK_THAT(agreement::text(r), Contains("turn 1 with tie. #total: 3, #agree: 0, ratio: 0.00"));
+  CHECK_THROWS_WITH(agreement::compute(v, "human", "gpt4-pair"), Contains("supported are gpt4-pair human, and human human"));
+  v.push_back({1, 1, "a", "b", "tie", "gpt4-pair"});
+  CHECK_THROWS_WITH(agreement::compute(v, "gpt4-pair", "human"), Contains("2 gpt4-pair votes (FastChat expects one)"));
 }
