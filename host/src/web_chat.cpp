@@ -124,6 +124,7 @@ $('send').onclick = () => send(false);
 $('input').addEventListener('keydown', e => { if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); send(false); } });
 $('stop').onclick = () => controllers.forEach(c => c.abort());
 $('regen').onclick = () => {
+  if (battle && battle.voted) return;  // a decided battle keeps its answers
   for (let i = 0; i < 2; ++i) {
     const h = histories[i];
     if (h.length && h[h.length - 1].role === 'assistant') { h.pop(); const p = $('pane' + i); p.removeChild(p.lastChild); }

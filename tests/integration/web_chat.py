@@ -225,6 +225,10 @@ try:
     who = js("[...document.querySelectorAll('.who')].map(d => d.textContent)")
     named = [w.split(": ", 1)[1] for w in who]
     assert sorted(named) == sorted(models[:2]) and who[0].startswith("Model A: "), who
+    before = (texts("pane0"), texts("pane1"))
+    js("document.getElementById('regen').click(); true")
+    time.sleep(0.3)
+    assert (texts("pane0"), texts("pane1")) == before, "Regenerate changed a battle that was already decided"
     print(f"web chat: anonymous battle, voted B; then named: {who}")
 finally:
     proc.kill()
