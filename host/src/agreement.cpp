@@ -1,5 +1,6 @@
 #include "agreement.hpp"
 
+#include "arena.hpp"
 #include "eval.hpp"
 
 #include <vhost/host/error.hpp>
@@ -32,21 +33,9 @@ bool equal_vote(const std::string& a, const std::string& b) { return (is_tie(a) 
 }  // namespace
 
 std::vector<Vote> read_votes(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw ConfigError(file.string() + ": cannot open");
-  char c = 0;
-  while (in.get(c) && std::isspace(static_cast<unsigned char>(c))) {
-  }
-  in.clear();
-  in.seekg(0);
   std::vector<Vote> out;
-  if (c == '[') {
-    json all;
-    try {
-      all = json::parse(in);
-    } catch (const json::parse_error& e) {
-      throw ConfigError(file.string() + ": byte " + std::to_string(e.byte) + ": not valid JSON: " + e.what());
-    }
+  if (auto list = arena::read_json_list(file, "votes")) {
+    const json& all = *list;
     for (std::size_t i = 0; i < all.size(); ++i) {
       const std::string at = file.string() + ": [" + std::to_string(i) + "]";
       const json& v = all[i];
@@ -55,6 +44,7 @@ std::vector<Vote> read_votes(const std::filesystem::path& file) {
         if (!v.contains(k) || !v[k].is_string()) throw ConfigError(at + ": " + k + ": expected a string");
       if (!v.contains("question_id") || !v["question_id"].is_number_integer())
         throw ConfigError(at + ": question_id: expected an integer");
+      if (v.contains("turn") && !v["turn"].is_number_integer()) throw ConfigError(at + ": turn: expected 1 or 2");
       const int64_t turn = v.value("turn", int64_t{1});
       if (turn != 1 && turn != 2) throw ConfigError(at + ": turn: expected 1 or 2");
       if (!v.contains("judge")) throw ConfigError(at + ": judge: missing");

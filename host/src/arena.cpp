@@ -115,35 +115,37 @@ std::vector<Battle> from_judgments(const std::vector<json>& judgments, const fs:
 
 }  // namespace
 
-std::vector<Battle> read_battles(const fs::path& file, std::vector<std::string>& notes) {
+std::optional<json> read_json_list(const fs::path& file, const std::string& what) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw ConfigError(file.string() + ": cannot open");
-  std::string first;
-  {
-    char c;
-    while (in.get(c))
-      if (!std::isspace(static_cast<unsigned char>(c))) {
-        first = c;
-        break;
-      }
-  }
-  if (first.empty()) throw ConfigError(file.string() + ": empty: no battles");
+  char c = 0;
+  bool any = false;
+  while (in.get(c))
+    if (!std::isspace(static_cast<unsigned char>(c))) {
+      any = true;
+      break;
+    }
+  if (!any) throw ConfigError(file.string() + ": empty: no " + what);
+  if (c != '[') return std::nullopt;
   in.clear();
   in.seekg(0);
+  try {
+    return json::parse(in);
+  } catch (const json::parse_error& e) {
+    throw ConfigError(file.string() + ": byte " + std::to_string(e.byte) + ": not valid JSON: " + e.what());
+  }
+}
+
+std::vector<Battle> read_battles(const fs::path& file, std::vector<std::string>& notes) {
   std::vector<Battle> out;
-  if (first == "[") {  // FastChat's clean_battle_data.py output: one JSON list
-    json all;
-    try {
-      all = json::parse(in);
-    } catch (const json::parse_error& e) {
-      throw ConfigError(file.string() + ": byte " + std::to_string(e.byte) + ": not valid JSON: " + e.what());
-    }
-    for (std::size_t i = 0; i < all.size(); ++i) {
-      if (!all[i].is_object()) throw ConfigError(file.string() + ": [" + std::to_string(i) + "]: expected a battle object");
-      out.push_back(from_fastchat(all[i], file.string() + ": [" + std::to_string(i) + "]"));
+  if (auto all = read_json_list(file, "battles")) {  // FastChat's clean_battle_data.py output
+    for (std::size_t i = 0; i < all->size(); ++i) {
+      if (!(*all)[i].is_object()) throw ConfigError(file.string() + ": [" + std::to_string(i) + "]: expected a battle object");
+      out.push_back(from_fastchat((*all)[i], file.string() + ": [" + std::to_string(i) + "]"));
     }
     return out;
   }
+  std::ifstream in(file, std::ios::binary);
   std::string line;
   int64_t n = 0, skipped = 0;
   bool judgments = false;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,11 @@ struct Battle {
 // Malformed records are errors naming file:line and the field; skipped records are counted in
 // `notes`.
 std::vector<Battle> read_battles(const fs::path& file, std::vector<std::string>& notes);
+
+// FastChat's battle and vote files are one JSON list, vhost's logs JSON lines: the list, or
+// nothing when the file's first non-space character is not '['. An unreadable file, an empty
+// one ("empty: no WHAT") and malformed JSON are errors naming the file.
+std::optional<json> read_json_list(const fs::path& file, const std::string& what);
 
 // FastChat's compute_elo: one pass in order, K-factor updates.
 std::map<std::string, double> online_elo(const std::vector<Battle>& battles, double k = 4, double scale = 400,
