@@ -55,24 +55,10 @@ std::vector<Vote> read_votes(const std::filesystem::path& file) {
   }
   // vhost's judgments (pairwise): one vote per question, turn and pair.
   std::vector<std::string> warnings;
-  std::map<std::tuple<int64_t, int64_t, std::string, std::string>, std::vector<std::string>> verdicts;
-  std::vector<std::tuple<int64_t, int64_t, std::string, std::string>> order;
-  for (const auto& j : read_judgments(file, {}, warnings)) {
-    if (j.value("mode", "") != "pairwise") continue;
-    auto key = std::make_tuple(j.value("question_id", int64_t{0}), j.value("turn", int64_t{1}), j.value("model_a", ""),
-                               j.value("model_b", ""));
-    if (!verdicts.count(key)) order.push_back(key);
-    if (j.contains("error")) continue;
-    const std::string w = j.value("winner", "");
-    verdicts[key].push_back(w == std::get<2>(key) ? "model_a" : w == std::get<3>(key) ? "model_b" : "tie");
-  }
-  for (const auto& key : order) {
-    const auto& v = verdicts[key];
-    if (v.empty()) continue;
-    std::string w = v[0];
-    for (const auto& x : v)
-      if (x != w) w = "tie";
-    out.push_back({std::get<0>(key), std::get<1>(key), std::get<2>(key), std::get<3>(key), w, "gpt4-pair"});
+  int64_t errors = 0, single = 0;
+  for (const auto& p : arena::judged_pairs(read_judgments(file, {}, warnings), /*two_scores=*/false, errors, single)) {
+    const std::string w = arena::combined_verdict(p.verdicts);
+    if (!w.empty()) out.push_back({p.question_id, p.turn, p.model_a, p.model_b, w, "gpt4-pair"});
   }
   return out;
 }

@@ -15,6 +15,43 @@
 
 namespace vhost::host::arena {
 
+std::vector<JudgedPair> judged_pairs(const std::vector<json>& judgments, bool two_scores, int64_t& errors, int64_t& single) {
+  std::vector<JudgedPair> out;
+  std::map<std::tuple<int64_t, int64_t, std::string, std::string>, std::size_t> at;
+  for (const auto& j : judgments) {
+    const std::string mode = j.value("mode", "");
+    if (mode == "single") {
+      ++single;
+      continue;
+    }
+    if (mode == "vicuna" && !two_scores) continue;
+    const std::string a = j.value("model_a", ""), b = j.value("model_b", "");
+    const int64_t qid = j.value("question_id", int64_t{0}), turn = j.value("turn", int64_t{1});
+    auto [it, fresh] = at.try_emplace(std::make_tuple(qid, turn, a, b), out.size());
+    if (fresh) out.push_back({qid, turn, a, b, {}});
+    auto& v = out[it->second].verdicts;
+    if (j.contains("error") || (mode == "vicuna" && (!j.contains("score_a") || !j.contains("score_b")))) {
+      ++errors;
+      continue;
+    }
+    if (mode == "vicuna") {
+      const double sa = j["score_a"].get<double>(), sb = j["score_b"].get<double>();
+      v.push_back(sa > sb ? "model_a" : sb > sa ? "model_b" : "tie");
+    } else {
+      const std::string w = j.value("winner", "");
+      v.push_back(w == a ? "model_a" : w == b ? "model_b" : "tie");
+    }
+  }
+  return out;
+}
+
+std::string combined_verdict(const std::vector<std::string>& verdicts) {
+  if (verdicts.empty()) return "";
+  for (const auto& x : verdicts)
+    if (x != verdicts[0]) return "tie";
+  return verdicts[0];
+}
+
 namespace {
 
 const std::set<std::string>& winners() {
@@ -62,50 +99,20 @@ Battle from_fastchat(const json& r, const std::string& at) {
 
 // Pairwise (or Vicuna-style two-score) judgments: one battle per question, turn and pair.
 std::vector<Battle> from_judgments(const std::vector<json>& judgments, const fs::path& file, std::vector<std::string>& notes) {
-  std::map<std::tuple<int64_t, int64_t, std::string, std::string>, std::vector<std::string>> verdicts;
-  std::vector<std::tuple<int64_t, int64_t, std::string, std::string>> order;
   int64_t errors = 0, single = 0;
-  for (const auto& j : judgments) {
-    const std::string mode = j.value("mode", "");
-    if (mode == "single") {
-      ++single;
-      continue;
-    }
-    const std::string a = j.value("model_a", ""), b = j.value("model_b", "");
-    auto key = std::make_tuple(j.value("question_id", int64_t{0}), j.value("turn", int64_t{1}), a, b);
-    if (!verdicts.count(key)) order.push_back(key);
-    auto& v = verdicts[key];
-    if (j.contains("error")) {
-      ++errors;
-      continue;
-    }
-    if (mode == "vicuna") {
-      if (!j.contains("score_a") || !j.contains("score_b")) {
-        ++errors;
-        continue;
-      }
-      const double sa = j["score_a"].get<double>(), sb = j["score_b"].get<double>();
-      v.push_back(sa > sb ? "model_a" : sb > sa ? "model_b" : "tie");
-    } else {
-      const std::string w = j.value("winner", "");
-      v.push_back(w == a ? "model_a" : w == b ? "model_b" : "tie");
-    }
-  }
-  if (single && order.empty())
+  const auto pairs = judged_pairs(judgments, /*two_scores=*/true, errors, single);
+  if (single && pairs.empty())
     throw ConfigError(file.string() + ": single-answer judgments compare no two models: there are no battles in it");
   std::vector<Battle> out;
   int64_t inconsistent = 0, unjudged = 0;
-  for (const auto& key : order) {
-    const auto& v = verdicts[key];
-    if (v.empty()) {
+  for (const auto& p : pairs) {
+    const std::string w = combined_verdict(p.verdicts);
+    if (w.empty()) {
       ++unjudged;
       continue;
     }
-    std::string w = v[0];
-    for (const auto& x : v)
-      if (x != w) w = "tie";
-    if (w == "tie" && std::find(v.begin(), v.end(), "tie") == v.end()) ++inconsistent;
-    out.push_back({std::get<2>(key), std::get<3>(key), w, false});
+    if (w == "tie" && std::find(p.verdicts.begin(), p.verdicts.end(), "tie") == p.verdicts.end()) ++inconsistent;
+    out.push_back({p.model_a, p.model_b, w, false});
   }
   notes.push_back(file.string() + ": " + std::to_string(out.size()) + " battles from judgments (" +
                   std::to_string(inconsistent) + " with the two orders disagreeing, counted as ties; " +

@@ -37,6 +37,20 @@ struct Battle {
 // `notes`.
 std::vector<Battle> read_battles(const fs::path& file, std::vector<std::string>& notes);
 
+// Pairwise judgments (vhost judgment records) per question, turn and model pair, in first-seen
+// order, with each order's verdict ("model_a", "model_b", "tie"); a failed judgment adds none but
+// is counted in `errors`. Two-score (vicuna) judgments count when `two_scores` (the higher score
+// wins), single-answer ones never (counted in `single`).
+struct JudgedPair {
+  int64_t question_id = 0, turn = 1;
+  std::string model_a, model_b;
+  std::vector<std::string> verdicts;
+};
+std::vector<JudgedPair> judged_pairs(const std::vector<json>& judgments, bool two_scores, int64_t& errors, int64_t& single);
+// A pair's one verdict: its orders' when they agree, else a tie (show_result.py's rule); "" when
+// it has none.
+std::string combined_verdict(const std::vector<std::string>& verdicts);
+
 // FastChat's battle and vote files are one JSON list, vhost's logs JSON lines: the list, or
 // nothing when the file's first non-space character is not '['. An unreadable file, an empty
 // one ("empty: no WHAT") and malformed JSON are errors naming the file.

@@ -55,6 +55,17 @@ static sharegpt::TokenizerFns byte_tokenizer() {
   return t;
 }
 
+// "FIELD: message" of the TemplateError `f` throws, or "no error".
+template <class F>
+static std::string template_error(F f) {
+  try {
+    f();
+  } catch (const conv::TemplateError& e) {
+    return e.field() + ": " + e.what();
+  }
+  return "no error";
+}
+
 static conv::Conversation three_turns() { return conv::Conversation{std::nullopt, {"Hi", "Hello!", "Bye"}}; }
 
 TEST_CASE("templates render FastChat's formats byte for byte", "[template]") {
@@ -101,14 +112,7 @@ TEST_CASE("custom templates from tables, and their errors name the field", "[tem
                           {"mine", {{"style", "add_colon_two"}, {"roles", {"Q", "A"}}, {"sep", "\n"}, {"sep2", "</s>\n"}}}});
   CHECK(conv::render(reg.get("terse"), {std::nullopt, {"Hi"}}).text() == "Be terse. USER: Hi ASSISTANT:");
   CHECK(conv::render(reg.get("mine"), {std::nullopt, {"1+1?", "2", "2+2?"}}).text() == "\nQ: 1+1?\nA: 2</s>\nQ: 2+2?\nA:");
-  auto field_of = [](const json& j) {
-    try {
-      conv::Registry r(j);
-    } catch (const conv::TemplateError& e) {
-      return e.field() + ": " + e.what();
-    }
-    return std::string("no error");
-  };
+  auto field_of = [](const json& j) { return template_error([&] { conv::Registry r(j); }); };
   CHECK_THAT(field_of({{"x", {{"style", "fancy"}, {"roles", {"a", "b"}}}}}), Contains("x.style: unknown style 'fancy'"));
   CHECK_THAT(field_of({{"x", {{"style", "chatml"}}}}), Contains("x.roles: missing"));
   CHECK_THAT(field_of({{"x", {{"base", "nope"}}}}), Contains("x.base: no template named 'nope'"));
@@ -150,14 +154,7 @@ TEST_CASE("OpenAI chat messages become a conversation, strictly", "[template][ma
           {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}])"));
   CHECK(*c.system == "S");
   CHECK(c.messages == std::vector<std::string>{"a", "b", "c"});
-  auto err = [](const char* text) {
-    try {
-      conv::conversation_from_messages(json::parse(text));
-    } catch (const conv::TemplateError& e) {
-      return e.field() + ": " + e.what();
-    }
-    return std::string("no error");
-  };
+  auto err = [](const char* text) { return template_error([&] { conv::conversation_from_messages(json::parse(text)); }); };
   CHECK_THAT(err(R"([])"), Contains("messages: 'messages' must be a non-empty array"));
   CHECK_THAT(err(R"({"role": "user"})"), Contains("must be a non-empty array"));
   CHECK_THAT(err(R"([{"content": "x"}])"), Contains("messages[0]: needs a 'role'"));
@@ -175,14 +172,7 @@ TEST_CASE("a ShareGPT record becomes a conversation, strictly", "[template][malf
       R"({"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})"));
   CHECK(*c.system == "S");
   CHECK(c.messages == std::vector<std::string>{"a", "b"});
-  auto err = [](const char* text) {
-    try {
-      conv::conversation_from_sharegpt(json::parse(text));
-    } catch (const conv::TemplateError& e) {
-      return e.field() + ": " + e.what();
-    }
-    return std::string("no error");
-  };
+  auto err = [](const char* text) { return template_error([&] { conv::conversation_from_sharegpt(json::parse(text)); }); };
   CHECK_THAT(err(R"({"id": 1})"), Contains("conversations: missing"));
   CHECK_THAT(err(R"({"conversations": [{"from": "gpt", "value": "x"}]})"), Contains("conversations[0].from: expected a human turn"));
   CHECK_THAT(err(R"({"conversations": [{"from": "robot", "value": "x"}]})"), Contains("conversations[0].from: unknown role 'robot'"));
