@@ -13,11 +13,19 @@
 //   bench_generate [--threads 2] [--tokens 128] [--batch 16] [--preset stories15m|tiny]
 //                  [--bf16-kernel amx|avx512bf16|avx512|avx2]   (default: the best this CPU runs)
 //                  [--no-wait-policy]
+//
+//   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16]
+//   bench_generate --gemm N K [--threads 2]     (small_gemm alone: f32, bf16, f16 weights)
+// A checkpoint as the model plugin loads it (an HF folder or a GGUF file, the stored dtype kept:
+// bf16/f16 weights read in place), decoded greedily from a one-token prompt at batch 1 and at
+// --batch: tokens/s of the decoding steps alone (after the prefill), and the process's peak RSS
+// beside the weights' bytes. bench/large_model.sh runs it beside llama.cpp on the same file.
 #include "decode_kernels.hpp"
 #include "generate.hpp"
 #include "model.hpp"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +33,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -147,6 +156,65 @@ static double child_tokens_per_s(const char* policy, bool busy, int threads, int
   return best;
 }
 
+// Decoding steps of a real checkpoint: tokens/s after the first (prefill) step.
+static int model_mode(const std::string& path, int threads, int64_t tokens, int64_t batch) {
+  auto t0 = Clock::now();
+  auto model = LlamaModel::load(path);  // as the plugin on the CPU: the stored dtype, mapped
+  const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  c10::InferenceMode inference;
+  double weight_bytes = 0;
+  for (const auto& [name, t] : model.named_tensors()) weight_bytes += static_cast<double>(t.numel() * t.element_size());
+  const auto& cfg = model.config();
+  std::printf("bench/generate --model %s: %s, %lld layers, dim %lld, %.2f GB of weights, %d threads\n", path.c_str(),
+              dtype_name(model.dtype()).c_str(), (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
+              weight_bytes / 1e9, threads);
+  std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
+              model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
+  for (int64_t b : {int64_t{1}, batch}) {
+    auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
+    auto tok = torch::ones({b, 1}, torch::kInt64);
+    auto s0 = Clock::now();
+    tok = model.forward(tok, &cache).argmax(-1);  // the prompt's step
+    const double first = std::chrono::duration<double>(Clock::now() - s0).count();
+    auto s1 = Clock::now();
+    for (int64_t i = 0; i < tokens; ++i) tok = model.forward(tok, &cache).argmax(-1);
+    const double s = std::chrono::duration<double>(Clock::now() - s1).count();
+    std::printf("  batch %-3lld %8.3f tokens/s  (%lld steps, %.2f s a step; the prompt's step %.2f s)\n", (long long)b,
+                b * tokens / s, (long long)tokens, s / tokens, first);
+    if (b == batch) break;
+  }
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  const double peak = static_cast<double>(ru.ru_maxrss) * 1024;
+  std::printf("  peak RSS %.2f GB (%.2fx the weights)\n", peak / 1e9, peak / weight_bytes);
+  return 0;
+}
+
+// small_gemm alone on one [N, K] weight matrix in float32, bfloat16 and float16, M rows: weight
+// bytes streamed per second.
+static int gemm_mode(int64_t N, int64_t K, int threads) {
+  std::printf("bench/generate --gemm %lld %lld: small_gemm (%s), %d threads, GB/s of weights (ms a call)\n", (long long)N,
+              (long long)K, small_gemm_isa(), threads);
+  for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    auto w32 = torch::randn({N, K}) * 0.02;
+    auto W = w32.to(dt).contiguous();
+    const WeightType wt = dt == torch::kBFloat16 ? WeightType::bf16 : dt == torch::kFloat16 ? WeightType::f16 : WeightType::f32;
+    std::printf("  %-9s", dtype_name(dt).c_str());
+    for (int64_t M : {1, 4, 16}) {
+      auto A = torch::randn({M, K}), C = torch::empty({M, N});
+      auto call = [&] { small_gemm(A.data_ptr<float>(), M, WeightsRef(W.data_ptr(), wt), N, K, C.data_ptr<float>()); };
+      call();
+      const int reps = 10;
+      auto t0 = Clock::now();
+      for (int i = 0; i < reps; ++i) call();
+      const double s = std::chrono::duration<double>(Clock::now() - t0).count() / reps;
+      std::printf("  M=%-2lld %6.1f GB/s (%.2f ms)", (long long)M, W.numel() * W.element_size() / s / 1e9, s * 1e3);
+    }
+    std::printf("\n");
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   int threads = 2;
   int64_t tokens = 128, batch = 16;
@@ -164,6 +232,15 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--bf16-kernel")) bf16_kernel = argv[i + 1];
   }
   torch::set_num_threads(threads);
+  for (int i = 1; i + 2 < argc; ++i)
+    if (!std::strcmp(argv[i], "--gemm")) return gemm_mode(std::atoll(argv[i + 1]), std::atoll(argv[i + 2]), threads);
+  for (int i = 1; i + 1 < argc; ++i)
+    if (!std::strcmp(argv[i], "--model")) {
+      int64_t t = 8;
+      for (int j = 1; j + 1 < argc; ++j)
+        if (!std::strcmp(argv[j], "--tokens")) t = tokens;
+      return model_mode(argv[i + 1], threads, t, batch);
+    }
   auto cfg = LlamaConfig::preset(preset);
   auto model = LlamaModel::random(cfg, 0);
   if (child) {  // one number: the best of three batch-1 runs

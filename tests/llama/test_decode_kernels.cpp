@@ -78,6 +78,59 @@ TEST_CASE("small_gemm accumulates, small_gemm_many and gate_up_silu equal their 
   select_kernels(nullptr);
 }
 
+// A half-precision tensor's memory as the kernels take it.
+static WeightsRef half_ref(const torch::Tensor& t) {
+  return {t.data_ptr(), t.scalar_type() == torch::kBFloat16 ? WeightType::bf16 : WeightType::f16};
+}
+
+TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read bfloat16 and float16 weights in place", "[kernels][half]") {
+  for (const auto& isa : runnable_kernels()) {
+    select_kernels(isa.c_str());
+    for (auto dt : {torch::kBFloat16, torch::kFloat16}) {
+      const WeightType wt = dt == torch::kBFloat16 ? WeightType::bf16 : WeightType::f16;
+      INFO("kernels: " << small_gemm_isa() << ", weights " << c10::toString(dt));
+      if (!small_gemm_supports(wt)) {
+        WARN("SKIP: the " << small_gemm_isa() << " kernels here cannot read " << c10::toString(dt) << " weights");
+        continue;
+      }
+      torch::manual_seed(7);
+      // Off the tile grid and off the vector width (K % 16, K % 8), up to an output layer.
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {2, 7, 19}, {5, 37, 16}, {3, 1001, 300},
+                             {33, 33, 768}, {7, 5, 17}, {1, 32000, 288}, {16, 288, 288}}) {
+        INFO("M=" << M << " N=" << N << " K=" << K);
+        auto A = torch::randn({M, K}), W = torch::randn({N, K}).to(dt), W2 = torch::randn({N + 3, K}).to(dt);
+        // The reference: the float32 product of the stored (rounded) weights.
+        auto w32 = W.to(torch::kFloat32), w2_32 = W2.to(torch::kFloat32);
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        auto C = torch::full({M, N}, nan);
+        REQUIRE(small_gemm(A.data_ptr<float>(), M, half_ref(W), N, K, C.data_ptr<float>()));
+        CHECK(torch::allclose(C, torch::linear(A, w32), 1e-4, 1e-4));  // every element written, none NaN
+        auto C0 = torch::randn({M, N});
+        auto Cacc = C0.clone();
+        REQUIRE(small_gemm(A.data_ptr<float>(), M, half_ref(W), N, K, Cacc.data_ptr<float>(), /*accumulate=*/true));
+        CHECK(torch::allclose(Cacc, C0 + torch::linear(A, w32), 1e-4, 1e-4));
+        // Mixed in one call: a float32 output beside a half one.
+        auto c1 = torch::full({M, N + 3}, nan), c2 = torch::full({M, N}, nan);
+        auto Wf = torch::randn({N, K});
+        const GemmOutput outs[2] = {{half_ref(W2), N + 3, c1.data_ptr<float>()}, {Wf.data_ptr<float>(), N, c2.data_ptr<float>()}};
+        REQUIRE(small_gemm_many(A.data_ptr<float>(), M, K, outs, 2));
+        CHECK(torch::allclose(c1, torch::linear(A, w2_32), 1e-4, 1e-4));
+        CHECK(torch::allclose(c2, torch::linear(A, Wf), 1e-4, 1e-4));
+        auto Ag = A * 4;
+        auto act = torch::full({M, N}, nan);
+        REQUIRE(gate_up_silu(Ag.data_ptr<float>(), M, K, half_ref(W), half_ref(W2), N, act.data_ptr<float>()));
+        auto want = torch::silu(torch::linear(Ag, w32)) * torch::linear(Ag, w2_32.narrow(0, 0, N));
+        CHECK(torch::allclose(act, want, 1e-4, 1e-5 * want.abs().max().item<double>()));
+      }
+      // Weights of two types in one fused product are refused, not misread.
+      auto W = torch::randn({4, 8}).to(dt), Wf = torch::randn({4, 8});
+      auto A = torch::randn({1, 8}), out = torch::empty({1, 4});
+      CHECK_FALSE(gate_up_silu(A.data_ptr<float>(), 1, 8, half_ref(W), Wf.data_ptr<float>(), 4, out.data_ptr<float>()));
+    }
+  }
+  select_kernels(nullptr);
+}
+
 TEST_CASE("argmax_rows: the first largest of each row, as torch::argmax", "[kernels][sampling]") {
   for (const auto& isa : std::vector<std::string>{"", "avx2", "avx512"}) {
     if (!select_kernels(isa.c_str())) continue;

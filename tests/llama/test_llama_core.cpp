@@ -254,6 +254,40 @@ TEST_CASE("model: the CPU decoding step on kernels equals libtorch's ops, left p
   }
 }
 
+TEST_CASE("model: a bfloat16/float16 model on the CPU runs float32 activations on its stored weights", "[model][half]") {
+  auto cfg = LlamaConfig::preset("tiny");
+  auto m32 = LlamaModel::random(cfg, 8);
+  c10::InferenceMode inference;
+  auto prompt = torch::randint(0, cfg.vocab_size, {3, 6}, torch::kInt64);
+  auto pad = torch::tensor(std::vector<int64_t>{0, 2, 5});
+  for (auto dt : {torch::kBFloat16, torch::kFloat16}) {
+    INFO(c10::toString(dt));
+    LlamaModel half(cfg, m32.named_tensors(), "test", torch::kCPU, dt);
+    if (!small_gemm_supports(dt == torch::kBFloat16 ? WeightType::bf16 : WeightType::f16)) {
+      WARN("SKIP: no kernel reads " << c10::toString(dt) << " weights on this CPU");
+      CHECK_FALSE(half.mixed_cpu());
+      continue;
+    }
+    REQUIRE(half.mixed_cpu());
+    CHECK(half.cache_dtype() == torch::kBFloat16);
+    for (const auto& [name, t] : half.named_tensors()) CHECK(t.scalar_type() == dt);  // no float32 copy kept
+    // The reference: a float32 model of the same (rounded) weights, with a bfloat16 cache too.
+    LlamaModel ref(cfg, half.named_tensors(), "ref", torch::kCPU, torch::kFloat32);
+    auto run = [&](const LlamaModel& m) {
+      auto cache = KVCache::create(cfg, 3, 12, torch::TensorOptions().dtype(torch::kBFloat16));
+      std::vector<torch::Tensor> out{m.forward(prompt, &cache, pad)};
+      for (int64_t t = 0; t < 5; ++t)
+        out.push_back(m.forward(torch::tensor(std::vector<int64_t>{7 + t, 100 + t, 300 + t}).view({3, 1}), &cache, pad));
+      return torch::cat(out, 1);
+    };
+    auto got = run(half), want = run(ref);
+    CHECK(got.scalar_type() == torch::kFloat32);
+    CHECK(torch::allclose(got, want, 1e-5, 1e-5));
+    CHECK(torch::allclose(half.forward(prompt), ref.forward(prompt), 1e-5, 1e-5));  // no cache, any row count
+    CHECK(torch::allclose(half.hidden_states(prompt), ref.hidden_states(prompt), 1e-5, 1e-5));
+  }
+}
+
 TEST_CASE("model: full forward equals incremental decoding with the KV cache", "[model]") {
   auto cfg = LlamaConfig::preset("tiny");  // 4 heads, 2 KV heads: grouped-query attention
   auto m = LlamaModel::random(cfg, 3);
@@ -938,10 +972,13 @@ TEST_CASE("GGUF: a bf16 model is written with its 1-D tensors in F32, as llama.c
   }
   CHECK(norms == 2 * cfg.num_hidden_layers + 1);
   CHECK(matrices == 7 * cfg.num_hidden_layers + 1 + (cfg.tie_word_embeddings ? 0 : 1));
-  // It reads back to the same weights.
+  // It reads back to the same weights, as stored: the matrices bfloat16 views of the mapped file.
   std::map<std::string, torch::Tensor> before(bf.named_tensors().begin(), bf.named_tensors().end());
-  for (const auto& [name, t] : load_gguf_llama(dir / "m.gguf").tensors) {
+  auto back = load_gguf_llama(dir / "m.gguf");
+  CHECK(back.config.torch_dtype == "bfloat16");
+  for (const auto& [name, t] : back.tensors) {
     INFO(name);
+    CHECK(t.scalar_type() == (t.dim() == 1 ? torch::kFloat32 : torch::kBFloat16));
     CHECK(torch::equal(t.to(torch::kFloat32), before.at(name).to(torch::kFloat32)));
   }
 }

@@ -11,11 +11,16 @@
 
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -75,9 +80,10 @@ VHOST_INLINE float lanes_sum(vec x) {
 
 // C[r, c] for r < MR, c < NR: A and W advanced to the tile's first rows; both have row stride K.
 // With `add` the sums are added to C instead of stored.
-template <int V, int MR, int NR>
-VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int64_t ldc, bool add,
-                       const float* next = nullptr, int pf_rows = NR) {
+// TW: the weights' element, float or bfloat16 bits (widened to float in registers).
+template <int V, int MR, int NR, typename TW>
+VHOST_INLINE void tile(const float* A, const TW* W, int64_t K, float* C, int64_t ldc, bool add,
+                       const TW* next = nullptr, int pf_rows = NR) {
   typedef float vec __attribute__((vector_size(4 * V)));
   static_assert(MR * NR <= V, "a tile has at most V accumulators");
   vec acc[V] = {};
@@ -89,7 +95,7 @@ VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int6
         if (c < pf_rows) __builtin_prefetch(next + c * K + k);
     vec w[NR];
 #pragma GCC unroll 8
-    for (int c = 0; c < NR; ++c) std::memcpy(&w[c], W + c * K + k, sizeof(vec));
+    for (int c = 0; c < NR; ++c) w[c] = load_vec<V, vec>(W + c * K + k);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       vec a;
@@ -99,17 +105,18 @@ VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int6
     }
   }
   if (Kv < K) {  // the last K % V of each row, zero-padded to a vector: no scalar tail per output
-    const std::size_t tail = static_cast<std::size_t>(K - Kv) * sizeof(float);
+    const std::size_t rest = static_cast<std::size_t>(K - Kv);
     vec w[NR];
 #pragma GCC unroll 8
     for (int c = 0; c < NR; ++c) {
-      w[c] = vec{};
-      std::memcpy(&w[c], W + c * K + Kv, tail);
+      TW part[V] = {};
+      std::memcpy(part, W + c * K + Kv, rest * sizeof(TW));
+      w[c] = load_vec<V, vec>(part);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       vec a{};
-      std::memcpy(&a, A + r * K + Kv, tail);
+      std::memcpy(&a, A + r * K + Kv, rest * sizeof(float));
 #pragma GCC unroll 8
       for (int c = 0; c < NR; ++c) acc[r * NR + c] += a * w[c];
     }
@@ -121,31 +128,99 @@ VHOST_INLINE void tile(const float* A, const float* W, int64_t K, float* C, int6
     for (int c = 0; c < NR; ++c) C[r * ldc + c] = add ? C[r * ldc + c] + sums[r * NR + c] : sums[r * NR + c];
 }
 
-// A tile of mr <= MR rows by nr <= NR columns, with the sizes made compile-time constants.
+// The row stride of A as the kernels for weights TW read it: bfloat16 weights take A in pairs
+// (see tile_pairs), rounded up to whole blocks of 2V.
+template <int V, typename TW>
+constexpr int64_t a_stride(int64_t K) {
+  return std::is_same_v<TW, uint16_t> ? (K + 2 * V - 1) / (2 * V) * (2 * V) : K;
+}
+
+// tile() for bfloat16 weights without widening instructions: 2V bf16 weights load as V 32-bit
+// words, and a word's low half is the even element (word << 16 is its float), its high half the
+// odd one (word & 0xffff0000). So A comes in pairs: each block of 2V floats of a row with its even
+// elements first, then its odd ones (pair_rows), zero-padded to whole blocks. Two vector integer
+// operations per 2V weights where widening (vpmovzxwd, shift) took four, two of them on the one
+// shuffle port; the sums are the same float32 products, in another order.
 template <int V, int MR, int NR>
-VHOST_INLINE void any_tile(int mr, int nr, const float* A, const float* W, int64_t K, float* C, int64_t ldc, bool acc,
-                           const float* next = nullptr, int pf_rows = NR) {
+VHOST_INLINE void tile_pairs(const float* A, int64_t lda, const uint16_t* W, int64_t K, float* C, int64_t ldc, bool add,
+                             const uint16_t* next, int pf_rows) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  typedef uint32_t uvec __attribute__((vector_size(4 * V)));
+  static_assert(MR * NR <= V, "a tile has at most V accumulators");
+  vec acc[V] = {};
+  auto step = [&](const uint16_t* const* w16, int64_t k) VHOST_INLINE_LAMBDA {
+    vec we[NR], wo[NR];
+#pragma GCC unroll 8
+    for (int c = 0; c < NR; ++c) {
+      uvec u;
+      std::memcpy(&u, w16[c], sizeof u);
+      const uvec e = u << 16, o = u & 0xffff0000u;
+      std::memcpy(&we[c], &e, sizeof(vec));
+      std::memcpy(&wo[c], &o, sizeof(vec));
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      vec ae, ao;
+      std::memcpy(&ae, A + r * lda + k, sizeof(vec));
+      std::memcpy(&ao, A + r * lda + k + V, sizeof(vec));
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c) acc[r * NR + c] += ae * we[c] + ao * wo[c];
+    }
+  };
+  const int64_t Kv = K - K % (2 * V);
+  const uint16_t* w16[NR];
+  for (int64_t k = 0; k < Kv; k += 2 * V) {
+    if (next)
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c)
+        if (c < pf_rows && k % 32 == 0) __builtin_prefetch(next + c * K + k);
+#pragma GCC unroll 8
+    for (int c = 0; c < NR; ++c) w16[c] = W + c * K + k;
+    step(w16, k);
+  }
+  if (Kv < K) {  // the last K % 2V weights of each row, zero-padded (A is padded already)
+    uint16_t part[NR][2 * V] = {};
+    for (int c = 0; c < NR; ++c) {
+      std::memcpy(part[c], W + c * K + Kv, static_cast<std::size_t>(K - Kv) * sizeof(uint16_t));
+      w16[c] = part[c];
+    }
+    step(w16, Kv);
+  }
+  tree_reduce<V, V>(acc);
+  float sums[V];
+  std::memcpy(sums, &acc[0], sizeof sums);
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NR; ++c) C[r * ldc + c] = add ? C[r * ldc + c] + sums[r * NR + c] : sums[r * NR + c];
+}
+
+// A tile of mr <= MR rows by nr <= NR columns, with the sizes made compile-time constants.
+template <int V, int MR, int NR, typename TW>
+VHOST_INLINE void any_tile(int mr, int nr, const float* A, const TW* W, int64_t K, float* C, int64_t ldc, bool acc,
+                           const TW* next = nullptr, int pf_rows = NR) {
   if constexpr (MR > 1)
     if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
   if constexpr (NR > 1)
     if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
-  tile<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
+  if constexpr (std::is_same_v<TW, uint16_t>)
+    tile_pairs<V, MR, NR>(A, a_stride<V, TW>(K), W, K, C, ldc, acc, next, pf_rows);
+  else
+    tile<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
 }
 
 // Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache.
-template <int V, int MR, int NR>
-VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C, bool acc,
+template <int V, int MR, int NR, typename TW>
+VHOST_INLINE void column_tiles(const float* A, int64_t M, const TW* W, int64_t N, int64_t K, float* C, bool acc,
                                int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t * NR;
     const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
     // The row tiles pull the next column tile's weights toward the cache meanwhile, each its
     // share of the NR rows.
-    const float* next = n + 2 * NR <= N ? W + (n + NR) * K : nullptr;
+    const TW* next = n + 2 * NR <= N ? W + (n + NR) * K : nullptr;
     const int64_t blocks = (M + MR - 1) / MR;
     for (int64_t m = 0, bi = 0; m < M; m += MR, ++bi) {
       const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
-      any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * K, W + n * K, K, C + m * N + n, N,
+      any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * a_stride<V, TW>(K), W + n * K, K, C + m * N + n, N,
                           acc, next && r1 > r0 ? next + r0 * K : nullptr, r1 - r0);
     }
   }
@@ -153,8 +228,8 @@ VHOST_INLINE void column_tiles(const float* A, int64_t M, const float* W, int64_
 
 // Column tiles [t0, t1) of both Wg and Wu: each tile's two MR x NR blocks of sums, then
 // C = silu(gate) * up for them, so the gate and up projections never reach memory.
-template <int V, int MR, int NR>
-VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const float* Wg, const float* Wu, int64_t N, int64_t K, float* C,
+template <int V, int MR, int NR, typename TW>
+VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const TW* Wg, const TW* Wu, int64_t N, int64_t K, float* C,
                                 int64_t t0, int64_t t1) {
   typedef float vec __attribute__((vector_size(4 * V)));
   static_assert(MR * NR == V, "one tile's sums fill one vector");
@@ -168,8 +243,9 @@ VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const float* Wg, cons
       const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
       const bool pf = more && r1 > r0;
       float g[V] = {}, u[V] = {};
-      any_tile<V, MR, NR>(mr, nr, A + m * K, Wg + n * K, K, g, NR, false, pf ? Wg + (n + NR + r0) * K : nullptr, r1 - r0);
-      any_tile<V, MR, NR>(mr, nr, A + m * K, Wu + n * K, K, u, NR, false, pf ? Wu + (n + NR + r0) * K : nullptr, r1 - r0);
+      const float* Am = A + m * a_stride<V, TW>(K);
+      any_tile<V, MR, NR>(mr, nr, Am, Wg + n * K, K, g, NR, false, pf ? Wg + (n + NR + r0) * K : nullptr, r1 - r0);
+      any_tile<V, MR, NR>(mr, nr, Am, Wu + n * K, K, u, NR, false, pf ? Wu + (n + NR + r0) * K : nullptr, r1 - r0);
       vec gv, uv;
       std::memcpy(&gv, g, sizeof gv);
       std::memcpy(&uv, u, sizeof uv);
@@ -181,8 +257,10 @@ VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const float* Wg, cons
   }
 }
 
-using RangeFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, bool, int64_t, int64_t);
-using GateUpFn = void (*)(const float*, int64_t, const float*, const float*, int64_t, int64_t, float*, int64_t, int64_t);
+template <typename TW>
+using RangeFn = void (*)(const float*, int64_t, const TW*, int64_t, int64_t, float*, bool, int64_t, int64_t);
+template <typename TW>
+using GateUpFn = void (*)(const float*, int64_t, const TW*, const TW*, int64_t, int64_t, float*, int64_t, int64_t);
 using AttendFn = void (*)(const DecodeAttention&, int64_t, int64_t);
 
 // One query row q [hd] against keys K and values V [S, hd] from slot first on, any head size:
@@ -324,11 +402,13 @@ VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) 
 }
 
 // 16 floats a vector, 4x4 tiles: 16 accumulators + 4 weight vectors + 1 of A in 32 registers.
-__attribute__((target("avx512f"))) void range_avx512(const float* A, int64_t M, const float* W, int64_t N, int64_t K,
+template <typename TW>
+__attribute__((target("avx512f"))) void range_avx512(const float* A, int64_t M, const TW* W, int64_t N, int64_t K,
                                                      float* C, bool acc, int64_t t0, int64_t t1) {
   column_tiles<16, 4, 4>(A, M, W, N, K, C, acc, t0, t1);
 }
-__attribute__((target("avx512f"))) void gate_up_avx512(const float* A, int64_t M, const float* Wg, const float* Wu,
+template <typename TW>
+__attribute__((target("avx512f"))) void gate_up_avx512(const float* A, int64_t M, const TW* Wg, const TW* Wu,
                                                        int64_t N, int64_t K, float* C, int64_t t0, int64_t t1) {
   gate_up_tiles<16, 4, 4>(A, M, Wg, Wu, N, K, C, t0, t1);
 }
@@ -337,11 +417,13 @@ __attribute__((target("avx512f"))) void attend_avx512(const DecodeAttention& a, 
 }
 
 // 8 floats a vector, 4x2 tiles: 8 accumulators + 2 + 1 in 16 registers.
-__attribute__((target("avx2,fma"))) void range_avx2(const float* A, int64_t M, const float* W, int64_t N, int64_t K,
+template <typename TW>
+__attribute__((target("avx2,fma,f16c"))) void range_avx2(const float* A, int64_t M, const TW* W, int64_t N, int64_t K,
                                                    float* C, bool acc, int64_t t0, int64_t t1) {
   column_tiles<8, 4, 2>(A, M, W, N, K, C, acc, t0, t1);
 }
-__attribute__((target("avx2,fma"))) void gate_up_avx2(const float* A, int64_t M, const float* Wg, const float* Wu,
+template <typename TW>
+__attribute__((target("avx2,fma,f16c"))) void gate_up_avx2(const float* A, int64_t M, const TW* Wg, const TW* Wu,
                                                      int64_t N, int64_t K, float* C, int64_t t0, int64_t t1) {
   gate_up_tiles<8, 4, 2>(A, M, Wg, Wu, N, K, C, t0, t1);
 }
@@ -415,12 +497,17 @@ __attribute__((target("avx2,fma"))) float exp_avx2(const float* x, int64_t n, fl
 
 struct Isa {
   const char* name;
-  RangeFn fn;
+  RangeFn<float> fn;
   int64_t nr;  // columns (rows of W) per tile
   AttendFn attend;
   ExpFn exp;
-  GateUpFn gate_up;
+  GateUpFn<float> gate_up;
   int64_t (*argmax)(const float*, int64_t);
+  RangeFn<uint16_t> fn_bf16;  // bfloat16 weights
+  GateUpFn<uint16_t> gate_up_bf16;
+  RangeFn<Half> fn_f16;  // float16 weights (nullptr without F16C)
+  GateUpFn<Half> gate_up_f16;
+  int lanes;  // floats a vector: bfloat16 weights take A in pairs of blocks of 2 * lanes
 };
 
 Isa pick(const char* name) {
@@ -428,9 +515,17 @@ Isa pick(const char* name) {
   const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const bool best = name == nullptr;
   const std::string want = name ? name : "";
-  if (avx512 && (best || want == "avx512")) return Isa{"avx512", range_avx512, 4, attend_avx512, exp_avx512, gate_up_avx512, argmax_avx512};
-  if (avx2 && (best || want == "avx2" || want == "avx512")) return Isa{"avx2", range_avx2, 2, attend_avx2, exp_avx2, gate_up_avx2, argmax_avx2};
-  return Isa{"", nullptr, 1, nullptr, nullptr, nullptr, nullptr};
+  if (avx512 && (best || want == "avx512"))
+    return Isa{"avx512", range_avx512<float>, 4, attend_avx512, exp_avx512, gate_up_avx512<float>, argmax_avx512,
+               range_avx512<uint16_t>, gate_up_avx512<uint16_t>, range_avx512<Half>, gate_up_avx512<Half>, 16};
+  if (avx2 && (best || want == "avx2" || want == "avx512")) {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    return Isa{"avx2", range_avx2<float>, 2, attend_avx2, exp_avx2, gate_up_avx2<float>, argmax_avx2,
+               range_avx2<uint16_t>, gate_up_avx2<uint16_t>, f16c ? range_avx2<Half> : nullptr,
+               f16c ? gate_up_avx2<Half> : nullptr, 8};
+  }
+  return Isa{"", nullptr, 1, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1};
 }
 
 Isa& isa() {
@@ -453,35 +548,96 @@ static int64_t tile_grain(int64_t M, int64_t K, int64_t nr) {
   return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, M * K * nr));
 }
 
-bool small_gemm(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C, bool accumulate) {
+template <typename TW>
+static void gemm_range(const Isa& s, const float* A, int64_t M, const TW* W, int64_t N, int64_t K, float* C, bool acc,
+                       int64_t t0, int64_t t1) {
+  if constexpr (std::is_same_v<TW, float>) s.fn(A, M, W, N, K, C, acc, t0, t1);
+  if constexpr (std::is_same_v<TW, uint16_t>) s.fn_bf16(A, M, W, N, K, C, acc, t0, t1);
+  if constexpr (std::is_same_v<TW, Half>) s.fn_f16(A, M, W, N, K, C, acc, t0, t1);
+}
+// Calls f with W's data as a pointer to its element type.
+template <typename F>
+static void with_weights(WeightsRef W, F&& f) {
+  switch (W.type) {
+    case WeightType::f32: return f(static_cast<const float*>(W.data));
+    case WeightType::bf16: return f(static_cast<const uint16_t*>(W.data));
+    case WeightType::f16: return f(static_cast<const Half*>(W.data));
+  }
+}
+
+// A [M, K] as tile_pairs reads it for bfloat16 weights: each block of 2 * lanes floats of a row
+// with its even elements first, then its odd ones, rows zero-padded to whole blocks. Made once a
+// call (M * K floats, where the call reads N * K weights), in a buffer of the calling thread.
+static const float* pair_rows(const float* A, int64_t M, int64_t K, int lanes) {
+  thread_local std::vector<float> buf;
+  const int64_t blk = 2 * lanes, lda = (K + blk - 1) / blk * blk;
+  buf.assign(static_cast<std::size_t>(M * lda), 0.0f);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* a = A + m * K;
+    float* o = buf.data() + m * lda;
+    for (int64_t b = 0; b < lda; b += blk)
+      for (int64_t j = 0; j < lanes; ++j) {
+        const int64_t k = b + 2 * j;
+        if (k < K) o[b + j] = a[k];
+        if (k + 1 < K) o[b + lanes + j] = a[k + 1];
+      }
+  }
+  return buf.data();
+}
+
+bool small_gemm_supports(WeightType t) {
+  const Isa& s = isa();
+  return t == WeightType::f32 ? s.fn != nullptr : t == WeightType::bf16 ? s.fn_bf16 != nullptr : s.fn_f16 != nullptr;
+}
+
+bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, float* C, bool accumulate) {
   const Isa s = isa();
-  if (!s.fn) return false;
+  if (!small_gemm_supports(W.type)) return false;
   const int64_t tiles = (N + s.nr - 1) / s.nr;
-  at::parallel_for(0, tiles, tile_grain(M, K, s.nr),
-                   [&](int64_t t0, int64_t t1) { s.fn(A, M, W, N, K, C, accumulate, t0, t1); });
+  if (W.type == WeightType::bf16) A = pair_rows(A, M, K, s.lanes);
+  with_weights(W, [&](auto* w) {
+    at::parallel_for(0, tiles, tile_grain(M, K, s.nr),
+                     [&](int64_t t0, int64_t t1) { gemm_range(s, A, M, w, N, K, C, accumulate, t0, t1); });
+  });
   return true;
 }
 
 bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* outs, int n) {
   const Isa s = isa();
-  if (!s.fn) return false;
+  for (int i = 0; i < n; ++i)
+    if (!small_gemm_supports(outs[i].W.type)) return false;
   std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);  // first tile of each output in one index space
   for (int i = 0; i < n; ++i) first[i + 1] = first[i] + (outs[i].N + s.nr - 1) / s.nr;
+  const float* pairs = nullptr;
+  for (int i = 0; i < n && !pairs; ++i)
+    if (outs[i].W.type == WeightType::bf16) pairs = pair_rows(A, M, K, s.lanes);
   at::parallel_for(0, first[n], tile_grain(M, K, s.nr), [&](int64_t t0, int64_t t1) {
     for (int i = 0; i < n; ++i) {
       const int64_t a = std::max(t0, first[i]), b = std::min(t1, first[i + 1]);
-      if (a < b) s.fn(A, M, outs[i].W, outs[i].N, K, outs[i].C, false, a - first[i], b - first[i]);
+      if (a < b)
+        with_weights(outs[i].W, [&](auto* w) {
+          const float* Ai = outs[i].W.type == WeightType::bf16 ? pairs : A;
+          gemm_range(s, Ai, M, w, outs[i].N, K, outs[i].C, false, a - first[i], b - first[i]);
+        });
     }
   });
   return true;
 }
 
-bool gate_up_silu(const float* A, int64_t M, int64_t K, const float* Wg, const float* Wu, int64_t N, float* C) {
+bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRef Wu, int64_t N, float* C) {
   const Isa s = isa();
-  if (!s.gate_up) return false;
+  if (Wg.type != Wu.type || !small_gemm_supports(Wg.type)) return false;
   const int64_t tiles = (N + s.nr - 1) / s.nr;
-  at::parallel_for(0, tiles, std::max<int64_t>(1, tile_grain(M, K, s.nr) / 2),
-                   [&](int64_t t0, int64_t t1) { s.gate_up(A, M, Wg, Wu, N, K, C, t0, t1); });
+  if (Wg.type == WeightType::bf16) A = pair_rows(A, M, K, s.lanes);
+  with_weights(Wg, [&](auto* g) {
+    using TW = std::remove_const_t<std::remove_pointer_t<decltype(g)>>;
+    const TW* u = static_cast<const TW*>(Wu.data);
+    at::parallel_for(0, tiles, std::max<int64_t>(1, tile_grain(M, K, s.nr) / 2), [&](int64_t t0, int64_t t1) {
+      if constexpr (std::is_same_v<TW, float>) s.gate_up(A, M, g, u, N, K, C, t0, t1);
+      if constexpr (std::is_same_v<TW, uint16_t>) s.gate_up_bf16(A, M, g, u, N, K, C, t0, t1);
+      if constexpr (std::is_same_v<TW, Half>) s.gate_up_f16(A, M, g, u, N, K, C, t0, t1);
+    });
+  });
   return true;
 }
 
@@ -500,9 +656,10 @@ static int64_t (*argmax_fn())(const float*, int64_t) { return isa().argmax; }
 
 const char* small_gemm_isa() { return ""; }
 bool select_kernels(const char* name) { return name == nullptr || !*name; }
-bool small_gemm(const float*, int64_t, const float*, int64_t, int64_t, float*, bool) { return false; }
+bool small_gemm(const float*, int64_t, WeightsRef, int64_t, int64_t, float*, bool) { return false; }
+bool small_gemm_supports(WeightType) { return false; }
 bool small_gemm_many(const float*, int64_t, int64_t, const GemmOutput*, int) { return false; }
-bool gate_up_silu(const float*, int64_t, int64_t, const float*, const float*, int64_t, float*) { return false; }
+bool gate_up_silu(const float*, int64_t, int64_t, WeightsRef, WeightsRef, int64_t, float*) { return false; }
 bool decode_attention(const DecodeAttention&) { return false; }
 static ExpFn exp_fn() { return nullptr; }
 static int64_t (*argmax_fn())(const float*, int64_t) { return nullptr; }

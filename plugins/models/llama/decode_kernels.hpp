@@ -25,24 +25,40 @@ const char* small_gemm_isa();
 // available below them are used).
 bool select_kernels(const char* name);
 
+// The weights of a product: row-major [N, K] elements of one type, read in place (a tensor's
+// memory, a memory-mapped checkpoint). bfloat16 and float16 (their bits) are widened to float32
+// in registers: half the bytes of float32 weights per call and no copy of them; the products and
+// sums stay float32, so the result is the float32 product of the stored weights (up to the order
+// of the sums). float16 needs F16C (every AVX2 CPU vhost has met has it).
+enum class WeightType : uint8_t { f32, bf16, f16 };
+struct WeightsRef {
+  const void* data = nullptr;
+  WeightType type = WeightType::f32;
+  WeightsRef() = default;
+  WeightsRef(const float* p) : data(p), type(WeightType::f32) {}  // NOLINT: a float matrix as before
+  WeightsRef(const void* p, WeightType t) : data(p), type(t) {}
+};
+
 // C[m, n] = sum_k A[m, k] * W[n, k] for row-major contiguous A [M, K], W [N, K], C [M, N]
 // (with `accumulate`, C[m, n] += that sum: a residual connection without another pass).
 // Runs on at::get_num_threads() threads. Returns false, touching nothing, when this CPU has no
-// kernel for it (see small_gemm_isa).
-bool small_gemm(const float* A, int64_t M, const float* W, int64_t N, int64_t K, float* C, bool accumulate = false);
+// kernel for it (see small_gemm_isa; small_gemm_supports for the weight type).
+bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, float* C, bool accumulate = false);
+// Whether the kernels in use read weights of this type.
+bool small_gemm_supports(WeightType t);
 
 // Several products of the same A, C_i = A · W_iᵀ (W_i [N_i, K], C_i [M, N_i]), in one parallel
 // region: the query, key and value projections of a layer.
 struct GemmOutput {
-  const float* W;
+  WeightsRef W;
   int64_t N;
   float* C;
 };
 bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* outs, int n);
 
-// LLaMA's MLP input: C = silu(A · Wgᵀ) * (A · Wuᵀ), Wg and Wu [N, K], C [M, N], tile by tile
-// (neither product is written out).
-bool gate_up_silu(const float* A, int64_t M, int64_t K, const float* Wg, const float* Wu, int64_t N, float* C);
+// LLaMA's MLP input: C = silu(A · Wgᵀ) * (A · Wuᵀ), Wg and Wu [N, K] of one type, C [M, N],
+// tile by tile (neither product is written out).
+bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRef Wu, int64_t N, float* C);
 
 // decode_attention: one query per row against its KV cache, in place of broadcast-multiply,
 // sum, mask, softmax, broadcast-multiply, sum as separate libtorch ops (a dozen passes over

@@ -4,9 +4,15 @@
 
 #include <vhost/plugin.hpp>
 
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace vhost::llama {
 
@@ -22,7 +28,7 @@ enum : uint32_t { kF32 = 0, kF16 = 1, kQ8_0 = 8, kBF16 = 30 };
 
 // A bounds-checked reader over the file's bytes.
 struct Reader {
-  const std::string& b;
+  std::string_view b;
   const fs::path& file;
   uint64_t o = 0;
   void need(uint64_t n, const std::string& what) {
@@ -41,7 +47,7 @@ struct Reader {
   std::string str(const std::string& what) {
     uint64_t n = get<uint64_t>(what + " length");
     need(n, what);
-    std::string s = b.substr(o, n);
+    std::string s(b.substr(o, n));
     o += n;
     return s;
   }
@@ -96,28 +102,51 @@ bool is_gguf(const fs::path& file) {
 }
 
 GgufFile GgufFile::read(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) fail(file, "cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse(ss.str(), file);
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(file, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    ::close(fd);
+    fail(file, std::string("cannot stat: ") + std::strerror(errno));
+  }
+  const std::size_t size = static_cast<std::size_t>(st.st_size);
+  if (size < 4) {
+    ::close(fd);
+    fail(file, "truncated while reading magic at byte 0 (file has " + std::to_string(size) + " bytes)");
+  }
+  // Private and writable: tensors viewing it may be changed in place (training) without
+  // touching the file.
+  void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (addr == MAP_FAILED) fail(file, std::string("cannot map: ") + std::strerror(errno));
+  std::shared_ptr<const char> data(static_cast<const char*>(addr), [size](const char* p) {
+    munmap(const_cast<char*>(p), size);
+  });
+  return parse(std::move(data), size, file);
 }
 
 GgufFile GgufFile::parse(std::string bytes, const fs::path& file) {
+  auto owner = std::make_shared<std::string>(std::move(bytes));
+  const uint64_t size = owner->size();
+  return parse(std::shared_ptr<const char>(owner, owner->data()), size, file);
+}
+
+GgufFile GgufFile::parse(std::shared_ptr<const char> data, uint64_t size, const fs::path& file) {
   GgufFile g;
   g.path = file;
-  g.bytes = std::move(bytes);
-  Reader r{g.bytes, file};
+  g.data = std::move(data);
+  g.size = size;
+  Reader r{g.bytes(), file};
   r.need(4, "magic");
-  if (std::memcmp(g.bytes.data(), "GGUF", 4) != 0) fail(file, "bad magic: not a GGUF file");
+  if (std::memcmp(g.data.get(), "GGUF", 4) != 0) fail(file, "bad magic: not a GGUF file");
   r.o = 4;
   g.version = r.get<uint32_t>("version");
   if (g.version < 2 || g.version > 3) fail(file, "GGUF version " + std::to_string(g.version) + " is not supported (2 or 3)");
   uint64_t n_tensors = r.get<uint64_t>("tensor count");
   uint64_t n_kv = r.get<uint64_t>("metadata count");
   // Each entry takes at least 8 bytes: a count beyond that is a lie, not a reason to allocate.
-  if (n_tensors > g.bytes.size() / 8) fail(file, "tensor count " + std::to_string(n_tensors) + " exceeds what the file can hold");
-  if (n_kv > g.bytes.size() / 8) fail(file, "metadata count " + std::to_string(n_kv) + " exceeds what the file can hold");
+  if (n_tensors > g.size / 8) fail(file, "tensor count " + std::to_string(n_tensors) + " exceeds what the file can hold");
+  if (n_kv > g.size / 8) fail(file, "metadata count " + std::to_string(n_kv) + " exceeds what the file can hold");
   for (uint64_t i = 0; i < n_kv; ++i) {
     std::string key = r.str("metadata key " + std::to_string(i));
     uint32_t type = r.get<uint32_t>("type of " + key);
@@ -152,8 +181,8 @@ GgufFile GgufFile::parse(std::string bytes, const fs::path& file) {
   }
   g.data_start = (r.o + align - 1) / align * align;
   for (const auto& t : g.tensors) {
-    if (t.offset > g.bytes.size() || g.data_start > g.bytes.size() - t.offset ||
-        t.bytes > g.bytes.size() - g.data_start - t.offset)
+    if (t.offset > g.size || g.data_start > g.size - t.offset ||
+        t.bytes > g.size - g.data_start - t.offset)
       fail(file, "tensor '" + t.name + "': offset " + std::to_string(t.offset) + " + " + std::to_string(t.bytes) +
                      " bytes runs past the end of the file (truncated or lying header)");
   }
@@ -161,13 +190,17 @@ GgufFile GgufFile::parse(std::string bytes, const fs::path& file) {
 }
 
 torch::Tensor GgufFile::tensor(const GgufTensorInfo& t) const {
-  const char* p = bytes.data() + data_start + t.offset;
+  const char* p = data.get() + data_start + t.offset;
   int64_t numel = 1;
   for (auto d : t.shape) numel *= d;
+  auto view = [&](torch::ScalarType type) {  // keeps the mapping alive as long as the tensor
+    std::shared_ptr<const char> keep = data;
+    return torch::from_blob(const_cast<char*>(p), t.shape, [keep](void*) {}, torch::TensorOptions().dtype(type));
+  };
   switch (t.type) {
-    case kF32: return torch::from_blob(const_cast<char*>(p), t.shape, torch::kFloat32).clone();
-    case kF16: return torch::from_blob(const_cast<char*>(p), t.shape, torch::kFloat16).to(torch::kFloat32);
-    case kBF16: return torch::from_blob(const_cast<char*>(p), t.shape, torch::kBFloat16).to(torch::kFloat32);
+    case kF32: return view(torch::kFloat32);
+    case kF16: return view(torch::kFloat16);
+    case kBF16: return view(torch::kBFloat16);
     case kQ8_0: {  // blocks of 32: an f16 scale, then 32 int8
       int64_t blocks = numel / 32;
       auto raw = torch::from_blob(const_cast<char*>(p), {blocks, 34}, torch::kUInt8);
@@ -379,11 +412,18 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
   if (static_cast<int64_t>(pieces.size()) > c.vocab_size)
     fail(file, "the tokenizer has " + std::to_string(pieces.size()) + " pieces, the model only " + std::to_string(c.vocab_size));
 
-  // HF names -> GGUF names, Q/K rows back to Meta's order.
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  // HF names -> GGUF names, Q/K rows back to Meta's order. Only names, shapes and types here:
+  // each tensor is made (reordered, converted) when it is written, one at a time.
+  struct Out {
+    std::string name;
+    torch::Tensor src;
+    int64_t heads = 0;  // Q/K: rows to reorder for this many heads
+    torch::ScalarType type;
+  };
+  std::vector<Out> tensors;
   for (const auto& [name, t0] : model.named_tensors()) {
-    torch::Tensor t = t0.to(torch::kCPU);
-    std::string n = name;
+    Out o{name, t0, 0, t0.scalar_type()};
+    std::string& n = o.name;
     if (n == "model.embed_tokens.weight") n = "token_embd.weight";
     else if (n == "model.norm.weight") n = "output_norm.weight";
     else if (n == "lm_head.weight") n = "output.weight";
@@ -398,15 +438,14 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
           {"mlp.down_proj.weight", "ffn_down.weight"},       {"input_layernorm.weight", "attn_norm.weight"},
           {"post_attention_layernorm.weight", "ffn_norm.weight"}};
       n = blk + names.at(leaf);
-      if (leaf == "self_attn.q_proj.weight") t = hf_to_meta(t, c.num_attention_heads);
-      if (leaf == "self_attn.k_proj.weight") t = hf_to_meta(t, c.num_key_value_heads);
+      if (leaf == "self_attn.q_proj.weight") o.heads = c.num_attention_heads;
+      if (leaf == "self_attn.k_proj.weight") o.heads = c.num_key_value_heads;
     }
     // 1-D tensors (the norms) stay float32 whatever the matrices' dtype, as llama.cpp's own
     // converter writes them: llama.cpp's CPU norm kernels assert F32 weights.
-    if (t.dim() == 1) t = t.to(torch::kFloat32);
-    tensors.emplace_back(n, t.contiguous());
+    if (t0.dim() == 1 || (o.type != torch::kFloat16 && o.type != torch::kBFloat16)) o.type = torch::kFloat32;
+    tensors.push_back(std::move(o));
   }
-
   Writer w;  // metadata first; the header that counts it is prepended below
   w.kv_str("general.architecture", "llama");
   w.kv_str("general.name", "vhost");
@@ -442,25 +481,37 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
   head.raw<uint64_t>(w.kvs);
   w.out = head.out + w.out;
   uint64_t offset = 0;
-  for (const auto& [n, t] : tensors) {
-    w.str(n);
-    w.raw<uint32_t>(static_cast<uint32_t>(t.dim()));
-    for (int64_t d = t.dim() - 1; d >= 0; --d) w.raw<uint64_t>(static_cast<uint64_t>(t.size(d)));
-    w.raw<uint32_t>(t.scalar_type() == torch::kFloat16 ? kF16 : t.scalar_type() == torch::kBFloat16 ? kBF16 : kF32);
+  for (const auto& o : tensors) {
+    w.str(o.name);
+    w.raw<uint32_t>(static_cast<uint32_t>(o.src.dim()));
+    for (int64_t d = o.src.dim() - 1; d >= 0; --d) w.raw<uint64_t>(static_cast<uint64_t>(o.src.size(d)));
+    w.raw<uint32_t>(o.type == torch::kFloat16 ? kF16 : o.type == torch::kBFloat16 ? kBF16 : kF32);
     w.raw<uint64_t>(offset);
-    offset += (t.numel() * t.element_size() + 31) / 32 * 32;
+    offset += (o.src.numel() * c10::elementSize(o.type) + 31) / 32 * 32;
   }
   while (w.out.size() % 32) w.out += '\0';
-  for (const auto& [n, t] : tensors) {
-    w.out.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
-    while (w.out.size() % 32) w.out += '\0';
-  }
   auto tmp = file;
   tmp += ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) fail(tmp, "cannot create");
     f.write(w.out.data(), static_cast<std::streamsize>(w.out.size()));
-    if (!f) fail(tmp, "write failed (disk full?)");
+    static const char zeros[32] = {};
+    for (const auto& o : tensors) {
+      torch::Tensor t = o.src.to(torch::kCPU, o.type);
+      if (o.heads) t = hf_to_meta(t, o.heads);
+      t = t.contiguous();
+      const auto n = static_cast<std::streamsize>(t.numel() * t.element_size());
+      f.write(static_cast<const char*>(t.data_ptr()), n);
+      f.write(zeros, (32 - n % 32) % 32);
+    }
+    f.flush();
+    if (!f) {
+      f.close();
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      fail(tmp, "write failed (disk full?)");
+    }
   }
   fs::rename(tmp, file);
 }
@@ -503,13 +554,20 @@ GgufLlama load_gguf_llama(const fs::path& file) {
   };
   auto embed = get("token_embd.weight");
   c.vocab_size = embed.size(0);
+  // The model's dtype: its matrices' (the first layer's query weights stand for them all).
+  const auto& probe = by.count("blk.0.attn_q.weight") ? *by.at("blk.0.attn_q.weight") : *by.at("token_embd.weight");
+  c.torch_dtype = probe.type == kBF16 ? "bfloat16" : probe.type == kF16 ? "float16" : "float32";
   if (md.count("tokenizer.ggml.bos_token_id")) c.bos_token_id = md.at("tokenizer.ggml.bos_token_id").get<int64_t>();
   if (md.count("tokenizer.ggml.eos_token_id")) c.eos_token_id = md.at("tokenizer.ggml.eos_token_id").get<int64_t>();
   out.tensors.emplace_back("model.embed_tokens.weight", embed);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     std::string b = "blk." + std::to_string(i) + ".", h = "model.layers." + std::to_string(i) + ".";
-    out.tensors.emplace_back(h + "self_attn.q_proj.weight", meta_to_hf(get(b + "attn_q.weight"), c.num_attention_heads));
-    out.tensors.emplace_back(h + "self_attn.k_proj.weight", meta_to_hf(get(b + "attn_k.weight"), c.num_key_value_heads));
+    // Reordered in place: a view of the private mapping is overwritten (its pages become the
+    // process's own copies), so the model holds one copy of these matrices, not the mapped
+    // file's pages and a reordered copy beside them (2.1 GB of a 7B model).
+    auto hf_order = [&](torch::Tensor w, int64_t heads) { return w.copy_(meta_to_hf(w, heads)); };
+    out.tensors.emplace_back(h + "self_attn.q_proj.weight", hf_order(get(b + "attn_q.weight"), c.num_attention_heads));
+    out.tensors.emplace_back(h + "self_attn.k_proj.weight", hf_order(get(b + "attn_k.weight"), c.num_key_value_heads));
     out.tensors.emplace_back(h + "self_attn.v_proj.weight", get(b + "attn_v.weight"));
     out.tensors.emplace_back(h + "self_attn.o_proj.weight", get(b + "attn_output.weight"));
     out.tensors.emplace_back(h + "mlp.gate_proj.weight", get(b + "ffn_gate.weight"));
@@ -521,7 +579,7 @@ GgufLlama load_gguf_llama(const fs::path& file) {
   out.tensors.emplace_back("model.norm.weight", get("output_norm.weight"));
   if (by.count("output.weight")) {
     auto head = get("output.weight");
-    c.tie_word_embeddings = torch::equal(head, embed);
+    c.tie_word_embeddings = head.scalar_type() == embed.scalar_type() && torch::equal(head, embed);
     if (!c.tie_word_embeddings) out.tensors.emplace_back("lm_head.weight", head);
   } else {
     c.tie_word_embeddings = true;

@@ -1,5 +1,5 @@
 // GGUF (llama.cpp's format, v2/v3) LLaMA checkpoints: header parsing with every offset checked,
-// F32/F16/BF16 tensors and Q8_0 dequantised on load, Q/K rows moved from Meta's interleaved
+// F32/F16/BF16 tensors memory-mapped as stored and Q8_0 dequantised on load, Q/K rows moved from Meta's interleaved
 // rotary order to HF's rotate-half order, and the embedded SentencePiece-style vocabulary
 // turned into a SentencePiece model the real library loads.
 #pragma once
@@ -11,7 +11,9 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -31,20 +33,26 @@ struct GgufFile {
   std::map<std::string, nlohmann::json> metadata;
   std::vector<GgufTensorInfo> tensors;
   uint64_t data_start = 0;
-  std::string bytes;  // the file's contents
+  std::shared_ptr<const char> data;  // the file's bytes: a private memory mapping of it (or parse's string)
+  uint64_t size = 0;
+  std::string_view bytes() const { return {data.get(), size}; }
 
-  // Throws vhost::Error naming the file and the field at fault.
+  // Maps the file (nothing is read into memory until used). Throws vhost::Error naming the file
+  // and the field at fault.
   static GgufFile read(const std::filesystem::path& file);
   // The same, over bytes already in memory; `name` stands for the file in messages.
   static GgufFile parse(std::string bytes, const std::filesystem::path& name);
-  torch::Tensor tensor(const GgufTensorInfo& t) const;  // float32, dequantised
+  static GgufFile parse(std::shared_ptr<const char> data, uint64_t size, const std::filesystem::path& name);
+  // F32, F16 and BF16 tensors as stored, viewing the mapping (copy-on-write: writes never reach
+  // the file; the tensor keeps the mapping alive); Q8_0 dequantised to float32.
+  torch::Tensor tensor(const GgufTensorInfo& t) const;
 };
 
 bool is_gguf(const std::filesystem::path& file);
 
 struct GgufLlama {
-  LlamaConfig config;
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;  // HF names and conventions
+  LlamaConfig config;  // torch_dtype: the matrices' stored type (float32 for quantized ones)
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;  // HF names and conventions, as tensor() gives them
   std::string tokenizer_model;                                  // a serialized SentencePiece ModelProto
 };
 
@@ -54,7 +62,8 @@ std::string load_gguf_tokenizer(const std::filesystem::path& file);
 
 class LlamaModel;
 // Writes a GGUF v3 file llama.cpp reads: metadata, the vocabulary of a SentencePiece model
-// (serialized ModelProto), tensors in the model's dtype with Q/K rows in Meta's order.
+// (serialized ModelProto), matrices in the model's dtype with Q/K rows in Meta's order, 1-D
+// tensors in F32. Streams: the header, then one tensor at a time (no copy of the model).
 void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const std::filesystem::path& file);
 
 }  // namespace vhost::llama

@@ -130,6 +130,8 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
   auto emb = torch::cat({freqs, freqs}, -1);
   cos_ = emb.cos().to(device_, dtype_);
   sin_ = emb.sin().to(device_, dtype_);
+  cos32_ = dtype_ == torch::kFloat32 ? cos_ : emb.cos().to(device_);
+  sin32_ = dtype_ == torch::kFloat32 ? sin_ : emb.sin().to(device_);
   for (const auto& [name, t] : tensors_)
     if (t.dim() == 2) largest_matrix_ = std::max<int64_t>(largest_matrix_, t.numel());
 }
@@ -137,7 +139,8 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
 LlamaModel LlamaModel::load(const fs::path& dir, torch::Device device, std::optional<torch::ScalarType> dtype) {
   if (fs::is_regular_file(dir) && is_gguf(dir)) {  // recognised by content, not by name
     auto g = load_gguf_llama(dir);
-    return LlamaModel(g.config, std::move(g.tensors), dir.string(), device, dtype ? *dtype : torch::kFloat32);
+    const auto stored = dtype_from_name(g.config.torch_dtype);  // as a folder's: the stored dtype by default
+    return LlamaModel(g.config, std::move(g.tensors), dir.string(), device, dtype ? *dtype : stored);
   }
   if (!fs::is_directory(dir))
     throw vhost::Error(VHOST_ERR_IO, dir.string() + ": not a checkpoint folder (expected config.json and safetensors)");
@@ -284,13 +287,14 @@ void LlamaModel::save(const fs::path& dir, std::optional<torch::ScalarType> dtyp
 torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
   // float32 on the CPU outside autograd: one pass per row instead of eight libtorch operations
   // (a third of a one-row decoding step of the tiny preset went to them).
-  if (x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
+  // (A half-precision model's norm weights scale float32 activations as float32: mixed_cpu.)
+  if (x.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
       !(torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad()))) {
     auto xc = x.contiguous();
     auto out = torch::empty_like(xc);
     const int64_t D = xc.size(-1), R = xc.numel() / std::max<int64_t>(D, 1);
-    rms_norm_rows(xc.data_ptr<float>(), w.contiguous().data_ptr<float>(), R, D, static_cast<float>(cfg_.rms_norm_eps),
-                  out.data_ptr<float>());
+    rms_norm_rows(xc.data_ptr<float>(), w.to(torch::kFloat32).contiguous().data_ptr<float>(), R, D,
+                  static_cast<float>(cfg_.rms_norm_eps), out.data_ptr<float>());
     return out;
   }
   // As HF: normalise in float32, cast back, then scale.
@@ -309,17 +313,31 @@ torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& 
 // Up to this many rows small_gemm beat OpenBLAS on every layer of the stories15M shape here.
 constexpr int64_t kSmallGemmRows = 32;
 
+// A CPU weight tensor's memory for the decode kernels, in its stored type.
+static WeightsRef weights_ref(const torch::Tensor& w) {
+  switch (w.scalar_type()) {
+    case torch::kBFloat16: return {w.data_ptr(), WeightType::bf16};
+    case torch::kFloat16: return {w.data_ptr(), WeightType::f16};
+    default: return {w.data_ptr<float>()};
+  }
+}
+
 static torch::Tensor proj(const torch::Tensor& x, const torch::Tensor& w) {
   const int64_t K = x.size(-1), M = x.numel() / std::max<int64_t>(K, 1);
   auto sizes = x.sizes().vec();
   sizes.back() = w.size(0);
-  if (M <= kSmallGemmRows && x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 &&
-      x.device().is_cpu() && w.device().is_cpu() && w.is_contiguous() &&
+  const bool f32 = w.scalar_type() == torch::kFloat32;
+  // float32 activations against bfloat16/float16 weights (a half-precision model on the CPU, see
+  // mixed_cpu): the kernels widen the weights in registers, for any number of rows, since BLAS
+  // cannot read them without a float32 copy of the matrix.
+  if ((M <= kSmallGemmRows || !f32) && x.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
+      w.device().is_cpu() && w.is_contiguous() &&
       !(torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad()))) {
     auto a = x.contiguous();
     auto out = torch::empty(sizes, x.options());
-    if (small_gemm(a.data_ptr<float>(), M, w.data_ptr<float>(), w.size(0), K, out.data_ptr<float>())) return out;
+    if (small_gemm(a.data_ptr<float>(), M, weights_ref(w), w.size(0), K, out.data_ptr<float>())) return out;
   }
+  if (x.scalar_type() != w.scalar_type()) return torch::linear(x.to(w.scalar_type()), w).to(x.scalar_type());
   if (M == 1) return torch::mv(w, x.reshape({-1})).view(sizes);  // gemv beats a one-row gemm (2.4x, 32000x288)
   return torch::linear(x, w);
 }
@@ -454,6 +472,12 @@ bool LlamaModel::enable_bf16_decode() {
   return true;
 }
 
+bool LlamaModel::mixed_cpu() const {
+  const WeightType t = dtype_ == torch::kBFloat16 ? WeightType::bf16 : WeightType::f16;
+  return device_.is_cpu() && (dtype_ == torch::kBFloat16 || dtype_ == torch::kFloat16) && small_gemm_supports(t) &&
+         !(torch::GradMode::is_enabled() && embed_.requires_grad());
+}
+
 bool LlamaModel::bf16_current() const {
   if (!bf16_ || !*bf16_gemm_isa()) return false;
   for (const auto& [t, v] : bf16_->versions)
@@ -480,7 +504,7 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   const int64_t B = tokens.size(0), D = cfg_.hidden_size, H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads;
   const int64_t hd = cfg_.head_dim(), F = cfg_.intermediate_size, Vocab = cfg_.vocab_size;
   const int64_t start = cache.length, S = start + 1;
-  if (tokens.size(1) != 1 || !device_.is_cpu() || dtype_ != torch::kFloat32 || !*small_gemm_isa() ||
+  if (tokens.size(1) != 1 || !device_.is_cpu() || (dtype_ != torch::kFloat32 && !mixed_cpu()) || !*small_gemm_isa() ||
       S > cfg_.max_position_embeddings || S > cache.capacity || (torch::GradMode::is_enabled() && embed_.requires_grad()) ||
       !lm_head_.is_contiguous() || !embed_.is_contiguous() || hd % 2)
     return {};
@@ -510,10 +534,22 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   buf.scratch.resize(static_cast<std::size_t>(B * (D + 2 * H * hd + 2 * KV * hd + F)));
   float* xp = buf.x.data();
   const int64_t* idp = ids.data_ptr<int64_t>();
-  const float* embed = embed_.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(idp[b] >= 0 && idp[b] < Vocab, "token id ", idp[b], " is outside the vocabulary of ", Vocab);
-    std::memcpy(xp + b * D, embed + idp[b] * D, sizeof(float) * D);
+    float* row = xp + b * D;
+    switch (dtype_) {  // a half-precision model's row widened
+      case torch::kBFloat16: {
+        const auto* e = embed_.data_ptr<at::BFloat16>() + idp[b] * D;
+        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(e[i]);
+        break;
+      }
+      case torch::kHalf: {
+        const auto* e = embed_.data_ptr<at::Half>() + idp[b] * D;
+        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(e[i]);
+        break;
+      }
+      default: std::memcpy(row, embed_.data_ptr<float>() + idp[b] * D, sizeof(float) * D);
+    }
   }
   float* h = buf.scratch.data();
   float* q = h + B * D;
@@ -531,8 +567,8 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
     bf16_gemm(a16.data(), B, outs, n);
   };
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  const float* cosp = cos_.data_ptr<float>();
-  const float* sinp = sin_.data_ptr<float>();
+  const float* cosp = cos32_.data_ptr<float>();
+  const float* sinp = sin32_.data_ptr<float>();
   const int64_t half = hd / 2;
   auto rotate = [&](float* head, const float* c, const float* s) {  // x * cos + rotate_half(x) * sin
     for (int64_t i = 0; i < half; ++i) {
@@ -541,7 +577,14 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
       head[i + half] = b * c[i + half] + a * s[i + half];
     }
   };
-  auto w = [](const torch::Tensor& t) { return t.data_ptr<float>(); };
+  auto w = [](const torch::Tensor& t) { return weights_ref(t); };
+  // The norms' weights in float32 (a half-precision model's widened each step: D floats each).
+  std::vector<torch::Tensor> norms32;
+  auto norm_w = [&](const torch::Tensor& t) {
+    if (t.scalar_type() == torch::kFloat32) return t.data_ptr<float>();
+    norms32.push_back(t.to(torch::kFloat32));
+    return norms32.back().data_ptr<float>();
+  };
   // A bfloat16 cache (cache_dtype with bf16 decode) is written rounded and read widened.
   const bool kv16 = cache.k[0].scalar_type() == torch::kBFloat16;
   const std::size_t kv_size = kv16 ? 2 : 4;
@@ -558,7 +601,7 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
         __builtin_prefetch(kc + (r * cache.capacity + start) * hd * kv_size + i, 1, 3);
         __builtin_prefetch(vc + (r * cache.capacity + start) * hd * kv_size + i, 1, 3);
       }
-    rms_norm_rows(xp, w(L.input_norm), B, D, eps, h);
+    rms_norm_rows(xp, norm_w(L.input_norm), B, D, eps, h);
     const Bf16Weights::Layer* P = bf ? &bf->layers[li] : nullptr;
     if (P) {
       const Bf16Output qkv[3] = {{&P->q, q, false}, {&P->k, k, false}, {&P->v, v, false}};
@@ -594,18 +637,18 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
     if (P) {
       const Bf16Output o{&P->o, xp, true}, gu{&P->gate_up, act, false}, down{&P->down, xp, true};
       bf16(att, H * hd, &o, 1);
-      rms_norm_rows(xp, w(L.post_norm), B, D, eps, h);
+      rms_norm_rows(xp, norm_w(L.post_norm), B, D, eps, h);
       bf16(h, D, &gu, 1);
       bf16(act, F, &down, 1);
       continue;
     }
     small_gemm(att, B, w(L.o), D, H * hd, xp, /*accumulate=*/true);
-    rms_norm_rows(xp, w(L.post_norm), B, D, eps, h);
+    rms_norm_rows(xp, norm_w(L.post_norm), B, D, eps, h);
     gate_up_silu(h, B, D, w(L.gate), w(L.up), F, act);
     small_gemm(act, B, w(L.down), D, F, xp, /*accumulate=*/true);
   }
   cache.length = S;
-  rms_norm_rows(xp, w(norm_), B, D, eps, h);
+  rms_norm_rows(xp, norm_w(norm_), B, D, eps, h);
   // The logits go out in one of the last two steps' tensors that the caller has let go of (no
   // tensor or view of it left: a loop `logits = forward(...)` still holds the last one), else in
   // a new one.
@@ -648,6 +691,9 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
                                                        std::to_string(cache->capacity));
   auto ids = tokens.to(device_, torch::kInt64);
   auto x = torch::embedding(embed_, ids);  // [B, T, D]
+  if (mixed_cpu()) x = x.to(torch::kFloat32);  // float32 activations (see mixed_cpu)
+  const auto& cos_table = x.scalar_type() == torch::kFloat32 ? cos32_ : cos_;
+  const auto& sin_table = x.scalar_type() == torch::kFloat32 ? sin32_ : sin_;
 
   auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device_);
   auto slots = torch::arange(start, S, i64);  // the query slots
@@ -662,11 +708,11 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
   torch::Tensor cos, sin;
   if (padded) {
     auto pos = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp_min(0).reshape({-1});
-    cos = cos_.index_select(0, pos).view({B, 1, T, hd});
-    sin = sin_.index_select(0, pos).view({B, 1, T, hd});
+    cos = cos_table.index_select(0, pos).view({B, 1, T, hd});
+    sin = sin_table.index_select(0, pos).view({B, 1, T, hd});
   } else {
-    cos = cos_.narrow(0, start, T);
-    sin = sin_.narrow(0, start, T);
+    cos = cos_table.narrow(0, start, T);
+    sin = sin_table.narrow(0, start, T);
   }
 
   // Mask over key slots 0..S-1: causal, and padding keys hidden. A padding query still sees

@@ -35,7 +35,8 @@ class LlamaModel {
              torch::Device device, torch::ScalarType dtype);
 
   // An HF checkpoint folder: config.json plus model.safetensors, or shards listed in
-  // model.safetensors.index.json. `dtype` defaults to the stored one.
+  // model.safetensors.index.json; or a GGUF file. `dtype` defaults to the stored one (a GGUF's
+  // matrices'; float32 for quantized ones).
   static LlamaModel load(const std::filesystem::path& dir, torch::Device device = torch::kCPU,
                          std::optional<torch::ScalarType> dtype = std::nullopt);
   // Random weights (normal, std 0.02; norms 1), deterministic for a seed.
@@ -76,7 +77,15 @@ class LlamaModel {
   bool bf16_decode() const { return bf16_ != nullptr; }
   // The element type of a KV cache for this model: bfloat16 with bf16 decode (half the bytes a
   // decoding step reads from the cache), else the weights'. forward() takes a cache of either.
-  torch::ScalarType cache_dtype() const { return bf16_ ? torch::kBFloat16 : dtype_; }
+  torch::ScalarType cache_dtype() const { return bf16_ || mixed_cpu() ? torch::kBFloat16 : dtype_; }
+
+  // A bfloat16/float16 model on the CPU outside training computes in float32 activations against
+  // its stored weights, as llama.cpp does: the decode kernels widen the weights in registers
+  // (decode_kernels.hpp), so a memory-mapped bf16 checkpoint is read in place, never copied to
+  // float32 (7B: 13.5 GB, not 27). libtorch's own bf16 CPU matmuls, HF's way, were 40x slower
+  // than memory speed. Its KV cache is bfloat16. Training (autograd on the weights) keeps the
+  // stored dtype throughout, as HF.
+  bool mixed_cpu() const;
 
   const LlamaConfig& config() const { return cfg_; }
   torch::Device device() const { return device_; }
@@ -107,6 +116,7 @@ class LlamaModel {
   std::vector<std::pair<std::string, torch::Tensor>> tensors_;
   torch::Tensor embed_, norm_, lm_head_;
   torch::Tensor cos_, sin_;  // rotary tables [max_position_embeddings, head_dim], in dtype_
+  torch::Tensor cos32_, sin32_;  // the same in float32 (cos_ and sin_ for a float32 model)
   std::vector<Layer> layers_;
 };
 

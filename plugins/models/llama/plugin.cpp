@@ -95,6 +95,13 @@ class LlamaPlugin final : public vhost::Model {
     dtype_ = dtype;
     std::string d = cfg.get<std::string>("dtype");
     if (d != "auto") dtype = vhost::llama::dtype_from_name(d);
+    // "auto" on a float32 CPU backend: a bfloat16/float16 checkpoint keeps its stored weights,
+    // read in place by the decode kernels with float32 activations (LlamaModel::mixed_cpu); a
+    // float32 copy of a 7B model (27 GB) no longer fits a 24 GB machine. Where the kernels cannot
+    // read them (not x86), the weights become float32 as before.
+    keep_stored_ = d == "auto" && device.is_cpu() && dtype == torch::kFloat32;
+    model_dtype_ = dtype;
+    auto loaded_dtype = [&](const std::string& stored) { return load_dtype(stored); };
     std::string tok = cfg.get<std::string>("tokenizer");
     const bool weights = cfg.get<bool>("load_weights");
     if (fs::is_regular_file(path_) && vhost::llama::is_gguf(path_)) {
@@ -105,7 +112,8 @@ class LlamaPlugin final : public vhost::Model {
         tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(
             tok.empty() ? vhost::llama::Tokenizer::from_serialized(g.tokenizer_model, path_.string())
                         : vhost::llama::Tokenizer::load(tok));
-        model_ = std::make_unique<vhost::llama::LlamaModel>(g.config, std::move(g.tensors), path_.string(), device, dtype);
+        model_ = std::make_unique<vhost::llama::LlamaModel>(g.config, std::move(g.tensors), path_.string(), device,
+                                                            loaded_dtype(g.config.torch_dtype));
       } else {
         tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(
             tok.empty() ? vhost::llama::Tokenizer::from_serialized(vhost::llama::load_gguf_tokenizer(path_), path_.string())
@@ -124,7 +132,8 @@ class LlamaPlugin final : public vhost::Model {
       if (!fs::exists(tok_file)) throw vhost::ConfigError(tok.empty() ? "path" : "tokenizer", tok_file.string() + " does not exist");
       tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(vhost::llama::Tokenizer::load(tok_file));
       if (weights) {
-        model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(path_, device, dtype));
+        model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(
+            path_, device, loaded_dtype(vhost::llama::LlamaConfig::load(path_ / "config.json").torch_dtype)));
         config_ = model_->config();
       } else {
         config_ = vhost::llama::LlamaConfig::load(path_ / "config.json");
@@ -134,7 +143,7 @@ class LlamaPlugin final : public vhost::Model {
     if (tokenizer_->vocab_size() > config_.vocab_size)
       throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
                                                 " pieces but the model only " + std::to_string(config_.vocab_size));
-    if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && !model_->enable_bf16_decode())
+    if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && !model_->mixed_cpu() && !model_->enable_bf16_decode())
       vhost::log(VHOST_LOG_WARN, "decode_dtype = \"bfloat16\" needs an x86 CPU with AVX2 or better and float32 weights on the CPU (" +
                                      std::string(*vhost::llama::bf16_gemm_isa() ? "the weights are " + vhost::llama::dtype_name(model_->dtype()) + " on " + model_->device().str()
                                                                                 : "this CPU has no bfloat16 kernel") +
@@ -159,13 +168,54 @@ class LlamaPlugin final : public vhost::Model {
             {"context", c.max_position_embeddings},
             {"dtype", model_ ? vhost::llama::dtype_name(model_->dtype()) : "(weights not loaded)"},
             {"device", model_ ? model_->device().str() : "(weights not loaded)"},
-            {"decode_dtype", model_ ? (model_->bf16_decode() ? "bfloat16 (" + std::string(vhost::llama::bf16_gemm_isa()) + ")" : vhost::llama::dtype_name(model_->dtype())) : "(weights not loaded)"},
+            {"decode_dtype", !model_ ? "(weights not loaded)"
+                             : model_->bf16_decode() ? "bfloat16 (" + std::string(vhost::llama::bf16_gemm_isa()) + ")"
+                             : model_->mixed_cpu() ? "float32 (" + vhost::llama::dtype_name(model_->dtype()) + " weights)"
+                                                   : vhost::llama::dtype_name(model_->dtype())},
+            {"weights", model_ ? weights_json() : json("(weights not loaded)")},
             {"tokenizer", tokenizer_->path().empty() ? "embedded in " + path_.string() : tokenizer_->path().string()},
             {"bos_id", tokenizer_->bos_id()},
             {"eos_id", c.eos_token_id},
             {"template", template_.name},
             {"load_seconds", load_seconds_},
             {"engine", engine_ ? engine_json() : json(nullptr)}};
+  }
+
+  // The dtype to load a checkpoint stored in `stored` in: the model's `dtype` option, or with
+  // "auto" on a float32 CPU backend (keep_stored_) a bfloat16/float16 checkpoint's own, which
+  // the decode kernels read in place with float32 activations (LlamaModel::mixed_cpu); a
+  // float32 copy of a 7B model (27 GB) does not fit a 24 GB machine. Where the kernels cannot
+  // read them (not x86), float32 as before.
+  torch::ScalarType load_dtype(const std::string& stored) const {
+    if (!keep_stored_ || (stored != "bfloat16" && stored != "float16")) return model_dtype_;
+    const auto t = vhost::llama::dtype_from_name(stored);
+    return vhost::llama::small_gemm_supports(t == torch::kBFloat16 ? vhost::llama::WeightType::bf16
+                                                                   : vhost::llama::WeightType::f16)
+               ? t
+               : model_dtype_;
+  }
+
+  // What the weights cost and which kernel multiplies by them in a decoding step.
+  json weights_json() const {
+    int64_t bytes = 0, elements = 0;
+    for (const auto& [name, t] : model_->named_tensors()) {
+      if (name == "lm_head.weight" || t.dim() != 2 || name == "model.embed_tokens.weight") continue;
+      bytes += t.numel() * static_cast<int64_t>(t.element_size());
+      elements += t.numel();
+    }
+    std::string kernel;
+    if (!model_->device().is_cpu())
+      kernel = "libtorch (" + model_->device().str() + ")";
+    else if (model_->bf16_decode())
+      kernel = std::string("packed bfloat16 (") + vhost::llama::bf16_gemm_isa() + ")";
+    else if (*vhost::llama::small_gemm_isa() && (model_->dtype() == torch::kFloat32 || model_->mixed_cpu()))
+      kernel = std::string(vhost::llama::small_gemm_isa()) + (model_->mixed_cpu() ? ", " + vhost::llama::dtype_name(model_->dtype()) + " widened to float32 in registers" : "");
+    else
+      kernel = "libtorch";
+    return {{"bytes_per_weight", elements ? static_cast<double>(bytes) / static_cast<double>(elements) : 0.0},
+            {"layer_weight_bytes", bytes},
+            {"activations", model_->mixed_cpu() ? "float32" : vhost::llama::dtype_name(model_->dtype())},
+            {"kernel", kernel}};
   }
 
   // The template: the `template` option (a built-in or one of `templates`), else the one the
@@ -271,7 +321,9 @@ class LlamaPlugin final : public vhost::Model {
     }
     if (had_weights) {
       fs::path src = r.contains("model") ? fs::path(r["model"].get<std::string>()) : path_;
-      model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(src, device_, dtype_));
+      const std::string stored = fs::is_directory(src) ? vhost::llama::LlamaConfig::load(src / "config.json").torch_dtype : "float32";
+      model_ = std::make_unique<vhost::llama::LlamaModel>(
+          vhost::llama::LlamaModel::load(src, device_, load_dtype(stored)));
       if (max_batch_ > 0)
         engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
     }
@@ -473,7 +525,9 @@ class LlamaPlugin final : public vhost::Model {
         throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "convert: " + in.string() + " is neither an HF checkpoint folder nor a GGUF file");
       // GGUF -> HF layout: safetensors with HF names and rotary order, config.json, tokenizer.model.
       auto g = vhost::llama::load_gguf_llama(in);
-      LlamaModel model(g.config, std::move(g.tensors), in.string(), torch::kCPU, torch::kFloat32);
+      // In the stored dtype: the tensors stay views of the mapped file while they are written.
+      LlamaModel model(g.config, std::move(g.tensors), in.string(), torch::kCPU,
+                       vhost::llama::dtype_from_name(g.config.torch_dtype));
       model.save(out);
       auto tmp = out / "tokenizer.model.tmp";
       std::ofstream(tmp, std::ios::binary) << g.tokenizer_model;
@@ -494,7 +548,9 @@ class LlamaPlugin final : public vhost::Model {
   std::unique_ptr<vhost::llama::Engine> engine_;  // declared after model_: destroyed first
   int64_t max_batch_ = 0, max_queue_ = 64, max_context_ = 0;
   torch::Device device_ = torch::kCPU;
-  torch::ScalarType dtype_ = torch::kFloat32;
+  torch::ScalarType dtype_ = torch::kFloat32;        // the backend's compute dtype (training)
+  torch::ScalarType model_dtype_ = torch::kFloat32;  // the model's dtype option, else the backend's
+  bool keep_stored_ = false;                         // see load_dtype
   vhost::llama::LlamaConfig config_;
   double load_seconds_ = 0;
   std::mutex mu_;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #define VHOST_INLINE __attribute__((always_inline)) inline
+#define VHOST_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace vhost::llama {
 
@@ -57,6 +58,22 @@ VHOST_INLINE vec load_vec(const uint16_t* p) {
   u = u << 16;
   vec v;
   std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+// A float16 (its bits): a weight element type of its own (uint16_t is bfloat16 here).
+struct Half {
+  uint16_t bits;
+};
+// V float16 widened to floats: vcvtph2ps from memory (AVX-512F for V 16, F16C for V 8).
+template <int V, typename vec>
+VHOST_INLINE vec load_vec(const Half* p) {
+  vec v;
+#if defined(__x86_64__)
+  __asm__("vcvtph2ps %1, %0" : "=v"(v) : "m"(*reinterpret_cast<const typename Widen<V>::half*>(p)));
+#else
+  for (int i = 0; i < V; ++i) v[i] = static_cast<float>(reinterpret_cast<const _Float16*>(p)[i]);
+#endif
   return v;
 }
 

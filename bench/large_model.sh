@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# bench/large_model.sh: a LLaMA-7B-shaped checkpoint (random bf16 weights, made on the spot) on
+# this machine, each step's peak RSS beside the weights' bytes, and decoding speed beside
+# llama.cpp on the same GGUF file in the same run.
+#
+#   bench/large_model.sh [--preset 7b] [--dir DIR] [--threads 2] [--tokens 8] [--batch 16] [--rounds 3]
+#                        [--keep] [--reuse]   (--keep: leave DIR/m.gguf; --reuse: start from it)
+#
+# Steps (peak RSS of each from /usr/bin/time):
+#   1. vhost model init --preset P --dtype bfloat16   (HF folder, shard by shard)
+#   2. vhost model convert HF -> GGUF (BF16 matrices, F32 norms: what llama.cpp's converter writes)
+#   3. the HF folder is removed (disk: two copies of 7B are 27 GB)
+#   4. bench_generate --model the GGUF: batch 1 and --batch, tokens/s of the decoding steps
+#   5. llama.cpp on the same GGUF, alternating with 4 for --rounds rounds: llama-bench (batch 1) and llama-batched-bench (--batch
+#      sequences), when its tools are found: LLAMA_CPP_BIN, else build/llamacpp/cmake-build/bin
+#      (llama.cpp's own sources from PyPI's llama-cpp-python sdist, built by
+#      scripts/llama-cpp-tools.sh). Without them the script says so and prints vhost's numbers only.
+# Needs ~14 GB of free disk (7b) and about 16 GB of memory; takes ~15 minutes on 2 cores.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --preset) preset=$2; shift 2 ;;
+    --dir) dir=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --tokens) tokens=$2; shift 2 ;;
+    --batch) batch=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --reuse) reuse=1; shift ;;
+    *) echo "large_model.sh: unknown argument '$1'" >&2; exit 2 ;;
+  esac
+done
+build=${VHOST_BUILD:-$here/build}
+vhost=$build/bin/vhost
+bench=$build/bench/bench_generate
+[ -x "$bench" ] || bench=$(find "$build" -name bench_generate -type f -perm -u+x | head -1)
+for f in "$vhost" "$bench"; do
+  [ -x "$f" ] || { echo "large_model.sh: $f is not built (cmake --build build)" >&2; exit 2; }
+done
+[ -x /usr/bin/time ] || { echo "large_model.sh: /usr/bin/time is missing (apt install time)" >&2; exit 2; }
+tok=$here/../shared/models/llama2_tokenizer.model
+[ -f "$tok" ] || tok=
+dir=${dir:-$build/bench-large-$preset}
+mkdir -p "$dir"
+[ "$keep" = 1 ] || trap 'rm -rf "$dir"' EXIT
+llama_bin=${LLAMA_CPP_BIN:-$here/build/llamacpp/cmake-build/bin}
+
+kb=0 secs=0
+run() {  # runs CMD... with its output in $dir/out.$$, its peak RSS (kB) in kb and seconds in secs
+  local t0=$SECONDS
+  /usr/bin/time -f '%M' -o "$dir/time.$$" "$@" > "$dir/out.$$" 2>&1 || { cat "$dir/out.$$" >&2; echo "large_model.sh: $* failed" >&2; exit 1; }
+  kb=$(tail -1 "$dir/time.$$") secs=$((SECONDS - t0))
+}
+report() {  # report LABEL: the last run's peak RSS beside the weights' bytes
+  awk -v kb="$kb" -v w="$weights" -v l="$1" -v s="$secs" \
+    'BEGIN { printf "%-34s peak RSS %6.2f GB  (%.2fx the weights)  %4d s\n", l, kb * 1024 / 1e9, kb * 1024 / w, s }'
+}
+
+echo "bench/large_model.sh: preset $preset, bf16, $threads threads, $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo) GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+tokarg=(--tokenizer-text "$here/README.md")
+[ -n "$tok" ] && tokarg=(--tokenizer "$tok")
+weights=$(stat -c %s "$dir/m.gguf" 2>/dev/null || echo 1)
+if [ "$reuse" = 1 ] && [ -f "$dir/m.gguf" ]; then
+  echo "   reusing $dir/m.gguf (steps 1-3 skipped)"
+else
+rm -rf "$dir/hf" "$dir/m.gguf"
+run "$vhost" model init --preset "$preset" --dtype bfloat16 --out "$dir/hf" "${tokarg[@]}" --overwrite
+weights=$(cat "$dir"/hf/*.safetensors | wc -c)
+echo "   checkpoint: $(awk -v w="$weights" 'BEGIN { printf "%.2f GB", w / 1e9 }') in $(ls "$dir/hf" | grep -c 'safetensors$') safetensors files"
+report "1. model init ($preset, bfloat16)"
+run "$vhost" model convert "$dir/hf" "$dir/m.gguf"
+report "2. model convert HF -> GGUF"
+rm -rf "$dir/hf"
+echo "3. HF folder removed (the GGUF is $(awk -v b="$(stat -c %s "$dir/m.gguf")" 'BEGIN { printf "%.2f GB", b / 1e9 }'))"
+fi
+# Decoding, vhost and llama.cpp alternately, $rounds rounds: this machine's memory bandwidth
+# drifts (a plain bf16 stream measured 35-65 GB/s at different times), so each ratio compares
+# runs minutes apart, never a vhost run of one hour with a llama.cpp run of another.
+have_llama=0
+[ -x "$llama_bin/llama-bench" ] && [ -x "$llama_bin/llama-batched-bench" ] && have_llama=1
+[ "$have_llama" = 1 ] || echo "5. llama.cpp: not run: no llama-bench/llama-batched-bench in $llama_bin (scripts/llama-cpp-tools.sh builds them; or set LLAMA_CPP_BIN)"
+for round in $(seq 1 "$rounds"); do
+  run env OMP_NUM_THREADS="$threads" "$bench" --model "$dir/m.gguf" --threads "$threads" --tokens "$tokens" --batch "$batch"
+  report "4. bench_generate (decoding), round $round"
+  sed 's/^/   /' "$dir/out.$$"
+  v1=$(awk '$1 == "batch" && $2 == 1 { print $3 }' "$dir/out.$$")
+  vb=$(awk -v b="$batch" '$1 == "batch" && $2 == b { print $3 }' "$dir/out.$$")
+  [ "$have_llama" = 1 ] || continue
+  "$llama_bin/llama-bench" -m "$dir/m.gguf" -t "$threads" -p 0 -n "$tokens" -r 1 -o csv > "$dir/lb.csv" 2> "$dir/lb.err" ||
+    { cat "$dir/lb.err" >&2; echo "large_model.sh: llama-bench failed on vhost's GGUF" >&2; exit 1; }
+  l1=$(python3 -c 'import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); print(r[-1]["avg_ts"])' "$dir/lb.csv")
+  "$llama_bin/llama-batched-bench" -m "$dir/m.gguf" -t "$threads" -c $(( (tokens + 2) * batch + 64 )) -npp 1 -ntg "$tokens" -npl "$batch" \
+    > "$dir/bb.out" 2> "$dir/bb.err" || { cat "$dir/bb.err" >&2; echo "large_model.sh: llama-batched-bench failed" >&2; exit 1; }
+  lb=$(awk -F'|' 'NF > 8 && $2 ~ /[0-9]/ { gsub(/ /, "", $8); v = $8 } END { print v }' "$dir/bb.out")
+  awk -v v="$v1" -v l="$l1" -v vb="$vb" -v lb="$lb" -v b="$batch" 'BEGIN {
+    printf "5. llama.cpp, round %d: llama-bench batch 1 %.3f tokens/s, llama-batched-bench %d sequences %.3f tokens/s (S_TG)\n", '"$round"', l, b, lb
+    printf "   vhost / llama.cpp: batch 1 %.2fx, batch %d %.2fx\n", v / l, b, vb / lb }'
+done

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# A bfloat16 / float16 checkpoint on the CPU keeps its stored weights (dtype "auto"): `info`
+# says so (2 bytes a weight, float32 activations, the kernel), greedy text equals the float32
+# copy's (dtype = "float32") over 12 tokens (then the bf16 KV cache, which the float32 copy does
+# not have, may tip a near tie of this random model: the logits' equality is test_llama_core's),
+# and all 48 tokens equal the GGUF's that `model convert` writes of it (BF16 matrices read in
+# place from the mapped file). A GGUF cut inside a tensor is refused naming that tensor.
+#   half_weights.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+source "$(dirname "$0")/lib.sh" "$@"
+pipeline() {  # pipeline PATH DTYPE [MAX_TOKENS] > p.toml
+  cat <<TOML
+[pipeline]
+stages = ["info", "generate"]
+[models.m]
+plugin = "llama"
+path = "$1"
+dtype = "$2"
+[stages.generate]
+prompts = ["Once upon a time", "The model"]
+max_tokens = ${3:-48}
+temperature = 0.0
+TOML
+}
+text() { sed -n '/stage .generate. (generate)/,/tokens in/p' "$1" | grep -v "stage 'generate'\|tokens in"; }
+for dt in bfloat16 float16; do
+  "$vhost" model init --preset tiny --dtype $dt --out $dt --tokenizer-text "$src/README.md" > init.log 2>&1 || { cat init.log; exit 1; }
+  pipeline $dt auto 12 > auto.toml
+  "$vhost" run auto.toml > auto.log 2>&1 || { cat auto.log; exit 1; }
+  if grep -q "kernel: libtorch" auto.log; then echo "SKIP: no decode kernel on this CPU reads $dt weights"; exit 0; fi
+  for want in "dtype: $dt" "bytes_per_weight: 2.0" "activations: float32" "kernel: avx.*, $dt widened to float32 in registers" \
+              "decode_dtype: float32 ($dt weights)"; do
+    grep -q "$want" auto.log || { echo "$dt info lacks '$want':"; cat auto.log; exit 1; }
+  done
+  pipeline $dt float32 12 > f32.toml
+  "$vhost" run f32.toml > f32.log 2>&1 || { cat f32.log; exit 1; }
+  grep -q "dtype: float32" f32.log && grep -q "bytes_per_weight: 4.0" f32.log || { cat f32.log; exit 1; }
+  [ -n "$(text auto.log)" ] || { echo "no generated text:"; cat auto.log; exit 1; }
+  [ "$(text auto.log)" = "$(text f32.log)" ] || { echo "$dt weights in place and their float32 copy decode differently:"; diff <(text auto.log) <(text f32.log); exit 1; }
+done
+# The GGUF of the bf16 checkpoint: read in place, the same text.
+"$vhost" model convert bfloat16 m.gguf > conv.log 2>&1 || { cat conv.log; exit 1; }
+pipeline m.gguf auto > gguf.toml
+"$vhost" run gguf.toml > gguf.log 2>&1 || { cat gguf.log; exit 1; }
+grep -q "dtype: bfloat16" gguf.log && grep -q "bytes_per_weight: 2.0" gguf.log || { cat gguf.log; exit 1; }
+pipeline bfloat16 auto > auto.toml
+"$vhost" run auto.toml > auto.log 2>&1 || { cat auto.log; exit 1; }
+[ "$(text gguf.log)" = "$(text auto.log)" ] || { echo "the GGUF decodes differently from its folder:"; diff <(text gguf.log) <(text auto.log); exit 1; }
+# Malformed: the GGUF cut in the middle of its last tensor.
+size=$(stat -c %s m.gguf)
+head -c $((size - 100)) m.gguf > cut.gguf
+pipeline cut.gguf auto > cut.toml
+rc=0; "$vhost" run cut.toml > cut.log 2>&1 || rc=$?
+[ "$rc" != 0 ] || { echo "a truncated GGUF was accepted:"; cat cut.log; exit 1; }
+grep -q "cut.gguf: tensor '.*': offset .* runs past the end of the file" cut.log || { echo "no clear error:"; cat cut.log; exit 1; }
+echo "half_weights: ok (bf16 and f16 weights read in place decode as their float32 copy; the bf16 GGUF too)"
