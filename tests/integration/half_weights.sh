@@ -8,7 +8,7 @@
 #   half_weights.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
-pipeline() {  # pipeline PATH DTYPE [MAX_TOKENS] > p.toml
+pipeline() {  # pipeline PATH DTYPE [MAX_TOKENS [MAX_BATCH]] > p.toml
   cat <<TOML
 [pipeline]
 stages = ["info", "generate"]
@@ -16,6 +16,7 @@ stages = ["info", "generate"]
 plugin = "llama"
 path = "$1"
 dtype = "$2"
+max_batch = ${4:-0}
 [stages.generate]
 prompts = ["Once upon a time", "The model"]
 max_tokens = ${3:-48}
@@ -46,6 +47,11 @@ grep -q "dtype: bfloat16" gguf.log && grep -q "bytes_per_weight: 2.0" gguf.log |
 pipeline bfloat16 auto > auto.toml
 "$vhost" run auto.toml > auto.log 2>&1 || { cat auto.log; exit 1; }
 [ "$(text gguf.log)" = "$(text auto.log)" ] || { echo "the GGUF decodes differently from its folder:"; diff <(text gguf.log) <(text auto.log); exit 1; }
+# The serving engine (continuous batching) on the mapped GGUF: the same text.
+pipeline m.gguf auto 48 4 > engine.toml
+"$vhost" run engine.toml > engine.log 2>&1 || { cat engine.log; exit 1; }
+grep -q "max_batch: 4" engine.log || { echo "the engine did not run:"; cat engine.log; exit 1; }
+[ "$(text engine.log)" = "$(text gguf.log)" ] || { echo "the engine decodes the GGUF differently:"; diff <(text engine.log) <(text gguf.log); exit 1; }
 # Malformed: the GGUF cut in the middle of its last tensor.
 size=$(stat -c %s m.gguf)
 head -c $((size - 100)) m.gguf > cut.gguf
