@@ -180,6 +180,11 @@ int main(int argc, char** argv) {
   model_convert->add_option("out", convert_out, "the HF folder or GGUF file to write")->required();
   model_convert->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
   model_convert->add_flag("--overwrite", convert_overwrite, "replace out if it exists");
+  std::string convert_quantize;
+  model_convert->add_option("--quantize", convert_quantize,
+                            "HF folder -> GGUF: write the matrices quantized (q8_0, as llama.cpp's converter and the gguf "
+                            "package quantize them; 1-D tensors stay F32)")
+      ->check(CLI::IsMember({"q8_0"}));
 
   auto* tokenizer = app.add_subcommand("tokenizer", "encode, decode, train SentencePiece tokenizers");
   tokenizer->require_subcommand(1);
@@ -422,6 +427,10 @@ int main(int argc, char** argv) {
         std::cerr << "out: " << convert_out << " is the input itself; write somewhere else\n";
         return kBadInput;
       }
+      if (!convert_quantize.empty() && !fsys::is_directory(in)) {
+        std::cerr << "--quantize: only an HF folder -> GGUF conversion quantizes (" << convert_in << " is not a folder)\n";
+        return kBadInput;
+      }
       if (fsys::is_directory(in) && out.extension() != ".gguf") {
         std::cerr << "out: " << convert_out << ": an HF folder converts to a GGUF file, whose name ends in .gguf\n";
         return kBadInput;
@@ -430,9 +439,10 @@ int main(int argc, char** argv) {
         std::cerr << "out: " << convert_out << " exists; kept (--overwrite replaces it)\n";
         return kBadInput;
       }
-      auto r = host.model_tool(model_plugin, "convert",
-                               {{"in", std::filesystem::absolute(convert_in).string()},
-                                {"out", std::filesystem::absolute(convert_out).string()}});
+      vh::json args = {{"in", std::filesystem::absolute(convert_in).string()},
+                       {"out", std::filesystem::absolute(convert_out).string()}};
+      if (!convert_quantize.empty()) args["quantize"] = convert_quantize;
+      auto r = host.model_tool(model_plugin, "convert", args);
       std::cout << "wrote " << r["out"].get<std::string>() << " (" << r["format"].get<std::string>() << " layout, "
                 << r["parameters"] << " parameters)\n";
       return 0;

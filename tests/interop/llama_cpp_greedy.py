@@ -4,6 +4,8 @@ with vhost's on the same GGUF file; or a GGUF quantized by llama.cpp's own quant
   llama_cpp_greedy.py generate MODEL.gguf PROMPT N VHOST_OUTPUT   exit 1 when the texts differ
   llama_cpp_greedy.py quantize IN.gguf OUT.gguf TYPE              TYPE: q8_0 (llama_model_quantize)
   llama_cpp_greedy.py types MODEL.gguf                            tensor types, counted (gguf package)
+  llama_cpp_greedy.py same-q8 PLAIN.gguf Q8.gguf                   Q8.gguf's Q8_0 blocks are gguf's quantizer's
+                                                                  of PLAIN.gguf's F32 tensors; the rest equal
 """
 import ctypes
 import sys
@@ -51,6 +53,40 @@ def types(path):
     return 0
 
 
+def same_q8(plain, q8):
+    import gguf
+    import numpy as np
+
+    a = {t.name: t for t in gguf.GGUFReader(plain).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(q8).tensors}
+    if set(a) != set(b):
+        print(f"tensor names differ: {sorted(set(a) ^ set(b))}")
+        return 1
+    n_q8 = 0
+    for name, t in a.items():
+        u = b[name]
+        if t.tensor_type != gguf.GGMLQuantizationType.F32:
+            print(f"{plain}: {name} is {t.tensor_type.name}, the check needs F32")
+            return 1
+        src = np.asarray(t.data, dtype=np.float32).reshape([int(x) for x in reversed(t.shape)])
+        if len(t.shape) == 2 and src.shape[-1] % 32 == 0:
+            if u.tensor_type != gguf.GGMLQuantizationType.Q8_0:
+                print(f"{q8}: {name} is {u.tensor_type.name}, not Q8_0")
+                return 1
+            want = gguf.quants.quantize(src, gguf.GGMLQuantizationType.Q8_0).reshape(-1)
+            got = np.asarray(u.data).reshape(-1).view(np.uint8)
+            if want.shape != got.shape or not np.array_equal(want.view(np.uint8), got):
+                bad = int(np.argmax(want.view(np.uint8) != got)) if want.shape == got.shape else -1
+                print(f"{name}: Q8_0 blocks differ from gguf's quantizer (first differing byte {bad}, block {bad // 34})")
+                return 1
+            n_q8 += 1
+        elif u.tensor_type != gguf.GGMLQuantizationType.F32 or not np.array_equal(np.asarray(u.data).reshape(-1), src.reshape(-1)):
+            print(f"{name}: not kept as the same F32 values ({u.tensor_type.name})")
+            return 1
+    print(f"{q8}: {n_q8} Q8_0 tensors block for block equal to gguf.quants.quantize; {len(a) - n_q8} F32 tensors equal")
+    return 0
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "generate":
@@ -59,4 +95,6 @@ if __name__ == "__main__":
         sys.exit(quantize(sys.argv[2], sys.argv[3], sys.argv[4]))
     if cmd == "types":
         sys.exit(types(sys.argv[2]))
+    if cmd == "same-q8":
+        sys.exit(same_q8(sys.argv[2], sys.argv[3]))
     sys.exit(f"unknown command {cmd}")

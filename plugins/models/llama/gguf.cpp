@@ -4,7 +4,11 @@
 
 #include <vhost/plugin.hpp>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -405,7 +409,27 @@ struct Writer {
 
 }  // namespace
 
-void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file) {
+void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
+  at::parallel_for(0, n / 32, 256, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xb = x + b * 32;
+      uint8_t* o = out + b * 34;
+      float amax = 0;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      const float d = amax / 127.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
+      const uint16_t dh = c10::Half(d).x;
+      std::memcpy(o, &dh, 2);
+      for (int j = 0; j < 32; ++j) {
+        const float v = xb[j] * id, a = std::fabs(v), fl = std::floor(a);
+        const float r = fl + std::floor(2.0f * (a - fl));  // half away from zero, as gguf's np_roundf
+        o[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(v < 0 ? -r : r));
+      }
+    }
+  });
+}
+
+void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file,
+                     const std::string& quantize) {
   const LlamaConfig& c = model.config();
   auto pieces = proto_pieces(tokenizer_model);
   if (pieces.empty()) fail(file, "the tokenizer model has no pieces");
@@ -419,6 +443,7 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     torch::Tensor src;
     int64_t heads = 0;  // Q/K: rows to reorder for this many heads
     torch::ScalarType type;
+    bool q8 = false;  // written as Q8_0 blocks
   };
   std::vector<Out> tensors;
   for (const auto& [name, t0] : model.named_tensors()) {
@@ -444,6 +469,7 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     // 1-D tensors (the norms) stay float32 whatever the matrices' dtype, as llama.cpp's own
     // converter writes them: llama.cpp's CPU norm kernels assert F32 weights.
     if (t0.dim() == 1 || (o.type != torch::kFloat16 && o.type != torch::kBFloat16)) o.type = torch::kFloat32;
+    o.q8 = quantize == "q8_0" && t0.dim() == 2 && t0.size(1) % 32 == 0;
     tensors.push_back(std::move(o));
   }
   Writer w;  // metadata first; the header that counts it is prepended below
@@ -485,9 +511,10 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     w.str(o.name);
     w.raw<uint32_t>(static_cast<uint32_t>(o.src.dim()));
     for (int64_t d = o.src.dim() - 1; d >= 0; --d) w.raw<uint64_t>(static_cast<uint64_t>(o.src.size(d)));
-    w.raw<uint32_t>(o.type == torch::kFloat16 ? kF16 : o.type == torch::kBFloat16 ? kBF16 : kF32);
+    w.raw<uint32_t>(o.q8 ? kQ8_0 : o.type == torch::kFloat16 ? kF16 : o.type == torch::kBFloat16 ? kBF16 : kF32);
     w.raw<uint64_t>(offset);
-    offset += (o.src.numel() * c10::elementSize(o.type) + 31) / 32 * 32;
+    const int64_t bytes = o.q8 ? o.src.numel() / 32 * 34 : o.src.numel() * static_cast<int64_t>(c10::elementSize(o.type));
+    offset += (bytes + 31) / 32 * 32;
   }
   while (w.out.size() % 32) w.out += '\0';
   auto tmp = file;
@@ -498,9 +525,14 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     f.write(w.out.data(), static_cast<std::streamsize>(w.out.size()));
     static const char zeros[32] = {};
     for (const auto& o : tensors) {
-      torch::Tensor t = o.src.to(torch::kCPU, o.type);
+      torch::Tensor t = o.src.to(torch::kCPU, o.q8 ? torch::kFloat32 : o.type);
       if (o.heads) t = hf_to_meta(t, o.heads);
       t = t.contiguous();
+      if (o.q8) {  // one tensor's blocks at a time
+        auto blocks = torch::empty({t.numel() / 32 * 34}, torch::TensorOptions().dtype(torch::kUInt8));
+        quantize_q8_0(t.data_ptr<float>(), t.numel(), blocks.data_ptr<uint8_t>());
+        t = blocks;
+      }
       const auto n = static_cast<std::streamsize>(t.numel() * t.element_size());
       f.write(static_cast<const char*>(t.data_ptr()), n);
       f.write(zeros, (32 - n % 32) % 32);

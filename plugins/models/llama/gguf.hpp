@@ -64,6 +64,14 @@ class LlamaModel;
 // Writes a GGUF v3 file llama.cpp reads: metadata, the vocabulary of a SentencePiece model
 // (serialized ModelProto), matrices in the model's dtype with Q/K rows in Meta's order, 1-D
 // tensors in F32. Streams: the header, then one tensor at a time (no copy of the model).
-void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const std::filesystem::path& file);
+// quantize "q8_0": matrices whose rows are whole blocks of 32 as Q8_0, block for block what the
+// gguf package's quantizer (and llama.cpp's reference one) makes of their float32 values.
+void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const std::filesystem::path& file,
+                     const std::string& quantize = "");
+
+// Q8_0 blocks of x [n] (n a multiple of 32) into out (n / 32 * 34 bytes): per block an f16 scale
+// d = max|x| / 127 (rounded to nearest even), then round-half-away(x * (1 / d)) as int8 (0 where
+// d is 0), in float32 arithmetic as gguf's quantize_blocks.
+void quantize_q8_0(const float* x, int64_t n, uint8_t* out);
 
 }  // namespace vhost::llama

@@ -518,8 +518,12 @@ class LlamaPlugin final : public vhost::Model {
         if (!t) throw vhost::Error(VHOST_ERR_IO, (in / "tokenizer.model").string() + ": cannot open (GGUF embeds the tokenizer)");
         std::string proto((std::istreambuf_iterator<char>(t)), {});
         Tokenizer::from_serialized(proto, (in / "tokenizer.model").string());  // refuse a broken one before writing
-        vhost::llama::save_gguf_llama(model, proto, out);
-        return {{"out", out.string()}, {"format", "gguf"}, {"parameters", model.config().parameter_count()}};
+        const std::string quantize = field<std::string>(args, "quantize", "");
+        if (!quantize.empty() && quantize != "q8_0")
+          throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "convert: quantize '" + quantize + "' is not supported (q8_0)");
+        vhost::llama::save_gguf_llama(model, proto, out, quantize);
+        return {{"out", out.string()}, {"format", quantize.empty() ? "gguf" : "gguf " + quantize},
+                {"parameters", model.config().parameter_count()}};
       }
       if (!(fs::is_regular_file(in) && vhost::llama::is_gguf(in)))
         throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "convert: " + in.string() + " is neither an HF checkpoint folder nor a GGUF file");
