@@ -596,7 +596,8 @@ struct ApiServer::Impl {
     const int64_t n = n_of(body);
     const bool stream = param(body, "stream", false);
     // logprobs: completions take an integer (alternatives per token), chat a boolean plus
-    // top_logprobs. Computed by the model after generation (one scoring pass), so not streamed.
+    // top_logprobs. Computed by the model after generation (one scoring pass): a stream carries
+    // them on each choice's last chunk (the one with its finish_reason), all tokens at once.
     int64_t logprobs = -1;
     if (chat) {
       const bool want = param(body, "logprobs", false);
@@ -612,9 +613,6 @@ struct ApiServer::Impl {
     if ((logprobs >= 0 || echo) && !ti.value("logprobs", false))
       throw ApiError(400, "the model '" + name + "' does not report log-probabilities", "invalid_request_error",
                      logprobs >= 0 ? "logprobs" : "echo", "unsupported_parameter");
-    if (logprobs >= 0 && stream)
-      throw ApiError(400, "logprobs are not streamed by this server: ask without stream", "invalid_request_error", "logprobs",
-                     "unsupported_parameter");
     if (logprobs >= 0) request["logprobs"] = logprobs;
     if (echo && (logprobs >= 0 || request["max_tokens"] == 0)) request["prompt_logprobs"] = std::max<int64_t>(logprobs, 0);
     std::string prompt;                        // chat: the rendered conversation
@@ -730,17 +728,17 @@ struct ApiServer::Impl {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, &model, request, id, created, name, chat, n, include_usage, t0, finish_log, echo,
+        [this, &model, request, id, created, name, chat, n, include_usage, t0, finish_log, echo, logprobs,
          echoed = echo ? expand(prompt_texts, n) : std::vector<std::string>()](std::size_t, httplib::DataSink& sink) {
-          auto chunk = [&](int64_t index, const json& delta_or_text, const json& finish) {
+          auto chunk = [&](int64_t index, const json& delta_or_text, const json& finish, const json& lp = nullptr) {
             json c = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
                       {"model", name}};
             if (chat)
               c["choices"] = json::array({{{"index", index}, {"delta", delta_or_text}, {"finish_reason", finish},
-                                           {"logprobs", nullptr}}});
+                                           {"logprobs", lp}}});
             else
               c["choices"] = json::array({{{"index", index}, {"text", delta_or_text}, {"finish_reason", finish},
-                                           {"logprobs", nullptr}}});
+                                           {"logprobs", lp}}});
             std::string s = "data: " + c.dump() + "\n\n";
             return sink.write(s.data(), s.size());
           };
@@ -873,7 +871,12 @@ struct ApiServer::Impl {
           if (!alive) return false;
           for (const auto& c : reply["choices"]) {
             json fr = c["finish_reason"] == "cancelled" ? json("stop") : c["finish_reason"];
-            chunk(c["index"].get<int64_t>(), chat ? json::object() : json(""), fr);
+            json lp = nullptr;
+            if (logprobs >= 0)
+              lp = chat ? chat_logprobs(c.value("logprobs", json::array()))
+                        : completion_logprobs(echo ? c.value("prompt_logprobs", json::array()) : json::array(),
+                                              c.value("logprobs", json::array()));
+            chunk(c["index"].get<int64_t>(), chat ? json::object() : json(""), fr, lp);
           }
           if (include_usage) {
             int64_t pt = reply["usage"].value("prompt_tokens", int64_t{0}) / n, ct = reply["usage"].value("completion_tokens", int64_t{0});

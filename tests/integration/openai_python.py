@@ -51,6 +51,22 @@ cl = client.chat.completions.create(model=model, messages=[{"role": "user", "con
                                     logprobs=True, top_logprobs=2, temperature=0)
 content = cl.choices[0].logprobs.content
 assert 1 <= len(content) <= 4 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content), content
+# Streamed, the same logprobs arrive (on each choice's last chunk, from the same scoring pass).
+got = []
+for ch in client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                         logprobs=True, top_logprobs=2, temperature=0, stream=True):
+    if ch.choices and ch.choices[0].logprobs is not None and ch.choices[0].logprobs.content:
+        got += ch.choices[0].logprobs.content
+assert [(t.token, t.logprob, [a.token for a in t.top_logprobs]) for t in got] == \
+    [(t.token, t.logprob, [a.token for a in t.top_logprobs]) for t in content], (got, content)
+toks, lps, text = [], [], ""
+for ch in client.completions.create(model=model, prompt="The plugin", max_tokens=6, temperature=0, logprobs=3,
+                                    stream=True, extra_body={"ignore_eos": True}):
+    text += ch.choices[0].text
+    if ch.choices[0].logprobs is not None:
+        toks += ch.choices[0].logprobs.tokens
+        lps += ch.choices[0].logprobs.token_logprobs
+assert text == lp.choices[0].text and toks == L.tokens and lps == L.token_logprobs, (text, toks, lps, L)
 
 # Embeddings (FastChat's: mean-pooled last hidden state, L2-normalised): the client asks for
 # base64 by default and decodes it; float gives the same numbers; text and token ids agree.
@@ -85,7 +101,6 @@ except openai.NotFoundError as e:
     assert e.body["code"] == "model_not_found", e.body
 raises(openai.BadRequestError, "temperature", prompt="x", temperature=9)
 raises(openai.BadRequestError, "max_tokens", prompt="x", max_tokens=0)  # 0 only with echo
-raises(openai.BadRequestError, "logprobs", prompt="x", logprobs=3, stream=True)
 raises(openai.BadRequestError, "logit_bias", prompt="x", logit_bias={"5": 10})
 raises(openai.BadRequestError, "prompt", prompt=[99999])
 raises(openai.BadRequestError, "suffix", prompt="x", suffix="y")

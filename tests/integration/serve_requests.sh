@@ -66,7 +66,7 @@ expect 400 echo $ch '{"model":"tiny","messages":[{"role":"user","content":"x"}],
 expect 400 top_logprobs $ch '{"model":"tiny","messages":[{"role":"user","content":"x"}],"top_logprobs":2}' "needs logprobs: true"
 expect 400 top_logprobs $ch '{"model":"tiny","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}' "[0, 20]"
 expect 400 logprobs $c '{"model":"tiny","prompt":"hi","logprobs":21}' "[0, 20]"
-expect 400 logprobs $c '{"model":"tiny","prompt":"hi","logprobs":1,"stream":true}' "not streamed"
+expect 200 - $c '{"model":"tiny","prompt":"hi","logprobs":1,"stream":true,"max_tokens":2}'
 expect 400 max_tokens $c '{"model":"tiny","prompt":"hi","max_tokens":0}' "0 only with echo"
 # Prompts as lists: of strings, of token ids, of lists of ids; anything else names the prompt.
 expect 200 - $c '{"model":"tiny","prompt":["a","b"],"max_tokens":1}'
