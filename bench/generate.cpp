@@ -22,6 +22,7 @@
 // beside the weights' bytes. bench/large_model.sh runs it beside llama.cpp on the same file.
 #include "decode_kernels.hpp"
 #include "generate.hpp"
+#include "gguf.hpp"
 #include "model.hpp"
 
 #include <signal.h>
@@ -159,17 +160,23 @@ static double child_tokens_per_s(const char* policy, bool busy, int threads, int
 // Decoding steps of a real checkpoint: tokens/s after the first (prefill) step.
 static int model_mode(const std::string& path, int threads, int64_t tokens, int64_t batch) {
   auto t0 = Clock::now();
-  auto model = LlamaModel::load(path);  // as the plugin on the CPU: the stored dtype, mapped
+  // As the plugin on the CPU: the stored dtype, mapped; a GGUF's Q8_0 matrices kept as blocks.
+  auto model = [&] {
+    if (!is_gguf(path)) return LlamaModel::load(path);
+    auto g = load_gguf_llama(path, small_gemm_supports(WeightType::q8_0));
+    return LlamaModel(g.config, std::move(g.tensors), path, torch::kCPU, dtype_from_name(g.config.torch_dtype));
+  }();
   const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
   c10::InferenceMode inference;
   double weight_bytes = 0;
   for (const auto& [name, t] : model.named_tensors()) weight_bytes += static_cast<double>(t.numel() * t.element_size());
   const auto& cfg = model.config();
-  std::printf("bench/generate --model %s: %s, %lld layers, dim %lld, %.2f GB of weights, %d threads\n", path.c_str(),
-              dtype_name(model.dtype()).c_str(), (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
+  std::printf("bench/generate --model %s: %s%s, %lld layers, dim %lld, %.2f GB of weights, %d threads\n", path.c_str(),
+              dtype_name(model.dtype()).c_str(), model.q8_matrices() ? " with Q8_0 matrices" : "", (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
               weight_bytes / 1e9, threads);
   std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
-              model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
+              model.q8_matrices() ? " (Q8_0 blocks dequantised in registers, float32 activations)"
+              : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
   for (int64_t b : {int64_t{1}, batch}) {
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
     auto tok = torch::ones({b, 1}, torch::kInt64);

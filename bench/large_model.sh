@@ -4,7 +4,9 @@
 # llama.cpp on the same GGUF file in the same run.
 #
 #   bench/large_model.sh [--preset 7b] [--dir DIR] [--threads 2] [--tokens 8] [--batch 16] [--rounds 3]
-#                        [--keep] [--reuse]   (--keep: leave DIR/m.gguf; --reuse: start from it)
+#                        [--keep] [--reuse] [--quantize q8_0]
+#   --keep: leave DIR/m.gguf; --reuse: start from it; --quantize: convert with it (vhost decodes
+#   the Q8_0 blocks in place, llama.cpp runs the same file)
 #
 # Steps (peak RSS of each from /usr/bin/time):
 #   1. vhost model init --preset P --dtype bfloat16   (HF folder, shard by shard)
@@ -18,7 +20,7 @@
 # Needs ~14 GB of free disk (7b) and about 16 GB of memory; takes ~15 minutes on 2 cores.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0
+preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0 quantize=
 while [ $# -gt 0 ]; do
   case $1 in
     --preset) preset=$2; shift 2 ;;
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
     --keep) keep=1; shift ;;
     --rounds) rounds=$2; shift 2 ;;
     --reuse) reuse=1; shift ;;
+    --quantize) quantize=$2; shift 2 ;;
     *) echo "large_model.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -70,8 +73,9 @@ run "$vhost" model init --preset "$preset" --dtype bfloat16 --out "$dir/hf" "${t
 weights=$(cat "$dir"/hf/*.safetensors | wc -c)
 echo "   checkpoint: $(awk -v w="$weights" 'BEGIN { printf "%.2f GB", w / 1e9 }') in $(ls "$dir/hf" | grep -c 'safetensors$') safetensors files"
 report "1. model init ($preset, bfloat16)"
-run "$vhost" model convert "$dir/hf" "$dir/m.gguf"
-report "2. model convert HF -> GGUF"
+run "$vhost" model convert "$dir/hf" "$dir/m.gguf" ${quantize:+--quantize "$quantize"}
+report "2. model convert HF -> GGUF${quantize:+ ($quantize)}"
+[ -z "$quantize" ] || weights=$(stat -c %s "$dir/m.gguf")  # from here on, against the quantized file
 rm -rf "$dir/hf"
 echo "3. HF folder removed (the GGUF is $(awk -v b="$(stat -c %s "$dir/m.gguf")" 'BEGIN { printf "%.2f GB", b / 1e9 }'))"
 fi

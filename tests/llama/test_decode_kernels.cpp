@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -127,6 +128,73 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read bfloat16 and float1
       auto A = torch::randn({1, 8}), out = torch::empty({1, 4});
       CHECK_FALSE(gate_up_silu(A.data_ptr<float>(), 1, 8, half_ref(W), Wf.data_ptr<float>(), 4, out.data_ptr<float>()));
     }
+  }
+  select_kernels(nullptr);
+}
+
+// Q8_0 blocks of W [N, K] (K a multiple of 32) as llama.cpp lays them out, and their float32
+// values (d * q, d rounded to f16).
+static std::pair<std::vector<uint8_t>, torch::Tensor> q8_blocks(const torch::Tensor& W) {
+  const int64_t N = W.size(0), K = W.size(1);
+  std::vector<uint8_t> out(static_cast<std::size_t>(N * K / 32 * 34));
+  auto deq = torch::empty({N, K});
+  auto w = W.contiguous();
+  for (int64_t b = 0; b < N * K / 32; ++b) {
+    const float* x = w.data_ptr<float>() + b * 32;
+    float amax = 0;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const c10::Half d(amax / 127);
+    std::memcpy(out.data() + b * 34, &d.x, 2);
+    for (int j = 0; j < 32; ++j) {
+      const int q = static_cast<float>(d) == 0 ? 0 : static_cast<int>(std::lround(x[j] / static_cast<float>(d)));
+      const int8_t qc = static_cast<int8_t>(std::max(-127, std::min(127, q)));
+      out[b * 34 + 2 + j] = static_cast<uint8_t>(qc);
+      deq.data_ptr<float>()[b * 32 + j] = static_cast<float>(d) * qc;
+    }
+  }
+  return {std::move(out), deq};
+}
+
+TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read Q8_0 blocks, dequantised in registers", "[kernels][q8]") {
+  for (const auto& isa : runnable_kernels()) {
+    select_kernels(isa.c_str());
+    INFO("kernels: " << small_gemm_isa());
+    if (!small_gemm_supports(WeightType::q8_0)) {
+      WARN("SKIP: the " << small_gemm_isa() << " kernels here cannot read Q8_0 (no F16C)");
+      continue;
+    }
+    torch::manual_seed(9);
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 32}, {2, 7, 64}, {5, 37, 96}, {3, 1001, 288},
+                           {33, 33, 768}, {1, 32000, 64}, {16, 288, 288}}) {
+      INFO("M=" << M << " N=" << N << " K=" << K);
+      auto A = torch::randn({M, K});
+      auto [b1, w1] = q8_blocks(torch::randn({N, K}));
+      auto [b2, w2] = q8_blocks(torch::randn({N + 3, K}));
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      auto C = torch::full({M, N}, nan);
+      REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(b1.data(), WeightType::q8_0), N, K, C.data_ptr<float>()));
+      CHECK(torch::allclose(C, torch::linear(A, w1), 1e-4, 1e-4));  // every element written
+      auto C0 = torch::randn({M, N});
+      auto Cacc = C0.clone();
+      REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(b1.data(), WeightType::q8_0), N, K, Cacc.data_ptr<float>(), true));
+      CHECK(torch::allclose(Cacc, C0 + torch::linear(A, w1), 1e-4, 1e-4));
+      auto c1 = torch::full({M, N + 3}, nan), c2 = torch::full({M, N}, nan);
+      const GemmOutput outs[2] = {{WeightsRef(b2.data(), WeightType::q8_0), N + 3, c1.data_ptr<float>()},
+                                  {WeightsRef(b1.data(), WeightType::q8_0), N, c2.data_ptr<float>()}};
+      REQUIRE(small_gemm_many(A.data_ptr<float>(), M, K, outs, 2));
+      CHECK(torch::allclose(c1, torch::linear(A, w2), 1e-4, 1e-4));
+      CHECK(torch::allclose(c2, torch::linear(A, w1), 1e-4, 1e-4));
+      auto Ag = A * 4;
+      auto act = torch::full({M, N}, nan);
+      REQUIRE(gate_up_silu(Ag.data_ptr<float>(), M, K, WeightsRef(b1.data(), WeightType::q8_0),
+                           WeightsRef(b2.data(), WeightType::q8_0), N, act.data_ptr<float>()));
+      auto want = torch::silu(torch::linear(Ag, w1)) * torch::linear(Ag, w2.narrow(0, 0, N));
+      CHECK(torch::allclose(act, want, 1e-4, 1e-5 * want.abs().max().item<double>()));
+    }
+    // A row that is not whole blocks is declined, not misread.
+    std::vector<uint8_t> junk(34 * 4);
+    auto A = torch::randn({1, 40}), out = torch::empty({1, 2});
+    CHECK_FALSE(small_gemm(A.data_ptr<float>(), 1, WeightsRef(junk.data(), WeightType::q8_0), 2, 40, out.data_ptr<float>()));
   }
   select_kernels(nullptr);
 }

@@ -30,7 +30,9 @@ bool select_kernels(const char* name);
 // in registers: half the bytes of float32 weights per call and no copy of them; the products and
 // sums stay float32, so the result is the float32 product of the stored weights (up to the order
 // of the sums). float16 needs F16C (every AVX2 CPU vhost has met has it).
-enum class WeightType : uint8_t { f32, bf16, f16 };
+// q8_0: llama.cpp's Q8_0 blocks (a row of K weights is K / 32 blocks of an f16 scale and 32
+// int8, K a multiple of 32), dequantised in registers: 1.06 bytes a weight.
+enum class WeightType : uint8_t { f32, bf16, f16, q8_0 };
 struct WeightsRef {
   const void* data = nullptr;
   WeightType type = WeightType::f32;

@@ -216,6 +216,13 @@ torch::Tensor GgufFile::tensor(const GgufTensorInfo& t) const {
   }
 }
 
+torch::Tensor GgufFile::q8_blocks(const GgufTensorInfo& t) const {
+  if (t.type != kQ8_0 || t.shape.size() != 2) fail(path, "tensor '" + t.name + "': not a Q8_0 matrix");
+  std::shared_ptr<const char> keep = data;
+  return torch::from_blob(const_cast<char*>(data.get() + data_start + t.offset), {t.shape[0], t.shape[1] / 32 * 34},
+                          [keep](void*) {}, torch::TensorOptions().dtype(torch::kUInt8));
+}
+
 namespace {
 
 // ---- a SentencePiece ModelProto, written in protobuf's wire format -------------------------
@@ -430,6 +437,8 @@ void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
 
 void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file,
                      const std::string& quantize) {
+  if (model.q8_matrices())
+    fail(file, "the model holds Q8_0 blocks (loaded to decode from them); load it dequantised to write it");
   const LlamaConfig& c = model.config();
   auto pieces = proto_pieces(tokenizer_model);
   if (pieces.empty()) fail(file, "the tokenizer model has no pieces");
@@ -550,7 +559,7 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
 
 std::string load_gguf_tokenizer(const fs::path& file) { return sentencepiece_proto(file, GgufFile::read(file).metadata); }
 
-GgufLlama load_gguf_llama(const fs::path& file) {
+GgufLlama load_gguf_llama(const fs::path& file, bool keep_q8) {
   GgufFile g = GgufFile::read(file);
   const auto& md = g.metadata;
   auto arch = md.count("general.architecture") ? md.at("general.architecture") : nlohmann::json();
@@ -584,6 +593,12 @@ GgufLlama load_gguf_llama(const fs::path& file) {
     if (it == by.end()) fail(file, "missing tensor '" + name + "'");
     return g.tensor(*it->second);
   };
+  auto matrix = [&](const std::string& name) {  // Q8_0 kept as blocks when asked
+    auto it = by.find(name);
+    if (it == by.end()) fail(file, "missing tensor '" + name + "'");
+    if (keep_q8 && it->second->type == kQ8_0 && it->second->shape.size() == 2) return g.q8_blocks(*it->second);
+    return g.tensor(*it->second);
+  };
   auto embed = get("token_embd.weight");
   c.vocab_size = embed.size(0);
   // The model's dtype: its matrices' (the first layer's query weights stand for them all).
@@ -598,19 +613,20 @@ GgufLlama load_gguf_llama(const fs::path& file) {
     // process's own copies), so the model holds one copy of these matrices, not the mapped
     // file's pages and a reordered copy beside them (2.1 GB of a 7B model).
     auto hf_order = [&](torch::Tensor w, int64_t heads) { return w.copy_(meta_to_hf(w, heads)); };
-    out.tensors.emplace_back(h + "self_attn.q_proj.weight", hf_order(get(b + "attn_q.weight"), c.num_attention_heads));
-    out.tensors.emplace_back(h + "self_attn.k_proj.weight", hf_order(get(b + "attn_k.weight"), c.num_key_value_heads));
-    out.tensors.emplace_back(h + "self_attn.v_proj.weight", get(b + "attn_v.weight"));
-    out.tensors.emplace_back(h + "self_attn.o_proj.weight", get(b + "attn_output.weight"));
-    out.tensors.emplace_back(h + "mlp.gate_proj.weight", get(b + "ffn_gate.weight"));
-    out.tensors.emplace_back(h + "mlp.up_proj.weight", get(b + "ffn_up.weight"));
-    out.tensors.emplace_back(h + "mlp.down_proj.weight", get(b + "ffn_down.weight"));
+    // (Rows are reordered whole: Q8_0 blocks never cross a row.)
+    out.tensors.emplace_back(h + "self_attn.q_proj.weight", hf_order(matrix(b + "attn_q.weight"), c.num_attention_heads));
+    out.tensors.emplace_back(h + "self_attn.k_proj.weight", hf_order(matrix(b + "attn_k.weight"), c.num_key_value_heads));
+    out.tensors.emplace_back(h + "self_attn.v_proj.weight", matrix(b + "attn_v.weight"));
+    out.tensors.emplace_back(h + "self_attn.o_proj.weight", matrix(b + "attn_output.weight"));
+    out.tensors.emplace_back(h + "mlp.gate_proj.weight", matrix(b + "ffn_gate.weight"));
+    out.tensors.emplace_back(h + "mlp.up_proj.weight", matrix(b + "ffn_up.weight"));
+    out.tensors.emplace_back(h + "mlp.down_proj.weight", matrix(b + "ffn_down.weight"));
     out.tensors.emplace_back(h + "input_layernorm.weight", get(b + "attn_norm.weight"));
     out.tensors.emplace_back(h + "post_attention_layernorm.weight", get(b + "ffn_norm.weight"));
   }
   out.tensors.emplace_back("model.norm.weight", get("output_norm.weight"));
   if (by.count("output.weight")) {
-    auto head = get("output.weight");
+    auto head = matrix("output.weight");
     c.tie_word_embeddings = head.scalar_type() == embed.scalar_type() && torch::equal(head, embed);
     if (!c.tie_word_embeddings) out.tensors.emplace_back("lm_head.weight", head);
   } else {

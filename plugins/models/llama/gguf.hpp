@@ -46,6 +46,8 @@ struct GgufFile {
   // F32, F16 and BF16 tensors as stored, viewing the mapping (copy-on-write: writes never reach
   // the file; the tensor keeps the mapping alive); Q8_0 dequantised to float32.
   torch::Tensor tensor(const GgufTensorInfo& t) const;
+  // A Q8_0 matrix [N, K] as its blocks: uint8 [N, K / 32 * 34], viewing the mapping.
+  torch::Tensor q8_blocks(const GgufTensorInfo& t) const;
 };
 
 bool is_gguf(const std::filesystem::path& file);
@@ -56,7 +58,9 @@ struct GgufLlama {
   std::string tokenizer_model;                                  // a serialized SentencePiece ModelProto
 };
 
-GgufLlama load_gguf_llama(const std::filesystem::path& file);
+// `keep_q8`: Q8_0 matrices (not the embedding) stay blocks, uint8 [N, K / 32 * 34] views of the
+// mapping, which LlamaModel decodes from on the CPU; otherwise they are dequantised to float32.
+GgufLlama load_gguf_llama(const std::filesystem::path& file, bool keep_q8 = false);
 // Only the embedded vocabulary, as a serialized SentencePiece ModelProto (no tensor is read).
 std::string load_gguf_tokenizer(const std::filesystem::path& file);
 

@@ -90,6 +90,17 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
     if (it == by_name.end())
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, source + ": missing tensor '" + name + "'");
     const auto& t = it->second;
+    // Q8_0 blocks of a [N, K] matrix (load_gguf_llama with keep_q8): uint8 [N, K / 32 * 34].
+    if (t.scalar_type() == torch::kUInt8 && shape.size() == 2 && shape[1] % 32 == 0 && t.dim() == 2 &&
+        t.size(0) == shape[0] && t.size(1) == shape[1] / 32 * 34 && name != "model.embed_tokens.weight") {
+      if (!device_.is_cpu() || !small_gemm_supports(WeightType::q8_0) || !t.is_contiguous())
+        throw vhost::Error(VHOST_ERR_UNSUPPORTED, source + ": tensor '" + name + "' is Q8_0 blocks, which only the CPU "
+                                                  "kernels on x86 read; load the file dequantised (dtype = \"float32\")");
+      tensors_.emplace_back(name, t);
+      used.insert(name);
+      ++q8_matrices_;
+      continue;
+    }
     if (t.sizes().vec() != shape)
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, source + ": tensor '" + name + "' has shape " +
                                                          shape_str(t.sizes()) + " but config.json implies " +
@@ -274,6 +285,8 @@ void LlamaModel::write_random(const fs::path& dir, const LlamaConfig& cfg, uint6
 }
 
 void LlamaModel::save(const fs::path& dir, std::optional<torch::ScalarType> dtype, int64_t max_shard_bytes) const {
+  if (q8_matrices_)
+    throw vhost::Error(VHOST_ERR_UNSUPPORTED, "a model holding Q8_0 blocks cannot be saved as safetensors; load it dequantised");
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
   std::map<std::string, torch::Tensor> by_name;
   for (const auto& [name, t] : tensors_) {
@@ -316,6 +329,7 @@ constexpr int64_t kSmallGemmRows = 32;
 // A CPU weight tensor's memory for the decode kernels, in its stored type.
 static WeightsRef weights_ref(const torch::Tensor& w) {
   switch (w.scalar_type()) {
+    case torch::kUInt8: return {w.data_ptr(), WeightType::q8_0};
     case torch::kBFloat16: return {w.data_ptr(), WeightType::bf16};
     case torch::kFloat16: return {w.data_ptr(), WeightType::f16};
     default: return {w.data_ptr<float>()};
@@ -327,6 +341,13 @@ static torch::Tensor proj(const torch::Tensor& x, const torch::Tensor& w) {
   auto sizes = x.sizes().vec();
   sizes.back() = w.size(0);
   const bool f32 = w.scalar_type() == torch::kFloat32;
+  if (w.scalar_type() == torch::kUInt8) {  // Q8_0 blocks: the kernels, float32 activations, any rows
+    auto a = x.to(torch::kFloat32).contiguous();
+    auto out = torch::empty(sizes, a.options());
+    TORCH_CHECK(small_gemm(a.data_ptr<float>(), M, weights_ref(w), w.size(0), K, out.data_ptr<float>()),
+                "no kernel reads Q8_0 blocks here");
+    return out.to(x.scalar_type());
+  }
   // float32 activations against bfloat16/float16 weights (a half-precision model on the CPU, see
   // mixed_cpu): the kernels widen the weights in registers, for any number of rows, since BLAS
   // cannot read them without a float32 copy of the matrix.
@@ -453,7 +474,7 @@ struct LlamaModel::Bf16Weights {
 };
 
 bool LlamaModel::enable_bf16_decode() {
-  if (!*bf16_gemm_isa() || !device_.is_cpu() || dtype_ != torch::kFloat32 || !*small_gemm_isa()) return false;
+  if (q8_matrices_ || !*bf16_gemm_isa() || !device_.is_cpu() || dtype_ != torch::kFloat32 || !*small_gemm_isa()) return false;
   auto c = [](const torch::Tensor& t) { return t.contiguous(); };
   auto pack = [&](const torch::Tensor& t) {
     auto x = c(t);

@@ -88,6 +88,9 @@ class LlamaModel {
   bool mixed_cpu() const;
 
   const LlamaConfig& config() const { return cfg_; }
+  // Matrices held as Q8_0 blocks (uint8 [N, K / 32 * 34], from load_gguf_llama with keep_q8):
+  // the decode kernels dequantise them in registers, every product on the CPU; 0 otherwise.
+  int64_t q8_matrices() const { return q8_matrices_; }
   torch::Device device() const { return device_; }
   torch::ScalarType dtype() const { return dtype_; }
   // HF names, in HF order; the lm_head is absent when tied.
@@ -110,6 +113,7 @@ class LlamaModel {
   std::shared_ptr<const Bf16Weights> bf16_;
   bool bf16_current() const;  // no weight changed since packing
   int64_t largest_matrix_ = 0;  // elements of the largest weight matrix
+  int64_t q8_matrices_ = 0;
   LlamaConfig cfg_;
   torch::Device device_;
   torch::ScalarType dtype_;

@@ -107,7 +107,8 @@ class LlamaPlugin final : public vhost::Model {
     if (fs::is_regular_file(path_) && vhost::llama::is_gguf(path_)) {
       // A GGUF file carries its tokenizer.
       if (weights) {
-        auto g = vhost::llama::load_gguf_llama(path_);
+        // Q8_0 matrices stay blocks where the CPU kernels decode from them (dtype "auto").
+        auto g = vhost::llama::load_gguf_llama(path_, keep_stored_ && vhost::llama::small_gemm_supports(vhost::llama::WeightType::q8_0));
         config_ = g.config;
         tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(
             tok.empty() ? vhost::llama::Tokenizer::from_serialized(g.tokenizer_model, path_.string())
@@ -198,10 +199,13 @@ class LlamaPlugin final : public vhost::Model {
   // What the weights cost and which kernel multiplies by them in a decoding step.
   json weights_json() const {
     int64_t bytes = 0, elements = 0;
+    std::map<std::string, int64_t> numel;  // from the shapes: a Q8_0 tensor's own counts bytes
+    for (const auto& [name, shape] : vhost::llama::LlamaModel::expected_tensors(model_->config()))
+      numel[name] = shape.size() == 2 ? shape[0] * shape[1] : 0;
     for (const auto& [name, t] : model_->named_tensors()) {
       if (name == "lm_head.weight" || t.dim() != 2 || name == "model.embed_tokens.weight") continue;
       bytes += t.numel() * static_cast<int64_t>(t.element_size());
-      elements += t.numel();
+      elements += numel[name];
     }
     std::string kernel;
     if (!model_->device().is_cpu())
@@ -209,7 +213,10 @@ class LlamaPlugin final : public vhost::Model {
     else if (model_->bf16_decode())
       kernel = std::string("packed bfloat16 (") + vhost::llama::bf16_gemm_isa() + ")";
     else if (*vhost::llama::small_gemm_isa() && (model_->dtype() == torch::kFloat32 || model_->mixed_cpu()))
-      kernel = std::string(vhost::llama::small_gemm_isa()) + (model_->mixed_cpu() ? ", " + vhost::llama::dtype_name(model_->dtype()) + " widened to float32 in registers" : "");
+      kernel = std::string(vhost::llama::small_gemm_isa()) +
+               (model_->q8_matrices() ? ", q8_0 blocks dequantised in registers"
+                : model_->mixed_cpu() ? ", " + vhost::llama::dtype_name(model_->dtype()) + " widened to float32 in registers"
+                                      : "");
     else
       kernel = "libtorch";
     return {{"bytes_per_weight", elements ? static_cast<double>(bytes) / static_cast<double>(elements) : 0.0},
