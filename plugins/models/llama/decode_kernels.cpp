@@ -128,71 +128,6 @@ VHOST_INLINE void tile(const float* A, const TW* W, int64_t K, float* C, int64_t
     for (int c = 0; c < NR; ++c) C[r * ldc + c] = add ? C[r * ldc + c] + sums[r * NR + c] : sums[r * NR + c];
 }
 
-// The row stride of A as the kernels for weights TW read it: bfloat16 weights take A in pairs
-// (see tile_pairs), rounded up to whole blocks of 2V.
-template <int V, typename TW>
-constexpr int64_t a_stride(int64_t K) {
-  return std::is_same_v<TW, uint16_t> ? (K + 2 * V - 1) / (2 * V) * (2 * V) : K;
-}
-
-// tile() for bfloat16 weights without widening instructions: 2V bf16 weights load as V 32-bit
-// words, and a word's low half is the even element (word << 16 is its float), its high half the
-// odd one (word & 0xffff0000). So A comes in pairs: each block of 2V floats of a row with its even
-// elements first, then its odd ones (pair_rows), zero-padded to whole blocks. Two vector integer
-// operations per 2V weights where widening (vpmovzxwd, shift) took four, two of them on the one
-// shuffle port; the sums are the same float32 products, in another order.
-template <int V, int MR, int NR>
-VHOST_INLINE void tile_pairs(const float* A, int64_t lda, const uint16_t* W, int64_t K, float* C, int64_t ldc, bool add,
-                             const uint16_t* next, int pf_rows) {
-  typedef float vec __attribute__((vector_size(4 * V)));
-  typedef uint32_t uvec __attribute__((vector_size(4 * V)));
-  static_assert(MR * NR <= V, "a tile has at most V accumulators");
-  vec acc[V] = {};
-  auto step = [&](const uint16_t* const* w16, int64_t k) VHOST_INLINE_LAMBDA {
-    vec we[NR], wo[NR];
-#pragma GCC unroll 8
-    for (int c = 0; c < NR; ++c) {
-      uvec u;
-      std::memcpy(&u, w16[c], sizeof u);
-      const uvec e = u << 16, o = u & 0xffff0000u;
-      std::memcpy(&we[c], &e, sizeof(vec));
-      std::memcpy(&wo[c], &o, sizeof(vec));
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      vec ae, ao;
-      std::memcpy(&ae, A + r * lda + k, sizeof(vec));
-      std::memcpy(&ao, A + r * lda + k + V, sizeof(vec));
-#pragma GCC unroll 8
-      for (int c = 0; c < NR; ++c) acc[r * NR + c] += ae * we[c] + ao * wo[c];
-    }
-  };
-  const int64_t Kv = K - K % (2 * V);
-  const uint16_t* w16[NR];
-  for (int64_t k = 0; k < Kv; k += 2 * V) {
-    if (next)
-#pragma GCC unroll 8
-      for (int c = 0; c < NR; ++c)
-        if (c < pf_rows && k % 32 == 0) __builtin_prefetch(next + c * K + k);
-#pragma GCC unroll 8
-    for (int c = 0; c < NR; ++c) w16[c] = W + c * K + k;
-    step(w16, k);
-  }
-  if (Kv < K) {  // the last K % 2V weights of each row, zero-padded (A is padded already)
-    uint16_t part[NR][2 * V] = {};
-    for (int c = 0; c < NR; ++c) {
-      std::memcpy(part[c], W + c * K + Kv, static_cast<std::size_t>(K - Kv) * sizeof(uint16_t));
-      w16[c] = part[c];
-    }
-    step(w16, Kv);
-  }
-  tree_reduce<V, V>(acc);
-  float sums[V];
-  std::memcpy(sums, &acc[0], sizeof sums);
-  for (int r = 0; r < MR; ++r)
-    for (int c = 0; c < NR; ++c) C[r * ldc + c] = add ? C[r * ldc + c] + sums[r * NR + c] : sums[r * NR + c];
-}
-
 // Elements of TW per row of W: K, or K / 32 Q8_0 blocks.
 template <typename TW>
 constexpr int64_t w_row(int64_t K) {
@@ -293,9 +228,7 @@ VHOST_INLINE void any_tile(int mr, int nr, const float* A, const TW* W, int64_t 
     if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
   if constexpr (NR > 1)
     if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
-  if constexpr (std::is_same_v<TW, uint16_t>)
-    tile_pairs<V, MR, NR>(A, a_stride<V, TW>(K), W, K, C, ldc, acc, next, pf_rows);
-  else if constexpr (std::is_same_v<TW, Q8Block>)
+  if constexpr (std::is_same_v<TW, Q8Block>)
     tile_q8<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
   else
     tile<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
@@ -315,7 +248,7 @@ VHOST_INLINE void column_tiles(const float* A, int64_t M, const TW* W, int64_t N
     const int64_t blocks = (M + MR - 1) / MR;
     for (int64_t m = 0, bi = 0; m < M; m += MR, ++bi) {
       const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
-      any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * a_stride<V, TW>(K), W + n * wr, K, C + m * N + n, N,
+      any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * K, W + n * wr, K, C + m * N + n, N,
                           acc, next && r1 > r0 ? next + r0 * wr : nullptr, r1 - r0);
     }
   }
@@ -338,7 +271,7 @@ VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const TW* Wg, const T
       const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
       const bool pf = more && r1 > r0;
       float g[V] = {}, u[V] = {};
-      const float* Am = A + m * a_stride<V, TW>(K);
+      const float* Am = A + m * K;
       const int64_t wr = w_row<TW>(K);
       any_tile<V, MR, NR>(mr, nr, Am, Wg + n * wr, K, g, NR, false, pf ? Wg + (n + NR + r0) * wr : nullptr, r1 - r0);
       any_tile<V, MR, NR>(mr, nr, Am, Wu + n * wr, K, u, NR, false, pf ? Wu + (n + NR + r0) * wr : nullptr, r1 - r0);
@@ -603,9 +536,8 @@ struct Isa {
   GateUpFn<uint16_t> gate_up_bf16;
   RangeFn<Half> fn_f16;  // float16 weights (nullptr without F16C)
   GateUpFn<Half> gate_up_f16;
-  int lanes;
   RangeFn<Q8Block> fn_q8;  // Q8_0 blocks (nullptr without F16C)
-  GateUpFn<Q8Block> gate_up_q8;  // floats a vector: bfloat16 weights take A in pairs of blocks of 2 * lanes
+  GateUpFn<Q8Block> gate_up_q8;
 };
 
 Isa pick(const char* name) {
@@ -615,17 +547,17 @@ Isa pick(const char* name) {
   const std::string want = name ? name : "";
   if (avx512 && (best || want == "avx512"))
     return Isa{"avx512", range_avx512<float>, 4, attend_avx512, exp_avx512, gate_up_avx512<float>, argmax_avx512,
-               range_avx512<uint16_t>, gate_up_avx512<uint16_t>, range_avx512<Half>, gate_up_avx512<Half>, 16,
+               range_avx512<uint16_t>, gate_up_avx512<uint16_t>, range_avx512<Half>, gate_up_avx512<Half>,
                range_avx512<Q8Block>, gate_up_avx512<Q8Block>};
   if (avx2 && (best || want == "avx2" || want == "avx512")) {
     unsigned a = 0, b = 0, c = 0, d = 0;
     const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
     return Isa{"avx2", range_avx2<float>, 2, attend_avx2, exp_avx2, gate_up_avx2<float>, argmax_avx2,
                range_avx2<uint16_t>, gate_up_avx2<uint16_t>, f16c ? range_avx2<Half> : nullptr,
-               f16c ? gate_up_avx2<Half> : nullptr, 8, f16c ? range_avx2<Q8Block> : nullptr,
+               f16c ? gate_up_avx2<Half> : nullptr, f16c ? range_avx2<Q8Block> : nullptr,
                f16c ? gate_up_avx2<Q8Block> : nullptr};
   }
-  return Isa{"", nullptr, 1, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, nullptr, nullptr};
+  return Isa{"", nullptr, 1, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
 }
 
 Isa& isa() {
@@ -667,26 +599,6 @@ static void with_weights(WeightsRef W, F&& f) {
   }
 }
 
-// A [M, K] as tile_pairs reads it for bfloat16 weights: each block of 2 * lanes floats of a row
-// with its even elements first, then its odd ones, rows zero-padded to whole blocks. Made once a
-// call (M * K floats, where the call reads N * K weights), in a buffer of the calling thread.
-static const float* pair_rows(const float* A, int64_t M, int64_t K, int lanes) {
-  thread_local std::vector<float> buf;
-  const int64_t blk = 2 * lanes, lda = (K + blk - 1) / blk * blk;
-  buf.assign(static_cast<std::size_t>(M * lda), 0.0f);
-  for (int64_t m = 0; m < M; ++m) {
-    const float* a = A + m * K;
-    float* o = buf.data() + m * lda;
-    for (int64_t b = 0; b < lda; b += blk)
-      for (int64_t j = 0; j < lanes; ++j) {
-        const int64_t k = b + 2 * j;
-        if (k < K) o[b + j] = a[k];
-        if (k + 1 < K) o[b + lanes + j] = a[k + 1];
-      }
-  }
-  return buf.data();
-}
-
 bool small_gemm_supports(WeightType t) {
   const Isa& s = isa();
   switch (t) {
@@ -702,7 +614,6 @@ bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, f
   const Isa s = isa();
   if (!small_gemm_supports(W.type) || (W.type == WeightType::q8_0 && K % 32)) return false;
   const int64_t tiles = (N + s.nr - 1) / s.nr;
-  if (W.type == WeightType::bf16) A = pair_rows(A, M, K, s.lanes);
   with_weights(W, [&](auto* w) {
     at::parallel_for(0, tiles, tile_grain(M, K, s.nr),
                      [&](int64_t t0, int64_t t1) { gemm_range(s, A, M, w, N, K, C, accumulate, t0, t1); });
@@ -716,16 +627,12 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
     if (!small_gemm_supports(outs[i].W.type) || (outs[i].W.type == WeightType::q8_0 && K % 32)) return false;
   std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);  // first tile of each output in one index space
   for (int i = 0; i < n; ++i) first[i + 1] = first[i] + (outs[i].N + s.nr - 1) / s.nr;
-  const float* pairs = nullptr;
-  for (int i = 0; i < n && !pairs; ++i)
-    if (outs[i].W.type == WeightType::bf16) pairs = pair_rows(A, M, K, s.lanes);
   at::parallel_for(0, first[n], tile_grain(M, K, s.nr), [&](int64_t t0, int64_t t1) {
     for (int i = 0; i < n; ++i) {
       const int64_t a = std::max(t0, first[i]), b = std::min(t1, first[i + 1]);
       if (a < b)
         with_weights(outs[i].W, [&](auto* w) {
-          const float* Ai = outs[i].W.type == WeightType::bf16 ? pairs : A;
-          gemm_range(s, Ai, M, w, outs[i].N, K, outs[i].C, false, a - first[i], b - first[i]);
+          gemm_range(s, A, M, w, outs[i].N, K, outs[i].C, false, a - first[i], b - first[i]);
         });
     }
   });
@@ -736,7 +643,6 @@ bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRe
   const Isa s = isa();
   if (Wg.type != Wu.type || !small_gemm_supports(Wg.type) || (Wg.type == WeightType::q8_0 && K % 32)) return false;
   const int64_t tiles = (N + s.nr - 1) / s.nr;
-  if (Wg.type == WeightType::bf16) A = pair_rows(A, M, K, s.lanes);
   with_weights(Wg, [&](auto* g) {
     using TW = std::remove_const_t<std::remove_pointer_t<decltype(g)>>;
     const TW* u = static_cast<const TW*>(Wu.data);

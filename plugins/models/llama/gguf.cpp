@@ -1,22 +1,17 @@
 #include "gguf.hpp"
 
 #include "model.hpp"
+#include "safetensors.hpp"
 
 #include <vhost/plugin.hpp>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
-
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 namespace vhost::llama {
 
@@ -106,26 +101,9 @@ bool is_gguf(const fs::path& file) {
 }
 
 GgufFile GgufFile::read(const fs::path& file) {
-  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(file, std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    ::close(fd);
-    fail(file, std::string("cannot stat: ") + std::strerror(errno));
-  }
-  const std::size_t size = static_cast<std::size_t>(st.st_size);
-  if (size < 4) {
-    ::close(fd);
-    fail(file, "truncated while reading magic at byte 0 (file has " + std::to_string(size) + " bytes)");
-  }
-  // Private and writable: tensors viewing it may be changed in place (training) without
-  // touching the file.
-  void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (addr == MAP_FAILED) fail(file, std::string("cannot map: ") + std::strerror(errno));
-  std::shared_ptr<const char> data(static_cast<const char*>(addr), [size](const char* p) {
-    munmap(const_cast<char*>(p), size);
-  });
+  std::size_t size = 0;
+  std::shared_ptr<const char> data = map_file(file, size);  // private and writable (safetensors.hpp)
+  if (size < 4) fail(file, "truncated while reading magic at byte 0 (file has " + std::to_string(size) + " bytes)");
   return parse(std::move(data), size, file);
 }
 

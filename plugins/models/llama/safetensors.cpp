@@ -44,15 +44,7 @@ std::string safetensors_dtype(c10::ScalarType t) {
   throw vhost::Error(VHOST_ERR_UNSUPPORTED, std::string("safetensors cannot store dtype ") + c10::toString(t));
 }
 
-struct SafetensorsFile::Mapping {
-  void* addr = MAP_FAILED;
-  std::size_t size = 0;
-  ~Mapping() {
-    if (addr != MAP_FAILED && size) munmap(addr, size);
-  }
-};
-
-SafetensorsFile::SafetensorsFile(const std::filesystem::path& file) : path_(file), map_(std::make_shared<Mapping>()) {
+std::shared_ptr<char> map_file(const std::filesystem::path& file, std::size_t& size) {
   int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(file, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
@@ -60,17 +52,23 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& file) : path_(file
     ::close(fd);
     fail(file, std::string("cannot stat: ") + std::strerror(errno));
   }
-  std::size_t size = static_cast<std::size_t>(st.st_size);
-  if (size < 8) {
+  size = static_cast<std::size_t>(st.st_size);
+  if (size == 0) {
     ::close(fd);
-    fail(file, "truncated: " + std::to_string(size) + " bytes, too short for the 8-byte header length");
+    return nullptr;
   }
-  // Private and writable: tensors may be modified in place (training) without touching the file.
-  map_->addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   ::close(fd);
-  if (map_->addr == MAP_FAILED) fail(file, std::string("cannot map: ") + std::strerror(errno));
-  map_->size = size;
-  const auto* bytes = static_cast<const unsigned char*>(map_->addr);
+  if (addr == MAP_FAILED) fail(file, std::string("cannot map: ") + std::strerror(errno));
+  const std::size_t n = size;
+  return std::shared_ptr<char>(static_cast<char*>(addr), [n](char* p) { munmap(p, n); });
+}
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& file) : path_(file) {
+  std::size_t size = 0;
+  map_ = map_file(file, size);
+  if (size < 8) fail(file, "truncated: " + std::to_string(size) + " bytes, too short for the 8-byte header length");
+  const auto* bytes = reinterpret_cast<const unsigned char*>(map_.get());
 
   std::uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
@@ -144,7 +142,7 @@ torch::Tensor SafetensorsFile::get(const std::string& name) const {
   if (it == entries_.end()) fail(path_, "has no tensor '" + name + "'");
   const Entry& e = it->second;
   const DType* dt = find_dtype(e.dtype);
-  auto* ptr = static_cast<char*>(map_->addr) + data_start_ + e.begin;
+  auto* ptr = map_.get() + data_start_ + e.begin;
   auto opts = torch::TensorOptions().dtype(dt->type);
   if (reinterpret_cast<std::uintptr_t>(ptr) % dt->size != 0) {
     // Misaligned for its dtype (the format does not promise alignment): copy.

@@ -36,9 +36,8 @@ class SafetensorsFile {
   torch::Tensor get(const std::string& name) const;
 
  private:
-  struct Mapping;
   std::filesystem::path path_;
-  std::shared_ptr<Mapping> map_;
+  std::shared_ptr<char> map_;  // the mapped file (map_file)
   std::size_t data_start_ = 0;
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> metadata_;
@@ -78,5 +77,11 @@ void save_safetensors(const std::filesystem::path& file,
                       const std::map<std::string, std::string>& metadata = {});
 
 std::string safetensors_dtype(c10::ScalarType t);
+
+// The whole of `file` mapped private and writable (tensors viewing it may be changed in place,
+// by training, without touching the file), unmapped when the last owner lets go; `size` gets
+// its length. An empty file gives nullptr (nothing to map). Errors name the file. Safetensors and
+// GGUF files are read through it.
+std::shared_ptr<char> map_file(const std::filesystem::path& file, std::size_t& size);
 
 }  // namespace vhost::llama

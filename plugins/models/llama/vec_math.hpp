@@ -6,7 +6,6 @@
 #include <cstring>
 
 #define VHOST_INLINE __attribute__((always_inline)) inline
-#define VHOST_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace vhost::llama {
 
