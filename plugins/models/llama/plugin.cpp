@@ -101,7 +101,6 @@ class LlamaPlugin final : public vhost::Model {
     // read them (not x86), the weights become float32 as before.
     keep_stored_ = d == "auto" && device.is_cpu() && dtype == torch::kFloat32;
     model_dtype_ = dtype;
-    auto loaded_dtype = [&](const std::string& stored) { return load_dtype(stored); };
     std::string tok = cfg.get<std::string>("tokenizer");
     const bool weights = cfg.get<bool>("load_weights");
     if (fs::is_regular_file(path_) && vhost::llama::is_gguf(path_)) {
@@ -114,7 +113,7 @@ class LlamaPlugin final : public vhost::Model {
             tok.empty() ? vhost::llama::Tokenizer::from_serialized(g.tokenizer_model, path_.string())
                         : vhost::llama::Tokenizer::load(tok));
         model_ = std::make_unique<vhost::llama::LlamaModel>(g.config, std::move(g.tensors), path_.string(), device,
-                                                            loaded_dtype(g.config.torch_dtype));
+                                                            load_dtype(g.config.torch_dtype));
       } else {
         tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(
             tok.empty() ? vhost::llama::Tokenizer::from_serialized(vhost::llama::load_gguf_tokenizer(path_), path_.string())
@@ -134,7 +133,7 @@ class LlamaPlugin final : public vhost::Model {
       tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(vhost::llama::Tokenizer::load(tok_file));
       if (weights) {
         model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(
-            path_, device, loaded_dtype(vhost::llama::LlamaConfig::load(path_ / "config.json").torch_dtype)));
+            path_, device, load_dtype(vhost::llama::LlamaConfig::load(path_ / "config.json").torch_dtype)));
         config_ = model_->config();
       } else {
         config_ = vhost::llama::LlamaConfig::load(path_ / "config.json");
