@@ -18,10 +18,11 @@ if [ "${have%%+*}" != "$TORCH_VERSION" ]; then
   echo "torch2-env: installing torch==$TORCH_VERSION into $venv (about 3.5 GB with its CUDA libraries)" >&2
   "$venv/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" >&2
 fi
-# HF transformers beside it, for the interoperability test (tests/integration/hf_transformers.sh).
-HF_PINS=("transformers==5.25.0" "tokenizers==0.23.3" "sentencepiece==0.2.3" "protobuf==7.36.2")
-have_hf=$("$venv/bin/python" -c 'import transformers; print(transformers.__version__)' 2>/dev/null || true)
-if [ "$have_hf" != "5.25.0" ]; then
+# HF transformers and PEFT beside it, for the interoperability tests (tests/integration/hf_transformers.sh,
+# peft_lora.sh).
+HF_PINS=("transformers==5.25.0" "tokenizers==0.23.3" "sentencepiece==0.2.3" "protobuf==7.36.2" "peft==0.21.2")
+have_hf=$("$venv/bin/python" -c 'import transformers, peft; print(transformers.__version__, peft.__version__)' 2>/dev/null || true)
+if [ "$have_hf" != "5.25.0 0.21.2" ]; then
   echo "torch2-env: installing ${HF_PINS[*]} into $venv" >&2
   "$venv/bin/pip" install -q --disable-pip-version-check "${HF_PINS[@]}" >&2 ||
     echo "torch2-env: transformers could not be installed; tests/integration/hf_transformers.sh will skip" >&2

@@ -186,6 +186,16 @@ int main(int argc, char** argv) {
                             "package quantize them; 1-D tensors stay F32)")
       ->check(CLI::IsMember({"q8_0"}));
 
+  std::string merge_base, merge_adapter, merge_out;
+  bool merge_overwrite = false;
+  auto* model_merge = model->add_subcommand("merge", "merge a LoRA adapter into its base: a whole HF checkpoint (PEFT's merge_and_unload)");
+  model_merge->add_option("base", merge_base, "the base: an HF checkpoint folder or a GGUF file")->required();
+  model_merge->add_option("adapter", merge_adapter, "a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors)")
+      ->required();
+  model_merge->add_option("out", merge_out, "the HF folder to write")->required();
+  model_merge->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+  model_merge->add_flag("--overwrite", merge_overwrite, "replace out if it exists");
+
   auto* tokenizer = app.add_subcommand("tokenizer", "encode, decode, train SentencePiece tokenizers");
   tokenizer->require_subcommand(1);
   std::string tok_model, tok_input;
@@ -219,6 +229,8 @@ int main(int argc, char** argv) {
   gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
   gen->add_option("--threads", gen_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
   gen->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+  std::string gen_adapter, chat_adapter;
+  gen->add_option("--adapter", gen_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
   // Data preparation (a one-stage pipeline, like generate).
   auto* prep = app.add_subcommand("prepare", "clean, split and tokenize ShareGPT conversations for training");
   std::string prep_input, prep_model, prep_out, prep_template, prep_html = "auto", prep_templates;
@@ -253,7 +265,7 @@ int main(int argc, char** argv) {
 
   auto* serve = app.add_subcommand("serve", "serve models over an OpenAI-compatible API with a web chat page");
   auto* worker = app.add_subcommand("worker", "serve models as a worker of a controller (vhost serve --controller)");
-  std::vector<std::string> serve_models, serve_keys, serve_blocked;
+  std::vector<std::string> serve_models, serve_keys, serve_blocked, serve_adapters;
   std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_templates, serve_controller, serve_advertise, serve_moderation,
               serve_moderation_model = "omni-moderation-latest", serve_decode_dtype = "float32";
   int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64, serve_interval = 16,
@@ -261,6 +273,9 @@ int main(int argc, char** argv) {
   double serve_heartbeat = 5;
   for (auto* sub : {serve, worker}) {
     sub->add_option("model_dir", serve_models, "checkpoint folders or GGUF files (served by folder name)")->required();
+    sub->add_option("--adapter,--lora-modules", serve_adapters,
+                    "NAME=DIR: serve a LoRA adapter folder (PEFT's, or the train stage's out/adapter) as model id "
+                    "NAME on the base model_dir; requests for the base and its adapters share batches (repeatable)");
     sub->add_option("--host", serve_host, "address to listen on")->capture_default_str();
     sub->add_option("--port", serve_port, "port (0: any free one)")->capture_default_str();
     sub->add_option("--max-batch", serve_batch, "sequences decoded together per model (continuous batching)")->capture_default_str();
@@ -351,6 +366,7 @@ int main(int argc, char** argv) {
                    "conversation template (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");
   chat->add_option("--templates", chat_templates, "TOML file of custom templates ([NAME] tables) --template may name");
   chat->add_option("--system", chat_system, "system message");
+  chat->add_option("--adapter", chat_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
   chat->add_option("--max-tokens", chat_max, "reply length limit")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
   sampling_flag(chat, vh::sampling::kTemperature, chat_temp);
   sampling_flag(chat, vh::sampling::kTopP, chat_top_p);
@@ -447,6 +463,31 @@ int main(int argc, char** argv) {
                 << r["parameters"] << " parameters)\n";
       return 0;
     }
+    if (*model_merge) {
+      namespace fsys = std::filesystem;
+      for (const auto& [what, p] : {std::pair<const char*, std::string>{"base", merge_base}, {"adapter", merge_adapter}})
+        if (!fsys::exists(p)) {
+          std::cerr << what << ": " << p << " does not exist\n";
+          return kBadInput;
+        }
+      const fsys::path out = merge_out;
+      std::error_code ec;
+      if (fsys::exists(out) && (fsys::equivalent(merge_base, out, ec) || fsys::equivalent(merge_adapter, out, ec))) {
+        std::cerr << "out: " << merge_out << " is an input; write somewhere else\n";
+        return kBadInput;
+      }
+      if (fsys::exists(out) && !merge_overwrite && !(fsys::is_directory(out) && fsys::is_empty(out))) {
+        std::cerr << "out: " << merge_out << " exists; kept (--overwrite replaces it)\n";
+        return kBadInput;
+      }
+      vh::json args = {{"base", fsys::absolute(merge_base).string()}, {"adapter", fsys::absolute(merge_adapter).string()},
+                       {"out", fsys::absolute(merge_out).string()}};
+      auto r = host.model_tool(model_plugin, "merge", args);
+      std::cout << "wrote " << r["out"].get<std::string>() << " (HF layout, " << r["dtype"].get<std::string>() << "): "
+                << r["adapted_matrices"] << " matrices + rank-" << r["r"] << " updates (scale " << r["scaling"] << ")"
+                << (r["modules_to_save"].empty() ? "" : ", " + r["modules_to_save"].dump() + " replaced") << "\n";
+      return 0;
+    }
     if (*tok_encode || *tok_decode) {
       std::string in((std::istreambuf_iterator<char>(std::cin)), {});
       vh::json args = {{"tokenizer", std::filesystem::absolute(tok_model).string()}};
@@ -503,7 +544,9 @@ int main(int argc, char** argv) {
                          q((std::filesystem::temp_directory_path() / "vhost-generate").string()) +
                          "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(gen_threads) +
                          "\n[models.m]\nplugin = " + q(model_plugin) + "\npath = " +
-                         q(std::filesystem::absolute(gen_model).string()) + "\n[stages.generate]\nprompts = [" + q(gen_prompt) +
+                         q(std::filesystem::absolute(gen_model).string()) +
+                         (gen_adapter.empty() ? std::string() : "\nadapter = " + q(std::filesystem::absolute(gen_adapter).string())) +
+                         "\n[stages.generate]\nprompts = [" + q(gen_prompt) +
                          "]\nmax_tokens = " + std::to_string(gen_max) + "\ntemperature = " + vh::json(gen_temp).dump() +
                          "\ntop_p = " + vh::json(gen_top_p).dump() + "\ntop_k = " + std::to_string(gen_top_k) +
                          "\nseed = " + std::to_string(gen_seed) + "\nstop = " + vh::json(gen_stop).dump() + "\n";
@@ -598,6 +641,17 @@ int main(int argc, char** argv) {
                          q((std::filesystem::temp_directory_path() / "vhost-serve").string()) +
                          "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(serve_threads) + "\n";
       std::set<std::string> names;
+      if (!serve_adapters.empty() && serve_models.size() != 1)
+        throw vh::ConfigError("--adapter: serve one base model with its adapters (or write a pipeline: the llama option "
+                              "adapters, per [models.NAME])");
+      std::string adapters_toml;
+      for (const auto& a : serve_adapters) {
+        const auto eq = a.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == a.size())
+          throw vh::ConfigError("--adapter " + a + ": expected NAME=DIR");
+        adapters_toml += q(a.substr(0, eq)) + " = " + q(std::filesystem::absolute(a.substr(eq + 1)).string()) + ", ";
+      }
+      if (!adapters_toml.empty()) adapters_toml = "\nadapters = { " + adapters_toml.substr(0, adapters_toml.size() - 2) + " }";
       for (const auto& m : serve_models) {
         std::filesystem::path path = std::filesystem::absolute(m);
         std::string name = path.filename().string();
@@ -607,7 +661,7 @@ int main(int argc, char** argv) {
         if (!names.insert(name).second) throw vh::ConfigError(m + ": two models would both be served as '" + name + "'");
         toml += "[models." + q(name) + "]\nplugin = \"llama\"\npath = " + q(path.string()) +
                 "\nmax_batch = " + std::to_string(serve_batch) + "\nmax_queue = " + std::to_string(serve_queue) +
-                "\ndecode_dtype = " + q(serve_decode_dtype) +
+                "\ndecode_dtype = " + q(serve_decode_dtype) + adapters_toml +
                 (serve_template.empty() ? std::string() : "\ntemplate = " + q(serve_template)) + "\n" +
                 templates_toml("models." + q(name), serve_templates);
       }
@@ -631,6 +685,7 @@ int main(int argc, char** argv) {
                          q((std::filesystem::temp_directory_path() / "vhost-chat").string()) +
                          "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(chat_threads) +
                          "\n[models.m]\nplugin = \"llama\"\npath = " + q(std::filesystem::absolute(chat_model).string()) +
+                         (chat_adapter.empty() ? std::string() : "\nadapter = " + q(std::filesystem::absolute(chat_adapter).string())) +
                          "\n" + templates_toml("models.m", chat_templates) +
                          "[stages.chat]\ntemplate = " + q(chat_template) + "\nsystem = " + q(chat_system) +
                          "\nmax_tokens = " + std::to_string(chat_max) + "\ntemperature = " + vh::json(chat_temp).dump() +

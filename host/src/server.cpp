@@ -285,6 +285,14 @@ struct ModelMetrics {
 struct ApiServer::Impl {
   std::map<std::string, Instance*> models;
   std::map<std::string, json> info;  // tokenizer_info per model
+  // A LoRA adapter a model instance serves on its base (tokenizer_info "adapters"): its model
+  // id -> {the adapter's name for the instance, the base's model id}.
+  std::map<std::string, std::pair<std::string, std::string>> adapter_of;
+  // A request for an adapter's model id runs on its base instance with {"adapter": NAME}.
+  void with_adapter(json& request, const std::string& name) const {
+    auto it = adapter_of.find(name);
+    if (it != adapter_of.end()) request["adapter"] = it->second.first;
+  }
   ServeOptions opt;
   httplib::Server server;
   std::mutex log_mu;
@@ -467,6 +475,7 @@ struct ApiServer::Impl {
       throw ApiError(400, msg, "invalid_request_error", "input");
     }
     json request = {{"embed", true}};
+    with_adapter(request, name);
     if (!ids.empty()) request["prompt_ids"] = ids;
     else request["prompts"] = texts, request["add_bos"] = true;
     json reply = generate(m, request, nullptr);
@@ -593,6 +602,7 @@ struct ApiServer::Impl {
     const json& ti = info.at(name);
     const bool echo = !chat && param(body, "echo", false);
     json request = sampling(body, chat ? 512 : 16, echo);
+    with_adapter(request, name);
     const int64_t n = n_of(body);
     const bool stream = param(body, "stream", false);
     // logprobs: completions take an integer (alternatives per token), chat a boolean plus
@@ -964,9 +974,24 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
   Impl& I = *impl_;
   I.models = std::move(models);
   I.opt = std::move(options);
+  std::map<std::string, Instance*> adapters;
   for (auto& [name, inst] : I.models) {
     I.info[name] = inst->model_tokenizer_info();
     if (!I.info[name].value("concurrent", false)) I.serialise[inst] = std::make_unique<std::mutex>();
+    // Each LoRA adapter the instance serves is a model id of its own (as vLLM's --lora-modules).
+    const json a = I.info[name].value("adapters", json::array());
+    for (const auto& n : a) {
+      if (!n.is_string()) continue;
+      const std::string id = n.get<std::string>();
+      if (I.models.count(id) || adapters.count(id))
+        throw Error("model id '" + id + "': an adapter of '" + name + "' has the name of another served model; rename one");
+      adapters[id] = inst;
+      I.adapter_of[id] = {id, name};
+    }
+  }
+  for (auto& [id, inst] : adapters) {
+    I.models[id] = inst;
+    I.info[id] = I.info[I.adapter_of[id].second];
   }
   if (!I.opt.log_file.empty()) {
     I.log.open(I.opt.log_file, std::ios::app);
@@ -1007,10 +1032,13 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
   S.Get("/v1/models", guarded([this](const httplib::Request& req, httplib::Response& res) {
           impl_->check_auth(req);
           json data = json::array();
-          for (auto& [name, inst] : impl_->models)
+          for (auto& [name, inst] : impl_->models) {
             data.push_back({{"id", name}, {"object", "model"}, {"created", 0}, {"owned_by", "vhost"},
                             {"max_batch", impl_->info[name].value("max_batch", 1)},
                             {"context", impl_->info[name].value("context", 0)}});
+            auto a = impl_->adapter_of.find(name);
+            if (a != impl_->adapter_of.end()) data.back()["parent"] = a->second.second;  // as vLLM lists LoRA modules
+          }
           res.set_content(json{{"object", "list"}, {"data", data}}.dump(), "application/json");
         }));
   S.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
@@ -1122,6 +1150,12 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
                                           : "HTTP " + std::to_string(res.status);
     res.set_content(openai_error_body(msg, "invalid_request_error", "", "").dump(), "application/json");
   });
+}
+
+std::vector<std::string> ApiServer::model_ids() const {
+  std::vector<std::string> out;
+  for (const auto& [name, inst] : impl_->models) out.push_back(name);
+  return out;
 }
 
 ApiServer::~ApiServer() { stop(); }

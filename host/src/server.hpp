@@ -57,6 +57,8 @@ class ApiServer {
   void run();
   void stop();
   json metrics() const;
+  // The model ids served: the instances' names and their LoRA adapters' (tokenizer_info "adapters").
+  std::vector<std::string> model_ids() const;
 
   struct Impl;
 

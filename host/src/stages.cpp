@@ -396,6 +396,9 @@ json run_train(StageContext& ctx) {
         metrics.open(metrics_file, std::ios::trunc);
         for (auto& l : kept) metrics << l << "\n";
         metrics.flush();
+        if (e.value("method", std::string()) == "lora")
+          ctx.out << "LoRA: " << e.value("trainable_parameters", int64_t{0}) << " adapter parameters train, the "
+                  << e.value("parameters", int64_t{0}) << "-parameter base stays frozen\n";
         ctx.out << "training " << e.value("parameters", int64_t{0}) << " parameters on " << e.value("device", "?")
                 << (e.value("world_size", 1) > 1 ? " x " + std::to_string(e.value("world_size", 1)) + " processes" : "")
                 << ": " << total << " steps of " << e.value("batch_size", 0) << " sequences (micro-batch "
@@ -442,6 +445,15 @@ json run_train(StageContext& ctx) {
       fs::copy_file(svg, fs::path(r["model"].get<std::string>()) / "loss.svg", fs::copy_options::overwrite_existing, ec);
       auto num = [&](const char* k) { return r.contains(k) && r[k].is_number() ? fmt("%.4f", r[k].get<double>()) : "n/a"; };
       ctx.out << "model: " << r["model"].get<std::string>() << " (final loss " << num("final_loss")
+              << (r.contains("eval_loss") ? ", eval loss " + num("eval_loss") : "")
+              << ")\nloss curve: " << svg.string() << "\n";
+    }
+    if (r.contains("adapter")) {  // method = lora
+      std::error_code ec;
+      fs::copy_file(svg, fs::path(r["adapter"].get<std::string>()) / "loss.svg", fs::copy_options::overwrite_existing, ec);
+      auto num = [&](const char* k) { return r.contains(k) && r[k].is_number() ? fmt("%.4f", r[k].get<double>()) : "n/a"; };
+      ctx.out << "adapter: " << r["adapter"].get<std::string>() << " (LoRA, " << r.value("trainable_parameters", int64_t{0})
+              << " trained parameters; final loss " << num("final_loss")
               << (r.contains("eval_loss") ? ", eval loss " + num("eval_loss") : "")
               << ")\nloss curve: " << svg.string() << "\n";
     }
@@ -533,12 +545,9 @@ json run_serve(StageContext& ctx) {
   if (!controller.empty()) {
     std::string advertise = c["advertise"].get<std::string>();
     if (advertise.empty()) advertise = "http://" + (o.host == "0.0.0.0" ? std::string("127.0.0.1") : o.host) + ":" + std::to_string(port);
-    std::vector<std::string> names;
+    std::vector<std::string> names = server.model_ids();  // adapters too
     int capacity = 0;
-    for (auto& [n, inst] : models) {
-      names.push_back(n);
-      capacity += inst->model_tokenizer_info().value("max_batch", 1);
-    }
+    for (auto& [n, inst] : models) capacity += inst->model_tokenizer_info().value("max_batch", 1);
     std::lock_guard<std::mutex> g(membership_mu);
     membership = std::make_unique<WorkerMembership>(controller, advertise, names, std::max(1, capacity),
                                                     c["heartbeat"].get<double>(),
@@ -546,7 +555,7 @@ json run_serve(StageContext& ctx) {
     ctx.out << "worker of " << controller << " at " << advertise << "\n";
   }
   std::string names;
-  for (auto& [n, i] : models) names += (names.empty() ? "" : ", ") + n;
+  for (const auto& n : server.model_ids()) names += (names.empty() ? "" : ", ") + n;
   ctx.out << "serving " << names << " on http://" << o.host << ":" << port << "  (OpenAI API under /v1, chat page at /)"
           << (o.api_keys.empty() ? "" : ", API keys required") << "\n" << std::flush;
   server.run();
@@ -714,6 +723,18 @@ const std::vector<StageType>& stage_types() {
         option_spec("eval_every", "integer", 0, "steps between evaluations (0: at the end)", 0, 1e12),
         option_spec("seed", "integer", 42, "data order seed", 0, 9007199254740991.0),
         option_spec("peak_tflops", "float", 0.0, "device peak for MFU (0: the backend's: A100 312, H100/H200 989; none on CPU)", 0, 1e7),
+        one_of(option_spec("method", "string", "full",
+                           "full: every weight trains; lora: the base stays frozen and LoRA adapters train (out/adapter, "
+                           "a PEFT folder)"),
+               {"full", "lora"}),
+        option_spec("r", "integer", 8, "method = lora: the adapters' rank", 1, 1 << 20),
+        option_spec("alpha", "float", 16.0, "method = lora: the update is scaled by alpha / r", 1e-9, 1e9),
+        option_spec("dropout", "float", 0.05, "method = lora: dropout on the adapters' input", 0, 0.999),
+        option_spec("target_modules", "string_list", json::array({"q_proj", "v_proj"}),
+                    "method = lora: the projections that get adapters (q_proj, k_proj, v_proj, o_proj, gate_proj, "
+                    "up_proj, down_proj, or all-linear)"),
+        option_spec("modules_to_save", "string_list", json::array(),
+                    "method = lora: modules trained whole beside the adapters (embed_tokens, lm_head)"),
         option_spec("log_every", "integer", 0, "steps between progress lines when not on a terminal (0: 20 lines)", 0,
                     1e12)},
        {{"model", VHOST_KIND_MODEL}},

@@ -231,11 +231,21 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
   std::vector<std::optional<std::string>> pieces(static_cast<std::size_t>(A));
   auto ids = torch::tensor(std::vector<int64_t>(next_.begin(), next_.end()), torch::kInt64).view({A, 1});
   auto pads = torch::tensor(pad_, torch::kInt64);
+  // Each row's LoRA adapter: rows of several adapters and of the base share the step.
+  torch::Tensor adapters;
+  if (model_.adapter_count() > 0) {
+    std::vector<int64_t> a;
+    for (const auto& r : rows_) a.push_back(r->p.adapter);
+    adapters = torch::tensor(a, torch::kInt64);
+  }
   const int32_t eos = static_cast<int32_t>(model_.config().eos_token_id);
   auto run_shard = [&](int64_t s) {
     const int64_t r0 = A * s / shards, n = A * (s + 1) / shards - r0;
     KVCache view = cache_.rows(r0, n);
-    auto logits = model_.forward(ids.narrow(0, r0, n), &view, pads.narrow(0, r0, n)).select(1, 0).to(torch::kCPU, torch::kFloat32);
+    auto logits = model_.forward(ids.narrow(0, r0, n), &view, pads.narrow(0, r0, n), false,
+                                 adapters.defined() ? adapters.narrow(0, r0, n) : adapters)
+                      .select(1, 0)
+                      .to(torch::kCPU, torch::kFloat32);
     std::vector<const SamplingParams*> ps;
     std::vector<const std::vector<int32_t>*> ss, generated;
     std::vector<torch::Generator*> gs;
@@ -305,7 +315,8 @@ torch::Tensor Engine::prefill(const Request& r, int64_t row, int64_t first_slot)
   own.capacity = capacity_ - first_slot;
   const int64_t n = static_cast<int64_t>(r.prompt.size());
   auto ids = torch::tensor(std::vector<int64_t>(r.prompt.begin(), r.prompt.end()), torch::kInt64).view({1, n});
-  return model_.forward(ids, &own, torch::Tensor(), /*last_only=*/true).select(1, 0)[0];
+  auto adapter = r.p.adapter >= 0 ? torch::full({1}, r.p.adapter, torch::kInt64) : torch::Tensor();
+  return model_.forward(ids, &own, torch::Tensor(), /*last_only=*/true, adapter).select(1, 0)[0];
 }
 
 bool Engine::emit(std::size_t row, int32_t tok, std::optional<std::string>* piece) {

@@ -225,7 +225,8 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
 
   const bool any_pad = pad.gt(0).any().item<bool>();
   const torch::Tensor step_pad = any_pad ? pad : torch::Tensor();
-  auto logits = model.forward(tokens, &cache, step_pad, /*last_only=*/true).select(1, 0);  // [B, V]
+  const torch::Tensor adapters = p.adapter >= 0 ? torch::full({B}, p.adapter, torch::kInt64) : torch::Tensor();
+  auto logits = model.forward(tokens, &cache, step_pad, /*last_only=*/true, adapters).select(1, 0);  // [B, V]
   const bool plain_greedy = p.temperature == 0 && !penalised(p);
   std::vector<int64_t> next_ids(B), all_rows(B);
   for (int64_t b = 0; b < B; ++b) all_rows[b] = b;
@@ -287,7 +288,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
     for (int64_t b = 0; b < B; ++b)
       if (state[b].done) next_ids[b] = 0;  // finished rows still run along; their input is unused
     auto next = torch::from_blob(next_ids.data(), {B, 1}, torch::kInt64).to(model.device());
-    logits = model.forward(next, &cache, step_pad).select(1, 0);
+    logits = model.forward(next, &cache, step_pad, false, adapters).select(1, 0);
   }
   for (int64_t b = 0; b < B; ++b) finish(b, "length");
   return results;

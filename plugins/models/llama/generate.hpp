@@ -25,6 +25,7 @@ struct SamplingParams {
   std::vector<std::string> stop;    // the text ends before the first of these
   std::optional<uint64_t> seed;     // sequence i of a batch samples with seed + i
   bool ignore_eos = false;
+  int32_t adapter = -1;  // the LoRA adapter (LlamaModel::add_adapter) the sequence runs with; -1: none
 };
 
 struct GenerationResult {

@@ -1,6 +1,7 @@
 #include "model.hpp"
 
 #include "gguf.hpp"
+#include "lora.hpp"
 #include "decode_kernels.hpp"
 #include "safetensors.hpp"
 
@@ -437,13 +438,14 @@ int64_t LlamaModel::decode_shards(int64_t rows) const {
 }
 
 torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad,
-                                  bool last_only) const {
+                                  bool last_only, const torch::Tensor& adapters) const {
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [batch, time]");
   const int64_t B = tokens.size(0), T = tokens.size(1);
+  if (adapters.defined()) TORCH_CHECK(adapters.dim() == 1 && adapters.size(0) == B, "adapters must be [batch]");
   const int64_t work = B * T * largest_matrix_, shards = T == 1 && cache ? decode_shards(B) : 1;
   if (!device_.is_cpu() || at::in_parallel_region() || at::get_num_threads() < 2 || work > kSmallWork ||
       (shards == 1 && work <= kNoRegions) || (torch::GradMode::is_enabled() && embed_.requires_grad()))
-    return forward_rows(tokens, cache, left_pad, last_only);
+    return forward_rows(tokens, cache, left_pad, last_only, false, adapters);
   std::vector<torch::Tensor> parts(static_cast<std::size_t>(shards));
   const bool inference = c10::InferenceMode::is_enabled(), grad = torch::GradMode::is_enabled();
   at::parallel_for(0, std::max<int64_t>(shards, 2), 1, [&](int64_t s0, int64_t s1) {
@@ -455,11 +457,69 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KVCache* cache, c
       const int64_t r0 = B * s / shards, n = B * (s + 1) / shards - r0;
       KVCache view = cache ? cache->rows(r0, n) : KVCache();
       parts[static_cast<std::size_t>(s)] = forward_rows(tokens.narrow(0, r0, n), cache ? &view : nullptr,
-                                                        left_pad.defined() ? left_pad.narrow(0, r0, n) : left_pad, last_only);
+                                                        left_pad.defined() ? left_pad.narrow(0, r0, n) : left_pad, last_only,
+                                                        false, adapters.defined() ? adapters.narrow(0, r0, n) : adapters);
     }
   });
   if (cache) cache->length += T;  // as each shard's view
   return shards == 1 ? parts[0] : torch::cat(parts);
+}
+
+int32_t LlamaModel::add_adapter(const Adapter& a) {
+  if (!a.config.modules_to_save.empty())
+    throw vhost::Error(VHOST_ERR_UNSUPPORTED, a.source.string() + ": trains " + nlohmann::json(a.config.modules_to_save).dump() +
+                                                  " whole (modules_to_save), which cannot be applied per request on a shared "
+                                                  "base; merge it into the model instead (the llama option adapter, or vhost model merge)");
+  const auto act = dtype_ == torch::kFloat32 || mixed_cpu() ? torch::kFloat32 : dtype_;
+  Lora l;
+  l.scale = a.config.scaling();
+  const auto& mods = lora_module_names();  // q, k, v, o, gate, up, down: Lora::ab's order
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    std::array<torch::Tensor, 14> ab;
+    for (std::size_t m = 0; m < mods.size(); ++m) {
+      auto [A, B] = a.ab(i, mods[m]);
+      if (!A.defined()) continue;
+      TORCH_CHECK(A.size(1) == lora_module_shape(cfg_, mods[m])[1] && B.size(0) == lora_module_shape(cfg_, mods[m])[0],
+                  "adapter shape mismatch");
+      ab[2 * m] = A.to(device_, act).contiguous();
+      ab[2 * m + 1] = B.to(device_, act).contiguous();
+      l.gate_up = l.gate_up || m == 4 || m == 5;
+    }
+    l.ab.push_back(std::move(ab));
+  }
+  loras_.push_back(std::move(l));
+  return static_cast<int32_t>(loras_.size() - 1);
+}
+
+std::vector<LlamaModel::LoraRows> LlamaModel::lora_rows(const torch::Tensor& adapters, int64_t batch) const {
+  std::vector<LoraRows> out;
+  if (!adapters.defined() || loras_.empty()) {
+    if (adapters.defined())
+      TORCH_CHECK((adapters < 0).all().item<bool>(), "an adapter was requested but this model holds none");
+    return out;
+  }
+  auto a = adapters.to(torch::kCPU, torch::kInt64).contiguous();
+  const int64_t* p = a.data_ptr<int64_t>();
+  std::map<int64_t, std::vector<int64_t>> rows;
+  for (int64_t b = 0; b < batch; ++b) {
+    if (p[b] < 0) continue;
+    TORCH_CHECK(p[b] < static_cast<int64_t>(loras_.size()), "adapter ", p[b], " does not exist");
+    rows[p[b]].push_back(b);
+  }
+  for (auto& [i, r] : rows)
+    out.push_back({&loras_[static_cast<std::size_t>(i)], torch::tensor(r, torch::kInt64).to(device_)});
+  return out;
+}
+
+void LlamaModel::lora_add(torch::Tensor& y, const torch::Tensor& in, std::size_t li, int m, const std::vector<LoraRows>& g) {
+  for (const auto& G : g) {
+    const auto& A = G.lora->ab[li][static_cast<std::size_t>(2 * m)];
+    if (!A.defined()) continue;
+    const auto& B = G.lora->ab[li][static_cast<std::size_t>(2 * m + 1)];
+    auto x = in.index_select(0, G.rows).to(A.scalar_type());
+    auto d = torch::linear(torch::linear(x, A), B).mul_(G.lora->scale);
+    y.index_add_(0, G.rows, d.to(y.scalar_type()));
+  }
 }
 
 // The bf16 decode's weights: each matrix of a layer packed in AMX tile order (gate and up as one
@@ -521,7 +581,8 @@ struct StepBuffers {  // see decode_step
 // are one loop, the residual adds ride on the output projections (small_gemm accumulates), the
 // query/key/value projections share one parallel region and silu(gate) * up never leaves the
 // MLP kernel. The formulas are forward_rows' (HF's), up to float rounding order.
-torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cache, const torch::Tensor& left_pad) const {
+torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cache, const torch::Tensor& left_pad,
+                                      const torch::Tensor& adapters) const {
   const int64_t B = tokens.size(0), D = cfg_.hidden_size, H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads;
   const int64_t hd = cfg_.head_dim(), F = cfg_.intermediate_size, Vocab = cfg_.vocab_size;
   const int64_t start = cache.length, S = start + 1;
@@ -539,6 +600,12 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
         cache.k[li].size(0) != B)
       return {};
   }
+  // Rows with LoRA adapters get each update added to the product it belongs to (lora_add, on
+  // tensors viewing the step's buffers).
+  const auto lora = lora_rows(adapters, B);
+  bool lora_gate_up = false;
+  for (const auto& g : lora) lora_gate_up = lora_gate_up || g.lora->gate_up;
+  if (lora_gate_up && bf16_current()) return {};  // the packed gate+up product is fused with silu
   auto ids = tokens.to(torch::kCPU, torch::kInt64).contiguous();
   torch::Tensor pad = left_pad.defined() ? left_pad.to(torch::kCPU, torch::kInt64).contiguous() : left_pad;
   if (pad.defined()) TORCH_CHECK(pad.dim() == 1 && pad.size(0) == B, "left_pad must be [batch]");
@@ -606,6 +673,8 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
     norms32.push_back(t.to(torch::kFloat32));
     return norms32.back().data_ptr<float>();
   };
+  auto rows = [&](float* p, int64_t n) { return torch::from_blob(p, {B, n}, torch::TensorOptions().dtype(torch::kFloat32)); };
+  std::vector<float> gate_buf, up_buf;  // LoRA on gate or up: the two products apart
   // A bfloat16 cache (cache_dtype with bf16 decode) is written rounded and read widened.
   const bool kv16 = cache.k[0].scalar_type() == torch::kBFloat16;
   const std::size_t kv_size = kv16 ? 2 : 4;
@@ -631,6 +700,12 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
       const GemmOutput qkv[3] = {{w(L.q), H * hd, q}, {w(L.k), KV * hd, k}, {w(L.v), KV * hd, v}};
       small_gemm_many(h, B, D, qkv, 3);
     }
+    if (!lora.empty()) {
+      auto ht = rows(h, D), qt = rows(q, H * hd), kt = rows(k, KV * hd), vt = rows(v, KV * hd);
+      lora_add(qt, ht, li, 0, lora);
+      lora_add(kt, ht, li, 1, lora);
+      lora_add(vt, ht, li, 2, lora);
+    }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t pos = padp ? std::max<int64_t>(start - padp[b], 0) : start;  // the row's own position
       const float* c = cosp + pos * hd;
@@ -655,18 +730,34 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
                       static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))),
                       kv16 ? reinterpret_cast<const uint16_t*>(kc) : nullptr, kv16 ? reinterpret_cast<const uint16_t*>(vc) : nullptr};
     decode_attention(a);
+    auto xt = rows(xp, D);
     if (P) {
       const Bf16Output o{&P->o, xp, true}, gu{&P->gate_up, act, false}, down{&P->down, xp, true};
       bf16(att, H * hd, &o, 1);
+      if (!lora.empty()) lora_add(xt, rows(att, H * hd), li, 3, lora);
       rms_norm_rows(xp, norm_w(L.post_norm), B, D, eps, h);
       bf16(h, D, &gu, 1);
       bf16(act, F, &down, 1);
+      if (!lora.empty()) lora_add(xt, rows(act, F), li, 6, lora);
       continue;
     }
     small_gemm(att, B, w(L.o), D, H * hd, xp, /*accumulate=*/true);
+    if (!lora.empty()) lora_add(xt, rows(att, H * hd), li, 3, lora);
     rms_norm_rows(xp, norm_w(L.post_norm), B, D, eps, h);
-    gate_up_silu(h, B, D, w(L.gate), w(L.up), F, act);
+    if (lora_gate_up) {
+      gate_buf.resize(static_cast<std::size_t>(B * F));
+      up_buf.resize(static_cast<std::size_t>(B * F));
+      const GemmOutput gu[2] = {{w(L.gate), F, gate_buf.data()}, {w(L.up), F, up_buf.data()}};
+      small_gemm_many(h, B, D, gu, 2);
+      auto ht = rows(h, D), gt = rows(gate_buf.data(), F), ut = rows(up_buf.data(), F);
+      lora_add(gt, ht, li, 4, lora);
+      lora_add(ut, ht, li, 5, lora);
+      for (int64_t i = 0; i < B * F; ++i) act[i] = gate_buf[i] / (1.0f + std::exp(-gate_buf[i])) * up_buf[i];
+    } else {
+      gate_up_silu(h, B, D, w(L.gate), w(L.up), F, act);
+    }
     small_gemm(act, B, w(L.down), D, F, xp, /*accumulate=*/true);
+    if (!lora.empty()) lora_add(xt, rows(act, F), li, 6, lora);
   }
   cache.length = S;
   rms_norm_rows(xp, norm_w(norm_), B, D, eps, h);
@@ -688,17 +779,24 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   return logits;
 }
 
-torch::Tensor LlamaModel::hidden_states(const torch::Tensor& tokens) const {
-  return forward_rows(tokens, nullptr, torch::Tensor(), false, /*hidden=*/true);
+torch::Tensor LlamaModel::hidden_states(const torch::Tensor& tokens, const torch::Tensor& adapters) const {
+  return forward_rows(tokens, nullptr, torch::Tensor(), false, /*hidden=*/true, adapters);
 }
 
 torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad,
-                                       bool last_only, bool hidden) const {
+                                       bool last_only, bool hidden, const torch::Tensor& adapters) const {
   const int64_t B = tokens.size(0), T = tokens.size(1);
   if (T == 1 && cache && !hidden) {
-    auto logits = decode_step(tokens, *cache, left_pad);
+    auto logits = decode_step(tokens, *cache, left_pad, adapters);
     if (logits.defined()) return logits;
   }
+  const auto lora = lora_rows(adapters, B);
+  // A projection, plus each row's LoRA update of module m (see lora_add).
+  auto proj_lora = [&](const torch::Tensor& in, const torch::Tensor& w, std::size_t li, int m) {
+    auto y = proj(in, w);
+    if (!lora.empty()) lora_add(y, in, li, m, lora);
+    return y;
+  };
   const int64_t H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads, hd = cfg_.head_dim();
   const int64_t rep = H / KV;
   const int64_t start = cache ? cache->length : 0;
@@ -758,9 +856,9 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
   for (std::size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
     auto h = rms_norm(x, L.input_norm);
-    auto q = proj(h, L.q).view({B, T, H, hd}).transpose(1, 2);   // [B, H, T, hd]
-    auto k = proj(h, L.k).view({B, T, KV, hd}).transpose(1, 2);  // [B, KV, T, hd]
-    auto v = proj(h, L.v).view({B, T, KV, hd}).transpose(1, 2);
+    auto q = proj_lora(h, L.q, li, 0).view({B, T, H, hd}).transpose(1, 2);   // [B, H, T, hd]
+    auto k = proj_lora(h, L.k, li, 1).view({B, T, KV, hd}).transpose(1, 2);  // [B, KV, T, hd]
+    auto v = proj_lora(h, L.v, li, 2).view({B, T, KV, hd}).transpose(1, 2);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
     torch::Tensor keys = k, values = v;
@@ -773,9 +871,9 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
     // One new token per row in float32 on the CPU: one kernel pass over the cache.
     torch::Tensor attn = T == 1 && cache ? kernel_decode_attention(q, *cache, li, pad, S, scale) : torch::Tensor();
     if (!attn.defined()) attn = torch_attention(q, keys, values, mask(), KV, rep, scale);
-    x = x + proj(attn, L.o);
+    x = x + proj_lora(attn, L.o, li, 3);
     auto m = rms_norm(x, L.post_norm);
-    x = x + proj(torch::silu(proj(m, L.gate)) * proj(m, L.up), L.down);
+    x = x + proj_lora(torch::silu(proj_lora(m, L.gate, li, 4)) * proj_lora(m, L.up, li, 5), L.down, li, 6);
   }
   if (cache) cache->length = S;
   if (last_only && T > 1) x = x.narrow(1, T - 1, 1);

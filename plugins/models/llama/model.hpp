@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <array>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -14,6 +15,8 @@
 #include <vector>
 
 namespace vhost::llama {
+
+struct Adapter;  // lora.hpp
 
 // Keys and values of every layer, preallocated for `capacity` positions: decoding writes into
 // it in place instead of growing tensors by concatenation.
@@ -56,12 +59,23 @@ class LlamaModel {
   // and positions count from the first real token, so a padded row computes what it would alone.
   // `last_only`: logits of the last position only ([batch, 1, vocab]), as a prefill that samples
   // its next token needs; the output layer then runs on one row instead of `time`.
+  // `adapters` ([batch] int64, optional): each row's LoRA adapter (an add_adapter index), -1 the
+  // base alone.
   torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr,
-                        const torch::Tensor& left_pad = torch::Tensor(), bool last_only = false) const;
+                        const torch::Tensor& left_pad = torch::Tensor(), bool last_only = false,
+                        const torch::Tensor& adapters = torch::Tensor()) const;
 
   // tokens [batch, time] -> the last hidden states [batch, time, hidden] (float32): after the
   // final norm, before the output layer, as HF's hidden_states[-1]. What /v1/embeddings pools.
-  torch::Tensor hidden_states(const torch::Tensor& tokens) const;
+  torch::Tensor hidden_states(const torch::Tensor& tokens, const torch::Tensor& adapters = torch::Tensor()) const;
+
+  // Multi-LoRA serving (vLLM's): LoRA adapters kept beside the base weights and applied per row,
+  // y = W x + s B (A x), so that one batch mixes rows of several adapters and of the base, and
+  // the base is held once. Returns the adapter's index for forward's `adapters`. The adapter must
+  // fit this model (load_adapter checks it); one with modules_to_save (whole modules replaced)
+  // cannot be applied per row: it is refused (merge it instead). Not while forward runs.
+  int32_t add_adapter(const Adapter& a);
+  int32_t adapter_count() const { return static_cast<int32_t>(loras_.size()); }
 
   // How many row shards, one per thread, a decoding step of `rows` rows on this thread should
   // run as (see forward()); 1 where intra-op threading pays better.
@@ -105,10 +119,27 @@ class LlamaModel {
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
   torch::Tensor forward_rows(const torch::Tensor& tokens, KVCache* cache, const torch::Tensor& left_pad,
-                             bool last_only, bool hidden = false) const;
+                             bool last_only, bool hidden = false, const torch::Tensor& adapters = torch::Tensor()) const;
   // forward_rows for one new token per row, float32 on the CPU outside autograd, on raw buffers
   // with the decode kernels; undefined where it does not apply.
-  torch::Tensor decode_step(const torch::Tensor& tokens, KVCache& cache, const torch::Tensor& left_pad) const;
+  torch::Tensor decode_step(const torch::Tensor& tokens, KVCache& cache, const torch::Tensor& left_pad,
+                            const torch::Tensor& adapters) const;
+  // An adapter of add_adapter: per layer, A and B of q, k, v, o, gate, up, down (in that order;
+  // undefined where it has none), in the activations' dtype.
+  struct Lora {
+    double scale = 1;
+    std::vector<std::array<torch::Tensor, 14>> ab;
+    bool gate_up = false;  // adapts gate_proj or up_proj
+  };
+  std::vector<Lora> loras_;
+  // The rows of a batch that use each adapter present in `adapters` (none: all base).
+  struct LoraRows {
+    const Lora* lora;
+    torch::Tensor rows;  // int64 row indices, on the model's device
+  };
+  std::vector<LoraRows> lora_rows(const torch::Tensor& adapters, int64_t batch) const;
+  // y[rows] += s B (A in[rows]) for module m (0..6) of layer li, for each adapter's rows.
+  static void lora_add(torch::Tensor& y, const torch::Tensor& in, std::size_t li, int m, const std::vector<LoraRows>& g);
   struct Bf16Weights;  // the packed copies, decode_kernels.hpp's PackedBF16 (kept out of this header)
   std::shared_ptr<const Bf16Weights> bf16_;
   bool bf16_current() const;  // no weight changed since packing

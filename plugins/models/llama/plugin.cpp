@@ -2,6 +2,7 @@
 // KV-cache generation; and the tools `init`, `train-tokenizer`, `encode`, `decode`.
 #include "engine.hpp"
 #include "generate.hpp"
+#include "lora.hpp"
 #include "gguf.hpp"
 #include "decode_kernels.hpp"
 #include "model.hpp"
@@ -17,6 +18,7 @@
 #include <chrono>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -69,6 +71,12 @@ class LlamaPlugin final : public vhost::Model {
             Option::integer("max_queue", 64, "with max_batch: requests waiting beyond the batch before BUSY").range(0, 1 << 20),
             Option::integer("max_context", 0, "with max_batch: positions per sequence (0: the model's context)")
                 .range(0, 1 << 24),
+            Option::path("adapter", "",
+                         "a LoRA adapter folder (HF PEFT's adapter_config.json + adapter_model.safetensors, or the "
+                         "train stage's out/adapter) merged into the weights at load: the instance answers as base + adapter"),
+            Option::table("adapters",
+                          "LoRA adapters served on this one base (vLLM's multi-LoRA): name -> adapter folder; each "
+                          "is a model of its own to the API, and requests for different adapters share a batch"),
             Option::string("decode_dtype", "float32",
                            "decoding steps on the CPU: float32, or bfloat16 (weight products in bfloat16 on AMX "
                            "or AVX512-BF16, or widened to float32 on AVX-512/AVX2, with activations and the "
@@ -107,7 +115,9 @@ class LlamaPlugin final : public vhost::Model {
       // A GGUF file carries its tokenizer.
       if (weights) {
         // Q8_0 matrices stay blocks where the CPU kernels decode from them (dtype "auto").
-        auto g = vhost::llama::load_gguf_llama(path_, keep_stored_ && vhost::llama::small_gemm_supports(vhost::llama::WeightType::q8_0));
+        // (Not with an adapter: it is merged into dequantised weights.)
+        auto g = vhost::llama::load_gguf_llama(path_, keep_stored_ && cfg.get<std::string>("adapter").empty() &&
+                                                          vhost::llama::small_gemm_supports(vhost::llama::WeightType::q8_0));
         config_ = g.config;
         tokenizer_ = std::make_unique<vhost::llama::Tokenizer>(
             tok.empty() ? vhost::llama::Tokenizer::from_serialized(g.tokenizer_model, path_.string())
@@ -139,6 +149,30 @@ class LlamaPlugin final : public vhost::Model {
         config_ = vhost::llama::LlamaConfig::load(path_ / "config.json");
       }
     }
+    adapter_ = cfg.get<std::string>("adapter");
+    if (!adapter_.empty()) {
+      if (!weights) throw vhost::ConfigError("adapter", "needs the weights (load_weights = true)");
+      try {
+        merge_adapter_into_model(adapter_);
+      } catch (const vhost::Error& e) {
+        throw vhost::ConfigError("adapter", e.what());
+      }
+    }
+    const json adapters = cfg.get<json>("adapters");
+    if (adapters.is_object())
+      for (auto it = adapters.begin(); it != adapters.end(); ++it) {
+        const std::string field = "adapters." + it.key();
+        if (!it->is_string() || it->get<std::string>().empty())
+          throw vhost::ConfigError(field, "must be an adapter folder (a path string)");
+        if (!model_) throw vhost::ConfigError(field, "needs the weights (load_weights = true)");
+        try {
+          auto a = vhost::llama::load_adapter(it->get<std::string>(), model_->config());
+          adapter_index_[it.key()] = model_->add_adapter(a);
+          adapter_dirs_[it.key()] = it->get<std::string>();
+        } catch (const vhost::Error& e) {
+          throw vhost::ConfigError(field, e.what());
+        }
+      }
     std::string tok_name = tokenizer_->path().empty() ? path_.string() : tokenizer_->path().string();
     if (tokenizer_->vocab_size() > config_.vocab_size)
       throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
@@ -156,9 +190,27 @@ class LlamaPlugin final : public vhost::Model {
       engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
   }
 
+  // The served adapters again, on a model_ made anew (after training).
+  void reattach_adapters() {
+    adapter_index_.clear();
+    for (const auto& [name, dir] : adapter_dirs_)
+      adapter_index_[name] = model_->add_adapter(vhost::llama::load_adapter(dir, model_->config()));
+  }
+
+  // model_ becomes base + the adapter in `dir` (checked against the base's shape), merged.
+  void merge_adapter_into_model(const fs::path& dir) {
+    auto a = vhost::llama::load_adapter(dir, model_->config());
+    auto merged = vhost::llama::merge_adapter(*model_, a);
+    const auto dtype = model_->dtype();
+    model_.reset();
+    model_ = std::make_unique<vhost::llama::LlamaModel>(config_, std::move(merged), dir.string(), device_, dtype);
+  }
+
   json describe() const override {
     const auto& c = config_;
     return {{"path", path_.string()},
+            {"adapter", adapter_.empty() ? json(nullptr) : json(adapter_.string())},
+            {"adapters", adapter_names()},
             {"parameters", c.parameter_count()},
             {"layers", c.num_hidden_layers},
             {"hidden_size", c.hidden_size},
@@ -297,14 +349,21 @@ class LlamaPlugin final : public vhost::Model {
             {"max_batch", engine_ ? max_batch_ : 1},  // concurrent generate calls worth making
             {"concurrent", engine_ != nullptr},       // generate may be called from several threads
             {"logprobs", true},                       // generate takes logprobs / prompt_logprobs
-            {"embeddings", true}};                    // generate takes {"embed": true}
+            {"embeddings", true},                     // generate takes {"embed": true}
+            {"adapters", adapter_names()}};           // generate takes {"adapter": NAME}
+  }
+
+  json adapter_names() const {
+    json out = json::array();
+    for (const auto& [name, i] : adapter_index_) out.push_back(name);
+    return out;
   }
 
   // Fine-tunes from this instance's checkpoint (re-read in float32: the master weights), on the
   // backend's device and process group. Afterwards the instance generates with the result.
   json train(const json& req, const vhost::EventSink& on_event) override {
     if (!req.is_object()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request is not a JSON object");
-    auto cfg = vhost::llama::TrainConfig::from_json(req);
+    auto cfg = vhost::llama::TrainConfig::from_json(req, config_);
     std::lock_guard<std::mutex> lock(mu_);
     const bool had_weights = model_ != nullptr;
     engine_.reset();
@@ -318,6 +377,11 @@ class LlamaPlugin final : public vhost::Model {
     env.collective = backend_ ? backend_->collective() : nullptr;
     env.peak_tflops = backend_ ? backend_->peak_tflops() : 0;
     env.tokenizer = tokenizer_->path();
+    env.base_model = path_.string();
+    if (cfg.lora && !adapter_.empty())
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "method = \"lora\": this instance already merges the adapter " +
+                                                         adapter_.string() + "; train a new adapter on the plain base, or "
+                                                         "merge it first (vhost model merge) and train on the result");
     if (env.tokenizer.empty() && fs::is_regular_file(path_) && vhost::llama::is_gguf(path_))
       env.tokenizer_proto = vhost::llama::load_gguf_tokenizer(path_);  // the GGUF's vocabulary, as a tokenizer.model
     json r = vhost::llama::train(init, cfg, env, on_event ? vhost::llama::TrainEvents(on_event) : nullptr);
@@ -325,11 +389,20 @@ class LlamaPlugin final : public vhost::Model {
       r["peak_allocated_bytes"] = backend_->peak_allocated_bytes();
       r["peak_reserved_bytes"] = backend_->peak_reserved_bytes();
     }
-    if (had_weights) {
+    if (had_weights && r.contains("adapter")) {  // LoRA: the base with the new adapter merged in
+      model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(
+          path_, device_, load_dtype(config_.torch_dtype)));
+      adapter_ = r["adapter"].get<std::string>();
+      merge_adapter_into_model(adapter_);
+      reattach_adapters();
+      if (max_batch_ > 0)
+        engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
+    } else if (had_weights) {
       fs::path src = r.contains("model") ? fs::path(r["model"].get<std::string>()) : path_;
       const std::string stored = fs::is_directory(src) ? vhost::llama::LlamaConfig::load(src / "config.json").torch_dtype : "float32";
       model_ = std::make_unique<vhost::llama::LlamaModel>(
           vhost::llama::LlamaModel::load(src, device_, load_dtype(stored)));
+      reattach_adapters();  // (adapters of the old base on the fine-tuned one: their shape still fits)
       if (max_batch_ > 0)
         engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
     }
@@ -349,6 +422,13 @@ class LlamaPlugin final : public vhost::Model {
     p.stop = field(req, "stop", std::vector<std::string>{});
     p.ignore_eos = field(req, "ignore_eos", false);
     if (req.contains("seed") && !req["seed"].is_null()) p.seed = field<uint64_t>(req, "seed", 0);
+    if (const std::string a = field<std::string>(req, "adapter", ""); !a.empty()) {
+      auto it = adapter_index_.find(a);
+      if (it == adapter_index_.end())
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "no adapter '" + a + "' (this model serves " +
+                                                           (adapter_index_.empty() ? std::string("none") : adapter_names().dump()) + ")");
+      p.adapter = it->second;
+    }
     bool bos = field(req, "add_bos", true);
     std::vector<std::vector<int32_t>> prompts;
     if (req.contains("prompt_ids")) {
@@ -361,7 +441,7 @@ class LlamaPlugin final : public vhost::Model {
     if (prompts.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "'prompts' is empty");
     if (!model_)
       throw vhost::Error(VHOST_ERR_UNSUPPORTED, path_.string() + ": opened with load_weights = false: cannot generate");
-    if (field(req, "embed", false)) return embed(prompts);
+    if (field(req, "embed", false)) return embed(prompts, p.adapter);
     // Log-probabilities: "logprobs": K for the generated tokens, "prompt_logprobs": K for the
     // prompt's (K alternatives each, 0..20); "max_tokens": 0 scores the prompt only.
     auto top_k_of = [&](const char* key) -> int64_t {
@@ -419,7 +499,7 @@ class LlamaPlugin final : public vhost::Model {
         std::vector<int32_t> all(prompts[i]);
         all.insert(all.end(), results[i].tokens.begin(), results[i].tokens.end());
         const std::size_t P = prompts[i].size();
-        auto scores = vhost::llama::score(*model_, tokenizer_.get(), all, plp >= 0 ? 0 : P, std::max(lp, plp));
+        auto scores = vhost::llama::score(*model_, tokenizer_.get(), all, plp >= 0 ? 0 : P, std::max(lp, plp), p.adapter);
         auto part = [&](std::size_t from, std::size_t to, int64_t k) {
           json out = json::array();
           for (std::size_t j = from; j < to; ++j) {
@@ -443,7 +523,7 @@ class LlamaPlugin final : public vhost::Model {
 
   // {"embed": true}: per prompt, the mean over its tokens of the last hidden state, L2-normalised
   // (FastChat's embedding for LLaMA models).
-  json embed(const std::vector<std::vector<int32_t>>& prompts) const {
+  json embed(const std::vector<std::vector<int32_t>>& prompts, int32_t adapter) const {
     json data = json::array();
     int64_t tokens = 0;
     torch::NoGradGuard no_grad;
@@ -457,7 +537,7 @@ class LlamaPlugin final : public vhost::Model {
         if (id < 0 || id >= config_.vocab_size)
           throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "token id " + std::to_string(id) + " is outside the vocabulary");
       auto ids = torch::tensor(std::vector<int64_t>(p.begin(), p.end()), torch::kInt64).view({1, -1}).to(model_->device());
-      auto h = model_->hidden_states(ids)[0].mean(0);
+      auto h = model_->hidden_states(ids, adapter >= 0 ? torch::full({1}, adapter, torch::kInt64) : torch::Tensor())[0].mean(0);
       h = h / h.norm().clamp_min(1e-12);
       h = h.to(torch::kCPU).contiguous();
       data.push_back({{"index", i}, {"embedding", std::vector<float>(h.data_ptr<float>(), h.data_ptr<float>() + h.numel())}});
@@ -544,12 +624,42 @@ class LlamaPlugin final : public vhost::Model {
       fs::rename(tmp, out / "tokenizer.model");
       return {{"out", out.string()}, {"format", "hf"}, {"parameters", model.config().parameter_count()}};
     }
+    if (name == "merge") {
+      // base + LoRA adapter -> a whole HF checkpoint (PEFT's merge_and_unload): W + s B A per
+      // adapted projection, in the base's stored dtype.
+      fs::path base = need("base"), adapter = need("adapter"), out = need("out");
+      auto model = LlamaModel::load(base);
+      auto a = vhost::llama::load_adapter(adapter, model.config());
+      LlamaModel merged(model.config(), vhost::llama::merge_adapter(model, a), adapter.string(), torch::kCPU, model.dtype());
+      merged.save(out);
+      // The tokenizer (the base's, or a GGUF's embedded one) and the template it was trained with.
+      auto tmp = out / "tokenizer.model.tmp";
+      if (fs::is_regular_file(base) && vhost::llama::is_gguf(base))
+        std::ofstream(tmp, std::ios::binary) << vhost::llama::load_gguf_tokenizer(base);
+      else if (fs::exists(base / "tokenizer.model"))
+        fs::copy_file(base / "tokenizer.model", tmp, fs::copy_options::overwrite_existing);
+      if (fs::exists(tmp)) fs::rename(tmp, out / "tokenizer.model");
+      for (const fs::path& from : {adapter, base})
+        if (fs::is_directory(from) && fs::exists(from / "conversation_template.json")) {
+          fs::copy_file(from / "conversation_template.json", out / "conversation_template.json",
+                        fs::copy_options::overwrite_existing);
+          break;
+        }
+      int64_t adapted = 0;
+      for (const auto& [k, t] : a.tensors) adapted += k.find(".lora_A.") != std::string::npos;
+      return {{"out", out.string()}, {"format", "hf"}, {"dtype", vhost::llama::dtype_name(model.dtype())},
+              {"adapted_matrices", adapted}, {"r", a.config.r}, {"scaling", a.config.scaling()},
+              {"modules_to_save", a.config.modules_to_save}};
+    }
     throw vhost::Error(VHOST_ERR_UNSUPPORTED, "the llama plugin has no tool '" + name +
-                                                  "' (init, convert, train-tokenizer, encode, decode)");
+                                                  "' (init, convert, merge, train-tokenizer, encode, decode)");
   }
 
  private:
   fs::path path_;
+  fs::path adapter_;  // merged into model_ (empty: none)
+  std::map<std::string, int32_t> adapter_index_;  // served per request (option adapters)
+  std::map<std::string, fs::path> adapter_dirs_;
   vhost::conv::Template template_;
   json custom_templates_ = json::object();
   std::unique_ptr<vhost::llama::Tokenizer> tokenizer_;

@@ -23,7 +23,7 @@ std::string token_text(const Tokenizer& tokenizer, const std::vector<int32_t>& b
 }
 
 std::vector<TokenScore> score(const LlamaModel& model, const Tokenizer* tokenizer, const std::vector<int32_t>& ids,
-                              std::size_t from, int64_t top_k) {
+                              std::size_t from, int64_t top_k, int32_t adapter) {
   const int64_t T = static_cast<int64_t>(ids.size()), V = model.config().vocab_size;
   if (T == 0) return {};
   if (T > model.config().max_position_embeddings)
@@ -37,7 +37,9 @@ std::vector<TokenScore> score(const LlamaModel& model, const Tokenizer* tokenize
   auto t = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).view({1, T}).to(model.device());
   // Position j's distribution predicts token j + 1: rows from - 1 .. T - 2 are the ones needed.
   const int64_t first = std::max<int64_t>(static_cast<int64_t>(from), 1) - 1;
-  auto logits = model.forward(t)[0].narrow(0, first, std::max<int64_t>(T - 1 - first, 0));
+  auto logits = model.forward(t, nullptr, torch::Tensor(), false,
+                              adapter >= 0 ? torch::full({1}, adapter, torch::kInt64) : torch::Tensor())[0]
+                    .narrow(0, first, std::max<int64_t>(T - 1 - first, 0));
   auto lsm = torch::log_softmax(logits.to(torch::kCPU, torch::kFloat32), -1).contiguous();
   torch::Tensor top_v, top_i;
   if (top_k > 0 && lsm.size(0) > 0) std::tie(top_v, top_i) = lsm.topk(top_k, -1);

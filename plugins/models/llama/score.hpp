@@ -29,7 +29,7 @@ struct TokenScore {
 // equals the logits it was sampled from up to float rounding (the cached decode path and the
 // full forward add in another order).
 std::vector<TokenScore> score(const LlamaModel& model, const Tokenizer* tokenizer, const std::vector<int32_t>& ids,
-                              std::size_t from, int64_t top_k);
+                              std::size_t from, int64_t top_k, int32_t adapter = -1);  // adapter: LlamaModel::add_adapter's
 
 // The text `id` adds after `before` (its leading space kept). A byte-fallback piece that is
 // not a whole character by itself reads "bytes:\xNN", as OpenAI writes such tokens.

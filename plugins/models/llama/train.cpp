@@ -28,7 +28,7 @@ using torch::autograd::variable_list;
 
 // ---- options --------------------------------------------------------------------------------
 
-TrainConfig TrainConfig::from_json(const json& j) {
+TrainConfig TrainConfig::from_json(const json& j, const LlamaConfig& model) {
   TrainConfig c;
   auto bad = [](const std::string& field, const std::string& why) {
     return vhost::Error(VHOST_ERR_INVALID_ARGUMENT, field + ": " + why);
@@ -88,6 +88,9 @@ TrainConfig TrainConfig::from_json(const json& j) {
   integer("seed", seed, 0, int64_t(9007199254740991));
   c.seed = static_cast<uint64_t>(seed);
   num("peak_tflops", c.peak_tflops, 0, 1e7);
+  std::string method = "full";
+  choice("method", method, {"full", "lora"});
+  if (method == "lora") c.lora = LoraConfig::from_json(j, model);
   return c;
 }
 
@@ -106,17 +109,43 @@ namespace {
 // Elements per chunk of the optimizer's element-wise work (4 MiB of float32).
 constexpr int64_t kUpdateChunk = int64_t{1} << 20;
 
-struct Unit {
+// Tensors of a unit laid end to end in one flat vector, of which a rank keeps a shard.
+struct Group {
   std::vector<std::string> names;
   std::vector<std::vector<int64_t>> shapes;
   std::vector<int64_t> offsets;
   int64_t numel = 0, shard_numel = 0;
-  Tensor shard;       // float32 leaf [shard_numel], requires grad
-  Tensor m, v;        // AdamW moments of the shard
-  Tensor decay;       // 1 where weight decay applies (matrices), 0 on norms; [shard_numel]
+  Tensor shard;  // trained: a float32 leaf that requires grad; frozen: the base's dtype, no grad
+  std::size_t add(const std::string& name, const std::vector<int64_t>& shape) {
+    names.push_back(name);
+    shapes.push_back(shape);
+    offsets.push_back(numel);
+    numel += c10::multiply_integers(shape);
+    return names.size() - 1;
+  }
   Tensor view(const Tensor& full, std::size_t i) const {
     return full.narrow(0, offsets[i], c10::multiply_integers(shapes[i])).view(shapes[i]);
   }
+};
+
+// A group's tensors whole, in the compute dtype, as a unit computes with them.
+struct Weights {
+  Tensor flat;                // their flat vector, where they are one (undefined: separate tensors)
+  std::vector<Tensor> parts;  // each tensor, in the group's order
+};
+
+// The trained tensors (the Group itself, with their AdamW moments) and, with LoRA, the frozen
+// base weights beside them.
+struct Unit : Group {
+  Tensor m, v;   // AdamW moments of the shard
+  Group frozen;  // LoRA: the base weights (none in full fine-tuning)
+  // With one process the frozen weights are not copied into frozen.shard: these are the base
+  // model's own tensors (views of its memory-mapped checkpoint), read in place.
+  std::vector<Tensor> frozen_views;
+  // Base tensor k of the unit (in the order the constructor names them): {frozen?, index}.
+  std::vector<std::pair<bool, std::size_t>> base;
+  // Base tensor k's adapter: indices of lora_A and lora_B among the trained tensors, or -1.
+  std::vector<std::pair<int64_t, int64_t>> lora;
 };
 
 Tensor rotate_half(const Tensor& x) {
@@ -131,15 +160,20 @@ struct Trainer::Impl {
   TrainEnv env;
   bool checkpointing = true;
   int rank = 0, world = 1;
+  std::optional<LoraConfig> lora;
   std::vector<Unit> units;  // 0: embedding; 1..L: layers; L+1: final norm (+ lm_head unless tied)
   Tensor cos, sin;          // rotary tables [context, head_dim], compute dtype
+  // LoRA dropout: on while forward_backward runs; its masks are drawn from step_seed, the unit
+  // and the module, so a recomputation (gradient checkpointing) and a resumed run draw the same.
+  bool training = false;
+  uint64_t step_seed = 0;
 
   std::size_t head() const { return units.size() - 1; }
 
-  // For each tensor i of unit U that overlaps this rank's shard: f(i, offset in the shard,
+  // For each tensor i of group U that overlaps this rank's shard: f(i, offset in the shard,
   // offset in the tensor's flat elements, count).
   template <class F>
-  void for_own_slices(const Unit& U, F&& f) const {
+  void for_own_slices(const Group& U, F&& f) const {
     const int64_t lo = U.shard_numel * rank, hi = lo + U.shard_numel;
     for (std::size_t i = 0; i < U.names.size(); ++i) {
       const int64_t a = std::max(lo, U.offsets[i]);
@@ -158,7 +192,7 @@ struct Trainer::Impl {
   } next;
 
   void prefetch(std::size_t u) {
-    if (world == 1 || u >= units.size() || next.unit == u) return;
+    if (world == 1 || u >= units.size() || next.unit == u || units[u].numel == 0) return;
     drop_prefetch();
     const Unit& U = units[u];
     next.part = U.shard.detach().to(env.compute_dtype).contiguous();
@@ -173,25 +207,59 @@ struct Trainer::Impl {
     next = Prefetch();
   }
 
-  // The whole flat parameter vector of unit u, in the compute dtype, as a fresh leaf.
+  // The whole flat vector of a group's shards, in the compute dtype.
+  Tensor gather_group(const Group& G) {
+    Tensor s = G.shard.detach();
+    if (world == 1) return s.to(env.compute_dtype).detach();  // no copy in the compute dtype
+    auto part = s.to(env.compute_dtype).contiguous();
+    // The ranks' parts land side by side in one buffer: no second copy to concatenate them.
+    auto buf = torch::empty({G.shard_numel * world}, part.options());
+    auto parts = buf.chunk(world);
+    env.collective->all_gather(parts, part);
+    return buf.narrow(0, 0, G.numel);
+  }
+
+  // The whole trained flat vector of unit u, in the compute dtype, as a fresh leaf (undefined
+  // when the unit trains nothing).
   Tensor gather(std::size_t u) {
     const Unit& U = units[u];
-    Tensor s = U.shard.detach();
-    if (world == 1) return s.to(env.compute_dtype).detach();  // no copy in float32
-    if (next.unit == u) {
+    if (U.numel == 0) return Tensor();
+    if (world > 1 && next.unit == u) {
       next.work->wait();
       Tensor full = next.buf.narrow(0, 0, U.numel);
       next = Prefetch();
       return full;
     }
-    drop_prefetch();
-    auto part = s.to(env.compute_dtype).contiguous();
-    // The ranks' parts land side by side in one buffer: no second copy to concatenate them.
-    auto buf = torch::empty({U.shard_numel * world}, part.options());
-    auto parts = buf.chunk(world);
-    env.collective->all_gather(parts, part);
-    return buf.narrow(0, 0, U.numel);
+    if (world > 1) drop_prefetch();
+    return gather_group(U);
   }
+
+  // The tensors of group G in the flat vector `flat`.
+  static Weights split(const Group& G, const Tensor& flat) {
+    Weights w{flat, {}};
+    for (std::size_t i = 0; i < G.names.size(); ++i) w.parts.push_back(G.view(flat, i));
+    return w;
+  }
+
+  // Unit u's frozen base weights (LoRA), whole, in the compute dtype; none without any. With one
+  // process, the base's own tensors (cast per use where the compute dtype differs); with several,
+  // all-gathered from the shards. (Gathered when used, not prefetched: the adapters' all-gather
+  // overlaps instead.)
+  Weights gather_frozen(std::size_t u) {
+    const Unit& U = units[u];
+    if (U.frozen.numel == 0) return {};
+    if (world == 1) {
+      Weights w;
+      for (const auto& t : U.frozen_views) w.parts.push_back(t.to(env.compute_dtype));
+      return w;
+    }
+    drop_prefetch();
+    return split(U.frozen, gather_group(U.frozen));
+  }
+
+  // The tied head's weight source (unit 0's embedding): a trained flat vector `flat` (requiring
+  // grad where its gradient is wanted) as Weights, else the frozen embedding.
+  Weights tied_weights(const Tensor& flat) { return tied_trained() ? split(units[0], flat) : gather_frozen(0); }
 
   // A full-size gradient of unit u's flat vector -> this rank's shard of the sum over ranks.
   Tensor scatter(std::size_t u, const Tensor& g) {
@@ -211,33 +279,92 @@ struct Trainer::Impl {
     return w * (x32 * torch::rsqrt(var + cfg.rms_norm_eps)).to(x.scalar_type());
   }
 
-  // Unit u on input x with gathered flat parameters `full` (and, for a tied head, `extra`: the
-  // embedding's flat vector).
-  Tensor compute(std::size_t u, const Tensor& full, const Tensor& extra, const Tensor& x) const {
+  // Whether the tied head's weight (unit 0's embedding) is trained.
+  bool tied_trained() const { return cfg.tie_word_embeddings && !units[0].base[0].first; }
+
+  // Unit u on input x with its gathered weights: `full` (the trained flat vector), `frozen`
+  // (LoRA's base) and, for a tied head, `extra` (unit 0's: the embedding, trained or frozen).
+  // `seed` draws LoRA's dropout masks when `train` is set.
+  Tensor compute(std::size_t u, const Tensor& full, const Weights& frozen, const Weights& extra, const Tensor& x,
+                 bool train, uint64_t seed) const {
     const Unit& U = units[u];
-    if (u == 0) return torch::embedding(U.view(full, 0), x);
+    auto W = [&](std::size_t k) {
+      const auto [fz, i] = U.base[k];
+      return fz ? frozen.parts[i] : U.view(full, i);
+    };
+    // Base tensors k..k+n-1 as one [rows, cols] matrix: a view where they are adjacent in one
+    // flat vector, else (the base's own tensors) concatenated.
+    auto Wcat = [&](std::size_t k, std::size_t n, int64_t rows, int64_t cols) {
+      const auto [fz, i] = U.base[k];
+      if (!fz) return full.narrow(0, U.offsets[i], rows * cols).view({rows, cols});
+      if (frozen.flat.defined()) return frozen.flat.narrow(0, U.frozen.offsets[i], rows * cols).view({rows, cols});
+      std::vector<Tensor> parts(frozen.parts.begin() + static_cast<std::ptrdiff_t>(i),
+                                frozen.parts.begin() + static_cast<std::ptrdiff_t>(i + n));
+      return torch::cat(parts, 0);
+    };
+    if (u == 0) return torch::embedding(W(0), x);
     if (u == head()) {
-      auto w = cfg.tie_word_embeddings ? units[0].view(extra, 0) : U.view(full, 1);
-      return torch::linear(rms_norm(x, U.view(full, 0)), w).to(torch::kFloat32);
+      Tensor w;
+      if (cfg.tie_word_embeddings) {
+        w = extra.parts[units[0].base[0].second];
+      } else {
+        w = W(1);
+      }
+      return torch::linear(rms_norm(x, W(0)), w).to(torch::kFloat32);
     }
+    // LoRA's update of base tensor k on its input: s · B (A dropout(in)); undefined without one.
+    auto delta = [&](std::size_t k, const Tensor& in) -> Tensor {
+      if (U.lora.empty() || U.lora[k].first < 0) return Tensor();
+      Tensor xa = in;
+      const double p = lora->dropout;
+      if (train && p > 0) {
+        // Drawn on the CPU from a generator of this (seed, module): the same mask again when
+        // the unit is recomputed in backward.
+        auto gen = at::detail::createCPUGenerator(seed * 1000003ULL + k);
+        auto keep = torch::empty(in.sizes(), torch::kFloat32).bernoulli_(1 - p, gen);
+        xa = in * keep.div_(1 - p).to(in.device(), in.scalar_type());
+      }
+      auto A = U.view(full, static_cast<std::size_t>(U.lora[k].first));
+      auto B = U.view(full, static_cast<std::size_t>(U.lora[k].second));
+      return torch::linear(torch::linear(xa, A), B) * lora->scaling();
+    };
+    // out (the fused product of base tensors k0.., sizes along the last dim) plus their updates.
+    auto with_deltas = [&](const Tensor& out, std::size_t k0, const std::vector<int64_t>& sizes, const Tensor& in) {
+      std::vector<Tensor> parts;
+      bool any = false;
+      int64_t at = 0;
+      for (std::size_t j = 0; j < sizes.size(); ++j) {
+        Tensor part = out.narrow(-1, at, sizes[j]);
+        Tensor d = delta(k0 + j, in);
+        if (d.defined()) {
+          part = part + d;
+          any = true;
+        }
+        parts.push_back(part);
+        at += sizes[j];
+      }
+      return any ? torch::cat(parts, -1) : out;
+    };
+    auto plus = [](const Tensor& y, const Tensor& d) { return d.defined() ? y + d : y; };
     const int64_t B = x.size(0), T = x.size(1);
     const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
     // Order of names: input_norm, q, k, v, o, post_norm, gate, up, down (see the constructor).
     // q, k and v sit next to each other in the flat vector, and so do gate and up: each group
     // is one matrix multiplication (fewer, larger kernels; it halves the step's op count).
-    auto h = rms_norm(x, U.view(full, 0));
+    auto h = rms_norm(x, W(0));
     const int64_t D = cfg.hidden_size, F = cfg.intermediate_size, QKV = H + 2 * KV;
-    auto qkv = torch::linear(h, full.narrow(0, U.offsets[1], QKV * hd * D).view({QKV * hd, D})).view({B, T, QKV, hd});
+    auto qkv = with_deltas(torch::linear(h, Wcat(1, 3, QKV * hd, D)), 1, {H * hd, KV * hd, KV * hd}, h).view({B, T, QKV, hd});
     // Rotary on queries and keys together: [B, H + KV, T, hd].
     auto qk = qkv.narrow(2, 0, H + KV).transpose(1, 2);
     qk = qk * cos.narrow(0, 0, T) + rotate_half(qk) * sin.narrow(0, 0, T);
     auto q = qk.narrow(1, 0, H), k = qk.narrow(1, H, KV);
     auto v = qkv.narrow(2, H + KV, KV).transpose(1, 2);
     auto a = torch_compat::causal_attention(q, k, v).transpose(1, 2).reshape({B, T, H * hd});
-    auto y = x + torch::linear(a, U.view(full, 4));
-    auto m = rms_norm(y, U.view(full, 5));
-    auto gu = torch::linear(m, full.narrow(0, U.offsets[6], 2 * F * D).view({2 * F, D}));
-    return y + torch::linear(torch::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), U.view(full, 8));
+    auto y = x + plus(torch::linear(a, W(4)), delta(4, a));
+    auto m = rms_norm(y, W(5));
+    auto gu = with_deltas(torch::linear(m, Wcat(6, 2, 2 * F, D)), 6, {F, F}, m);
+    auto act = torch::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F);
+    return y + plus(torch::linear(act, W(8)), delta(8, act));
   }
 };
 
@@ -246,27 +373,33 @@ namespace {
 // One unit as an autograd function of (input, own shard[, embedding shard]).
 struct UnitFn : public torch::autograd::Function<UnitFn> {
   static variable_list forward(AutogradContext* ctx, Tensor x, at::TensorList shards, Trainer::Impl* t, int64_t u) {
+    const auto uu = static_cast<std::size_t>(u);
+    const bool train = t->training;
+    const uint64_t seed = t->step_seed * 1000003ULL + static_cast<uint64_t>(u);
     ctx->saved_data["t"] = reinterpret_cast<int64_t>(t);
     ctx->saved_data["u"] = u;
     ctx->saved_data["n"] = static_cast<int64_t>(shards.size());
-    const bool tied_head = shards.size() == 2;
-    Tensor full = t->gather(static_cast<std::size_t>(u));
-    Tensor extra = tied_head ? t->gather(0) : Tensor();
-    t->prefetch(static_cast<std::size_t>(u) + 1);
+    ctx->saved_data["train"] = train;
+    ctx->saved_data["seed"] = static_cast<int64_t>(seed);
+    const bool tied = uu == t->head() && t->cfg.tie_word_embeddings;
+    Tensor full = t->gather(uu);
+    Weights frozen = t->gather_frozen(uu);
+    Tensor extra_flat = tied && t->tied_trained() ? t->gather(0) : Tensor();  // a trained tied embedding
+    t->prefetch(uu + 1);
     if (t->checkpointing) {
       ctx->save_for_backward({x});
-      return {t->compute(u, full, extra, x)};
+      return {t->compute(uu, full, frozen, tied ? t->tied_weights(extra_flat) : Weights(), x, train, seed)};
     }
     // Keep this unit's graph for backward (more memory, no recomputation).
     torch::AutoGradMode grad(true);
     Tensor xin = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
-    full.requires_grad_(true);
-    if (extra.defined()) extra.requires_grad_(true);
-    Tensor y = t->compute(u, full, extra, xin);
+    if (full.defined()) full.requires_grad_(true);
+    if (extra_flat.defined()) extra_flat.requires_grad_(true);
+    Tensor y = t->compute(uu, full, frozen, tied ? t->tied_weights(extra_flat) : Weights(), xin, train, seed);
     ctx->saved_data["y"] = y;
     ctx->saved_data["xin"] = xin;
-    ctx->saved_data["full"] = full;
-    ctx->saved_data["extra"] = extra.defined() ? extra : torch::Tensor();
+    ctx->saved_data["full"] = full.defined() ? full : torch::Tensor();
+    ctx->saved_data["extra"] = extra_flat.defined() ? extra_flat : torch::Tensor();
     return {y.detach()};
   }
 
@@ -278,11 +411,15 @@ struct UnitFn : public torch::autograd::Function<UnitFn> {
     if (t->checkpointing) {
       Tensor x = ctx->get_saved_variables()[0];
       torch::AutoGradMode grad(true);
-      full = t->gather(u).requires_grad_(true);
+      full = t->gather(u);
+      if (full.defined()) full.requires_grad_(true);
+      Weights frozen = t->gather_frozen(u);
+      const bool tied = u == t->head() && t->cfg.tie_word_embeddings;
       if (n == 2) extra = t->gather(0).requires_grad_(true);
       if (u > 0) t->prefetch(u - 1);
       xin = x.is_floating_point() ? x.detach().requires_grad_(true) : x;
-      y = t->compute(u, full, extra, xin);
+      y = t->compute(u, full, frozen, tied ? t->tied_weights(extra) : Weights(), xin, ctx->saved_data["train"].toBool(),
+                     static_cast<uint64_t>(ctx->saved_data["seed"].toInt()));
     } else {
       y = ctx->saved_data["y"].toTensor();
       xin = ctx->saved_data["xin"].toTensor();
@@ -292,14 +429,14 @@ struct UnitFn : public torch::autograd::Function<UnitFn> {
     std::vector<Tensor> inputs;
     const bool want_x = xin.is_floating_point();
     if (want_x) inputs.push_back(xin);
-    inputs.push_back(full);
-    if (extra.defined()) inputs.push_back(extra);
+    if (full.defined()) inputs.push_back(full);
+    if (n == 2) inputs.push_back(extra);
     auto grads = torch::autograd::grad({y}, inputs, {grad_out[0]});
     ctx->saved_data.clear();
     variable_list out;
     std::size_t i = 0;
     out.push_back(want_x ? grads[i++] : Tensor());
-    out.push_back(t->scatter(u, grads[i++]));
+    out.push_back(full.defined() ? t->scatter(u, grads[i++]) : Tensor());
     if (n == 2) out.push_back(t->scatter(0, grads[i++]));
     out.push_back(Tensor());  // t
     out.push_back(Tensor());  // u
@@ -309,52 +446,95 @@ struct UnitFn : public torch::autograd::Function<UnitFn> {
 
 }  // namespace
 
-Trainer::Trainer(const LlamaModel& init, TrainEnv env, bool gradient_checkpointing)
+Trainer::Trainer(const LlamaModel& init, TrainEnv env, bool gradient_checkpointing, const LoraConfig* lora,
+                 uint64_t seed)
     : cfg_(init.config()), impl_(std::make_unique<Impl>()) {
   Impl& I = *impl_;
   I.cfg = cfg_;
   I.env = env;
   I.checkpointing = gradient_checkpointing;
+  if (lora) I.lora = *lora;
+  seed_ = seed;
   if (env.collective) {
     I.rank = env.collective->rank();
     I.world = env.collective->world_size();
   }
+  if (init.q8_matrices())
+    throw vhost::Error(VHOST_ERR_UNSUPPORTED, "training needs the weights dequantised (this model holds Q8_0 blocks)");
   std::map<std::string, Tensor> w(init.named_tensors().begin(), init.named_tensors().end());
-  auto add_unit = [&](std::vector<std::string> names) {
-    Unit U;
-    for (auto& n : names) {
-      U.offsets.push_back(U.numel);
-      U.shapes.push_back(w.at(n).sizes().vec());
-      U.numel += w.at(n).numel();
+  // The starting value of a trained tensor that is not the base's: LoRA's A (PEFT's
+  // kaiming_uniform_(a=sqrt(5)): uniform in +-1/sqrt(in)) and B (zero), drawn whole from a
+  // generator of (seed, name) so that every rank, sharded any way, starts from the same.
+  std::map<std::string, Tensor> made;
+  auto source = [&](const std::string& name, const std::vector<int64_t>& shape) -> Tensor {
+    if (auto it = w.find(name); it != w.end()) return it->second;
+    auto& t = made[name];
+    if (!t.defined()) {
+      if (name.find(".lora_A.") != std::string::npos) {
+        auto gen = at::detail::createCPUGenerator(seed * 1000003ULL + std::hash<std::string>()(name));
+        const double bound = 1.0 / std::sqrt(static_cast<double>(shape[1]));
+        t = torch::empty(shape, torch::kFloat32).uniform_(-bound, bound, gen);
+      } else {
+        t = torch::zeros(shape, torch::kFloat32);
+      }
     }
-    U.names = std::move(names);
-    U.shard_numel = (U.numel + I.world - 1) / I.world;
-    // This rank's slice of the flat vector, zero-padded at the end of the last rank. Only the
-    // slice is read: from a memory-mapped checkpoint, a rank touches 1/world of its pages.
-    auto shard = torch::zeros({U.shard_numel}, torch::kFloat32);
-    auto decay = torch::zeros({U.shard_numel}, torch::kFloat32);
-    I.for_own_slices(U, [&](std::size_t i, int64_t at, int64_t from, int64_t n) {
-      const Tensor& src = w.at(U.names[i]);
+    return t;
+  };
+  // This rank's slice of a group's flat vector, zero-padded at the end of the last rank. Only
+  // the slice is read: from a memory-mapped checkpoint, a rank touches 1/world of its pages.
+  auto fill = [&](Group& G, torch::ScalarType dtype) {
+    G.shard_numel = (G.numel + I.world - 1) / I.world;
+    auto shard = torch::zeros({G.shard_numel}, dtype);
+    I.for_own_slices(G, [&](std::size_t i, int64_t at, int64_t from, int64_t n) {
+      const Tensor src = source(G.names[i], G.shapes[i]);
       shard.narrow(0, at, n).copy_(src.reshape({-1}).narrow(0, from, n));
-      if (src.dim() >= 2) decay.narrow(0, at, n).fill_(1);
     });
-    U.shard = shard.to(env.device).requires_grad_(true);
-    U.decay = decay.to(env.device);
+    G.shard = shard.to(env.device);
+  };
+  // `layer` >= 0: a decoder layer, whose projections get adapters with LoRA.
+  auto add_unit = [&](const std::vector<std::string>& names, int64_t layer) {
+    Unit U;
+    for (const auto& n : names) {
+      // With LoRA, the base is frozen except for the modules trained whole.
+      bool trained = !lora;
+      if (lora && layer < 0)
+        for (const auto& m : lora->modules_to_save) trained = trained || n == lora_saved_weight(m);
+      Group& g = trained ? static_cast<Group&>(U) : U.frozen;
+      const std::string key = trained && lora ? "base_model.model." + n : n;  // PEFT's name for a saved module
+      U.base.emplace_back(!trained, g.add(key, w.at(n).sizes().vec()));
+      if (trained && lora) made[key] = w.at(n);
+    }
+    if (lora && layer >= 0) {
+      U.lora.assign(names.size(), {-1, -1});
+      for (const auto& m : lora->target_modules) {
+        const auto k = static_cast<std::size_t>(
+            std::find(names.begin(), names.end(), lora_base_weight(layer, m)) - names.begin());
+        const auto shape = lora_module_shape(cfg_, m);
+        U.lora[k].first = static_cast<int64_t>(U.add(lora_key(layer, m, 'A'), {lora->r, shape[1]}));
+        U.lora[k].second = static_cast<int64_t>(U.add(lora_key(layer, m, 'B'), {shape[0], lora->r}));
+      }
+    }
+    fill(U, torch::kFloat32);
+    U.shard.requires_grad_(true);
     U.m = torch::zeros_like(U.shard).detach();
     U.v = torch::zeros_like(U.shard).detach();
+    if (U.frozen.numel && I.world > 1) fill(U.frozen, init.dtype());
+    if (U.frozen.numel && I.world == 1)
+      for (const auto& n : U.frozen.names) U.frozen_views.push_back(w.at(n).to(env.device));  // no copy on the CPU
     I.units.push_back(std::move(U));
   };
-  add_unit({"model.embed_tokens.weight"});
+  add_unit({"model.embed_tokens.weight"}, -1);
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     std::string p = "model.layers." + std::to_string(i) + ".";
     add_unit({p + "input_layernorm.weight", p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
               p + "self_attn.v_proj.weight", p + "self_attn.o_proj.weight", p + "post_attention_layernorm.weight",
-              p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight"});
+              p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight"},
+             i);
   }
   if (cfg_.tie_word_embeddings)
-    add_unit({"model.norm.weight"});
+    add_unit({"model.norm.weight"}, -1);
   else
-    add_unit({"model.norm.weight", "lm_head.weight"});
+    add_unit({"model.norm.weight", "lm_head.weight"}, -1);
   auto idx = torch::arange(0, cfg_.head_dim(), 2, torch::kInt64).to(torch::kFloat32);
   auto inv_freq = 1.0 / torch::pow(cfg_.rope_theta, idx / static_cast<double>(cfg_.head_dim()));
   auto pos = torch::arange(0, cfg_.max_position_embeddings, torch::kInt64).to(torch::kFloat32);
@@ -366,36 +546,143 @@ Trainer::Trainer(const LlamaModel& init, TrainEnv env, bool gradient_checkpointi
 
 Trainer::~Trainer() = default;
 
-static Tensor run_model(Trainer::Impl& I, const Tensor& ids) {
+// Units 0 .. `last` on the token ids: the hidden states before the head, or with last = head()
+// the logits (float32).
+static Tensor run_units(Trainer::Impl& I, const Tensor& ids, std::size_t last) {
   Tensor x = ids.to(I.env.device, torch::kInt64);
-  for (std::size_t u = 0; u < I.units.size(); ++u) {
+  for (std::size_t u = 0; u <= last; ++u) {
+    if (I.units[u].numel == 0 && !(x.is_floating_point() && x.requires_grad())) {
+      // Trains nothing and nothing before it trains (LoRA's frozen embedding): no graph needed.
+      torch::NoGradGuard ng;
+      const bool tied = u == I.head() && I.cfg.tie_word_embeddings;
+      x = I.compute(u, Tensor(), I.gather_frozen(u), tied ? I.gather_frozen(0) : Weights(), x, false, 0);
+      continue;
+    }
     std::vector<Tensor> shards{I.units[u].shard};
-    if (u == I.head() && I.cfg.tie_word_embeddings) shards.push_back(I.units[0].shard);
+    if (u == I.head() && I.tied_trained()) shards.push_back(I.units[0].shard);
     x = UnitFn::apply(x, at::TensorList(shards), &I, static_cast<int64_t>(u))[0];
   }
-  return x;  // logits, float32
+  return x;
 }
 
-static Tensor summed_loss(const Tensor& logits, const Tensor& targets) {
-  return torch::nn::functional::cross_entropy(
-      logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}).to(logits.device()),
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+namespace {
+
+// Rows of the output layer's product taken at once by HeadLossFn: 16 MiB of float32 logits.
+int64_t head_chunk_rows(int64_t vocab) { return std::max<int64_t>(1, (int64_t{4} << 20) / std::max<int64_t>(vocab, 1)); }
+
+// The head unit (final norm, output layer) and the summed cross-entropy as one autograd
+// function of (hidden states, head shard[, embedding shard]), computed only on the positions
+// that have a target, a chunk of rows at a time, in forward and again in backward: the logits
+// [batch, time, vocab] never exist whole. With LLaMA's 32000 words they were the largest
+// tensors of a step (a 2048-token sequence: 262 MB of float32 logits, as much again for their
+// log-softmax and as much for its gradient), larger than a small model's weights.
+struct HeadLossFn : public torch::autograd::Function<HeadLossFn> {
+  // Sum over rows of (logsumexp(logits) - logits[target]) for the rows of x [N, D] in `rows`.
+  static Tensor chunk_loss(Trainer::Impl* t, const Tensor& full, const Weights& frozen, const Weights& extra,
+                           const Tensor& xc, const Tensor& tc) {
+    auto logits = t->compute(t->head(), full, frozen, extra, xc.unsqueeze(0), false, 0)[0];  // [C, V] float32
+    return torch::nn::functional::cross_entropy(logits, tc,
+                                                torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  }
+
+  static variable_list forward(AutogradContext* ctx, Tensor x, Tensor targets, at::TensorList shards, Trainer::Impl* t) {
+    const std::size_t h = t->head();
+    const bool tied = t->cfg.tie_word_embeddings;
+    Tensor full = t->gather(h);
+    Weights frozen = t->gather_frozen(h);
+    Weights extra = tied ? t->tied_weights(t->tied_trained() ? t->gather(0) : Tensor()) : Weights();
+    auto tg = targets.to(x.device()).reshape({-1});
+    auto rows = (tg != -100).nonzero().reshape({-1});
+    auto xs = x.reshape({-1, x.size(-1)});
+    const int64_t C = head_chunk_rows(t->cfg.vocab_size), R = rows.size(0);
+    auto loss = torch::zeros({}, x.options().dtype(torch::kFloat64));
+    for (int64_t r0 = 0; r0 < R; r0 += C) {
+      auto idx = rows.narrow(0, r0, std::min(C, R - r0));
+      loss += chunk_loss(t, full, frozen, extra, xs.index_select(0, idx), tg.index_select(0, idx)).to(torch::kFloat64);
+    }
+    ctx->save_for_backward({x, targets});
+    ctx->saved_data["t"] = reinterpret_cast<int64_t>(t);
+    ctx->saved_data["n"] = static_cast<int64_t>(shards.size());
+    return {loss.to(torch::kFloat32)};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    auto* t = reinterpret_cast<Trainer::Impl*>(ctx->saved_data["t"].toInt());
+    const auto n = ctx->saved_data["n"].toInt();
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& x = saved[0];
+    const std::size_t h = t->head();
+    torch::AutoGradMode grad(true);
+    Tensor full = t->gather(h), extra_flat;
+    Weights frozen = t->gather_frozen(h), extra;
+    if (full.defined()) full.requires_grad_(true);
+    if (n == 2) extra_flat = t->gather(0).requires_grad_(true);
+    if (t->cfg.tie_word_embeddings) extra = t->tied_weights(extra_flat);
+    t->prefetch(h - 1);
+    auto tg = saved[1].to(x.device()).reshape({-1});
+    auto rows = (tg != -100).nonzero().reshape({-1});
+    auto xs = x.detach().reshape({-1, x.size(-1)});
+    auto dx = torch::zeros_like(xs);
+    Tensor dfull = full.defined() ? torch::zeros_like(full) : Tensor(), dextra = n == 2 ? torch::zeros_like(extra_flat) : Tensor();
+    const int64_t C = head_chunk_rows(t->cfg.vocab_size), R = rows.size(0);
+    for (int64_t r0 = 0; r0 < R; r0 += C) {
+      auto idx = rows.narrow(0, r0, std::min(C, R - r0));
+      auto xc = xs.index_select(0, idx).requires_grad_(true);
+      auto l = chunk_loss(t, full, frozen, extra, xc, tg.index_select(0, idx));
+      std::vector<Tensor> inputs{xc};
+      if (full.defined()) inputs.push_back(full);
+      if (n == 2) inputs.push_back(extra_flat);
+      auto g = torch::autograd::grad({l}, inputs, {grad_out[0].to(l.scalar_type())});
+      dx.index_add_(0, idx, g[0]);
+      std::size_t i = 1;
+      if (full.defined()) dfull += g[i++];
+      if (n == 2) dextra += g[i++];
+    }
+    variable_list out;
+    out.push_back(dx.view(x.sizes()));
+    out.push_back(Tensor());  // targets
+    out.push_back(full.defined() ? t->scatter(h, dfull) : Tensor());
+    if (n == 2) out.push_back(t->scatter(0, dextra));
+    out.push_back(Tensor());  // t
+    return out;
+  }
+};
+
+}  // namespace
+
+// The summed cross-entropy of a micro-batch (HeadLossFn after the other units).
+static Tensor summed_loss(Trainer::Impl& I, const Batch& b) {
+  Tensor x = run_units(I, b.ids, I.head() - 1);
+  std::vector<Tensor> shards{I.units[I.head()].shard};
+  if (I.tied_trained()) shards.push_back(I.units[0].shard);
+  return HeadLossFn::apply(x, b.targets, at::TensorList(shards), &I)[0];
 }
 
 double Trainer::forward_backward(const Batch& b, double normaliser) {
-  Tensor loss = summed_loss(run_model(*impl_, b.ids), b.targets);
+  // LoRA dropout's masks: a function of (seed, optimizer step, the micro-batch's index in the
+  // step over all ranks), so a resumed run draws what the uninterrupted one drew, and any number
+  // of processes what one process draws (micro-batch k of a step goes to rank k % world).
+  Impl& I = *impl_;
+  const uint64_t k = micro_batches_++ * static_cast<uint64_t>(I.world) + static_cast<uint64_t>(I.rank);
+  I.step_seed = (seed_ * 1000003ULL + static_cast<uint64_t>(adam_steps_)) * 1000003ULL + k;
+  I.training = true;
+  struct Off {
+    bool& f;
+    ~Off() { f = false; }
+  } off{I.training};
+  Tensor loss = summed_loss(I, b);
   (loss / normaliser).backward();
   return loss.item<double>();
 }
 
 double Trainer::loss_sum(const Batch& b) {
   torch::NoGradGuard ng;
-  return summed_loss(run_model(*impl_, b.ids), b.targets).item<double>();
+  return summed_loss(*impl_, b).item<double>();
 }
 
 Tensor Trainer::logits(const Tensor& ids) {
   torch::NoGradGuard ng;
-  return run_model(*impl_, ids);
+  return run_units(*impl_, ids, impl_->head());
 }
 
 Tensor Trainer::flat_grad() const {
@@ -406,6 +693,7 @@ Tensor Trainer::flat_grad() const {
 }
 
 void Trainer::zero_grad() {
+  micro_batches_ = 0;
   for (auto& U : impl_->units)
     if (U.shard.grad().defined()) U.shard.mutable_grad() = Tensor();
 }
@@ -441,11 +729,16 @@ void Trainer::adamw_step(double lr, double beta1, double beta2, double eps, doub
     if (!U.shard.grad().defined()) continue;
     // Element-wise, so a chunk at a time: the temporaries are chunk-sized, not shard-sized.
     auto ps = U.shard.detach().split(kUpdateChunk), gs = U.shard.grad().split(kUpdateChunk);
-    auto ms = U.m.split(kUpdateChunk), vs = U.v.split(kUpdateChunk), ds = U.decay.split(kUpdateChunk);
+    // Decoupled weight decay on the matrices (never on norms), slice by slice of the shard: no
+    // per-element mask (which cost 4 bytes a parameter, as much as the parameters).
+    if (weight_decay > 0)
+      impl_->for_own_slices(U, [&](std::size_t i, int64_t at, int64_t, int64_t n) {
+        if (U.shapes[i].size() >= 2) U.shard.detach().narrow(0, at, n).mul_(1 - lr * weight_decay);
+      });
+    auto ms = U.m.split(kUpdateChunk), vs = U.v.split(kUpdateChunk);
     for (std::size_t k = 0; k < ps.size(); ++k) {
       Tensor p = ps[k];
       const Tensor& g = gs[k];
-      if (weight_decay > 0) p.mul_(1 - lr * weight_decay * ds[k]);
       ms[k].mul_(beta1).add_(g, 1 - beta1);
       vs[k].mul_(beta2).addcmul_(g, g, 1 - beta2);
       auto denom = (vs[k] / bc2).sqrt_().add_(eps);
@@ -485,6 +778,10 @@ void Trainer::load(const std::vector<std::pair<std::string, Tensor>>& params,
   auto fill = [&](const std::vector<std::pair<std::string, Tensor>>& src, int which) {
     std::map<std::string, Tensor> by(src.begin(), src.end());
     for (auto& U : I.units) {
+      if (which >= 0 && src.empty()) {  // no moments given: a fresh optimizer
+        (which == 0 ? U.m : U.v).zero_();
+        continue;
+      }
       for (std::size_t i = 0; i < U.names.size(); ++i) {
         auto it = by.find(U.names[i]);
         if (it == by.end()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "missing tensor '" + U.names[i] + "'");
@@ -537,6 +834,21 @@ void Trainer::stream_full(int which, int root, const std::function<void(const st
 int64_t Trainer::shard_bytes() const {
   int64_t n = 0;
   for (auto& U : impl_->units) n += U.shard.numel() * 4;
+  return n;
+}
+
+int64_t Trainer::frozen_bytes() const {
+  int64_t n = 0;
+  for (auto& U : impl_->units) {
+    if (U.frozen.shard.defined()) n += U.frozen.shard.numel() * static_cast<int64_t>(U.frozen.shard.element_size());
+    for (const auto& t : U.frozen_views) n += t.numel() * static_cast<int64_t>(t.element_size());
+  }
+  return n;
+}
+
+int64_t Trainer::trainable_parameters() const {
+  int64_t n = 0;
+  for (auto& U : impl_->units) n += U.numel;
   return n;
 }
 
@@ -639,12 +951,15 @@ std::string step_name(int64_t step) {
 // What a model folder holds beside its weights, so that HF transformers and the llama plugin
 // both load it: config.json and the tokenizer; and the conversation template the data was
 // prepared with (conversation_template.json), so that the model is served as it was trained.
-void write_model_meta(const fs::path& dir, const LlamaConfig& cfg, const TrainEnv& env, const json& data_meta) {
+// An adapter folder (with_config false) has no config.json: PEFT's adapter_config.json, which
+// names the base, is written beside the weights instead.
+void write_model_meta(const fs::path& dir, const LlamaConfig& cfg, const TrainEnv& env, const json& data_meta,
+                      bool with_config = true) {
   const fs::path& tokenizer = env.tokenizer;
   fs::create_directories(dir);
   LlamaConfig c = cfg;
   c.torch_dtype = "float32";
-  write_text(dir / "config.json", c.to_json().dump(2) + "\n");
+  if (with_config) write_text(dir / "config.json", c.to_json().dump(2) + "\n");
   if (!tokenizer.empty() && fs::exists(tokenizer))
     fs::copy_file(tokenizer, dir / "tokenizer.model", fs::copy_options::overwrite_existing);
   else if (!env.tokenizer_proto.empty())
@@ -726,7 +1041,7 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
   // fixed threshold, buffers of 1 MiB and more go back to the system when freed. Measured on
   // tests/integration/fsdp_memory.sh: 1.78 GB -> 1.64 GB peak for one process.
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
-  Trainer tr(init, env, c.gradient_checkpointing);
+  Trainer tr(init, env, c.gradient_checkpointing, c.lora ? &*c.lora : nullptr, c.seed);
 
   // ---- resume
   const fs::path ckdir = c.out / "checkpoints";
@@ -755,6 +1070,7 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
     same("seed", c.seed);
     same("data", data_id);
     same("group_by_length", c.group_by_length);
+    same("lora", c.lora ? c.lora->to_json() : json());  // absent in full fine-tuning's
     try {
       SafetensorsFile mf(dir / "model.safetensors"), of(dir / "optimizer.safetensors");
       std::vector<std::pair<std::string, Tensor>> p, m, v;
@@ -788,7 +1104,9 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
                 {"grad_accum", accum},     {"parameters", params},
                 {"param_bytes_per_rank", tr.shard_bytes()}, {"device", device},
                 {"sequences", data->size()}, {"warmup_steps", warmup},
-                {"gradient_checkpointing", c.gradient_checkpointing}};
+                {"gradient_checkpointing", c.gradient_checkpointing},
+                {"method", c.lora ? "lora" : "full"}, {"trainable_parameters", tr.trainable_parameters()},
+                {"frozen_bytes_per_rank", tr.frozen_bytes()}};
   if (!resumed_from.empty()) start["resumed_from"] = resumed_from.string();
   bool stop = events && !events(start);
 
@@ -803,8 +1121,9 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
   // streamed unit by unit: no rank holds more than one unit whole. Rank 0 keeps taking part in
   // the collectives after a failed write, so every rank learns of it and throws; then `cleanup`
   // runs on rank 0. `finish` (rank 0) runs after the files are complete.
+  // `adapter` (LoRA's result): PEFT's folder, adapter_config.json and adapter_model.safetensors.
   auto write_streamed = [&](const fs::path& dir, bool optimizer, const std::function<void()>& finish,
-                            const std::function<std::string(const std::string&)>& failed) {
+                            const std::function<std::string(const std::string&)>& failed, bool adapter = false) {
     std::string failure;
     auto attempt = [&](const std::function<void()>& f) {
       if (rank != 0 || !failure.empty()) return;
@@ -819,10 +1138,12 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
     attempt([&] {
       std::error_code ec;
       fs::remove_all(dir, ec);
-      write_model_meta(dir, mc, env, meta);
+      write_model_meta(dir, mc, env, meta, !adapter);
+      if (adapter) write_text(dir / "adapter_config.json", c.lora->to_peft_json(env.base_model).dump(2) + "\n");
       std::vector<SafetensorsWriter::Spec> ps, os;
       for (auto& [n, sh] : shapes) ps.push_back({n, torch::kFloat32, sh});
-      mw = std::make_unique<SafetensorsWriter>(dir / "model.safetensors", ps, std::map<std::string, std::string>{{"format", "pt"}});
+      mw = std::make_unique<SafetensorsWriter>(dir / (adapter ? "adapter_model.safetensors" : "model.safetensors"), ps,
+                                               std::map<std::string, std::string>{{"format", "pt"}});
       if (!optimizer) return;
       for (const char* prefix : {"exp_avg.", "exp_avg_sq."})
         for (auto& [n, sh] : shapes) os.push_back({prefix + n, torch::kFloat32, sh});
@@ -859,6 +1180,7 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
                      {"batch_size", c.batch_size},     {"seed", c.seed},
                      {"group_by_length", c.group_by_length}, {"data", data_id},
                      {"world_size", world},            {"loss", std::isfinite(last_loss) ? json(last_loss) : json()},
+                     {"lora", c.lora ? c.lora->to_json() : json()},
                      {"rng", "the data order is a pure function of seed and epoch"}};
           write_text(tmp / "trainer_state.json", st.dump(2) + "\n");  // written last: marks completeness
           for (auto& e : fs::directory_iterator(tmp)) fsync_path(e.path(), false);
@@ -886,12 +1208,20 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
   auto evaluate = [&]() -> double {
     if (!eval || eval->size() == 0) return std::nan("");
     double sum = 0, n = 0;
-    for (uint64_t i = static_cast<uint64_t>(rank) * c.micro_batch_size; i < eval->size();
-         i += static_cast<uint64_t>(per_rank)) {
+    // Every rank runs the same number of forward passes (each gathers every unit: collectives
+    // all ranks must join), a rank past the end of the split a discarded one on sequence 0.
+    const auto mb = static_cast<uint64_t>(c.micro_batch_size), stride = mb * static_cast<uint64_t>(world);
+    const uint64_t rounds = (eval->size() + stride - 1) / stride;
+    for (uint64_t k = 0; k < rounds; ++k) {
+      const uint64_t i = k * stride + static_cast<uint64_t>(rank) * mb;
+      const bool real = i < eval->size();
       std::vector<uint64_t> seqs;
-      for (uint64_t j = i; j < std::min<uint64_t>(eval->size(), i + c.micro_batch_size); ++j) seqs.push_back(j);
+      for (uint64_t j = i; real && j < std::min<uint64_t>(eval->size(), i + mb); ++j) seqs.push_back(j);
+      if (!real) seqs.push_back(0);
       Batch b = make_batch(*eval, seqs, 0);
-      sum += tr.loss_sum(b);
+      const double l = tr.loss_sum(b);
+      if (!real) continue;
+      sum += l;
       n += static_cast<double>(b.trained);
     }
     sum = all_sum(sum);
@@ -959,8 +1289,11 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
                {"eta_s", elapsed / static_cast<double>(step - first) * static_cast<double>(total - step)}};
     if (peak > 0) {
       // FLOPs per token: 6 x parameters + the attention term 12 x layers x hidden x tokens (PaLM).
+      // With LoRA the frozen weights take no weight gradient: 4 x theirs.
       double T = static_cast<double>(toks) / static_cast<double>(c.batch_size);
-      double flops = (6.0 * params + 12.0 * mc.num_hidden_layers * mc.hidden_size * T) * toks;
+      const double trained_params = static_cast<double>(tr.trainable_parameters());
+      const double weights = c.lora ? 4.0 * params + 6.0 * trained_params : 6.0 * params;
+      double flops = (weights + 12.0 * mc.num_hidden_layers * mc.hidden_size * T) * toks;
       ev["mfu"] = flops / dt / world / (peak * 1e12);
     }
     bool go_on = !events || events(ev);
@@ -977,7 +1310,8 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
   json result = {{"steps", step},          {"total_steps", total},   {"final_loss", last_loss},
                  {"interrupted", interrupted}, {"checkpoint", last_ckpt.string()},
                  {"tokens", tokens_done},  {"seconds", std::chrono::duration<double>(clock::now() - t_start).count()},
-                 {"param_bytes_per_rank", tr.shard_bytes()}, {"world_size", world}};
+                 {"param_bytes_per_rank", tr.shard_bytes()}, {"frozen_bytes_per_rank", tr.frozen_bytes()},
+                 {"trainable_parameters", tr.trainable_parameters()}, {"world_size", world}};
   if (!resumed_from.empty()) result["resumed_from"] = resumed_from.string();
   if (!interrupted) {
     double el = evaluate();
@@ -985,16 +1319,20 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
       result["eval_loss"] = el;
       if (events) events({{"event", "eval"}, {"rank", rank}, {"step", step}, {"eval_loss", el}});
     }
-    fs::path model_dir = c.out / "model", tmp = c.out / "model.tmp";
+    // LoRA: the adapter alone, as PEFT saves it (`vhost model merge` makes a whole model of it).
+    const std::string what = c.lora ? "adapter" : "model";
+    fs::path model_dir = c.out / what, tmp = c.out / (what + ".tmp");
     write_streamed(
         tmp, false,
         [&] {
           fs::remove_all(model_dir);
           fs::rename(tmp, model_dir);
         },
-        [&](const std::string& why) { return "writing the model to " + tmp.string() + " failed: " + why; });
+        [&](const std::string& why) { return "writing the " + what + " to " + tmp.string() + " failed: " + why; },
+        c.lora.has_value());
     if (env.collective) env.collective->barrier();
-    result["model"] = model_dir.string();
+    result[what] = model_dir.string();
+    if (c.lora) result["base_model"] = env.base_model;
   }
   result["peak_rss_bytes"] = peak_rss_bytes();
   if (events) events({{"event", "end"}, {"rank", rank}, {"result", result}});

@@ -12,6 +12,7 @@
 // process the shard is the whole vector and nothing is communicated.
 #pragma once
 
+#include "lora.hpp"
 #include "model.hpp"
 
 #include <vhost/plugin.hpp>
@@ -23,6 +24,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,8 +53,13 @@ struct TrainConfig {
   int64_t eval_every = 0;           // steps between evaluations on eval/ (0: only at the end)
   uint64_t seed = 42;
   double peak_tflops = 0;  // device peak for MFU (0: the backend's, TrainEnv::peak_tflops)
+  // method = "lora": the base stays frozen (no gradients, no optimizer state) and only LoRA
+  // adapters (and lora.modules_to_save) train; the result is a PEFT adapter folder, out/adapter.
+  std::optional<LoraConfig> lora;
 
-  static TrainConfig from_json(const json& j);  // errors name the field
+  // Errors name the field; `model` is the model to be trained (LoRA's r and modules_to_save are
+  // checked against it).
+  static TrainConfig from_json(const json& j, const LlamaConfig& model = LlamaConfig());
 };
 
 // What the trainer reports while it runs; return false to ask for a checkpoint and a stop.
@@ -65,6 +72,7 @@ struct TrainEnv {
   std::filesystem::path tokenizer;                    // copied beside every saved model
   std::string tokenizer_proto;                        // or these bytes (a GGUF's embedded vocabulary)
   double peak_tflops = 0;                             // the backend's device peak (0: unknown, no MFU)
+  std::string base_model;                             // LoRA: the base checkpoint's path, for adapter_config.json
 };
 
 // One micro-batch: right-padded ids and next-token targets (-100: no loss).
@@ -81,7 +89,11 @@ Batch make_batch(const tokens::Reader& d, const std::vector<uint64_t>& seqs, int
 class Trainer {
  public:
   // `init` holds the starting weights (any dtype/device); they are copied to float32 shards.
-  Trainer(const LlamaModel& init, TrainEnv env, bool gradient_checkpointing);
+  // With `lora`, they are the frozen base (kept in init's dtype, sharded, never updated) and
+  // the parameters are the adapters (A: PEFT's kaiming-uniform from `seed`, B: zero) and
+  // lora->modules_to_save, under PEFT's names.
+  Trainer(const LlamaModel& init, TrainEnv env, bool gradient_checkpointing, const LoraConfig* lora = nullptr,
+          uint64_t seed = 0);
   ~Trainer();
 
   // Sum of the token losses of `b` divided by `normaliser`, with gradients accumulated onto the
@@ -107,12 +119,15 @@ class Trainer {
   // rank `root` alone, which calls take(name, tensor) for each; no rank ever holds more than one
   // unit whole. Collective: every rank must call.
   void stream_full(int which, int root, const std::function<void(const std::string&, const torch::Tensor&)>& take);
-  // Loads whole tensors into this rank's shards (a checkpoint from any number of ranks).
+  // Loads whole tensors into this rank's shards (a checkpoint from any number of ranks); empty
+  // moment lists start the optimizer afresh.
   void load(const std::vector<std::pair<std::string, torch::Tensor>>& params,
             const std::vector<std::pair<std::string, torch::Tensor>>& exp_avg,
             const std::vector<std::pair<std::string, torch::Tensor>>& exp_avg_sq, int64_t adam_steps);
   int64_t adam_steps() const { return adam_steps_; }
-  int64_t shard_bytes() const;  // this rank's parameter memory
+  int64_t shard_bytes() const;  // this rank's parameter memory (trained parameters)
+  int64_t frozen_bytes() const;  // this rank's frozen base weights (LoRA), in their dtype
+  int64_t trainable_parameters() const;
   const LlamaConfig& config() const { return cfg_; }
 
   struct Impl;
@@ -121,6 +136,8 @@ class Trainer {
   LlamaConfig cfg_;
   std::unique_ptr<Impl> impl_;
   int64_t adam_steps_ = 0;
+  uint64_t seed_ = 0;            // LoRA: initialisation and dropout
+  uint64_t micro_batches_ = 0;  // forward_backward calls since zero_grad
 };
 
 // The learning rate of optimizer step `step` (0-based), as HF's schedulers compute it.
