@@ -7,14 +7,18 @@
 #  2. `vhost serve` with 4 LoRA adapters (each a model id; the 64 clients spread over them)
 #     against the same server serving the base alone: output tokens/s of 64 concurrent clients.
 #
+#  3. with --large FILE (a 7B checkpoint, e.g. bench/large_model.sh --keep's bf16 GGUF): two LoRA
+#     steps of one 128-token sequence on it: peak RSS against the checkpoint's own size, tokens/s.
+#
 #   bench/lora.sh [--build DIR] [--rounds 2] [--steps 8] [--clients 64] [--tokens 128] [--threads 2]
+#                 [--large FILE]
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
-build=$src/build rounds=2 steps=8 clients=64 tokens=128 threads=2
+build=$src/build rounds=2 steps=8 clients=64 tokens=128 threads=2 large=
 while [ $# -gt 0 ]; do
   case $1 in
     --build) build=$2 ;; --rounds) rounds=$2 ;; --steps) steps=$2 ;; --clients) clients=$2 ;;
-    --tokens) tokens=$2 ;; --threads) threads=$2 ;;
+    --tokens) tokens=$2 ;; --threads) threads=$2 ;; --large) large=$(realpath "$2") ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -122,3 +126,21 @@ for r in $(seq 1 "$rounds"); do
 b, m = $base, $multi
 print(f'round $r: base alone {b:7.0f} tokens/s ($bf failed) | 4 adapters {m:7.0f} tokens/s ($mf failed) | 4 adapters/base {m/b:.2f}x')"
 done
+
+[ -n "$large" ] || exit 0
+echo "== LoRA on $large: 2 steps of one 128-token sequence, r 8 on q_proj + v_proj"
+"$vhost" prepare "$src/examples/data/sharegpt_demo.json" --model "$large" --out data-large --max-length 128 --log-level warn >/dev/null
+sed -e "s|path = \"$work/model\"|path = \"$large\"|" -e "s|data = \"$work/data\"|data = \"$work/data-large\"|" \
+    -e 's/^max_steps = .*/max_steps = 2/' -e 's/^batch_size = .*/batch_size = 1/' -e 's/^micro_batch_size = .*/micro_batch_size = 1/' \
+    lora.toml > large.toml
+sed -i 's/^name = "lora"/name = "large"/; s|work-lora|work-large|; s|out-lora|out-large|' large.toml
+"$vhost" run large.toml > large.log 2>&1 || { cat large.log; exit 1; }
+python3 - work-large/run.json out-large/metrics.jsonl "$large" <<'PY'
+import json, os, sys
+run = json.load(open(sys.argv[1]))
+o = next(s["output"] for s in run["stages"] if "peak_rss_bytes" in s.get("output", {}))
+tps = [json.loads(l)["tokens_per_s"] for l in open(sys.argv[2]) if '"tokens_per_s"' in l]
+size = os.path.getsize(sys.argv[3])
+print(f"peak RSS {o['peak_rss_bytes']/1e9:.2f} GB = {o['peak_rss_bytes']/size:.2f}x the checkpoint ({size/1e9:.2f} GB, read in place); "
+      f"{o['trainable_parameters']} trained parameters; step tokens/s {', '.join(f'{t:.2f}' for t in tps)}")
+PY
