@@ -7,10 +7,7 @@
 #   hf_transformers.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
-py=
-for c in "${VHOST_HF_PYTHON:-}" "$build/../venv/bin/python" "$src/build-torch2/venv/bin/python"; do
-  if [ -n "$c" ] && [ -x "$c" ] && "$c" -c 'import torch, transformers' 2>/dev/null; then py=$c; break; fi
-done
+py=$(hf_python torch transformers)
 [ -n "$py" ] || { echo "SKIP: no python with torch 2.x and transformers (make test-torch2 makes build-torch2/venv)"; exit 0; }
 "$py" "$src/tests/interop/hf_transformers.py" "$vhost" "$scratch" "$src/../shared" 2>&1 | grep -v -i 'warn' | tee hf.txt
 [ "${PIPESTATUS[0]}" = 0 ] || exit 1

@@ -84,3 +84,15 @@ out = "$scratch/$out"
 concurrency = 4
 TOML
 }
+
+# hf_python MODULES...: prints a python that imports all MODULES (torch 2.x with transformers and
+# friends): $VHOST_HF_PYTHON, the build's sibling venv, or the torch2 venv (scripts/torch2-env.sh,
+# made by `make test-torch2`); prints nothing where there is none.
+hf_python() {
+  local c imports
+  imports=$(IFS=,; echo "$*")
+  for c in "${VHOST_HF_PYTHON:-}" "$build/../venv/bin/python" "$src/build-torch2/venv/bin/python"; do
+    if [ -n "$c" ] && [ -x "$c" ] && "$c" -c "import $imports" 2>/dev/null; then echo "$c"; return 0; fi
+  done
+  return 0
+}

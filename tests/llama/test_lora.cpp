@@ -6,6 +6,7 @@
 #include "model.hpp"
 #include "safetensors.hpp"
 #include "train.hpp"
+#include "train_fixtures.hpp"
 
 #include <vhost/plugin.hpp>
 
@@ -18,36 +19,14 @@
 
 namespace fs = std::filesystem;
 using namespace vhost::llama;
+using vhost::llama::testing::random_batch;
+using vhost::llama::testing::small;
 using Catch::Matchers::Contains;
 using vhost::json;
 
 namespace {
 
-fs::path tmpdir(const std::string& name) {
-  fs::path p = fs::path(VHOST_TEST_TMP_DIR) / "lora" / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
-
-LlamaConfig small(bool tied = false) {
-  LlamaConfig c = LlamaConfig::preset("tiny");
-  c.vocab_size = 97;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = tied;
-  return c;
-}
-
-Batch random_batch(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  Batch b;
-  b.ids = torch::randint(vocab, {B, T}, gen, torch::kInt64);
-  b.targets = torch::randint(vocab, {B, T}, gen, torch::kInt64);
-  b.targets.index_put_({torch::indexing::Slice(), torch::indexing::Slice(0, T / 3)}, -100);
-  b.trained = (b.targets != -100).sum().item<int64_t>();
-  b.tokens = B * T;
-  return b;
-}
+fs::path tmpdir(const std::string& name) { return testing::fresh_dir("lora", name); }
 
 LoraConfig lora(std::vector<std::string> targets, std::vector<std::string> save = {}, double dropout = 0) {
   LoraConfig l;
