@@ -96,3 +96,12 @@ hf_python() {
   done
   return 0
 }
+
+# need_shared PATH...: skips the test (exit 0, "SKIP: ...") unless every ../shared/PATH exists (the
+# real fixtures: CI has them, a fresh clone may not).
+need_shared() {
+  local p
+  for p in "$@"; do
+    [ -e "$src/../shared/$p" ] || { echo "SKIP: ../shared/$p is absent"; exit 0; }
+  done
+}

@@ -7,10 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
 gguf="$src/../shared/models/stories260K.gguf"
 sample="$src/../shared/data/sharegpt_sample.json"
-if [ ! -f "$gguf" ] || [ ! -f "$sample" ]; then
-  echo "SKIP: ../shared/models/stories260K.gguf or ../shared/data/sharegpt_sample.json is absent"
-  exit 0
-fi
+need_shared models/stories260K.gguf data/sharegpt_sample.json
 "$vhost" prepare "$sample" --model "$gguf" --out data --max-length 256 --eval-fraction 0.1 --log-level warn > prepare.log
 cat > ft.toml <<TOML
 [pipeline]
