@@ -5,7 +5,7 @@
 #  2. its greedy completion equals `vhost generate BASE --adapter DIR` (the adapter merged), and
 #     differs from the base's; requests for both at once each get their own;
 #  3. bad input: --adapter without NAME=, a missing folder, an adapter named as the base, an
-#     unknown model id: clear errors (exit 2 naming the option, HTTP 404).
+#     unknown model id, training an instance that merges an adapter: clear errors.
 #   lora_serve.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
@@ -79,4 +79,9 @@ refused() {  # refused PATTERN ARGS...: vhost serve exits nonzero, its output ma
 refused "expected NAME=DIR" tiny --adapter out/adapter
 refused "adapters.b" tiny --adapter b=/nonexistent/adapter
 refused "has the name of another served model" tiny --adapter tiny=out/adapter
+# Training an instance that merges an adapter at load would silently start from the base alone.
+sed -e "s|load_weights = false|adapter = \"$scratch/out/adapter\"|" -e "s|out = \"$scratch/out\"|out = \"$scratch/out2\"|" \
+  train.toml > train2.toml
+rc=0; "$vhost" run train2.toml > train2.log 2>&1 || rc=$?
+[ $rc -ne 0 ] && grep -q "merges the adapter .*vhost model merge" train2.log || { echo "train on a merged instance: rc $rc"; cat train2.log; exit 1; }
 echo "lora_serve: ok"

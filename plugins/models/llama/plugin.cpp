@@ -364,6 +364,11 @@ class LlamaPlugin final : public vhost::Model {
   json train(const json& req, const vhost::EventSink& on_event) override {
     if (!req.is_object()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request is not a JSON object");
     auto cfg = vhost::llama::TrainConfig::from_json(req, config_);
+    // Training starts from the checkpoint on disk, which does not hold the merged adapter.
+    if (!adapter_.empty())
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "this model instance merges the adapter " + adapter_.string() +
+                                                         " at load; training starts from the checkpoint alone: merge them "
+                                                         "first (vhost model merge BASE ADAPTER OUT) and train from OUT");
     std::lock_guard<std::mutex> lock(mu_);
     const bool had_weights = model_ != nullptr;
     engine_.reset();
@@ -378,10 +383,6 @@ class LlamaPlugin final : public vhost::Model {
     env.peak_tflops = backend_ ? backend_->peak_tflops() : 0;
     env.tokenizer = tokenizer_->path();
     env.base_model = path_.string();
-    if (cfg.lora && !adapter_.empty())
-      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "method = \"lora\": this instance already merges the adapter " +
-                                                         adapter_.string() + "; train a new adapter on the plain base, or "
-                                                         "merge it first (vhost model merge) and train on the result");
     if (env.tokenizer.empty() && fs::is_regular_file(path_) && vhost::llama::is_gguf(path_))
       env.tokenizer_proto = vhost::llama::load_gguf_tokenizer(path_);  // the GGUF's vocabulary, as a tokenizer.model
     json r = vhost::llama::train(init, cfg, env, on_event ? vhost::llama::TrainEvents(on_event) : nullptr);
