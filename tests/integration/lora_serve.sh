@@ -3,7 +3,8 @@
 # trains on it (method = "lora"), `vhost serve BASE --adapter NAME=DIR`:
 #  1. /v1/models lists the adapter as a model of its own, with the base as its parent;
 #  2. its greedy completion equals `vhost generate BASE --adapter DIR` (the adapter merged), and
-#     differs from the base's; requests for both at once each get their own;
+#     differs from the base's; requests for both at once each get their own; through a controller,
+#     a worker advertises the adapter and the API server routes it to the same text;
 #  3. bad input: --adapter without NAME=, a missing folder, an adapter named as the base, an
 #     unknown model id, training an instance that merges an adapter: clear errors.
 #   lora_serve.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
@@ -70,6 +71,26 @@ for i in 1 2 3; do cmp ad.txt "ad$i.txt"; cmp base.txt "base$i.txt"; done
 code=$(curl -s -o body.json -w '%{http_code}' "$url/v1/completions" -d '{"model": "nope", "prompt": "x", "max_tokens": 1}')
 [ "$code" = 404 ] && grep -q "does not exist" body.json || { echo "unknown model: $code"; cat body.json; exit 1; }
 kill $PID; wait $PID 2>/dev/null || true
+
+# Several hosts: a worker advertises its adapters to the controller; the API server routes them.
+"$vhost" controller --port 0 > controller.log 2>&1 &
+CPID=$!
+trap 'kill $PID $CPID ${WPID:-} ${APID:-} 2>/dev/null || true' EXIT
+CPORT=$(port_of controller.log $CPID)
+"$vhost" worker tiny --adapter ad=out/adapter --port 0 --threads 2 --max-batch 4 --controller "http://127.0.0.1:$CPORT" \
+  --heartbeat 0.2 > worker.log 2>&1 &
+WPID=$!
+"$vhost" api --controller "http://127.0.0.1:$CPORT" --port 0 > api.log 2>&1 &
+APID=$!
+url=http://127.0.0.1:$(port_of api.log $APID)
+for _ in $(seq 1 200); do
+  curl -s "$url/v1/models" | grep -q '"ad"' && break
+  sleep 0.05
+done
+curl -s "$url/v1/models" | grep -q '"ad"' || { echo "the adapter was not advertised"; cat worker.log; exit 1; }
+complete ad ad_cluster.txt
+cmp ad.txt ad_cluster.txt || { echo "through the API server: $(cat ad_cluster.txt)"; exit 1; }
+kill $APID $WPID $CPID; wait $APID $WPID $CPID 2>/dev/null || true
 
 refused() {  # refused PATTERN ARGS...: vhost serve exits nonzero, its output matching PATTERN
   local pat=$1 rc=0; shift
