@@ -285,13 +285,12 @@ struct ModelMetrics {
 struct ApiServer::Impl {
   std::map<std::string, Instance*> models;
   std::map<std::string, json> info;  // tokenizer_info per model
-  // A LoRA adapter a model instance serves on its base (tokenizer_info "adapters"): its model
-  // id -> {the adapter's name for the instance, the base's model id}.
-  std::map<std::string, std::pair<std::string, std::string>> adapter_of;
+  // A LoRA adapter a model instance serves on its base (tokenizer_info "adapters"; its model id
+  // is its name) -> the base's model id.
+  std::map<std::string, std::string> parent_of;
   // A request for an adapter's model id runs on its base instance with {"adapter": NAME}.
   void with_adapter(json& request, const std::string& name) const {
-    auto it = adapter_of.find(name);
-    if (it != adapter_of.end()) request["adapter"] = it->second.first;
+    if (parent_of.count(name)) request["adapter"] = name;
   }
   ServeOptions opt;
   httplib::Server server;
@@ -986,12 +985,12 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
       if (I.models.count(id) || adapters.count(id))
         throw Error("model id '" + id + "': an adapter of '" + name + "' has the name of another served model; rename one");
       adapters[id] = inst;
-      I.adapter_of[id] = {id, name};
+      I.parent_of[id] = name;
     }
   }
   for (auto& [id, inst] : adapters) {
     I.models[id] = inst;
-    I.info[id] = I.info[I.adapter_of[id].second];
+    I.info[id] = I.info[I.parent_of[id]];
   }
   if (!I.opt.log_file.empty()) {
     I.log.open(I.opt.log_file, std::ios::app);
@@ -1036,8 +1035,8 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
             data.push_back({{"id", name}, {"object", "model"}, {"created", 0}, {"owned_by", "vhost"},
                             {"max_batch", impl_->info[name].value("max_batch", 1)},
                             {"context", impl_->info[name].value("context", 0)}});
-            auto a = impl_->adapter_of.find(name);
-            if (a != impl_->adapter_of.end()) data.back()["parent"] = a->second.second;  // as vLLM lists LoRA modules
+            auto a = impl_->parent_of.find(name);
+            if (a != impl_->parent_of.end()) data.back()["parent"] = a->second;  // as vLLM lists LoRA modules
           }
           res.set_content(json{{"object", "list"}, {"data", data}}.dump(), "application/json");
         }));

@@ -119,7 +119,7 @@ first_line "$vhost" generate "$gguf" --prompt "Once upon a time" --max-tokens 24
 echo "  base:           $(cat base.txt)"
 echo "  base + adapter: $(cat adapter.txt)"
 cmp merged.txt adapter.txt || { echo "merged: $(cat merged.txt)"; exit 1; }
-! cmp -s base.txt adapter.txt || { echo "the adapter changed nothing"; exit 1; }
+if cmp -s base.txt adapter.txt; then echo "the adapter changed nothing"; exit 1; fi
 
 echo "== 5. bad input"
 pipeline bad1 out-bad 'r = 0'

@@ -55,7 +55,7 @@ complete() {  # complete MODEL OUT: a greedy completion's text
 }
 complete ad ad.txt
 complete tiny base.txt
-! cmp -s ad.txt base.txt || { echo "the adapter changed nothing: $(cat ad.txt)"; exit 1; }
+if cmp -s ad.txt base.txt; then echo "the adapter changed nothing: $(cat ad.txt)"; exit 1; fi
 "$vhost" generate tiny --adapter out/adapter --prompt "The plugin" --max-tokens 16 --temperature 0 > gen.log 2> gen.err ||
   { cat gen.log gen.err; exit 1; }
 python3 - ad.txt gen.log <<'PY'

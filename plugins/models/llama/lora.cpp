@@ -48,14 +48,6 @@ std::string lora_saved_weight(const std::string& m) {
 
 std::string lora_saved_key(const std::string& m) { return "base_model.model." + lora_saved_weight(m); }
 
-bool LoraConfig::targets(const std::string& m) const {
-  return std::find(target_modules.begin(), target_modules.end(), m) != target_modules.end();
-}
-
-bool LoraConfig::saves(const std::string& m) const {
-  return std::find(modules_to_save.begin(), modules_to_save.end(), m) != modules_to_save.end();
-}
-
 // PEFT matches a target name against the end of a module's path: "q_proj", "self_attn.q_proj".
 static std::string target_name(const std::string& field, const std::string& t) {
   for (const auto& m : lora_module_names())

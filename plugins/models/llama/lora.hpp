@@ -33,8 +33,6 @@ struct LoraConfig {
   std::vector<std::string> modules_to_save;
   bool rslora = false;
   double scaling() const { return rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r); }
-  bool targets(const std::string& module) const;
-  bool saves(const std::string& module) const;
 
   // The train stage's fields r, alpha, dropout, target_modules, modules_to_save; errors name the
   // field. `cfg` checks modules_to_save against the model (a tied lm_head is the embedding).

@@ -390,20 +390,19 @@ class LlamaPlugin final : public vhost::Model {
       r["peak_allocated_bytes"] = backend_->peak_allocated_bytes();
       r["peak_reserved_bytes"] = backend_->peak_reserved_bytes();
     }
-    if (had_weights && r.contains("adapter")) {  // LoRA: the base with the new adapter merged in
-      model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(
-          path_, device_, load_dtype(config_.torch_dtype)));
-      adapter_ = r["adapter"].get<std::string>();
-      merge_adapter_into_model(adapter_);
-      reattach_adapters();
-      if (max_batch_ > 0)
-        engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
-    } else if (had_weights) {
-      fs::path src = r.contains("model") ? fs::path(r["model"].get<std::string>()) : path_;
-      const std::string stored = fs::is_directory(src) ? vhost::llama::LlamaConfig::load(src / "config.json").torch_dtype : "float32";
-      model_ = std::make_unique<vhost::llama::LlamaModel>(
-          vhost::llama::LlamaModel::load(src, device_, load_dtype(stored)));
-      reattach_adapters();  // (adapters of the old base on the fine-tuned one: their shape still fits)
+    if (had_weights) {
+      if (r.contains("adapter")) {  // LoRA: the base with the new adapter merged in
+        model_ = std::make_unique<vhost::llama::LlamaModel>(vhost::llama::LlamaModel::load(
+            path_, device_, load_dtype(config_.torch_dtype)));
+        adapter_ = r["adapter"].get<std::string>();
+        merge_adapter_into_model(adapter_);
+      } else {
+        fs::path src = r.contains("model") ? fs::path(r["model"].get<std::string>()) : path_;
+        const std::string stored = fs::is_directory(src) ? vhost::llama::LlamaConfig::load(src / "config.json").torch_dtype : "float32";
+        model_ = std::make_unique<vhost::llama::LlamaModel>(
+            vhost::llama::LlamaModel::load(src, device_, load_dtype(stored)));
+      }
+      reattach_adapters();  // (served adapters of the old base on the new weights: their shapes still fit)
       if (max_batch_ > 0)
         engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
     }
