@@ -14,8 +14,9 @@
 //                  [--bf16-kernel amx|avx512bf16|avx512|avx2]   (default: the best this CPU runs)
 //                  [--no-wait-policy]
 //
-//   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16]
-//   bench_generate --gemm N K [--threads 2]     (small_gemm alone: f32, bf16, f16 weights)
+//   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16] [--float-activations]
+//   bench_generate --gemm N K [--threads 2]     (small_gemm alone: f32, bf16, f16 weights and the
+//                                                quantized formats, int8 and float32 activations)
 // A checkpoint as the model plugin loads it (an HF folder or a GGUF file, the stored dtype kept:
 // bf16/f16 weights read in place), decoded greedily from a one-token prompt at batch 1 and at
 // --batch: tokens/s of the decoding steps alone (after the prefill), and the process's peak RSS
@@ -163,7 +164,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
   // As the plugin on the CPU: the stored dtype, mapped; a GGUF's Q8_0 matrices kept as blocks.
   auto model = [&] {
     if (!is_gguf(path)) return LlamaModel::load(path);
-    auto g = load_gguf_llama(path, small_gemm_supports(WeightType::q8_0));
+    auto g = load_gguf_llama(path, small_gemm_supports(WeightType::q8_0));  // every block format needs what Q8_0 does
     return LlamaModel(g.config, std::move(g.tensors), path, torch::kCPU, dtype_from_name(g.config.torch_dtype));
   }();
   const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -172,10 +173,10 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
   for (const auto& [name, t] : model.named_tensors()) weight_bytes += static_cast<double>(t.numel() * t.element_size());
   const auto& cfg = model.config();
   std::printf("bench/generate --model %s: %s%s, %lld layers, dim %lld, %.2f GB of weights, %d threads\n", path.c_str(),
-              dtype_name(model.dtype()).c_str(), model.q8_matrices() ? " with Q8_0 matrices" : "", (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
+              dtype_name(model.dtype()).c_str(), model.quantized_matrices() ? (" with " + quant_summary(model) + " matrices").c_str() : "", (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
               weight_bytes / 1e9, threads);
   std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
-              model.q8_matrices() ? " (Q8_0 blocks dequantised in registers, float32 activations)"
+              model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0 as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
               : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
   for (int64_t b : {int64_t{1}, batch}) {
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
@@ -219,6 +220,40 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
     }
     std::printf("\n");
   }
+  // Quantized blocks: random bytes with finite float16 scales (the speed does not depend on the
+  // values); Q4_0, Q5_0, Q8_0 by the integer kernels and by the float32 path.
+  for (WeightType t : {WeightType::q8_0, WeightType::q4_0, WeightType::q5_0, WeightType::q4_k, WeightType::q5_k,
+                       WeightType::q6_k}) {
+    const QuantFormat& f = *quant_format(t);
+    if (K % f.block_elems) continue;
+    std::vector<uint8_t> blocks(static_cast<std::size_t>(N * K / f.block_elems * f.block_bytes));
+    uint32_t x = 1;
+    for (auto& b : blocks) b = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
+    const int64_t scale_at = t == WeightType::q6_k ? 208 : 0;
+    for (int64_t i = 0; i < N * K / f.block_elems; ++i) {
+      const uint16_t h = fp16_from_float(0.01f);
+      std::memcpy(blocks.data() + i * f.block_bytes + scale_at, &h, 2);
+      if (t == WeightType::q4_k || t == WeightType::q5_k) std::memcpy(blocks.data() + i * f.block_bytes + 2, &h, 2);
+    }
+    for (bool int8 : {true, false}) {
+      set_int8_activations(int8);
+      if (!int8 && !*int8_dot_isa() && false) continue;
+      std::printf("  %-4s %-5s", f.name, int8 ? (*int8_dot_isa() && f.block_elems == 32 && t != WeightType::q4_1 ? "int8" : "f32") : "f32");
+      for (int64_t M : {1, 4, 16}) {
+        auto A = torch::randn({M, K}), C = torch::empty({M, N});
+        auto call = [&] { small_gemm(A.data_ptr<float>(), M, WeightsRef(blocks.data(), t), N, K, C.data_ptr<float>()); };
+        call();
+        const int reps = 10;
+        auto t0 = Clock::now();
+        for (int i = 0; i < reps; ++i) call();
+        const double sec = std::chrono::duration<double>(Clock::now() - t0).count() / reps;
+        std::printf("  M=%-2lld %6.1f GB/s (%.2f ms)", (long long)M, blocks.size() / sec / 1e9, sec * 1e3);
+      }
+      std::printf("\n");
+      if (!(t == WeightType::q8_0 || t == WeightType::q4_0 || t == WeightType::q5_0)) break;
+    }
+    set_int8_activations(true);
+  }
   return 0;
 }
 
@@ -229,9 +264,13 @@ int main(int argc, char** argv) {
   bool child = false, wait_policy = true;
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--no-wait-policy")) wait_policy = false;
+  // --float-activations: Q4_0/Q5_0/Q8_0 weights widened to float32 in registers instead of the
+  // integer dot products (an A/B run of the two paths on one file).
+  for (int i = 1; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--float-activations")) vhost::llama::set_int8_activations(false);
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--child")) child = true;
-    if (!std::strcmp(argv[i], "--no-wait-policy")) --i;
+    if (!std::strcmp(argv[i], "--no-wait-policy") || !std::strcmp(argv[i], "--float-activations")) --i;
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--batch")) batch = std::atoll(argv[i + 1]);

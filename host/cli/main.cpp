@@ -34,6 +34,29 @@ constexpr int kBadInput = 2;
 // generate, chat and prepare build.
 std::string q(const std::string& v) { return vh::json(v).dump(); }
 
+// --model-option KEY=VALUE pairs as TOML lines of a [models.NAME] table: the plugin, not the host,
+// knows its options and checks them. VALUE: true/false and numbers as such, else a string.
+std::string model_options_toml(const std::vector<std::string>& options) {
+  std::string out;
+  for (const auto& o : options) {
+    const auto eq = o.find('=');
+    const std::string key = o.substr(0, eq);
+    if (eq == std::string::npos || key.empty() ||
+        key.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != std::string::npos)
+      throw vh::ConfigError("--model-option " + o + ": expected KEY=VALUE with KEY letters, digits and _");
+    const std::string value = o.substr(eq + 1);
+    vh::json v;
+    try {
+      v = vh::json::parse(value);
+    } catch (const std::exception&) {
+      v = value;
+    }
+    if (!v.is_boolean() && !v.is_number()) v = value;
+    out += "\n" + key + " = " + v.dump();
+  }
+  return out;
+}
+
 // A sampling flag checked against the one range its pipeline option and the HTTP API use, so that
 // a bad value is named by its flag ("--temperature: must be in [0, 2]"), not by the hidden pipeline.
 CLI::Option* sampling_flag(CLI::App* app, const vh::sampling::Range& r, double& value) {
@@ -182,9 +205,8 @@ int main(int argc, char** argv) {
   model_convert->add_flag("--overwrite", convert_overwrite, "replace out if it exists");
   std::string convert_quantize;
   model_convert->add_option("--quantize", convert_quantize,
-                            "HF folder -> GGUF: write the matrices quantized (q8_0, as llama.cpp's converter and the gguf "
-                            "package quantize them; 1-D tensors stay F32)")
-      ->check(CLI::IsMember({"q8_0"}));
+                            "HF folder -> GGUF: write the matrices quantized (q8_0, q4_0, q4_1, q5_0, q5_1, as llama.cpp's converter and the gguf "
+                            "package quantize them; 1-D tensors stay F32; the model plugin checks the name)");
 
   std::string merge_base, merge_adapter, merge_out;
   bool merge_overwrite = false;
@@ -231,6 +253,10 @@ int main(int argc, char** argv) {
   gen->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
   std::string gen_adapter, chat_adapter;
   gen->add_option("--adapter", gen_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
+  std::vector<std::string> gen_model_options;
+  gen->add_option("--model-option", gen_model_options,
+                  "KEY=VALUE: an option of the model plugin, as in [models.NAME] of a pipeline (repeatable; "
+                  "true/false and numbers as such, anything else a string)");
   // Data preparation (a one-stage pipeline, like generate).
   auto* prep = app.add_subcommand("prepare", "clean, split and tokenize ShareGPT conversations for training");
   std::string prep_input, prep_model, prep_out, prep_template, prep_html = "auto", prep_templates;
@@ -546,7 +572,7 @@ int main(int argc, char** argv) {
                          "\n[models.m]\nplugin = " + q(model_plugin) + "\npath = " +
                          q(std::filesystem::absolute(gen_model).string()) +
                          (gen_adapter.empty() ? std::string() : "\nadapter = " + q(std::filesystem::absolute(gen_adapter).string())) +
-                         "\n[stages.generate]\nprompts = [" + q(gen_prompt) +
+                         model_options_toml(gen_model_options) + "\n[stages.generate]\nprompts = [" + q(gen_prompt) +
                          "]\nmax_tokens = " + std::to_string(gen_max) + "\ntemperature = " + vh::json(gen_temp).dump() +
                          "\ntop_p = " + vh::json(gen_top_p).dump() + "\ntop_k = " + std::to_string(gen_top_k) +
                          "\nseed = " + std::to_string(gen_seed) + "\nstop = " + vh::json(gen_stop).dump() + "\n";

@@ -53,17 +53,29 @@ pipeline m.gguf auto 48 4 > engine.toml
 grep -q "max_batch: 4" engine.log || { echo "the engine did not run:"; cat engine.log; exit 1; }
 [ "$(text engine.log)" = "$(text gguf.log)" ] || { echo "the engine decodes the GGUF differently:"; diff <(text engine.log) <(text gguf.log); exit 1; }
 # A Q8_0 GGUF (vhost's own quantizer): decoded from its blocks (1.06 bytes a Q8_0 weight; the
-# tiny preset's down projection, 172 wide, stays F32, so 1.8 on the whole), the same
-# text as the same file dequantised to float32 (dtype = "float32").
+# tiny preset's down projection, 172 wide, stays F32, so 1.8 on the whole). With
+# quant_activations = "float32" the same text as the same file dequantised to float32
+# (dtype = "float32"); by default (int8: llama.cpp's arithmetic) through the integer kernels.
 "$vhost" model convert float16 q8.gguf --quantize q8_0 > convq.log 2>&1 || { cat convq.log; exit 1; }
-pipeline q8.gguf auto 12 > q8.toml
+pipeline q8.gguf auto 12 | sed 's/^dtype = "auto"$/dtype = "auto"\nquant_activations = "float32"/' > q8.toml
 "$vhost" run q8.toml > q8.log 2>&1 || { cat q8.log; exit 1; }
-grep -q "kernel: avx.*, q8_0 blocks dequantised in registers" q8.log && grep -q "bytes_per_weight: 1\\." q8.log ||
+grep -q "kernel: avx.*, q8_0 x [0-9]* blocks dequantised in registers$" q8.log && grep -q "bytes_per_weight: 1\\." q8.log ||
   { echo "the Q8_0 file is not decoded from its blocks:"; cat q8.log; exit 1; }
 pipeline q8.gguf float32 12 > q8f.toml
 "$vhost" run q8f.toml > q8f.log 2>&1 || { cat q8f.log; exit 1; }
 grep -q "bytes_per_weight: 4.0" q8f.log || { cat q8f.log; exit 1; }
 [ "$(text q8.log)" = "$(text q8f.log)" ] || { echo "Q8_0 blocks and their float32 values decode differently:"; diff <(text q8.log) <(text q8f.log); exit 1; }
+pipeline q8.gguf auto 12 > q8i.toml
+"$vhost" run q8i.toml > q8i.log 2>&1 || { cat q8i.log; exit 1; }
+if grep -q "avx512\|avx2" q8i.log; then
+  grep -q "kernel: avx.*, q8_0 x [0-9]* blocks dequantised in registers; q4_0/q5_0/q8_0 by integer dot products" q8i.log ||
+    { echo "the Q8_0 file is not decoded by the integer kernels:"; cat q8i.log; exit 1; }
+fi
+[ "$(text q8i.log | wc -l)" -ge 2 ] || { echo "no text from the integer kernels:"; cat q8i.log; exit 1; }
+# A quant_activations that is neither is refused naming the option.
+pipeline q8.gguf auto 12 | sed 's/^dtype = "auto"$/dtype = "auto"\nquant_activations = "int4"/' > q8bad.toml
+rc=0; "$vhost" run q8bad.toml > q8bad.log 2>&1 || rc=$?
+[ "$rc" = 2 ] && grep -q "quant_activations" q8bad.log || { echo "quant_activations = int4: exit $rc"; cat q8bad.log; exit 1; }
 # Malformed: the GGUF cut in the middle of its last tensor.
 size=$(stat -c %s m.gguf)
 head -c $((size - 100)) m.gguf > cut.gguf

@@ -1,6 +1,7 @@
 // The decode kernels (small_gemm, decode_attention) against libtorch's own ops on odd shapes:
 // sizes that are not multiples of the tile or vector width, grouped-query heads, left padding.
 #include "decode_kernels.hpp"
+#include "quant_fixtures.hpp"
 
 #include <torch/torch.h>
 
@@ -156,6 +157,7 @@ static std::pair<std::vector<uint8_t>, torch::Tensor> q8_blocks(const torch::Ten
 }
 
 TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read Q8_0 blocks, dequantised in registers", "[kernels][q8]") {
+  set_int8_activations(false);  // the float32 path; the integer one is tested with the other formats below
   for (const auto& isa : runnable_kernels()) {
     select_kernels(isa.c_str());
     INFO("kernels: " << small_gemm_isa());
@@ -196,6 +198,76 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read Q8_0 blocks, dequan
     auto A = torch::randn({1, 40}), out = torch::empty({1, 2});
     CHECK_FALSE(small_gemm(A.data_ptr<float>(), 1, WeightsRef(junk.data(), WeightType::q8_0), 2, 40, out.data_ptr<float>()));
   }
+  set_int8_activations(true);
+  select_kernels(nullptr);
+}
+
+// A [M, K] as the integer kernels see it: each block of 32 as d * int8, int8 = a * 127 / max|a|
+// rounded to nearest even, d = max|a| / 127 rounded to float16 (ggml's quantize_row_q8_0).
+static torch::Tensor q8_rounded(const torch::Tensor& A) {
+  auto b = A.reshape({-1, 32});
+  auto amax = b.abs().amax(1, true);
+  auto id = torch::where(amax == 0, torch::zeros_like(amax), 127 / amax);
+  auto d = (amax / 127).to(torch::kHalf).to(torch::kFloat32);
+  return (torch::round(b * id) * d).reshape(A.sizes());
+}
+
+TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized format, dequantised in registers",
+          "[kernels][quant]") {
+  const WeightType types[] = {WeightType::q4_0, WeightType::q4_1, WeightType::q5_0, WeightType::q5_1,
+                              WeightType::q8_0, WeightType::q4_k, WeightType::q5_k, WeightType::q6_k};
+  for (const auto& [isa, int8] : {std::pair<std::string, bool>{"avx2", false}, {"avx2", true}, {"avx512", false},
+                                  {"avx512", true}}) {
+    if (!select_kernels(isa.c_str())) continue;
+    set_int8_activations(int8);
+    for (WeightType t : types) {
+      const QuantFormat& f = *quant_format(t);
+      // Q4_0, Q5_0 and Q8_0 go through the integer kernels where they are on: the reference
+      // then multiplies the 8-bit-rounded A.
+      const bool rounded = int8 && *int8_dot_isa() &&
+                           (t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q8_0);
+      INFO("kernels: " << small_gemm_isa() << ", format " << f.name << ", integer: " << int8_dot_isa());
+      if (!small_gemm_supports(t)) {
+        WARN("SKIP: the " << small_gemm_isa() << " kernels here cannot read " << f.name << " (no F16C)");
+        continue;
+      }
+      const int64_t E = f.block_elems;
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, E}, {2, 7, 2 * E}, {5, 37, 3 * E},
+                             {3, 1001, E}, {33, 33, 3 * E}, {16, 288, 2 * E}}) {
+        INFO("M=" << M << " N=" << N << " K=" << K);
+        torch::manual_seed(9);
+        auto A = torch::randn({M, K});
+        auto Aref = rounded ? q8_rounded(A) : A;
+        auto [b1, w1] = random_blocks(f, N, K, 1);
+        auto [b2, w2] = random_blocks(f, N + 3, K, 2);
+        const double tol = 1e-4 * std::max(1.0, w1.abs().max().item<double>() * std::sqrt(double(K)));
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        auto C = torch::full({M, N}, nan);
+        REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(b1.data(), t), N, K, C.data_ptr<float>()));
+        CHECK(torch::allclose(C, torch::linear(Aref, w1), 1e-4, tol));  // every element written
+        auto C0 = torch::randn({M, N});
+        auto Cacc = C0.clone();
+        REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(b1.data(), t), N, K, Cacc.data_ptr<float>(), true));
+        CHECK(torch::allclose(Cacc, C0 + torch::linear(Aref, w1), 1e-4, tol));
+        auto c1 = torch::full({M, N + 3}, nan), c2 = torch::full({M, N}, nan);
+        const GemmOutput outs[2] = {{WeightsRef(b2.data(), t), N + 3, c1.data_ptr<float>()},
+                                    {WeightsRef(b1.data(), t), N, c2.data_ptr<float>()}};
+        REQUIRE(small_gemm_many(A.data_ptr<float>(), M, K, outs, 2));
+        CHECK(torch::allclose(c1, torch::linear(Aref, w2), 1e-4, tol));
+        CHECK(torch::allclose(c2, torch::linear(Aref, w1), 1e-4, tol));
+        auto act = torch::full({M, N}, nan);
+        REQUIRE(gate_up_silu(A.data_ptr<float>(), M, K, WeightsRef(b1.data(), t), WeightsRef(b2.data(), t), N,
+                             act.data_ptr<float>()));
+        auto want = torch::silu(torch::linear(Aref, w1)) * torch::linear(Aref, w2.narrow(0, 0, N));
+        CHECK(torch::allclose(act, want, 1e-4, tol * (1 + want.abs().max().item<double>())));
+      }
+      // A row that is not whole blocks is declined, not misread.
+      std::vector<uint8_t> junk(static_cast<std::size_t>(f.block_bytes * 4));
+      auto A = torch::randn({1, E + 8}), out = torch::empty({1, 2});
+      CHECK_FALSE(small_gemm(A.data_ptr<float>(), 1, WeightsRef(junk.data(), t), 2, E + 8, out.data_ptr<float>()));
+    }
+  }
+  set_int8_activations(true);
   select_kernels(nullptr);
 }
 

@@ -1,5 +1,6 @@
 // LLaMA core: safetensors reading and writing, config.json, the forward pass and its KV cache.
 #include "decode_kernels.hpp"
+#include "quant_fixtures.hpp"
 #include "model.hpp"
 #include "safetensors.hpp"
 
@@ -962,7 +963,8 @@ TEST_CASE("GGUF: malformed files name the file and the field", "[gguf][malformed
   check("lies.gguf", GgufBuilder::make(0, 1000), "tensor 'token_embd.weight': offset 1000");
   check("type.gguf", GgufBuilder::make(0, 0, 99), "general.architecture: unknown metadata value type 99");
   check("count.gguf", GgufBuilder::make(0, 0, 8, uint64_t(1) << 60), "tensor count");
-  check("q4.gguf", GgufBuilder::make(2), "tensor 'token_embd.weight': unsupported tensor type 2");
+  check("q3k.gguf", GgufBuilder::make(11), "tensor 'token_embd.weight': unsupported tensor type 11");
+  check("q4.gguf", GgufBuilder::make(2), "tensor 'token_embd.weight': Q4_0 needs a multiple of 32 elements, it has 8");
   std::string v9 = good;
   v9[4] = 9;
   check("version.gguf", v9, "GGUF version 9 is not supported");
@@ -1010,7 +1012,7 @@ TEST_CASE("GGUF: convert --quantize q8_0 writes Q8_0 blocks that read back withi
   std::vector<float> x(32, 0.0f);
   x[0] = 2.0f, x[1] = -2.0f, x[2] = 1.0f, x[3] = -1.0f;
   std::vector<uint8_t> b(34);
-  quantize_q8_0(x.data(), 32, b.data());
+  quantize(WeightType::q8_0, x.data(), 32, b.data());
   const float d = static_cast<float>(c10::Half(2.0f / 127.0f));
   uint16_t dh;
   std::memcpy(&dh, b.data(), 2);
@@ -1022,7 +1024,7 @@ TEST_CASE("GGUF: convert --quantize q8_0 writes Q8_0 blocks that read back withi
   CHECK(static_cast<int8_t>(b[6]) == 0);
   (void)d;
   std::vector<float> zeros(32, 0.0f);
-  quantize_q8_0(zeros.data(), 32, b.data());  // all zero: d 0, no division by it
+  quantize(WeightType::q8_0, zeros.data(), 32, b.data());  // all zero: d 0, no division by it
   CHECK(std::all_of(b.begin(), b.end(), [](uint8_t v) { return v == 0; }));
 
   fs::path dir = scratch("gguf-q8-out");
@@ -1067,9 +1069,19 @@ TEST_CASE("GGUF: convert --quantize q8_0 writes Q8_0 blocks that read back withi
   }
 }
 
-TEST_CASE("GGUF: a model decoding from Q8_0 blocks equals the float32 model of their values", "[gguf][q8]") {
+// The logits of a 3-row prompt (left-padded by pad) and then 5 one-token steps through a KV
+// cache: the prefill and the decode kernels both.
+static torch::Tensor prefill_then_steps(const LlamaModel& m, const torch::Tensor& prompt, const torch::Tensor& pad) {
+  auto cache = KVCache::create(m.config(), 3, 12, torch::TensorOptions());
+  std::vector<torch::Tensor> out{m.forward(prompt, &cache, pad)};
+  for (int64_t t = 0; t < 5; ++t)
+    out.push_back(m.forward(torch::tensor(std::vector<int64_t>{7 + t, 100 + t, 200 + t}).view({3, 1}), &cache, pad));
+  return torch::cat(out, 1);
+}
+
+TEST_CASE("GGUF: a model decoding from quantized blocks equals the float32 model of their values", "[gguf][q8]") {
   if (!small_gemm_supports(WeightType::q8_0)) {
-    WARN("SKIP: no kernel reads Q8_0 blocks on this CPU");
+    WARN("SKIP: no kernel reads quantized blocks on this CPU");
     return;
   }
   fs::path dir = scratch("gguf-q8-blocks");
@@ -1078,29 +1090,84 @@ TEST_CASE("GGUF: a model decoding from Q8_0 blocks equals the float32 model of t
   cfg.vocab_size = Tokenizer::load(tok_file).vocab_size();
   std::ifstream in(tok_file, std::ios::binary);
   std::string proto((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  save_gguf_llama(LlamaModel::random(cfg, 6), proto, dir / "q8.gguf", "q8_0");
-  auto kept = load_gguf_llama(dir / "q8.gguf", /*keep_q8=*/true);
-  auto plain = load_gguf_llama(dir / "q8.gguf");
-  LlamaModel blocks(kept.config, kept.tensors, "q8", torch::kCPU, torch::kFloat32);
-  LlamaModel ref(plain.config, plain.tensors, "ref", torch::kCPU, torch::kFloat32);
-  CHECK(blocks.q8_matrices() == 6 * cfg.num_hidden_layers + (cfg.tie_word_embeddings ? 0 : 1));  // down: 172 wide
+  for (std::string format : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}) {
+    INFO(format);
+    save_gguf_llama(LlamaModel::random(cfg, 6), proto, dir / "q.gguf", format);
+    auto kept = load_gguf_llama(dir / "q.gguf", /*keep_blocks=*/true);
+    auto plain = load_gguf_llama(dir / "q.gguf");
+    LlamaModel blocks(kept.config, kept.tensors, "q", torch::kCPU, torch::kFloat32);
+    LlamaModel ref(plain.config, plain.tensors, "ref", torch::kCPU, torch::kFloat32);
+    const int64_t want = 6 * cfg.num_hidden_layers + (cfg.tie_word_embeddings ? 0 : 1);  // down: 172 wide
+    CHECK(blocks.quantized_matrices() == want);
+    CHECK(blocks.quant_matrices().at(format) == want);
+    c10::InferenceMode inference;
+    auto prompt = torch::randint(0, cfg.vocab_size, {3, 6}, torch::kInt64);
+    auto pad = torch::tensor(std::vector<int64_t>{0, 2, 5});
+    auto run = [&](const LlamaModel& m) { return prefill_then_steps(m, prompt, pad); };
+    set_int8_activations(false);  // exact: the float32 model of the blocks' values
+    CHECK(torch::allclose(run(blocks), run(ref), 1e-5, 1e-5));
+    CHECK(torch::allclose(blocks.forward(prompt), ref.forward(prompt), 1e-5, 1e-5));
+    set_int8_activations(true);  // llama.cpp's arithmetic for Q4_0, Q5_0, Q8_0: close, not equal
+    auto a = run(blocks), b = run(ref);
+    const double rel = ((a - b).abs().max() / b.abs().max()).item<double>();
+    INFO("int8 activations: max |diff| / max |logit| = " << rel << " (" << int8_dot_isa() << ")");
+    CHECK(rel < 0.05);
+    // What cannot take blocks says so.
+    CHECK_THAT(error_of([&] { blocks.save(dir / "out"); }), Contains("quantized blocks"));
+    CHECK_THAT(error_of([&] { save_gguf_llama(blocks, proto, dir / "again.gguf"); }), Contains("quantized blocks"));
+    LlamaModel b2 = blocks;
+    CHECK_FALSE(b2.enable_bf16_decode());
+  }
+}
+
+TEST_CASE("A model of mixed K-quant blocks (as llama.cpp's Q4_K_M files) equals the float32 model of their values",
+          "[gguf][quant]") {
+  if (!small_gemm_supports(WeightType::q4_k)) {
+    WARN("SKIP: no kernel reads quantized blocks on this CPU");
+    return;
+  }
+  LlamaConfig cfg = LlamaConfig::preset("tiny");
+  cfg.hidden_size = 256, cfg.intermediate_size = 512, cfg.num_attention_heads = 4, cfg.num_key_value_heads = 2;
+  cfg.num_hidden_layers = 2, cfg.vocab_size = 300, cfg.tie_word_embeddings = false;
+  auto base = LlamaModel::random(cfg, 3);
+  // Every matrix but the embedding as blocks, the formats taking turns (so gate and up differ in
+  // some layers, and the output is Q6_K as llama.cpp's presets write it).
+  const WeightType turn[] = {WeightType::q4_k, WeightType::q6_k, WeightType::q5_k, WeightType::q4_0, WeightType::q8_0};
+  std::vector<std::pair<std::string, torch::Tensor>> kept, values;
+  std::vector<std::vector<uint8_t>> storage;
+  int i = 0;
+  for (const auto& [name, t] : base.named_tensors()) {
+    if (t.dim() != 2 || name == "model.embed_tokens.weight") {
+      kept.emplace_back(name, t);
+      values.emplace_back(name, t);
+      continue;
+    }
+    const QuantFormat& f = *quant_format(name == "lm_head.weight" ? WeightType::q6_k : turn[i++ % 5]);
+    auto [bytes, w] = random_blocks(f, t.size(0), t.size(1), static_cast<uint32_t>(i));
+    storage.push_back(std::move(bytes));
+    kept.emplace_back(name, torch::from_blob(storage.back().data(), {t.size(0), t.size(1) / f.block_elems, f.block_bytes},
+                                             torch::kUInt8));
+    values.emplace_back(name, w);
+  }
+  LlamaModel blocks(cfg, kept, "k", torch::kCPU, torch::kFloat32);
+  LlamaModel ref(cfg, values, "ref", torch::kCPU, torch::kFloat32);
+  CHECK(blocks.quantized_matrices() == 7 * cfg.num_hidden_layers + 1);
+  CHECK(quant_summary(blocks).find("q6_k x") != std::string::npos);
   c10::InferenceMode inference;
+  torch::manual_seed(5);
   auto prompt = torch::randint(0, cfg.vocab_size, {3, 6}, torch::kInt64);
   auto pad = torch::tensor(std::vector<int64_t>{0, 2, 5});
-  auto run = [&](const LlamaModel& m) {
-    auto cache = KVCache::create(cfg, 3, 12, torch::TensorOptions());
-    std::vector<torch::Tensor> out{m.forward(prompt, &cache, pad)};
-    for (int64_t t = 0; t < 5; ++t)
-      out.push_back(m.forward(torch::tensor(std::vector<int64_t>{7 + t, 100 + t, 300 + t}).view({3, 1}), &cache, pad));
-    return torch::cat(out, 1);
-  };
-  CHECK(torch::allclose(run(blocks), run(ref), 1e-5, 1e-5));
-  CHECK(torch::allclose(blocks.forward(prompt), ref.forward(prompt), 1e-5, 1e-5));
-  // What cannot take blocks says so.
-  CHECK_THAT(error_of([&] { blocks.save(dir / "out"); }), Contains("Q8_0 blocks"));
-  CHECK_THAT(error_of([&] { save_gguf_llama(blocks, proto, dir / "again.gguf"); }), Contains("Q8_0 blocks"));
-  LlamaModel b2 = blocks;
-  CHECK_FALSE(b2.enable_bf16_decode());
+  auto run = [&](const LlamaModel& m) { return prefill_then_steps(m, prompt, pad); };
+  set_int8_activations(false);  // exact: the float32 model of the blocks' values (the Q4_0, Q8_0 ones too)
+  auto a = run(blocks), b = run(ref);
+  set_int8_activations(true);
+  INFO("max |diff| " << (a - b).abs().max().item<double>() << " of max " << b.abs().max().item<double>());
+  CHECK(torch::allclose(a, b, 1e-4, 1e-4 * b.abs().max().item<double>()));
+  // A block tensor that is no format of its matrix is refused naming it.
+  auto bad = kept;
+  bad[1].second = torch::zeros({bad[1].second.size(0), 3, 19}, torch::kUInt8);
+  CHECK_THAT(error_of([&] { LlamaModel(cfg, bad, "bad.gguf", torch::kCPU, torch::kFloat32); }),
+             Contains("bad.gguf") && Contains(bad[1].first) && Contains("no quantized format"));
 }
 
 TEST_CASE("GGUF: Q8_0 blocks dequantise to scale * int8", "[gguf]") {

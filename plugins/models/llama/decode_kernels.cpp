@@ -13,6 +13,7 @@
 
 #if defined(__x86_64__)
 #include <cpuid.h>
+#include <immintrin.h>
 #endif
 
 #include <algorithm>
@@ -128,13 +129,57 @@ VHOST_INLINE void tile(const float* A, const TW* W, int64_t K, float* C, int64_t
     for (int c = 0; c < NR; ++c) C[r * ldc + c] = add ? C[r * ldc + c] + sums[r * NR + c] : sums[r * NR + c];
 }
 
-// Elements of TW per row of W: K, or K / 32 Q8_0 blocks.
-template <typename TW>
-constexpr int64_t w_row(int64_t K) {
-  return std::is_same_v<TW, Q8Block> ? K / 32 : K;
+template <int V>
+struct I8;
+template <>
+struct I8<16> {
+  typedef int8_t b __attribute__((vector_size(16), may_alias, aligned(1)));
+  typedef uint8_t u __attribute__((vector_size(16), may_alias, aligned(1)));
+  typedef int32_t i __attribute__((vector_size(64)));
+};
+template <>
+struct I8<8> {
+  typedef int8_t b __attribute__((vector_size(8), may_alias, aligned(1)));
+  typedef uint8_t u __attribute__((vector_size(8), may_alias, aligned(1)));
+  typedef int32_t i __attribute__((vector_size(32)));
+};
+
+// V bytes widened to V int32: sign- or zero-extended by one vpmovsxbd / vpmovzxbd from memory.
+// (GCC 12 scalarised __builtin_convertvector of int8 to int32 vectors here: a mov, shift and
+// insert per element, 1.1 s a 7B step, not 0.2.)
+template <int V>
+VHOST_INLINE typename I8<V>::i load_s8(const int8_t* p) {
+  typename I8<V>::i q;
+#if defined(__x86_64__)
+  __asm__("vpmovsxbd %1, %0" : "=v"(q) : "m"(*reinterpret_cast<const typename I8<V>::b*>(p)));
+#else
+  typename I8<V>::b b8;
+  std::memcpy(&b8, p, sizeof b8);
+  q = __builtin_convertvector(b8, typename I8<V>::i);
+#endif
+  return q;
+}
+template <int V>
+VHOST_INLINE typename I8<V>::i load_u8(const uint8_t* p) {
+  typename I8<V>::i q;
+#if defined(__x86_64__)
+  __asm__("vpmovzxbd %1, %0" : "=v"(q) : "m"(*reinterpret_cast<const typename I8<V>::u*>(p)));
+#else
+  typename I8<V>::u b8;
+  std::memcpy(&b8, p, sizeof b8);
+  q = __builtin_convertvector(b8, typename I8<V>::i);
+#endif
+  return q;
+}
+// 0, 1, ..., V - 1 as int32 lanes.
+template <int V>
+VHOST_INLINE typename I8<V>::i lane_index() {
+  typename I8<V>::i x;
+  for (int j = 0; j < V; ++j) x[j] = j;
+  return x;
 }
 
-// An f16's value (a Q8_0 block's scale), exactly: subnormals, infinities and NaN included.
+// An f16's value (a block's scale), exactly: subnormals, infinities and NaN included.
 VHOST_INLINE float half_to_float(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
   uint32_t bits;
@@ -152,66 +197,167 @@ VHOST_INLINE float half_to_float(uint16_t h) {
   return f;
 }
 
-template <int V>
-struct I8;
+// Dequantising a quantized block in registers (quants.hpp has the layouts and the scalar
+// reference): Quant<B>::group<V> writes elements [32 g, 32 g + 32) of block b as 32 / V float
+// vectors, integers widened and converted in registers and scaled (d * q + bias as one
+// multiply-add). Blocks of 256 (the K-quants) are 8 groups, each with its own scale.
+template <typename B>
+struct Quant;
 template <>
-struct I8<16> {
-  typedef int8_t b __attribute__((vector_size(16), may_alias, aligned(1)));
-  typedef int32_t i __attribute__((vector_size(64)));
+struct Quant<Q8Block> {
+  static constexpr int kElems = 32;
+  template <int V, typename vec>
+  static VHOST_INLINE void group(const Q8Block& b, int, vec* w) {
+    const float d = half_to_float(b.d);
+#pragma GCC unroll 4
+    for (int h = 0; h < 32 / V; ++h) w[h] = __builtin_convertvector(load_s8<V>(b.q + h * V), vec) * d;
+  }
+};
+// Elements h * V + lane of a 32-element block of nibbles qs[16] (low nibbles are elements 0..15,
+// high 16..31), as int32 lanes.
+template <int V>
+VHOST_INLINE typename I8<V>::i nibbles(const uint8_t* qs, int h) {
+  constexpr int H = 32 / V;
+  const auto x = load_u8<V>(qs + (h % (H / 2)) * V);
+  return h < H / 2 ? (x & 15) : (x >> 4);
+}
+// The fifth bits of elements h * V + lane of a block with qh (32 bits, bit j for element j).
+template <int V>
+VHOST_INLINE typename I8<V>::i fifth_bits(const uint8_t* qh8, int h) {
+  uint32_t qh;
+  std::memcpy(&qh, qh8, 4);
+  typename I8<V>::i x = typename I8<V>::i{} + static_cast<int32_t>(qh >> (h * V));
+  return ((x >> lane_index<V>()) & 1) << 4;
+}
+template <>
+struct Quant<BlockQ4_0> {
+  static constexpr int kElems = 32;
+  template <int V, typename vec>
+  static VHOST_INLINE void group(const BlockQ4_0& b, int, vec* w) {
+    const float d = half_to_float(b.d), bias = -8 * d;
+#pragma GCC unroll 4
+    for (int h = 0; h < 32 / V; ++h) w[h] = __builtin_convertvector(nibbles<V>(b.qs, h), vec) * d + bias;
+  }
 };
 template <>
-struct I8<8> {
-  typedef int8_t b __attribute__((vector_size(8), may_alias, aligned(1)));
-  typedef int32_t i __attribute__((vector_size(32)));
+struct Quant<BlockQ4_1> {
+  static constexpr int kElems = 32;
+  template <int V, typename vec>
+  static VHOST_INLINE void group(const BlockQ4_1& b, int, vec* w) {
+    const float d = half_to_float(b.d), m = half_to_float(b.m);
+#pragma GCC unroll 4
+    for (int h = 0; h < 32 / V; ++h) w[h] = __builtin_convertvector(nibbles<V>(b.qs, h), vec) * d + m;
+  }
+};
+template <>
+struct Quant<BlockQ5_0> {
+  static constexpr int kElems = 32;
+  template <int V, typename vec>
+  static VHOST_INLINE void group(const BlockQ5_0& b, int, vec* w) {
+    const float d = half_to_float(b.d), bias = -16 * d;
+#pragma GCC unroll 4
+    for (int h = 0; h < 32 / V; ++h)
+      w[h] = __builtin_convertvector(nibbles<V>(b.qs, h) | fifth_bits<V>(b.qh, h), vec) * d + bias;
+  }
+};
+template <>
+struct Quant<BlockQ5_1> {
+  static constexpr int kElems = 32;
+  template <int V, typename vec>
+  static VHOST_INLINE void group(const BlockQ5_1& b, int, vec* w) {
+    const float d = half_to_float(b.d), m = half_to_float(b.m);
+#pragma GCC unroll 4
+    for (int h = 0; h < 32 / V; ++h)
+      w[h] = __builtin_convertvector(nibbles<V>(b.qs, h) | fifth_bits<V>(b.qh, h), vec) * d + m;
+  }
+};
+template <typename B, bool kFifth>
+struct QuantK45 {
+  static constexpr int kElems = 256;
+  template <int V, typename vec>
+  static VHOST_INLINE void group(const B& b, int g, vec* w) {
+    int sc, m;
+    scale_min_k4(g, b.scales, sc, m);
+    const float d = half_to_float(b.d) * sc, bias = -half_to_float(b.dmin) * m;
+    const uint8_t* qs = b.qs + 32 * (g / 2);
+#pragma GCC unroll 4
+    for (int h = 0; h < 32 / V; ++h) {
+      const auto x = load_u8<V>(qs + h * V);
+      auto q = g % 2 ? x >> 4 : x & 15;
+      if constexpr (kFifth) q |= ((load_u8<V>(b.qh + h * V) >> g) & 1) << 4;
+      w[h] = __builtin_convertvector(q, vec) * d + bias;
+    }
+  }
+};
+template <>
+struct Quant<BlockQ4_K> : QuantK45<BlockQ4_K, false> {};
+template <>
+struct Quant<BlockQ5_K> : QuantK45<BlockQ5_K, true> {};
+template <>
+struct Quant<BlockQ6_K> {
+  static constexpr int kElems = 256;
+  template <int V, typename vec>
+  static VHOST_INLINE void group(const BlockQ6_K& b, int g, vec* w) {
+    const int c = g / 4, s = g % 4;  // 128-element half, and quarter of it
+    const uint8_t* ql = b.ql + 64 * c + (s & 1) * 32;
+    const uint8_t* qh = b.qh + 32 * c;
+    const float d = half_to_float(b.d);
+#pragma GCC unroll 4
+    for (int h = 0; h < 32 / V; ++h) {
+      const auto x = load_u8<V>(ql + h * V);
+      const auto lo = s >= 2 ? x >> 4 : x & 15;
+      const auto q = (lo | (((load_u8<V>(qh + h * V) >> (2 * s)) & 3) << 4)) - 32;
+      w[h] = __builtin_convertvector(q, vec) * (d * b.scales[8 * c + 2 * s + h * V / 16]);
+    }
+  }
 };
 
-// tile() for Q8_0 weights: each block's 32 int8 widened and converted to float in registers
-// (vpmovsxbd, vcvtdq2ps), times the block's scale, then multiplied into A as float32. The result
-// is the float32 product of the dequantised weights (up to the order of the sums).
-template <int V, int MR, int NR>
-VHOST_INLINE void tile_q8(const float* A, const Q8Block* W, int64_t K, float* C, int64_t ldc, bool add,
-                          const Q8Block* next, int pf_rows) {
+template <typename TW>
+constexpr bool kQuantized = !std::is_same_v<TW, float> && !std::is_same_v<TW, uint16_t> && !std::is_same_v<TW, Half>;
+
+// Elements of TW per row of W: K, or K / (block size) blocks.
+template <typename TW>
+constexpr int64_t w_row(int64_t K) {
+  if constexpr (kQuantized<TW>)
+    return K / Quant<TW>::kElems;
+  else
+    return K;
+}
+
+// tile() for quantized weights: each block dequantised in registers, 32 weights of each of the
+// NR rows at a time, then multiplied into A as float32. The result is the float32 product of the
+// dequantised weights (up to the order of the sums).
+template <int V, int MR, int NR, typename B>
+VHOST_INLINE void tile_quant(const float* A, const B* W, int64_t K, float* C, int64_t ldc, bool add, const B* next,
+                             int pf_rows) {
   typedef float vec __attribute__((vector_size(4 * V)));
-  typedef typename I8<V>::b bvec;
-  typedef typename I8<V>::i ivec;
   static_assert(MR * NR <= V, "a tile has at most V accumulators");
-  constexpr int H = 32 / V;  // vectors a block
+  constexpr int E = Quant<B>::kElems, H = 32 / V;  // weights a block, vectors a group of 32
   vec acc[V] = {};
-  const int64_t nb = K / 32;
+  const int64_t nb = K / E;
   for (int64_t b = 0; b < nb; ++b) {
     if (next)
 #pragma GCC unroll 8
       for (int c = 0; c < NR; ++c)
-        if (c < pf_rows) __builtin_prefetch(next + c * nb + b);
-    vec w[NR][H];
-#pragma GCC unroll 8
-    for (int c = 0; c < NR; ++c) {
-      const Q8Block& blk = W[c * nb + b];
-      const float d = half_to_float(blk.d);
+        if (c < pf_rows)
 #pragma GCC unroll 4
-      for (int h = 0; h < H; ++h) {
-        ivec q;
-#if defined(__x86_64__)
-        // One vpmovsxbd from memory: GCC 12 scalarised __builtin_convertvector of int8 to
-        // int32 vectors here (a mov, shift and insert per element: 1.1 s a 7B step, not 0.2).
-        __asm__("vpmovsxbd %1, %0" : "=v"(q) : "m"(*reinterpret_cast<const bvec*>(blk.q + h * V)));
-#else
-        bvec b8;
-        std::memcpy(&b8, blk.q + h * V, sizeof b8);
-        q = __builtin_convertvector(b8, ivec);
-#endif
-        w[c][h] = __builtin_convertvector(q, vec) * d;
-      }
+          for (int off = 0; off < int(sizeof(B)); off += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(next + c * nb + b) + off);
+#pragma GCC unroll 2
+    for (int g = 0; g < E / 32; ++g) {
+      vec w[NR][H];
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c) Quant<B>::template group<V, vec>(W[c * nb + b], g, w[c]);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+        for (int h = 0; h < H; ++h) {
+          vec a;
+          std::memcpy(&a, A + r * K + b * E + g * 32 + h * V, sizeof a);
+#pragma GCC unroll 8
+          for (int c = 0; c < NR; ++c) acc[r * NR + c] += a * w[c][h];
+        }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-      for (int h = 0; h < H; ++h) {
-        vec a;
-        std::memcpy(&a, A + r * K + b * 32 + h * V, sizeof a);
-#pragma GCC unroll 8
-        for (int c = 0; c < NR; ++c) acc[r * NR + c] += a * w[c][h];
-      }
   }
   tree_reduce<V, V>(acc);
   float sums[V];
@@ -228,11 +374,47 @@ VHOST_INLINE void any_tile(int mr, int nr, const float* A, const TW* W, int64_t 
     if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
   if constexpr (NR > 1)
     if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
-  if constexpr (std::is_same_v<TW, Q8Block>)
-    tile_q8<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
+  if constexpr (kQuantized<TW>)
+    tile_quant<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
   else
     tile<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
 }
+
+// ---- integer dot products: activations rounded to 8 bits, as llama.cpp computes ----------
+// For Q4_0, Q5_0 and Q8_0 weights the float path above spends most of a batch-1 step converting
+// weights to float (7B Q4_0 here: 0.23-0.29 s a token, llama.cpp 0.12). These kernels instead
+// round each row of A to Q8_0 blocks once per call (llama.cpp's quantize_row_q8_0: a scale
+// max|a| / 127 and int8 per 32 values), and multiply 32 int8 weights by 32 int8 activations in
+// one instruction (vpdpbusd with AVX512-VNNI, else vpmaddubsw + vpmaddwd), scaled by the two
+// blocks' scales into float32 sums: llama.cpp's own arithmetic, so the result is the product of
+// the dequantised weights with the 8-bit-rounded activations (not the float32 ones), ~1e-3
+// relative (see decode_kernels.hpp).
+struct QuantRows {  // A [M, K] as Q8_0 blocks
+  const int8_t* q;     // [M, K]
+  const float* d;      // [M, K / 32]
+  const int32_t* sum;  // [M, K / 32]: the sum of each block's int8
+  int64_t K;
+};
+constexpr int kIntNR = 4;  // weight rows in a tile of the integer kernels (its rows of A: int_kernels.inc)
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace int_avx2 {
+#define VHOST_INT_VNNI 0
+#include "int_kernels.inc"
+#undef VHOST_INT_VNNI
+}  // namespace int_avx2
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+namespace int_vnni {
+#define VHOST_INT_VNNI 1
+#include "int_kernels.inc"
+#undef VHOST_INT_VNNI
+}  // namespace int_vnni
+#pragma GCC pop_options
+#endif
 
 // Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache.
 template <int V, int MR, int NR, typename TW>
@@ -286,10 +468,9 @@ VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const TW* Wg, const T
   }
 }
 
-template <typename TW>
-using RangeFn = void (*)(const float*, int64_t, const TW*, int64_t, int64_t, float*, bool, int64_t, int64_t);
-template <typename TW>
-using GateUpFn = void (*)(const float*, int64_t, const TW*, const TW*, int64_t, int64_t, float*, int64_t, int64_t);
+// The kernels for one weight type, called with the weights as void* (cast back inside).
+using RangeFn = void (*)(const float*, int64_t, const void*, int64_t, int64_t, float*, bool, int64_t, int64_t);
+using GateUpFn = void (*)(const float*, int64_t, const void*, const void*, int64_t, int64_t, float*, int64_t, int64_t);
 using AttendFn = void (*)(const DecodeAttention&, int64_t, int64_t);
 
 // One query row q [hd] against keys K and values V [S, hd] from slot first on, any head size:
@@ -432,14 +613,14 @@ VHOST_INLINE void attend_rows(const DecodeAttention& a, int64_t r0, int64_t r1) 
 
 // 16 floats a vector, 4x4 tiles: 16 accumulators + 4 weight vectors + 1 of A in 32 registers.
 template <typename TW>
-__attribute__((target("avx512f,f16c"))) void range_avx512(const float* A, int64_t M, const TW* W, int64_t N, int64_t K,
+__attribute__((target("avx512f,f16c"))) void range_avx512(const float* A, int64_t M, const void* W, int64_t N, int64_t K,
                                                      float* C, bool acc, int64_t t0, int64_t t1) {
-  column_tiles<16, 4, 4>(A, M, W, N, K, C, acc, t0, t1);
+  column_tiles<16, 4, 4>(A, M, static_cast<const TW*>(W), N, K, C, acc, t0, t1);
 }
 template <typename TW>
-__attribute__((target("avx512f,f16c"))) void gate_up_avx512(const float* A, int64_t M, const TW* Wg, const TW* Wu,
+__attribute__((target("avx512f,f16c"))) void gate_up_avx512(const float* A, int64_t M, const void* Wg, const void* Wu,
                                                        int64_t N, int64_t K, float* C, int64_t t0, int64_t t1) {
-  gate_up_tiles<16, 4, 4>(A, M, Wg, Wu, N, K, C, t0, t1);
+  gate_up_tiles<16, 4, 4>(A, M, static_cast<const TW*>(Wg), static_cast<const TW*>(Wu), N, K, C, t0, t1);
 }
 __attribute__((target("avx512f"))) void attend_avx512(const DecodeAttention& a, int64_t r0, int64_t r1) {
   attend_rows<16>(a, r0, r1);
@@ -447,14 +628,14 @@ __attribute__((target("avx512f"))) void attend_avx512(const DecodeAttention& a, 
 
 // 8 floats a vector, 4x2 tiles: 8 accumulators + 2 + 1 in 16 registers.
 template <typename TW>
-__attribute__((target("avx2,fma,f16c"))) void range_avx2(const float* A, int64_t M, const TW* W, int64_t N, int64_t K,
+__attribute__((target("avx2,fma,f16c"))) void range_avx2(const float* A, int64_t M, const void* W, int64_t N, int64_t K,
                                                    float* C, bool acc, int64_t t0, int64_t t1) {
-  column_tiles<8, 4, 2>(A, M, W, N, K, C, acc, t0, t1);
+  column_tiles<8, 4, 2>(A, M, static_cast<const TW*>(W), N, K, C, acc, t0, t1);
 }
 template <typename TW>
-__attribute__((target("avx2,fma,f16c"))) void gate_up_avx2(const float* A, int64_t M, const TW* Wg, const TW* Wu,
+__attribute__((target("avx2,fma,f16c"))) void gate_up_avx2(const float* A, int64_t M, const void* Wg, const void* Wu,
                                                      int64_t N, int64_t K, float* C, int64_t t0, int64_t t1) {
-  gate_up_tiles<8, 4, 2>(A, M, Wg, Wu, N, K, C, t0, t1);
+  gate_up_tiles<8, 4, 2>(A, M, static_cast<const TW*>(Wg), static_cast<const TW*>(Wu), N, K, C, t0, t1);
 }
 __attribute__((target("avx2,fma"))) void attend_avx2(const DecodeAttention& a, int64_t r0, int64_t r1) {
   attend_rows<8>(a, r0, r1);
@@ -524,40 +705,77 @@ __attribute__((target("avx2,fma"))) float exp_avx2(const float* x, int64_t n, fl
   return exp_weights<8>(x, n, inv_t, w);
 }
 
+constexpr int kWeightTypes = static_cast<int>(WeightType::q6_k) + 1;
+
+using IntRangeFn = void (*)(const QuantRows&, int64_t, const void*, int64_t, float*, bool, int64_t, int64_t);
+using IntGateUpFn = void (*)(const QuantRows&, int64_t, const void*, const void*, int64_t, float*, int64_t, int64_t);
+
 struct Isa {
   const char* name;
-  RangeFn<float> fn;
   int64_t nr;  // columns (rows of W) per tile
   AttendFn attend;
   ExpFn exp;
-  GateUpFn<float> gate_up;
   int64_t (*argmax)(const float*, int64_t);
-  RangeFn<uint16_t> fn_bf16;  // bfloat16 weights
-  GateUpFn<uint16_t> gate_up_bf16;
-  RangeFn<Half> fn_f16;  // float16 weights (nullptr without F16C)
-  GateUpFn<Half> gate_up_f16;
-  RangeFn<Q8Block> fn_q8;  // Q8_0 blocks (nullptr without F16C)
-  GateUpFn<Q8Block> gate_up_q8;
+  // By WeightType; nullptr where this CPU lacks an instruction the type needs (F16C for the
+  // float16 of f16 weights and of every block's scale).
+  RangeFn range[kWeightTypes];
+  GateUpFn gate_up[kWeightTypes];
+  // The integer kernels by WeightType (Q4_0, Q5_0, Q8_0; nullptr for the rest), and their ISA.
+  const char* int_name = "";
+  IntRangeFn int_range[kWeightTypes] = {};
+  IntGateUpFn int_gate_up[kWeightTypes] = {};
 };
+
+// The integer kernels of one namespace (int_avx2, int_vnni) into s.
+#define VHOST_INT_KERNELS(s, ns, label)                                                         \
+  do {                                                                                          \
+    (s).int_name = label;                                                                       \
+    (s).int_range[static_cast<int>(WeightType::q8_0)] = ns::range_int<Q8Block>;                 \
+    (s).int_range[static_cast<int>(WeightType::q4_0)] = ns::range_int<BlockQ4_0>;               \
+    (s).int_range[static_cast<int>(WeightType::q5_0)] = ns::range_int<BlockQ5_0>;               \
+    (s).int_gate_up[static_cast<int>(WeightType::q8_0)] = ns::gate_up_int<Q8Block>;             \
+    (s).int_gate_up[static_cast<int>(WeightType::q4_0)] = ns::gate_up_int<BlockQ4_0>;           \
+    (s).int_gate_up[static_cast<int>(WeightType::q5_0)] = ns::gate_up_int<BlockQ5_0>;           \
+  } while (0)
+
+bool g_int8_activations = true;  // set_int8_activations
+
+// The kernels for every weight type at one width, in WeightType's order.
+#define VHOST_BY_TYPE(range, gate_up)                                                                              \
+  {range<float>, range<uint16_t>, range<Half>, range<Q8Block>, range<BlockQ4_0>, range<BlockQ4_1>, range<BlockQ5_0>, \
+   range<BlockQ5_1>, range<BlockQ4_K>, range<BlockQ5_K>, range<BlockQ6_K>},                                        \
+  {                                                                                                                \
+    gate_up<float>, gate_up<uint16_t>, gate_up<Half>, gate_up<Q8Block>, gate_up<BlockQ4_0>, gate_up<BlockQ4_1>,   \
+        gate_up<BlockQ5_0>, gate_up<BlockQ5_1>, gate_up<BlockQ4_K>, gate_up<BlockQ5_K>, gate_up<BlockQ6_K>         \
+  }
+static_assert(static_cast<int>(WeightType::q6_k) == 10, "VHOST_BY_TYPE lists the types in WeightType's order");
 
 Isa pick(const char* name) {
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const bool best = name == nullptr;
   const std::string want = name ? name : "";
-  if (avx512 && (best || want == "avx512"))
-    return Isa{"avx512", range_avx512<float>, 4, attend_avx512, exp_avx512, gate_up_avx512<float>, argmax_avx512,
-               range_avx512<uint16_t>, gate_up_avx512<uint16_t>, range_avx512<Half>, gate_up_avx512<Half>,
-               range_avx512<Q8Block>, gate_up_avx512<Q8Block>};
-  if (avx2 && (best || want == "avx2" || want == "avx512")) {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-    return Isa{"avx2", range_avx2<float>, 2, attend_avx2, exp_avx2, gate_up_avx2<float>, argmax_avx2,
-               range_avx2<uint16_t>, gate_up_avx2<uint16_t>, f16c ? range_avx2<Half> : nullptr,
-               f16c ? gate_up_avx2<Half> : nullptr, f16c ? range_avx2<Q8Block> : nullptr,
-               f16c ? gate_up_avx2<Q8Block> : nullptr};
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+  const bool vnni = avx512 && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512vnni");
+  if (avx512 && (best || want == "avx512")) {
+    Isa s{"avx512", 4, attend_avx512, exp_avx512, argmax_avx512, VHOST_BY_TYPE(range_avx512, gate_up_avx512)};
+    if (vnni)
+      VHOST_INT_KERNELS(s, int_vnni, "avx512vnni");
+    else if (f16c)
+      VHOST_INT_KERNELS(s, int_avx2, "avx2");
+    return s;
   }
-  return Isa{"", nullptr, 1, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  if (avx2 && (best || want == "avx2" || want == "avx512")) {
+    Isa s{"avx2", 2, attend_avx2, exp_avx2, argmax_avx2, VHOST_BY_TYPE(range_avx2, gate_up_avx2)};
+    if (!f16c)  // only float32 and bfloat16 weights need no float16
+      for (int t = static_cast<int>(WeightType::f16); t < kWeightTypes; ++t) s.range[t] = nullptr, s.gate_up[t] = nullptr;
+    else
+      VHOST_INT_KERNELS(s, int_avx2, "avx2");
+    return s;
+  }
+  return Isa{"", 1, nullptr, nullptr, nullptr, {}, {}};
 }
 
 Isa& isa() {
@@ -580,60 +798,89 @@ static int64_t tile_grain(int64_t M, int64_t K, int64_t nr) {
   return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, M * K * nr));
 }
 
-template <typename TW>
-static void gemm_range(const Isa& s, const float* A, int64_t M, const TW* W, int64_t N, int64_t K, float* C, bool acc,
-                       int64_t t0, int64_t t1) {
-  if constexpr (std::is_same_v<TW, float>) s.fn(A, M, W, N, K, C, acc, t0, t1);
-  if constexpr (std::is_same_v<TW, uint16_t>) s.fn_bf16(A, M, W, N, K, C, acc, t0, t1);
-  if constexpr (std::is_same_v<TW, Half>) s.fn_f16(A, M, W, N, K, C, acc, t0, t1);
-  if constexpr (std::is_same_v<TW, Q8Block>) s.fn_q8(A, M, W, N, K, C, acc, t0, t1);
-}
-// Calls f with W's data as a pointer to its element type.
-template <typename F>
-static void with_weights(WeightsRef W, F&& f) {
-  switch (W.type) {
-    case WeightType::f32: return f(static_cast<const float*>(W.data));
-    case WeightType::bf16: return f(static_cast<const uint16_t*>(W.data));
-    case WeightType::f16: return f(static_cast<const Half*>(W.data));
-    case WeightType::q8_0: return f(static_cast<const Q8Block*>(W.data));
-  }
+bool small_gemm_supports(WeightType t) { return isa().range[static_cast<int>(t)] != nullptr; }
+
+// Whether the kernels read W [?, K]: its type is supported and its rows are whole blocks.
+static bool readable(WeightType t, int64_t K) {
+  const QuantFormat* f = quant_format(t);
+  return small_gemm_supports(t) && (!f || K % f->block_elems == 0);
 }
 
-bool small_gemm_supports(WeightType t) {
-  const Isa& s = isa();
-  switch (t) {
-    case WeightType::f32: return s.fn != nullptr;
-    case WeightType::bf16: return s.fn_bf16 != nullptr;
-    case WeightType::f16: return s.fn_f16 != nullptr;
-    case WeightType::q8_0: return s.fn_q8 != nullptr;
+// A [M, K] as Q8_0 blocks for the integer kernels, as ggml's quantize_row_q8_0 makes them on x86:
+// q = round-to-nearest-even(a * 127 / max|a|), d = max|a| / 127 rounded to float16. In buffers of
+// the calling thread, valid until its next call.
+static QuantRows quantize_rows(const float* A, int64_t M, int64_t K) {
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d;
+  thread_local std::vector<int32_t> sum;
+  const int64_t nb = K / 32;
+  q.resize(static_cast<std::size_t>(M * K));
+  d.resize(static_cast<std::size_t>(M * nb));
+  sum.resize(static_cast<std::size_t>(M * nb));
+  for (int64_t i = 0; i < M * nb; ++i) {
+    const float* a = A + i * 32;
+    float amax = 0;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(a[j]));
+    // As ggml: the scale kept as a float16 (the block's d), the values divided by the float one.
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    d[i] = half_to_float(fp16_from_float(amax / 127.0f));
+    int32_t s = 0;
+    for (int j = 0; j < 32; ++j) {
+      // Round to nearest even by the float adder (|a * id| <= 127, far below 2^22).
+      const float r = (a[j] * id + 12582912.0f) - 12582912.0f;
+      q[i * 32 + j] = static_cast<int8_t>(r);
+      s += static_cast<int32_t>(r);
+    }
+    sum[i] = s;
   }
-  return false;
+  return {q.data(), d.data(), sum.data(), K};
+}
+
+// Whether the integer kernels take W [?, K] here.
+static bool int_path(const Isa& s, WeightsRef W, int64_t K) {
+  return g_int8_activations && W.int8 && s.int_range[static_cast<int>(W.type)] && K % 32 == 0;
 }
 
 bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, float* C, bool accumulate) {
   const Isa s = isa();
-  if (!small_gemm_supports(W.type) || (W.type == WeightType::q8_0 && K % 32)) return false;
+  if (!readable(W.type, K)) return false;
+  if (int_path(s, W, K)) {
+    const QuantRows qa = quantize_rows(A, M, K);
+    const IntRangeFn fn = s.int_range[static_cast<int>(W.type)];
+    at::parallel_for(0, (N + kIntNR - 1) / kIntNR, tile_grain(M, K, kIntNR),
+                     [&](int64_t t0, int64_t t1) { fn(qa, M, W.data, N, C, accumulate, t0, t1); });
+    return true;
+  }
   const int64_t tiles = (N + s.nr - 1) / s.nr;
-  with_weights(W, [&](auto* w) {
-    at::parallel_for(0, tiles, tile_grain(M, K, s.nr),
-                     [&](int64_t t0, int64_t t1) { gemm_range(s, A, M, w, N, K, C, accumulate, t0, t1); });
-  });
+  const RangeFn fn = s.range[static_cast<int>(W.type)];
+  at::parallel_for(0, tiles, tile_grain(M, K, s.nr),
+                   [&](int64_t t0, int64_t t1) { fn(A, M, W.data, N, K, C, accumulate, t0, t1); });
   return true;
 }
 
 bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* outs, int n) {
   const Isa s = isa();
   for (int i = 0; i < n; ++i)
-    if (!small_gemm_supports(outs[i].W.type) || (outs[i].W.type == WeightType::q8_0 && K % 32)) return false;
-  std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);  // first tile of each output in one index space
-  for (int i = 0; i < n; ++i) first[i + 1] = first[i] + (outs[i].N + s.nr - 1) / s.nr;
+    if (!readable(outs[i].W.type, K)) return false;
+  // Tiles of each output in one index space (an output's tiles are kIntNR columns wide on the
+  // integer kernels, s.nr on the float ones); A rounded to 8 bits once for all that need it.
+  std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);
+  bool any_int = false;
+  for (int i = 0; i < n; ++i) {
+    const bool in = int_path(s, outs[i].W, K);
+    any_int = any_int || in;
+    first[i + 1] = first[i] + (outs[i].N + (in ? kIntNR : s.nr) - 1) / (in ? kIntNR : s.nr);
+  }
+  const QuantRows qa = any_int ? quantize_rows(A, M, K) : QuantRows{};
   at::parallel_for(0, first[n], tile_grain(M, K, s.nr), [&](int64_t t0, int64_t t1) {
     for (int i = 0; i < n; ++i) {
       const int64_t a = std::max(t0, first[i]), b = std::min(t1, first[i + 1]);
-      if (a < b)
-        with_weights(outs[i].W, [&](auto* w) {
-          gemm_range(s, A, M, w, outs[i].N, K, outs[i].C, false, a - first[i], b - first[i]);
-        });
+      const int t = static_cast<int>(outs[i].W.type);
+      if (a >= b) continue;
+      if (int_path(s, outs[i].W, K))
+        s.int_range[t](qa, M, outs[i].W.data, outs[i].N, outs[i].C, false, a - first[i], b - first[i]);
+      else
+        s.range[t](A, M, outs[i].W.data, outs[i].N, K, outs[i].C, false, a - first[i], b - first[i]);
     }
   });
   return true;
@@ -641,20 +888,23 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
 
 bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRef Wu, int64_t N, float* C) {
   const Isa s = isa();
-  if (Wg.type != Wu.type || !small_gemm_supports(Wg.type) || (Wg.type == WeightType::q8_0 && K % 32)) return false;
+  if (Wg.type != Wu.type || !readable(Wg.type, K)) return false;
+  if (int_path(s, Wg, K) && Wu.int8) {
+    const QuantRows qa = quantize_rows(A, M, K);
+    const IntGateUpFn fn = s.int_gate_up[static_cast<int>(Wg.type)];
+    at::parallel_for(0, (N + kIntNR - 1) / kIntNR, std::max<int64_t>(1, tile_grain(M, K, kIntNR) / 2),
+                     [&](int64_t t0, int64_t t1) { fn(qa, M, Wg.data, Wu.data, N, C, t0, t1); });
+    return true;
+  }
   const int64_t tiles = (N + s.nr - 1) / s.nr;
-  with_weights(Wg, [&](auto* g) {
-    using TW = std::remove_const_t<std::remove_pointer_t<decltype(g)>>;
-    const TW* u = static_cast<const TW*>(Wu.data);
-    at::parallel_for(0, tiles, std::max<int64_t>(1, tile_grain(M, K, s.nr) / 2), [&](int64_t t0, int64_t t1) {
-      if constexpr (std::is_same_v<TW, float>) s.gate_up(A, M, g, u, N, K, C, t0, t1);
-      if constexpr (std::is_same_v<TW, uint16_t>) s.gate_up_bf16(A, M, g, u, N, K, C, t0, t1);
-      if constexpr (std::is_same_v<TW, Half>) s.gate_up_f16(A, M, g, u, N, K, C, t0, t1);
-      if constexpr (std::is_same_v<TW, Q8Block>) s.gate_up_q8(A, M, g, u, N, K, C, t0, t1);
-    });
-  });
+  const GateUpFn fn = s.gate_up[static_cast<int>(Wg.type)];
+  at::parallel_for(0, tiles, std::max<int64_t>(1, tile_grain(M, K, s.nr) / 2),
+                   [&](int64_t t0, int64_t t1) { fn(A, M, Wg.data, Wu.data, N, K, C, t0, t1); });
   return true;
 }
+
+void set_int8_activations(bool on) { g_int8_activations = on; }
+const char* int8_dot_isa() { return g_int8_activations ? isa().int_name : ""; }
 
 bool decode_attention(const DecodeAttention& a) {
   const Isa s = isa();
@@ -673,6 +923,8 @@ const char* small_gemm_isa() { return ""; }
 bool select_kernels(const char* name) { return name == nullptr || !*name; }
 bool small_gemm(const float*, int64_t, WeightsRef, int64_t, int64_t, float*, bool) { return false; }
 bool small_gemm_supports(WeightType) { return false; }
+void set_int8_activations(bool) {}
+const char* int8_dot_isa() { return ""; }
 bool small_gemm_many(const float*, int64_t, int64_t, const GemmOutput*, int) { return false; }
 bool gate_up_silu(const float*, int64_t, int64_t, WeightsRef, WeightsRef, int64_t, float*) { return false; }
 bool decode_attention(const DecodeAttention&) { return false; }

@@ -9,6 +9,8 @@
 // Kept free of torch headers: the model includes it, and so do tests and benchmarks.
 #pragma once
 
+#include "quants.hpp"
+
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -30,15 +32,17 @@ bool select_kernels(const char* name);
 // in registers: half the bytes of float32 weights per call and no copy of them; the products and
 // sums stay float32, so the result is the float32 product of the stored weights (up to the order
 // of the sums). float16 needs F16C (every AVX2 CPU vhost has met has it).
-// q8_0: llama.cpp's Q8_0 blocks (a row of K weights is K / 32 blocks of an f16 scale and 32
-// int8, K a multiple of 32), dequantised in registers: 1.06 bytes a weight.
-enum class WeightType : uint8_t { f32, bf16, f16, q8_0 };
+// Quantized blocks (quants.hpp: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), K a multiple of
+// the block size, are dequantised in registers, block by block, and multiplied in float32: the
+// result is the float32 product of the dequantised weights (up to the order of the sums), at
+// 0.56 (Q4_0, Q4_K) to 1.06 (Q8_0) bytes a weight.
 struct WeightsRef {
   const void* data = nullptr;
   WeightType type = WeightType::f32;
+  bool int8 = true;  // Q4_0/Q5_0/Q8_0: integer dot products allowed (set_int8_activations); false: float32 path
   WeightsRef() = default;
   WeightsRef(const float* p) : data(p), type(WeightType::f32) {}  // NOLINT: a float matrix as before
-  WeightsRef(const void* p, WeightType t) : data(p), type(t) {}
+  WeightsRef(const void* p, WeightType t, bool int8_ok = true) : data(p), type(t), int8(int8_ok) {}
 };
 
 // C[m, n] = sum_k A[m, k] * W[n, k] for row-major contiguous A [M, K], W [N, K], C [M, N]
@@ -48,6 +52,19 @@ struct WeightsRef {
 bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, float* C, bool accumulate = false);
 // Whether the kernels in use read weights of this type.
 bool small_gemm_supports(WeightType t);
+
+// Q4_0, Q5_0 and Q8_0 weights: by default (where the CPU has AVX2) each call rounds the rows of A
+// to Q8_0 blocks (a scale per 32 values, max|a| / 127, and int8) and multiplies them by the
+// weights' int8 in integer dot products, scaled by both blocks' scales: llama.cpp's arithmetic,
+// ~2x fewer instructions a weight than widening the weights to float32 (the 7B Q4_0 batch-1 step
+// here: bench/large_model.sh). The result is the product with 8-bit-rounded activations (about
+// 0.4% of each element's magnitude per block, as llama.cpp's). Off (here for the process, or per
+// product with WeightsRef::int8), these types take the float32 path of the others (exact float32
+// activations). Not thread-safe with running kernels.
+void set_int8_activations(bool on);
+// The integer kernels in use for those types: "avx512vnni" (vpdpbusd on 256-bit vectors), "avx2"
+// (vpmaddubsw), or "" (off, or none on this CPU).
+const char* int8_dot_isa();
 
 // Several products of the same A, C_i = A · W_iᵀ (W_i [N_i, K], C_i [M, N_i]), in one parallel
 // region: the query, key and value projections of a layer.

@@ -1,6 +1,7 @@
 #include "gguf.hpp"
 
 #include "model.hpp"
+#include "quants.hpp"
 #include "safetensors.hpp"
 
 #include <vhost/plugin.hpp>
@@ -19,7 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-enum : uint32_t { kF32 = 0, kF16 = 1, kQ8_0 = 8, kBF16 = 30 };
+enum : uint32_t { kF32 = 0, kF16 = 1, kBF16 = 30 };
 
 [[noreturn]] void fail(const fs::path& file, const std::string& what) {
   throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, file.string() + ": " + what);
@@ -78,17 +79,26 @@ struct Reader {
   }
 };
 
+std::string upper(std::string s) {
+  for (auto& ch : s) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  return s;
+}
+
 uint64_t type_bytes(uint32_t type, uint64_t numel, const fs::path& file, const std::string& name) {
   switch (type) {
     case kF32: return numel * 4;
     case kF16:
     case kBF16: return numel * 2;
-    case kQ8_0:
-      if (numel % 32 != 0) fail(file, "tensor '" + name + "': Q8_0 needs a multiple of 32 elements");
-      return numel / 32 * 34;
-    default:
-      fail(file, "tensor '" + name + "': unsupported tensor type " + std::to_string(type) +
-                     " (vhost reads F32, F16, BF16 and Q8_0)");
+    default: {
+      const QuantFormat* f = quant_format_ggml(type);
+      if (!f)
+        fail(file, "tensor '" + name + "': unsupported tensor type " + std::to_string(type) +
+                       " (vhost reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K)");
+      if (numel % static_cast<uint64_t>(f->block_elems) != 0)
+        fail(file, "tensor '" + name + "': " + upper(f->name) + " needs a multiple of " +
+                       std::to_string(f->block_elems) + " elements, it has " + std::to_string(numel));
+      return numel / f->block_elems * f->block_bytes;
+    }
   }
 }
 
@@ -183,22 +193,29 @@ torch::Tensor GgufFile::tensor(const GgufTensorInfo& t) const {
     case kF32: return view(torch::kFloat32);
     case kF16: return view(torch::kFloat16);
     case kBF16: return view(torch::kBFloat16);
-    case kQ8_0: {  // blocks of 32: an f16 scale, then 32 int8
-      int64_t blocks = numel / 32;
-      auto raw = torch::from_blob(const_cast<char*>(p), {blocks, 34}, torch::kUInt8);
-      auto scale = raw.narrow(1, 0, 2).contiguous().view(torch::kFloat16).to(torch::kFloat32);  // [blocks, 1]
-      auto q = raw.narrow(1, 2, 32).contiguous().view(torch::kInt8).to(torch::kFloat32);     // [blocks, 32]
-      return (q * scale).reshape(t.shape);
+    default: {
+      const QuantFormat* f = quant_format_ggml(t.type);
+      if (!f) fail(path, "tensor '" + t.name + "': unsupported type");
+      // Rows of a matrix never share a block, so they dequantise in parallel.
+      auto out = torch::empty(t.shape, torch::kFloat32);
+      const int64_t blocks = numel / f->block_elems;
+      at::parallel_for(0, blocks, 4096, [&](int64_t b0, int64_t b1) {
+        dequantize(f->type, p + b0 * f->block_bytes, (b1 - b0) * f->block_elems,
+                   out.data_ptr<float>() + b0 * f->block_elems);
+      });
+      return out;
     }
-    default: fail(path, "tensor '" + t.name + "': unsupported type");
   }
 }
 
-torch::Tensor GgufFile::q8_blocks(const GgufTensorInfo& t) const {
-  if (t.type != kQ8_0 || t.shape.size() != 2) fail(path, "tensor '" + t.name + "': not a Q8_0 matrix");
+torch::Tensor GgufFile::blocks(const GgufTensorInfo& t) const {
+  const QuantFormat* f = quant_format_ggml(t.type);
+  if (!f || t.shape.size() != 2 || t.shape[1] % f->block_elems)
+    fail(path, "tensor '" + t.name + "': not a matrix of quantized blocks");
   std::shared_ptr<const char> keep = data;
-  return torch::from_blob(const_cast<char*>(data.get() + data_start + t.offset), {t.shape[0], t.shape[1] / 32 * 34},
-                          [keep](void*) {}, torch::TensorOptions().dtype(torch::kUInt8));
+  return torch::from_blob(const_cast<char*>(data.get() + data_start + t.offset),
+                          {t.shape[0], t.shape[1] / f->block_elems, f->block_bytes}, [keep](void*) {},
+                          torch::TensorOptions().dtype(torch::kUInt8));
 }
 
 namespace {
@@ -282,8 +299,8 @@ std::string sentencepiece_proto(const fs::path& file, const std::map<std::string
 
 // Meta's interleaved rotary rows -> HF's rotate-half rows (what HF's conversion script does).
 torch::Tensor meta_to_hf(const torch::Tensor& w, int64_t heads) {
-  int64_t rows = w.size(0), cols = w.size(1);
-  return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
+  const int64_t rows = w.size(0), cols = w.numel() / std::max<int64_t>(rows, 1);  // a row may be [blocks, bytes]
+  return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape(w.sizes());
 }
 
 // HF's rotate-half rows -> Meta's interleaved rows (llama.cpp's conversion does the same).
@@ -394,29 +411,13 @@ struct Writer {
 
 }  // namespace
 
-void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
-  at::parallel_for(0, n / 32, 256, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* xb = x + b * 32;
-      uint8_t* o = out + b * 34;
-      float amax = 0;
-      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
-      const float d = amax / 127.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
-      const uint16_t dh = c10::Half(d).x;
-      std::memcpy(o, &dh, 2);
-      for (int j = 0; j < 32; ++j) {
-        const float v = xb[j] * id, a = std::fabs(v), fl = std::floor(a);
-        const float r = fl + std::floor(2.0f * (a - fl));  // half away from zero, as gguf's np_roundf
-        o[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(v < 0 ? -r : r));
-      }
-    }
-  });
-}
-
 void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file,
                      const std::string& quantize) {
-  if (model.q8_matrices())
-    fail(file, "the model holds Q8_0 blocks (loaded to decode from them); load it dequantised to write it");
+  if (model.quantized_matrices())
+    fail(file, "the model holds quantized blocks (loaded to decode from them); load it dequantised to write it");
+  const QuantFormat* qf = quantize.empty() ? nullptr : quant_format_name(quantize);
+  if (!quantize.empty() && (!qf || qf->block_elems != 32))
+    fail(file, "quantize '" + quantize + "' is not supported (q8_0, q4_0, q4_1, q5_0, q5_1)");
   const LlamaConfig& c = model.config();
   auto pieces = proto_pieces(tokenizer_model);
   if (pieces.empty()) fail(file, "the tokenizer model has no pieces");
@@ -430,7 +431,7 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     torch::Tensor src;
     int64_t heads = 0;  // Q/K: rows to reorder for this many heads
     torch::ScalarType type;
-    bool q8 = false;  // written as Q8_0 blocks
+    const QuantFormat* q = nullptr;  // written as these blocks
   };
   std::vector<Out> tensors;
   for (const auto& [name, t0] : model.named_tensors()) {
@@ -456,7 +457,7 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     // 1-D tensors (the norms) stay float32 whatever the matrices' dtype, as llama.cpp's own
     // converter writes them: llama.cpp's CPU norm kernels assert F32 weights.
     if (t0.dim() == 1 || (o.type != torch::kFloat16 && o.type != torch::kBFloat16)) o.type = torch::kFloat32;
-    o.q8 = quantize == "q8_0" && t0.dim() == 2 && t0.size(1) % 32 == 0;
+    if (qf && t0.dim() == 2 && t0.size(1) % qf->block_elems == 0) o.q = qf;
     tensors.push_back(std::move(o));
   }
   Writer w;  // metadata first; the header that counts it is prepended below
@@ -498,9 +499,10 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     w.str(o.name);
     w.raw<uint32_t>(static_cast<uint32_t>(o.src.dim()));
     for (int64_t d = o.src.dim() - 1; d >= 0; --d) w.raw<uint64_t>(static_cast<uint64_t>(o.src.size(d)));
-    w.raw<uint32_t>(o.q8 ? kQ8_0 : o.type == torch::kFloat16 ? kF16 : o.type == torch::kBFloat16 ? kBF16 : kF32);
+    w.raw<uint32_t>(o.q ? o.q->ggml_type : o.type == torch::kFloat16 ? kF16 : o.type == torch::kBFloat16 ? kBF16 : kF32);
     w.raw<uint64_t>(offset);
-    const int64_t bytes = o.q8 ? o.src.numel() / 32 * 34 : o.src.numel() * static_cast<int64_t>(c10::elementSize(o.type));
+    const int64_t bytes = o.q ? o.src.numel() / o.q->block_elems * o.q->block_bytes
+                              : o.src.numel() * static_cast<int64_t>(c10::elementSize(o.type));
     offset += (bytes + 31) / 32 * 32;
   }
   while (w.out.size() % 32) w.out += '\0';
@@ -512,12 +514,16 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     f.write(w.out.data(), static_cast<std::streamsize>(w.out.size()));
     static const char zeros[32] = {};
     for (const auto& o : tensors) {
-      torch::Tensor t = o.src.to(torch::kCPU, o.q8 ? torch::kFloat32 : o.type);
+      torch::Tensor t = o.src.to(torch::kCPU, o.q ? torch::kFloat32 : o.type);
       if (o.heads) t = hf_to_meta(t, o.heads);
       t = t.contiguous();
-      if (o.q8) {  // one tensor's blocks at a time
-        auto blocks = torch::empty({t.numel() / 32 * 34}, torch::TensorOptions().dtype(torch::kUInt8));
-        quantize_q8_0(t.data_ptr<float>(), t.numel(), blocks.data_ptr<uint8_t>());
+      if (o.q) {  // one tensor's blocks at a time, rows in parallel
+        const int64_t nb = t.numel() / o.q->block_elems;
+        auto blocks = torch::empty({nb * o.q->block_bytes}, torch::TensorOptions().dtype(torch::kUInt8));
+        at::parallel_for(0, nb, 256, [&](int64_t b0, int64_t b1) {
+          vhost::llama::quantize(o.q->type, t.data_ptr<float>() + b0 * o.q->block_elems, (b1 - b0) * o.q->block_elems,
+                   blocks.data_ptr<uint8_t>() + b0 * o.q->block_bytes);
+        });
         t = blocks;
       }
       const auto n = static_cast<std::streamsize>(t.numel() * t.element_size());
@@ -537,7 +543,7 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
 
 std::string load_gguf_tokenizer(const fs::path& file) { return sentencepiece_proto(file, GgufFile::read(file).metadata); }
 
-GgufLlama load_gguf_llama(const fs::path& file, bool keep_q8) {
+GgufLlama load_gguf_llama(const fs::path& file, bool keep_blocks) {
   GgufFile g = GgufFile::read(file);
   const auto& md = g.metadata;
   auto arch = md.count("general.architecture") ? md.at("general.architecture") : nlohmann::json();
@@ -571,10 +577,10 @@ GgufLlama load_gguf_llama(const fs::path& file, bool keep_q8) {
     if (it == by.end()) fail(file, "missing tensor '" + name + "'");
     return g.tensor(*it->second);
   };
-  auto matrix = [&](const std::string& name) {  // Q8_0 kept as blocks when asked
+  auto matrix = [&](const std::string& name) {  // quantized blocks kept as they are when asked
     auto it = by.find(name);
     if (it == by.end()) fail(file, "missing tensor '" + name + "'");
-    if (keep_q8 && it->second->type == kQ8_0 && it->second->shape.size() == 2) return g.q8_blocks(*it->second);
+    if (keep_blocks && quant_format_ggml(it->second->type) && it->second->shape.size() == 2) return g.blocks(*it->second);
     return g.tensor(*it->second);
   };
   auto embed = get("token_embd.weight");
@@ -591,7 +597,7 @@ GgufLlama load_gguf_llama(const fs::path& file, bool keep_q8) {
     // process's own copies), so the model holds one copy of these matrices, not the mapped
     // file's pages and a reordered copy beside them (2.1 GB of a 7B model).
     auto hf_order = [&](torch::Tensor w, int64_t heads) { return w.copy_(meta_to_hf(w, heads)); };
-    // (Rows are reordered whole: Q8_0 blocks never cross a row.)
+    // (Rows are reordered whole: blocks never cross a row.)
     out.tensors.emplace_back(h + "self_attn.q_proj.weight", hf_order(matrix(b + "attn_q.weight"), c.num_attention_heads));
     out.tensors.emplace_back(h + "self_attn.k_proj.weight", hf_order(matrix(b + "attn_k.weight"), c.num_key_value_heads));
     out.tensors.emplace_back(h + "self_attn.v_proj.weight", matrix(b + "attn_v.weight"));

@@ -1,5 +1,5 @@
 // GGUF (llama.cpp's format, v2/v3) LLaMA checkpoints: header parsing with every offset checked,
-// F32/F16/BF16 tensors memory-mapped as stored and Q8_0 dequantised on load, Q/K rows moved from Meta's interleaved
+// F32/F16/BF16 tensors memory-mapped as stored, quantized ones (quants.hpp) kept as blocks or dequantised, Q/K rows moved from Meta's interleaved
 // rotary order to HF's rotate-half order, and the embedded SentencePiece-style vocabulary
 // turned into a SentencePiece model the real library loads.
 #pragma once
@@ -44,10 +44,11 @@ struct GgufFile {
   static GgufFile parse(std::string bytes, const std::filesystem::path& name);
   static GgufFile parse(std::shared_ptr<const char> data, uint64_t size, const std::filesystem::path& name);
   // F32, F16 and BF16 tensors as stored, viewing the mapping (copy-on-write: writes never reach
-  // the file; the tensor keeps the mapping alive); Q8_0 dequantised to float32.
+  // the file; the tensor keeps the mapping alive); quantized ones dequantised to float32.
   torch::Tensor tensor(const GgufTensorInfo& t) const;
-  // A Q8_0 matrix [N, K] as its blocks: uint8 [N, K / 32 * 34], viewing the mapping.
-  torch::Tensor q8_blocks(const GgufTensorInfo& t) const;
+  // A quantized matrix [N, K] as its blocks: uint8 [N, K / block_elems, block_bytes], viewing the
+  // mapping (the block size names the format, quants.hpp).
+  torch::Tensor blocks(const GgufTensorInfo& t) const;
 };
 
 bool is_gguf(const std::filesystem::path& file);
@@ -58,9 +59,9 @@ struct GgufLlama {
   std::string tokenizer_model;                                  // a serialized SentencePiece ModelProto
 };
 
-// `keep_q8`: Q8_0 matrices (not the embedding) stay blocks, uint8 [N, K / 32 * 34] views of the
+// `keep_blocks`: quantized matrices (not the embedding) stay blocks, GgufFile::blocks views of the
 // mapping, which LlamaModel decodes from on the CPU; otherwise they are dequantised to float32.
-GgufLlama load_gguf_llama(const std::filesystem::path& file, bool keep_q8 = false);
+GgufLlama load_gguf_llama(const std::filesystem::path& file, bool keep_blocks = false);
 // Only the embedded vocabulary, as a serialized SentencePiece ModelProto (no tensor is read).
 std::string load_gguf_tokenizer(const std::filesystem::path& file);
 
@@ -68,14 +69,11 @@ class LlamaModel;
 // Writes a GGUF v3 file llama.cpp reads: metadata, the vocabulary of a SentencePiece model
 // (serialized ModelProto), matrices in the model's dtype with Q/K rows in Meta's order, 1-D
 // tensors in F32. Streams: the header, then one tensor at a time (no copy of the model).
-// quantize "q8_0": matrices whose rows are whole blocks of 32 as Q8_0, block for block what the
-// gguf package's quantizer (and llama.cpp's reference one) makes of their float32 values.
+// quantize "q8_0", "q4_0", "q4_1", "q5_0", "q5_1": matrices whose rows are whole blocks of 32 in
+// that format (all of them, the embedding and output too: llama-quantize --pure), block for block
+// what the gguf package's quantizer (and llama.cpp's reference one) makes of their float32 values.
 void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const std::filesystem::path& file,
                      const std::string& quantize = "");
 
-// Q8_0 blocks of x [n] (n a multiple of 32) into out (n / 32 * 34 bytes): per block an f16 scale
-// d = max|x| / 127 (rounded to nearest even), then round-half-away(x * (1 / d)) as int8 (0 where
-// d is 0), in float32 arithmetic as gguf's quantize_blocks.
-void quantize_q8_0(const float* x, int64_t n, uint8_t* out);
 
 }  // namespace vhost::llama

@@ -302,9 +302,9 @@ void save_adapter(const fs::path& dir, const LoraConfig& cfg, const std::string&
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> merge_adapter(const LlamaModel& base, const Adapter& a) {
-  if (base.q8_matrices())
+  if (base.quantized_matrices())
     throw vhost::Error(VHOST_ERR_UNSUPPORTED, a.source.string() + ": merging an adapter needs the base's matrices "
-                                                                  "dequantised (it holds Q8_0 blocks)");
+                                                                  "dequantised (it holds quantized blocks)");
   const auto& cfg = base.config();
   std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> adapted;
   for (int64_t i = 0; i < cfg.num_hidden_layers; ++i)

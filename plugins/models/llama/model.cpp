@@ -3,6 +3,7 @@
 #include "gguf.hpp"
 #include "lora.hpp"
 #include "decode_kernels.hpp"
+#include "quants.hpp"
 #include "safetensors.hpp"
 
 #include <vhost/plugin.hpp>
@@ -91,15 +92,21 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
     if (it == by_name.end())
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, source + ": missing tensor '" + name + "'");
     const auto& t = it->second;
-    // Q8_0 blocks of a [N, K] matrix (load_gguf_llama with keep_q8): uint8 [N, K / 32 * 34].
-    if (t.scalar_type() == torch::kUInt8 && shape.size() == 2 && shape[1] % 32 == 0 && t.dim() == 2 &&
-        t.size(0) == shape[0] && t.size(1) == shape[1] / 32 * 34 && name != "model.embed_tokens.weight") {
-      if (!device_.is_cpu() || !small_gemm_supports(WeightType::q8_0) || !t.is_contiguous())
-        throw vhost::Error(VHOST_ERR_UNSUPPORTED, source + ": tensor '" + name + "' is Q8_0 blocks, which only the CPU "
-                                                  "kernels on x86 read; load the file dequantised (dtype = \"float32\")");
+    // Quantized blocks of a [N, K] matrix (load_gguf_llama with keep_blocks): uint8
+    // [N, K / block_elems, block_bytes], the block size naming the format (quants.hpp).
+    if (t.scalar_type() == torch::kUInt8 && t.dim() == 3 && shape.size() == 2 && name != "model.embed_tokens.weight") {
+      const QuantFormat* f = quant_format_bytes(t.size(2));
+      if (!f || shape[1] % f->block_elems || t.size(0) != shape[0] || t.size(1) != shape[1] / f->block_elems)
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, source + ": tensor '" + name + "' holds blocks " +
+                                                           shape_str(t.sizes()) + " that are no quantized format of " +
+                                                           shape_str(shape));
+      if (!device_.is_cpu() || !small_gemm_supports(f->type) || !t.is_contiguous())
+        throw vhost::Error(VHOST_ERR_UNSUPPORTED, source + ": tensor '" + name + "' is " + f->name +
+                                                      " blocks, which only the CPU kernels on x86 read; load the file "
+                                                      "dequantised (dtype = \"float32\")");
       tensors_.emplace_back(name, t);
       used.insert(name);
-      ++q8_matrices_;
+      ++quant_matrices_[f->name];
       continue;
     }
     if (t.sizes().vec() != shape)
@@ -286,8 +293,8 @@ void LlamaModel::write_random(const fs::path& dir, const LlamaConfig& cfg, uint6
 }
 
 void LlamaModel::save(const fs::path& dir, std::optional<torch::ScalarType> dtype, int64_t max_shard_bytes) const {
-  if (q8_matrices_)
-    throw vhost::Error(VHOST_ERR_UNSUPPORTED, "a model holding Q8_0 blocks cannot be saved as safetensors; load it dequantised");
+  if (quantized_matrices())
+    throw vhost::Error(VHOST_ERR_UNSUPPORTED, "a model holding quantized blocks cannot be saved as safetensors; load it dequantised");
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
   std::map<std::string, torch::Tensor> by_name;
   for (const auto& [name, t] : tensors_) {
@@ -328,25 +335,25 @@ torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& 
 constexpr int64_t kSmallGemmRows = 32;
 
 // A CPU weight tensor's memory for the decode kernels, in its stored type.
-static WeightsRef weights_ref(const torch::Tensor& w) {
+static WeightsRef weights_ref(const torch::Tensor& w, bool int8 = true) {
   switch (w.scalar_type()) {
-    case torch::kUInt8: return {w.data_ptr(), WeightType::q8_0};
+    case torch::kUInt8: return {w.data_ptr(), quant_format_bytes(w.size(2))->type, int8};  // checked at load
     case torch::kBFloat16: return {w.data_ptr(), WeightType::bf16};
     case torch::kFloat16: return {w.data_ptr(), WeightType::f16};
     default: return {w.data_ptr<float>()};
   }
 }
 
-static torch::Tensor proj(const torch::Tensor& x, const torch::Tensor& w) {
+static torch::Tensor proj(const torch::Tensor& x, const torch::Tensor& w, bool int8) {
   const int64_t K = x.size(-1), M = x.numel() / std::max<int64_t>(K, 1);
   auto sizes = x.sizes().vec();
   sizes.back() = w.size(0);
   const bool f32 = w.scalar_type() == torch::kFloat32;
-  if (w.scalar_type() == torch::kUInt8) {  // Q8_0 blocks: the kernels, float32 activations, any rows
+  if (w.scalar_type() == torch::kUInt8) {  // quantized blocks: the kernels, float32 activations, any rows
     auto a = x.to(torch::kFloat32).contiguous();
     auto out = torch::empty(sizes, a.options());
-    TORCH_CHECK(small_gemm(a.data_ptr<float>(), M, weights_ref(w), w.size(0), K, out.data_ptr<float>()),
-                "no kernel reads Q8_0 blocks here");
+    TORCH_CHECK(small_gemm(a.data_ptr<float>(), M, weights_ref(w, int8), w.size(0), K, out.data_ptr<float>()),
+                "no kernel reads these quantized blocks here");
     return out.to(x.scalar_type());
   }
   // float32 activations against bfloat16/float16 weights (a half-precision model on the CPU, see
@@ -534,7 +541,7 @@ struct LlamaModel::Bf16Weights {
 };
 
 bool LlamaModel::enable_bf16_decode() {
-  if (q8_matrices_ || !*bf16_gemm_isa() || !device_.is_cpu() || dtype_ != torch::kFloat32 || !*small_gemm_isa()) return false;
+  if (quantized_matrices() || !*bf16_gemm_isa() || !device_.is_cpu() || dtype_ != torch::kFloat32 || !*small_gemm_isa()) return false;
   auto c = [](const torch::Tensor& t) { return t.contiguous(); };
   auto pack = [&](const torch::Tensor& t) {
     auto x = c(t);
@@ -665,7 +672,7 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
       head[i + half] = b * c[i + half] + a * s[i + half];
     }
   };
-  auto w = [](const torch::Tensor& t) { return weights_ref(t); };
+  auto w = [this](const torch::Tensor& t) { return weights_ref(t, int8_activations_); };
   // The norms' weights in float32 (a half-precision model's widened each step: D floats each).
   std::vector<torch::Tensor> norms32;
   auto norm_w = [&](const torch::Tensor& t) {
@@ -744,17 +751,19 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
     small_gemm(att, B, w(L.o), D, H * hd, xp, /*accumulate=*/true);
     if (!lora.empty()) lora_add(xt, rows(att, H * hd), li, 3, lora);
     rms_norm_rows(xp, norm_w(L.post_norm), B, D, eps, h);
-    if (lora_gate_up) {
+    // The two products apart where LoRA adapts one of them, or where gate and up are stored in
+    // different types (a llama.cpp mixture may quantize them differently); else fused.
+    if (lora_gate_up || !gate_up_silu(h, B, D, w(L.gate), w(L.up), F, act)) {
       gate_buf.resize(static_cast<std::size_t>(B * F));
       up_buf.resize(static_cast<std::size_t>(B * F));
       const GemmOutput gu[2] = {{w(L.gate), F, gate_buf.data()}, {w(L.up), F, up_buf.data()}};
       small_gemm_many(h, B, D, gu, 2);
-      auto ht = rows(h, D), gt = rows(gate_buf.data(), F), ut = rows(up_buf.data(), F);
-      lora_add(gt, ht, li, 4, lora);
-      lora_add(ut, ht, li, 5, lora);
+      if (lora_gate_up) {
+        auto ht = rows(h, D), gt = rows(gate_buf.data(), F), ut = rows(up_buf.data(), F);
+        lora_add(gt, ht, li, 4, lora);
+        lora_add(ut, ht, li, 5, lora);
+      }
       for (int64_t i = 0; i < B * F; ++i) act[i] = gate_buf[i] / (1.0f + std::exp(-gate_buf[i])) * up_buf[i];
-    } else {
-      gate_up_silu(h, B, D, w(L.gate), w(L.up), F, act);
     }
     small_gemm(act, B, w(L.down), D, F, xp, /*accumulate=*/true);
     if (!lora.empty()) lora_add(xt, rows(act, F), li, 6, lora);
@@ -793,7 +802,7 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
   const auto lora = lora_rows(adapters, B);
   // A projection, plus each row's LoRA update of module m (see lora_add).
   auto proj_lora = [&](const torch::Tensor& in, const torch::Tensor& w, std::size_t li, int m) {
-    auto y = proj(in, w);
+    auto y = proj(in, w, int8_activations_);
     if (!lora.empty()) lora_add(y, in, li, m, lora);
     return y;
   };
@@ -879,7 +888,13 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
   if (last_only && T > 1) x = x.narrow(1, T - 1, 1);
   x = rms_norm(x, norm_);
   if (hidden) return x.to(torch::kFloat32);
-  return proj(x, lm_head_).to(torch::kFloat32);
+  return proj(x, lm_head_, int8_activations_).to(torch::kFloat32);
+}
+
+std::string quant_summary(const LlamaModel& model) {
+  std::string out;
+  for (const auto& [f, n] : model.quant_matrices()) out += (out.empty() ? "" : ", ") + f + " x " + std::to_string(n);
+  return out;
 }
 
 }  // namespace vhost::llama

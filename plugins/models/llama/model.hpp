@@ -8,6 +8,7 @@
 
 #include <array>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -102,9 +103,20 @@ class LlamaModel {
   bool mixed_cpu() const;
 
   const LlamaConfig& config() const { return cfg_; }
-  // Matrices held as Q8_0 blocks (uint8 [N, K / 32 * 34], from load_gguf_llama with keep_q8):
-  // the decode kernels dequantise them in registers, every product on the CPU; 0 otherwise.
-  int64_t q8_matrices() const { return q8_matrices_; }
+  // Matrices held as quantized blocks (uint8 [N, K / block_elems, block_bytes], from
+  // load_gguf_llama with keep_blocks), by format ("q4_0": 96, ...): the decode kernels dequantise
+  // them in registers, every product on the CPU. Empty otherwise.
+  const std::map<std::string, int64_t>& quant_matrices() const { return quant_matrices_; }
+  // Q4_0, Q5_0 and Q8_0 matrices: products by integer dot products with the activations rounded
+  // to 8 bits (true, the default: llama.cpp's arithmetic, decode_kernels.hpp) or with the weights
+  // widened to float32 (false: the float32 model of the blocks' values).
+  void set_int8_activations(bool on) { int8_activations_ = on; }
+  bool int8_activations() const { return int8_activations_; }
+  int64_t quantized_matrices() const {  // all formats together
+    int64_t n = 0;
+    for (const auto& [f, c] : quant_matrices_) n += c;
+    return n;
+  }
   torch::Device device() const { return device_; }
   torch::ScalarType dtype() const { return dtype_; }
   // HF names, in HF order; the lm_head is absent when tied.
@@ -144,7 +156,8 @@ class LlamaModel {
   std::shared_ptr<const Bf16Weights> bf16_;
   bool bf16_current() const;  // no weight changed since packing
   int64_t largest_matrix_ = 0;  // elements of the largest weight matrix
-  int64_t q8_matrices_ = 0;
+  std::map<std::string, int64_t> quant_matrices_;
+  bool int8_activations_ = true;
   LlamaConfig cfg_;
   torch::Device device_;
   torch::ScalarType dtype_;
@@ -154,6 +167,9 @@ class LlamaModel {
   torch::Tensor cos32_, sin32_;  // the same in float32 (cos_ and sin_ for a float32 model)
   std::vector<Layer> layers_;
 };
+
+// The formats of a model's quantized matrices with their counts: "q4_k x 193, q6_k x 33".
+std::string quant_summary(const LlamaModel& model);
 
 torch::ScalarType dtype_from_name(const std::string& name);  // "float32", "bfloat16", "float16"
 std::string dtype_name(torch::ScalarType t);

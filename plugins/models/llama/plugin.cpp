@@ -81,7 +81,12 @@ class LlamaPlugin final : public vhost::Model {
                            "decoding steps on the CPU: float32, or bfloat16 (weight products in bfloat16 on AMX "
                            "or AVX512-BF16, or widened to float32 on AVX-512/AVX2, with activations and the "
                            "KV cache in bfloat16; float32 on other CPUs)")
-                .one_of({"float32", "bfloat16"})};
+                .one_of({"float32", "bfloat16"}),
+            Option::string("quant_activations", "int8",
+                           "Q4_0/Q5_0/Q8_0 matrices decoded from their blocks: int8 (the activations rounded to "
+                           "8 bits per 32 for integer dot products, as llama.cpp computes: faster) or float32 "
+                           "(the weights widened to float32 in registers: the exact float32 model of the blocks)")
+                .one_of({"int8", "float32"})};
   }
 
   explicit LlamaPlugin(const vhost::Config& cfg)
@@ -114,7 +119,8 @@ class LlamaPlugin final : public vhost::Model {
     if (fs::is_regular_file(path_) && vhost::llama::is_gguf(path_)) {
       // A GGUF file carries its tokenizer.
       if (weights) {
-        // Q8_0 matrices stay blocks where the CPU kernels decode from them (dtype "auto").
+        // Quantized matrices stay blocks where the CPU kernels decode from them (dtype "auto"; every
+        // block format needs what Q8_0 does).
         // (Not with an adapter: it is merged into dequantised weights.)
         auto g = vhost::llama::load_gguf_llama(path_, keep_stored_ && cfg.get<std::string>("adapter").empty() &&
                                                           vhost::llama::small_gemm_supports(vhost::llama::WeightType::q8_0));
@@ -177,6 +183,7 @@ class LlamaPlugin final : public vhost::Model {
     if (tokenizer_->vocab_size() > config_.vocab_size)
       throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
                                                 " pieces but the model only " + std::to_string(config_.vocab_size));
+    if (model_) model_->set_int8_activations(cfg.get<std::string>("quant_activations") == "int8");
     if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && !model_->mixed_cpu() && !model_->enable_bf16_decode())
       vhost::log(VHOST_LOG_WARN, "decode_dtype = \"bfloat16\" needs an x86 CPU with AVX2 or better and float32 weights on the CPU (" +
                                      std::string(*vhost::llama::bf16_gemm_isa() ? "the weights are " + vhost::llama::dtype_name(model_->dtype()) + " on " + model_->device().str()
@@ -250,11 +257,11 @@ class LlamaPlugin final : public vhost::Model {
   // What the weights cost and which kernel multiplies by them in a decoding step.
   json weights_json() const {
     int64_t bytes = 0, elements = 0;
-    std::map<std::string, int64_t> numel;  // from the shapes: a Q8_0 tensor's own counts bytes
+    std::map<std::string, int64_t> numel;  // from the shapes: a quantized tensor's own counts bytes
     for (const auto& [name, shape] : vhost::llama::LlamaModel::expected_tensors(model_->config()))
       numel[name] = shape.size() == 2 ? shape[0] * shape[1] : 0;
     for (const auto& [name, t] : model_->named_tensors()) {
-      if (name == "lm_head.weight" || t.dim() != 2 || name == "model.embed_tokens.weight") continue;
+      if (name == "lm_head.weight" || (t.dim() != 2 && t.dim() != 3) || name == "model.embed_tokens.weight") continue;
       bytes += t.numel() * static_cast<int64_t>(t.element_size());
       elements += numel[name];
     }
@@ -265,7 +272,8 @@ class LlamaPlugin final : public vhost::Model {
       kernel = std::string("packed bfloat16 (") + vhost::llama::bf16_gemm_isa() + ")";
     else if (*vhost::llama::small_gemm_isa() && (model_->dtype() == torch::kFloat32 || model_->mixed_cpu()))
       kernel = std::string(vhost::llama::small_gemm_isa()) +
-               (model_->q8_matrices() ? ", q8_0 blocks dequantised in registers"
+               (model_->quantized_matrices() ? ", " + vhost::llama::quant_summary(*model_) + " blocks dequantised in registers" +
+                                                   (*vhost::llama::int8_dot_isa() && model_->int8_activations() ? std::string("; q4_0/q5_0/q8_0 by integer dot products with 8-bit activations (") + vhost::llama::int8_dot_isa() + ")" : std::string())
                 : model_->mixed_cpu() ? ", " + vhost::llama::dtype_name(model_->dtype()) + " widened to float32 in registers"
                                       : "");
     else
@@ -598,15 +606,18 @@ class LlamaPlugin final : public vhost::Model {
     if (name == "convert") {
       fs::path in = need("in"), out = need("out");
       if (fs::is_directory(in)) {
-        // HF layout -> GGUF, in the checkpoint's stored dtype.
+        // HF layout -> GGUF, in the checkpoint's stored dtype or quantized.
+        const std::string quantize = field<std::string>(args, "quantize", "");
+        const auto* qf = quantize.empty() ? nullptr : vhost::llama::quant_format_name(quantize);
+        if (!quantize.empty() && (!qf || qf->block_elems != 32))
+          throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "convert: quantize '" + quantize +
+                                                             "' is not supported (q8_0, q4_0, q4_1, q5_0, q5_1; the "
+                                                             "K-quants are read, not written yet)");
         auto model = LlamaModel::load(in);
         std::ifstream t(in / "tokenizer.model", std::ios::binary);
         if (!t) throw vhost::Error(VHOST_ERR_IO, (in / "tokenizer.model").string() + ": cannot open (GGUF embeds the tokenizer)");
         std::string proto((std::istreambuf_iterator<char>(t)), {});
         Tokenizer::from_serialized(proto, (in / "tokenizer.model").string());  // refuse a broken one before writing
-        const std::string quantize = field<std::string>(args, "quantize", "");
-        if (!quantize.empty() && quantize != "q8_0")
-          throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "convert: quantize '" + quantize + "' is not supported (q8_0)");
         vhost::llama::save_gguf_llama(model, proto, out, quantize);
         return {{"out", out.string()}, {"format", quantize.empty() ? "gguf" : "gguf " + quantize},
                 {"parameters", model.config().parameter_count()}};

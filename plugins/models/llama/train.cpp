@@ -459,8 +459,8 @@ Trainer::Trainer(const LlamaModel& init, TrainEnv env, bool gradient_checkpointi
     I.rank = env.collective->rank();
     I.world = env.collective->world_size();
   }
-  if (init.q8_matrices())
-    throw vhost::Error(VHOST_ERR_UNSUPPORTED, "training needs the weights dequantised (this model holds Q8_0 blocks)");
+  if (init.quantized_matrices())
+    throw vhost::Error(VHOST_ERR_UNSUPPORTED, "training needs the weights dequantised (this model holds quantized blocks)");
   std::map<std::string, Tensor> w(init.named_tensors().begin(), init.named_tensors().end());
   // The starting value of a trained tensor that is not the base's: LoRA's A (PEFT's
   // kaiming_uniform_(a=sqrt(5)): uniform in +-1/sqrt(in)) and B (zero), drawn whole from a

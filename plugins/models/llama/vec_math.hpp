@@ -76,14 +76,6 @@ VHOST_INLINE vec load_vec(const Half* p) {
   return v;
 }
 
-// A Q8_0 block, llama.cpp's layout: an f16 scale d, then 32 int8; element j is d * q[j]. A row
-// of K weights is K / 32 blocks.
-struct Q8Block {
-  uint16_t d;
-  int8_t q[32];
-};
-static_assert(sizeof(Q8Block) == 34, "Q8_0 blocks are 34 bytes");
-
 // e^x for x <= 0 on a vector (Cephes' expf polynomial, about 1 ulp): 2^n * p(r), with
 // x = n ln2 + r, |r| <= ln2/2. Below -87.3 the result is 0 (the float range ends there).
 template <int V, typename vec>

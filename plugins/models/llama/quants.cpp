@@ -1,0 +1,225 @@
+// See quants.hpp. The dequantisers follow ggml's dequantize_row_* (ggml-quants.c) element for
+// element; the quantisers follow the `gguf` Python package's quantize_blocks (gguf/quants.py),
+// which are bit-exact with ggml's reference quantize_row_*_ref. Written here rather than linked:
+// ggml is not a Debian package, and these are a few lines per format against a fixed, documented
+// layout; the tests check them against both projects' code (tests/interop, tests/llama).
+#include "quants.hpp"
+
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace vhost::llama {
+
+namespace {
+
+constexpr QuantFormat kFormats[] = {
+    {WeightType::q4_0, 2, "q4_0", 32, 18},   {WeightType::q4_1, 3, "q4_1", 32, 20},
+    {WeightType::q5_0, 6, "q5_0", 32, 22},   {WeightType::q5_1, 7, "q5_1", 32, 24},
+    {WeightType::q8_0, 8, "q8_0", 32, 34},   {WeightType::q4_k, 12, "q4_k", 256, 144},
+    {WeightType::q5_k, 13, "q5_k", 256, 176}, {WeightType::q6_k, 14, "q6_k", 256, 210},
+};
+
+template <typename B>
+const B* blocks_of(const void* p) {
+  return static_cast<const B*>(p);
+}
+
+}  // namespace
+
+float fp16_to_float(uint16_t h) { return static_cast<float>(c10::Half(h, c10::Half::from_bits())); }
+uint16_t fp16_from_float(float f) { return c10::Half(f).x; }
+
+const QuantFormat* quant_format(WeightType t) {
+  for (const auto& f : kFormats)
+    if (f.type == t) return &f;
+  return nullptr;
+}
+const QuantFormat* quant_format_ggml(uint32_t ggml_type) {
+  for (const auto& f : kFormats)
+    if (f.ggml_type == ggml_type) return &f;
+  return nullptr;
+}
+const QuantFormat* quant_format_bytes(int64_t block_bytes) {
+  for (const auto& f : kFormats)
+    if (f.block_bytes == block_bytes) return &f;
+  return nullptr;
+}
+const QuantFormat* quant_format_name(const std::string& name) {
+  std::string lower = name;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const auto& f : kFormats)
+    if (lower == f.name) return &f;
+  return nullptr;
+}
+
+void dequantize(WeightType t, const void* p, int64_t n, float* y) {
+  const QuantFormat* f = quant_format(t);
+  if (!f) return;
+  const int64_t nb = n / f->block_elems;
+  for (int64_t i = 0; i < nb; ++i) {
+    switch (t) {
+      case WeightType::q4_0: {
+        const auto& b = blocks_of<BlockQ4_0>(p)[i];
+        const float d = fp16_to_float(b.d);
+        for (int j = 0; j < 16; ++j) {
+          y[j] = ((b.qs[j] & 0xF) - 8) * d;
+          y[j + 16] = ((b.qs[j] >> 4) - 8) * d;
+        }
+        break;
+      }
+      case WeightType::q4_1: {
+        const auto& b = blocks_of<BlockQ4_1>(p)[i];
+        const float d = fp16_to_float(b.d), m = fp16_to_float(b.m);
+        for (int j = 0; j < 16; ++j) {
+          y[j] = (b.qs[j] & 0xF) * d + m;
+          y[j + 16] = (b.qs[j] >> 4) * d + m;
+        }
+        break;
+      }
+      case WeightType::q5_0:
+      case WeightType::q5_1: {
+        const bool one = t == WeightType::q5_1;
+        const uint8_t* qh8 = one ? blocks_of<BlockQ5_1>(p)[i].qh : blocks_of<BlockQ5_0>(p)[i].qh;
+        const uint8_t* qs = one ? blocks_of<BlockQ5_1>(p)[i].qs : blocks_of<BlockQ5_0>(p)[i].qs;
+        const float d = fp16_to_float(one ? blocks_of<BlockQ5_1>(p)[i].d : blocks_of<BlockQ5_0>(p)[i].d);
+        const float m = one ? fp16_to_float(blocks_of<BlockQ5_1>(p)[i].m) : 0.0f;
+        uint32_t qh;
+        std::memcpy(&qh, qh8, 4);
+        for (int j = 0; j < 16; ++j) {
+          const int x0 = (qs[j] & 0xF) | (((qh >> j) & 1) << 4), x1 = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+          y[j] = one ? x0 * d + m : (x0 - 16) * d;
+          y[j + 16] = one ? x1 * d + m : (x1 - 16) * d;
+        }
+        break;
+      }
+      case WeightType::q8_0: {
+        const auto& b = blocks_of<Q8Block>(p)[i];
+        const float d = fp16_to_float(b.d);
+        for (int j = 0; j < 32; ++j) y[j] = b.q[j] * d;
+        break;
+      }
+      case WeightType::q4_k:
+      case WeightType::q5_k: {
+        const bool five = t == WeightType::q5_k;
+        const uint16_t dh = five ? blocks_of<BlockQ5_K>(p)[i].d : blocks_of<BlockQ4_K>(p)[i].d;
+        const uint16_t mh = five ? blocks_of<BlockQ5_K>(p)[i].dmin : blocks_of<BlockQ4_K>(p)[i].dmin;
+        const uint8_t* scales = five ? blocks_of<BlockQ5_K>(p)[i].scales : blocks_of<BlockQ4_K>(p)[i].scales;
+        const uint8_t* q = five ? blocks_of<BlockQ5_K>(p)[i].qs : blocks_of<BlockQ4_K>(p)[i].qs;
+        const uint8_t* qh = five ? blocks_of<BlockQ5_K>(p)[i].qh : nullptr;
+        const float d = fp16_to_float(dh), dmin = fp16_to_float(mh);
+        for (int s = 0; s < 8; ++s) {  // sub-block s: nibbles of q[32 (s / 2) ...], low for even s
+          int sc, m;
+          scale_min_k4(s, scales, sc, m);
+          const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
+          const uint8_t* qs = q + 32 * (s / 2);
+          for (int l = 0; l < 32; ++l) {
+            int v = s % 2 ? qs[l] >> 4 : qs[l] & 0xF;
+            if (qh) v += ((qh[l] >> s) & 1) << 4;
+            y[32 * s + l] = d1 * v - m1;
+          }
+        }
+        break;
+      }
+      case WeightType::q6_k: {
+        const auto& b = blocks_of<BlockQ6_K>(p)[i];
+        const float d = fp16_to_float(b.d);
+        const uint8_t* ql = b.ql;
+        const uint8_t* qh = b.qh;
+        const int8_t* sc = b.scales;
+        float* yy = y;
+        for (int n128 = 0; n128 < 2; ++n128) {
+          for (int l = 0; l < 32; ++l) {
+            const int is = l / 16;
+            const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+            const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            yy[l] = d * sc[is + 0] * q1;
+            yy[l + 32] = d * sc[is + 2] * q2;
+            yy[l + 64] = d * sc[is + 4] * q3;
+            yy[l + 96] = d * sc[is + 6] * q4;
+          }
+          yy += 128;
+          ql += 64;
+          qh += 32;
+          sc += 8;
+        }
+        break;
+      }
+      default: return;
+    }
+    y += f->block_elems;
+  }
+}
+
+bool quantize(WeightType t, const float* x, int64_t n, uint8_t* out) {
+  const QuantFormat* f = quant_format(t);
+  if (!f || f->block_elems != 32) return false;
+  for (int64_t b = 0; b < n / 32; ++b, x += 32, out += f->block_bytes) {
+    // The first element of largest magnitude (numpy's argmax), and the extremes.
+    int imax = 0;
+    float mn = x[0], mx = x[0];
+    for (int j = 1; j < 32; ++j) {
+      if (std::fabs(x[j]) > std::fabs(x[imax])) imax = j;
+      mn = std::min(mn, x[j]);
+      mx = std::max(mx, x[j]);
+    }
+    uint8_t q[32];
+    switch (t) {
+      case WeightType::q8_0: {
+        const float d = std::fabs(x[imax]) / 127.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
+        const uint16_t dh = fp16_from_float(d);
+        std::memcpy(out, &dh, 2);
+        for (int j = 0; j < 32; ++j) {
+          const float v = x[j] * id, a = std::fabs(v), fl = std::floor(a);
+          const float r = fl + std::floor(2.0f * (a - fl));  // half away from zero, as gguf's np_roundf
+          out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(v < 0 ? -r : r));
+        }
+        continue;
+      }
+      case WeightType::q4_0:
+      case WeightType::q5_0: {
+        const bool five = t == WeightType::q5_0;
+        const float d = x[imax] / (five ? -16.0f : -8.0f), id = d == 0.0f ? 0.0f : 1.0f / d;
+        const float half = five ? 16.5f : 8.5f;
+        const int top = five ? 31 : 15;
+        for (int j = 0; j < 32; ++j) {
+          const float v = x[j] * id;  // two roundings, as numpy: no fused multiply-add
+          q[j] = static_cast<uint8_t>(std::min<int>(top, static_cast<int>(std::trunc(v + half))));
+        }
+        const uint16_t dh = fp16_from_float(d);
+        std::memcpy(out, &dh, 2);
+        break;
+      }
+      case WeightType::q4_1:
+      case WeightType::q5_1: {
+        const bool five = t == WeightType::q5_1;
+        const float d = (mx - mn) / (five ? 31.0f : 15.0f), id = d == 0.0f ? 0.0f : 1.0f / d;
+        const int top = five ? 31 : 15;
+        for (int j = 0; j < 32; ++j) {
+          const float v = (x[j] - mn) * id;
+          q[j] = static_cast<uint8_t>(std::min<int>(top, static_cast<int>(std::trunc(v + 0.5f))));
+        }
+        const uint16_t dh = fp16_from_float(d), mh = fp16_from_float(mn);
+        std::memcpy(out, &dh, 2);
+        std::memcpy(out + 2, &mh, 2);
+        break;
+      }
+      default: return false;
+    }
+    const bool five = t == WeightType::q5_0 || t == WeightType::q5_1;
+    uint8_t* qs = out + f->block_bytes - 16;
+    for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4));
+    if (five) {
+      uint32_t qh = 0;
+      for (int j = 0; j < 32; ++j) qh |= uint32_t(q[j] >> 4) << j;
+      std::memcpy(qs - 4, &qh, 4);
+    }
+  }
+  return true;
+}
+
+}  // namespace vhost::llama

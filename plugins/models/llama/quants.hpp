@@ -1,0 +1,117 @@
+// llama.cpp's (ggml's) quantized block formats, as GGUF files store them: the layouts, a scalar
+// dequantiser for each (the reference the decode kernels are tested against, and what a model
+// loaded dequantised uses), and the quantisers vhost writes with `model convert --quantize`.
+//
+// A matrix [N, K] of one of these types is N rows of K / block_elems blocks; a block never crosses
+// a row. In a LlamaModel such a matrix is a uint8 tensor [N, K / block_elems, block_bytes]: the
+// block size tells the type apart, since no two formats share one (18, 20, 22, 24, 34, 144, 176,
+// 210 bytes).
+//
+// Kept free of torch headers: the decode kernels include it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace vhost::llama {
+
+// The element type of a weight matrix the decode kernels read (decode_kernels.hpp): float32,
+// bfloat16 or float16 bits, or blocks of one of the formats below.
+enum class WeightType : uint8_t { f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k };
+
+// The blocks, byte for byte as ggml lays them out (ggml-common.h); d, dmin, m are float16 bits.
+// 32 weights: d * (q - 8), q a nibble: qs[j] holds element j (low nibble) and j + 16 (high).
+struct BlockQ4_0 {
+  uint16_t d;
+  uint8_t qs[16];
+};
+// 32 weights: d * q + m.
+struct BlockQ4_1 {
+  uint16_t d, m;
+  uint8_t qs[16];
+};
+// 32 weights: d * (q - 16), q five bits: the nibbles as Q4_0, bit j of qh (little-endian) the
+// fifth bit of element j.
+struct BlockQ5_0 {
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
+// 32 weights: d * q + m, q as Q5_0's.
+struct BlockQ5_1 {
+  uint16_t d, m;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
+// 32 weights: d * q, q int8.
+struct Q8Block {
+  uint16_t d;
+  int8_t q[32];
+};
+// 256 weights in 8 sub-blocks of 32: d * sc_i * q - dmin * m_i, q a nibble, the 6-bit sc_i and m_i
+// packed in scales (get_scale_min_k4). Sub-blocks 2c and 2c + 1 are the low and high nibbles of
+// qs[32c .. 32c + 32).
+struct BlockQ4_K {
+  uint16_t d, dmin;
+  uint8_t scales[12];
+  uint8_t qs[128];
+};
+// As Q4_K with a fifth bit: bit i of qh[l] is that of element l of sub-block i.
+struct BlockQ5_K {
+  uint16_t d, dmin;
+  uint8_t scales[12];
+  uint8_t qh[32];
+  uint8_t qs[128];
+};
+// 256 weights in 16 groups of 16: d * scales_g * (q - 32), q six bits (four in ql, two in qh; see
+// dequantize).
+struct BlockQ6_K {
+  uint8_t ql[128];
+  uint8_t qh[64];
+  int8_t scales[16];
+  uint16_t d;
+};
+static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 &&
+                  sizeof(BlockQ5_1) == 24 && sizeof(Q8Block) == 34 && sizeof(BlockQ4_K) == 144 &&
+                  sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210,
+              "ggml's block sizes");
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block's scales[12] (ggml's
+// get_scale_min_k4).
+inline void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+struct QuantFormat {
+  WeightType type;
+  uint32_t ggml_type;  // GGUF's tensor type number
+  const char* name;    // "q4_0", "q4_k", ... (GGUF / llama-quantize spell them in capitals)
+  int64_t block_elems;
+  int64_t block_bytes;
+};
+// The format of a quantized type, by WeightType, GGUF type number, or block size in bytes;
+// nullptr for a float type or an unknown one.
+const QuantFormat* quant_format(WeightType t);
+const QuantFormat* quant_format_ggml(uint32_t ggml_type);
+const QuantFormat* quant_format_bytes(int64_t block_bytes);
+const QuantFormat* quant_format_name(const std::string& name);  // "q4_0" or "Q4_0"
+
+// n weights (a multiple of the block size) from their blocks, as ggml's dequantize_row_*.
+void dequantize(WeightType t, const void* blocks, int64_t n, float* out);
+
+// The blocks of x [n] (n a multiple of 32), computed as the `gguf` Python package's quantizer
+// (and llama.cpp's reference one) computes them, in float32 arithmetic, so a file vhost writes is
+// byte for byte the one they write: q8_0, q4_0, q4_1, q5_0, q5_1. Returns false for a type it
+// cannot make (the K-quants).
+bool quantize(WeightType t, const float* x, int64_t n, uint8_t* out);
+
+float fp16_to_float(uint16_t h);
+uint16_t fp16_from_float(float f);  // round to nearest even, as F16C and numpy
+
+}  // namespace vhost::llama
