@@ -176,7 +176,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
               dtype_name(model.dtype()).c_str(), model.quantized_matrices() ? (" with " + quant_summary(model) + " matrices").c_str() : "", (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
               weight_bytes / 1e9, threads);
   std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
-              model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0 as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
+              model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0/Q4_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
               : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
   for (int64_t b : {int64_t{1}, batch}) {
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
@@ -237,8 +237,8 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
     }
     for (bool int8 : {true, false}) {
       set_int8_activations(int8);
-      if (!int8 && !*int8_dot_isa() && false) continue;
-      std::printf("  %-4s %-5s", f.name, int8 ? (*int8_dot_isa() && f.block_elems == 32 && t != WeightType::q4_1 ? "int8" : "f32") : "f32");
+      const bool has_int = t == WeightType::q8_0 || t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q4_k;
+      std::printf("  %-4s %-5s", f.name, int8 && *int8_dot_isa() && has_int ? "int8" : "f32");
       for (int64_t M : {1, 4, 16}) {
         auto A = torch::randn({M, K}), C = torch::empty({M, N});
         auto call = [&] { small_gemm(A.data_ptr<float>(), M, WeightsRef(blocks.data(), t), N, K, C.data_ptr<float>()); };
@@ -250,7 +250,7 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
         std::printf("  M=%-2lld %6.1f GB/s (%.2f ms)", (long long)M, blocks.size() / sec / 1e9, sec * 1e3);
       }
       std::printf("\n");
-      if (!(t == WeightType::q8_0 || t == WeightType::q4_0 || t == WeightType::q5_0)) break;
+      if (!has_int) break;
     }
     set_int8_activations(true);
   }
@@ -264,7 +264,7 @@ int main(int argc, char** argv) {
   bool child = false, wait_policy = true;
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--no-wait-policy")) wait_policy = false;
-  // --float-activations: Q4_0/Q5_0/Q8_0 weights widened to float32 in registers instead of the
+  // --float-activations: Q4_0/Q5_0/Q8_0/Q4_K weights widened to float32 in registers instead of the
   // integer dot products (an A/B run of the two paths on one file).
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--float-activations")) vhost::llama::set_int8_activations(false);

@@ -212,6 +212,17 @@ static torch::Tensor q8_rounded(const torch::Tensor& A) {
   return (torch::round(b * id) * d).reshape(A.sizes());
 }
 
+// The same for the K-quants' activations (ggml's quantize_row_q8_K): per 256, the value of largest
+// magnitude maps to -127, d = 1 / (-127 / that value), no float16 rounding.
+static torch::Tensor q8k_rounded(const torch::Tensor& A) {
+  auto b = A.reshape({-1, 256});
+  auto idx = b.abs().argmax(1, true);
+  auto mx = b.gather(1, idx);
+  auto is = torch::where(mx == 0, torch::zeros_like(mx), -127 / mx);
+  auto d = torch::where(mx == 0, torch::zeros_like(mx), 1 / is);
+  return (torch::clamp_max(torch::round(b * is), 127) * d).reshape(A.sizes());
+}
+
 TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized format, dequantised in registers",
           "[kernels][quant]") {
   const WeightType types[] = {WeightType::q4_0, WeightType::q4_1, WeightType::q5_0, WeightType::q5_1,
@@ -225,7 +236,7 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
       // Q4_0, Q5_0 and Q8_0 go through the integer kernels where they are on: the reference
       // then multiplies the 8-bit-rounded A.
       const bool rounded = int8 && *int8_dot_isa() &&
-                           (t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q8_0);
+                           (t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q8_0 || t == WeightType::q4_k);
       INFO("kernels: " << small_gemm_isa() << ", format " << f.name << ", integer: " << int8_dot_isa());
       if (!small_gemm_supports(t)) {
         WARN("SKIP: the " << small_gemm_isa() << " kernels here cannot read " << f.name << " (no F16C)");
@@ -237,7 +248,7 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
         INFO("M=" << M << " N=" << N << " K=" << K);
         torch::manual_seed(9);
         auto A = torch::randn({M, K});
-        auto Aref = rounded ? q8_rounded(A) : A;
+        auto Aref = !rounded ? A : t == WeightType::q4_k ? q8k_rounded(A) : q8_rounded(A);
         auto [b1, w1] = random_blocks(f, N, K, 1);
         auto [b2, w2] = random_blocks(f, N + 3, K, 2);
         const double tol = 1e-4 * std::max(1.0, w1.abs().max().item<double>() * std::sqrt(double(K)));

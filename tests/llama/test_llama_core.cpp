@@ -1163,6 +1163,10 @@ TEST_CASE("A model of mixed K-quant blocks (as llama.cpp's Q4_K_M files) equals 
   set_int8_activations(true);
   INFO("max |diff| " << (a - b).abs().max().item<double>() << " of max " << b.abs().max().item<double>());
   CHECK(torch::allclose(a, b, 1e-4, 1e-4 * b.abs().max().item<double>()));
+  // The integer kernels (Q4_K, Q4_0, Q8_0 here, 8-bit activations): close, not equal.
+  const double rel = ((run(blocks) - b).abs().max() / b.abs().max()).item<double>();
+  INFO("int8 activations: max |diff| / max |logit| = " << rel << " (" << int8_dot_isa() << ")");
+  CHECK(rel < 0.05);
   // A block tensor that is no format of its matrix is refused naming it.
   auto bad = kept;
   bad[1].second = torch::zeros({bad[1].second.size(0), 3, 19}, torch::kUInt8);

@@ -389,11 +389,14 @@ VHOST_INLINE void any_tile(int mr, int nr, const float* A, const TW* W, int64_t 
 // blocks' scales into float32 sums: llama.cpp's own arithmetic, so the result is the product of
 // the dequantised weights with the 8-bit-rounded activations (not the float32 ones), ~1e-3
 // relative (see decode_kernels.hpp).
-struct QuantRows {  // A [M, K] as Q8_0 blocks
+struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q5_0, Q8_0) and Q8_K blocks (for Q4_K)
   const int8_t* q;     // [M, K]
   const float* d;      // [M, K / 32]
   const int32_t* sum;  // [M, K / 32]: the sum of each block's int8
   int64_t K;
+  const int8_t* qk = nullptr;  // [M, K]: Q8_K, one scale per 256 (ggml's quantize_row_q8_K)
+  const float* dk = nullptr;   // [M, K / 256]
+  const int16_t* bs = nullptr;  // [M, K / 32]: sums of 32 of qk
 };
 constexpr int kIntNR = 4;  // weight rows in a tile of the integer kernels (its rows of A: int_kernels.inc)
 
@@ -736,6 +739,8 @@ struct Isa {
     (s).int_gate_up[static_cast<int>(WeightType::q8_0)] = ns::gate_up_int<Q8Block>;             \
     (s).int_gate_up[static_cast<int>(WeightType::q4_0)] = ns::gate_up_int<BlockQ4_0>;           \
     (s).int_gate_up[static_cast<int>(WeightType::q5_0)] = ns::gate_up_int<BlockQ5_0>;           \
+    (s).int_range[static_cast<int>(WeightType::q4_k)] = ns::range_int<BlockQ4_K>;               \
+    (s).int_gate_up[static_cast<int>(WeightType::q4_k)] = ns::gate_up_int<BlockQ4_K>;           \
   } while (0)
 
 bool g_int8_activations = true;  // set_int8_activations
@@ -809,10 +814,38 @@ static bool readable(WeightType t, int64_t K) {
 // A [M, K] as Q8_0 blocks for the integer kernels, as ggml's quantize_row_q8_0 makes them on x86:
 // q = round-to-nearest-even(a * 127 / max|a|), d = max|a| / 127 rounded to float16. In buffers of
 // the calling thread, valid until its next call.
-static QuantRows quantize_rows(const float* A, int64_t M, int64_t K) {
-  thread_local std::vector<int8_t> q;
-  thread_local std::vector<float> d;
+static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 = true, bool q8_k = false) {
+  thread_local std::vector<int8_t> q, qk;
+  thread_local std::vector<float> d, dk;
   thread_local std::vector<int32_t> sum;
+  thread_local std::vector<int16_t> bs;
+  QuantRows out{nullptr, nullptr, nullptr, K};
+  if (q8_k && K % 256 == 0) {
+    // ggml's quantize_row_q8_K: per 256 the value of largest magnitude maps to -127.
+    qk.resize(static_cast<std::size_t>(M * K));
+    dk.resize(static_cast<std::size_t>(M * K / 256));
+    bs.resize(static_cast<std::size_t>(M * K / 32));
+    for (int64_t i = 0; i < M * K / 256; ++i) {
+      const float* a = A + i * 256;
+      float amax = 0, mx = 0;
+      for (int j = 0; j < 256; ++j)
+        if (std::fabs(a[j]) > amax) amax = std::fabs(a[j]), mx = a[j];
+      const float is = amax != 0.0f ? -127.0f / mx : 0.0f;
+      dk[i] = amax != 0.0f ? 1.0f / is : 0.0f;
+      for (int g = 0; g < 8; ++g) {
+        int s = 0;
+        for (int j = g * 32; j < g * 32 + 32; ++j) {
+          const float r = (a[j] * is + 12582912.0f) - 12582912.0f;
+          const int v = std::min(127, static_cast<int>(r));
+          qk[i * 256 + j] = static_cast<int8_t>(v);
+          s += v;
+        }
+        bs[i * 8 + g] = static_cast<int16_t>(s);
+      }
+    }
+    out.qk = qk.data(), out.dk = dk.data(), out.bs = bs.data();
+  }
+  if (!q8_0) return out;
   const int64_t nb = K / 32;
   q.resize(static_cast<std::size_t>(M * K));
   d.resize(static_cast<std::size_t>(M * nb));
@@ -833,19 +866,22 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K) {
     }
     sum[i] = s;
   }
-  return {q.data(), d.data(), sum.data(), K};
+  out.q = q.data(), out.d = d.data(), out.sum = sum.data();
+  return out;
 }
 
 // Whether the integer kernels take W [?, K] here.
 static bool int_path(const Isa& s, WeightsRef W, int64_t K) {
-  return g_int8_activations && W.int8 && s.int_range[static_cast<int>(W.type)] && K % 32 == 0;
+  return g_int8_activations && W.int8 && s.int_range[static_cast<int>(W.type)] &&
+         K % (W.type == WeightType::q4_k ? 256 : 32) == 0;
 }
 
 bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, float* C, bool accumulate) {
   const Isa s = isa();
   if (!readable(W.type, K)) return false;
   if (int_path(s, W, K)) {
-    const QuantRows qa = quantize_rows(A, M, K);
+    const bool k = W.type == WeightType::q4_k;
+    const QuantRows qa = quantize_rows(A, M, K, !k, k);
     const IntRangeFn fn = s.int_range[static_cast<int>(W.type)];
     at::parallel_for(0, (N + kIntNR - 1) / kIntNR, tile_grain(M, K, kIntNR),
                      [&](int64_t t0, int64_t t1) { fn(qa, M, W.data, N, C, accumulate, t0, t1); });
@@ -865,13 +901,13 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
   // Tiles of each output in one index space (an output's tiles are kIntNR columns wide on the
   // integer kernels, s.nr on the float ones); A rounded to 8 bits once for all that need it.
   std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);
-  bool any_int = false;
+  bool any_q8_0 = false, any_q8_k = false;
   for (int i = 0; i < n; ++i) {
     const bool in = int_path(s, outs[i].W, K);
-    any_int = any_int || in;
+    (outs[i].W.type == WeightType::q4_k ? any_q8_k : any_q8_0) |= in;
     first[i + 1] = first[i] + (outs[i].N + (in ? kIntNR : s.nr) - 1) / (in ? kIntNR : s.nr);
   }
-  const QuantRows qa = any_int ? quantize_rows(A, M, K) : QuantRows{};
+  const QuantRows qa = any_q8_0 || any_q8_k ? quantize_rows(A, M, K, any_q8_0, any_q8_k) : QuantRows{};
   at::parallel_for(0, first[n], tile_grain(M, K, s.nr), [&](int64_t t0, int64_t t1) {
     for (int i = 0; i < n; ++i) {
       const int64_t a = std::max(t0, first[i]), b = std::min(t1, first[i + 1]);
@@ -890,7 +926,8 @@ bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRe
   const Isa s = isa();
   if (Wg.type != Wu.type || !readable(Wg.type, K)) return false;
   if (int_path(s, Wg, K) && Wu.int8) {
-    const QuantRows qa = quantize_rows(A, M, K);
+    const bool k = Wg.type == WeightType::q4_k;
+    const QuantRows qa = quantize_rows(A, M, K, !k, k);
     const IntGateUpFn fn = s.int_gate_up[static_cast<int>(Wg.type)];
     at::parallel_for(0, (N + kIntNR - 1) / kIntNR, std::max<int64_t>(1, tile_grain(M, K, kIntNR) / 2),
                      [&](int64_t t0, int64_t t1) { fn(qa, M, Wg.data, Wu.data, N, C, t0, t1); });
