@@ -237,7 +237,8 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
     }
     for (bool int8 : {true, false}) {
       set_int8_activations(int8);
-      const bool has_int = t == WeightType::q8_0 || t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q4_k;
+      const bool has_int = t == WeightType::q8_0 || t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q4_k ||
+                           t == WeightType::q6_k;
       std::printf("  %-4s %-5s", f.name, int8 && *int8_dot_isa() && has_int ? "int8" : "f32");
       for (int64_t M : {1, 4, 16}) {
         auto A = torch::randn({M, K}), C = torch::empty({M, N});

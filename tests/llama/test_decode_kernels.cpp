@@ -236,7 +236,8 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
       // Q4_0, Q5_0 and Q8_0 go through the integer kernels where they are on: the reference
       // then multiplies the 8-bit-rounded A.
       const bool rounded = int8 && *int8_dot_isa() &&
-                           (t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q8_0 || t == WeightType::q4_k);
+                           (t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q8_0 || t == WeightType::q4_k ||
+                            t == WeightType::q6_k);
       INFO("kernels: " << small_gemm_isa() << ", format " << f.name << ", integer: " << int8_dot_isa());
       if (!small_gemm_supports(t)) {
         WARN("SKIP: the " << small_gemm_isa() << " kernels here cannot read " << f.name << " (no F16C)");
@@ -248,7 +249,7 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
         INFO("M=" << M << " N=" << N << " K=" << K);
         torch::manual_seed(9);
         auto A = torch::randn({M, K});
-        auto Aref = !rounded ? A : t == WeightType::q4_k ? q8k_rounded(A) : q8_rounded(A);
+        auto Aref = !rounded ? A : t == WeightType::q4_k || t == WeightType::q6_k ? q8k_rounded(A) : q8_rounded(A);
         auto [b1, w1] = random_blocks(f, N, K, 1);
         auto [b2, w2] = random_blocks(f, N + 3, K, 2);
         const double tol = 1e-4 * std::max(1.0, w1.abs().max().item<double>() * std::sqrt(double(K)));

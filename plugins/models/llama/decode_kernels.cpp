@@ -397,6 +397,7 @@ struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q5_0, Q8_0) and Q8_K b
   const int8_t* qk = nullptr;  // [M, K]: Q8_K, one scale per 256 (ggml's quantize_row_q8_K)
   const float* dk = nullptr;   // [M, K / 256]
   const int16_t* bs = nullptr;  // [M, K / 32]: sums of 32 of qk
+  const int16_t* b16 = nullptr;  // [M, K / 16]: sums of 16 of qk
 };
 constexpr int kIntNR = 4;  // weight rows in a tile of the integer kernels (its rows of A: int_kernels.inc)
 
@@ -741,6 +742,8 @@ struct Isa {
     (s).int_gate_up[static_cast<int>(WeightType::q5_0)] = ns::gate_up_int<BlockQ5_0>;           \
     (s).int_range[static_cast<int>(WeightType::q4_k)] = ns::range_int<BlockQ4_K>;               \
     (s).int_gate_up[static_cast<int>(WeightType::q4_k)] = ns::gate_up_int<BlockQ4_K>;           \
+    (s).int_range[static_cast<int>(WeightType::q6_k)] = ns::range_int<BlockQ6_K>;               \
+    (s).int_gate_up[static_cast<int>(WeightType::q6_k)] = ns::gate_up_int<BlockQ6_K>;           \
   } while (0)
 
 bool g_int8_activations = true;  // set_int8_activations
@@ -818,13 +821,14 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
   thread_local std::vector<int8_t> q, qk;
   thread_local std::vector<float> d, dk;
   thread_local std::vector<int32_t> sum;
-  thread_local std::vector<int16_t> bs;
+  thread_local std::vector<int16_t> bs, b16;
   QuantRows out{nullptr, nullptr, nullptr, K};
   if (q8_k && K % 256 == 0) {
     // ggml's quantize_row_q8_K: per 256 the value of largest magnitude maps to -127.
     qk.resize(static_cast<std::size_t>(M * K));
     dk.resize(static_cast<std::size_t>(M * K / 256));
     bs.resize(static_cast<std::size_t>(M * K / 32));
+    b16.resize(static_cast<std::size_t>(M * K / 16));
     for (int64_t i = 0; i < M * K / 256; ++i) {
       const float* a = A + i * 256;
       float amax = 0, mx = 0;
@@ -839,11 +843,12 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
           const int v = std::min(127, static_cast<int>(r));
           qk[i * 256 + j] = static_cast<int8_t>(v);
           s += v;
+          if (j % 16 == 15) b16[i * 16 + j / 16] = static_cast<int16_t>(s - (j % 32 == 31 ? b16[i * 16 + j / 16 - 1] : 0));
         }
         bs[i * 8 + g] = static_cast<int16_t>(s);
       }
     }
-    out.qk = qk.data(), out.dk = dk.data(), out.bs = bs.data();
+    out.qk = qk.data(), out.dk = dk.data(), out.bs = bs.data(), out.b16 = b16.data();
   }
   if (!q8_0) return out;
   const int64_t nb = K / 32;
@@ -873,14 +878,14 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
 // Whether the integer kernels take W [?, K] here.
 static bool int_path(const Isa& s, WeightsRef W, int64_t K) {
   return g_int8_activations && W.int8 && s.int_range[static_cast<int>(W.type)] &&
-         K % (W.type == WeightType::q4_k ? 256 : 32) == 0;
+         K % (W.type == WeightType::q4_k || W.type == WeightType::q6_k ? 256 : 32) == 0;
 }
 
 bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, float* C, bool accumulate) {
   const Isa s = isa();
   if (!readable(W.type, K)) return false;
   if (int_path(s, W, K)) {
-    const bool k = W.type == WeightType::q4_k;
+    const bool k = W.type == WeightType::q4_k || W.type == WeightType::q6_k;
     const QuantRows qa = quantize_rows(A, M, K, !k, k);
     const IntRangeFn fn = s.int_range[static_cast<int>(W.type)];
     at::parallel_for(0, (N + kIntNR - 1) / kIntNR, tile_grain(M, K, kIntNR),
@@ -904,7 +909,7 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
   bool any_q8_0 = false, any_q8_k = false;
   for (int i = 0; i < n; ++i) {
     const bool in = int_path(s, outs[i].W, K);
-    (outs[i].W.type == WeightType::q4_k ? any_q8_k : any_q8_0) |= in;
+    (outs[i].W.type == WeightType::q4_k || outs[i].W.type == WeightType::q6_k ? any_q8_k : any_q8_0) |= in;
     first[i + 1] = first[i] + (outs[i].N + (in ? kIntNR : s.nr) - 1) / (in ? kIntNR : s.nr);
   }
   const QuantRows qa = any_q8_0 || any_q8_k ? quantize_rows(A, M, K, any_q8_0, any_q8_k) : QuantRows{};
@@ -926,7 +931,7 @@ bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRe
   const Isa s = isa();
   if (Wg.type != Wu.type || !readable(Wg.type, K)) return false;
   if (int_path(s, Wg, K) && Wu.int8) {
-    const bool k = Wg.type == WeightType::q4_k;
+    const bool k = Wg.type == WeightType::q4_k || Wg.type == WeightType::q6_k;
     const QuantRows qa = quantize_rows(A, M, K, !k, k);
     const IntGateUpFn fn = s.int_gate_up[static_cast<int>(Wg.type)];
     at::parallel_for(0, (N + kIntNR - 1) / kIntNR, std::max<int64_t>(1, tile_grain(M, K, kIntNR) / 2),
