@@ -176,7 +176,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
               dtype_name(model.dtype()).c_str(), model.quantized_matrices() ? (" with " + quant_summary(model) + " matrices").c_str() : "", (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
               weight_bytes / 1e9, threads);
   std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
-              model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0/Q4_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
+              model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0/Q4_K/Q6_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
               : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
   for (int64_t b : {int64_t{1}, batch}) {
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
@@ -265,7 +265,7 @@ int main(int argc, char** argv) {
   bool child = false, wait_policy = true;
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--no-wait-policy")) wait_policy = false;
-  // --float-activations: Q4_0/Q5_0/Q8_0/Q4_K weights widened to float32 in registers instead of the
+  // --float-activations: Q4_0/Q5_0/Q8_0/Q4_K/Q6_K weights widened to float32 in registers instead of the
   // integer dot products (an A/B run of the two paths on one file).
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--float-activations")) vhost::llama::set_int8_activations(false);

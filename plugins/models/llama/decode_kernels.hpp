@@ -39,7 +39,7 @@ bool select_kernels(const char* name);
 struct WeightsRef {
   const void* data = nullptr;
   WeightType type = WeightType::f32;
-  bool int8 = true;  // Q4_0/Q5_0/Q8_0/Q4_K: integer dot products allowed (set_int8_activations); false: float32 path
+  bool int8 = true;  // Q4_0/Q5_0/Q8_0/Q4_K/Q6_K: integer dot products allowed (set_int8_activations); false: float32 path
   WeightsRef() = default;
   WeightsRef(const float* p) : data(p), type(WeightType::f32) {}  // NOLINT: a float matrix as before
   WeightsRef(const void* p, WeightType t, bool int8_ok = true) : data(p), type(t), int8(int8_ok) {}
@@ -53,12 +53,11 @@ bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, f
 // Whether the kernels in use read weights of this type.
 bool small_gemm_supports(WeightType t);
 
-// Q4_0, Q5_0, Q8_0 and Q4_K weights: by default (where the CPU has AVX2) each call rounds the rows
-// of A to Q8_0 blocks (a scale per 32 values, max|a| / 127, and int8; for Q4_K ggml's Q8_K, a
-// scale per 256) and multiplies them by the weights' integers in integer dot products, scaled by
-// both blocks' scales: llama.cpp's arithmetic,
-// ~2x fewer instructions a weight than widening the weights to float32 (the 7B Q4_0 batch-1 step
-// here: bench/large_model.sh). The result is the product with 8-bit-rounded activations (about
+// Q4_0, Q5_0, Q8_0, Q4_K and Q6_K weights: by default (where the CPU has AVX2) each call rounds
+// the rows of A to Q8_0 blocks (a scale per 32 values, max|a| / 127, and int8; for the K-quants
+// ggml's Q8_K, a scale per 256) and multiplies them by the weights' integers in integer dot
+// products, scaled by both blocks' scales: llama.cpp's arithmetic, 2-4x fewer instructions a
+// weight than widening the weights to float32 (bench_generate --gemm; bench/large_model.sh). The result is the product with 8-bit-rounded activations (about
 // 0.4% of each element's magnitude per block, as llama.cpp's). Off (here for the process, or per
 // product with WeightsRef::int8), these types take the float32 path of the others (exact float32
 // activations). Not thread-safe with running kernels.
