@@ -198,8 +198,24 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
   return 0;
 }
 
-// small_gemm alone on one [N, K] weight matrix in float32, bfloat16 and float16, M rows: weight
-// bytes streamed per second.
+// small_gemm of M = 1, 4, 16 rows against W [N, K] of `bytes` bytes: a line of weight bytes
+// streamed per second (10 calls each after one to warm up).
+static void print_gemm_rows(WeightsRef W, int64_t N, int64_t K, double bytes) {
+  for (int64_t M : {1, 4, 16}) {
+    auto A = torch::randn({M, K}), C = torch::empty({M, N});
+    auto call = [&] { small_gemm(A.data_ptr<float>(), M, W, N, K, C.data_ptr<float>()); };
+    call();
+    const int reps = 10;
+    auto t0 = Clock::now();
+    for (int i = 0; i < reps; ++i) call();
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count() / reps;
+    std::printf("  M=%-2lld %6.1f GB/s (%.2f ms)", (long long)M, bytes / s / 1e9, s * 1e3);
+  }
+  std::printf("\n");
+}
+
+// small_gemm alone on one [N, K] weight matrix in float32, bfloat16, float16 and the quantized
+// formats: weight bytes streamed per second.
 static int gemm_mode(int64_t N, int64_t K, int threads) {
   std::printf("bench/generate --gemm %lld %lld: small_gemm (%s), %d threads, GB/s of weights (ms a call)\n", (long long)N,
               (long long)K, small_gemm_isa(), threads);
@@ -208,20 +224,10 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
     auto W = w32.to(dt).contiguous();
     const WeightType wt = dt == torch::kBFloat16 ? WeightType::bf16 : dt == torch::kFloat16 ? WeightType::f16 : WeightType::f32;
     std::printf("  %-9s", dtype_name(dt).c_str());
-    for (int64_t M : {1, 4, 16}) {
-      auto A = torch::randn({M, K}), C = torch::empty({M, N});
-      auto call = [&] { small_gemm(A.data_ptr<float>(), M, WeightsRef(W.data_ptr(), wt), N, K, C.data_ptr<float>()); };
-      call();
-      const int reps = 10;
-      auto t0 = Clock::now();
-      for (int i = 0; i < reps; ++i) call();
-      const double s = std::chrono::duration<double>(Clock::now() - t0).count() / reps;
-      std::printf("  M=%-2lld %6.1f GB/s (%.2f ms)", (long long)M, W.numel() * W.element_size() / s / 1e9, s * 1e3);
-    }
-    std::printf("\n");
+    print_gemm_rows(WeightsRef(W.data_ptr(), wt), N, K, static_cast<double>(W.numel() * W.element_size()));
   }
   // Quantized blocks: random bytes with finite float16 scales (the speed does not depend on the
-  // values); Q4_0, Q5_0, Q8_0 by the integer kernels and by the float32 path.
+  // values); those with integer kernels (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K) by them and by the float32 path.
   for (WeightType t : {WeightType::q8_0, WeightType::q4_0, WeightType::q5_0, WeightType::q4_k, WeightType::q5_k,
                        WeightType::q6_k}) {
     const QuantFormat& f = *quant_format(t);
@@ -240,17 +246,7 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
       const bool has_int = t == WeightType::q8_0 || t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q4_k ||
                            t == WeightType::q6_k;
       std::printf("  %-4s %-5s", f.name, int8 && *int8_dot_isa() && has_int ? "int8" : "f32");
-      for (int64_t M : {1, 4, 16}) {
-        auto A = torch::randn({M, K}), C = torch::empty({M, N});
-        auto call = [&] { small_gemm(A.data_ptr<float>(), M, WeightsRef(blocks.data(), t), N, K, C.data_ptr<float>()); };
-        call();
-        const int reps = 10;
-        auto t0 = Clock::now();
-        for (int i = 0; i < reps; ++i) call();
-        const double sec = std::chrono::duration<double>(Clock::now() - t0).count() / reps;
-        std::printf("  M=%-2lld %6.1f GB/s (%.2f ms)", (long long)M, blocks.size() / sec / 1e9, sec * 1e3);
-      }
-      std::printf("\n");
+      print_gemm_rows(WeightsRef(blocks.data(), t), N, K, static_cast<double>(blocks.size()));
       if (!has_int) break;
     }
     set_int8_activations(true);

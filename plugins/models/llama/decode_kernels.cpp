@@ -229,48 +229,35 @@ VHOST_INLINE typename I8<V>::i fifth_bits(const uint8_t* qh8, int h) {
   typename I8<V>::i x = typename I8<V>::i{} + static_cast<int32_t>(qh >> (h * V));
   return ((x >> lane_index<V>()) & 1) << 4;
 }
-template <>
-struct Quant<BlockQ4_0> {
+// Q4_0, Q4_1, Q5_0, Q5_1: nibbles (with Q5's fifth bits) times d, plus the block's min m (the
+// _1 formats) or minus d times the offset (8 or 16).
+template <typename B, bool kMin, bool kFifth>
+struct Quant32 {
   static constexpr int kElems = 32;
   template <int V, typename vec>
-  static VHOST_INLINE void group(const BlockQ4_0& b, int, vec* w) {
-    const float d = half_to_float(b.d), bias = -8 * d;
+  static VHOST_INLINE void group(const B& b, int, vec* w) {
+    const float d = half_to_float(b.d);
+    float bias;
+    if constexpr (kMin)
+      bias = half_to_float(b.m);
+    else
+      bias = (kFifth ? -16 : -8) * d;
 #pragma GCC unroll 4
-    for (int h = 0; h < 32 / V; ++h) w[h] = __builtin_convertvector(nibbles<V>(b.qs, h), vec) * d + bias;
+    for (int h = 0; h < 32 / V; ++h) {
+      auto q = nibbles<V>(b.qs, h);
+      if constexpr (kFifth) q |= fifth_bits<V>(b.qh, h);
+      w[h] = __builtin_convertvector(q, vec) * d + bias;
+    }
   }
 };
 template <>
-struct Quant<BlockQ4_1> {
-  static constexpr int kElems = 32;
-  template <int V, typename vec>
-  static VHOST_INLINE void group(const BlockQ4_1& b, int, vec* w) {
-    const float d = half_to_float(b.d), m = half_to_float(b.m);
-#pragma GCC unroll 4
-    for (int h = 0; h < 32 / V; ++h) w[h] = __builtin_convertvector(nibbles<V>(b.qs, h), vec) * d + m;
-  }
-};
+struct Quant<BlockQ4_0> : Quant32<BlockQ4_0, false, false> {};
 template <>
-struct Quant<BlockQ5_0> {
-  static constexpr int kElems = 32;
-  template <int V, typename vec>
-  static VHOST_INLINE void group(const BlockQ5_0& b, int, vec* w) {
-    const float d = half_to_float(b.d), bias = -16 * d;
-#pragma GCC unroll 4
-    for (int h = 0; h < 32 / V; ++h)
-      w[h] = __builtin_convertvector(nibbles<V>(b.qs, h) | fifth_bits<V>(b.qh, h), vec) * d + bias;
-  }
-};
+struct Quant<BlockQ4_1> : Quant32<BlockQ4_1, true, false> {};
 template <>
-struct Quant<BlockQ5_1> {
-  static constexpr int kElems = 32;
-  template <int V, typename vec>
-  static VHOST_INLINE void group(const BlockQ5_1& b, int, vec* w) {
-    const float d = half_to_float(b.d), m = half_to_float(b.m);
-#pragma GCC unroll 4
-    for (int h = 0; h < 32 / V; ++h)
-      w[h] = __builtin_convertvector(nibbles<V>(b.qs, h) | fifth_bits<V>(b.qh, h), vec) * d + m;
-  }
-};
+struct Quant<BlockQ5_0> : Quant32<BlockQ5_0, false, true> {};
+template <>
+struct Quant<BlockQ5_1> : Quant32<BlockQ5_1, true, true> {};
 template <typename B, bool kFifth>
 struct QuantK45 {
   static constexpr int kElems = 256;
@@ -389,7 +376,7 @@ VHOST_INLINE void any_tile(int mr, int nr, const float* A, const TW* W, int64_t 
 // blocks' scales into float32 sums: llama.cpp's own arithmetic, so the result is the product of
 // the dequantised weights with the 8-bit-rounded activations (not the float32 ones), ~1e-3
 // relative (see decode_kernels.hpp).
-struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q5_0, Q8_0) and Q8_K blocks (for Q4_K)
+struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q5_0, Q8_0) and Q8_K blocks (for Q4_K, Q6_K)
   const int8_t* q;     // [M, K]
   const float* d;      // [M, K / 32]
   const int32_t* sum;  // [M, K / 32]: the sum of each block's int8
@@ -836,17 +823,17 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
         if (std::fabs(a[j]) > amax) amax = std::fabs(a[j]), mx = a[j];
       const float is = amax != 0.0f ? -127.0f / mx : 0.0f;
       dk[i] = amax != 0.0f ? 1.0f / is : 0.0f;
-      for (int g = 0; g < 8; ++g) {
+      for (int g = 0; g < 16; ++g) {  // the values, and their sums of 16 and of 32
         int s = 0;
-        for (int j = g * 32; j < g * 32 + 32; ++j) {
+        for (int j = g * 16; j < g * 16 + 16; ++j) {
           const float r = (a[j] * is + 12582912.0f) - 12582912.0f;
           const int v = std::min(127, static_cast<int>(r));
           qk[i * 256 + j] = static_cast<int8_t>(v);
           s += v;
-          if (j % 16 == 15) b16[i * 16 + j / 16] = static_cast<int16_t>(s - (j % 32 == 31 ? b16[i * 16 + j / 16 - 1] : 0));
         }
-        bs[i * 8 + g] = static_cast<int16_t>(s);
+        b16[i * 16 + g] = static_cast<int16_t>(s);
       }
+      for (int g = 0; g < 8; ++g) bs[i * 8 + g] = static_cast<int16_t>(b16[i * 16 + 2 * g] + b16[i * 16 + 2 * g + 1]);
     }
     out.qk = qk.data(), out.dk = dk.data(), out.bs = bs.data(), out.b16 = b16.data();
   }
@@ -875,17 +862,20 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
   return out;
 }
 
+// Whether the integer kernels of type t take the activations as Q8_K (one scale per 256), not Q8_0.
+static bool q8_k_activations(WeightType t) { return t == WeightType::q4_k || t == WeightType::q6_k; }
+
 // Whether the integer kernels take W [?, K] here.
 static bool int_path(const Isa& s, WeightsRef W, int64_t K) {
   return g_int8_activations && W.int8 && s.int_range[static_cast<int>(W.type)] &&
-         K % (W.type == WeightType::q4_k || W.type == WeightType::q6_k ? 256 : 32) == 0;
+         K % (q8_k_activations(W.type) ? 256 : 32) == 0;
 }
 
 bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, float* C, bool accumulate) {
   const Isa s = isa();
   if (!readable(W.type, K)) return false;
   if (int_path(s, W, K)) {
-    const bool k = W.type == WeightType::q4_k || W.type == WeightType::q6_k;
+    const bool k = q8_k_activations(W.type);
     const QuantRows qa = quantize_rows(A, M, K, !k, k);
     const IntRangeFn fn = s.int_range[static_cast<int>(W.type)];
     at::parallel_for(0, (N + kIntNR - 1) / kIntNR, tile_grain(M, K, kIntNR),
@@ -909,7 +899,7 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
   bool any_q8_0 = false, any_q8_k = false;
   for (int i = 0; i < n; ++i) {
     const bool in = int_path(s, outs[i].W, K);
-    (outs[i].W.type == WeightType::q4_k || outs[i].W.type == WeightType::q6_k ? any_q8_k : any_q8_0) |= in;
+    (q8_k_activations(outs[i].W.type) ? any_q8_k : any_q8_0) |= in;
     first[i + 1] = first[i] + (outs[i].N + (in ? kIntNR : s.nr) - 1) / (in ? kIntNR : s.nr);
   }
   const QuantRows qa = any_q8_0 || any_q8_k ? quantize_rows(A, M, K, any_q8_0, any_q8_k) : QuantRows{};
@@ -931,7 +921,7 @@ bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRe
   const Isa s = isa();
   if (Wg.type != Wu.type || !readable(Wg.type, K)) return false;
   if (int_path(s, Wg, K) && Wu.int8) {
-    const bool k = Wg.type == WeightType::q4_k || Wg.type == WeightType::q6_k;
+    const bool k = q8_k_activations(Wg.type);
     const QuantRows qa = quantize_rows(A, M, K, !k, k);
     const IntGateUpFn fn = s.int_gate_up[static_cast<int>(Wg.type)];
     at::parallel_for(0, (N + kIntNR - 1) / kIntNR, std::max<int64_t>(1, tile_grain(M, K, kIntNR) / 2),
