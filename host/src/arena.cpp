@@ -1,6 +1,7 @@
 #include "arena.hpp"
 
 #include "eval.hpp"
+#include "html_text.hpp"
 
 #include <vhost/host/error.hpp>
 
@@ -405,11 +406,7 @@ std::string markdown(const json& r) {
 }
 
 std::string html(const json& r) {
-  auto esc = [](const std::string& t) {
-    std::string o;
-    for (char c : t) o += c == '<' ? "&lt;" : c == '>' ? "&gt;" : c == '&' ? "&amp;" : std::string(1, c);
-    return o;
-  };
+  const auto esc = html_escape;
   const auto& models = r["models"];
   double lo = 1e300, hi = -1e300;
   for (const auto& m : models) {

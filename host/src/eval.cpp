@@ -1,6 +1,7 @@
 #include "eval.hpp"
 
 #include "stages.hpp"
+#include "html_text.hpp"
 
 #include <vhost/conversation.hpp>
 #include <vhost/fingerprint.hpp>
@@ -512,11 +513,7 @@ std::vector<json> read_judgments(const fs::path& file, const std::vector<std::st
 // ---- HTML with SVG charts ---------------------------------------------------------------------
 
 namespace {
-std::string esc(const std::string& s) {
-  std::string o;
-  for (char c : s) o += c == '<' ? "&lt;" : c == '>' ? "&gt;" : c == '&' ? "&amp;" : c == '"' ? "&quot;" : std::string(1, c);
-  return o;
-}
+std::string esc(const std::string& s) { return html_escape(s); }
 }  // namespace
 
 std::string eval_html(const json& report) {

@@ -5,6 +5,7 @@
 #include "../../host/src/arena.hpp"
 #include "../../host/src/eval.hpp"
 #include "../../host/src/server.hpp"
+#include "../../host/src/stages.hpp"
 
 #include <fstream>
 
@@ -281,4 +282,33 @@ TEST_CASE("judge agreement counted as FastChat's compute_agreement.py, by hand",
   CHECK_THROWS_WITH(agreement::compute(v, "human", "gpt4-pair"), Contains("supported are gpt4-pair human, and human human"));
   v.push_back({1, 1, "a", "b", "tie", "gpt4-pair"});
   CHECK_THROWS_WITH(agreement::compute(v, "gpt4-pair", "human"), Contains("2 gpt4-pair votes (FastChat expects one)"));
+}
+
+TEST_CASE("chart axes get round ticks; loss.svg keeps its legend off the plot", "[eval][svg]") {
+  // The training loss of the demo: 8.78 down to 0.0324 read as 8.78/6.59/.../0.0324 before.
+  AxisTicks y = nice_ticks(0.0324, 8.78, 5);
+  CHECK(y.lo == 0);
+  CHECK(y.hi == 10);
+  CHECK(y.labels == std::vector<std::string>{"0", "2", "4", "6", "8", "10"});
+  AxisTicks x = nice_ticks(0, 37, 6);
+  CHECK(x.labels == std::vector<std::string>{"0", "10", "20", "30", "40"});
+  AxisTicks small = nice_ticks(2.31, 2.37, 5);
+  CHECK(small.labels == std::vector<std::string>{"2.30", "2.32", "2.34", "2.36", "2.38"});
+  AxisTicks flat = nice_ticks(3, 3, 5);  // one value: a unit around it, never a zero range
+  CHECK(flat.hi > flat.lo);
+  CHECK(nice_ticks(-0.25, 0.25, 4).labels == std::vector<std::string>{"-0.4", "-0.2", "0.0", "0.2", "0.4"});
+
+  const fs::path file = fs::temp_directory_path() / "vhost-loss-test.svg";
+  write_loss_svg(file, {{1, 8.78}, {2, 4.1}, {3, 0.0324}}, {{3, 0.5}}, "training loss, <stages.train>");
+  std::ifstream in(file);
+  std::string svg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  fs::remove(file);
+  CHECK_THAT(svg, Contains(">10</text>"));
+  CHECK_THAT(svg, !Contains("8.78"));
+  CHECK_THAT(svg, Contains("&lt;stages.train&gt;"));
+  // The legend's text sits above the plot's top edge (y = 56).
+  auto pos = svg.find(">eval</text>");
+  REQUIRE(pos != std::string::npos);
+  auto ypos = svg.rfind(" y=\"", pos);
+  CHECK(std::stod(svg.substr(ypos + 4)) < 56);
 }
