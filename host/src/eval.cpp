@@ -19,6 +19,7 @@
 #include <sstream>
 #include <system_error>
 #include <thread>
+#include <tuple>
 
 namespace vhost::host {
 
@@ -76,6 +77,29 @@ std::vector<Question> load_questions(const fs::path& file) {
     out.push_back(std::move(q));
   });
   if (out.empty()) throw ConfigError(file.string() + ": no questions");
+  return out;
+}
+
+std::map<int64_t, std::vector<std::string>> load_reference_answers(const fs::path& file) {
+  std::map<int64_t, std::vector<std::string>> out;
+  std::map<int64_t, std::string> where;
+  for_each_jsonl(file, " the reference answer file", [&](const json& j, const std::string& at) {
+    if (!j.is_object() || !j.contains("question_id") || !j["question_id"].is_number_integer())
+      throw ConfigError(at + ": question_id: missing or not an integer");
+    const int64_t id = j["question_id"].get<int64_t>();
+    if (where.count(id)) throw ConfigError(at + ": question_id " + std::to_string(id) + " appears twice (first at " + where[id] + ")");
+    where[id] = at;
+    if (!j.contains("choices") || !j["choices"].is_array() || j["choices"].empty() || !j["choices"][0].is_object() ||
+        !j["choices"][0].contains("turns") || !j["choices"][0]["turns"].is_array() || j["choices"][0]["turns"].empty())
+      throw ConfigError(at + ": choices[0].turns: missing (FastChat's answer format: a list of the reference's turns)");
+    std::vector<std::string> turns;
+    for (const auto& t : j["choices"][0]["turns"]) {
+      if (!t.is_string()) throw ConfigError(at + ": choices[0].turns: every turn must be a string");
+      turns.push_back(t.get<std::string>());
+    }
+    out[id] = std::move(turns);
+  });
+  if (out.empty()) throw ConfigError(file.string() + ": no reference answers");
   return out;
 }
 
@@ -225,24 +249,33 @@ struct Tally {
   }
 };
 
+// Rows of (model, tally as JSON), best first as show_result.py prints them; no data last.
+void sort_by_win_rate_adjusted(std::vector<std::pair<std::string, json>>& rows) {
+  auto v = [](const json& r) { return r["win_rate_adjusted"].is_number() ? r["win_rate_adjusted"].get<double>() : -1.0; };
+  std::stable_sort(rows.begin(), rows.end(), [&](const auto& x, const auto& y) { return v(x.second) > v(y.second); });
+}
+
 }  // namespace
 
 json eval_report(const std::vector<json>& judgments, const std::string& baseline_in) {
   json report = {{"pairs", json::array()}, {"single", json::object()}};
   std::string md;
   // --- pairwise modes: (mode, model vs baseline) -> question -> records
-  std::map<std::pair<std::string, std::string>, std::map<int64_t, std::vector<const json*>>> pairs;
+  std::map<std::tuple<std::string, std::string, std::string>, std::map<int64_t, std::vector<const json*>>> pairs;
   std::string baseline = baseline_in;
   for (const auto& j : judgments) {
     std::string mode = j.value("mode", "");
     if (mode != "vicuna" && mode != "pairwise") continue;
     std::string a = j.value("model_a", ""), b = j.value("model_b", "");
     if (baseline.empty()) baseline = a;
-    std::string model = a == baseline ? b : a;
-    pairs[{mode, model}][j.value("question_id", int64_t{0}) * 16 + j.value("turn", 1)].push_back(&j);
+    // A pair with the baseline reads "model vs baseline"; another pair (pairs = "all", FastChat's
+    // pairwise-all files) "model_b vs model_a", model_a being the one the stage or file put first.
+    const bool base_is_b = b == baseline && a != baseline;
+    const std::string model = base_is_b ? a : b, base = base_is_b ? b : a;
+    pairs[{mode, model, base}][j.value("question_id", int64_t{0}) * 16 + j.value("turn", 1)].push_back(&j);
   }
   for (auto& [key, questions] : pairs) {
-    const auto& [mode, model] = key;
+    const auto& [mode, model, baseline] = key;
     Tally all;
     std::map<std::string, Tally> cats;
     for (auto& [qk, recs] : questions) {
@@ -308,6 +341,50 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
     };
     for (auto& [cat, t] : cats) row(cat, t);
     row("**all**", all);
+  }
+  // --- FastChat's pairwise-all (show_result.py --mode pairwise-all): every model over all its
+  // pairwise matches, both sides counted; a match counts when both orders gave a verdict; a tie
+  // in the first order, or orders that disagree, is a tie for both.
+  std::map<std::tuple<int64_t, int, std::string, std::string>, std::map<std::string, const json*>> matches;
+  for (const auto& j : judgments)
+    if (j.value("mode", "") == "pairwise") {
+      std::string a = j.value("model_a", ""), b = j.value("model_b", "");
+      matches[{j.value("question_id", int64_t{0}), j.value("turn", 1), a, b}][j.value("order", "ab")] = &j;
+    }
+  if (!matches.empty()) {
+    std::map<std::string, Tally> all_pairs;
+    for (const auto& [key, orders] : matches) {
+      const auto& [qid, turn, a, b] = key;
+      auto w = [&](const char* o) -> std::string {
+        auto it = orders.find(o);
+        return it == orders.end() || it->second->contains("error") ? std::string() : it->second->value("winner", "tie");
+      };
+      // g1 shows model_1 (b, the model) first: vhost's order "ba"; g2 is order "ab".
+      const std::string g1 = w("ba"), g2 = w("ab");
+      if (g1.empty() || g2.empty()) {
+        ++all_pairs[a].errors, ++all_pairs[b].errors;
+        continue;
+      }
+      if (g1 == "tie" || g1 != g2) {
+        ++all_pairs[a].tie, ++all_pairs[b].tie;
+        if (g1 != g2) ++all_pairs[a].inconsistent, ++all_pairs[b].inconsistent;
+      } else {
+        ++all_pairs[g1].win;
+        ++all_pairs[g1 == a ? b : a].loss;
+      }
+    }
+    std::vector<std::pair<std::string, json>> rows;
+    for (auto& [m, t] : all_pairs) rows.emplace_back(m, t.to_json());
+    sort_by_win_rate_adjusted(rows);
+    md += "\n### All pairs (FastChat's pairwise-all: every model over all its matches)\n\n"
+          "| model | win | tie | loss | win rate | loss rate | win rate (adjusted) | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    auto pct = [](const json& v) { return v.is_number() ? fmt(100 * v.get<double>()) + "%" : std::string("-"); };
+    report["pairwise_all"] = json::object();
+    for (auto& [m, r] : rows) {
+      report["pairwise_all"][m] = r;
+      md += "| " + m + " | " + r["win"].dump() + " | " + r["tie"].dump() + " | " + r["loss"].dump() + " | " + pct(r["win_rate"]) +
+            " | " + pct(r["loss_rate"]) + " | " + pct(r["win_rate_adjusted"]) + " | " + r["errors"].dump() + " |\n";
+    }
   }
   // --- single grading: model -> mean per turn and category
   std::map<std::string, std::vector<const json*>> single;
@@ -645,6 +722,18 @@ std::string eval_html(const json& report) {
     row("all", p["overall"]);
     h << "</table>\n";
   }
+  if (report.contains("pairwise_all")) {
+    h << "<h3>All pairs (FastChat's pairwise-all)</h3>\n<table><tr><th>model</th><th>win</th><th>tie</th><th>loss</th>"
+      << "<th>win rate</th><th>loss rate</th><th>win rate (adjusted)</th><th>errors</th></tr>\n";
+    std::vector<std::pair<std::string, json>> rows;
+    for (const auto& [m, t] : report["pairwise_all"].items()) rows.emplace_back(m, t);
+    sort_by_win_rate_adjusted(rows);
+    for (const auto& [m, t] : rows)
+      h << "<tr><td>" << esc(m) << "</td><td>" << t["win"] << "</td><td>" << t["tie"] << "</td><td>" << t["loss"] << "</td><td>"
+        << pct(t["win_rate"]) << "</td><td>" << pct(t["loss_rate"]) << "</td><td>" << pct(t["win_rate_adjusted"]) << "</td><td>"
+        << t["errors"] << "</td></tr>\n";
+    h << "</table>\n";
+  }
   if (!report["single"].empty()) {
     h << "<h3>Single-answer grading</h3>\n<table><tr><th>model</th><th>mean</th><th>turn 1</th><th>turn 2</th>"
       << "<th>judged</th><th>errors</th><th>outside 1-10</th></tr>\n";
@@ -823,9 +912,17 @@ json run_eval(StageContext& ctx) {
     });
   }
   const std::set<std::string> ref_categories = {"math", "reasoning", "coding"};
+  // FastChat's reference_answer/JUDGE.jsonl: they replace the questions' own `reference`.
+  std::size_t references = 0;
+  if (!c["reference_answers"].get<std::string>().empty()) {
+    auto refs = load_reference_answers(c["reference_answers"].get<std::string>());
+    for (auto& q : questions)
+      if (auto it = refs.find(q.id); it != refs.end()) q.reference = it->second, ++references;
+  }
 
   // ---- the judgments to make
   std::string baseline = c["baseline"].get<std::string>();
+  const bool all_pairs = c["pairs"].get<std::string>() == "all";
   if (mode != "single") {
     if (baseline.empty()) baseline = names.front();
     if (!answers.count(baseline)) throw ConfigError(ctx.id + ".baseline: no answers from '" + baseline + "' (have: " + join(names) + ")");
@@ -846,12 +943,21 @@ json run_eval(StageContext& ctx) {
           if (answers[n].count(q.id))
             tasks.push_back({&q, turn, n, "", "", n, "", "single|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + n, ""});
       } else {
-        for (auto& n : names) {
-          if (n == baseline || !answers[n].count(q.id) || !answers[baseline].count(q.id)) continue;
+        // (first, second): the baseline with every other model, or (pairs = "all") every pair
+        // of models, the baseline first in its pairs and otherwise the order of `names`.
+        std::vector<std::pair<std::string, std::string>> matches;
+        for (auto& n : names)
+          if (n != baseline) matches.emplace_back(baseline, n);
+        if (all_pairs)
+          for (std::size_t i = 0; i < names.size(); ++i)
+            for (std::size_t k = i + 1; k < names.size(); ++k)
+              if (names[i] != baseline && names[k] != baseline) matches.emplace_back(names[i], names[k]);
+        for (const auto& [first, second] : matches) {
+          if (!answers[first].count(q.id) || !answers[second].count(q.id)) continue;
           for (std::string order : {"ab", "ba"}) {
             if (order == "ba" && !c["both_orders"].get<bool>()) continue;
-            Task t{&q, turn, order == "ab" ? baseline : n, order == "ab" ? n : baseline, order, baseline, n, "", ""};
-            t.key = mode + "|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + baseline + "|" + n + "|" + order;
+            Task t{&q, turn, order == "ab" ? first : second, order == "ab" ? second : first, order, first, second, "", ""};
+            t.key = mode + "|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + first + "|" + second + "|" + order;
             tasks.push_back(t);
           }
         }
@@ -1075,8 +1181,9 @@ json run_eval(StageContext& ctx) {
   std::ofstream(out / "report.html") << eval_html(report);
   ctx.out << report["markdown"].get<std::string>() << "\nreport: " << (out / "report.html").string() << "\n";
   return {{"questions", questions.size()}, {"judgments", judgments.size()}, {"unparsed", unparsed.load()},
-          {"failed_requests", failed_calls},
+          {"failed_requests", failed_calls}, {"reference_answers_used", references},
           {"cost_usd", cost}, {"report", (out / "report.html").string()}, {"pairs", report["pairs"]}, {"single", report["single"]},
+          {"pairwise_all", report.value("pairwise_all", json(nullptr))},
           {"fastchat_judgments", fastchat_files}};
 }
 

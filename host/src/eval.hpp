@@ -26,6 +26,10 @@ struct Question {
 // errors name the file and line.
 std::vector<Question> load_questions(const fs::path& file);
 
+// FastChat's reference answers (reference_answer/gpt-4.jsonl: {"question_id", "model_id",
+// "choices": [{"turns": [...]}]}) by question id; errors name the file and line.
+std::map<int64_t, std::vector<std::string>> load_reference_answers(const fs::path& file);
+
 // The judge's verdict parsers. Each returns false when the text holds no valid verdict.
 // Vicuna: two scores 0..10 on the first line, space or comma separated ("8 9", "8, 9", "Scores: 8 9"),
 // as FastChat's parse_score reads them (which has no range check; 0..10 is FastChat's scale).

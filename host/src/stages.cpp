@@ -711,7 +711,14 @@ const std::vector<StageType>& stage_types() {
         one_of(option_spec("mode", "string", "vicuna", "vicuna (two scores), single ([[rating]]), pairwise ([[A]]/[[B]]/[[C]])"),
                {"vicuna", "single", "pairwise"}),
         option_spec("baseline", "string", "", "pairwise modes: the model the others are compared with (default: the first)"),
+        one_of(option_spec("pairs", "string", "baseline",
+                           "pairwise modes: every model against the baseline (FastChat's pairwise-baseline), or all "
+                           "pairs of models (pairwise-all)"),
+               {"baseline", "all"}),
         option_spec("both_orders", "boolean", true, "pairwise modes: judge each pair in both orders"),
+        option_spec("reference_answers", "path", "",
+                    "FastChat reference_answer/JUDGE.jsonl: reference answers by question id for math, reasoning and "
+                    "coding (instead of the questions' own `reference`)"),
         option_spec("judge_prompts", "path", "", "FastChat judge_prompts.jsonl to use instead of the built-in prompts"),
         option_spec("out", "path", std::nullopt, "answers/, judgments.jsonl, report.md/json/html"),
         option_spec("concurrency", "integer", 8, "judge requests in flight", 1, 1024),

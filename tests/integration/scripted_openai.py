@@ -2,6 +2,8 @@
 """A scripted OpenAI-compatible chat endpoint for judge tests. The last user message picks the
 behaviour; `NAME#k` fails the first k calls of that message, then answers:
   OK              a normal reply "scores: 8 9"
+Judge prompts get the verdict they ask for: Vicuna's two scores (the longer answer 9, the other 6),
+[[7]], and pairwise [[A]] unless exactly one answer holds WINS (it wins) or both do ([[C]]).
   SLOW#k          sleeps 3 s (longer than the test's timeout) k times
   429#k / 500#k   that status k times (429 with Retry-After: 0)
   TRUNC#k         truncated JSON k times
@@ -70,13 +72,20 @@ class H(BaseHTTPRequestHandler):
         elif "Rating: [[" in msg or "Rating: [[" in system:
             ok["choices"][0]["message"]["content"] = "Fine. Rating: [[7]]"
         elif '"[[A]]"' in system:
-            ok["choices"][0]["message"]["content"] = "The first answer is better. [[A]]"
+            # [[A]], unless exactly one answer says WINS (that one wins) or both do ([[C]]).
+            a = msg.split("[Assistant A's answer]\n")[-1].split("\n[End of assistant A's answer]")[0]
+            b = msg.split("[Assistant B's answer]\n")[-1].split("\n[End of assistant B's answer]")[0]
+            v = "C" if "WINS" in a and "WINS" in b else "B" if "WINS" in b else "A"
+            ok["choices"][0]["message"]["content"] = f"My verdict. [[{v}]]"
         elif "[Assistant 1's answer]" in msg:
             # Vicuna scores: the longer answer scores 9, the other 6; equal lengths 7 7.
             a = msg.split("[Assistant 1's answer]\n")[1].split("\n[End of Assistant 1's answer]")[0]
             b = msg.split("[Assistant 2's answer]\n")[1].split("\n[End of Assistant 2's answer]")[0]
             sa, sb = (9, 6) if len(a) > len(b) else (6, 9) if len(b) > len(a) else (7, 7)
             ok["choices"][0]["message"]["content"] = f"{sa} {sb}\nLonger is better here."
+        ref = re.search(r"REF-\w+", msg)  # a reference answer shown to the judge: named in its reply
+        if ref:
+            ok["choices"][0]["message"]["content"] += f" (reference {ref.group(0)})"
         if name == "SLOW" and failing:
             time.sleep(3)
         if name == "429" and failing:

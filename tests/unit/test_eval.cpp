@@ -174,6 +174,44 @@ TEST_CASE("FastChat reviews with real files' quirks give Table 2's kind of total
   CHECK((cat["math"]["win"] == 0 && cat["math"]["tie"] == 1 && cat["math"]["loss"] == 1));
 }
 
+TEST_CASE("pairwise-all: every model over all its matches, as FastChat's show_result.py counts", "[eval]") {
+  auto p = [](int q, const char* a, const char* b, const char* order, const char* winner) {
+    json j{{"mode", "pairwise"}, {"question_id", q}, {"category", "c"}, {"turn", 1}, {"model_a", a}, {"model_b", b}, {"order", order}};
+    if (std::string(winner) == "error") j["error"] = "no verdict";
+    else j["winner"] = winner;
+    return j;
+  };
+  // x beats y (both orders), y and z disagree (a tie), z beats x, x-y on question 2: an error.
+  json r = eval_report({p(1, "x", "y", "ab", "x"), p(1, "x", "y", "ba", "x"), p(1, "y", "z", "ab", "y"), p(1, "y", "z", "ba", "z"),
+                        p(1, "x", "z", "ab", "z"), p(1, "x", "z", "ba", "z"), p(2, "x", "y", "ab", "x"), p(2, "x", "y", "ba", "error")},
+                       "x");
+  const json& all = r["pairwise_all"];
+  CHECK((all["x"]["win"] == 1 && all["x"]["loss"] == 1 && all["x"]["tie"] == 0 && all["x"]["errors"] == 1));
+  CHECK((all["y"]["win"] == 0 && all["y"]["loss"] == 1 && all["y"]["tie"] == 1 && all["y"]["inconsistent"] == 1));
+  CHECK((all["z"]["win"] == 1 && all["z"]["tie"] == 1 && all["z"]["loss"] == 0));
+  CHECK(all["z"]["win_rate_adjusted"].get<double>() == Approx(0.75));
+  // Pairs with the baseline read "model vs baseline"; the pair without it "model_b vs model_a".
+  std::set<std::pair<std::string, std::string>> pairs;
+  for (const auto& q : r["pairs"]) pairs.insert({q["model"].get<std::string>(), q["baseline"].get<std::string>()});
+  CHECK(pairs == std::set<std::pair<std::string, std::string>>{{"y", "x"}, {"z", "x"}, {"z", "y"}});
+  CHECK_THAT(r["markdown"].get<std::string>(), Contains("pairwise-all"));
+}
+
+TEST_CASE("FastChat reference answer files: by question id; errors name the file and line", "[eval][bad-input]") {
+  fs::path d = scratch("eval-references");
+  std::ofstream(d / "ok.jsonl") << R"({"question_id": 101, "model_id": "gpt-4", "choices": [{"index": 0, "turns": ["4", "8"]}]})" "\n";
+  auto refs = load_reference_answers(d / "ok.jsonl");
+  REQUIRE(refs.count(101));
+  CHECK(refs[101] == std::vector<std::string>{"4", "8"});
+  std::ofstream(d / "bad.jsonl") << R"({"question_id": 1, "choices": [{"turns": ["a"]}]})" "\n" << R"({"question_id": 1, "choices": [{"turns": ["b"]}]})" "\n";
+  CHECK_THROWS_WITH(load_reference_answers(d / "bad.jsonl"), Contains("bad.jsonl:2: question_id 1 appears twice (first at"));
+  std::ofstream(d / "bad2.jsonl") << R"({"question_id": 1, "choices": [{"turns": [3]}]})" "\n";
+  CHECK_THROWS_WITH(load_reference_answers(d / "bad2.jsonl"), Contains("bad2.jsonl:1: choices[0].turns: every turn must be a string"));
+  std::ofstream(d / "bad3.jsonl") << R"({"question_id": 1, "turns": ["no choices"]})" "\n";
+  CHECK_THROWS_WITH(load_reference_answers(d / "bad3.jsonl"), Contains("bad3.jsonl:1: choices[0].turns: missing"));
+  CHECK_THROWS_WITH(load_reference_answers(d / "none.jsonl"), Contains("none.jsonl: cannot open"));
+}
+
 TEST_CASE("question files: errors name the file and line", "[eval][bad-input]") {
   fs::path d = scratch("eval-questions");
   std::ofstream(d / "ok.jsonl") << R"({"question_id": 1, "category": "math", "turns": ["1+1?"], "reference": ["2"]})" "\n"
