@@ -8,8 +8,13 @@
 #   scripts/interop-env.sh [VENV_DIR]    prints the venv's python on its last line
 set -euo pipefail
 venv=${1:-build/venv-interop}
-pins=("lm-eval[api]==0.4.13" "openai==3.60.0" "prometheus-client==0.26.0")
+pins=("lm-eval[api]==0.4.13" "openai==3.60.0" "prometheus-client==0.26.0"
+      # FastChat's data scripts (clean_sharegpt.py's HTML converter; split_long_conversation's counts)
+      "markdownify==0.11.6" "beautifulsoup4==4.12.3" "sentencepiece==0.2.0" "tqdm==4.67.1")
 nodeps=("fschat==0.2.36")  # FastChat's llm_judge scripts only (its dependencies would pull in far more)
+# optional_clean.py's language detector: PyICU and pycld2 compile from source (libicu-dev, g++);
+# tried once per venv, and a failure only leaves the language comparison out.
+langs=("polyglot==16.7.4" "pycld2==0.42" "PyICU==2.17")
 stamp="$venv/.vhost-pins"
 py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3)
@@ -24,6 +29,19 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
       "$venv/bin/pip" install -q --disable-pip-version-check "${pins[@]}" >&2 &&
       "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "${nodeps[@]}" >&2 &&
       printf '%s\n' "$want" > "$stamp"; } || { echo "interop-env: cannot make $venv (is PyPI reachable?)" >&2; exit 3; }
+  fi
+fi
+if [ ! -e "$venv/.vhost-langs" ]; then
+  exec 9>"${venv%/}.lock"
+  flock 9
+  if [ ! -e "$venv/.vhost-langs" ]; then
+    echo "interop-env: installing ${langs[*]} into $venv (optional)" >&2
+    if "$venv/bin/pip" install -q --disable-pip-version-check "${langs[@]}" >&2; then
+      printf '%s\n' "${langs[@]}" > "$venv/.vhost-langs"
+    else
+      echo "interop-env: ${langs[*]} could not be installed: FastChat's language filter is not compared" >&2
+      echo failed > "$venv/.vhost-langs"
+    fi
   fi
 fi
 echo "$venv/bin/python"

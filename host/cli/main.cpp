@@ -259,11 +259,11 @@ int main(int argc, char** argv) {
                   "true/false and numbers as such, anything else a string)");
   // Data preparation (a one-stage pipeline, like generate).
   auto* prep = app.add_subcommand("prepare", "clean, split and tokenize ShareGPT conversations for training");
-  std::string prep_input, prep_model, prep_out, prep_template, prep_html = "auto", prep_templates;
+  std::string prep_input, prep_model, prep_out, prep_template, prep_html = "auto", prep_templates, prep_rules = "vhost";
   int64_t prep_max_length = 2048, prep_max_turns = 0;
   double prep_eval = 0.0;
-  std::vector<std::string> prep_langs, prep_blocked;
-  bool prep_no_dedupe = false;
+  std::vector<std::string> prep_langs, prep_skip_langs, prep_blocked;
+  bool prep_no_dedupe = false, prep_reduce_rep = false;
   prep->add_option("input", prep_input, "ShareGPT JSON file")->required();
   prep->add_option("--model", prep_model, "checkpoint folder or GGUF file whose tokenizer to use")->required();
   prep->add_option("--out", prep_out, "output folder (train/, eval/, stats.json, cleaned.json)")->required();
@@ -272,7 +272,11 @@ int main(int argc, char** argv) {
   prep->add_option("--max-length", prep_max_length, "tokens per sequence")->capture_default_str();
   prep->add_option("--eval-fraction", prep_eval, "share held out in eval/")->capture_default_str();
   prep->add_option("--html", prep_html, "auto, always, never")->capture_default_str();
+  prep->add_option("--rules", prep_rules, "vhost, or fastchat: FastChat's own cleaning and splitting decisions")
+      ->capture_default_str();
   prep->add_option("--language", prep_langs, "keep only this language (cld2 code; repeatable)");
+  prep->add_option("--skip-language", prep_skip_langs, "drop this language (cld2 code; repeatable)");
+  prep->add_flag("--reduce-rep", prep_reduce_rep, "drop conversations with a digit repeated 9 times in a row");
   prep->add_option("--blocked-word", prep_blocked, "drop conversations containing it (repeatable)");
   prep->add_option("--max-turns", prep_max_turns, "drop conversations with more turns (0: no limit)");
   prep->add_flag("--no-dedupe", prep_no_dedupe, "keep exact duplicates");
@@ -791,7 +795,9 @@ int main(int argc, char** argv) {
                          "\n[datasets.d]\nplugin = \"sharegpt\"\npath = " + q(std::filesystem::absolute(prep_input).string()) +
                          "\ntemplate = " + q(prep_template) + "\nmax_length = " + std::to_string(prep_max_length) +
                          "\neval_fraction = " + vh::json(prep_eval).dump() + "\nhtml = " + q(prep_html) +
-                         "\nlanguages = " + vh::json(prep_langs).dump() + "\nblocked_words = " + vh::json(prep_blocked).dump() +
+                         "\nrules = " + q(prep_rules) + "\nlanguages = " + vh::json(prep_langs).dump() +
+                         "\nskip_languages = " + vh::json(prep_skip_langs).dump() +
+                         "\nreduce_rep = " + (prep_reduce_rep ? "true" : "false") + "\nblocked_words = " + vh::json(prep_blocked).dump() +
                          "\nmax_turns = " + std::to_string(prep_max_turns) + "\ndedupe = " + (prep_no_dedupe ? "false" : "true") +
                          "\n" + templates + "[stages.prepare]\nout = " + q(std::filesystem::absolute(prep_out).string()) + "\n";
       auto p = host.load_string(toml, "vhost prepare");

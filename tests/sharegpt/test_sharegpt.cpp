@@ -3,6 +3,7 @@
 // labels can be checked exactly without a model. The real SentencePiece boundary test lives in
 // tests/llama (it needs the tokenizer library).
 #define CATCH_CONFIG_MAIN
+#include "fastchat_rules.hpp"
 #include "html.hpp"
 #include "prepare.hpp"
 #include "reader.hpp"
@@ -340,6 +341,91 @@ static fs::path demo_input(const fs::path& d) {
     list.push_back({{"id", "s" + std::to_string(i)}, {"conversations", t}});
   }
   return write(d / "in.json", list.dump(1));
+}
+
+TEST_CASE("rules = fastchat: FastChat's clean_sharegpt, optional_clean, split and format rules", "[clean][fastchat][malformed]") {
+  namespace fc = sharegpt::fastchat;
+  // Python's str.isprintable / str.strip / len on the characters FastChat's cut depends on.
+  CHECK(fc::python_isprintable(U'a'));
+  CHECK(fc::python_isprintable(U' '));
+  CHECK(fc::python_isprintable(U'\u00e9'));
+  CHECK(fc::python_isprintable(U'\U0001F600'));
+  for (char32_t c : {U'\n', U'\u00a0', U'\u00ad', U'\u200b', U'\u2028', U'\u3000', U'\ufeff', U'\ue000', U'\U000E0001'})
+    CHECK_FALSE(fc::python_isprintable(c));
+  CHECK(fc::python_strip("\u00a0 \u3000hi\t\u2009") == "hi");
+  CHECK(fc::python_strip("\u200bhi") == "\u200bhi");  // not whitespace to Python
+  CHECK(fc::code_points("\u00e9\u00e9a\U0001F600") == 4);
+
+  sharegpt::CleanOptions o;
+  o.rules = "fastchat";
+  std::map<std::string, std::uint64_t> notes;
+  sharegpt::Cleaned c;
+  auto reason = [&](const char* text) { return fc::clean_record(rec(text), o, c, notes).value_or("kept"); };
+  CHECK(reason(R"({"id": "a", "conversations": [{"from": "human", "value": "Hello there, how are you?"}, {"from": "gpt", "value": "Fine, thanks."}]})") == "kept");
+  CHECK(reason(R"({"id": "a", "conversations": [{"from": "human", "value": "Hello there"}]})") == "too_short");
+  // One leading turn of another role goes, even a system turn; "user" is no human here.
+  CHECK(reason(R"({"conversations": [{"from": "system", "value": "Be nice."}, {"from": "human", "value": "Hello there, how are you?"}, {"from": "gpt", "value": "Fine."}]})") == "kept");
+  CHECK((!c.system && c.messages.size() == 2));
+  CHECK(reason(R"({"conversations": [{"from": "user", "value": "Hello there, how are you?"}, {"from": "assistant", "value": "Fine."}]})") == "too_short");
+  CHECK(reason(R"({"conversations": [{"from": "human", "value": "Hello there, how are you?"}, {"from": "gpt", "value": "Fine."}, {"from": "user", "value": "x"}, {"from": "gpt", "value": "y"}]})") == "not_alternating");
+  CHECK(reason(R"({"conversations": [{"from": "human", "value": "Who trained you, then?"}, {"from": "gpt", "value": "<p>OpenAI did.</p>"}]})") == "blocked_words");
+  // 16 code points are enough, 15 are not (bytes do not count); the count includes an odd last turn.
+  CHECK(reason(R"({"conversations": [{"from": "human", "value": "ééééééé"}, {"from": "gpt", "value": "ééééééééé"}]})") == "kept");
+  CHECK(reason(R"({"conversations": [{"from": "human", "value": "ééééééé"}, {"from": "gpt", "value": "éééééééé"}]})") == "too_short");
+  CHECK(reason(R"({"conversations": [{"from": "human", "value": "ab"}, {"from": "gpt", "value": "cd"}, {"from": "human", "value": "efghijklmnop"}, {"from": "gpt", "value": "\u200b"}]})") == "kept");
+  CHECK(c.messages.size() == 2);
+  CHECK(reason(R"([1])") == "malformed_record");  // FastChat stops on it; vhost names it
+  CHECK(reason(R"({"conversations": [{"from": "human", "value": 3}]})") == "malformed_record");
+
+  // clean_html_all's duplicates: an id kept before, a plugins field, a first pair kept before.
+  fc::Dedupe dd;
+  auto dedupe = [&](const char* text) {
+    auto r = rec(text);
+    REQUIRE(!fc::clean_record(r, o, c, notes));
+    return dd.check(r, c).value_or("kept");
+  };
+  const char* q = R"("conversations": [{"from": "human", "value": "What is two plus two?"}, {"from": "gpt", "value": "Four."}])";
+  CHECK(dedupe((std::string("{\"id\": \"1\", ") + q + "}").c_str()) == "kept");
+  CHECK(dedupe(R"({"id": "1", "conversations": [{"from": "human", "value": "Another question here?"}, {"from": "gpt", "value": "Yes."}]})") == "id_duplicate");
+  CHECK(dedupe(R"({"id": "2", "plugins": ["x"], "conversations": [{"from": "human", "value": "Another question here?"}, {"from": "gpt", "value": "Yes."}]})") == "plugins");
+  CHECK(dedupe((std::string("{\"id\": \"3\", ") + q + "}").c_str()) == "duplicate");
+
+  // optional_clean: --reduce-rep (9 equal digits in a row), --skip-lang.
+  CHECK(fc::repeated_digits("1000000000"));
+  CHECK_FALSE(fc::repeated_digits("100000000 and 123456789"));
+  sharegpt::Cleaned korean{"k", std::nullopt, {"오늘 서울은 맑고 따뜻합니다. 오후에는 구름이 조금 있을 수 있습니다.", "좋은 하루 보내세요. 내일도 날씨가 좋을 것 같습니다."}};
+  o.skip_languages = {"ko"};
+  CHECK(fc::optional_clean(korean, o).value_or("kept") == "language");
+  o.skip_languages.clear();
+  CHECK(fc::polyglot_language("這是一個繁體中文的句子，用來測試語言偵測是否正確。我們今天去公園散步，天氣很好。") == "zh_Hant");
+  o.languages = {"en"};  // FastChat's --keep-lang en: what cld2 cannot name ("unknown") goes too
+  CHECK(fc::optional_clean(sharegpt::Cleaned{"u", std::nullopt, {"1 2 3", "4 5"}}, o).value_or("kept") == "language");
+
+  // split_long_conversation: pairs while they fit; its quirks kept.
+  auto segs = [](std::vector<std::size_t> lens, std::int64_t max) { return fc::split(lens, max); };
+  auto s = segs({10, 10, 10, 10, 10, 10}, 45);  // 20 + 20 fit, the third pair is the last: lost
+  CHECK(s.segments == std::vector<std::pair<std::size_t, std::size_t>>{{0, 4}});
+  CHECK(s.lost_pairs == 1);
+  s = segs({50, 10, 5, 5, 5, 5}, 45);  // the first pair alone is too long: an empty segment first
+  CHECK(s.segments == std::vector<std::pair<std::size_t, std::size_t>>{{0, 2}, {2, 6}});
+  CHECK(s.empty_segments == 1);
+  s = segs({5, 5, 5}, 45);  // an odd last message is not counted
+  CHECK(s.segments == std::vector<std::pair<std::size_t, std::size_t>>{{0, 2}});
+  // filter_wrong_format: a list numbered 1 twice with no 2 between.
+  CHECK(fc::wrong_list_indices("Steps:\n1. a\n\nthen\n1. b"));
+  CHECK_FALSE(fc::wrong_list_indices("Steps:\n1. a\n2. b\n\nmore\n1. c"));
+  CHECK_FALSE(fc::wrong_list_indices("1. a\n1. b"));  // the first has no newline before it
+  CHECK(fc::wrong_list_indices("x\n1. a2\n1. b\n1. c"));  // from the second item on
+
+  // skip_languages and reduce_rep under vhost's own rules too.
+  sharegpt::CleanOptions v;
+  v.skip_languages = {"ko"};
+  const char* ko = R"({"conversations": [{"from": "human", "value": "오늘 서울은 맑고 따뜻합니다. 오후에는 구름이 조금 있을 수 있습니다."}, {"from": "gpt", "value": "좋은 하루 보내세요. 내일도 날씨가 좋을 것 같습니다."}]})";
+  CHECK(sharegpt::clean_record(rec(ko), v, c, notes).value_or("kept") == "language");
+  v.skip_languages.clear();
+  CHECK(sharegpt::clean_record(rec(ko), v, c, notes).value_or("kept") == "kept");
+  v.reduce_rep = true;
+  CHECK(sharegpt::clean_record(rec(R"({"conversations": [{"from": "human", "value": "Write a big number please"}, {"from": "gpt", "value": "1000000000"}]})"), v, c, notes).value_or("kept") == "repeated_digits");
 }
 
 TEST_CASE("prepare: nothing lost, labels are exactly the assistant's text and </s>, segments fit", "[prepare]") {

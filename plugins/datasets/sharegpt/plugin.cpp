@@ -23,6 +23,10 @@ class ShareGptPlugin final : public vhost::Dataset {
         Option::table("templates", "custom templates: name -> {base, style, roles, system_message, sep, sep2, ...}"),
         Option::integer("max_length", 2048, "tokens per training sequence; longer conversations are split at turns")
             .range(8, 1 << 24),
+        Option::string("rules", "vhost",
+                       "vhost (its own cleaning), or fastchat: FastChat's clean_sharegpt, optional_clean, "
+                       "split_long_conversation and filter_wrong_format decisions (docs/datasets.md)")
+            .one_of({"vhost", "fastchat"}),
         Option::string("html", "auto", "convert HTML to Markdown: auto (values that contain HTML), always, never")
             .one_of({"auto", "always", "never"}),
         Option::string("invalid_utf8", "repair", "repair (bad bytes become U+FFFD) or drop the conversation")
@@ -30,6 +34,9 @@ class ShareGptPlugin final : public vhost::Dataset {
         Option::boolean("dedupe", true, "drop conversations whose turns repeat an earlier one's exactly"),
         Option::string_list("languages", std::vector<std::string>{},
                             "keep only these languages (cld2 codes: en, zh, ...); empty: all"),
+        Option::string_list("skip_languages", std::vector<std::string>{},
+                            "drop these languages (cld2 codes: ko, ...), FastChat's --skip-lang"),
+        Option::boolean("reduce_rep", false, "drop conversations with a digit repeated 9 times in a row (FastChat's --reduce-rep)"),
         Option::string_list("blocked_words", std::vector<std::string>{},
                             "drop conversations containing any (case-insensitive), e.g. [\"as an ai language model\"]"),
         Option::integer("max_turns", 0, "drop conversations with more turns (0: no limit)").range(0, 1 << 24),
@@ -93,6 +100,9 @@ class ShareGptPlugin final : public vhost::Dataset {
       throw vhost::ConfigError("template", std::string(e.what()) + " (the model's template; set one here)");
     }
     o.max_length = cfg_.get<std::int64_t>("max_length");
+    o.clean.rules = cfg_.get<std::string>("rules");
+    o.clean.skip_languages = cfg_.get<std::vector<std::string>>("skip_languages");
+    o.clean.reduce_rep = cfg_.get<bool>("reduce_rep");
     o.clean.html = cfg_.get<std::string>("html");
     o.clean.invalid_utf8 = cfg_.get<std::string>("invalid_utf8");
     o.clean.dedupe = cfg_.get<bool>("dedupe");

@@ -1,5 +1,6 @@
 #include "prepare.hpp"
 
+#include "fastchat_rules.hpp"
 #include "html.hpp"
 
 #include <vhost/token_dataset.hpp>
@@ -134,7 +135,7 @@ std::optional<std::string> clean_record(const Record& rec, const CleanOptions& o
         if (!w.empty() && l.find(lower(w)) != std::string::npos) return "blocked_words";
     }
   }
-  if (!opt.languages.empty()) {
+  if (!opt.languages.empty() || !opt.skip_languages.empty()) {
     std::string all;
     for (const auto& m : out.messages) {
       all += m;
@@ -142,9 +143,13 @@ std::optional<std::string> clean_record(const Record& rec, const CleanOptions& o
       if (all.size() > 16384) break;
     }
     std::string lang = detect_language(all);
+    auto listed = [&](const std::vector<std::string>& l) { return std::find(l.begin(), l.end(), lang) != l.end(); };
     if (lang == "un") ++notes["language_unknown_kept"];
-    else if (std::find(opt.languages.begin(), opt.languages.end(), lang) == opt.languages.end()) return "language";
+    else if ((!opt.languages.empty() && !listed(opt.languages)) || listed(opt.skip_languages)) return "language";
   }
+  if (opt.reduce_rep)
+    for (const auto& m : out.messages)
+      if (fastchat::repeated_digits(m)) return "repeated_digits";
   return std::nullopt;
 }
 
@@ -202,7 +207,7 @@ namespace {
 struct Stats {
   std::uint64_t in = 0, out = 0, segments = 0, turns = 0, tokens = 0, trained = 0, truncated = 0;
   std::uint64_t train_seq = 0, eval_seq = 0, longest = 0;
-  std::map<std::string, std::uint64_t> drops, notes;
+  std::map<std::string, std::uint64_t> drops, notes, segments_dropped;
   std::vector<std::uint64_t> hist;  // bins: [0,64), [64,128), ... up to max_length
   std::vector<std::uint64_t> edges;
 };
@@ -260,7 +265,8 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
   std::unordered_set<std::uint64_t> seen;
   auto last_log = std::chrono::steady_clock::now();
 
-  auto write_segment = [&](const Cleaned& c, std::size_t from, std::size_t to, std::size_t part, Tokenized t) {
+  auto write_segment = [&](const Cleaned& c, std::size_t from, std::size_t to, std::size_t part, Tokenized t,
+                           const std::string& id = std::string()) {
     if (t.ids.size() > static_cast<std::size_t>(opt.max_length)) {
       t.ids.resize(opt.max_length);
       t.labels.resize(opt.max_length);
@@ -279,7 +285,8 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
     while (bin + 1 < st.edges.size() && t.ids.size() >= st.edges[bin]) ++bin;
     ++st.hist[bin];
     if (opt.write_json) {
-      json rec = {{"id", part == 0 ? c.id : c.id + "_" + std::to_string(part)}, {"split", to_eval ? "eval" : "train"}};
+      json rec = {{"id", !id.empty() ? id : part == 0 ? c.id : c.id + "_" + std::to_string(part)},
+                  {"split", to_eval ? "eval" : "train"}};
       json turns = json::array();
       if (c.system) turns.push_back({{"from", "system"}, {"value", *c.system}});
       for (std::size_t k = from; k < to; ++k) turns.push_back({{"from", (k % 2 == 0) ? "human" : "gpt"}, {"value", c.messages[k]}});
@@ -289,11 +296,20 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
     }
   };
 
+  const bool fastchat_rules = opt.clean.rules == "fastchat";
+  fastchat::Dedupe fastchat_dedupe;
   auto on_record = [&](Record&& rec) {
     ++st.in;
     Cleaned c;
-    auto reason = clean_record(rec, opt.clean, c, st.notes);
-    if (!reason && opt.clean.dedupe) {
+    std::optional<std::string> reason;
+    if (fastchat_rules) {  // clean_sharegpt.py (its dedupe included), then optional_clean.py
+      reason = fastchat::clean_record(rec, opt.clean, c, st.notes);
+      if (!reason && opt.clean.dedupe) reason = fastchat_dedupe.check(rec, c);
+      if (!reason) reason = fastchat::optional_clean(c, opt.clean);
+    } else {
+      reason = clean_record(rec, opt.clean, c, st.notes);
+    }
+    if (!reason && opt.clean.dedupe && !fastchat_rules) {
       std::string key;
       if (c.system) key += *c.system;
       for (const auto& m : c.messages) key += "\x1e" + m;
@@ -320,6 +336,29 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
       m.resize(cut);
       m.shrink_to_fit();
       ++st.notes["long_messages_cut_before_tokenizing"];
+    }
+    if (fastchat_rules) {  // split_long_conversation.py, then filter_wrong_format.py per segment
+      std::vector<std::size_t> lens;
+      std::vector<std::int32_t> ids;
+      std::vector<std::uint32_t> b, e;
+      for (const auto& m : c.messages) {
+        tok.encode_spans(m, ids, b, e);
+        lens.push_back(ids.size() + 1 + 6);  // LlamaTokenizer's ids (BOS first) + 6, as FastChat counts
+      }
+      const fastchat::Split sp = fastchat::split(lens, opt.max_length);
+      st.segments_dropped["split_empty_segment"] += sp.empty_segments;
+      st.segments_dropped["split_lost_last_pair"] += sp.lost_pairs;
+      for (const auto& [from, to] : sp.segments) {
+        if (std::any_of(c.messages.begin() + from, c.messages.begin() + to,
+                        [](const std::string& m) { return fastchat::wrong_list_indices(m); })) {
+          ++st.segments_dropped["wrong_list_indices"];
+          continue;
+        }
+        conv::Conversation seg{c.system, std::vector<std::string>(c.messages.begin() + from, c.messages.begin() + to)};
+        write_segment(c, from, to, 0, tokenize(conv::render(opt.templ, seg), tok), c.id + "_" + std::to_string(from));
+      }
+      if (sp.segments.size() > 1) st.notes["split_conversations"] += 1;
+      return;
     }
     // Most conversations fit: one tokenization, one sequence.
     conv::Rendered rendered = conv::render(opt.templ, {c.system, c.messages});
@@ -391,6 +430,8 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
                 {"conversations_in", st.in},
                 {"conversations_out", st.out},
                 {"dropped", st.drops},
+                {"rules", opt.clean.rules},
+                {"segments_dropped", st.segments_dropped},
                 {"changes", st.notes},
                 {"utf8_bytes_repaired", totals.repaired_bytes},
                 {"sequences", st.segments},
@@ -421,6 +462,9 @@ std::string stats_table(const json& s) {
   for (auto it = s["dropped"].begin(); it != s["dropped"].end(); ++it)
     if (it->get<std::uint64_t>() > 0) row("  dropped: " + it.key(), *it);
   for (auto it = s["changes"].begin(); it != s["changes"].end(); ++it) row("  changed: " + it.key(), *it);
+  if (s.contains("segments_dropped"))
+    for (auto it = s["segments_dropped"].begin(); it != s["segments_dropped"].end(); ++it)
+      if (it->get<std::uint64_t>() > 0) row("segments dropped: " + it.key(), *it);
   row("sequences (train / eval)", json(std::to_string(s["train_sequences"].get<std::uint64_t>()) + " / " +
                                        std::to_string(s["eval_sequences"].get<std::uint64_t>())));
   row("turns", s["turns"]);

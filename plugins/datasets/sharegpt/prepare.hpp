@@ -17,10 +17,13 @@
 namespace vhost::sharegpt {
 
 struct CleanOptions {
+  std::string rules = "vhost";  // vhost | fastchat (FastChat's own scripts' decisions: fastchat_rules.hpp)
   std::string html = "auto";  // auto | always | never
   std::string invalid_utf8 = "repair";  // repair | drop
   bool dedupe = true;
   std::vector<std::string> languages;      // keep only these (cld2 codes, "en"); empty: all
+  std::vector<std::string> skip_languages; // drop these (FastChat's --skip-lang)
+  bool reduce_rep = false;                 // drop a conversation with a digit 9 times in a row (--reduce-rep)
   std::vector<std::string> blocked_words;  // case-insensitive; a conversation containing one is dropped
   std::int64_t max_turns = 0;              // 0: no limit; more turns than this: dropped
   std::int64_t min_chars = 16;             // fewer characters in all turns: dropped (FastChat: 16)
@@ -33,11 +36,12 @@ struct Cleaned {
   std::vector<std::string> messages;
 };
 
-// The reasons a conversation is dropped, in the order they are checked.
+// The reasons a conversation is dropped (docs/datasets.md: the order each rule set checks them in).
 inline const std::vector<std::string>& drop_reasons() {
-  static const std::vector<std::string> r = {"malformed_record", "invalid_utf8", "unknown_role", "not_alternating",
-                                             "empty",            "too_short",    "too_many_turns", "blocked_words",
-                                             "language",         "duplicate"};
+  static const std::vector<std::string> r = {"malformed_record", "invalid_utf8",   "unknown_role",  "not_alternating",
+                                             "empty",            "too_short",      "too_many_turns", "blocked_words",
+                                             "id_duplicate",     "plugins",        "duplicate",      "language",
+                                             "repeated_digits"};
   return r;
 }
 
