@@ -203,9 +203,8 @@ std::size_t utf8_chars(const std::string& s) {
 // The model's per-token scores ({"id", "text", "logprob", "top": [[id, text, logprob]...]}) as
 // /v1/completions' logprobs: tokens, token_logprobs, top_logprobs ({text: logprob}), text_offset
 // (characters into the returned text).
-json completion_logprobs(const json& prompt_part, const json& generated) {
+json completion_logprobs(const json& prompt_part, const json& generated, std::size_t offset = 0) {
   json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
-  std::size_t offset = 0;
   for (const json* part : {&prompt_part, &generated})
     for (const auto& t : *part) {
       const std::string text = t.value("text", "");
@@ -605,8 +604,10 @@ struct ApiServer::Impl {
     const int64_t n = n_of(body);
     const bool stream = param(body, "stream", false);
     // logprobs: completions take an integer (alternatives per token), chat a boolean plus
-    // top_logprobs. Computed by the model after generation (one scoring pass): a stream carries
-    // them on each choice's last chunk (the one with its finish_reason), all tokens at once.
+    // top_logprobs. Not streamed: computed by the model after generation (one scoring pass).
+    // Streamed, from a model that reports "stream_logprobs" (ABI 1.5): each chunk carries its
+    // tokens' scores, taken from the logits they were sampled from; otherwise (and with echo)
+    // each choice's last chunk carries them all.
     int64_t logprobs = -1;
     if (chat) {
       const bool want = param(body, "logprobs", false);
@@ -623,6 +624,8 @@ struct ApiServer::Impl {
       throw ApiError(400, "the model '" + name + "' does not report log-probabilities", "invalid_request_error",
                      logprobs >= 0 ? "logprobs" : "echo", "unsupported_parameter");
     if (logprobs >= 0) request["logprobs"] = logprobs;
+    const bool stream_scores = stream && logprobs >= 0 && !echo && ti.value("stream_logprobs", false);
+    if (stream_scores) request["stream_logprobs"] = true;
     if (echo && (logprobs >= 0 || request["max_tokens"] == 0)) request["prompt_logprobs"] = std::max<int64_t>(logprobs, 0);
     std::string prompt;                        // chat: the rendered conversation
     std::vector<std::string> prompt_texts;     // completions: one text per prompt...
@@ -737,9 +740,9 @@ struct ApiServer::Impl {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, &model, request, id, created, name, chat, n, include_usage, t0, finish_log, echo, logprobs,
+        [this, &model, request, id, created, name, chat, n, include_usage, t0, finish_log, echo, logprobs, stream_scores,
          echoed = echo ? expand(prompt_texts, n) : std::vector<std::string>()](std::size_t, httplib::DataSink& sink) {
-          auto chunk = [&](int64_t index, const json& delta_or_text, const json& finish, const json& lp = nullptr) {
+          auto stream_chunk = [&](int64_t index, const json& delta_or_text, const json& finish, const json& lp) {
             json c = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
                       {"model", name}};
             if (chat)
@@ -748,7 +751,10 @@ struct ApiServer::Impl {
             else
               c["choices"] = json::array({{{"index", index}, {"text", delta_or_text}, {"finish_reason", finish},
                                            {"logprobs", lp}}});
-            std::string s = "data: " + c.dump() + "\n\n";
+            return c;
+          };
+          auto chunk = [&](int64_t index, const json& delta_or_text, const json& finish, const json& lp = nullptr) {
+            std::string s = "data: " + stream_chunk(index, delta_or_text, finish, lp).dump() + "\n\n";
             return sink.write(s.data(), s.size());
           };
           // The per-token chunk, the hot path: the fixed parts are rendered once and only the text
@@ -772,6 +778,8 @@ struct ApiServer::Impl {
             for (std::size_t i = 0; i < echoed.size() && alive; ++i)
               alive = chunk(static_cast<int64_t>(i), echoed[i], nullptr);
           std::vector<bool> started(static_cast<std::size_t>(n), false);
+          std::vector<json> scores(static_cast<std::size_t>(n), json::array());  // streamed, not yet sent
+          std::vector<std::size_t> chars_sent(static_cast<std::size_t>(n), 0);    // completions' text_offset
           bool first = true;
           double ttft_s = -1;
           json reply;
@@ -785,7 +793,7 @@ struct ApiServer::Impl {
           struct Queue {
             std::mutex m;
             std::condition_variable cv;
-            std::deque<std::pair<uint32_t, std::string>> items;
+            std::deque<std::tuple<uint32_t, int32_t, std::string>> items;  // (sequence, token, text)
             bool finished = false;
             std::atomic<bool> alive{true};
             std::exception_ptr error;
@@ -797,12 +805,12 @@ struct ApiServer::Impl {
           auto due = std::chrono::steady_clock::now();
           std::thread producer([&] {
             try {
-              reply = generate(model, request, [&](uint32_t seq, int32_t, const std::string& text) {
+              reply = generate(model, request, [&](uint32_t seq, int32_t token, const std::string& text) {
                 if (!queue.alive) return false;  // a gone client cancels its sequence at once
                 bool wake;
                 {
                   std::lock_guard<std::mutex> g(queue.m);
-                  queue.items.emplace_back(seq, text);
+                  queue.items.emplace_back(seq, token, text);
                   wake = !queue.woken || queue.items.size() >= interval || queue.idle;
                   queue.woken = true;
                 }
@@ -819,7 +827,7 @@ struct ApiServer::Impl {
             queue.cv.notify_one();
           });
           while (true) {
-            std::deque<std::pair<uint32_t, std::string>> batch;
+            std::deque<std::tuple<uint32_t, int32_t, std::string>> batch;
             bool finished;
             {
               std::unique_lock<std::mutex> g(queue.m);
@@ -837,8 +845,13 @@ struct ApiServer::Impl {
               finished = queue.finished;
             }
             std::string events;  // the batch's SSE events, written at once
-            for (auto& [seq, text] : batch) {
+            for (auto& [seq, token, text] : batch) {
               if (!alive) break;  // the client is gone: nothing more to format
+              if (token == VHOST_TOKEN_SCORES) {  // the scores of the tokens in the next text
+                if (stream_scores)
+                  for (auto& e : json::parse(text)) scores[seq].push_back(std::move(e));
+                continue;
+              }
               if (first) {
                 first = false;
                 ttft_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -851,6 +864,14 @@ struct ApiServer::Impl {
                 t = b == std::string::npos ? "" : t.substr(b);
                 if (t.empty()) continue;
                 started[seq] = true;
+              }
+              if (stream_scores && !scores[seq].empty()) {  // this text's tokens, scored
+                json lp = chat ? chat_logprobs(scores[seq]) : completion_logprobs(json::array(), scores[seq], chars_sent[seq]);
+                for (const auto& e : scores[seq]) chars_sent[seq] += utf8_chars(token_bytes(e.value("text", "")));  // as text_offset counts
+                scores[seq] = json::array();
+                std::string s = "data: " + stream_chunk(seq, chat ? json{{"content", t}} : json(t), nullptr, lp).dump() + "\n\n";
+                events += s;
+                continue;
               }
               token_chunk(events, seq, t);
             }
@@ -881,7 +902,11 @@ struct ApiServer::Impl {
           for (const auto& c : reply["choices"]) {
             json fr = c["finish_reason"] == "cancelled" ? json("stop") : c["finish_reason"];
             json lp = nullptr;
-            if (logprobs >= 0)
+            const auto seq = static_cast<std::size_t>(c["index"].get<int64_t>());
+            if (stream_scores) {  // what came after the last text (a stop string's tokens, say)
+              if (seq < scores.size() && !scores[seq].empty())
+                lp = chat ? chat_logprobs(scores[seq]) : completion_logprobs(json::array(), scores[seq], chars_sent[seq]);
+            } else if (logprobs >= 0)
               lp = chat ? chat_logprobs(c.value("logprobs", json::array()))
                         : completion_logprobs(echo ? c.value("prompt_logprobs", json::array()) : json::array(),
                                               c.value("logprobs", json::array()));

@@ -51,22 +51,32 @@ cl = client.chat.completions.create(model=model, messages=[{"role": "user", "con
                                     logprobs=True, top_logprobs=2, temperature=0)
 content = cl.choices[0].logprobs.content
 assert 1 <= len(content) <= 4 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content), content
-# Streamed, the same logprobs arrive (on each choice's last chunk, from the same scoring pass).
-got = []
+# Streamed, each chunk carries its own tokens' logprobs (taken as they are sampled): the same
+# tokens and alternatives as the scoring pass, the values within float rounding.
+got, carrying = [], 0
 for ch in client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
                                          logprobs=True, top_logprobs=2, temperature=0, stream=True):
     if ch.choices and ch.choices[0].logprobs is not None and ch.choices[0].logprobs.content:
         got += ch.choices[0].logprobs.content
-assert [(t.token, t.logprob, [a.token for a in t.top_logprobs]) for t in got] == \
-    [(t.token, t.logprob, [a.token for a in t.top_logprobs]) for t in content], (got, content)
-toks, lps, text = [], [], ""
+        carrying += 1
+def close(a, b):
+    return abs(a - b) < 1e-4
+assert [(t.token, [a.token for a in t.top_logprobs]) for t in got] == \
+    [(t.token, [a.token for a in t.top_logprobs]) for t in content], (got, content)
+assert all(close(g.logprob, c.logprob) and all(close(x.logprob, y.logprob) for x, y in zip(g.top_logprobs, c.top_logprobs))
+           for g, c in zip(got, content)), (got, content)
+toks, lps, offs, text, carrying2 = [], [], [], "", 0
 for ch in client.completions.create(model=model, prompt="The plugin", max_tokens=6, temperature=0, logprobs=3,
                                     stream=True, extra_body={"ignore_eos": True}):
     text += ch.choices[0].text
     if ch.choices[0].logprobs is not None:
         toks += ch.choices[0].logprobs.tokens
         lps += ch.choices[0].logprobs.token_logprobs
-assert text == lp.choices[0].text and toks == L.tokens and lps == L.token_logprobs, (text, toks, lps, L)
+        offs += ch.choices[0].logprobs.text_offset
+        carrying2 += ch.choices[0].text != ""
+assert text == lp.choices[0].text and toks == L.tokens and offs == L.text_offset, (text, toks, offs, L)
+assert all(close(a, b) for a, b in zip(lps, L.token_logprobs)), (lps, L.token_logprobs)
+assert carrying2 >= 2, f"streamed logprobs came in {carrying2} text chunk(s): not per token"
 
 # Embeddings (FastChat's: mean-pooled last hidden state, L2-normalised): the client asks for
 # base64 by default and decodes it; float gives the same numbers; text and token ids agree.

@@ -1,6 +1,7 @@
 // Continuous batching: concurrent requests through the engine give what each gives alone.
 #include "engine.hpp"
 #include "model.hpp"
+#include "score.hpp"
 
 #include <vhost/plugin.hpp>
 
@@ -215,4 +216,48 @@ TEST_CASE("penalised greedy decoding is the same in the engine and in generate, 
   auto distinct = [](const std::vector<int32_t>& t) { return std::set<int32_t>(t.begin(), t.end()).size(); };
   CHECK(alone != plain);
   CHECK(distinct(alone) > distinct(plain));
+}
+
+TEST_CASE("streamed logprobs: each token's scores come before it, equal to scoring the sequence", "[engine][logprobs]") {
+  auto model = LlamaModel::random(engine_cfg(), 9);
+  Engine engine(model, nullptr, 3, 0, 4);
+  SamplingParams p;
+  p.max_tokens = 8;
+  p.ignore_eos = true;
+  p.stream_logprobs = 2;
+  p.temperature = GENERATE(0.0, 1.3);  // scores are the model's own distribution, before temperature
+  p.seed = 4;
+  std::vector<std::vector<int32_t>> prompts = {prompt_of(3, 1), prompt_of(7, 2), prompt_of(5, 3)};
+  std::vector<nlohmann::json> events(prompts.size(), nlohmann::json::array());
+  std::vector<GenerationResult> results(prompts.size());
+  std::vector<std::thread> threads;
+  std::atomic<int> out_of_order{0};
+  for (std::size_t i = 0; i < prompts.size(); ++i)
+    threads.emplace_back([&, i] {
+      std::size_t scored = 0, tokens = 0;
+      results[i] = engine.generate(prompts[i], p, [&](std::size_t, int32_t tok, const std::string& text) {
+        if (tok == kScoresToken) {
+          for (auto& e : nlohmann::json::parse(text)) events[i].push_back(e), ++scored;
+        } else if (++tokens > scored) {
+          ++out_of_order;  // a token before its scores
+        }
+        return true;
+      });
+    });
+  for (auto& t : threads) t.join();
+  CHECK(out_of_order == 0);
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    const auto& toks = results[i].tokens;
+    REQUIRE(events[i].size() == toks.size());
+    std::vector<int32_t> all(prompts[i]);
+    all.insert(all.end(), toks.begin(), toks.end());
+    auto ref = score(model, nullptr, all, prompts[i].size(), 2);
+    for (std::size_t j = 0; j < toks.size(); ++j) {
+      CHECK(events[i][j]["id"] == toks[j]);
+      CHECK(events[i][j]["logprob"].get<double>() == Approx(*ref[j].logprob).margin(1e-4));
+      REQUIRE(events[i][j]["top"].size() == 2);
+      CHECK(events[i][j]["top"][0][0] == ref[j].top[0].id);
+      CHECK(events[i][j]["top"][0][2].get<double>() == Approx(ref[j].top[0].logprob).margin(1e-4));
+    }
+  }
 }

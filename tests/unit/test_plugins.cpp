@@ -78,8 +78,8 @@ TEST_CASE("plugins built for another SDK ABI are refused, naming both versions",
   std::map<std::string, std::string> errors;
   for (const auto& p : host.plugins()) errors[p.name] = p.error;
   CHECK_THAT(errors["future"], Contains("vhost_judge_future.so): built for vhost SDK ABI 2.0, but this host "
-                                        "implements ABI 1.4 (major versions differ)"));
-  CHECK_THAT(errors["newer"], Contains("built for vhost SDK ABI 1.99, newer than this host's ABI 1.4"));
+                                        "implements ABI 1.5 (major versions differ)"));
+  CHECK_THAT(errors["newer"], Contains("built for vhost SDK ABI 1.99, newer than this host's ABI 1.5"));
   CHECK_THAT(errors["misnamed"], Contains("the file name says judge 'misnamed' but the plugin says it is judge 'other'"));
   CHECK_THAT(errors["broken"], Contains("failed to load"));
   CHECK_THAT(errors["broken"], Contains("vhost_test_symbol_that_does_not_exist"));
@@ -92,7 +92,7 @@ TEST_CASE("plugins built for another SDK ABI are refused, naming both versions",
   });
   CHECK_THAT(msg, Contains("abi.toml:4:10: judges.j.plugin: judge plugin 'future'"));
   CHECK_THAT(msg, Contains("ABI 2.0"));
-  CHECK_THAT(msg, Contains("ABI 1.4"));
+  CHECK_THAT(msg, Contains("ABI 1.5"));
 
   // An older minor (1.0) still loads: tables only grew at the end.
   vh::Host good(only_dirs({kGood}));

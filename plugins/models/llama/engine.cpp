@@ -1,5 +1,7 @@
 #include "engine.hpp"
 
+#include "score.hpp"
+
 #include <vhost/plugin.hpp>
 
 #include <algorithm>
@@ -17,6 +19,8 @@ struct Engine::Request {
   std::string text;
   std::size_t sent = 0;
   std::vector<int32_t> seen;
+  torch::Tensor step_lsm;           // streamed logprobs: this step's log-softmax, until emit
+  nlohmann::json pending = nlohmann::json::array();  // ... and the entries not sent yet
   torch::Generator gen;
   bool done = false;
   std::exception_ptr error;
@@ -170,6 +174,7 @@ void Engine::admit(std::unique_lock<std::mutex>& lock) {
       rows_.push_back(r);
       pad_.push_back(pad);
       next_.push_back(0);
+      keep_log_softmax(*r, logits);
       int32_t tok = static_cast<int32_t>(sample_token(logits, r->p, r->seen, r->gen, &r->result.tokens));
       emit(rows_.size() - 1, tok);
     } catch (...) {
@@ -252,6 +257,7 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
     for (int64_t i = r0; i < r0 + n; ++i) {
       auto& r = rows_[static_cast<std::size_t>(i)];
       ps.push_back(&r->p), ss.push_back(&r->seen), gs.push_back(&r->gen), generated.push_back(&r->result.tokens);
+      keep_log_softmax(*r, logits[i - r0]);
     }
     auto got = sample_tokens(logits, ps, ss, gs, generated);
     for (int64_t i = r0; i < r0 + n; ++i) {
@@ -298,6 +304,7 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
     emit(static_cast<std::size_t>(i), static_cast<int32_t>(picks[static_cast<std::size_t>(i)]), &pieces[static_cast<std::size_t>(i)]);
   if (joining && !joining_error) {
     auto at = std::find(rows_.begin(), rows_.end(), joining) - rows_.begin();
+    keep_log_softmax(*joining, joining_logits);
     emit(static_cast<std::size_t>(at),
          static_cast<int32_t>(sample_token(joining_logits, joining->p, joining->seen, joining->gen, &joining->result.tokens)));
   }
@@ -319,6 +326,37 @@ torch::Tensor Engine::prefill(const Request& r, int64_t row, int64_t first_slot)
   return model_.forward(ids, &own, torch::Tensor(), /*last_only=*/true, adapter).select(1, 0)[0];
 }
 
+void Engine::keep_log_softmax(Request& r, const torch::Tensor& logits) {
+  if (r.p.stream_logprobs >= 0) r.step_lsm = torch::log_softmax(logits.to(torch::kCPU, torch::kFloat32), -1).contiguous();
+}
+
+void Engine::add_score(Request& r, int32_t tok) const {
+  if (!r.step_lsm.defined()) return;
+  std::vector<int32_t> before;  // the last ids before it: all token_text needs
+  for (auto it = r.result.tokens.rbegin(); it != r.result.tokens.rend() && before.size() < 6; ++it) before.insert(before.begin(), *it);
+  for (auto it = r.prompt.rbegin(); it != r.prompt.rend() && before.size() < 6; ++it) before.insert(before.begin(), *it);
+  auto text = [&](int32_t id) { return tokenizer_ ? token_text(*tokenizer_, before, id) : std::string(); };
+  const float* lsm = r.step_lsm.data_ptr<float>();
+  nlohmann::json top = nlohmann::json::array();
+  const int64_t k = std::min<int64_t>(r.p.stream_logprobs, r.step_lsm.size(0));
+  if (k > 0) {
+    auto [v, i] = r.step_lsm.topk(k);
+    for (int64_t a = 0; a < k; ++a) {
+      const auto id = static_cast<int32_t>(i[a].item<int64_t>());
+      top.push_back({id, text(id), static_cast<double>(v[a].item<float>())});
+    }
+  }
+  r.pending.push_back({{"id", tok}, {"text", text(tok)}, {"logprob", static_cast<double>(lsm[tok])}, {"top", top}});
+  r.step_lsm = torch::Tensor();
+}
+
+bool Engine::send_scores(Request& r) {
+  if (r.pending.empty()) return true;
+  const std::string events = r.pending.dump();
+  r.pending = nlohmann::json::array();
+  return r.cb(0, kScoresToken, events);
+}
+
 bool Engine::emit(std::size_t row, int32_t tok, std::optional<std::string>* piece) {
   auto& r = *rows_[row];
   const auto& p = r.p;
@@ -329,9 +367,11 @@ bool Engine::emit(std::size_t row, int32_t tok, std::optional<std::string>* piec
   if (r.result.first_token_seconds < 0)  // time to first token, for the server's metrics
     r.result.first_token_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.queued_at).count();
   if (tok == model_.config().eos_token_id && !p.ignore_eos) {
+    r.step_lsm = torch::Tensor();  // EOS is no token of the reply: no score either
     retire(row, "stop");
     return false;
   }
+  add_score(r, tok);
   r.result.tokens.push_back(tok);
   if (p.repetition_penalty != 1.0) r.seen.push_back(tok);
   next_[row] = tok;
@@ -346,7 +386,7 @@ bool Engine::emit(std::size_t row, int32_t tok, std::optional<std::string>* piec
     if (r.cb && safe > r.sent) {
       bool go_on = false;
       try {
-        go_on = r.cb(0, tok, r.text.substr(r.sent, safe - r.sent));
+        go_on = send_scores(r) && r.cb(0, tok, r.text.substr(r.sent, safe - r.sent));
       } catch (...) {
         go_on = false;  // a failing client is a gone client
       }
@@ -360,7 +400,7 @@ bool Engine::emit(std::size_t row, int32_t tok, std::optional<std::string>* piec
   if (!r.decoder && r.cb) {  // no tokenizer: ids stream, without text
     bool go_on = false;
     try {
-      go_on = r.cb(0, tok, std::string());
+      go_on = send_scores(r) && r.cb(0, tok, std::string());
     } catch (...) {
     }
     if (!go_on) {
@@ -390,6 +430,12 @@ void Engine::retire(std::size_t row, const std::string& reason) {
     if (f != std::string::npos) end = std::min(end, f);
   }
   if (end < r->sent) end = r->sent;
+  if (r->cb && reason != "cancelled") {  // the scores of tokens whose text was held back
+    try {
+      send_scores(*r);
+    } catch (...) {
+    }
+  }
   if (r->cb && end > r->sent && reason != "cancelled") {
     try {
       r->cb(0, -1, r->text.substr(r->sent, end - r->sent));

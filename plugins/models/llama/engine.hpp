@@ -58,6 +58,11 @@ class Engine {
   // false: the row finished. `piece`: the token's text, when already pushed through the row's
   // decoder (by the step's shard).
   bool emit(std::size_t row, int32_t token, std::optional<std::string>* piece = nullptr);
+  // Streamed logprobs: the row's log-softmax before sampling, its entry once the token is known,
+  // and the entries not yet sent, sent ahead of the next text.
+  static void keep_log_softmax(Request& r, const torch::Tensor& logits);
+  void add_score(Request& r, int32_t token) const;
+  static bool send_scores(Request& r);
   void retire(std::size_t row, const std::string& reason);
   void shift_rows(int64_t by);  // moves every active row's cache right (by > 0) or left (by < 0)
 

@@ -5,6 +5,8 @@
 #include "model.hpp"
 #include "tokenizer.hpp"
 
+#include <vhost/c/vhost.h>
+
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -26,7 +28,15 @@ struct SamplingParams {
   std::optional<uint64_t> seed;     // sequence i of a batch samples with seed + i
   bool ignore_eos = false;
   int32_t adapter = -1;  // the LoRA adapter (LlamaModel::add_adapter) the sequence runs with; -1: none
+  // The engine only: each token's log-probability and this many alternatives, from the logits it
+  // was sampled from, sent through the callback as kScoresToken events; -1: none.
+  int64_t stream_logprobs = -1;
 };
+
+// The token a TokenCallback gets for a scores event: its text is a JSON array of the scores of
+// the tokens generated since the last event ({"id", "text", "logprob", "top": [[id, text,
+// logprob]...]}), sent before the text those tokens make (VHOST_TOKEN_SCORES in vhost.h).
+inline constexpr int32_t kScoresToken = VHOST_TOKEN_SCORES;
 
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated ids (EOS not included)

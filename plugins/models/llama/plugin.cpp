@@ -357,6 +357,7 @@ class LlamaPlugin final : public vhost::Model {
             {"max_batch", engine_ ? max_batch_ : 1},  // concurrent generate calls worth making
             {"concurrent", engine_ != nullptr},       // generate may be called from several threads
             {"logprobs", true},                       // generate takes logprobs / prompt_logprobs
+            {"stream_logprobs", engine_ != nullptr},  // ... and streams them as it samples (ABI 1.5)
             {"embeddings", true},                     // generate takes {"embed": true}
             {"adapters", adapter_names()}};           // generate takes {"adapter": NAME}
   }
@@ -459,6 +460,11 @@ class LlamaPlugin final : public vhost::Model {
       return k;
     };
     const int64_t lp = top_k_of("logprobs"), plp = top_k_of("prompt_logprobs");
+    // Streamed logprobs (the engine's, from the logits each token was sampled from): they go out
+    // as scores events before the text, and make the reply's "logprobs" too.
+    const bool streamed = lp >= 0 && field(req, "stream_logprobs", false) && engine_ && p.max_tokens > 0;
+    if (streamed) p.stream_logprobs = lp;
+    std::vector<json> streamed_scores(streamed ? prompts.size() : 0, json::array());
     const bool score_only = p.max_tokens == 0;
     if (score_only && plp < 0)
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "max_tokens 0 generates nothing: it needs prompt_logprobs (scoring)");
@@ -479,7 +485,14 @@ class LlamaPlugin final : public vhost::Model {
           auto q = p;
           if (p.seed) q.seed = *p.seed + i;
           vhost::llama::TokenCallback cb;
-          if (on_token) cb = [&, i](std::size_t, int32_t tok, const std::string& d) { return on_token(i, tok, d); };
+          if (on_token || streamed)
+            cb = [&, i](std::size_t, int32_t tok, const std::string& d) {
+              if (tok == vhost::llama::kScoresToken) {
+                for (auto& e : json::parse(d)) streamed_scores[i].push_back(std::move(e));
+                if (!on_token) return true;
+              }
+              return !on_token || on_token(i, tok, d);
+            };
           results[i] = engine_->generate(prompts[i], q, cb);
         } catch (...) {
           errors[i] = std::current_exception();
@@ -503,7 +516,8 @@ class LlamaPlugin final : public vhost::Model {
       choices.push_back({{"index", i}, {"text", results[i].text}, {"tokens", results[i].tokens},
                          {"finish_reason", results[i].finish_reason}, {"queue_s", results[i].queue_seconds}});
       if (results[i].first_token_seconds >= 0) choices.back()["first_token_s"] = results[i].first_token_seconds;
-      if (lp >= 0 || plp >= 0) {
+      if (streamed) choices.back()["logprobs"] = streamed_scores[i];
+      if ((lp >= 0 && !streamed) || plp >= 0) {
         std::vector<int32_t> all(prompts[i]);
         all.insert(all.end(), results[i].tokens.begin(), results[i].tokens.end());
         const std::size_t P = prompts[i].size();
@@ -521,7 +535,7 @@ class LlamaPlugin final : public vhost::Model {
           return out;
         };
         if (plp >= 0) choices.back()["prompt_logprobs"] = part(0, P, plp);
-        if (lp >= 0) choices.back()["logprobs"] = part(P, all.size(), lp);
+        if (lp >= 0 && !streamed) choices.back()["logprobs"] = part(P, all.size(), lp);
       }
       prompt_tokens += results[i].prompt_tokens;
       completion_tokens += static_cast<int64_t>(results[i].tokens.size());

@@ -34,7 +34,7 @@ extern "C" {
 #define VHOST_ABI_MAJOR 1
 #endif
 #ifndef VHOST_ABI_MINOR
-#define VHOST_ABI_MINOR 4
+#define VHOST_ABI_MINOR 5
 #endif
 
 /* The one symbol a plugin exports (through BOOST_DLL_ALIAS; see vhost/plugin.hpp). */
@@ -137,7 +137,12 @@ typedef struct vhost_backend_iface {
  * the instance decodes together. */
 typedef void (*vhost_ids_fn)(void* ctx, const int32_t* ids, size_t n);
 /* One piece of generated text for sequence `sequence` (whole UTF-8 characters; never part of a
- * stop string). Return nonzero to cancel that sequence. */
+ * stop string). Return nonzero to cancel that sequence.
+ * 1.5: where the request has "stream_logprobs": true (and tokenizer_info says "stream_logprobs"),
+ * the scores of the tokens generated since the last piece come first, as a call with token
+ * VHOST_TOKEN_SCORES and text a JSON array of {"id", "text", "logprob", "top": [[id, text,
+ * logprob]...]} (generate's "logprobs" entries), the last ones before the sequence ends. */
+#define VHOST_TOKEN_SCORES (-2)
 typedef int32_t (*vhost_token_fn)(void* ctx, uint32_t sequence, int32_t token, const char* text, size_t len);
 /* Token ids with, for each, the byte span [begin, end) of the encoded text it came from. */
 typedef void (*vhost_spans_fn)(void* ctx, const int32_t* ids, const uint32_t* begin, const uint32_t* end, size_t n);
@@ -174,7 +179,8 @@ typedef struct vhost_model_iface {
   vhost_status* (*encode_spans)(void* self, const char* text, size_t len, vhost_spans_fn out, void* ctx);
   /* 1.1: {"bos_id", "eos_id", "vocab_size", "template": the model's conversation template name};
    * optional: "bos_token"/"eos_token" (their text), "context", "max_batch", "concurrent",
-   * "logprobs" (generate takes logprobs / prompt_logprobs). */
+   * "logprobs" (generate takes logprobs / prompt_logprobs); 1.5: "stream_logprobs" (generate
+   * streams them, see vhost_token_fn). */
   vhost_status* (*tokenizer_info)(void* self, vhost_sink* info_json);
   /* 1.2: fine-tunes the instance's weights on a prepared dataset (vhost/token_dataset.hpp),
    * resuming from the newest complete checkpoint in request.out. Request and reply: docs/training.md.
