@@ -353,8 +353,9 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
     }
   if (!matches.empty()) {
     std::map<std::string, Tally> all_pairs;
-    for (const auto& [key, orders] : matches) {
-      const auto& [qid, turn, a, b] = key;
+    for (const auto& match : matches) {
+      const auto& [qid, turn, a, b] = match.first;
+      const auto& orders = match.second;  // a plain reference: lambdas may capture it (C++17)
       auto w = [&](const char* o) -> std::string {
         auto it = orders.find(o);
         return it == orders.end() || it->second->contains("error") ? std::string() : it->second->value("winner", "tie");
@@ -477,10 +478,10 @@ json write_fastchat_judgments(const std::vector<json>& judgments, const std::str
   std::vector<json> pair;
   for (const auto& [key, g] : pairs) {
     const auto& [qid, turn, model, baseline] = key;
-    auto winner = [&](const json* r) -> std::string {
+    auto winner = [&, m1 = model, m2 = baseline](const json* r) -> std::string {  // (C++17 lambdas capture no bindings)
       if (!r || r->contains("error")) return "error";
       std::string w = r->value("winner", "");
-      return w == model ? "model_1" : w == baseline ? "model_2" : w == "tie" ? "tie" : "error";
+      return w == m1 ? "model_1" : w == m2 ? "model_2" : w == "tie" ? "tie" : "error";
     };
     const json* any = g.first ? g.first : g.second;
     pair.push_back({{"question_id", qid},

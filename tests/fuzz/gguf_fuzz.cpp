@@ -7,9 +7,6 @@
 #include <vhost/plugin.hpp>
 
 #include <cstdint>
-#include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 static void one_input(const uint8_t* data, size_t size) {
@@ -20,21 +17,4 @@ static void one_input(const uint8_t* data, size_t size) {
   }
 }
 
-#ifdef VHOST_FUZZ
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  one_input(data, size);
-  return 0;
-}
-#else
-int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    std::ifstream in(argv[i], std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string s = ss.str();
-    one_input(reinterpret_cast<const uint8_t*>(s.data()), s.size());
-  }
-  std::printf("replayed %d inputs: no crash\n", argc - 1);
-  return 0;
-}
-#endif
+#include "fuzz_main.hpp"

@@ -197,7 +197,7 @@ TEST_CASE("pairwise-all: every model over all its matches, as FastChat's show_re
   CHECK_THAT(r["markdown"].get<std::string>(), Contains("pairwise-all"));
 }
 
-TEST_CASE("FastChat reference answer files: by question id; errors name the file and line", "[eval][bad-input]") {
+TEST_CASE("FastChat reference answer files: by question id, errors naming the file and line", "[eval][bad-input]") {
   fs::path d = scratch("eval-references");
   std::ofstream(d / "ok.jsonl") << R"({"question_id": 101, "model_id": "gpt-4", "choices": [{"index": 0, "turns": ["4", "8"]}]})" "\n";
   auto refs = load_reference_answers(d / "ok.jsonl");
@@ -322,7 +322,7 @@ TEST_CASE("judge agreement counted as FastChat's compute_agreement.py, by hand",
   CHECK_THROWS_WITH(agreement::compute(v, "gpt4-pair", "human"), Contains("2 gpt4-pair votes (FastChat expects one)"));
 }
 
-TEST_CASE("chart axes get round ticks; loss.svg keeps its legend off the plot", "[eval][svg]") {
+TEST_CASE("chart axes get round ticks and loss.svg keeps its legend off the plot", "[eval][svg]") {
   // The training loss of the demo: 8.78 down to 0.0324 read as 8.78/6.59/.../0.0324 before.
   AxisTicks y = nice_ticks(0.0324, 8.78, 5);
   CHECK(y.lo == 0);

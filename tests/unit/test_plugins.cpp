@@ -59,7 +59,7 @@ TEST_CASE("discovery order: plugin_dirs, --plugin-dir, VHOST_PLUGIN_PATH, build 
       REQUIRE(p.shadowed.size() == 1);
       CHECK(p.shadowed[0] == c / "vhost_judge_echo.so");
       CHECK(p.version == "1.2.3");
-      CHECK(p.abi == "1.4");
+      CHECK(p.abi == "1.5");
       CHECK(p.error.empty());
     }
 #if VHOST_HAVE_TORCH
