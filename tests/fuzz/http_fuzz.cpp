@@ -63,7 +63,11 @@ httplib::Client& server() {
     c->set_keep_alive(true);
     c->set_read_timeout(30, 0);
     for (int i = 0; i < 600; ++i) {  // up to a minute for the server to come up
-      if (auto r = c->Get("/health"); r && r->status == 200) return c;
+      if (auto r = c->Get("/health"); r && r->status == 200) {
+        std::error_code ec;  // the model is loaded (and its mapping outlives the files): nothing left behind
+        std::filesystem::remove_all(dir, ec);
+        return c;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     std::fprintf(stderr, "http_fuzz: the server did not start\n");
