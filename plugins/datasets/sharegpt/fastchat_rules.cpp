@@ -79,21 +79,9 @@ std::string python_strip(std::string_view s) {
 
 std::optional<std::string> clean_record(const Record& rec, const CleanOptions& opt, Cleaned& out,
                                         std::map<std::string, std::uint64_t>& notes) {
-  out = Cleaned{};
-  const json& r = rec.value;
-  if (rec.utf8_repaired) {
-    if (opt.invalid_utf8 == "drop") return "invalid_utf8";
-    ++notes["utf8_repaired"];
-  }
-  // FastChat stops on these (a KeyError); vhost names them and goes on.
-  if (!r.is_object()) return "malformed_record";
-  if (r.contains("id")) {
-    if (r["id"].is_string()) out.id = r["id"].get<std::string>();
-    else if (r["id"].is_number()) out.id = r["id"].dump();
-  }
-  if (out.id.empty()) out.id = "#" + std::to_string(rec.index);
-  auto it = r.find("conversations");
-  if (it == r.end() || !it->is_array()) return "malformed_record";
+  // A record FastChat stops on (a KeyError) is named here and dropped.
+  const json* it = nullptr;
+  if (auto reason = record_start(rec, opt, out, notes, it)) return reason;
   std::vector<std::pair<std::string, std::string>> turns;  // (from, value)
   for (const auto& t : *it) {
     if (!t.is_object()) return "malformed_record";

@@ -54,9 +54,10 @@ std::string detect_language(const std::string& text) {
   return CLD2::LanguageCode(lang);
 }
 
-std::optional<std::string> clean_record(const Record& rec, const CleanOptions& opt, Cleaned& out,
-                                        std::map<std::string, std::uint64_t>& notes) {
+std::optional<std::string> record_start(const Record& rec, const CleanOptions& opt, Cleaned& out,
+                                        std::map<std::string, std::uint64_t>& notes, const json*& conversations) {
   out = Cleaned{};
+  conversations = nullptr;
   const json& r = rec.value;
   if (rec.utf8_repaired) {
     if (opt.invalid_utf8 == "drop") return "invalid_utf8";
@@ -70,6 +71,14 @@ std::optional<std::string> clean_record(const Record& rec, const CleanOptions& o
   if (out.id.empty()) out.id = "#" + std::to_string(rec.index);
   auto it = r.find("conversations");
   if (it == r.end() || !it->is_array()) return "malformed_record";
+  conversations = &*it;
+  return std::nullopt;
+}
+
+std::optional<std::string> clean_record(const Record& rec, const CleanOptions& opt, Cleaned& out,
+                                        std::map<std::string, std::uint64_t>& notes) {
+  const json* it = nullptr;
+  if (auto reason = record_start(rec, opt, out, notes, it)) return reason;
   struct Turn {
     conv::Speaker who;
     std::string text;

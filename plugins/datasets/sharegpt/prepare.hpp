@@ -45,6 +45,11 @@ inline const std::vector<std::string>& drop_reasons() {
   return r;
 }
 
+// The start both rule sets share: the UTF-8 repair (dropped with invalid_utf8 = "drop"), the id
+// (or "#INDEX"), and the record's "conversations" list; returns the drop reason when one is wrong.
+std::optional<std::string> record_start(const Record& rec, const CleanOptions& opt, Cleaned& out,
+                                        std::map<std::string, std::uint64_t>& notes, const nlohmann::json*& conversations);
+
 // Cleans one record; returns the drop reason, or nothing with `out` filled. `notes` counts
 // what was changed without dropping (html_converted, leading_gpt_dropped, ...).
 std::optional<std::string> clean_record(const Record& rec, const CleanOptions& opt, Cleaned& out,
