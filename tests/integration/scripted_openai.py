@@ -13,8 +13,9 @@ POST …/moderations flags an input holding FORBIDDEN (categories violence and h
 an input makes it answer 500 always, MODBAD a reply without "results".
 GET /count returns {"calls": n}. Prints "listening on http://127.0.0.1:PORT" once ready.
    scripted_openai.py [DELAY_SECONDS]   (every reply waits that long: a slow judge)
+SCRIPTED_TLS=CERT:KEY serves HTTPS with that certificate and key.
 """
-import json, re, sys, threading, time
+import json, os, re, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 calls, seen, lock = 0, {}, threading.Lock()
@@ -103,5 +104,13 @@ class H(BaseHTTPRequestHandler):
 
 ThreadingHTTPServer.request_queue_size = 128
 server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+scheme = "http"
+if os.environ.get("SCRIPTED_TLS"):  # "CERT:KEY": HTTPS with that certificate
+    import ssl
+    cert, key = os.environ["SCRIPTED_TLS"].split(":")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    scheme = "https"
+print(f"listening on {scheme}://127.0.0.1:{server.server_address[1]}", flush=True)
 server.serve_forever()

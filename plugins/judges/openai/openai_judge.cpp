@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <set>
@@ -49,6 +50,9 @@ class OpenAIJudge final : public vhost::Judge {
         Option::string("fallback_url", "",
                        "used instead of base_url when there is no key (e.g. vhost's own server: a local judge)"),
         Option::string("fallback_model", "", "the model name at fallback_url"),
+        Option::path("ca_file", "",
+                     "PEM file of the CA(s) that sign an https endpoint's certificate (empty: the system's, or "
+                     "SSL_CERT_FILE)"),
         Option::number("timeout_s", 120, "seconds to wait for one reply").range(0.01, 3600),
         Option::integer("max_retries", 5, "retries after a failed attempt").range(0, 100),
         Option::number("backoff_s", 1.0, "first wait before a retry; doubles each time (at most 60 s)").range(0, 600),
@@ -70,6 +74,9 @@ class OpenAIJudge final : public vhost::Judge {
         completion_price_(cfg.get<double>("completion_price_per_1k")),
         moderation_model_(cfg.get<std::string>("moderation_model")) {
     key_ = cfg.get<std::string>("api_key");
+    ca_file_ = cfg.get<std::string>("ca_file");
+    if (!ca_file_.empty() && !std::filesystem::is_regular_file(ca_file_))
+      throw vhost::ConfigError("ca_file", ca_file_ + " does not exist or is not a file");
     if (key_.empty())
       if (const char* k = std::getenv("OPENAI_API_KEY")) key_ = k;
     std::string base = cfg.get<std::string>("base_url"), fallback = cfg.get<std::string>("fallback_url");
@@ -211,11 +218,19 @@ class OpenAIJudge final : public vhost::Judge {
       cli.set_connection_timeout(secs, usecs);
       cli.set_read_timeout(secs, usecs);
       cli.set_write_timeout(secs, usecs);
+      if (!ca_file_.empty()) cli.set_ca_cert_path(ca_file_);
       httplib::Headers headers;
       if (!key_.empty()) headers.emplace("Authorization", "Bearer " + key_);
       auto res = cli.Post(url_.path + path, headers, body.dump(), "application/json");
       if (!res) {
-        last_error = "no reply (" + httplib::to_string(res.error()) + ")";
+        if (res.error() == httplib::Error::SSLServerVerification) {  // no retry mends that
+          ++failures_;
+          throw vhost::Error(VHOST_ERR_IO, url_.origin + ": its TLS certificate could not be verified: not signed by a "
+                                           "CA this machine trusts, or not for this host (give the CA's PEM file as the "
+                                           "judge's ca_file, or in SSL_CERT_FILE)");
+        }
+        last_error = res.error() == httplib::Error::SSLConnection ? std::string("the TLS handshake failed")
+                                                                  : "no reply (" + httplib::to_string(res.error()) + ")";
         continue;
       }
       if (res->status == 429 || res->status >= 500) {
@@ -250,7 +265,7 @@ class OpenAIJudge final : public vhost::Judge {
   }
   bool priced_ = false;
   Url url_;
-  std::string key_, model_, cache_path_;
+  std::string key_, model_, cache_path_, ca_file_;
   bool using_fallback_ = false;
   double timeout_;
   int64_t retries_;
