@@ -9,6 +9,12 @@
 //   bench_serve [--clients 64] [--requests 4] [--tokens 256] [--threads 2] [--rounds 5]
 //               [--decode-dtype float32|bfloat16]
 // --requests 1: a single burst of one request per client (ramp-up and tail weigh more).
+//
+//   bench_serve --soak SECONDS [--clients 200] [--threads 2]
+// A soak instead: that many clients for that long against one `vhost serve` (half of them
+// streaming, each sending its next request when the last is answered, 16-128 tokens), counting
+// every request that does not end in a 200 and a whole answer (a stream's [DONE], a reply's
+// choices) as an error, and the server's resident memory at the start, its peak and the end.
 #include "engine.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
@@ -21,7 +27,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <mutex>
+#include <random>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -155,11 +164,88 @@ static void stop(pid_t pid) {
   waitpid(pid, nullptr, 0);
 }
 
+// The server's resident memory in MiB, from /proc/PID/status.
+static double rss_mib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+
+static int soak(const fs::path& vhost, const fs::path& model, int clients, int seconds, int threads, const fs::path& scratch) {
+  auto [pid, port] = start_server(vhost, model, 64, threads, scratch / "soak.log");
+  http_load(port, 2, 4, 1);  // warm-up
+  const double rss_start = rss_mib(pid);
+  double rss_peak = rss_start;
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> requests{0}, errors{0}, streamed{0};
+  std::mutex mu;
+  std::string first_error;
+  auto fail = [&](const std::string& what) {
+    ++errors;
+    std::lock_guard<std::mutex> g(mu);
+    if (first_error.empty()) first_error = what;
+  };
+  std::vector<std::thread> ts;
+  for (int c = 0; c < clients; ++c)
+    ts.emplace_back([&, c] {
+      std::mt19937 rng(static_cast<unsigned>(c));
+      const bool stream = c % 2 == 0;
+      for (int i = 0; !done; ++i) {
+        httplib::Client cli("127.0.0.1", port);
+        cli.set_read_timeout(300, 0);
+        const int max_tokens = 16 + static_cast<int>(rng() % 113);
+        json body = {{"model", "tiny"}, {"prompt", kPrompt}, {"max_tokens", max_tokens}, {"temperature", 1.0},
+                     {"seed", c * 100000 + i}, {"stream", stream}};
+        auto r = cli.Post("/v1/completions", body.dump(), "application/json");
+        ++requests;
+        if (!r) {
+          fail("no answer: " + httplib::to_string(r.error()));
+          continue;
+        }
+        if (r->status != 200) {
+          fail("HTTP " + std::to_string(r->status) + ": " + r->body.substr(0, 200));
+          continue;
+        }
+        if (stream) {
+          ++streamed;
+          if (r->body.size() < 14 || r->body.compare(r->body.size() - 14, 14, "data: [DONE]\n\n") != 0)
+            fail("a stream without its [DONE]: ..." + r->body.substr(r->body.size() > 200 ? r->body.size() - 200 : 0));
+        } else {
+          try {
+            (void)json::parse(r->body).at("choices").at(0).at("text").get<std::string>();
+          } catch (const std::exception& e) {
+            fail(std::string("a reply without its text: ") + e.what());
+          }
+        }
+      }
+    });
+  const auto t0 = Clock::now();
+  while (std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    rss_peak = std::max(rss_peak, rss_mib(pid));
+  }
+  done = true;
+  for (auto& t : ts) t.join();
+  const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double rss_end = rss_mib(pid);
+  stop(pid);
+  std::printf("soak: %d clients (%d streaming) for %.0f s: %lld requests (%lld streamed), %lld errors; server RSS start "
+              "%.0f MiB, peak %.0f MiB, end %.0f MiB (end/start %.2f)\n",
+              clients, (clients + 1) / 2, wall, static_cast<long long>(requests.load()), static_cast<long long>(streamed.load()),
+              static_cast<long long>(errors.load()), rss_start, rss_peak, rss_end, rss_end / std::max(rss_start, 1.0));
+  if (!first_error.empty()) std::printf("the first error: %s\n", first_error.c_str());
+  return errors == 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
-  int clients = 64, requests = 4, tokens = 256, threads = 2, rounds = 5;
+  int clients = 64, requests = 4, tokens = 256, threads = 2, rounds = 5, soak_seconds = 0;
+  bool clients_given = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--clients") clients = std::atoi(argv[i + 1]);
+    if (a == "--clients") clients = std::atoi(argv[i + 1]), clients_given = true;
+    else if (a == "--soak") soak_seconds = std::atoi(argv[i + 1]);
     else if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
     else if (a == "--requests") requests = std::max(1, std::atoi(argv[i + 1]));
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
@@ -172,6 +258,7 @@ int main(int argc, char** argv) {
   std::string init = vhost.string() + " model init --preset tiny --tokenizer-text " + VHOST_SOURCE_DIR +
                      "/docs/plugins.md --overwrite --out " + model.string() + " >/dev/null";
   if (std::system(init.c_str()) != 0) return 1;
+  if (soak_seconds > 0) return soak(vhost, model, clients_given ? clients : 200, soak_seconds, threads, scratch);
   std::printf("tiny preset, %d concurrent streaming clients, %d requests each one after the other, at most %d tokens a "
               "request (temperature 1, seeded), %d threads, decode_dtype %s\n",
               clients, requests, tokens, threads, decode_dtype.c_str());
