@@ -306,6 +306,25 @@ void WorkerMembership::leave() {
 
 void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening) {
   if (o.controller.empty()) throw ConfigError("controller: the controller's URL is required (http://host:port)");
+  // The connections in flight to each worker. A worker the controller drops (silent past its
+  // expiry: stopped, cut off, wedged) has them shut by the watchdog below, so that its requests
+  // fail over to another worker now rather than wait out the 600 s read timeout.
+  struct InFlight {
+    std::mutex m;
+    std::multimap<std::string, httplib::Client*> clients;
+  } inflight;  // before the server: its threads (and their relays) end first
+  struct Tracked {  // registers a client for the duration of its request
+    InFlight& f;
+    std::multimap<std::string, httplib::Client*>::iterator it;
+    Tracked(InFlight& in, const std::string& address, httplib::Client* c) : f(in) {
+      std::lock_guard<std::mutex> g(f.m);
+      it = f.clients.emplace(address, c);
+    }
+    ~Tracked() {
+      std::lock_guard<std::mutex> g(f.m);
+      f.clients.erase(it);
+    }
+  };
   httplib::Server s;
   Backlog backlog;
   backlog.attach(s);
@@ -313,7 +332,7 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
   s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
   s.set_payload_max_length(o.max_body);
   s.set_tcp_nodelay(true);
-  std::atomic<int64_t> api_requests{0}, api_retries{0}, api_errors{0};
+  std::atomic<int64_t> api_requests{0}, api_retries{0}, api_errors{0}, api_workers_lost{0};
   auto error = [&api_errors](httplib::Response& res, int status, const std::string& msg,
                              const std::string& type = "invalid_request_error", const std::string& param = "",
                              const std::string& code = "") {
@@ -402,7 +421,10 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
         httplib::Client cli(address);
         cli.set_connection_timeout(2, 0);
         cli.set_read_timeout(600, 0);
-        auto r = cli.Post(req.path, req.body, "application/json");
+        httplib::Result r = [&] {
+          Tracked t(inflight, address, &cli);
+          return cli.Post(req.path, req.body, "application/json");
+        }();
         if (!r) {  // unreachable or died mid-request: another worker
           ++api_retries;
           continue;
@@ -438,7 +460,8 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
       auto cli = std::make_shared<httplib::Client>(address);
       cli->set_connection_timeout(2, 0);
       cli->set_read_timeout(600, 0);
-      relay->thread = std::thread([relay, cli, path = req.path, payload = req.body] {
+      relay->thread = std::thread([relay, cli, path = req.path, payload = req.body, address, &inflight] {
+        Tracked tracked(inflight, address, cli.get());
         httplib::Request up;
         up.method = "POST";
         up.path = path;
@@ -561,7 +584,8 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
     std::ostringstream m;
     m << "# TYPE vhost_api_requests_total counter\nvhost_api_requests_total " << api_requests
       << "\n# TYPE vhost_api_retries_total counter\nvhost_api_retries_total " << api_retries
-      << "\n# TYPE vhost_api_errors_total counter\nvhost_api_errors_total " << api_errors << "\n";
+      << "\n# TYPE vhost_api_errors_total counter\nvhost_api_errors_total " << api_errors
+      << "\n# TYPE vhost_api_workers_lost_total counter\nvhost_api_workers_lost_total " << api_workers_lost << "\n";
     res.set_content(m.str(), "text/plain; version=0.0.4");
   });
   s.Get("/health", [](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"status", "ok"}}); });
@@ -574,6 +598,42 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
                     "application/json");
   });
   int port = bind_server(s, backlog, o.host, o.port, "api");
+  std::atomic<bool> done{false};
+  std::thread watchdog([&] {
+    while (!done) {
+      for (int i = 0; i < 5 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      {
+        std::lock_guard<std::mutex> g(inflight.m);
+        if (inflight.clients.empty()) continue;
+      }
+      std::set<std::string> live;
+      try {
+        const json listed = controller_json("/workers", nullptr);  // kept alive for the loop
+        for (const auto& w : listed.at("workers")) live.insert(w.value("address", ""));
+      } catch (const std::exception&) {
+        continue;  // the controller is away: nothing is known about the workers
+      }
+      std::lock_guard<std::mutex> g(inflight.m);
+      std::set<std::string> lost;
+      for (auto& [address, cli] : inflight.clients)
+        if (!live.count(address)) {
+          cli->stop();  // its blocked read returns: the request goes to another worker
+          lost.insert(address);
+        }
+      for (const auto& a : lost) {
+        ++api_workers_lost;
+        spdlog::warn("[api] worker {} was dropped by the controller: its requests in flight go to another worker", a);
+      }
+    }
+  });
+  struct Join {
+    std::atomic<bool>& done;
+    std::thread& t;
+    ~Join() {
+      done = true;
+      t.join();
+    }
+  } join{done, watchdog};
   if (on_listening) on_listening(port);
   serve_until(s, stop);
 }
