@@ -249,6 +249,9 @@ struct Tally {
   }
 };
 
+// A rate as "37.5%", or "-" where there is no data (null).
+std::string pct(const json& v) { return v.is_number() ? fmt(100 * v.get<double>()) + "%" : std::string("-"); }
+
 // Rows of (model, tally as JSON), best first as show_result.py prints them; no data last.
 void sort_by_win_rate_adjusted(std::vector<std::pair<std::string, json>>& rows) {
   auto v = [](const json& r) { return r["win_rate_adjusted"].is_number() ? r["win_rate_adjusted"].get<double>() : -1.0; };
@@ -379,7 +382,6 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
     sort_by_win_rate_adjusted(rows);
     md += "\n### All pairs (FastChat's pairwise-all: every model over all its matches)\n\n"
           "| model | win | tie | loss | win rate | loss rate | win rate (adjusted) | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
-    auto pct = [](const json& v) { return v.is_number() ? fmt(100 * v.get<double>()) + "%" : std::string("-"); };
     report["pairwise_all"] = json::object();
     for (auto& [m, r] : rows) {
       report["pairwise_all"][m] = r;
@@ -709,7 +711,6 @@ std::string eval_html(const json& report) {
     h << "</svg>\n";
   }
   // The tables, as tables.
-  auto pct = [](const json& v) { return v.is_number() ? fmt(100 * v.get<double>()) + "%" : std::string("-"); };
   for (const auto& p : report["pairs"]) {
     h << "<h3>" << esc(p["model"].get<std::string>()) << " vs " << esc(p["baseline"].get<std::string>()) << "</h3>\n<table><tr>"
       << "<th>category</th><th>win</th><th>tie</th><th>loss</th><th>better or equal</th><th>win rate (adjusted)</th>"
@@ -923,7 +924,6 @@ json run_eval(StageContext& ctx) {
 
   // ---- the judgments to make
   std::string baseline = c["baseline"].get<std::string>();
-  const bool all_pairs = c["pairs"].get<std::string>() == "all";
   if (mode != "single") {
     if (baseline.empty()) baseline = names.front();
     if (!answers.count(baseline)) throw ConfigError(ctx.id + ".baseline: no answers from '" + baseline + "' (have: " + join(names) + ")");
@@ -935,6 +935,17 @@ json run_eval(StageContext& ctx) {
     std::string model_a, model_b, key;
     std::string fingerprint;  // of the judge's identity and the request: see the resume below
   };
+  // Pairwise modes, (first, second): the baseline with every other model, or (pairs = "all")
+  // every pair of models, the baseline first in its pairs and otherwise the order of `names`.
+  std::vector<std::pair<std::string, std::string>> matches;
+  if (mode != "single") {
+    for (auto& n : names)
+      if (n != baseline) matches.emplace_back(baseline, n);
+    if (c["pairs"].get<std::string>() == "all")
+      for (std::size_t i = 0; i < names.size(); ++i)
+        for (std::size_t k = i + 1; k < names.size(); ++k)
+          if (names[i] != baseline && names[k] != baseline) matches.emplace_back(names[i], names[k]);
+  }
   std::vector<Task> tasks;
   for (const auto& q : questions) {
     const int turns = mode == "vicuna" ? 1 : static_cast<int>(std::min<std::size_t>(2, q.turns.size()));
@@ -944,15 +955,6 @@ json run_eval(StageContext& ctx) {
           if (answers[n].count(q.id))
             tasks.push_back({&q, turn, n, "", "", n, "", "single|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + n, ""});
       } else {
-        // (first, second): the baseline with every other model, or (pairs = "all") every pair
-        // of models, the baseline first in its pairs and otherwise the order of `names`.
-        std::vector<std::pair<std::string, std::string>> matches;
-        for (auto& n : names)
-          if (n != baseline) matches.emplace_back(baseline, n);
-        if (all_pairs)
-          for (std::size_t i = 0; i < names.size(); ++i)
-            for (std::size_t k = i + 1; k < names.size(); ++k)
-              if (names[i] != baseline && names[k] != baseline) matches.emplace_back(names[i], names[k]);
         for (const auto& [first, second] : matches) {
           if (!answers[first].count(q.id) || !answers[second].count(q.id)) continue;
           for (std::string order : {"ab", "ba"}) {

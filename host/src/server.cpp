@@ -780,6 +780,14 @@ struct ApiServer::Impl {
           std::vector<bool> started(static_cast<std::size_t>(n), false);
           std::vector<json> scores(static_cast<std::size_t>(n), json::array());  // streamed, not yet sent
           std::vector<std::size_t> chars_sent(static_cast<std::size_t>(n), 0);    // completions' text_offset
+          // A sequence's streamed scores not sent yet, as the endpoint's logprobs; null when none.
+          auto take_scores = [&](std::size_t seq) -> json {
+            if (seq >= scores.size() || scores[seq].empty()) return nullptr;
+            json lp = chat ? chat_logprobs(scores[seq]) : completion_logprobs(json::array(), scores[seq], chars_sent[seq]);
+            for (const auto& e : scores[seq]) chars_sent[seq] += utf8_chars(token_bytes(e.value("text", "")));  // as text_offset counts
+            scores[seq] = json::array();
+            return lp;
+          };
           bool first = true;
           double ttft_s = -1;
           json reply;
@@ -865,12 +873,8 @@ struct ApiServer::Impl {
                 if (t.empty()) continue;
                 started[seq] = true;
               }
-              if (stream_scores && !scores[seq].empty()) {  // this text's tokens, scored
-                json lp = chat ? chat_logprobs(scores[seq]) : completion_logprobs(json::array(), scores[seq], chars_sent[seq]);
-                for (const auto& e : scores[seq]) chars_sent[seq] += utf8_chars(token_bytes(e.value("text", "")));  // as text_offset counts
-                scores[seq] = json::array();
-                std::string s = "data: " + stream_chunk(seq, chat ? json{{"content", t}} : json(t), nullptr, lp).dump() + "\n\n";
-                events += s;
+              if (json lp = take_scores(seq); !lp.is_null()) {  // this text's tokens, scored
+                events += "data: " + stream_chunk(seq, chat ? json{{"content", t}} : json(t), nullptr, lp).dump() + "\n\n";
                 continue;
               }
               token_chunk(events, seq, t);
@@ -902,11 +906,9 @@ struct ApiServer::Impl {
           for (const auto& c : reply["choices"]) {
             json fr = c["finish_reason"] == "cancelled" ? json("stop") : c["finish_reason"];
             json lp = nullptr;
-            const auto seq = static_cast<std::size_t>(c["index"].get<int64_t>());
-            if (stream_scores) {  // what came after the last text (a stop string's tokens, say)
-              if (seq < scores.size() && !scores[seq].empty())
-                lp = chat ? chat_logprobs(scores[seq]) : completion_logprobs(json::array(), scores[seq], chars_sent[seq]);
-            } else if (logprobs >= 0)
+            if (stream_scores)  // what came after the last text (a stop string's tokens, say)
+              lp = take_scores(static_cast<std::size_t>(c["index"].get<int64_t>()));
+            else if (logprobs >= 0)
               lp = chat ? chat_logprobs(c.value("logprobs", json::array()))
                         : completion_logprobs(echo ? c.value("prompt_logprobs", json::array()) : json::array(),
                                               c.value("logprobs", json::array()));

@@ -309,6 +309,11 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
   fastchat::Dedupe fastchat_dedupe;
   auto on_record = [&](Record&& rec) {
     ++st.in;
+    // Every 10 s, whichever way the last record went (most are written whole, or dropped).
+    if (opt.progress && std::chrono::steady_clock::now() - last_log > std::chrono::seconds(10)) {
+      last_log = std::chrono::steady_clock::now();
+      opt.progress(std::to_string(st.in) + " conversations read, " + std::to_string(st.segments) + " sequences written");
+    }
     Cleaned c;
     std::optional<std::string> reason;
     if (fastchat_rules) {  // clean_sharegpt.py (its dedupe included), then optional_clean.py
@@ -317,12 +322,12 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
       if (!reason) reason = fastchat::optional_clean(c, opt.clean);
     } else {
       reason = clean_record(rec, opt.clean, c, st.notes);
-    }
-    if (!reason && opt.clean.dedupe && !fastchat_rules) {
-      std::string key;
-      if (c.system) key += *c.system;
-      for (const auto& m : c.messages) key += "\x1e" + m;
-      if (!seen.insert(std::hash<std::string>{}(key)).second) reason = "duplicate";
+      if (!reason && opt.clean.dedupe) {  // the whole conversation seen before
+        std::string key;
+        if (c.system) key += *c.system;
+        for (const auto& m : c.messages) key += "\x1e" + m;
+        if (!seen.insert(std::hash<std::string>{}(key)).second) reason = "duplicate";
+      }
     }
     if (reason) {
       ++st.drops[*reason];
@@ -395,10 +400,6 @@ json prepare(const PrepareOptions& opt, const TokenizerFns& tok) {
       from = to;
     }
     if (part > 1) st.notes["split_conversations"] += 1;
-    if (opt.progress && std::chrono::steady_clock::now() - last_log > std::chrono::seconds(10)) {
-      last_log = std::chrono::steady_clock::now();
-      opt.progress(std::to_string(st.in) + " conversations read, " + std::to_string(st.segments) + " sequences written");
-    }
   };
 
   ReadTotals totals;
