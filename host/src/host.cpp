@@ -2,6 +2,7 @@
 
 #include "config.hpp"
 #include "instance.hpp"
+#include "host_api.hpp"
 #include "registry.hpp"
 #include "stages.hpp"
 
@@ -477,9 +478,6 @@ constexpr double kStageWaitSeconds = 24 * 3600;
 }  // namespace
 
 RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
-  // Instance ids are process-wide for find_extension; one run at a time keeps them unambiguous.
-  static std::mutex run_mutex;
-  std::lock_guard<std::mutex> lock(run_mutex);
   const Pipeline::Impl& p = *pipeline.impl_;
   std::ostream& out = options.out ? *options.out : std::cout;
   std::istream& in = options.in ? *options.in : std::cin;
@@ -496,6 +494,8 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
   fs::create_directories(p.work_dir, ec);
   if (ec) throw Error("cannot create work_dir " + p.work_dir.string() + ": " + ec.message());
 
+  // This run's instances, by id, for the plugins' lookups: another run in this process has its own.
+  std::shared_ptr<vhost_context> run_context = new_run_context();
   std::map<std::string, std::unique_ptr<Instance>> live;
   std::vector<std::string> created;  // destroyed in reverse order of creation
   std::vector<std::string> declared;
@@ -510,7 +510,7 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
       for (const auto& dep : d.deps) get_instance(dep);
       creating.erase(ref);
       spdlog::debug("creating {} ({})", ref, d.loaded->label());
-      auto inst = std::make_unique<Instance>(d.loaded, ref, d.config, p.locations, p.source);
+      auto inst = std::make_unique<Instance>(d.loaded, ref, d.config, p.locations, p.source, run_context.get());
       created.push_back(ref);
       return *(live[ref] = std::move(inst));
     }

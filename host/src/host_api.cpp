@@ -9,6 +9,7 @@
 
 #include <map>
 #include <mutex>
+#include <set>
 
 struct vhost_status {
   int32_t code;
@@ -16,17 +17,61 @@ struct vhost_status {
   std::string key;
 };
 
+// One run's instances. The set of live runs serves the ABI 1.0/1.1 lookups, which name no run.
+struct vhost_context {
+  std::mutex mu;
+  std::map<std::string, vhost::host::Instance*> instances;
+};
+
 namespace vhost::host {
 
 namespace {
 
-std::mutex& directory_mutex() {
+std::mutex& runs_mutex() {
   static auto* m = new std::mutex;
   return *m;
 }
-std::map<std::string, Instance*>& directory() {
-  static auto* d = new std::map<std::string, Instance*>;
-  return *d;
+std::set<vhost_context*>& live_runs() {
+  static auto* r = new std::set<vhost_context*>;
+  return *r;
+}
+
+// Where a lookup ended: the instance, or a vhost_code and a message.
+struct Found {
+  Instance* inst = nullptr;
+  int32_t code = VHOST_OK;
+  std::string error;
+  explicit Found(Instance* i) : inst(i) {}
+  Found(int32_t c, std::string e) : code(c), error(std::move(e)) {}
+};
+
+Found in_run(const vhost_context* run, const std::string& ref) {
+  auto* r = const_cast<vhost_context*>(run);
+  std::lock_guard<std::mutex> lock(r->mu);
+  auto it = r->instances.find(ref);
+  if (it == r->instances.end())
+    return Found(VHOST_ERR_CONFIG, "no instance '" + ref + "' in this pipeline");
+  return Found(it->second);
+}
+
+// The ABI 1.0/1.1 lookups: every live run is searched, and a name two runs share is refused
+// rather than guessed.
+Found in_any_run(const std::string& ref) {
+  std::lock_guard<std::mutex> lock(runs_mutex());
+  Found f(VHOST_ERR_CONFIG, "no instance '" + ref + "' in this pipeline");
+  int matches = 0;
+  for (vhost_context* run : live_runs()) {
+    std::lock_guard<std::mutex> rl(run->mu);
+    auto it = run->instances.find(ref);
+    if (it == run->instances.end()) continue;
+    if (++matches == 1) f = Found(it->second);
+  }
+  if (matches > 1)
+    return Found(VHOST_ERR_CONFIG,
+            "instance '" + ref + "' exists in " + std::to_string(matches) +
+                " pipelines running in this process, and the plugin asked without saying which (ABI 1.0 lookup): "
+                "rebuild it against SDK 1.6, whose lookups name their run");
+  return f;
 }
 
 vhost_status* status_new(int32_t code, const char* message, const char* key) {
@@ -47,54 +92,75 @@ void log(int32_t level, const char* plugin, const char* message) {
   spdlog::log(lvl, "[{}] {}", plugin ? plugin : "?", message ? message : "");
 }
 
-const void* find_extension(const char* ref, const char* name, const char* requester_abi) {
-  if (!ref || !name) return nullptr;
-  Instance* inst = nullptr;
-  {
-    // Not held during the plugin call below, which may itself look up extensions.
-    std::lock_guard<std::mutex> lock(directory_mutex());
-    auto it = directory().find(ref);
-    if (it != directory().end()) inst = it->second;
-  }
-  if (!inst) {
-    spdlog::error("a plugin asked for '{}' of instance '{}', which does not exist in this pipeline", name, ref);
-    return nullptr;
-  }
-  const LoadedPlugin& p = inst->plugin();
-  std::string ext = name;
+Found of_kind(Found f, const std::string& kind) {
+  if (f.inst && f.inst->plugin().kind != kind)
+    return Found(VHOST_ERR_CONFIG,
+            "instance '" + f.inst->id() + "' is a " + f.inst->plugin().kind + " (" + f.inst->plugin().label() +
+                "), not a " + kind);
+  return f;
+}
+
+// An instance's extension table, with the torch ABI rule for "torch." names.
+const void* extension_of(Instance& inst, const std::string& ext, const char* requester_abi, Found& why) {
+  const LoadedPlugin& p = inst.plugin();
   if (ext.rfind("torch.", 0) == 0) {
     std::string mine = p.desc->torch_abi ? p.desc->torch_abi : "";
     std::string theirs = requester_abi ? requester_abi : "";
     if (mine.empty() || theirs != mine) {
-      spdlog::error("refusing to pass libtorch objects ('{}') from {}: its torch ABI is '{}' but the "
-                    "requesting plugin's is '{}'; build both against the same libtorch",
-                    ext, p.label(), mine.empty() ? "none" : mine, theirs.empty() ? "none" : theirs);
+      why = Found(VHOST_ERR_CONFIG,
+             "refusing to pass libtorch objects ('" + ext + "') from " + p.label() + ": its torch ABI is '" +
+                 (mine.empty() ? "none" : mine) + "' but the requesting plugin's is '" +
+                 (theirs.empty() ? "none" : theirs) + "'; build both against the same libtorch");
       return nullptr;
     }
   }
-  return inst->extension(ext);
+  const void* t = inst.extension(ext);
+  if (!t) why = Found(VHOST_ERR_UNSUPPORTED, "instance '" + inst.id() + "' offers no extension '" + ext + "'");
+  return t;
+}
+
+const void* find_extension(const char* ref, const char* name, const char* requester_abi) {
+  if (!ref || !name) return nullptr;
+  Found f = in_any_run(ref);  // the lock is not held during the plugin call below
+  const void* t = f.inst ? extension_of(*f.inst, name, requester_abi, f) : nullptr;
+  if (!t && f.code != VHOST_ERR_UNSUPPORTED) spdlog::error("a plugin asked for '{}' of '{}': {}", name, ref, f.error);
+  return t;
 }
 
 const void* find_instance(const char* ref, const char* kind, void** self) {
   if (self) *self = nullptr;
   if (!ref || !kind || !self) return nullptr;
-  Instance* inst = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(directory_mutex());
-    auto it = directory().find(ref);
-    if (it != directory().end()) inst = it->second;
-  }
-  if (!inst) {
-    spdlog::error("a plugin asked for instance '{}', which does not exist in this pipeline", ref);
+  Found f = of_kind(in_any_run(ref), kind);
+  if (!f.inst) {
+    spdlog::error("a plugin asked for {} instance '{}': {}", kind, ref, f.error);
     return nullptr;
   }
-  if (inst->plugin().kind != kind) {
-    spdlog::error("a plugin asked for '{}' as a {} instance, but it is a {} ({})", ref, kind, inst->plugin().kind,
-                  inst->plugin().label());
-    return nullptr;
-  }
-  *self = inst->self();
-  return inst->plugin().desc->kind_iface;
+  *self = f.inst->self();
+  return f.inst->plugin().desc->kind_iface;
+}
+
+vhost_status* lookup_instance(const vhost_context* run, const char* ref, const char* kind, const void** table,
+                              void** self) {
+  if (table) *table = nullptr;
+  if (self) *self = nullptr;
+  if (!run || !ref || !kind || !table || !self)
+    return status_new(VHOST_ERR_INVALID_ARGUMENT, "lookup_instance: a NULL argument", nullptr);
+  Found f = of_kind(in_run(run, ref), kind);
+  if (!f.inst) return status_new(f.code, f.error.c_str(), nullptr);
+  *self = f.inst->self();
+  *table = f.inst->plugin().desc->kind_iface;
+  return nullptr;
+}
+
+vhost_status* lookup_extension(const vhost_context* run, const char* ref, const char* name,
+                               const char* requester_abi, const void** table) {
+  if (table) *table = nullptr;
+  if (!run || !ref || !name || !table)
+    return status_new(VHOST_ERR_INVALID_ARGUMENT, "lookup_extension: a NULL argument", nullptr);
+  Found f = in_run(run, ref);
+  if (f.inst) *table = extension_of(*f.inst, name, requester_abi, f);
+  if (!*table) return status_new(f.code, f.error.c_str(), nullptr);
+  return nullptr;
 }
 
 int32_t status_code(const vhost_status* s) { return s ? s->code : VHOST_OK; }
@@ -103,7 +169,8 @@ void status_free(vhost_status* s) { delete s; }
 
 const vhost_host_api kApi = {
     sizeof(vhost_host_api), VHOST_ABI_MAJOR, VHOST_ABI_MINOR, VHOST_VERSION, &status_new, &log, &find_extension,
-    &find_instance,         &status_code,    &status_message, &status_free,
+    &find_instance,         &status_code,    &status_message, &status_free,     &lookup_instance,
+    &lookup_extension,
 };
 
 }  // namespace
@@ -131,14 +198,27 @@ const char* code_name(int32_t code) {
   }
 }
 
-void publish_instance(const std::string& ref, Instance* instance) {
-  std::lock_guard<std::mutex> lock(directory_mutex());
-  directory()[ref] = instance;
+std::shared_ptr<vhost_context> new_run_context() {
+  std::shared_ptr<vhost_context> run(new vhost_context, [](vhost_context* r) {
+    {
+      std::lock_guard<std::mutex> lock(runs_mutex());
+      live_runs().erase(r);
+    }
+    delete r;
+  });
+  std::lock_guard<std::mutex> lock(runs_mutex());
+  live_runs().insert(run.get());
+  return run;
 }
 
-void withdraw_instance(const std::string& ref) {
-  std::lock_guard<std::mutex> lock(directory_mutex());
-  directory().erase(ref);
+void publish_instance(vhost_context* run, const std::string& ref, Instance* instance) {
+  std::lock_guard<std::mutex> lock(run->mu);
+  run->instances[ref] = instance;
+}
+
+void withdraw_instance(vhost_context* run, const std::string& ref) {
+  std::lock_guard<std::mutex> lock(run->mu);
+  run->instances.erase(ref);
 }
 
 }  // namespace vhost::host

@@ -3,6 +3,7 @@
 
 #include <vhost/c/vhost.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -20,8 +21,10 @@ struct StatusInfo {
 std::optional<StatusInfo> take_status(vhost_status* s);
 const char* code_name(int32_t code);
 
-// The live instances `find_extension` may hand out, by their pipeline id ("backends.cpu").
-void publish_instance(const std::string& ref, Instance* instance);
-void withdraw_instance(const std::string& ref);
+// One pipeline run: the live instances that lookup_instance / lookup_extension (ABI 1.6) hand
+// out, by their pipeline id ("backends.cpu"). Two runs in one process each have their own.
+std::shared_ptr<vhost_context> new_run_context();
+void publish_instance(vhost_context* run, const std::string& ref, Instance* instance);
+void withdraw_instance(vhost_context* run, const std::string& ref);
 
 }  // namespace vhost::host

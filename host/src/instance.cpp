@@ -25,23 +25,27 @@ json parse_reply(const LoadedPlugin& p, const std::string& data, const std::stri
 }  // namespace
 
 Instance::Instance(std::shared_ptr<const LoadedPlugin> plugin, std::string id, json config,
-                   std::map<std::string, std::string> locations, std::string source_name)
+                   std::map<std::string, std::string> locations, std::string source_name, vhost_context* run)
     : plugin_(std::move(plugin)), id_(std::move(id)), locations_(std::move(locations)),
-      source_name_(std::move(source_name)) {
+      source_name_(std::move(source_name)), run_(run) {
   config["_id"] = id_;
   void* out = nullptr;
-  vhost_status* st = plugin_->desc->create(config.dump().c_str(), &out);
+  // A plugin of ABI 1.6 or later learns its run (for its lookups of other instances); an older
+  // one has only `create`.
+  const std::string text = config.dump();
+  vhost_status* st = plugin_->desc->create_in ? plugin_->desc->create_in(run_, text.c_str(), &out)
+                                              : plugin_->desc->create(text.c_str(), &out);
   if (st) {
     if (out) plugin_->desc->destroy(out);
     check(st, "could not create '" + id_ + "'");
   }
   if (!out) throw PluginError(plugin_->label() + ": create returned no instance for '" + id_ + "'");
   self_ = out;
-  publish_instance(id_, this);
+  publish_instance(run_, id_, this);
 }
 
 Instance::~Instance() {
-  withdraw_instance(id_);
+  withdraw_instance(run_, id_);
   if (self_) plugin_->desc->destroy(self_);
 }
 

@@ -14,9 +14,10 @@ namespace vhost::host {
 
 class Instance {
  public:
-  // `locations` maps full key paths ("judges.gpt4.model") to where they were written.
+  // `locations` maps full key paths ("judges.gpt4.model") to where they were written. `run` is the
+  // pipeline run it belongs to (host_api.hpp), which must outlive it.
   Instance(std::shared_ptr<const LoadedPlugin> plugin, std::string id, json config,
-           std::map<std::string, std::string> locations, std::string source_name);
+           std::map<std::string, std::string> locations, std::string source_name, vhost_context* run);
   ~Instance();
   Instance(const Instance&) = delete;
   Instance& operator=(const Instance&) = delete;
@@ -54,6 +55,7 @@ class Instance {
   std::string id_;
   std::map<std::string, std::string> locations_;
   std::string source_name_;
+  vhost_context* run_ = nullptr;
   void* self_ = nullptr;
 };
 

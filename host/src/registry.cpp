@@ -6,6 +6,8 @@
 #include <boost/dll/shared_library.hpp>
 
 #include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -95,30 +97,43 @@ static std::shared_ptr<const LoadedPlugin> load_uncached(const Candidate& c) {
   } catch (const std::exception& e) {
     throw fail(std::string("failed to load: ") + e.what());
   }
-  if (!p->lib->has(VHOST_PLUGIN_ENTRY_SYMBOL))
-    throw fail("not a vhost plugin: it does not export '" VHOST_PLUGIN_ENTRY_SYMBOL
-               "' (build it with VHOST_PLUGIN(...) and vhost_add_plugin)");
+  // The entry point: an extern "C" function since ABI 1.6; a Boost.DLL data alias (a variable
+  // holding the function's address) in plugins built against SDK 1.0-1.5.
   vhost_plugin_entry_fn entry = nullptr;
   try {
-    entry = p->lib->get_alias<const vhost_plugin_desc*(const vhost_host_api*)>(VHOST_PLUGIN_ENTRY_SYMBOL);
+    if (p->lib->has(VHOST_PLUGIN_ENTRY_FUNCTION))
+      entry = &p->lib->get<const vhost_plugin_desc*(const vhost_host_api*)>(VHOST_PLUGIN_ENTRY_FUNCTION);
+    else if (p->lib->has(VHOST_PLUGIN_ENTRY_SYMBOL))
+      entry = p->lib->get_alias<const vhost_plugin_desc*(const vhost_host_api*)>(VHOST_PLUGIN_ENTRY_SYMBOL);
+    else
+      throw fail("not a vhost plugin: it exports neither '" VHOST_PLUGIN_ENTRY_FUNCTION "' (ABI 1.6) nor '"
+                 VHOST_PLUGIN_ENTRY_SYMBOL "' (ABI 1.0-1.5); build it with VHOST_PLUGIN(...) and vhost_add_plugin, "
+                 "or define VHOST_PLUGIN_EXPORT const vhost_plugin_desc* " "vhost_plugin_get(const vhost_host_api*)");
+  } catch (const PluginError&) {
+    throw;
   } catch (const std::exception& e) {
     throw fail(std::string("cannot read its entry point: ") + e.what());
   }
-  const vhost_plugin_desc* d = entry ? entry(host_api_table()) : nullptr;
-  if (!d) throw fail("its entry point returned no descriptor");
+  const vhost_plugin_desc* src = entry ? entry(host_api_table()) : nullptr;
+  if (!src) throw fail("its entry point returned no descriptor");
   // The first three fields have been there since ABI 1.0; check versions before anything else.
-  if (d->abi_major != VHOST_ABI_MAJOR)
-    throw fail("built for vhost SDK ABI " + abi_string(d->abi_major, d->abi_minor) +
+  if (src->abi_major != VHOST_ABI_MAJOR)
+    throw fail("built for vhost SDK ABI " + abi_string(src->abi_major, src->abi_minor) +
                ", but this host implements ABI " + abi_string(VHOST_ABI_MAJOR, VHOST_ABI_MINOR) +
                " (major versions differ): rebuild the plugin against this SDK");
-  if (d->abi_minor > VHOST_ABI_MINOR)
-    throw fail("built for vhost SDK ABI " + abi_string(d->abi_major, d->abi_minor) +
+  if (src->abi_minor > VHOST_ABI_MINOR)
+    throw fail("built for vhost SDK ABI " + abi_string(src->abi_major, src->abi_minor) +
                ", newer than this host's ABI " + abi_string(VHOST_ABI_MAJOR, VHOST_ABI_MINOR) +
                ": upgrade vhost or rebuild the plugin against this SDK");
-  if (d->struct_size < sizeof(vhost_plugin_desc))
-    throw fail("its descriptor is " + std::to_string(d->struct_size) + " bytes, expected at least " +
-               std::to_string(sizeof(vhost_plugin_desc)));
-  if (!d->name || !d->kind || !d->version || !d->create || !d->destroy || !d->describe ||
+  // ABI 1.0's descriptor ends at get_extension; a longer one is copied up to what this host
+  // knows, a shorter one (an older minor) leaves the newer slots NULL.
+  constexpr std::size_t kDesc10 = offsetof(vhost_plugin_desc, get_extension) + sizeof(src->get_extension);
+  if (src->struct_size < kDesc10)
+    throw fail("its descriptor is " + std::to_string(src->struct_size) + " bytes, shorter than ABI 1.0's " +
+               std::to_string(kDesc10));
+  std::memcpy(&p->desc_copy, src, std::min<std::size_t>(src->struct_size, sizeof(vhost_plugin_desc)));
+  const vhost_plugin_desc* d = &p->desc_copy;
+  if (!d->name || !d->kind || !d->version || (!d->create && !d->create_in) || !d->destroy || !d->describe ||
       !d->kind_iface || !d->get_extension)
     throw fail("its descriptor leaves a required field empty");
   if (c.kind != d->kind || c.name != d->name)

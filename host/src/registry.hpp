@@ -35,7 +35,10 @@ struct Candidate {
 struct LoadedPlugin {
   std::string kind, name;
   fs::path file;
+  // Points at `desc_copy`: the plugin's descriptor copied into a zeroed one of this SDK's size,
+  // so the slots an older plugin's shorter descriptor lacks read as NULL.
   const vhost_plugin_desc* desc = nullptr;
+  vhost_plugin_desc desc_copy{};
   Schema schema;
   std::shared_ptr<boost::dll::shared_library> lib;
   std::string label() const;  // "judge plugin 'echo' (/path/vhost_judge_echo.so)"

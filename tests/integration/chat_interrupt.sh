@@ -5,8 +5,10 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
 "$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out tiny >/dev/null
-# A long context, so that a reply runs for many seconds unless it is stopped.
-python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c["max_position_embeddings"]=32768; json.dump(c,open(sys.argv[1],"w"))' tiny/config.json
+# A long context and an end-of-sequence id no token has, so that a reply runs for many seconds
+# unless it is stopped (the random model's greedy text may otherwise end at once, whatever the
+# tokenizer learnt from the docs).
+python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c["max_position_embeddings"]=32768; c["eos_token_id"]=1000000; json.dump(c,open(sys.argv[1],"w"))' tiny/config.json
 export TMPDIR=$scratch
 python3 - "$vhost" <<'PY'
 import os, signal, subprocess, sys, threading, time

@@ -75,7 +75,7 @@ TEST_CASE("missing required keys point at their table", "[config]") {
 
   msg = config_error_of([&] { host.load_string("[pipeline]\nstages = []\n[judges.e]\nmodel = \"m\"\n", "t.toml"); });
   CHECK_THAT(msg, Contains("t.toml:3:1: missing required key 'judges.e.plugin'"));
-  CHECK_THAT(msg, Contains("available: echo, older, thrower"));
+  CHECK_THAT(msg, Contains("available: c, c10, echo, older, thrower"));
 }
 
 TEST_CASE("unknown plugins, stage types and stage wiring", "[config]") {

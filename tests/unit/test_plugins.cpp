@@ -1,6 +1,9 @@
 // Plugins: discovery order, refusal of incompatible or broken libraries, failures inside plugin
 // calls, the torch extension rule.
 #include "helpers.hpp"
+#include <chrono>
+#include <future>
+#include <thread>
 
 static const fs::path kGood = VHOST_TEST_PLUGIN_DIR;
 static const fs::path kBad = VHOST_TEST_BAD_PLUGIN_DIR;
@@ -59,7 +62,7 @@ TEST_CASE("discovery order: plugin_dirs, --plugin-dir, VHOST_PLUGIN_PATH, build 
       REQUIRE(p.shadowed.size() == 1);
       CHECK(p.shadowed[0] == c / "vhost_judge_echo.so");
       CHECK(p.version == "1.2.3");
-      CHECK(p.abi == "1.5");
+      CHECK(p.abi == "1.6");
       CHECK(p.error.empty());
     }
 #if VHOST_HAVE_TORCH
@@ -78,13 +81,13 @@ TEST_CASE("plugins built for another SDK ABI are refused, naming both versions",
   std::map<std::string, std::string> errors;
   for (const auto& p : host.plugins()) errors[p.name] = p.error;
   CHECK_THAT(errors["future"], Contains("vhost_judge_future.so): built for vhost SDK ABI 2.0, but this host "
-                                        "implements ABI 1.5 (major versions differ)"));
-  CHECK_THAT(errors["newer"], Contains("built for vhost SDK ABI 1.99, newer than this host's ABI 1.5"));
+                                        "implements ABI 1.6 (major versions differ)"));
+  CHECK_THAT(errors["newer"], Contains("built for vhost SDK ABI 1.99, newer than this host's ABI 1.6"));
   CHECK_THAT(errors["misnamed"], Contains("the file name says judge 'misnamed' but the plugin says it is judge 'other'"));
   CHECK_THAT(errors["broken"], Contains("failed to load"));
   CHECK_THAT(errors["broken"], Contains("vhost_test_symbol_that_does_not_exist"));
   CHECK_THAT(errors["garbage"], Contains("vhost_judge_garbage.so): failed to load"));
-  CHECK_THAT(errors["noentry"], Contains("not a vhost plugin: it does not export 'vhost_plugin_entry'"));
+  CHECK_THAT(errors["noentry"], Contains("not a vhost plugin: it exports neither 'vhost_plugin_get' (ABI 1.6) nor 'vhost_plugin_entry'"));
 
   // In a pipeline, the refusal is reported at the line that names the plugin.
   auto msg = config_error_of([&] {
@@ -92,7 +95,7 @@ TEST_CASE("plugins built for another SDK ABI are refused, naming both versions",
   });
   CHECK_THAT(msg, Contains("abi.toml:4:10: judges.j.plugin: judge plugin 'future'"));
   CHECK_THAT(msg, Contains("ABI 2.0"));
-  CHECK_THAT(msg, Contains("ABI 1.5"));
+  CHECK_THAT(msg, Contains("ABI 1.6"));
 
   // An older minor (1.0) still loads: tables only grew at the end.
   vh::Host good(only_dirs({kGood}));
@@ -104,6 +107,63 @@ TEST_CASE("plugins built for another SDK ABI are refused, naming both versions",
       CHECK(p.error.empty());
     }
   CHECK(older);
+}
+
+TEST_CASE("plugins written in C: one against the frozen ABI 1.0 header, one against vhost.h alone", "[plugins][abi]") {
+  vh::Host host(only_dirs({kGood}));
+  std::map<std::string, vh::PluginInfo> found;
+  for (const auto& p : host.plugins()) found[p.name] = p;
+  REQUIRE(found.count("c10"));
+  REQUIRE(found.count("c"));
+  CHECK(found["c10"].error.empty());
+  CHECK(found["c10"].abi == "1.0");
+  CHECK(found["c"].error.empty());
+  CHECK(found["c"].abi == "1.6");
+  CHECK(found["c"].options.size() == 2);
+
+  // The 1.0 plugin's shorter descriptor and judge table work: create, describe, complete.
+  std::ostringstream out;
+  vh::RunOptions ro;
+  ro.out = &out;
+  auto p = host.load_string("[pipeline]\nstages = [\"info\", \"probe\"]\nwork_dir = \"" + std::string(VHOST_TEST_TMP_DIR) +
+                                "/c10\"\n[judges.j]\nplugin = \"c10\"\ngreeting = \"hello from 2019\"\n",
+                            "c10.toml");
+  auto r = host.run(p, ro);
+  CHECK(r.stages.at(0).output["instances"]["judges.j"]["description"]["abi"] == "1.0");
+  CHECK_THAT(r.stages.at(1).output["reply"]["text"].get<std::string>(), StartsWith("hello from 2019 ("));
+}
+
+TEST_CASE("two pipelines run at once in one process, each plugin finding its own run's instances", "[plugins][abi]") {
+  vh::Host host(only_dirs({kGood}));
+  // A C relay judge (ABI 1.6) forwards to the echo judge "judges.inner" of its own run; both
+  // pipelines have one, with different prefixes.
+  auto pipeline = [&](const std::string& name, int delay_ms, const std::string& lookup) {
+    return host.load_string("[pipeline]\nname = \"" + name + "\"\nstages = [\"probe\"]\nwork_dir = \"" +
+                                std::string(VHOST_TEST_TMP_DIR) + "/two-" + name + "\"\n[judges.inner]\nplugin = \"echo\"\n" +
+                                "model = \"" + name + "\"\nprefix = \"" + name + ": \"\ndelay_ms = " + std::to_string(delay_ms) +
+                                "\n[judges.relay]\nplugin = \"c\"\npeer = \"inner\"\nlookup = \"" + lookup +
+                                "\"\n[stages.probe]\njudge = \"relay\"\nprompt = \"hi\"\n",
+                            name + ".toml");
+  };
+  auto run_quietly = [&](const vh::Pipeline& p) {
+    std::ostringstream out;
+    vh::RunOptions ro;
+    ro.out = &out;
+    return host.run(p, ro).stages.at(0).output["reply"]["text"].get<std::string>();
+  };
+  // Y holds its instances for 3 s (its echo judge sleeps inside the relayed call) ...
+  auto y = pipeline("Y", 3000, "run");
+  auto slow = std::async(std::launch::async, [&] { return run_quietly(y); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  // ... while X runs whole, beside it, and its relay finds X's own judges.inner.
+  CHECK(run_quietly(pipeline("X", 0, "run")) == "X: hi");
+  CHECK(slow.wait_for(std::chrono::seconds(0)) == std::future_status::timeout);  // Y still running
+  // The 1.1 lookup names no run: with two "judges.inner" alive it refuses instead of guessing.
+  CHECK_THAT(error_of([&] { run_quietly(pipeline("Z", 0, "process")); }),
+             Contains("find_instance (ABI 1.1) found no judge to relay to"));
+  CHECK(slow.get() == "Y: hi");
+  // Alone in the process, the 1.1 lookup finds it.
+  CHECK(run_quietly(pipeline("Z", 0, "process")) == "Z: hi");
 }
 
 TEST_CASE("a plugin whose factory throws gives one clear error and the host goes on", "[plugins]") {

@@ -7,12 +7,11 @@
 //
 // Everything here compiles into the plugin: exceptions thrown by the plugin become status
 // objects at the boundary, JSON is exchanged as text, and nothing of this header's types
-// reaches the host. Only `vhost_plugin_entry` is exported.
+// reaches the host. Only `vhost_plugin_get` (ABI 1.6's entry function) is exported.
 #pragma once
 
 #include <vhost/c/vhost.h>
 
-#include <boost/dll/alias.hpp>
 #include <nlohmann/json.hpp>
 #if defined(VHOST_PLUGIN_USES_TORCH)
 #include <c10/util/Exception.h>
@@ -128,9 +127,11 @@ struct Option {
 // The validated configuration a plugin receives: every option present, defaults filled in.
 class Config {
  public:
-  explicit Config(json j) : j_(std::move(j)) {}
+  explicit Config(json j, const vhost_context* context = nullptr) : j_(std::move(j)), context_(context) {}
   // The instance's id in the pipeline, e.g. "backends.cpu".
   std::string id() const { return j_.value("_id", std::string{}); }
+  // The pipeline run the instance is created in (ABI 1.6; NULL from an older host).
+  const vhost_context* context() const { return context_; }
   bool has(std::string_view dotted) const { return find(dotted) != nullptr; }
   template <class T>
   T get(std::string_view dotted) const {
@@ -159,16 +160,43 @@ class Config {
     }
   }
   json j_;
+  const vhost_context* context_ = nullptr;
 };
+
+namespace detail {
+// The run whose instance this thread is calling into: set around every call the host makes
+// into an instance, so that find_extension / find_instance below search that run (ABI 1.6)
+// without each plugin passing it along.
+inline const vhost_context*& current_context() {
+  thread_local const vhost_context* c = nullptr;
+  return c;
+}
+class ContextScope {
+ public:
+  explicit ContextScope(const vhost_context* c) : saved_(current_context()) { current_context() = c; }
+  ~ContextScope() { current_context() = saved_; }
+  ContextScope(const ContextScope&) = delete;
+  ContextScope& operator=(const ContextScope&) = delete;
+
+ private:
+  const vhost_context* saved_;
+};
+}  // namespace detail
 
 // ---- kind bases --------------------------------------------------------------------------
 class Plugin {
  public:
   virtual ~Plugin() = default;
+  // The run this instance was created in (ABI 1.6): what its lookups of other instances search.
+  // A thread the plugin starts itself sets it with detail::ContextScope before looking up.
+  const vhost_context* context() const { return context_; }
   // A JSON object describing the live instance, shown by the `info` stage.
   virtual json describe() const { return json::object(); }
   // Named extension tables (see vhost_plugin_desc::get_extension). Default: none.
   virtual const void* extension(std::string_view /*name*/) { return nullptr; }
+
+ private:
+  const vhost_context* context_ = detail::current_context();  // create_in sets it around `new T`
 };
 
 class Backend : public Plugin {
@@ -241,25 +269,67 @@ inline void log(vhost_log_level level, const std::string& message) {
   if (auto* h = detail::host_api()) h->log(level, detail::plugin_name().c_str(), message.c_str());
 }
 
-// Another instance's extension table, e.g. a backend's "torch.backend" for a model plugin.
-inline const void* find_extension(const std::string& instance_ref, const std::string& name) {
-  auto* h = detail::host_api();
-  if (!h) return nullptr;
+namespace detail {
+inline bool has_run_lookups(const vhost_host_api* h) {
+  return h && h->struct_size >= offsetof(vhost_host_api, lookup_extension) + sizeof(h->lookup_extension) &&
+         current_context();
+}
+inline const char* torch_abi() {
 #if defined(VHOST_PLUGIN_USES_TORCH)
-  const char* abi = VHOST_TORCH_ABI;
+  return VHOST_TORCH_ABI;
 #else
-  const char* abi = nullptr;
+  return nullptr;
 #endif
-  return h->find_extension(instance_ref.c_str(), name.c_str(), abi);
+}
+// A status another call returned to this plugin, as an Error of ours (and freed).
+inline Error error_from(vhost_status* s, const std::string& prefix) {
+  auto* h = host_api();
+  auto code = static_cast<vhost_code>(h->status_code(s));
+  std::string msg = prefix + h->status_message(s);
+  h->status_free(s);
+  return Error(code, msg);
+}
+}  // namespace detail
+
+// Another instance's extension table, e.g. a backend's "torch.backend" for a model plugin;
+// throws an Error saying why not (no such instance in this run, another libtorch, none offered).
+inline const void* lookup_extension(const std::string& instance_ref, const std::string& name) {
+  auto* h = detail::host_api();
+  if (!h) throw Error(VHOST_ERR_INTERNAL, "the plugin was not loaded by a vhost host");
+  if (detail::has_run_lookups(h)) {
+    const void* t = nullptr;
+    if (vhost_status* s = h->lookup_extension(detail::current_context(), instance_ref.c_str(), name.c_str(),
+                                              detail::torch_abi(), &t))
+      throw detail::error_from(s, "");
+    return t;
+  }
+  const void* t = h->find_extension(instance_ref.c_str(), name.c_str(), detail::torch_abi());
+  if (!t) throw Error(VHOST_ERR_CONFIG, "instance '" + instance_ref + "' offers no extension '" + name + "' to this plugin");
+  return t;
 }
 
-// Another instance's kind table and self pointer (see vhost_host_api::find_instance).
+// The same, NULL instead of an error.
+inline const void* find_extension(const std::string& instance_ref, const std::string& name) {
+  try {
+    return lookup_extension(instance_ref, name);
+  } catch (const Error&) {
+    return nullptr;
+  }
+}
+
+// Another instance's kind table and self pointer (see vhost_host_api::lookup_instance).
 inline std::pair<const void*, void*> find_instance(const std::string& instance_ref, const char* kind) {
   auto* h = detail::host_api();
   void* self = nullptr;
+  const void* t = nullptr;
+  if (detail::has_run_lookups(h)) {
+    if (vhost_status* s = h->lookup_instance(detail::current_context(), instance_ref.c_str(), kind, &t, &self))
+      throw detail::error_from(s, "");
+    return {t, self};
+  }
   if (!h || h->struct_size < offsetof(vhost_host_api, find_instance) + sizeof(h->find_instance) || !h->find_instance)
     throw Error(VHOST_ERR_UNSUPPORTED, "this host is too old to let plugins call each other (ABI 1.1 needed)");
-  const void* t = h->find_instance(instance_ref.c_str(), kind, &self);
+  t = h->find_instance(instance_ref.c_str(), kind, &self);
   if (!t) throw Error(VHOST_ERR_CONFIG, "no " + std::string(kind) + " instance '" + instance_ref + "' in this pipeline");
   return {t, self};
 }
@@ -311,11 +381,8 @@ class ModelClient {
   // A status from the other plugin becomes an Error of ours, naming the instance.
   void check(vhost_status* s) const {
     if (!s) return;
-    auto* h = detail::host_api();
-    vhost_code code = static_cast<vhost_code>(h->status_code(s));
-    std::string msg = h->status_message(s);
-    h->status_free(s);
-    throw Error(code == VHOST_ERR_CONFIG ? VHOST_ERR_RUNTIME : code, "model instance '" + ref_ + "': " + msg);
+    Error e = detail::error_from(s, "model instance '" + ref_ + "': ");
+    throw Error(e.code() == VHOST_ERR_CONFIG ? VHOST_ERR_RUNTIME : e.code(), e.what());
   }
   std::string ref_;
   const vhost_model_iface* t_ = nullptr;
@@ -348,6 +415,13 @@ vhost_status* guard(F&& f) noexcept {
 inline void write(vhost_sink* sink, const std::string& s) { sink->write(sink->ctx, s.data(), s.size()); }
 inline Plugin* self(void* p) { return static_cast<Plugin*>(p); }
 
+// guard() for a call into instance `s`: its run is the one this thread's lookups search.
+template <class F>
+vhost_status* guard_in(void* s, F&& f) noexcept {
+  ContextScope scope(self(s)->context());
+  return guard(std::forward<F>(f));
+}
+
 template <class T>
 constexpr const char* kind_of() {
   if constexpr (std::is_base_of_v<Backend, T>) return VHOST_KIND_BACKEND;
@@ -368,13 +442,13 @@ const void* kind_iface() {
     static const vhost_judge_iface iface = {
         sizeof(vhost_judge_iface),
         [](void* s, const char* request, vhost_sink* reply) {
-          return guard([&] {
+          return guard_in(s, [&] {
             auto r = static_cast<Judge*>(self(s))->complete(json::parse(request));
             write(reply, r.dump());
           });
         },
         [](void* s, const char* request, vhost_sink* reply) {
-          return guard([&] {
+          return guard_in(s, [&] {
             auto r = static_cast<Judge*>(self(s))->moderate(json::parse(request));
             write(reply, r.dump());
           });
@@ -384,29 +458,29 @@ const void* kind_iface() {
     static const vhost_backend_iface iface = {
         sizeof(vhost_backend_iface),
         [](void* s, int32_t* rank, int32_t* world) {
-          return guard([&] {
+          return guard_in(s, [&] {
             auto* b = static_cast<Backend*>(self(s));
             *rank = b->rank();
             *world = b->world_size();
           });
         },
-        [](void* s, double timeout_s) { return guard([&] { static_cast<Backend*>(self(s))->barrier(timeout_s); }); }};
+        [](void* s, double timeout_s) { return guard_in(s, [&] { static_cast<Backend*>(self(s))->barrier(timeout_s); }); }};
     return &iface;
   } else if constexpr (std::is_base_of_v<Model, T>) {
     static const vhost_model_iface iface = {
         sizeof(vhost_model_iface),
         [](void* s, const char* text, size_t len, uint32_t flags, vhost_ids_fn out, void* ctx) {
-          return guard([&] {
+          return guard_in(s, [&] {
             auto ids = static_cast<Model*>(self(s))->encode(std::string_view(text, len), flags & VHOST_ENCODE_BOS,
                                                             flags & VHOST_ENCODE_EOS);
             out(ctx, ids.data(), ids.size());
           });
         },
         [](void* s, const int32_t* ids, size_t n, vhost_sink* text) {
-          return guard([&] { write(text, static_cast<Model*>(self(s))->decode(std::vector<std::int32_t>(ids, ids + n))); });
+          return guard_in(s, [&] { write(text, static_cast<Model*>(self(s))->decode(std::vector<std::int32_t>(ids, ids + n))); });
         },
         [](void* s, const char* request, vhost_token_fn on_token, void* ctx, vhost_sink* reply) {
-          return guard([&] {
+          return guard_in(s, [&] {
             TokenSink sink;
             if (on_token)
               sink = [&](std::uint32_t seq, std::int32_t tok, const std::string& t) {
@@ -425,16 +499,16 @@ const void* kind_iface() {
           });
         },
         [](void* s, const char* text, size_t len, vhost_spans_fn out, void* ctx) {
-          return guard([&] {
+          return guard_in(s, [&] {
             auto r = static_cast<Model*>(self(s))->encode_spans(std::string_view(text, len));
             out(ctx, r.ids.data(), r.begin.data(), r.end.data(), r.ids.size());
           });
         },
         [](void* s, vhost_sink* out) {
-          return guard([&] { write(out, static_cast<Model*>(self(s))->tokenizer_info().dump()); });
+          return guard_in(s, [&] { write(out, static_cast<Model*>(self(s))->tokenizer_info().dump()); });
         },
         [](void* s, const char* request, vhost_event_fn on_event, void* ctx, vhost_sink* result) {
-          return guard([&] {
+          return guard_in(s, [&] {
             EventSink sink;
             if (on_event)
               sink = [&](const json& e) {
@@ -448,7 +522,7 @@ const void* kind_iface() {
   } else {
     static const vhost_dataset_iface iface = {
         sizeof(vhost_dataset_iface), [](void* s, const char* request, vhost_sink* stats) {
-          return guard([&] { write(stats, static_cast<Dataset*>(self(s))->prepare(json::parse(request)).dump()); });
+          return guard_in(s, [&] { write(stats, static_cast<Dataset*>(self(s))->prepare(json::parse(request)).dump()); });
         }};
     return &iface;
   }
@@ -483,12 +557,21 @@ const vhost_plugin_desc* describe_plugin(const vhost_host_api* host, const char*
       *out = nullptr;
       return guard([&] { *out = static_cast<Plugin*>(new T(Config(json::parse(config)))); });
     };
-    x.destroy = [](void* s) { delete self(s); };
+    x.create_in = [](const vhost_context* context, const char* config, void** out) {
+      *out = nullptr;
+      ContextScope scope(context);  // Plugin::context_ takes it during `new T`
+      return guard([&] { *out = static_cast<Plugin*>(new T(Config(json::parse(config), context))); });
+    };
+    x.destroy = [](void* s) {
+      ContextScope scope(self(s)->context());
+      delete self(s);
+    };
     x.describe = [](void* s, vhost_sink* out) {
-      return guard([&] { write(out, self(s)->describe().dump()); });
+      return guard_in(s, [&] { write(out, self(s)->describe().dump()); });
     };
     x.kind_iface = kind_iface<T>();
     x.get_extension = [](void* s, const char* n) -> const void* {
+      ContextScope scope(self(s)->context());
       try {
         return self(s)->extension(n);
       } catch (...) {
@@ -503,12 +586,9 @@ const vhost_plugin_desc* describe_plugin(const vhost_host_api* host, const char*
 }  // namespace detail
 }  // namespace vhost
 
-// Exports the plugin through Boost.DLL under the one symbol the host looks for. Use once, at
-// global scope, in one source file of the plugin.
+// Exports the plugin under the one symbol the host looks for (vhost_plugin_get, ABI 1.6). Use
+// once, at global scope, in one source file of the plugin.
 #define VHOST_PLUGIN(Class, name, version, description)                                     \
-  namespace vhost_plugin_generated {                                                          \
-  inline const vhost_plugin_desc* entry(const vhost_host_api* host) {                         \
+  extern "C" VHOST_PLUGIN_EXPORT const vhost_plugin_desc* vhost_plugin_get(const vhost_host_api* host) { \
     return ::vhost::detail::describe_plugin<Class>(host, name, version, description);         \
-  }                                                                                           \
-  }                                                                                           \
-  BOOST_DLL_ALIAS(vhost_plugin_generated::entry, vhost_plugin_entry)
+  }

@@ -34,11 +34,22 @@ extern "C" {
 #define VHOST_ABI_MAJOR 1
 #endif
 #ifndef VHOST_ABI_MINOR
-#define VHOST_ABI_MINOR 5
+#define VHOST_ABI_MINOR 6
 #endif
 
-/* The one symbol a plugin exports (through BOOST_DLL_ALIAS; see vhost/plugin.hpp). */
+/* The symbol a plugin exports: \since 1.6 an extern "C" function of type vhost_plugin_entry_fn
+ * (declare it with VHOST_PLUGIN_EXPORT below), so a plugin needs nothing but this header. */
+#define VHOST_PLUGIN_ENTRY_FUNCTION "vhost_plugin_get"
+/* \since 1.0, still loaded: what plugins built against SDK 1.0-1.5 export instead, a data
+ * symbol holding a pointer to the entry function (Boost.DLL's BOOST_DLL_ALIAS). The host looks
+ * for VHOST_PLUGIN_ENTRY_FUNCTION first. */
 #define VHOST_PLUGIN_ENTRY_SYMBOL "vhost_plugin_entry"
+
+#if defined(_WIN32)
+#define VHOST_PLUGIN_EXPORT __declspec(dllexport)
+#else
+#define VHOST_PLUGIN_EXPORT __attribute__((visibility("default")))
+#endif
 
 /* ---- status ------------------------------------------------------------------------------ */
 typedef enum vhost_code {
@@ -50,10 +61,16 @@ typedef enum vhost_code {
   VHOST_ERR_UNSUPPORTED = 5,      /* valid, but this plugin cannot do it */
   VHOST_ERR_CANCELLED = 6,        /* the caller cancelled */
   VHOST_ERR_INTERNAL = 7,         /* a bug: an unexpected exception inside the plugin */
-  VHOST_ERR_BUSY = 8              /* 1.2: at capacity (a full queue): retry later */
+  VHOST_ERR_BUSY = 8              /* \since 1.2: at capacity (a full queue): retry later */
 } vhost_code;
 
 typedef struct vhost_status vhost_status; /* opaque; owned by the host */
+
+/* \since 1.6: the pipeline run an instance belongs to (opaque; owned by the host). Instance ids
+ * ("backends.cpu") are unique within a run, not within a process: two pipelines running in one
+ * process may both have a "backends.cpu". A plugin that looks up other instances does it through
+ * the context its instance was created in (vhost_plugin_desc::create_in). */
+typedef struct vhost_context vhost_context;
 
 /* ---- output ------------------------------------------------------------------------------ */
 /* A byte sink the caller provides; the callee may call `write` any number of times. */
@@ -72,7 +89,7 @@ typedef enum vhost_log_level {
 } vhost_log_level;
 
 typedef struct vhost_host_api {
-  uint32_t struct_size;
+  uint32_t struct_size; /* \since 1.0, like every slot without a \since */
   uint16_t abi_major;
   uint16_t abi_minor;
   const char* host_version;
@@ -82,17 +99,30 @@ typedef struct vhost_host_api {
   void (*log)(int32_t level, const char* plugin_name, const char* message);
   /* Returns a table another plugin instance offers under an extension name, or NULL. The host
    * enforces the torch_abi rule for "torch." names. `instance_ref` is the id of an instance as
-   * the pipeline names it (e.g. "backends.cpu"), which the plugin got in its config. */
+   * the pipeline names it (e.g. "backends.cpu"), which the plugin got in its config.
+   * Superseded by lookup_extension (1.6): this one searches every run of the process and finds
+   * nothing when two runs have an instance of that id. */
   const void* (*find_extension)(const char* instance_ref, const char* extension_name,
                                 const char* requester_torch_abi);
-  /* 1.1: another instance's kind table (vhost_model_iface, ...) and its `self`, so that a plugin
-   * can call it through its kind's interface (a dataset tokenizing with a model). NULL when no
-   * instance has that id or it is not of `kind`. */
+  /* \since 1.1: another instance's kind table (vhost_model_iface, ...) and its `self`, so that a
+   * plugin can call it through its kind's interface (a dataset tokenizing with a model). NULL
+   * when no instance has that id or it is not of `kind`. Superseded by lookup_instance (1.6), as
+   * find_extension is. */
   const void* (*find_instance)(const char* instance_ref, const char* kind, void** self);
-  /* 1.1: reading and freeing a status that another plugin's call returned to this plugin. */
+  /* \since 1.1: reading and freeing a status that another plugin's call returned to this plugin. */
   int32_t (*status_code)(const vhost_status* status);
   const char* (*status_message)(const vhost_status* status);
   void (*status_free)(vhost_status* status);
+  /* \since 1.6: find_instance within one run. NULL (success) with *table and *self set, or a status
+   * saying why not (VHOST_ERR_CONFIG: no instance of that id in the run, or not of `kind`). */
+  vhost_status* (*lookup_instance)(const vhost_context* context, const char* instance_ref, const char* kind,
+                                   const void** table, void** self);
+  /* \since 1.6: find_extension within one run. NULL (success) with *table set, or a status:
+   * VHOST_ERR_CONFIG (no such instance; a "torch." table refused for a different torch_abi) or
+   * VHOST_ERR_UNSUPPORTED (the instance offers no extension of that name). */
+  vhost_status* (*lookup_extension)(const vhost_context* context, const char* instance_ref,
+                                    const char* extension_name, const char* requester_torch_abi,
+                                    const void** table);
 } vhost_host_api;
 
 /* ---- plugin kinds -------------------------------------------------------------------------- */
@@ -110,7 +140,7 @@ typedef struct vhost_host_api {
 typedef struct vhost_judge_iface {
   uint32_t struct_size;
   vhost_status* (*complete)(void* self, const char* request_json, vhost_sink* reply_json);
-  /* 1.3: content moderation (the serve stage's `moderators`). Thread-safe like complete.
+  /* \since 1.3: content moderation (the serve stage's `moderators`). Thread-safe like complete.
    *   request: {"input": ["text", ...]}
    *   reply:   {"flagged": true|false, "categories": ["violence", ...] (the flagged ones), "model": "..."}
    * VHOST_ERR_UNSUPPORTED from a judge that does not moderate. */
@@ -122,11 +152,11 @@ typedef struct vhost_judge_iface {
  * "torch.backend" (see vhost/torch/backend.hpp). */
 typedef struct vhost_backend_iface {
   uint32_t struct_size;
-  /* 1.4: the job's process group as the host needs it to run a stage on one rank while the
+  /* \since 1.4: the job's process group as the host needs it to run a stage on one rank while the
    * others wait (a `prepare` writing files every rank reads). `rank` and `world_size` are 0 and
    * 1 for a single process. */
   vhost_status* (*process_group)(void* self, int32_t* rank, int32_t* world_size);
-  /* 1.4: blocks until every rank of the group has called it, or fails (VHOST_ERR_RUNTIME) when a
+  /* \since 1.4: blocks until every rank of the group has called it, or fails (VHOST_ERR_RUNTIME) when a
    * rank died or `timeout_s` seconds passed (<= 0: the backend's own timeout). */
   vhost_status* (*barrier)(void* self, double timeout_s);
 } vhost_backend_iface;
@@ -138,7 +168,7 @@ typedef struct vhost_backend_iface {
 typedef void (*vhost_ids_fn)(void* ctx, const int32_t* ids, size_t n);
 /* One piece of generated text for sequence `sequence` (whole UTF-8 characters; never part of a
  * stop string). Return nonzero to cancel that sequence.
- * 1.5: where the request has "stream_logprobs": true (and tokenizer_info says "stream_logprobs"),
+ * \since 1.5: where the request has "stream_logprobs": true (and tokenizer_info says "stream_logprobs"),
  * the scores of the tokens generated since the last piece come first, as a call with token
  * VHOST_TOKEN_SCORES and text a JSON array of {"id", "text", "logprob", "top": [[id, text,
  * logprob]...]} (generate's "logprobs" entries), the last ones before the sequence ends. */
@@ -174,15 +204,15 @@ typedef struct vhost_model_iface {
   /* Plugin-level operations ("init", "train-tokenizer", "encode", "convert"...): args JSON in,
    * result JSON out. Unknown names return VHOST_ERR_UNSUPPORTED. */
   vhost_status* (*tool)(const char* name, const char* args_json, vhost_sink* result_json);
-  /* 1.1: like encode without BOS/EOS, plus each id's byte span in `text`: how training labels
+  /* \since 1.1: like encode without BOS/EOS, plus each id's byte span in `text`: how training labels
    * find the tokens of an assistant's reply inside a rendered conversation. */
   vhost_status* (*encode_spans)(void* self, const char* text, size_t len, vhost_spans_fn out, void* ctx);
-  /* 1.1: {"bos_id", "eos_id", "vocab_size", "template": the model's conversation template name};
+  /* \since 1.1: {"bos_id", "eos_id", "vocab_size", "template": the model's conversation template name};
    * optional: "bos_token"/"eos_token" (their text), "context", "max_batch", "concurrent",
-   * "logprobs" (generate takes logprobs / prompt_logprobs); 1.5: "stream_logprobs" (generate
+   * "logprobs" (generate takes logprobs / prompt_logprobs); \since 1.5 "stream_logprobs" (generate
    * streams them, see vhost_token_fn). */
   vhost_status* (*tokenizer_info)(void* self, vhost_sink* info_json);
-  /* 1.2: fine-tunes the instance's weights on a prepared dataset (vhost/token_dataset.hpp),
+  /* \since 1.2: fine-tunes the instance's weights on a prepared dataset (vhost/token_dataset.hpp),
    * resuming from the newest complete checkpoint in request.out. Request and reply: docs/training.md.
    * Events stream through on_event (may be NULL). */
   vhost_status* (*train)(void* self, const char* request_json, vhost_event_fn on_event, void* ctx,
@@ -196,7 +226,7 @@ typedef struct vhost_model_iface {
  *   reply:   the statistics report (JSON object: counts, drops by reason, lengths). */
 typedef struct vhost_dataset_iface {
   uint32_t struct_size;
-  /* 1.1 */
+  /* \since 1.1 */
   vhost_status* (*prepare)(void* self, const char* request_json, vhost_sink* stats_json);
 } vhost_dataset_iface;
 
@@ -232,10 +262,17 @@ typedef struct vhost_plugin_desc {
   const void* kind_iface;
   /* Optional named tables ("torch.backend", ...); NULL when unknown. */
   const void* (*get_extension)(void* instance, const char* name);
+  /* \since 1.6, optional (NULL: the host calls `create`): `create` with the run the instance
+   * belongs to, for lookup_instance / lookup_extension; valid until `destroy`. A descriptor
+   * built against an older header is shorter: the host copies it into a zeroed one, so a slot
+   * past its struct_size reads as NULL. */
+  vhost_status* (*create_in)(const vhost_context* context, const char* config_json, void** out_instance);
 } vhost_plugin_desc;
 
 /* The exported entry point: called once per process; the host api pointer stays valid for the
- * life of the process. */
+ * life of the process. A plugin written in C defines it as
+ *   VHOST_PLUGIN_EXPORT const vhost_plugin_desc* vhost_plugin_get(const vhost_host_api* host);
+ * (with extern "C" in C++). */
 typedef const vhost_plugin_desc* (*vhost_plugin_entry_fn)(const vhost_host_api* host);
 
 #ifdef __cplusplus
