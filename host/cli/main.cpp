@@ -1,9 +1,9 @@
 // The `vhost` command: a thin shell over the embedding API in vhost/host/host.hpp.
 #include "launch.hpp"
-#include "../src/cluster.hpp"
-#include "../src/agreement.hpp"
-#include "../src/arena.hpp"
-#include "../src/eval.hpp"
+#include "stages/serve/cluster.hpp"
+#include "stages/eval/agreement.hpp"
+#include "stages/eval/arena.hpp"
+#include "stages/eval/eval.hpp"
 
 #include <vhost/conversation.hpp>
 #include <vhost/host/host.hpp>

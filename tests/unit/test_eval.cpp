@@ -1,11 +1,11 @@
 // Evaluation: verdict parsing, report arithmetic on hand-made judgments, FastChat reviews.
 #include "helpers.hpp"
 
-#include "../../host/src/agreement.hpp"
-#include "../../host/src/arena.hpp"
-#include "../../host/src/eval.hpp"
-#include "../../host/src/server.hpp"
-#include "../../host/src/stages.hpp"
+#include "stages/eval/agreement.hpp"
+#include "stages/eval/arena.hpp"
+#include "stages/eval/eval.hpp"
+#include "stages/serve/server.hpp"
+#include "stages/train/loss_svg.hpp"
 
 #include <fstream>
 

@@ -1,7 +1,7 @@
-#include "cluster.hpp"
+#include "stages/serve/cluster.hpp"
 
-#include "server.hpp"
-#include "web_chat.hpp"
+#include "stages/serve/server.hpp"
+#include "stages/serve/web_chat.hpp"
 
 #include <vhost/host/error.hpp>
 

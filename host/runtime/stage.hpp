@@ -1,9 +1,11 @@
-// Internal: the stage types the host runs. A stage orchestrates plugin instances through their
-// kind tables; it never knows which plugin implements them.
+// Internal: what a stage is to the runtime (its options, the instances it names, the function
+// that runs it) and what it gets while it runs. A stage orchestrates plugin instances through
+// their kind tables; it never knows which plugin implements them. The stages themselves live
+// in host/stages/<name>/.
 #pragma once
 
-#include "config.hpp"
-#include "instance.hpp"
+#include "runtime/config.hpp"
+#include "runtime/instance.hpp"
 
 #include <functional>
 #include <map>
@@ -44,20 +46,9 @@ struct StageType {
   bool every_rank = false;
 };
 
+// The stage types this host knows: host/stages/ defines them (stages.hpp there lists each
+// folder's), the runtime only runs them.
 const std::vector<StageType>& stage_types();
-
-// Round ticks for a chart's axis (1, 2 or 5 times a power of ten, at most `most` intervals):
-// the range widened to whole steps, each tick's value and its label.
-struct AxisTicks {
-  double lo = 0, hi = 1;
-  std::vector<double> values;
-  std::vector<std::string> labels;
-};
-AxisTicks nice_ticks(double lo, double hi, int most);
-
-// The train stage's loss.svg: training loss per step (line) and evaluation loss (dots).
-void write_loss_svg(const fs::path& file, const std::vector<std::pair<double, double>>& loss,
-                    const std::vector<std::pair<double, double>>& eval, const std::string& title);
 const StageType* find_stage_type(const std::string& type);
 
 }  // namespace vhost::host

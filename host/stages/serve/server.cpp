@@ -1,6 +1,6 @@
-#include "server.hpp"
+#include "stages/serve/server.hpp"
 
-#include "web_chat.hpp"
+#include "stages/serve/web_chat.hpp"
 
 #include <vhost/conversation.hpp>
 #include <vhost/host/error.hpp>

@@ -1,7 +1,7 @@
-#include "eval.hpp"
+#include "stages/eval/eval.hpp"
 
-#include "stages.hpp"
-#include "html_text.hpp"
+#include "runtime/stage.hpp"
+#include "stages/common/html_text.hpp"
 
 #include <vhost/conversation.hpp>
 #include <vhost/fingerprint.hpp>

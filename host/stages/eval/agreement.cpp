@@ -1,7 +1,7 @@
-#include "agreement.hpp"
+#include "stages/eval/agreement.hpp"
 
-#include "arena.hpp"
-#include "eval.hpp"
+#include "stages/eval/arena.hpp"
+#include "stages/eval/eval.hpp"
 
 #include <vhost/host/error.hpp>
 

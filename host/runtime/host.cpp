@@ -1,10 +1,10 @@
 #include <vhost/host/host.hpp>
 
-#include "config.hpp"
-#include "instance.hpp"
-#include "host_api.hpp"
-#include "registry.hpp"
-#include "stages.hpp"
+#include "runtime/config.hpp"
+#include "runtime/instance.hpp"
+#include "runtime/host_api.hpp"
+#include "runtime/registry.hpp"
+#include "runtime/stage.hpp"
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>

@@ -2,8 +2,8 @@
 // into an exception that names the plugin, its file and (for configuration errors) the key.
 #pragma once
 
-#include "config.hpp"
-#include "registry.hpp"
+#include "runtime/config.hpp"
+#include "runtime/registry.hpp"
 
 #include <functional>
 #include <map>

@@ -3,7 +3,7 @@
 // Table 2 totals, win/tie/loss per category, MT-bench means), as Markdown, JSON and HTML.
 #pragma once
 
-#include "config.hpp"
+#include "runtime/config.hpp"
 
 #include <map>
 #include <string>

@@ -1,6 +1,6 @@
-#include "registry.hpp"
+#include "runtime/registry.hpp"
 
-#include "host_api.hpp"
+#include "runtime/host_api.hpp"
 
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>

@@ -1,6 +1,6 @@
-#include "instance.hpp"
+#include "runtime/instance.hpp"
 
-#include "host_api.hpp"
+#include "runtime/host_api.hpp"
 
 #include <cstddef>
 

@@ -2,7 +2,7 @@
 // their descriptors.
 #pragma once
 
-#include "config.hpp"
+#include "runtime/config.hpp"
 
 #include <vhost/c/vhost.h>
 

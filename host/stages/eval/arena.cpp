@@ -1,7 +1,7 @@
-#include "arena.hpp"
+#include "stages/eval/arena.hpp"
 
-#include "eval.hpp"
-#include "html_text.hpp"
+#include "stages/eval/eval.hpp"
+#include "stages/common/html_text.hpp"
 
 #include <vhost/host/error.hpp>
 

@@ -3,7 +3,7 @@
 // regenerate, clear, parameters; "side by side" sends one prompt to two models and records a vote
 // (POST /v1/votes, kept in the conversation log); "anonymous battle" draws the two models at random
 // and names them only after the vote (Chatbot Arena's battle mode; `vhost arena report` rates them).
-#include "web_chat.hpp"
+#include "stages/serve/web_chat.hpp"
 
 namespace vhost::host {
 

@@ -2,7 +2,7 @@
 // instances (the `serve` stage and `vhost serve`).
 #pragma once
 
-#include "instance.hpp"
+#include "runtime/instance.hpp"
 
 #include <atomic>
 #include <functional>

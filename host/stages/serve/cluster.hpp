@@ -3,7 +3,7 @@
 // API server answers the OpenAI API by forwarding each request to a worker the controller picks.
 #pragma once
 
-#include "config.hpp"
+#include "runtime/config.hpp"
 
 #include <atomic>
 #include <functional>

@@ -1,7 +1,7 @@
-#include "host_api.hpp"
+#include "runtime/host_api.hpp"
 
-#include "instance.hpp"
-#include "registry.hpp"
+#include "runtime/instance.hpp"
+#include "runtime/registry.hpp"
 
 #include <vhost/host/host.hpp>
 
