@@ -30,14 +30,40 @@ namespace {
 constexpr int kFailed = 1;
 constexpr int kBadInput = 2;
 
-// A string as a TOML basic string (its JSON spelling is one): for the one-stage pipelines that
-// generate, chat and prepare build.
-std::string q(const std::string& v) { return vh::json(v).dump(); }
+std::string absolute(const std::string& path) { return path.empty() ? path : std::filesystem::absolute(path).string(); }
 
-// --model-option KEY=VALUE pairs as TOML lines of a [models.NAME] table: the plugin, not the host,
-// knows its options and checks them. VALUE: true/false and numbers as such, else a string.
-std::string model_options_toml(const std::vector<std::string>& options) {
-  std::string out;
+// The CLI's shortcuts (generate, serve, worker, chat, prepare) are one-stage pipelines built as
+// data (Host::load_json), not as TOML text; each value records the flag it came from, so that an
+// error names the flag ("--max-tokens: ...") rather than a line of a file the user never saw.
+struct Shortcut {
+  vh::json doc = vh::json::object();
+  std::map<std::string, std::string> origins;
+  // Sets a dotted key path ("stages.generate.max_tokens"; no component holds a dot).
+  Shortcut& set(const std::string& keypath, vh::json value, const std::string& flag = "") {
+    vh::json* cur = &doc;
+    std::size_t start = 0;
+    for (auto dot = keypath.find('.'); dot != std::string::npos; start = dot + 1, dot = keypath.find('.', start))
+      cur = &(*cur)[keypath.substr(start, dot - start)];
+    (*cur)[keypath.substr(start)] = std::move(value);
+    if (!flag.empty()) origins[keypath] = flag;
+    return *this;
+  }
+  Shortcut(const std::string& name, const std::string& stage, const std::filesystem::path& work_dir) {
+    set("pipeline.name", name).set("pipeline.stages", vh::json::array({stage})).set("pipeline.work_dir", work_dir.string());
+  }
+  // [backends.cpu] with --threads, and [models.m] of `plugin` on MODEL_DIR (with --adapter).
+  void cpu_and_model(int64_t threads, const std::string& plugin, const std::string& dir, const std::string& adapter) {
+    set("backends.cpu.plugin", "cpu").set("backends.cpu.threads", threads, "--threads");
+    set("models.m.plugin", plugin).set("models.m.path", absolute(dir), "MODEL_DIR " + dir);
+    if (!adapter.empty()) set("models.m.adapter", absolute(adapter), "--adapter");
+  }
+  vh::RunResult run(const vh::Host& host) const { return host.run(load(host)); }
+  vh::Pipeline load(const vh::Host& host) const { return host.load_json(doc, "vhost " + doc["pipeline"]["name"].get<std::string>(), origins); }
+};
+
+// --model-option KEY=VALUE pairs into the [models.NAME] table: the plugin, not the host, knows
+// its options and checks them. VALUE: true/false and numbers as such, else a string.
+void model_options(Shortcut& s, const std::string& table, const std::vector<std::string>& options) {
   for (const auto& o : options) {
     const auto eq = o.find('=');
     const std::string key = o.substr(0, eq);
@@ -52,9 +78,8 @@ std::string model_options_toml(const std::vector<std::string>& options) {
       v = value;
     }
     if (!v.is_boolean() && !v.is_number()) v = value;
-    out += "\n" + key + " = " + v.dump();
+    s.set(table + "." + key, v, "--model-option " + o);
   }
-  return out;
 }
 
 // A sampling flag checked against the one range its pipeline option and the HTTP API use, so that
@@ -81,18 +106,13 @@ CLI::Option* sampling_flag(CLI::App* app, const vh::sampling::Range& r, int64_t&
       ->capture_default_str();
 }
 
-// Custom templates from a TOML file of [NAME] tables, as [PREFIX.templates."NAME"] tables (their
-// values are strings and lists of strings, whose JSON spelling is valid TOML). Empty: none.
-std::string templates_toml(const std::string& prefix, const std::string& file) {
-  std::string out;
-  if (file.empty()) return out;
+// Custom templates from a TOML file of [NAME] tables into TABLE.templates (none for no file).
+void templates(Shortcut& s, const std::string& table, const std::string& file) {
+  if (file.empty()) return;
   vh::json tj = vh::read_toml_file(file);
-  for (auto it = tj.begin(); it != tj.end(); ++it) {
+  for (auto it = tj.begin(); it != tj.end(); ++it)
     if (!it->is_object()) throw vh::ConfigError(file + ": " + it.key() + ": a template is a table ([" + it.key() + "])");
-    out += "[" + prefix + ".templates." + q(it.key()) + "]\n";
-    for (auto kv = it->begin(); kv != it->end(); ++kv) out += q(kv.key()) + " = " + kv->dump() + "\n";
-  }
-  return out;
+  s.set(table + ".templates", tj, "--templates " + file);
 }
 
 void print_plugins(const vh::Host& host, bool as_json, bool verbose) {
@@ -570,18 +590,17 @@ int main(int argc, char** argv) {
     }
     if (*gen) {
       // A one-stage pipeline, so `vhost generate` runs exactly what the generate stage runs.
-      std::string toml = "[pipeline]\nname = \"generate\"\nstages = [\"generate\"]\nwork_dir = " +
-                         q((std::filesystem::temp_directory_path() / "vhost-generate").string()) +
-                         "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(gen_threads) +
-                         "\n[models.m]\nplugin = " + q(model_plugin) + "\npath = " +
-                         q(std::filesystem::absolute(gen_model).string()) +
-                         (gen_adapter.empty() ? std::string() : "\nadapter = " + q(std::filesystem::absolute(gen_adapter).string())) +
-                         model_options_toml(gen_model_options) + "\n[stages.generate]\nprompts = [" + q(gen_prompt) +
-                         "]\nmax_tokens = " + std::to_string(gen_max) + "\ntemperature = " + vh::json(gen_temp).dump() +
-                         "\ntop_p = " + vh::json(gen_top_p).dump() + "\ntop_k = " + std::to_string(gen_top_k) +
-                         "\nseed = " + std::to_string(gen_seed) + "\nstop = " + vh::json(gen_stop).dump() + "\n";
-      auto p = host.load_string(toml, "vhost generate");
-      host.run(p);
+      Shortcut g("generate", "generate", std::filesystem::temp_directory_path() / "vhost-generate");
+      g.cpu_and_model(gen_threads, model_plugin, gen_model, gen_adapter);
+      model_options(g, "models.m", gen_model_options);
+      g.set("stages.generate.prompts", vh::json::array({gen_prompt}), "--prompt")
+          .set("stages.generate.max_tokens", gen_max, "--max-tokens")
+          .set("stages.generate.temperature", gen_temp, "--temperature")
+          .set("stages.generate.top_p", gen_top_p, "--top-p")
+          .set("stages.generate.top_k", gen_top_k, "--top-k")
+          .set("stages.generate.seed", gen_seed, "--seed")
+          .set("stages.generate.stop", gen_stop, "--stop");
+      g.run(host);
       return 0;
     }
     if (*eval_report_cmd) {
@@ -667,21 +686,19 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*serve || *worker) {
-      std::string toml = "[pipeline]\nname = \"serve\"\nstages = [\"serve\"]\nwork_dir = " +
-                         q((std::filesystem::temp_directory_path() / "vhost-serve").string()) +
-                         "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(serve_threads) + "\n";
+      Shortcut sv("serve", "serve", std::filesystem::temp_directory_path() / "vhost-serve");
+      sv.set("backends.cpu.plugin", "cpu").set("backends.cpu.threads", serve_threads, "--threads");
       std::set<std::string> names;
       if (!serve_adapters.empty() && serve_models.size() != 1)
         throw vh::ConfigError("--adapter: serve one base model with its adapters (or write a pipeline: the llama option "
                               "adapters, per [models.NAME])");
-      std::string adapters_toml;
+      vh::json adapters = vh::json::object();
       for (const auto& a : serve_adapters) {
         const auto eq = a.find('=');
         if (eq == std::string::npos || eq == 0 || eq + 1 == a.size())
           throw vh::ConfigError("--adapter " + a + ": expected NAME=DIR");
-        adapters_toml += q(a.substr(0, eq)) + " = " + q(std::filesystem::absolute(a.substr(eq + 1)).string()) + ", ";
+        adapters[a.substr(0, eq)] = absolute(a.substr(eq + 1));
       }
-      if (!adapters_toml.empty()) adapters_toml = "\nadapters = { " + adapters_toml.substr(0, adapters_toml.size() - 2) + " }";
       for (const auto& m : serve_models) {
         std::filesystem::path path = std::filesystem::absolute(m);
         std::string name = path.filename().string();
@@ -689,40 +706,47 @@ int main(int argc, char** argv) {
         for (char& ch : name)
           if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_') ch = '-';
         if (!names.insert(name).second) throw vh::ConfigError(m + ": two models would both be served as '" + name + "'");
-        toml += "[models." + q(name) + "]\nplugin = \"llama\"\npath = " + q(path.string()) +
-                "\nmax_batch = " + std::to_string(serve_batch) + "\nmax_queue = " + std::to_string(serve_queue) +
-                "\ndecode_dtype = " + q(serve_decode_dtype) + adapters_toml +
-                (serve_template.empty() ? std::string() : "\ntemplate = " + q(serve_template)) + "\n" +
-                templates_toml("models." + q(name), serve_templates);
+        const std::string t = "models." + name;
+        sv.set(t + ".plugin", "llama").set(t + ".path", path.string(), "MODEL_DIR " + m)
+            .set(t + ".max_batch", serve_batch, "--max-batch")
+            .set(t + ".max_queue", serve_queue, "--max-queue")
+            .set(t + ".decode_dtype", serve_decode_dtype, "--decode-dtype");
+        if (!adapters.empty()) sv.set(t + ".adapters", adapters, "--adapter");
+        if (!serve_template.empty()) sv.set(t + ".template", serve_template, "--template");
+        templates(sv, t, serve_templates);
       }
       if (!serve_moderation.empty())
-        toml += "[judges.moderation]\nplugin = \"openai\"\nbase_url = " + q(serve_moderation) + "\nmodel = " +
-                q(serve_moderation_model) + "\nmoderation_model = " + q(serve_moderation_model) + "\n";
-      vh::json keys = serve_keys;
-      vh::json moderators = serve_moderation.empty() ? vh::json::array() : vh::json::array({"judges.moderation"});
-      toml += "[stages.serve]\nhost = " + q(serve_host) + "\nport = " + std::to_string(serve_port) +
-              "\napi_keys = " + keys.dump() + "\nlog = " + q(serve_log.empty() ? "" : std::filesystem::absolute(serve_log).string()) +
-              "\ncontroller = " + q(serve_controller) + "\nadvertise = " + q(serve_advertise) +
-              "\nheartbeat = " + vh::json(serve_heartbeat).dump() + "\nblocked_words = " + vh::json(serve_blocked).dump() +
-              "\nmoderators = " + moderators.dump() + "\nstream_interval = " + std::to_string(serve_interval) +
-              "\nstream_flush_ms = " + std::to_string(serve_flush_ms) + "\n";
-      auto p = host.load_string(toml, "vhost serve");
-      host.run(p);
+        sv.set("judges.moderation.plugin", "openai")
+            .set("judges.moderation.base_url", serve_moderation, "--moderation")
+            .set("judges.moderation.model", serve_moderation_model, "--moderation-model")
+            .set("judges.moderation.moderation_model", serve_moderation_model, "--moderation-model");
+      sv.set("stages.serve.host", serve_host, "--host")
+          .set("stages.serve.port", serve_port, "--port")
+          .set("stages.serve.api_keys", serve_keys, "--api-key")
+          .set("stages.serve.log", absolute(serve_log), "--log")
+          .set("stages.serve.controller", serve_controller, "--controller")
+          .set("stages.serve.advertise", serve_advertise, "--advertise")
+          .set("stages.serve.heartbeat", serve_heartbeat, "--heartbeat")
+          .set("stages.serve.blocked_words", serve_blocked, "--blocked-word")
+          .set("stages.serve.moderators",
+               serve_moderation.empty() ? vh::json::array() : vh::json::array({"judges.moderation"}), "--moderation")
+          .set("stages.serve.stream_interval", serve_interval, "--stream-interval")
+          .set("stages.serve.stream_flush_ms", serve_flush_ms, "--stream-flush-ms");
+      sv.run(host);
       return 0;
     }
     if (*chat) {
-      std::string toml = "[pipeline]\nname = \"chat\"\nstages = [\"chat\"]\nwork_dir = " +
-                         q((std::filesystem::temp_directory_path() / "vhost-chat").string()) +
-                         "\n[backends.cpu]\nplugin = \"cpu\"\nthreads = " + std::to_string(chat_threads) +
-                         "\n[models.m]\nplugin = \"llama\"\npath = " + q(std::filesystem::absolute(chat_model).string()) +
-                         (chat_adapter.empty() ? std::string() : "\nadapter = " + q(std::filesystem::absolute(chat_adapter).string())) +
-                         "\n" + templates_toml("models.m", chat_templates) +
-                         "[stages.chat]\ntemplate = " + q(chat_template) + "\nsystem = " + q(chat_system) +
-                         "\nmax_tokens = " + std::to_string(chat_max) + "\ntemperature = " + vh::json(chat_temp).dump() +
-                         "\ntop_p = " + vh::json(chat_top_p).dump() + "\nseed = " + std::to_string(chat_seed) + "\n";
+      Shortcut ch("chat", "chat", std::filesystem::temp_directory_path() / "vhost-chat");
+      ch.cpu_and_model(chat_threads, "llama", chat_model, chat_adapter);
+      templates(ch, "models.m", chat_templates);
+      ch.set("stages.chat.template", chat_template, "--template")
+          .set("stages.chat.system", chat_system, "--system")
+          .set("stages.chat.max_tokens", chat_max, "--max-tokens")
+          .set("stages.chat.temperature", chat_temp, "--temperature")
+          .set("stages.chat.top_p", chat_top_p, "--top-p")
+          .set("stages.chat.seed", chat_seed, "--seed");
       vh::set_log_level(log_level == "info" ? "warn" : log_level);  // keep the chat clean
-      auto p = host.load_string(toml, "vhost chat");
-      host.run(p);
+      ch.run(host);
       return 0;
     }
     if (*tmpl_render || *tmpl_list) {
@@ -785,23 +809,25 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*prep) {
-      // Custom templates become [datasets.d.templates."NAME"] tables (their values are strings and
-      // lists of strings, whose JSON spelling is valid TOML).
-      const std::string templates = templates_toml("datasets.d", prep_templates);
-      std::string toml = "[pipeline]\nname = \"prepare\"\nstages = [\"prepare\"]\nwork_dir = " +
-                         q((std::filesystem::absolute(prep_out) / ".runs").string()) +
-                         "\n[models.m]\nplugin = \"llama\"\nload_weights = false\npath = " +
-                         q(std::filesystem::absolute(prep_model).string()) +
-                         "\n[datasets.d]\nplugin = \"sharegpt\"\npath = " + q(std::filesystem::absolute(prep_input).string()) +
-                         "\ntemplate = " + q(prep_template) + "\nmax_length = " + std::to_string(prep_max_length) +
-                         "\neval_fraction = " + vh::json(prep_eval).dump() + "\nhtml = " + q(prep_html) +
-                         "\nrules = " + q(prep_rules) + "\nlanguages = " + vh::json(prep_langs).dump() +
-                         "\nskip_languages = " + vh::json(prep_skip_langs).dump() +
-                         "\nreduce_rep = " + (prep_reduce_rep ? "true" : "false") + "\nblocked_words = " + vh::json(prep_blocked).dump() +
-                         "\nmax_turns = " + std::to_string(prep_max_turns) + "\ndedupe = " + (prep_no_dedupe ? "false" : "true") +
-                         "\n" + templates + "[stages.prepare]\nout = " + q(std::filesystem::absolute(prep_out).string()) + "\n";
-      auto p = host.load_string(toml, "vhost prepare");
-      host.run(p);
+      Shortcut pr("prepare", "prepare", std::filesystem::absolute(prep_out) / ".runs");
+      pr.set("models.m.plugin", "llama").set("models.m.load_weights", false)
+          .set("models.m.path", absolute(prep_model), "--model " + prep_model);
+      pr.set("datasets.d.plugin", "sharegpt")
+          .set("datasets.d.path", absolute(prep_input), "INPUT " + prep_input)
+          .set("datasets.d.template", prep_template, "--template")
+          .set("datasets.d.max_length", prep_max_length, "--max-length")
+          .set("datasets.d.eval_fraction", prep_eval, "--eval-fraction")
+          .set("datasets.d.html", prep_html, "--html")
+          .set("datasets.d.rules", prep_rules, "--rules")
+          .set("datasets.d.languages", prep_langs, "--language")
+          .set("datasets.d.skip_languages", prep_skip_langs, "--skip-language")
+          .set("datasets.d.reduce_rep", prep_reduce_rep, "--reduce-rep")
+          .set("datasets.d.blocked_words", prep_blocked, "--blocked-word")
+          .set("datasets.d.max_turns", prep_max_turns, "--max-turns")
+          .set("datasets.d.dedupe", !prep_no_dedupe, "--no-dedupe");
+      templates(pr, "datasets.d", prep_templates);
+      pr.set("stages.prepare.out", absolute(prep_out), "--out");
+      pr.run(host);
       std::cout << "prepared: " << std::filesystem::absolute(prep_out).string() << " (train/, stats.json)\n";
       return 0;
     }

@@ -149,6 +149,56 @@ Document Document::from_string(const std::string& text, const std::string& sourc
   return d;
 }
 
+// JSON as TOML: objects are tables, arrays arrays; null has no TOML spelling.
+static void json_to_toml_into(toml::table& t, const std::string& key, const json& v, const std::string& keypath);
+static void json_to_toml_item(toml::array& a, const json& v, const std::string& keypath) {
+  if (v.is_object()) {
+    toml::table t;
+    for (auto it = v.begin(); it != v.end(); ++it) json_to_toml_into(t, it.key(), *it, keypath + "." + it.key());
+    a.push_back(std::move(t));
+  } else if (v.is_array()) {
+    toml::array inner;
+    for (const auto& x : v) json_to_toml_item(inner, x, keypath);
+    a.push_back(std::move(inner));
+  } else if (v.is_string()) {
+    a.push_back(v.get<std::string>());
+  } else if (v.is_boolean()) {
+    a.push_back(v.get<bool>());
+  } else if (v.is_number_integer()) {
+    a.push_back(v.get<int64_t>());
+  } else if (v.is_number()) {
+    a.push_back(v.get<double>());
+  } else {
+    throw ConfigError(keypath + ": null has no TOML value");
+  }
+}
+static void json_to_toml_into(toml::table& t, const std::string& key, const json& v, const std::string& keypath) {
+  if (v.is_object()) {
+    toml::table sub;
+    for (auto it = v.begin(); it != v.end(); ++it) json_to_toml_into(sub, it.key(), *it, keypath + "." + it.key());
+    t.insert_or_assign(key, std::move(sub));
+    return;
+  }
+  toml::array holder;
+  json_to_toml_item(holder, v, keypath);
+  holder.for_each([&](auto& x) {
+    using T = std::decay_t<decltype(x)>;
+    t.insert_or_assign(key, T(x));
+  });
+}
+
+Document Document::from_json(const json& root, const std::string& source_name,
+                             const std::map<std::string, std::string>& origins) {
+  if (!root.is_object()) throw ConfigError(source_name + ": a pipeline is an object of tables");
+  Document d;
+  d.source_name_ = source_name;
+  d.base_dir_ = fs::current_path();
+  for (auto it = root.begin(); it != root.end(); ++it) json_to_toml_into(d.root_, it.key(), *it, it.key());
+  d.overrides_ = origins;
+  d.expand_env_ = false;
+  return d;
+}
+
 static std::vector<std::string> split_keypath(const std::string& path) {
   std::vector<std::string> parts;
   std::string cur;
@@ -281,6 +331,7 @@ static void interpolate_string(std::string& s, const std::string& where, const s
 }
 
 void Document::interpolate_env(const EnvLookup& lookup, Diagnostics& diag) {
+  if (!expand_env_) return;
   std::function<void(toml::node&, const std::string&)> walk = [&](toml::node& n, const std::string& kp) {
     if (auto* t = n.as_table()) {
       for (auto&& [k, v] : *t) walk(v, kp.empty() ? std::string(k.str()) : kp + "." + std::string(k.str()));

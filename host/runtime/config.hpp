@@ -62,6 +62,12 @@ class Document {
   static Document from_file(const fs::path& file);
   static Document from_string(const std::string& text, const std::string& source_name,
                               const fs::path& base_dir);
+  // A pipeline given as data (the CLI's shortcuts): no source positions, so an error names the
+  // key path's entry in `origins` ("stages.generate.max_tokens" -> "--max-tokens", a parent
+  // path counts) or else `source_name`; relative paths resolve against the working directory,
+  // and ${NAME} is not expanded (the values are a user's text, not a file's).
+  static Document from_json(const json& root, const std::string& source_name,
+                            const std::map<std::string, std::string>& origins);
 
   // "a.b.c=value": value is read as a TOML value (42, 1.5, true, "s", [1, 2]); anything that
   // does not parse as one is taken as a plain string.
@@ -87,7 +93,8 @@ class Document {
   toml::table root_;
   std::string source_name_;
   fs::path base_dir_;
-  std::map<std::string, std::string> overrides_;  // keypath -> "--set ..."
+  std::map<std::string, std::string> overrides_;  // keypath -> "--set ..." (or a from_json origin)
+  bool expand_env_ = true;
 };
 
 // Validates `table` (found at `path`, e.g. "backends.cpu") against `schema`. Keys in `reserved`

@@ -170,11 +170,13 @@ Schema pipeline_schema() {
 static json model_tool_on(const std::vector<SearchDir>& dirs, const std::string& plugin, const std::string& tool,
                           const json& args) {
   Registry reg(dirs);
-  const Candidate* c = reg.find(VHOST_KIND_MODEL, plugin);
-  if (!c) {
-    auto names = reg.names(VHOST_KIND_MODEL);
+  auto names = reg.names(VHOST_KIND_MODEL);
+  if (plugin.empty() && names.size() != 1)  // "" is the only model plugin there is
+    throw PluginError(std::string(names.empty() ? "no model plugin on the search path"
+                                                : "several model plugins on the search path (" + join(names) + "): say which"));
+  const Candidate* c = reg.find(VHOST_KIND_MODEL, plugin.empty() ? names[0] : plugin);
+  if (!c)
     throw PluginError("no model plugin named '" + plugin + "' (available: " + (names.empty() ? "none" : join(names)) + ")");
-  }
   return vhost::host::model_tool(*Registry::load(*c), tool, args);
 }
 
@@ -331,6 +333,35 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
     return std::nullopt;
   };
 
+  // A stage's schema with the options a plugin adds to it (StageType::plugin_options), when the
+  // stage's instance option names one instance (an unresolvable name is reported below).
+  auto with_plugin_options = [&](const StageType& stype, const toml::table& t, const std::string& sref) {
+    Schema schema = stype.schema;
+    const auto& [key, tool] = stype.plugin_options;
+    if (key.empty()) return schema;
+    const std::string kind = stype.refs.at(key), section = kind_section(kind);
+    std::string value;
+    if (const toml::node* n = t.get(key); n && n->is_string()) value = n->as_string()->get();
+    if (!value.empty() && value.rfind(section + ".", 0) != 0) value = section + "." + value;
+    const InstanceDecl* target = nullptr;
+    int matches = 0;
+    for (const auto& d : impl->instances)
+      if (d.kind == kind && d.loaded && (value.empty() || d.ref == value)) target = &d, ++matches;
+    if (matches != 1) return schema;
+    try {
+      auto extra = model_tool_if_offered(*target->loaded, tool, json::object());
+      if (!extra) return schema;
+      for (auto& o : schema_from_json(extra->dump(), target->loaded->label() + ", tool '" + tool + "'")) {
+        bool taken = false;
+        for (const auto& s : schema) taken = taken || s.key == o.key;
+        if (!taken) schema.push_back(std::move(o));  // the stage's own option wins
+      }
+    } catch (const std::exception& e) {
+      diag.error(impl->locations[target->ref + ".plugin"], sref + ": " + e.what());
+    }
+    return schema;
+  };
+
   // Plugin options of type "instance"; the instances they name are created first.
   for (auto& d : impl->instances) {
     for (const auto& spec : d.loaded->schema) {
@@ -395,7 +426,7 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
     StageDecl sd;
     sd.id = id;
     sd.type = stype;
-    sd.config = validate_table(doc, t, sref, stype->schema, {"type"}, diag, &impl->locations);
+    sd.config = validate_table(doc, t, sref, with_plugin_options(*stype, t, sref), {"type"}, diag, &impl->locations);
     // Resolve references to instances.
     for (const auto& [key, kind] : stype->refs) {
       std::string kat = impl->locations.count(sref + "." + key) ? impl->locations[sref + "." + key]
@@ -438,6 +469,11 @@ Pipeline Host::load_file(const fs::path& file, const std::vector<std::string>& o
 Pipeline Host::load_string(const std::string& toml, const std::string& source_name,
                            const std::vector<std::string>& overrides, const fs::path& base_dir) const {
   return PipelineBuilder::build(Document::from_string(toml, source_name, base_dir), overrides, impl_->options, impl_->dirs);
+}
+
+Pipeline Host::load_json(const json& pipeline, const std::string& source_name,
+                         const std::map<std::string, std::string>& origins) const {
+  return PipelineBuilder::build(Document::from_json(pipeline, source_name, origins), {}, impl_->options, impl_->dirs);
 }
 
 static std::string now_iso8601() {

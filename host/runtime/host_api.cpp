@@ -1,7 +1,5 @@
 #include "runtime/host_api.hpp"
 
-#include "runtime/instance.hpp"
-#include "runtime/registry.hpp"
 
 #include <vhost/host/host.hpp>
 
@@ -20,7 +18,7 @@ struct vhost_status {
 // One run's instances. The set of live runs serves the ABI 1.0/1.1 lookups, which name no run.
 struct vhost_context {
   std::mutex mu;
-  std::map<std::string, vhost::host::Instance*> instances;
+  std::map<std::string, vhost::host::PublishedInstance> instances;
 };
 
 namespace vhost::host {
@@ -38,10 +36,10 @@ std::set<vhost_context*>& live_runs() {
 
 // Where a lookup ended: the instance, or a vhost_code and a message.
 struct Found {
-  Instance* inst = nullptr;
+  std::optional<PublishedInstance> inst;  // a copy: the lock is not held while it is used
   int32_t code = VHOST_OK;
   std::string error;
-  explicit Found(Instance* i) : inst(i) {}
+  explicit Found(const PublishedInstance& i) : inst(i) {}
   Found(int32_t c, std::string e) : code(c), error(std::move(e)) {}
 };
 
@@ -93,29 +91,29 @@ void log(int32_t level, const char* plugin, const char* message) {
 }
 
 Found of_kind(Found f, const std::string& kind) {
-  if (f.inst && f.inst->plugin().kind != kind)
+  if (f.inst && f.inst->kind != kind)
     return Found(VHOST_ERR_CONFIG,
-            "instance '" + f.inst->id() + "' is a " + f.inst->plugin().kind + " (" + f.inst->plugin().label() +
-                "), not a " + kind);
+                 "instance '" + f.inst->id + "' is a " + f.inst->kind + " (" + f.inst->label + "), not a " + kind);
   return f;
 }
 
-// An instance's extension table, with the torch ABI rule for "torch." names.
-const void* extension_of(Instance& inst, const std::string& ext, const char* requester_abi, Found& why) {
-  const LoadedPlugin& p = inst.plugin();
+// An instance's extension table, with the torch ABI rule for "torch." names (`inst` a copy: `why`
+// may be the Found that holds it).
+const void* extension_of(PublishedInstance inst, const std::string& ext, const char* requester_abi,
+                         Found& why) {
   if (ext.rfind("torch.", 0) == 0) {
-    std::string mine = p.desc->torch_abi ? p.desc->torch_abi : "";
+    const std::string& mine = inst.torch_abi;
     std::string theirs = requester_abi ? requester_abi : "";
     if (mine.empty() || theirs != mine) {
       why = Found(VHOST_ERR_CONFIG,
-             "refusing to pass libtorch objects ('" + ext + "') from " + p.label() + ": its torch ABI is '" +
+             "refusing to pass libtorch objects ('" + ext + "') from " + inst.label + ": its torch ABI is '" +
                  (mine.empty() ? "none" : mine) + "' but the requesting plugin's is '" +
                  (theirs.empty() ? "none" : theirs) + "'; build both against the same libtorch");
       return nullptr;
     }
   }
   const void* t = inst.extension(ext);
-  if (!t) why = Found(VHOST_ERR_UNSUPPORTED, "instance '" + inst.id() + "' offers no extension '" + ext + "'");
+  if (!t) why = Found(VHOST_ERR_UNSUPPORTED, "instance '" + inst.id + "' offers no extension '" + ext + "'");
   return t;
 }
 
@@ -135,8 +133,8 @@ const void* find_instance(const char* ref, const char* kind, void** self) {
     spdlog::error("a plugin asked for {} instance '{}': {}", kind, ref, f.error);
     return nullptr;
   }
-  *self = f.inst->self();
-  return f.inst->plugin().desc->kind_iface;
+  *self = f.inst->self;
+  return f.inst->kind_iface;
 }
 
 vhost_status* lookup_instance(const vhost_context* run, const char* ref, const char* kind, const void** table,
@@ -147,8 +145,8 @@ vhost_status* lookup_instance(const vhost_context* run, const char* ref, const c
     return status_new(VHOST_ERR_INVALID_ARGUMENT, "lookup_instance: a NULL argument", nullptr);
   Found f = of_kind(in_run(run, ref), kind);
   if (!f.inst) return status_new(f.code, f.error.c_str(), nullptr);
-  *self = f.inst->self();
-  *table = f.inst->plugin().desc->kind_iface;
+  *self = f.inst->self;
+  *table = f.inst->kind_iface;
   return nullptr;
 }
 
@@ -211,9 +209,10 @@ std::shared_ptr<vhost_context> new_run_context() {
   return run;
 }
 
-void publish_instance(vhost_context* run, const std::string& ref, Instance* instance) {
+void publish_instance(vhost_context* run, PublishedInstance instance) {
   std::lock_guard<std::mutex> lock(run->mu);
-  run->instances[ref] = instance;
+  std::string ref = instance.id;
+  run->instances[ref] = std::move(instance);
 }
 
 void withdraw_instance(vhost_context* run, const std::string& ref) {

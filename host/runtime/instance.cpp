@@ -14,6 +14,17 @@ struct StringSink {
                   }};
 };
 
+// A host callback's answer to the plugin (a std::function behind the C callback's `ctx`): 0 to
+// go on, 1 to stop; an exception must not unwind through the plugin, so it stops instead.
+template <class Fn, class Call>
+int32_t carry_on(void* ctx, Call&& call) noexcept {
+  try {
+    return call(*static_cast<const Fn*>(ctx)) ? 0 : 1;
+  } catch (...) {
+    return 1;
+  }
+}
+
 // A plugin's JSON reply; `what` names the call in the error ("generate", "tool 'init'").
 json parse_reply(const LoadedPlugin& p, const std::string& data, const std::string& what) {
   try {
@@ -41,7 +52,8 @@ Instance::Instance(std::shared_ptr<const LoadedPlugin> plugin, std::string id, j
   }
   if (!out) throw PluginError(plugin_->label() + ": create returned no instance for '" + id_ + "'");
   self_ = out;
-  publish_instance(run_, id_, this);
+  publish_instance(run_, {id_, plugin_->kind, plugin_->label(), plugin_->desc->torch_abi ? plugin_->desc->torch_abi : "",
+                          plugin_->desc->kind_iface, self_, [this](const std::string& name) { return extension(name); }});
 }
 
 Instance::~Instance() {
@@ -144,19 +156,12 @@ std::string Instance::model_decode(const std::vector<int32_t>& ids) {
 json Instance::model_generate(const json& request, const TokenFn& on_token) {
   auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, generate), "generate");
   StringSink out;
-  struct Ctx {
-    const TokenFn* fn;
-  } ctx{&on_token};
   vhost_token_fn cb = nullptr;
   if (on_token)
     cb = [](void* c, uint32_t seq, int32_t tok, const char* text, size_t len) -> int32_t {
-      try {
-        return (*static_cast<Ctx*>(c)->fn)(seq, tok, std::string(text, len)) ? 0 : 1;
-      } catch (...) {
-        return 1;  // an exception must not unwind through the plugin: cancel instead
-      }
+      return carry_on<TokenFn>(c, [&](const TokenFn& fn) { return fn(seq, tok, std::string(text, len)); });
     };
-  check(t->generate(self_, request.dump().c_str(), cb, &ctx, &out.sink), "generate failed");
+  check(t->generate(self_, request.dump().c_str(), cb, const_cast<TokenFn*>(&on_token), &out.sink), "generate failed");
   return parse_reply(*plugin_, out.data, "generate");
 }
 
@@ -171,19 +176,12 @@ json Instance::model_tokenizer_info() {
 json Instance::model_train(const json& request, const EventFn& on_event) {
   auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, train), "train");
   StringSink out;
-  struct Ctx {
-    const EventFn* fn;
-  } ctx{&on_event};
   vhost_event_fn cb = nullptr;
   if (on_event)
     cb = [](void* c, const char* e, size_t len) -> int32_t {
-      try {
-        return (*static_cast<Ctx*>(c)->fn)(json::parse(e, e + len)) ? 0 : 1;
-      } catch (...) {
-        return 1;  // never unwind through the plugin: ask it to stop instead
-      }
+      return carry_on<EventFn>(c, [&](const EventFn& fn) { return fn(json::parse(e, e + len)); });
     };
-  check(t->train(self_, request.dump().c_str(), cb, &ctx, &out.sink), "train failed");
+  check(t->train(self_, request.dump().c_str(), cb, const_cast<EventFn*>(&on_event), &out.sink), "train failed");
   return parse_reply(*plugin_, out.data, "train");
 }
 
@@ -208,12 +206,19 @@ json Instance::dataset_prepare(const json& request) {
   return parse_reply(*plugin_, out.data, "prepare");
 }
 
-json model_tool(const LoadedPlugin& plugin, const std::string& name, const json& args) {
+std::optional<json> model_tool_if_offered(const LoadedPlugin& plugin, const std::string& name, const json& args) {
   auto* t = table_of<vhost_model_iface>(plugin, VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, tool), "tool");
   StringSink out;
   auto info = take_status(t->tool(name.c_str(), args.dump().c_str(), &out.sink));
+  if (info && info->code == VHOST_ERR_UNSUPPORTED) return std::nullopt;
   if (info) throw PluginError(plugin.label() + ": " + name + ": " + code_name(info->code) + ": " + info->message);
   return out.data.empty() ? json::object() : parse_reply(plugin, out.data, "tool '" + name + "'");
+}
+
+json model_tool(const LoadedPlugin& plugin, const std::string& name, const json& args) {
+  auto r = model_tool_if_offered(plugin, name, args);
+  if (!r) throw PluginError(plugin.label() + ": " + name + ": " + code_name(VHOST_ERR_UNSUPPORTED) + ": this model plugin has no tool '" + name + "'");
+  return *r;
 }
 
 }  // namespace vhost::host

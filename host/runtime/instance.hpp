@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace vhost::host {
@@ -61,5 +62,7 @@ class Instance {
 
 // A plugin-level tool of a model plugin (vhost_model_iface::tool).
 json model_tool(const LoadedPlugin& plugin, const std::string& name, const json& args);
+// The same, nullopt when the plugin has no such tool (VHOST_ERR_UNSUPPORTED).
+std::optional<json> model_tool_if_offered(const LoadedPlugin& plugin, const std::string& name, const json& args);
 
 }  // namespace vhost::host

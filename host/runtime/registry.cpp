@@ -16,13 +16,6 @@
 
 namespace vhost::host {
 
-static const std::vector<std::string> kKinds = {VHOST_KIND_BACKEND, VHOST_KIND_MODEL,
-                                                VHOST_KIND_DATASET, VHOST_KIND_JUDGE};
-
-bool is_kind(const std::string& kind) {
-  return std::find(kKinds.begin(), kKinds.end(), kind) != kKinds.end();
-}
-
 std::string kind_section(const std::string& kind) { return kind + "s"; }
 
 std::string LoadedPlugin::label() const {

@@ -44,14 +44,12 @@ struct LoadedPlugin {
   std::string label() const;  // "judge plugin 'echo' (/path/vhost_judge_echo.so)"
 };
 
-bool is_kind(const std::string& kind);
 // Kinds in table form: "backend" <-> "backends".
 std::string kind_section(const std::string& kind);
 
 class Registry {
  public:
   explicit Registry(std::vector<SearchDir> dirs);
-  const std::vector<SearchDir>& dirs() const { return dirs_; }
   const std::vector<Candidate>& candidates() const { return candidates_; }
   const Candidate* find(const std::string& kind, const std::string& name) const;
   std::vector<std::string> names(const std::string& kind) const;

@@ -44,6 +44,11 @@ struct StageType {
   // collective (train); any other stage writes files every rank reads, so one rank runs it while
   // the others wait at the backend's barrier.
   bool every_rank = false;
+  // Options a plugin adds to this stage: {instance option, tool}: the instance the stage's option
+  // names (a model) lists them through its plugin's tool, in the plugin options format, and the
+  // stage's table is checked against both (the train stage's recipe, which only the model plugin
+  // knows). Empty: none.
+  std::pair<std::string, std::string> plugin_options = {};
 };
 
 // The stage types this host knows: host/stages/ defines them (stages.hpp there lists each

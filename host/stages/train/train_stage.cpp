@@ -152,52 +152,19 @@ json run_train(StageContext& ctx) {
 std::vector<StageType> train_stage_types() {
   return {
       {"train",
-       "Fine-tunes a model on a prepared dataset (assistant-only loss), resumable from its checkpoints.",
+       "Fine-tunes a model on a prepared dataset (assistant-only loss), resumable from its checkpoints. The recipe "
+       "(epochs, batch sizes, learning rate and schedule, LoRA...) is the model plugin's: its tool train-options lists "
+       "the keys this table then takes too, with their defaults and ranges.",
        {option_spec("model", "string", "", "the model instance to start from; empty: the only one"),
         option_spec("data", "path", std::nullopt, "a prepared dataset folder (the prepare stage's out)"),
         option_spec("out", "path", std::nullopt, "checkpoints/, model/, metrics.jsonl, loss.svg"),
-        option_spec("epochs", "integer", 3, "passes over the training split", 1, 100000),
-        option_spec("max_steps", "integer", 0, "stop after this many optimizer steps (0: epochs decide)", 0, 1e12),
-        option_spec("stop_at_step", "integer", 0, "checkpoint and stop at this step; rerun without it to go on", 0, 1e12),
-        option_spec("batch_size", "integer", 128, "sequences per optimizer step, all processes together", 1, 1e12),
-        option_spec("micro_batch_size", "integer", 1, "sequences per forward pass per process", 1, 1e12),
-        option_spec("lr", "float", 2e-5, "peak learning rate", 0, 10),
-        option_spec("warmup_ratio", "float", 0.03, "share of the steps spent warming up", 0, 1),
-        option_spec("warmup_steps", "integer", -1, "warm-up steps (>= 0 overrides warmup_ratio)", -1, 1e12),
-        one_of(option_spec("schedule", "string", "cosine", "after warm-up: cosine, linear, constant"),
-               {"cosine", "linear", "constant"}),
-        option_spec("weight_decay", "float", 0.0, "AdamW weight decay (never on norms)", 0, 10),
-        option_spec("beta1", "float", 0.9, "AdamW beta1", 0, 0.999999),
-        option_spec("beta2", "float", 0.999, "AdamW beta2", 0, 0.999999999),
-        option_spec("eps", "float", 1e-8, "AdamW epsilon", 1e-30, 1),
-        option_spec("max_grad_norm", "float", 1.0, "gradient clipping (0: none)", 0, 1e9),
-        option_spec("gradient_checkpointing", "boolean", true, "recompute each layer in backward (less memory)"),
-        one_of(option_spec("padding", "string", "longest", "pad micro-batches to the longest sequence, or max_length"),
-               {"longest", "max_length"}),
-        option_spec("group_by_length", "boolean", true, "sort each step's sequences by length"),
-        option_spec("save_every", "integer", 0, "steps between checkpoints (0: at the end and on SIGTERM)", 0, 1e12),
-        option_spec("keep_last", "integer", 2, "checkpoints to keep", 1, 1000000),
-        option_spec("eval_every", "integer", 0, "steps between evaluations (0: at the end)", 0, 1e12),
-        option_spec("seed", "integer", 42, "data order seed", 0, 9007199254740991.0),
-        option_spec("peak_tflops", "float", 0.0, "device peak for MFU (0: the backend's: A100 312, H100/H200 989; none on CPU)", 0, 1e7),
-        one_of(option_spec("method", "string", "full",
-                           "full: every weight trains; lora: the base stays frozen and LoRA adapters train (out/adapter, "
-                           "a PEFT folder)"),
-               {"full", "lora"}),
-        option_spec("r", "integer", 8, "method = lora: the adapters' rank", 1, 1 << 20),
-        option_spec("alpha", "float", 16.0, "method = lora: the update is scaled by alpha / r", 1e-9, 1e9),
-        option_spec("dropout", "float", 0.05, "method = lora: dropout on the adapters' input", 0, 0.999),
-        option_spec("target_modules", "string_list", json::array({"q_proj", "v_proj"}),
-                    "method = lora: the projections that get adapters (q_proj, k_proj, v_proj, o_proj, gate_proj, "
-                    "up_proj, down_proj, or all-linear)"),
-        option_spec("modules_to_save", "string_list", json::array(),
-                    "method = lora: modules trained whole beside the adapters (embed_tokens, lm_head)"),
         option_spec("log_every", "integer", 0, "steps between progress lines when not on a terminal (0: 20 lines)", 0,
                     1e12)},
        {{"model", VHOST_KIND_MODEL}},
        {},
        run_train,
-       /*every_rank=*/true}
+       /*every_rank=*/true,
+       /*plugin_options=*/{"model", "train-options"}},
   };
 }
 

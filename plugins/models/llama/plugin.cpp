@@ -577,6 +577,11 @@ class LlamaPlugin final : public vhost::Model {
         throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, name + ": '" + key + "' is required");
       return args[key].get<std::string>();
     };
+    if (name == "train-options") {  // the train stage's recipe keys, checked by the host before a run
+      json options = json::array();
+      for (const auto& o : vhost::llama::TrainConfig::options()) options.push_back(o.to_json());
+      return options;
+    }
     if (name == "init") {
       fs::path out = need("out");
       auto cfg = LlamaConfig::preset(field<std::string>(args, "preset", "tiny"));

@@ -28,30 +28,88 @@ using torch::autograd::variable_list;
 
 // ---- options --------------------------------------------------------------------------------
 
+// The recipe's options as the plugin publishes them (tool "train-options"): the host's train
+// stage checks a pipeline's [stages.train] against them and fills in these defaults; from_json
+// checks the same table again, since a request may come from another host or an older one.
+std::vector<vhost::Option> TrainConfig::options() {
+  using vhost::Option;
+  const TrainConfig d;
+  const LoraConfig l;
+  const double big = 1e12;
+  return {
+      Option::integer("epochs", d.epochs, "passes over the training split").range(1, 100000),
+      Option::integer("max_steps", d.max_steps, "stop after this many optimizer steps (0: epochs decide)").range(0, big),
+      Option::integer("stop_at_step", d.stop_at_step, "checkpoint and stop at this step; rerun without it to go on")
+          .range(0, big),
+      Option::integer("batch_size", d.batch_size, "sequences per optimizer step, all processes together").range(1, big),
+      Option::integer("micro_batch_size", d.micro_batch_size, "sequences per forward pass per process").range(1, big),
+      Option::number("lr", d.lr, "peak learning rate").range(0, 10),
+      Option::number("warmup_ratio", d.warmup_ratio, "share of the steps spent warming up").range(0, 1),
+      Option::integer("warmup_steps", d.warmup_steps, "warm-up steps (>= 0 overrides warmup_ratio)").range(-1, big),
+      Option::string("schedule", d.schedule, "after warm-up: cosine, linear, constant")
+          .one_of({"cosine", "linear", "constant"}),
+      Option::number("weight_decay", d.weight_decay, "AdamW weight decay (never on norms)").range(0, 10),
+      Option::number("beta1", d.beta1, "AdamW beta1").range(0, 0.999999),
+      Option::number("beta2", d.beta2, "AdamW beta2").range(0, 0.999999999),
+      Option::number("eps", d.eps, "AdamW epsilon").range(1e-30, 1),
+      Option::number("max_grad_norm", d.max_grad_norm, "gradient clipping (0: none)").range(0, 1e9),
+      Option::boolean("gradient_checkpointing", d.gradient_checkpointing, "recompute each layer in backward (less memory)"),
+      Option::string("padding", d.padding, "pad micro-batches to the longest sequence, or max_length")
+          .one_of({"longest", "max_length"}),
+      Option::boolean("group_by_length", d.group_by_length, "sort each step's sequences by length"),
+      Option::integer("save_every", d.save_every, "steps between checkpoints (0: at the end and on SIGTERM)").range(0, big),
+      Option::integer("keep_last", d.keep_last, "checkpoints to keep").range(1, 1000000),
+      Option::integer("eval_every", d.eval_every, "steps between evaluations (0: at the end)").range(0, big),
+      Option::integer("seed", static_cast<int64_t>(d.seed), "data order seed").range(0, 9007199254740991.0),
+      Option::number("peak_tflops", d.peak_tflops,
+                     "device peak for MFU (0: the backend's: A100 312, H100/H200 989; none on CPU)")
+          .range(0, 1e7),
+      Option::string("method", "full",
+                     "full: every weight trains; lora: the base stays frozen and LoRA adapters train (out/adapter, "
+                     "a PEFT folder)")
+          .one_of({"full", "lora"}),
+      Option::integer("r", l.r, "method = lora: the adapters' rank (at most the model's hidden size)").range(1, 1 << 20),
+      Option::number("alpha", l.alpha, "method = lora: the update is scaled by alpha / r").range(1e-9, 1e9),
+      Option::number("dropout", l.dropout, "method = lora: dropout on the adapters' input").range(0, 0.999),
+      Option::string_list("target_modules", l.target_modules,
+                          "method = lora: the projections that get adapters (q_proj, k_proj, v_proj, o_proj, "
+                          "gate_proj, up_proj, down_proj, or all-linear)"),
+      Option::string_list("modules_to_save", l.modules_to_save,
+                          "method = lora: modules trained whole beside the adapters (embed_tokens, lm_head)"),
+  };
+}
+
 TrainConfig TrainConfig::from_json(const json& j, const LlamaConfig& model) {
   TrainConfig c;
+  std::map<std::string, vhost::Option> table;
+  for (auto& o : options()) table.emplace(o.key, o);
   auto bad = [](const std::string& field, const std::string& why) {
     return vhost::Error(VHOST_ERR_INVALID_ARGUMENT, field + ": " + why);
   };
-  auto num = [&](const char* k, double& v, double lo, double hi) {
+  auto range = [&](const char* k) { return std::make_pair(*table.at(k).min, *table.at(k).max); };
+  auto num = [&](const char* k, double& v) {
     if (!j.contains(k)) return;
     if (!j[k].is_number()) throw bad(k, "expected a number, got " + j[k].dump());
     v = j[k].get<double>();
+    auto [lo, hi] = range(k);
     if (!(v >= lo && v <= hi)) throw bad(k, j[k].dump() + " is outside [" + json(lo).dump() + ", " + json(hi).dump() + "]");
   };
-  auto integer = [&](const char* k, int64_t& v, int64_t lo, int64_t hi) {
+  auto integer = [&](const char* k, int64_t& v) {
     if (!j.contains(k)) return;
     if (!j[k].is_number_integer()) throw bad(k, "expected an integer, got " + j[k].dump());
     v = j[k].get<int64_t>();
-    if (v < lo || v > hi) throw bad(k, std::to_string(v) + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    auto [lo, hi] = range(k);
+    if (v < lo || v > hi)
+      throw bad(k, std::to_string(v) + " is outside [" + json(lo).dump() + ", " + json(hi).dump() + "]");
   };
   auto boolean = [&](const char* k, bool& v) {
     if (!j.contains(k)) return;
     if (!j[k].is_boolean()) throw bad(k, "expected true or false, got " + j[k].dump());
     v = j[k].get<bool>();
   };
-  auto choice = [&](const char* k, std::string& v, std::vector<std::string> allowed) {
+  auto choice = [&](const char* k, std::string& v) {
     if (!j.contains(k)) return;
+    const auto& allowed = table.at(k).choices;
     if (!j[k].is_string() || std::find(allowed.begin(), allowed.end(), j[k].get<std::string>()) == allowed.end()) {
       std::string list;
       for (auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
@@ -63,33 +121,29 @@ TrainConfig TrainConfig::from_json(const json& j, const LlamaConfig& model) {
     if (!j.contains(k) || !j[k].is_string() || j[k].get<std::string>().empty()) throw bad(k, "required (a folder)");
   c.data = j["data"].get<std::string>();
   c.out = j["out"].get<std::string>();
-  const int64_t big = int64_t(1) << 40;
-  integer("epochs", c.epochs, 1, 100000);
-  integer("max_steps", c.max_steps, 0, big);
-  integer("stop_at_step", c.stop_at_step, 0, big);
-  integer("batch_size", c.batch_size, 1, big);
-  integer("micro_batch_size", c.micro_batch_size, 1, big);
-  num("lr", c.lr, 0, 10);
-  num("warmup_ratio", c.warmup_ratio, 0, 1);
-  integer("warmup_steps", c.warmup_steps, -1, big);
-  choice("schedule", c.schedule, {"cosine", "linear", "constant"});
-  num("weight_decay", c.weight_decay, 0, 10);
-  num("beta1", c.beta1, 0, 0.999999);
-  num("beta2", c.beta2, 0, 0.999999999);
-  num("eps", c.eps, 1e-30, 1);
-  num("max_grad_norm", c.max_grad_norm, 0, 1e9);
+  const std::pair<const char*, int64_t*> integers[] = {
+      {"epochs", &c.epochs},         {"max_steps", &c.max_steps},   {"stop_at_step", &c.stop_at_step},
+      {"batch_size", &c.batch_size}, {"micro_batch_size", &c.micro_batch_size},
+      {"warmup_steps", &c.warmup_steps}, {"save_every", &c.save_every}, {"keep_last", &c.keep_last},
+      {"eval_every", &c.eval_every}};
+  for (const auto& [k, v] : integers) integer(k, *v);
+  num("lr", c.lr);
+  num("warmup_ratio", c.warmup_ratio);
+  choice("schedule", c.schedule);
+  num("weight_decay", c.weight_decay);
+  num("beta1", c.beta1);
+  num("beta2", c.beta2);
+  num("eps", c.eps);
+  num("max_grad_norm", c.max_grad_norm);
   boolean("gradient_checkpointing", c.gradient_checkpointing);
-  choice("padding", c.padding, {"longest", "max_length"});
+  choice("padding", c.padding);
   boolean("group_by_length", c.group_by_length);
-  integer("save_every", c.save_every, 0, big);
-  integer("keep_last", c.keep_last, 1, 1000000);
-  integer("eval_every", c.eval_every, 0, big);
   int64_t seed = static_cast<int64_t>(c.seed);
-  integer("seed", seed, 0, int64_t(9007199254740991));
+  integer("seed", seed);
   c.seed = static_cast<uint64_t>(seed);
-  num("peak_tflops", c.peak_tflops, 0, 1e7);
+  num("peak_tflops", c.peak_tflops);
   std::string method = "full";
-  choice("method", method, {"full", "lora"});
+  choice("method", method);
   if (method == "lora") c.lora = LoraConfig::from_json(j, model);
   return c;
 }

@@ -60,6 +60,9 @@ struct TrainConfig {
   // Errors name the field; `model` is the model to be trained (LoRA's r and modules_to_save are
   // checked against it).
   static TrainConfig from_json(const json& j, const LlamaConfig& model = LlamaConfig());
+  // The recipe's options with their defaults, ranges and help (everything from_json reads but
+  // data and out): what the plugin's tool "train-options" publishes for the host's train stage.
+  static std::vector<vhost::Option> options();
 };
 
 // What the trainer reports while it runs; return false to ask for a checkpoint and a stop.

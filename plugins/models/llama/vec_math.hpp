@@ -1,4 +1,4 @@
-// Vector math shared by the decode kernels (decode_kernels.cpp, amx_kernels.cpp): GCC/Clang
+// Vector math shared by the decode kernels (decode_kernels.cpp, bf16_kernels.cpp): GCC/Clang
 // vector extensions, instantiated inside each kernel's target("...") function.
 #pragma once
 

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <functional>
 #include <iosfwd>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,7 +25,7 @@ using json = nlohmann::json;
 
 // "0.1.0"
 std::string version();
-// "1.0": the plugin ABI this host implements.
+// "1.6": the plugin ABI this host implements (vhost/c/vhost.h).
 std::string abi_version();
 
 // A TOML file as JSON (side files such as custom conversation templates). Throws ConfigError
@@ -36,7 +37,7 @@ void set_log_level(const std::string& level);
 
 struct PluginInfo {
   std::string kind, name, version, description;
-  std::string abi;        // the SDK ABI the plugin was built for, "1.0"
+  std::string abi;        // the SDK ABI the plugin was built for, e.g. "1.6"
   std::string torch_abi;  // empty for plugins without libtorch
   std::filesystem::path file;
   std::string origin;                           // which part of the search path found it
@@ -121,6 +122,15 @@ class Host {
   Pipeline load_string(const std::string& toml, const std::string& source_name = "<string>",
                        const std::vector<std::string>& overrides = {},
                        const std::filesystem::path& base_dir = std::filesystem::current_path()) const;
+
+  // A pipeline built as data instead of TOML text (what the CLI's shortcuts do): `pipeline` holds
+  // the tables a pipeline file would ({"pipeline": {...}, "models": {"m": {...}}, ...}). Its
+  // values carry no file position, so an error names the key's entry in `origins` (key path ->
+  // where the value came from, e.g. "stages.generate.max_tokens" -> "--max-tokens"; a parent
+  // path counts) or else `source_name`. Relative paths resolve against the working directory;
+  // ${NAME} is not expanded.
+  Pipeline load_json(const json& pipeline, const std::string& source_name,
+                     const std::map<std::string, std::string>& origins = {}) const;
 
   // Runs the stages in order; writes work_dir/run.json. Throws Error when a stage fails.
   RunResult run(const Pipeline& pipeline, const RunOptions& options = {}) const;

@@ -17,9 +17,6 @@ namespace vhost::torch_compat {
 
 inline std::string version() { return TORCH_VERSION; }
 
-// Fused attention kernels (flash / memory-efficient on CUDA) arrived with 2.0.
-constexpr bool has_fused_attention() { return VHOST_TORCH_AT_LEAST(2, 0); }
-
 // The GPU runtime this libtorch was built for ("cpu", "cuda12.8", "hip6.2").
 inline std::string gpu_runtime() { return VHOST_TORCH_GPU; }
 
