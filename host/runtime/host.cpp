@@ -511,6 +511,66 @@ RankEnv rank_env() {
 // takes a while); a rank that dies ends the wait at once.
 constexpr double kStageWaitSeconds = 24 * 3600;
 
+// One run's instances: created on first use (those they name first), published in the run's
+// context for the plugins' lookups (another run in this process has its own), destroyed in the
+// reverse order of creation.
+class RunInstances {
+ public:
+  RunInstances(const Pipeline& pipeline, const Pipeline::Impl& p) : pipeline_(pipeline), p_(p) {}
+  ~RunInstances() { clear(); }
+
+  Instance& get(const std::string& ref) {
+    auto it = live_.find(ref);
+    if (it != live_.end()) return *it->second;
+    for (const auto& d : p_.instances) {
+      if (d.ref != ref) continue;
+      if (!creating_.insert(ref).second)
+        throw ConfigError(pipeline_.where(ref + ".plugin") + ": " + ref + ": instances depend on each other in a cycle");
+      for (const auto& dep : d.deps) get(dep);
+      creating_.erase(ref);
+      spdlog::debug("creating {} ({})", ref, d.loaded->label());
+      auto inst = std::make_unique<Instance>(d.loaded, ref, d.config, p_.locations, p_.source, context_.get());
+      created_.push_back(ref);
+      return *(live_[ref] = std::move(inst));
+    }
+    throw Error("no instance '" + ref + "' in this pipeline");
+  }
+
+  void clear() {
+    for (auto it = created_.rbegin(); it != created_.rend(); ++it) live_.erase(*it);
+    created_.clear();
+    group_ = nullptr;
+  }
+
+  // Under several processes a stage that is not collective runs on one rank (rank 0, or local
+  // rank 0 with once_per = "node") while the others wait at the barrier of the pipeline's
+  // backend whose process group spans the job; they go on together once it has written its files.
+  Instance& process_group(int world_size) {
+    if (group_) return *group_;
+    for (const auto& d : p_.instances) {
+      if (d.loaded->kind != VHOST_KIND_BACKEND) continue;
+      Instance& b = get(d.ref);
+      auto [r, world] = b.backend_process_group();
+      if (world == world_size) return *(group_ = &b);
+      if (world > 1)
+        throw Error(d.ref + " has a process group of " + std::to_string(world) + " ranks, but WORLD_SIZE is " +
+                    std::to_string(world_size));
+    }
+    throw ConfigError("WORLD_SIZE is " + std::to_string(world_size) +
+                      ", but no backend of this pipeline runs a process group to coordinate the ranks with "
+                      "(declare one, e.g. [backends.cpu] plugin = \"cpu\")");
+  }
+
+ private:
+  const Pipeline& pipeline_;
+  const Pipeline::Impl& p_;
+  std::shared_ptr<vhost_context> context_ = new_run_context();  // outlives the instances below
+  std::map<std::string, std::unique_ptr<Instance>> live_;
+  std::vector<std::string> created_;
+  std::set<std::string> creating_;
+  Instance* group_ = nullptr;
+};
+
 }  // namespace
 
 RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
@@ -530,29 +590,12 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
   fs::create_directories(p.work_dir, ec);
   if (ec) throw Error("cannot create work_dir " + p.work_dir.string() + ": " + ec.message());
 
-  // This run's instances, by id, for the plugins' lookups: another run in this process has its own.
-  std::shared_ptr<vhost_context> run_context = new_run_context();
-  std::map<std::string, std::unique_ptr<Instance>> live;
-  std::vector<std::string> created;  // destroyed in reverse order of creation
+  RunInstances instances(pipeline, *pipeline.impl_);
+  std::function<Instance&(const std::string&)> get_instance = [&](const std::string& ref) -> Instance& {
+    return instances.get(ref);
+  };
   std::vector<std::string> declared;
   for (const auto& d : p.instances) declared.push_back(d.ref);
-  std::set<std::string> creating;
-  std::function<Instance&(const std::string&)> get_instance = [&](const std::string& ref) -> Instance& {
-    auto it = live.find(ref);
-    if (it != live.end()) return *it->second;
-    for (const auto& d : p.instances) {
-      if (d.ref != ref) continue;
-      if (!creating.insert(ref).second) throw ConfigError(pipeline.where(ref + ".plugin") + ": " + ref + ": instances depend on each other in a cycle");
-      for (const auto& dep : d.deps) get_instance(dep);
-      creating.erase(ref);
-      spdlog::debug("creating {} ({})", ref, d.loaded->label());
-      auto inst = std::make_unique<Instance>(d.loaded, ref, d.config, p.locations, p.source, run_context.get());
-      created.push_back(ref);
-      return *(live[ref] = std::move(inst));
-    }
-    throw Error("no instance '" + ref + "' in this pipeline");
-  };
-
   json report = {{"pipeline", p.name}, {"source", p.source}, {"vhost", version()}, {"started", now_iso8601()},
                  {"stages", json::array()}, {"status", "running"}};
   auto write_report = [&] {
@@ -563,28 +606,9 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
   std::vector<std::shared_ptr<void>> kept;  // background servers: stopped before the instances go
   auto teardown = [&] {
     while (!kept.empty()) kept.pop_back();
-    for (auto it = created.rbegin(); it != created.rend(); ++it) live.erase(*it);
+    instances.clear();
   };
 
-  // Under several processes a stage that is not collective runs on one rank (rank 0, or local
-  // rank 0 with once_per = "node") while the others wait at the barrier of the pipeline's
-  // backend; they go on together once it has written its files.
-  Instance* group = nullptr;
-  auto process_group = [&]() -> Instance& {
-    if (group) return *group;
-    for (const auto& d : p.instances) {
-      if (d.loaded->kind != VHOST_KIND_BACKEND) continue;
-      Instance& b = get_instance(d.ref);
-      auto [r, world] = b.backend_process_group();
-      if (world == ranks.world) return *(group = &b);
-      if (world > 1)
-        throw Error(d.ref + " has a process group of " + std::to_string(world) + " ranks, but WORLD_SIZE is " +
-                    std::to_string(ranks.world));
-    }
-    throw ConfigError("WORLD_SIZE is " + std::to_string(ranks.world) +
-                      ", but no backend of this pipeline runs a process group to coordinate the ranks with "
-                      "(declare one, e.g. [backends.cpu] plugin = \"cpu\")");
-  };
   const bool lead = ranks.world == 1 || (p.once_per_node ? ranks.local_rank == 0 : ranks.rank == 0);
 
   for (const auto& id : p.order) {
@@ -608,7 +632,7 @@ RunResult Host::run(const Pipeline& pipeline, const RunOptions& options) const {
         r.output = sd.type->run(ctx);
       } else {
         if (lead) r.output = sd.type->run(ctx);
-        Instance& group_backend = process_group();  // a pipeline without one is a ConfigError
+        Instance& group_backend = instances.process_group(ranks.world);  // a pipeline without one is a ConfigError
         try {
           group_backend.backend_barrier(kStageWaitSeconds);
         } catch (const std::exception& e) {
