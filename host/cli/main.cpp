@@ -157,274 +157,788 @@ void print_plugins(const vh::Host& host, bool as_json, bool verbose) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  CLI::App app{"vhost: train, serve and evaluate LLaMA chat models (Vicuna's recipe) with plugins"};
-  app.require_subcommand(1);
-  app.fallthrough();  // global options may also follow the subcommand
+// Every subcommand: its options (members, declared on its CLI::App by one declare_* per group)
+// and what it does (one cmd_* each). main() parses, makes the host and dispatches.
+struct Cli {
   std::vector<std::string> plugin_dirs;
   std::string log_level = "info";
-  app.add_option("--plugin-dir", plugin_dirs, "search this plugin folder first (repeatable)");
-  app.add_option("--log-level", log_level, "how much to log")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
-      ->capture_default_str();
-
   std::string file;
   std::vector<std::string> sets, only;
   bool print_resolved = false, as_json = false, verbose = false;
-
-  auto* run = app.add_subcommand("run", "run the stages of a pipeline file in order");
-  run->add_option("file", file, "pipeline TOML file")->required();
-  run->add_option("--set", sets, "override a value: section.key=value (repeatable)");
-  run->add_option("--only", only, "run only this stage (repeatable)");
-
+  CLI::App* run = nullptr;
   vhost::cli::LaunchOptions lo;
-  auto* launch = app.add_subcommand("launch", "run a pipeline as several processes (data-parallel training), torchrun-style");
-  launch->add_option("file", file, "pipeline TOML file")->required();
-  launch->add_option("--nproc-per-node", lo.nproc_per_node, "processes on this host")->capture_default_str();
-  launch->add_option("--nnodes", lo.nnodes, "hosts in the job")->capture_default_str();
-  launch->add_option("--node-rank", lo.node_rank, "this host's index")->capture_default_str();
-  launch->add_option("--master-addr", lo.master_addr, "rank 0's host")->capture_default_str();
-  launch->add_option("--master-port", lo.master_port, "rank 0's port (default: MASTER_PORT, else a free one)");
-  launch->add_option("--log-dir", lo.log_dir, "write ranks 1.. output to DIR/rank-N.log (default: discard their stdout)");
-  launch->add_option("--set", sets, "override a value: section.key=value (repeatable)");
-  launch->add_option("--only", only, "run only this stage (repeatable)");
-
-  auto* validate = app.add_subcommand("validate", "check a pipeline file without running it");
-  validate->add_option("file", file, "pipeline TOML file")->required();
-  validate->add_option("--set", sets, "override a value: section.key=value (repeatable)");
-  validate->add_flag("--print", print_resolved, "print the effective configuration as JSON");
-
-  auto* plugins = app.add_subcommand("plugins", "list every plugin on the search path");
-  plugins->add_flag("--json", as_json, "machine-readable output");
-  plugins->add_flag("-v,--verbose", verbose, "also list each plugin's options");
-
-  auto* stages = app.add_subcommand("stages", "list the stage types and their options");
-
-  // Model and tokenizer tools (plugin-level tools of a model plugin).
+  CLI::App* launch = nullptr;
+  CLI::App* validate = nullptr;
+  CLI::App* plugins = nullptr;
+  CLI::App* stages = nullptr;
   std::string model_plugin = "llama";
-  auto* model = app.add_subcommand("model", "make and convert model checkpoints");
-  model->require_subcommand(1);
+  CLI::App* model = nullptr;
   std::string preset = "tiny", out_dir, dtype = "float32", tok_file, tok_text;
   int64_t seed = 0;
-  auto* model_init = model->add_subcommand("init", "write a randomly initialised checkpoint of a preset shape");
-  model_init->add_option("--preset", preset, "tiny, stories15m, 7b, 13b")->capture_default_str();
-  model_init->add_option("--out", out_dir, "checkpoint folder to write")->required();
-  model_init->add_option("--seed", seed, "initialisation seed")->capture_default_str();
-  model_init->add_option("--dtype", dtype, "float32, bfloat16, float16")->capture_default_str();
-  auto* tok_opt = model_init->add_option("--tokenizer", tok_file, "tokenizer.model to copy (sets the vocabulary)");
-  model_init->add_option("--tokenizer-text", tok_text, "text file to train a tokenizer on")->excludes(tok_opt);
-  model_init->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+  CLI::App* model_init = nullptr;
   bool init_overwrite = false, convert_overwrite = false;
-  model_init->add_flag("--overwrite", init_overwrite, "replace --out if it exists");
-
   std::string convert_in, convert_out;
-  auto* model_convert = model->add_subcommand("convert", "convert a checkpoint: GGUF file -> HF folder, or HF folder -> GGUF file");
-  model_convert->add_option("in", convert_in, "a GGUF file or an HF checkpoint folder")->required();
-  model_convert->add_option("out", convert_out, "the HF folder or GGUF file to write")->required();
-  model_convert->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
-  model_convert->add_flag("--overwrite", convert_overwrite, "replace out if it exists");
+  CLI::App* model_convert = nullptr;
   std::string convert_quantize;
-  model_convert->add_option("--quantize", convert_quantize,
-                            "HF folder -> GGUF: write the matrices quantized (q8_0, q4_0, q4_1, q5_0, q5_1, as llama.cpp's converter and the gguf "
-                            "package quantize them; 1-D tensors stay F32; the model plugin checks the name)");
-
   std::string merge_base, merge_adapter, merge_out;
   bool merge_overwrite = false;
-  auto* model_merge = model->add_subcommand("merge", "merge a LoRA adapter into its base: a whole HF checkpoint (PEFT's merge_and_unload)");
-  model_merge->add_option("base", merge_base, "the base: an HF checkpoint folder or a GGUF file")->required();
-  model_merge->add_option("adapter", merge_adapter, "a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors)")
-      ->required();
-  model_merge->add_option("out", merge_out, "the HF folder to write")->required();
-  model_merge->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
-  model_merge->add_flag("--overwrite", merge_overwrite, "replace out if it exists");
-
-  auto* tokenizer = app.add_subcommand("tokenizer", "encode, decode, train SentencePiece tokenizers");
-  tokenizer->require_subcommand(1);
+  CLI::App* model_merge = nullptr;
+  CLI::App* tokenizer = nullptr;
   std::string tok_model, tok_input;
   bool tok_bos = false, tok_eos = false;
   int64_t tok_vocab = 32000;
-  auto* tok_encode = tokenizer->add_subcommand("encode", "text on stdin -> JSON array of ids");
-  tok_encode->add_option("--model", tok_model, "tokenizer.model, or a checkpoint folder")->required();
-  tok_encode->add_flag("--bos", tok_bos, "prepend BOS");
-  tok_encode->add_flag("--eos", tok_eos, "append EOS");
+  CLI::App* tok_encode = nullptr;
   bool tok_jsonl = false;
-  tok_encode->add_flag("--jsonl", tok_jsonl, "stdin: one JSON string per line; stdout: one JSON array of ids per line");
-  auto* tok_decode = tokenizer->add_subcommand("decode", "JSON array of ids on stdin -> text");
-  tok_decode->add_option("--model", tok_model, "tokenizer.model, or a checkpoint folder")->required();
-  auto* tok_train = tokenizer->add_subcommand("train", "train a LLaMA-style SentencePiece BPE");
-  tok_train->add_option("--input", tok_input, "text file")->required();
-  tok_train->add_option("--vocab", tok_vocab, "vocabulary size")->capture_default_str();
-  tok_train->add_option("--out", out_dir, "folder for tokenizer.model")->required();
-
-  auto* gen = app.add_subcommand("generate", "continue a prompt with a model");
+  CLI::App* tok_decode = nullptr;
+  CLI::App* tok_train = nullptr;
+  CLI::App* gen = nullptr;
   std::string gen_model, gen_prompt;
   int64_t gen_max = 64, gen_top_k = 0, gen_seed = -1, gen_threads = 0;
   double gen_temp = vh::sampling::kTemperatureGenerate, gen_top_p = 1.0;
   std::vector<std::string> gen_stop;
-  gen->add_option("model_dir", gen_model, "checkpoint folder")->required();
-  gen->add_option("--prompt", gen_prompt, "the prompt")->required();
-  gen->add_option("--max-tokens", gen_max, "tokens to generate at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
-  sampling_flag(gen, vh::sampling::kTemperature, gen_temp);
-  sampling_flag(gen, vh::sampling::kTopP, gen_top_p);
-  sampling_flag(gen, vh::sampling::kTopK, gen_top_k);
-  gen->add_option("--seed", gen_seed, "sampling seed (-1: random)")->capture_default_str();
-  gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
-  gen->add_option("--threads", gen_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
-  gen->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
   std::string gen_adapter, chat_adapter;
-  gen->add_option("--adapter", gen_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
   std::vector<std::string> gen_model_options;
-  gen->add_option("--model-option", gen_model_options,
-                  "KEY=VALUE: an option of the model plugin, as in [models.NAME] of a pipeline (repeatable; "
-                  "true/false and numbers as such, anything else a string)");
-  // Data preparation (a one-stage pipeline, like generate).
-  auto* prep = app.add_subcommand("prepare", "clean, split and tokenize ShareGPT conversations for training");
+  CLI::App* prep = nullptr;
   std::string prep_input, prep_model, prep_out, prep_template, prep_html = "auto", prep_templates, prep_rules = "vhost";
   int64_t prep_max_length = 2048, prep_max_turns = 0;
   double prep_eval = 0.0;
   std::vector<std::string> prep_langs, prep_skip_langs, prep_blocked;
   bool prep_no_dedupe = false, prep_reduce_rep = false;
-  prep->add_option("input", prep_input, "ShareGPT JSON file")->required();
-  prep->add_option("--model", prep_model, "checkpoint folder or GGUF file whose tokenizer to use")->required();
-  prep->add_option("--out", prep_out, "output folder (train/, eval/, stats.json, cleaned.json)")->required();
-  prep->add_option("--template", prep_template, "conversation template (default: the model's, vicuna_v1.1)");
-  prep->add_option("--templates", prep_templates, "TOML file of custom templates ([NAME] tables)");
-  prep->add_option("--max-length", prep_max_length, "tokens per sequence")->capture_default_str();
-  prep->add_option("--eval-fraction", prep_eval, "share held out in eval/")->capture_default_str();
-  prep->add_option("--html", prep_html, "auto, always, never")->capture_default_str();
-  prep->add_option("--rules", prep_rules, "vhost, or fastchat: FastChat's own cleaning and splitting decisions")
-      ->capture_default_str();
-  prep->add_option("--language", prep_langs, "keep only this language (cld2 code; repeatable)");
-  prep->add_option("--skip-language", prep_skip_langs, "drop this language (cld2 code; repeatable)");
-  prep->add_flag("--reduce-rep", prep_reduce_rep, "drop conversations with a digit repeated 9 times in a row");
-  prep->add_option("--blocked-word", prep_blocked, "drop conversations containing it (repeatable)");
-  prep->add_option("--max-turns", prep_max_turns, "drop conversations with more turns (0: no limit)");
-  prep->add_flag("--no-dedupe", prep_no_dedupe, "keep exact duplicates");
-
-  auto* tmpl = app.add_subcommand("template", "conversation templates (FastChat's formats)");
-  tmpl->require_subcommand(1);
+  CLI::App* tmpl = nullptr;
   std::string tmpl_name = "vicuna_v1.1", tmpl_file;
   bool tmpl_mask = false, tmpl_json = false;
-  auto* tmpl_render = tmpl->add_subcommand("render", "one ShareGPT conversation (JSON) on stdin -> the prompt");
-  tmpl_render->add_option("--template", tmpl_name, "template name")->capture_default_str();
-  tmpl_render->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
-  tmpl_render->add_flag("--mask", tmpl_mask, "mark the trained spans (the assistant's replies) with [[ ]]");
-  tmpl_render->add_flag("--json", tmpl_json, "print the segments as JSON (text, role, trained, special)");
-  auto* tmpl_list = tmpl->add_subcommand("list", "list the templates");
-  tmpl_list->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
-
-  auto* serve = app.add_subcommand("serve", "serve models over an OpenAI-compatible API with a web chat page");
-  auto* worker = app.add_subcommand("worker", "serve models as a worker of a controller (vhost serve --controller)");
+  CLI::App* tmpl_render = nullptr;
+  CLI::App* tmpl_list = nullptr;
+  CLI::App* serve = nullptr;
+  CLI::App* worker = nullptr;
   std::vector<std::string> serve_models, serve_keys, serve_blocked, serve_adapters;
   std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_templates, serve_controller, serve_advertise, serve_moderation,
               serve_moderation_model = "omni-moderation-latest", serve_decode_dtype = "float32";
   int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64, serve_interval = 16,
           serve_flush_ms = 20;
   double serve_heartbeat = 5;
-  for (auto* sub : {serve, worker}) {
-    sub->add_option("model_dir", serve_models, "checkpoint folders or GGUF files (served by folder name)")->required();
-    sub->add_option("--adapter,--lora-modules", serve_adapters,
-                    "NAME=DIR: serve a LoRA adapter folder (PEFT's, or the train stage's out/adapter) as model id "
-                    "NAME on the base model_dir; requests for the base and its adapters share batches (repeatable)");
-    sub->add_option("--host", serve_host, "address to listen on")->capture_default_str();
-    sub->add_option("--port", serve_port, "port (0: any free one)")->capture_default_str();
-    sub->add_option("--max-batch", serve_batch, "sequences decoded together per model (continuous batching)")->capture_default_str();
-    sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429")->capture_default_str();
-    sub->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
-    sub->add_option("--threads", serve_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
-    sub->add_option("--decode-dtype", serve_decode_dtype, "decoding steps: float32, or bfloat16 on Intel AMX (the llama option decode_dtype)")
-        ->check(CLI::IsMember({"float32", "bfloat16"}))
-        ->capture_default_str();
-    sub->add_option("--template", serve_template,
-                    "conversation template for chat (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");
-    sub->add_option("--templates", serve_templates, "TOML file of custom templates ([NAME] tables) --template may name");
-    sub->add_option("--log", serve_log, "append conversations to this JSONL file");
-    sub->add_option("--blocked-word", serve_blocked, "moderation: refuse prompts containing this (repeatable)");
-    sub->add_option("--moderation", serve_moderation,
-                    "moderation: also ask this OpenAI-compatible endpoint's /moderations about every prompt "
-                    "(e.g. https://api.openai.com/v1; key from OPENAI_API_KEY)");
-    sub->add_option("--moderation-model", serve_moderation_model, "the model --moderation asks")->capture_default_str();
-    sub->add_option("--stream-interval", serve_interval, "streaming: write once this many tokens wait")->capture_default_str();
-    sub->add_option("--stream-flush-ms", serve_flush_ms, "streaming: or this many ms after the last write (0: by count only)")
-        ->capture_default_str();
-    auto* c = sub->add_option("--controller", serve_controller, "register with this controller (http://host:port)");
-    if (sub == worker) c->required();
-    sub->add_option("--advertise", serve_advertise, "the URL the controller hands out (default http://host:port)");
-    sub->add_option("--heartbeat", serve_heartbeat, "seconds between heartbeats")->capture_default_str();
-  }
-  auto* eval = app.add_subcommand("eval", "evaluation reports");
-  auto* eval_report_cmd = eval->add_subcommand("report", "recompute the report from judgment files (vhost's or FastChat's reviews)");
+  CLI::App* eval = nullptr;
+  CLI::App* eval_report_cmd = nullptr;
   std::vector<std::string> review_files, review_names;
   std::string review_baseline, review_out;
-  eval_report_cmd->add_option("--reviews", review_files, "judgments.jsonl or FastChat review JSONL files")->required();
-  eval_report_cmd->add_option("--names", review_names, "FastChat reviews: the two models' names, in answer order")->expected(2);
-  eval_report_cmd->add_option("--baseline", review_baseline, "the model the others are compared with");
-  eval_report_cmd->add_option("--out", review_out, "also write report.md, report.json and report.html here");
   std::string review_questions;
-  eval_report_cmd->add_option("--questions", review_questions,
-                              "question JSONL: categories for FastChat reviews that carry none");
-  auto* agree_cmd = eval->add_subcommand(
-      "agreement", "agreement between judges on pairwise votes, per turn, with and without ties (FastChat's compute_agreement.py)");
+  CLI::App* agree_cmd = nullptr;
   std::vector<std::string> agree_files, agree_judges = {"gpt4-pair", "human"};
   bool agree_json = false;
-  agree_cmd->add_option("files", agree_files,
-                        "vote files: FastChat's MT-bench judgment JSON (human and GPT-4), or vhost pairwise judgments.jsonl (as gpt4-pair)")
-      ->required();
-  agree_cmd->add_option("--judges", agree_judges, "the two judges: gpt4-pair human, or human human")->expected(2)->capture_default_str();
-  agree_cmd->add_flag("--json", agree_json, "print JSON");
-  eval->require_subcommand(1);
-  auto* arena_cmd = app.add_subcommand("arena", "the arena leaderboard (FastChat's Chatbot Arena)");
-  auto* arena_report_cmd = arena_cmd->add_subcommand(
-      "report", "ratings (Bradley-Terry MLE with bootstrap intervals, online Elo) from votes, battles or pairwise judgments");
+  CLI::App* arena_cmd = nullptr;
+  CLI::App* arena_report_cmd = nullptr;
   std::vector<std::string> arena_files, arena_anchor;
   std::string arena_out;
   vh::arena::Options arena_opt;
   bool arena_json = false;
-  arena_report_cmd->add_option("files", arena_files,
-                               "conversation logs with votes (vhost serve|api --log), FastChat battle files, pairwise judgments")
-      ->required();
-  arena_report_cmd->add_option("--bootstrap", arena_opt.rounds, "bootstrap rounds for the 95% intervals (0: none)")
-      ->check(CLI::Range(int64_t{0}, int64_t{100000}))
-      ->capture_default_str();
-  arena_report_cmd->add_option("--seed", arena_opt.seed, "bootstrap seed")->capture_default_str();
-  arena_report_cmd->add_flag("--anonymous-only", arena_opt.anonymous_only, "only battles whose models were hidden until the vote");
-  arena_report_cmd->add_option("--anchor", arena_anchor, "MODEL=RATING: shift every rating so MODEL has RATING (FastChat: llama-13b=800)");
-  arena_report_cmd->add_option("--out", arena_out, "also write arena.md, arena.json and arena.html here");
-  arena_report_cmd->add_flag("--json", arena_json, "print the report as JSON");
-  arena_cmd->require_subcommand(1);
-  auto* controller = app.add_subcommand("controller", "keep the live workers and dispatch requests to them");
+  CLI::App* controller = nullptr;
   vh::ControllerOptions copt;
-  controller->add_option("--host", copt.host, "address to listen on")->capture_default_str();
-  controller->add_option("--port", copt.port, "port (0: any free one)")->capture_default_str();
-  controller->add_option("--expiry", copt.expiry_seconds, "drop a worker silent this many seconds")->capture_default_str();
-  controller->add_option("--dispatch", copt.dispatch, "shortest_queue or lottery")
-      ->check(CLI::IsMember({"shortest_queue", "lottery"}))->capture_default_str();
-  auto* api = app.add_subcommand("api", "OpenAI-compatible API and chat page in front of a controller's workers");
+  CLI::App* api = nullptr;
   vh::ApiOptions aopt;
-  api->add_option("--controller", aopt.controller, "the controller (http://host:port)")->required();
-  api->add_option("--host", aopt.host, "address to listen on")->capture_default_str();
-  api->add_option("--port", aopt.port, "port (0: any free one)")->capture_default_str();
-  api->add_option("--api-key", aopt.api_keys, "accept this Bearer key (repeatable)");
-  api->add_option("--log", aopt.log_file, "append the chat page's votes to this JSONL file");
-
-  auto* chat = app.add_subcommand("chat", "chat with a model in the terminal (multi-turn, streaming)");
+  CLI::App* chat = nullptr;
   std::string chat_model, chat_template, chat_templates, chat_system;
   int64_t chat_max = 512, chat_seed = -1, chat_threads = 0;
   double chat_temp = vh::sampling::kTemperatureChat, chat_top_p = 1.0;
-  chat->add_option("model_dir", chat_model, "checkpoint folder or GGUF file")->required();
-  chat->add_option("--template", chat_template,
-                   "conversation template (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");
-  chat->add_option("--templates", chat_templates, "TOML file of custom templates ([NAME] tables) --template may name");
-  chat->add_option("--system", chat_system, "system message");
-  chat->add_option("--adapter", chat_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
-  chat->add_option("--max-tokens", chat_max, "reply length limit")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
-  sampling_flag(chat, vh::sampling::kTemperature, chat_temp);
-  sampling_flag(chat, vh::sampling::kTopP, chat_top_p);
-  chat->add_option("--seed", chat_seed, "sampling seed (-1: random)")->capture_default_str();
-  chat->add_option("--threads", chat_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
+  CLI::App* ver = nullptr;
 
-  auto* ver = app.add_subcommand("version", "print versions");
+  void declare_pipeline(CLI::App& app) {
+    app.add_option("--plugin-dir", plugin_dirs, "search this plugin folder first (repeatable)");
+    app.add_option("--log-level", log_level, "how much to log")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+        ->capture_default_str();
 
+
+    run = app.add_subcommand("run", "run the stages of a pipeline file in order");
+    run->add_option("file", file, "pipeline TOML file")->required();
+    run->add_option("--set", sets, "override a value: section.key=value (repeatable)");
+    run->add_option("--only", only, "run only this stage (repeatable)");
+
+    launch = app.add_subcommand("launch", "run a pipeline as several processes (data-parallel training), torchrun-style");
+    launch->add_option("file", file, "pipeline TOML file")->required();
+    launch->add_option("--nproc-per-node", lo.nproc_per_node, "processes on this host")->capture_default_str();
+    launch->add_option("--nnodes", lo.nnodes, "hosts in the job")->capture_default_str();
+    launch->add_option("--node-rank", lo.node_rank, "this host's index")->capture_default_str();
+    launch->add_option("--master-addr", lo.master_addr, "rank 0's host")->capture_default_str();
+    launch->add_option("--master-port", lo.master_port, "rank 0's port (default: MASTER_PORT, else a free one)");
+    launch->add_option("--log-dir", lo.log_dir, "write ranks 1.. output to DIR/rank-N.log (default: discard their stdout)");
+    launch->add_option("--set", sets, "override a value: section.key=value (repeatable)");
+    launch->add_option("--only", only, "run only this stage (repeatable)");
+
+    validate = app.add_subcommand("validate", "check a pipeline file without running it");
+    validate->add_option("file", file, "pipeline TOML file")->required();
+    validate->add_option("--set", sets, "override a value: section.key=value (repeatable)");
+    validate->add_flag("--print", print_resolved, "print the effective configuration as JSON");
+
+    plugins = app.add_subcommand("plugins", "list every plugin on the search path");
+    plugins->add_flag("--json", as_json, "machine-readable output");
+    plugins->add_flag("-v,--verbose", verbose, "also list each plugin's options");
+
+    stages = app.add_subcommand("stages", "list the stage types and their options");
+  }
+
+  void declare_model(CLI::App& app) {
+    // Model and tokenizer tools (plugin-level tools of a model plugin).
+    model = app.add_subcommand("model", "make and convert model checkpoints");
+    model->require_subcommand(1);
+    model_init = model->add_subcommand("init", "write a randomly initialised checkpoint of a preset shape");
+    model_init->add_option("--preset", preset, "tiny, stories15m, 7b, 13b")->capture_default_str();
+    model_init->add_option("--out", out_dir, "checkpoint folder to write")->required();
+    model_init->add_option("--seed", seed, "initialisation seed")->capture_default_str();
+    model_init->add_option("--dtype", dtype, "float32, bfloat16, float16")->capture_default_str();
+    auto* tok_opt = model_init->add_option("--tokenizer", tok_file, "tokenizer.model to copy (sets the vocabulary)");
+    model_init->add_option("--tokenizer-text", tok_text, "text file to train a tokenizer on")->excludes(tok_opt);
+    model_init->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+    model_init->add_flag("--overwrite", init_overwrite, "replace --out if it exists");
+
+    model_convert = model->add_subcommand("convert", "convert a checkpoint: GGUF file -> HF folder, or HF folder -> GGUF file");
+    model_convert->add_option("in", convert_in, "a GGUF file or an HF checkpoint folder")->required();
+    model_convert->add_option("out", convert_out, "the HF folder or GGUF file to write")->required();
+    model_convert->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+    model_convert->add_flag("--overwrite", convert_overwrite, "replace out if it exists");
+    model_convert->add_option("--quantize", convert_quantize,
+                              "HF folder -> GGUF: write the matrices quantized (q8_0, q4_0, q4_1, q5_0, q5_1, as llama.cpp's converter and the gguf "
+                              "package quantize them; 1-D tensors stay F32; the model plugin checks the name)");
+
+    model_merge = model->add_subcommand("merge", "merge a LoRA adapter into its base: a whole HF checkpoint (PEFT's merge_and_unload)");
+    model_merge->add_option("base", merge_base, "the base: an HF checkpoint folder or a GGUF file")->required();
+    model_merge->add_option("adapter", merge_adapter, "a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors)")
+        ->required();
+    model_merge->add_option("out", merge_out, "the HF folder to write")->required();
+    model_merge->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+    model_merge->add_flag("--overwrite", merge_overwrite, "replace out if it exists");
+
+    tokenizer = app.add_subcommand("tokenizer", "encode, decode, train SentencePiece tokenizers");
+    tokenizer->require_subcommand(1);
+    tok_encode = tokenizer->add_subcommand("encode", "text on stdin -> JSON array of ids");
+    tok_encode->add_option("--model", tok_model, "tokenizer.model, or a checkpoint folder")->required();
+    tok_encode->add_flag("--bos", tok_bos, "prepend BOS");
+    tok_encode->add_flag("--eos", tok_eos, "append EOS");
+    tok_encode->add_flag("--jsonl", tok_jsonl, "stdin: one JSON string per line; stdout: one JSON array of ids per line");
+    tok_decode = tokenizer->add_subcommand("decode", "JSON array of ids on stdin -> text");
+    tok_decode->add_option("--model", tok_model, "tokenizer.model, or a checkpoint folder")->required();
+    tok_train = tokenizer->add_subcommand("train", "train a LLaMA-style SentencePiece BPE");
+    tok_train->add_option("--input", tok_input, "text file")->required();
+    tok_train->add_option("--vocab", tok_vocab, "vocabulary size")->capture_default_str();
+    tok_train->add_option("--out", out_dir, "folder for tokenizer.model")->required();
+  }
+
+  void declare_generate(CLI::App& app) {
+    gen = app.add_subcommand("generate", "continue a prompt with a model");
+    gen->add_option("model_dir", gen_model, "checkpoint folder")->required();
+    gen->add_option("--prompt", gen_prompt, "the prompt")->required();
+    gen->add_option("--max-tokens", gen_max, "tokens to generate at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
+    sampling_flag(gen, vh::sampling::kTemperature, gen_temp);
+    sampling_flag(gen, vh::sampling::kTopP, gen_top_p);
+    sampling_flag(gen, vh::sampling::kTopK, gen_top_k);
+    gen->add_option("--seed", gen_seed, "sampling seed (-1: random)")->capture_default_str();
+    gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
+    gen->add_option("--threads", gen_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
+    gen->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+    gen->add_option("--adapter", gen_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
+    gen->add_option("--model-option", gen_model_options,
+                    "KEY=VALUE: an option of the model plugin, as in [models.NAME] of a pipeline (repeatable; "
+                    "true/false and numbers as such, anything else a string)");
+    // Data preparation (a one-stage pipeline, like generate).
+    prep = app.add_subcommand("prepare", "clean, split and tokenize ShareGPT conversations for training");
+    prep->add_option("input", prep_input, "ShareGPT JSON file")->required();
+    prep->add_option("--model", prep_model, "checkpoint folder or GGUF file whose tokenizer to use")->required();
+    prep->add_option("--out", prep_out, "output folder (train/, eval/, stats.json, cleaned.json)")->required();
+    prep->add_option("--template", prep_template, "conversation template (default: the model's, vicuna_v1.1)");
+    prep->add_option("--templates", prep_templates, "TOML file of custom templates ([NAME] tables)");
+    prep->add_option("--max-length", prep_max_length, "tokens per sequence")->capture_default_str();
+    prep->add_option("--eval-fraction", prep_eval, "share held out in eval/")->capture_default_str();
+    prep->add_option("--html", prep_html, "auto, always, never")->capture_default_str();
+    prep->add_option("--rules", prep_rules, "vhost, or fastchat: FastChat's own cleaning and splitting decisions")
+        ->capture_default_str();
+    prep->add_option("--language", prep_langs, "keep only this language (cld2 code; repeatable)");
+    prep->add_option("--skip-language", prep_skip_langs, "drop this language (cld2 code; repeatable)");
+    prep->add_flag("--reduce-rep", prep_reduce_rep, "drop conversations with a digit repeated 9 times in a row");
+    prep->add_option("--blocked-word", prep_blocked, "drop conversations containing it (repeatable)");
+    prep->add_option("--max-turns", prep_max_turns, "drop conversations with more turns (0: no limit)");
+    prep->add_flag("--no-dedupe", prep_no_dedupe, "keep exact duplicates");
+
+    tmpl = app.add_subcommand("template", "conversation templates (FastChat's formats)");
+    tmpl->require_subcommand(1);
+    tmpl_render = tmpl->add_subcommand("render", "one ShareGPT conversation (JSON) on stdin -> the prompt");
+    tmpl_render->add_option("--template", tmpl_name, "template name")->capture_default_str();
+    tmpl_render->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
+    tmpl_render->add_flag("--mask", tmpl_mask, "mark the trained spans (the assistant's replies) with [[ ]]");
+    tmpl_render->add_flag("--json", tmpl_json, "print the segments as JSON (text, role, trained, special)");
+    tmpl_list = tmpl->add_subcommand("list", "list the templates");
+    tmpl_list->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
+  }
+
+  void declare_serve(CLI::App& app) {
+    serve = app.add_subcommand("serve", "serve models over an OpenAI-compatible API with a web chat page");
+    worker = app.add_subcommand("worker", "serve models as a worker of a controller (vhost serve --controller)");
+    for (auto* sub : {serve, worker}) {
+      sub->add_option("model_dir", serve_models, "checkpoint folders or GGUF files (served by folder name)")->required();
+      sub->add_option("--adapter,--lora-modules", serve_adapters,
+                      "NAME=DIR: serve a LoRA adapter folder (PEFT's, or the train stage's out/adapter) as model id "
+                      "NAME on the base model_dir; requests for the base and its adapters share batches (repeatable)");
+      sub->add_option("--host", serve_host, "address to listen on")->capture_default_str();
+      sub->add_option("--port", serve_port, "port (0: any free one)")->capture_default_str();
+      sub->add_option("--max-batch", serve_batch, "sequences decoded together per model (continuous batching)")->capture_default_str();
+      sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429")->capture_default_str();
+      sub->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
+      sub->add_option("--threads", serve_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
+      sub->add_option("--decode-dtype", serve_decode_dtype, "decoding steps: float32, or bfloat16 on Intel AMX (the llama option decode_dtype)")
+          ->check(CLI::IsMember({"float32", "bfloat16"}))
+          ->capture_default_str();
+      sub->add_option("--template", serve_template,
+                      "conversation template for chat (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");
+      sub->add_option("--templates", serve_templates, "TOML file of custom templates ([NAME] tables) --template may name");
+      sub->add_option("--log", serve_log, "append conversations to this JSONL file");
+      sub->add_option("--blocked-word", serve_blocked, "moderation: refuse prompts containing this (repeatable)");
+      sub->add_option("--moderation", serve_moderation,
+                      "moderation: also ask this OpenAI-compatible endpoint's /moderations about every prompt "
+                      "(e.g. https://api.openai.com/v1; key from OPENAI_API_KEY)");
+      sub->add_option("--moderation-model", serve_moderation_model, "the model --moderation asks")->capture_default_str();
+      sub->add_option("--stream-interval", serve_interval, "streaming: write once this many tokens wait")->capture_default_str();
+      sub->add_option("--stream-flush-ms", serve_flush_ms, "streaming: or this many ms after the last write (0: by count only)")
+          ->capture_default_str();
+      auto* c = sub->add_option("--controller", serve_controller, "register with this controller (http://host:port)");
+      if (sub == worker) c->required();
+      sub->add_option("--advertise", serve_advertise, "the URL the controller hands out (default http://host:port)");
+      sub->add_option("--heartbeat", serve_heartbeat, "seconds between heartbeats")->capture_default_str();
+    }
+  }
+
+  void declare_evaluation(CLI::App& app) {
+    eval = app.add_subcommand("eval", "evaluation reports");
+    eval_report_cmd = eval->add_subcommand("report", "recompute the report from judgment files (vhost's or FastChat's reviews)");
+    eval_report_cmd->add_option("--reviews", review_files, "judgments.jsonl or FastChat review JSONL files")->required();
+    eval_report_cmd->add_option("--names", review_names, "FastChat reviews: the two models' names, in answer order")->expected(2);
+    eval_report_cmd->add_option("--baseline", review_baseline, "the model the others are compared with");
+    eval_report_cmd->add_option("--out", review_out, "also write report.md, report.json and report.html here");
+    eval_report_cmd->add_option("--questions", review_questions,
+                                "question JSONL: categories for FastChat reviews that carry none");
+    agree_cmd = eval->add_subcommand(
+        "agreement", "agreement between judges on pairwise votes, per turn, with and without ties (FastChat's compute_agreement.py)");
+    agree_cmd->add_option("files", agree_files,
+                          "vote files: FastChat's MT-bench judgment JSON (human and GPT-4), or vhost pairwise judgments.jsonl (as gpt4-pair)")
+        ->required();
+    agree_cmd->add_option("--judges", agree_judges, "the two judges: gpt4-pair human, or human human")->expected(2)->capture_default_str();
+    agree_cmd->add_flag("--json", agree_json, "print JSON");
+    eval->require_subcommand(1);
+    arena_cmd = app.add_subcommand("arena", "the arena leaderboard (FastChat's Chatbot Arena)");
+    arena_report_cmd = arena_cmd->add_subcommand(
+        "report", "ratings (Bradley-Terry MLE with bootstrap intervals, online Elo) from votes, battles or pairwise judgments");
+    arena_report_cmd->add_option("files", arena_files,
+                                 "conversation logs with votes (vhost serve|api --log), FastChat battle files, pairwise judgments")
+        ->required();
+    arena_report_cmd->add_option("--bootstrap", arena_opt.rounds, "bootstrap rounds for the 95% intervals (0: none)")
+        ->check(CLI::Range(int64_t{0}, int64_t{100000}))
+        ->capture_default_str();
+    arena_report_cmd->add_option("--seed", arena_opt.seed, "bootstrap seed")->capture_default_str();
+    arena_report_cmd->add_flag("--anonymous-only", arena_opt.anonymous_only, "only battles whose models were hidden until the vote");
+    arena_report_cmd->add_option("--anchor", arena_anchor, "MODEL=RATING: shift every rating so MODEL has RATING (FastChat: llama-13b=800)");
+    arena_report_cmd->add_option("--out", arena_out, "also write arena.md, arena.json and arena.html here");
+    arena_report_cmd->add_flag("--json", arena_json, "print the report as JSON");
+    arena_cmd->require_subcommand(1);
+  }
+
+  void declare_cluster(CLI::App& app) {
+    controller = app.add_subcommand("controller", "keep the live workers and dispatch requests to them");
+    controller->add_option("--host", copt.host, "address to listen on")->capture_default_str();
+    controller->add_option("--port", copt.port, "port (0: any free one)")->capture_default_str();
+    controller->add_option("--expiry", copt.expiry_seconds, "drop a worker silent this many seconds")->capture_default_str();
+    controller->add_option("--dispatch", copt.dispatch, "shortest_queue or lottery")
+        ->check(CLI::IsMember({"shortest_queue", "lottery"}))->capture_default_str();
+    api = app.add_subcommand("api", "OpenAI-compatible API and chat page in front of a controller's workers");
+    api->add_option("--controller", aopt.controller, "the controller (http://host:port)")->required();
+    api->add_option("--host", aopt.host, "address to listen on")->capture_default_str();
+    api->add_option("--port", aopt.port, "port (0: any free one)")->capture_default_str();
+    api->add_option("--api-key", aopt.api_keys, "accept this Bearer key (repeatable)");
+    api->add_option("--log", aopt.log_file, "append the chat page's votes to this JSONL file");
+  }
+
+  void declare_chat(CLI::App& app) {
+    chat = app.add_subcommand("chat", "chat with a model in the terminal (multi-turn, streaming)");
+    chat->add_option("model_dir", chat_model, "checkpoint folder or GGUF file")->required();
+    chat->add_option("--template", chat_template,
+                     "conversation template (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");
+    chat->add_option("--templates", chat_templates, "TOML file of custom templates ([NAME] tables) --template may name");
+    chat->add_option("--system", chat_system, "system message");
+    chat->add_option("--adapter", chat_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
+    chat->add_option("--max-tokens", chat_max, "reply length limit")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
+    sampling_flag(chat, vh::sampling::kTemperature, chat_temp);
+    sampling_flag(chat, vh::sampling::kTopP, chat_top_p);
+    chat->add_option("--seed", chat_seed, "sampling seed (-1: random)")->capture_default_str();
+    chat->add_option("--threads", chat_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
+
+    ver = app.add_subcommand("version", "print versions");
+  }
+
+  void declare(CLI::App& app) {
+    declare_pipeline(app);
+    declare_model(app);
+    declare_generate(app);
+    declare_serve(app);
+    declare_evaluation(app);
+    declare_cluster(app);
+    declare_chat(app);
+  }
+
+  int cmd_version(const vh::Host& /*host*/) {
+    std::cout << "vhost " << vh::version() << "\nplugin ABI " << vh::abi_version() << "\n";
+    return 0;
+  }
+
+  int cmd_plugins(const vh::Host& host) {
+    print_plugins(host, as_json, verbose);
+    return 0;
+  }
+
+  int cmd_stages(const vh::Host& /*host*/) {
+    for (const auto& t : vh::Host::stage_types()) {
+      std::cout << t["type"].get<std::string>() << ": " << t["help"].get<std::string>() << "\n";
+      for (const auto& o : t["options"])
+        std::cout << "    " << o["key"].get<std::string>() << " (" << o["type"].get<std::string>() << ")"
+                  << (o.contains("default") ? " = " + o["default"].dump() : std::string(" [required]")) << ": "
+                  << o["help"].get<std::string>() << "\n";
+    }
+    return 0;
+  }
+
+  int cmd_model_init(const vh::Host& host) {
+    // Checked here so that the answer names the flags (the plugin names its tool's fields).
+    if (tok_file.empty() && tok_text.empty()) {
+      std::cerr << "model init: give --tokenizer-text FILE (trains a tokenizer on it) or --tokenizer tokenizer.model (copies it)\n";
+      return kBadInput;
+    }
+    if (const auto o = std::filesystem::path(out_dir); std::filesystem::exists(o) && !init_overwrite &&
+                                                        !(std::filesystem::is_directory(o) && std::filesystem::is_empty(o))) {
+      std::cerr << "--out: " << out_dir << " exists; kept (--overwrite replaces it)\n";
+      return kBadInput;
+    }
+    vh::json args = {{"preset", preset}, {"out", std::filesystem::absolute(out_dir).string()}, {"seed", seed}, {"dtype", dtype}};
+    if (!tok_file.empty()) args["tokenizer"] = std::filesystem::absolute(tok_file).string();
+    if (!tok_text.empty()) args["tokenizer_text"] = std::filesystem::absolute(tok_text).string();
+    auto r = host.model_tool(model_plugin, "init", args);
+    std::cout << "wrote " << r["out"].get<std::string>() << ": " << r["parameters"] << " parameters, vocabulary "
+              << r["vocab_size"] << ", " << r["dtype"].get<std::string>() << "\n";
+    return 0;
+  }
+
+  int cmd_model_convert(const vh::Host& host) {
+    namespace fsys = std::filesystem;
+    const fsys::path in = convert_in, out = convert_out;
+    std::error_code ec;
+    if (!fsys::exists(in)) {
+      std::cerr << "in: " << convert_in << " does not exist\n";
+      return kBadInput;
+    }
+    if (fsys::exists(out) && fsys::equivalent(in, out, ec)) {
+      std::cerr << "out: " << convert_out << " is the input itself; write somewhere else\n";
+      return kBadInput;
+    }
+    if (!convert_quantize.empty() && !fsys::is_directory(in)) {
+      std::cerr << "--quantize: only an HF folder -> GGUF conversion quantizes (" << convert_in << " is not a folder)\n";
+      return kBadInput;
+    }
+    if (fsys::is_directory(in) && out.extension() != ".gguf") {
+      std::cerr << "out: " << convert_out << ": an HF folder converts to a GGUF file, whose name ends in .gguf\n";
+      return kBadInput;
+    }
+    if (fsys::exists(out) && !convert_overwrite && !(fsys::is_directory(out) && fsys::is_empty(out))) {
+      std::cerr << "out: " << convert_out << " exists; kept (--overwrite replaces it)\n";
+      return kBadInput;
+    }
+    vh::json args = {{"in", std::filesystem::absolute(convert_in).string()},
+                     {"out", std::filesystem::absolute(convert_out).string()}};
+    if (!convert_quantize.empty()) args["quantize"] = convert_quantize;
+    auto r = host.model_tool(model_plugin, "convert", args);
+    std::cout << "wrote " << r["out"].get<std::string>() << " (" << r["format"].get<std::string>() << " layout, "
+              << r["parameters"] << " parameters)\n";
+    return 0;
+  }
+
+  int cmd_model_merge(const vh::Host& host) {
+    namespace fsys = std::filesystem;
+    for (const auto& [what, p] : {std::pair<const char*, std::string>{"base", merge_base}, {"adapter", merge_adapter}})
+      if (!fsys::exists(p)) {
+        std::cerr << what << ": " << p << " does not exist\n";
+        return kBadInput;
+      }
+    const fsys::path out = merge_out;
+    std::error_code ec;
+    if (fsys::exists(out) && (fsys::equivalent(merge_base, out, ec) || fsys::equivalent(merge_adapter, out, ec))) {
+      std::cerr << "out: " << merge_out << " is an input; write somewhere else\n";
+      return kBadInput;
+    }
+    if (fsys::exists(out) && !merge_overwrite && !(fsys::is_directory(out) && fsys::is_empty(out))) {
+      std::cerr << "out: " << merge_out << " exists; kept (--overwrite replaces it)\n";
+      return kBadInput;
+    }
+    vh::json args = {{"base", fsys::absolute(merge_base).string()}, {"adapter", fsys::absolute(merge_adapter).string()},
+                     {"out", fsys::absolute(merge_out).string()}};
+    auto r = host.model_tool(model_plugin, "merge", args);
+    std::cout << "wrote " << r["out"].get<std::string>() << " (HF layout, " << r["dtype"].get<std::string>() << "): "
+              << r["adapted_matrices"] << " matrices + rank-" << r["r"] << " updates (scale " << r["scaling"] << ")"
+              << (r["modules_to_save"].empty() ? "" : ", " + r["modules_to_save"].dump() + " replaced") << "\n";
+    return 0;
+  }
+
+  int cmd_tokenizer_codec(const vh::Host& host) {
+    std::string in((std::istreambuf_iterator<char>(std::cin)), {});
+    vh::json args = {{"tokenizer", std::filesystem::absolute(tok_model).string()}};
+    if (*tok_encode && tok_jsonl) {
+      vh::json texts = vh::json::array();
+      std::istringstream lines(in);
+      std::string line;
+      for (int n = 1; std::getline(lines, line); ++n) {
+        vh::json t;
+        try {
+          t = vh::json::parse(line);
+        } catch (const vh::json::exception& e) {
+          throw vh::ConfigError("stdin:" + std::to_string(n) + ": not a JSON string: " + e.what());
+        }
+        if (!t.is_string()) throw vh::ConfigError("stdin:" + std::to_string(n) + ": expected a JSON string, got " + std::string(t.type_name()));
+        texts.push_back(t);
+      }
+      args["texts"] = texts;
+      args["bos"] = tok_bos;
+      args["eos"] = tok_eos;
+      const vh::json r = host.model_tool(model_plugin, "encode", args);  // (a temporary would die before the loop)
+      for (const auto& ids : r["ids"]) std::cout << ids.dump() << "\n";
+    } else if (*tok_encode) {
+      args["text"] = in;
+      args["bos"] = tok_bos;
+      args["eos"] = tok_eos;
+      std::cout << host.model_tool(model_plugin, "encode", args)["ids"].dump() << "\n";
+    } else {
+      vh::json ids;
+      try {
+        ids = vh::json::parse(in);
+      } catch (const vh::json::parse_error& e) {
+        throw vh::ConfigError("stdin: not a JSON array of token ids: byte " + std::to_string(e.byte) + ": " + e.what());
+      }
+      if (!ids.is_array()) throw vh::ConfigError("stdin: expected a JSON array of token ids, got " + std::string(ids.type_name()));
+      for (std::size_t i = 0; i < ids.size(); ++i)
+        if (!ids[i].is_number_integer())
+          throw vh::ConfigError("stdin: element " + std::to_string(i) + " is not an integer token id: " + ids[i].dump());
+      args["ids"] = ids;
+      std::cout << host.model_tool(model_plugin, "decode", args)["text"].get<std::string>();
+    }
+    return 0;
+  }
+
+  int cmd_tokenizer_train(const vh::Host& host) {
+    auto r = host.model_tool(model_plugin, "train-tokenizer",
+                             {{"input", std::filesystem::absolute(tok_input).string()}, {"vocab", tok_vocab},
+                              {"out", std::filesystem::absolute(out_dir).string()}});
+    std::cout << "wrote " << r["model"].get<std::string>() << " (" << r["vocab_size"] << " pieces)\n";
+    return 0;
+  }
+
+  int cmd_generate(const vh::Host& host) {
+    // A one-stage pipeline, so `vhost generate` runs exactly what the generate stage runs.
+    Shortcut g("generate", "generate", std::filesystem::temp_directory_path() / "vhost-generate");
+    g.cpu_and_model(gen_threads, model_plugin, gen_model, gen_adapter);
+    model_options(g, "models.m", gen_model_options);
+    g.set("stages.generate.prompts", vh::json::array({gen_prompt}), "--prompt")
+        .set("stages.generate.max_tokens", gen_max, "--max-tokens")
+        .set("stages.generate.temperature", gen_temp, "--temperature")
+        .set("stages.generate.top_p", gen_top_p, "--top-p")
+        .set("stages.generate.top_k", gen_top_k, "--top-k")
+        .set("stages.generate.seed", gen_seed, "--seed")
+        .set("stages.generate.stop", gen_stop, "--stop");
+    g.run(host);
+    return 0;
+  }
+
+  int cmd_eval_report(const vh::Host& /*host*/) {
+    std::vector<vh::json> all;
+    std::vector<std::string> warnings;
+    std::map<int64_t, std::string> categories;
+    if (!review_questions.empty())
+      for (const auto& q : vh::load_questions(review_questions)) categories[q.id] = q.category;
+    for (const auto& f : review_files) {
+      auto js = vh::read_judgments(f, review_names, warnings, categories);
+      all.insert(all.end(), js.begin(), js.end());
+    }
+    for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
+    vh::json r = vh::eval_report(all, review_baseline);
+    std::cout << r["markdown"].get<std::string>();
+    if (!review_out.empty()) {
+      std::filesystem::create_directories(review_out);
+      std::ofstream(std::filesystem::path(review_out) / "report.md") << r["markdown"].get<std::string>();
+      std::ofstream(std::filesystem::path(review_out) / "report.json") << r.dump(2) << "\n";
+      std::ofstream(std::filesystem::path(review_out) / "report.html") << vh::eval_html(r);
+      std::cout << "\nreport: " << (std::filesystem::path(review_out) / "report.html").string() << "\n";
+    }
+    return 0;
+  }
+
+  int cmd_agreement(const vh::Host& /*host*/) {
+    std::vector<vh::agreement::Vote> votes;
+    for (const auto& f : agree_files) {
+      auto v = vh::agreement::read_votes(f);
+      votes.insert(votes.end(), v.begin(), v.end());
+    }
+    const vh::json r = vh::agreement::compute(votes, agree_judges[0], agree_judges[1]);
+    std::cout << (agree_json ? r.dump(2) + "\n" : vh::agreement::text(r));
+    return 0;
+  }
+
+  int cmd_arena_report(const vh::Host& /*host*/) {
+    for (const auto& a : arena_anchor) {
+      const auto eq = a.rfind('=');
+      double v = 0;
+      std::size_t used = 0;
+      try {
+        if (eq != std::string::npos && eq > 0) v = std::stod(a.substr(eq + 1), &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (eq == std::string::npos || eq == 0 || used == 0 || used != a.size() - eq - 1) {
+        std::cerr << "--anchor: expected MODEL=RATING, got '" << a << "'\n";
+        return kBadInput;
+      }
+      arena_opt.anchors[a.substr(0, eq)] = v;
+    }
+    std::vector<vh::arena::Battle> battles;
+    std::vector<std::string> notes;
+    for (const auto& f : arena_files) {
+      auto b = vh::arena::read_battles(f, notes);
+      battles.insert(battles.end(), b.begin(), b.end());
+    }
+    for (const auto& n : notes) std::cerr << n << "\n";
+    vh::json r = vh::arena::report(battles, arena_opt);
+    std::cout << (arena_json ? r.dump(2) + "\n" : vh::arena::markdown(r));
+    if (!arena_out.empty()) {
+      const std::filesystem::path out = arena_out;
+      std::filesystem::create_directories(out);
+      std::ofstream(out / "arena.md") << vh::arena::markdown(r);
+      std::ofstream(out / "arena.json") << r.dump(2) << "\n";
+      std::ofstream(out / "arena.html") << vh::arena::html(r);
+      (arena_json ? std::cerr : std::cout) << "\nreport: " << (out / "arena.html").string() << "\n";
+    }
+    return 0;
+  }
+
+  int cmd_cluster(const vh::Host& /*host*/) {
+    static std::atomic<bool> stop{false};
+    std::signal(SIGINT, [](int) { stop = true; });
+    std::signal(SIGTERM, [](int) { stop = true; });
+    auto say = [&](const char* what) {
+      return [what, this](int port) {
+        std::cout << what << " listening on http://" << (*controller ? copt.host : aopt.host) << ":" << port << std::endl;
+      };
+    };
+    if (*controller)
+      vh::run_controller(copt, stop, say("controller"));
+    else
+      vh::run_api(aopt, stop, say("api"));
+    return 0;
+  }
+
+  int cmd_serve(const vh::Host& host) {
+    Shortcut sv("serve", "serve", std::filesystem::temp_directory_path() / "vhost-serve");
+    sv.set("backends.cpu.plugin", "cpu").set("backends.cpu.threads", serve_threads, "--threads");
+    std::set<std::string> names;
+    if (!serve_adapters.empty() && serve_models.size() != 1)
+      throw vh::ConfigError("--adapter: serve one base model with its adapters (or write a pipeline: the llama option "
+                            "adapters, per [models.NAME])");
+    vh::json adapters = vh::json::object();
+    for (const auto& a : serve_adapters) {
+      const auto eq = a.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == a.size())
+        throw vh::ConfigError("--adapter " + a + ": expected NAME=DIR");
+      adapters[a.substr(0, eq)] = absolute(a.substr(eq + 1));
+    }
+    for (const auto& m : serve_models) {
+      std::filesystem::path path = std::filesystem::absolute(m);
+      std::string name = path.filename().string();
+      if (name.empty()) name = path.parent_path().filename().string();
+      for (char& ch : name)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_') ch = '-';
+      if (!names.insert(name).second) throw vh::ConfigError(m + ": two models would both be served as '" + name + "'");
+      const std::string t = "models." + name;
+      sv.set(t + ".plugin", "llama").set(t + ".path", path.string(), "MODEL_DIR " + m)
+          .set(t + ".max_batch", serve_batch, "--max-batch")
+          .set(t + ".max_queue", serve_queue, "--max-queue")
+          .set(t + ".decode_dtype", serve_decode_dtype, "--decode-dtype");
+      if (!adapters.empty()) sv.set(t + ".adapters", adapters, "--adapter");
+      if (!serve_template.empty()) sv.set(t + ".template", serve_template, "--template");
+      templates(sv, t, serve_templates);
+    }
+    if (!serve_moderation.empty())
+      sv.set("judges.moderation.plugin", "openai")
+          .set("judges.moderation.base_url", serve_moderation, "--moderation")
+          .set("judges.moderation.model", serve_moderation_model, "--moderation-model")
+          .set("judges.moderation.moderation_model", serve_moderation_model, "--moderation-model");
+    sv.set("stages.serve.host", serve_host, "--host")
+        .set("stages.serve.port", serve_port, "--port")
+        .set("stages.serve.api_keys", serve_keys, "--api-key")
+        .set("stages.serve.log", absolute(serve_log), "--log")
+        .set("stages.serve.controller", serve_controller, "--controller")
+        .set("stages.serve.advertise", serve_advertise, "--advertise")
+        .set("stages.serve.heartbeat", serve_heartbeat, "--heartbeat")
+        .set("stages.serve.blocked_words", serve_blocked, "--blocked-word")
+        .set("stages.serve.moderators",
+             serve_moderation.empty() ? vh::json::array() : vh::json::array({"judges.moderation"}), "--moderation")
+        .set("stages.serve.stream_interval", serve_interval, "--stream-interval")
+        .set("stages.serve.stream_flush_ms", serve_flush_ms, "--stream-flush-ms");
+    sv.run(host);
+    return 0;
+  }
+
+  int cmd_chat(const vh::Host& host) {
+    Shortcut ch("chat", "chat", std::filesystem::temp_directory_path() / "vhost-chat");
+    ch.cpu_and_model(chat_threads, "llama", chat_model, chat_adapter);
+    templates(ch, "models.m", chat_templates);
+    ch.set("stages.chat.template", chat_template, "--template")
+        .set("stages.chat.system", chat_system, "--system")
+        .set("stages.chat.max_tokens", chat_max, "--max-tokens")
+        .set("stages.chat.temperature", chat_temp, "--temperature")
+        .set("stages.chat.top_p", chat_top_p, "--top-p")
+        .set("stages.chat.seed", chat_seed, "--seed");
+    vh::set_log_level(log_level == "info" ? "warn" : log_level);  // keep the chat clean
+    ch.run(host);
+    return 0;
+  }
+
+  int cmd_template(const vh::Host& /*host*/) {
+    vhost::conv::Registry reg;
+    try {
+      if (!tmpl_file.empty()) reg.add(vh::read_toml_file(tmpl_file));
+    } catch (const vhost::conv::TemplateError& e) {
+      throw vh::ConfigError(tmpl_file + ": " + e.field() + ": " + e.what());
+    }
+    if (*tmpl_list) {
+      for (const auto& n : reg.names()) {
+        const auto& t = reg.get(n);
+        std::cout << n << "  roles: " << t.roles[0] << " / " << t.roles[1] << "\n";
+      }
+      return 0;
+    }
+    std::string in((std::istreambuf_iterator<char>(std::cin)), {});
+    vh::json rec;
+    try {
+      rec = vh::json::parse(in);
+    } catch (const vh::json::parse_error& e) {
+      throw vh::ConfigError("stdin: byte " + std::to_string(e.byte) + ": not JSON: " + e.what());
+    }
+    vhost::conv::Conversation conv;
+    const vhost::conv::Template* t = nullptr;
+    try {
+      conv = vhost::conv::conversation_from_sharegpt(rec);
+      t = &reg.get(tmpl_name);
+    } catch (const vhost::conv::TemplateError& e) {
+      throw vh::ConfigError("stdin: " + (e.field().empty() ? std::string() : e.field() + ": ") + e.what());
+    }
+    auto r = vhost::conv::render(*t, conv);
+    if (tmpl_json) {
+      vh::json segs = vh::json::array();
+      for (const auto& sg : r.segments) {
+        static const char* roles[] = {"system", "tag", "user", "assistant"};
+        segs.push_back({{"text", sg.text},
+                        {"role", roles[sg.role]},
+                        {"trained", sg.trained},
+                        {"special", sg.kind == vhost::conv::Segment::Bos   ? "bos"
+                                    : sg.kind == vhost::conv::Segment::Eos ? "eos"
+                                                                           : ""}});
+      }
+      std::cout << vh::json{{"template", t->name}, {"text", r.text()}, {"segments", segs},
+                            {"stop", t->stop_strings()}}
+                       .dump(2)
+                << "\n";
+      return 0;
+    }
+    bool open = false;
+    for (const auto& sg : r.segments) {
+      if (tmpl_mask && sg.trained != open) {
+        std::cout << (sg.trained ? "[[" : "]]");
+        open = sg.trained;
+      }
+      std::cout << sg.text;
+    }
+    if (open) std::cout << "]]";
+    std::cout << "\n";
+    return 0;
+  }
+
+  int cmd_prepare(const vh::Host& host) {
+    Shortcut pr("prepare", "prepare", std::filesystem::absolute(prep_out) / ".runs");
+    pr.set("models.m.plugin", "llama").set("models.m.load_weights", false)
+        .set("models.m.path", absolute(prep_model), "--model " + prep_model);
+    pr.set("datasets.d.plugin", "sharegpt")
+        .set("datasets.d.path", absolute(prep_input), "INPUT " + prep_input)
+        .set("datasets.d.template", prep_template, "--template")
+        .set("datasets.d.max_length", prep_max_length, "--max-length")
+        .set("datasets.d.eval_fraction", prep_eval, "--eval-fraction")
+        .set("datasets.d.html", prep_html, "--html")
+        .set("datasets.d.rules", prep_rules, "--rules")
+        .set("datasets.d.languages", prep_langs, "--language")
+        .set("datasets.d.skip_languages", prep_skip_langs, "--skip-language")
+        .set("datasets.d.reduce_rep", prep_reduce_rep, "--reduce-rep")
+        .set("datasets.d.blocked_words", prep_blocked, "--blocked-word")
+        .set("datasets.d.max_turns", prep_max_turns, "--max-turns")
+        .set("datasets.d.dedupe", !prep_no_dedupe, "--no-dedupe");
+    templates(pr, "datasets.d", prep_templates);
+    pr.set("stages.prepare.out", absolute(prep_out), "--out");
+    pr.run(host);
+    std::cout << "prepared: " << std::filesystem::absolute(prep_out).string() << " (train/, stats.json)\n";
+    return 0;
+  }
+
+  // `run` and `validate`: a pipeline file.
+  int cmd_pipeline(const vh::Host& host) {
+  auto pipeline = host.load_file(file, sets);
+  if (*validate) {
+    if (print_resolved) std::cout << pipeline.resolved().dump(2) << "\n";
+    std::cout << file << ": ok (" << pipeline.stages().size() << " stage"
+              << (pipeline.stages().size() == 1 ? "" : "s") << ")\n";
+    return 0;
+  }
+  vh::RunOptions ro;
+  ro.only = only;
+  auto result = host.run(pipeline, ro);
+  // The run ends with the report a person opens: the last HTML report a stage wrote (the eval
+  // stage's), else run.json.
+  std::string html;
+  for (const auto& st : result.stages)
+    if (st.output.is_object() && st.output.contains("report") && st.output["report"].is_string()) {
+      std::string r = st.output["report"].get<std::string>();
+      if (r.size() > 5 && r.compare(r.size() - 5, 5, ".html") == 0) html = r;
+    }
+  std::cout << "pipeline '" << result.pipeline << "' finished: " << result.stages.size() << " stage"
+            << (result.stages.size() == 1 ? "" : "s") << "\n";
+  if (!html.empty()) std::cout << "run record: " << result.report.string() << "\nreport: " << html << "\n";
+  else std::cout << "report: " << result.report.string() << "\n";
+  return 0;
+  }
+
+  int dispatch(const vh::Host& host) {
+    if (*ver) return cmd_version(host);
+    if (*plugins) return cmd_plugins(host);
+    if (*stages) return cmd_stages(host);
+    if (*model_init) return cmd_model_init(host);
+    if (*model_convert) return cmd_model_convert(host);
+    if (*model_merge) return cmd_model_merge(host);
+    if (*tok_encode || *tok_decode) return cmd_tokenizer_codec(host);
+    if (*tok_train) return cmd_tokenizer_train(host);
+    if (*gen) return cmd_generate(host);
+    if (*eval_report_cmd) return cmd_eval_report(host);
+    if (*agree_cmd) return cmd_agreement(host);
+    if (*arena_report_cmd) return cmd_arena_report(host);
+    if (*controller || *api) return cmd_cluster(host);
+    if (*serve || *worker) return cmd_serve(host);
+    if (*chat) return cmd_chat(host);
+    if (*tmpl_render || *tmpl_list) return cmd_template(host);
+    if (*prep) return cmd_prepare(host);
+    return cmd_pipeline(host);
+  }
+};
+
+int main(int argc, char** argv) {
+  CLI::App app{"vhost: train, serve and evaluate LLaMA chat models (Vicuna's recipe) with plugins"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options may also follow the subcommand
+  Cli cli;
+  cli.declare(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -432,428 +946,18 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (*launch) {
-      std::vector<std::string> args = {"run", file, "--log-level", log_level};
-      for (const auto& d : plugin_dirs) args.insert(args.end(), {"--plugin-dir", d});
-      for (const auto& x : sets) args.insert(args.end(), {"--set", x});
-      for (const auto& x : only) args.insert(args.end(), {"--only", x});
-      return vhost::cli::launch(lo, std::filesystem::read_symlink("/proc/self/exe").string(), args);
+    if (*cli.launch) {
+      std::vector<std::string> args = {"run", cli.file, "--log-level", cli.log_level};
+      for (const auto& d : cli.plugin_dirs) args.insert(args.end(), {"--plugin-dir", d});
+      for (const auto& x : cli.sets) args.insert(args.end(), {"--set", x});
+      for (const auto& x : cli.only) args.insert(args.end(), {"--only", x});
+      return vhost::cli::launch(cli.lo, std::filesystem::read_symlink("/proc/self/exe").string(), args);
     }
-    vh::set_log_level(log_level);
+    vh::set_log_level(cli.log_level);
     vh::HostOptions opts;
-    for (const auto& d : plugin_dirs) opts.plugin_dirs.emplace_back(d);
+    for (const auto& d : cli.plugin_dirs) opts.plugin_dirs.emplace_back(d);
     vh::Host host(opts);
-
-    if (*ver) {
-      std::cout << "vhost " << vh::version() << "\nplugin ABI " << vh::abi_version() << "\n";
-      return 0;
-    }
-    if (*plugins) {
-      print_plugins(host, as_json, verbose);
-      return 0;
-    }
-    if (*stages) {
-      for (const auto& t : vh::Host::stage_types()) {
-        std::cout << t["type"].get<std::string>() << ": " << t["help"].get<std::string>() << "\n";
-        for (const auto& o : t["options"])
-          std::cout << "    " << o["key"].get<std::string>() << " (" << o["type"].get<std::string>() << ")"
-                    << (o.contains("default") ? " = " + o["default"].dump() : std::string(" [required]")) << ": "
-                    << o["help"].get<std::string>() << "\n";
-      }
-      return 0;
-    }
-    if (*model_init) {
-      // Checked here so that the answer names the flags (the plugin names its tool's fields).
-      if (tok_file.empty() && tok_text.empty()) {
-        std::cerr << "model init: give --tokenizer-text FILE (trains a tokenizer on it) or --tokenizer tokenizer.model (copies it)\n";
-        return kBadInput;
-      }
-      if (const auto o = std::filesystem::path(out_dir); std::filesystem::exists(o) && !init_overwrite &&
-                                                          !(std::filesystem::is_directory(o) && std::filesystem::is_empty(o))) {
-        std::cerr << "--out: " << out_dir << " exists; kept (--overwrite replaces it)\n";
-        return kBadInput;
-      }
-      vh::json args = {{"preset", preset}, {"out", std::filesystem::absolute(out_dir).string()}, {"seed", seed}, {"dtype", dtype}};
-      if (!tok_file.empty()) args["tokenizer"] = std::filesystem::absolute(tok_file).string();
-      if (!tok_text.empty()) args["tokenizer_text"] = std::filesystem::absolute(tok_text).string();
-      auto r = host.model_tool(model_plugin, "init", args);
-      std::cout << "wrote " << r["out"].get<std::string>() << ": " << r["parameters"] << " parameters, vocabulary "
-                << r["vocab_size"] << ", " << r["dtype"].get<std::string>() << "\n";
-      return 0;
-    }
-    if (*model_convert) {
-      namespace fsys = std::filesystem;
-      const fsys::path in = convert_in, out = convert_out;
-      std::error_code ec;
-      if (!fsys::exists(in)) {
-        std::cerr << "in: " << convert_in << " does not exist\n";
-        return kBadInput;
-      }
-      if (fsys::exists(out) && fsys::equivalent(in, out, ec)) {
-        std::cerr << "out: " << convert_out << " is the input itself; write somewhere else\n";
-        return kBadInput;
-      }
-      if (!convert_quantize.empty() && !fsys::is_directory(in)) {
-        std::cerr << "--quantize: only an HF folder -> GGUF conversion quantizes (" << convert_in << " is not a folder)\n";
-        return kBadInput;
-      }
-      if (fsys::is_directory(in) && out.extension() != ".gguf") {
-        std::cerr << "out: " << convert_out << ": an HF folder converts to a GGUF file, whose name ends in .gguf\n";
-        return kBadInput;
-      }
-      if (fsys::exists(out) && !convert_overwrite && !(fsys::is_directory(out) && fsys::is_empty(out))) {
-        std::cerr << "out: " << convert_out << " exists; kept (--overwrite replaces it)\n";
-        return kBadInput;
-      }
-      vh::json args = {{"in", std::filesystem::absolute(convert_in).string()},
-                       {"out", std::filesystem::absolute(convert_out).string()}};
-      if (!convert_quantize.empty()) args["quantize"] = convert_quantize;
-      auto r = host.model_tool(model_plugin, "convert", args);
-      std::cout << "wrote " << r["out"].get<std::string>() << " (" << r["format"].get<std::string>() << " layout, "
-                << r["parameters"] << " parameters)\n";
-      return 0;
-    }
-    if (*model_merge) {
-      namespace fsys = std::filesystem;
-      for (const auto& [what, p] : {std::pair<const char*, std::string>{"base", merge_base}, {"adapter", merge_adapter}})
-        if (!fsys::exists(p)) {
-          std::cerr << what << ": " << p << " does not exist\n";
-          return kBadInput;
-        }
-      const fsys::path out = merge_out;
-      std::error_code ec;
-      if (fsys::exists(out) && (fsys::equivalent(merge_base, out, ec) || fsys::equivalent(merge_adapter, out, ec))) {
-        std::cerr << "out: " << merge_out << " is an input; write somewhere else\n";
-        return kBadInput;
-      }
-      if (fsys::exists(out) && !merge_overwrite && !(fsys::is_directory(out) && fsys::is_empty(out))) {
-        std::cerr << "out: " << merge_out << " exists; kept (--overwrite replaces it)\n";
-        return kBadInput;
-      }
-      vh::json args = {{"base", fsys::absolute(merge_base).string()}, {"adapter", fsys::absolute(merge_adapter).string()},
-                       {"out", fsys::absolute(merge_out).string()}};
-      auto r = host.model_tool(model_plugin, "merge", args);
-      std::cout << "wrote " << r["out"].get<std::string>() << " (HF layout, " << r["dtype"].get<std::string>() << "): "
-                << r["adapted_matrices"] << " matrices + rank-" << r["r"] << " updates (scale " << r["scaling"] << ")"
-                << (r["modules_to_save"].empty() ? "" : ", " + r["modules_to_save"].dump() + " replaced") << "\n";
-      return 0;
-    }
-    if (*tok_encode || *tok_decode) {
-      std::string in((std::istreambuf_iterator<char>(std::cin)), {});
-      vh::json args = {{"tokenizer", std::filesystem::absolute(tok_model).string()}};
-      if (*tok_encode && tok_jsonl) {
-        vh::json texts = vh::json::array();
-        std::istringstream lines(in);
-        std::string line;
-        for (int n = 1; std::getline(lines, line); ++n) {
-          vh::json t;
-          try {
-            t = vh::json::parse(line);
-          } catch (const vh::json::exception& e) {
-            throw vh::ConfigError("stdin:" + std::to_string(n) + ": not a JSON string: " + e.what());
-          }
-          if (!t.is_string()) throw vh::ConfigError("stdin:" + std::to_string(n) + ": expected a JSON string, got " + std::string(t.type_name()));
-          texts.push_back(t);
-        }
-        args["texts"] = texts;
-        args["bos"] = tok_bos;
-        args["eos"] = tok_eos;
-        const vh::json r = host.model_tool(model_plugin, "encode", args);  // (a temporary would die before the loop)
-        for (const auto& ids : r["ids"]) std::cout << ids.dump() << "\n";
-      } else if (*tok_encode) {
-        args["text"] = in;
-        args["bos"] = tok_bos;
-        args["eos"] = tok_eos;
-        std::cout << host.model_tool(model_plugin, "encode", args)["ids"].dump() << "\n";
-      } else {
-        vh::json ids;
-        try {
-          ids = vh::json::parse(in);
-        } catch (const vh::json::parse_error& e) {
-          throw vh::ConfigError("stdin: not a JSON array of token ids: byte " + std::to_string(e.byte) + ": " + e.what());
-        }
-        if (!ids.is_array()) throw vh::ConfigError("stdin: expected a JSON array of token ids, got " + std::string(ids.type_name()));
-        for (std::size_t i = 0; i < ids.size(); ++i)
-          if (!ids[i].is_number_integer())
-            throw vh::ConfigError("stdin: element " + std::to_string(i) + " is not an integer token id: " + ids[i].dump());
-        args["ids"] = ids;
-        std::cout << host.model_tool(model_plugin, "decode", args)["text"].get<std::string>();
-      }
-      return 0;
-    }
-    if (*tok_train) {
-      auto r = host.model_tool(model_plugin, "train-tokenizer",
-                               {{"input", std::filesystem::absolute(tok_input).string()}, {"vocab", tok_vocab},
-                                {"out", std::filesystem::absolute(out_dir).string()}});
-      std::cout << "wrote " << r["model"].get<std::string>() << " (" << r["vocab_size"] << " pieces)\n";
-      return 0;
-    }
-    if (*gen) {
-      // A one-stage pipeline, so `vhost generate` runs exactly what the generate stage runs.
-      Shortcut g("generate", "generate", std::filesystem::temp_directory_path() / "vhost-generate");
-      g.cpu_and_model(gen_threads, model_plugin, gen_model, gen_adapter);
-      model_options(g, "models.m", gen_model_options);
-      g.set("stages.generate.prompts", vh::json::array({gen_prompt}), "--prompt")
-          .set("stages.generate.max_tokens", gen_max, "--max-tokens")
-          .set("stages.generate.temperature", gen_temp, "--temperature")
-          .set("stages.generate.top_p", gen_top_p, "--top-p")
-          .set("stages.generate.top_k", gen_top_k, "--top-k")
-          .set("stages.generate.seed", gen_seed, "--seed")
-          .set("stages.generate.stop", gen_stop, "--stop");
-      g.run(host);
-      return 0;
-    }
-    if (*eval_report_cmd) {
-      std::vector<vh::json> all;
-      std::vector<std::string> warnings;
-      std::map<int64_t, std::string> categories;
-      if (!review_questions.empty())
-        for (const auto& q : vh::load_questions(review_questions)) categories[q.id] = q.category;
-      for (const auto& f : review_files) {
-        auto js = vh::read_judgments(f, review_names, warnings, categories);
-        all.insert(all.end(), js.begin(), js.end());
-      }
-      for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
-      vh::json r = vh::eval_report(all, review_baseline);
-      std::cout << r["markdown"].get<std::string>();
-      if (!review_out.empty()) {
-        std::filesystem::create_directories(review_out);
-        std::ofstream(std::filesystem::path(review_out) / "report.md") << r["markdown"].get<std::string>();
-        std::ofstream(std::filesystem::path(review_out) / "report.json") << r.dump(2) << "\n";
-        std::ofstream(std::filesystem::path(review_out) / "report.html") << vh::eval_html(r);
-        std::cout << "\nreport: " << (std::filesystem::path(review_out) / "report.html").string() << "\n";
-      }
-      return 0;
-    }
-    if (*agree_cmd) {
-      std::vector<vh::agreement::Vote> votes;
-      for (const auto& f : agree_files) {
-        auto v = vh::agreement::read_votes(f);
-        votes.insert(votes.end(), v.begin(), v.end());
-      }
-      const vh::json r = vh::agreement::compute(votes, agree_judges[0], agree_judges[1]);
-      std::cout << (agree_json ? r.dump(2) + "\n" : vh::agreement::text(r));
-      return 0;
-    }
-    if (*arena_report_cmd) {
-      for (const auto& a : arena_anchor) {
-        const auto eq = a.rfind('=');
-        double v = 0;
-        std::size_t used = 0;
-        try {
-          if (eq != std::string::npos && eq > 0) v = std::stod(a.substr(eq + 1), &used);
-        } catch (const std::exception&) {
-          used = 0;
-        }
-        if (eq == std::string::npos || eq == 0 || used == 0 || used != a.size() - eq - 1) {
-          std::cerr << "--anchor: expected MODEL=RATING, got '" << a << "'\n";
-          return kBadInput;
-        }
-        arena_opt.anchors[a.substr(0, eq)] = v;
-      }
-      std::vector<vh::arena::Battle> battles;
-      std::vector<std::string> notes;
-      for (const auto& f : arena_files) {
-        auto b = vh::arena::read_battles(f, notes);
-        battles.insert(battles.end(), b.begin(), b.end());
-      }
-      for (const auto& n : notes) std::cerr << n << "\n";
-      vh::json r = vh::arena::report(battles, arena_opt);
-      std::cout << (arena_json ? r.dump(2) + "\n" : vh::arena::markdown(r));
-      if (!arena_out.empty()) {
-        const std::filesystem::path out = arena_out;
-        std::filesystem::create_directories(out);
-        std::ofstream(out / "arena.md") << vh::arena::markdown(r);
-        std::ofstream(out / "arena.json") << r.dump(2) << "\n";
-        std::ofstream(out / "arena.html") << vh::arena::html(r);
-        (arena_json ? std::cerr : std::cout) << "\nreport: " << (out / "arena.html").string() << "\n";
-      }
-      return 0;
-    }
-    if (*controller || *api) {
-      static std::atomic<bool> stop{false};
-      std::signal(SIGINT, [](int) { stop = true; });
-      std::signal(SIGTERM, [](int) { stop = true; });
-      auto say = [&](const char* what) {
-        return [what, &copt, &aopt, &controller](int port) {
-          std::cout << what << " listening on http://" << (*controller ? copt.host : aopt.host) << ":" << port << std::endl;
-        };
-      };
-      if (*controller)
-        vh::run_controller(copt, stop, say("controller"));
-      else
-        vh::run_api(aopt, stop, say("api"));
-      return 0;
-    }
-    if (*serve || *worker) {
-      Shortcut sv("serve", "serve", std::filesystem::temp_directory_path() / "vhost-serve");
-      sv.set("backends.cpu.plugin", "cpu").set("backends.cpu.threads", serve_threads, "--threads");
-      std::set<std::string> names;
-      if (!serve_adapters.empty() && serve_models.size() != 1)
-        throw vh::ConfigError("--adapter: serve one base model with its adapters (or write a pipeline: the llama option "
-                              "adapters, per [models.NAME])");
-      vh::json adapters = vh::json::object();
-      for (const auto& a : serve_adapters) {
-        const auto eq = a.find('=');
-        if (eq == std::string::npos || eq == 0 || eq + 1 == a.size())
-          throw vh::ConfigError("--adapter " + a + ": expected NAME=DIR");
-        adapters[a.substr(0, eq)] = absolute(a.substr(eq + 1));
-      }
-      for (const auto& m : serve_models) {
-        std::filesystem::path path = std::filesystem::absolute(m);
-        std::string name = path.filename().string();
-        if (name.empty()) name = path.parent_path().filename().string();
-        for (char& ch : name)
-          if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_') ch = '-';
-        if (!names.insert(name).second) throw vh::ConfigError(m + ": two models would both be served as '" + name + "'");
-        const std::string t = "models." + name;
-        sv.set(t + ".plugin", "llama").set(t + ".path", path.string(), "MODEL_DIR " + m)
-            .set(t + ".max_batch", serve_batch, "--max-batch")
-            .set(t + ".max_queue", serve_queue, "--max-queue")
-            .set(t + ".decode_dtype", serve_decode_dtype, "--decode-dtype");
-        if (!adapters.empty()) sv.set(t + ".adapters", adapters, "--adapter");
-        if (!serve_template.empty()) sv.set(t + ".template", serve_template, "--template");
-        templates(sv, t, serve_templates);
-      }
-      if (!serve_moderation.empty())
-        sv.set("judges.moderation.plugin", "openai")
-            .set("judges.moderation.base_url", serve_moderation, "--moderation")
-            .set("judges.moderation.model", serve_moderation_model, "--moderation-model")
-            .set("judges.moderation.moderation_model", serve_moderation_model, "--moderation-model");
-      sv.set("stages.serve.host", serve_host, "--host")
-          .set("stages.serve.port", serve_port, "--port")
-          .set("stages.serve.api_keys", serve_keys, "--api-key")
-          .set("stages.serve.log", absolute(serve_log), "--log")
-          .set("stages.serve.controller", serve_controller, "--controller")
-          .set("stages.serve.advertise", serve_advertise, "--advertise")
-          .set("stages.serve.heartbeat", serve_heartbeat, "--heartbeat")
-          .set("stages.serve.blocked_words", serve_blocked, "--blocked-word")
-          .set("stages.serve.moderators",
-               serve_moderation.empty() ? vh::json::array() : vh::json::array({"judges.moderation"}), "--moderation")
-          .set("stages.serve.stream_interval", serve_interval, "--stream-interval")
-          .set("stages.serve.stream_flush_ms", serve_flush_ms, "--stream-flush-ms");
-      sv.run(host);
-      return 0;
-    }
-    if (*chat) {
-      Shortcut ch("chat", "chat", std::filesystem::temp_directory_path() / "vhost-chat");
-      ch.cpu_and_model(chat_threads, "llama", chat_model, chat_adapter);
-      templates(ch, "models.m", chat_templates);
-      ch.set("stages.chat.template", chat_template, "--template")
-          .set("stages.chat.system", chat_system, "--system")
-          .set("stages.chat.max_tokens", chat_max, "--max-tokens")
-          .set("stages.chat.temperature", chat_temp, "--temperature")
-          .set("stages.chat.top_p", chat_top_p, "--top-p")
-          .set("stages.chat.seed", chat_seed, "--seed");
-      vh::set_log_level(log_level == "info" ? "warn" : log_level);  // keep the chat clean
-      ch.run(host);
-      return 0;
-    }
-    if (*tmpl_render || *tmpl_list) {
-      vhost::conv::Registry reg;
-      try {
-        if (!tmpl_file.empty()) reg.add(vh::read_toml_file(tmpl_file));
-      } catch (const vhost::conv::TemplateError& e) {
-        throw vh::ConfigError(tmpl_file + ": " + e.field() + ": " + e.what());
-      }
-      if (*tmpl_list) {
-        for (const auto& n : reg.names()) {
-          const auto& t = reg.get(n);
-          std::cout << n << "  roles: " << t.roles[0] << " / " << t.roles[1] << "\n";
-        }
-        return 0;
-      }
-      std::string in((std::istreambuf_iterator<char>(std::cin)), {});
-      vh::json rec;
-      try {
-        rec = vh::json::parse(in);
-      } catch (const vh::json::parse_error& e) {
-        throw vh::ConfigError("stdin: byte " + std::to_string(e.byte) + ": not JSON: " + e.what());
-      }
-      vhost::conv::Conversation conv;
-      const vhost::conv::Template* t = nullptr;
-      try {
-        conv = vhost::conv::conversation_from_sharegpt(rec);
-        t = &reg.get(tmpl_name);
-      } catch (const vhost::conv::TemplateError& e) {
-        throw vh::ConfigError("stdin: " + (e.field().empty() ? std::string() : e.field() + ": ") + e.what());
-      }
-      auto r = vhost::conv::render(*t, conv);
-      if (tmpl_json) {
-        vh::json segs = vh::json::array();
-        for (const auto& sg : r.segments) {
-          static const char* roles[] = {"system", "tag", "user", "assistant"};
-          segs.push_back({{"text", sg.text},
-                          {"role", roles[sg.role]},
-                          {"trained", sg.trained},
-                          {"special", sg.kind == vhost::conv::Segment::Bos   ? "bos"
-                                      : sg.kind == vhost::conv::Segment::Eos ? "eos"
-                                                                             : ""}});
-        }
-        std::cout << vh::json{{"template", t->name}, {"text", r.text()}, {"segments", segs},
-                              {"stop", t->stop_strings()}}
-                         .dump(2)
-                  << "\n";
-        return 0;
-      }
-      bool open = false;
-      for (const auto& sg : r.segments) {
-        if (tmpl_mask && sg.trained != open) {
-          std::cout << (sg.trained ? "[[" : "]]");
-          open = sg.trained;
-        }
-        std::cout << sg.text;
-      }
-      if (open) std::cout << "]]";
-      std::cout << "\n";
-      return 0;
-    }
-    if (*prep) {
-      Shortcut pr("prepare", "prepare", std::filesystem::absolute(prep_out) / ".runs");
-      pr.set("models.m.plugin", "llama").set("models.m.load_weights", false)
-          .set("models.m.path", absolute(prep_model), "--model " + prep_model);
-      pr.set("datasets.d.plugin", "sharegpt")
-          .set("datasets.d.path", absolute(prep_input), "INPUT " + prep_input)
-          .set("datasets.d.template", prep_template, "--template")
-          .set("datasets.d.max_length", prep_max_length, "--max-length")
-          .set("datasets.d.eval_fraction", prep_eval, "--eval-fraction")
-          .set("datasets.d.html", prep_html, "--html")
-          .set("datasets.d.rules", prep_rules, "--rules")
-          .set("datasets.d.languages", prep_langs, "--language")
-          .set("datasets.d.skip_languages", prep_skip_langs, "--skip-language")
-          .set("datasets.d.reduce_rep", prep_reduce_rep, "--reduce-rep")
-          .set("datasets.d.blocked_words", prep_blocked, "--blocked-word")
-          .set("datasets.d.max_turns", prep_max_turns, "--max-turns")
-          .set("datasets.d.dedupe", !prep_no_dedupe, "--no-dedupe");
-      templates(pr, "datasets.d", prep_templates);
-      pr.set("stages.prepare.out", absolute(prep_out), "--out");
-      pr.run(host);
-      std::cout << "prepared: " << std::filesystem::absolute(prep_out).string() << " (train/, stats.json)\n";
-      return 0;
-    }
-    auto pipeline = host.load_file(file, sets);
-    if (*validate) {
-      if (print_resolved) std::cout << pipeline.resolved().dump(2) << "\n";
-      std::cout << file << ": ok (" << pipeline.stages().size() << " stage"
-                << (pipeline.stages().size() == 1 ? "" : "s") << ")\n";
-      return 0;
-    }
-    vh::RunOptions ro;
-    ro.only = only;
-    auto result = host.run(pipeline, ro);
-    // The run ends with the report a person opens: the last HTML report a stage wrote (the eval
-    // stage's), else run.json.
-    std::string html;
-    for (const auto& st : result.stages)
-      if (st.output.is_object() && st.output.contains("report") && st.output["report"].is_string()) {
-        std::string r = st.output["report"].get<std::string>();
-        if (r.size() > 5 && r.compare(r.size() - 5, 5, ".html") == 0) html = r;
-      }
-    std::cout << "pipeline '" << result.pipeline << "' finished: " << result.stages.size() << " stage"
-              << (result.stages.size() == 1 ? "" : "s") << "\n";
-    if (!html.empty()) std::cout << "run record: " << result.report.string() << "\nreport: " << html << "\n";
-    else std::cout << "report: " << result.report.string() << "\n";
-    return 0;
+    return cli.dispatch(host);
   } catch (const vh::ConfigError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return kBadInput;
