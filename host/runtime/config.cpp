@@ -26,15 +26,7 @@ Schema schema_from_json(const std::string& options_json, const std::string& owne
   for (const auto& o : arr) {
     OptionSpec s;
     try {
-      s.key = o.at("key").get<std::string>();
-      s.type = o.at("type").get<std::string>();
-      s.help = o.value("help", "");
-      if (o.contains("default")) s.default_value = o.at("default");
-      if (o.contains("min")) s.min = o.at("min").get<double>();
-      if (o.contains("max")) s.max = o.at("max").get<double>();
-      if (o.contains("exclusive_min")) s.min_open = o.at("exclusive_min").get<bool>();
-      if (o.contains("choices")) s.choices = o.at("choices").get<std::vector<std::string>>();
-      if (o.contains("kind")) s.instance_kind = o.at("kind").get<std::string>();
+      s = OptionSpec::from_json(o);
     } catch (const json::exception& e) {
       throw PluginError(owner + ": malformed option in its schema (" + o.dump() + "): " + e.what());
     }
@@ -74,16 +66,7 @@ std::string join(const std::vector<std::string>& items) {
 
 json schema_to_json(const Schema& schema) {
   json arr = json::array();
-  for (const auto& s : schema) {
-    json j = {{"key", s.key}, {"type", s.type}, {"help", s.help}};
-    if (s.default_value) j["default"] = *s.default_value;
-    if (s.min) j["min"] = *s.min;
-    if (s.max) j["max"] = *s.max;
-    if (s.min_open) j["exclusive_min"] = true;
-    if (!s.choices.empty()) j["choices"] = s.choices;
-    if (!s.instance_kind.empty()) j["kind"] = s.instance_kind;
-    arr.push_back(j);
-  }
+  for (const auto& s : schema) arr.push_back(s.to_json());
   return arr;
 }
 

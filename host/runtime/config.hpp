@@ -5,6 +5,7 @@
 #include <vhost/host/error.hpp>
 
 #include <nlohmann/json.hpp>
+#include <vhost/option.hpp>
 #include <toml++/toml.h>
 
 #include <filesystem>
@@ -20,14 +21,8 @@ namespace vhost::host {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-struct OptionSpec {
-  std::string key, type, help;
-  std::optional<json> default_value;
-  std::optional<double> min, max;
-  bool min_open = false;  // min itself excluded: (min, max]
-  std::vector<std::string> choices;
-  std::string instance_kind;  // type "instance": the kind it must name
-};
+// The SDK's option type (vhost/option.hpp): stages and plugins declare options alike.
+using OptionSpec = vhost::Option;
 using Schema = std::vector<OptionSpec>;
 
 // An option of a host-defined schema (the pipeline table, stage types).

@@ -25,7 +25,8 @@ class EchoJudge final : public vhost::Judge {
             Option::string("prefix", "echo: ", "text put before the echoed message"),
             Option::integer("delay_ms", 0, "sleep before replying").range(0, 10000),
             Option::string("backend", "", "an instance id whose torch.backend to look up"),
-            Option::table("extra", "free-form table, returned by describe")};
+            Option::table("extra", "free-form table, returned by describe"),
+            Option::number("top_p", 1.0, "a range whose lower end is excluded, as top_p's").above(0, 1)};
   }
   explicit EchoJudge(const vhost::Config& cfg)
       : model_(cfg.get<std::string>("model")),

@@ -30,7 +30,7 @@ TEST_CASE("unknown keys are errors, with position and a suggestion", "[config]")
     host.load_string(echo_pipeline("modle = \"x\"\n") + "[stagez]\n", "t.toml");
   });
   CHECK_THAT(msg, Contains("t.toml:8:1: unknown key 'judges.e.modle' (did you mean 'model'?)"));
-  CHECK_THAT(msg, Contains("valid keys: model, prefix, delay_ms, backend, extra"));
+  CHECK_THAT(msg, Contains("valid keys: model, prefix, delay_ms, backend, extra, top_p"));
   CHECK_THAT(msg, Contains("t.toml:9:2: unknown key 'stagez' (did you mean 'stages'?)"));
   // Every problem is reported, in file order.
   CHECK(msg.find("t.toml:8:1") < msg.find("t.toml:9:2"));
@@ -52,6 +52,11 @@ TEST_CASE("wrong types and out-of-range values name the key", "[config]") {
 
   msg = config_error_of([&] { host.load_string(echo_pipeline("delay_ms = 99999\n"), "t.toml"); });
   CHECK_THAT(msg, Contains("judges.e.delay_ms: 99999 is out of range: must be between 0 and 10000"));
+
+  // A plugin's exclusive lower bound crosses the ABI (vhost::Option is the host's option type too).
+  msg = config_error_of([&] { host.load_string(echo_pipeline("top_p = 0.0\n"), "t.toml"); });
+  CHECK_THAT(msg, Contains("judges.e.top_p: 0 is out of range: must be greater than 0 and at most 1"));
+  CHECK_NOTHROW(host.load_string(echo_pipeline("top_p = 0.5\n"), "t.toml"));
 
   msg = config_error_of([&] { host.load_string("[pipeline]\nstages = [\"probe\", 3]\n", "t.toml"); });
   CHECK_THAT(msg, Contains("pipeline.stages[1]: expected a string, got integer 3"));

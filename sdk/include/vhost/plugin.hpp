@@ -11,6 +11,7 @@
 #pragma once
 
 #include <vhost/c/vhost.h>
+#include <vhost/option.hpp>
 
 #include <nlohmann/json.hpp>
 #if defined(VHOST_PLUGIN_USES_TORCH)
@@ -54,74 +55,6 @@ class ConfigError : public Error {
  public:
   ConfigError(std::string key, const std::string& message)
       : Error(VHOST_ERR_CONFIG, message, std::move(key)) {}
-};
-
-// One entry of a plugin's configuration schema. Build with the static helpers:
-//   Option::integer("threads", 0, "CPU threads (0: all cores)").range(0, 1024)
-struct Option {
-  std::string key, type, help;
-  std::optional<json> default_value;  // empty: required
-  std::optional<double> min, max;
-  std::vector<std::string> choices;
-  std::string instance_kind;  // for type "instance"
-
-  static Option make(std::string key, std::string type, std::optional<json> def, std::string help) {
-    Option o;
-    o.key = std::move(key);
-    o.type = std::move(type);
-    o.default_value = std::move(def);
-    o.help = std::move(help);
-    return o;
-  }
-  static Option string(std::string key, std::optional<std::string> def, std::string help) {
-    return make(std::move(key), "string", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
-  }
-  // A filesystem path; a relative path is resolved against the pipeline file's directory.
-  static Option path(std::string key, std::optional<std::string> def, std::string help) {
-    return make(std::move(key), "path", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
-  }
-  static Option integer(std::string key, std::optional<std::int64_t> def, std::string help) {
-    return make(std::move(key), "integer", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
-  }
-  static Option number(std::string key, std::optional<double> def, std::string help) {
-    return make(std::move(key), "float", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
-  }
-  static Option boolean(std::string key, std::optional<bool> def, std::string help) {
-    return make(std::move(key), "boolean", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
-  }
-  static Option string_list(std::string key, std::optional<std::vector<std::string>> def, std::string help) {
-    return make(std::move(key), "string_list", def ? std::optional<json>(*def) : std::nullopt, std::move(help));
-  }
-  // Another instance of the pipeline, of the given kind; the plugin receives its full id
-  // ("backends.cpu") or "" and looks it up with vhost::find_extension.
-  static Option instance(std::string key, std::string kind, std::string help) {
-    Option o = make(std::move(key), "instance", json(""), std::move(help));
-    o.instance_kind = std::move(kind);
-    return o;
-  }
-  // A free-form sub-table, passed to the plugin as a JSON object without checking its keys.
-  static Option table(std::string key, std::string help) {
-    return make(std::move(key), "table", json::object(), std::move(help));
-  }
-  Option&& range(double lo, double hi) && {
-    min = lo;
-    max = hi;
-    return std::move(*this);
-  }
-  Option&& one_of(std::vector<std::string> c) && {
-    choices = std::move(c);
-    return std::move(*this);
-  }
-
-  json to_json() const {
-    json j = {{"key", key}, {"type", type}, {"help", help}};
-    if (default_value) j["default"] = *default_value;
-    if (min) j["min"] = *min;
-    if (max) j["max"] = *max;
-    if (!choices.empty()) j["choices"] = choices;
-    if (!instance_kind.empty()) j["kind"] = instance_kind;
-    return j;
-  }
 };
 
 // The validated configuration a plugin receives: every option present, defaults filled in.
