@@ -311,19 +311,33 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
   // A reference to an instance of `kind`: its name under the kind's section, or its full id.
   // Empty means the only one of that kind. Returns the full id, or "" when none is declared and
   // `none_error` is empty; nullopt once a problem is reported.
+  // The declared instances an instance option's value can mean: the one it names ("cpu" or
+  // "backends.cpu"), or, for an empty value, every instance of the kind.
+  auto candidates = [&](const std::string& kind, const std::string& value) {
+    const std::string section = kind_section(kind);
+    std::vector<const InstanceDecl*> out;
+    if (!value.empty()) {
+      const std::string full = value.rfind(section + ".", 0) == 0 ? value : section + "." + value;
+      for (const auto& d : impl->instances)
+        if (d.ref == full) out.push_back(&d);
+      return out;
+    }
+    for (const auto& d : impl->instances)
+      if (d.kind == kind) out.push_back(&d);
+    return out;
+  };
   auto resolve_ref = [&](const std::string& kind, const std::string& value, const std::string& at,
                          const std::string& keypath, const std::string& none_error) -> std::optional<std::string> {
     std::string section = kind_section(kind);
+    auto found = candidates(kind, value);
+    if (found.size() == 1) return found[0]->ref;
     if (!value.empty()) {
-      std::string full = value.rfind(section + ".", 0) == 0 ? value : section + "." + value;
-      if (declared(full)) return full;
-      diag.error(at, keypath + ": no [" + full + "] is declared");
+      diag.error(at, keypath + ": no [" + (value.rfind(section + ".", 0) == 0 ? value : section + "." + value) +
+                         "] is declared");
       return std::nullopt;
     }
     std::vector<std::string> names;
-    for (const auto& d : impl->instances)
-      if (d.kind == kind) names.push_back(d.ref.substr(section.size() + 1));
-    if (names.size() == 1) return section + "." + names[0];
+    for (const auto* d : found) names.push_back(d->ref.substr(section.size() + 1));
     if (names.size() > 1)
       diag.error(at, keypath + ": several " + section + " are declared (" + join(names) + "); say which one");
     else if (!none_error.empty())
@@ -339,22 +353,17 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
     Schema schema = stype.schema;
     const auto& [key, tool] = stype.plugin_options;
     if (key.empty()) return schema;
-    const std::string kind = stype.refs.at(key), section = kind_section(kind);
     std::string value;
     if (const toml::node* n = t.get(key); n && n->is_string()) value = n->as_string()->get();
-    if (!value.empty() && value.rfind(section + ".", 0) != 0) value = section + "." + value;
-    const InstanceDecl* target = nullptr;
-    int matches = 0;
-    for (const auto& d : impl->instances)
-      if (d.kind == kind && d.loaded && (value.empty() || d.ref == value)) target = &d, ++matches;
-    if (matches != 1) return schema;
+    auto found = candidates(stype.refs.at(key), value);
+    if (found.size() != 1 || found[0]->kind != stype.refs.at(key) || !found[0]->loaded) return schema;
+    const InstanceDecl* target = found[0];
     try {
       auto extra = model_tool_if_offered(*target->loaded, tool, json::object());
       if (!extra) return schema;
       for (auto& o : schema_from_json(extra->dump(), target->loaded->label() + ", tool '" + tool + "'")) {
-        bool taken = false;
-        for (const auto& s : schema) taken = taken || s.key == o.key;
-        if (!taken) schema.push_back(std::move(o));  // the stage's own option wins
+        if (std::none_of(schema.begin(), schema.end(), [&](const OptionSpec& s) { return s.key == o.key; }))
+          schema.push_back(std::move(o));  // the stage's own option wins
       }
     } catch (const std::exception& e) {
       diag.error(impl->locations[target->ref + ".plugin"], sref + ": " + e.what());

@@ -1,6 +1,5 @@
 #include "runtime/host_api.hpp"
 
-
 #include <vhost/host/host.hpp>
 
 #include <spdlog/spdlog.h>
@@ -17,7 +16,7 @@ struct vhost_status {
 
 // One run's instances. The set of live runs serves the ABI 1.0/1.1 lookups, which name no run.
 struct vhost_context {
-  std::mutex mu;
+  mutable std::mutex mu;  // lookups get a const context
   std::map<std::string, vhost::host::PublishedInstance> instances;
 };
 
@@ -44,10 +43,9 @@ struct Found {
 };
 
 Found in_run(const vhost_context* run, const std::string& ref) {
-  auto* r = const_cast<vhost_context*>(run);
-  std::lock_guard<std::mutex> lock(r->mu);
-  auto it = r->instances.find(ref);
-  if (it == r->instances.end())
+  std::lock_guard<std::mutex> lock(run->mu);
+  auto it = run->instances.find(ref);
+  if (it == run->instances.end())
     return Found(VHOST_ERR_CONFIG, "no instance '" + ref + "' in this pipeline");
   return Found(it->second);
 }
