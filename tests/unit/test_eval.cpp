@@ -4,7 +4,7 @@
 #include "stages/eval/agreement.hpp"
 #include "stages/eval/arena.hpp"
 #include "stages/eval/eval.hpp"
-#include "stages/serve/server.hpp"
+#include "stages/serve/http.hpp"
 #include "stages/train/loss_svg.hpp"
 
 #include <fstream>
@@ -295,8 +295,8 @@ TEST_CASE("arena battles from votes, FastChat battles and judgments, malformed o
 }
 
 TEST_CASE("Prometheus label values are escaped as the text format requires", "[serve][malformed]") {
-  CHECK(prom_label("tiny") == "tiny");
-  CHECK(prom_label("a\"b\\c\nd") == "a\\\"b\\\\c\\nd");
+  CHECK(http::prom_label("tiny") == "tiny");
+  CHECK(http::prom_label("a\"b\\c\nd") == "a\\\"b\\\\c\\nd");
 }
 
 TEST_CASE("judge agreement counted as FastChat's compute_agreement.py, by hand", "[eval][agreement]") {

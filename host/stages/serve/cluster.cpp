@@ -1,18 +1,17 @@
 #include "stages/serve/cluster.hpp"
 
-#include "stages/serve/server.hpp"
+#include "stages/serve/http.hpp"
 #include "stages/serve/web_chat.hpp"
 
 #include <vhost/host/error.hpp>
 
 #include <httplib.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
 
 #include <chrono>
 #include <condition_variable>
-#include <map>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <random>
 #include <set>
@@ -24,205 +23,205 @@ namespace vhost::host {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using http::ApiError;
+using http::reply_json;
 
-// httplib listens with a backlog of 5; widen it after bind (see server.cpp).
-struct Backlog {
-  int fd = -1;
-  void attach(httplib::Server& s) {
-    s.set_socket_options([this](socket_t sock) {
-      int yes = 1;
-      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-      fd = sock;
-    });
-  }
-  void widen() const {
-    if (fd >= 0) ::listen(fd, 1024);
-  }
-};
-
-int bind_server(httplib::Server& s, Backlog& b, const std::string& host, int port, const char* what) {
-  if (port == 0) {
-    port = s.bind_to_any_port(host);
-    if (port < 0) throw Error(std::string(what) + ": cannot listen on " + host);
-  } else if (!s.bind_to_port(host, port)) {
-    throw Error(std::string(what) + ": cannot listen on " + host + ":" + std::to_string(port) + " (in use?)");
-  }
-  b.widen();
-  return port;
-}
-
-// Runs the server until `stop`; a watcher thread turns the flag into server.stop().
-void serve_until(httplib::Server& s, const std::atomic<bool>& stop) {
-  std::atomic<bool> done{false};
-  std::thread watcher([&] {
-    while (!done && !stop) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    s.stop();
-  });
-  s.listen_after_bind();
-  done = true;
-  watcher.join();
-}
-
-void reply_json(httplib::Response& res, const json& j, int status = 200) {
-  res.status = status;
-  res.set_content(j.dump(), "application/json");
-}
-
-json body_of(const httplib::Request& req) {
+// A required field of a controller message, or a 400 naming it.
+template <class T>
+T field(const json& b, const char* name) {
+  if (!b.contains(name)) throw ApiError(400, std::string("'") + name + "' is required", "invalid_request_error", name);
   try {
-    json j = json::parse(req.body);
-    if (!j.is_object()) throw std::runtime_error("not an object");
-    return j;
-  } catch (const std::exception& e) {
-    throw std::invalid_argument(std::string("the body is not a JSON object: ") + e.what());
+    return b[name].get<T>();
+  } catch (const json::exception&) {
+    throw ApiError(400, std::string("'") + name + "' has the wrong type (" + b[name].type_name() + ")", "invalid_request_error", name);
   }
 }
 
-}  // namespace
+// A background thread that calls `tick` every `period` until destroyed.
+class Ticker {
+ public:
+  Ticker(std::chrono::milliseconds period, std::function<void()> tick)
+      : thread_([this, period, tick = std::move(tick)] {
+          std::unique_lock<std::mutex> g(m_);
+          while (!cv_.wait_for(g, period, [&] { return stop_; })) {
+            g.unlock();
+            tick();
+            g.lock();
+          }
+        }) {}
+  ~Ticker() {
+    {
+      std::lock_guard<std::mutex> g(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
 
 // ---- controller -------------------------------------------------------------------------------
 
-void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening) {
-  if (o.dispatch != "shortest_queue" && o.dispatch != "lottery")
-    throw ConfigError("dispatch: '" + o.dispatch + "' is not shortest_queue or lottery");
+// The live workers: registration, heartbeats, expiry, and the pick of one per request.
+class Controller {
+ public:
+  explicit Controller(const ControllerOptions& o) : o_(o), rng_(std::random_device{}()) {
+    if (o.dispatch != "shortest_queue" && o.dispatch != "lottery")
+      throw ConfigError("dispatch: '" + o.dispatch + "' is not shortest_queue or lottery");
+  }
+
+  void routes(http::Server& s) {
+    s.post("/register", [this](const httplib::Request& req, httplib::Response& res) { reply_json(res, enroll(http::body_object(req))); });
+    s.post("/unregister", [this](const httplib::Request& req, httplib::Response& res) {
+      const auto address = field<std::string>(http::body_object(req), "address");
+      std::lock_guard<std::mutex> g(mu_);
+      const bool known = workers_.erase(address) > 0;
+      if (known) spdlog::info("[controller] worker {} left", address);
+      reply_json(res, {{"ok", true}, {"known", known}});
+    });
+    s.post("/heartbeat", [this](const httplib::Request& req, httplib::Response& res) {
+      const json b = http::body_object(req);
+      std::lock_guard<std::mutex> g(mu_);
+      auto it = workers_.find(field<std::string>(b, "address"));
+      if (it == workers_.end()) return reply_json(res, {{"known", false}});  // the worker registers again
+      it->second.seen = Clock::now();
+      it->second.queue = b.value("queue", int64_t{0});
+      reply_json(res, {{"known", true}});
+    });
+    s.get("/list_models", [this](const httplib::Request&, httplib::Response& res) {
+      std::set<std::string> names;
+      std::lock_guard<std::mutex> g(mu_);
+      for (auto& [a, w] : workers_) names.insert(w.models.begin(), w.models.end());
+      reply_json(res, {{"models", names}});
+    });
+    s.get("/workers", [this](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"workers", list()}}); });
+    s.post("/get_worker", [this](const httplib::Request& req, httplib::Response& res) { reply_json(res, pick(http::body_object(req))); });
+    s.get("/health", [](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"status", "ok"}}); });
+    s.get("/metrics", [this](const httplib::Request&, httplib::Response& res) { res.set_content(metrics(), "text/plain; version=0.0.4"); });
+  }
+
+  // Drops the workers silent past the expiry.
+  void expire() {
+    std::lock_guard<std::mutex> g(mu_);
+    for (auto it = workers_.begin(); it != workers_.end();)
+      if (std::chrono::duration<double>(Clock::now() - it->second.seen).count() > o_.expiry_seconds) {
+        spdlog::warn("[controller] worker {} silent for {} s: dropped", it->first, o_.expiry_seconds);
+        it = workers_.erase(it);
+        ++expired_;
+      } else {
+        ++it;
+      }
+  }
+
+ private:
   struct Worker {
     std::vector<std::string> models;
     int64_t capacity = 1, queue = 0;
     Clock::time_point seen;
   };
-  std::mutex mu;
-  std::map<std::string, Worker> workers;
-  std::mt19937_64 rng(std::random_device{}());
-  std::atomic<int64_t> dispatched{0}, expired{0};
-  const auto started = Clock::now();
-  httplib::Server s;
-  Backlog backlog;
-  backlog.attach(s);
-  auto guarded = [](auto fn) {
-    return [fn](const httplib::Request& req, httplib::Response& res) {
-      try {
-        fn(req, res);
-      } catch (const std::exception& e) {
-        reply_json(res, {{"error", e.what()}}, 400);
-      }
-    };
-  };
-  s.Post("/register", guarded([&](const httplib::Request& req, httplib::Response& res) {
-           json b = body_of(req);
-           Worker w;
-           std::string address = b.at("address").get<std::string>();
-           w.models = b.at("models").get<std::vector<std::string>>();
-           w.capacity = std::max<int64_t>(1, b.value("capacity", int64_t{1}));
-           w.queue = b.value("queue", int64_t{0});
-           w.seen = Clock::now();
-           std::lock_guard<std::mutex> g(mu);
-           workers[address] = w;
-           reply_json(res, {{"ok", true}});
-         }));
-  s.Post("/unregister", guarded([&](const httplib::Request& req, httplib::Response& res) {
-           json b = body_of(req);
-           std::lock_guard<std::mutex> g(mu);
-           bool known = workers.erase(b.at("address").get<std::string>()) > 0;
-           if (known) spdlog::info("[controller] worker {} left", b.at("address").get<std::string>());
-           reply_json(res, {{"ok", true}, {"known", known}});
-         }));
-  s.Post("/heartbeat", guarded([&](const httplib::Request& req, httplib::Response& res) {
-           json b = body_of(req);
-           std::lock_guard<std::mutex> g(mu);
-           auto it = workers.find(b.at("address").get<std::string>());
-           if (it == workers.end()) return reply_json(res, {{"known", false}});  // the worker registers again
-           it->second.seen = Clock::now();
-           it->second.queue = b.value("queue", int64_t{0});
-           reply_json(res, {{"known", true}});
-         }));
-  s.Get("/list_models", [&](const httplib::Request&, httplib::Response& res) {
-    std::set<std::string> names;
-    std::lock_guard<std::mutex> g(mu);
-    for (auto& [a, w] : workers) names.insert(w.models.begin(), w.models.end());
-    reply_json(res, {{"models", names}});
-  });
-  s.Get("/workers", [&](const httplib::Request&, httplib::Response& res) {
+
+  json enroll(const json& b) {
+    Worker w;
+    const auto address = field<std::string>(b, "address");
+    w.models = field<std::vector<std::string>>(b, "models");
+    w.capacity = std::max<int64_t>(1, b.value("capacity", int64_t{1}));
+    w.queue = b.value("queue", int64_t{0});
+    w.seen = Clock::now();
+    std::lock_guard<std::mutex> g(mu_);
+    workers_[address] = w;
+    return {{"ok", true}};
+  }
+
+  json list() {
     json out = json::array();
-    std::lock_guard<std::mutex> g(mu);
-    for (auto& [a, w] : workers)
+    std::lock_guard<std::mutex> g(mu_);
+    for (auto& [a, w] : workers_)
       out.push_back({{"address", a}, {"models", w.models}, {"capacity", w.capacity}, {"queue", w.queue},
                      {"silent_s", std::chrono::duration<double>(Clock::now() - w.seen).count()}});
-    reply_json(res, {{"workers", out}});
-  });
-  s.Post("/get_worker", guarded([&](const httplib::Request& req, httplib::Response& res) {
-           json b = body_of(req);
-           std::string model = b.at("model").get<std::string>();
-           auto exclude = b.value("exclude", std::vector<std::string>{});
-           std::lock_guard<std::mutex> g(mu);
-           std::vector<std::string> cands;
-           bool known = false;
-           for (auto& [a, w] : workers)
-             if (std::find(w.models.begin(), w.models.end(), model) != w.models.end()) {
-               known = true;
-               if (std::find(exclude.begin(), exclude.end(), a) == exclude.end()) cands.push_back(a);
-             }
-           // "warming": a model no worker serves may only be one whose workers have not registered
-           // again since this controller started (they do within a heartbeat): not yet a 404.
-           const double up = std::chrono::duration<double>(Clock::now() - started).count();
-           if (cands.empty())
-             return reply_json(res, {{"address", ""}, {"known", known}, {"warming", up < o.expiry_seconds || workers.empty()},
-                                     {"uptime_s", up}});
-           std::string pick;
-           if (o.dispatch == "lottery") {
-             std::vector<double> weights;
-             for (auto& a : cands) weights.push_back(static_cast<double>(workers[a].capacity));
-             pick = cands[std::discrete_distribution<std::size_t>(weights.begin(), weights.end())(rng)];
-           } else {
-             double best = 1e300;
-             for (auto& a : cands) {
-               double load = static_cast<double>(workers[a].queue + 1) / static_cast<double>(workers[a].capacity);
-               if (load < best) best = load, pick = a;
-             }
-           }
-           ++workers[pick].queue;  // until its next heartbeat says otherwise
-           ++dispatched;
-           reply_json(res, {{"address", pick}, {"known", true}});
-         }));
-  s.Get("/health", [](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"status", "ok"}}); });
-  s.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+    return out;
+  }
+
+  // {"address"} of the worker to take a request for b["model"] (not one of b["exclude"]), or
+  // {"address": "", "known", "warming"}: whether any worker serves the model, and whether this
+  // controller may simply not have heard from its workers yet.
+  json pick(const json& b) {
+    const auto model = field<std::string>(b, "model");
+    const auto exclude = b.value("exclude", std::vector<std::string>{});
+    std::lock_guard<std::mutex> g(mu_);
+    std::vector<std::string> cands;
+    bool known = false;
+    for (auto& [a, w] : workers_)
+      if (std::find(w.models.begin(), w.models.end(), model) != w.models.end()) {
+        known = true;
+        if (std::find(exclude.begin(), exclude.end(), a) == exclude.end()) cands.push_back(a);
+      }
+    // "warming": a model no worker serves may only be one whose workers have not registered
+    // again since this controller started (they do within a heartbeat): not yet a 404.
+    const double up = std::chrono::duration<double>(Clock::now() - started_).count();
+    if (cands.empty())
+      return {{"address", ""}, {"known", known}, {"warming", up < o_.expiry_seconds || workers_.empty()}, {"uptime_s", up}};
+    std::string chosen;
+    if (o_.dispatch == "lottery") {
+      std::vector<double> weights;
+      for (auto& a : cands) weights.push_back(static_cast<double>(workers_[a].capacity));
+      chosen = cands[std::discrete_distribution<std::size_t>(weights.begin(), weights.end())(rng_)];
+    } else {
+      double best = 1e300;
+      for (auto& a : cands) {
+        const double load = static_cast<double>(workers_[a].queue + 1) / static_cast<double>(workers_[a].capacity);
+        if (load < best) best = load, chosen = a;
+      }
+    }
+    ++workers_[chosen].queue;  // until its next heartbeat says otherwise
+    ++dispatched_;
+    return {{"address", chosen}, {"known", true}};
+  }
+
+  std::string metrics() {
     std::ostringstream m;
-    std::lock_guard<std::mutex> g(mu);
+    std::lock_guard<std::mutex> g(mu_);
     std::map<std::string, int> per_model;
     int64_t queue = 0;
-    for (auto& [a, w] : workers) {
+    for (auto& [a, w] : workers_) {
       for (auto& name : w.models) ++per_model[name];
       queue += w.queue;
     }
-    m << "# TYPE vhost_controller_workers gauge\nvhost_controller_workers " << workers.size()
+    m << "# TYPE vhost_controller_workers gauge\nvhost_controller_workers " << workers_.size()
       << "\n# TYPE vhost_controller_queue gauge\nvhost_controller_queue " << queue
-      << "\n# TYPE vhost_controller_dispatched_total counter\nvhost_controller_dispatched_total " << dispatched
-      << "\n# TYPE vhost_controller_expired_total counter\nvhost_controller_expired_total " << expired
+      << "\n# TYPE vhost_controller_dispatched_total counter\nvhost_controller_dispatched_total " << dispatched_
+      << "\n# TYPE vhost_controller_expired_total counter\nvhost_controller_expired_total " << expired_
       << "\n# TYPE vhost_controller_model_workers gauge\n";
-    for (auto& [name, n] : per_model) m << "vhost_controller_model_workers{model=\"" << prom_label(name) << "\"} " << n << "\n";
-    res.set_content(m.str(), "text/plain; version=0.0.4");
-  });
-  int port = bind_server(s, backlog, o.host, o.port, "controller");
-  std::atomic<bool> done{false};
-  std::thread expiry([&] {
-    while (!done) {
-      {
-        std::lock_guard<std::mutex> g(mu);
-        for (auto it = workers.begin(); it != workers.end();)
-          if (std::chrono::duration<double>(Clock::now() - it->second.seen).count() > o.expiry_seconds) {
-            spdlog::warn("[controller] worker {} silent for {} s: dropped", it->first, o.expiry_seconds);
-            it = workers.erase(it);
-            ++expired;
-          }
-          else
-            ++it;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::max(20, static_cast<int>(o.expiry_seconds * 250))));
-    }
-  });
+    for (auto& [name, n] : per_model) m << "vhost_controller_model_workers{model=\"" << http::prom_label(name) << "\"} " << n << "\n";
+    return m.str();
+  }
+
+  const ControllerOptions o_;
+  std::mutex mu_;
+  std::map<std::string, Worker> workers_;
+  std::mt19937_64 rng_;
+  int64_t dispatched_ = 0, expired_ = 0;
+  const Clock::time_point started_ = Clock::now();
+};
+
+}  // namespace
+
+void run_controller(const ControllerOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening) {
+  Controller c(o);
+  http::Options ho;
+  ho.what = "controller";
+  ho.host = o.host;
+  ho.port = o.port;
+  http::Server s(ho);
+  c.routes(s);
+  const int port = s.bind();
+  Ticker expiry(std::chrono::milliseconds(std::max(20, static_cast<int>(o.expiry_seconds * 250))), [&c] { c.expire(); });
   if (on_listening) on_listening(port);
-  serve_until(s, stop);
-  done = true;
-  expiry.join();
+  s.run_until(stop);
 }
 
 // ---- worker membership ------------------------------------------------------------------------
@@ -304,15 +303,70 @@ void WorkerMembership::leave() {
 
 // ---- API server -------------------------------------------------------------------------------
 
-void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening) {
-  if (o.controller.empty()) throw ConfigError("controller: the controller's URL is required (http://host:port)");
-  // The connections in flight to each worker. A worker the controller drops (silent past its
-  // expiry: stopped, cut off, wedged) has them shut by the watchdog below, so that its requests
-  // fail over to another worker now rather than wait out the 600 s read timeout.
+namespace {
+
+// The OpenAI API in front of the controller's workers: each request goes to a worker the
+// controller picks; one that cannot be reached, dies before answering or answers with a
+// worker-side failure is skipped and the request goes to another (three tries).
+class Gateway {
+ public:
+  explicit Gateway(const ApiOptions& o) : o_(o) {
+    if (o.controller.empty()) throw ConfigError("controller: the controller's URL is required (http://host:port)");
+    if (!o.log_file.empty()) {
+      log_.open(o.log_file, std::ios::app);
+      if (!log_) throw ConfigError("--log: cannot open " + o.log_file + " for appending");
+    }
+  }
+
+  void routes(http::Server& s) {
+    server_ = &s;
+    s.get("/v1/models", [this](const httplib::Request&, httplib::Response& res) { reply_json(res, models()); }, http::Auth::key);
+    auto forward = [this](const httplib::Request& req, httplib::Response& res) { this->forward(req, res); };
+    s.post("/v1/completions", forward, http::Auth::key);
+    s.post("/v1/chat/completions", forward, http::Auth::key);
+    // The chat page's side-by-side votes (the page is served here too): kept in --log, as vhost
+    // serve keeps them in its conversation log.
+    s.post("/v1/votes", [this](const httplib::Request& req, httplib::Response& res) { reply_json(res, vote(http::body_object(req))); },
+           http::Auth::key);
+    s.get("/metrics", [this](const httplib::Request&, httplib::Response& res) { res.set_content(metrics(), "text/plain; version=0.0.4"); });
+    s.get("/health", [](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"status", "ok"}}); });
+    s.get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(web_chat_html(), "text/html"); });
+  }
+
+  // The watchdog's round: connections in flight to a worker the controller no longer lists
+  // (silent past its expiry: stopped, cut off, wedged) are shut, so that their requests fail over
+  // to another worker now rather than wait out the 600 s read timeout.
+  void drop_lost_workers() {
+    {
+      std::lock_guard<std::mutex> g(inflight_.m);
+      if (inflight_.clients.empty()) return;
+    }
+    std::set<std::string> live;
+    try {
+      const json listed = controller_json("/workers", nullptr);  // kept alive for the loop
+      for (const auto& w : listed.at("workers")) live.insert(w.value("address", ""));
+    } catch (const std::exception&) {
+      return;  // the controller is away: nothing is known about the workers
+    }
+    std::lock_guard<std::mutex> g(inflight_.m);
+    std::set<std::string> lost;
+    for (auto& [address, cli] : inflight_.clients)
+      if (!live.count(address)) {
+        cli->stop();  // its blocked read returns: the request goes to another worker
+        lost.insert(address);
+      }
+    for (const auto& a : lost) {
+      ++workers_lost_;
+      spdlog::warn("[api] worker {} was dropped by the controller: its requests in flight go to another worker", a);
+    }
+  }
+
+ private:
+  // The connections in flight to each worker (for the watchdog).
   struct InFlight {
     std::mutex m;
     std::multimap<std::string, httplib::Client*> clients;
-  } inflight;  // before the server: its threads (and their relays) end first
+  };
   struct Tracked {  // registers a client for the duration of its request
     InFlight& f;
     std::multimap<std::string, httplib::Client*>::iterator it;
@@ -325,317 +379,241 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
       f.clients.erase(it);
     }
   };
-  httplib::Server s;
-  Backlog backlog;
-  backlog.attach(s);
-  const int threads = std::max(1, o.threads);
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
-  s.set_payload_max_length(o.max_body);
-  s.set_tcp_nodelay(true);
-  std::atomic<int64_t> api_requests{0}, api_retries{0}, api_errors{0}, api_workers_lost{0};
-  auto error = [&api_errors](httplib::Response& res, int status, const std::string& msg,
-                             const std::string& type = "invalid_request_error", const std::string& param = "",
-                             const std::string& code = "") {
-    ++api_errors;
-    reply_json(res, openai_error_body(msg, type, param, code), status);
+  // A streamed request's relay: the request goes to the worker on a thread of its own, and the
+  // client's response starts only once the worker's headers are back.
+  struct Relay {
+    std::mutex m;
+    std::condition_variable cv;
+    int status = 0;                     // the worker's, once its headers are in (0: none came)
+    bool done = false;                  // the request to the worker has ended
+    bool abandoned = false;             // the client's response is gone: stop relaying
+    httplib::DataSink* sink = nullptr;  // the client's stream, while the provider runs
+    bool client_alive = true;
+    std::string body;  // a non-200 reply's body
+    httplib::Error err = httplib::Error::Success;
+    std::thread thread;
   };
-  auto authorized = [&o, error](const httplib::Request& req, httplib::Response& res) {
-    if (o.api_keys.empty()) return true;
-    std::string h = req.get_header_value("Authorization");
-    for (const auto& k : o.api_keys)
-      if (h == "Bearer " + k) return true;
-    error(res, 401, "invalid or missing API key (send Authorization: Bearer KEY)", "invalid_request_error", "",
-          "invalid_api_key");
-    return false;
+  // What one try at a worker gave: status 0 when it could not be reached or died before answering.
+  struct Attempt {
+    int status = 0;
+    std::string body;
+    std::shared_ptr<Relay> relay;  // streamed and 200: the relay to hand to the client
   };
-  auto controller_json = [&o](const std::string& path, const json* body) -> json {
-    httplib::Client cli(o.controller);
+
+  json controller_json(const std::string& path, const json* body) const {
+    httplib::Client cli(o_.controller);
     cli.set_connection_timeout(2, 0);
     cli.set_read_timeout(10, 0);
     auto r = body ? cli.Post(path, body->dump(), "application/json") : cli.Get(path);
-    if (!r || r->status != 200) throw std::runtime_error("the controller at " + o.controller + " is unreachable");
+    if (!r || r->status != 200) throw ApiError(503, "the controller at " + o_.controller + " is unreachable", "server_error");
     return json::parse(r->body);
-  };
-  s.Get("/v1/models", [&](const httplib::Request& req, httplib::Response& res) {
-    if (!authorized(req, res)) return;
-    try {
-      json data = json::array();
-      json listed = controller_json("/list_models", nullptr);  // kept alive for the loop
-      for (auto& m : listed["models"])
-        data.push_back({{"id", m}, {"object", "model"}, {"created", 0}, {"owned_by", "vhost"}});
-      reply_json(res, {{"object", "list"}, {"data", data}});
-    } catch (const std::exception& e) {
-      error(res, 503, e.what(), "server_error");
-    }
-  });
-  auto forward = [&](const httplib::Request& req, httplib::Response& res) {
-    if (!authorized(req, res)) return;
-    json body;
-    try {
-      body = json::parse(req.body);
-    } catch (const json::parse_error& e) {
-      return error(res, 400, "the body is not valid JSON: byte " + std::to_string(e.byte) + ": " + e.what());
-    }
-    if (!body.is_object() || !body.contains("model") || !body["model"].is_string())
-      return error(res, 400, "'model' is required (GET /v1/models lists them)", "invalid_request_error", "model");
+  }
+
+  json models() const {
+    json data = json::array();
+    const json listed = controller_json("/list_models", nullptr);  // kept alive for the loop
+    for (auto& m : listed["models"]) data.push_back({{"id", m}, {"object", "model"}, {"created", 0}, {"owned_by", "vhost"}});
+    return {{"object", "list"}, {"data", data}};
+  }
+
+  // The worker for the next try, or "" once none is left: then an ApiError says why (no worker
+  // serves the model yet, it does not exist, or none of its workers could take the request).
+  std::string next_worker(const std::string& model, const std::vector<std::string>& tried, bool have_failure) const {
+    json q = {{"model", model}, {"exclude", tried}};
+    const json pick = controller_json("/get_worker", &q);
+    const std::string address = pick.value("address", "");
+    if (!address.empty() || have_failure) return address;
+    if (!pick.value("known", false) && pick.value("warming", false))
+      throw ApiError(503,
+                     "no worker serves '" + model + "' yet: the controller started " +
+                         std::to_string(static_cast<int>(pick.value("uptime_s", 0.0))) +
+                         " s ago and its workers register within a heartbeat, or none is up; retry",
+                     "server_error", "", "unavailable");
+    if (!pick.value("known", false))
+      throw ApiError(404, "the model '" + model + "' does not exist (GET /v1/models lists them)", "invalid_request_error", "model",
+                     "model_not_found");
+    throw ApiError(503, "no worker of '" + model + "' could take the request", "server_error", "", "unavailable");
+  }
+
+  void forward(const httplib::Request& req, httplib::Response& res) {
+    const json body = http::body_object(req);
+    if (!body.contains("model") || !body["model"].is_string())
+      throw ApiError(400, "'model' is required (GET /v1/models lists them)", "invalid_request_error", "model");
     const std::string model = body["model"].get<std::string>();
     const bool stream = body.value("stream", false);
-    ++api_requests;
+    ++requests_;
     std::vector<std::string> tried;
     // A worker's reply that says the failure was on its side (500, 502, 503, 504: it broke or is
     // going down) or that it is full (429): another worker may well answer. Kept, so that when no
     // worker is left to try the client gets the last one's reply rather than a generic error.
-    int failed_status = 0;
-    std::string failed_body;
+    Attempt failed;
     auto worker_side = [](int status) { return status == 429 || status == 500 || status == 502 || status == 503 || status == 504; };
-    // Up to three workers: one that cannot be reached, dies before answering or answers with a
-    // worker-side failure is skipped and the request goes to another.
     for (int attempt = 0; attempt < 3; ++attempt) {
-      json pick;
-      try {
-        json q = {{"model", model}, {"exclude", tried}};
-        pick = controller_json("/get_worker", &q);
-      } catch (const std::exception& e) {
-        return error(res, 503, e.what(), "server_error");
-      }
-      std::string address = pick.value("address", "");
-      if (address.empty() && failed_status) {
-        res.status = failed_status;
-        res.set_content(failed_body, "application/json");
-        return;
-      }
-      if (address.empty()) {
-        if (!pick.value("known", false) && pick.value("warming", false))
-          return error(res, 503,
-                       "no worker serves '" + model + "' yet: the controller started " +
-                           std::to_string(static_cast<int>(pick.value("uptime_s", 0.0))) +
-                           " s ago and its workers register within a heartbeat, or none is up; retry",
-                       "server_error", "", "unavailable");
-        if (!pick.value("known", false))
-          return error(res, 404, "the model '" + model + "' does not exist (GET /v1/models lists them)",
-                       "invalid_request_error", "model", "model_not_found");
-        return error(res, 503, "no worker of '" + model + "' could take the request", "server_error", "", "unavailable");
-      }
+      const std::string address = next_worker(model, tried, failed.status != 0);
+      if (address.empty()) break;
       tried.push_back(address);
-      if (!stream) {
-        httplib::Client cli(address);
-        cli.set_connection_timeout(2, 0);
-        cli.set_read_timeout(600, 0);
-        httplib::Result r = [&] {
-          Tracked t(inflight, address, &cli);
-          return cli.Post(req.path, req.body, "application/json");
-        }();
-        if (!r) {  // unreachable or died mid-request: another worker
-          ++api_retries;
-          continue;
-        }
-        if (worker_side(r->status) && attempt + 1 < 3) {
-          ++api_retries;
-          failed_status = r->status;
-          failed_body = r->body;
-          continue;
-        }
-        res.status = r->status;
-        res.set_content(r->body, "application/json");
-        return;
+      Attempt a = stream ? send_streamed(address, req) : send(address, req);
+      if (a.status == 0 || (worker_side(a.status) && attempt + 1 < 3)) {
+        ++retries_;
+        if (a.status != 0) failed = std::move(a);
+        continue;
       }
-      // Streaming: the request goes to the worker on a relay thread, and the client's response
-      // starts only once the worker's headers are back. A worker that cannot be reached or fails
-      // before answering is retried like a non-streamed request; a worker's error reply (a 4xx
-      // or 429 with a JSON body) goes back to the client with its status. Then the relay thread
-      // writes the worker's bytes straight into the client's stream: no extra hop per event.
-      struct Relay {
-        std::mutex m;
-        std::condition_variable cv;
-        int status = 0;                      // the worker's, once its headers are in (0: none came)
-        bool done = false;                   // the request to the worker has ended
-        bool abandoned = false;              // the client's response is gone: stop relaying
-        httplib::DataSink* sink = nullptr;   // the client's stream, while the provider runs
-        bool client_alive = true;
-        std::string body;                    // a non-200 reply's body
-        httplib::Error err = httplib::Error::Success;
-        std::thread thread;
-      };
-      auto relay = std::make_shared<Relay>();
-      auto cli = std::make_shared<httplib::Client>(address);
-      cli->set_connection_timeout(2, 0);
-      cli->set_read_timeout(600, 0);
-      relay->thread = std::thread([relay, cli, path = req.path, payload = req.body, address, &inflight] {
-        Tracked tracked(inflight, address, cli.get());
-        httplib::Request up;
-        up.method = "POST";
-        up.path = path;
-        up.body = payload;
-        up.set_header("Content-Type", "application/json");
-        up.response_handler = [relay](const httplib::Response& r) {
-          std::unique_lock<std::mutex> g(relay->m);
-          relay->status = r.status;
-          relay->cv.notify_all();
-          if (r.status != 200) return true;  // the body is collected for the client
-          relay->cv.wait(g, [&] { return relay->sink || relay->abandoned; });
-          return !relay->abandoned;
-        };
-        up.content_receiver = [relay](const char* d, size_t n, uint64_t, uint64_t) {
-          if (relay->status != 200) {
-            relay->body.append(d, n);
-            return true;
-          }
-          relay->client_alive = relay->sink->write(d, n);
-          return relay->client_alive;  // a gone client closes the worker's stream, which cancels there
-        };
-        httplib::Response r;
-        httplib::Error err = httplib::Error::Success;
-        bool ok = cli->send(up, r, err);
-        std::lock_guard<std::mutex> g(relay->m);
-        relay->err = ok ? httplib::Error::Success : err;
-        relay->done = true;
-        relay->cv.notify_all();
-      });
-      int status;
-      {
-        std::unique_lock<std::mutex> g(relay->m);
-        relay->cv.wait(g, [&] { return relay->done || relay->status == 200; });
-        status = relay->status;
-      }
-      if (status != 200) {
-        relay->thread.join();  // done: failed, or a complete error reply
-        if (status == 0) {     // unreachable or died before answering: another worker
-          ++api_retries;
-          continue;
-        }
-        if (worker_side(status) && attempt + 1 < 3) {
-          ++api_retries;
-          failed_status = status;
-          failed_body = relay->body;
-          continue;
-        }
-        res.status = status;
-        res.set_content(relay->body, "application/json");
-        return;
-      }
-      res.set_header("Cache-Control", "no-cache");
-      res.set_chunked_content_provider(
-          "text/event-stream",
-          [relay](std::size_t, httplib::DataSink& sink) {
-            std::unique_lock<std::mutex> g(relay->m);
-            relay->sink = &sink;
-            relay->cv.notify_all();
-            relay->cv.wait(g, [&] { return relay->done; });
-            relay->sink = nullptr;
-            if (relay->err != httplib::Error::Success && relay->client_alive) {
-              std::string e = "data: " +
-                              openai_error_body("the worker answering this request stopped mid-stream (its connection "
-                                                "was lost: " + httplib::to_string(relay->err) +
-                                                "); the reply is incomplete: send the request again",
-                                                "server_error", "", "worker_lost")
-                                  .dump() +
-                              "\n\n";
-              sink.write(e.data(), e.size());
-            }
-            sink.done();
-            return true;
-          },
-          [relay](bool) {  // the response is finished or dropped: release the relay thread
-            {
-              std::lock_guard<std::mutex> g(relay->m);
-              relay->abandoned = true;
-            }
-            relay->cv.notify_all();
-            relay->thread.join();
-          });
+      if (a.relay) return relay_to_client(a.relay, res);
+      res.status = a.status;
+      res.set_content(a.body, "application/json");
       return;
     }
-    if (failed_status) {
-      res.status = failed_status;
-      res.set_content(failed_body, "application/json");
-      return;
-    }
-    error(res, 503, "no worker of '" + model + "' answered", "server_error", "", "unavailable");
-  };
-  s.Post("/v1/completions", forward);
-  s.Post("/v1/chat/completions", forward);
-  // The chat page's side-by-side votes (the page is served here too): kept in --log, as vhost
-  // serve keeps them in its conversation log.
-  std::mutex log_mu;
-  std::ofstream log;
-  if (!o.log_file.empty()) {
-    log.open(o.log_file, std::ios::app);
-    if (!log) throw ConfigError("--log: cannot open " + o.log_file + " for appending");
+    if (!failed.status) throw ApiError(503, "no worker of '" + model + "' answered", "server_error", "", "unavailable");
+    server_->count_error();
+    res.status = failed.status;
+    res.set_content(failed.body, "application/json");
   }
-  s.Post("/v1/votes", [&](const httplib::Request& req, httplib::Response& res) {
-    if (!authorized(req, res)) return;
-    json body;
-    try {
-      body = json::parse(req.body);
-    } catch (const json::exception& e) {
-      return error(res, 400, std::string("the body is not valid JSON: ") + e.what());
-    }
-    if (!body.is_object() || !body.contains("vote") || !body["vote"].is_string())
-      return error(res, 400, "'vote' is required (A, B, tie, bad)", "invalid_request_error", "vote");
-    if (log.is_open()) {
-      std::lock_guard<std::mutex> g(log_mu);
-      log << json{{"time", std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()},
-                  {"vote", body}}.dump(-1, ' ', false, json::error_handler_t::replace)
-          << "\n" << std::flush;
-    }
-    reply_json(res, {{"ok", true}, {"kept", log.is_open()}});
-  });
-  s.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
-    std::ostringstream m;
-    m << "# TYPE vhost_api_requests_total counter\nvhost_api_requests_total " << api_requests
-      << "\n# TYPE vhost_api_retries_total counter\nvhost_api_retries_total " << api_retries
-      << "\n# TYPE vhost_api_errors_total counter\nvhost_api_errors_total " << api_errors
-      << "\n# TYPE vhost_api_workers_lost_total counter\nvhost_api_workers_lost_total " << api_workers_lost << "\n";
-    res.set_content(m.str(), "text/plain; version=0.0.4");
-  });
-  s.Get("/health", [](const httplib::Request&, httplib::Response& res) { reply_json(res, {{"status", "ok"}}); });
-  s.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(web_chat_html(), "text/html"); });
-  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    res.set_content(openai_error_body(res.status == 413 ? "the request body is too large" : "HTTP " + std::to_string(res.status),
-                                      "invalid_request_error", "", "")
-                        .dump(),
-                    "application/json");
-  });
-  int port = bind_server(s, backlog, o.host, o.port, "api");
-  std::atomic<bool> done{false};
-  std::thread watchdog([&] {
-    while (!done) {
-      for (int i = 0; i < 5 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      {
-        std::lock_guard<std::mutex> g(inflight.m);
-        if (inflight.clients.empty()) continue;
-      }
-      std::set<std::string> live;
-      try {
-        const json listed = controller_json("/workers", nullptr);  // kept alive for the loop
-        for (const auto& w : listed.at("workers")) live.insert(w.value("address", ""));
-      } catch (const std::exception&) {
-        continue;  // the controller is away: nothing is known about the workers
-      }
-      std::lock_guard<std::mutex> g(inflight.m);
-      std::set<std::string> lost;
-      for (auto& [address, cli] : inflight.clients)
-        if (!live.count(address)) {
-          cli->stop();  // its blocked read returns: the request goes to another worker
-          lost.insert(address);
+
+  Attempt send(const std::string& address, const httplib::Request& req) {
+    httplib::Client cli(address);
+    cli.set_connection_timeout(2, 0);
+    cli.set_read_timeout(600, 0);
+    httplib::Result r = [&] {
+      Tracked t(inflight_, address, &cli);
+      return cli.Post(req.path, req.body, "application/json");
+    }();
+    if (!r) return {};  // unreachable or died mid-request: another worker
+    return {r->status, r->body, nullptr};
+  }
+
+  // Streaming: a worker that cannot be reached or fails before answering is retried like a
+  // non-streamed request; a worker's error reply (a 4xx or 429 with a JSON body) goes back to the
+  // client with its status. Then the relay thread writes the worker's bytes straight into the
+  // client's stream: no extra hop per event.
+  Attempt send_streamed(const std::string& address, const httplib::Request& req) {
+    auto relay = std::make_shared<Relay>();
+    auto cli = std::make_shared<httplib::Client>(address);
+    cli->set_connection_timeout(2, 0);
+    cli->set_read_timeout(600, 0);
+    relay->thread = std::thread([this, relay, cli, path = req.path, payload = req.body, address] {
+      Tracked tracked(inflight_, address, cli.get());
+      httplib::Request up;
+      up.method = "POST";
+      up.path = path;
+      up.body = payload;
+      up.set_header("Content-Type", "application/json");
+      up.response_handler = [relay](const httplib::Response& r) {
+        std::unique_lock<std::mutex> g(relay->m);
+        relay->status = r.status;
+        relay->cv.notify_all();
+        if (r.status != 200) return true;  // the body is collected for the client
+        relay->cv.wait(g, [&] { return relay->sink || relay->abandoned; });
+        return !relay->abandoned;
+      };
+      up.content_receiver = [relay](const char* d, size_t n, uint64_t, uint64_t) {
+        if (relay->status != 200) {
+          relay->body.append(d, n);
+          return true;
         }
-      for (const auto& a : lost) {
-        ++api_workers_lost;
-        spdlog::warn("[api] worker {} was dropped by the controller: its requests in flight go to another worker", a);
-      }
+        relay->client_alive = relay->sink->write(d, n);
+        return relay->client_alive;  // a gone client closes the worker's stream, which cancels there
+      };
+      httplib::Response r;
+      httplib::Error err = httplib::Error::Success;
+      const bool ok = cli->send(up, r, err);
+      std::lock_guard<std::mutex> g(relay->m);
+      relay->err = ok ? httplib::Error::Success : err;
+      relay->done = true;
+      relay->cv.notify_all();
+    });
+    int status;
+    {
+      std::unique_lock<std::mutex> g(relay->m);
+      relay->cv.wait(g, [&] { return relay->done || relay->status == 200; });
+      status = relay->status;
     }
-  });
-  struct Join {
-    std::atomic<bool>& done;
-    std::thread& t;
-    ~Join() {
-      done = true;
-      t.join();
+    if (status == 200) return {200, "", relay};
+    relay->thread.join();  // done: failed, or a complete error reply
+    return {status, relay->body, nullptr};
+  }
+
+  static void relay_to_client(const std::shared_ptr<Relay>& relay, httplib::Response& res) {
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [relay](std::size_t, httplib::DataSink& sink) {
+          std::unique_lock<std::mutex> g(relay->m);
+          relay->sink = &sink;
+          relay->cv.notify_all();
+          relay->cv.wait(g, [&] { return relay->done; });
+          relay->sink = nullptr;
+          if (relay->err != httplib::Error::Success && relay->client_alive) {
+            const std::string e = "data: " +
+                                  http::error_body("the worker answering this request stopped mid-stream (its connection "
+                                                   "was lost: " + httplib::to_string(relay->err) +
+                                                   "); the reply is incomplete: send the request again",
+                                                   "server_error", "", "worker_lost")
+                                      .dump() +
+                                  "\n\n";
+            sink.write(e.data(), e.size());
+          }
+          sink.done();
+          return true;
+        },
+        [relay](bool) {  // the response is finished or dropped: release the relay thread
+          {
+            std::lock_guard<std::mutex> g(relay->m);
+            relay->abandoned = true;
+          }
+          relay->cv.notify_all();
+          relay->thread.join();
+        });
+  }
+
+  json vote(const json& body) {
+    if (!body.contains("vote") || !body["vote"].is_string())
+      throw ApiError(400, "'vote' is required (A, B, tie, bad)", "invalid_request_error", "vote");
+    if (log_.is_open()) {
+      std::lock_guard<std::mutex> g(log_mu_);
+      log_ << json{{"time", std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()},
+                   {"vote", body}}
+                  .dump(-1, ' ', false, json::error_handler_t::replace)
+           << "\n"
+           << std::flush;
     }
-  } join{done, watchdog};
+    return {{"ok", true}, {"kept", log_.is_open()}};
+  }
+
+  std::string metrics() const {
+    std::ostringstream m;
+    m << "# TYPE vhost_api_requests_total counter\nvhost_api_requests_total " << requests_
+      << "\n# TYPE vhost_api_retries_total counter\nvhost_api_retries_total " << retries_
+      << "\n# TYPE vhost_api_errors_total counter\nvhost_api_errors_total " << (server_ ? server_->errors() : 0)
+      << "\n# TYPE vhost_api_workers_lost_total counter\nvhost_api_workers_lost_total " << workers_lost_ << "\n";
+    return m.str();
+  }
+
+  const ApiOptions o_;
+  http::Server* server_ = nullptr;
+  InFlight inflight_;
+  std::atomic<int64_t> requests_{0}, retries_{0}, workers_lost_{0};
+  std::mutex log_mu_;
+  std::ofstream log_;
+};
+
+}  // namespace
+
+void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening) {
+  Gateway g(o);  // before the server: the server's threads (and their relays) end first
+  http::Options ho;
+  ho.what = "api";
+  ho.host = o.host;
+  ho.port = o.port;
+  ho.threads = o.threads;
+  ho.max_body = o.max_body;
+  ho.api_keys = o.api_keys;
+  ho.not_found = "no such endpoint (see GET /v1/models, POST /v1/chat/completions, POST /v1/completions)";
+  http::Server s(ho);
+  g.routes(s);
+  const int port = s.bind();
+  Ticker watchdog(std::chrono::milliseconds(500), [&g] { g.drop_lost_workers(); });
   if (on_listening) on_listening(port);
-  serve_until(s, stop);
+  s.run_until(stop);
 }
 
 }  // namespace vhost::host

@@ -1,5 +1,6 @@
 #include "stages/serve/server.hpp"
 
+#include "stages/serve/http.hpp"
 #include "stages/serve/web_chat.hpp"
 
 #include <vhost/conversation.hpp>
@@ -27,26 +28,10 @@
 
 namespace vhost::host {
 
-json openai_error_body(const std::string& message, const std::string& type, const std::string& param, const std::string& code) {
-  // The message may quote what the client sent, invalid UTF-8 included: replaced (U+FFFD), so
-  // that the body can always be written.
-  std::string safe = json::parse(json(message).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
-  return {{"error",
-           {{"message", safe},
-            {"type", type},
-            {"param", param.empty() ? json(nullptr) : json(param)},
-            {"code", code.empty() ? json(nullptr) : json(code)}}}};
-}
-
 namespace {
 
-// An OpenAI-shaped failure: the HTTP status and {"error": {message, type, param, code}}.
-struct ApiError : std::runtime_error {
-  int status;
-  std::string type, param, code;
-  ApiError(int s, std::string message, std::string t = "invalid_request_error", std::string p = "", std::string c = "")
-      : std::runtime_error(std::move(message)), status(s), type(std::move(t)), param(std::move(p)), code(std::move(c)) {}
-};
+using http::ApiError;
+using http::prom_label;
 
 std::string random_id(const char* prefix) {
   static std::mutex m;
@@ -182,13 +167,6 @@ void parse_prompts(const json& body, const json& tokenizer_info, std::vector<std
                      "invalid_request_error", "prompt");
 }
 
-std::vector<std::string> expand(const std::vector<std::string>& v, int64_t n) {
-  std::vector<std::string> out;
-  for (const auto& x : v)
-    for (int64_t i = 0; i < n; ++i) out.push_back(x);
-  return out;
-}
-
 // A token's text as OpenAI writes it; "bytes:\xNN" (part of a character) is that byte.
 std::string token_bytes(const std::string& t) {
   if (t.rfind("bytes:\\x", 0) == 0 && t.size() == 10) return std::string(1, static_cast<char>(std::stoi(t.substr(8), nullptr, 16)));
@@ -292,10 +270,10 @@ struct ApiServer::Impl {
     if (parent_of.count(name)) request["adapter"] = name;
   }
   ServeOptions opt;
-  httplib::Server server;
+  std::unique_ptr<http::Server> server;  // made by the constructor, after the options
   std::mutex log_mu;
   std::ofstream log;
-  std::atomic<int64_t> requests{0}, errors{0}, active{0}, completion_tokens{0}, prompt_tokens{0};
+  std::atomic<int64_t> requests{0}, active{0}, completion_tokens{0}, prompt_tokens{0};
   std::atomic<int64_t> ttft_us_sum{0}, ttft_count{0};
   std::mutex metrics_mu;
   std::map<std::string, ModelMetrics> per_model;
@@ -320,21 +298,7 @@ struct ApiServer::Impl {
     }
     if (queued >= 0) m.queue.observe(queued);
   }
-  int listen_fd = -1;
   std::map<Instance*, std::unique_ptr<std::mutex>> serialise;  // models without concurrent generate
-
-  void check_auth(const httplib::Request& req) const {
-    if (opt.api_keys.empty()) return;
-    std::string h = req.get_header_value("Authorization");
-    const std::string bearer = "Bearer ";
-    if (h.rfind(bearer, 0) == 0) {
-      std::string key = h.substr(bearer.size());
-      for (const auto& k : opt.api_keys)
-        if (k == key) return;
-    }
-    throw ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)", "invalid_request_error", "",
-                   "invalid_api_key");
-  }
 
   Instance& model_of(const json& body, std::string& name) {
     if (!body.contains("model") || !body["model"].is_string())
@@ -364,20 +328,10 @@ struct ApiServer::Impl {
                      "model", "model_not_found");
     return *it->second;
   }
-  static json parse_body(const httplib::Request& req) {
-    try {
-      json b = json::parse(req.body);
-      if (!b.is_object()) throw ApiError(400, "the body must be a JSON object");
-      return b;
-    } catch (const json::exception& e) {
-      throw ApiError(400, std::string("the body is not valid JSON: ") + e.what());
-    }
-  }
   // Text to ids as HF tokenizers do it: the model's BOS/EOS strings in the text are those tokens
   // (completions prompts, by contrast, are always plain text); add_special_tokens adds BOS.
   json tokenize(const httplib::Request& req) {
-    check_auth(req);
-    json body = parse_body(req);
+    json body = http::body_object(req);
     std::string name;
     Instance& m = tool_model(body, req, name);
     const json& ti = info.at(name);
@@ -424,8 +378,7 @@ struct ApiServer::Impl {
     return {{"count", ids.size()}, {"max_model_len", ti.value("context", 0)}, {"tokens", ids}};
   }
   json detokenize(const httplib::Request& req) {
-    check_auth(req);
-    json body = parse_body(req);
+    json body = http::body_object(req);
     std::string name;
     Instance& m = tool_model(body, req, name);
     if (!body.contains("tokens") || !body["tokens"].is_array())
@@ -446,8 +399,7 @@ struct ApiServer::Impl {
   // hidden state per input; encoding_format float or base64 (little-endian float32, what the
   // openai client asks for by default).
   json embeddings(const httplib::Request& req) {
-    check_auth(req);
-    json body = parse_body(req);
+    json body = http::body_object(req);
     std::string name;
     Instance& m = model_of(body, name);
     const json& ti = info.at(name);
@@ -499,7 +451,6 @@ struct ApiServer::Impl {
   }
 
   json tokenizer_info(const httplib::Request& req) {
-    check_auth(req);
     std::string name;
     tool_model(json(), req, name);
     const json& ti = info.at(name);
@@ -582,353 +533,398 @@ struct ApiServer::Impl {
     log << entry.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
   }
 
-  // Runs a completion for `prompt` (already templated for chat) and answers, streamed or not.
+  // ---- /v1/completions and /v1/chat/completions: parse -> render -> moderate -> generate -> respond
+
+  // One completion request, parsed and rendered: what the model is asked and how to answer.
+  struct Call {
+    bool chat = false, echo = false, stream = false, stream_scores = false, include_usage = false;
+    std::string name;  // the model id asked for
+    Instance* model = nullptr;
+    json request;          // the model's generate request
+    int64_t n = 1;         // choices per prompt
+    int64_t logprobs = -1;  // alternatives per token; -1: no scores
+    std::vector<std::string> prompt_texts;         // one text per prompt (chat: the rendered conversation)...
+    std::vector<std::vector<int32_t>> prompt_ids;  // ...or token ids, used as given
+    conv::Conversation conversation;               // chat
+    std::string id;
+    int64_t created = 0;
+    std::chrono::steady_clock::time_point t0;
+  };
+
   void complete(const httplib::Request& req, httplib::Response& res, bool chat) {
-    check_auth(req);
-    json body;
-    try {
-      body = json::parse(req.body);
-    } catch (const json::parse_error& e) {
-      throw ApiError(400, "the body is not valid JSON: byte " + std::to_string(e.byte) + ": " + e.what());
-    } catch (const json::exception& e) {  // e.g. a number too large for a double (1e400)
-      throw ApiError(400, std::string("the body is not valid JSON: ") + e.what());
-    }
-    if (!body.is_object()) throw ApiError(400, "the body must be a JSON object");
+    auto call = std::make_shared<Call>(parse_call(req, chat));
+    moderate(chat ? call->conversation.messages : call->prompt_texts);
+    call->id = random_id(chat ? "chatcmpl" : "cmpl");
+    call->created = now_s();
+    call->t0 = std::chrono::steady_clock::now();
+    ++requests;
+    if (call->stream) return respond_streamed(call, res);
+    const json reply = generate(*call->model, call->request, nullptr);
+    observe(call->name, seconds_since(call->t0), first_token_s(reply, call->t0), reply, call->n);
+    finish_log(*call, reply);
+    res.set_content(plain_reply(*call, reply).dump(), "application/json");
+  }
+
+  static double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  // Time to first token of a reply that was not streamed: what the model reports (a token callback
+  // here would make it detokenise every token); -1 where it reports none.
+  static double first_token_s(const json& reply, std::chrono::steady_clock::time_point t0) {
+    double ttft = -1;
+    for (const auto& c : reply["choices"])
+      if (c.contains("first_token_s") && c["first_token_s"].is_number())
+        ttft = ttft < 0 ? c["first_token_s"].get<double>() : std::min(ttft, c["first_token_s"].get<double>());
+    return std::min(ttft, seconds_since(t0));
+  }
+
+  Call parse_call(const httplib::Request& req, bool chat) {
+    const json body = http::body_object(req);
     refuse_unsupported(body, chat);
-    std::string name;
-    Instance& model = model_of(body, name);
-    const json& ti = info.at(name);
-    const bool echo = !chat && param(body, "echo", false);
-    json request = sampling(body, chat ? 512 : 16, echo);
-    with_adapter(request, name);
-    const int64_t n = n_of(body);
-    const bool stream = param(body, "stream", false);
-    // logprobs: completions take an integer (alternatives per token), chat a boolean plus
-    // top_logprobs. Not streamed: computed by the model after generation (one scoring pass).
-    // Streamed, from a model that reports "stream_logprobs" (ABI 1.5): each chunk carries its
-    // tokens' scores, taken from the logits they were sampled from; otherwise (and with echo)
-    // each choice's last chunk carries them all.
-    int64_t logprobs = -1;
-    if (chat) {
+    Call c;
+    c.chat = chat;
+    c.model = &model_of(body, c.name);
+    const json& ti = info.at(c.name);
+    c.echo = !chat && param(body, "echo", false);
+    c.request = sampling(body, chat ? 512 : 16, c.echo);
+    with_adapter(c.request, c.name);
+    c.n = n_of(body);
+    c.stream = param(body, "stream", false);
+    c.include_usage = c.stream && body.contains("stream_options") && body["stream_options"].is_object() &&
+                      param(body["stream_options"], "include_usage", false);
+    logprob_options(c, body, ti);
+    if (chat) render_chat(c, body, ti);
+    else completion_prompts(c, body, ti);
+    const std::size_t prompts_n = c.prompt_ids.empty() ? c.prompt_texts.size() : c.prompt_ids.size();
+    if (prompts_n * static_cast<std::size_t>(c.n) > 256)
+      throw ApiError(400, "at most 256 choices per request (prompts times n)", "invalid_request_error", "prompt");
+    if (!c.prompt_ids.empty()) {
+      c.request["prompt_ids"] = json::array();
+      for (const auto& ids : c.prompt_ids)
+        for (int64_t i = 0; i < c.n; ++i) c.request["prompt_ids"].push_back(ids);
+    } else {
+      c.request["prompts"] = json::array();
+      for (const auto& t : c.prompt_texts)
+        for (int64_t i = 0; i < c.n; ++i) c.request["prompts"].push_back(t);
+      c.request["add_bos"] = true;
+    }
+    return c;
+  }
+
+  // logprobs: completions take an integer (alternatives per token), chat a boolean plus
+  // top_logprobs. Not streamed: computed by the model after generation (one scoring pass).
+  // Streamed, from a model that reports "stream_logprobs" (ABI 1.5): each chunk carries its
+  // tokens' scores, taken from the logits they were sampled from; otherwise (and with echo) each
+  // choice's last chunk carries them all.
+  void logprob_options(Call& c, const json& body, const json& ti) {
+    if (c.chat) {
       const bool want = param(body, "logprobs", false);
       const int64_t top = param<int64_t>(body, "top_logprobs", 0);
       if (body.contains("top_logprobs") && !body["top_logprobs"].is_null() && !want)
         throw ApiError(400, "top_logprobs needs logprobs: true", "invalid_request_error", "top_logprobs");
       if (top < 0 || top > 20) throw ApiError(400, "top_logprobs must be in [0, 20]", "invalid_request_error", "top_logprobs");
-      if (want) logprobs = top;
+      if (want) c.logprobs = top;
     } else if (body.contains("logprobs") && !body["logprobs"].is_null()) {
-      logprobs = param<int64_t>(body, "logprobs", 0);
-      if (logprobs < 0 || logprobs > 20) throw ApiError(400, "logprobs must be in [0, 20]", "invalid_request_error", "logprobs");
+      c.logprobs = param<int64_t>(body, "logprobs", 0);
+      if (c.logprobs < 0 || c.logprobs > 20) throw ApiError(400, "logprobs must be in [0, 20]", "invalid_request_error", "logprobs");
     }
-    if ((logprobs >= 0 || echo) && !ti.value("logprobs", false))
-      throw ApiError(400, "the model '" + name + "' does not report log-probabilities", "invalid_request_error",
-                     logprobs >= 0 ? "logprobs" : "echo", "unsupported_parameter");
-    if (logprobs >= 0) request["logprobs"] = logprobs;
-    const bool stream_scores = stream && logprobs >= 0 && !echo && ti.value("stream_logprobs", false);
-    if (stream_scores) request["stream_logprobs"] = true;
-    if (echo && (logprobs >= 0 || request["max_tokens"] == 0)) request["prompt_logprobs"] = std::max<int64_t>(logprobs, 0);
-    std::string prompt;                        // chat: the rendered conversation
-    std::vector<std::string> prompt_texts;     // completions: one text per prompt...
-    std::vector<std::vector<int32_t>> prompt_ids;  // ...or token ids, used as given
-    conv::Conversation conversation;
-    if (chat) {
-      conv::Template t;
-      try {
-        t = conv::model_template(ti);
-      } catch (const conv::TemplateError& e) {
-        throw ApiError(500, std::string("the model's template: ") + e.what(), "server_error");
-      }
-      try {
-        conversation = conv::conversation_from_messages(body.value("messages", json()));
-      } catch (const conv::TemplateError& e) {
-        const std::string f = e.field();
-        throw ApiError(400, (f == "messages" ? "" : f + ": ") + e.what(), "invalid_request_error", "messages");
-      }
-      prompt = conv::render(t, conversation).text();
-      prompt_texts = {prompt};
-      auto stops = request["stop"].get<std::vector<std::string>>();
-      for (const auto& s : t.stop_strings()) stops.push_back(s);
-      request["stop"] = stops;
-    } else {
-      parse_prompts(body, ti, prompt_texts, prompt_ids);
-      if (!prompt_ids.empty())  // the texts, for echo, moderation and the log
-        for (const auto& ids : prompt_ids) prompt_texts.push_back(model.model_decode(ids));
-    }
-    if (chat && prompt.empty()) throw ApiError(400, "the prompt is empty", "invalid_request_error", "messages");
-    const std::size_t prompts_n = prompt_texts.size();
-    if (prompts_n * static_cast<std::size_t>(n) > 256)
-      throw ApiError(400, "at most 256 choices per request (prompts times n)", "invalid_request_error", "prompt");
-    moderate(chat ? conversation.messages : prompt_texts);
-    if (!prompt_ids.empty()) {
-      request["prompt_ids"] = json::array();
-      for (const auto& ids : prompt_ids)
-        for (int64_t i = 0; i < n; ++i) request["prompt_ids"].push_back(ids);
-    } else {
-      request["prompts"] = json::array();
-      for (const auto& t : prompt_texts)
-        for (int64_t i = 0; i < n; ++i) request["prompts"].push_back(t);
-      request["add_bos"] = true;
-    }
+    if ((c.logprobs >= 0 || c.echo) && !ti.value("logprobs", false))
+      throw ApiError(400, "the model '" + c.name + "' does not report log-probabilities", "invalid_request_error",
+                     c.logprobs >= 0 ? "logprobs" : "echo", "unsupported_parameter");
+    if (c.logprobs >= 0) c.request["logprobs"] = c.logprobs;
+    c.stream_scores = c.stream && c.logprobs >= 0 && !c.echo && ti.value("stream_logprobs", false);
+    if (c.stream_scores) c.request["stream_logprobs"] = true;
+    if (c.echo && (c.logprobs >= 0 || c.request["max_tokens"] == 0)) c.request["prompt_logprobs"] = std::max<int64_t>(c.logprobs, 0);
+  }
 
-    const std::string id = random_id(chat ? "chatcmpl" : "cmpl");
-    const int64_t created = now_s();
-    ++requests;
-    auto t0 = std::chrono::steady_clock::now();
-    // By value: a streamed reply is logged by the content provider, after this function returned.
-    auto finish_log = [this, record_base = json{{"time", created},
-                                                {"id", id},
-                                                {"model", name},
-                                                {"endpoint", chat ? "chat" : "completions"},
-                                                {"prompt", chat ? json(conversation.messages)
-                                                           : prompts_n == 1 ? json(prompt_texts[0]) : json(prompt_texts)}}](
-                          const json& reply) {
-      completion_tokens += reply["usage"].value("completion_tokens", int64_t{0});
-      prompt_tokens += reply["usage"].value("prompt_tokens", int64_t{0});
-      json choices = json::array();
-      for (const auto& c : reply["choices"]) choices.push_back(c.value("text", ""));
-      json entry = record_base;
-      entry["choices"] = choices;
-      record(entry);
-    };
+  // Chat: the messages rendered with the model's template (its own, a custom one, or a built-in),
+  // whose stop strings join the request's.
+  void render_chat(Call& c, const json& body, const json& ti) {
+    conv::Template t;
+    try {
+      t = conv::model_template(ti);
+    } catch (const conv::TemplateError& e) {
+      throw ApiError(500, std::string("the model's template: ") + e.what(), "server_error");
+    }
+    try {
+      c.conversation = conv::conversation_from_messages(body.value("messages", json()));
+    } catch (const conv::TemplateError& e) {
+      const std::string f = e.field();
+      throw ApiError(400, (f == "messages" ? "" : f + ": ") + e.what(), "invalid_request_error", "messages");
+    }
+    const std::string prompt = conv::render(t, c.conversation).text();
+    if (prompt.empty()) throw ApiError(400, "the prompt is empty", "invalid_request_error", "messages");
+    c.prompt_texts = {prompt};
+    auto stops = c.request["stop"].get<std::vector<std::string>>();
+    for (const auto& s : t.stop_strings()) stops.push_back(s);
+    c.request["stop"] = stops;
+  }
 
-    if (!stream) {
-      json reply = generate(model, request, nullptr);
-      // Time to first token: what the model reports (a token callback here would make it
-      // detokenise every token of a request that is not streamed); -1 where it reports none.
-      double ttft = -1;
-      const double e2e = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      for (const auto& c : reply["choices"])
-        if (c.contains("first_token_s") && c["first_token_s"].is_number())
-          ttft = ttft < 0 ? c["first_token_s"].get<double>() : std::min(ttft, c["first_token_s"].get<double>());
-      if (ttft > e2e) ttft = e2e;
-      observe(name, e2e, ttft, reply, n);
-      json choices = json::array();
-      for (const auto& c : reply["choices"]) {
-        std::string text = c.value("text", "");
-        if (chat) {
-          auto b = text.find_first_not_of(' ');
-          text = b == std::string::npos ? "" : text.substr(b);
-          choices.push_back({{"index", c["index"]},
-                             {"message", {{"role", "assistant"}, {"content", text}}},
-                             {"finish_reason", c["finish_reason"] == "cancelled" ? json("stop") : c["finish_reason"]},
-                             {"logprobs", logprobs >= 0 ? chat_logprobs(c.value("logprobs", json::array())) : json(nullptr)}});
-        } else {
-          const std::size_t k = c["index"].get<std::size_t>() / static_cast<std::size_t>(n);
-          if (echo) text = prompt_texts.at(k) + text;
-          json lp = nullptr;
-          if (logprobs >= 0)
-            lp = completion_logprobs(echo ? c.value("prompt_logprobs", json::array()) : json::array(),
-                                     c.value("logprobs", json::array()));
-          choices.push_back({{"index", c["index"]}, {"text", text}, {"logprobs", lp}, {"finish_reason", c["finish_reason"]}});
+  void completion_prompts(Call& c, const json& body, const json& ti) {
+    parse_prompts(body, ti, c.prompt_texts, c.prompt_ids);
+    if (!c.prompt_ids.empty())  // the texts, for echo, moderation and the log
+      for (const auto& ids : c.prompt_ids) c.prompt_texts.push_back(c.model->model_decode(ids));
+  }
+
+  // The request and its reply in the conversation log, and the token counters.
+  void finish_log(const Call& c, const json& reply) {
+    completion_tokens += reply["usage"].value("completion_tokens", int64_t{0});
+    prompt_tokens += reply["usage"].value("prompt_tokens", int64_t{0});
+    json choices = json::array();
+    for (const auto& ch : reply["choices"]) choices.push_back(ch.value("text", ""));
+    record({{"time", c.created},
+            {"id", c.id},
+            {"model", c.name},
+            {"endpoint", c.chat ? "chat" : "completions"},
+            {"prompt", c.chat ? json(c.conversation.messages) : c.prompt_texts.size() == 1 ? json(c.prompt_texts[0]) : json(c.prompt_texts)},
+            {"choices", choices}});
+  }
+
+  static json usage(const Call& c, const json& reply) {
+    const int64_t pt = reply["usage"].value("prompt_tokens", int64_t{0}) / c.n, ct = reply["usage"].value("completion_tokens", int64_t{0});
+    return {{"prompt_tokens", pt}, {"completion_tokens", ct}, {"total_tokens", pt + ct}};
+  }
+
+  // A choice's scores as its endpoint writes them (the whole reply's, not streamed).
+  static json choice_logprobs(const Call& c, const json& choice) {
+    if (c.logprobs < 0) return nullptr;
+    if (c.chat) return chat_logprobs(choice.value("logprobs", json::array()));
+    return completion_logprobs(c.echo ? choice.value("prompt_logprobs", json::array()) : json::array(),
+                               choice.value("logprobs", json::array()));
+  }
+
+  static json plain_reply(const Call& c, const json& reply) {
+    json choices = json::array();
+    for (const auto& ch : reply["choices"]) {
+      std::string text = ch.value("text", "");
+      if (c.chat) {
+        auto b = text.find_first_not_of(' ');
+        text = b == std::string::npos ? "" : text.substr(b);
+        choices.push_back({{"index", ch["index"]},
+                           {"message", {{"role", "assistant"}, {"content", text}}},
+                           {"finish_reason", ch["finish_reason"] == "cancelled" ? json("stop") : ch["finish_reason"]},
+                           {"logprobs", choice_logprobs(c, ch)}});
+      } else {
+        const std::size_t k = ch["index"].get<std::size_t>() / static_cast<std::size_t>(c.n);
+        if (c.echo) text = c.prompt_texts.at(k) + text;
+        choices.push_back({{"index", ch["index"]}, {"text", text}, {"logprobs", choice_logprobs(c, ch)}, {"finish_reason", ch["finish_reason"]}});
+      }
+    }
+    return {{"id", c.id},
+            {"object", c.chat ? "chat.completion" : "text_completion"},
+            {"created", c.created},
+            {"model", c.name},
+            {"choices", choices},
+            {"usage", usage(c, reply)}};
+  }
+
+  // Streaming: server-sent events, one chunk per piece of text, then [DONE].
+  void respond_streamed(const std::shared_ptr<Call>& call, httplib::Response& res) {
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider("text/event-stream",
+                                     [this, call](std::size_t, httplib::DataSink& sink) { return stream(*call, sink); });
+  }
+
+  // The model's tokens between its scheduler thread and the thread writing the stream. The
+  // model's callback only queues text (its thread must not wait for sockets or build JSON); the
+  // writer formats and writes it. The first token wakes the writer at once (time to first token).
+  // After a write the writer sleeps out stream_flush_ms (a full stream_interval of tokens or the
+  // end cuts that short) and writes what has come meanwhile; if nothing has, the next token wakes
+  // it and goes out at once. One wake-up and one socket write for several SSE events: with 64
+  // streams of a fast engine, wake-ups and writes per token were the HTTP path's main cost.
+  struct TokenQueue {
+    using Item = std::tuple<uint32_t, int32_t, std::string>;  // (sequence, token, text)
+    std::mutex m;
+    std::condition_variable cv;
+    std::deque<Item> items;
+    bool finished = false;
+    std::atomic<bool> alive{true};
+    std::exception_ptr error;
+    bool woken = false;  // the first token has been signalled
+    bool idle = false;   // the writer waits for a token, not for time
+    std::size_t interval = 1;
+    std::chrono::milliseconds gap{0};
+
+    bool push(uint32_t seq, int32_t token, const std::string& text) {
+      if (!alive) return false;  // a gone client cancels its sequence at once
+      bool wake;
+      {
+        std::lock_guard<std::mutex> g(m);
+        items.emplace_back(seq, token, text);
+        wake = !woken || items.size() >= interval || idle;
+        woken = true;
+      }
+      if (wake) cv.notify_one();
+      return true;
+    }
+    void finish(std::exception_ptr e) {
+      {
+        std::lock_guard<std::mutex> g(m);
+        error = std::move(e);
+        finished = true;
+      }
+      cv.notify_one();
+    }
+    // The next batch to write (empty only when finished); `first`: nothing has been written yet.
+    std::deque<Item> take(bool first, std::chrono::steady_clock::time_point due, bool& done) {
+      std::unique_lock<std::mutex> g(m);
+      if (first || gap.count() == 0) {
+        cv.wait(g, [&] { return finished || items.size() >= (first ? 1 : interval); });
+      } else {
+        cv.wait_until(g, due, [&] { return finished || items.size() >= interval; });
+        if (items.empty() && !finished) {
+          idle = true;
+          cv.wait(g, [&] { return finished || !items.empty(); });
+          idle = false;
         }
       }
-      int64_t pt = reply["usage"].value("prompt_tokens", int64_t{0}) / n, ct = reply["usage"].value("completion_tokens", int64_t{0});
-      json out = {{"id", id},
-                  {"object", chat ? "chat.completion" : "text_completion"},
-                  {"created", created},
-                  {"model", name},
-                  {"choices", choices},
-                  {"usage", {{"prompt_tokens", pt}, {"completion_tokens", ct}, {"total_tokens", pt + ct}}}};
-      finish_log(reply);
-      res.set_content(out.dump(), "application/json");
-      return;
+      std::deque<Item> batch;
+      batch.swap(items);
+      done = finished;
+      return batch;
     }
+  };
 
-    // Streaming: server-sent events, one chunk per piece of text, then [DONE].
-    const bool include_usage = body.contains("stream_options") && body["stream_options"].is_object() &&
-                               param(body["stream_options"], "include_usage", false);
-    res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [this, &model, request, id, created, name, chat, n, include_usage, t0, finish_log, echo, logprobs, stream_scores,
-         echoed = echo ? expand(prompt_texts, n) : std::vector<std::string>()](std::size_t, httplib::DataSink& sink) {
-          auto stream_chunk = [&](int64_t index, const json& delta_or_text, const json& finish, const json& lp) {
-            json c = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
-                      {"model", name}};
-            if (chat)
-              c["choices"] = json::array({{{"index", index}, {"delta", delta_or_text}, {"finish_reason", finish},
-                                           {"logprobs", lp}}});
-            else
-              c["choices"] = json::array({{{"index", index}, {"text", delta_or_text}, {"finish_reason", finish},
-                                           {"logprobs", lp}}});
-            return c;
-          };
-          auto chunk = [&](int64_t index, const json& delta_or_text, const json& finish, const json& lp = nullptr) {
-            std::string s = "data: " + stream_chunk(index, delta_or_text, finish, lp).dump() + "\n\n";
-            return sink.write(s.data(), s.size());
-          };
-          // The per-token chunk, the hot path: the fixed parts are rendered once and only the text
-          // is escaped per token (same JSON as chunk() makes).
-          const std::string head = "data: {\"choices\":[{\"" + std::string(chat ? "delta\":{\"content\":" : "finish_reason\":null,\"index\":");
-          const std::string tail = "\"created\":" + std::to_string(created) + ",\"id\":" + json(id).dump() + ",\"model\":" +
-                                   json(name).dump() + ",\"object\":\"" + (chat ? "chat.completion.chunk" : "text_completion") +
-                                   "\"}\n\n";
-          auto token_chunk = [&](std::string& s, int64_t index, const std::string& text) {
-            s += head;
-            if (chat)
-              s += json(text).dump() + "},\"finish_reason\":null,\"index\":" + std::to_string(index) + ",\"logprobs\":null}],";
-            else
-              s += std::to_string(index) + ",\"logprobs\":null,\"text\":" + json(text).dump() + "}],";
-            s += tail;
-          };
-          bool alive = true;
-          if (chat)
-            for (int64_t i = 0; i < n && alive; ++i) alive = chunk(i, {{"role", "assistant"}, {"content", ""}}, nullptr);
-          if (echo)
-            for (std::size_t i = 0; i < echoed.size() && alive; ++i)
-              alive = chunk(static_cast<int64_t>(i), echoed[i], nullptr);
-          std::vector<bool> started(static_cast<std::size_t>(n), false);
-          std::vector<json> scores(static_cast<std::size_t>(n), json::array());  // streamed, not yet sent
-          std::vector<std::size_t> chars_sent(static_cast<std::size_t>(n), 0);    // completions' text_offset
-          // A sequence's streamed scores not sent yet, as the endpoint's logprobs; null when none.
-          auto take_scores = [&](std::size_t seq) -> json {
-            if (seq >= scores.size() || scores[seq].empty()) return nullptr;
-            json lp = chat ? chat_logprobs(scores[seq]) : completion_logprobs(json::array(), scores[seq], chars_sent[seq]);
-            for (const auto& e : scores[seq]) chars_sent[seq] += utf8_chars(token_bytes(e.value("text", "")));  // as text_offset counts
-            scores[seq] = json::array();
-            return lp;
-          };
-          bool first = true;
-          double ttft_s = -1;
-          json reply;
-          // The model's callback only queues text (it runs on the model's scheduler thread, which
-          // must not wait for sockets or build JSON); this thread formats and writes it. The first
-          // token wakes it at once (time to first token). After a write the thread sleeps out
-          // stream_flush_ms (a full stream_interval of tokens or the end cuts that short) and writes
-          // what has come meanwhile; if nothing has, the next token wakes it and goes out at once.
-          // One wake-up and one socket write for several SSE events: with 64 streams of a fast
-          // engine, wake-ups and writes per token were the HTTP path's main cost (bench/serve).
-          struct Queue {
-            std::mutex m;
-            std::condition_variable cv;
-            std::deque<std::tuple<uint32_t, int32_t, std::string>> items;  // (sequence, token, text)
-            bool finished = false;
-            std::atomic<bool> alive{true};
-            std::exception_ptr error;
-            bool woken = false;  // the first token has been signalled
-            bool idle = false;   // the writer waits for a token, not for time
-          } queue;
-          const std::size_t interval = static_cast<std::size_t>(std::max(1, opt.stream_interval));
-          const auto gap = std::chrono::milliseconds(std::max(0, opt.stream_flush_ms));
-          auto due = std::chrono::steady_clock::now();
-          std::thread producer([&] {
-            try {
-              reply = generate(model, request, [&](uint32_t seq, int32_t token, const std::string& text) {
-                if (!queue.alive) return false;  // a gone client cancels its sequence at once
-                bool wake;
-                {
-                  std::lock_guard<std::mutex> g(queue.m);
-                  queue.items.emplace_back(seq, token, text);
-                  wake = !queue.woken || queue.items.size() >= interval || queue.idle;
-                  queue.woken = true;
-                }
-                if (wake) queue.cv.notify_one();
-                return true;
-              });
-            } catch (...) {
-              queue.error = std::current_exception();
-            }
-            {
-              std::lock_guard<std::mutex> g(queue.m);
-              queue.finished = true;
-            }
-            queue.cv.notify_one();
-          });
-          while (true) {
-            std::deque<std::tuple<uint32_t, int32_t, std::string>> batch;
-            bool finished;
-            {
-              std::unique_lock<std::mutex> g(queue.m);
-              if (first || gap.count() == 0) {
-                queue.cv.wait(g, [&] { return queue.finished || queue.items.size() >= (first ? 1 : interval); });
-              } else {
-                queue.cv.wait_until(g, due, [&] { return queue.finished || queue.items.size() >= interval; });
-                if (queue.items.empty() && !queue.finished) {
-                  queue.idle = true;
-                  queue.cv.wait(g, [&] { return queue.finished || !queue.items.empty(); });
-                  queue.idle = false;
-                }
-              }
-              batch.swap(queue.items);
-              finished = queue.finished;
-            }
-            std::string events;  // the batch's SSE events, written at once
-            for (auto& [seq, token, text] : batch) {
-              if (!alive) break;  // the client is gone: nothing more to format
-              if (token == VHOST_TOKEN_SCORES) {  // the scores of the tokens in the next text
-                if (stream_scores)
-                  for (auto& e : json::parse(text)) scores[seq].push_back(std::move(e));
-                continue;
-              }
-              if (first) {
-                first = false;
-                ttft_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-                ttft_us_sum += static_cast<int64_t>(ttft_s * 1e6);
-                ++ttft_count;
-              }
-              std::string t = text;
-              if (chat && !started[seq]) {  // the template's space after "ASSISTANT:"
-                auto b = t.find_first_not_of(' ');
-                t = b == std::string::npos ? "" : t.substr(b);
-                if (t.empty()) continue;
-                started[seq] = true;
-              }
-              if (json lp = take_scores(seq); !lp.is_null()) {  // this text's tokens, scored
-                events += "data: " + stream_chunk(seq, chat ? json{{"content", t}} : json(t), nullptr, lp).dump() + "\n\n";
-                continue;
-              }
-              token_chunk(events, seq, t);
-            }
-            if (alive && !events.empty()) {
-              alive = sink.write(events.data(), events.size());
-              if (!alive) queue.alive = false;
-              due = std::chrono::steady_clock::now() + gap;
-            }
-            if (finished) break;
-          }
-          producer.join();
-          if (!queue.error)
-            observe(name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), ttft_s, reply, n);
-          if (queue.error) {
-            try {
-              std::rethrow_exception(queue.error);
-            } catch (const ApiError& e) {
-              std::string s = "data: " + openai_error_body(e.what(), e.type, e.param, e.code).dump() + "\n\n";
-              sink.write(s.data(), s.size());
-            } catch (const std::exception& e) {
-              std::string s = "data: " + openai_error_body(e.what(), "server_error", "", "").dump() + "\n\n";
-              sink.write(s.data(), s.size());
-            }
-            sink.done();
-            return true;
-          }
-          if (!alive) return false;
-          for (const auto& c : reply["choices"]) {
-            json fr = c["finish_reason"] == "cancelled" ? json("stop") : c["finish_reason"];
-            json lp = nullptr;
-            if (stream_scores)  // what came after the last text (a stop string's tokens, say)
-              lp = take_scores(static_cast<std::size_t>(c["index"].get<int64_t>()));
-            else if (logprobs >= 0)
-              lp = chat ? chat_logprobs(c.value("logprobs", json::array()))
-                        : completion_logprobs(echo ? c.value("prompt_logprobs", json::array()) : json::array(),
-                                              c.value("logprobs", json::array()));
-            chunk(c["index"].get<int64_t>(), chat ? json::object() : json(""), fr, lp);
-          }
-          if (include_usage) {
-            int64_t pt = reply["usage"].value("prompt_tokens", int64_t{0}) / n, ct = reply["usage"].value("completion_tokens", int64_t{0});
-            json u = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
-                      {"model", name}, {"choices", json::array()},
-                      {"usage", {{"prompt_tokens", pt}, {"completion_tokens", ct}, {"total_tokens", pt + ct}}}};
-            std::string s = "data: " + u.dump() + "\n\n";
-            sink.write(s.data(), s.size());
-          }
-          finish_log(reply);
-          std::string done = "data: [DONE]\n\n";
-          sink.write(done.data(), done.size());
-          sink.done();
-          return true;
-        });
+  // A stream's SSE chunks: the per-token chunk (the hot path) renders its fixed parts once and
+  // escapes only the text (the same JSON as chunk() makes); scores streamed with the text.
+  struct Chunks {
+    const Call& c;
+    std::string head, tail;
+    std::vector<bool> started;
+    std::vector<json> scores;             // streamed, not yet sent
+    std::vector<std::size_t> chars_sent;  // completions' text_offset
+    explicit Chunks(const Call& call)
+        : c(call),
+          head("data: {\"choices\":[{\"" + std::string(call.chat ? "delta\":{\"content\":" : "finish_reason\":null,\"index\":")),
+          tail("\"created\":" + std::to_string(call.created) + ",\"id\":" + json(call.id).dump() + ",\"model\":" + json(call.name).dump() +
+               ",\"object\":\"" + (call.chat ? "chat.completion.chunk" : "text_completion") + "\"}\n\n"),
+          started(static_cast<std::size_t>(call.n), false),
+          scores(static_cast<std::size_t>(call.n), json::array()),
+          chars_sent(static_cast<std::size_t>(call.n), 0) {}
+    json chunk(int64_t index, const json& delta_or_text, const json& finish, const json& lp = nullptr) const {
+      json j = {{"id", c.id}, {"object", c.chat ? "chat.completion.chunk" : "text_completion"}, {"created", c.created}, {"model", c.name}};
+      j["choices"] = json::array({{{"index", index}, {c.chat ? "delta" : "text", delta_or_text}, {"finish_reason", finish}, {"logprobs", lp}}});
+      return j;
+    }
+    static std::string event(const json& j) { return "data: " + j.dump() + "\n\n"; }
+    void token(std::string& s, int64_t index, const std::string& text) const {
+      s += head;
+      if (c.chat) s += json(text).dump() + "},\"finish_reason\":null,\"index\":" + std::to_string(index) + ",\"logprobs\":null}],";
+      else s += std::to_string(index) + ",\"logprobs\":null,\"text\":" + json(text).dump() + "}],";
+      s += tail;
+    }
+    // A sequence's streamed scores not sent yet, as the endpoint's logprobs; null when none.
+    json take_scores(std::size_t seq) {
+      if (seq >= scores.size() || scores[seq].empty()) return nullptr;
+      json lp = c.chat ? chat_logprobs(scores[seq]) : completion_logprobs(json::array(), scores[seq], chars_sent[seq]);
+      for (const auto& e : scores[seq]) chars_sent[seq] += utf8_chars(token_bytes(e.value("text", "")));  // as text_offset counts
+      scores[seq] = json::array();
+      return lp;
+    }
+    // One queued item into `events`; false when it is not text (streamed scores) or nothing to send.
+    void add(std::string& events, uint32_t seq, int32_t tok, const std::string& text) {
+      if (tok == VHOST_TOKEN_SCORES) {  // the scores of the tokens in the next text
+        if (c.stream_scores)
+          for (auto& e : json::parse(text)) scores[seq].push_back(std::move(e));
+        return;
+      }
+      std::string t = text;
+      if (c.chat && !started[seq]) {  // the template's space after "ASSISTANT:"
+        auto b = t.find_first_not_of(' ');
+        t = b == std::string::npos ? "" : t.substr(b);
+        if (t.empty()) return;
+        started[seq] = true;
+      }
+      if (json lp = take_scores(seq); !lp.is_null())  // this text's tokens, scored
+        events += event(chunk(seq, c.chat ? json{{"content", t}} : json(t), nullptr, lp));
+      else
+        token(events, seq, t);
+    }
+  };
+
+  // Writes one streamed reply; false when the client went away.
+  bool stream(const Call& c, httplib::DataSink& sink) {
+    Chunks chunks(c);
+    auto write = [&sink](const std::string& s) { return sink.write(s.data(), s.size()); };
+    bool alive = true;
+    if (c.chat)
+      for (int64_t i = 0; i < c.n && alive; ++i) alive = write(Chunks::event(chunks.chunk(i, {{"role", "assistant"}, {"content", ""}}, nullptr)));
+    if (c.echo)
+      for (std::size_t i = 0; i < c.prompt_texts.size() * static_cast<std::size_t>(c.n) && alive; ++i)
+        alive = write(Chunks::event(chunks.chunk(static_cast<int64_t>(i), c.prompt_texts[i / static_cast<std::size_t>(c.n)], nullptr)));
+    TokenQueue queue;
+    queue.interval = static_cast<std::size_t>(std::max(1, opt.stream_interval));
+    queue.gap = std::chrono::milliseconds(std::max(0, opt.stream_flush_ms));
+    json reply;
+    std::thread producer([&] {
+      std::exception_ptr error;
+      try {
+        reply = generate(*c.model, c.request,
+                         [&queue](uint32_t seq, int32_t token, const std::string& text) { return queue.push(seq, token, text); });
+      } catch (...) {
+        error = std::current_exception();
+      }
+      queue.finish(error);
+    });
+    double ttft_s = -1;
+    auto due = std::chrono::steady_clock::now();
+    for (bool done = false; !done;) {
+      std::string events;  // the batch's SSE events, written at once
+      for (auto& [seq, token, text] : queue.take(ttft_s < 0, due, done)) {
+        if (!alive) break;  // the client is gone: nothing more to format
+        if (ttft_s < 0 && token != VHOST_TOKEN_SCORES) {
+          ttft_s = seconds_since(c.t0);
+          ttft_us_sum += static_cast<int64_t>(ttft_s * 1e6);
+          ++ttft_count;
+        }
+        chunks.add(events, seq, token, text);
+      }
+      if (alive && !events.empty()) {
+        alive = write(events);
+        if (!alive) queue.alive = false;
+        due = std::chrono::steady_clock::now() + queue.gap;
+      }
+    }
+    producer.join();
+    if (queue.error) return stream_error(queue.error, sink);
+    observe(c.name, seconds_since(c.t0), ttft_s, reply, c.n);
+    if (!alive) return false;
+    for (const auto& ch : reply["choices"]) {
+      const json fr = ch["finish_reason"] == "cancelled" ? json("stop") : ch["finish_reason"];
+      // Streamed scores: what came after the last text (a stop string's tokens, say).
+      const json lp = c.stream_scores ? chunks.take_scores(static_cast<std::size_t>(ch["index"].get<int64_t>())) : choice_logprobs(c, ch);
+      write(Chunks::event(chunks.chunk(ch["index"].get<int64_t>(), c.chat ? json::object() : json(""), fr, lp)));
+    }
+    if (c.include_usage) {
+      json u = {{"id", c.id}, {"object", c.chat ? "chat.completion.chunk" : "text_completion"}, {"created", c.created},
+                {"model", c.name}, {"choices", json::array()}, {"usage", usage(c, reply)}};
+      write(Chunks::event(u));
+    }
+    finish_log(c, reply);
+    write("data: [DONE]\n\n");
+    sink.done();
+    return true;
   }
+
+  // A generation that failed mid-stream: its error as the stream's last event.
+  bool stream_error(const std::exception_ptr& error, httplib::DataSink& sink) {
+    std::string s;
+    try {
+      std::rethrow_exception(error);
+    } catch (const ApiError& e) {
+      s = "data: " + http::error_body(e.what(), e.type, e.param, e.code).dump() + "\n\n";
+    } catch (const std::exception& e) {
+      s = "data: " + http::error_body(e.what(), "server_error", "", "").dump() + "\n\n";
+    }
+    sink.write(s.data(), s.size());
+    sink.done();
+    return true;
+  }
+
+  void routes(http::Server& S);
+  json model_list() const;
+  std::string metrics_text();
 
   // The moderation hook: a word list from the configuration, then the moderators (judge
   // plugins, such as OpenAI's moderation endpoint, which the Vicuna demo's filter used). A
@@ -940,13 +936,11 @@ struct ApiServer::Impl {
       try {
         verdict = m->judge_moderate({{"input", texts}});
       } catch (const std::exception& e) {
-        ++errors;
         spdlog::error("[serve] moderation by {} failed: {}", m->id(), e.what());
         throw ApiError(503, "the moderation filter is unavailable; the request was not run", "server_error", "",
                        "moderation_unavailable");
       }
       if (verdict["flagged"].get<bool>()) {
-        ++errors;
         std::string cats;
         for (const auto& c : verdict["categories"]) cats += (cats.empty() ? "" : ", ") + (c.is_string() ? c.get<std::string>() : c.dump());
         record({{"time", now_s()}, {"moderated", true}, {"moderator", m->id()}, {"categories", verdict["categories"]}});
@@ -965,7 +959,6 @@ struct ApiServer::Impl {
       std::string l = lower(t);
       for (const auto& w : opt.blocked_words)
         if (!w.empty() && l.find(lower(w)) != std::string::npos) {
-          ++errors;
           record({{"time", now_s()}, {"moderated", true}, {"word", w}});
           throw ApiError(400, "the request was refused by the moderation filter", "invalid_request_error", "messages",
                          "content_filter");
@@ -996,6 +989,8 @@ struct ApiServer::Impl {
   }
 };
 
+// Serves `models` (and the LoRA adapters they serve, each a model id of its own, as vLLM's
+// --lora-modules) as the ServeOptions say.
 ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions options) : impl_(std::make_unique<Impl>()) {
   Impl& I = *impl_;
   I.models = std::move(models);
@@ -1004,7 +999,6 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
   for (auto& [name, inst] : I.models) {
     I.info[name] = inst->model_tokenizer_info();
     if (!I.info[name].value("concurrent", false)) I.serialise[inst] = std::make_unique<std::mutex>();
-    // Each LoRA adapter the instance serves is a model id of its own (as vLLM's --lora-modules).
     const json a = I.info[name].value("adapters", json::array());
     for (const auto& n : a) {
       if (!n.is_string()) continue;
@@ -1023,86 +1017,58 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
     I.log.open(I.opt.log_file, std::ios::app);
     if (!I.log) throw Error("cannot open the conversation log " + I.opt.log_file);
   }
-  auto& S = I.server;
-  const int threads = std::max(1, I.opt.threads);
-  S.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
-  S.set_payload_max_length(I.opt.max_body);
-  S.set_tcp_nodelay(true);  // streamed tokens are small writes: do not let Nagle hold them
-  // httplib listens with a backlog of 5: a burst of clients overflows it and their connects
-  // wait a second for a SYN retry. Keep the listening socket to widen the backlog after bind.
-  S.set_socket_options([this](socket_t sock) {
-    int yes = 1;
-    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-    impl_->listen_fd = sock;
-  });
-  S.set_read_timeout(30, 0);
-  S.set_write_timeout(30, 0);
-  auto guarded = [this](auto fn) {
-    return [this, fn](const httplib::Request& req, httplib::Response& res) {
-      try {
-        fn(req, res);
-      } catch (const ApiError& e) {
-        ++impl_->errors;
-        res.status = e.status;
-        res.set_content(openai_error_body(e.what(), e.type, e.param, e.code).dump(), "application/json");
-      } catch (const std::exception& e) {
-        ++impl_->errors;
-        res.status = 500;
-        res.set_content(openai_error_body(e.what(), "server_error", "", "").dump(), "application/json");
-      }
-    };
-  };
-  S.Get("/health", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(R"({"status":"ok"})", "application/json");
-  });
-  S.Get("/v1/models", guarded([this](const httplib::Request& req, httplib::Response& res) {
-          impl_->check_auth(req);
-          json data = json::array();
-          for (auto& [name, inst] : impl_->models) {
-            data.push_back({{"id", name}, {"object", "model"}, {"created", 0}, {"owned_by", "vhost"},
-                            {"max_batch", impl_->info[name].value("max_batch", 1)},
-                            {"context", impl_->info[name].value("context", 0)}});
-            auto a = impl_->parent_of.find(name);
-            if (a != impl_->parent_of.end()) data.back()["parent"] = a->second;  // as vLLM lists LoRA modules
-          }
-          res.set_content(json{{"object", "list"}, {"data", data}}.dump(), "application/json");
-        }));
-  S.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-           impl_->complete(req, res, false);
-         }));
-  S.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-           impl_->complete(req, res, true);
-         }));
-  S.Post("/v1/embeddings", guarded([this](const httplib::Request& req, httplib::Response& res) {
-           res.set_content(impl_->embeddings(req).dump(), "application/json");
-         }));
-  S.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
-           res.set_content(impl_->tokenize(req).dump(), "application/json");
-         }));
-  S.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
-           res.set_content(impl_->detokenize(req).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
-         }));
-  S.Get("/tokenizer_info", guarded([this](const httplib::Request& req, httplib::Response& res) {
-          res.set_content(impl_->tokenizer_info(req).dump(), "application/json");
-        }));
-  S.Post("/v1/votes", guarded([this](const httplib::Request& req, httplib::Response& res) {
-           impl_->check_auth(req);
-           json body;
-           try {
-             body = json::parse(req.body);
-           } catch (const json::parse_error& e) {
-             throw ApiError(400, std::string("the body is not valid JSON: ") + e.what());
-           }
-           if (!body.is_object() || !body.contains("vote") || !body["vote"].is_string())
-             throw ApiError(400, "'vote' is required (A, B, tie, bad)", "invalid_request_error", "vote");
-           impl_->record({{"time", now_s()}, {"vote", body}});
-           res.set_content(R"({"ok":true})", "application/json");
-         }));
-  S.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+  http::Options ho;
+  ho.what = "serve";
+  ho.host = I.opt.host;
+  ho.port = I.opt.port;
+  ho.threads = I.opt.threads;
+  ho.max_body = I.opt.max_body;
+  ho.api_keys = I.opt.api_keys;
+  ho.not_found = "no such endpoint (see GET /v1/models, POST /v1/chat/completions, POST /v1/completions)";
+  I.server = std::make_unique<http::Server>(ho);
+  I.routes(*I.server);
+}
+
+void ApiServer::Impl::routes(http::Server& S) {
+  using Req = const httplib::Request&;
+  using Res = httplib::Response&;
+  const auto key = http::Auth::key;
+  auto answer = [](Res res, const json& j) { res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json"); };
+  S.get("/health", [](Req, Res res) { res.set_content(R"({"status":"ok"})", "application/json"); });
+  S.get("/v1/models", [this, answer](Req, Res res) { answer(res, model_list()); }, key);
+  S.post("/v1/completions", [this](Req req, Res res) { complete(req, res, false); }, key);
+  S.post("/v1/chat/completions", [this](Req req, Res res) { complete(req, res, true); }, key);
+  S.post("/v1/embeddings", [this, answer](Req req, Res res) { answer(res, embeddings(req)); }, key);
+  S.post("/tokenize", [this, answer](Req req, Res res) { answer(res, tokenize(req)); }, key);
+  S.post("/detokenize", [this, answer](Req req, Res res) { answer(res, detokenize(req)); }, key);
+  S.get("/tokenizer_info", [this, answer](Req req, Res res) { answer(res, tokenizer_info(req)); }, key);
+  S.post("/v1/votes", [this](Req req, Res res) {
+    const json body = http::body_object(req);
+    if (!body.contains("vote") || !body["vote"].is_string())
+      throw ApiError(400, "'vote' is required (A, B, tie, bad)", "invalid_request_error", "vote");
+    record({{"time", now_s()}, {"vote", body}});
+    res.set_content(R"({"ok":true})", "application/json");
+  }, key);
+  S.get("/metrics", [this](Req, Res res) { res.set_content(metrics_text(), "text/plain; version=0.0.4"); });
+  S.get("/", [](Req, Res res) { res.set_content(web_chat_html(), "text/html"); });
+}
+
+json ApiServer::Impl::model_list() const {
+  json data = json::array();
+  for (auto& [name, inst] : models) {
+    data.push_back({{"id", name}, {"object", "model"}, {"created", 0}, {"owned_by", "vhost"},
+                    {"max_batch", info.at(name).value("max_batch", 1)}, {"context", info.at(name).value("context", 0)}});
+    auto a = parent_of.find(name);
+    if (a != parent_of.end()) data.back()["parent"] = a->second;  // as vLLM lists LoRA modules
+  }
+  return {{"object", "list"}, {"data", data}};
+}
+
+std::string ApiServer::Impl::metrics_text() {
     std::ostringstream o;
-    const Impl& I = *impl_;
+    const Impl& I = *this;
     o << "# TYPE vhost_requests_total counter\nvhost_requests_total " << I.requests << "\n"
-      << "# TYPE vhost_errors_total counter\nvhost_errors_total " << I.errors << "\n"
+      << "# TYPE vhost_errors_total counter\nvhost_errors_total " << server->errors() << "\n"
       << "# TYPE vhost_active_requests gauge\nvhost_active_requests " << I.active << "\n"
       << "# TYPE vhost_completion_tokens_total counter\nvhost_completion_tokens_total " << I.completion_tokens << "\n"
       << "# TYPE vhost_prompt_tokens_total counter\nvhost_prompt_tokens_total " << I.prompt_tokens << "\n"
@@ -1127,7 +1093,7 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
     }
     // vLLM's metrics, named as vLLM names them (vllm:* -> vhost:*), per model_name.
     {
-      std::lock_guard<std::mutex> g(impl_->metrics_mu);
+      std::lock_guard<std::mutex> g(metrics_mu);
       auto type = [&](const char* n, const char* t, const char* help) {
         o << "# HELP " << n << " " << help << "\n# TYPE " << n << " " << t << "\n";
       };
@@ -1148,34 +1114,24 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
       gauge("vhost:kv_cache_usage_perc", "kv_cache_usage", "Share of the KV cache in use (1 = full).");
       auto counter = [&](const char* n, const char* help, auto value) {
         type(n, "counter", help);
-        for (auto& [name, m] : impl_->per_model) o << n << "{model_name=\"" << prom_label(name) << "\"} " << value(m) << "\n";
+        for (auto& [name, m] : per_model) o << n << "{model_name=\"" << prom_label(name) << "\"} " << value(m) << "\n";
       };
       counter("vhost:prompt_tokens_total", "Prompt tokens processed.", [](const ModelMetrics& m) { return m.prompt_tokens; });
       counter("vhost:generation_tokens_total", "Tokens generated.", [](const ModelMetrics& m) { return m.generation_tokens; });
       type("vhost:request_success_total", "counter", "Finished sequences by finish reason.");
-      for (auto& [name, m] : impl_->per_model)
+      for (auto& [name, m] : per_model)
         for (auto& [reason, k] : m.finished)
           o << "vhost:request_success_total{finished_reason=\"" << reason << "\",model_name=\"" << prom_label(name) << "\"} " << k << "\n";
       auto hist = [&](const char* n, const char* help, Histogram ModelMetrics::*h) {
         type(n, "histogram", help);
-        for (auto& [name, m] : impl_->per_model) (m.*h).write(o, n, "model_name=\"" + prom_label(name) + "\"");
+        for (auto& [name, m] : per_model) (m.*h).write(o, n, "model_name=\"" + prom_label(name) + "\"");
       };
       hist("vhost:time_to_first_token_seconds", "Time to the first token.", &ModelMetrics::ttft);
       hist("vhost:time_per_output_token_seconds", "Time per output token after the first.", &ModelMetrics::tpot);
       hist("vhost:e2e_request_latency_seconds", "Request latency, end to end.", &ModelMetrics::e2e);
       hist("vhost:request_queue_time_seconds", "Time a request waited for a batch row.", &ModelMetrics::queue);
     }
-    res.set_content(o.str(), "text/plain; version=0.0.4");
-  });
-  S.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(web_chat_html(), "text/html"); });
-  S.set_error_handler([](const httplib::Request&, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    std::string msg = res.status == 413 ? "the request body is too large"
-                      : res.status == 404 ? "no such endpoint (see GET /v1/models, POST /v1/chat/completions, "
-                                            "POST /v1/completions)"
-                                          : "HTTP " + std::to_string(res.status);
-    res.set_content(openai_error_body(msg, "invalid_request_error", "", "").dump(), "application/json");
-  });
+    return o.str();
 }
 
 std::vector<std::string> ApiServer::model_ids() const {
@@ -1186,25 +1142,12 @@ std::vector<std::string> ApiServer::model_ids() const {
 
 ApiServer::~ApiServer() { stop(); }
 
-int ApiServer::bind() {
-  auto& S = impl_->server;
-  int port = impl_->opt.port;
-  if (port == 0) {
-    port = S.bind_to_any_port(impl_->opt.host);
-    if (port < 0) throw Error("cannot listen on " + impl_->opt.host);
-  } else if (!S.bind_to_port(impl_->opt.host, port)) {
-    throw Error("cannot listen on " + impl_->opt.host + ":" + std::to_string(port) + " (in use?)");
-  }
-  impl_->opt.port = port;
-  if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, 1024);
-  return port;
-}
-
-void ApiServer::run() { impl_->server.listen_after_bind(); }
-void ApiServer::stop() { impl_->server.stop(); }
+int ApiServer::bind() { return impl_->opt.port = impl_->server->bind(); }
+void ApiServer::run() { impl_->server->run(); }
+void ApiServer::stop() { impl_->server->stop(); }
 
 json ApiServer::metrics() const {
-  return {{"requests", impl_->requests.load()}, {"errors", impl_->errors.load()}, {"active", impl_->active.load()},
+  return {{"requests", impl_->requests.load()}, {"errors", impl_->server->errors()}, {"active", impl_->active.load()},
           {"completion_tokens", impl_->completion_tokens.load()}};
 }
 

@@ -13,18 +13,6 @@
 
 namespace vhost::host {
 
-// {"error": {"message", "type", "param", "code"}}: the error shape OpenAI clients parse.
-json openai_error_body(const std::string& message, const std::string& type, const std::string& param,
-                       const std::string& code);
-
-// A Prometheus label value, escaped as the text format requires (\\, \", \n): model names are
-// instance names, which a pipeline may spell with any character.
-inline std::string prom_label(const std::string& v) {
-  std::string o;
-  for (char c : v) o += c == '\\' ? "\\\\" : c == '"' ? "\\\"" : c == '\n' ? "\\n" : std::string(1, c);
-  return o;
-}
-
 struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                    // 0: any free port

@@ -1,0 +1,93 @@
+// Internal: the one HTTP layer of the serving stages. `vhost serve` / `worker` (server.cpp), the
+// controller and the API gateway (cluster.cpp) all listen through http::Server: the same socket
+// setup (SO_REUSEADDR, a listen backlog of 1024 rather than httplib's 5, TCP_NODELAY, read and
+// write timeouts, a bounded thread pool and body size), the same Bearer-key check and the same
+// error shape, OpenAI's {"error": {"message", "type", "param", "code"}}, for every failure a
+// route throws and for httplib's own (404, 413).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <httplib.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace vhost::host::http {
+
+using json = nlohmann::json;
+
+// An OpenAI-shaped failure: the HTTP status and {"error": {message, type, param, code}}.
+struct ApiError : std::runtime_error {
+  int status;
+  std::string type, param, code;
+  ApiError(int s, std::string message, std::string t = "invalid_request_error", std::string p = "", std::string c = "")
+      : std::runtime_error(std::move(message)), status(s), type(std::move(t)), param(std::move(p)), code(std::move(c)) {}
+};
+
+// {"error": {"message", "type", "param", "code"}}: the error shape OpenAI clients parse. The
+// message may quote what the client sent, invalid UTF-8 included: replaced (U+FFFD), so that the
+// body can always be written.
+json error_body(const std::string& message, const std::string& type, const std::string& param, const std::string& code);
+
+// The request's body as a JSON object, or a 400 naming the byte where it stops being JSON.
+json body_object(const httplib::Request& req);
+
+// A Prometheus label value, escaped as the text format requires (\\, \", \n): model names are
+// instance names, which a pipeline may spell with any character.
+std::string prom_label(const std::string& v);
+
+void reply_json(httplib::Response& res, const json& j, int status = 200);
+
+struct Options {
+  std::string what = "server";  // names the server in errors ("api: cannot listen on ...")
+  std::string host = "127.0.0.1";
+  int port = 0;                       // 0: any free port
+  int threads = 64;                   // connections served at once
+  std::size_t max_body = 1 << 20;     // bytes; more: 413
+  std::vector<std::string> api_keys;  // Bearer keys routes marked `Auth::key` accept; empty: none needed
+  int read_timeout_s = 30, write_timeout_s = 30;
+  std::string not_found = "no such endpoint";  // the 404 message
+};
+
+enum class Auth { none, key };
+
+class Server {
+ public:
+  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
+  explicit Server(Options o);
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // A route. With Auth::key a request without one of the keys is answered 401 before `h` runs.
+  // An ApiError thrown by `h` is answered with its status; std::invalid_argument with 400; any
+  // other exception with 500; each counts in errors().
+  void get(const std::string& path, Handler h, Auth auth = Auth::none);
+  void post(const std::string& path, Handler h, Auth auth = Auth::none);
+
+  // Throws ApiError 401 unless the request carries one of the keys (or none are configured).
+  void check_auth(const httplib::Request& req) const;
+  // Counts a failure answered outside a route's exceptions (a streamed error, say).
+  void count_error() { ++errors_; }
+  int64_t errors() const { return errors_; }
+
+  int bind();  // throws vhost::host::Error naming the address; returns the port
+  void run();  // serves until stop(); bind() first
+  void stop();
+  // Serves until `flag` becomes true (a watcher thread turns it into stop()).
+  void run_until(const std::atomic<bool>& flag);
+  const Options& options() const { return o_; }
+
+ private:
+  Handler guard(Handler h, Auth auth);
+  Options o_;
+  httplib::Server s_;
+  int listen_fd_ = -1;
+  std::atomic<int64_t> errors_{0};
+};
+
+}  // namespace vhost::host::http
