@@ -816,53 +816,86 @@ void answer_questions(StageContext& ctx, const std::string& name, const std::vec
   });
 }
 
-}  // namespace
+// One run of the eval stage: answers, the judgments to make (resumed from judgments.jsonl), the
+// judge's verdicts, the report.
+class Evaluation {
+ public:
+  explicit Evaluation(StageContext& ctx)
+      : ctx_(ctx),
+        c_(ctx.config),
+        out_(c_["out"].get<std::string>()),
+        mode_(c_["mode"].get<std::string>()),
+        judge_(ctx.instance(c_["judge"].get<std::string>())),
+        concurrency_(static_cast<int>(c_["concurrency"].get<int64_t>())) {}
 
-json run_eval(StageContext& ctx) {
-  const auto& c = ctx.config;
-  const fs::path out = c["out"].get<std::string>();
-  fs::create_directories(out / "answers");
-  auto questions = load_questions(c["questions"].get<std::string>());
-  if (c["limit"].get<int64_t>() > 0 && static_cast<int64_t>(questions.size()) > c["limit"].get<int64_t>())
-    questions.resize(static_cast<std::size_t>(c["limit"].get<int64_t>()));
-  const std::string mode = c["mode"].get<std::string>();
-  Instance& judge = ctx.instance(c["judge"].get<std::string>());
-  const int concurrency = static_cast<int>(c["concurrency"].get<int64_t>());
-  const int64_t max_tokens = c["max_tokens"].get<int64_t>();
+  json run() {
+    fs::create_directories(out_ / "answers");
+    questions_ = load_questions(c_["questions"].get<std::string>());
+    if (c_["limit"].get<int64_t>() > 0 && static_cast<int64_t>(questions_.size()) > c_["limit"].get<int64_t>())
+      questions_.resize(static_cast<std::size_t>(c_["limit"].get<int64_t>()));
+    collect_answers();
+    load_prompts();
+    make_tasks();
+    const json info = judge_.describe();
+    identity_ = info.contains("identity") ? info["identity"] : json{{"plugin", judge_.plugin().name}, {"instance", judge_.id()}};
+    for (auto& t : tasks_) t.fingerprint = vhost::fingerprint(identity_.dump() + "\n" + request(t).dump());
+    const auto todo = resume();
+    ctx_.out << "judging: " << todo.size() << " of " << tasks_.size() << " judgments to make (" << mode_ << ", judge "
+             << identity_.dump() << ", concurrency " << concurrency_ << ")\n"
+             << std::flush;
+    judge_all(todo);
+    return report();
+  }
+
+ private:
+  struct Task {
+    const Question* q;
+    int turn;
+    std::string a, b, order;  // pairwise: a and b as shown (order "ab": model_a shown first)
+    std::string model_a, model_b, key;
+    std::string fingerprint;  // of the judge's identity and the request: see resume()
+  };
 
   // ---- answers: each model answers every question (every turn), resumably
-  std::vector<std::string> models = c["models"].get<std::vector<std::string>>();
-  if (models.empty())
-    for (const auto& d : ctx.declared)
-      if (d.rfind("models.", 0) == 0) models.push_back(d);
-  std::map<std::string, std::map<int64_t, std::vector<std::string>>> answers;  // name -> qid -> turns
-  for (const auto& f : c["answers"].get<std::vector<std::string>>()) {         // FastChat answer files
-    for (auto& [qid, j] : read_jsonl_by_qid(f)) {
-      std::string name = j.value("model_id", fs::path(f).stem().string());
-      answers[name][qid] = j.at("choices").at(0).at("turns").get<std::vector<std::string>>();
+  void collect_answers() {
+    for (const auto& f : c_["answers"].get<std::vector<std::string>>()) {  // FastChat answer files
+      for (auto& [qid, j] : read_jsonl_by_qid(f)) {
+        std::string name = j.value("model_id", fs::path(f).stem().string());
+        answers_[name][qid] = j.at("choices").at(0).at("turns").get<std::vector<std::string>>();
+      }
     }
+    std::vector<std::string> models = c_["models"].get<std::vector<std::string>>();
+    if (models.empty())
+      for (const auto& d : ctx_.declared)
+        if (d.rfind("models.", 0) == 0) models.push_back(d);
+    for (const auto& ref : models) answer_with_model(ref);
+    for (const auto& ref : c_["endpoints"].get<std::vector<std::string>>()) answer_with_endpoint(ref);
+    for (auto& [n, a] : answers_) names_.push_back(n);
+    if (names_.empty()) throw ConfigError(ctx_.id + ".models: nothing to evaluate: no model instance and no answers file");
   }
-  for (const auto& ref : models) {
-    Instance& model = ctx.instance(ref);
+
+  // A model instance, prompted with its own template (a custom one included), turn by turn.
+  void answer_with_model(const std::string& ref) {
+    Instance& model = ctx_.instance(ref);
     const std::string name = ref.substr(ref.find('.') + 1);
-    json info = model.model_tokenizer_info();
-    conv::Template templ;
+    const json info = model.model_tokenizer_info();
+    conv::Template t;
     try {
-      templ = conv::model_template(info);
+      t = conv::model_template(info);
     } catch (const conv::TemplateError& e) {
       throw ConfigError(ref + ": " + e.what());
     }
-    const conv::Template* t = &templ;
-    answer_questions(ctx, name, questions, std::max(1, info.value("max_batch", 1)), out / "answers" / (name + ".jsonl"), "",
-                     answers[name], [&](const Question& q) {
+    const int64_t max_tokens = c_["max_tokens"].get<int64_t>();
+    answer_questions(ctx_, name, questions_, std::max(1, info.value("max_batch", 1)), out_ / "answers" / (name + ".jsonl"), "",
+                     answers_[name], [&](const Question& q) {
                        conv::Conversation conversation;
                        std::vector<std::string> turns;
                        for (const auto& turn : q.turns) {
                          conversation.messages.push_back(turn);
-                         json req = {{"prompts", json::array({conv::render(*t, conversation).text()})},
+                         json req = {{"prompts", json::array({conv::render(t, conversation).text()})},
                                      {"max_tokens", max_tokens},
-                                     {"temperature", c["temperature"]},
-                                     {"stop", t->stop_strings()},
+                                     {"temperature", c_["temperature"]},
+                                     {"stop", t.stop_strings()},
                                      {"add_bos", true},
                                      {"seed", static_cast<int64_t>(q.id)}};
                          std::string text = model.model_generate(req, nullptr)["choices"][0]["text"].get<std::string>();
@@ -874,21 +907,22 @@ json run_eval(StageContext& ctx) {
                        return turns;
                      });
   }
-  // Answers from OpenAI-compatible endpoints: judge-kind instances (the `openai` plugin is a
+
+  // An OpenAI-compatible endpoint: a judge-kind instance (the `openai` plugin is a
   // chat-completions client), asked turn by turn with the conversation so far as messages.
-  for (const auto& ref : c["endpoints"].get<std::vector<std::string>>()) {
-    Instance& ep = ctx.instance(ref);
+  void answer_with_endpoint(const std::string& ref) {
+    Instance& ep = ctx_.instance(ref);
     if (ep.plugin().kind != std::string(VHOST_KIND_JUDGE))
-      throw ConfigError(ctx.id + ".endpoints: '" + ref + "' is a " + ep.plugin().kind + " instance, not a chat endpoint (a judge)");
+      throw ConfigError(ctx_.id + ".endpoints: '" + ref + "' is a " + ep.plugin().kind + " instance, not a chat endpoint (a judge)");
     const std::string name = ref.substr(ref.find('.') + 1);
-    answer_questions(ctx, name, questions, concurrency, out / "answers" / (name + ".jsonl"), " over HTTP", answers[name],
+    answer_questions(ctx_, name, questions_, concurrency_, out_ / "answers" / (name + ".jsonl"), " over HTTP", answers_[name],
                      [&](const Question& q) {
                        json messages = json::array();
                        std::vector<std::string> turns;
                        for (const auto& turn : q.turns) {
                          messages.push_back({{"role", "user"}, {"content", turn}});
                          json reply = ep.judge_complete(
-                             {{"messages", messages}, {"temperature", c["temperature"]}, {"max_tokens", max_tokens}});
+                             {{"messages", messages}, {"temperature", c_["temperature"]}, {"max_tokens", c_["max_tokens"]}});
                          std::string text = reply.value("text", "");
                          messages.push_back({{"role", "assistant"}, {"content", text}});
                          turns.push_back(text);
@@ -896,150 +930,133 @@ json run_eval(StageContext& ctx) {
                        return turns;
                      });
   }
-  std::vector<std::string> names;
-  for (auto& [n, a] : answers) names.push_back(n);
-  if (names.empty()) throw ConfigError(ctx.id + ".models: nothing to evaluate: no model instance and no answers file");
 
-  // ---- judge prompts: the project's, or FastChat judge_prompts.jsonl
-  std::map<std::string, Prompt> fastchat;
-  if (!c["judge_prompts"].get<std::string>().empty()) {
-    for_each_jsonl(c["judge_prompts"].get<std::string>(), " (" + ctx.id + ".judge_prompts)", [&](const json& j, const std::string& at) {
-      try {
-        fastchat[j.at("name").get<std::string>()] = {j.at("system_prompt").get<std::string>(),
-                                                     j.at("prompt_template").get<std::string>(),
-                                                     j.value("output_format", std::string())};
-      } catch (const json::exception& e) {
-        throw ConfigError(at + ": not a judge prompt: " + e.what());
-      }
-    });
-  }
-  const std::set<std::string> ref_categories = {"math", "reasoning", "coding"};
-  // FastChat's reference_answer/JUDGE.jsonl: they replace the questions' own `reference`.
-  std::size_t references = 0;
-  if (!c["reference_answers"].get<std::string>().empty()) {
-    auto refs = load_reference_answers(c["reference_answers"].get<std::string>());
-    for (auto& q : questions)
-      if (auto it = refs.find(q.id); it != refs.end()) q.reference = it->second, ++references;
+  // ---- judge prompts: the project's, or FastChat judge_prompts.jsonl; FastChat's
+  // reference_answer/JUDGE.jsonl replaces the questions' own `reference`.
+  void load_prompts() {
+    if (!c_["judge_prompts"].get<std::string>().empty()) {
+      for_each_jsonl(c_["judge_prompts"].get<std::string>(), " (" + ctx_.id + ".judge_prompts)", [&](const json& j, const std::string& at) {
+        try {
+          fastchat_[j.at("name").get<std::string>()] = {j.at("system_prompt").get<std::string>(),
+                                                        j.at("prompt_template").get<std::string>(),
+                                                        j.value("output_format", std::string())};
+        } catch (const json::exception& e) {
+          throw ConfigError(at + ": not a judge prompt: " + e.what());
+        }
+      });
+    }
+    if (!c_["reference_answers"].get<std::string>().empty()) {
+      auto refs = load_reference_answers(c_["reference_answers"].get<std::string>());
+      for (auto& q : questions_)
+        if (auto it = refs.find(q.id); it != refs.end()) q.reference = it->second, ++references_;
+    }
   }
 
-  // ---- the judgments to make
-  std::string baseline = c["baseline"].get<std::string>();
-  if (mode != "single") {
-    if (baseline.empty()) baseline = names.front();
-    if (!answers.count(baseline)) throw ConfigError(ctx.id + ".baseline: no answers from '" + baseline + "' (have: " + join(names) + ")");
-  }
-  struct Task {
-    const Question* q;
-    int turn;
-    std::string a, b, order;  // pairwise: a and b as shown (order "ab": model_a shown first)
-    std::string model_a, model_b, key;
-    std::string fingerprint;  // of the judge's identity and the request: see the resume below
-  };
-  // Pairwise modes, (first, second): the baseline with every other model, or (pairs = "all")
-  // every pair of models, the baseline first in its pairs and otherwise the order of `names`.
-  std::vector<std::pair<std::string, std::string>> matches;
-  if (mode != "single") {
-    for (auto& n : names)
-      if (n != baseline) matches.emplace_back(baseline, n);
-    if (c["pairs"].get<std::string>() == "all")
-      for (std::size_t i = 0; i < names.size(); ++i)
-        for (std::size_t k = i + 1; k < names.size(); ++k)
-          if (names[i] != baseline && names[k] != baseline) matches.emplace_back(names[i], names[k]);
-  }
-  std::vector<Task> tasks;
-  for (const auto& q : questions) {
-    const int turns = mode == "vicuna" ? 1 : static_cast<int>(std::min<std::size_t>(2, q.turns.size()));
-    for (int turn = 1; turn <= turns; ++turn) {
-      if (mode == "single") {
-        for (auto& n : names)
-          if (answers[n].count(q.id))
-            tasks.push_back({&q, turn, n, "", "", n, "", "single|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + n, ""});
-      } else {
+  // ---- the judgments to make. Pairwise modes, (first, second): the baseline with every other
+  // model, or (pairs = "all") every pair of models, the baseline first in its pairs and otherwise
+  // the order of `names`.
+  void make_tasks() {
+    baseline_ = c_["baseline"].get<std::string>();
+    std::vector<std::pair<std::string, std::string>> matches;
+    if (mode_ != "single") {
+      if (baseline_.empty()) baseline_ = names_.front();
+      if (!answers_.count(baseline_))
+        throw ConfigError(ctx_.id + ".baseline: no answers from '" + baseline_ + "' (have: " + join(names_) + ")");
+      for (auto& n : names_)
+        if (n != baseline_) matches.emplace_back(baseline_, n);
+      if (c_["pairs"].get<std::string>() == "all")
+        for (std::size_t i = 0; i < names_.size(); ++i)
+          for (std::size_t k = i + 1; k < names_.size(); ++k)
+            if (names_[i] != baseline_ && names_[k] != baseline_) matches.emplace_back(names_[i], names_[k]);
+    }
+    for (const auto& q : questions_) {
+      const int turns = mode_ == "vicuna" ? 1 : static_cast<int>(std::min<std::size_t>(2, q.turns.size()));
+      for (int turn = 1; turn <= turns; ++turn) {
+        if (mode_ == "single") {
+          for (auto& n : names_)
+            if (answers_[n].count(q.id))
+              tasks_.push_back({&q, turn, n, "", "", n, "", "single|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + n, ""});
+          continue;
+        }
         for (const auto& [first, second] : matches) {
-          if (!answers[first].count(q.id) || !answers[second].count(q.id)) continue;
+          if (!answers_[first].count(q.id) || !answers_[second].count(q.id)) continue;
           for (std::string order : {"ab", "ba"}) {
-            if (order == "ba" && !c["both_orders"].get<bool>()) continue;
+            if (order == "ba" && !c_["both_orders"].get<bool>()) continue;
             Task t{&q, turn, order == "ab" ? first : second, order == "ab" ? second : first, order, first, second, "", ""};
-            t.key = mode + "|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + first + "|" + second + "|" + order;
-            tasks.push_back(t);
+            t.key = mode_ + "|" + std::to_string(q.id) + "|" + std::to_string(turn) + "|" + first + "|" + second + "|" + order;
+            tasks_.push_back(t);
           }
         }
       }
     }
   }
-  std::mutex m;
-  std::atomic<int> unparsed{0};
-  int failed_calls = 0;
-  std::string first_failure;
-  const int retries = static_cast<int>(c["parse_retries"].get<int64_t>());
-  auto build = [&](const Task& t) -> json {
+
+  bool with_reference(const Question& q) const {
+    static const std::set<std::string> ref_categories = {"math", "reasoning", "coding"};
+    return ref_categories.count(q.category) && !q.reference.empty();
+  }
+
+  // The judge's request for a task: FastChat's prompt of that name where judge_prompts has it,
+  // else the project's own.
+  json request(const Task& t) {
     const Question& q = *t.q;
-    const bool with_ref = ref_categories.count(q.category) && !q.reference.empty();
+    const bool with_ref = with_reference(q);
     std::map<std::string, std::string> v;
-    v["question"] = q.turns[0];
-    v["question_1"] = q.turns[0];
+    v["question"] = v["question_1"] = q.turns[0];
     v["question_2"] = q.turns.size() > 1 ? q.turns[1] : "";
     v["ref_answer_1"] = q.reference.size() > 0 ? q.reference[0] : "";
     v["ref_answer_2"] = q.reference.size() > 1 ? q.reference[1] : "";
     auto ans = [&](const std::string& name, int k) {
-      const auto& turns = answers[name][q.id];
+      const auto& turns = answers_[name][q.id];
       return k < static_cast<int>(turns.size()) ? turns[k] : std::string();
     };
     Prompt p;
-    if (mode == "vicuna") {
+    if (mode_ == "vicuna") {
       p = {kVicunaSystem, kVicunaUser};
       v["answer_a"] = ans(t.a, 0);
       v["answer_b"] = ans(t.b, 0);
     } else {
-      std::string fc = std::string(mode == "single" ? "single-" : "pair-") + (with_ref ? "math-v1" : mode == "single" ? "v1" : "v2") +
-                       (t.turn == 2 ? "-multi-turn" : "");
-      if (fastchat.count(fc)) {
-        p = fastchat[fc];
+      const std::string fc = std::string(mode_ == "single" ? "single-" : "pair-") +
+                             (with_ref ? "math-v1" : mode_ == "single" ? "v1" : "v2") + (t.turn == 2 ? "-multi-turn" : "");
+      if (fastchat_.count(fc)) {
+        p = fastchat_[fc];
       } else {
-        p = mode == "single" ? Prompt{kSingleSystem, kSingleUser} : Prompt{kPairSystem, kPairUser};
+        p = mode_ == "single" ? Prompt{kSingleSystem, kSingleUser} : Prompt{kPairSystem, kPairUser};
         if (t.turn == 2) {  // the whole conversation; the verdict is about the last answer
-          if (mode == "single") v["question"] = transcript(q, answers[t.a][q.id], 1) + "(Judge the assistant's last answer.)";
+          if (mode_ == "single") v["question"] = transcript(q, answers_[t.a][q.id], 1) + "(Judge the assistant's last answer.)";
           else v["question"] = "A conversation with two turns; judge the answers to the second turn, in context.\n\n" + q.turns[0] + "\n\n(then) " + q.turns[1];
         }
-        std::string rb = with_ref ? "[Reference answer]\n" + v[t.turn == 2 ? "ref_answer_2" : "ref_answer_1"] + "\n[End of the reference]\n\n" : "";
-        v["reference_block"] = rb;
+        v["reference_block"] =
+            with_ref ? "[Reference answer]\n" + v[t.turn == 2 ? "ref_answer_2" : "ref_answer_1"] + "\n[End of the reference]\n\n" : "";
         v["reference_note"] = with_ref ? " Compare it with the reference answer, which is correct." : "";
       }
-      int k = t.turn - 1;
-      v["answer"] = ans(t.a, k);
-      v["answer_1"] = ans(t.a, 0);
-      v["answer_2"] = ans(t.a, 1);
-      v["answer_a"] = ans(t.a, k);
+      const int k = t.turn - 1;
+      v["answer"] = v["answer_a"] = ans(t.a, k);
       v["answer_b"] = ans(t.b, k);
-      v["answer_a_1"] = ans(t.a, 0);
-      v["answer_a_2"] = ans(t.a, 1);
+      v["answer_1"] = v["answer_a_1"] = ans(t.a, 0);
+      v["answer_2"] = v["answer_a_2"] = ans(t.a, 1);
       v["answer_b_1"] = ans(t.b, 0);
       v["answer_b_2"] = ans(t.b, 1);
     }
     json req = {{"messages", json::array({{{"role", "system"}, {"content", p.system}}, {{"role", "user"}, {"content", fill(p.user, v)}}})},
                 {"temperature", 0.0},
-                {"max_tokens", c["judge_max_tokens"]}};
+                {"max_tokens", c_["judge_max_tokens"]}};
     if (!p.format.empty()) req["output_format"] = p.format;  // how to read the reply (not sent)
     return req;
-  };
+  }
 
   // Resume: a stored judgment is kept only when it was made by this judge (the plugin's
   // "identity": endpoint and model), from the same request (prompt template, question, answers),
-  // so that a toy judge's verdicts never stand in for GPT-4's. The others, and with
-  // retry_errors those that recorded an error, move to judgments.previous.jsonl: nothing is
-  // lost, and judgments.jsonl always holds exactly what the report counts.
-  json judge_info = judge.describe();
-  const json identity = judge_info.contains("identity") ? judge_info["identity"]
-                                                        : json{{"plugin", judge.plugin().name}, {"instance", judge.id()}};
-  for (auto& t : tasks) t.fingerprint = vhost::fingerprint(identity.dump() + "\n" + build(t).dump());
-  const fs::path jfile = out / "judgments.jsonl", previous = out / "judgments.previous.jsonl";
-  const bool retry_errors = c["retry_errors"].get<bool>();
-  std::vector<json> judgments;
-  std::set<std::string> done;
-  {
+  // so that a toy judge's verdicts never stand in for GPT-4's. The others, and with retry_errors
+  // those that recorded an error, move to judgments.previous.jsonl: nothing is lost, and
+  // judgments.jsonl always holds exactly what the report counts. Returns the tasks left to judge.
+  std::vector<const Task*> resume() {
+    const fs::path jfile = out_ / "judgments.jsonl", previous = out_ / "judgments.previous.jsonl";
+    const bool retry_errors = c_["retry_errors"].get<bool>();
+    std::set<std::string> done;
     std::map<std::string, const Task*> by_key;
-    for (const auto& t : tasks) by_key[t.key] = &t;
-    std::map<std::string, std::size_t> kept;  // key -> index in `judgments`
+    for (const auto& t : tasks_) by_key[t.key] = &t;
+    std::map<std::string, std::size_t> kept;  // key -> index in `judgments_`
     std::vector<std::string> set_aside;
     std::ifstream in(jfile);
     std::string line;
@@ -1055,139 +1072,184 @@ json run_eval(StageContext& ctx) {
       }
       const std::string key = j.is_object() && j.contains("key") && j["key"].is_string() ? j["key"].get<std::string>() : "";
       auto t = by_key.find(key);
-      const bool same = t != by_key.end() && j.value("fingerprint", "") == t->second->fingerprint &&
-                        !(retry_errors && j.contains("error"));
-      if (!same) {
+      if (t == by_key.end() || j.value("fingerprint", "") != t->second->fingerprint || (retry_errors && j.contains("error"))) {
         set_aside.push_back(line);
         continue;
       }
-      if (kept.count(key)) set_aside.push_back(judgments[kept[key]].dump());  // a later one of the same wins
-      else kept[key] = judgments.size(), judgments.emplace_back();
-      judgments[kept[key]] = j;
+      if (kept.count(key)) set_aside.push_back(judgments_[kept[key]].dump());  // a later one of the same wins
+      else kept[key] = judgments_.size(), judgments_.emplace_back();
+      judgments_[kept[key]] = j;
       done.insert(key);
     }
     in.close();
-    if (!set_aside.empty() || torn) {
-      {
-        std::ofstream prev(previous, std::ios::app);
-        for (const auto& l : set_aside) prev << l << "\n";
-        prev.flush();
-        if (!prev) throw std::system_error(errno, std::generic_category(), previous.string() + ": cannot write");
-      }
-      fs::path tmp = jfile;
-      tmp += ".tmp";
-      {
-        std::ofstream o(tmp, std::ios::trunc);
-        for (const auto& j : judgments) o << j.dump() << "\n";
-        o.flush();
-        if (!o) throw std::system_error(errno, std::generic_category(), tmp.string() + ": cannot write");
-      }
-      fs::rename(tmp, jfile);
-      if (!set_aside.empty())
-        ctx.out << "judging: " << set_aside.size()
-                << " stored judgments were made by another judge or from another prompt or answers"
-                << (retry_errors ? ", or recorded an error (retry_errors)" : "") << "; moved to " << previous.string()
-                << "\n";
-    }
+    if (!set_aside.empty() || torn) rewrite(jfile, previous, set_aside);
+    if (!set_aside.empty())
+      ctx_.out << "judging: " << set_aside.size() << " stored judgments were made by another judge or from another prompt or answers"
+               << (retry_errors ? ", or recorded an error (retry_errors)" : "") << "; moved to " << previous.string() << "\n";
+    std::vector<const Task*> todo;
+    for (const auto& t : tasks_)
+      if (!done.count(t.key)) todo.push_back(&t);
+    return todo;
   }
-  std::vector<const Task*> todo;
-  for (const auto& t : tasks)
-    if (!done.count(t.key)) todo.push_back(&t);
-  ctx.out << "judging: " << todo.size() << " of " << tasks.size() << " judgments to make (" << mode << ", judge "
-          << identity.dump() << ", concurrency " << concurrency << ")\n" << std::flush;
-  std::ofstream jf(jfile, std::ios::app);
-  parallel_for(todo.size(), concurrency, [&](std::size_t i) {
+
+  // judgments.jsonl becomes exactly the kept judgments; the lines set aside go to `previous`.
+  void rewrite(const fs::path& jfile, const fs::path& previous, const std::vector<std::string>& set_aside) const {
+    {
+      std::ofstream prev(previous, std::ios::app);
+      for (const auto& l : set_aside) prev << l << "\n";
+      prev.flush();
+      if (!prev) throw std::system_error(errno, std::generic_category(), previous.string() + ": cannot write");
+    }
+    fs::path tmp = jfile;
+    tmp += ".tmp";
+    {
+      std::ofstream o(tmp, std::ios::trunc);
+      for (const auto& j : judgments_) o << j.dump() << "\n";
+      o.flush();
+      if (!o) throw std::system_error(errno, std::generic_category(), tmp.string() + ": cannot write");
+    }
+    fs::rename(tmp, jfile);
+  }
+
+  json record_of(const Task& t) const {
+    json rec = {{"key", t.key}, {"mode", mode_}, {"question_id", t.q->id}, {"category", t.q->category}, {"turn", t.turn}};
+    if (mode_ == "single") rec["model"] = t.a;
+    else rec["model_a"] = t.model_a, rec["model_b"] = t.model_b, rec["order"] = t.order;
+    return rec;
+  }
+
+  // The verdict in a judge's reply into `rec` (in model_a / model_b terms, whatever the order);
+  // false when the reply holds none.
+  bool read_verdict(const Task& t, const json& req, const std::string& text, json& rec) const {
+    if (mode_ == "vicuna") {
+      double a, b;
+      bool last_line = false;
+      if (!parse_review_scores(text, a, b, last_line)) return false;
+      const bool model_a_first = t.order == "ab";
+      rec["score_a"] = model_a_first ? a : b;
+      rec["score_b"] = model_a_first ? b : a;
+      return true;
+    }
+    if (mode_ == "single") {
+      double r;
+      if (!parse_rating(text, r)) return false;
+      rec["rating"] = r;
+      return true;
+    }
+    if (req.value("output_format", "") == "[[rating_a,rating_b]]") {
+      double ra, rb;
+      if (!parse_two_ratings(text, ra, rb)) return false;
+      rec["winner"] = std::abs(ra - rb) <= 0.1 ? std::string("tie") : ra > rb ? t.a : t.b;
+      return true;
+    }
+    char verdict;
+    if (!parse_verdict(text, verdict)) return false;
+    rec["winner"] = verdict == 'C' ? std::string("tie") : verdict == 'A' ? t.a : t.b;
+    return true;
+  }
+
+  // One judgment. Unparseable output is asked again (at temperature 0.7: a new request, not the
+  // cached one), then recorded as an error. Never guessed.
+  json judge_one(const Task& t) {
+    json rec = record_of(t);
+    rec["judge"] = identity_;
+    rec["fingerprint"] = t.fingerprint;
+    json req = request(t);
+    const int retries = static_cast<int>(c_["parse_retries"].get<int64_t>());
+    bool ok = false, priced = false;  // a judge without a known price sends no cost_usd
+    std::string text;
+    double cost = 0;
+    int attempt = 0;
+    for (; attempt <= retries && !ok; ++attempt) {
+      if (attempt > 0) req["temperature"] = 0.7, req["messages"][0]["content"] = req["messages"][0]["content"].get<std::string>() + " ";
+      const json reply = judge_.judge_complete(req);
+      text = reply.value("text", "");
+      if (reply.contains("cost_usd") && reply["cost_usd"].is_number()) cost += reply["cost_usd"].get<double>(), priced = true;
+      ok = read_verdict(t, req, text, rec);
+    }
+    rec["attempts"] = attempt;
+    rec["prompt_name"] = fastchat_prompt_name(mode_, with_reference(*t.q), t.turn);
+    rec["judge_text"] = text;
+    rec["cost_usd"] = priced ? json(cost) : json(nullptr);
+    if (!ok) {
+      rec["error"] = "no verdict in the judge's reply";
+      ++unparsed_;
+    }
+    return rec;
+  }
+
+  void judge_all(const std::vector<const Task*>& todo) {
+    std::ofstream jf(out_ / "judgments.jsonl", std::ios::app);
+    std::mutex m;
+    std::string first_failure;
+    parallel_for(todo.size(), concurrency_, [&](std::size_t i) {
       const Task& t = *todo[i];
       try {
-        json rec = {{"key", t.key}, {"mode", mode}, {"question_id", t.q->id}, {"category", t.q->category}, {"turn", t.turn},
-                    {"judge", identity}, {"fingerprint", t.fingerprint}};
-        if (mode == "single") rec["model"] = t.a;
-        else rec["model_a"] = t.model_a, rec["model_b"] = t.model_b, rec["order"] = t.order;
-        json req = build(t);
-        bool ok = false;
-        std::string text;
-        double cost = 0;
-        bool priced = false;  // a judge without a known price sends no cost_usd
-        int attempt = 0;
-        // Unparseable output is asked again (at temperature 0.7: a new request, not the cached
-        // one), then recorded as an error. Never guessed.
-        for (; attempt <= retries && !ok; ++attempt) {
-          if (attempt > 0) req["temperature"] = 0.7, req["messages"][0]["content"] = req["messages"][0]["content"].get<std::string>() + " ";
-          json reply = judge.judge_complete(req);
-          text = reply.value("text", "");
-          if (reply.contains("cost_usd") && reply["cost_usd"].is_number()) cost += reply["cost_usd"].get<double>(), priced = true;
-          if (mode == "vicuna") {
-            double a, b;
-            bool last_line = false;
-            if ((ok = parse_review_scores(text, a, b, last_line))) {
-              bool model_a_first = t.order == "ab";
-              rec["score_a"] = model_a_first ? a : b;  // in model_a / model_b terms, whatever the order
-              rec["score_b"] = model_a_first ? b : a;
-            }
-          } else if (mode == "single") {
-            double r;
-            if ((ok = parse_rating(text, r))) rec["rating"] = r;
-          } else {
-            if (req.value("output_format", "") == "[[rating_a,rating_b]]") {
-              double ra, rb;
-              if ((ok = parse_two_ratings(text, ra, rb)))
-                rec["winner"] = std::abs(ra - rb) <= 0.1 ? std::string("tie") : ra > rb ? t.a : t.b;
-            } else {
-              char verdict;
-              if ((ok = parse_verdict(text, verdict)))
-                rec["winner"] = verdict == 'C' ? std::string("tie") : verdict == 'A' ? t.a : t.b;
-            }
-          }
-        }
-        rec["attempts"] = attempt;
-        rec["prompt_name"] = fastchat_prompt_name(mode, ref_categories.count(t.q->category) && !t.q->reference.empty(), t.turn);
-        rec["judge_text"] = text;
-        rec["cost_usd"] = priced ? json(cost) : json(nullptr);
-        if (!ok) {
-          rec["error"] = "no verdict in the judge's reply";
-          ++unparsed;
-        }
+        json rec = judge_one(t);
         std::lock_guard<std::mutex> g(m);
         jf << rec.dump() << "\n" << std::flush;
-        judgments.push_back(rec);
+        judgments_.push_back(rec);
       } catch (const std::exception& e) {
         // The judge could not be asked (unreachable, refused the request): counted in this
         // report, not stored, so running the stage again asks again.
         std::lock_guard<std::mutex> g(m);
-        if (failed_calls++ == 0) first_failure = e.what();
-        json rec = {{"key", t.key}, {"mode", mode}, {"question_id", t.q->id}, {"category", t.q->category}, {"turn", t.turn},
-                    {"error", std::string("judge request failed: ") + e.what()}};
-        if (mode == "single") rec["model"] = t.a;
-        else rec["model_a"] = t.model_a, rec["model_b"] = t.model_b, rec["order"] = t.order;
-        judgments.push_back(rec);
+        if (failed_calls_++ == 0) first_failure = e.what();
+        json rec = record_of(t);
+        rec["error"] = std::string("judge request failed: ") + e.what();
+        judgments_.push_back(rec);
       }
-  });
-  if (failed_calls)
-    ctx.out << "warning: " << failed_calls << " judge requests failed (counted as errors; run again to retry them); the first: "
-            << first_failure << "\n";
+    });
+    if (failed_calls_)
+      ctx_.out << "warning: " << failed_calls_ << " judge requests failed (counted as errors; run again to retry them); the first: "
+               << first_failure << "\n";
+  }
 
   // ---- report; the judgments also in FastChat's llm_judge files (its show_result.py reads them)
-  json fastchat_files;
-  if (mode != "vicuna")
-    fastchat_files = write_fastchat_judgments(judgments, identity.value("model", judge.id()), out / "model_judgment");
-  json report = eval_report(judgments, baseline);
-  json cost = nullptr;  // null: no judgment had a known price (a local judge is free, not unknown-priced at GPT-4's)
-  for (const auto& j : judgments)
-    if (j.contains("cost_usd") && j["cost_usd"].is_number()) cost = (cost.is_null() ? 0.0 : cost.get<double>()) + j["cost_usd"].get<double>();
-  report["judge"] = identity;
-  report["judgments"] = judgments.size();
-  report["errors"] = std::count_if(judgments.begin(), judgments.end(), [](const json& j) { return j.contains("error"); });
-  report["failed_requests"] = failed_calls;
-  report["cost_usd"] = cost;
-  std::ofstream(out / "report.md") << report["markdown"].get<std::string>();
-  std::ofstream(out / "report.json") << report.dump(2) << "\n";
-  std::ofstream(out / "report.html") << eval_html(report);
-  ctx.out << report["markdown"].get<std::string>() << "\nreport: " << (out / "report.html").string() << "\n";
-  return {{"questions", questions.size()}, {"judgments", judgments.size()}, {"unparsed", unparsed.load()},
-          {"failed_requests", failed_calls}, {"reference_answers_used", references},
-          {"cost_usd", cost}, {"report", (out / "report.html").string()}, {"pairs", report["pairs"]}, {"single", report["single"]},
-          {"pairwise_all", report.value("pairwise_all", json(nullptr))},
-          {"fastchat_judgments", fastchat_files}};
-}
+  json report() {
+    json fastchat_files;
+    if (mode_ != "vicuna")
+      fastchat_files = write_fastchat_judgments(judgments_, identity_.value("model", judge_.id()), out_ / "model_judgment");
+    json report = eval_report(judgments_, baseline_);
+    json cost = nullptr;  // null: no judgment had a known price (a local judge is free, not unknown-priced at GPT-4's)
+    for (const auto& j : judgments_)
+      if (j.contains("cost_usd") && j["cost_usd"].is_number()) cost = (cost.is_null() ? 0.0 : cost.get<double>()) + j["cost_usd"].get<double>();
+    report["judge"] = identity_;
+    report["judgments"] = judgments_.size();
+    report["errors"] = std::count_if(judgments_.begin(), judgments_.end(), [](const json& j) { return j.contains("error"); });
+    report["failed_requests"] = failed_calls_;
+    report["cost_usd"] = cost;
+    std::ofstream(out_ / "report.md") << report["markdown"].get<std::string>();
+    std::ofstream(out_ / "report.json") << report.dump(2) << "\n";
+    std::ofstream(out_ / "report.html") << eval_html(report);
+    ctx_.out << report["markdown"].get<std::string>() << "\nreport: " << (out_ / "report.html").string() << "\n";
+    return {{"questions", questions_.size()}, {"judgments", judgments_.size()}, {"unparsed", unparsed_.load()},
+            {"failed_requests", failed_calls_}, {"reference_answers_used", references_},
+            {"cost_usd", cost}, {"report", (out_ / "report.html").string()}, {"pairs", report["pairs"]}, {"single", report["single"]},
+            {"pairwise_all", report.value("pairwise_all", json(nullptr))},
+            {"fastchat_judgments", fastchat_files}};
+  }
+
+  StageContext& ctx_;
+  const json& c_;
+  const fs::path out_;
+  const std::string mode_;
+  Instance& judge_;
+  const int concurrency_;
+  std::vector<Question> questions_;
+  std::map<std::string, std::map<int64_t, std::vector<std::string>>> answers_;  // name -> qid -> turns
+  std::vector<std::string> names_;
+  std::map<std::string, Prompt> fastchat_;
+  std::size_t references_ = 0;
+  std::string baseline_;
+  std::vector<Task> tasks_;
+  json identity_;
+  std::vector<json> judgments_;
+  std::atomic<int> unparsed_{0};
+  int failed_calls_ = 0;
+};
+
+}  // namespace
+
+json run_eval(StageContext& ctx) { return Evaluation(ctx).run(); }
 
 }  // namespace vhost::host
