@@ -260,12 +260,59 @@ void sort_by_win_rate_adjusted(std::vector<std::pair<std::string, json>>& rows) 
 
 }  // namespace
 
-json eval_report(const std::vector<json>& judgments, const std::string& baseline_in) {
-  json report = {{"pairs", json::array()}, {"single", json::object()}};
-  std::string md;
-  // --- pairwise modes: (mode, model vs baseline) -> question -> records
+namespace {
+
+// One question (both orders of a pair, or the one judged) into the pair's totals and its
+// category's.
+void count_question(const std::string& mode, const std::string& model, const std::vector<const json*>& recs, Tally& all, Tally& c) {
+  // Per order: +1 model better, -1 baseline better, 0 tie; scores in model/baseline terms.
+  std::vector<int> dirs;
+  double sm = 0, sb = 0;
+  int ns = 0;
+  for (const json* r : recs) {
+    if (r->contains("error")) continue;
+    bool model_is_a = r->value("model_a", "") == model;
+    if (mode == "vicuna") {
+      double a = (*r)["score_a"].get<double>(), b = (*r)["score_b"].get<double>();
+      double m = model_is_a ? a : b, base = model_is_a ? b : a;
+      sm += m, sb += base, ++ns;
+      dirs.push_back(m > base ? 1 : m < base ? -1 : 0);
+    } else {
+      std::string w = r->value("winner", "tie");
+      dirs.push_back(w == model ? 1 : w == "tie" ? 0 : -1);
+    }
+  }
+  // pairwise: a question counts only when every order was judged (FastChat drops a match
+  // whose g1 or g2 is an error); vicuna: the orders that were scored.
+  const bool any_error = std::any_of(recs.begin(), recs.end(), [](const json* r) { return r->contains("error"); });
+  if (dirs.empty() || (mode == "pairwise" && any_error)) {
+    ++all.errors, ++c.errors;
+    return;
+  }
+  bool up = std::count(dirs.begin(), dirs.end(), 1) > 0, down = std::count(dirs.begin(), dirs.end(), -1) > 0;
+  int outcome;
+  if (mode == "vicuna") {  // the mean of the orders' scores decides
+    outcome = sm > sb ? 1 : sm < sb ? -1 : 0;
+  } else {  // a win must hold in both orders; disagreement is a tie (as FastChat counts it)
+    outcome = up && !down && std::count(dirs.begin(), dirs.end(), 0) == 0 ? 1
+              : down && !up && std::count(dirs.begin(), dirs.end(), 0) == 0 ? -1
+                                                                             : 0;
+  }
+  if (up && down) ++all.inconsistent, ++c.inconsistent;
+  for (Tally* t : {&all, &c}) {
+    (outcome > 0 ? t->win : outcome < 0 ? t->loss : t->tie)++;
+    if (ns) {
+      t->score_model += sm / ns;
+      t->score_base += sb / ns;
+      ++t->scored;
+    }
+  }
+}
+
+// --- pairwise modes: one table per (mode, model vs baseline).
+void pair_reports(const std::vector<json>& judgments, std::string& baseline, json& report, std::string& md) {
+  // (mode, model, baseline) -> question -> records
   std::map<std::tuple<std::string, std::string, std::string>, std::map<int64_t, std::vector<const json*>>> pairs;
-  std::string baseline = baseline_in;
   for (const auto& j : judgments) {
     std::string mode = j.value("mode", "");
     if (mode != "vicuna" && mode != "pairwise") continue;
@@ -278,62 +325,17 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
     pairs[{mode, model, base}][j.value("question_id", int64_t{0}) * 16 + j.value("turn", 1)].push_back(&j);
   }
   for (auto& [key, questions] : pairs) {
-    const auto& [mode, model, baseline] = key;
+    const auto& [mode, model, against] = key;
     Tally all;
     std::map<std::string, Tally> cats;
-    for (auto& [qk, recs] : questions) {
-      std::string cat = recs.front()->value("category", "general");
-      Tally& c = cats[cat];
-      // Per order: +1 model better, -1 baseline better, 0 tie; scores in model/baseline terms.
-      std::vector<int> dirs;
-      double sm = 0, sb = 0;
-      int ns = 0;
-      for (const json* r : recs) {
-        if (r->contains("error")) continue;
-        bool model_is_a = r->value("model_a", "") == model;
-        if (mode == "vicuna") {
-          double a = (*r)["score_a"].get<double>(), b = (*r)["score_b"].get<double>();
-          double m = model_is_a ? a : b, base = model_is_a ? b : a;
-          sm += m, sb += base, ++ns;
-          dirs.push_back(m > base ? 1 : m < base ? -1 : 0);
-        } else {
-          std::string w = r->value("winner", "tie");
-          dirs.push_back(w == model ? 1 : w == "tie" ? 0 : -1);
-        }
-      }
-      // pairwise: a question counts only when every order was judged (FastChat drops a match
-      // whose g1 or g2 is an error); vicuna: the orders that were scored.
-      const bool any_error = std::any_of(recs.begin(), recs.end(), [](const json* r) { return r->contains("error"); });
-      if (dirs.empty() || (mode == "pairwise" && any_error)) {
-        ++all.errors, ++c.errors;
-        continue;
-      }
-      bool up = std::count(dirs.begin(), dirs.end(), 1) > 0, down = std::count(dirs.begin(), dirs.end(), -1) > 0;
-      int outcome;
-      if (mode == "vicuna") {  // the mean of the orders' scores decides
-        outcome = sm > sb ? 1 : sm < sb ? -1 : 0;
-      } else {  // a win must hold in both orders; disagreement is a tie (as FastChat counts it)
-        outcome = up && !down && std::count(dirs.begin(), dirs.end(), 0) == 0 ? 1
-                  : down && !up && std::count(dirs.begin(), dirs.end(), 0) == 0 ? -1
-                                                                                 : 0;
-      }
-      if (up && down) ++all.inconsistent, ++c.inconsistent;
-      for (Tally* t : {&all, &c}) {
-        (outcome > 0 ? t->win : outcome < 0 ? t->loss : t->tie)++;
-        if (ns) {
-          t->score_model += sm / ns;
-          t->score_base += sb / ns;
-          ++t->scored;
-        }
-      }
-    }
-    json p = {{"mode", mode}, {"model", model}, {"baseline", baseline}, {"overall", all.to_json()}, {"categories", json::object()}};
+    for (auto& [qk, recs] : questions) count_question(mode, model, recs, all, cats[recs.front()->value("category", "general")]);
+    json p = {{"mode", mode}, {"model", model}, {"baseline", against}, {"overall", all.to_json()}, {"categories", json::object()}};
     for (auto& [cat, t] : cats) p["categories"][cat] = t.to_json();
     report["pairs"].push_back(p);
-    md += "\n### " + model + " vs " + baseline + " (" + mode + ")\n\n";
+    md += "\n### " + model + " vs " + against + " (" + mode + ")\n\n";
     if (mode == "vicuna" && all.scored)
-      md += "Total score: " + model + " " + fmt(all.score_model) + ", " + baseline + " " + fmt(all.score_base) + " = " +
-            fmt(all.score_base > 0 ? 100.0 * all.score_model / all.score_base : 0) + "% of " + baseline + " over " +
+      md += "Total score: " + model + " " + fmt(all.score_model) + ", " + against + " " + fmt(all.score_base) + " = " +
+            fmt(all.score_base > 0 ? 100.0 * all.score_model / all.score_base : 0) + "% of " + against + " over " +
             std::to_string(all.scored) + " questions\n\n";
     md += "| category | win | tie | loss | better or equal | inconsistent | errors |\n|---|---:|---:|---:|---:|---:|---:|\n";
     auto row = [&](const std::string& name, const Tally& t) {
@@ -345,6 +347,9 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
     for (auto& [cat, t] : cats) row(cat, t);
     row("**all**", all);
   }
+}
+
+void pairwise_all_report(const std::vector<json>& judgments, json& report, std::string& md) {
   // --- FastChat's pairwise-all (show_result.py --mode pairwise-all): every model over all its
   // pairwise matches, both sides counted; a match counts when both orders gave a verdict; a tie
   // in the first order, or orders that disagree, is a tie for both.
@@ -389,7 +394,10 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
             " | " + pct(r["loss_rate"]) + " | " + pct(r["win_rate_adjusted"]) + " | " + r["errors"].dump() + " |\n";
     }
   }
-  // --- single grading: model -> mean per turn and category
+}
+
+// --- single grading: model -> mean per turn and category
+void single_report(const std::vector<json>& judgments, json& report, std::string& md) {
   std::map<std::string, std::vector<const json*>> single;
   for (const auto& j : judgments)
     if (j.value("mode", "") == "single") single[j.value("model", "")].push_back(&j);
@@ -434,6 +442,16 @@ json eval_report(const std::vector<json>& judgments, const std::string& baseline
       md += " " + std::to_string(m["errors"].get<int>()) + " |\n";
     }
   }
+}
+
+}  // namespace
+
+json eval_report(const std::vector<json>& judgments, const std::string& baseline_in) {
+  json report = {{"pairs", json::array()}, {"single", json::object()}};
+  std::string md, baseline = baseline_in;
+  pair_reports(judgments, baseline, report, md);
+  pairwise_all_report(judgments, report, md);
+  single_report(judgments, report, md);
   report["baseline"] = baseline;
   report["markdown"] = md;
   return report;
@@ -596,14 +614,10 @@ namespace {
 std::string esc(const std::string& s) { return html_escape(s); }
 }  // namespace
 
-std::string eval_html(const json& report) {
-  std::ostringstream h;
-  h << "<!doctype html><html><head><meta charset=\"utf-8\"><title>vhost evaluation</title><style>"
-       "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-       "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
-       ".empty{padding:1em;background:#fff4e5;border:1px solid #f0c36d}"
-       "</style></head><body><h1>Evaluation</h1>\n";
-  // Who judged, and how many judgments could not be counted.
+namespace {
+
+// Who judged, and how many judgments could not be counted; a note when none could.
+void html_summary(std::ostream& h, const json& report) {
   if (report.contains("judge") && !report["judge"].is_null()) {
     std::string who;
     for (auto& [k, v] : report["judge"].items()) who += (who.empty() ? "" : ", ") + k + " " + (v.is_string() ? v.get<std::string>() : v.dump());
@@ -624,93 +638,99 @@ std::string eval_html(const json& report) {
   if (!any_counted)
     h << "<p class=\"empty\">No judgment could be counted: every one failed or gave no verdict, so there is nothing to "
          "chart. With the local toy judge of the quickstart this is expected; set OPENAI_API_KEY to grade with GPT-4.</p>\n";
-  for (const auto& p : report["pairs"]) {
-    h << "<h2>" << esc(p["model"].get<std::string>()) << " vs " << esc(p["baseline"].get<std::string>()) << " ("
-      << esc(p["mode"].get<std::string>()) << ")</h2>\n";
-    const json& o = p["overall"];
-    if (o["win"].get<int>() + o["tie"].get<int>() + o["loss"].get<int>() == 0) {
-      h << "<p class=\"empty\">No question of this pair could be counted (" << o["errors"].get<int>() << " errors).</p>\n";
-      continue;
-    }
-    if (o.contains("relative_percent"))
-      h << "<p>Total score " << fmt(o["total_model"].get<double>()) << " vs " << fmt(o["total_baseline"].get<double>())
-        << ": <b>" << fmt(o["relative_percent"].get<double>()) << "%</b> of the baseline.</p>\n";
-    // Win / tie / loss stacked bars per category (Vicuna's Figure 3).
-    std::vector<std::pair<std::string, json>> rows;
-    for (auto it = p["categories"].begin(); it != p["categories"].end(); ++it) rows.emplace_back(it.key(), *it);
-    rows.emplace_back("all", o);
-    const int W = 720, L = 140, bar = 18, gap = 8;
-    h << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << rows.size() * (bar + gap) + 30
-      << "\" font-size=\"12\">\n";
-    int y = 4;
-    for (auto& [name, t] : rows) {
-      double n = t["win"].get<int>() + t["tie"].get<int>() + t["loss"].get<int>();
-      double x = L;
-      h << "<text x=\"" << L - 6 << "\" y=\"" << y + 13 << "\" text-anchor=\"end\">" << esc(name) << "</text>";
-      if (n == 0)
-        h << "<text x=\"" << L << "\" y=\"" << y + 13 << "\" fill=\"#888\">nothing counted (" << t["errors"].get<int>()
-          << " errors)</text>";
-      const char* colors[] = {"#2ca02c", "#bbbbbb", "#d62728"};
-      const char* keys[] = {"win", "tie", "loss"};
-      for (int k = 0; k < 3; ++k) {
-        double w = n > 0 ? (W - L - 10) * t[keys[k]].get<int>() / n : 0;
-        if (w > 0) {
-          h << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << w << "\" height=\"" << bar << "\" fill=\"" << colors[k]
-            << "\"><title>" << keys[k] << ": " << t[keys[k]].get<int>() << "</title></rect>";
-          if (w >= 16)  // the count on its bar
-            h << "<text x=\"" << x + w / 2 << "\" y=\"" << y + 13 << "\" text-anchor=\"middle\" fill=\"#fff\">"
-              << t[keys[k]].get<int>() << "</text>";
-        }
-        x += w;
-      }
-      h << "\n";
-      y += bar + gap;
-    }
-    h << "<text x=\"" << L << "\" y=\"" << y + 14 << "\" fill=\"#2ca02c\">win</text><text x=\"" << L + 40 << "\" y=\"" << y + 14
-      << "\" fill=\"#888\">tie</text><text x=\"" << L + 75 << "\" y=\"" << y + 14 << "\" fill=\"#d62728\">loss</text></svg>\n";
+}
+
+// A pair's heading and its win / tie / loss stacked bars per category (Vicuna's Figure 3).
+void html_pair_bars(std::ostream& h, const json& p) {
+  h << "<h2>" << esc(p["model"].get<std::string>()) << " vs " << esc(p["baseline"].get<std::string>()) << " ("
+    << esc(p["mode"].get<std::string>()) << ")</h2>\n";
+  const json& o = p["overall"];
+  if (o["win"].get<int>() + o["tie"].get<int>() + o["loss"].get<int>() == 0) {
+    h << "<p class=\"empty\">No question of this pair could be counted (" << o["errors"].get<int>() << " errors).</p>\n";
+    return;
   }
-  if (!report["single"].empty()) {
-    h << "<h2>Single-answer grading</h2>\n";
-    // A radar chart of the mean score per category, one polygon per model (MT-bench style).
-    std::set<std::string> cats;
-    for (auto& [m, v] : report["single"].items())
-      for (auto& [c, s] : v["categories"].items()) cats.insert(c);
-    std::vector<std::string> cv(cats.begin(), cats.end());
-    const double cx = 260, cy = 230, R = 180;
-    h << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"470\" font-size=\"12\">\n";
-    auto pt = [&](std::size_t i, double r) {
-      double a = 2 * M_PI * static_cast<double>(i) / std::max<std::size_t>(1, cv.size()) - M_PI / 2;
-      return std::make_pair(cx + r * std::cos(a), cy + r * std::sin(a));
-    };
-    for (int ring = 2; ring <= 10; ring += 2) {
-      h << "<polygon fill=\"none\" stroke=\"#ddd\" points=\"";
-      for (std::size_t i = 0; i < cv.size(); ++i) {
-        auto [x, y] = pt(i, R * ring / 10);
-        h << x << "," << y << " ";
+  if (o.contains("relative_percent"))
+    h << "<p>Total score " << fmt(o["total_model"].get<double>()) << " vs " << fmt(o["total_baseline"].get<double>())
+      << ": <b>" << fmt(o["relative_percent"].get<double>()) << "%</b> of the baseline.</p>\n";
+  // Win / tie / loss stacked bars per category (Vicuna's Figure 3).
+  std::vector<std::pair<std::string, json>> rows;
+  for (auto it = p["categories"].begin(); it != p["categories"].end(); ++it) rows.emplace_back(it.key(), *it);
+  rows.emplace_back("all", o);
+  const int W = 720, L = 140, bar = 18, gap = 8;
+  h << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << rows.size() * (bar + gap) + 30
+    << "\" font-size=\"12\">\n";
+  int y = 4;
+  for (auto& [name, t] : rows) {
+    double n = t["win"].get<int>() + t["tie"].get<int>() + t["loss"].get<int>();
+    double x = L;
+    h << "<text x=\"" << L - 6 << "\" y=\"" << y + 13 << "\" text-anchor=\"end\">" << esc(name) << "</text>";
+    if (n == 0)
+      h << "<text x=\"" << L << "\" y=\"" << y + 13 << "\" fill=\"#888\">nothing counted (" << t["errors"].get<int>()
+        << " errors)</text>";
+    const char* colors[] = {"#2ca02c", "#bbbbbb", "#d62728"};
+    const char* keys[] = {"win", "tie", "loss"};
+    for (int k = 0; k < 3; ++k) {
+      double w = n > 0 ? (W - L - 10) * t[keys[k]].get<int>() / n : 0;
+      if (w > 0) {
+        h << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << w << "\" height=\"" << bar << "\" fill=\"" << colors[k]
+          << "\"><title>" << keys[k] << ": " << t[keys[k]].get<int>() << "</title></rect>";
+        if (w >= 16)  // the count on its bar
+          h << "<text x=\"" << x + w / 2 << "\" y=\"" << y + 13 << "\" text-anchor=\"middle\" fill=\"#fff\">"
+            << t[keys[k]].get<int>() << "</text>";
       }
-      h << "\"/>";
+      x += w;
     }
+    h << "\n";
+    y += bar + gap;
+  }
+  h << "<text x=\"" << L << "\" y=\"" << y + 14 << "\" fill=\"#2ca02c\">win</text><text x=\"" << L + 40 << "\" y=\"" << y + 14
+    << "\" fill=\"#888\">tie</text><text x=\"" << L + 75 << "\" y=\"" << y + 14 << "\" fill=\"#d62728\">loss</text></svg>\n";
+}
+
+// A radar chart of the mean score per category, one polygon per model (MT-bench style).
+void html_radar(std::ostream& h, const json& single) {
+  h << "<h2>Single-answer grading</h2>\n";
+  std::set<std::string> cats;
+  for (auto& [m, v] : single.items())
+    for (auto& [c, s] : v["categories"].items()) cats.insert(c);
+  std::vector<std::string> cv(cats.begin(), cats.end());
+  const double cx = 260, cy = 230, R = 180;
+  h << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"470\" font-size=\"12\">\n";
+  auto pt = [&](std::size_t i, double r) {
+    double a = 2 * M_PI * static_cast<double>(i) / std::max<std::size_t>(1, cv.size()) - M_PI / 2;
+    return std::make_pair(cx + r * std::cos(a), cy + r * std::sin(a));
+  };
+  for (int ring = 2; ring <= 10; ring += 2) {
+    h << "<polygon fill=\"none\" stroke=\"#ddd\" points=\"";
     for (std::size_t i = 0; i < cv.size(); ++i) {
-      auto [x, y] = pt(i, R + 16);
-      h << "<text x=\"" << x << "\" y=\"" << y << "\" text-anchor=\"middle\">" << esc(cv[i]) << "</text>";
+      auto [x, y] = pt(i, R * ring / 10);
+      h << x << "," << y << " ";
     }
-    const char* colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
-    int k = 0;
-    for (auto& [m, v] : report["single"].items()) {
-      const char* col = colors[k % 6];
-      h << "<polygon fill=\"" << col << "\" fill-opacity=\"0.15\" stroke=\"" << col << "\" points=\"";
-      for (std::size_t i = 0; i < cv.size(); ++i) {
-        double s = v["categories"].contains(cv[i]) ? v["categories"][cv[i]].get<double>() : 0;
-        auto [x, y] = pt(i, R * s / 10);
-        h << x << "," << y << " ";
-      }
-      h << "\"/><text x=\"560\" y=\"" << 30 + 18 * k << "\" fill=\"" << col << "\">" << esc(m) << ": "
-        << (v["mean"].is_null() ? std::string("-") : fmt(v["mean"].get<double>(), 2)) << "</text>\n";
-      ++k;
-    }
-    h << "</svg>\n";
+    h << "\"/>";
   }
-  // The tables, as tables.
+  for (std::size_t i = 0; i < cv.size(); ++i) {
+    auto [x, y] = pt(i, R + 16);
+    h << "<text x=\"" << x << "\" y=\"" << y << "\" text-anchor=\"middle\">" << esc(cv[i]) << "</text>";
+  }
+  const char* colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
+  int k = 0;
+  for (auto& [m, v] : single.items()) {
+    const char* col = colors[k % 6];
+    h << "<polygon fill=\"" << col << "\" fill-opacity=\"0.15\" stroke=\"" << col << "\" points=\"";
+    for (std::size_t i = 0; i < cv.size(); ++i) {
+      double s = v["categories"].contains(cv[i]) ? v["categories"][cv[i]].get<double>() : 0;
+      auto [x, y] = pt(i, R * s / 10);
+      h << x << "," << y << " ";
+    }
+    h << "\"/><text x=\"560\" y=\"" << 30 + 18 * k << "\" fill=\"" << col << "\">" << esc(m) << ": "
+      << (v["mean"].is_null() ? std::string("-") : fmt(v["mean"].get<double>(), 2)) << "</text>\n";
+    ++k;
+  }
+  h << "</svg>\n";
+}
+
+// The numbers, as tables.
+void html_tables(std::ostream& h, const json& report) {
   for (const auto& p : report["pairs"]) {
     h << "<h3>" << esc(p["model"].get<std::string>()) << " vs " << esc(p["baseline"].get<std::string>()) << "</h3>\n<table><tr>"
       << "<th>category</th><th>win</th><th>tie</th><th>loss</th><th>better or equal</th><th>win rate (adjusted)</th>"
@@ -748,6 +768,21 @@ std::string eval_html(const json& report) {
         << v.value("outside_1_10", 0) << "</td></tr>\n";
     h << "</table>\n";
   }
+}
+
+}  // namespace
+
+std::string eval_html(const json& report) {
+  std::ostringstream h;
+  h << "<!doctype html><html><head><meta charset=\"utf-8\"><title>vhost evaluation</title><style>"
+       "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+       "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
+       ".empty{padding:1em;background:#fff4e5;border:1px solid #f0c36d}"
+       "</style></head><body><h1>Evaluation</h1>\n";
+  html_summary(h, report);
+  for (const auto& p : report["pairs"]) html_pair_bars(h, p);
+  if (!report["single"].empty()) html_radar(h, report["single"]);
+  html_tables(h, report);
   h << "</body></html>\n";
   return h.str();
 }
