@@ -184,156 +184,155 @@ json Host::model_tool(const std::string& plugin, const std::string& tool, const 
   return model_tool_on(impl_->dirs, plugin, tool, args);
 }
 
+// Builds a Pipeline from a document: the tables checked against their schemas (the plugins' and
+// the stage types'), instance references resolved, every problem collected with its location and
+// reported at once.
 struct PipelineBuilder {
   static Pipeline build(Document doc, const std::vector<std::string>& overrides, const HostOptions& options,
-                        const std::vector<SearchDir>& host_dirs);
-};
+                        const std::vector<SearchDir>& host_dirs) {
+    for (const auto& o : overrides) doc.apply_override(o);
+    PipelineBuilder b(doc);
+    doc.interpolate_env(options.env, b.diag);
+    b.diag.raise_if_any();
+    b.check_top_level();
+    b.read_pipeline_table(host_dirs);
+    b.read_instances();
+    b.resolve_instance_options();
+    b.read_stages();
+    b.diag.raise_if_any();
+    return Pipeline(std::move(b.impl));
+  }
 
-Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& overrides,
-                                const HostOptions& options, const std::vector<SearchDir>& host_dirs) {
-  for (const auto& o : overrides) doc.apply_override(o);
+ private:
+  explicit PipelineBuilder(Document& d) : doc(d), impl(std::make_unique<Pipeline::Impl>()), resolved(impl->resolved) {
+    impl->source = doc.source_name();
+  }
+
+  Document& doc;
   Diagnostics diag;
-  doc.interpolate_env(options.env, diag);
-  diag.raise_if_any();
-
-  auto impl = std::make_unique<Pipeline::Impl>();
-  impl->source = doc.source_name();
-  const toml::table& root = doc.root();
-  json& resolved = impl->resolved;
-
-  for (auto&& [k, v] : root) {
-    std::string key(k.str());
-    if (std::find(kSections.begin(), kSections.end(), key) != kSections.end()) {
-      if (!v.is_table())
-        diag.error(doc.where(v, key), "'" + key + "' must be a table ([" + key + "]), not a " + toml_type_name(v));
-      continue;
-    }
-    std::string msg = "unknown key '" + key + "'";
-    std::string guess = did_you_mean(key, kSections);
-    if (!guess.empty()) msg += " (did you mean '" + guess + "'?)";
-    diag.error(doc.where(k.source(), key), msg + "; top-level tables are: " + join(kSections));
-  }
-
-  // [pipeline]
-  const toml::table* ptable = root.get_as<toml::table>("pipeline");
-  if (!ptable) {
-    diag.error(doc.source_name(), "missing [pipeline] table (it lists the stages to run: stages = [\"info\"])");
-    diag.raise_if_any();
-  }
-  json pconf = validate_table(doc, *ptable, "pipeline", pipeline_schema(), {}, diag, &impl->locations);
-  resolved["pipeline"] = pconf;
-  impl->name = pconf.value("name", "");
-  if (impl->name.empty()) {
-    fs::path src(doc.source_name());
-    impl->name = src.has_stem() && src.stem().string()[0] != '<' ? src.stem().string() : "pipeline";
-    resolved["pipeline"]["name"] = impl->name;
-  }
-  std::string wd = pconf.value("work_dir", "");
-  impl->work_dir = wd.empty() ? (doc.base_dir() / "runs" / impl->name) : fs::path(wd);
-  resolved["pipeline"]["work_dir"] = impl->work_dir.string();
-  impl->once_per_node = pconf.value("once_per", "job") == "node";
-
-  // Plugin search path: the pipeline's plugin_dirs first, then the host's.
+  std::unique_ptr<Pipeline::Impl> impl;
+  json& resolved;
+  json pconf;
   std::vector<SearchDir> dirs;
-  for (const auto& d : pconf.value("plugin_dirs", json::array()))
-    dirs.push_back({fs::path(d.get<std::string>()), "plugin_dirs"});
-  dirs.insert(dirs.end(), host_dirs.begin(), host_dirs.end());
-  Registry registry(dirs);
-  impl->dirs = dirs;
-  auto search_text = [&] {
+  std::unique_ptr<Registry> registry;
+
+  void check_top_level() {
+    for (auto&& [k, v] : doc.root()) {
+      std::string key(k.str());
+      if (std::find(kSections.begin(), kSections.end(), key) != kSections.end()) {
+        if (!v.is_table())
+          diag.error(doc.where(v, key), "'" + key + "' must be a table ([" + key + "]), not a " + toml_type_name(v));
+        continue;
+      }
+      std::string msg = "unknown key '" + key + "'";
+      std::string guess = did_you_mean(key, kSections);
+      if (!guess.empty()) msg += " (did you mean '" + guess + "'?)";
+      diag.error(doc.where(k.source(), key), msg + "; top-level tables are: " + join(kSections));
+    }
+  }
+
+  // [pipeline]: name, work_dir, once_per, and the plugin search path (its plugin_dirs first).
+  void read_pipeline_table(const std::vector<SearchDir>& host_dirs) {
+    const toml::table* ptable = doc.root().get_as<toml::table>("pipeline");
+    if (!ptable) {
+      diag.error(doc.source_name(), "missing [pipeline] table (it lists the stages to run: stages = [\"info\"])");
+      diag.raise_if_any();
+    }
+    pconf = validate_table(doc, *ptable, "pipeline", pipeline_schema(), {}, diag, &impl->locations);
+    resolved["pipeline"] = pconf;
+    impl->name = pconf.value("name", "");
+    if (impl->name.empty()) {
+      fs::path src(doc.source_name());
+      impl->name = src.has_stem() && src.stem().string()[0] != '<' ? src.stem().string() : "pipeline";
+      resolved["pipeline"]["name"] = impl->name;
+    }
+    std::string wd = pconf.value("work_dir", "");
+    impl->work_dir = wd.empty() ? (doc.base_dir() / "runs" / impl->name) : fs::path(wd);
+    resolved["pipeline"]["work_dir"] = impl->work_dir.string();
+    impl->once_per_node = pconf.value("once_per", "job") == "node";
+    for (const auto& d : pconf.value("plugin_dirs", json::array())) dirs.push_back({fs::path(d.get<std::string>()), "plugin_dirs"});
+    dirs.insert(dirs.end(), host_dirs.begin(), host_dirs.end());
+    registry = std::make_unique<Registry>(dirs);
+    impl->dirs = dirs;
+  }
+
+  std::string search_text() const {
     std::string s;
     for (const auto& d : dirs) s += "\n    " + d.dir.string() + " (" + d.origin + ")";
     return s;
-  };
+  }
 
   // [backends.X], [models.X], [datasets.X], [judges.X]
-  for (const std::string kind : {VHOST_KIND_BACKEND, VHOST_KIND_MODEL, VHOST_KIND_DATASET, VHOST_KIND_JUDGE}) {
-    std::string section = kind_section(kind);
-    const toml::table* sec = root.get_as<toml::table>(section);
-    if (!sec) continue;
-    for (auto&& [k, v] : *sec) {
-      std::string id(k.str());
-      std::string ref = section + "." + id;
-      if (!valid_id(id)) {
-        diag.error(doc.where(k.source(), ref), "'" + id + "' is not a valid instance name (letters, digits, _ and -)");
-        continue;
-      }
-      const toml::table* t = v.as_table();
-      if (!t) {
-        diag.error(doc.where(v, ref), ref + ": expected a table ([" + ref + "]) with plugin = \"...\", got " +
-                                          toml_type_name(v));
-        continue;
-      }
-      const toml::node* pn = t->get("plugin");
-      if (!pn) {
-        diag.error(doc.where(*t, ref), "missing required key '" + ref + ".plugin' (which " + kind +
-                                           " plugin to use; available: " + join(registry.names(kind)) + ")");
-        continue;
-      }
-      if (!pn->is_string()) {
-        diag.error(doc.where(*pn, ref + ".plugin"), ref + ".plugin: expected a string, got " + toml_type_name(*pn));
-        continue;
-      }
-      InstanceDecl decl;
-      decl.ref = ref;
-      decl.kind = kind;
-      decl.plugin = pn->as_string()->get();
-      std::string at = doc.where(*pn, ref + ".plugin");
-      impl->locations[ref + ".plugin"] = at;
-      const Candidate* c = registry.find(kind, decl.plugin);
-      if (!c) {
-        auto names = registry.names(kind);
-        std::string msg = ref + ".plugin: no " + kind + " plugin named '" + decl.plugin + "'";
-        std::string guess = did_you_mean(decl.plugin, names);
-        if (!guess.empty()) msg += " (did you mean '" + guess + "'?)";
-        msg += "; available: " + (names.empty() ? std::string("none") : join(names)) +
-               "; searched (file names vhost_" + kind + "_NAME.so):" + search_text();
-        diag.error(at, msg);
-        continue;
-      }
-      try {
-        decl.loaded = Registry::load(*c);
-      } catch (const PluginError& e) {
-        diag.error(at, ref + ".plugin: " + e.what());
-        continue;
-      }
-      decl.config = validate_table(doc, *t, ref, decl.loaded->schema, {"plugin"}, diag, &impl->locations);
-      resolved[section][id] = decl.config;
-      resolved[section][id]["plugin"] = decl.plugin;
-      impl->instances.push_back(std::move(decl));
+  void read_instances() {
+    for (const std::string kind : {VHOST_KIND_BACKEND, VHOST_KIND_MODEL, VHOST_KIND_DATASET, VHOST_KIND_JUDGE}) {
+      const toml::table* sec = doc.root().get_as<toml::table>(kind_section(kind));
+      if (!sec) continue;
+      for (auto&& [k, v] : *sec) read_instance(kind, std::string(k.str()), k.source(), v);
     }
   }
-  auto declared = [&](const std::string& ref) {
+
+  void read_instance(const std::string& kind, const std::string& id, const toml::source_region& key_at, const toml::node& v) {
+    const std::string section = kind_section(kind), ref = section + "." + id;
+    if (!valid_id(id)) return diag.error(doc.where(key_at, ref), "'" + id + "' is not a valid instance name (letters, digits, _ and -)");
+    const toml::table* t = v.as_table();
+    if (!t) return diag.error(doc.where(v, ref), ref + ": expected a table ([" + ref + "]) with plugin = \"...\", got " + toml_type_name(v));
+    const toml::node* pn = t->get("plugin");
+    if (!pn)
+      return diag.error(doc.where(*t, ref), "missing required key '" + ref + ".plugin' (which " + kind +
+                                                " plugin to use; available: " + join(registry->names(kind)) + ")");
+    if (!pn->is_string()) return diag.error(doc.where(*pn, ref + ".plugin"), ref + ".plugin: expected a string, got " + toml_type_name(*pn));
+    InstanceDecl decl;
+    decl.ref = ref;
+    decl.kind = kind;
+    decl.plugin = pn->as_string()->get();
+    const std::string at = doc.where(*pn, ref + ".plugin");
+    impl->locations[ref + ".plugin"] = at;
+    const Candidate* c = registry->find(kind, decl.plugin);
+    if (!c) {
+      auto names = registry->names(kind);
+      std::string msg = ref + ".plugin: no " + kind + " plugin named '" + decl.plugin + "'";
+      std::string guess = did_you_mean(decl.plugin, names);
+      if (!guess.empty()) msg += " (did you mean '" + guess + "'?)";
+      msg += "; available: " + (names.empty() ? std::string("none") : join(names)) + "; searched (file names vhost_" + kind +
+             "_NAME.so):" + search_text();
+      return diag.error(at, msg);
+    }
+    try {
+      decl.loaded = Registry::load(*c);
+    } catch (const PluginError& e) {
+      return diag.error(at, ref + ".plugin: " + e.what());
+    }
+    decl.config = validate_table(doc, *t, ref, decl.loaded->schema, {"plugin"}, diag, &impl->locations);
+    resolved[section][id] = decl.config;
+    resolved[section][id]["plugin"] = decl.plugin;
+    impl->instances.push_back(std::move(decl));
+  }
+
+  bool declared(const std::string& ref) const {
+    return std::any_of(impl->instances.begin(), impl->instances.end(), [&](const InstanceDecl& d) { return d.ref == ref; });
+  }
+
+  // The declared instances an instance option's value can mean: the one it names ("cpu" or
+  // "backends.cpu"), or, for an empty value, every instance of the kind.
+  std::vector<const InstanceDecl*> candidates(const std::string& kind, const std::string& value) const {
+    const std::string section = kind_section(kind);
+    std::vector<const InstanceDecl*> out;
+    const std::string full = value.empty() ? "" : value.rfind(section + ".", 0) == 0 ? value : section + "." + value;
     for (const auto& d : impl->instances)
-      if (d.ref == ref) return true;
-    return false;
-  };
+      if (value.empty() ? d.kind == kind : d.ref == full) out.push_back(&d);
+    return out;
+  }
+
   // A reference to an instance of `kind`: its name under the kind's section, or its full id.
   // Empty means the only one of that kind. Returns the full id, or "" when none is declared and
   // `none_error` is empty; nullopt once a problem is reported.
-  // The declared instances an instance option's value can mean: the one it names ("cpu" or
-  // "backends.cpu"), or, for an empty value, every instance of the kind.
-  auto candidates = [&](const std::string& kind, const std::string& value) {
+  std::optional<std::string> resolve_ref(const std::string& kind, const std::string& value, const std::string& at,
+                                         const std::string& keypath, const std::string& none_error) {
     const std::string section = kind_section(kind);
-    std::vector<const InstanceDecl*> out;
-    if (!value.empty()) {
-      const std::string full = value.rfind(section + ".", 0) == 0 ? value : section + "." + value;
-      for (const auto& d : impl->instances)
-        if (d.ref == full) out.push_back(&d);
-      return out;
-    }
-    for (const auto& d : impl->instances)
-      if (d.kind == kind) out.push_back(&d);
-    return out;
-  };
-  auto resolve_ref = [&](const std::string& kind, const std::string& value, const std::string& at,
-                         const std::string& keypath, const std::string& none_error) -> std::optional<std::string> {
-    std::string section = kind_section(kind);
     auto found = candidates(kind, value);
     if (found.size() == 1) return found[0]->ref;
     if (!value.empty()) {
-      diag.error(at, keypath + ": no [" + (value.rfind(section + ".", 0) == 0 ? value : section + "." + value) +
-                         "] is declared");
+      diag.error(at, keypath + ": no [" + (value.rfind(section + ".", 0) == 0 ? value : section + "." + value) + "] is declared");
       return std::nullopt;
     }
     std::vector<std::string> names;
@@ -345,11 +344,31 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
     else
       return std::string();
     return std::nullopt;
-  };
+  }
+
+  // Plugin options of type "instance"; the instances they name are created first.
+  void resolve_instance_options() {
+    for (auto& d : impl->instances) {
+      for (const auto& spec : d.loaded->schema) {
+        if (spec.type != "instance" || !d.config.contains(spec.key)) continue;
+        std::string kp = d.ref + "." + spec.key;
+        std::string at = impl->locations.count(kp) ? impl->locations[kp] : impl->locations[d.ref + ".plugin"];
+        auto full = resolve_ref(spec.instance_kind, d.config[spec.key].get<std::string>(), at, kp, "");
+        if (!full) continue;
+        if (*full == d.ref) {
+          diag.error(at, kp + ": an instance cannot depend on itself");
+          continue;
+        }
+        d.config[spec.key] = *full;
+        resolved[kind_section(d.kind)][d.ref.substr(kind_section(d.kind).size() + 1)][spec.key] = *full;
+        if (!full->empty()) d.deps.push_back(*full);
+      }
+    }
+  }
 
   // A stage's schema with the options a plugin adds to it (StageType::plugin_options), when the
-  // stage's instance option names one instance (an unresolvable name is reported below).
-  auto with_plugin_options = [&](const StageType& stype, const toml::table& t, const std::string& sref) {
+  // stage's instance option names one instance (an unresolvable name is reported elsewhere).
+  Schema with_plugin_options(const StageType& stype, const toml::table& t, const std::string& sref) {
     Schema schema = stype.schema;
     const auto& [key, tool] = stype.plugin_options;
     if (key.empty()) return schema;
@@ -369,107 +388,87 @@ Pipeline PipelineBuilder::build(Document doc, const std::vector<std::string>& ov
       diag.error(impl->locations[target->ref + ".plugin"], sref + ": " + e.what());
     }
     return schema;
-  };
-
-  // Plugin options of type "instance"; the instances they name are created first.
-  for (auto& d : impl->instances) {
-    for (const auto& spec : d.loaded->schema) {
-      if (spec.type != "instance" || !d.config.contains(spec.key)) continue;
-      std::string kp = d.ref + "." + spec.key;
-      std::string at = impl->locations.count(kp) ? impl->locations[kp] : impl->locations[d.ref + ".plugin"];
-      auto full = resolve_ref(spec.instance_kind, d.config[spec.key].get<std::string>(), at, kp, "");
-      if (!full) continue;
-      if (*full == d.ref) {
-        diag.error(at, kp + ": an instance cannot depend on itself");
-        continue;
-      }
-      d.config[spec.key] = *full;
-      resolved[kind_section(d.kind)][d.ref.substr(kind_section(d.kind).size() + 1)][spec.key] = *full;
-      if (!full->empty()) d.deps.push_back(*full);
-    }
   }
 
-  // [stages.X], in the order pipeline.stages gives.
-  const toml::table* stables = root.get_as<toml::table>("stages");
-  impl->order = pconf.value("stages", std::vector<std::string>{});
-  std::set<std::string> seen;
-  for (std::size_t i = 0; i < impl->order.size(); ++i) {
-    const std::string& id = impl->order[i];
-    std::string at = impl->locations.count("pipeline.stages") ? impl->locations["pipeline.stages"] : doc.source_name();
-    if (!valid_id(id)) {
-      diag.error(at, "pipeline.stages[" + std::to_string(i) + "]: '" + id + "' is not a valid stage name");
-      continue;
+  // [stages.X], in the order pipeline.stages gives; a table no stage lists is an error.
+  void read_stages() {
+    const toml::table* stables = doc.root().get_as<toml::table>("stages");
+    impl->order = pconf.value("stages", std::vector<std::string>{});
+    std::set<std::string> seen;
+    for (std::size_t i = 0; i < impl->order.size(); ++i) {
+      const std::string& id = impl->order[i];
+      const std::string at = impl->locations.count("pipeline.stages") ? impl->locations["pipeline.stages"] : doc.source_name();
+      if (!valid_id(id)) {
+        diag.error(at, "pipeline.stages[" + std::to_string(i) + "]: '" + id + "' is not a valid stage name");
+        continue;
+      }
+      if (!seen.insert(id).second) {
+        diag.error(at, "pipeline.stages: '" + id + "' is listed twice");
+        continue;
+      }
+      read_stage(id, stables, at);
     }
-    if (!seen.insert(id).second) {
-      diag.error(at, "pipeline.stages: '" + id + "' is listed twice");
-      continue;
-    }
-    std::string sref = "stages." + id;
-    const toml::table* st = stables ? stables->get_as<toml::table>(id) : nullptr;
-    if (stables && stables->get(id) && !st) {
-      diag.error(doc.where(*stables->get(id), sref), sref + ": expected a table");
-      continue;
-    }
-    toml::table empty;
-    const toml::table& t = st ? *st : empty;
+    if (stables)
+      for (auto&& [k, v] : *stables) {
+        std::string id(k.str());
+        if (!seen.count(id))
+          diag.error(doc.where(k.source(), "stages." + id),
+                     "stage '" + id + "' is defined but not listed in pipeline.stages (add it there, or remove it)");
+      }
+  }
+
+  // The stage type a [stages.ID] table names (its `type`, else its id), or null once reported.
+  const StageType* stage_type(const std::string& id, const toml::table& t, const std::string& at) {
+    const std::string sref = "stages." + id;
     std::string type = id;
     if (const toml::node* tn = t.get("type")) {
       if (!tn->is_string()) {
         diag.error(doc.where(*tn, sref + ".type"), sref + ".type: expected a string");
-        continue;
+        return nullptr;
       }
       type = tn->as_string()->get();
     }
-    const StageType* stype = find_stage_type(type);
-    if (!stype) {
-      std::vector<std::string> names;
-      for (const auto& s : stage_types()) names.push_back(s.type);
-      std::string where = t.get("type") ? doc.where(*t.get("type"), sref + ".type") : at;
-      std::string msg = (t.get("type") ? sref + ".type" : "pipeline.stages") + ": unknown stage type '" + type + "'";
-      std::string guess = did_you_mean(type, names);
-      if (!guess.empty()) msg += " (did you mean '" + guess + "'?)";
-      diag.error(where, msg + "; known types: " + join(names) +
-                            (t.get("type") ? "" : " (or add [" + sref + "] with type = \"...\")"));
-      continue;
-    }
+    if (const StageType* stype = find_stage_type(type)) return stype;
+    std::vector<std::string> names;
+    for (const auto& s : stage_types()) names.push_back(s.type);
+    const std::string where = t.get("type") ? doc.where(*t.get("type"), sref + ".type") : at;
+    std::string msg = (t.get("type") ? sref + ".type" : "pipeline.stages") + ": unknown stage type '" + type + "'";
+    std::string guess = did_you_mean(type, names);
+    if (!guess.empty()) msg += " (did you mean '" + guess + "'?)";
+    diag.error(where, msg + "; known types: " + join(names) + (t.get("type") ? "" : " (or add [" + sref + "] with type = \"...\")"));
+    return nullptr;
+  }
+
+  void read_stage(const std::string& id, const toml::table* stables, const std::string& at) {
+    const std::string sref = "stages." + id;
+    const toml::table* st = stables ? stables->get_as<toml::table>(id) : nullptr;
+    if (stables && stables->get(id) && !st) return diag.error(doc.where(*stables->get(id), sref), sref + ": expected a table");
+    toml::table empty;
+    const toml::table& t = st ? *st : empty;
+    const StageType* stype = stage_type(id, t, at);
+    if (!stype) return;
     StageDecl sd;
     sd.id = id;
     sd.type = stype;
     sd.config = validate_table(doc, t, sref, with_plugin_options(*stype, t, sref), {"type"}, diag, &impl->locations);
-    // Resolve references to instances.
-    for (const auto& [key, kind] : stype->refs) {
-      std::string kat = impl->locations.count(sref + "." + key) ? impl->locations[sref + "." + key]
-                        : st                                   ? doc.where(*st, sref)
-                                                               : at;
+    for (const auto& [key, kind] : stype->refs) {  // references to instances
+      const std::string kat = impl->locations.count(sref + "." + key) ? impl->locations[sref + "." + key] : st ? doc.where(*st, sref) : at;
       auto full = resolve_ref(kind, sd.config.value(key, ""), kat, sref + "." + key,
-                              sref + ": this " + type + " stage needs a " + kind + ": declare one under [" +
-                                  kind_section(kind) + ".NAME]");
+                              sref + ": this " + stype->type + " stage needs a " + kind + ": declare one under [" + kind_section(kind) +
+                                  ".NAME]");
       if (full) sd.config[key] = *full;
     }
-    for (const auto& key : stype->ref_lists) {
-      for (const auto& r : sd.config.value(key, json::array())) {
-        if (!declared(r.get<std::string>())) {
-          std::string kat = impl->locations.count(sref + "." + key) ? impl->locations[sref + "." + key] : at;
-          diag.error(kat, sref + "." + key + ": '" + r.get<std::string>() +
-                              "' is not a declared instance (write it as section.name, e.g. backends.cpu)");
-        }
-      }
-    }
+    for (const auto& key : stype->ref_lists)
+      for (const auto& r : sd.config.value(key, json::array()))
+        if (!declared(r.get<std::string>()))
+          diag.error(impl->locations.count(sref + "." + key) ? impl->locations[sref + "." + key] : at,
+                     sref + "." + key + ": '" + r.get<std::string>() +
+                         "' is not a declared instance (write it as section.name, e.g. backends.cpu)");
     resolved["stages"][id] = sd.config;
-    resolved["stages"][id]["type"] = type;
+    resolved["stages"][id]["type"] = stype->type;
     impl->stages[id] = std::move(sd);
   }
-  if (stables) {
-    for (auto&& [k, v] : *stables) {
-      std::string id(k.str());
-      if (!seen.count(id))
-        diag.error(doc.where(k.source(), "stages." + id),
-                   "stage '" + id + "' is defined but not listed in pipeline.stages (add it there, or remove it)");
-    }
-  }
-  diag.raise_if_any();
-  return Pipeline(std::move(impl));
-}
+};
 
 Pipeline Host::load_file(const fs::path& file, const std::vector<std::string>& overrides) const {
   return PipelineBuilder::build(Document::from_file(file), overrides, impl_->options, impl_->dirs);
