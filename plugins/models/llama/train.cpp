@@ -1036,151 +1036,271 @@ int64_t peak_rss_bytes() {
 
 // ---- the loop -------------------------------------------------------------------------------
 
-json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, const TrainEvents& events) {
-  using clock = std::chrono::steady_clock;
-  const int rank = env.collective ? env.collective->rank() : 0;
-  const int world = env.collective ? env.collective->world_size() : 1;
-  const LlamaConfig& mc = init.config();
+namespace {
 
-  fs::path train_dir = split_dir(c.data, "train"), eval_dir = split_dir(c.data, "eval");
-  if (train_dir.empty())
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + c.data.string() +
-                                                       " is not a prepared dataset (no meta.json, no train/meta.json; "
-                                                       "make one with the prepare stage)");
-  std::unique_ptr<tokens::Reader> data, eval;
-  try {
-    data = std::make_unique<tokens::Reader>(train_dir);
-    if (!eval_dir.empty()) eval = std::make_unique<tokens::Reader>(eval_dir);
-  } catch (const std::exception& e) {
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, std::string("data: ") + e.what());
-  }
-  const json& meta = data->meta();
-  if (meta.contains("vocab_size") && meta["vocab_size"].is_number_integer() &&
-      meta["vocab_size"].get<int64_t>() > mc.vocab_size)
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT,
-                       "data: " + train_dir.string() + " was tokenized with a vocabulary of " +
-                           meta["vocab_size"].dump() + " pieces; this model has " + std::to_string(mc.vocab_size) +
-                           " (prepare it again with this model)");
-  int64_t longest = 0;
-  for (uint64_t i = 0; i < data->size(); ++i) longest = std::max<int64_t>(longest, static_cast<int64_t>(data->length(i)));
-  if (longest > mc.max_position_embeddings)
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + train_dir.string() + " has a sequence of " +
-                                                       std::to_string(longest) + " tokens; the model's context is " +
-                                                       std::to_string(mc.max_position_embeddings));
-  for (uint64_t i = 0; i < data->size(); ++i)
-    for (std::size_t t = 0; t < data->length(i); ++t)
-      if (data->ids(i)[t] < 0 || data->ids(i)[t] >= mc.vocab_size)
-        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + train_dir.string() + ": sequence " + std::to_string(i) +
-                                                           " holds token id " + std::to_string(data->ids(i)[t]) +
-                                                           ", outside the model's vocabulary of " +
-                                                           std::to_string(mc.vocab_size));
-  const int64_t per_rank = c.micro_batch_size * world;
-  if (c.batch_size % per_rank != 0)
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT,
-                       "batch_size: " + std::to_string(c.batch_size) + " is not a multiple of micro_batch_size (" +
-                           std::to_string(c.micro_batch_size) + ") x processes (" + std::to_string(world) + ")");
-  const int64_t accum = c.batch_size / per_rank;
-  const int64_t steps_per_epoch = static_cast<int64_t>(data->size()) / c.batch_size;
-  if (steps_per_epoch == 0)
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "batch_size: " + std::to_string(c.batch_size) + " exceeds the " +
-                                                       std::to_string(data->size()) + " training sequences in " +
-                                                       train_dir.string());
-  const int64_t total = c.max_steps > 0 ? std::min(c.max_steps, c.epochs * steps_per_epoch) : c.epochs * steps_per_epoch;
-  const int64_t warmup = c.warmup_steps >= 0 ? c.warmup_steps
-                                             : static_cast<int64_t>(std::ceil(c.warmup_ratio * static_cast<double>(total)));
-  const int64_t pad_to = c.padding == "max_length" ? meta.value("max_length", longest) : 0;
+// One training run: the data checked against the model, the schedule, resume from the newest
+// good checkpoint, the steps, checkpoints and the final model or adapter.
+class TrainRun {
+ public:
+  TrainRun(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, const TrainEvents& events)
+      : init_(init), mc_(init.config()), c_(c), env_(env), events_(events),
+        rank_(env.collective ? env.collective->rank() : 0), world_(env.collective ? env.collective->world_size() : 1) {}
 
-  // glibc raises its mmap threshold after each large free (up to 32 MiB), after which the
-  // unit-sized temporaries of every step come from the heap, where they stay resident: with a
-  // fixed threshold, buffers of 1 MiB and more go back to the system when freed. Measured on
-  // tests/integration/fsdp_memory.sh: 1.78 GB -> 1.64 GB peak for one process.
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
-  Trainer tr(init, env, c.gradient_checkpointing, c.lora ? &*c.lora : nullptr, c.seed);
-
-  // ---- resume
-  const fs::path ckdir = c.out / "checkpoints";
-  int64_t step = 0;
-  double last_loss = std::nan("");  // of the newest step done (restored on resume)
-  fs::path resumed_from;
-  json data_id = {{"sequences", data->size()}, {"tokens", data->total_tokens()}};
-  auto checkpoints = list_checkpoints(ckdir);
-  for (auto it = checkpoints.rbegin(); it != checkpoints.rend(); ++it) {
-    const fs::path& dir = it->second;
-    json st;
-    try {
-      std::ifstream in(dir / "trainer_state.json");
-      st = json::parse(in);
-    } catch (const std::exception& e) {
-      vhost::log(VHOST_LOG_WARN, dir.string() + ": unreadable trainer_state.json (" + e.what() + "); trying an older one");
-      continue;
-    }
-    auto same = [&](const char* field, const json& now) {
-      if (st.value(field, json()) != now)
-        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT,
-                           field + std::string(": ") + dir.string() + " was made with " + st.value(field, json()).dump() +
-                               ", this run has " + now.dump() + " (resume with the same settings, or use a new out folder)");
-    };
-    same("batch_size", c.batch_size);
-    same("seed", c.seed);
-    same("data", data_id);
-    same("group_by_length", c.group_by_length);
-    same("lora", c.lora ? c.lora->to_json() : json());  // absent in full fine-tuning's
-    try {
-      SafetensorsFile mf(dir / "model.safetensors"), of(dir / "optimizer.safetensors");
-      std::vector<std::pair<std::string, Tensor>> p, m, v;
-      for (auto& [n, e] : mf.entries()) p.emplace_back(n, mf.get(n));
-      for (auto& [n, e] : of.entries()) {
-        if (n.rfind("exp_avg_sq.", 0) == 0) v.emplace_back(n.substr(11), of.get(n));
-        else if (n.rfind("exp_avg.", 0) == 0) m.emplace_back(n.substr(8), of.get(n));
+  json run() {
+    open_data();
+    plan();
+    // glibc raises its mmap threshold after each large free (up to 32 MiB), after which the
+    // unit-sized temporaries of every step come from the heap, where they stay resident: with a
+    // fixed threshold, buffers of 1 MiB and more go back to the system when freed. Measured on
+    // tests/integration/fsdp_memory.sh: 1.78 GB -> 1.64 GB peak for one process.
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    tr_ = std::make_unique<Trainer>(init_, env_, c_.gradient_checkpointing, c_.lora ? &*c_.lora : nullptr, c_.seed);
+    resume();
+    bool stop = !emit(start_event());
+    t_start_ = clock::now();
+    first_ = step_;
+    last_ckpt_ = resumed_from_;
+    bool interrupted = false;
+    while (step_ < total_ && !stop) {
+      const bool go_on = train_step();
+      if ((c_.eval_every > 0 && step_ % c_.eval_every == 0) && step_ < total_) {
+        const double el = evaluate();
+        emit({{"event", "eval"}, {"rank", rank_}, {"step", step_}, {"eval_loss", el}});
       }
-      tr.load(p, m, v, st.at("adam_steps").get<int64_t>());
-      step = st.at("step").get<int64_t>();
-      if (st.contains("loss") && st["loss"].is_number()) last_loss = st["loss"].get<double>();
-      resumed_from = dir;
-      break;
-    } catch (const std::exception& e) {
-      vhost::log(VHOST_LOG_WARN, dir.string() + ": cannot be loaded (" + e.what() + "); trying an older one");
+      // Every rank stops at the same step when any was asked to.
+      stop = all_sum(go_on ? 0.0 : 1.0) > 0 || (c_.stop_at_step > 0 && step_ >= c_.stop_at_step);
+      if (stop && step_ < total_) interrupted = true;
+      if ((c_.save_every > 0 && step_ % c_.save_every == 0) || stop || step_ == total_) last_ckpt_ = save(step_);
     }
+    if (step_ == total_ && last_ckpt_.empty() && total_ > 0) last_ckpt_ = save(step_);  // resumed at the end already
+    return finish(interrupted);
   }
-  if (step > total)
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "max_steps: " + resumed_from.string() + " is at step " +
-                                                       std::to_string(step) + ", beyond this run's " +
-                                                       std::to_string(total) + " steps");
 
-  const int64_t params = mc.parameter_count();
-  std::string device = env.device.str();
-  double peak = c.peak_tflops;
-  if (peak == 0) peak = env.peak_tflops;  // the backend's table (A100 312, H100/H200 989 bf16 dense)
-  json start = {{"event", "start"},       {"rank", rank},
-                {"world_size", world},     {"total_steps", total},
-                {"start_step", step},      {"steps_per_epoch", steps_per_epoch},
-                {"batch_size", c.batch_size}, {"micro_batch_size", c.micro_batch_size},
-                {"grad_accum", accum},     {"parameters", params},
-                {"param_bytes_per_rank", tr.shard_bytes()}, {"device", device},
-                {"sequences", data->size()}, {"warmup_steps", warmup},
-                {"gradient_checkpointing", c.gradient_checkpointing},
-                {"method", c.lora ? "lora" : "full"}, {"trainable_parameters", tr.trainable_parameters()},
-                {"frozen_bytes_per_rank", tr.frozen_bytes()}};
-  if (!resumed_from.empty()) start["resumed_from"] = resumed_from.string();
-  bool stop = events && !events(start);
+ private:
+  using clock = std::chrono::steady_clock;
 
-  auto all_sum = [&](double x) {
-    if (world == 1) return x;
+  bool emit(const json& ev) const { return !events_ || events_(ev); }
+
+  double all_sum(double x) const {
+    if (world_ == 1) return x;
     auto t = torch::tensor({x}, torch::kFloat64);
-    env.collective->all_reduce_sum(t);
+    env_.collective->all_reduce_sum(t);
     return t.item<double>();
-  };
+  }
+
+  // The prepared dataset's splits, checked against the model: vocabulary, context, token ids.
+  void open_data() {
+    train_dir_ = split_dir(c_.data, "train");
+    const fs::path eval_dir = split_dir(c_.data, "eval");
+    if (train_dir_.empty())
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + c_.data.string() +
+                                                         " is not a prepared dataset (no meta.json, no train/meta.json; "
+                                                         "make one with the prepare stage)");
+    try {
+      data_ = std::make_unique<tokens::Reader>(train_dir_);
+      if (!eval_dir.empty()) eval_ = std::make_unique<tokens::Reader>(eval_dir);
+    } catch (const std::exception& e) {
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, std::string("data: ") + e.what());
+    }
+    const json& meta = data_->meta();
+    if (meta.contains("vocab_size") && meta["vocab_size"].is_number_integer() && meta["vocab_size"].get<int64_t>() > mc_.vocab_size)
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + train_dir_.string() + " was tokenized with a vocabulary of " +
+                                                         meta["vocab_size"].dump() + " pieces; this model has " +
+                                                         std::to_string(mc_.vocab_size) + " (prepare it again with this model)");
+    for (uint64_t i = 0; i < data_->size(); ++i) longest_ = std::max<int64_t>(longest_, static_cast<int64_t>(data_->length(i)));
+    if (longest_ > mc_.max_position_embeddings)
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + train_dir_.string() + " has a sequence of " + std::to_string(longest_) +
+                                                         " tokens; the model's context is " + std::to_string(mc_.max_position_embeddings));
+    for (uint64_t i = 0; i < data_->size(); ++i)
+      for (std::size_t t = 0; t < data_->length(i); ++t)
+        if (data_->ids(i)[t] < 0 || data_->ids(i)[t] >= mc_.vocab_size)
+          throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "data: " + train_dir_.string() + ": sequence " + std::to_string(i) +
+                                                             " holds token id " + std::to_string(data_->ids(i)[t]) +
+                                                             ", outside the model's vocabulary of " + std::to_string(mc_.vocab_size));
+    data_id_ = {{"sequences", data_->size()}, {"tokens", data_->total_tokens()}};
+  }
+
+  // The schedule: gradient accumulation, steps, warmup, padding.
+  void plan() {
+    const int64_t per_rank = c_.micro_batch_size * world_;
+    if (c_.batch_size % per_rank != 0)
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "batch_size: " + std::to_string(c_.batch_size) + " is not a multiple of micro_batch_size (" +
+                                                         std::to_string(c_.micro_batch_size) + ") x processes (" + std::to_string(world_) + ")");
+    accum_ = c_.batch_size / per_rank;
+    steps_per_epoch_ = static_cast<int64_t>(data_->size()) / c_.batch_size;
+    if (steps_per_epoch_ == 0)
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "batch_size: " + std::to_string(c_.batch_size) + " exceeds the " +
+                                                         std::to_string(data_->size()) + " training sequences in " + train_dir_.string());
+    total_ = c_.max_steps > 0 ? std::min(c_.max_steps, c_.epochs * steps_per_epoch_) : c_.epochs * steps_per_epoch_;
+    warmup_ = c_.warmup_steps >= 0 ? c_.warmup_steps : static_cast<int64_t>(std::ceil(c_.warmup_ratio * static_cast<double>(total_)));
+    pad_to_ = c_.padding == "max_length" ? data_->meta().value("max_length", longest_) : 0;
+  }
+
+  // The newest checkpoint that loads, made with the same settings (a different one is an error).
+  void resume() {
+    const fs::path ckdir = c_.out / "checkpoints";
+    auto checkpoints = list_checkpoints(ckdir);
+    for (auto it = checkpoints.rbegin(); it != checkpoints.rend(); ++it) {
+      const fs::path& dir = it->second;
+      json st;
+      try {
+        std::ifstream in(dir / "trainer_state.json");
+        st = json::parse(in);
+      } catch (const std::exception& e) {
+        vhost::log(VHOST_LOG_WARN, dir.string() + ": unreadable trainer_state.json (" + e.what() + "); trying an older one");
+        continue;
+      }
+      auto same = [&](const char* field, const json& now) {
+        if (st.value(field, json()) != now)
+          throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, field + std::string(": ") + dir.string() + " was made with " +
+                                                             st.value(field, json()).dump() + ", this run has " + now.dump() +
+                                                             " (resume with the same settings, or use a new out folder)");
+      };
+      same("batch_size", c_.batch_size);
+      same("seed", c_.seed);
+      same("data", data_id_);
+      same("group_by_length", c_.group_by_length);
+      same("lora", c_.lora ? c_.lora->to_json() : json());  // absent in full fine-tuning's
+      try {
+        load_checkpoint(dir, st);
+        break;
+      } catch (const std::exception& e) {
+        vhost::log(VHOST_LOG_WARN, dir.string() + ": cannot be loaded (" + e.what() + "); trying an older one");
+      }
+    }
+    if (step_ > total_)
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "max_steps: " + resumed_from_.string() + " is at step " + std::to_string(step_) +
+                                                         ", beyond this run's " + std::to_string(total_) + " steps");
+  }
+
+  void load_checkpoint(const fs::path& dir, const json& st) {
+    SafetensorsFile mf(dir / "model.safetensors"), of(dir / "optimizer.safetensors");
+    std::vector<std::pair<std::string, Tensor>> p, m, v;
+    for (auto& [n, e] : mf.entries()) p.emplace_back(n, mf.get(n));
+    for (auto& [n, e] : of.entries()) {
+      if (n.rfind("exp_avg_sq.", 0) == 0) v.emplace_back(n.substr(11), of.get(n));
+      else if (n.rfind("exp_avg.", 0) == 0) m.emplace_back(n.substr(8), of.get(n));
+    }
+    tr_->load(p, m, v, st.at("adam_steps").get<int64_t>());
+    step_ = st.at("step").get<int64_t>();
+    if (st.contains("loss") && st["loss"].is_number()) last_loss_ = st["loss"].get<double>();
+    resumed_from_ = dir;
+  }
+
+  json start_event() {
+    peak_ = c_.peak_tflops != 0 ? c_.peak_tflops : env_.peak_tflops;  // the backend's table (A100 312, H100/H200 989 bf16 dense)
+    json start = {{"event", "start"},       {"rank", rank_},
+                  {"world_size", world_},     {"total_steps", total_},
+                  {"start_step", step_},      {"steps_per_epoch", steps_per_epoch_},
+                  {"batch_size", c_.batch_size}, {"micro_batch_size", c_.micro_batch_size},
+                  {"grad_accum", accum_},     {"parameters", mc_.parameter_count()},
+                  {"param_bytes_per_rank", tr_->shard_bytes()}, {"device", env_.device.str()},
+                  {"sequences", data_->size()}, {"warmup_steps", warmup_},
+                  {"gradient_checkpointing", c_.gradient_checkpointing},
+                  {"method", c_.lora ? "lora" : "full"}, {"trainable_parameters", tr_->trainable_parameters()},
+                  {"frozen_bytes_per_rank", tr_->frozen_bytes()}};
+    if (!resumed_from_.empty()) start["resumed_from"] = resumed_from_.string();
+    return start;
+  }
+
+  // One optimizer step over batch_size sequences (micro-batch k on rank k % world); returns
+  // whether the events callback lets the run go on.
+  bool train_step() {
+    const int64_t epoch = step_ / steps_per_epoch_, in_epoch = step_ % steps_per_epoch_;
+    if (epoch != order_epoch_) {
+      order_ = epoch_order(*data_, c_, epoch);
+      order_epoch_ = epoch;
+    }
+    const auto t0 = clock::now();
+    const auto base = static_cast<std::size_t>(in_epoch * c_.batch_size);
+    std::vector<Batch> mine;
+    double trained = 0;
+    for (int64_t k = 0; k < accum_ * world_; ++k) {
+      std::vector<uint64_t> seqs(order_.begin() + base + k * c_.micro_batch_size, order_.begin() + base + (k + 1) * c_.micro_batch_size);
+      Batch b = make_batch(*data_, seqs, pad_to_);
+      trained += static_cast<double>(b.trained);
+      if (k % world_ == rank_) mine.push_back(std::move(b));
+    }
+    if (trained == 0) trained = 1;  // no trained token: zero gradient, loss 0
+    double loss = 0;
+    int64_t toks = 0;
+    for (auto& b : mine) {
+      loss += tr_->forward_backward(b, trained);
+      toks += b.tokens;
+    }
+    loss = all_sum(loss) / trained;
+    toks = static_cast<int64_t>(all_sum(static_cast<double>(toks)));
+    const double lr = learning_rate(c_, step_, total_, warmup_);
+    if (!std::isfinite(loss))
+      throw vhost::Error(VHOST_ERR_RUNTIME, "the loss is " + std::string(std::isnan(loss) ? "NaN" : "infinite") + " at step " +
+                                                std::to_string(step_ + 1) + " (lr " + std::to_string(lr) + "): training stopped; " +
+                                                (last_ckpt_.empty() ? std::string("no checkpoint was written")
+                                                                    : "the last good checkpoint is " + last_ckpt_.string()) +
+                                                " (lower lr, or check the data)");
+    const double gnorm = tr_->clip_grad_norm(c_.max_grad_norm);
+    tr_->adamw_step(lr, c_.beta1, c_.beta2, c_.eps, c_.weight_decay);
+    tr_->zero_grad();
+    ++step_;
+    last_loss_ = loss;
+    tokens_done_ += toks;
+    return emit(step_event(loss, lr, gnorm, toks, std::chrono::duration<double>(clock::now() - t0).count()));
+  }
+
+  json step_event(double loss, double lr, double gnorm, int64_t toks, double dt) const {
+    const double elapsed = std::chrono::duration<double>(clock::now() - t_start_).count();
+    json ev = {{"event", "step"},       {"rank", rank_},           {"step", step_},
+               {"total_steps", total_},  {"epoch", static_cast<double>(step_) / steps_per_epoch_},
+               {"loss", loss},          {"lr", lr},               {"grad_norm", gnorm},
+               {"tokens", toks},        {"tokens_per_s", toks / std::max(dt, 1e-9)},
+               {"step_s", dt},          {"elapsed_s", elapsed},
+               {"eta_s", elapsed / static_cast<double>(step_ - first_) * static_cast<double>(total_ - step_)}};
+    if (peak_ > 0) {
+      // FLOPs per token: 6 x parameters + the attention term 12 x layers x hidden x tokens (PaLM).
+      // With LoRA the frozen weights take no weight gradient: 4 x theirs.
+      const double T = static_cast<double>(toks) / static_cast<double>(c_.batch_size);
+      const double params = static_cast<double>(mc_.parameter_count()), trained_params = static_cast<double>(tr_->trainable_parameters());
+      const double weights = c_.lora ? 4.0 * params + 6.0 * trained_params : 6.0 * params;
+      const double flops = (weights + 12.0 * mc_.num_hidden_layers * mc_.hidden_size * T) * static_cast<double>(toks);
+      ev["mfu"] = flops / dt / world_ / (peak_ * 1e12);
+    }
+    return ev;
+  }
+
+  // The eval split's loss per trained token. Every rank runs the same number of forward passes
+  // (each gathers every unit: collectives all ranks must join), a rank past the end of the split
+  // a discarded one on sequence 0.
+  double evaluate() {
+    if (!eval_ || eval_->size() == 0) return std::nan("");
+    double sum = 0, n = 0;
+    const auto mb = static_cast<uint64_t>(c_.micro_batch_size), stride = mb * static_cast<uint64_t>(world_);
+    const uint64_t rounds = (eval_->size() + stride - 1) / stride;
+    for (uint64_t k = 0; k < rounds; ++k) {
+      const uint64_t i = k * stride + static_cast<uint64_t>(rank_) * mb;
+      const bool real = i < eval_->size();
+      std::vector<uint64_t> seqs;
+      for (uint64_t j = i; real && j < std::min<uint64_t>(eval_->size(), i + mb); ++j) seqs.push_back(j);
+      if (!real) seqs.push_back(0);
+      Batch b = make_batch(*eval_, seqs, 0);
+      const double l = tr_->loss_sum(b);
+      if (!real) continue;
+      sum += l;
+      n += static_cast<double>(b.trained);
+    }
+    sum = all_sum(sum);
+    n = all_sum(n);
+    return n > 0 ? sum / n : std::nan("");
+  }
 
   // Writes the whole model (and with `optimizer`, the AdamW moments) into `dir` on rank 0,
   // streamed unit by unit: no rank holds more than one unit whole. Rank 0 keeps taking part in
-  // the collectives after a failed write, so every rank learns of it and throws; then `cleanup`
-  // runs on rank 0. `finish` (rank 0) runs after the files are complete.
-  // `adapter` (LoRA's result): PEFT's folder, adapter_config.json and adapter_model.safetensors.
-  auto write_streamed = [&](const fs::path& dir, bool optimizer, const std::function<void()>& finish,
-                            const std::function<std::string(const std::string&)>& failed, bool adapter = false) {
+  // the collectives after a failed write, so every rank learns of it and throws. `finish` (rank 0)
+  // runs after the files are complete. `adapter` (LoRA's result): PEFT's folder,
+  // adapter_config.json and adapter_model.safetensors.
+  void write_streamed(const fs::path& dir, bool optimizer, const std::function<void()>& finish,
+                      const std::function<std::string(const std::string&)>& failed, bool adapter = false) {
     std::string failure;
     auto attempt = [&](const std::function<void()>& f) {
-      if (rank != 0 || !failure.empty()) return;
+      if (rank_ != 0 || !failure.empty()) return;
       try {
         f();
       } catch (const std::exception& e) {
@@ -1188,12 +1308,12 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
       }
     };
     std::unique_ptr<SafetensorsWriter> mw, ow;
-    const auto shapes = tr.tensor_shapes();
+    const auto shapes = tr_->tensor_shapes();
     attempt([&] {
       std::error_code ec;
       fs::remove_all(dir, ec);
-      write_model_meta(dir, mc, env, meta, !adapter);
-      if (adapter) write_text(dir / "adapter_config.json", c.lora->to_peft_json(env.base_model).dump(2) + "\n");
+      write_model_meta(dir, mc_, env_, data_->meta(), !adapter);
+      if (adapter) write_text(dir / "adapter_config.json", c_.lora->to_peft_json(env_.base_model).dump(2) + "\n");
       std::vector<SafetensorsWriter::Spec> ps, os;
       for (auto& [n, sh] : shapes) ps.push_back({n, torch::kFloat32, sh});
       mw = std::make_unique<SafetensorsWriter>(dir / (adapter ? "adapter_model.safetensors" : "model.safetensors"), ps,
@@ -1204,9 +1324,9 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
       ow = std::make_unique<SafetensorsWriter>(dir / "optimizer.safetensors", os,
                                                std::map<std::string, std::string>{{"format", "vhost-adamw"}});
     });
-    tr.stream_full(-1, 0, [&](const std::string&, const Tensor& t) { attempt([&] { mw->write(t); }); });
+    tr_->stream_full(-1, 0, [&](const std::string&, const Tensor& t) { attempt([&] { mw->write(t); }); });
     if (optimizer)
-      for (int which : {0, 1}) tr.stream_full(which, 0, [&](const std::string&, const Tensor& t) { attempt([&] { ow->write(t); }); });
+      for (int which : {0, 1}) tr_->stream_full(which, 0, [&](const std::string&, const Tensor& t) { attempt([&] { ow->write(t); }); });
     attempt([&] {
       mw->finish();
       if (ow) ow->finish();
@@ -1216,25 +1336,28 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
     ow.reset();
     const bool bad = all_sum(failure.empty() ? 0.0 : 1.0) > 0;
     if (!bad) return;
-    if (rank != 0) throw vhost::Error(VHOST_ERR_IO, "rank 0 could not write " + dir.string() + " (its log says why)");
+    if (rank_ != 0) throw vhost::Error(VHOST_ERR_IO, "rank 0 could not write " + dir.string() + " (its log says why)");
     std::error_code ec;
     fs::remove_all(dir, ec);
     throw vhost::Error(VHOST_ERR_IO, failed(failure));
-  };
+  }
 
-  auto save = [&](int64_t at) -> fs::path {
-    auto t0 = clock::now();
-    fs::path final_dir = ckdir / step_name(at), tmp = ckdir / (step_name(at) + ".tmp");
+  // A checkpoint of step `at`, written whole into a .tmp folder, then renamed; the oldest beyond
+  // keep_last removed.
+  fs::path save(int64_t at) {
+    const auto t0 = clock::now();
+    const fs::path ckdir = c_.out / "checkpoints";
+    const fs::path final_dir = ckdir / step_name(at), tmp = ckdir / (step_name(at) + ".tmp");
     write_streamed(
         tmp, true,
         [&] {
           json st = {{"format", "vhost-train-state"}, {"version", 1},
-                     {"step", at},                     {"adam_steps", tr.adam_steps()},
-                     {"epoch", at / steps_per_epoch},  {"total_steps", total},
-                     {"batch_size", c.batch_size},     {"seed", c.seed},
-                     {"group_by_length", c.group_by_length}, {"data", data_id},
-                     {"world_size", world},            {"loss", std::isfinite(last_loss) ? json(last_loss) : json()},
-                     {"lora", c.lora ? c.lora->to_json() : json()},
+                     {"step", at},                     {"adam_steps", tr_->adam_steps()},
+                     {"epoch", at / steps_per_epoch_},  {"total_steps", total_},
+                     {"batch_size", c_.batch_size},     {"seed", c_.seed},
+                     {"group_by_length", c_.group_by_length}, {"data", data_id_},
+                     {"world_size", world_},            {"loss", std::isfinite(last_loss_) ? json(last_loss_) : json()},
+                     {"lora", c_.lora ? c_.lora->to_json() : json()},
                      {"rng", "the data order is a pure function of seed and epoch"}};
           write_text(tmp / "trainer_state.json", st.dump(2) + "\n");  // written last: marks completeness
           for (auto& e : fs::directory_iterator(tmp)) fsync_path(e.path(), false);
@@ -1246,151 +1369,75 @@ json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, co
         [&](const std::string& why) {
           auto prev = list_checkpoints(ckdir);
           return "saving the checkpoint of step " + std::to_string(at) + " to " + tmp.string() + " failed: " + why +
-                 "; nothing torn was left" +
-                 (prev.empty() ? std::string() : "; the newest good one is " + prev.back().second.string());
+                 "; nothing torn was left" + (prev.empty() ? std::string() : "; the newest good one is " + prev.back().second.string());
         });
-    if (rank == 0) {
+    if (rank_ == 0) {
       auto all = list_checkpoints(ckdir);
-      for (std::size_t i = 0; i + static_cast<std::size_t>(c.keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
+      for (std::size_t i = 0; i + static_cast<std::size_t>(c_.keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
     }
-    if (env.collective) env.collective->barrier();
-    if (events) events({{"event", "checkpoint"}, {"rank", rank}, {"step", at}, {"path", final_dir.string()},
-                        {"seconds", std::chrono::duration<double>(clock::now() - t0).count()}});
+    if (env_.collective) env_.collective->barrier();
+    emit({{"event", "checkpoint"}, {"rank", rank_}, {"step", at}, {"path", final_dir.string()},
+          {"seconds", std::chrono::duration<double>(clock::now() - t0).count()}});
     return final_dir;
-  };
-
-  auto evaluate = [&]() -> double {
-    if (!eval || eval->size() == 0) return std::nan("");
-    double sum = 0, n = 0;
-    // Every rank runs the same number of forward passes (each gathers every unit: collectives
-    // all ranks must join), a rank past the end of the split a discarded one on sequence 0.
-    const auto mb = static_cast<uint64_t>(c.micro_batch_size), stride = mb * static_cast<uint64_t>(world);
-    const uint64_t rounds = (eval->size() + stride - 1) / stride;
-    for (uint64_t k = 0; k < rounds; ++k) {
-      const uint64_t i = k * stride + static_cast<uint64_t>(rank) * mb;
-      const bool real = i < eval->size();
-      std::vector<uint64_t> seqs;
-      for (uint64_t j = i; real && j < std::min<uint64_t>(eval->size(), i + mb); ++j) seqs.push_back(j);
-      if (!real) seqs.push_back(0);
-      Batch b = make_batch(*eval, seqs, 0);
-      const double l = tr.loss_sum(b);
-      if (!real) continue;
-      sum += l;
-      n += static_cast<double>(b.trained);
-    }
-    sum = all_sum(sum);
-    n = all_sum(n);
-    return n > 0 ? sum / n : std::nan("");
-  };
-
-  auto t_start = clock::now();
-  const int64_t first = step;
-  int64_t tokens_done = 0;
-  std::vector<uint64_t> order;
-  int64_t order_epoch = -1;
-  fs::path last_ckpt = resumed_from;
-  bool interrupted = false;
-  while (step < total && !stop) {
-    const int64_t epoch = step / steps_per_epoch, in_epoch = step % steps_per_epoch;
-    if (epoch != order_epoch) {
-      order = epoch_order(*data, c, epoch);
-      order_epoch = epoch;
-    }
-    auto t0 = clock::now();
-    // The step's sequences; micro-batch k goes to rank k % world.
-    const auto base = static_cast<std::size_t>(in_epoch * c.batch_size);
-    std::vector<Batch> mine;
-    double trained = 0;
-    for (int64_t k = 0; k < accum * world; ++k) {
-      std::vector<uint64_t> seqs(order.begin() + base + k * c.micro_batch_size,
-                                 order.begin() + base + (k + 1) * c.micro_batch_size);
-      Batch b = make_batch(*data, seqs, pad_to);
-      trained += static_cast<double>(b.trained);
-      if (k % world == rank) mine.push_back(std::move(b));
-    }
-    if (trained == 0) trained = 1;  // no trained token: zero gradient, loss 0
-    double loss = 0;
-    int64_t toks = 0;
-    for (auto& b : mine) {
-      loss += tr.forward_backward(b, trained);
-      toks += b.tokens;
-    }
-    loss = all_sum(loss) / trained;
-    toks = static_cast<int64_t>(all_sum(static_cast<double>(toks)));
-    if (!std::isfinite(loss)) {
-      throw vhost::Error(VHOST_ERR_RUNTIME, "the loss is " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
-                                                " at step " + std::to_string(step + 1) + " (lr " +
-                                                std::to_string(learning_rate(c, step, total, warmup)) +
-                                                "): training stopped; " +
-                                                (last_ckpt.empty() ? std::string("no checkpoint was written")
-                                                                   : "the last good checkpoint is " + last_ckpt.string()) +
-                                                " (lower lr, or check the data)");
-    }
-    const double lr = learning_rate(c, step, total, warmup);
-    double gnorm = tr.clip_grad_norm(c.max_grad_norm);
-    tr.adamw_step(lr, c.beta1, c.beta2, c.eps, c.weight_decay);
-    tr.zero_grad();
-    ++step;
-    last_loss = loss;
-    tokens_done += toks;
-    double dt = std::chrono::duration<double>(clock::now() - t0).count();
-    double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
-    json ev = {{"event", "step"},       {"rank", rank},           {"step", step},
-               {"total_steps", total},  {"epoch", static_cast<double>(step) / steps_per_epoch},
-               {"loss", loss},          {"lr", lr},               {"grad_norm", gnorm},
-               {"tokens", toks},        {"tokens_per_s", toks / std::max(dt, 1e-9)},
-               {"step_s", dt},          {"elapsed_s", elapsed},
-               {"eta_s", elapsed / static_cast<double>(step - first) * static_cast<double>(total - step)}};
-    if (peak > 0) {
-      // FLOPs per token: 6 x parameters + the attention term 12 x layers x hidden x tokens (PaLM).
-      // With LoRA the frozen weights take no weight gradient: 4 x theirs.
-      double T = static_cast<double>(toks) / static_cast<double>(c.batch_size);
-      const double trained_params = static_cast<double>(tr.trainable_parameters());
-      const double weights = c.lora ? 4.0 * params + 6.0 * trained_params : 6.0 * params;
-      double flops = (weights + 12.0 * mc.num_hidden_layers * mc.hidden_size * T) * toks;
-      ev["mfu"] = flops / dt / world / (peak * 1e12);
-    }
-    bool go_on = !events || events(ev);
-    if ((c.eval_every > 0 && step % c.eval_every == 0) && step < total) {
-      double el = evaluate();
-      if (events) events({{"event", "eval"}, {"rank", rank}, {"step", step}, {"eval_loss", el}});
-    }
-    // Every rank stops at the same step when any was asked to.
-    stop = all_sum(go_on ? 0.0 : 1.0) > 0 || (c.stop_at_step > 0 && step >= c.stop_at_step);
-    if (stop && step < total) interrupted = true;
-    if ((c.save_every > 0 && step % c.save_every == 0) || stop || step == total) last_ckpt = save(step);
   }
-  if (step == total && last_ckpt.empty() && total > 0) last_ckpt = save(step);  // resumed at the end already
-  json result = {{"steps", step},          {"total_steps", total},   {"final_loss", last_loss},
-                 {"interrupted", interrupted}, {"checkpoint", last_ckpt.string()},
-                 {"tokens", tokens_done},  {"seconds", std::chrono::duration<double>(clock::now() - t_start).count()},
-                 {"param_bytes_per_rank", tr.shard_bytes()}, {"frozen_bytes_per_rank", tr.frozen_bytes()},
-                 {"trainable_parameters", tr.trainable_parameters()}, {"world_size", world}};
-  if (!resumed_from.empty()) result["resumed_from"] = resumed_from.string();
-  if (!interrupted) {
-    double el = evaluate();
-    if (!std::isnan(el)) {
-      result["eval_loss"] = el;
-      if (events) events({{"event", "eval"}, {"rank", rank}, {"step", step}, {"eval_loss", el}});
+
+  // The result; unless interrupted, the eval loss and the model (LoRA: the adapter alone, as
+  // PEFT saves it; `vhost model merge` makes a whole model of it).
+  json finish(bool interrupted) {
+    json result = {{"steps", step_},          {"total_steps", total_},   {"final_loss", last_loss_},
+                   {"interrupted", interrupted}, {"checkpoint", last_ckpt_.string()},
+                   {"tokens", tokens_done_},  {"seconds", std::chrono::duration<double>(clock::now() - t_start_).count()},
+                   {"param_bytes_per_rank", tr_->shard_bytes()}, {"frozen_bytes_per_rank", tr_->frozen_bytes()},
+                   {"trainable_parameters", tr_->trainable_parameters()}, {"world_size", world_}};
+    if (!resumed_from_.empty()) result["resumed_from"] = resumed_from_.string();
+    if (!interrupted) {
+      const double el = evaluate();
+      if (!std::isnan(el)) {
+        result["eval_loss"] = el;
+        emit({{"event", "eval"}, {"rank", rank_}, {"step", step_}, {"eval_loss", el}});
+      }
+      const std::string what = c_.lora ? "adapter" : "model";
+      const fs::path model_dir = c_.out / what, tmp = c_.out / (what + ".tmp");
+      write_streamed(
+          tmp, false,
+          [&] {
+            fs::remove_all(model_dir);
+            fs::rename(tmp, model_dir);
+          },
+          [&](const std::string& why) { return "writing the " + what + " to " + tmp.string() + " failed: " + why; }, c_.lora.has_value());
+      if (env_.collective) env_.collective->barrier();
+      result[what] = model_dir.string();
+      if (c_.lora) result["base_model"] = env_.base_model;
     }
-    // LoRA: the adapter alone, as PEFT saves it (`vhost model merge` makes a whole model of it).
-    const std::string what = c.lora ? "adapter" : "model";
-    fs::path model_dir = c.out / what, tmp = c.out / (what + ".tmp");
-    write_streamed(
-        tmp, false,
-        [&] {
-          fs::remove_all(model_dir);
-          fs::rename(tmp, model_dir);
-        },
-        [&](const std::string& why) { return "writing the " + what + " to " + tmp.string() + " failed: " + why; },
-        c.lora.has_value());
-    if (env.collective) env.collective->barrier();
-    result[what] = model_dir.string();
-    if (c.lora) result["base_model"] = env.base_model;
+    result["peak_rss_bytes"] = peak_rss_bytes();
+    emit({{"event", "end"}, {"rank", rank_}, {"result", result}});
+    return result;
   }
-  result["peak_rss_bytes"] = peak_rss_bytes();
-  if (events) events({{"event", "end"}, {"rank", rank}, {"result", result}});
-  return result;
+
+  const LlamaModel& init_;
+  const LlamaConfig& mc_;
+  const TrainConfig& c_;
+  const TrainEnv& env_;
+  const TrainEvents& events_;
+  const int rank_, world_;
+  fs::path train_dir_;
+  std::unique_ptr<tokens::Reader> data_, eval_;
+  json data_id_;
+  int64_t longest_ = 0, accum_ = 1, steps_per_epoch_ = 1, total_ = 0, warmup_ = 0, pad_to_ = 0;
+  std::unique_ptr<Trainer> tr_;
+  int64_t step_ = 0, first_ = 0, tokens_done_ = 0;
+  double last_loss_ = std::nan("");  // of the newest step done (restored on resume)
+  double peak_ = 0;
+  fs::path resumed_from_, last_ckpt_;
+  std::vector<uint64_t> order_;
+  int64_t order_epoch_ = -1;
+  clock::time_point t_start_;
+};
+
+}  // namespace
+
+json train(const LlamaModel& init, const TrainConfig& c, const TrainEnv& env, const TrainEvents& events) {
+  return TrainRun(init, c, env, events).run();
 }
 
 }  // namespace vhost::llama
