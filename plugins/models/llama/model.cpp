@@ -579,6 +579,134 @@ struct StepBuffers {  // see decode_step
   std::vector<uint16_t> a16;
   torch::Tensor logits[2];
 };
+
+// The tokens' embedding rows into the residual stream x [B, D] (a half-precision table widened).
+void embed_rows(const torch::Tensor& embed, const int64_t* ids, int64_t B, int64_t D, int64_t vocab, float* x) {
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(ids[b] >= 0 && ids[b] < vocab, "token id ", ids[b], " is outside the vocabulary of ", vocab);
+    float* row = x + b * D;
+    switch (embed.scalar_type()) {
+      case torch::kBFloat16: {
+        const auto* e = embed.data_ptr<at::BFloat16>() + ids[b] * D;
+        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(e[i]);
+        break;
+      }
+      case torch::kHalf: {
+        const auto* e = embed.data_ptr<at::Half>() + ids[b] * D;
+        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(e[i]);
+        break;
+      }
+      default: std::memcpy(row, embed.data_ptr<float>() + ids[b] * D, sizeof(float) * D);
+    }
+  }
+}
+
+// Whether layer li's cache can take this step in place: float32 or bfloat16, on the CPU, dense,
+// one row per batch row.
+bool cache_usable(const KVCache& cache, std::size_t li, int64_t B) {
+  const auto kt = cache.k[li].scalar_type();
+  return (kt == torch::kFloat32 || kt == torch::kBFloat16) && cache.v[li].scalar_type() == kt && cache.k[li].device().is_cpu() &&
+         cache.k[li].is_contiguous() && cache.v[li].is_contiguous() && cache.k[li].size(0) == B;
+}
+
+// One layer's cache, as the step reads and writes it: [rows, capacity, hd] of float32 or
+// bfloat16 (written rounded, read widened).
+struct LayerCache {
+  char* k;
+  char* v;
+  int64_t capacity;
+  bool bf16;
+  std::size_t elem() const { return bf16 ? 2 : 4; }
+};
+
+// The new cache slots of a layer are far from anything recently touched: asking for them before
+// the projections overlaps their misses with the projections (at batch 16 of the stories15M
+// shape, writing them cold cost 125 us a step, prefetched 45).
+void prefetch_slots(const LayerCache& c, int64_t rows, int64_t start, int64_t hd) {
+  const std::size_t es = c.elem();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < hd * static_cast<int64_t>(es); i += 64) {
+      __builtin_prefetch(c.k + (r * c.capacity + start) * hd * es + i, 1, 3);
+      __builtin_prefetch(c.v + (r * c.capacity + start) * hd * es + i, 1, 3);
+    }
+}
+
+// The rotary embedding (x * cos + rotate_half(x) * sin) of each row's queries and keys at the
+// row's own position (left padding skipped), and its key and value into the cache slot `start`.
+void rope_and_cache(float* q, float* k, const float* v, const int64_t* padp, int64_t B, int64_t H, int64_t KV, int64_t hd,
+                    int64_t start, const float* cosp, const float* sinp, const LayerCache& cache) {
+  const int64_t half = hd / 2;
+  auto rotate = [&](float* head, const float* c, const float* s) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = head[i], b = head[i + half];
+      head[i] = a * c[i] - b * s[i];
+      head[i + half] = b * c[i + half] + a * s[i + half];
+    }
+  };
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t pos = padp ? std::max<int64_t>(start - padp[b], 0) : start;
+    const float* c = cosp + pos * hd;
+    const float* s = sinp + pos * hd;
+    for (int64_t j = 0; j < H; ++j) rotate(q + (b * H + j) * hd, c, s);
+    for (int64_t j = 0; j < KV; ++j) {
+      float* kh = k + (b * KV + j) * hd;
+      rotate(kh, c, s);
+      const int64_t slot = ((b * KV + j) * cache.capacity + start) * hd;
+      const float* vh = v + (b * KV + j) * hd;
+      if (cache.bf16) {
+        to_bf16_rows(kh, 1, hd, reinterpret_cast<uint16_t*>(cache.k) + slot, hd);
+        to_bf16_rows(vh, 1, hd, reinterpret_cast<uint16_t*>(cache.v) + slot, hd);
+      } else {
+        std::memcpy(reinterpret_cast<float*>(cache.k) + slot, kh, sizeof(float) * hd);
+        std::memcpy(reinterpret_cast<float*>(cache.v) + slot, vh, sizeof(float) * hd);
+      }
+    }
+  }
+}
+
+// The logits go out in one of the last two steps' tensors that the caller has let go of (no
+// tensor or view of it left: a loop `logits = forward(...)` still holds the last one), else in a
+// new one.
+torch::Tensor& step_logits(StepBuffers& buf, int64_t B, int64_t vocab) {
+  auto free_logits = [&](const torch::Tensor& t) {
+    return t.defined() && t.use_count() == 1 && t.storage().use_count() == 1 && t.size(0) == B && t.size(2) == vocab;
+  };
+  if (!free_logits(buf.logits[0])) std::swap(buf.logits[0], buf.logits[1]);
+  torch::Tensor& logits = buf.logits[0];
+  if (!free_logits(logits)) logits = torch::empty({B, 1, vocab}, torch::TensorOptions().dtype(torch::kFloat32));
+  return logits;
+}
+
+// Every layer's weights dense (decode_step reads them as plain arrays).
+template <class Layers>
+bool layers_dense(const Layers& layers) {
+  for (const auto& L : layers)
+    for (const auto* t : {&L.input_norm, &L.q, &L.k, &L.v, &L.o, &L.post_norm, &L.gate, &L.up, &L.down})
+      if (!t->is_contiguous()) return false;
+  return true;
+}
+
+// A product on bfloat16 weights: the input rows rounded to bfloat16 first (buf.a16).
+void bf16_product(StepBuffers& buf, const float* in, int64_t B, int64_t K, const Bf16Output* outs, int n) {
+  const int64_t Kp = outs[0].W->Kp;
+  buf.a16.resize(static_cast<std::size_t>(B * Kp));
+  to_bf16_rows(in, B, K, buf.a16.data(), Kp);
+  bf16_gemm(buf.a16.data(), B, outs, n);
+}
+
+// silu(gate) * up with the two products apart, where LoRA adapts one of them or gate and up are
+// stored in different types (a llama.cpp mixture may quantize them differently); `adapt(gate,
+// up)` adds the LoRA updates in between (may be empty).
+void gate_up_apart(const float* h, int64_t B, int64_t D, WeightsRef gate, WeightsRef up, int64_t F, float* act,
+                   const std::function<void(float*, float*)>& adapt) {
+  thread_local std::vector<float> gate_buf, up_buf;
+  gate_buf.resize(static_cast<std::size_t>(B * F));
+  up_buf.resize(static_cast<std::size_t>(B * F));
+  const GemmOutput gu[2] = {{gate, F, gate_buf.data()}, {up, F, up_buf.data()}};
+  small_gemm_many(h, B, D, gu, 2);
+  if (adapt) adapt(gate_buf.data(), up_buf.data());
+  for (int64_t i = 0; i < B * F; ++i) act[i] = gate_buf[i] / (1.0f + std::exp(-gate_buf[i])) * up_buf[i];
+}
 }  // namespace
 
 // A decoding step as a dozen kernel calls on preallocated buffers. Through libtorch, every
@@ -595,18 +723,10 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   const int64_t start = cache.length, S = start + 1;
   if (tokens.size(1) != 1 || !device_.is_cpu() || (dtype_ != torch::kFloat32 && !mixed_cpu()) || !*small_gemm_isa() ||
       S > cfg_.max_position_embeddings || S > cache.capacity || (torch::GradMode::is_enabled() && embed_.requires_grad()) ||
-      !lm_head_.is_contiguous() || !embed_.is_contiguous() || hd % 2)
+      !lm_head_.is_contiguous() || !embed_.is_contiguous() || hd % 2 || !layers_dense(layers_))
     return {};
-  for (std::size_t li = 0; li < layers_.size(); ++li) {
-    const Layer& L = layers_[li];
-    for (const auto* t : {&L.input_norm, &L.q, &L.k, &L.v, &L.o, &L.post_norm, &L.gate, &L.up, &L.down})
-      if (!t->is_contiguous()) return {};
-    const auto kt = cache.k[li].scalar_type();
-    if ((kt != torch::kFloat32 && kt != torch::kBFloat16) || cache.v[li].scalar_type() != kt ||
-        !cache.k[li].device().is_cpu() || !cache.k[li].is_contiguous() || !cache.v[li].is_contiguous() ||
-        cache.k[li].size(0) != B)
-      return {};
-  }
+  for (std::size_t li = 0; li < layers_.size(); ++li)
+    if (!cache_usable(cache, li, B)) return {};
   // Rows with LoRA adapters get each update added to the product it belongs to (lora_add, on
   // tensors viewing the step's buffers).
   const auto lora = lora_rows(adapters, B);
@@ -628,24 +748,7 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   buf.x.resize(static_cast<std::size_t>(B * D));
   buf.scratch.resize(static_cast<std::size_t>(B * (D + 2 * H * hd + 2 * KV * hd + F)));
   float* xp = buf.x.data();
-  const int64_t* idp = ids.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(idp[b] >= 0 && idp[b] < Vocab, "token id ", idp[b], " is outside the vocabulary of ", Vocab);
-    float* row = xp + b * D;
-    switch (dtype_) {  // a half-precision model's row widened
-      case torch::kBFloat16: {
-        const auto* e = embed_.data_ptr<at::BFloat16>() + idp[b] * D;
-        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(e[i]);
-        break;
-      }
-      case torch::kHalf: {
-        const auto* e = embed_.data_ptr<at::Half>() + idp[b] * D;
-        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(e[i]);
-        break;
-      }
-      default: std::memcpy(row, embed_.data_ptr<float>() + idp[b] * D, sizeof(float) * D);
-    }
-  }
+  embed_rows(embed_, ids.data_ptr<int64_t>(), B, D, Vocab, xp);
   float* h = buf.scratch.data();
   float* q = h + B * D;
   float* k = q + B * H * hd;
@@ -654,24 +757,10 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   float* act = att + B * H * hd;
   // With bfloat16 weights (enable_bf16_decode): the input of each product rounded to bfloat16.
   const Bf16Weights* bf = bf16_current() ? bf16_.get() : nullptr;
-  std::vector<uint16_t>& a16 = buf.a16;
-  auto bf16 = [&](const float* in, int64_t K, const Bf16Output* outs, int n) {
-    const int64_t Kp = outs[0].W->Kp;
-    a16.resize(static_cast<std::size_t>(B * Kp));
-    to_bf16_rows(in, B, K, a16.data(), Kp);
-    bf16_gemm(a16.data(), B, outs, n);
-  };
+  auto bf16 = [&](const float* in, int64_t K, const Bf16Output* outs, int n) { bf16_product(buf, in, B, K, outs, n); };
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const float* cosp = cos32_.data_ptr<float>();
   const float* sinp = sin32_.data_ptr<float>();
-  const int64_t half = hd / 2;
-  auto rotate = [&](float* head, const float* c, const float* s) {  // x * cos + rotate_half(x) * sin
-    for (int64_t i = 0; i < half; ++i) {
-      const float a = head[i], b = head[i + half];
-      head[i] = a * c[i] - b * s[i];
-      head[i + half] = b * c[i + half] + a * s[i + half];
-    }
-  };
   auto w = [this](const torch::Tensor& t) { return weights_ref(t, int8_activations_); };
   // The norms' weights in float32 (a half-precision model's widened each step: D floats each).
   std::vector<torch::Tensor> norms32;
@@ -681,23 +770,15 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
     return norms32.back().data_ptr<float>();
   };
   auto rows = [&](float* p, int64_t n) { return torch::from_blob(p, {B, n}, torch::TensorOptions().dtype(torch::kFloat32)); };
-  std::vector<float> gate_buf, up_buf;  // LoRA on gate or up: the two products apart
   // A bfloat16 cache (cache_dtype with bf16 decode) is written rounded and read widened.
   const bool kv16 = cache.k[0].scalar_type() == torch::kBFloat16;
-  const std::size_t kv_size = kv16 ? 2 : 4;
 
   for (std::size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
-    char* kc = static_cast<char*>(cache.k[li].data_ptr());
-    char* vc = static_cast<char*>(cache.v[li].data_ptr());
-    // The new cache slots of this layer are far from anything recently touched: asking for them
-    // before the projections overlaps their misses with the projections (at batch 16 of the
-    // stories15M shape, writing them cold cost 125 us a step, prefetched 45).
-    for (int64_t r = 0; r < B * KV; ++r)
-      for (int64_t i = 0; i < hd * static_cast<int64_t>(kv_size); i += 64) {
-        __builtin_prefetch(kc + (r * cache.capacity + start) * hd * kv_size + i, 1, 3);
-        __builtin_prefetch(vc + (r * cache.capacity + start) * hd * kv_size + i, 1, 3);
-      }
+    const LayerCache lc{static_cast<char*>(cache.k[li].data_ptr()), static_cast<char*>(cache.v[li].data_ptr()), cache.capacity, kv16};
+    char* kc = lc.k;
+    char* vc = lc.v;
+    prefetch_slots(lc, B * KV, start, hd);
     rms_norm_rows(xp, norm_w(L.input_norm), B, D, eps, h);
     const Bf16Weights::Layer* P = bf ? &bf->layers[li] : nullptr;
     if (P) {
@@ -713,25 +794,7 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
       lora_add(kt, ht, li, 1, lora);
       lora_add(vt, ht, li, 2, lora);
     }
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t pos = padp ? std::max<int64_t>(start - padp[b], 0) : start;  // the row's own position
-      const float* c = cosp + pos * hd;
-      const float* s = sinp + pos * hd;
-      for (int64_t j = 0; j < H; ++j) rotate(q + (b * H + j) * hd, c, s);
-      for (int64_t j = 0; j < KV; ++j) {
-        float* kh = k + (b * KV + j) * hd;
-        rotate(kh, c, s);
-        const int64_t slot = ((b * KV + j) * cache.capacity + start) * hd;
-        const float* vh = v + (b * KV + j) * hd;
-        if (kv16) {
-          to_bf16_rows(kh, 1, hd, reinterpret_cast<uint16_t*>(kc) + slot, hd);
-          to_bf16_rows(vh, 1, hd, reinterpret_cast<uint16_t*>(vc) + slot, hd);
-        } else {
-          std::memcpy(reinterpret_cast<float*>(kc) + slot, kh, sizeof(float) * hd);
-          std::memcpy(reinterpret_cast<float*>(vc) + slot, vh, sizeof(float) * hd);
-        }
-      }
-    }
+    rope_and_cache(q, k, v, padp, B, H, KV, hd, start, cosp, sinp, lc);
     DecodeAttention a{q, kv16 ? nullptr : reinterpret_cast<const float*>(kc), kv16 ? nullptr : reinterpret_cast<const float*>(vc),
                       padp, att, B, H, KV, hd, cache.capacity, S,
                       static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))),
@@ -753,32 +816,19 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
     rms_norm_rows(xp, norm_w(L.post_norm), B, D, eps, h);
     // The two products apart where LoRA adapts one of them, or where gate and up are stored in
     // different types (a llama.cpp mixture may quantize them differently); else fused.
-    if (lora_gate_up || !gate_up_silu(h, B, D, w(L.gate), w(L.up), F, act)) {
-      gate_buf.resize(static_cast<std::size_t>(B * F));
-      up_buf.resize(static_cast<std::size_t>(B * F));
-      const GemmOutput gu[2] = {{w(L.gate), F, gate_buf.data()}, {w(L.up), F, up_buf.data()}};
-      small_gemm_many(h, B, D, gu, 2);
-      if (lora_gate_up) {
-        auto ht = rows(h, D), gt = rows(gate_buf.data(), F), ut = rows(up_buf.data(), F);
+    if (lora_gate_up || !gate_up_silu(h, B, D, w(L.gate), w(L.up), F, act))
+      gate_up_apart(h, B, D, w(L.gate), w(L.up), F, act, [&](float* g, float* u) {
+        if (!lora_gate_up) return;
+        auto ht = rows(h, D), gt = rows(g, F), ut = rows(u, F);
         lora_add(gt, ht, li, 4, lora);
         lora_add(ut, ht, li, 5, lora);
-      }
-      for (int64_t i = 0; i < B * F; ++i) act[i] = gate_buf[i] / (1.0f + std::exp(-gate_buf[i])) * up_buf[i];
-    }
+      });
     small_gemm(act, B, w(L.down), D, F, xp, /*accumulate=*/true);
     if (!lora.empty()) lora_add(xt, rows(act, F), li, 6, lora);
   }
   cache.length = S;
   rms_norm_rows(xp, norm_w(norm_), B, D, eps, h);
-  // The logits go out in one of the last two steps' tensors that the caller has let go of (no
-  // tensor or view of it left: a loop `logits = forward(...)` still holds the last one), else in
-  // a new one.
-  auto free_logits = [&](const torch::Tensor& t) {
-    return t.defined() && t.use_count() == 1 && t.storage().use_count() == 1 && t.size(0) == B && t.size(2) == Vocab;
-  };
-  if (!free_logits(buf.logits[0])) std::swap(buf.logits[0], buf.logits[1]);
-  torch::Tensor& logits = buf.logits[0];
-  if (!free_logits(logits)) logits = torch::empty({B, 1, Vocab}, torch::TensorOptions().dtype(torch::kFloat32));
+  torch::Tensor& logits = step_logits(buf, B, Vocab);
   if (bf) {
     const Bf16Output out{&bf->lm_head, logits.data_ptr<float>(), false};
     bf16(h, D, &out, 1);
