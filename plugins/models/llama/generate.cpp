@@ -150,6 +150,37 @@ struct SequenceState {
   bool done = false;
 };
 
+// The longest prompt, each checked: not empty, ids in the vocabulary, room left in the context.
+int64_t check_prompts(const LlamaConfig& cfg, const std::vector<std::vector<int32_t>>& prompts) {
+  int64_t longest = 0;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    if (prompts[i].empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt " + std::to_string(i) + " is empty");
+    for (int32_t id : prompts[i])
+      if (id < 0 || id >= cfg.vocab_size)
+        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt " + std::to_string(i) + " has token id " + std::to_string(id) +
+                                                           " outside the vocabulary");
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
+  }
+  if (longest >= cfg.max_position_embeddings)
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt of " + std::to_string(longest) + " tokens leaves no room in the " +
+                                                       std::to_string(cfg.max_position_embeddings) + "-token context");
+  return longest;
+}
+
+// The prompts left-padded to a common length [B, longest], and each row's padding [B].
+std::pair<torch::Tensor, torch::Tensor> left_padded(const std::vector<std::vector<int32_t>>& prompts, int64_t longest) {
+  const auto B = static_cast<int64_t>(prompts.size());
+  auto tokens = torch::zeros({B, longest}, torch::kInt64);
+  auto pad = torch::zeros({B}, torch::kInt64);
+  auto acc = tokens.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    const auto n = static_cast<int64_t>(prompts[b].size());
+    pad[b] = longest - n;
+    for (int64_t t = 0; t < n; ++t) acc[b][longest - n + t] = prompts[b][t];
+  }
+  return {tokens, pad};
+}
+
 }  // namespace
 
 std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer* tokenizer,
@@ -166,29 +197,9 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
   const auto& cfg = model.config();
   const int64_t B = static_cast<int64_t>(prompts.size());
   if (B == 0) return {};
-  int64_t longest = 0;
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
-    if (prompts[i].empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt " + std::to_string(i) + " is empty");
-    for (int32_t id : prompts[i])
-      if (id < 0 || id >= cfg.vocab_size)
-        throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt " + std::to_string(i) + " has token id " +
-                                                           std::to_string(id) + " outside the vocabulary");
-    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
-  }
-  if (longest >= cfg.max_position_embeddings)
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "prompt of " + std::to_string(longest) + " tokens leaves no room in the " +
-                                                       std::to_string(cfg.max_position_embeddings) + "-token context");
+  const int64_t longest = check_prompts(cfg, prompts);
   const int64_t capacity = std::min<int64_t>(cfg.max_position_embeddings, longest + p.max_tokens);
-
-  // Left-pad to a common length.
-  auto tokens = torch::zeros({B, longest}, torch::kInt64);
-  auto pad = torch::zeros({B}, torch::kInt64);
-  auto acc = tokens.accessor<int64_t, 2>();
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t n = static_cast<int64_t>(prompts[b].size());
-    pad[b] = longest - n;
-    for (int64_t t = 0; t < n; ++t) acc[b][longest - n + t] = prompts[b][t];
-  }
+  auto [tokens, pad] = left_padded(prompts, longest);
   auto cache = KVCache::create(cfg, B, capacity, torch::TensorOptions().dtype(model.cache_dtype()).device(model.device()));
 
   std::vector<GenerationResult> results(B);
@@ -232,16 +243,16 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
   for (int64_t b = 0; b < B; ++b) all_rows[b] = b;
   for (int64_t step = 0; step < p.max_tokens; ++step) {
     auto lg = logits.to(torch::kCPU, torch::kFloat32).contiguous();
-    if (plain_greedy) greedy_ids(lg, all_rows, next_ids);
-    if (!plain_greedy) {
+    if (plain_greedy) {
+      greedy_ids(lg, all_rows, next_ids);
+    } else {  // the rows still going, each with its generator and what it has seen
       std::vector<int64_t> rows;
-      for (int64_t b = 0; b < B; ++b)
-        if (state[b].done) next_ids[b] = 0;
-        else rows.push_back(b);
-      std::vector<const SamplingParams*> ps(rows.size(), &p);
       std::vector<const std::vector<int32_t>*> ss, gen_so_far;
       std::vector<torch::Generator*> gs;
-      for (auto b : rows) ss.push_back(&seen[b]), gs.push_back(&gens[b]), gen_so_far.push_back(&results[b].tokens);
+      for (int64_t b = 0; b < B; ++b)
+        if (state[b].done) next_ids[b] = 0;
+        else rows.push_back(b), ss.push_back(&seen[b]), gs.push_back(&gens[b]), gen_so_far.push_back(&results[b].tokens);
+      std::vector<const SamplingParams*> ps(rows.size(), &p);
       auto picks = sample_tokens(lg.index_select(0, torch::tensor(rows, torch::kInt64)), ps, ss, gs, gen_so_far);
       for (std::size_t i = 0; i < rows.size(); ++i) next_ids[rows[i]] = picks[i];
     }
@@ -283,8 +294,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
       if (static_cast<int64_t>(results[b].tokens.size()) >= p.max_tokens || cache.length + 1 > capacity)
         finish(b, "length");
     }
-    bool all_done = std::all_of(state.begin(), state.end(), [](const SequenceState& s) { return s.done; });
-    if (all_done || cache.length >= capacity) break;
+    if (std::all_of(state.begin(), state.end(), [](const SequenceState& s) { return s.done; }) || cache.length >= capacity) break;
     for (int64_t b = 0; b < B; ++b)
       if (state[b].done) next_ids[b] = 0;  // finished rows still run along; their input is unused
     auto next = torch::from_blob(next_ids.data(), {B, 1}, torch::kInt64).to(model.device());

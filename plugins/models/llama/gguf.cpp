@@ -411,31 +411,24 @@ struct Writer {
 
 }  // namespace
 
-void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file,
-                     const std::string& quantize) {
-  if (model.quantized_matrices())
-    fail(file, "the model holds quantized blocks (loaded to decode from them); load it dequantised to write it");
-  const QuantFormat* qf = quantize.empty() ? nullptr : quant_format_name(quantize);
-  if (!quantize.empty() && (!qf || qf->block_elems != 32))
-    fail(file, "quantize '" + quantize + "' is not supported (q8_0, q4_0, q4_1, q5_0, q5_1)");
-  const LlamaConfig& c = model.config();
-  auto pieces = proto_pieces(tokenizer_model);
-  if (pieces.empty()) fail(file, "the tokenizer model has no pieces");
-  if (static_cast<int64_t>(pieces.size()) > c.vocab_size)
-    fail(file, "the tokenizer has " + std::to_string(pieces.size()) + " pieces, the model only " + std::to_string(c.vocab_size));
+namespace {
 
-  // HF names -> GGUF names, Q/K rows back to Meta's order. Only names, shapes and types here:
-  // each tensor is made (reordered, converted) when it is written, one at a time.
-  struct Out {
-    std::string name;
-    torch::Tensor src;
-    int64_t heads = 0;  // Q/K: rows to reorder for this many heads
-    torch::ScalarType type;
-    const QuantFormat* q = nullptr;  // written as these blocks
-  };
-  std::vector<Out> tensors;
+// HF names -> GGUF names, Q/K rows back to Meta's order. Only names, shapes and types here:
+// each tensor is made (reordered, converted) when it is written, one at a time.
+struct OutTensor {
+  std::string name;
+  torch::Tensor src;
+  int64_t heads = 0;  // Q/K: rows to reorder for this many heads
+  torch::ScalarType type;
+  const QuantFormat* q = nullptr;  // written as these blocks
+};
+
+// The model's tensors under their GGUF names, with the type each is written in.
+std::vector<OutTensor> gguf_tensors(const LlamaModel& model, const QuantFormat* qf) {
+  const LlamaConfig& c = model.config();
+  std::vector<OutTensor> tensors;
   for (const auto& [name, t0] : model.named_tensors()) {
-    Out o{name, t0, 0, t0.scalar_type()};
+    OutTensor o{name, t0, 0, t0.scalar_type()};
     std::string& n = o.name;
     if (n == "model.embed_tokens.weight") n = "token_embd.weight";
     else if (n == "model.norm.weight") n = "output_norm.weight";
@@ -460,7 +453,11 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
     if (qf && t0.dim() == 2 && t0.size(1) % qf->block_elems == 0) o.q = qf;
     tensors.push_back(std::move(o));
   }
-  Writer w;  // metadata first; the header that counts it is prepended below
+  return tensors;
+}
+
+// The architecture's hyperparameters and the tokenizer's pieces, as llama.cpp's converter writes them.
+void write_llama_metadata(Writer& w, const LlamaConfig& c, const std::vector<Piece>& pieces) {
   w.kv_str("general.architecture", "llama");
   w.kv_str("general.name", "vhost");
   w.kv_u32("llama.context_length", static_cast<uint32_t>(c.max_position_embeddings));
@@ -487,6 +484,27 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
   w.kv_u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(c.bos_token_id));
   w.kv_u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(c.eos_token_id));
   w.kv_u32("tokenizer.ggml.unknown_token_id", 0);
+
+}
+
+}  // namespace
+
+void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file,
+                     const std::string& quantize) {
+  if (model.quantized_matrices())
+    fail(file, "the model holds quantized blocks (loaded to decode from them); load it dequantised to write it");
+  const QuantFormat* qf = quantize.empty() ? nullptr : quant_format_name(quantize);
+  if (!quantize.empty() && (!qf || qf->block_elems != 32))
+    fail(file, "quantize '" + quantize + "' is not supported (q8_0, q4_0, q4_1, q5_0, q5_1)");
+  const LlamaConfig& c = model.config();
+  auto pieces = proto_pieces(tokenizer_model);
+  if (pieces.empty()) fail(file, "the tokenizer model has no pieces");
+  if (static_cast<int64_t>(pieces.size()) > c.vocab_size)
+    fail(file, "the tokenizer has " + std::to_string(pieces.size()) + " pieces, the model only " + std::to_string(c.vocab_size));
+
+  auto tensors = gguf_tensors(model, qf);
+  Writer w;  // metadata first; the header that counts it is prepended below
+  write_llama_metadata(w, c, pieces);
 
   Writer head;
   head.out = "GGUF";

@@ -776,8 +776,6 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   for (std::size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
     const LayerCache lc{static_cast<char*>(cache.k[li].data_ptr()), static_cast<char*>(cache.v[li].data_ptr()), cache.capacity, kv16};
-    char* kc = lc.k;
-    char* vc = lc.v;
     prefetch_slots(lc, B * KV, start, hd);
     rms_norm_rows(xp, norm_w(L.input_norm), B, D, eps, h);
     const Bf16Weights::Layer* P = bf ? &bf->layers[li] : nullptr;
@@ -795,10 +793,10 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
       lora_add(vt, ht, li, 2, lora);
     }
     rope_and_cache(q, k, v, padp, B, H, KV, hd, start, cosp, sinp, lc);
-    DecodeAttention a{q, kv16 ? nullptr : reinterpret_cast<const float*>(kc), kv16 ? nullptr : reinterpret_cast<const float*>(vc),
+    DecodeAttention a{q, kv16 ? nullptr : reinterpret_cast<const float*>(lc.k), kv16 ? nullptr : reinterpret_cast<const float*>(lc.v),
                       padp, att, B, H, KV, hd, cache.capacity, S,
                       static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))),
-                      kv16 ? reinterpret_cast<const uint16_t*>(kc) : nullptr, kv16 ? reinterpret_cast<const uint16_t*>(vc) : nullptr};
+                      kv16 ? reinterpret_cast<const uint16_t*>(lc.k) : nullptr, kv16 ? reinterpret_cast<const uint16_t*>(lc.v) : nullptr};
     decode_attention(a);
     auto xt = rows(xp, D);
     if (P) {

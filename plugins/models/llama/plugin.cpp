@@ -418,8 +418,8 @@ class LlamaPlugin final : public vhost::Model {
     return r;
   }
 
-  json generate(const json& req, const vhost::TokenSink& on_token) override {
-    if (!req.is_object()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request is not a JSON object");
+  // A generate request's sampling parameters (the adapter by name).
+  vhost::llama::SamplingParams sampling_of(const json& req) const {
     vhost::llama::SamplingParams p;
     p.temperature = field(req, "temperature", 1.0);
     p.top_p = field(req, "top_p", 1.0);
@@ -438,6 +438,12 @@ class LlamaPlugin final : public vhost::Model {
                                                            (adapter_index_.empty() ? std::string("none") : adapter_names().dump()) + ")");
       p.adapter = it->second;
     }
+    return p;
+  }
+
+  // A generate request's prompts: token ids as given, or texts encoded (with BOS unless add_bos
+  // is false).
+  std::vector<std::vector<int32_t>> prompts_of(const json& req) const {
     bool bos = field(req, "add_bos", true);
     std::vector<std::vector<int32_t>> prompts;
     if (req.contains("prompt_ids")) {
@@ -448,6 +454,47 @@ class LlamaPlugin final : public vhost::Model {
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request has neither 'prompts' nor 'prompt_ids'");
     }
     if (prompts.empty()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "'prompts' is empty");
+    return prompts;
+  }
+
+  // Each prompt as one engine sequence (seed + i, as in a batch), all running concurrently;
+  // streamed scores (kScoresToken) collected per sequence.
+  std::vector<vhost::llama::GenerationResult> run_on_engine(const std::vector<std::vector<int32_t>>& prompts,
+                                                            const vhost::llama::SamplingParams& p, const vhost::TokenSink& on_token,
+                                                            bool streamed, std::vector<json>& streamed_scores) {
+    std::vector<vhost::llama::GenerationResult> results(prompts.size());
+    std::vector<std::exception_ptr> errors(prompts.size());
+    auto one = [&](std::size_t i) {
+      try {
+        auto q = p;
+        if (p.seed) q.seed = *p.seed + i;
+        vhost::llama::TokenCallback cb;
+        if (on_token || streamed)
+          cb = [&, i](std::size_t, int32_t tok, const std::string& d) {
+            if (tok == vhost::llama::kScoresToken) {
+              for (auto& e : json::parse(d)) streamed_scores[i].push_back(std::move(e));
+              if (!on_token) return true;
+            }
+            return !on_token || on_token(i, tok, d);
+          };
+        results[i] = engine_->generate(prompts[i], q, cb);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    };
+    std::vector<std::thread> threads;
+    for (std::size_t i = 1; i < prompts.size(); ++i) threads.emplace_back(one, i);
+    one(0);
+    for (auto& t : threads) t.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+    return results;
+  }
+
+  json generate(const json& req, const vhost::TokenSink& on_token) override {
+    if (!req.is_object()) throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "the request is not a JSON object");
+    vhost::llama::SamplingParams p = sampling_of(req);
+    const std::vector<std::vector<int32_t>> prompts = prompts_of(req);
     if (!model_)
       throw vhost::Error(VHOST_ERR_UNSUPPORTED, path_.string() + ": opened with load_weights = false: cannot generate");
     if (field(req, "embed", false)) return embed(prompts, p.adapter);
@@ -477,33 +524,7 @@ class LlamaPlugin final : public vhost::Model {
         results.push_back(r);
       }
     } else if (engine_) {
-      // Each prompt is one engine sequence (seed + i, as in a batch); they run concurrently.
-      results.resize(prompts.size());
-      std::vector<std::exception_ptr> errors(prompts.size());
-      auto one = [&](std::size_t i) {
-        try {
-          auto q = p;
-          if (p.seed) q.seed = *p.seed + i;
-          vhost::llama::TokenCallback cb;
-          if (on_token || streamed)
-            cb = [&, i](std::size_t, int32_t tok, const std::string& d) {
-              if (tok == vhost::llama::kScoresToken) {
-                for (auto& e : json::parse(d)) streamed_scores[i].push_back(std::move(e));
-                if (!on_token) return true;
-              }
-              return !on_token || on_token(i, tok, d);
-            };
-          results[i] = engine_->generate(prompts[i], q, cb);
-        } catch (...) {
-          errors[i] = std::current_exception();
-        }
-      };
-      std::vector<std::thread> threads;
-      for (std::size_t i = 1; i < prompts.size(); ++i) threads.emplace_back(one, i);
-      one(0);
-      for (auto& t : threads) t.join();
-      for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
+      results = run_on_engine(prompts, p, on_token, streamed, streamed_scores);
     } else {
       std::lock_guard<std::mutex> lock(mu_);
       vhost::llama::TokenCallback cb;
