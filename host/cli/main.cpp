@@ -1,9 +1,5 @@
 // The `vhost` command: a thin shell over the embedding API in vhost/host/host.hpp.
 #include "launch.hpp"
-#include "stages/serve/cluster.hpp"
-#include "stages/eval/agreement.hpp"
-#include "stages/eval/arena.hpp"
-#include "stages/eval/eval.hpp"
 
 #include <vhost/conversation.hpp>
 #include <vhost/host/host.hpp>
@@ -113,6 +109,13 @@ void templates(Shortcut& s, const std::string& table, const std::string& file) {
   for (auto it = tj.begin(); it != tj.end(); ++it)
     if (!it->is_object()) throw vh::ConfigError(file + ": " + it.key() + ": a template is a table ([" + it.key() + "])");
   s.set(table + ".templates", tj, "--templates " + file);
+}
+
+// A command that only groups subcommands (vhost model, tokenizer, template, eval, arena).
+CLI::App* group(CLI::App& app, const std::string& name, const std::string& help) {
+  CLI::App* g = app.add_subcommand(name, help);
+  g->require_subcommand(1);
+  return g;
 }
 
 void print_plugins(const vh::Host& host, bool as_json, bool verbose) {
@@ -229,12 +232,16 @@ struct Cli {
   CLI::App* arena_report_cmd = nullptr;
   std::vector<std::string> arena_files, arena_anchor;
   std::string arena_out;
-  vh::arena::Options arena_opt;
-  bool arena_json = false;
+  int64_t arena_rounds = 1000, arena_seed = 0;
+  bool arena_anonymous = false, arena_json = false;
   CLI::App* controller = nullptr;
-  vh::ControllerOptions copt;
+  std::string ctl_host = "127.0.0.1", ctl_dispatch = "shortest_queue";
+  int64_t ctl_port = 21001;
+  double ctl_expiry = 30;
   CLI::App* api = nullptr;
-  vh::ApiOptions aopt;
+  std::string api_host = "127.0.0.1", api_controller, api_log;
+  int64_t api_port = 8000;
+  std::vector<std::string> api_keys;
   CLI::App* chat = nullptr;
   std::string chat_model, chat_template, chat_templates, chat_system;
   int64_t chat_max = 512, chat_seed = -1, chat_threads = 0;
@@ -278,8 +285,7 @@ struct Cli {
 
   void declare_model(CLI::App& app) {
     // Model and tokenizer tools (plugin-level tools of a model plugin).
-    model = app.add_subcommand("model", "make and convert model checkpoints");
-    model->require_subcommand(1);
+    model = group(app, "model", "make and convert model checkpoints");
     model_init = model->add_subcommand("init", "write a randomly initialised checkpoint of a preset shape");
     model_init->add_option("--preset", preset, "tiny, stories15m, 7b, 13b")->capture_default_str();
     model_init->add_option("--out", out_dir, "checkpoint folder to write")->required();
@@ -307,8 +313,7 @@ struct Cli {
     model_merge->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
     model_merge->add_flag("--overwrite", merge_overwrite, "replace out if it exists");
 
-    tokenizer = app.add_subcommand("tokenizer", "encode, decode, train SentencePiece tokenizers");
-    tokenizer->require_subcommand(1);
+    tokenizer = group(app, "tokenizer", "encode, decode, train SentencePiece tokenizers");
     tok_encode = tokenizer->add_subcommand("encode", "text on stdin -> JSON array of ids");
     tok_encode->add_option("--model", tok_model, "tokenizer.model, or a checkpoint folder")->required();
     tok_encode->add_flag("--bos", tok_bos, "prepend BOS");
@@ -357,8 +362,7 @@ struct Cli {
     prep->add_option("--max-turns", prep_max_turns, "drop conversations with more turns (0: no limit)");
     prep->add_flag("--no-dedupe", prep_no_dedupe, "keep exact duplicates");
 
-    tmpl = app.add_subcommand("template", "conversation templates (FastChat's formats)");
-    tmpl->require_subcommand(1);
+    tmpl = group(app, "template", "conversation templates (FastChat's formats)");
     tmpl_render = tmpl->add_subcommand("render", "one ShareGPT conversation (JSON) on stdin -> the prompt");
     tmpl_render->add_option("--template", tmpl_name, "template name")->capture_default_str();
     tmpl_render->add_option("--templates", tmpl_file, "TOML file of custom templates ([NAME] tables)");
@@ -405,7 +409,7 @@ struct Cli {
   }
 
   void declare_evaluation(CLI::App& app) {
-    eval = app.add_subcommand("eval", "evaluation reports");
+    eval = group(app, "eval", "evaluation reports");
     eval_report_cmd = eval->add_subcommand("report", "recompute the report from judgment files (vhost's or FastChat's reviews)");
     eval_report_cmd->add_option("--reviews", review_files, "judgments.jsonl or FastChat review JSONL files")->required();
     eval_report_cmd->add_option("--names", review_names, "FastChat reviews: the two models' names, in answer order")->expected(2);
@@ -420,37 +424,35 @@ struct Cli {
         ->required();
     agree_cmd->add_option("--judges", agree_judges, "the two judges: gpt4-pair human, or human human")->expected(2)->capture_default_str();
     agree_cmd->add_flag("--json", agree_json, "print JSON");
-    eval->require_subcommand(1);
-    arena_cmd = app.add_subcommand("arena", "the arena leaderboard (FastChat's Chatbot Arena)");
+    arena_cmd = group(app, "arena", "the arena leaderboard (FastChat's Chatbot Arena)");
     arena_report_cmd = arena_cmd->add_subcommand(
         "report", "ratings (Bradley-Terry MLE with bootstrap intervals, online Elo) from votes, battles or pairwise judgments");
     arena_report_cmd->add_option("files", arena_files,
                                  "conversation logs with votes (vhost serve|api --log), FastChat battle files, pairwise judgments")
         ->required();
-    arena_report_cmd->add_option("--bootstrap", arena_opt.rounds, "bootstrap rounds for the 95% intervals (0: none)")
+    arena_report_cmd->add_option("--bootstrap", arena_rounds, "bootstrap rounds for the 95% intervals (0: none)")
         ->check(CLI::Range(int64_t{0}, int64_t{100000}))
         ->capture_default_str();
-    arena_report_cmd->add_option("--seed", arena_opt.seed, "bootstrap seed")->capture_default_str();
-    arena_report_cmd->add_flag("--anonymous-only", arena_opt.anonymous_only, "only battles whose models were hidden until the vote");
+    arena_report_cmd->add_option("--seed", arena_seed, "bootstrap seed")->check(CLI::Range(int64_t{0}, int64_t{9007199254740991}))->capture_default_str();
+    arena_report_cmd->add_flag("--anonymous-only", arena_anonymous, "only battles whose models were hidden until the vote");
     arena_report_cmd->add_option("--anchor", arena_anchor, "MODEL=RATING: shift every rating so MODEL has RATING (FastChat: llama-13b=800)");
     arena_report_cmd->add_option("--out", arena_out, "also write arena.md, arena.json and arena.html here");
     arena_report_cmd->add_flag("--json", arena_json, "print the report as JSON");
-    arena_cmd->require_subcommand(1);
   }
 
   void declare_cluster(CLI::App& app) {
     controller = app.add_subcommand("controller", "keep the live workers and dispatch requests to them");
-    controller->add_option("--host", copt.host, "address to listen on")->capture_default_str();
-    controller->add_option("--port", copt.port, "port (0: any free one)")->capture_default_str();
-    controller->add_option("--expiry", copt.expiry_seconds, "drop a worker silent this many seconds")->capture_default_str();
-    controller->add_option("--dispatch", copt.dispatch, "shortest_queue or lottery")
+    controller->add_option("--host", ctl_host, "address to listen on")->capture_default_str();
+    controller->add_option("--port", ctl_port, "port (0: any free one)")->capture_default_str();
+    controller->add_option("--expiry", ctl_expiry, "drop a worker silent this many seconds")->capture_default_str();
+    controller->add_option("--dispatch", ctl_dispatch, "shortest_queue or lottery")
         ->check(CLI::IsMember({"shortest_queue", "lottery"}))->capture_default_str();
     api = app.add_subcommand("api", "OpenAI-compatible API and chat page in front of a controller's workers");
-    api->add_option("--controller", aopt.controller, "the controller (http://host:port)")->required();
-    api->add_option("--host", aopt.host, "address to listen on")->capture_default_str();
-    api->add_option("--port", aopt.port, "port (0: any free one)")->capture_default_str();
-    api->add_option("--api-key", aopt.api_keys, "accept this Bearer key (repeatable)");
-    api->add_option("--log", aopt.log_file, "append the chat page's votes to this JSONL file");
+    api->add_option("--controller", api_controller, "the controller (http://host:port)")->required();
+    api->add_option("--host", api_host, "address to listen on")->capture_default_str();
+    api->add_option("--port", api_port, "port (0: any free one)")->capture_default_str();
+    api->add_option("--api-key", api_keys, "accept this Bearer key (repeatable)");
+    api->add_option("--log", api_log, "append the chat page's votes to this JSONL file");
   }
 
   void declare_chat(CLI::App& app) {
@@ -648,89 +650,68 @@ struct Cli {
     return 0;
   }
 
-  int cmd_eval_report(const vh::Host& /*host*/) {
-    std::vector<vh::json> all;
-    std::vector<std::string> warnings;
-    std::map<int64_t, std::string> categories;
-    if (!review_questions.empty())
-      for (const auto& q : vh::load_questions(review_questions)) categories[q.id] = q.category;
-    for (const auto& f : review_files) {
-      auto js = vh::read_judgments(f, review_names, warnings, categories);
-      all.insert(all.end(), js.begin(), js.end());
-    }
-    for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
-    vh::json r = vh::eval_report(all, review_baseline);
-    std::cout << r["markdown"].get<std::string>();
-    if (!review_out.empty()) {
-      std::filesystem::create_directories(review_out);
-      std::ofstream(std::filesystem::path(review_out) / "report.md") << r["markdown"].get<std::string>();
-      std::ofstream(std::filesystem::path(review_out) / "report.json") << r.dump(2) << "\n";
-      std::ofstream(std::filesystem::path(review_out) / "report.html") << vh::eval_html(r);
-      std::cout << "\nreport: " << (std::filesystem::path(review_out) / "report.html").string() << "\n";
-    }
+  // The report commands run the report stages (eval-report, agreement, arena) as one-stage
+  // pipelines; their text is the stage's output.
+  static std::vector<std::string> absolute_all(const std::vector<std::string>& paths) {
+    std::vector<std::string> out;
+    for (const auto& p : paths) out.push_back(absolute(p));
+    return out;
+  }
+  static int run_quietly(const vh::Host& host, const Shortcut& s, const std::string& log_level) {
+    vh::set_log_level(log_level == "info" ? "warn" : log_level);  // the report is the output
+    s.run(host);
     return 0;
   }
 
-  int cmd_agreement(const vh::Host& /*host*/) {
-    std::vector<vh::agreement::Vote> votes;
-    for (const auto& f : agree_files) {
-      auto v = vh::agreement::read_votes(f);
-      votes.insert(votes.end(), v.begin(), v.end());
-    }
-    const vh::json r = vh::agreement::compute(votes, agree_judges[0], agree_judges[1]);
-    std::cout << (agree_json ? r.dump(2) + "\n" : vh::agreement::text(r));
-    return 0;
+  int cmd_eval_report(const vh::Host& host) {
+    Shortcut r("eval-report", "report", std::filesystem::temp_directory_path() / "vhost-eval-report");
+    r.set("stages.report.type", "eval-report")
+        .set("stages.report.reviews", absolute_all(review_files), "--reviews")
+        .set("stages.report.names", review_names, "--names")
+        .set("stages.report.baseline", review_baseline, "--baseline")
+        .set("stages.report.questions", absolute(review_questions), "--questions")
+        .set("stages.report.out", absolute(review_out), "--out");
+    return run_quietly(host, r, log_level);
   }
 
-  int cmd_arena_report(const vh::Host& /*host*/) {
-    for (const auto& a : arena_anchor) {
-      const auto eq = a.rfind('=');
-      double v = 0;
-      std::size_t used = 0;
-      try {
-        if (eq != std::string::npos && eq > 0) v = std::stod(a.substr(eq + 1), &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (eq == std::string::npos || eq == 0 || used == 0 || used != a.size() - eq - 1) {
-        std::cerr << "--anchor: expected MODEL=RATING, got '" << a << "'\n";
-        return kBadInput;
-      }
-      arena_opt.anchors[a.substr(0, eq)] = v;
-    }
-    std::vector<vh::arena::Battle> battles;
-    std::vector<std::string> notes;
-    for (const auto& f : arena_files) {
-      auto b = vh::arena::read_battles(f, notes);
-      battles.insert(battles.end(), b.begin(), b.end());
-    }
-    for (const auto& n : notes) std::cerr << n << "\n";
-    vh::json r = vh::arena::report(battles, arena_opt);
-    std::cout << (arena_json ? r.dump(2) + "\n" : vh::arena::markdown(r));
-    if (!arena_out.empty()) {
-      const std::filesystem::path out = arena_out;
-      std::filesystem::create_directories(out);
-      std::ofstream(out / "arena.md") << vh::arena::markdown(r);
-      std::ofstream(out / "arena.json") << r.dump(2) << "\n";
-      std::ofstream(out / "arena.html") << vh::arena::html(r);
-      (arena_json ? std::cerr : std::cout) << "\nreport: " << (out / "arena.html").string() << "\n";
-    }
-    return 0;
+  int cmd_agreement(const vh::Host& host) {
+    Shortcut r("agreement", "agreement", std::filesystem::temp_directory_path() / "vhost-agreement");
+    r.set("stages.agreement.files", absolute_all(agree_files), "FILES")
+        .set("stages.agreement.judges", agree_judges, "--judges")
+        .set("stages.agreement.json", agree_json, "--json");
+    return run_quietly(host, r, log_level);
   }
 
-  int cmd_cluster(const vh::Host& /*host*/) {
-    static std::atomic<bool> stop{false};
-    std::signal(SIGINT, [](int) { stop = true; });
-    std::signal(SIGTERM, [](int) { stop = true; });
-    auto say = [&](const char* what) {
-      return [what, this](int port) {
-        std::cout << what << " listening on http://" << (*controller ? copt.host : aopt.host) << ":" << port << std::endl;
-      };
-    };
-    if (*controller)
-      vh::run_controller(copt, stop, say("controller"));
-    else
-      vh::run_api(aopt, stop, say("api"));
+  int cmd_arena_report(const vh::Host& host) {
+    Shortcut r("arena", "arena", std::filesystem::temp_directory_path() / "vhost-arena");
+    r.set("stages.arena.files", absolute_all(arena_files), "FILES")
+        .set("stages.arena.bootstrap", arena_rounds, "--bootstrap")
+        .set("stages.arena.seed", arena_seed, "--seed")
+        .set("stages.arena.anonymous_only", arena_anonymous, "--anonymous-only")
+        .set("stages.arena.anchors", arena_anchor, "--anchor")
+        .set("stages.arena.out", absolute(arena_out), "--out")
+        .set("stages.arena.json", arena_json, "--json");
+    return run_quietly(host, r, log_level);
+  }
+
+  // `controller` and `api`: the cluster's stages, until SIGINT or SIGTERM.
+  int cmd_cluster(const vh::Host& host) {
+    if (*controller) {
+      Shortcut c("controller", "controller", std::filesystem::temp_directory_path() / "vhost-controller");
+      c.set("stages.controller.host", ctl_host, "--host")
+          .set("stages.controller.port", ctl_port, "--port")
+          .set("stages.controller.expiry", ctl_expiry, "--expiry")
+          .set("stages.controller.dispatch", ctl_dispatch, "--dispatch");
+      c.run(host);
+      return 0;
+    }
+    Shortcut a("api", "api", std::filesystem::temp_directory_path() / "vhost-api");
+    a.set("stages.api.controller", api_controller, "--controller")
+        .set("stages.api.host", api_host, "--host")
+        .set("stages.api.port", api_port, "--port")
+        .set("stages.api.api_keys", api_keys, "--api-key")
+        .set("stages.api.log", absolute(api_log), "--log");
+    a.run(host);
     return 0;
   }
 

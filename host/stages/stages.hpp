@@ -10,7 +10,8 @@ namespace vhost::host {
 
 std::vector<StageType> basic_stage_types();  // info, probe, model-init, generate, prepare, chat
 std::vector<StageType> train_stage_types();  // train
-std::vector<StageType> serve_stage_types();  // serve
-std::vector<StageType> eval_stage_types();   // eval
+std::vector<StageType> serve_stage_types();   // serve, controller, api
+std::vector<StageType> eval_stage_types();    // eval
+std::vector<StageType> report_stage_types();  // eval-report, agreement, arena
 
 }  // namespace vhost::host

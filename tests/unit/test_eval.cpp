@@ -350,3 +350,36 @@ TEST_CASE("chart axes get round ticks and loss.svg keeps its legend off the plot
   auto ypos = svg.rfind(" y=\"", pos);
   CHECK(std::stod(svg.substr(ypos + 4)) < 56);
 }
+
+TEST_CASE("the report stages run in a pipeline: arena and agreement from files, errors naming the option", "[eval]") {
+  const fs::path dir = scratch("report_stages");
+  // Three battles: a beats b twice, then a tie; and the same pairs as pairwise judgments.
+  write_file(dir / "battles.json",
+             R"([{"model_a": "a", "model_b": "b", "winner": "model_a"}, {"model_a": "b", "model_b": "a", "winner": "model_b"},)"
+             R"( {"model_a": "a", "model_b": "b", "winner": "tie"}])");
+  vh::Host host(only_dirs({}));
+  const std::string head = "[pipeline]\nstages = [\"board\"]\nwork_dir = \"" + (dir / "run").string() + "\"\n";
+  auto run = [&](const std::string& table) {
+    std::ostringstream out;
+    vh::RunOptions ro;
+    ro.out = &out;
+    auto r = host.run(host.load_string(head + "[stages.board]\ntype = \"arena\"\n" + table, "board.toml"), ro);
+    return std::make_pair(r.stages.at(0).output, out.str());
+  };
+  auto [report, text] = run("files = [\"" + (dir / "battles.json").string() + "\"]\nbootstrap = 0\nout = \"" + (dir / "board").string() + "\"\n");
+  REQUIRE(report["models"].size() == 2);
+  CHECK(report["models"][0]["model"] == "a");
+  CHECK(report["models"][0]["wins"] == 2);
+  CHECK(report["models"][0]["ties"] == 1);
+  CHECK_THAT(text, Contains("report: " + (dir / "board" / "arena.html").string()));
+  CHECK(fs::exists(dir / "board" / "arena.json"));
+  // Malformed input, named by the option (at load time, or by the stage when it runs).
+  auto msg = config_error_of([&] { run("files = [\"" + (dir / "battles.json").string() + "\"]\nanchors = [\"a=high\"]\n"); });
+  CHECK_THAT(msg, Contains("board.anchors: expected MODEL=RATING, got 'a=high'"));
+  msg = config_error_of([&] { run("files = []\nbootstrap = -1\n"); });
+  CHECK_THAT(msg, Contains("stages.board.bootstrap"));
+  msg = config_error_of([&] { run("bootstrap = 0\n"); });
+  CHECK_THAT(msg, Contains("stages.board.files"));
+  msg = config_error_of([&] { host.load_string(head + "[stages.board]\ntype = \"api\"\n", "board.toml"); });
+  CHECK_THAT(msg, Contains("stages.board.controller"));
+}

@@ -27,6 +27,31 @@ namespace vhost::host {
 
 namespace {
 
+// The listening options serve and api share: read alike, declared alike.
+template <class Options>
+void read_listen_options(const json& c, Options& o) {
+  o.host = c["host"].get<std::string>();
+  o.port = static_cast<int>(c["port"].get<int64_t>());
+  o.api_keys = c["api_keys"].get<std::vector<std::string>>();
+  o.threads = static_cast<int>(c["threads"].get<int64_t>());
+  o.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
+  o.log_file = c["log"].get<std::string>();
+}
+
+Schema listen_options(const std::string& log_help) {
+  return {option_spec("host", "string", "127.0.0.1", "address to listen on (0.0.0.0: every interface)"),
+          option_spec("port", "integer", 8000, "port (0: any free one; the chosen one is printed)", 0, 65535),
+          option_spec("api_keys", "string_list", json::array(), "accepted Bearer keys (empty: no authentication)"),
+          option_spec("threads", "integer", 64, "connections served at once", 1, 100000),
+          option_spec("max_body", "integer", 1048576, "largest request body in bytes", 1024, 1e9),
+          option_spec("log", "path", "", log_help)};
+}
+
+Schema operator+(Schema a, const Schema& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
 // `serve`: the OpenAI-compatible API and the web chat page over model instances, until SIGINT
 // or SIGTERM. Models are served under their instance names (models.NAME -> "NAME").
 json run_serve(StageContext& ctx) {
@@ -44,12 +69,7 @@ json run_serve(StageContext& ctx) {
     models[ref.substr(ref.find('.') + 1)] = &inst;
   }
   ServeOptions o;
-  o.host = c["host"].get<std::string>();
-  o.port = static_cast<int>(c["port"].get<int64_t>());
-  o.api_keys = c["api_keys"].get<std::vector<std::string>>();
-  o.threads = static_cast<int>(c["threads"].get<int64_t>());
-  o.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
-  o.log_file = c["log"].get<std::string>();
+  read_listen_options(c, o);
   o.blocked_words = c["blocked_words"].get<std::vector<std::string>>();
   for (const auto& ref : c["moderators"].get<std::vector<std::string>>()) {
     Instance& inst = ctx.instance(ref);
@@ -126,20 +146,67 @@ json run_serve(StageContext& ctx) {
   return m;
 }
 
+// Runs `serve(stop, on_listening)` until SIGINT or SIGTERM; says "WHAT listening on URL" once
+// it listens (the line scripts read the port from).
+json serve_until_signal(StageContext& ctx, const std::string& what, const std::string& host,
+                        const std::function<void(const std::atomic<bool>&, const std::function<void(int)>&)>& serve) {
+  StopSignals signals;
+  std::atomic<bool> stop{false}, done{false};
+  std::thread watcher([&] {
+    while (!done && !stop) {
+      if (signals.signal() != 0) stop = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+  int port = 0;
+  try {
+    serve(stop, [&](int p) {
+      port = p;
+      ctx.out << what << " listening on http://" << host << ":" << p << std::endl;
+    });
+  } catch (...) {
+    done = true;
+    watcher.join();
+    throw;
+  }
+  done = true;
+  watcher.join();
+  return {{"port", port}};
+}
+
+// `controller`: the live workers (registration, heartbeats, expiry) and the pick of one per request.
+json run_controller_stage(StageContext& ctx) {
+  const auto& c = ctx.config;
+  ControllerOptions o;
+  o.host = c["host"].get<std::string>();
+  o.port = static_cast<int>(c["port"].get<int64_t>());
+  o.expiry_seconds = c["expiry"].get<double>();
+  o.dispatch = c["dispatch"].get<std::string>();
+  return serve_until_signal(ctx, "controller", o.host, [&](const std::atomic<bool>& stop, const std::function<void(int)>& said) {
+    run_controller(o, stop, said);
+  });
+}
+
+// `api`: the OpenAI API and chat page in front of a controller's workers.
+json run_api_stage(StageContext& ctx) {
+  const auto& c = ctx.config;
+  ApiOptions o;
+  o.controller = c["controller"].get<std::string>();
+  read_listen_options(c, o);
+  return serve_until_signal(ctx, "api", o.host, [&](const std::atomic<bool>& stop, const std::function<void(int)>& said) {
+    run_api(o, stop, said);
+  });
+}
+
 }  // namespace
 
 std::vector<StageType> serve_stage_types() {
   return {
       {"serve",
        "Serves models over an OpenAI-compatible HTTP API with a web chat page, until SIGINT/SIGTERM.",
-       {option_spec("models", "string_list", json::array(), "model instances to serve (empty: every model)"),
-        option_spec("host", "string", "127.0.0.1", "address to listen on (0.0.0.0: every interface)"),
-        option_spec("port", "integer", 8000, "port (0: any free one; the chosen one is printed)", 0, 65535),
-        option_spec("api_keys", "string_list", json::array(), "accepted Bearer keys (empty: no authentication)"),
-        option_spec("threads", "integer", 64, "connections served at once", 1, 100000),
-        option_spec("max_body", "integer", 1048576, "largest request body in bytes", 1024, 1e9),
-        option_spec("log", "path", "", "append every conversation to this JSONL file (empty: none)"),
-        option_spec("blocked_words", "string_list", json::array(), "moderation: refuse prompts containing any of these"),
+       Schema{option_spec("models", "string_list", json::array(), "model instances to serve (empty: every model)")} +
+           listen_options("append every conversation to this JSONL file (empty: none)") +
+           Schema{option_spec("blocked_words", "string_list", json::array(), "moderation: refuse prompts containing any of these"),
         option_spec("moderators", "string_list", json::array(),
                     "moderation: judge instances (judges.NAME) that check every prompt; one flagging it refuses it"),
         option_spec("stream_interval", "integer", 16,
@@ -153,7 +220,25 @@ std::vector<StageType> serve_stage_types() {
         option_spec("heartbeat", "float", 5.0, "seconds between heartbeats to the controller", 0.05, 3600)},
        {},
        {"models", "moderators"},
-       run_serve}
+       run_serve},
+      {"controller",
+       "Keeps the live workers (serve stages with a controller) and picks one per request, until SIGINT/SIGTERM.",
+       {option_spec("host", "string", "127.0.0.1", "address to listen on"),
+        option_spec("port", "integer", 21001, "port (0: any free one; the chosen one is printed)", 0, 65535),
+        option_spec("expiry", "float", 30.0, "drop a worker silent this many seconds", 0.05, 86400),
+        one_of(option_spec("dispatch", "string", "shortest_queue",
+                           "shortest_queue (queue / capacity) or lottery (weighted by capacity)"),
+               {"shortest_queue", "lottery"})},
+       {},
+       {},
+       run_controller_stage},
+      {"api",
+       "Serves the OpenAI-compatible API and the chat page in front of a controller's workers, until SIGINT/SIGTERM.",
+       Schema{option_spec("controller", "string", std::nullopt, "the controller (http://host:port)")} +
+           listen_options("append the chat page's votes to this JSONL file (empty: not kept)"),
+       {},
+       {},
+       run_api_stage}
   };
 }
 
