@@ -111,6 +111,16 @@ void templates(Shortcut& s, const std::string& table, const std::string& file) {
   s.set(table + ".templates", tj, "--templates " + file);
 }
 
+// The option keys a plugin publishes in its schema (empty when no such plugin is on the search
+// path: loading the pipeline then says so).
+std::set<std::string> plugin_option_keys(const vh::Host& host, const std::string& kind, const std::string& name) {
+  std::set<std::string> keys;
+  for (const auto& p : host.plugins())
+    if (p.kind == kind && p.name == name && p.error.empty())
+      for (const auto& o : p.options) keys.insert(o.value("key", ""));
+  return keys;
+}
+
 // A command that only groups subcommands (vhost model, tokenizer, template, eval, arena).
 CLI::App* group(CLI::App& app, const std::string& name, const std::string& help) {
   CLI::App* g = app.add_subcommand(name, help);
@@ -200,7 +210,7 @@ struct Cli {
   double gen_temp = vh::sampling::kTemperatureGenerate, gen_top_p = 1.0;
   std::vector<std::string> gen_stop;
   std::string gen_adapter, chat_adapter;
-  std::vector<std::string> gen_model_options;
+  std::vector<std::string> gen_model_options, serve_model_options, chat_model_options, prep_model_options;
   CLI::App* prep = nullptr;
   std::string prep_input, prep_model, prep_out, prep_template, prep_html = "auto", prep_templates, prep_rules = "vhost";
   int64_t prep_max_length = 2048, prep_max_turns = 0;
@@ -361,6 +371,8 @@ struct Cli {
     prep->add_option("--blocked-word", prep_blocked, "drop conversations containing it (repeatable)");
     prep->add_option("--max-turns", prep_max_turns, "drop conversations with more turns (0: no limit)");
     prep->add_flag("--no-dedupe", prep_no_dedupe, "keep exact duplicates");
+    prep->add_option("--plugin", model_plugin, "model plugin (its tokenizer and template)")->capture_default_str();
+    prep->add_option("--model-option", prep_model_options, "KEY=VALUE: an option of the model plugin (repeatable)");
 
     tmpl = group(app, "template", "conversation templates (FastChat's formats)");
     tmpl_render = tmpl->add_subcommand("render", "one ShareGPT conversation (JSON) on stdin -> the prompt");
@@ -382,11 +394,17 @@ struct Cli {
                       "NAME on the base model_dir; requests for the base and its adapters share batches (repeatable)");
       sub->add_option("--host", serve_host, "address to listen on")->capture_default_str();
       sub->add_option("--port", serve_port, "port (0: any free one)")->capture_default_str();
-      sub->add_option("--max-batch", serve_batch, "sequences decoded together per model (continuous batching)")->capture_default_str();
-      sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429")->capture_default_str();
+      sub->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+      sub->add_option("--model-option", serve_model_options,
+                      "KEY=VALUE: an option of the model plugin for every model served (repeatable; see vhost plugins -v)");
+      sub->add_option("--max-batch", serve_batch,
+                      "sequences decoded together per model (continuous batching; the model plugin's max_batch, "
+                      "set where it has one)")->capture_default_str();
+      sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429 (the plugin's max_queue)")->capture_default_str();
       sub->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
       sub->add_option("--threads", serve_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
-      sub->add_option("--decode-dtype", serve_decode_dtype, "decoding steps: float32, or bfloat16 on Intel AMX (the llama option decode_dtype)")
+      sub->add_option("--decode-dtype", serve_decode_dtype,
+                      "decoding steps: float32, or bfloat16 on Intel AMX (the plugin's decode_dtype, set where it has one)")
           ->check(CLI::IsMember({"float32", "bfloat16"}))
           ->capture_default_str();
       sub->add_option("--template", serve_template,
@@ -463,6 +481,8 @@ struct Cli {
     chat->add_option("--templates", chat_templates, "TOML file of custom templates ([NAME] tables) --template may name");
     chat->add_option("--system", chat_system, "system message");
     chat->add_option("--adapter", chat_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
+    chat->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+    chat->add_option("--model-option", chat_model_options, "KEY=VALUE: an option of the model plugin (repeatable)");
     chat->add_option("--max-tokens", chat_max, "reply length limit")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
     sampling_flag(chat, vh::sampling::kTemperature, chat_temp);
     sampling_flag(chat, vh::sampling::kTopP, chat_top_p);
@@ -715,8 +735,21 @@ struct Cli {
     return 0;
   }
 
+  // serve's engine flags, for a model plugin that has those options (llama's max_batch,
+  // max_queue, decode_dtype); a flag given for one that has not is an error naming it.
+  void engine_options(Shortcut& sv, const std::string& t, const std::set<std::string>& keys) const {
+    const std::tuple<const char*, vh::json, const char*> flags[] = {
+        {"max_batch", serve_batch, "--max-batch"}, {"max_queue", serve_queue, "--max-queue"}, {"decode_dtype", serve_decode_dtype, "--decode-dtype"}};
+    for (const auto& [key, value, flag] : flags) {
+      if (keys.count(key)) sv.set(t + "." + key, value, flag);
+      else if (serve->get_option(flag)->count() + worker->get_option(flag)->count() > 0)
+        throw vh::ConfigError(std::string(flag) + ": the model plugin '" + model_plugin + "' has no option " + key);
+    }
+  }
+
   int cmd_serve(const vh::Host& host) {
     Shortcut sv("serve", "serve", std::filesystem::temp_directory_path() / "vhost-serve");
+    const auto keys = plugin_option_keys(host, "model", model_plugin);
     sv.set("backends.cpu.plugin", "cpu").set("backends.cpu.threads", serve_threads, "--threads");
     std::set<std::string> names;
     if (!serve_adapters.empty() && serve_models.size() != 1)
@@ -737,10 +770,9 @@ struct Cli {
         if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_') ch = '-';
       if (!names.insert(name).second) throw vh::ConfigError(m + ": two models would both be served as '" + name + "'");
       const std::string t = "models." + name;
-      sv.set(t + ".plugin", "llama").set(t + ".path", path.string(), "MODEL_DIR " + m)
-          .set(t + ".max_batch", serve_batch, "--max-batch")
-          .set(t + ".max_queue", serve_queue, "--max-queue")
-          .set(t + ".decode_dtype", serve_decode_dtype, "--decode-dtype");
+      sv.set(t + ".plugin", model_plugin).set(t + ".path", path.string(), "MODEL_DIR " + m);
+      engine_options(sv, t, keys);
+      model_options(sv, t, serve_model_options);
       if (!adapters.empty()) sv.set(t + ".adapters", adapters, "--adapter");
       if (!serve_template.empty()) sv.set(t + ".template", serve_template, "--template");
       templates(sv, t, serve_templates);
@@ -768,7 +800,8 @@ struct Cli {
 
   int cmd_chat(const vh::Host& host) {
     Shortcut ch("chat", "chat", std::filesystem::temp_directory_path() / "vhost-chat");
-    ch.cpu_and_model(chat_threads, "llama", chat_model, chat_adapter);
+    ch.cpu_and_model(chat_threads, model_plugin, chat_model, chat_adapter);
+    model_options(ch, "models.m", chat_model_options);
     templates(ch, "models.m", chat_templates);
     ch.set("stages.chat.template", chat_template, "--template")
         .set("stages.chat.system", chat_system, "--system")
@@ -843,8 +876,10 @@ struct Cli {
 
   int cmd_prepare(const vh::Host& host) {
     Shortcut pr("prepare", "prepare", std::filesystem::absolute(prep_out) / ".runs");
-    pr.set("models.m.plugin", "llama").set("models.m.load_weights", false)
-        .set("models.m.path", absolute(prep_model), "--model " + prep_model);
+    pr.set("models.m.plugin", model_plugin).set("models.m.path", absolute(prep_model), "--model " + prep_model);
+    if (plugin_option_keys(host, "model", model_plugin).count("load_weights"))
+      pr.set("models.m.load_weights", false);  // the tokenizer and template are all it needs
+    model_options(pr, "models.m", prep_model_options);
     pr.set("datasets.d.plugin", "sharegpt")
         .set("datasets.d.path", absolute(prep_input), "INPUT " + prep_input)
         .set("datasets.d.template", prep_template, "--template")

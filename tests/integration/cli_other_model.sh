@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The CLI's shortcuts with a model plugin that is not llama (tests/plugins/bytes_model.cpp: byte
+# tokens, answers with the prompt's last word reversed, none of llama's engine options): serve,
+# generate and chat reach it with --plugin, its options with --model-option; an engine flag or an
+# option it does not have is refused naming the flag (exit 2).
+#   cli_other_model.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+source "$(dirname "$0")/lib.sh" "$@"
+plugins=(--plugin-dir "$build/tests/plugins")
+mkdir -p m
+
+"$vhost" serve m --plugin bytes "${plugins[@]}" --model-option greeting=hi- --port 0 > serve.log 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null || true' EXIT
+PORT=$(port_of serve.log $PID)
+status=$(curl -s -o r.json -w '%{http_code}' "http://127.0.0.1:$PORT/v1/completions" \
+  -d '{"model": "m", "prompt": "hello world", "max_tokens": 20}') || status=curl-failed
+[ "$status" = 200 ] || { echo "completions: HTTP $status"; cat r.json serve.log; exit 1; }
+python3 -c 'import json,sys; t=json.load(open("r.json"))["choices"][0]["text"]; assert t == "hi-dlrow", t'
+kill -TERM $PID
+wait $PID || { echo "serve did not stop cleanly"; cat serve.log; exit 1; }
+
+# generate and chat through the same plugin
+"$vhost" generate m --plugin bytes "${plugins[@]}" --prompt "one two" --max-tokens 8 > gen.txt 2> gen.err ||
+  { cat gen.err; exit 1; }
+grep -q "owt" gen.txt || { echo "generate: $(cat gen.txt)"; exit 1; }
+printf 'alpha beta\n' | "$vhost" chat m --plugin bytes "${plugins[@]}" --model-option greeting=re: > chat.txt 2> chat.err ||
+  { cat chat.err; exit 1; }
+grep -q "re:TNATSISSA" chat.txt || { echo "chat: $(cat chat.txt)"; exit 1; }
+
+# Refused, naming the flag: an engine flag the plugin has no option for, an option it does not
+# have, a malformed --model-option, a plugin that does not exist.
+refused() {  # refused MESSAGE ARGS...
+  local want=$1; shift
+  local rc=0
+  "$vhost" serve m "${plugins[@]}" "$@" --port 0 > bad.log 2>&1 || rc=$?
+  [ "$rc" = 2 ] || { echo "serve $*: exit $rc, not 2"; cat bad.log; exit 1; }
+  grep -qF -- "$want" bad.log || { echo "serve $*: wanted '$want'"; cat bad.log; exit 1; }
+}
+refused "--max-batch: the model plugin 'bytes' has no option max_batch" --plugin bytes --max-batch 4
+refused "--decode-dtype: the model plugin 'bytes' has no option decode_dtype" --plugin bytes --decode-dtype bfloat16
+refused "--model-option colour=red" --plugin bytes --model-option colour=red
+refused "--model-option =x: expected KEY=VALUE" --plugin bytes --model-option =x
+refused "no model plugin named 'nosuch'" --plugin nosuch
+echo "cli_other_model: ok"
