@@ -1,6 +1,7 @@
 // Evaluation: verdict parsing, report arithmetic on hand-made judgments, FastChat reviews.
 #include "helpers.hpp"
 
+#include "stages/common/chat_prompt.hpp"
 #include "stages/eval/agreement.hpp"
 #include "stages/eval/arena.hpp"
 #include "stages/eval/eval.hpp"
@@ -382,4 +383,36 @@ TEST_CASE("the report stages run in a pipeline: arena and agreement from files, 
   CHECK_THAT(msg, Contains("stages.board.files"));
   msg = config_error_of([&] { host.load_string(head + "[stages.board]\ntype = \"api\"\n", "board.toml"); });
   CHECK_THAT(msg, Contains("stages.board.controller"));
+}
+
+TEST_CASE("chat prompts: the model's template, its stop strings, the oldest pairs dropped to fit the context", "[eval]") {
+  // A model reporting a custom template and a context of 100 tokens (counted here as bytes).
+  const json custom = {{"base", "vicuna_v1.1"}, {"system_message", "S."}, {"roles", {"Q", "A"}}};
+  const json info = {{"context", 100}, {"template", "mine"}, {"templates", {{"mine", custom}}}};
+  ChatPrompter p(info);
+  CHECK(p.templ().name == "mine");
+  vhost::conv::Conversation c;
+  c.messages = {"first question", "first answer", "second question", "second answer", "third question"};
+  const std::string whole = p.text(c);
+  CHECK_THAT(whole, Contains("Q: first question"));
+  CHECK_THAT(whole, Contains("A:"));
+  auto bytes = [](const std::string& s) { return static_cast<int64_t>(s.size()); };
+  const std::string fitted = p.fitted(c, 10, bytes);
+  CHECK(static_cast<int64_t>(fitted.size()) + 10 <= 100);
+  CHECK(c.messages.size() == 3);
+  CHECK(c.messages.size() % 2 == 1);  // whole pairs dropped, the oldest first
+  CHECK(c.messages.back() == "third question");
+  CHECK_THAT(fitted, !Contains("first question"));
+  CHECK(fitted == p.text(c));
+  // Nothing fits: the last message is kept all the same.
+  c.messages = {"a", "b", std::string(200, 'x')};
+  p.fitted(c, 10, bytes);
+  CHECK(c.messages.size() == 1);
+  // Stop strings: the request's and the template's.
+  const auto stops = p.stops({"END"});
+  CHECK(stops.front() == "END");
+  CHECK(stops.size() == 1 + p.templ().stop_strings().size());
+  // Another template by name, and one that does not exist.
+  CHECK(ChatPrompter(info, "llama-2-chat").templ().name == "llama-2-chat");
+  CHECK_THROWS_AS(ChatPrompter(info, "nope"), vhost::conv::TemplateError);
 }

@@ -1,6 +1,10 @@
 // The small stages: info, probe, model-init, generate, prepare, chat.
 #include "stages/stages.hpp"
 
+#include "stages/common/chat_prompt.hpp"
+
+#include <optional>
+
 #include "stages/common/options.hpp"
 #include "stages/common/text.hpp"
 
@@ -146,17 +150,15 @@ std::atomic<bool> g_chat_interrupted{false};
 json run_chat(StageContext& ctx) {
   const auto& c = ctx.config;
   Instance& model = ctx.instance(c["model"].get<std::string>());
-  json info = model.model_tokenizer_info();
-  conv::Template templ;
+  std::optional<ChatPrompter> prompter;
   try {
-    templ = conv::model_template(info, c["template"].get<std::string>());
+    prompter.emplace(model.model_tokenizer_info(), c["template"].get<std::string>());
   } catch (const conv::TemplateError& e) {
     throw ConfigError(ctx.id + ".template: " + e.what());
   }
-  const conv::Template* t = &templ;
+  const conv::Template* t = &prompter->templ();
   conv::Conversation conv;
   if (!c["system"].get<std::string>().empty()) conv.system = c["system"].get<std::string>();
-  const int64_t context = info.value("context", int64_t{2048});
   const int64_t max_tokens = c["max_tokens"].get<int64_t>();
   std::ofstream log(ctx.work_dir / (ctx.id + ".jsonl"), std::ios::app);
   const bool prompt_marks = c["prompt"].get<bool>();
@@ -184,18 +186,15 @@ json run_chat(StageContext& ctx) {
       conv.messages.push_back(line);
     }
     // Drop the oldest pairs until the prompt and the reply fit the context.
-    std::string prompt = conv::render(*t, conv).text();
-    while (conv.messages.size() > 1 &&
-           static_cast<int64_t>(model.model_encode(prompt, true, false).size()) + max_tokens > context) {
-      conv.messages.erase(conv.messages.begin(), conv.messages.begin() + 2);
-      prompt = conv::render(*t, conv).text();
-    }
+    const std::string prompt = prompter->fitted(conv, max_tokens, [&](const std::string& p) {
+      return static_cast<int64_t>(model.model_encode(p, true, false).size());
+    });
     json request = {{"prompts", json::array({prompt})},
                     {"max_tokens", max_tokens},
                     {"temperature", c["temperature"]},
                     {"top_p", c["top_p"]},
                     {"repetition_penalty", c["repetition_penalty"]},
-                    {"stop", t->stop_strings()},
+                    {"stop", prompter->stops()},
                     {"add_bos", true}};
     if (c["seed"].get<int64_t>() >= 0) request["seed"] = c["seed"].get<int64_t>() + turns;
     if (prompt_marks) ctx.out << t->roles[1] << ": " << std::flush;

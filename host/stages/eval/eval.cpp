@@ -1,6 +1,7 @@
 #include "stages/eval/eval.hpp"
 
 #include "runtime/stage.hpp"
+#include "stages/common/chat_prompt.hpp"
 #include "stages/common/html_text.hpp"
 
 #include <vhost/conversation.hpp>
@@ -14,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -914,9 +916,9 @@ class Evaluation {
     Instance& model = ctx_.instance(ref);
     const std::string name = ref.substr(ref.find('.') + 1);
     const json info = model.model_tokenizer_info();
-    conv::Template t;
+    std::optional<ChatPrompter> prompter;
     try {
-      t = conv::model_template(info);
+      prompter.emplace(info);
     } catch (const conv::TemplateError& e) {
       throw ConfigError(ref + ": " + e.what());
     }
@@ -927,10 +929,10 @@ class Evaluation {
                        std::vector<std::string> turns;
                        for (const auto& turn : q.turns) {
                          conversation.messages.push_back(turn);
-                         json req = {{"prompts", json::array({conv::render(t, conversation).text()})},
+                         json req = {{"prompts", json::array({prompter->text(conversation)})},
                                      {"max_tokens", max_tokens},
                                      {"temperature", c_["temperature"]},
-                                     {"stop", t.stop_strings()},
+                                     {"stop", prompter->stops()},
                                      {"add_bos", true},
                                      {"seed", static_cast<int64_t>(q.id)}};
                          std::string text = model.model_generate(req, nullptr)["choices"][0]["text"].get<std::string>();

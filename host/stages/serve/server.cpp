@@ -1,5 +1,6 @@
 #include "stages/serve/server.hpp"
 
+#include "stages/common/chat_prompt.hpp"
 #include "stages/serve/http.hpp"
 #include "stages/serve/web_chat.hpp"
 
@@ -20,6 +21,7 @@
 #include <thread>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <limits>
 #include <random>
 #include <set>
@@ -344,7 +346,7 @@ struct ApiServer::Impl {
         throw ApiError(400, "add_generation_prompt: false is not supported: the prompt always opens the assistant's turn",
                        "invalid_request_error", "add_generation_prompt", "unsupported_parameter");
       try {
-        text = conv::render(conv::model_template(ti), conv::conversation_from_messages(body["messages"])).text();
+        text = ChatPrompter(ti).text(conv::conversation_from_messages(body["messages"]));
       } catch (const conv::TemplateError& e) {
         const std::string f = e.field();
         throw ApiError(400, (f == "messages" ? "" : f + ": ") + e.what(), "invalid_request_error", "messages");
@@ -641,9 +643,9 @@ struct ApiServer::Impl {
   // Chat: the messages rendered with the model's template (its own, a custom one, or a built-in),
   // whose stop strings join the request's.
   void render_chat(Call& c, const json& body, const json& ti) {
-    conv::Template t;
+    std::optional<ChatPrompter> prompter;
     try {
-      t = conv::model_template(ti);
+      prompter.emplace(ti);
     } catch (const conv::TemplateError& e) {
       throw ApiError(500, std::string("the model's template: ") + e.what(), "server_error");
     }
@@ -653,12 +655,10 @@ struct ApiServer::Impl {
       const std::string f = e.field();
       throw ApiError(400, (f == "messages" ? "" : f + ": ") + e.what(), "invalid_request_error", "messages");
     }
-    const std::string prompt = conv::render(t, c.conversation).text();
+    const std::string prompt = prompter->text(c.conversation);
     if (prompt.empty()) throw ApiError(400, "the prompt is empty", "invalid_request_error", "messages");
     c.prompt_texts = {prompt};
-    auto stops = c.request["stop"].get<std::vector<std::string>>();
-    for (const auto& s : t.stop_strings()) stops.push_back(s);
-    c.request["stop"] = stops;
+    c.request["stop"] = prompter->stops(c.request["stop"].get<std::vector<std::string>>());
   }
 
   void completion_prompts(Call& c, const json& body, const json& ti) {
