@@ -822,7 +822,7 @@ struct ApiServer::Impl {
       scores[seq] = json::array();
       return lp;
     }
-    // One queued item into `events`; false when it is not text (streamed scores) or nothing to send.
+    // One queued item into `events`: a text chunk, or (streamed scores) kept for the next text.
     void add(std::string& events, uint32_t seq, int32_t tok, const std::string& text) {
       if (tok == VHOST_TOKEN_SCORES) {  // the scores of the tokens in the next text
         if (c.stream_scores)
