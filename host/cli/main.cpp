@@ -28,6 +28,8 @@ constexpr int kBadInput = 2;
 
 std::string absolute(const std::string& path) { return path.empty() ? path : std::filesystem::absolute(path).string(); }
 
+std::set<std::string> plugin_option_keys(const vh::Host& host, const std::string& kind, const std::string& name);
+
 // The CLI's shortcuts (generate, serve, worker, chat, prepare) are one-stage pipelines built as
 // data (Host::load_json), not as TOML text; each value records the flag it came from, so that an
 // error names the flag ("--max-tokens: ...") rather than a line of a file the user never saw.
@@ -47,9 +49,16 @@ struct Shortcut {
   Shortcut(const std::string& name, const std::string& stage, const std::filesystem::path& work_dir) {
     set("pipeline.name", name).set("pipeline.stages", vh::json::array({stage})).set("pipeline.work_dir", work_dir.string());
   }
-  // [backends.cpu] with --threads, and [models.m] of `plugin` on MODEL_DIR (with --adapter).
-  void cpu_and_model(int64_t threads, const std::string& plugin, const std::string& dir, const std::string& adapter) {
-    set("backends.cpu.plugin", "cpu").set("backends.cpu.threads", threads, "--threads");
+  // [backends.NAME] of the backend plugin NAME (--backend), with --threads where the plugin has
+  // that option (the cpu backend); --threads given for one without it is refused naming it.
+  void backend(const vh::Host& host, const std::string& plugin, int64_t threads, bool threads_given) {
+    const std::string t = "backends." + plugin;
+    set(t + ".plugin", plugin, "--backend " + plugin);
+    if (plugin_option_keys(host, "backend", plugin).count("threads")) set(t + ".threads", threads, "--threads");
+    else if (threads_given) throw vh::ConfigError("--threads: the backend plugin '" + plugin + "' has no option threads");
+  }
+  // [models.m] of `plugin` on MODEL_DIR (with --adapter).
+  void model(const std::string& plugin, const std::string& dir, const std::string& adapter) {
     set("models.m.plugin", plugin).set("models.m.path", absolute(dir), "MODEL_DIR " + dir);
     if (!adapter.empty()) set("models.m.adapter", absolute(adapter), "--adapter");
   }
@@ -184,7 +193,7 @@ struct Cli {
   CLI::App* validate = nullptr;
   CLI::App* plugins = nullptr;
   CLI::App* stages = nullptr;
-  std::string model_plugin = "llama";
+  std::string model_plugin = "llama", backend_plugin = "cpu";
   CLI::App* model = nullptr;
   std::string preset = "tiny", out_dir, dtype = "float32", tok_file, tok_text;
   int64_t seed = 0;
@@ -348,6 +357,7 @@ struct Cli {
     gen->add_option("--seed", gen_seed, "sampling seed (-1: random)")->capture_default_str();
     gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
     gen->add_option("--threads", gen_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
+    gen->add_option("--backend", backend_plugin, "backend plugin (cpu, cuda, ...: vhost plugins lists them)")->capture_default_str();
     gen->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
     gen->add_option("--adapter", gen_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
     gen->add_option("--model-option", gen_model_options,
@@ -403,6 +413,7 @@ struct Cli {
       sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429 (the plugin's max_queue)")->capture_default_str();
       sub->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
       sub->add_option("--threads", serve_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
+      sub->add_option("--backend", backend_plugin, "backend plugin (cpu, cuda, ...: vhost plugins lists them)")->capture_default_str();
       sub->add_option("--decode-dtype", serve_decode_dtype,
                       "decoding steps: float32, or bfloat16 on Intel AMX (the plugin's decode_dtype, set where it has one)")
           ->check(CLI::IsMember({"float32", "bfloat16"}))
@@ -488,6 +499,7 @@ struct Cli {
     sampling_flag(chat, vh::sampling::kTopP, chat_top_p);
     chat->add_option("--seed", chat_seed, "sampling seed (-1: random)")->capture_default_str();
     chat->add_option("--threads", chat_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
+    chat->add_option("--backend", backend_plugin, "backend plugin (cpu, cuda, ...: vhost plugins lists them)")->capture_default_str();
 
     ver = app.add_subcommand("version", "print versions");
   }
@@ -657,7 +669,8 @@ struct Cli {
   int cmd_generate(const vh::Host& host) {
     // A one-stage pipeline, so `vhost generate` runs exactly what the generate stage runs.
     Shortcut g("generate", "generate", std::filesystem::temp_directory_path() / "vhost-generate");
-    g.cpu_and_model(gen_threads, model_plugin, gen_model, gen_adapter);
+    g.backend(host, backend_plugin, gen_threads, gen->get_option("--threads")->count() > 0);
+    g.model(model_plugin, gen_model, gen_adapter);
     model_options(g, "models.m", gen_model_options);
     g.set("stages.generate.prompts", vh::json::array({gen_prompt}), "--prompt")
         .set("stages.generate.max_tokens", gen_max, "--max-tokens")
@@ -750,7 +763,7 @@ struct Cli {
   int cmd_serve(const vh::Host& host) {
     Shortcut sv("serve", "serve", std::filesystem::temp_directory_path() / "vhost-serve");
     const auto keys = plugin_option_keys(host, "model", model_plugin);
-    sv.set("backends.cpu.plugin", "cpu").set("backends.cpu.threads", serve_threads, "--threads");
+    sv.backend(host, backend_plugin, serve_threads, serve->get_option("--threads")->count() + worker->get_option("--threads")->count() > 0);
     std::set<std::string> names;
     if (!serve_adapters.empty() && serve_models.size() != 1)
       throw vh::ConfigError("--adapter: serve one base model with its adapters (or write a pipeline: the llama option "
@@ -800,7 +813,8 @@ struct Cli {
 
   int cmd_chat(const vh::Host& host) {
     Shortcut ch("chat", "chat", std::filesystem::temp_directory_path() / "vhost-chat");
-    ch.cpu_and_model(chat_threads, model_plugin, chat_model, chat_adapter);
+    ch.backend(host, backend_plugin, chat_threads, chat->get_option("--threads")->count() > 0);
+    ch.model(model_plugin, chat_model, chat_adapter);
     model_options(ch, "models.m", chat_model_options);
     templates(ch, "models.m", chat_templates);
     ch.set("stages.chat.template", chat_template, "--template")

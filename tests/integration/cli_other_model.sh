@@ -2,7 +2,8 @@
 # The CLI's shortcuts with a model plugin that is not llama (tests/plugins/bytes_model.cpp: byte
 # tokens, answers with the prompt's last word reversed, none of llama's engine options): serve,
 # generate and chat reach it with --plugin, its options with --model-option; an engine flag or an
-# option it does not have is refused naming the flag (exit 2).
+# option it does not have is refused naming the flag (exit 2). --backend likewise (cuda without a
+# GPU: refused in words).
 #   cli_other_model.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
@@ -33,7 +34,7 @@ grep -q "re:TNATSISSA" chat.txt || { echo "chat: $(cat chat.txt)"; exit 1; }
 refused() {  # refused MESSAGE ARGS...
   local want=$1; shift
   local rc=0
-  "$vhost" serve m "${plugins[@]}" "$@" --port 0 > bad.log 2>&1 || rc=$?
+  timeout 30 "$vhost" serve m "${plugins[@]}" "$@" --port 0 > bad.log 2>&1 || rc=$?  # a serve not refused would run on
   [ "$rc" = 2 ] || { echo "serve $*: exit $rc, not 2"; cat bad.log; exit 1; }
   grep -qF -- "$want" bad.log || { echo "serve $*: wanted '$want'"; cat bad.log; exit 1; }
 }
@@ -42,4 +43,15 @@ refused "--decode-dtype: the model plugin 'bytes' has no option decode_dtype" --
 refused "--model-option colour=red" --plugin bytes --model-option colour=red
 refused "--model-option =x: expected KEY=VALUE" --plugin bytes --model-option =x
 refused "no model plugin named 'nosuch'" --plugin nosuch
+
+# --backend picks the backend plugin the same way; --threads only where it has that option.
+refused "--threads: the backend plugin 'cuda' has no option threads" --plugin bytes --backend cuda --threads 2
+refused "--backend nosuch: backends.nosuch.plugin: no backend plugin named 'nosuch'" --plugin bytes --backend nosuch
+"$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out tiny >/dev/null
+rc=0; "$vhost" generate tiny --backend cuda --prompt hi --max-tokens 4 > cuda.log 2>&1 || rc=$?
+if [ "$rc" = 0 ]; then
+  echo "  a GPU is visible: generate --backend cuda ran on it"
+else  # no GPU (or a libtorch without CUDA): refused in words, exit 2, never a crash
+  [ "$rc" = 2 ] && grep -q "no CUDA device visible" cuda.log || { echo "--backend cuda: exit $rc"; cat cuda.log; exit 1; }
+fi
 echo "cli_other_model: ok"
