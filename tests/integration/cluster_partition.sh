@@ -8,10 +8,13 @@
 #   cluster_partition.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
-if [ "$(id -u)" != 0 ] || ! command -v ip > /dev/null || ! ip netns add "vhprobe$$" 2> /dev/null; then
-  echo "SKIP: needs root and ip netns"; exit 0
+# Can this machine make a namespace and a veth pair (root, CAP_NET_ADMIN, the veth driver)?
+probe() { ip netns add "vhprobe$$" && ip link add "vhq$$a" type veth peer name "vhq$$b" && ip link set "vhq$$b" netns "vhprobe$$"; }
+if [ "$(id -u)" != 0 ] || ! command -v ip > /dev/null || ! probe 2> /dev/null; then
+  ip netns del "vhprobe$$" 2> /dev/null || true; ip link del "vhq$$a" 2> /dev/null || true
+  echo "SKIP: needs root, ip netns and veth"; exit 0
 fi
-ip netns del "vhprobe$$"
+ip netns del "vhprobe$$"  # takes the veth pair with it
 ns=vhpart$$ veth=vhp$$ net=10.$((200 + $$ % 50)).$(($$ % 250))
 pids=()
 cleanup() {
