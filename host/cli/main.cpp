@@ -14,6 +14,7 @@
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <cctype>
@@ -27,8 +28,6 @@ constexpr int kFailed = 1;
 constexpr int kBadInput = 2;
 
 std::string absolute(const std::string& path) { return path.empty() ? path : std::filesystem::absolute(path).string(); }
-
-std::set<std::string> plugin_option_keys(const vh::Host& host, const std::string& kind, const std::string& name);
 
 // The CLI's shortcuts (generate, serve, worker, chat, prepare) are one-stage pipelines built as
 // data (Host::load_json), not as TOML text; each value records the flag it came from, so that an
@@ -51,10 +50,10 @@ struct Shortcut {
   }
   // [backends.NAME] of the backend plugin NAME (--backend), with --threads where the plugin has
   // that option (the cpu backend); --threads given for one without it is refused naming it.
-  void backend(const vh::Host& host, const std::string& plugin, int64_t threads, bool threads_given) {
+  void backend(const std::string& plugin, const std::set<std::string>& keys, int64_t threads, bool threads_given) {
     const std::string t = "backends." + plugin;
     set(t + ".plugin", plugin, "--backend " + plugin);
-    if (plugin_option_keys(host, "backend", plugin).count("threads")) set(t + ".threads", threads, "--threads");
+    if (keys.count("threads")) set(t + ".threads", threads, "--threads");
     else if (threads_given) throw vh::ConfigError("--threads: the backend plugin '" + plugin + "' has no option threads");
   }
   // [models.m] of `plugin` on MODEL_DIR (with --adapter).
@@ -118,16 +117,6 @@ void templates(Shortcut& s, const std::string& table, const std::string& file) {
   for (auto it = tj.begin(); it != tj.end(); ++it)
     if (!it->is_object()) throw vh::ConfigError(file + ": " + it.key() + ": a template is a table ([" + it.key() + "])");
   s.set(table + ".templates", tj, "--templates " + file);
-}
-
-// The option keys a plugin publishes in its schema (empty when no such plugin is on the search
-// path: loading the pipeline then says so).
-std::set<std::string> plugin_option_keys(const vh::Host& host, const std::string& kind, const std::string& name) {
-  std::set<std::string> keys;
-  for (const auto& p : host.plugins())
-    if (p.kind == kind && p.name == name && p.error.empty())
-      for (const auto& o : p.options) keys.insert(o.value("key", ""));
-  return keys;
 }
 
 // A command that only groups subcommands (vhost model, tokenizer, template, eval, arena).
@@ -215,11 +204,13 @@ struct Cli {
   CLI::App* tok_train = nullptr;
   CLI::App* gen = nullptr;
   std::string gen_model, gen_prompt;
-  int64_t gen_max = 64, gen_top_k = 0, gen_seed = -1, gen_threads = 0;
+  int64_t gen_max = 64, gen_top_k = 0, gen_seed = -1;
   double gen_temp = vh::sampling::kTemperatureGenerate, gen_top_p = 1.0;
   std::vector<std::string> gen_stop;
   std::string gen_adapter, chat_adapter;
-  std::vector<std::string> gen_model_options, serve_model_options, chat_model_options, prep_model_options;
+  // Shared by the subcommands that run a model (one runs per process): --threads, --model-option.
+  int64_t threads = 0;
+  std::vector<std::string> model_option_args;
   CLI::App* prep = nullptr;
   std::string prep_input, prep_model, prep_out, prep_template, prep_html = "auto", prep_templates, prep_rules = "vhost";
   int64_t prep_max_length = 2048, prep_max_turns = 0;
@@ -236,7 +227,7 @@ struct Cli {
   std::vector<std::string> serve_models, serve_keys, serve_blocked, serve_adapters;
   std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_templates, serve_controller, serve_advertise, serve_moderation,
               serve_moderation_model = "omni-moderation-latest", serve_decode_dtype = "float32";
-  int64_t serve_port = 8000, serve_batch = 16, serve_threads = 0, serve_queue = 64, serve_interval = 16,
+  int64_t serve_port = 8000, serve_batch = 16, serve_queue = 64, serve_interval = 16,
           serve_flush_ms = 20;
   double serve_heartbeat = 5;
   CLI::App* eval = nullptr;
@@ -263,9 +254,39 @@ struct Cli {
   std::vector<std::string> api_keys;
   CLI::App* chat = nullptr;
   std::string chat_model, chat_template, chat_templates, chat_system;
-  int64_t chat_max = 512, chat_seed = -1, chat_threads = 0;
+  int64_t chat_max = 512, chat_seed = -1;
   double chat_temp = vh::sampling::kTemperatureChat, chat_top_p = 1.0;
   CLI::App* ver = nullptr;
+
+  // --plugin and --model-option: the model plugin a shortcut uses, and its options.
+  void declare_model_plugin(CLI::App* sub) {
+    sub->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+    sub->add_option("--model-option", model_option_args,
+                    "KEY=VALUE: an option of the model plugin, as in [models.NAME] of a pipeline (repeatable; "
+                    "true/false and numbers as such, anything else a string; vhost plugins -v lists them)");
+  }
+  // ... and --backend and --threads, for the shortcuts that run the model.
+  void declare_runtime(CLI::App* sub) {
+    declare_model_plugin(sub);
+    sub->add_option("--backend", backend_plugin, "backend plugin (cpu, cuda, ...: vhost plugins lists them)")->capture_default_str();
+    sub->add_option("--threads", threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
+  }
+  // Whether FLAG was given to the subcommand that runs (serve and worker share their flags).
+  bool given(CLI::App* sub, const std::string& flag) const {
+    if (sub == serve || sub == worker) return serve->get_option(flag)->count() + worker->get_option(flag)->count() > 0;
+    return sub->get_option(flag)->count() > 0;
+  }
+  // The option keys a plugin publishes, from one look at the search path per process.
+  const std::set<std::string>& option_keys(const vh::Host& host, const std::string& kind, const std::string& name) {
+    if (!plugin_keys) {
+      plugin_keys.emplace();
+      for (const auto& p : host.plugins())
+        if (p.error.empty())
+          for (const auto& o : p.options) (*plugin_keys)[{p.kind, p.name}].insert(o.value("key", ""));
+    }
+    return (*plugin_keys)[{kind, name}];
+  }
+  std::optional<std::map<std::pair<std::string, std::string>, std::set<std::string>>> plugin_keys;
 
   void declare_pipeline(CLI::App& app) {
     app.add_option("--plugin-dir", plugin_dirs, "search this plugin folder first (repeatable)");
@@ -356,13 +377,8 @@ struct Cli {
     sampling_flag(gen, vh::sampling::kTopK, gen_top_k);
     gen->add_option("--seed", gen_seed, "sampling seed (-1: random)")->capture_default_str();
     gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
-    gen->add_option("--threads", gen_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
-    gen->add_option("--backend", backend_plugin, "backend plugin (cpu, cuda, ...: vhost plugins lists them)")->capture_default_str();
-    gen->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
+    declare_runtime(gen);
     gen->add_option("--adapter", gen_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
-    gen->add_option("--model-option", gen_model_options,
-                    "KEY=VALUE: an option of the model plugin, as in [models.NAME] of a pipeline (repeatable; "
-                    "true/false and numbers as such, anything else a string)");
     // Data preparation (a one-stage pipeline, like generate).
     prep = app.add_subcommand("prepare", "clean, split and tokenize ShareGPT conversations for training");
     prep->add_option("input", prep_input, "ShareGPT JSON file")->required();
@@ -381,8 +397,7 @@ struct Cli {
     prep->add_option("--blocked-word", prep_blocked, "drop conversations containing it (repeatable)");
     prep->add_option("--max-turns", prep_max_turns, "drop conversations with more turns (0: no limit)");
     prep->add_flag("--no-dedupe", prep_no_dedupe, "keep exact duplicates");
-    prep->add_option("--plugin", model_plugin, "model plugin (its tokenizer and template)")->capture_default_str();
-    prep->add_option("--model-option", prep_model_options, "KEY=VALUE: an option of the model plugin (repeatable)");
+    declare_model_plugin(prep);
 
     tmpl = group(app, "template", "conversation templates (FastChat's formats)");
     tmpl_render = tmpl->add_subcommand("render", "one ShareGPT conversation (JSON) on stdin -> the prompt");
@@ -404,16 +419,12 @@ struct Cli {
                       "NAME on the base model_dir; requests for the base and its adapters share batches (repeatable)");
       sub->add_option("--host", serve_host, "address to listen on")->capture_default_str();
       sub->add_option("--port", serve_port, "port (0: any free one)")->capture_default_str();
-      sub->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
-      sub->add_option("--model-option", serve_model_options,
-                      "KEY=VALUE: an option of the model plugin for every model served (repeatable; see vhost plugins -v)");
       sub->add_option("--max-batch", serve_batch,
                       "sequences decoded together per model (continuous batching; the model plugin's max_batch, "
                       "set where it has one)")->capture_default_str();
       sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429 (the plugin's max_queue)")->capture_default_str();
       sub->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
-      sub->add_option("--threads", serve_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
-      sub->add_option("--backend", backend_plugin, "backend plugin (cpu, cuda, ...: vhost plugins lists them)")->capture_default_str();
+      declare_runtime(sub);
       sub->add_option("--decode-dtype", serve_decode_dtype,
                       "decoding steps: float32, or bfloat16 on Intel AMX (the plugin's decode_dtype, set where it has one)")
           ->check(CLI::IsMember({"float32", "bfloat16"}))
@@ -492,14 +503,11 @@ struct Cli {
     chat->add_option("--templates", chat_templates, "TOML file of custom templates ([NAME] tables) --template may name");
     chat->add_option("--system", chat_system, "system message");
     chat->add_option("--adapter", chat_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
-    chat->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
-    chat->add_option("--model-option", chat_model_options, "KEY=VALUE: an option of the model plugin (repeatable)");
     chat->add_option("--max-tokens", chat_max, "reply length limit")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
     sampling_flag(chat, vh::sampling::kTemperature, chat_temp);
     sampling_flag(chat, vh::sampling::kTopP, chat_top_p);
     chat->add_option("--seed", chat_seed, "sampling seed (-1: random)")->capture_default_str();
-    chat->add_option("--threads", chat_threads, "CPU threads (0: one per usable core that other processes do not keep busy)")->capture_default_str();
-    chat->add_option("--backend", backend_plugin, "backend plugin (cpu, cuda, ...: vhost plugins lists them)")->capture_default_str();
+    declare_runtime(chat);
 
     ver = app.add_subcommand("version", "print versions");
   }
@@ -669,9 +677,9 @@ struct Cli {
   int cmd_generate(const vh::Host& host) {
     // A one-stage pipeline, so `vhost generate` runs exactly what the generate stage runs.
     Shortcut g("generate", "generate", std::filesystem::temp_directory_path() / "vhost-generate");
-    g.backend(host, backend_plugin, gen_threads, gen->get_option("--threads")->count() > 0);
+    g.backend(backend_plugin, option_keys(host, "backend", backend_plugin), threads, given(gen, "--threads"));
     g.model(model_plugin, gen_model, gen_adapter);
-    model_options(g, "models.m", gen_model_options);
+    model_options(g, "models.m", model_option_args);
     g.set("stages.generate.prompts", vh::json::array({gen_prompt}), "--prompt")
         .set("stages.generate.max_tokens", gen_max, "--max-tokens")
         .set("stages.generate.temperature", gen_temp, "--temperature")
@@ -690,7 +698,7 @@ struct Cli {
     for (const auto& p : paths) out.push_back(absolute(p));
     return out;
   }
-  static int run_quietly(const vh::Host& host, const Shortcut& s, const std::string& log_level) {
+  int run_quietly(const vh::Host& host, const Shortcut& s) const {
     vh::set_log_level(log_level == "info" ? "warn" : log_level);  // the report is the output
     s.run(host);
     return 0;
@@ -704,7 +712,7 @@ struct Cli {
         .set("stages.report.baseline", review_baseline, "--baseline")
         .set("stages.report.questions", absolute(review_questions), "--questions")
         .set("stages.report.out", absolute(review_out), "--out");
-    return run_quietly(host, r, log_level);
+    return run_quietly(host, r);
   }
 
   int cmd_agreement(const vh::Host& host) {
@@ -712,7 +720,7 @@ struct Cli {
     r.set("stages.agreement.files", absolute_all(agree_files), "FILES")
         .set("stages.agreement.judges", agree_judges, "--judges")
         .set("stages.agreement.json", agree_json, "--json");
-    return run_quietly(host, r, log_level);
+    return run_quietly(host, r);
   }
 
   int cmd_arena_report(const vh::Host& host) {
@@ -724,7 +732,7 @@ struct Cli {
         .set("stages.arena.anchors", arena_anchor, "--anchor")
         .set("stages.arena.out", absolute(arena_out), "--out")
         .set("stages.arena.json", arena_json, "--json");
-    return run_quietly(host, r, log_level);
+    return run_quietly(host, r);
   }
 
   // `controller` and `api`: the cluster's stages, until SIGINT or SIGTERM.
@@ -755,15 +763,15 @@ struct Cli {
         {"max_batch", serve_batch, "--max-batch"}, {"max_queue", serve_queue, "--max-queue"}, {"decode_dtype", serve_decode_dtype, "--decode-dtype"}};
     for (const auto& [key, value, flag] : flags) {
       if (keys.count(key)) sv.set(t + "." + key, value, flag);
-      else if (serve->get_option(flag)->count() + worker->get_option(flag)->count() > 0)
+      else if (given(serve, flag))
         throw vh::ConfigError(std::string(flag) + ": the model plugin '" + model_plugin + "' has no option " + key);
     }
   }
 
   int cmd_serve(const vh::Host& host) {
     Shortcut sv("serve", "serve", std::filesystem::temp_directory_path() / "vhost-serve");
-    const auto keys = plugin_option_keys(host, "model", model_plugin);
-    sv.backend(host, backend_plugin, serve_threads, serve->get_option("--threads")->count() + worker->get_option("--threads")->count() > 0);
+    const auto& keys = option_keys(host, "model", model_plugin);
+    sv.backend(backend_plugin, option_keys(host, "backend", backend_plugin), threads, given(serve, "--threads"));
     std::set<std::string> names;
     if (!serve_adapters.empty() && serve_models.size() != 1)
       throw vh::ConfigError("--adapter: serve one base model with its adapters (or write a pipeline: the llama option "
@@ -785,7 +793,7 @@ struct Cli {
       const std::string t = "models." + name;
       sv.set(t + ".plugin", model_plugin).set(t + ".path", path.string(), "MODEL_DIR " + m);
       engine_options(sv, t, keys);
-      model_options(sv, t, serve_model_options);
+      model_options(sv, t, model_option_args);
       if (!adapters.empty()) sv.set(t + ".adapters", adapters, "--adapter");
       if (!serve_template.empty()) sv.set(t + ".template", serve_template, "--template");
       templates(sv, t, serve_templates);
@@ -813,9 +821,9 @@ struct Cli {
 
   int cmd_chat(const vh::Host& host) {
     Shortcut ch("chat", "chat", std::filesystem::temp_directory_path() / "vhost-chat");
-    ch.backend(host, backend_plugin, chat_threads, chat->get_option("--threads")->count() > 0);
+    ch.backend(backend_plugin, option_keys(host, "backend", backend_plugin), threads, given(chat, "--threads"));
     ch.model(model_plugin, chat_model, chat_adapter);
-    model_options(ch, "models.m", chat_model_options);
+    model_options(ch, "models.m", model_option_args);
     templates(ch, "models.m", chat_templates);
     ch.set("stages.chat.template", chat_template, "--template")
         .set("stages.chat.system", chat_system, "--system")
@@ -891,9 +899,9 @@ struct Cli {
   int cmd_prepare(const vh::Host& host) {
     Shortcut pr("prepare", "prepare", std::filesystem::absolute(prep_out) / ".runs");
     pr.set("models.m.plugin", model_plugin).set("models.m.path", absolute(prep_model), "--model " + prep_model);
-    if (plugin_option_keys(host, "model", model_plugin).count("load_weights"))
+    if (option_keys(host, "model", model_plugin).count("load_weights"))
       pr.set("models.m.load_weights", false);  // the tokenizer and template are all it needs
-    model_options(pr, "models.m", prep_model_options);
+    model_options(pr, "models.m", model_option_args);
     pr.set("datasets.d.plugin", "sharegpt")
         .set("datasets.d.path", absolute(prep_input), "INPUT " + prep_input)
         .set("datasets.d.template", prep_template, "--template")
