@@ -774,6 +774,14 @@ void html_tables(std::ostream& h, const json& report) {
 
 }  // namespace
 
+fs::path write_eval_report(const fs::path& dir, const json& report) {
+  fs::create_directories(dir);
+  std::ofstream(dir / "report.md") << report["markdown"].get<std::string>();
+  std::ofstream(dir / "report.json") << report.dump(2) << "\n";
+  std::ofstream(dir / "report.html") << eval_html(report);
+  return dir / "report.html";
+}
+
 std::string eval_html(const json& report) {
   std::ostringstream h;
   h << "<!doctype html><html><head><meta charset=\"utf-8\"><title>vhost evaluation</title><style>"
@@ -1255,13 +1263,11 @@ class Evaluation {
     report["errors"] = std::count_if(judgments_.begin(), judgments_.end(), [](const json& j) { return j.contains("error"); });
     report["failed_requests"] = failed_calls_;
     report["cost_usd"] = cost;
-    std::ofstream(out_ / "report.md") << report["markdown"].get<std::string>();
-    std::ofstream(out_ / "report.json") << report.dump(2) << "\n";
-    std::ofstream(out_ / "report.html") << eval_html(report);
-    ctx_.out << report["markdown"].get<std::string>() << "\nreport: " << (out_ / "report.html").string() << "\n";
+    const fs::path html = write_eval_report(out_, report);
+    ctx_.out << report["markdown"].get<std::string>() << "\nreport: " << html.string() << "\n";
     return {{"questions", questions_.size()}, {"judgments", judgments_.size()}, {"unparsed", unparsed_.load()},
             {"failed_requests", failed_calls_}, {"reference_answers_used", references_},
-            {"cost_usd", cost}, {"report", (out_ / "report.html").string()}, {"pairs", report["pairs"]}, {"single", report["single"]},
+            {"cost_usd", cost}, {"report", html.string()}, {"pairs", report["pairs"]}, {"single", report["single"]},
             {"pairwise_all", report.value("pairwise_all", json(nullptr))},
             {"fastchat_judgments", fastchat_files}};
   }

@@ -60,4 +60,8 @@ std::vector<json> read_judgments(const fs::path& file, const std::vector<std::st
 // The HTML report with SVG charts.
 std::string eval_html(const json& report);
 
+// Writes report.md, report.json and report.html of an eval_report into `dir` (made if missing);
+// returns the HTML file's path, the one a person opens.
+fs::path write_eval_report(const fs::path& dir, const json& report);
+
 }  // namespace vhost::host

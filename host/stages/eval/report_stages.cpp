@@ -36,12 +36,9 @@ json run_eval_report(StageContext& ctx) {
   ctx.out << r["markdown"].get<std::string>();
   json output = {{"judgments", all.size()}, {"pairs", r["pairs"]}, {"single", r["single"]}};
   if (const fs::path out = c["out"].get<std::string>(); !out.empty()) {
-    fs::create_directories(out);
-    std::ofstream(out / "report.md") << r["markdown"].get<std::string>();
-    std::ofstream(out / "report.json") << r.dump(2) << "\n";
-    std::ofstream(out / "report.html") << eval_html(r);
-    ctx.out << "\nreport: " << (out / "report.html").string() << "\n";
-    output["report"] = (out / "report.html").string();
+    const fs::path html = write_eval_report(out, r);
+    ctx.out << "\nreport: " << html.string() << "\n";
+    output["report"] = html.string();
   }
   return output;
 }

@@ -313,8 +313,7 @@ class Gateway {
   explicit Gateway(const ApiOptions& o) : o_(o) {
     if (o.controller.empty()) throw ConfigError("controller: the controller's URL is required (http://host:port)");
     if (!o.log_file.empty()) {
-      log_.open(o.log_file, std::ios::app);
-      if (!log_) throw ConfigError("--log: cannot open " + o.log_file + " for appending");
+      if (!log_.open(o.log_file)) throw ConfigError("--log: cannot open " + o.log_file + " for appending");
     }
   }
 
@@ -566,16 +565,7 @@ class Gateway {
   }
 
   json vote(const json& body) {
-    if (!body.contains("vote") || !body["vote"].is_string())
-      throw ApiError(400, "'vote' is required (A, B, tie, bad)", "invalid_request_error", "vote");
-    if (log_.is_open()) {
-      std::lock_guard<std::mutex> g(log_mu_);
-      log_ << json{{"time", std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()},
-                   {"vote", body}}
-                  .dump(-1, ' ', false, json::error_handler_t::replace)
-           << "\n"
-           << std::flush;
-    }
+    log_.append(http::vote_entry(body));
     return {{"ok", true}, {"kept", log_.is_open()}};
   }
 
@@ -592,8 +582,7 @@ class Gateway {
   http::Server* server_ = nullptr;
   InFlight inflight_;
   std::atomic<int64_t> requests_{0}, retries_{0}, workers_lost_{0};
-  std::mutex log_mu_;
-  std::ofstream log_;
+  http::JsonlLog log_;
 };
 
 }  // namespace

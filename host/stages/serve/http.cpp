@@ -42,6 +42,24 @@ void reply_json(httplib::Response& res, const json& j, int status) {
   res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
+bool JsonlLog::open(const std::string& file) {
+  out_.open(file, std::ios::app);
+  return static_cast<bool>(out_);
+}
+
+void JsonlLog::append(const json& entry) {
+  if (!out_.is_open()) return;
+  std::lock_guard<std::mutex> g(mu_);
+  out_ << entry.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
+}
+
+json vote_entry(const json& body) {
+  if (!body.contains("vote") || !body["vote"].is_string())
+    throw ApiError(400, "'vote' is required (A, B, tie, bad)", "invalid_request_error", "vote");
+  const auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  return {{"time", now}, {"vote", body}};
+}
+
 Server::Server(Options o) : o_(std::move(o)) {
   const std::size_t threads = static_cast<std::size_t>(std::max(1, o_.threads));
   s_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };

@@ -12,7 +12,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <fstream>
 #include <functional>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -42,6 +44,23 @@ json body_object(const httplib::Request& req);
 std::string prom_label(const std::string& v);
 
 void reply_json(httplib::Response& res, const json& j, int status = 200);
+
+// A JSON-lines file many request threads append to (the conversation log, the chat page's
+// votes): one entry per line, flushed at once, invalid UTF-8 replaced. Not opened: appends nothing.
+class JsonlLog {
+ public:
+  bool open(const std::string& file);  // false when it cannot be opened for appending
+  bool is_open() const { return out_.is_open(); }
+  void append(const json& entry);
+
+ private:
+  std::mutex mu_;
+  std::ofstream out_;
+};
+
+// The log entry of a vote from the chat page (POST /v1/votes): {"time", "vote": body}; 400
+// naming 'vote' when the body has none.
+json vote_entry(const json& body);
 
 struct Options {
   std::string what = "server";  // names the server in errors ("api: cannot listen on ...")

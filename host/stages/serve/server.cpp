@@ -273,8 +273,7 @@ struct ApiServer::Impl {
   }
   ServeOptions opt;
   std::unique_ptr<http::Server> server;  // made by the constructor, after the options
-  std::mutex log_mu;
-  std::ofstream log;
+  http::JsonlLog log;  // the conversation log (ServeOptions::log_file)
   std::atomic<int64_t> requests{0}, active{0}, completion_tokens{0}, prompt_tokens{0};
   std::atomic<int64_t> ttft_us_sum{0}, ttft_count{0};
   std::mutex metrics_mu;
@@ -529,11 +528,7 @@ struct ApiServer::Impl {
     return n;
   }
 
-  void record(const json& entry) {
-    if (!log.is_open()) return;
-    std::lock_guard<std::mutex> lock(log_mu);
-    log << entry.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
-  }
+  void record(const json& entry) { log.append(entry); }
 
   // ---- /v1/completions and /v1/chat/completions: parse -> render -> moderate -> generate -> respond
 
@@ -1014,8 +1009,7 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
     I.info[id] = I.info[I.parent_of[id]];
   }
   if (!I.opt.log_file.empty()) {
-    I.log.open(I.opt.log_file, std::ios::app);
-    if (!I.log) throw Error("cannot open the conversation log " + I.opt.log_file);
+    if (!I.log.open(I.opt.log_file)) throw Error("cannot open the conversation log " + I.opt.log_file);
   }
   http::Options ho;
   ho.what = "serve";
@@ -1033,20 +1027,16 @@ void ApiServer::Impl::routes(http::Server& S) {
   using Req = const httplib::Request&;
   using Res = httplib::Response&;
   const auto key = http::Auth::key;
-  auto answer = [](Res res, const json& j) { res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json"); };
   S.get("/health", [](Req, Res res) { res.set_content(R"({"status":"ok"})", "application/json"); });
-  S.get("/v1/models", [this, answer](Req, Res res) { answer(res, model_list()); }, key);
+  S.get("/v1/models", [this](Req, Res res) { http::reply_json(res, model_list()); }, key);
   S.post("/v1/completions", [this](Req req, Res res) { complete(req, res, false); }, key);
   S.post("/v1/chat/completions", [this](Req req, Res res) { complete(req, res, true); }, key);
-  S.post("/v1/embeddings", [this, answer](Req req, Res res) { answer(res, embeddings(req)); }, key);
-  S.post("/tokenize", [this, answer](Req req, Res res) { answer(res, tokenize(req)); }, key);
-  S.post("/detokenize", [this, answer](Req req, Res res) { answer(res, detokenize(req)); }, key);
-  S.get("/tokenizer_info", [this, answer](Req req, Res res) { answer(res, tokenizer_info(req)); }, key);
+  S.post("/v1/embeddings", [this](Req req, Res res) { http::reply_json(res, embeddings(req)); }, key);
+  S.post("/tokenize", [this](Req req, Res res) { http::reply_json(res, tokenize(req)); }, key);
+  S.post("/detokenize", [this](Req req, Res res) { http::reply_json(res, detokenize(req)); }, key);
+  S.get("/tokenizer_info", [this](Req req, Res res) { http::reply_json(res, tokenizer_info(req)); }, key);
   S.post("/v1/votes", [this](Req req, Res res) {
-    const json body = http::body_object(req);
-    if (!body.contains("vote") || !body["vote"].is_string())
-      throw ApiError(400, "'vote' is required (A, B, tie, bad)", "invalid_request_error", "vote");
-    record({{"time", now_s()}, {"vote", body}});
+    record(http::vote_entry(http::body_object(req)));
     res.set_content(R"({"ok":true})", "application/json");
   }, key);
   S.get("/metrics", [this](Req, Res res) { res.set_content(metrics_text(), "text/plain; version=0.0.4"); });
