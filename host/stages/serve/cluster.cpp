@@ -595,6 +595,8 @@ void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::func
   ho.port = o.port;
   ho.threads = o.threads;
   ho.max_body = o.max_body;
+  ho.request_timeout_s = o.request_timeout_s;
+  ho.client_connections = o.client_connections;
   ho.api_keys = o.api_keys;
   ho.not_found = "no such endpoint (see GET /v1/models, POST /v1/chat/completions, POST /v1/completions)";
   http::Server s(ho);

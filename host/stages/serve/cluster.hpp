@@ -27,6 +27,8 @@ struct ApiOptions {
   std::vector<std::string> api_keys;
   int threads = 64;
   std::size_t max_body = 1 << 20;
+  int request_timeout_s = 30;
+  int client_connections = 256;
   std::string log_file;  // the chat page's votes (POST /v1/votes), one JSON line each; empty: not kept
 };
 

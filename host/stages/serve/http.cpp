@@ -1,5 +1,7 @@
 #include "stages/serve/http.hpp"
 
+#include "stages/serve/connections.hpp"
+
 #include <vhost/host/error.hpp>
 
 #include <sys/socket.h>
@@ -60,21 +62,57 @@ json vote_entry(const json& body) {
   return {{"time", now}, {"vote", body}};
 }
 
-Server::Server(Options o) : o_(std::move(o)) {
-  const std::size_t threads = static_cast<std::size_t>(std::max(1, o_.threads));
-  s_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  s_.set_payload_max_length(o_.max_body);
-  s_.set_tcp_nodelay(true);  // streamed tokens are small writes: do not let Nagle hold them
-  s_.set_read_timeout(o_.read_timeout_s, 0);
-  s_.set_write_timeout(o_.write_timeout_s, 0);
+// httplib's server with the connections taken over: its accept loop hands each socket to
+// Connections (connections.hpp), which hands whole requests back to process_request.
+class Core : public httplib::Server {
+ public:
+  Connections* conns = nullptr;
+  bool answer(httplib::Stream& strm, bool close_connection, bool& connection_closed) {
+    return process_request(strm, close_connection, connection_closed, [](httplib::Request&) {});
+  }
+
+ private:
+  // Runs on the accept thread (the task queue below runs it in place): adopt and return.
+  bool process_and_close_socket(socket_t sock) override {
+    conns->adopt(sock);
+    return true;
+  }
+};
+
+namespace {
+struct InPlace : httplib::TaskQueue {
+  void enqueue(std::function<void()> fn) override { fn(); }
+  void shutdown() override {}
+};
+}  // namespace
+
+std::function<bool()> client_gone_probe() {
+  const int fd = current_socket();
+  return [fd] { return peer_closed(fd); };
+}
+
+Server::Server(Options o) : o_(std::move(o)), core_(std::make_unique<Core>()) {
+  Limits l;
+  l.threads = o_.threads;
+  l.max_body = o_.max_body;
+  l.request_timeout_s = o_.request_timeout_s;
+  l.client_connections = o_.client_connections;
+  l.write_timeout_s = o_.write_timeout_s;
+  l.error_json = [](const std::string& m) { return error_body(m, "invalid_request_error", "", "").dump(); };
+  conns_ = std::make_unique<Connections>(l, [this](httplib::Stream& s, bool close, bool& closed) { return core_->answer(s, close, closed); });
+  core_->conns = conns_.get();
+  core_->new_task_queue = [] { return new InPlace; };
+  core_->set_payload_max_length(o_.max_body);
+  core_->set_tcp_nodelay(true);  // streamed tokens are small writes: do not let Nagle hold them
+  core_->set_write_timeout(o_.write_timeout_s, 0);
   // httplib listens with a backlog of 5: a burst of clients overflows it and their connects wait
   // a second for a SYN retry. Keep the listening socket to widen the backlog after bind.
-  s_.set_socket_options([this](socket_t sock) {
+  core_->set_socket_options([this](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     listen_fd_ = sock;
   });
-  s_.set_error_handler([this](const httplib::Request&, httplib::Response& res) {
+  core_->set_error_handler([this](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
     const std::string msg = res.status == 413   ? "the request body is too large (at most " + std::to_string(o_.max_body) + " bytes)"
                             : res.status == 404 ? o_.not_found
@@ -82,6 +120,8 @@ Server::Server(Options o) : o_(std::move(o)) {
     res.set_content(error_body(msg, "invalid_request_error", "", "").dump(), "application/json");
   });
 }
+
+Server::~Server() { conns_->stop(); }
 
 void Server::check_auth(const httplib::Request& req) const {
   if (o_.api_keys.empty()) return;
@@ -110,15 +150,15 @@ Server::Handler Server::guard(Handler h, Auth auth) {
   };
 }
 
-void Server::get(const std::string& path, Handler h, Auth auth) { s_.Get(path, guard(std::move(h), auth)); }
-void Server::post(const std::string& path, Handler h, Auth auth) { s_.Post(path, guard(std::move(h), auth)); }
+void Server::get(const std::string& path, Handler h, Auth auth) { core_->Get(path, guard(std::move(h), auth)); }
+void Server::post(const std::string& path, Handler h, Auth auth) { core_->Post(path, guard(std::move(h), auth)); }
 
 int Server::bind() {
   int port = o_.port;
   if (port == 0) {
-    port = s_.bind_to_any_port(o_.host);
+    port = core_->bind_to_any_port(o_.host);
     if (port < 0) throw Error(o_.what + ": cannot listen on " + o_.host);
-  } else if (!s_.bind_to_port(o_.host, port)) {
+  } else if (!core_->bind_to_port(o_.host, port)) {
     throw Error(o_.what + ": cannot listen on " + o_.host + ":" + std::to_string(port) + " (in use?)");
   }
   if (listen_fd_ >= 0) ::listen(listen_fd_, 1024);
@@ -126,16 +166,21 @@ int Server::bind() {
   return port;
 }
 
-void Server::run() { s_.listen_after_bind(); }
-void Server::stop() { s_.stop(); }
+void Server::run() {
+  conns_->start();
+  core_->listen_after_bind();
+  conns_->stop();  // after the accept loop: answers what was handed over, closes the rest
+}
+
+void Server::stop() { core_->stop(); }
 
 void Server::run_until(const std::atomic<bool>& flag) {
   std::atomic<bool> done{false};
   std::thread watcher([&] {
     while (!done && !flag) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    s_.stop();
+    core_->stop();
   });
-  s_.listen_after_bind();
+  run();
   done = true;
   watcher.join();
 }

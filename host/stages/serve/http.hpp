@@ -1,9 +1,10 @@
 // Internal: the one HTTP layer of the serving stages. `vhost serve` / `worker` (server.cpp), the
 // controller and the API gateway (cluster.cpp) all listen through http::Server: the same socket
-// setup (SO_REUSEADDR, a listen backlog of 1024 rather than httplib's 5, TCP_NODELAY, read and
-// write timeouts, a bounded thread pool and body size), the same Bearer-key check and the same
-// error shape, OpenAI's {"error": {"message", "type", "param", "code"}}, for every failure a
-// route throws and for httplib's own (404, 413).
+// setup (SO_REUSEADDR, a listen backlog of 1024 rather than httplib's 5, TCP_NODELAY), the same
+// connection handling (connections.hpp: requests are read by a poller, so slow clients hold no
+// thread; a deadline per request, a bound per client address, a bounded body), the same
+// Bearer-key check and the same error shape, OpenAI's {"error": {"message", "type", "param",
+// "code"}}, for every failure a route throws and for the refusals (404, 408, 413, 429, 431).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -66,19 +68,31 @@ struct Options {
   std::string what = "server";  // names the server in errors ("api: cannot listen on ...")
   std::string host = "127.0.0.1";
   int port = 0;                       // 0: any free port
-  int threads = 64;                   // connections served at once
+  int threads = 64;                   // requests answered at once (a slow client holds none: connections.hpp)
   std::size_t max_body = 1 << 20;     // bytes; more: 413
   std::vector<std::string> api_keys;  // Bearer keys routes marked `Auth::key` accept; empty: none needed
-  int read_timeout_s = 30, write_timeout_s = 30;
+  int request_timeout_s = 30;         // a request (line, headers, body) must arrive within this; else 408
+  int client_connections = 256;       // open connections per client address; more: 429
+  int write_timeout_s = 30;
   std::string not_found = "no such endpoint";  // the 404 message
 };
 
+// The socket of the request this thread answers, and whether its client has gone (closed the
+// connection): a non-streamed request, which writes nothing until its end, asks this to stop
+// generating for nobody. Callable from any thread while the request is being answered; false
+// outside a request.
+std::function<bool()> client_gone_probe();
+
 enum class Auth { none, key };
+
+class Core;
+class Connections;
 
 class Server {
  public:
   using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
   explicit Server(Options o);
+  ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
@@ -104,7 +118,8 @@ class Server {
  private:
   Handler guard(Handler h, Auth auth);
   Options o_;
-  httplib::Server s_;
+  std::unique_ptr<Core> core_;  // httplib's server: parser, router, writer
+  std::unique_ptr<Connections> conns_;  // the connections, from accept to close
   int listen_fd_ = -1;
   std::atomic<int64_t> errors_{0};
 };

@@ -35,6 +35,8 @@ void read_listen_options(const json& c, Options& o) {
   o.api_keys = c["api_keys"].get<std::vector<std::string>>();
   o.threads = static_cast<int>(c["threads"].get<int64_t>());
   o.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
+  o.request_timeout_s = static_cast<int>(c["request_timeout"].get<int64_t>());
+  o.client_connections = static_cast<int>(c["client_connections"].get<int64_t>());
   o.log_file = c["log"].get<std::string>();
 }
 
@@ -42,8 +44,10 @@ Schema listen_options(const std::string& log_help) {
   return {option_spec("host", "string", "127.0.0.1", "address to listen on (0.0.0.0: every interface)"),
           option_spec("port", "integer", 8000, "port (0: any free one; the chosen one is printed)", 0, 65535),
           option_spec("api_keys", "string_list", json::array(), "accepted Bearer keys (empty: no authentication)"),
-          option_spec("threads", "integer", 64, "connections served at once", 1, 100000),
-          option_spec("max_body", "integer", 1048576, "largest request body in bytes", 1024, 1e9),
+          option_spec("threads", "integer", 64, "requests answered at once (a client still sending holds none)", 1, 100000),
+          option_spec("max_body", "integer", 1048576, "largest request body in bytes (more: 413)", 1024, 1e9),
+          option_spec("request_timeout", "integer", 30, "seconds a request may take to arrive whole (more: 408)", 1, 3600),
+          option_spec("client_connections", "integer", 256, "open connections per client address (more: 429)", 1, 100000),
           option_spec("log", "path", "", log_help)};
 }
 

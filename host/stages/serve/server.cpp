@@ -556,10 +556,30 @@ struct ApiServer::Impl {
     call->t0 = std::chrono::steady_clock::now();
     ++requests;
     if (call->stream) return respond_streamed(call, res);
-    const json reply = generate(*call->model, call->request, nullptr);
+    const json reply = generate(*call->model, call->request, while_client_waits());
     observe(call->name, seconds_since(call->t0), first_token_s(reply, call->t0), reply, call->n);
     finish_log(*call, reply);
     res.set_content(plain_reply(*call, reply).dump(), "application/json");
+  }
+
+  // A reply that is not streamed writes nothing until it is done, so a client that gave up is
+  // seen only by its closed socket: looked at (at most every 20 ms) as the tokens come, and once
+  // it is gone every sequence of the request is cancelled, freeing its batch row.
+  static Instance::TokenFn while_client_waits() {
+    struct Watch {
+      std::function<bool()> gone = http::client_gone_probe();
+      std::atomic<int64_t> last_ms{0};
+      std::atomic<bool> seen{false};
+    };
+    auto w = std::make_shared<Watch>();
+    return [w](uint32_t, int32_t, const std::string&) {
+      if (w->seen) return false;
+      const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+      int64_t prev = w->last_ms;
+      if (now - prev < 20 || !w->last_ms.compare_exchange_strong(prev, now)) return true;
+      if (w->gone()) w->seen = true;
+      return !w->seen;
+    };
   }
 
   static double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -1017,6 +1037,8 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
   ho.port = I.opt.port;
   ho.threads = I.opt.threads;
   ho.max_body = I.opt.max_body;
+  ho.request_timeout_s = I.opt.request_timeout_s;
+  ho.client_connections = I.opt.client_connections;
   ho.api_keys = I.opt.api_keys;
   ho.not_found = "no such endpoint (see GET /v1/models, POST /v1/chat/completions, POST /v1/completions)";
   I.server = std::make_unique<http::Server>(ho);
