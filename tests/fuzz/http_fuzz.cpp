@@ -1,18 +1,25 @@
 // The OpenAI-compatible API's request handling under libFuzzer, and the same entry point replaying
-// a saved corpus (CTest). A `serve` stage runs in this process on a tiny model made at start-up;
-// each input is one HTTP request over a kept-alive connection: its first byte picks the endpoint
-// (chat, completions, embeddings, tokenize), the rest is the body. Every input must be answered,
-// and never with a 5xx: a malformed request is the client's fault (4xx), and a crash, a hang or a
-// dropped connection is a bug.
+// a saved corpus (CTest). A `serve` stage runs in this process on a tiny model made at start-up.
+// An input's first byte, modulo 8, says what the rest is:
+//   0-3: the body of one request over a kept-alive connection, to chat, completions, embeddings
+//        or tokenize. It must be answered, and never with a 5xx: a malformed request is the
+//        client's fault (4xx); a crash, a hang or a dropped connection is a bug.
+//   4-7: raw bytes on a fresh connection (request lines, headers, bodies, several requests or a
+//        part of one), then the client's end of the connection shut: the connection layer's
+//        reading (connections.cpp) and httplib's parser. Whatever is answered must not be a 5xx,
+//        and the server must close the connection (a part of a request gets no answer).
 #include <vhost/host/error.hpp>
 #include <vhost/host/host.hpp>
 
 #include <httplib.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +46,8 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
+int port = 0;
+
 httplib::Client& server() {
   static httplib::Client* client = [] {
     static vhost::host::Host host;
@@ -47,7 +56,7 @@ httplib::Client& server() {
     host.model_tool("llama", "init",
                     {{"preset", "tiny"}, {"out", (dir / "model").string()}, {"seed", 1}, {"dtype", "float32"},
                      {"tokenizer_text", std::string(VHOST_SOURCE_DIR) + "/docs/plugins.md"}});
-    const int port = free_port();
+    port = free_port();
     const std::string toml = "[pipeline]\nname = \"fuzz\"\nstages = [\"serve\"]\nwork_dir = \"" + (dir / "work").string() +
                              "\"\n[backends.cpu]\nplugin = \"cpu\"\nthreads = 1\n[models.m]\nplugin = \"llama\"\npath = \"" +
                              (dir / "model").string() + "\"\nbackend = \"cpu\"\nmax_batch = 4\nmax_context = 64\n"
@@ -61,6 +70,7 @@ httplib::Client& server() {
     }).detach();
     auto* c = new httplib::Client("127.0.0.1", port);
     c->set_keep_alive(true);
+    c->set_tcp_nodelay(true);  // else Nagle and the delayed ACK cost 40 ms per input
     c->set_read_timeout(30, 0);
     for (int i = 0; i < 600; ++i) {  // up to a minute for the server to come up
       if (auto r = c->Get("/health"); r && r->status == 200) {
@@ -76,8 +86,58 @@ httplib::Client& server() {
   return *client;
 }
 
+// Sends `bytes` on a fresh connection, shuts the sending side, and returns all that comes back
+// until the server closes; aborts if it has not closed within 30 s.
+std::string raw_exchange(const std::string& bytes) {
+  server();
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  timeval tv{30, 0};
+  ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  int yes = 1;
+  ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+  if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    std::fprintf(stderr, "http_fuzz: cannot connect\n");
+    std::abort();
+  }
+  for (std::size_t off = 0; off < bytes.size();) {
+    const ssize_t w = ::send(s, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+    if (w <= 0) break;  // the server may close early (a refusal)
+    off += static_cast<std::size_t>(w);
+  }
+  ::shutdown(s, SHUT_WR);
+  std::string got;
+  char buf[65536];
+  for (;;) {
+    const ssize_t r = ::recv(s, buf, sizeof buf, 0);
+    if (r == 0 || (r < 0 && errno == ECONNRESET)) break;
+    if (r < 0) {
+      std::fprintf(stderr, "http_fuzz: raw request: the server did not close the connection in 30 s (%s)\n", std::strerror(errno));
+      std::abort();
+    }
+    got.append(buf, static_cast<std::size_t>(r));
+  }
+  ::close(s);
+  return got;
+}
+
+void raw_input(const std::string& bytes) {
+  const std::string got = raw_exchange(bytes);
+  for (std::size_t at = got.find("HTTP/1.1 "); at != std::string::npos; at = got.find("HTTP/1.1 ", at + 1)) {
+    const int status = std::atoi(got.c_str() + at + 9);
+    if (status >= 500) {
+      std::fprintf(stderr, "http_fuzz: raw request answered %d: %s\n", status, got.substr(at, 400).c_str());
+      std::abort();
+    }
+  }
+}
+
 void one_input(const uint8_t* data, size_t size) {
   if (size == 0) return;
+  if (data[0] % 8 >= 4) return raw_input(std::string(reinterpret_cast<const char*>(data) + 1, size - 1));
   static const char* const paths[] = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize"};
   const char* path = paths[data[0] % 4];
   const std::string body(reinterpret_cast<const char*>(data) + 1, size - 1);

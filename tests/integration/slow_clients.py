@@ -99,6 +99,18 @@ def main(timeout_s):
     assert status == 431 and "over 65536 bytes" in body["error"]["message"], (status, body)
     print(f"slow clients: 70 KB of headers answered 431: {body['error']['message']}")
 
+    # A client that shuts its sending side after two pipelined requests (as `nc -N` does) is
+    # answered both, then closed.
+    s = connect()
+    one = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
+    s.sendall(one + one)
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := s.recv(65536): data += chunk
+    s.close()
+    assert data.count(b"HTTP/1.1 200 OK") == 2, data[:300]
+    print("slow clients: two pipelined requests, then the client's side shut: both answered, then closed")
+
     # The slow ones: answered 408 (a JSON error) once their time is up, then closed.
     codes = {}
     deadline = started + timeout_s + 3

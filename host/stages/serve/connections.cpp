@@ -90,6 +90,7 @@ struct Conn final : httplib::Stream {
   std::size_t need = 0;  // bytes of buf that make the next request (0: headers not complete yet)
   bool idle = true;      // nothing of the next request received yet
   bool closing = false;  // refused: draining what the client still sends, then closed
+  bool eof = false;      // the client has shut its sending side: answer what is here, then close
   int served = 0;
   int write_timeout_ms = 30000;
   Clock::time_point deadline;
@@ -252,6 +253,7 @@ struct Connections::Impl {
         const std::string_view name = trim(h.substr(0, colon)), value = trim(h.substr(colon + 1));
         if (iequals(name, "transfer-encoding") || iequals(name, "expect")) chunked_or_expect = true;
         if (!iequals(name, "content-length")) continue;
+        if (c.need != end + 4) chunked_or_expect = true;  // a second Content-Length: httplib judges it
         std::size_t len = 0;
         auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), len);
         if (ec != std::errc() || p != value.data() + value.size()) {
@@ -277,33 +279,42 @@ struct Connections::Impl {
 
   // On a request thread: httplib answers the request; the connection goes back to the poller.
   void answer(const std::shared_ptr<Conn>& c) {
-    bool close_now;
-    {
-      std::lock_guard<std::mutex> g(m);
-      close_now = stopping || ++c->served >= L.keep_alive_requests;
+    for (;;) {
+      bool close_now;
+      {
+        std::lock_guard<std::mutex> g(m);
+        close_now = stopping || ++c->served >= L.keep_alive_requests;
+      }
+      bool closed = false;
+      current_fd = c->fd;
+      bool ok = false;
+      try {
+        ok = serve(*c, close_now, closed);
+      } catch (...) {  // httplib's routes are guarded; a throw here is its own: drop the connection
+      }
+      current_fd = -1;
+      // httplib refused a request it could not parse without reading it all (a header line over
+      // its limit, say): what is left of it is no next request. Close.
+      const bool unread = c->pos < c->need;
+      if (!ok || closed || close_now || unread) return;  // the last owner closes it
+      c->consumed();
+      if (c->eof) {  // nothing more will come: answer what is whole here, then close
+        if (!c->buf.empty() && complete(*c) && !c->closing) continue;
+        return;
+      }
+      c->deadline = Clock::now() + std::chrono::seconds(c->idle ? L.keep_alive_s : L.request_timeout_s);
+      return hand_to_poller(c);
     }
-    bool closed = false;
-    current_fd = c->fd;
-    bool ok = false;
-    try {
-      ok = serve(*c, close_now, closed);
-    } catch (...) {  // httplib's routes are guarded; a throw here is its own: drop the connection
-    }
-    current_fd = -1;
-    // httplib refused a request it could not parse without reading it all (a header line over its
-    // limit, say): what is left of it is no next request. Close.
-    const bool unread = c->pos < c->need;
-    if (!ok || closed || close_now || unread) return;  // the last owner closes it
-    c->consumed();
-    c->deadline = Clock::now() + std::chrono::seconds(c->idle ? L.keep_alive_s : L.request_timeout_s);
-    hand_to_poller(c);
   }
 
   void on_readable(const std::shared_ptr<Conn>& c) {
     char tmp[16384];
     for (;;) {
       const ssize_t r = ::recv(c->fd, tmp, sizeof tmp, 0);
-      if (r == 0) return unwatch(c->fd);  // closed by the client
+      if (r == 0) {  // the client shut its side: a whole request here is still answered
+        c->eof = true;
+        break;
+      }
       if (r < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -317,7 +328,8 @@ struct Connections::Impl {
       c->buf.append(tmp, static_cast<std::size_t>(r));
       if (c->buf.size() >= L.max_header + L.max_body + 2 * sizeof tmp) break;  // bounded: judged below
     }
-    if (!c->closing && complete(*c)) dispatch(c);
+    if (!c->closing && complete(*c)) return dispatch(c);
+    if (c->eof) unwatch(c->fd);  // a part of a request, or a refusal drained: closed
   }
 
   void take_incoming() {

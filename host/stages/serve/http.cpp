@@ -105,6 +105,8 @@ Server::Server(Options o) : o_(std::move(o)), core_(std::make_unique<Core>()) {
   core_->set_payload_max_length(o_.max_body);
   core_->set_tcp_nodelay(true);  // streamed tokens are small writes: do not let Nagle hold them
   core_->set_write_timeout(o_.write_timeout_s, 0);
+  core_->set_keep_alive_max_count(static_cast<std::size_t>(l.keep_alive_requests));  // its Keep-Alive header says
+  core_->set_keep_alive_timeout(l.keep_alive_s);                                     // what Connections does
   // httplib listens with a backlog of 5: a burst of clients overflows it and their connects wait
   // a second for a SYN retry. Keep the listening socket to widen the backlog after bind.
   core_->set_socket_options([this](socket_t sock) {
