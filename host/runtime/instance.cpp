@@ -173,6 +173,18 @@ json Instance::model_tokenizer_info() {
   return parse_reply(*plugin_, out.data, "tokenizer_info");
 }
 
+json Instance::model_capabilities() {
+  auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, tokenizer_info),
+                                     "tokenizer_info");
+  if (t->struct_size < VHOST_SLOT_END(vhost_model_iface, capabilities))
+    return model_tokenizer_info();  // built before ABI 1.7: tokenizer_info carried them
+  StringSink out;
+  check(t->capabilities(self_, &out.sink), "capabilities failed");
+  json caps = out.data.empty() ? json::object() : parse_reply(*plugin_, out.data, "capabilities");
+  if (!caps.is_object()) throw PluginError(plugin_->label() + ": capabilities: not a JSON object");
+  return caps;
+}
+
 json Instance::model_train(const json& request, const EventFn& on_event) {
   auto* t = iface<vhost_model_iface>(VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, train), "train");
   StringSink out;
@@ -207,9 +219,12 @@ json Instance::dataset_prepare(const json& request) {
 }
 
 std::optional<json> model_tool_if_offered(const LoadedPlugin& plugin, const std::string& name, const json& args) {
-  auto* t = table_of<vhost_model_iface>(plugin, VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, tool), "tool");
+  // The descriptor's slot (ABI 1.7; the registry's copy reads NULL past an older plugin's
+  // struct_size), else the model table's, where plugins kept their tools before.
+  auto fn = plugin.desc->tool;
+  if (!fn) fn = table_of<vhost_model_iface>(plugin, VHOST_KIND_MODEL, VHOST_SLOT_END(vhost_model_iface, tool), "tool")->tool;
   StringSink out;
-  auto info = take_status(t->tool(name.c_str(), args.dump().c_str(), &out.sink));
+  auto info = take_status(fn(name.c_str(), args.dump().c_str(), &out.sink));
   if (info && info->code == VHOST_ERR_UNSUPPORTED) return std::nullopt;
   if (info) throw PluginError(plugin.label() + ": " + name + ": " + code_name(info->code) + ": " + info->message);
   return out.data.empty() ? json::object() : parse_reply(plugin, out.data, "tool '" + name + "'");

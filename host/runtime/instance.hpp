@@ -37,7 +37,11 @@ class Instance {
   std::string model_decode(const std::vector<int32_t>& ids);
   using TokenFn = std::function<bool(uint32_t sequence, int32_t token, const std::string& text)>;
   json model_generate(const json& request, const TokenFn& on_token);
+  // The tokenizer's facts (bos_id, eos_id, vocab_size, ...).
   json model_tokenizer_info();
+  // What the model offers when served (context, max_batch, concurrent, template, logprobs, ...;
+  // vhost_model_iface::capabilities); from a plugin built before ABI 1.7, its tokenizer_info.
+  json model_capabilities();
   // on_event returns false to ask the trainer to checkpoint and stop.
   using EventFn = std::function<bool(const json& event)>;
   json model_train(const json& request, const EventFn& on_event);
@@ -60,7 +64,7 @@ class Instance {
   void* self_ = nullptr;
 };
 
-// A plugin-level tool of a model plugin (vhost_model_iface::tool).
+// A plugin-level tool of a model plugin (vhost_plugin_desc::tool; before ABI 1.7 vhost_model_iface::tool).
 json model_tool(const LoadedPlugin& plugin, const std::string& name, const json& args);
 // The same, nullopt when the plugin has no such tool (VHOST_ERR_UNSUPPORTED).
 std::optional<json> model_tool_if_offered(const LoadedPlugin& plugin, const std::string& name, const json& args);

@@ -21,6 +21,29 @@ python3 -c 'import json,sys; t=json.load(open("r.json"))["choices"][0]["text"]; 
 kill -TERM $PID
 wait $PID || { echo "serve did not stop cleanly"; cat serve.log; exit 1; }
 
+# A model plugin built for ABI 1.6 (tests/plugins/c_model16.c, no capabilities slot): what it
+# offers is read from its tokenizer_info, as 1.6 reported it: max_batch 3, context 777, chatml.
+"$vhost" serve m --plugin c16 "${plugins[@]}" --port 0 > serve16.log 2>&1 &
+PID=$!
+PORT=$(port_of serve16.log $PID)
+curl -sf "http://127.0.0.1:$PORT/v1/models" > models.json || { echo "c16: /v1/models failed"; cat serve16.log; exit 1; }
+curl -sf "http://127.0.0.1:$PORT/tokenize" -d '{"model": "m", "messages": [{"role": "user", "content": "hi"}]}' > tok.json ||
+  { echo "c16: /tokenize failed"; cat serve16.log; exit 1; }
+python3 - <<'PY'
+import json
+m = json.load(open("models.json"))["data"][0]
+assert m["max_batch"] == 3, m
+t = json.load(open("tok.json"))
+assert t["max_model_len"] == 777, t
+text = bytes(i - 3 for i in t["tokens"] if i >= 3).decode()
+assert text.startswith("<|im_start|>") and "<|im_start|>user\nhi" in text, text
+PY
+kill -TERM $PID
+wait $PID || { echo "serve (c16) did not stop cleanly"; cat serve16.log; exit 1; }
+# chat reads the template from what the model offers alone (c16 answers with the prompt it got)
+printf 'hello\n' | "$vhost" chat m --plugin c16 "${plugins[@]}" > chat16.txt 2> chat16.err || { cat chat16.err; exit 1; }
+grep -qF '<|im_start|>user' chat16.txt || { echo "chat (c16) did not use its chatml template:"; cat chat16.txt; exit 1; }
+
 # generate and chat through the same plugin
 "$vhost" generate m --plugin bytes "${plugins[@]}" --prompt "one two" --max-tokens 8 > gen.txt 2> gen.err ||
   { cat gen.err; exit 1; }

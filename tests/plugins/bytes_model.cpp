@@ -36,9 +36,8 @@ class BytesModel final : public vhost::Model {
       if (id >= 3 && id < 259) s += static_cast<char>(id - 3);
     return s;
   }
-  vhost::json tokenizer_info() const override {
-    return {{"bos_id", 1}, {"eos_id", 2}, {"vocab_size", 259}, {"template", "vicuna_v1.1"}, {"context", 4096}};
-  }
+  vhost::json tokenizer_info() const override { return {{"bos_id", 1}, {"eos_id", 2}, {"vocab_size", 259}}; }
+  vhost::json capabilities() const override { return {{"template", "vicuna_v1.1"}, {"context", 4096}}; }
 
   vhost::json generate(const vhost::json& request, const vhost::TokenSink& on_token) override {
     std::vector<std::string> prompts;

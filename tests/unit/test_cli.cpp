@@ -4,7 +4,7 @@
 TEST_CASE("vhost version and usage errors", "[cli]") {
   auto r = run_cmd(vhost_cmd("version"));
   CHECK(r.rc == 0);
-  CHECK_THAT(r.out, Contains("plugin ABI 1.6"));
+  CHECK_THAT(r.out, Contains("plugin ABI 1.7"));
   r = run_cmd(vhost_cmd("frobnicate"));
   CHECK(r.rc == 2);
   r = run_cmd(vhost_cmd("run"));

@@ -62,7 +62,7 @@ TEST_CASE("discovery order: plugin_dirs, --plugin-dir, VHOST_PLUGIN_PATH, build 
       REQUIRE(p.shadowed.size() == 1);
       CHECK(p.shadowed[0] == c / "vhost_judge_echo.so");
       CHECK(p.version == "1.2.3");
-      CHECK(p.abi == "1.6");
+      CHECK(p.abi == "1.7");
       CHECK(p.error.empty());
     }
 #if VHOST_HAVE_TORCH
@@ -81,8 +81,8 @@ TEST_CASE("plugins built for another SDK ABI are refused, naming both versions",
   std::map<std::string, std::string> errors;
   for (const auto& p : host.plugins()) errors[p.name] = p.error;
   CHECK_THAT(errors["future"], Contains("vhost_judge_future.so): built for vhost SDK ABI 2.0, but this host "
-                                        "implements ABI 1.6 (major versions differ)"));
-  CHECK_THAT(errors["newer"], Contains("built for vhost SDK ABI 1.99, newer than this host's ABI 1.6"));
+                                        "implements ABI 1.7 (major versions differ)"));
+  CHECK_THAT(errors["newer"], Contains("built for vhost SDK ABI 1.99, newer than this host's ABI 1.7"));
   CHECK_THAT(errors["misnamed"], Contains("the file name says judge 'misnamed' but the plugin says it is judge 'other'"));
   CHECK_THAT(errors["broken"], Contains("failed to load"));
   CHECK_THAT(errors["broken"], Contains("vhost_test_symbol_that_does_not_exist"));
@@ -95,7 +95,7 @@ TEST_CASE("plugins built for another SDK ABI are refused, naming both versions",
   });
   CHECK_THAT(msg, Contains("abi.toml:4:10: judges.j.plugin: judge plugin 'future'"));
   CHECK_THAT(msg, Contains("ABI 2.0"));
-  CHECK_THAT(msg, Contains("ABI 1.6"));
+  CHECK_THAT(msg, Contains("ABI 1.7"));
 
   // An older minor (1.0) still loads: tables only grew at the end.
   vh::Host good(only_dirs({kGood}));
@@ -118,7 +118,7 @@ TEST_CASE("plugins written in C: one against the frozen ABI 1.0 header, one agai
   CHECK(found["c10"].error.empty());
   CHECK(found["c10"].abi == "1.0");
   CHECK(found["c"].error.empty());
-  CHECK(found["c"].abi == "1.6");
+  CHECK(found["c"].abi == "1.7");
   CHECK(found["c"].options.size() == 2);
 
   // The 1.0 plugin's shorter descriptor and judge table work: create, describe, complete.
@@ -252,3 +252,21 @@ TEST_CASE("the cpu backend applies and reports its settings", "[plugins][torch]"
   CHECK_THAT(out.str(), Contains("backends.cpu: backend plugin 'cpu'"));
 }
 #endif
+
+TEST_CASE("a model plugin built for ABI 1.6: its tool in the model table, its capabilities in tokenizer_info", "[plugins][abi]") {
+  vh::Host host(only_dirs({kGood}));
+  std::map<std::string, vh::PluginInfo> found;
+  for (const auto& p : host.plugins()) found[p.name] = p;
+  REQUIRE(found.count("c16"));
+  CHECK(found["c16"].error.empty());
+  CHECK(found["c16"].abi == "1.6");
+  // Before 1.7 a model's tools were in its model table; the host still finds them there.
+  auto r = host.model_tool("c16", "hello", {{"x", 1}});
+  CHECK(r["hello"] == "from the 1.6 model table");
+  CHECK(r["args"]["x"] == 1);
+  CHECK_THAT(error_of([&] { host.model_tool("c16", "nope", vh::json::object()); }),
+             Contains("this model plugin has no tool 'nope'"));
+  // A 1.7 plugin without tools: its descriptor has none, its model table refuses.
+  CHECK_THAT(error_of([&] { host.model_tool("bytes", "init", vh::json::object()); }),
+             Contains("this model plugin has no tool 'init'"));
+}

@@ -152,7 +152,7 @@ json run_chat(StageContext& ctx) {
   Instance& model = ctx.instance(c["model"].get<std::string>());
   std::optional<ChatPrompter> prompter;
   try {
-    prompter.emplace(model.model_tokenizer_info(), c["template"].get<std::string>());
+    prompter.emplace(model.model_capabilities(), c["template"].get<std::string>());
   } catch (const conv::TemplateError& e) {
     throw ConfigError(ctx.id + ".template: " + e.what());
   }

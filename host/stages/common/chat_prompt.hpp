@@ -19,7 +19,7 @@ namespace vhost::host {
 
 class ChatPrompter {
  public:
-  // `info`: the model's tokenizer_info; `name`: a template to use instead of the model's own
+  // `info`: the model's capabilities (its template, context); `name`: a template to use instead of the model's own
   // ("" for its own). Throws conv::TemplateError naming what is wrong.
   explicit ChatPrompter(const nlohmann::json& info, const std::string& name = "")
       : t_(conv::model_template(info, name)), context_(info.value("context", int64_t{2048})) {}

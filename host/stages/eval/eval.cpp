@@ -923,7 +923,7 @@ class Evaluation {
   void answer_with_model(const std::string& ref) {
     Instance& model = ctx_.instance(ref);
     const std::string name = ref.substr(ref.find('.') + 1);
-    const json info = model.model_tokenizer_info();
+    const json info = model.model_capabilities();
     std::optional<ChatPrompter> prompter;
     try {
       prompter.emplace(info);

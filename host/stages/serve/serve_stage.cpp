@@ -129,7 +129,7 @@ json run_serve(StageContext& ctx) {
     if (advertise.empty()) advertise = "http://" + (o.host == "0.0.0.0" ? std::string("127.0.0.1") : o.host) + ":" + std::to_string(port);
     std::vector<std::string> names = server.model_ids();  // adapters too
     int capacity = 0;
-    for (auto& [n, inst] : models) capacity += inst->model_tokenizer_info().value("max_batch", 1);
+    for (auto& [n, inst] : models) capacity += inst->model_capabilities().value("max_batch", 1);
     std::lock_guard<std::mutex> g(membership_mu);
     membership = std::make_unique<WorkerMembership>(controller, advertise, names, std::max(1, capacity),
                                                     c["heartbeat"].get<double>(),

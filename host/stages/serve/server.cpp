@@ -263,7 +263,7 @@ struct ModelMetrics {
 
 struct ApiServer::Impl {
   std::map<std::string, Instance*> models;
-  std::map<std::string, json> info;  // tokenizer_info per model
+  std::map<std::string, json> info;  // tokenizer_info and capabilities per model
   // A LoRA adapter a model instance serves on its base (tokenizer_info "adapters"; its model id
   // is its name) -> the base's model id.
   std::map<std::string, std::string> parent_of;
@@ -1012,7 +1012,10 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
   I.opt = std::move(options);
   std::map<std::string, Instance*> adapters;
   for (auto& [name, inst] : I.models) {
+    // Read once: the tokenizer's facts (vocab, special tokens) and what the model offers
+    // (context, batch, template, logprobs, adapters).
     I.info[name] = inst->model_tokenizer_info();
+    I.info[name].update(inst->model_capabilities());
     if (!I.info[name].value("concurrent", false)) I.serialise[inst] = std::make_unique<std::mutex>();
     const json a = I.info[name].value("adapters", json::array());
     for (const auto& n : a) {

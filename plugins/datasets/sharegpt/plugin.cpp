@@ -95,7 +95,7 @@ class ShareGptPlugin final : public vhost::Dataset {
     o.input = path_;
     o.out_dir = request["out_dir"].get<std::string>();
     try {
-      o.templ = templ_.empty() ? vhost::conv::model_template(info) : registry_.get(templ_);
+      o.templ = templ_.empty() ? vhost::conv::model_template(model.capabilities()) : registry_.get(templ_);
     } catch (const vhost::conv::TemplateError& e) {
       throw vhost::ConfigError("template", std::string(e.what()) + " (the model's template; set one here)");
     }

@@ -286,7 +286,7 @@ class LlamaPlugin final : public vhost::Model {
 
   // The template: the `template` option (a built-in or one of `templates`), else the one the
   // checkpoint was trained with (conversation_template.json, written by the train stage), else
-  // vicuna_v1.1. Reported whole in tokenizer_info, so that a custom one is served as trained.
+  // vicuna_v1.1. Reported whole in capabilities, so that a custom one is served as trained.
   void resolve_template(const vhost::Config& cfg) {
     vhost::conv::Registry reg;
     try {
@@ -349,8 +349,10 @@ class LlamaPlugin final : public vhost::Model {
             {"bos_token", "<s>"},  // LLaMA's SentencePiece names for them
             {"eos_token", "</s>"},
             {"eos_id", config_.eos_token_id},
-            {"vocab_size", tokenizer_->vocab_size()},
-            {"context", config_.max_position_embeddings},
+            {"vocab_size", tokenizer_->vocab_size()}};
+  }
+  json capabilities() const override {
+    return {{"context", config_.max_position_embeddings},
             {"template", template_.name},
             {"template_definition", vhost::conv::template_to_json(template_)},
             {"templates", custom_templates_},  // the custom ones it was given, which chat/serve may name

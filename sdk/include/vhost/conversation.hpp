@@ -419,7 +419,7 @@ inline json template_to_json(const Template& t) {
   return j;
 }
 
-// The template a model reports in its tokenizer/capabilities info: {"template": NAME,
+// The template a model reports in its capabilities (before ABI 1.7, its tokenizer_info): {"template": NAME,
 // "template_definition": {...}} (template_to_json; may be absent for a built-in), and optionally
 // {"templates": {NAME: definition, ...}}, the other custom templates it was given. `name`, when
 // not empty, asks for another template instead: a built-in or one of those, by name.

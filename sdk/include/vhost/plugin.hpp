@@ -161,13 +161,18 @@ class Model : public Plugin {
   virtual Spans encode_spans(std::string_view /*text*/) const {
     throw Error(VHOST_ERR_UNSUPPORTED, "this model plugin cannot report token spans");
   }
-  // {"bos_id", "eos_id", "vocab_size", "template"}
+  // {"bos_id", "eos_id", "vocab_size"}, optionally "bos_token", "eos_token".
   virtual json tokenizer_info() const = 0;
+  // What the instance offers as a served model (vhost_model_iface::capabilities): context,
+  // max_batch, concurrent, template, logprobs, ... Nothing said: one call at a time, no extras.
+  virtual json capabilities() const { return json::object(); }
   // See vhost_model_iface::train. `on_event` may be empty.
   virtual json train(const json& /*request*/, const EventSink& /*on_event*/) {
     throw Error(VHOST_ERR_UNSUPPORTED, "this model plugin cannot train");
   }
-  // A model class may also define   static json tool(const std::string& name, const json& args);
+  // A plugin class (any kind) may also define   static json tool(const std::string& name, const json& args);
+  // (vhost_plugin_desc::tool): operations that need no instance; throw Error(VHOST_ERR_UNSUPPORTED)
+  // for a name it does not know.
 };
 class Dataset : public Plugin {
  public:
@@ -309,6 +314,15 @@ class ModelClient {
     check(t_->tokenizer_info(self_, &sink));
     return json::parse(out);
   }
+  // The model's capabilities; from a model plugin older than ABI 1.7, its tokenizer_info (which
+  // carried them then).
+  json capabilities() const {
+    if (t_->struct_size < offsetof(vhost_model_iface, capabilities) + sizeof(t_->capabilities)) return tokenizer_info();
+    std::string out;
+    vhost_sink sink{&out, [](void* c, const char* d, size_t n) { static_cast<std::string*>(c)->append(d, n); }};
+    check(t_->capabilities(self_, &sink));
+    return json::parse(out);
+  }
 
  private:
   // A status from the other plugin becomes an Error of ours, naming the instance.
@@ -422,13 +436,9 @@ const void* kind_iface() {
             write(reply, static_cast<Model*>(self(s))->generate(json::parse(request), sink).dump());
           });
         },
-        [](const char* name, const char* args, vhost_sink* result) {
+        [](const char* name, const char*, vhost_sink*) {  // tools are the descriptor's since 1.7
           return guard([&] {
-            if constexpr (has_tool<T>::value) {
-              write(result, T::tool(name, json::parse(args)).dump());
-            } else {
-              throw Error(VHOST_ERR_UNSUPPORTED, std::string("this model plugin has no tool '") + name + "'");
-            }
+            throw Error(VHOST_ERR_UNSUPPORTED, std::string("tool '") + name + "': tools are in the plugin's descriptor (ABI 1.7)");
           });
         },
         [](void* s, const char* text, size_t len, vhost_spans_fn out, void* ctx) {
@@ -450,6 +460,9 @@ const void* kind_iface() {
               };
             write(result, static_cast<Model*>(self(s))->train(json::parse(request), sink).dump());
           });
+        },
+        [](void* s, vhost_sink* out) {
+          return guard_in(s, [&] { write(out, static_cast<Model*>(self(s))->capabilities().dump()); });
         }};
     return &iface;
   } else {
@@ -503,6 +516,10 @@ const vhost_plugin_desc* describe_plugin(const vhost_host_api* host, const char*
       return guard_in(s, [&] { write(out, self(s)->describe().dump()); });
     };
     x.kind_iface = kind_iface<T>();
+    if constexpr (has_tool<T>::value)
+      x.tool = [](const char* name, const char* args, vhost_sink* result) {
+        return guard([&] { write(result, T::tool(name, json::parse(args)).dump()); });
+      };
     x.get_extension = [](void* s, const char* n) -> const void* {
       ContextScope scope(self(s)->context());
       try {

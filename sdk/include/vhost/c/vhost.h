@@ -34,7 +34,7 @@ extern "C" {
 #define VHOST_ABI_MAJOR 1
 #endif
 #ifndef VHOST_ABI_MINOR
-#define VHOST_ABI_MINOR 6
+#define VHOST_ABI_MINOR 7
 #endif
 
 /* The symbol a plugin exports: \since 1.6 an extern "C" function of type vhost_plugin_entry_fn
@@ -161,14 +161,14 @@ typedef struct vhost_backend_iface {
   vhost_status* (*barrier)(void* self, double timeout_s);
 } vhost_backend_iface;
 
-/* A model family (LLaMA...): tokenizer, generation, and tools that need no instance.
+/* A model family (LLaMA...): tokenizer, generation, training.
  * Instances must be thread-safe for encode/decode. generate is called from one thread at a time
- * unless tokenizer_info reports "concurrent": true (1.2); "max_batch" then says how many calls
- * the instance decodes together. */
+ * unless capabilities reports "concurrent": true; "max_batch" then says how many calls the
+ * instance decodes together. */
 typedef void (*vhost_ids_fn)(void* ctx, const int32_t* ids, size_t n);
 /* One piece of generated text for sequence `sequence` (whole UTF-8 characters; never part of a
  * stop string). Return nonzero to cancel that sequence.
- * \since 1.5: where the request has "stream_logprobs": true (and tokenizer_info says "stream_logprobs"),
+ * \since 1.5: where the request has "stream_logprobs": true (and capabilities says "stream_logprobs"),
  * the scores of the tokens generated since the last piece come first, as a call with token
  * VHOST_TOKEN_SCORES and text a JSON array of {"id", "text", "logprob", "top": [[id, text,
  * logprob]...]} (generate's "logprobs" entries), the last ones before the sequence ends. */
@@ -190,9 +190,9 @@ typedef struct vhost_model_iface {
   /* request: {"prompts": ["..."]} or {"prompt_ids": [[1, 2]]}, "add_bos": true, "max_tokens": 256,
    *          "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
    *          "presence_penalty": 0, "frequency_penalty": 0, "seed": 42 (optional), "stop": ["..."],
-   *          where tokenizer_info says "logprobs": true, also "logprobs": K and "prompt_logprobs": K
-   *          (0..20 alternatives; "max_tokens": 0 with prompt_logprobs only scores); where it
-   *          says "embeddings": true, {"embed": true, prompts...} answers {"data": [{"index",
+   *          where capabilities says "logprobs": true, also "logprobs": K and "prompt_logprobs": K
+   *          (0..20 alternatives; "max_tokens": 0 with prompt_logprobs only scores); where they
+   *          say "embeddings": true, {"embed": true, prompts...} answers {"data": [{"index",
    *          "embedding": [...]}], "usage": {"prompt_tokens"}} instead (mean-pooled, normalised)
    * reply:   {"choices": [{"index", "text", "tokens": [...], "finish_reason": "stop"|"length"|"cancelled",
    *                        "logprobs"/"prompt_logprobs": [{"id", "text", "logprob" (null for the
@@ -202,21 +202,30 @@ typedef struct vhost_model_iface {
   vhost_status* (*generate)(void* self, const char* request_json, vhost_token_fn on_token, void* ctx,
                             vhost_sink* reply_json);
   /* Plugin-level operations ("init", "train-tokenizer", "encode", "convert"...): args JSON in,
-   * result JSON out. Unknown names return VHOST_ERR_UNSUPPORTED. */
+   * result JSON out. Unknown names return VHOST_ERR_UNSUPPORTED.
+   * Superseded in 1.7 by vhost_plugin_desc.tool (any kind, not in an instance's table); the host
+   * calls this one only for a model plugin whose descriptor has none. */
   vhost_status* (*tool)(const char* name, const char* args_json, vhost_sink* result_json);
   /* \since 1.1: like encode without BOS/EOS, plus each id's byte span in `text`: how training labels
    * find the tokens of an assistant's reply inside a rendered conversation. */
   vhost_status* (*encode_spans)(void* self, const char* text, size_t len, vhost_spans_fn out, void* ctx);
-  /* \since 1.1: {"bos_id", "eos_id", "vocab_size", "template": the model's conversation template name};
-   * optional: "bos_token"/"eos_token" (their text), "context", "max_batch", "concurrent",
-   * "logprobs" (generate takes logprobs / prompt_logprobs); \since 1.5 "stream_logprobs" (generate
-   * streams them, see vhost_token_fn). */
+  /* \since 1.1: the tokenizer: {"bos_id", "eos_id", "vocab_size"}, optional "bos_token"/"eos_token"
+   * (their text). Before 1.7 it also carried what `capabilities` now says; the host reads those
+   * keys here from a plugin without `capabilities`. */
   vhost_status* (*tokenizer_info)(void* self, vhost_sink* info_json);
   /* \since 1.2: fine-tunes the instance's weights on a prepared dataset (vhost/token_dataset.hpp),
    * resuming from the newest complete checkpoint in request.out. Request and reply: docs/training.md.
    * Events stream through on_event (may be NULL). */
   vhost_status* (*train)(void* self, const char* request_json, vhost_event_fn on_event, void* ctx,
                          vhost_sink* result_json);
+  /* \since 1.7: what the instance offers as a served model, a JSON object, every key optional:
+   *   "context": positions it attends over; "max_batch": concurrent generate calls worth making
+   *   (1); "concurrent": generate may be called from several threads (false); "template": its
+   *   conversation template's name, "template_definition": that template (vhost/conversation.hpp
+   *   template_to_json), "templates": other templates it was given, by name; "logprobs",
+   *   "stream_logprobs", "embeddings": generate takes those requests (false); "adapters": the
+   *   LoRA adapter names generate takes as "adapter". */
+  vhost_status* (*capabilities)(void* self, vhost_sink* caps_json);
 } vhost_model_iface;
 
 /* A dataset turns a raw source (ShareGPT JSON...) into a prepared, tokenized dataset on disk
@@ -267,6 +276,10 @@ typedef struct vhost_plugin_desc {
    * built against an older header is shorter: the host copies it into a zeroed one, so a slot
    * past its struct_size reads as NULL. */
   vhost_status* (*create_in)(const vhost_context* context, const char* config_json, void** out_instance);
+  /* \since 1.7, optional (NULL: none): operations of the plugin that need no instance ("init",
+   * "convert", "merge"...): args JSON in, result JSON out; an unknown name returns
+   * VHOST_ERR_UNSUPPORTED. Any kind may have them (before 1.7 only models did, in their table). */
+  vhost_status* (*tool)(const char* name, const char* args_json, vhost_sink* result_json);
 } vhost_plugin_desc;
 
 /* The exported entry point: called once per process; the host api pointer stays valid for the
