@@ -327,7 +327,7 @@ struct Cli {
     // Model and tokenizer tools (plugin-level tools of a model plugin).
     model = group(app, "model", "make and convert model checkpoints");
     model_init = model->add_subcommand("init", "write a randomly initialised checkpoint of a preset shape");
-    model_init->add_option("--preset", preset, "tiny, stories15m, 7b, 13b")->capture_default_str();
+    model_init->add_option("--preset", preset, "a preset shape of the model plugin (one it does not know is refused with the list)")->capture_default_str();
     model_init->add_option("--out", out_dir, "checkpoint folder to write")->required();
     model_init->add_option("--seed", seed, "initialisation seed")->capture_default_str();
     model_init->add_option("--dtype", dtype, "float32, bfloat16, float16")->capture_default_str();

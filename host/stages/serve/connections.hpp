@@ -64,7 +64,8 @@ class Connections {
   std::unique_ptr<Impl> impl_;
 };
 
-// The socket of the request this thread is answering; -1 outside one.
+// The socket of the request this thread is answering; -1 outside one (and for a client that
+// shut its sending side before the request was answered: it cannot be watched for leaving).
 int current_socket();
 
 // True when the client at the other end of `fd` has closed the connection (it sent FIN or
