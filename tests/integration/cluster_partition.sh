@@ -3,8 +3,9 @@
 # joined to the controller's by a veth pair; the link is cut (ip link down: packets go nowhere,
 # no process stops or says goodbye) while clients keep sending, then restored. Every request
 # during the partition is answered (by the other worker, once the controller has dropped the cut
-# one); after the heal the cut worker registers again and takes requests. Needs root and
-# `ip netns` (skips without them).
+# one); after the heal the cut worker registers again and takes requests. Then its link is
+# throttled while the other worker is killed: every request is still answered once. Needs root
+# and `ip netns` (skips without them); the throttled phase needs the tbf qdisc (skipped without).
 #   cluster_partition.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
@@ -117,4 +118,66 @@ for _ in $(seq 1 8); do
 done
 wait_for "the healed worker to be sent requests" eval '[ "$(served)" -gt "$before" ]'
 grep -q "registered" cut.log || { echo "the cut worker never registered again"; cat cut.log; exit 1; }
+
+# A slow link and a dead worker at once: the healed worker's link is throttled to 256 kbit/s each
+# way (tbf; this kernel has no netem for a delay), and the other worker is killed (-9) 2 s into
+# the load. Every request is answered once: a reply in full (exactly max_tokens tokens: not
+# generated twice), a stream with one id and one [DONE]; the only failures allowed are streams
+# the killed worker had started, ended by a worker_lost event (retryable); no request hangs.
+shape() { tc qdisc add dev "$1" root tbf rate 256kbit burst 8kb latency 2s; }
+if shape "${veth}a" 2> /dev/null && ip netns exec "$ns" tc qdisc add dev "${veth}b" root tbf rate 256kbit burst 8kb latency 2s; then
+  python3 - "$APORT" > slow.json << 'PY' &
+import json, sys, threading, time, urllib.request
+port, deadline, results, lock = sys.argv[1], time.time() + 7, [], threading.Lock()
+def client(k):
+    i = 0
+    while time.time() < deadline:
+        stream = (i + k) % 2 == 1
+        body = json.dumps({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": True,
+                           "stream": stream}).encode()
+        t0, ok, why = time.time(), False, ""
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                                               {"Content-Type": "application/json"}), timeout=30) as r:
+                text = r.read().decode()
+            if stream:
+                events = [l[6:] for l in text.split("\n") if l.startswith("data: ")]
+                chunks = [json.loads(e) for e in events if e != "[DONE]"]
+                ids = {c["id"] for c in chunks if "id" in c}
+                ok = events.count("[DONE]") == 1 and len(ids) == 1 and not any("error" in c for c in chunks)
+                why = "" if ok else text[-400:]
+            else:
+                reply = json.loads(text)
+                ok = reply["usage"]["completion_tokens"] == 60
+                why = "" if ok else text[-400:]
+        except Exception as e:
+            why = repr(e)
+        with lock:
+            results.append({"ok": ok, "s": time.time() - t0, "at": t0, "stream": stream, "error": why})
+        i += 1
+threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps(results))
+PY
+  LOAD=$!
+  sleep 2
+  kill -9 "${pids[2]}"  # the worker outside the namespace
+  date +%s.%N > kill_at
+  wait $LOAD
+  python3 - << 'PY'
+import json
+r, kill = json.load(open("slow.json")), float(open("kill_at").read())
+lost = [x for x in r if not x["ok"] and x["stream"] and '"code":"worker_lost"' in x["error"] and x["at"] < kill]
+bad = [x for x in r if not x["ok"] and x not in lost]
+after = [x for x in r if x["ok"] and x["at"] > kill + 0.5]
+print(f"  slow link + a killed worker: {len(r)} requests, {len(bad)} failed, {len(lost)} streams of the killed worker "
+      f"ended with worker_lost, {len(after)} answered after the kill (mean {sum(x['s'] for x in after) / max(1, len(after)):.2f} s, "
+      f"through the throttled link), the slowest in {max(x['s'] for x in r):.2f} s")
+assert not bad, bad[:3]
+assert after, "nothing was answered after the kill"
+PY
+else
+  echo "  (no tbf qdisc here: the slow-link phase is not run)"
+fi
 echo "cluster_partition: ok"
