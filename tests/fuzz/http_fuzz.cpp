@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -138,11 +139,27 @@ void raw_input(const std::string& bytes) {
   }
 }
 
+// VHOST_FUZZ_ONLY=chat|completions|embeddings|tokenize|raw sends every input that way (its first
+// byte still dropped): a long run spent on one endpoint. Unset: the first byte picks.
+int only_mode() {
+  static const int mode = [] {
+    const char* e = std::getenv("VHOST_FUZZ_ONLY");
+    if (!e || !*e) return -1;
+    const std::string m = e;
+    for (int i = 0; i < 5; ++i)
+      if (m == std::array<const char*, 5>{"chat", "completions", "embeddings", "tokenize", "raw"}[i]) return i;
+    std::fprintf(stderr, "http_fuzz: VHOST_FUZZ_ONLY=%s: not chat, completions, embeddings, tokenize or raw\n", e);
+    std::exit(2);
+  }();
+  return mode;
+}
+
 void one_input(const uint8_t* data, size_t size) {
   if (size == 0) return;
-  if (data[0] % 8 >= 4) return raw_input(std::string(reinterpret_cast<const char*>(data) + 1, size - 1));
+  const int mode = only_mode() >= 0 ? only_mode() : data[0] % 8 >= 4 ? 4 : data[0] % 4;
+  if (mode == 4) return raw_input(std::string(reinterpret_cast<const char*>(data) + 1, size - 1));
   static const char* const paths[] = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize"};
-  const char* path = paths[data[0] % 4];
+  const char* path = paths[mode];
   const std::string body(reinterpret_cast<const char*>(data) + 1, size - 1);
   auto r = server().Post(path, body, "application/json");
   if (!r) {
