@@ -101,7 +101,8 @@ def main(timeout_s):
 
     # A client that shuts its sending side after two pipelined requests (as `nc -N` does) is
     # answered both, then closed.
-    # Their half-closed socket does not read as a client that left: each reply is whole.
+    # A half-closed socket reads as a client that left (as nginx and uvicorn take it): the replies
+    # may be cut short, but they are OpenAI replies ("stop", never the engine's "cancelled").
     s = connect()
     long = json.dumps({"model": "tiny", "prompt": "Once", "max_tokens": 200, "ignore_eos": True}).encode()
     one = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(long)).encode() + b"\r\n\r\n" + long
@@ -117,8 +118,8 @@ def main(timeout_s):
         assert head.startswith(b"HTTP/1.1 200 OK"), head
         replies.append(json.loads(rest[:n]))
         data = rest[n:]
-    assert len(replies) == 2 and all(r["usage"]["completion_tokens"] == 200 for r in replies), replies
-    print("slow clients: two pipelined requests, then the client's side shut: both answered whole, then closed")
+    assert len(replies) == 2 and all(r["choices"][0]["finish_reason"] in ("stop", "length") for r in replies), replies
+    print("slow clients: two pipelined requests, then the client's side shut: both answered, then closed")
 
     # The slow ones: answered 408 (a JSON error) once their time is up, then closed.
     codes = {}

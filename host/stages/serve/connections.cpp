@@ -286,9 +286,7 @@ struct Connections::Impl {
         close_now = stopping || ++c->served >= L.keep_alive_requests;
       }
       bool closed = false;
-      // A client that shut its sending side before its request was in (nc -N) still waits for
-      // the answer: its half-closed socket must not read as gone.
-      current_fd = c->eof ? -1 : c->fd;
+      current_fd = c->fd;
       bool ok = false;
       try {
         ok = serve(*c, close_now, closed);

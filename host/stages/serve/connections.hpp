@@ -64,12 +64,12 @@ class Connections {
   std::unique_ptr<Impl> impl_;
 };
 
-// The socket of the request this thread is answering; -1 outside one (and for a client that
-// shut its sending side before the request was answered: it cannot be watched for leaving).
+// The socket of the request this thread is answering; -1 outside one.
 int current_socket();
 
 // True when the client at the other end of `fd` has closed the connection (it sent FIN or
-// RST). Does not consume anything the client sent. Safe from any thread while the request on
+// RST). A client that shut only its sending side reads as gone too, as nginx (499) and uvicorn
+// take it: TCP cannot tell the two apart before the answer is written. Does not consume anything the client sent. Safe from any thread while the request on
 // `fd` is being answered.
 bool peer_closed(int fd);
 

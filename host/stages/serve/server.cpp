@@ -713,17 +713,19 @@ struct ApiServer::Impl {
     json choices = json::array();
     for (const auto& ch : reply["choices"]) {
       std::string text = ch.value("text", "");
+      // "cancelled" is no OpenAI finish reason: a reply cut short by its client's leaving says stop
+      const json finish = ch["finish_reason"] == "cancelled" ? json("stop") : ch["finish_reason"];
       if (c.chat) {
         auto b = text.find_first_not_of(' ');
         text = b == std::string::npos ? "" : text.substr(b);
         choices.push_back({{"index", ch["index"]},
                            {"message", {{"role", "assistant"}, {"content", text}}},
-                           {"finish_reason", ch["finish_reason"] == "cancelled" ? json("stop") : ch["finish_reason"]},
+                           {"finish_reason", finish},
                            {"logprobs", choice_logprobs(c, ch)}});
       } else {
         const std::size_t k = ch["index"].get<std::size_t>() / static_cast<std::size_t>(c.n);
         if (c.echo) text = c.prompt_texts.at(k) + text;
-        choices.push_back({{"index", ch["index"]}, {"text", text}, {"logprobs", choice_logprobs(c, ch)}, {"finish_reason", ch["finish_reason"]}});
+        choices.push_back({{"index", ch["index"]}, {"text", text}, {"logprobs", choice_logprobs(c, ch)}, {"finish_reason", finish}});
       }
     }
     return {{"id", c.id},
