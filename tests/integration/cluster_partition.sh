@@ -55,32 +55,8 @@ has_cut() { workers | grep -q "$net.2:$WPORT"; }
 wait_for "both workers" eval '[ "$(workers | wc -w)" = 2 ]'
 
 # Clients: 3 threads sending requests (half streamed) for 9 s; the link is cut at 2 s and restored
-# about 4.5 s later. Each request is answered 200 (a streamed one with [DONE]) within 4 s.
-python3 - "$APORT" > load.json << 'PY' &
-import json, sys, threading, time, urllib.request
-port, deadline, results, lock = sys.argv[1], time.time() + 9, [], threading.Lock()
-def client(k):
-    i = 0
-    while time.time() < deadline:
-        stream = (i + k) % 2 == 1
-        body = json.dumps({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True,
-                           "stream": stream}).encode()
-        t0 = time.time()
-        try:
-            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
-                                                               {"Content-Type": "application/json"}), timeout=20) as r:
-                text, ok = r.read().decode(), r.status == 200
-            ok = ok and ("data: [DONE]" in text if stream else "choices" in json.loads(text))
-        except Exception as e:
-            text, ok = repr(e), False
-        with lock:
-            results.append({"ok": ok, "s": time.time() - t0, "at": t0, "stream": stream, "error": "" if ok else text[-400:]})
-        i += 1
-threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-print(json.dumps(results))
-PY
+# about 4.5 s later. Each request is answered once and whole (cluster_load.py) within 4 s.
+python3 "$src/tests/integration/cluster_load.py" "$APORT" 9 400 > load.json &
 LOAD=$!
 sleep 2
 ip netns exec "$ns" ip link set "${veth}b" down  # the far end: packets to it vanish, nothing is refused
@@ -126,40 +102,7 @@ grep -q "registered" cut.log || { echo "the cut worker never registered again"; 
 # the killed worker had started, ended by a worker_lost event (retryable); no request hangs.
 shape() { tc qdisc add dev "$1" root tbf rate 256kbit burst 8kb latency 2s; }
 if shape "${veth}a" 2> /dev/null && ip netns exec "$ns" tc qdisc add dev "${veth}b" root tbf rate 256kbit burst 8kb latency 2s; then
-  python3 - "$APORT" > slow.json << 'PY' &
-import json, sys, threading, time, urllib.request
-port, deadline, results, lock = sys.argv[1], time.time() + 7, [], threading.Lock()
-def client(k):
-    i = 0
-    while time.time() < deadline:
-        stream = (i + k) % 2 == 1
-        body = json.dumps({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": True,
-                           "stream": stream}).encode()
-        t0, ok, why = time.time(), False, ""
-        try:
-            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
-                                                               {"Content-Type": "application/json"}), timeout=30) as r:
-                text = r.read().decode()
-            if stream:
-                events = [l[6:] for l in text.split("\n") if l.startswith("data: ")]
-                chunks = [json.loads(e) for e in events if e != "[DONE]"]
-                ids = {c["id"] for c in chunks if "id" in c}
-                ok = events.count("[DONE]") == 1 and len(ids) == 1 and not any("error" in c for c in chunks)
-                why = "" if ok else text[-400:]
-            else:
-                reply = json.loads(text)
-                ok = reply["usage"]["completion_tokens"] == 60
-                why = "" if ok else text[-400:]
-        except Exception as e:
-            why = repr(e)
-        with lock:
-            results.append({"ok": ok, "s": time.time() - t0, "at": t0, "stream": stream, "error": why})
-        i += 1
-threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-print(json.dumps(results))
-PY
+  python3 "$src/tests/integration/cluster_load.py" "$APORT" 7 60 > slow.json &
   LOAD=$!
   sleep 2
   kill -9 "${pids[2]}"  # the worker outside the namespace
