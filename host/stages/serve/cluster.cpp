@@ -589,15 +589,8 @@ class Gateway {
 
 void run_api(const ApiOptions& o, const std::atomic<bool>& stop, const std::function<void(int)>& on_listening) {
   Gateway g(o);  // before the server: the server's threads (and their relays) end first
-  http::Options ho;
+  http::Options ho = o.listen;
   ho.what = "api";
-  ho.host = o.host;
-  ho.port = o.port;
-  ho.threads = o.threads;
-  ho.max_body = o.max_body;
-  ho.request_timeout_s = o.request_timeout_s;
-  ho.client_connections = o.client_connections;
-  ho.api_keys = o.api_keys;
   ho.not_found = "no such endpoint (see GET /v1/models, POST /v1/chat/completions, POST /v1/completions)";
   http::Server s(ho);
   g.routes(s);

@@ -5,6 +5,8 @@
 
 #include "runtime/config.hpp"
 
+#include "stages/serve/http.hpp"
+
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -21,14 +23,8 @@ struct ControllerOptions {
 };
 
 struct ApiOptions {
-  std::string host = "127.0.0.1";
-  int port = 8000;
+  http::Options listen;    // address, keys, threads, limits
   std::string controller;  // http://host:port
-  std::vector<std::string> api_keys;
-  int threads = 64;
-  std::size_t max_body = 1 << 20;
-  int request_timeout_s = 30;
-  int client_connections = 256;
   std::string log_file;  // the chat page's votes (POST /v1/votes), one JSON line each; empty: not kept
 };
 

@@ -28,8 +28,8 @@ namespace vhost::host {
 namespace {
 
 // The listening options serve and api share: read alike, declared alike.
-template <class Options>
-void read_listen_options(const json& c, Options& o) {
+http::Options read_listen_options(const json& c) {
+  http::Options o;
   o.host = c["host"].get<std::string>();
   o.port = static_cast<int>(c["port"].get<int64_t>());
   o.api_keys = c["api_keys"].get<std::vector<std::string>>();
@@ -37,7 +37,7 @@ void read_listen_options(const json& c, Options& o) {
   o.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
   o.request_timeout_s = static_cast<int>(c["request_timeout"].get<int64_t>());
   o.client_connections = static_cast<int>(c["client_connections"].get<int64_t>());
-  o.log_file = c["log"].get<std::string>();
+  return o;
 }
 
 Schema listen_options(const std::string& log_help) {
@@ -73,7 +73,8 @@ json run_serve(StageContext& ctx) {
     models[ref.substr(ref.find('.') + 1)] = &inst;
   }
   ServeOptions o;
-  read_listen_options(c, o);
+  o.listen = read_listen_options(c);
+  o.log_file = c["log"].get<std::string>();
   o.blocked_words = c["blocked_words"].get<std::vector<std::string>>();
   for (const auto& ref : c["moderators"].get<std::vector<std::string>>()) {
     Instance& inst = ctx.instance(ref);
@@ -103,7 +104,7 @@ json run_serve(StageContext& ctx) {
     int port = bg->server->bind();
     ApiServer* srv = bg->server.get();
     bg->thread = std::thread([srv] { srv->run(); });
-    std::string url = "http://" + o.host + ":" + std::to_string(port);
+    std::string url = "http://" + o.listen.host + ":" + std::to_string(port);
     ctx.out << "serving in the background on " << url << " until the pipeline ends\n";
     ctx.keep(bg);
     return {{"port", port}, {"url", url}, {"background", true}};
@@ -126,7 +127,7 @@ json run_serve(StageContext& ctx) {
   const std::string controller = c["controller"].get<std::string>();
   if (!controller.empty()) {
     std::string advertise = c["advertise"].get<std::string>();
-    if (advertise.empty()) advertise = "http://" + (o.host == "0.0.0.0" ? std::string("127.0.0.1") : o.host) + ":" + std::to_string(port);
+    if (advertise.empty()) advertise = "http://" + (o.listen.host == "0.0.0.0" ? std::string("127.0.0.1") : o.listen.host) + ":" + std::to_string(port);
     std::vector<std::string> names = server.model_ids();  // adapters too
     int capacity = 0;
     for (auto& [n, inst] : models) capacity += inst->model_capabilities().value("max_batch", 1);
@@ -138,8 +139,8 @@ json run_serve(StageContext& ctx) {
   }
   std::string names;
   for (const auto& n : server.model_ids()) names += (names.empty() ? "" : ", ") + n;
-  ctx.out << "serving " << names << " on http://" << o.host << ":" << port << "  (OpenAI API under /v1, chat page at /)"
-          << (o.api_keys.empty() ? "" : ", API keys required") << "\n" << std::flush;
+  ctx.out << "serving " << names << " on http://" << o.listen.host << ":" << port << "  (OpenAI API under /v1, chat page at /)"
+          << (o.listen.api_keys.empty() ? "" : ", API keys required") << "\n" << std::flush;
   server.run();
   done = true;
   watcher.join();
@@ -196,8 +197,9 @@ json run_api_stage(StageContext& ctx) {
   const auto& c = ctx.config;
   ApiOptions o;
   o.controller = c["controller"].get<std::string>();
-  read_listen_options(c, o);
-  return serve_until_signal(ctx, "api", o.host, [&](const std::atomic<bool>& stop, const std::function<void(int)>& said) {
+  o.listen = read_listen_options(c);
+  o.log_file = c["log"].get<std::string>();
+  return serve_until_signal(ctx, "api", o.listen.host, [&](const std::atomic<bool>& stop, const std::function<void(int)>& said) {
     run_api(o, stop, said);
   });
 }

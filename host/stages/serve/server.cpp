@@ -1036,15 +1036,8 @@ ApiServer::ApiServer(std::map<std::string, Instance*> models, ServeOptions optio
   if (!I.opt.log_file.empty()) {
     if (!I.log.open(I.opt.log_file)) throw Error("cannot open the conversation log " + I.opt.log_file);
   }
-  http::Options ho;
+  http::Options ho = I.opt.listen;
   ho.what = "serve";
-  ho.host = I.opt.host;
-  ho.port = I.opt.port;
-  ho.threads = I.opt.threads;
-  ho.max_body = I.opt.max_body;
-  ho.request_timeout_s = I.opt.request_timeout_s;
-  ho.client_connections = I.opt.client_connections;
-  ho.api_keys = I.opt.api_keys;
   ho.not_found = "no such endpoint (see GET /v1/models, POST /v1/chat/completions, POST /v1/completions)";
   I.server = std::make_unique<http::Server>(ho);
   I.routes(*I.server);
@@ -1159,7 +1152,7 @@ std::vector<std::string> ApiServer::model_ids() const {
 
 ApiServer::~ApiServer() { stop(); }
 
-int ApiServer::bind() { return impl_->opt.port = impl_->server->bind(); }
+int ApiServer::bind() { return impl_->opt.listen.port = impl_->server->bind(); }
 void ApiServer::run() { impl_->server->run(); }
 void ApiServer::stop() { impl_->server->stop(); }
 

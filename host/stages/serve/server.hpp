@@ -3,6 +3,7 @@
 #pragma once
 
 #include "runtime/instance.hpp"
+#include "stages/serve/http.hpp"
 
 #include <atomic>
 #include <functional>
@@ -14,13 +15,7 @@
 namespace vhost::host {
 
 struct ServeOptions {
-  std::string host = "127.0.0.1";
-  int port = 8000;                    // 0: any free port
-  std::vector<std::string> api_keys;  // empty: no authentication
-  int threads = 64;                   // requests answered at once
-  std::size_t max_body = 1 << 20;     // bytes
-  int request_timeout_s = 30;         // a request must arrive whole within this (408)
-  int client_connections = 256;       // open connections per client address (429)
+  http::Options listen;               // address, keys, threads, limits (the port: 0 for any free one)
   std::string log_file;               // conversation log (JSONL); empty: none
   std::vector<std::string> blocked_words;  // moderation: prompts containing any (any case) are refused
   // Moderation by judge instances (their `moderate`): a prompt any of them flags is refused; one
