@@ -98,7 +98,7 @@ TEST_CASE("vhost model init: the model plugin names its presets when refusing on
   auto r = run_cmd(vhost_cmd("model init --preset huge --tokenizer-text " + std::string(VHOST_SOURCE_DIR) +
                              "/docs/plugins.md --out " + (dir / "m").string()));
   CHECK(r.rc != 0);
-  CHECK_THAT(r.out, Contains("init: invalid argument: unknown preset 'huge' (tiny, stories15m, 7b, 13b)"));
+  CHECK_THAT(r.out, Contains("init: invalid argument: unknown preset 'huge' (tiny, stories15m, 1b, 7b, 13b)"));
   CHECK_FALSE(fs::exists(dir / "m" / "model.safetensors"));
 }
 #endif

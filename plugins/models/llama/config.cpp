@@ -145,6 +145,15 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
     c.num_key_value_heads = 6;
     c.max_position_embeddings = 256;
     c.rms_norm_eps = 1e-5;
+  } else if (name == "1b") {
+    // TinyLlama-1.1B's shape (LLaMA-2 architecture with grouped-query attention): the ~1B size
+    // bench/large_model.sh measures beside llama.cpp.
+    c.hidden_size = 2048;
+    c.intermediate_size = 5632;
+    c.num_hidden_layers = 22;
+    c.num_attention_heads = 32;
+    c.num_key_value_heads = 4;
+    c.max_position_embeddings = 2048;
   } else if (name == "7b") {
     // LLaMA-1 7B, Vicuna-7B's base (defaults above are its shape).
   } else if (name == "13b") {
@@ -154,7 +163,7 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
     c.num_attention_heads = 40;
     c.num_key_value_heads = 40;
   } else {
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "unknown preset '" + name + "' (tiny, stories15m, 7b, 13b)");
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "unknown preset '" + name + "' (tiny, stories15m, 1b, 7b, 13b)");
   }
   return c;
 }

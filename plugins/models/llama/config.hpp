@@ -31,7 +31,7 @@ struct LlamaConfig {
   static LlamaConfig load(const std::filesystem::path& config_json);
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& source);
   nlohmann::json to_json() const;
-  // "tiny" (tests, demo), "stories15m" (dim 288, 6 layers, 6 heads, vocab 32000), "7b", "13b".
+  // "tiny" (tests, demo), "stories15m" (dim 288, 6 layers, 6 heads, vocab 32000), "1b" (TinyLlama-1.1B's shape), "7b", "13b".
   static LlamaConfig preset(const std::string& name);
 };
 
