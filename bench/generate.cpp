@@ -167,6 +167,8 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
     auto g = load_gguf_llama(path, small_gemm_supports(WeightType::q8_0));  // every block format needs what Q8_0 does
     return LlamaModel(g.config, std::move(g.tensors), path, torch::kCPU, dtype_from_name(g.config.torch_dtype));
   }();
+  // As the plugin's quant_activations: float32 activations take the blocks in their plain layout.
+  if (!*int8_dot_isa()) model.set_int8_activations(false);
   const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
   c10::InferenceMode inference;
   double weight_bytes = 0;
@@ -250,6 +252,12 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
       if (!has_int) break;
     }
     set_int8_activations(true);
+    if (packs_x8(t) && N % 8 == 0) {  // the eight-row interleaving a model packs Q4_0 / Q8_0 into
+      std::vector<uint8_t> packed(blocks.size());
+      pack_x8(t, blocks.data(), N, K, packed.data());
+      std::printf("  %-4s %-5s", f.name, "x8");
+      print_gemm_rows(WeightsRef(packed.data(), packed_x8(t)), N, K, static_cast<double>(packed.size()));
+    }
   }
   return 0;
 }

@@ -70,7 +70,7 @@ grep -q "max_batch: 4" engine.log || { echo "the engine did not run:"; cat engin
 "$vhost" model convert float16 q8.gguf --quantize q8_0 > convq.log 2>&1 || { cat convq.log; exit 1; }
 pipeline q8.gguf auto 12 | sed 's/^dtype = "auto"$/dtype = "auto"\nquant_activations = "float32"/' > q8.toml
 "$vhost" run q8.toml > q8.log 2>&1 || { cat q8.log; exit 1; }
-grep -q "kernel: avx.*, q8_0 x [0-9]* blocks dequantised in registers$" q8.log && grep -q "bytes_per_weight: 1\\." q8.log ||
+grep -q "kernel: avx.*, q8_0 x [0-9]*\( ([0-9]* with eight rows interleaved)\)\? blocks dequantised in registers$" q8.log && grep -q "bytes_per_weight: 1\\." q8.log ||
   { echo "the Q8_0 file is not decoded from its blocks:"; cat q8.log; exit 1; }
 pipeline q8.gguf float32 12 > q8f.toml
 "$vhost" run q8f.toml > q8f.log 2>&1 || { cat q8f.log; exit 1; }
@@ -79,7 +79,7 @@ grep -q "bytes_per_weight: 4.0" q8f.log || { cat q8f.log; exit 1; }
 pipeline q8.gguf auto 12 > q8i.toml
 "$vhost" run q8i.toml > q8i.log 2>&1 || { cat q8i.log; exit 1; }
 if grep -q "avx512\|avx2" q8i.log; then
-  grep -q "kernel: avx.*, q8_0 x [0-9]* blocks dequantised in registers; q4_0/q5_0/q8_0/q4_k/q6_k by integer dot products" q8i.log ||
+  grep -q "kernel: avx.*, q8_0 x [0-9]* ([0-9]* with eight rows interleaved) blocks dequantised in registers; q4_0/q5_0/q8_0/q4_k/q6_k by integer dot products" q8i.log ||
     { echo "the Q8_0 file is not decoded by the integer kernels:"; cat q8i.log; exit 1; }
 fi
 [ "$(text q8i.log | wc -l)" -ge 2 ] || { echo "no text from the integer kernels:"; cat q8i.log; exit 1; }

@@ -283,6 +283,73 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
   select_kernels(nullptr);
 }
 
+TEST_CASE("Q4_0 and Q8_0 with eight rows interleaved: the same products, by every kernel and the float32 path",
+          "[kernels][quant][x8]") {
+  for (WeightType t : {WeightType::q4_0, WeightType::q8_0}) {
+    const QuantFormat& f = *quant_format(t);
+    const WeightType pt = packed_x8(t);
+    REQUIRE(plain_of_x8(pt) == t);
+    // The packing moves bytes only: unpacked again, the blocks are the same.
+    auto [b0, w0] = random_blocks(f, 24, 3 * 32, 5);
+    std::vector<uint8_t> p0(b0.size()), u0(b0.size());
+    pack_x8(t, b0.data(), 24, 3 * 32, p0.data());
+    CHECK(p0 != b0);
+    unpack_x8(pt, p0.data(), 24, 3 * 32, u0.data());
+    CHECK(u0 == b0);
+    CHECK_THROWS(pack_x8(t, b0.data(), 12, 2 * 32, p0.data()));  // not groups of eight rows
+    CHECK_THROWS(pack_x8(WeightType::q4_k, b0.data(), 8, 256, p0.data()));
+    for (const auto& [isa, int8] : {std::pair<std::string, bool>{"avx2", false}, {"avx2", true}, {"avx512", false},
+                                    {"avx512", true}}) {
+      if (!select_kernels(isa.c_str())) continue;
+      set_int8_activations(int8);
+      INFO("kernels: " << small_gemm_isa() << ", format " << f.name << ", integer: " << int8_dot_isa());
+      if (!packs_x8(t)) {
+        WARN("SKIP: the " << small_gemm_isa() << " kernels here have no interleaved " << f.name);
+        continue;
+      }
+      const bool rounded = int8 && *int8_dot_isa();
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, 32}, {2, 16, 64}, {5, 40, 96}, {3, 1000, 32},
+                             {33, 32, 96}, {16, 288, 64}, {7, 8, 256}}) {
+        INFO("M=" << M << " N=" << N << " K=" << K);
+        torch::manual_seed(9);
+        auto A = torch::randn({M, K});
+        auto Aref = rounded ? q8_rounded(A) : A;
+        auto [b1, w1] = random_blocks(f, N, K, 1);
+        auto [b2, w2] = random_blocks(f, N + 8, K, 2);
+        std::vector<uint8_t> p1(b1.size()), p2(b2.size());
+        pack_x8(t, b1.data(), N, K, p1.data());
+        pack_x8(t, b2.data(), N + 8, K, p2.data());
+        const double tol = 1e-4 * std::max(1.0, w1.abs().max().item<double>() * std::sqrt(double(K)));
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        auto C = torch::full({M, N}, nan);
+        REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(p1.data(), pt), N, K, C.data_ptr<float>()));
+        CHECK(torch::allclose(C, torch::linear(Aref, w1), 1e-4, tol));  // every element written
+        auto C0 = torch::randn({M, N});
+        auto Cacc = C0.clone();
+        REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(p1.data(), pt), N, K, Cacc.data_ptr<float>(), true));
+        CHECK(torch::allclose(Cacc, C0 + torch::linear(Aref, w1), 1e-4, tol));
+        // A product may say "float32 activations" for itself (WeightsRef::int8 false).
+        auto Cf = torch::full({M, N}, nan);
+        REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(p1.data(), pt, false), N, K, Cf.data_ptr<float>()));
+        CHECK(torch::allclose(Cf, torch::linear(A, w1), 1e-4, tol));
+        auto c1 = torch::full({M, N + 8}, nan), c2 = torch::full({M, N}, nan);
+        const GemmOutput outs[2] = {{WeightsRef(p2.data(), pt), N + 8, c1.data_ptr<float>()},
+                                    {WeightsRef(b1.data(), t), N, c2.data_ptr<float>()}};  // one of each layout
+        REQUIRE(small_gemm_many(A.data_ptr<float>(), M, K, outs, 2));
+        CHECK(torch::allclose(c1, torch::linear(Aref, w2), 1e-4, tol));
+        CHECK(torch::allclose(c2, torch::linear(Aref, w1), 1e-4, tol));
+        auto act = torch::full({M, N}, nan);
+        REQUIRE(gate_up_silu(A.data_ptr<float>(), M, K, WeightsRef(p1.data(), pt), WeightsRef(p2.data(), pt), N,
+                             act.data_ptr<float>()));
+        auto want = torch::silu(torch::linear(Aref, w1)) * torch::linear(Aref, w2.narrow(0, 0, N));
+        CHECK(torch::allclose(act, want, 1e-4, tol * (1 + want.abs().max().item<double>())));
+      }
+    }
+  }
+  set_int8_activations(true);
+  select_kernels(nullptr);
+}
+
 TEST_CASE("argmax_rows: the first largest of each row, as torch::argmax", "[kernels][sampling]") {
   for (const auto& isa : std::vector<std::string>{"", "avx2", "avx512"}) {
     if (!select_kernels(isa.c_str())) continue;

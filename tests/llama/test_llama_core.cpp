@@ -1112,6 +1112,21 @@ TEST_CASE("GGUF: a model decoding from quantized blocks equals the float32 model
     const double rel = ((a - b).abs().max() / b.abs().max()).item<double>();
     INFO("int8 activations: max |diff| / max |logit| = " << rel << " (" << int8_dot_isa() << ")");
     CHECK(rel < 0.05);
+    // Q4_0 and Q8_0 matrices come interleaved in eight-row groups for the integer kernels, and go
+    // back to plain blocks when the model is told to use float32 activations (and again).
+    auto interleaved = [](const LlamaModel& m) {
+      int64_t n = 0;
+      for (const auto& [name, t] : m.named_tensors()) n += t.dim() == 4;
+      return n;
+    };
+    const bool x8 = packs_x8(quant_format_name(format)->type);
+    CHECK((interleaved(blocks) > 0) == x8);
+    blocks.set_int8_activations(false);
+    CHECK(interleaved(blocks) == 0);
+    CHECK(torch::allclose(run(blocks), b, 1e-5, 1e-5));
+    blocks.set_int8_activations(true);
+    CHECK((interleaved(blocks) > 0) == x8);
+    CHECK(torch::equal(run(blocks), a));
     // What cannot take blocks says so.
     CHECK_THAT(error_of([&] { blocks.save(dir / "out"); }), Contains("quantized blocks"));
     CHECK_THAT(error_of([&] { save_gguf_llama(blocks, proto, dir / "again.gguf"); }), Contains("quantized blocks"));
@@ -1172,6 +1187,21 @@ TEST_CASE("A model of mixed K-quant blocks (as llama.cpp's Q4_K_M files) equals 
   bad[1].second = torch::zeros({bad[1].second.size(0), 3, 19}, torch::kUInt8);
   CHECK_THAT(error_of([&] { LlamaModel(cfg, bad, "bad.gguf", torch::kCPU, torch::kFloat32); }),
              Contains("bad.gguf") && Contains(bad[1].first) && Contains("no quantized format"));
+  // Eight-row groups exist for Q4_0 and Q8_0 only: Q4_K blocks in that shape are refused too.
+  const int64_t rows = cfg.num_attention_heads * cfg.head_dim();
+  bad[1].second = torch::zeros({rows / 8, cfg.hidden_size / 256, 8, 144}, torch::kUInt8);
+  CHECK_THAT(error_of([&] { LlamaModel(cfg, bad, "bad.gguf", torch::kCPU, torch::kFloat32); }),
+             Contains("bad.gguf") && Contains(bad[1].first) && Contains("no quantized format"));
+  // A Q8_0 matrix given interleaved (as load_gguf_llama packs it) is taken as it is.
+  auto x8 = kept;
+  for (auto& [name, t] : x8)
+    if (t.dim() == 3 && t.size(2) == 34 && t.size(0) % 8 == 0 && packs_x8(WeightType::q8_0)) {
+      auto p = torch::empty({t.size(0) / 8, t.size(1), 8, 34}, torch::kUInt8);
+      pack_x8(WeightType::q8_0, t.data_ptr(), t.size(0), t.size(1) * 32, p.data_ptr());
+      t = p;
+    }
+  LlamaModel packed(cfg, x8, "x8", torch::kCPU, torch::kFloat32);
+  CHECK(torch::allclose(run(packed), run(blocks), 1e-5, 1e-5));
 }
 
 TEST_CASE("GGUF: Q8_0 blocks dequantise to scale * int8", "[gguf]") {

@@ -696,7 +696,7 @@ __attribute__((target("avx2,fma"))) float exp_avx2(const float* x, int64_t n, fl
   return exp_weights<8>(x, n, inv_t, w);
 }
 
-constexpr int kWeightTypes = static_cast<int>(WeightType::q6_k) + 1;
+constexpr int kWeightTypes = static_cast<int>(WeightType::q8_0x8) + 1;
 
 using IntRangeFn = void (*)(const QuantRows&, int64_t, const void*, int64_t, float*, bool, int64_t, int64_t);
 using IntGateUpFn = void (*)(const QuantRows&, int64_t, const void*, const void*, int64_t, float*, int64_t, int64_t);
@@ -731,19 +731,36 @@ struct Isa {
     (s).int_gate_up[static_cast<int>(WeightType::q4_k)] = ns::gate_up_int<BlockQ4_K>;           \
     (s).int_range[static_cast<int>(WeightType::q6_k)] = ns::range_int<BlockQ6_K>;               \
     (s).int_gate_up[static_cast<int>(WeightType::q6_k)] = ns::gate_up_int<BlockQ6_K>;           \
+    (s).int_range[static_cast<int>(WeightType::q4_0x8)] = ns::range_x8<BlockQ4_0x8>;            \
+    (s).int_gate_up[static_cast<int>(WeightType::q4_0x8)] = ns::gate_up_x8<BlockQ4_0x8>;        \
+    (s).int_range[static_cast<int>(WeightType::q8_0x8)] = ns::range_x8<BlockQ8_0x8>;            \
+    (s).int_gate_up[static_cast<int>(WeightType::q8_0x8)] = ns::gate_up_x8<BlockQ8_0x8>;        \
   } while (0)
 
 bool g_int8_activations = true;  // set_int8_activations
 
+// The float32 path of interleaved weights (integer products off: set_int8_activations(false), or
+// a product's WeightsRef::int8 false): each group of eight rows unpacked to its plain blocks in a
+// buffer of the thread and multiplied by the plain type's kernel (defined after isa()).
+template <WeightType PT>
+void range_packed_float(const float* A, int64_t M, const void* W, int64_t N, int64_t K, float* C, bool acc, int64_t t0,
+                        int64_t t1);
+template <WeightType PT>
+void gate_up_packed_float(const float* A, int64_t M, const void* Wg, const void* Wu, int64_t N, int64_t K, float* C,
+                          int64_t t0, int64_t t1);
+
 // The kernels for every weight type at one width, in WeightType's order.
 #define VHOST_BY_TYPE(range, gate_up)                                                                              \
   {range<float>, range<uint16_t>, range<Half>, range<Q8Block>, range<BlockQ4_0>, range<BlockQ4_1>, range<BlockQ5_0>, \
-   range<BlockQ5_1>, range<BlockQ4_K>, range<BlockQ5_K>, range<BlockQ6_K>},                                        \
+   range<BlockQ5_1>, range<BlockQ4_K>, range<BlockQ5_K>, range<BlockQ6_K>,                                         \
+   range_packed_float<WeightType::q4_0x8>, range_packed_float<WeightType::q8_0x8>},                                \
   {                                                                                                                \
     gate_up<float>, gate_up<uint16_t>, gate_up<Half>, gate_up<Q8Block>, gate_up<BlockQ4_0>, gate_up<BlockQ4_1>,   \
-        gate_up<BlockQ5_0>, gate_up<BlockQ5_1>, gate_up<BlockQ4_K>, gate_up<BlockQ5_K>, gate_up<BlockQ6_K>         \
+        gate_up<BlockQ5_0>, gate_up<BlockQ5_1>, gate_up<BlockQ4_K>, gate_up<BlockQ5_K>, gate_up<BlockQ6_K>,        \
+        gate_up_packed_float<WeightType::q4_0x8>, gate_up_packed_float<WeightType::q8_0x8>                         \
   }
-static_assert(static_cast<int>(WeightType::q6_k) == 10, "VHOST_BY_TYPE lists the types in WeightType's order");
+static_assert(static_cast<int>(WeightType::q6_k) == 10 && static_cast<int>(WeightType::q8_0x8) == 12,
+              "VHOST_BY_TYPE lists the types in WeightType's order");
 
 Isa pick(const char* name) {
   __builtin_cpu_init();
@@ -778,6 +795,54 @@ Isa& isa() {
   return chosen;
 }
 
+// Columns of W a parallel task's tile spans: eight for interleaved weights (one group), else the
+// kernels' own (kIntNR on the integer kernels, s.nr on the float ones).
+bool packed(WeightType t) { return plain_of_x8(t) != WeightType::f32; }
+int64_t tile_cols(const Isa& s, WeightType t, bool int_kernels) { return packed(t) ? 8 : int_kernels ? kIntNR : s.nr; }
+
+// [M, 8] sums of one unpacked group into C's columns 8g .. 8g + nr.
+void group_out(const float* out, int64_t M, float* C, int64_t N, int64_t g, bool acc) {
+  const int64_t nr = std::min<int64_t>(8, N - 8 * g);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < nr; ++c) C[m * N + 8 * g + c] = (acc ? C[m * N + 8 * g + c] : 0.0f) + out[m * 8 + c];
+}
+
+template <WeightType PT>
+void range_packed_float(const float* A, int64_t M, const void* W, int64_t N, int64_t K, float* C, bool acc, int64_t t0,
+                        int64_t t1) {
+  constexpr WeightType plain = plain_of_x8_c(PT);
+  const int64_t gbytes = 8 * (K / 32) * quant_format(plain)->block_bytes;
+  thread_local std::vector<uint8_t> rows;
+  thread_local std::vector<float> out;
+  rows.resize(static_cast<std::size_t>(gbytes));
+  out.resize(static_cast<std::size_t>(M * 8));
+  const Isa& s = isa();
+  for (int64_t g = t0; g < t1; ++g) {
+    unpack_x8(PT, static_cast<const uint8_t*>(W) + g * gbytes, 8, K, rows.data());
+    s.range[static_cast<int>(plain)](A, M, rows.data(), 8, K, out.data(), false, 0, (8 + s.nr - 1) / s.nr);
+    group_out(out.data(), M, C, N, g, acc);
+  }
+}
+
+template <WeightType PT>
+void gate_up_packed_float(const float* A, int64_t M, const void* Wg, const void* Wu, int64_t N, int64_t K, float* C,
+                          int64_t t0, int64_t t1) {
+  constexpr WeightType plain = plain_of_x8_c(PT);
+  const int64_t gbytes = 8 * (K / 32) * quant_format(plain)->block_bytes;
+  thread_local std::vector<uint8_t> gr, ur;
+  thread_local std::vector<float> out;
+  gr.resize(static_cast<std::size_t>(gbytes));
+  ur.resize(static_cast<std::size_t>(gbytes));
+  out.resize(static_cast<std::size_t>(M * 8));
+  const Isa& s = isa();
+  for (int64_t g = t0; g < t1; ++g) {
+    unpack_x8(PT, static_cast<const uint8_t*>(Wg) + g * gbytes, 8, K, gr.data());
+    unpack_x8(PT, static_cast<const uint8_t*>(Wu) + g * gbytes, 8, K, ur.data());
+    s.gate_up[static_cast<int>(plain)](A, M, gr.data(), ur.data(), 8, K, out.data(), 0, (8 + s.nr - 1) / s.nr);
+    group_out(out.data(), M, C, N, g, false);
+  }
+}
+
 }  // namespace
 
 bool select_kernels(const char* name) {
@@ -797,7 +862,7 @@ bool small_gemm_supports(WeightType t) { return isa().range[static_cast<int>(t)]
 
 // Whether the kernels read W [?, K]: its type is supported and its rows are whole blocks.
 static bool readable(WeightType t, int64_t K) {
-  const QuantFormat* f = quant_format(t);
+  const QuantFormat* f = quant_format(packed(t) ? plain_of_x8(t) : t);
   return small_gemm_supports(t) && (!f || K % f->block_elems == 0);
 }
 
@@ -878,13 +943,14 @@ bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, f
     const bool k = q8_k_activations(W.type);
     const QuantRows qa = quantize_rows(A, M, K, !k, k);
     const IntRangeFn fn = s.int_range[static_cast<int>(W.type)];
-    at::parallel_for(0, (N + kIntNR - 1) / kIntNR, tile_grain(M, K, kIntNR),
+    const int64_t cols = tile_cols(s, W.type, true);
+    at::parallel_for(0, (N + cols - 1) / cols, tile_grain(M, K, cols),
                      [&](int64_t t0, int64_t t1) { fn(qa, M, W.data, N, C, accumulate, t0, t1); });
     return true;
   }
-  const int64_t tiles = (N + s.nr - 1) / s.nr;
+  const int64_t cols = tile_cols(s, W.type, false), tiles = (N + cols - 1) / cols;
   const RangeFn fn = s.range[static_cast<int>(W.type)];
-  at::parallel_for(0, tiles, tile_grain(M, K, s.nr),
+  at::parallel_for(0, tiles, tile_grain(M, K, cols),
                    [&](int64_t t0, int64_t t1) { fn(A, M, W.data, N, K, C, accumulate, t0, t1); });
   return true;
 }
@@ -900,7 +966,8 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
   for (int i = 0; i < n; ++i) {
     const bool in = int_path(s, outs[i].W, K);
     (q8_k_activations(outs[i].W.type) ? any_q8_k : any_q8_0) |= in;
-    first[i + 1] = first[i] + (outs[i].N + (in ? kIntNR : s.nr) - 1) / (in ? kIntNR : s.nr);
+    const int64_t cols = tile_cols(s, outs[i].W.type, in);
+    first[i + 1] = first[i] + (outs[i].N + cols - 1) / cols;
   }
   const QuantRows qa = any_q8_0 || any_q8_k ? quantize_rows(A, M, K, any_q8_0, any_q8_k) : QuantRows{};
   at::parallel_for(0, first[n], tile_grain(M, K, s.nr), [&](int64_t t0, int64_t t1) {
@@ -924,18 +991,23 @@ bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRe
     const bool k = q8_k_activations(Wg.type);
     const QuantRows qa = quantize_rows(A, M, K, !k, k);
     const IntGateUpFn fn = s.int_gate_up[static_cast<int>(Wg.type)];
-    at::parallel_for(0, (N + kIntNR - 1) / kIntNR, std::max<int64_t>(1, tile_grain(M, K, kIntNR) / 2),
+    const int64_t cols = tile_cols(s, Wg.type, true);
+    at::parallel_for(0, (N + cols - 1) / cols, std::max<int64_t>(1, tile_grain(M, K, cols) / 2),
                      [&](int64_t t0, int64_t t1) { fn(qa, M, Wg.data, Wu.data, N, C, t0, t1); });
     return true;
   }
-  const int64_t tiles = (N + s.nr - 1) / s.nr;
+  const int64_t cols = tile_cols(s, Wg.type, false), tiles = (N + cols - 1) / cols;
   const GateUpFn fn = s.gate_up[static_cast<int>(Wg.type)];
-  at::parallel_for(0, tiles, std::max<int64_t>(1, tile_grain(M, K, s.nr) / 2),
+  at::parallel_for(0, tiles, std::max<int64_t>(1, tile_grain(M, K, cols) / 2),
                    [&](int64_t t0, int64_t t1) { fn(A, M, Wg.data, Wu.data, N, K, C, t0, t1); });
   return true;
 }
 
 void set_int8_activations(bool on) { g_int8_activations = on; }
+bool packs_x8(WeightType plain) {
+  const WeightType p = packed_x8(plain);
+  return p != WeightType::f32 && isa().int_range[static_cast<int>(p)] != nullptr;
+}
 const char* int8_dot_isa() { return g_int8_activations ? isa().int_name : ""; }
 
 bool decode_attention(const DecodeAttention& a) {
@@ -955,6 +1027,7 @@ const char* small_gemm_isa() { return ""; }
 bool select_kernels(const char* name) { return name == nullptr || !*name; }
 bool small_gemm(const float*, int64_t, WeightsRef, int64_t, int64_t, float*, bool) { return false; }
 bool small_gemm_supports(WeightType) { return false; }
+bool packs_x8(WeightType) { return false; }
 void set_int8_activations(bool) {}
 const char* int8_dot_isa() { return ""; }
 bool small_gemm_many(const float*, int64_t, int64_t, const GemmOutput*, int) { return false; }

@@ -1,5 +1,6 @@
 #include "gguf.hpp"
 
+#include "decode_kernels.hpp"
 #include "model.hpp"
 #include "quants.hpp"
 #include "safetensors.hpp"
@@ -7,6 +8,9 @@
 #include <vhost/plugin.hpp>
 
 #include <ATen/Parallel.h>
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -303,6 +307,33 @@ torch::Tensor meta_to_hf(const torch::Tensor& w, int64_t heads) {
   return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape(w.sizes());
 }
 
+// Q4_0 / Q8_0 blocks [N, nb, bytes] (N a multiple of 8) with eight rows interleaved (pack_x8) as
+// [N / 8, nb, 8, bytes], rows reordered by meta_to_hf for `heads` heads (0: none). The source's
+// pages are handed back as soon as it is packed (MADV_PAGEOUT: a mapped file's clean pages, reread
+// if ever touched again; memory of the process's own is never lost, it goes to swap or stays), so
+// the process holds the weights' bytes once, not twice.
+torch::Tensor packed_matrix(const torch::Tensor& blocks, WeightType type, int64_t heads) {
+  const int64_t N = blocks.size(0), nb = blocks.size(1), bytes = blocks.size(2);
+  std::vector<int64_t> order;
+  if (heads) {  // meta_to_hf's view [heads, n, 2, ...].transpose(1, 2): row h 2n + j n + i <- h 2n + 2 i + j
+    const int64_t n = N / heads / 2;
+    order.resize(static_cast<std::size_t>(N));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t j = 0; j < 2; ++j)
+        for (int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(h * 2 * n + j * n + i)] = h * 2 * n + 2 * i + j;
+  }
+  auto out = torch::empty({N / 8, nb, 8, bytes}, torch::TensorOptions().dtype(torch::kUInt8));
+  pack_x8(type, blocks.data_ptr(), N, nb * quant_format(type)->block_elems, out.data_ptr(),
+          order.empty() ? nullptr : order.data());
+#ifdef MADV_PAGEOUT
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto at = reinterpret_cast<uintptr_t>(blocks.data_ptr());
+  const uintptr_t first = (at + page - 1) / page * page, last = (at + static_cast<uintptr_t>(blocks.nbytes())) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);  // advice: failure is harmless
+#endif
+  return out;
+}
+
 // HF's rotate-half rows -> Meta's interleaved rows (llama.cpp's conversion does the same).
 torch::Tensor hf_to_meta(const torch::Tensor& w, int64_t heads) {
   int64_t rows = w.size(0), cols = w.size(1);
@@ -595,11 +626,26 @@ GgufLlama load_gguf_llama(const fs::path& file, bool keep_blocks) {
     if (it == by.end()) fail(file, "missing tensor '" + name + "'");
     return g.tensor(*it->second);
   };
-  auto matrix = [&](const std::string& name) {  // quantized blocks kept as they are when asked
+  // A matrix, its rows reordered from Meta's rotary order to HF's for `heads` query/key heads.
+  // Reordered in place: a view of the private mapping is overwritten (its pages become the
+  // process's own copies), so the model holds one copy of these matrices, not the mapped file's
+  // pages and a reordered copy beside them (2.1 GB of a 7B model). Quantized blocks are kept as
+  // they are when asked; Q4_0 / Q8_0 ones with rows in eights come interleaved as the decode
+  // kernels read them (packed_matrix), reordered on the way.
+  auto matrix = [&](const std::string& name, int64_t heads = 0) {
     auto it = by.find(name);
     if (it == by.end()) fail(file, "missing tensor '" + name + "'");
-    if (keep_blocks && quant_format_ggml(it->second->type) && it->second->shape.size() == 2) return g.blocks(*it->second);
-    return g.tensor(*it->second);
+    const QuantFormat* f = quant_format_ggml(it->second->type);
+    if (heads && it->second->shape.size() == 2 && it->second->shape[0] % (2 * heads))
+      fail(file, "tensor '" + name + "' has " + std::to_string(it->second->shape[0]) + " rows, not a whole number of " +
+                     std::to_string(heads) + " rotary heads");
+    if (keep_blocks && f && it->second->shape.size() == 2) {
+      auto b = g.blocks(*it->second);
+      if (packs_x8(f->type) && b.size(0) % 8 == 0) return packed_matrix(b, f->type, heads);
+      return heads ? b.copy_(meta_to_hf(b, heads)) : b;
+    }
+    auto t = g.tensor(*it->second);
+    return heads ? t.copy_(meta_to_hf(t, heads)) : t;
   };
   auto embed = get("token_embd.weight");
   c.vocab_size = embed.size(0);
@@ -611,13 +657,9 @@ GgufLlama load_gguf_llama(const fs::path& file, bool keep_blocks) {
   out.tensors.emplace_back("model.embed_tokens.weight", embed);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     std::string b = "blk." + std::to_string(i) + ".", h = "model.layers." + std::to_string(i) + ".";
-    // Reordered in place: a view of the private mapping is overwritten (its pages become the
-    // process's own copies), so the model holds one copy of these matrices, not the mapped
-    // file's pages and a reordered copy beside them (2.1 GB of a 7B model).
-    auto hf_order = [&](torch::Tensor w, int64_t heads) { return w.copy_(meta_to_hf(w, heads)); };
     // (Rows are reordered whole: blocks never cross a row.)
-    out.tensors.emplace_back(h + "self_attn.q_proj.weight", hf_order(matrix(b + "attn_q.weight"), c.num_attention_heads));
-    out.tensors.emplace_back(h + "self_attn.k_proj.weight", hf_order(matrix(b + "attn_k.weight"), c.num_key_value_heads));
+    out.tensors.emplace_back(h + "self_attn.q_proj.weight", matrix(b + "attn_q.weight", c.num_attention_heads));
+    out.tensors.emplace_back(h + "self_attn.k_proj.weight", matrix(b + "attn_k.weight", c.num_key_value_heads));
     out.tensors.emplace_back(h + "self_attn.v_proj.weight", matrix(b + "attn_v.weight"));
     out.tensors.emplace_back(h + "self_attn.o_proj.weight", matrix(b + "attn_output.weight"));
     out.tensors.emplace_back(h + "mlp.gate_proj.weight", matrix(b + "ffn_gate.weight"));

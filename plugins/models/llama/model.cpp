@@ -81,6 +81,40 @@ static std::string shape_str(c10::IntArrayRef s) {
   return out + "]";
 }
 
+// Q4_0 / Q8_0 blocks [N, nb, bytes] with eight rows interleaved (quants.hpp's pack_x8) as
+// [N / 8, nb, 8, bytes], the layout the decode kernels read fastest (docs/models.md). A copy:
+// load_gguf_llama packs a file's matrices itself and hands the mapped pages back.
+static torch::Tensor pack_rows_x8(const torch::Tensor& t, WeightType plain) {
+  auto out = torch::empty({t.size(0) / 8, t.size(1), 8, t.size(2)}, torch::TensorOptions().dtype(torch::kUInt8));
+  pack_x8(plain, t.data_ptr(), t.size(0), t.size(1) * quant_format(plain)->block_elems, out.data_ptr());
+  return out;
+}
+
+void LlamaModel::set_int8_activations(bool on) {
+  int8_activations_ = on;
+  std::map<const void*, torch::Tensor> moved;  // by the old tensor's data
+  for (auto& [name, t] : tensors_) {
+    if (t.scalar_type() != torch::kUInt8) continue;
+    const QuantFormat* f = quant_format_bytes(t.size(t.dim() - 1));
+    if (!on && t.dim() == 4) {
+      auto plain = torch::empty({t.size(0) * 8, t.size(1), t.size(3)}, torch::TensorOptions().dtype(torch::kUInt8));
+      unpack_x8(packed_x8(f->type), t.data_ptr(), plain.size(0), t.size(1) * f->block_elems, plain.data_ptr());
+      moved[t.data_ptr()] = plain;
+      t = plain;
+    } else if (on && t.dim() == 3 && packs_x8(f->type) && t.size(0) % 8 == 0) {
+      auto packed = pack_rows_x8(t, f->type);
+      moved[t.data_ptr()] = packed;
+      t = packed;
+    }
+  }
+  auto fix = [&](torch::Tensor& t) {
+    if (auto it = moved.find(t.data_ptr()); it != moved.end()) t = it->second;
+  };
+  for (auto& L : layers_)
+    for (auto* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) fix(*t);
+  fix(lm_head_);
+}
+
 LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch::Tensor>> tensors,
                        const std::string& source, torch::Device device, torch::ScalarType dtype)
     : cfg_(std::move(cfg)), device_(device), dtype_(dtype) {
@@ -93,10 +127,13 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, source + ": missing tensor '" + name + "'");
     const auto& t = it->second;
     // Quantized blocks of a [N, K] matrix (load_gguf_llama with keep_blocks): uint8
-    // [N, K / block_elems, block_bytes], the block size naming the format (quants.hpp).
-    if (t.scalar_type() == torch::kUInt8 && t.dim() == 3 && shape.size() == 2 && name != "model.embed_tokens.weight") {
-      const QuantFormat* f = quant_format_bytes(t.size(2));
-      if (!f || shape[1] % f->block_elems || t.size(0) != shape[0] || t.size(1) != shape[1] / f->block_elems)
+    // [N, K / block_elems, block_bytes], the block size naming the format (quants.hpp), or
+    // [N / 8, K / 32, 8, block_bytes] for Q4_0 / Q8_0 with eight rows interleaved (pack_x8).
+    const bool x8 = t.dim() == 4 && t.size(2) == 8;
+    if (t.scalar_type() == torch::kUInt8 && (t.dim() == 3 || x8) && shape.size() == 2 && name != "model.embed_tokens.weight") {
+      const QuantFormat* f = quant_format_bytes(t.size(t.dim() - 1));
+      if (!f || shape[1] % f->block_elems || (x8 ? t.size(0) * 8 : t.size(0)) != shape[0] ||
+          t.size(1) != shape[1] / f->block_elems || (x8 && packed_x8(f->type) == WeightType::f32))
         throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, source + ": tensor '" + name + "' holds blocks " +
                                                            shape_str(t.sizes()) + " that are no quantized format of " +
                                                            shape_str(shape));
@@ -104,7 +141,10 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
         throw vhost::Error(VHOST_ERR_UNSUPPORTED, source + ": tensor '" + name + "' is " + f->name +
                                                       " blocks, which only the CPU kernels on x86 read; load the file "
                                                       "dequantised (dtype = \"float32\")");
-      tensors_.emplace_back(name, t);
+      if (x8 && !packs_x8(f->type))
+        throw vhost::Error(VHOST_ERR_UNSUPPORTED, source + ": tensor '" + name + "' is " + f->name +
+                                                      " blocks in eight-row groups, which no kernel on this CPU reads");
+      tensors_.emplace_back(name, !x8 && packs_x8(f->type) && t.size(0) % 8 == 0 ? pack_rows_x8(t, f->type) : t);
       used.insert(name);
       ++quant_matrices_[f->name];
       continue;
@@ -337,7 +377,9 @@ constexpr int64_t kSmallGemmRows = 32;
 // A CPU weight tensor's memory for the decode kernels, in its stored type.
 static WeightsRef weights_ref(const torch::Tensor& w, bool int8 = true) {
   switch (w.scalar_type()) {
-    case torch::kUInt8: return {w.data_ptr(), quant_format_bytes(w.size(2))->type, int8};  // checked at load
+    case torch::kUInt8:  // checked at load; [N / 8, nb, 8, bytes]: eight rows interleaved
+      return {w.data_ptr(),
+              w.dim() == 4 ? packed_x8(quant_format_bytes(w.size(3))->type) : quant_format_bytes(w.size(2))->type, int8};
     case torch::kBFloat16: return {w.data_ptr(), WeightType::bf16};
     case torch::kFloat16: return {w.data_ptr(), WeightType::f16};
     default: return {w.data_ptr<float>()};
@@ -346,13 +388,14 @@ static WeightsRef weights_ref(const torch::Tensor& w, bool int8 = true) {
 
 static torch::Tensor proj(const torch::Tensor& x, const torch::Tensor& w, bool int8) {
   const int64_t K = x.size(-1), M = x.numel() / std::max<int64_t>(K, 1);
+  const int64_t N = w.dim() == 4 ? w.size(0) * 8 : w.size(0);  // rows of W (interleaved: in groups of 8)
   auto sizes = x.sizes().vec();
-  sizes.back() = w.size(0);
+  sizes.back() = N;
   const bool f32 = w.scalar_type() == torch::kFloat32;
   if (w.scalar_type() == torch::kUInt8) {  // quantized blocks: the kernels, float32 activations, any rows
     auto a = x.to(torch::kFloat32).contiguous();
     auto out = torch::empty(sizes, a.options());
-    TORCH_CHECK(small_gemm(a.data_ptr<float>(), M, weights_ref(w, int8), w.size(0), K, out.data_ptr<float>()),
+    TORCH_CHECK(small_gemm(a.data_ptr<float>(), M, weights_ref(w, int8), N, K, out.data_ptr<float>()),
                 "no kernel reads these quantized blocks here");
     return out.to(x.scalar_type());
   }
@@ -942,6 +985,9 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
 std::string quant_summary(const LlamaModel& model) {
   std::string out;
   for (const auto& [f, n] : model.quant_matrices()) out += (out.empty() ? "" : ", ") + f + " x " + std::to_string(n);
+  int64_t x8 = 0;
+  for (const auto& [name, t] : model.named_tensors()) x8 += t.dim() == 4;
+  if (x8) out += " (" + std::to_string(x8) + " with eight rows interleaved)";
   return out;
 }
 

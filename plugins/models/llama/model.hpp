@@ -110,7 +110,9 @@ class LlamaModel {
   // Q4_0, Q5_0 and Q8_0 matrices: products by integer dot products with the activations rounded
   // to 8 bits (true, the default: llama.cpp's arithmetic, decode_kernels.hpp) or with the weights
   // widened to float32 (false: the float32 model of the blocks' values).
-  void set_int8_activations(bool on) { int8_activations_ = on; }
+  // Q4_0 / Q8_0 matrices change layout with it: eight rows interleaved for the integer kernels,
+  // plain blocks for the float32 path (which reads those at full speed).
+  void set_int8_activations(bool on);
   bool int8_activations() const { return int8_activations_; }
   int64_t quantized_matrices() const {  // all formats together
     int64_t n = 0;

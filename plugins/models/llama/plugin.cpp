@@ -261,7 +261,7 @@ class LlamaPlugin final : public vhost::Model {
     for (const auto& [name, shape] : vhost::llama::LlamaModel::expected_tensors(model_->config()))
       numel[name] = shape.size() == 2 ? shape[0] * shape[1] : 0;
     for (const auto& [name, t] : model_->named_tensors()) {
-      if (name == "lm_head.weight" || (t.dim() != 2 && t.dim() != 3) || name == "model.embed_tokens.weight") continue;
+      if (name == "lm_head.weight" || t.dim() < 2 || name == "model.embed_tokens.weight") continue;
       bytes += t.numel() * static_cast<int64_t>(t.element_size());
       elements += numel[name];
     }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 
 namespace vhost::llama {
 
@@ -220,6 +221,48 @@ bool quantize(WeightType t, const float* x, int64_t n, uint8_t* out) {
     }
   }
   return true;
+}
+
+WeightType packed_x8(WeightType plain) {
+  return plain == WeightType::q4_0 ? WeightType::q4_0x8 : plain == WeightType::q8_0 ? WeightType::q8_0x8 : WeightType::f32;
+}
+WeightType plain_of_x8(WeightType packed) { return plain_of_x8_c(packed); }
+
+// Block b of one group: the scales, then the quants in 4-byte chunks, row after row per chunk.
+// rows[j]: row j's first block in the plain layout. to_packed: plain -> packed; else the reverse.
+static void shuffle_x8(int64_t bb, uint8_t* const rows[8], int64_t b, uint8_t* packed, bool to_packed) {
+  const int64_t qbytes = bb - 2;
+  for (int j = 0; j < 8; ++j) {
+    uint8_t* blk = rows[j] + b * bb;
+    if (to_packed) std::memcpy(packed + 2 * j, blk, 2);
+    else std::memcpy(blk, packed + 2 * j, 2);
+    for (int64_t c = 0; c < qbytes / 4; ++c) {
+      uint8_t* chunk = packed + 16 + 32 * c + 4 * j;
+      if (to_packed) std::memcpy(chunk, blk + 2 + 4 * c, 4);
+      else std::memcpy(blk + 2 + 4 * c, chunk, 4);
+    }
+  }
+}
+
+static void repack_x8(WeightType plain, uint8_t* rows_base, int64_t N, int64_t K, uint8_t* packed, bool to_packed,
+                      const int64_t* order) {
+  const QuantFormat* f = quant_format(plain);
+  if (!f || packed_x8(plain) == WeightType::f32 || N % 8 || K % f->block_elems)
+    throw std::invalid_argument("pack_x8: not eight-row groups of Q4_0/Q8_0 blocks");
+  const int64_t bb = f->block_bytes, nb = K / f->block_elems;
+  for (int64_t g = 0; g < N / 8; ++g) {
+    uint8_t* rows[8];
+    for (int j = 0; j < 8; ++j) rows[j] = rows_base + (order ? order[8 * g + j] : 8 * g + j) * nb * bb;
+    for (int64_t b = 0; b < nb; ++b) shuffle_x8(bb, rows, b, packed + (g * nb + b) * 8 * bb, to_packed);
+  }
+}
+
+void pack_x8(WeightType plain, const void* src, int64_t N, int64_t K, void* dst, const int64_t* order) {
+  repack_x8(plain, static_cast<uint8_t*>(const_cast<void*>(src)), N, K, static_cast<uint8_t*>(dst), true, order);
+}
+void unpack_x8(WeightType packed, const void* src, int64_t N, int64_t K, void* dst) {
+  repack_x8(plain_of_x8(packed), static_cast<uint8_t*>(dst), N, K, static_cast<uint8_t*>(const_cast<void*>(src)), false,
+            nullptr);
 }
 
 }  // namespace vhost::llama

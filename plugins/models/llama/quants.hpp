@@ -17,7 +17,9 @@ namespace vhost::llama {
 
 // The element type of a weight matrix the decode kernels read (decode_kernels.hpp): float32,
 // bfloat16 or float16 bits, or blocks of one of the formats below.
-enum class WeightType : uint8_t { f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k };
+// q4_0x8 and q8_0x8 are Q4_0 and Q8_0 matrices with eight rows interleaved (below), the layout the
+// decode kernels read fastest; no file stores them.
+enum class WeightType : uint8_t { f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_0x8, q8_0x8 };
 
 // The blocks, byte for byte as ggml lays them out (ggml-common.h); d, dmin, m are float16 bits.
 // 32 weights: d * (q - 8), q a nibble: qs[j] holds element j (low nibble) and j + 16 (high).
@@ -87,6 +89,38 @@ inline void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
     m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
   }
 }
+
+// Eight rows of Q4_0 or Q8_0 interleaved: block b of rows 8g .. 8g + 7 of a matrix as one
+// BlockQ4_0x8 / BlockQ8_0x8 (the group's blocks in order, groups in order). d[j] is row j's scale
+// and qs holds the rows' quants four bytes at a time: qs[32 c + 4 j + i] = row j's qs[4 c + i].
+// A 32-byte load at 32 c then has row j's bytes 4c .. 4c + 3 in its int32 lane j, so one integer
+// dot product instruction against four activation bytes broadcast to every lane sums four
+// products of each of the eight rows, and eight rows' block sums come out in one vector: no
+// horizontal sums, one scale multiply for eight rows (the layout llama.cpp repacks Q4_0 into on
+// x86; vhost's own packing, decode_kernels.hpp). Same bytes as the eight rows' blocks.
+struct BlockQ4_0x8 {
+  uint16_t d[8];
+  uint8_t qs[128];
+};
+struct BlockQ8_0x8 {
+  uint16_t d[8];
+  int8_t qs[256];
+};
+static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0) && sizeof(BlockQ8_0x8) == 8 * sizeof(Q8Block),
+              "a packed block holds eight blocks' bytes");
+// The interleaved type of a plain one (q4_0 -> q4_0x8, q8_0 -> q8_0x8), and back; f32 where there
+// is none.
+WeightType packed_x8(WeightType plain);
+WeightType plain_of_x8(WeightType packed);
+constexpr WeightType plain_of_x8_c(WeightType packed) {
+  return packed == WeightType::q4_0x8 ? WeightType::q4_0 : packed == WeightType::q8_0x8 ? WeightType::q8_0 : WeightType::f32;
+}
+// N rows (a multiple of 8) of K / 32 blocks of a plain type into its interleaved layout at dst
+// (the same number of bytes), or back (unpack_x8: dst gets the plain rows). With `order`, packed
+// row r is src's row order[r] (a reordering of the rows on the way; N entries). Throws
+// std::invalid_argument for another type or N not a multiple of 8.
+void pack_x8(WeightType plain, const void* src, int64_t N, int64_t K, void* dst, const int64_t* order = nullptr);
+void unpack_x8(WeightType packed, const void* src, int64_t N, int64_t K, void* dst);
 
 struct QuantFormat {
   WeightType type;
