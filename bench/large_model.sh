@@ -97,7 +97,11 @@ for round in $(seq 1 "$rounds"); do
   l1=$(python3 -c 'import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); print(r[-1]["avg_ts"])' "$dir/lb.csv")
   "$llama_bin/llama-batched-bench" -m "$dir/m.gguf" -t "$threads" -c $(( (tokens + 2) * batch + 64 )) -npp 1 -ntg "$tokens" -npl "$batch" \
     > "$dir/bb.out" 2> "$dir/bb.err" || { cat "$dir/bb.err" >&2; echo "large_model.sh: llama-batched-bench failed" >&2; exit 1; }
-  lb=$(awk -F'|' 'NF > 8 && $2 ~ /[0-9]/ { gsub(/ /, "", $8); v = $8 } END { print v }' "$dir/bb.out")
+  # The column headed "S_TG t/s" (tokens/s of the generation phase), found by its header: the
+  # table's eighth field is T_TG, its time in seconds, which this script read until 2026-12-05.
+  lb=$(awk -F'|' '{ for (i = 2; i < NF; ++i) { f = $i; gsub(/^ +| +$/, "", f); if (f == "S_TG t/s") col = i } }
+    col && NF > col && $2 ~ /[0-9]/ { f = $col; gsub(/ /, "", f); v = f } END { print v }' "$dir/bb.out")
+  [ -n "$lb" ] || { cat "$dir/bb.out" >&2; echo "large_model.sh: no S_TG t/s column in llama-batched-bench's table" >&2; exit 1; }
   awk -v v="$v1" -v l="$l1" -v vb="$vb" -v lb="$lb" -v b="$batch" 'BEGIN {
     printf "5. llama.cpp, round %d: llama-bench batch 1 %.3f tokens/s, llama-batched-bench %d sequences %.3f tokens/s (S_TG)\n", '"$round"', l, b, lb
     printf "   vhost / llama.cpp: batch 1 %.2fx, batch %d %.2fx\n", v / l, b, vb / lb }'
