@@ -14,13 +14,14 @@
 //                  [--bf16-kernel amx|avx512bf16|avx512|avx2]   (default: the best this CPU runs)
 //                  [--no-wait-policy]
 //
-//   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16] [--float-activations]
+//   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16] [--float-activations] [--prompt 512]
 //   bench_generate --gemm N K [--threads 2]     (small_gemm alone: f32, bf16, f16 weights and the
 //                                                quantized formats, int8 and float32 activations)
 // A checkpoint as the model plugin loads it (an HF folder or a GGUF file, the stored dtype kept:
 // bf16/f16 weights read in place), decoded greedily from a one-token prompt at batch 1 and at
 // --batch: tokens/s of the decoding steps alone (after the prefill), and the process's peak RSS
-// beside the weights' bytes. bench/large_model.sh runs it beside llama.cpp on the same file.
+// beside the weights' bytes; with --prompt P, also one prompt of P tokens in one forward (the
+// prefill, llama-bench's "pp P"). bench/large_model.sh runs it beside llama.cpp on the same file.
 #include "decode_kernels.hpp"
 #include "generate.hpp"
 #include "gguf.hpp"
@@ -159,7 +160,7 @@ static double child_tokens_per_s(const char* policy, bool busy, int threads, int
 }
 
 // Decoding steps of a real checkpoint: tokens/s after the first (prefill) step.
-static int model_mode(const std::string& path, int threads, int64_t tokens, int64_t batch) {
+static int model_mode(const std::string& path, int threads, int64_t tokens, int64_t batch, int64_t prompt) {
   auto t0 = Clock::now();
   // As the plugin on the CPU: the stored dtype, mapped; a GGUF's Q8_0 matrices kept as blocks.
   auto model = [&] {
@@ -192,6 +193,14 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
     std::printf("  batch %-3lld %8.3f tokens/s  (%lld steps, %.2f s a step; the prompt's step %.2f s)\n", (long long)b,
                 b * tokens / s, (long long)tokens, s / tokens, first);
     if (b == batch) break;
+  }
+  if (prompt > 0) {  // one prompt of `prompt` tokens in one forward (llama-bench's pp test)
+    auto cache = KVCache::create(cfg, 1, prompt + 2, torch::TensorOptions().dtype(model.cache_dtype()));
+    auto ids = torch::randint(3, cfg.vocab_size, {1, prompt}, torch::kInt64);
+    auto s0 = Clock::now();
+    model.forward(ids, &cache);
+    const double s = std::chrono::duration<double>(Clock::now() - s0).count();
+    std::printf("  prompt %-4lld %8.3f tokens/s  (%.2f s)\n", (long long)prompt, prompt / s, s);
   }
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -290,7 +299,10 @@ int main(int argc, char** argv) {
       int64_t t = 8;
       for (int j = 1; j + 1 < argc; ++j)
         if (!std::strcmp(argv[j], "--tokens")) t = tokens;
-      return model_mode(argv[i + 1], threads, t, batch);
+      int64_t prompt = 0;
+      for (int j = 1; j + 1 < argc; ++j)
+        if (!std::strcmp(argv[j], "--prompt")) prompt = std::atoll(argv[j + 1]);
+      return model_mode(argv[i + 1], threads, t, batch, prompt);
     }
   auto cfg = LlamaConfig::preset(preset);
   auto model = LlamaModel::random(cfg, 0);

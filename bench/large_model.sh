@@ -4,9 +4,10 @@
 # llama.cpp on the same GGUF file in the same run.
 #
 #   bench/large_model.sh [--preset 7b] [--dir DIR] [--threads 2] [--tokens 8] [--batch 16] [--rounds 3]
-#                        [--keep] [--reuse] [--quantize q8_0]
+#                        [--keep] [--reuse] [--quantize q8_0] [--prompt 256]
 #   --keep: leave DIR/m.gguf; --reuse: start from it; --quantize: convert with it (vhost decodes
-#   the Q8_0 blocks in place, llama.cpp runs the same file)
+#   the Q8_0 blocks in place, llama.cpp runs the same file); --prompt N: also the prefill of one
+#   N-token prompt, beside llama-bench's "pp N"
 #
 # Steps (peak RSS of each from /usr/bin/time):
 #   1. vhost model init --preset P --dtype bfloat16   (HF folder, shard by shard)
@@ -20,7 +21,7 @@
 # Needs ~14 GB of free disk (7b) and about 16 GB of memory; takes ~15 minutes on 2 cores.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0 quantize=
+preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0 quantize= prompt=0
 while [ $# -gt 0 ]; do
   case $1 in
     --preset) preset=$2; shift 2 ;;
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift 2 ;;
     --reuse) reuse=1; shift ;;
     --quantize) quantize=$2; shift 2 ;;
+    --prompt) prompt=$2; shift 2 ;;
     *) echo "large_model.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -86,7 +88,7 @@ have_llama=0
 [ -x "$llama_bin/llama-bench" ] && [ -x "$llama_bin/llama-batched-bench" ] && have_llama=1
 [ "$have_llama" = 1 ] || echo "5. llama.cpp: not run: no llama-bench/llama-batched-bench in $llama_bin (scripts/llama-cpp-tools.sh builds them; or set LLAMA_CPP_BIN)"
 for round in $(seq 1 "$rounds"); do
-  run env OMP_NUM_THREADS="$threads" "$bench" --model "$dir/m.gguf" --threads "$threads" --tokens "$tokens" --batch "$batch"
+  run env OMP_NUM_THREADS="$threads" "$bench" --model "$dir/m.gguf" --threads "$threads" --tokens "$tokens" --batch "$batch" --prompt "$prompt"
   report "4. bench_generate (decoding), round $round"
   sed 's/^/   /' "$dir/out.$$"
   v1=$(awk '$1 == "batch" && $2 == 1 { print $3 }' "$dir/out.$$")
@@ -105,4 +107,11 @@ for round in $(seq 1 "$rounds"); do
   awk -v v="$v1" -v l="$l1" -v vb="$vb" -v lb="$lb" -v b="$batch" 'BEGIN {
     printf "5. llama.cpp, round %d: llama-bench batch 1 %.3f tokens/s, llama-batched-bench %d sequences %.3f tokens/s (S_TG)\n", '"$round"', l, b, lb
     printf "   vhost / llama.cpp: batch 1 %.2fx, batch %d %.2fx\n", v / l, b, vb / lb }'
+  if [ "$prompt" -gt 0 ]; then
+    vp=$(awk '$1 == "prompt" { print $3 }' "$dir/out.$$")
+    "$llama_bin/llama-bench" -m "$dir/m.gguf" -t "$threads" -p "$prompt" -n 0 -r 1 -o csv > "$dir/lp.csv" 2> "$dir/lb.err" ||
+      { cat "$dir/lb.err" >&2; echo "large_model.sh: llama-bench -p failed" >&2; exit 1; }
+    lp=$(python3 -c 'import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); print(r[-1]["avg_ts"])' "$dir/lp.csv")
+    awk -v v="$vp" -v l="$lp" -v p="$prompt" 'BEGIN { printf "   prefill of %d tokens: vhost %.1f tokens/s, llama-bench pp%d %.1f tokens/s: %.2fx\n", p, v, p, l, v / l }'
+  fi
 done
