@@ -810,7 +810,7 @@ void group_out(const float* out, int64_t M, float* C, int64_t N, int64_t g, bool
 template <WeightType PT>
 void range_packed_float(const float* A, int64_t M, const void* W, int64_t N, int64_t K, float* C, bool acc, int64_t t0,
                         int64_t t1) {
-  constexpr WeightType plain = plain_of_x8_c(PT);
+  constexpr WeightType plain = plain_of_x8(PT);
   const int64_t gbytes = 8 * (K / 32) * quant_format(plain)->block_bytes;
   thread_local std::vector<uint8_t> rows;
   thread_local std::vector<float> out;
@@ -827,7 +827,7 @@ void range_packed_float(const float* A, int64_t M, const void* W, int64_t N, int
 template <WeightType PT>
 void gate_up_packed_float(const float* A, int64_t M, const void* Wg, const void* Wu, int64_t N, int64_t K, float* C,
                           int64_t t0, int64_t t1) {
-  constexpr WeightType plain = plain_of_x8_c(PT);
+  constexpr WeightType plain = plain_of_x8(PT);
   const int64_t gbytes = 8 * (K / 32) * quant_format(plain)->block_bytes;
   thread_local std::vector<uint8_t> gr, ur;
   thread_local std::vector<float> out;

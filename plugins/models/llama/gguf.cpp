@@ -307,24 +307,16 @@ torch::Tensor meta_to_hf(const torch::Tensor& w, int64_t heads) {
   return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape(w.sizes());
 }
 
-// Q4_0 / Q8_0 blocks [N, nb, bytes] (N a multiple of 8) with eight rows interleaved (pack_x8) as
-// [N / 8, nb, 8, bytes], rows reordered by meta_to_hf for `heads` heads (0: none). The source's
-// pages are handed back as soon as it is packed (MADV_PAGEOUT: a mapped file's clean pages, reread
-// if ever touched again; memory of the process's own is never lost, it goes to swap or stays), so
-// the process holds the weights' bytes once, not twice.
-torch::Tensor packed_matrix(const torch::Tensor& blocks, WeightType type, int64_t heads) {
-  const int64_t N = blocks.size(0), nb = blocks.size(1), bytes = blocks.size(2);
-  std::vector<int64_t> order;
-  if (heads) {  // meta_to_hf's view [heads, n, 2, ...].transpose(1, 2): row h 2n + j n + i <- h 2n + 2 i + j
-    const int64_t n = N / heads / 2;
-    order.resize(static_cast<std::size_t>(N));
-    for (int64_t h = 0; h < heads; ++h)
-      for (int64_t j = 0; j < 2; ++j)
-        for (int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(h * 2 * n + j * n + i)] = h * 2 * n + 2 * i + j;
-  }
-  auto out = torch::empty({N / 8, nb, 8, bytes}, torch::TensorOptions().dtype(torch::kUInt8));
-  pack_x8(type, blocks.data_ptr(), N, nb * quant_format(type)->block_elems, out.data_ptr(),
-          order.empty() ? nullptr : order.data());
+// Q4_0 / Q8_0 blocks [N, nb, bytes] (N a multiple of 8) packed by pack_rows_x8, rows reordered by
+// meta_to_hf for `heads` heads (0: none). The source's pages are handed back as soon as it is
+// packed (MADV_PAGEOUT: a mapped file's clean pages, reread if ever touched again; memory of the
+// process's own is never lost, it goes to swap or stays), so the process holds the weights' bytes
+// once, not twice.
+torch::Tensor packed_matrix(const torch::Tensor& blocks, int64_t heads) {
+  // meta_to_hf's own row order, of the row numbers: no second copy of its index arithmetic.
+  const torch::Tensor order =
+      heads ? meta_to_hf(torch::arange(blocks.size(0), torch::kInt64).view({-1, 1}), heads).contiguous() : torch::Tensor();
+  auto out = pack_rows_x8(blocks, heads ? order.data_ptr<int64_t>() : nullptr);
 #ifdef MADV_PAGEOUT
   const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const auto at = reinterpret_cast<uintptr_t>(blocks.data_ptr());
@@ -641,7 +633,7 @@ GgufLlama load_gguf_llama(const fs::path& file, bool keep_blocks) {
                      std::to_string(heads) + " rotary heads");
     if (keep_blocks && f && it->second->shape.size() == 2) {
       auto b = g.blocks(*it->second);
-      if (packs_x8(f->type) && b.size(0) % 8 == 0) return packed_matrix(b, f->type, heads);
+      if (packs_x8(f->type) && b.size(0) % 8 == 0) return packed_matrix(b, heads);
       return heads ? b.copy_(meta_to_hf(b, heads)) : b;
     }
     auto t = g.tensor(*it->second);

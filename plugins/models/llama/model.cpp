@@ -81,12 +81,10 @@ static std::string shape_str(c10::IntArrayRef s) {
   return out + "]";
 }
 
-// Q4_0 / Q8_0 blocks [N, nb, bytes] with eight rows interleaved (quants.hpp's pack_x8) as
-// [N / 8, nb, 8, bytes], the layout the decode kernels read fastest (docs/models.md). A copy:
-// load_gguf_llama packs a file's matrices itself and hands the mapped pages back.
-static torch::Tensor pack_rows_x8(const torch::Tensor& t, WeightType plain) {
+torch::Tensor pack_rows_x8(const torch::Tensor& t, const int64_t* order) {
+  const QuantFormat* f = quant_format_bytes(t.size(2));
   auto out = torch::empty({t.size(0) / 8, t.size(1), 8, t.size(2)}, torch::TensorOptions().dtype(torch::kUInt8));
-  pack_x8(plain, t.data_ptr(), t.size(0), t.size(1) * quant_format(plain)->block_elems, out.data_ptr());
+  pack_x8(f->type, t.data_ptr(), t.size(0), t.size(1) * f->block_elems, out.data_ptr(), order);
   return out;
 }
 
@@ -102,7 +100,7 @@ void LlamaModel::set_int8_activations(bool on) {
       moved[t.data_ptr()] = plain;
       t = plain;
     } else if (on && t.dim() == 3 && packs_x8(f->type) && t.size(0) % 8 == 0) {
-      auto packed = pack_rows_x8(t, f->type);
+      auto packed = pack_rows_x8(t);
       moved[t.data_ptr()] = packed;
       t = packed;
     }
@@ -144,7 +142,7 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
       if (x8 && !packs_x8(f->type))
         throw vhost::Error(VHOST_ERR_UNSUPPORTED, source + ": tensor '" + name + "' is " + f->name +
                                                       " blocks in eight-row groups, which no kernel on this CPU reads");
-      tensors_.emplace_back(name, !x8 && packs_x8(f->type) && t.size(0) % 8 == 0 ? pack_rows_x8(t, f->type) : t);
+      tensors_.emplace_back(name, !x8 && packs_x8(f->type) && t.size(0) % 8 == 0 ? pack_rows_x8(t) : t);
       used.insert(name);
       ++quant_matrices_[f->name];
       continue;

@@ -172,6 +172,10 @@ class LlamaModel {
 
 // The formats of a model's quantized matrices with their counts: "q4_k x 193, q6_k x 33".
 std::string quant_summary(const LlamaModel& model);
+// Q4_0 / Q8_0 blocks [N, nb, bytes] (N a multiple of 8; the block size names the format) with
+// eight rows interleaved (quants.hpp's pack_x8) as [N / 8, nb, 8, bytes], the layout the decode
+// kernels read fastest; with `order`, packed row r is row order[r] of `blocks` (N entries).
+torch::Tensor pack_rows_x8(const torch::Tensor& blocks, const int64_t* order = nullptr);
 
 torch::ScalarType dtype_from_name(const std::string& name);  // "float32", "bfloat16", "float16"
 std::string dtype_name(torch::ScalarType t);

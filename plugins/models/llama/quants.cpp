@@ -223,11 +223,6 @@ bool quantize(WeightType t, const float* x, int64_t n, uint8_t* out) {
   return true;
 }
 
-WeightType packed_x8(WeightType plain) {
-  return plain == WeightType::q4_0 ? WeightType::q4_0x8 : plain == WeightType::q8_0 ? WeightType::q8_0x8 : WeightType::f32;
-}
-WeightType plain_of_x8(WeightType packed) { return plain_of_x8_c(packed); }
-
 // Block b of one group: the scales, then the quants in 4-byte chunks, row after row per chunk.
 // rows[j]: row j's first block in the plain layout. to_packed: plain -> packed; else the reverse.
 static void shuffle_x8(int64_t bb, uint8_t* const rows[8], int64_t b, uint8_t* packed, bool to_packed) {

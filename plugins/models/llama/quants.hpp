@@ -110,9 +110,10 @@ static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0) && sizeof(BlockQ8_0x8
               "a packed block holds eight blocks' bytes");
 // The interleaved type of a plain one (q4_0 -> q4_0x8, q8_0 -> q8_0x8), and back; f32 where there
 // is none.
-WeightType packed_x8(WeightType plain);
-WeightType plain_of_x8(WeightType packed);
-constexpr WeightType plain_of_x8_c(WeightType packed) {
+constexpr WeightType packed_x8(WeightType plain) {
+  return plain == WeightType::q4_0 ? WeightType::q4_0x8 : plain == WeightType::q8_0 ? WeightType::q8_0x8 : WeightType::f32;
+}
+constexpr WeightType plain_of_x8(WeightType packed) {
   return packed == WeightType::q4_0x8 ? WeightType::q4_0 : packed == WeightType::q8_0x8 ? WeightType::q8_0 : WeightType::f32;
 }
 // N rows (a multiple of 8) of K / 32 blocks of a plain type into its interleaved layout at dst
