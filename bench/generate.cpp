@@ -261,7 +261,7 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
       if (!has_int) break;
     }
     set_int8_activations(true);
-    if (packs_x8(t) && N % 8 == 0) {  // the eight-row interleaving a model packs Q4_0 / Q8_0 into
+    if (packs_x8(t) && N % 8 == 0) {  // the eight-row interleaving a model packs Q4_0 / Q8_0 / Q4_K / Q6_K into
       std::vector<uint8_t> packed(blocks.size());
       pack_x8(t, blocks.data(), N, K, packed.data());
       std::printf("  %-4s %-5s", f.name, "x8");

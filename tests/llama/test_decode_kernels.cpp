@@ -283,21 +283,23 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
   select_kernels(nullptr);
 }
 
-TEST_CASE("Q4_0 and Q8_0 with eight rows interleaved: the same products, by every kernel and the float32 path",
+TEST_CASE("Q4_0, Q8_0, Q4_K and Q6_K with eight rows interleaved: the same products, by every kernel and the float32 path",
           "[kernels][quant][x8]") {
-  for (WeightType t : {WeightType::q4_0, WeightType::q8_0}) {
+  for (WeightType t : {WeightType::q4_0, WeightType::q8_0, WeightType::q4_k, WeightType::q6_k}) {
     const QuantFormat& f = *quant_format(t);
+    const int64_t E = f.block_elems;
     const WeightType pt = packed_x8(t);
     REQUIRE(plain_of_x8(pt) == t);
-    // The packing moves bytes only: unpacked again, the blocks are the same.
-    auto [b0, w0] = random_blocks(f, 24, 3 * 32, 5);
+    // The packing moves bytes only (Q4_K's scales re-encoded, every bit kept): unpacked again,
+    // the blocks are the same.
+    auto [b0, w0] = random_blocks(f, 24, 3 * E, 5);
     std::vector<uint8_t> p0(b0.size()), u0(b0.size());
-    pack_x8(t, b0.data(), 24, 3 * 32, p0.data());
+    pack_x8(t, b0.data(), 24, 3 * E, p0.data());
     CHECK(p0 != b0);
-    unpack_x8(pt, p0.data(), 24, 3 * 32, u0.data());
+    unpack_x8(pt, p0.data(), 24, 3 * E, u0.data());
     CHECK(u0 == b0);
-    CHECK_THROWS(pack_x8(t, b0.data(), 12, 2 * 32, p0.data()));  // not groups of eight rows
-    CHECK_THROWS(pack_x8(WeightType::q4_k, b0.data(), 8, 256, p0.data()));
+    CHECK_THROWS(pack_x8(t, b0.data(), 12, 2 * E, p0.data()));  // not groups of eight rows
+    CHECK_THROWS(pack_x8(WeightType::q5_k, b0.data(), 8, 256, p0.data()));
     for (const auto& [isa, int8] : {std::pair<std::string, bool>{"avx2", false}, {"avx2", true}, {"avx512", false},
                                     {"avx512", true}}) {
       if (!select_kernels(isa.c_str())) continue;
@@ -308,12 +310,12 @@ TEST_CASE("Q4_0 and Q8_0 with eight rows interleaved: the same products, by ever
         continue;
       }
       const bool rounded = int8 && *int8_dot_isa();
-      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, 32}, {2, 16, 64}, {5, 40, 96}, {3, 1000, 32},
-                             {33, 32, 96}, {16, 288, 64}, {7, 8, 256}}) {
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, E}, {2, 16, 2 * E}, {5, 40, 3 * E}, {3, 1000, E},
+                             {33, 32, 3 * E}, {16, 288, 2 * E}, {7, 8, 8 * E}}) {
         INFO("M=" << M << " N=" << N << " K=" << K);
         torch::manual_seed(9);
         auto A = torch::randn({M, K});
-        auto Aref = rounded ? q8_rounded(A) : A;
+        auto Aref = !rounded ? A : t == WeightType::q4_k || t == WeightType::q6_k ? q8k_rounded(A) : q8_rounded(A);
         auto [b1, w1] = random_blocks(f, N, K, 1);
         auto [b2, w2] = random_blocks(f, N + 8, K, 2);
         std::vector<uint8_t> p1(b1.size()), p2(b2.size());

@@ -1187,21 +1187,27 @@ TEST_CASE("A model of mixed K-quant blocks (as llama.cpp's Q4_K_M files) equals 
   bad[1].second = torch::zeros({bad[1].second.size(0), 3, 19}, torch::kUInt8);
   CHECK_THAT(error_of([&] { LlamaModel(cfg, bad, "bad.gguf", torch::kCPU, torch::kFloat32); }),
              Contains("bad.gguf") && Contains(bad[1].first) && Contains("no quantized format"));
-  // Eight-row groups exist for Q4_0 and Q8_0 only: Q4_K blocks in that shape are refused too.
+  // Eight-row groups exist for Q4_0, Q8_0, Q4_K and Q6_K only: Q5_K blocks in that shape are refused too.
   const int64_t rows = cfg.num_attention_heads * cfg.head_dim();
-  bad[1].second = torch::zeros({rows / 8, cfg.hidden_size / 256, 8, 144}, torch::kUInt8);
+  bad[1].second = torch::zeros({rows / 8, cfg.hidden_size / 256, 8, 176}, torch::kUInt8);
   CHECK_THAT(error_of([&] { LlamaModel(cfg, bad, "bad.gguf", torch::kCPU, torch::kFloat32); }),
              Contains("bad.gguf") && Contains(bad[1].first) && Contains("no quantized format"));
-  // A Q8_0 matrix given interleaved (as load_gguf_llama packs it) is taken as it is.
+  // Q8_0 and Q4_K matrices given interleaved (as load_gguf_llama packs them) are taken as they are.
   auto x8 = kept;
-  for (auto& [name, t] : x8)
-    if (t.dim() == 3 && t.size(2) == 34 && t.size(0) % 8 == 0 && packs_x8(WeightType::q8_0)) {
-      auto p = torch::empty({t.size(0) / 8, t.size(1), 8, 34}, torch::kUInt8);
-      pack_x8(WeightType::q8_0, t.data_ptr(), t.size(0), t.size(1) * 32, p.data_ptr());
+  int interleaved = 0;
+  for (auto& [name, t] : x8) {
+    const QuantFormat* f = t.dim() == 3 ? quant_format_bytes(t.size(2)) : nullptr;
+    if (f && (f->type == WeightType::q8_0 || f->type == WeightType::q4_k) && t.size(0) % 8 == 0 && packs_x8(f->type)) {
+      auto p = torch::empty({t.size(0) / 8, t.size(1), 8, f->block_bytes}, torch::kUInt8);
+      pack_x8(f->type, t.data_ptr(), t.size(0), t.size(1) * f->block_elems, p.data_ptr());
       t = p;
+      ++interleaved;
     }
+  }
+  CHECK(interleaved == (packs_x8(WeightType::q4_k) ? 5 : 0));  // three Q4_K matrices, two Q8_0
   LlamaModel packed(cfg, x8, "x8", torch::kCPU, torch::kFloat32);
   CHECK(torch::allclose(run(packed), run(blocks), 1e-5, 1e-5));
+  CHECK(quant_summary(packed).find("with eight rows interleaved") != std::string::npos);
 }
 
 TEST_CASE("GGUF: Q8_0 blocks dequantise to scale * int8", "[gguf]") {

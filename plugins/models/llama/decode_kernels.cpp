@@ -696,7 +696,7 @@ __attribute__((target("avx2,fma"))) float exp_avx2(const float* x, int64_t n, fl
   return exp_weights<8>(x, n, inv_t, w);
 }
 
-constexpr int kWeightTypes = static_cast<int>(WeightType::q8_0x8) + 1;
+constexpr int kWeightTypes = static_cast<int>(WeightType::q6_kx8) + 1;
 
 using IntRangeFn = void (*)(const QuantRows&, int64_t, const void*, int64_t, float*, bool, int64_t, int64_t);
 using IntGateUpFn = void (*)(const QuantRows&, int64_t, const void*, const void*, int64_t, float*, int64_t, int64_t);
@@ -735,6 +735,10 @@ struct Isa {
     (s).int_gate_up[static_cast<int>(WeightType::q4_0x8)] = ns::gate_up_x8<BlockQ4_0x8>;        \
     (s).int_range[static_cast<int>(WeightType::q8_0x8)] = ns::range_x8<BlockQ8_0x8>;            \
     (s).int_gate_up[static_cast<int>(WeightType::q8_0x8)] = ns::gate_up_x8<BlockQ8_0x8>;        \
+    (s).int_range[static_cast<int>(WeightType::q4_kx8)] = ns::range_x8<BlockQ4_Kx8>;            \
+    (s).int_gate_up[static_cast<int>(WeightType::q4_kx8)] = ns::gate_up_x8<BlockQ4_Kx8>;        \
+    (s).int_range[static_cast<int>(WeightType::q6_kx8)] = ns::range_x8<BlockQ6_Kx8>;            \
+    (s).int_gate_up[static_cast<int>(WeightType::q6_kx8)] = ns::gate_up_x8<BlockQ6_Kx8>;        \
   } while (0)
 
 bool g_int8_activations = true;  // set_int8_activations
@@ -753,13 +757,15 @@ void gate_up_packed_float(const float* A, int64_t M, const void* Wg, const void*
 #define VHOST_BY_TYPE(range, gate_up)                                                                              \
   {range<float>, range<uint16_t>, range<Half>, range<Q8Block>, range<BlockQ4_0>, range<BlockQ4_1>, range<BlockQ5_0>, \
    range<BlockQ5_1>, range<BlockQ4_K>, range<BlockQ5_K>, range<BlockQ6_K>,                                         \
-   range_packed_float<WeightType::q4_0x8>, range_packed_float<WeightType::q8_0x8>},                                \
+   range_packed_float<WeightType::q4_0x8>, range_packed_float<WeightType::q8_0x8>,                                 \
+   range_packed_float<WeightType::q4_kx8>, range_packed_float<WeightType::q6_kx8>},                                 \
   {                                                                                                                \
     gate_up<float>, gate_up<uint16_t>, gate_up<Half>, gate_up<Q8Block>, gate_up<BlockQ4_0>, gate_up<BlockQ4_1>,   \
         gate_up<BlockQ5_0>, gate_up<BlockQ5_1>, gate_up<BlockQ4_K>, gate_up<BlockQ5_K>, gate_up<BlockQ6_K>,        \
-        gate_up_packed_float<WeightType::q4_0x8>, gate_up_packed_float<WeightType::q8_0x8>                         \
+        gate_up_packed_float<WeightType::q4_0x8>, gate_up_packed_float<WeightType::q8_0x8>,                        \
+        gate_up_packed_float<WeightType::q4_kx8>, gate_up_packed_float<WeightType::q6_kx8>                         \
   }
-static_assert(static_cast<int>(WeightType::q6_k) == 10 && static_cast<int>(WeightType::q8_0x8) == 12,
+static_assert(static_cast<int>(WeightType::q6_k) == 10 && static_cast<int>(WeightType::q6_kx8) == 14,
               "VHOST_BY_TYPE lists the types in WeightType's order");
 
 Isa pick(const char* name) {
@@ -811,7 +817,7 @@ template <WeightType PT>
 void range_packed_float(const float* A, int64_t M, const void* W, int64_t N, int64_t K, float* C, bool acc, int64_t t0,
                         int64_t t1) {
   constexpr WeightType plain = plain_of_x8(PT);
-  const int64_t gbytes = 8 * (K / 32) * quant_format(plain)->block_bytes;
+  const int64_t gbytes = 8 * (K / quant_format(plain)->block_elems) * quant_format(plain)->block_bytes;
   thread_local std::vector<uint8_t> rows;
   thread_local std::vector<float> out;
   rows.resize(static_cast<std::size_t>(gbytes));
@@ -828,7 +834,7 @@ template <WeightType PT>
 void gate_up_packed_float(const float* A, int64_t M, const void* Wg, const void* Wu, int64_t N, int64_t K, float* C,
                           int64_t t0, int64_t t1) {
   constexpr WeightType plain = plain_of_x8(PT);
-  const int64_t gbytes = 8 * (K / 32) * quant_format(plain)->block_bytes;
+  const int64_t gbytes = 8 * (K / quant_format(plain)->block_elems) * quant_format(plain)->block_bytes;
   thread_local std::vector<uint8_t> gr, ur;
   thread_local std::vector<float> out;
   gr.resize(static_cast<std::size_t>(gbytes));
@@ -928,7 +934,9 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
 }
 
 // Whether the integer kernels of type t take the activations as Q8_K (one scale per 256), not Q8_0.
-static bool q8_k_activations(WeightType t) { return t == WeightType::q4_k || t == WeightType::q6_k; }
+static bool q8_k_activations(WeightType t) {
+  return t == WeightType::q4_k || t == WeightType::q6_k || t == WeightType::q4_kx8 || t == WeightType::q6_kx8;
+}
 
 // Whether the integer kernels take W [?, K] here.
 static bool int_path(const Isa& s, WeightsRef W, int64_t K) {

@@ -239,16 +239,85 @@ static void shuffle_x8(int64_t bb, uint8_t* const rows[8], int64_t b, uint8_t* p
   }
 }
 
+// Value v (0..63) of BlockQ4_Kx8's 6-bit scales or mins: low four bits in lo[32], top two in hi[16].
+static void put6(uint8_t* lo, uint8_t* hi, int v, int val) {
+  lo[v % 32] = static_cast<uint8_t>(lo[v % 32] | (val & 15) << (v < 32 ? 0 : 4));
+  hi[v % 16] = static_cast<uint8_t>(hi[v % 16] | (val >> 4) << (2 * (v / 16)));
+}
+static int get6(const uint8_t* lo, const uint8_t* hi, int v) {
+  return ((lo[v % 32] >> (v < 32 ? 0 : 4)) & 15) | ((hi[v % 16] >> (2 * (v / 16))) & 3) << 4;
+}
+
+// Q4_K's superblock b of one group (BlockQ4_Kx8). The 12 bytes of ggml's scales are 16 6-bit
+// values with no bit to spare, so unpacking writes back exactly the bytes packing read.
+static void shuffle_q4k_x8(uint8_t* const rows[8], int64_t b, uint8_t* packed, bool to_packed) {
+  auto& x = *reinterpret_cast<BlockQ4_Kx8*>(packed);
+  if (to_packed) std::memset(&x, 0, sizeof x);
+  for (int j = 0; j < 8; ++j) {
+    auto& blk = *reinterpret_cast<BlockQ4_K*>(rows[j] + b * int64_t(sizeof(BlockQ4_K)));
+    if (to_packed) {
+      x.d[j] = blk.d, x.dmin[j] = blk.dmin;
+      for (int s = 0; s < 8; ++s) {
+        int sc, m;
+        scale_min_k4(s, blk.scales, sc, m);
+        put6(x.sl, x.sh, 8 * s + j, sc);
+        put6(x.ml, x.mh, 16 * (s / 2) + 2 * j + s % 2, m);
+      }
+    } else {
+      blk.d = x.d[j], blk.dmin = x.dmin[j];
+      int sc[8], m[8];
+      for (int s = 0; s < 8; ++s) sc[s] = get6(x.sl, x.sh, 8 * s + j), m[s] = get6(x.ml, x.mh, 16 * (s / 2) + 2 * j + s % 2);
+      for (int s = 0; s < 4; ++s) {  // scale_min_k4 backwards
+        blk.scales[s] = static_cast<uint8_t>(sc[s] | (sc[s + 4] >> 4) << 6);
+        blk.scales[s + 4] = static_cast<uint8_t>(m[s] | (m[s + 4] >> 4) << 6);
+        blk.scales[s + 8] = static_cast<uint8_t>((sc[s + 4] & 15) | (m[s + 4] & 15) << 4);
+      }
+    }
+    for (int c = 0; c < 32; ++c) {
+      if (to_packed) std::memcpy(x.qs + 32 * c + 4 * j, blk.qs + 4 * c, 4);
+      else std::memcpy(blk.qs + 4 * c, x.qs + 32 * c + 4 * j, 4);
+    }
+  }
+}
+
+// Q6_K's superblock b of one group (BlockQ6_Kx8).
+static void shuffle_q6k_x8(uint8_t* const rows[8], int64_t b, uint8_t* packed, bool to_packed) {
+  auto& x = *reinterpret_cast<BlockQ6_Kx8*>(packed);
+  for (int j = 0; j < 8; ++j) {
+    auto& blk = *reinterpret_cast<BlockQ6_K*>(rows[j] + b * int64_t(sizeof(BlockQ6_K)));
+    auto move = [&](void* plain, void* inter, std::size_t n) {
+      if (to_packed) std::memcpy(inter, plain, n);
+      else std::memcpy(plain, inter, n);
+    };
+    move(&blk.d, &x.d[j], 2);
+    for (int g = 0; g < 16; ++g) move(&blk.scales[g], &x.scales[8 * g + j], 1);
+    for (int t = 0; t < 16; ++t) {
+      const int h = t / 8, c = t % 8;
+      move(blk.ql + 4 * (16 * h + c), x.q + 96 * t + 4 * j, 4);
+      move(blk.ql + 4 * (16 * h + 8 + c), x.q + 96 * t + 32 + 4 * j, 4);
+      move(blk.qh + 4 * (8 * h + c), x.q + 96 * t + 64 + 4 * j, 4);
+    }
+  }
+}
+
 static void repack_x8(WeightType plain, uint8_t* rows_base, int64_t N, int64_t K, uint8_t* packed, bool to_packed,
                       const int64_t* order) {
   const QuantFormat* f = quant_format(plain);
   if (!f || packed_x8(plain) == WeightType::f32 || N % 8 || K % f->block_elems)
-    throw std::invalid_argument("pack_x8: not eight-row groups of Q4_0/Q8_0 blocks");
+    throw std::invalid_argument("pack_x8: not eight-row groups of Q4_0/Q8_0/Q4_K/Q6_K blocks");
   const int64_t bb = f->block_bytes, nb = K / f->block_elems;
   for (int64_t g = 0; g < N / 8; ++g) {
     uint8_t* rows[8];
     for (int j = 0; j < 8; ++j) rows[j] = rows_base + (order ? order[8 * g + j] : 8 * g + j) * nb * bb;
-    for (int64_t b = 0; b < nb; ++b) shuffle_x8(bb, rows, b, packed + (g * nb + b) * 8 * bb, to_packed);
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* at = packed + (g * nb + b) * 8 * bb;
+      if (plain == WeightType::q4_k)
+        shuffle_q4k_x8(rows, b, at, to_packed);
+      else if (plain == WeightType::q6_k)
+        shuffle_q6k_x8(rows, b, at, to_packed);
+      else
+        shuffle_x8(bb, rows, b, at, to_packed);
+    }
   }
 }
 

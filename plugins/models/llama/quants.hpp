@@ -17,9 +17,9 @@ namespace vhost::llama {
 
 // The element type of a weight matrix the decode kernels read (decode_kernels.hpp): float32,
 // bfloat16 or float16 bits, or blocks of one of the formats below.
-// q4_0x8 and q8_0x8 are Q4_0 and Q8_0 matrices with eight rows interleaved (below), the layout the
-// decode kernels read fastest; no file stores them.
-enum class WeightType : uint8_t { f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_0x8, q8_0x8 };
+// q4_0x8, q8_0x8, q4_kx8 and q6_kx8 are Q4_0, Q8_0, Q4_K and Q6_K matrices with eight rows
+// interleaved (below), the layout the decode kernels read fastest; no file stores them.
+enum class WeightType : uint8_t { f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_0x8, q8_0x8, q4_kx8, q6_kx8 };
 
 // The blocks, byte for byte as ggml lays them out (ggml-common.h); d, dmin, m are float16 bits.
 // 32 weights: d * (q - 8), q a nibble: qs[j] holds element j (low nibble) and j + 16 (high).
@@ -106,19 +106,55 @@ struct BlockQ8_0x8 {
   uint16_t d[8];
   int8_t qs[256];
 };
-static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0) && sizeof(BlockQ8_0x8) == 8 * sizeof(Q8Block),
+// Eight rows of Q4_K: superblock b of rows 8g .. 8g + 7 (groups in order, superblocks in order).
+// The quants as BlockQ4_0x8's, qs[32 c + 4 j + i] = row j's qs[4 c + i] (c = 0..31), so int32 lane
+// j of a 32-byte load holds row j's bytes: low nibbles of sub-block 2 (c / 8), high ones of
+// sub-block 2 (c / 8) + 1. The rows' 6-bit sub-block scales and mins unpacked from ggml's 12 bytes
+// into one order each that vector instructions read without shuffles, in the same 96 bytes: the
+// scale of sub-block s of row j is value v = 8 s + j (eight rows' scales of a sub-block are eight
+// consecutive values), the min of sub-block s = 2 p + t of row j is value v = 16 p + 2 j + t (a
+// pair of sub-blocks' mins side by side, as vpmaddwd multiplies them by the activations' sums).
+// Value v's low four bits are the low (v < 32) or high (v >= 32) nibble of sl / ml [v % 32], its
+// top two bits are bits 2 (v / 16) .. 2 (v / 16) + 1 of sh / mh [v % 16].
+struct BlockQ4_Kx8 {
+  uint16_t d[8], dmin[8];
+  uint8_t sl[32], ml[32], sh[16], mh[16];
+  uint8_t qs[1024];
+};
+// Eight rows of Q6_K: d[j] row j's, scales[8 g + j] = row j's scale of group g (the eight rows'
+// scales of a group side by side), then ql and qh in 32-byte chunks of four bytes of each row in
+// turn as the quants above, in the order the kernel reads them, so that it reads the block from
+// front to back (jumping between ql and qh, it outran the hardware prefetchers: 14 GB/s against
+// 34 for the plain blocks): for t = 0..15 (h = t / 8, c = t % 8), q[96 t ..] holds ql's bytes
+// 4 (16 h + c) .. + 3 of each row (q[96 t + 4 j + i] = row j's ql[4 (16 h + c) + i]), then ql's
+// bytes 4 (16 h + 8 + c) .., then qh's bytes 4 (8 h + c) ...
+struct BlockQ6_Kx8 {
+  uint16_t d[8];
+  int8_t scales[128];
+  uint8_t q[1536];
+};
+static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0) && sizeof(BlockQ8_0x8) == 8 * sizeof(Q8Block) &&
+                  sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K) && sizeof(BlockQ6_Kx8) == 8 * sizeof(BlockQ6_K),
               "a packed block holds eight blocks' bytes");
-// The interleaved type of a plain one (q4_0 -> q4_0x8, q8_0 -> q8_0x8), and back; f32 where there
-// is none.
+// The interleaved type of a plain one (q4_0 -> q4_0x8, q8_0 -> q8_0x8, q4_k -> q4_kx8, q6_k ->
+// q6_kx8), and back; f32 where there is none.
 constexpr WeightType packed_x8(WeightType plain) {
-  return plain == WeightType::q4_0 ? WeightType::q4_0x8 : plain == WeightType::q8_0 ? WeightType::q8_0x8 : WeightType::f32;
+  return plain == WeightType::q4_0   ? WeightType::q4_0x8
+         : plain == WeightType::q8_0 ? WeightType::q8_0x8
+         : plain == WeightType::q4_k ? WeightType::q4_kx8
+         : plain == WeightType::q6_k ? WeightType::q6_kx8
+                                     : WeightType::f32;
 }
 constexpr WeightType plain_of_x8(WeightType packed) {
-  return packed == WeightType::q4_0x8 ? WeightType::q4_0 : packed == WeightType::q8_0x8 ? WeightType::q8_0 : WeightType::f32;
+  return packed == WeightType::q4_0x8   ? WeightType::q4_0
+         : packed == WeightType::q8_0x8 ? WeightType::q8_0
+         : packed == WeightType::q4_kx8 ? WeightType::q4_k
+         : packed == WeightType::q6_kx8 ? WeightType::q6_k
+                                        : WeightType::f32;
 }
-// N rows (a multiple of 8) of K / 32 blocks of a plain type into its interleaved layout at dst
-// (the same number of bytes), or back (unpack_x8: dst gets the plain rows). With `order`, packed
-// row r is src's row order[r] (a reordering of the rows on the way; N entries). Throws
+// N rows (a multiple of 8) of K / block_elems blocks of a plain type into its interleaved layout
+// at dst (the same number of bytes), or back (unpack_x8: dst gets the plain rows). With `order`,
+// packed row r is src's row order[r] (a reordering of the rows on the way; N entries). Throws
 // std::invalid_argument for another type or N not a multiple of 8.
 void pack_x8(WeightType plain, const void* src, int64_t N, int64_t K, void* dst, const int64_t* order = nullptr);
 void unpack_x8(WeightType packed, const void* src, int64_t N, int64_t K, void* dst);
