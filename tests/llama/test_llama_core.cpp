@@ -1097,9 +1097,14 @@ TEST_CASE("GGUF: a model decoding from quantized blocks equals the float32 model
     auto plain = load_gguf_llama(dir / "q.gguf");
     LlamaModel blocks(kept.config, kept.tensors, "q", torch::kCPU, torch::kFloat32);
     LlamaModel ref(plain.config, plain.tensors, "ref", torch::kCPU, torch::kFloat32);
-    const int64_t want = 6 * cfg.num_hidden_layers + (cfg.tie_word_embeddings ? 0 : 1);  // down: 172 wide
+    // down: 172 wide, F32; the embedding stays in blocks too (rows dequantised as looked up).
+    const int64_t want = 6 * cfg.num_hidden_layers + 1 + (cfg.tie_word_embeddings ? 0 : 1);
     CHECK(blocks.quantized_matrices() == want);
     CHECK(blocks.quant_matrices().at(format) == want);
+    for (const auto& [name, t] : blocks.named_tensors())
+      if (name == "model.embed_tokens.weight") CHECK((t.scalar_type() == torch::kUInt8 && t.dim() == 3));
+    CHECK_THAT(error_of([&] { blocks.forward(torch::tensor(std::vector<int64_t>{1, cfg.vocab_size}).view({1, 2})); }),
+               Contains("outside the vocabulary"));
     c10::InferenceMode inference;
     auto prompt = torch::randint(0, cfg.vocab_size, {3, 6}, torch::kInt64);
     auto pad = torch::tensor(std::vector<int64_t>{0, 2, 5});

@@ -127,8 +127,9 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
     // Quantized blocks of a [N, K] matrix (load_gguf_llama with keep_blocks): uint8
     // [N, K / block_elems, block_bytes], the block size naming the format (quants.hpp), or
     // [N / 8, K / block_elems, 8, block_bytes] for Q4_0 / Q8_0 / Q4_K / Q6_K with eight rows interleaved (pack_x8).
-    const bool x8 = t.dim() == 4 && t.size(2) == 8;
-    if (t.scalar_type() == torch::kUInt8 && (t.dim() == 3 || x8) && shape.size() == 2 && name != "model.embed_tokens.weight") {
+    // The embedding too, [vocab, D / block_elems, block_bytes] (rows looked up, never interleaved).
+    const bool x8 = t.dim() == 4 && t.size(2) == 8, embedding = name == "model.embed_tokens.weight";
+    if (t.scalar_type() == torch::kUInt8 && (t.dim() == 3 || (x8 && !embedding)) && shape.size() == 2) {
       const QuantFormat* f = quant_format_bytes(t.size(t.dim() - 1));
       if (!f || shape[1] % f->block_elems || (x8 ? t.size(0) * 8 : t.size(0)) != shape[0] ||
           t.size(1) != shape[1] / f->block_elems || (x8 && packed_x8(f->type) == WeightType::f32))
@@ -142,7 +143,7 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
       if (x8 && !packs_x8(f->type))
         throw vhost::Error(VHOST_ERR_UNSUPPORTED, source + ": tensor '" + name + "' is " + f->name +
                                                       " blocks in eight-row groups, which no kernel on this CPU reads");
-      tensors_.emplace_back(name, !x8 && packs_x8(f->type) && t.size(0) % 8 == 0 ? pack_rows_x8(t) : t);
+      tensors_.emplace_back(name, !x8 && !embedding && packs_x8(f->type) && t.size(0) % 8 == 0 ? pack_rows_x8(t) : t);
       used.insert(name);
       ++quant_matrices_[f->name];
       continue;
@@ -637,6 +638,11 @@ void embed_rows(const torch::Tensor& embed, const int64_t* ids, int64_t B, int64
         for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(e[i]);
         break;
       }
+      case torch::kUInt8: {  // quantized blocks [vocab, D / block_elems, block_bytes]: the row dequantised
+        const int64_t row_bytes = embed.size(1) * embed.size(2);
+        dequantize(quant_format_bytes(embed.size(2))->type, embed.data_ptr<uint8_t>() + ids[b] * row_bytes, D, row);
+        break;
+      }
       default: std::memcpy(row, embed.data_ptr<float>() + ids[b] * D, sizeof(float) * D);
     }
   }
@@ -907,7 +913,19 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
                                                        " positions exceeds the KV cache capacity " +
                                                        std::to_string(cache->capacity));
   auto ids = tokens.to(device_, torch::kInt64);
-  auto x = torch::embedding(embed_, ids);  // [B, T, D]
+  if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= cfg_.vocab_size))
+    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "token id " +
+                                                       std::to_string(ids.min().item<int64_t>() < 0 ? ids.min().item<int64_t>()
+                                                                                                     : ids.max().item<int64_t>()) +
+                                                       " is outside the vocabulary of " + std::to_string(cfg_.vocab_size));
+  torch::Tensor x;  // [B, T, D]
+  if (embed_.scalar_type() == torch::kUInt8) {  // quantized rows, dequantised as they are looked up
+    auto flat = ids.contiguous();
+    x = torch::empty({ids.size(0), ids.size(1), cfg_.hidden_size}, torch::TensorOptions().dtype(torch::kFloat32));
+    embed_rows(embed_, flat.data_ptr<int64_t>(), flat.numel(), cfg_.hidden_size, cfg_.vocab_size, x.data_ptr<float>());
+  } else {
+    x = torch::embedding(embed_, ids);
+  }
   if (mixed_cpu()) x = x.to(torch::kFloat32);  // float32 activations (see mixed_cpu)
   const auto& cos_table = x.scalar_type() == torch::kFloat32 ? cos32_ : cos_;
   const auto& sin_table = x.scalar_type() == torch::kFloat32 ? sin32_ : sin_;
