@@ -913,11 +913,12 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
                                                        " positions exceeds the KV cache capacity " +
                                                        std::to_string(cache->capacity));
   auto ids = tokens.to(device_, torch::kInt64);
-  if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= cfg_.vocab_size))
-    throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "token id " +
-                                                       std::to_string(ids.min().item<int64_t>() < 0 ? ids.min().item<int64_t>()
-                                                                                                     : ids.max().item<int64_t>()) +
-                                                       " is outside the vocabulary of " + std::to_string(cfg_.vocab_size));
+  if (ids.numel()) {
+    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= cfg_.vocab_size)
+      throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "token id " + std::to_string(lo < 0 ? lo : hi) +
+                                                         " is outside the vocabulary of " + std::to_string(cfg_.vocab_size));
+  }
   torch::Tensor x;  // [B, T, D]
   if (embed_.scalar_type() == torch::kUInt8) {  // quantized rows, dequantised as they are looked up
     auto flat = ids.contiguous();

@@ -223,19 +223,20 @@ bool quantize(WeightType t, const float* x, int64_t n, uint8_t* out) {
   return true;
 }
 
+// n bytes between a plain block and its place in a packed one, in the direction of the repack.
+static void move_bytes(bool to_packed, void* plain, void* packed, std::size_t n) {
+  if (to_packed) std::memcpy(packed, plain, n);
+  else std::memcpy(plain, packed, n);
+}
+
 // Block b of one group: the scales, then the quants in 4-byte chunks, row after row per chunk.
 // rows[j]: row j's first block in the plain layout. to_packed: plain -> packed; else the reverse.
 static void shuffle_x8(int64_t bb, uint8_t* const rows[8], int64_t b, uint8_t* packed, bool to_packed) {
   const int64_t qbytes = bb - 2;
   for (int j = 0; j < 8; ++j) {
     uint8_t* blk = rows[j] + b * bb;
-    if (to_packed) std::memcpy(packed + 2 * j, blk, 2);
-    else std::memcpy(blk, packed + 2 * j, 2);
-    for (int64_t c = 0; c < qbytes / 4; ++c) {
-      uint8_t* chunk = packed + 16 + 32 * c + 4 * j;
-      if (to_packed) std::memcpy(chunk, blk + 2 + 4 * c, 4);
-      else std::memcpy(blk + 2 + 4 * c, chunk, 4);
-    }
+    move_bytes(to_packed, blk, packed + 2 * j, 2);
+    for (int64_t c = 0; c < qbytes / 4; ++c) move_bytes(to_packed, blk + 2 + 4 * c, packed + 16 + 32 * c + 4 * j, 4);
   }
 }
 
@@ -273,10 +274,7 @@ static void shuffle_q4k_x8(uint8_t* const rows[8], int64_t b, uint8_t* packed, b
         blk.scales[s + 8] = static_cast<uint8_t>((sc[s + 4] & 15) | (m[s + 4] & 15) << 4);
       }
     }
-    for (int c = 0; c < 32; ++c) {
-      if (to_packed) std::memcpy(x.qs + 32 * c + 4 * j, blk.qs + 4 * c, 4);
-      else std::memcpy(blk.qs + 4 * c, x.qs + 32 * c + 4 * j, 4);
-    }
+    for (int c = 0; c < 32; ++c) move_bytes(to_packed, blk.qs + 4 * c, x.qs + 32 * c + 4 * j, 4);
   }
 }
 
@@ -285,17 +283,13 @@ static void shuffle_q6k_x8(uint8_t* const rows[8], int64_t b, uint8_t* packed, b
   auto& x = *reinterpret_cast<BlockQ6_Kx8*>(packed);
   for (int j = 0; j < 8; ++j) {
     auto& blk = *reinterpret_cast<BlockQ6_K*>(rows[j] + b * int64_t(sizeof(BlockQ6_K)));
-    auto move = [&](void* plain, void* inter, std::size_t n) {
-      if (to_packed) std::memcpy(inter, plain, n);
-      else std::memcpy(plain, inter, n);
-    };
-    move(&blk.d, &x.d[j], 2);
-    for (int g = 0; g < 16; ++g) move(&blk.scales[g], &x.scales[8 * g + j], 1);
+    move_bytes(to_packed, &blk.d, &x.d[j], 2);
+    for (int g = 0; g < 16; ++g) move_bytes(to_packed, &blk.scales[g], &x.scales[8 * g + j], 1);
     for (int t = 0; t < 16; ++t) {
       const int h = t / 8, c = t % 8;
-      move(blk.ql + 4 * (16 * h + c), x.q + 96 * t + 4 * j, 4);
-      move(blk.ql + 4 * (16 * h + 8 + c), x.q + 96 * t + 32 + 4 * j, 4);
-      move(blk.qh + 4 * (8 * h + c), x.q + 96 * t + 64 + 4 * j, 4);
+      move_bytes(to_packed, blk.ql + 4 * (16 * h + c), x.q + 96 * t + 4 * j, 4);
+      move_bytes(to_packed, blk.ql + 4 * (16 * h + 8 + c), x.q + 96 * t + 32 + 4 * j, 4);
+      move_bytes(to_packed, blk.qh + 4 * (8 * h + c), x.q + 96 * t + 64 + 4 * j, 4);
     }
   }
 }

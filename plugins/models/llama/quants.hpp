@@ -136,21 +136,24 @@ struct BlockQ6_Kx8 {
 static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0) && sizeof(BlockQ8_0x8) == 8 * sizeof(Q8Block) &&
                   sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K) && sizeof(BlockQ6_Kx8) == 8 * sizeof(BlockQ6_K),
               "a packed block holds eight blocks' bytes");
-// The interleaved type of a plain one (q4_0 -> q4_0x8, q8_0 -> q8_0x8, q4_k -> q4_kx8, q6_k ->
-// q6_kx8), and back; f32 where there is none.
+// The plain types that have an interleaved layout, each beside it.
+struct X8Pair {
+  WeightType plain, packed;
+};
+inline constexpr X8Pair kX8Pairs[] = {{WeightType::q4_0, WeightType::q4_0x8},
+                                      {WeightType::q8_0, WeightType::q8_0x8},
+                                      {WeightType::q4_k, WeightType::q4_kx8},
+                                      {WeightType::q6_k, WeightType::q6_kx8}};
+// The interleaved type of a plain one (q4_0 -> q4_0x8, ...), and back; f32 where there is none.
 constexpr WeightType packed_x8(WeightType plain) {
-  return plain == WeightType::q4_0   ? WeightType::q4_0x8
-         : plain == WeightType::q8_0 ? WeightType::q8_0x8
-         : plain == WeightType::q4_k ? WeightType::q4_kx8
-         : plain == WeightType::q6_k ? WeightType::q6_kx8
-                                     : WeightType::f32;
+  for (const X8Pair& p : kX8Pairs)
+    if (p.plain == plain) return p.packed;
+  return WeightType::f32;
 }
 constexpr WeightType plain_of_x8(WeightType packed) {
-  return packed == WeightType::q4_0x8   ? WeightType::q4_0
-         : packed == WeightType::q8_0x8 ? WeightType::q8_0
-         : packed == WeightType::q4_kx8 ? WeightType::q4_k
-         : packed == WeightType::q6_kx8 ? WeightType::q6_k
-                                        : WeightType::f32;
+  for (const X8Pair& p : kX8Pairs)
+    if (p.packed == packed) return p.plain;
+  return WeightType::f32;
 }
 // N rows (a multiple of 8) of K / block_elems blocks of a plain type into its interleaved layout
 // at dst (the same number of bytes), or back (unpack_x8: dst gets the plain rows). With `order`,
