@@ -1069,6 +1069,74 @@ TEST_CASE("GGUF: convert --quantize q8_0 writes Q8_0 blocks that read back withi
   }
 }
 
+TEST_CASE("GGUF: the Q4_K and Q6_K quantizers read back within their steps", "[gguf]") {
+  // Byte equality with llama.cpp's reference quantizer is llama_cpp_interop.sh's (it needs the
+  // venv); here what holds without it: the blocks dequantize to the input within a few percent,
+  // a sub-block on a 16-level grid comes back (nearly) exactly in Q4_K, zeros give zero blocks.
+  torch::manual_seed(5);
+  auto x = torch::randn({4 * 256});
+  x.slice(0, 0, 32).copy_(torch::arange(32).remainder(16) * 0.5);  // 0 .. 7.5 in steps of 0.5
+  for (WeightType t : {WeightType::q4_k, WeightType::q6_k}) {
+    const QuantFormat* f = quant_format(t);
+    INFO(f->name);
+    std::vector<uint8_t> b(4 * f->block_bytes, 0xAB);
+    REQUIRE(quantize(t, x.data_ptr<float>(), x.numel(), b.data()));
+    auto y = torch::empty_like(x);
+    dequantize(t, b.data(), x.numel(), y.data_ptr<float>());
+    const double rel = ((y - x).pow(2).mean() / x.pow(2).mean()).sqrt().item<double>();
+    CHECK(rel < (t == WeightType::q4_k ? 0.12 : 0.03));
+    CHECK(rel > 0.001);  // it was quantized
+    // Q4_K's 0, 0.5 .. 7.5 sub-block is its own 16-level grid (back up to the f16 scale's
+    // rounding); Q6_K's symmetric levels are not on it: within half a step (7.5 / 32 / 2).
+    CHECK((y.slice(0, 0, 32) - x.slice(0, 0, 32)).abs().max().item<float>() < (t == WeightType::q4_k ? 0.01f : 0.12f));
+    std::vector<float> zeros(256, 0.0f);
+    std::fill(b.begin(), b.end(), 0xAB);
+    REQUIRE(quantize(t, zeros.data(), 256, b.data()));
+    CHECK(std::all_of(b.begin(), b.begin() + f->block_bytes, [](uint8_t v) { return v == 0; }));
+  }
+  // The writable formats, and where a row not of whole 256-blocks goes (llama.cpp's fallbacks).
+  CHECK(quant_format_writable("Q4_K") == quant_format(WeightType::q4_k));
+  CHECK(quant_format_writable("q5_k") == nullptr);
+  CHECK(quant_fallback(quant_format(WeightType::q4_k))->type == WeightType::q5_0);
+  CHECK(quant_fallback(quant_format(WeightType::q6_k))->type == WeightType::q8_0);
+  std::vector<uint8_t> b5(176);
+  CHECK_FALSE(quantize(WeightType::q5_k, x.data_ptr<float>(), 256, b5.data()));
+}
+
+TEST_CASE("GGUF: --quantize q4_k_m writes llama.cpp's Q4_K_M mix", "[gguf]") {
+  // Rows of whole 256-blocks everywhere (the fallbacks are llama_cpp_interop.sh's): 8 layers, so
+  // the more-bits layers are 0, 3, 6, 7 (the first and last eighth, and every third between).
+  fs::path dir = scratch("gguf-q4km");
+  auto tok_file = Tokenizer::train(docs_corpus(dir), 400, dir / "tok");
+  LlamaConfig cfg = LlamaConfig::preset("tiny");
+  cfg.vocab_size = Tokenizer::load(tok_file).vocab_size();
+  cfg.hidden_size = 256, cfg.intermediate_size = 512, cfg.num_hidden_layers = 8;
+  cfg.num_attention_heads = 8, cfg.num_key_value_heads = 2;
+  cfg.tie_word_embeddings = false;
+  auto m = LlamaModel::random(cfg, 4);
+  std::ifstream in(tok_file, std::ios::binary);
+  std::string proto((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  save_gguf_llama(m, proto, dir / "q4km.gguf", "Q4_K_M");
+  const uint32_t f32 = 0, q4_k = 12, q6_k = 14;
+  std::map<uint32_t, int> types;
+  for (const auto& t : GgufFile::read(dir / "q4km.gguf").tensors) {
+    INFO(t.name);
+    const bool more = t.name.rfind("blk.0.", 0) == 0 || t.name.rfind("blk.3.", 0) == 0 || t.name.rfind("blk.6.", 0) == 0 ||
+                      t.name.rfind("blk.7.", 0) == 0;
+    uint32_t want = q4_k;
+    if (t.shape.size() == 1) want = f32;
+    else if (t.name == "output.weight") want = q6_k;
+    else if ((t.name.find(".attn_v.") != std::string::npos || t.name.find(".ffn_down.") != std::string::npos) && more)
+      want = q6_k;
+    CHECK(t.type == want);
+    ++types[t.type];
+  }
+  CHECK(types[q6_k] == 1 + 4 + 4);  // the output, four attn_v, four ffn_down
+  CHECK(types[q4_k] == 1 + 7 * 8 - 8);  // the embedding, the other matrices
+  CHECK_THROWS_WITH(save_gguf_llama(m, proto, dir / "bad.gguf", "q5_k_m"), Contains("quantize 'q5_k_m' is not supported"));
+  CHECK_FALSE(fs::exists(dir / "bad.gguf"));
+}
+
 // The logits of a 3-row prompt (left-padded by pad) and then 5 one-token steps through a KV
 // cache: the prefill and the decode kernels both.
 static torch::Tensor prefill_then_steps(const LlamaModel& m, const torch::Tensor& prompt, const torch::Tensor& pad) {

@@ -9,14 +9,19 @@
 
 #include <ATen/Parallel.h>
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <fstream>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 namespace vhost::llama {
 
@@ -446,11 +451,34 @@ struct OutTensor {
   const QuantFormat* q = nullptr;  // written as these blocks
 };
 
+// llama.cpp's rule for which layers of a Q4_K_M / Q5_K_M file get more bits: the first and last
+// eighth, and every third one between (its use_more_bits, integer arithmetic).
+bool more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+// The block format --quantize Q writes the matrix `name` (GGUF name, of layer `layer` of
+// `layers`) in, before the fallback for rows not of whole blocks: Q's format; for the preset
+// "q4_k_m", llama.cpp's Q4_K_M mix for a LLaMA model (llama_tensor_get_type): Q4_K, except Q6_K
+// for the output (the embedding when it is tied to it), and for attn_v and ffn_down of the
+// more_bits layers.
+const QuantFormat* preset_format(const std::string& quantize, const std::string& name, int64_t layer, int64_t layers,
+                                 bool has_output) {
+  std::string q = quantize;
+  std::transform(q.begin(), q.end(), q.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (q != "q4_k_m") return quant_format_writable(q);
+  const bool wide = name == "output.weight" || (!has_output && name == "token_embd.weight") ||
+                    ((name.find(".attn_v.") != std::string::npos || name.find(".ffn_down.") != std::string::npos) &&
+                     more_bits(layer, layers));
+  return quant_format(wide ? WeightType::q6_k : WeightType::q4_k);
+}
+
 // The model's tensors under their GGUF names, with the type each is written in.
-std::vector<OutTensor> gguf_tensors(const LlamaModel& model, const QuantFormat* qf) {
+std::vector<OutTensor> gguf_tensors(const LlamaModel& model, const std::string& quantize) {
   const LlamaConfig& c = model.config();
   std::vector<OutTensor> tensors;
+  bool has_output = false;
+  for (const auto& [name, t0] : model.named_tensors()) has_output |= name == "lm_head.weight";
   for (const auto& [name, t0] : model.named_tensors()) {
+    int64_t layer = -1;
     OutTensor o{name, t0, 0, t0.scalar_type()};
     std::string& n = o.name;
     if (n == "model.embed_tokens.weight") n = "token_embd.weight";
@@ -459,6 +487,7 @@ std::vector<OutTensor> gguf_tensors(const LlamaModel& model, const QuantFormat* 
     else {
       auto rest = n.substr(std::string("model.layers.").size());
       auto dot = rest.find('.');
+      layer = std::stoll(rest.substr(0, dot));
       std::string blk = "blk." + rest.substr(0, dot) + ".", leaf = rest.substr(dot + 1);
       static const std::map<std::string, std::string> names = {
           {"self_attn.q_proj.weight", "attn_q.weight"},      {"self_attn.k_proj.weight", "attn_k.weight"},
@@ -473,7 +502,11 @@ std::vector<OutTensor> gguf_tensors(const LlamaModel& model, const QuantFormat* 
     // 1-D tensors (the norms) stay float32 whatever the matrices' dtype, as llama.cpp's own
     // converter writes them: llama.cpp's CPU norm kernels assert F32 weights.
     if (t0.dim() == 1 || (o.type != torch::kFloat16 && o.type != torch::kBFloat16)) o.type = torch::kFloat32;
-    if (qf && t0.dim() == 2 && t0.size(1) % qf->block_elems == 0) o.q = qf;
+    if (!quantize.empty() && t0.dim() == 2) {  // rows not whole blocks: llama.cpp's fallback, else F32
+      const QuantFormat* qf = preset_format(quantize, n, layer, c.num_hidden_layers, has_output);
+      const QuantFormat* f = t0.size(1) % qf->block_elems == 0 ? qf : quant_fallback(qf);
+      if (t0.size(1) % f->block_elems == 0) o.q = f;
+    }
     tensors.push_back(std::move(o));
   }
   return tensors;
@@ -510,22 +543,58 @@ void write_llama_metadata(Writer& w, const LlamaConfig& c, const std::vector<Pie
 
 }
 
+// f over [0, n) in chunks of `chunk`, on one thread per core this process may use, as
+// llama-quantize does by default. Its own threads, not at::parallel_for: `model convert` runs
+// without a backend to set libtorch's threads, and libtorch's default there was one thread on
+// this 2-core VM (OMP_NUM_THREADS unset: a 7B Q4_K conversion ran on one core).
+template <typename F>
+void on_every_core(int64_t n, int64_t chunk, const F& f) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int64_t cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+  cores = std::max<int64_t>(1, std::min(cores, (n + chunk - 1) / chunk));
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex mu;
+  auto work = [&] {
+    try {
+      for (int64_t b0; (b0 = next.fetch_add(chunk)) < n;) f(b0, std::min(n, b0 + chunk));
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!error) error = std::current_exception();
+      next = n;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int64_t i = 1; i < cores; ++i) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
 }  // namespace
+
+const char* const kGgufQuantizeNames = "q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k, q4_k_m";
+
+bool gguf_quantize_supported(const std::string& quantize) {
+  std::string q = quantize;
+  std::transform(q.begin(), q.end(), q.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  return q == "q4_k_m" || quant_format_writable(q) != nullptr;
+}
 
 void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file,
                      const std::string& quantize) {
   if (model.quantized_matrices())
     fail(file, "the model holds quantized blocks (loaded to decode from them); load it dequantised to write it");
-  const QuantFormat* qf = quantize.empty() ? nullptr : quant_format_name(quantize);
-  if (!quantize.empty() && (!qf || qf->block_elems != 32))
-    fail(file, "quantize '" + quantize + "' is not supported (q8_0, q4_0, q4_1, q5_0, q5_1)");
+  if (!quantize.empty() && !gguf_quantize_supported(quantize))
+    fail(file, "quantize '" + quantize + "' is not supported (" + kGgufQuantizeNames + ")");
   const LlamaConfig& c = model.config();
   auto pieces = proto_pieces(tokenizer_model);
   if (pieces.empty()) fail(file, "the tokenizer model has no pieces");
   if (static_cast<int64_t>(pieces.size()) > c.vocab_size)
     fail(file, "the tokenizer has " + std::to_string(pieces.size()) + " pieces, the model only " + std::to_string(c.vocab_size));
 
-  auto tensors = gguf_tensors(model, qf);
+  auto tensors = gguf_tensors(model, quantize);
   Writer w;  // metadata first; the header that counts it is prepended below
   write_llama_metadata(w, c, pieces);
 
@@ -561,7 +630,7 @@ void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model
       if (o.q) {  // one tensor's blocks at a time, rows in parallel
         const int64_t nb = t.numel() / o.q->block_elems;
         auto blocks = torch::empty({nb * o.q->block_bytes}, torch::TensorOptions().dtype(torch::kUInt8));
-        at::parallel_for(0, nb, 256, [&](int64_t b0, int64_t b1) {
+        on_every_core(nb, 64, [&](int64_t b0, int64_t b1) {
           vhost::llama::quantize(o.q->type, t.data_ptr<float>() + b0 * o.q->block_elems, (b1 - b0) * o.q->block_elems,
                    blocks.data_ptr<uint8_t>() + b0 * o.q->block_bytes);
         });

@@ -650,11 +650,9 @@ class LlamaPlugin final : public vhost::Model {
       if (fs::is_directory(in)) {
         // HF layout -> GGUF, in the checkpoint's stored dtype or quantized.
         const std::string quantize = field<std::string>(args, "quantize", "");
-        const auto* qf = quantize.empty() ? nullptr : vhost::llama::quant_format_name(quantize);
-        if (!quantize.empty() && (!qf || qf->block_elems != 32))
-          throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "convert: quantize '" + quantize +
-                                                             "' is not supported (q8_0, q4_0, q4_1, q5_0, q5_1; the "
-                                                             "K-quants are read, not written yet)");
+        if (!quantize.empty() && !vhost::llama::gguf_quantize_supported(quantize))
+          throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "convert: quantize '" + quantize + "' is not supported (" +
+                                                             vhost::llama::kGgufQuantizeNames + ")");
         auto model = LlamaModel::load(in);
         std::ifstream t(in / "tokenizer.model", std::ios::binary);
         if (!t) throw vhost::Error(VHOST_ERR_IO, (in / "tokenizer.model").string() + ": cannot open (GGUF embeds the tokenizer)");

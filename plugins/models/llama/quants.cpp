@@ -56,6 +56,17 @@ const QuantFormat* quant_format_name(const std::string& name) {
   return nullptr;
 }
 
+const QuantFormat* quant_format_writable(const std::string& name) {
+  const QuantFormat* f = quant_format_name(name);
+  return f && (f->block_elems == 32 || f->type == WeightType::q4_k || f->type == WeightType::q6_k) ? f : nullptr;
+}
+
+const QuantFormat* quant_fallback(const QuantFormat* f) {
+  if (f->type == WeightType::q4_k) return quant_format(WeightType::q5_0);
+  if (f->type == WeightType::q6_k) return quant_format(WeightType::q8_0);
+  return f;
+}
+
 void dequantize(WeightType t, const void* p, int64_t n, float* y) {
   const QuantFormat* f = quant_format(t);
   if (!f) return;
@@ -156,8 +167,221 @@ void dequantize(WeightType t, const void* p, int64_t n, float* y) {
   }
 }
 
+namespace {
+
+// ggml's nearest_int: round to nearest, ties to even, by adding 1.5 * 2^23 and reading the
+// mantissa (exact for |v| < 2^22; the K-quant fits below only ever see small values). Written
+// out rather than std::nearbyint so the result cannot depend on the rounding mode.
+inline int nearest_int(float v) {
+  const float f = v + 12582912.0f;
+  int32_t i;
+  std::memcpy(&i, &f, 4);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+// The scale s and offset m (m <= 0) of an asymmetric nmax-level fit of x[n] under weights w,
+// minimising sum w (s*q + m - x)^2 with q = clamp(round((x - m) / s), 0, nmax): the fit through
+// the extremes first, then nstep + 1 other quantisation steps around it (rmin + rdelta * is
+// levels off nmax), each refitted in closed form by weighted least squares, the best kept. The
+// search llama.cpp's reference K-quantizer runs for Q4_K / Q5_K sub-blocks (make_qkx2_quants),
+// done in the same float32 operations and order so the blocks come out byte for byte its own.
+// Returns s; *neg_min = -m; q in L.
+float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min, float rmin,
+                    float rdelta, int nstep) {
+  float lo = x[0], hi = x[0], sum_w = w[0], sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < lo) lo = x[i];
+    if (x[i] > hi) hi = x[i];
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
+  }
+  if (lo > 0) lo = 0;
+  if (hi == lo) {
+    std::memset(L, 0, static_cast<std::size_t>(n));
+    *neg_min = -lo;
+    return 0.0f;
+  }
+  float iscale = nmax / (hi - lo), scale = 1 / iscale, best = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = nearest_int(iscale * (x[i] - lo));
+    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
+    const float diff = scale * L[i] + lo - x[i];
+    best += w[i] * (diff * diff);
+  }
+  uint8_t aux[32];
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * is + nmax) / (hi - lo);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::max(0, std::min(nmax, nearest_int(iscale * (x[i] - lo))));
+      aux[i] = static_cast<uint8_t>(l);
+      sum_l += w[i] * l;
+      sum_l2 += w[i] * l * l;
+      sum_xl += w[i] * l * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float s = (sum_w * sum_xl - sum_x * sum_l) / D, m = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (m > 0) {
+        m = 0;
+        s = sum_xl / sum_l2;
+      }
+      float err = 0;
+      for (int i = 0; i < n; ++i) {
+        const float diff = s * aux[i] + m - x[i];
+        err += w[i] * (diff * diff);
+      }
+      if (err < best) {
+        std::memcpy(L, aux, static_cast<std::size_t>(n));
+        best = err;
+        scale = s;
+        lo = m;
+      }
+    }
+  }
+  *neg_min = -lo;
+  return scale;
+}
+
+// A symmetric fit of x[n] to q in [-nmax, nmax) with weights x^2: the scale through the largest
+// magnitude, then 18 steps around it (nmax + 0.1 * is), the one of largest sum(w x q)^2 / sum(w q^2)
+// kept (llama.cpp's make_qx_quants as Q6_K's reference quantizer calls it). q + nmax in L.
+float fit_scale_sym(int n, int nmax, const float* x, uint8_t* L) {
+  float mx = 0, amax = 0;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      mx = x[i];
+    }
+  }
+  if (amax < 1e-15f) {
+    std::memset(L, 0, static_cast<std::size_t>(n));
+    return 0.0f;
+  }
+  auto level = [&](float iscale, int i) { return std::max(-nmax, std::min(nmax - 1, nearest_int(iscale * x[i]))); };
+  float iscale = -nmax / mx, sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = level(iscale, i);
+    L[i] = static_cast<uint8_t>(l + nmax);
+    const float w = x[i] * x[i];
+    sumlx += w * x[i] * l;
+    suml2 += w * l * l;
+  }
+  float scale = suml2 ? sumlx / suml2 : 0.0f, best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    iscale = -(nmax + 0.1f * is) / mx;
+    sumlx = suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = level(iscale, i);
+      const float w = x[i] * x[i];
+      sumlx += w * x[i] * l;
+      suml2 += w * l * l;
+    }
+    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+      for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(nmax + level(iscale, i));
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+void quantize_q4_k(const float* x, BlockQ4_K& y) {
+  uint8_t L[256];
+  float scales[8], mins[8], w[32], max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; ++j) {
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+    const float av_x = std::sqrt(sum_x2 / 32);
+    for (int l = 0; l < 32; ++l) w[l] = av_x + std::fabs(xs[l]);
+    scales[j] = fit_scale_min(32, 15, xs, w, L + 32 * j, &mins[j], -1.0f, 0.1f, 20);
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f, inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+  std::memset(y.scales, 0, sizeof y.scales);
+  for (int j = 0; j < 8; ++j) {
+    const auto ls = static_cast<uint8_t>(std::min(63, nearest_int(inv_scale * scales[j])));
+    const auto lm = static_cast<uint8_t>(std::min(63, nearest_int(inv_min * mins[j])));
+    if (j < 4) {  // the inverse of scale_min_k4
+      y.scales[j] = ls;
+      y.scales[j + 4] = lm;
+    } else {
+      y.scales[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+      y.scales[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
+      y.scales[j] |= static_cast<uint8_t>((lm >> 4) << 6);
+    }
+  }
+  y.d = fp16_from_float(max_scale / 63.0f);
+  y.dmin = fp16_from_float(max_min / 63.0f);
+  for (int j = 0; j < 8; ++j) {  // the quants again against the rounded scales
+    int sc, m;
+    scale_min_k4(j, y.scales, sc, m);
+    const float d = fp16_to_float(y.d) * sc;
+    if (d == 0.0f) continue;
+    const float dm = fp16_to_float(y.dmin) * m;
+    for (int l = 0; l < 32; ++l)
+      L[32 * j + l] = static_cast<uint8_t>(std::max(0, std::min(15, nearest_int((x[32 * j + l] + dm) / d))));
+  }
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) y.qs[32 * c + l] = static_cast<uint8_t>(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+}
+
+void quantize_q6_k(const float* x, BlockQ6_K& y) {
+  uint8_t L[256];
+  float scales[16], max_scale = 0, max_abs = 0;
+  for (int g = 0; g < 16; ++g) {
+    scales[g] = fit_scale_sym(16, 32, x + 16 * g, L + 16 * g);
+    if (std::fabs(scales[g]) > max_abs) {
+      max_abs = std::fabs(scales[g]);
+      max_scale = scales[g];
+    }
+  }
+  if (max_abs < 1e-15f) {  // all (near) zero: a zero block
+    std::memset(&y, 0, sizeof y);
+    return;
+  }
+  const float iscale = -128.0f / max_scale;
+  y.d = fp16_from_float(1 / iscale);
+  for (int g = 0; g < 16; ++g) y.scales[g] = static_cast<int8_t>(std::min(127, nearest_int(iscale * scales[g])));
+  for (int g = 0; g < 16; ++g) {
+    const float d = fp16_to_float(y.d) * y.scales[g];
+    if (d == 0.0f) continue;
+    for (int l = 0; l < 16; ++l)
+      L[16 * g + l] = static_cast<uint8_t>(std::max(-32, std::min(31, nearest_int(x[16 * g + l] / d))) + 32);
+  }
+  for (int h = 0; h < 2; ++h) {  // the layout dequantize reads: 128 weights per half
+    const uint8_t* q = L + 128 * h;
+    uint8_t *ql = y.ql + 64 * h, *qh = y.qh + 32 * h;
+    for (int l = 0; l < 32; ++l) {
+      ql[l] = static_cast<uint8_t>((q[l] & 0xF) | ((q[l + 64] & 0xF) << 4));
+      ql[l + 32] = static_cast<uint8_t>((q[l + 32] & 0xF) | ((q[l + 96] & 0xF) << 4));
+      qh[l] = static_cast<uint8_t>((q[l] >> 4) | ((q[l + 32] >> 4) << 2) | ((q[l + 64] >> 4) << 4) | ((q[l + 96] >> 4) << 6));
+    }
+  }
+}
+
+}  // namespace
+
 bool quantize(WeightType t, const float* x, int64_t n, uint8_t* out) {
   const QuantFormat* f = quant_format(t);
+  if (t == WeightType::q4_k || t == WeightType::q6_k) {
+    for (int64_t b = 0; b < n / 256; ++b, x += 256, out += f->block_bytes) {
+      if (t == WeightType::q4_k) {
+        BlockQ4_K y;
+        quantize_q4_k(x, y);
+        std::memcpy(out, &y, sizeof y);
+      } else {
+        BlockQ6_K y;
+        quantize_q6_k(x, y);
+        std::memcpy(out, &y, sizeof y);
+      }
+    }
+    return true;
+  }
   if (!f || f->block_elems != 32) return false;
   for (int64_t b = 0; b < n / 32; ++b, x += 32, out += f->block_bytes) {
     // The first element of largest magnitude (numpy's argmax), and the extremes.
