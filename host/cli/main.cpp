@@ -204,6 +204,9 @@ struct Cli {
   CLI::App* tok_train = nullptr;
   CLI::App* gen = nullptr;
   std::string gen_model, gen_prompt;
+  CLI::App* ppl = nullptr;
+  std::string ppl_model, ppl_text;
+  int64_t ppl_context = 512, ppl_chunks = 0;
   int64_t gen_max = 64, gen_top_k = 0, gen_seed = -1;
   double gen_temp = vh::sampling::kTemperatureGenerate, gen_top_p = 1.0;
   std::vector<std::string> gen_stop;
@@ -342,8 +345,8 @@ struct Cli {
     model_convert->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
     model_convert->add_flag("--overwrite", convert_overwrite, "replace out if it exists");
     model_convert->add_option("--quantize", convert_quantize,
-                              "HF folder -> GGUF: write the matrices quantized (q8_0, q4_0, q4_1, q5_0, q5_1, as llama.cpp's converter and the gguf "
-                              "package quantize them; 1-D tensors stay F32; the model plugin checks the name)");
+                              "HF folder -> GGUF: write the matrices quantized (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k, or llama.cpp's q4_k_m mix, as the gguf package "
+                              "and llama.cpp's reference quantizer make them; 1-D tensors stay F32; the model plugin checks the name)");
 
     model_merge = model->add_subcommand("merge", "merge a LoRA adapter into its base: a whole HF checkpoint (PEFT's merge_and_unload)");
     model_merge->add_option("base", merge_base, "the base: an HF checkpoint folder or a GGUF file")->required();
@@ -367,6 +370,14 @@ struct Cli {
     tok_train->add_option("--out", out_dir, "folder for tokenizer.model")->required();
   }
 
+  void declare_perplexity(CLI::App& app) {
+    ppl = app.add_subcommand("perplexity", "a model's perplexity on a text file (llama-perplexity's method)");
+    ppl->add_option("model_dir", ppl_model, "checkpoint folder or GGUF file")->required();
+    ppl->add_option("--text", ppl_text, "the text file")->required();
+    ppl->add_option("--context", ppl_context, "tokens per chunk (llama-perplexity's -c)")->check(CLI::Range(int64_t{4}, int64_t{1} << 20))->capture_default_str();
+    ppl->add_option("--chunks", ppl_chunks, "score only the first N chunks (0: all)")->check(CLI::Range(int64_t{0}, int64_t{1000000000}))->capture_default_str();
+    declare_runtime(ppl);
+  }
   void declare_generate(CLI::App& app) {
     gen = app.add_subcommand("generate", "continue a prompt with a model");
     gen->add_option("model_dir", gen_model, "checkpoint folder")->required();
@@ -516,6 +527,7 @@ struct Cli {
     declare_pipeline(app);
     declare_model(app);
     declare_generate(app);
+    declare_perplexity(app);
     declare_serve(app);
     declare_evaluation(app);
     declare_cluster(app);
@@ -674,12 +686,18 @@ struct Cli {
     return 0;
   }
 
+  // The runtime part of the one-model shortcuts (generate, perplexity, chat): [backends] from
+  // --backend / --threads, [models.m] from MODEL_DIR, --adapter and --model-option.
+  void one_model(Shortcut& s, const vh::Host& host, CLI::App* sub, const std::string& dir, const std::string& adapter) {
+    s.backend(backend_plugin, option_keys(host, "backend", backend_plugin), threads, given(sub, "--threads"));
+    s.model(model_plugin, dir, adapter);
+    model_options(s, "models.m", model_option_args);
+  }
+
   int cmd_generate(const vh::Host& host) {
     // A one-stage pipeline, so `vhost generate` runs exactly what the generate stage runs.
     Shortcut g("generate", "generate", std::filesystem::temp_directory_path() / "vhost-generate");
-    g.backend(backend_plugin, option_keys(host, "backend", backend_plugin), threads, given(gen, "--threads"));
-    g.model(model_plugin, gen_model, gen_adapter);
-    model_options(g, "models.m", model_option_args);
+    one_model(g, host, gen, gen_model, gen_adapter);
     g.set("stages.generate.prompts", vh::json::array({gen_prompt}), "--prompt")
         .set("stages.generate.max_tokens", gen_max, "--max-tokens")
         .set("stages.generate.temperature", gen_temp, "--temperature")
@@ -687,6 +705,16 @@ struct Cli {
         .set("stages.generate.top_k", gen_top_k, "--top-k")
         .set("stages.generate.seed", gen_seed, "--seed")
         .set("stages.generate.stop", gen_stop, "--stop");
+    g.run(host);
+    return 0;
+  }
+
+  int cmd_perplexity(const vh::Host& host) {
+    Shortcut g("perplexity", "perplexity", std::filesystem::temp_directory_path() / "vhost-perplexity");
+    one_model(g, host, ppl, ppl_model, "");
+    g.set("stages.perplexity.text", absolute(ppl_text), "--text")
+        .set("stages.perplexity.context", ppl_context, "--context")
+        .set("stages.perplexity.chunks", ppl_chunks, "--chunks");
     g.run(host);
     return 0;
   }
@@ -821,9 +849,7 @@ struct Cli {
 
   int cmd_chat(const vh::Host& host) {
     Shortcut ch("chat", "chat", std::filesystem::temp_directory_path() / "vhost-chat");
-    ch.backend(backend_plugin, option_keys(host, "backend", backend_plugin), threads, given(chat, "--threads"));
-    ch.model(model_plugin, chat_model, chat_adapter);
-    model_options(ch, "models.m", model_option_args);
+    one_model(ch, host, chat, chat_model, chat_adapter);
     templates(ch, "models.m", chat_templates);
     ch.set("stages.chat.template", chat_template, "--template")
         .set("stages.chat.system", chat_system, "--system")
@@ -959,6 +985,7 @@ struct Cli {
     if (*tok_encode || *tok_decode) return cmd_tokenizer_codec(host);
     if (*tok_train) return cmd_tokenizer_train(host);
     if (*gen) return cmd_generate(host);
+    if (*ppl) return cmd_perplexity(host);
     if (*eval_report_cmd) return cmd_eval_report(host);
     if (*agree_cmd) return cmd_agreement(host);
     if (*arena_report_cmd) return cmd_arena_report(host);

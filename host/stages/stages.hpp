@@ -12,6 +12,7 @@ std::vector<StageType> basic_stage_types();  // info, probe, model-init, generat
 std::vector<StageType> train_stage_types();  // train
 std::vector<StageType> serve_stage_types();   // serve, controller, api
 std::vector<StageType> eval_stage_types();    // eval
+std::vector<StageType> perplexity_stage_types();  // perplexity
 std::vector<StageType> report_stage_types();  // eval-report, agreement, arena
 
 }  // namespace vhost::host

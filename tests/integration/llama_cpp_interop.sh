@@ -13,7 +13,12 @@
 #      for bit, and the greedy text equals llama.cpp's (see same() for the 8-bit activations),
 #   6. the K-quants themselves on a stories15M-shaped random model (its 768-wide down projections
 #      are whole 256-blocks): Q4_K_M, Q5_K_M and Q6_K files by llama.cpp hold Q4_K, Q5_K and Q6_K
-#      tensors, and every tensor vhost reads equals gguf's dequantizer; vhost decodes from them.
+#      tensors, and every tensor vhost reads equals gguf's dequantizer; vhost decodes from them;
+#   7. `--quantize q4_k` / `q6_k` on that model: block for block llama.cpp's reference quantizer,
+#      and llama.cpp runs the files; `--quantize q4_k_m`: the file llama.cpp's Q4_K_M preset writes,
+#      tensor for tensor (types and bytes);
+#   8. `vhost perplexity` on a text of the project's own equals llama.cpp's (from its logits, by
+#      llama-perplexity's method) within 0.02% on the F32 and Q8_0 files, 0.5% on llama.cpp's 4-5 bit ones.
 # Skips without the fixture or the venv.
 #   llama_cpp_interop.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
@@ -36,11 +41,26 @@ same() {  # same FILE: vhost's greedy text equals llama.cpp's on FILE
     { cat vhost.err; exit 1; }
   "$py" "$check" generate "$1" "$prompt" 64 vhost.out || exit 1
 }
+# perplexity_same FILE TOLERANCE: vhost's perplexity stage and llama.cpp's logits (llama-perplexity's
+# method) agree on a text of the project's own, over the same tokens: within 0.02% on the F32 and
+# Q8_0 files (they agree to 0.007% there; scoring chunks without BOS first moves it 0.06%); 0.5% on
+# llama.cpp's 4- and 5-bit ones, where they differ by up to 0.2% (Q4_0: vhost 4.6846, llama.cpp
+# 4.6895; the text's own standard error is 0.21) although both read the same weights bit for bit
+# (the dequant check below) and both round the activations to 8-bit blocks: where their
+# arithmetic parts is not found yet.
+export TMPDIR=$PWD/tmp  # `vhost perplexity` writes its result under $TMPDIR/vhost-perplexity
+mkdir -p "$TMPDIR"
+perplexity_same() {
+  "$vhost" perplexity "$1" --text "$src/tests/data/perplexity_story.txt" --context 256 > ppl.out 2>&1 || { cat ppl.out; exit 1; }
+  "$py" "$check" perplexity "$1" "$src/tests/data/perplexity_story.txt" 256 "$TMPDIR/vhost-perplexity/perplexity.json" "$2" || exit 1
+}
 same "$model"
+perplexity_same "$model" 0.0002
 "$py" "$check" quantize "$model" q8.gguf q8_0 > quant.log 2>&1 || { cat quant.log; exit 1; }
 "$py" "$check" types q8.gguf | tee types.log
 grep -q "'Q8_0'" types.log || { echo "llama.cpp wrote no Q8_0 tensor"; exit 1; }
 same q8.gguf
+perplexity_same q8.gguf 0.0002
 "$vhost" model convert "$model" hf > conv1.log 2>&1 || { cat conv1.log; exit 1; }
 "$vhost" model convert hf ours.gguf > conv2.log 2>&1 || { cat conv2.log; exit 1; }
 same ours.gguf
@@ -56,6 +76,7 @@ for kind in q4_0 q5_0 q4_1 q4_k_m; do
   "$vhost" model convert lc-$kind.gguf hf-$kind > conv-lc-$kind.log 2>&1 || { cat conv-lc-$kind.log; exit 1; }
   "$py" "$check" dequant lc-$kind.gguf hf-$kind || exit 1
   same lc-$kind.gguf
+  perplexity_same lc-$kind.gguf 0.005
 done
 # The K-quants proper need rows of whole 256-blocks: a stories15M-shaped random model.
 tok=$src/../shared/models/llama2_tokenizer.model
@@ -71,14 +92,29 @@ for kind in q4_k_m q5_k_m q6_k; do
   "$vhost" generate s15-$kind.gguf --prompt "$prompt" --max-tokens 16 > gen-$kind.out 2>&1 || { cat gen-$kind.out; exit 1; }
   grep -q " tokens in " gen-$kind.out || { cat gen-$kind.out; exit 1; }
 done
+# vhost writes Q4_K and Q6_K: block for block llama.cpp's reference quantizer (its libggml-base,
+# called on the same float32 rows), the 288-wide rows in its fallbacks Q5_0 / Q8_0; llama.cpp runs
+# the files, vhost decodes them (the random model's text ties too often to be compared).
+for kind in q4_k q6_k; do
+  "$vhost" model convert s15 ours-s15-$kind.gguf --quantize $kind > conv-ours-$kind.log 2>&1 || { cat conv-ours-$kind.log; exit 1; }
+  "$py" "$check" same-quant $kind s15.gguf ours-s15-$kind.gguf || exit 1
+  "$py" "$check" runs ours-s15-$kind.gguf 16 || exit 1
+  "$vhost" generate ours-s15-$kind.gguf --prompt "$prompt" --max-tokens 16 > gen-ours-$kind.out 2>&1 || { cat gen-ours-$kind.out; exit 1; }
+  grep -q " tokens in " gen-ours-$kind.out || { cat gen-ours-$kind.out; exit 1; }
+done
+# --quantize q4_k_m: llama.cpp's Q4_K_M mix (Q6_K for the output and for attn_v / ffn_down of its
+# chosen layers, each type's fallback where rows are not whole blocks): the whole file's tensors,
+# types and bytes, equal what llama.cpp's own quantizer wrote from the same weights above.
+"$vhost" model convert s15 ours-s15-q4_k_m.gguf --quantize Q4_K_M > conv-ours-q4_k_m.log 2>&1 || { cat conv-ours-q4_k_m.log; exit 1; }
+"$py" "$check" same-tensors s15-q4_k_m.gguf ours-s15-q4_k_m.gguf || exit 1
 # A model option the plugin does not have, or a malformed one, is refused naming it (exit 2).
 rc=0; "$vhost" generate "$model" --prompt x --model-option quant_activations=int4 > badopt.log 2>&1 || rc=$?
 [ "$rc" = 2 ] && grep -q "quant_activations" badopt.log || { echo "--model-option quant_activations=int4: exit $rc"; cat badopt.log; exit 1; }
 rc=0; "$vhost" generate "$model" --prompt x --model-option "no value" > badopt.log 2>&1 || rc=$?
 [ "$rc" = 2 ] && grep -q "expected KEY=VALUE" badopt.log || { echo "--model-option 'no value': exit $rc"; cat badopt.log; exit 1; }
-# Refused before anything is written: an unknown type and a K-quant (read, not written yet), by the
-# model plugin (exit 1: the host does not know its formats), and quantizing from a GGUF (exit 2).
-for bad in q3_x q4_k; do
+# Refused before anything is written: an unknown type and a K-quant read but not written (Q5_K), by
+# the model plugin (exit 1: the host does not know its formats), and quantizing from a GGUF (exit 2).
+for bad in q3_x q5_k q5_k_m; do
   rc=0; "$vhost" model convert hf bad.gguf --quantize $bad > bad1.log 2>&1 || rc=$?
   [ "$rc" = 1 ] && grep -q "quantize '$bad' is not supported" bad1.log && [ ! -e bad.gguf ] || { echo "--quantize $bad: exit $rc"; cat bad1.log; exit 1; }
 done
@@ -86,4 +122,4 @@ rc=0; "$vhost" model convert "$model" again.gguf --quantize q8_0 > bad2.log 2>&1
 [ "$rc" = 2 ] && grep -q "only an HF folder" bad2.log && [ ! -e again.gguf ] || { echo "--quantize from a GGUF: exit $rc"; cat bad2.log; exit 1; }
 # The models written here are 0.5 GB: gone once passed (CI runs this in two build trees on one disk).
 rm -rf -- *.gguf hf hf-* s15
-echo "llama_cpp_interop: ok (llama.cpp's F32, Q8_0, Q4_0, Q5_0, Q4_1, Q4_K_M files and vhost's own F32, Q8_0, Q4_0, Q5_0 GGUFs: 64 greedy tokens equal; vhost's blocks = gguf's quantizer; Q4_K, Q5_K, Q6_K read = gguf's dequantizer)"
+echo "llama_cpp_interop: ok (llama.cpp's F32, Q8_0, Q4_0, Q5_0, Q4_1, Q4_K_M files and vhost's own F32, Q8_0, Q4_0, Q5_0 GGUFs: 64 greedy tokens equal; vhost's blocks = gguf's quantizer; Q4_K, Q5_K, Q6_K read = gguf's dequantizer; Q4_K, Q6_K, Q4_K_M written = llama.cpp's quantizer; perplexity = llama.cpp's)"
