@@ -33,7 +33,7 @@ TEST_CASE("the HTTP layer answers every failure in OpenAI's error shape and chec
   http::Options o;
   o.what = "test";
   o.api_keys = {"k1"};
-  o.max_body = 64;
+  o.limits.max_body = 64;
   o.not_found = "no such endpoint here";
   http::Server s(o);
   s.get("/open", [](const httplib::Request&, httplib::Response& res) { http::reply_json(res, {{"ok", true}}); });

@@ -92,19 +92,14 @@ std::function<bool()> client_gone_probe() {
 }
 
 Server::Server(Options o) : o_(std::move(o)), core_(std::make_unique<Core>()) {
-  Limits l;
-  l.threads = o_.threads;
-  l.max_body = o_.max_body;
-  l.request_timeout_s = o_.request_timeout_s;
-  l.client_connections = o_.client_connections;
-  l.write_timeout_s = o_.write_timeout_s;
+  Limits& l = o_.limits;
   l.error_json = [](const std::string& m) { return error_body(m, "invalid_request_error", "", "").dump(); };
   conns_ = std::make_unique<Connections>(l, [this](httplib::Stream& s, bool close, bool& closed) { return core_->answer(s, close, closed); });
   core_->conns = conns_.get();
   core_->new_task_queue = [] { return new InPlace; };
-  core_->set_payload_max_length(o_.max_body);
+  core_->set_payload_max_length(l.max_body);
   core_->set_tcp_nodelay(true);  // streamed tokens are small writes: do not let Nagle hold them
-  core_->set_write_timeout(o_.write_timeout_s, 0);
+  core_->set_write_timeout(l.write_timeout_s, 0);
   core_->set_keep_alive_max_count(static_cast<std::size_t>(l.keep_alive_requests));  // its Keep-Alive header says
   core_->set_keep_alive_timeout(l.keep_alive_s);                                     // what Connections does
   // httplib listens with a backlog of 5: a burst of clients overflows it and their connects wait
@@ -116,7 +111,7 @@ Server::Server(Options o) : o_(std::move(o)), core_(std::make_unique<Core>()) {
   });
   core_->set_error_handler([this](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
-    const std::string msg = res.status == 413   ? "the request body is too large (at most " + std::to_string(o_.max_body) + " bytes)"
+    const std::string msg = res.status == 413   ? "the request body is too large (at most " + std::to_string(o_.limits.max_body) + " bytes)"
                             : res.status == 404 ? o_.not_found
                                                 : "HTTP " + std::to_string(res.status);
     res.set_content(error_body(msg, "invalid_request_error", "", "").dump(), "application/json");

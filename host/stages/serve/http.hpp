@@ -11,6 +11,8 @@
 
 #include <httplib.h>
 
+#include "stages/serve/connections.hpp"
+
 #include <atomic>
 #include <cstdint>
 #include <fstream>
@@ -68,13 +70,9 @@ struct Options {
   std::string what = "server";  // names the server in errors ("api: cannot listen on ...")
   std::string host = "127.0.0.1";
   int port = 0;                       // 0: any free port
-  int threads = 64;                   // requests answered at once (a slow client holds none: connections.hpp)
-  std::size_t max_body = 1 << 20;     // bytes; more: 413
   std::vector<std::string> api_keys;  // Bearer keys routes marked `Auth::key` accept; empty: none needed
-  int request_timeout_s = 30;         // a request (line, headers, body) must arrive within this; else 408
-  int client_connections = 256;       // open connections per client address; more: 429
-  int write_timeout_s = 30;
   std::string not_found = "no such endpoint";  // the 404 message
+  Limits limits;  // threads, body and header sizes, timeouts, connections per client (connections.hpp)
 };
 
 // The socket of the request this thread answers, and whether its client has gone (closed the

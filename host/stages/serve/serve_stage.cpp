@@ -33,10 +33,10 @@ http::Options read_listen_options(const json& c) {
   o.host = c["host"].get<std::string>();
   o.port = static_cast<int>(c["port"].get<int64_t>());
   o.api_keys = c["api_keys"].get<std::vector<std::string>>();
-  o.threads = static_cast<int>(c["threads"].get<int64_t>());
-  o.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
-  o.request_timeout_s = static_cast<int>(c["request_timeout"].get<int64_t>());
-  o.client_connections = static_cast<int>(c["client_connections"].get<int64_t>());
+  o.limits.threads = static_cast<int>(c["threads"].get<int64_t>());
+  o.limits.max_body = static_cast<std::size_t>(c["max_body"].get<int64_t>());
+  o.limits.request_timeout_s = static_cast<int>(c["request_timeout"].get<int64_t>());
+  o.limits.client_connections = static_cast<int>(c["client_connections"].get<int64_t>());
   return o;
 }
 
