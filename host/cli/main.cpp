@@ -345,7 +345,7 @@ struct Cli {
     model_convert->add_option("--plugin", model_plugin, "model plugin")->capture_default_str();
     model_convert->add_flag("--overwrite", convert_overwrite, "replace out if it exists");
     model_convert->add_option("--quantize", convert_quantize,
-                              "HF folder -> GGUF: write the matrices quantized (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k, or llama.cpp's q4_k_m mix, as the gguf package "
+                              "HF folder -> GGUF: write the matrices quantized (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, or llama.cpp's q4_k_m / q5_k_m mix, as the gguf package "
                               "and llama.cpp's reference quantizer make them; 1-D tensors stay F32; the model plugin checks the name)");
 
     model_merge = model->add_subcommand("merge", "merge a LoRA adapter into its base: a whole HF checkpoint (PEFT's merge_and_unload)");

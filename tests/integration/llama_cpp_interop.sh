@@ -14,9 +14,9 @@
 #   6. the K-quants themselves on a stories15M-shaped random model (its 768-wide down projections
 #      are whole 256-blocks): Q4_K_M, Q5_K_M and Q6_K files by llama.cpp hold Q4_K, Q5_K and Q6_K
 #      tensors, and every tensor vhost reads equals gguf's dequantizer; vhost decodes from them;
-#   7. `--quantize q4_k` / `q6_k` on that model: block for block llama.cpp's reference quantizer,
-#      and llama.cpp runs the files; `--quantize q4_k_m`: the file llama.cpp's Q4_K_M preset writes,
-#      tensor for tensor (types and bytes);
+#   7. `--quantize q4_k` / `q5_k` / `q6_k` on that model: block for block llama.cpp's reference
+#      quantizer, and llama.cpp runs the files; `--quantize q4_k_m` / `q5_k_m`: the file llama.cpp's
+#      Q4_K_M / Q5_K_M preset writes, tensor for tensor (types and bytes);
 #   8. `vhost perplexity` on a text of the project's own equals llama.cpp's (from its logits, by
 #      llama-perplexity's method) within 0.02% on the F32 and Q8_0 files, 0.5% on llama.cpp's 4-5 bit ones.
 # Skips without the fixture or the venv.
@@ -92,29 +92,34 @@ for kind in q4_k_m q5_k_m q6_k; do
   "$vhost" generate s15-$kind.gguf --prompt "$prompt" --max-tokens 16 > gen-$kind.out 2>&1 || { cat gen-$kind.out; exit 1; }
   grep -q " tokens in " gen-$kind.out || { cat gen-$kind.out; exit 1; }
 done
-# vhost writes Q4_K and Q6_K: block for block llama.cpp's reference quantizer (its libggml-base,
-# called on the same float32 rows), the 288-wide rows in its fallbacks Q5_0 / Q8_0; llama.cpp runs
-# the files, vhost decodes them (the random model's text ties too often to be compared).
-for kind in q4_k q6_k; do
+# vhost writes Q4_K, Q5_K and Q6_K: block for block llama.cpp's reference quantizer (its
+# libggml-base, called on the same float32 rows), the 288-wide rows in its fallbacks Q5_0 / Q5_1 /
+# Q8_0; llama.cpp runs the files, vhost decodes them (the random model's text ties too often to be
+# compared).
+for kind in q4_k q5_k q6_k; do
   "$vhost" model convert s15 ours-s15-$kind.gguf --quantize $kind > conv-ours-$kind.log 2>&1 || { cat conv-ours-$kind.log; exit 1; }
   "$py" "$check" same-quant $kind s15.gguf ours-s15-$kind.gguf || exit 1
   "$py" "$check" runs ours-s15-$kind.gguf 16 || exit 1
   "$vhost" generate ours-s15-$kind.gguf --prompt "$prompt" --max-tokens 16 > gen-ours-$kind.out 2>&1 || { cat gen-ours-$kind.out; exit 1; }
   grep -q " tokens in " gen-ours-$kind.out || { cat gen-ours-$kind.out; exit 1; }
 done
-# --quantize q4_k_m: llama.cpp's Q4_K_M mix (Q6_K for the output and for attn_v / ffn_down of its
-# chosen layers, each type's fallback where rows are not whole blocks): the whole file's tensors,
-# types and bytes, equal what llama.cpp's own quantizer wrote from the same weights above.
-"$vhost" model convert s15 ours-s15-q4_k_m.gguf --quantize Q4_K_M > conv-ours-q4_k_m.log 2>&1 || { cat conv-ours-q4_k_m.log; exit 1; }
-"$py" "$check" same-tensors s15-q4_k_m.gguf ours-s15-q4_k_m.gguf || exit 1
+# --quantize q4_k_m / q5_k_m: llama.cpp's Q4_K_M / Q5_K_M mix (Q6_K for the output and for attn_v /
+# ffn_down of its chosen layers, each type's fallback where rows are not whole blocks): the whole
+# file's tensors, types and bytes, equal what llama.cpp's own quantizer wrote from the same weights.
+for kind in Q4_K_M Q5_K_M; do
+  k=$(echo $kind | tr A-Z a-z)
+  "$vhost" model convert s15 ours-s15-$k.gguf --quantize $kind > conv-ours-$k.log 2>&1 || { cat conv-ours-$k.log; exit 1; }
+  "$py" "$check" same-tensors s15-$k.gguf ours-s15-$k.gguf || exit 1
+done
 # A model option the plugin does not have, or a malformed one, is refused naming it (exit 2).
 rc=0; "$vhost" generate "$model" --prompt x --model-option quant_activations=int4 > badopt.log 2>&1 || rc=$?
 [ "$rc" = 2 ] && grep -q "quant_activations" badopt.log || { echo "--model-option quant_activations=int4: exit $rc"; cat badopt.log; exit 1; }
 rc=0; "$vhost" generate "$model" --prompt x --model-option "no value" > badopt.log 2>&1 || rc=$?
 [ "$rc" = 2 ] && grep -q "expected KEY=VALUE" badopt.log || { echo "--model-option 'no value': exit $rc"; cat badopt.log; exit 1; }
-# Refused before anything is written: an unknown type and a K-quant read but not written (Q5_K), by
-# the model plugin (exit 1: the host does not know its formats), and quantizing from a GGUF (exit 2).
-for bad in q3_x q5_k q5_k_m; do
+# Refused before anything is written: an unknown type and presets vhost does not write (Q2_K,
+# Q3_K_M), by the model plugin (exit 1: the host does not know its formats), and quantizing from a
+# GGUF (exit 2).
+for bad in q3_x q2_k q3_k_m; do
   rc=0; "$vhost" model convert hf bad.gguf --quantize $bad > bad1.log 2>&1 || rc=$?
   [ "$rc" = 1 ] && grep -q "quantize '$bad' is not supported" bad1.log && [ ! -e bad.gguf ] || { echo "--quantize $bad: exit $rc"; cat bad1.log; exit 1; }
 done
@@ -122,4 +127,4 @@ rc=0; "$vhost" model convert "$model" again.gguf --quantize q8_0 > bad2.log 2>&1
 [ "$rc" = 2 ] && grep -q "only an HF folder" bad2.log && [ ! -e again.gguf ] || { echo "--quantize from a GGUF: exit $rc"; cat bad2.log; exit 1; }
 # The models written here are 0.5 GB: gone once passed (CI runs this in two build trees on one disk).
 rm -rf -- *.gguf hf hf-* s15
-echo "llama_cpp_interop: ok (llama.cpp's F32, Q8_0, Q4_0, Q5_0, Q4_1, Q4_K_M files and vhost's own F32, Q8_0, Q4_0, Q5_0 GGUFs: 64 greedy tokens equal; vhost's blocks = gguf's quantizer; Q4_K, Q5_K, Q6_K read = gguf's dequantizer; Q4_K, Q6_K, Q4_K_M written = llama.cpp's quantizer; perplexity = llama.cpp's)"
+echo "llama_cpp_interop: ok (llama.cpp's F32, Q8_0, Q4_0, Q5_0, Q4_1, Q4_K_M files and vhost's own F32, Q8_0, Q4_0, Q5_0 GGUFs: 64 greedy tokens equal; vhost's blocks = gguf's quantizer; Q4_K, Q5_K, Q6_K read = gguf's dequantizer; Q4_K, Q5_K, Q6_K, Q4_K_M, Q5_K_M written = llama.cpp's quantizer; perplexity = llama.cpp's)"

@@ -124,8 +124,8 @@ def types(path):
 
 
 def llama_cpp_quantize(src, qtype):
-    """src's rows quantized by llama.cpp's own reference K-quantizer (quantize_row_q4_K_ref /
-    quantize_row_q6_K_ref in the libggml-base llama-cpp-python ships; no importance matrix, as
+    """src's rows quantized by llama.cpp's own reference K-quantizer (quantize_row_q4_K_ref,
+    _q5_K_ref, _q6_K_ref in the libggml-base llama-cpp-python ships; no importance matrix, as
     llama-quantize without --imatrix): the gguf package has no K-quantizer."""
     import glob
     import os
@@ -149,15 +149,16 @@ def llama_cpp_quantize(src, qtype):
 
 def same_quant(kind, plain, q8):
     """Q.gguf's blocks are the reference quantizer's of PLAIN.gguf's F32 tensors: the gguf
-    package's for the 32-blocks, llama.cpp's own for q4_k / q6_k, whose rows not of whole 256-blocks
-    fall back as llama.cpp's quantizer does (Q4_K -> Q5_0, Q6_K -> Q8_0)."""
+    package's for the 32-blocks, llama.cpp's own for q4_k / q5_k / q6_k, whose rows not of whole
+    256-blocks fall back as llama.cpp's quantizer does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0)."""
     import collections
 
     import gguf
     import numpy as np
 
     main = gguf.GGMLQuantizationType[kind.upper()]
-    fallback = {"q4_k": gguf.GGMLQuantizationType.Q5_0, "q6_k": gguf.GGMLQuantizationType.Q8_0}.get(kind.lower(), main)
+    fallback = {"q4_k": gguf.GGMLQuantizationType.Q5_0, "q5_k": gguf.GGMLQuantizationType.Q5_1,
+                "q6_k": gguf.GGMLQuantizationType.Q8_0}.get(kind.lower(), main)
 
     a = {t.name: t for t in gguf.GGUFReader(plain).tensors}
     b = {t.name: t for t in gguf.GGUFReader(q8).tensors}

@@ -1069,14 +1069,14 @@ TEST_CASE("GGUF: convert --quantize q8_0 writes Q8_0 blocks that read back withi
   }
 }
 
-TEST_CASE("GGUF: the Q4_K and Q6_K quantizers read back within their steps", "[gguf]") {
+TEST_CASE("GGUF: the K-quantizers (Q4_K, Q5_K, Q6_K) read back within their steps", "[gguf]") {
   // Byte equality with llama.cpp's reference quantizer is llama_cpp_interop.sh's (it needs the
   // venv); here what holds without it: the blocks dequantize to the input within a few percent,
   // a sub-block on a 16-level grid comes back (nearly) exactly in Q4_K, zeros give zero blocks.
   torch::manual_seed(5);
   auto x = torch::randn({4 * 256});
   x.slice(0, 0, 32).copy_(torch::arange(32).remainder(16) * 0.5);  // 0 .. 7.5 in steps of 0.5
-  for (WeightType t : {WeightType::q4_k, WeightType::q6_k}) {
+  for (WeightType t : {WeightType::q4_k, WeightType::q5_k, WeightType::q6_k}) {
     const QuantFormat* f = quant_format(t);
     INFO(f->name);
     std::vector<uint8_t> b(4 * f->block_bytes, 0xAB);
@@ -1084,11 +1084,12 @@ TEST_CASE("GGUF: the Q4_K and Q6_K quantizers read back within their steps", "[g
     auto y = torch::empty_like(x);
     dequantize(t, b.data(), x.numel(), y.data_ptr<float>());
     const double rel = ((y - x).pow(2).mean() / x.pow(2).mean()).sqrt().item<double>();
-    CHECK(rel < (t == WeightType::q4_k ? 0.12 : 0.03));
+    CHECK(rel < (t == WeightType::q4_k ? 0.12 : t == WeightType::q5_k ? 0.06 : 0.03));
     CHECK(rel > 0.001);  // it was quantized
     // Q4_K's 0, 0.5 .. 7.5 sub-block is its own 16-level grid (back up to the f16 scale's
-    // rounding); Q6_K's symmetric levels are not on it: within half a step (7.5 / 32 / 2).
-    CHECK((y.slice(0, 0, 32) - x.slice(0, 0, 32)).abs().max().item<float>() < (t == WeightType::q4_k ? 0.01f : 0.12f));
+    // rounding), and one of Q5_K's 32 levels; Q6_K's symmetric levels are not on it: within half a
+    // step (7.5 / 32 / 2).
+    CHECK((y.slice(0, 0, 32) - x.slice(0, 0, 32)).abs().max().item<float>() < (t == WeightType::q6_k ? 0.12f : 0.01f));
     std::vector<float> zeros(256, 0.0f);
     std::fill(b.begin(), b.end(), 0xAB);
     REQUIRE(quantize(t, zeros.data(), 256, b.data()));
@@ -1096,14 +1097,14 @@ TEST_CASE("GGUF: the Q4_K and Q6_K quantizers read back within their steps", "[g
   }
   // The writable formats, and where a row not of whole 256-blocks goes (llama.cpp's fallbacks).
   CHECK(quant_format_writable("Q4_K") == quant_format(WeightType::q4_k));
-  CHECK(quant_format_writable("q5_k") == nullptr);
+  CHECK(quant_format_writable("q5_k") == quant_format(WeightType::q5_k));
+  CHECK(quant_format_writable("q4_0x8") == nullptr);  // a packed layout, not a file type
   CHECK(quant_fallback(quant_format(WeightType::q4_k))->type == WeightType::q5_0);
+  CHECK(quant_fallback(quant_format(WeightType::q5_k))->type == WeightType::q5_1);
   CHECK(quant_fallback(quant_format(WeightType::q6_k))->type == WeightType::q8_0);
-  std::vector<uint8_t> b5(176);
-  CHECK_FALSE(quantize(WeightType::q5_k, x.data_ptr<float>(), 256, b5.data()));
 }
 
-TEST_CASE("GGUF: --quantize q4_k_m writes llama.cpp's Q4_K_M mix", "[gguf]") {
+TEST_CASE("GGUF: --quantize q4_k_m / q5_k_m write llama.cpp's Q4_K_M / Q5_K_M mix", "[gguf]") {
   // Rows of whole 256-blocks everywhere (the fallbacks are llama_cpp_interop.sh's): 8 layers, so
   // the more-bits layers are 0, 3, 6, 7 (the first and last eighth, and every third between).
   fs::path dir = scratch("gguf-q4km");
@@ -1116,24 +1117,27 @@ TEST_CASE("GGUF: --quantize q4_k_m writes llama.cpp's Q4_K_M mix", "[gguf]") {
   auto m = LlamaModel::random(cfg, 4);
   std::ifstream in(tok_file, std::ios::binary);
   std::string proto((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  save_gguf_llama(m, proto, dir / "q4km.gguf", "Q4_K_M");
-  const uint32_t f32 = 0, q4_k = 12, q6_k = 14;
-  std::map<uint32_t, int> types;
-  for (const auto& t : GgufFile::read(dir / "q4km.gguf").tensors) {
-    INFO(t.name);
-    const bool more = t.name.rfind("blk.0.", 0) == 0 || t.name.rfind("blk.3.", 0) == 0 || t.name.rfind("blk.6.", 0) == 0 ||
-                      t.name.rfind("blk.7.", 0) == 0;
-    uint32_t want = q4_k;
-    if (t.shape.size() == 1) want = f32;
-    else if (t.name == "output.weight") want = q6_k;
-    else if ((t.name.find(".attn_v.") != std::string::npos || t.name.find(".ffn_down.") != std::string::npos) && more)
-      want = q6_k;
-    CHECK(t.type == want);
-    ++types[t.type];
+  for (const char* preset : {"Q4_K_M", "q5_k_m"}) {
+    INFO(preset);
+    save_gguf_llama(m, proto, dir / "km.gguf", preset);
+    const uint32_t f32 = 0, base = preset[1] == '4' ? 12 : 13, q6_k = 14;  // base: Q4_K or Q5_K
+    std::map<uint32_t, int> types;
+    for (const auto& t : GgufFile::read(dir / "km.gguf").tensors) {
+      INFO(t.name);
+      const bool more = t.name.rfind("blk.0.", 0) == 0 || t.name.rfind("blk.3.", 0) == 0 || t.name.rfind("blk.6.", 0) == 0 ||
+                        t.name.rfind("blk.7.", 0) == 0;
+      uint32_t want = base;
+      if (t.shape.size() == 1) want = f32;
+      else if (t.name == "output.weight") want = q6_k;
+      else if ((t.name.find(".attn_v.") != std::string::npos || t.name.find(".ffn_down.") != std::string::npos) && more)
+        want = q6_k;
+      CHECK(t.type == want);
+      ++types[t.type];
+    }
+    CHECK(types[q6_k] == 1 + 4 + 4);  // the output, four attn_v, four ffn_down
+    CHECK(types[base] == 1 + 7 * 8 - 8);  // the embedding, the other matrices
   }
-  CHECK(types[q6_k] == 1 + 4 + 4);  // the output, four attn_v, four ffn_down
-  CHECK(types[q4_k] == 1 + 7 * 8 - 8);  // the embedding, the other matrices
-  CHECK_THROWS_WITH(save_gguf_llama(m, proto, dir / "bad.gguf", "q5_k_m"), Contains("quantize 'q5_k_m' is not supported"));
+  CHECK_THROWS_WITH(save_gguf_llama(m, proto, dir / "bad.gguf", "q3_k_m"), Contains("quantize 'q3_k_m' is not supported"));
   CHECK_FALSE(fs::exists(dir / "bad.gguf"));
 }
 

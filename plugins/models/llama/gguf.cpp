@@ -457,18 +457,18 @@ bool more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i 
 
 // The block format --quantize Q writes the matrix `name` (GGUF name, of layer `layer` of
 // `layers`) in, before the fallback for rows not of whole blocks: Q's format; for the preset
-// "q4_k_m", llama.cpp's Q4_K_M mix for a LLaMA model (llama_tensor_get_type): Q4_K, except Q6_K
-// for the output (the embedding when it is tied to it), and for attn_v and ffn_down of the
-// more_bits layers.
+// "q4_k_m" / "q5_k_m", llama.cpp's Q4_K_M / Q5_K_M mix for a LLaMA model (llama_tensor_get_type):
+// Q4_K / Q5_K, except Q6_K for the output (the embedding when it is tied to it), and for attn_v
+// and ffn_down of the more_bits layers.
 const QuantFormat* preset_format(const std::string& quantize, const std::string& name, int64_t layer, int64_t layers,
                                  bool has_output) {
   std::string q = quantize;
   std::transform(q.begin(), q.end(), q.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  if (q != "q4_k_m") return quant_format_writable(q);
+  if (q != "q4_k_m" && q != "q5_k_m") return quant_format_writable(q);
   const bool wide = name == "output.weight" || (!has_output && name == "token_embd.weight") ||
                     ((name.find(".attn_v.") != std::string::npos || name.find(".ffn_down.") != std::string::npos) &&
                      more_bits(layer, layers));
-  return quant_format(wide ? WeightType::q6_k : WeightType::q4_k);
+  return quant_format(wide ? WeightType::q6_k : q == "q4_k_m" ? WeightType::q4_k : WeightType::q5_k);
 }
 
 // The model's tensors under their GGUF names, with the type each is written in.
@@ -574,12 +574,12 @@ void on_every_core(int64_t n, int64_t chunk, const F& f) {
 
 }  // namespace
 
-const char* const kGgufQuantizeNames = "q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k, q4_k_m";
+const char* const kGgufQuantizeNames = "q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m, q5_k_m";
 
 bool gguf_quantize_supported(const std::string& quantize) {
   std::string q = quantize;
   std::transform(q.begin(), q.end(), q.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  return q == "q4_k_m" || quant_format_writable(q) != nullptr;
+  return q == "q4_k_m" || q == "q5_k_m" || quant_format_writable(q) != nullptr;
 }
 
 void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file,

@@ -72,10 +72,11 @@ class LlamaModel;
 // quantize "q8_0", "q4_0", "q4_1", "q5_0", "q5_1": matrices whose rows are whole blocks of 32 in
 // that format (all of them, the embedding and output too: llama-quantize --pure), block for block
 // what the gguf package's quantizer (and llama.cpp's reference one) makes of their float32 values.
-// "q4_k", "q6_k": rows of whole 256-blocks in that format as llama.cpp's reference quantizer
-// makes them, the other matrices in its fallback (Q5_0, Q8_0; F32 when not whole 32-blocks either).
-// "q4_k_m": llama.cpp's Q4_K_M preset for a LLaMA model: Q4_K, and Q6_K for the output and for
-// attn_v / ffn_down of the first and last eighth of the layers and every third between.
+// "q4_k", "q5_k", "q6_k": rows of whole 256-blocks in that format as llama.cpp's reference
+// quantizer makes them, the other matrices in its fallback (Q5_0, Q5_1, Q8_0; F32 when not whole
+// 32-blocks either). "q4_k_m" / "q5_k_m": llama.cpp's Q4_K_M / Q5_K_M preset for a LLaMA model:
+// Q4_K / Q5_K, and Q6_K for the output and for attn_v / ffn_down of the first and last eighth of
+// the layers and every third between.
 // Whether save_gguf_llama writes `quantize` ("q4_0", "Q4_K_M", ...); kGgufQuantizeNames lists them.
 bool gguf_quantize_supported(const std::string& quantize);
 extern const char* const kGgufQuantizeNames;

@@ -58,11 +58,14 @@ const QuantFormat* quant_format_name(const std::string& name) {
 
 const QuantFormat* quant_format_writable(const std::string& name) {
   const QuantFormat* f = quant_format_name(name);
-  return f && (f->block_elems == 32 || f->type == WeightType::q4_k || f->type == WeightType::q6_k) ? f : nullptr;
+  return f && (f->block_elems == 32 || f->type == WeightType::q4_k || f->type == WeightType::q5_k || f->type == WeightType::q6_k)
+             ? f
+             : nullptr;
 }
 
 const QuantFormat* quant_fallback(const QuantFormat* f) {
   if (f->type == WeightType::q4_k) return quant_format(WeightType::q5_0);
+  if (f->type == WeightType::q5_k) return quant_format(WeightType::q5_1);
   if (f->type == WeightType::q6_k) return quant_format(WeightType::q8_0);
   return f;
 }
@@ -288,8 +291,12 @@ float fit_scale_sym(int n, int nmax, const float* x, uint8_t* L) {
   return scale;
 }
 
-void quantize_q4_k(const float* x, BlockQ4_K& y) {
-  uint8_t L[256];
+// Q4_K's and Q5_K's common part: each sub-block of 32 fitted (nmax levels: 15 or 31; weights
+// |x| plus the sub-block's RMS), the eight scales and mins as 6-bit multiples of two f16 block
+// scales (d, dmin, scales[12]), the quants again against those rounded scales into L[256].
+// rmin / nstep: the fit's search, -1 / 20 for Q4_K, -0.5 / 15 for Q5_K.
+void quantize_k45(const float* x, int nmax, float rmin, int nstep, uint16_t& dh, uint16_t& dminh, uint8_t* packed,
+                  uint8_t* L) {
   float scales[8], mins[8], w[32], max_scale = 0, max_min = 0;
   for (int j = 0; j < 8; ++j) {
     const float* xs = x + 32 * j;
@@ -297,37 +304,55 @@ void quantize_q4_k(const float* x, BlockQ4_K& y) {
     for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
     const float av_x = std::sqrt(sum_x2 / 32);
     for (int l = 0; l < 32; ++l) w[l] = av_x + std::fabs(xs[l]);
-    scales[j] = fit_scale_min(32, 15, xs, w, L + 32 * j, &mins[j], -1.0f, 0.1f, 20);
+    scales[j] = fit_scale_min(32, nmax, xs, w, L + 32 * j, &mins[j], rmin, 0.1f, nstep);
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
   const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f, inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-  std::memset(y.scales, 0, sizeof y.scales);
+  std::memset(packed, 0, 12);
   for (int j = 0; j < 8; ++j) {
     const auto ls = static_cast<uint8_t>(std::min(63, nearest_int(inv_scale * scales[j])));
     const auto lm = static_cast<uint8_t>(std::min(63, nearest_int(inv_min * mins[j])));
     if (j < 4) {  // the inverse of scale_min_k4
-      y.scales[j] = ls;
-      y.scales[j + 4] = lm;
+      packed[j] = ls;
+      packed[j + 4] = lm;
     } else {
-      y.scales[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
-      y.scales[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
-      y.scales[j] |= static_cast<uint8_t>((lm >> 4) << 6);
+      packed[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+      packed[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
+      packed[j] |= static_cast<uint8_t>((lm >> 4) << 6);
     }
   }
-  y.d = fp16_from_float(max_scale / 63.0f);
-  y.dmin = fp16_from_float(max_min / 63.0f);
-  for (int j = 0; j < 8; ++j) {  // the quants again against the rounded scales
+  dh = fp16_from_float(max_scale / 63.0f);
+  dminh = fp16_from_float(max_min / 63.0f);
+  for (int j = 0; j < 8; ++j) {
     int sc, m;
-    scale_min_k4(j, y.scales, sc, m);
-    const float d = fp16_to_float(y.d) * sc;
+    scale_min_k4(j, packed, sc, m);
+    const float d = fp16_to_float(dh) * sc;
     if (d == 0.0f) continue;
-    const float dm = fp16_to_float(y.dmin) * m;
+    const float dm = fp16_to_float(dminh) * m;
     for (int l = 0; l < 32; ++l)
-      L[32 * j + l] = static_cast<uint8_t>(std::max(0, std::min(15, nearest_int((x[32 * j + l] + dm) / d))));
+      L[32 * j + l] = static_cast<uint8_t>(std::max(0, std::min(nmax, nearest_int((x[32 * j + l] + dm) / d))));
   }
+}
+
+void quantize_q4_k(const float* x, BlockQ4_K& y) {
+  uint8_t L[256];
+  quantize_k45(x, 15, -1.0f, 20, y.d, y.dmin, y.scales, L);
   for (int c = 0; c < 4; ++c)
     for (int l = 0; l < 32; ++l) y.qs[32 * c + l] = static_cast<uint8_t>(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+}
+
+// Q5_K: as Q4_K with 32 levels; the fifth bit of sub-block i's element l is bit i of qh[l].
+void quantize_q5_k(const float* x, BlockQ5_K& y) {
+  uint8_t L[256];
+  quantize_k45(x, 31, -0.5f, 15, y.d, y.dmin, y.scales, L);
+  std::memset(y.qh, 0, sizeof y.qh);
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t lo = L[64 * c + l], hi = L[64 * c + 32 + l];
+      y.qs[32 * c + l] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+      y.qh[l] |= static_cast<uint8_t>(((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1)));
+    }
 }
 
 void quantize_q6_k(const float* x, BlockQ6_K& y) {
@@ -368,11 +393,15 @@ void quantize_q6_k(const float* x, BlockQ6_K& y) {
 
 bool quantize(WeightType t, const float* x, int64_t n, uint8_t* out) {
   const QuantFormat* f = quant_format(t);
-  if (t == WeightType::q4_k || t == WeightType::q6_k) {
+  if (t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k) {
     for (int64_t b = 0; b < n / 256; ++b, x += 256, out += f->block_bytes) {
       if (t == WeightType::q4_k) {
         BlockQ4_K y;
         quantize_q4_k(x, y);
+        std::memcpy(out, &y, sizeof y);
+      } else if (t == WeightType::q5_k) {
+        BlockQ5_K y;
+        quantize_q5_k(x, y);
         std::memcpy(out, &y, sizeof y);
       } else {
         BlockQ6_K y;

@@ -181,16 +181,16 @@ void dequantize(WeightType t, const void* blocks, int64_t n, float* out);
 
 // The blocks of x [n] (n a multiple of the block size), computed as the `gguf` Python package's
 // quantizer (and llama.cpp's reference one) computes them, in float32 arithmetic, so a file vhost
-// writes is byte for byte the one they write: q8_0, q4_0, q4_1, q5_0, q5_1; and q4_k, q6_k as
-// llama.cpp's reference K-quantizer (quantize_row_q4_K_ref / _q6_K_ref, without an importance
-// matrix: its per-sub-block scale search; the gguf package has no K-quantizer). Returns false for
-// a type it cannot make (Q5_K).
+// writes is byte for byte the one they write: q8_0, q4_0, q4_1, q5_0, q5_1; and q4_k, q5_k, q6_k
+// as llama.cpp's reference K-quantizer (quantize_row_q4_K_ref / _q5_K_ref / _q6_K_ref, without an
+// importance matrix: its per-sub-block scale search; the gguf package has no K-quantizer).
+// Returns false for a type it cannot make (the eight-row packed ones).
 bool quantize(WeightType t, const float* x, int64_t n, uint8_t* out);
 
 // The formats quantize writes, by name ("q4_k" or "Q4_K"); nullptr for any other.
 const QuantFormat* quant_format_writable(const std::string& name);
 // The format a matrix whose rows are not whole blocks of f is written in instead, as llama.cpp's
-// quantizer falls back: Q4_K -> Q5_0, Q6_K -> Q8_0; f itself for the others.
+// quantizer falls back: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; f itself for the others.
 const QuantFormat* quant_fallback(const QuantFormat* f);
 
 float fp16_to_float(uint16_t h);
