@@ -451,6 +451,11 @@ struct OutTensor {
   const QuantFormat* q = nullptr;  // written as these blocks
 };
 
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  return s;
+}
+
 // llama.cpp's rule for which layers of a Q4_K_M / Q5_K_M file get more bits: the first and last
 // eighth, and every third one between (its use_more_bits, integer arithmetic).
 bool more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
@@ -462,8 +467,7 @@ bool more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i 
 // and ffn_down of the more_bits layers.
 const QuantFormat* preset_format(const std::string& quantize, const std::string& name, int64_t layer, int64_t layers,
                                  bool has_output) {
-  std::string q = quantize;
-  std::transform(q.begin(), q.end(), q.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  const std::string q = lower(quantize);
   if (q != "q4_k_m" && q != "q5_k_m") return quant_format_writable(q);
   const bool wide = name == "output.weight" || (!has_output && name == "token_embd.weight") ||
                     ((name.find(".attn_v.") != std::string::npos || name.find(".ffn_down.") != std::string::npos) &&
@@ -577,8 +581,7 @@ void on_every_core(int64_t n, int64_t chunk, const F& f) {
 const char* const kGgufQuantizeNames = "q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m, q5_k_m";
 
 bool gguf_quantize_supported(const std::string& quantize) {
-  std::string q = quantize;
-  std::transform(q.begin(), q.end(), q.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  const std::string q = lower(quantize);
   return q == "q4_k_m" || q == "q5_k_m" || quant_format_writable(q) != nullptr;
 }
 
