@@ -309,19 +309,12 @@ void quantize_k45(const float* x, int nmax, float rmin, int nstep, uint16_t& dh,
     if (mins[j] > max_min) max_min = mins[j];
   }
   const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f, inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-  std::memset(packed, 0, 12);
+  int ls[8], lm[8];
   for (int j = 0; j < 8; ++j) {
-    const auto ls = static_cast<uint8_t>(std::min(63, nearest_int(inv_scale * scales[j])));
-    const auto lm = static_cast<uint8_t>(std::min(63, nearest_int(inv_min * mins[j])));
-    if (j < 4) {  // the inverse of scale_min_k4
-      packed[j] = ls;
-      packed[j + 4] = lm;
-    } else {
-      packed[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
-      packed[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
-      packed[j] |= static_cast<uint8_t>((lm >> 4) << 6);
-    }
+    ls[j] = std::min(63, nearest_int(inv_scale * scales[j]));
+    lm[j] = std::min(63, nearest_int(inv_min * mins[j]));
   }
+  put_scale_min_k4(ls, lm, packed);
   dh = fp16_from_float(max_scale / 63.0f);
   dminh = fp16_from_float(max_min / 63.0f);
   for (int j = 0; j < 8; ++j) {
@@ -389,27 +382,26 @@ void quantize_q6_k(const float* x, BlockQ6_K& y) {
   }
 }
 
+// x [n] (n a multiple of 256) one superblock at a time into `out`, by one of the above.
+template <typename Block>
+bool each_superblock(void (*fn)(const float*, Block&), const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / 256; ++b) {
+    Block y;
+    fn(x + 256 * b, y);
+    std::memcpy(out + b * int64_t(sizeof y), &y, sizeof y);
+  }
+  return true;
+}
+
 }  // namespace
 
 bool quantize(WeightType t, const float* x, int64_t n, uint8_t* out) {
   const QuantFormat* f = quant_format(t);
-  if (t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k) {
-    for (int64_t b = 0; b < n / 256; ++b, x += 256, out += f->block_bytes) {
-      if (t == WeightType::q4_k) {
-        BlockQ4_K y;
-        quantize_q4_k(x, y);
-        std::memcpy(out, &y, sizeof y);
-      } else if (t == WeightType::q5_k) {
-        BlockQ5_K y;
-        quantize_q5_k(x, y);
-        std::memcpy(out, &y, sizeof y);
-      } else {
-        BlockQ6_K y;
-        quantize_q6_k(x, y);
-        std::memcpy(out, &y, sizeof y);
-      }
-    }
-    return true;
+  switch (t) {
+    case WeightType::q4_k: return each_superblock(quantize_q4_k, x, n, out);
+    case WeightType::q5_k: return each_superblock(quantize_q5_k, x, n, out);
+    case WeightType::q6_k: return each_superblock(quantize_q6_k, x, n, out);
+    default: break;
   }
   if (!f || f->block_elems != 32) return false;
   for (int64_t b = 0; b < n / 32; ++b, x += 32, out += f->block_bytes) {
@@ -521,11 +513,7 @@ static void shuffle_q4k_x8(uint8_t* const rows[8], int64_t b, uint8_t* packed, b
       blk.d = x.d[j], blk.dmin = x.dmin[j];
       int sc[8], m[8];
       for (int s = 0; s < 8; ++s) sc[s] = get6(x.sl, x.sh, 8 * s + j), m[s] = get6(x.ml, x.mh, 16 * (s / 2) + 2 * j + s % 2);
-      for (int s = 0; s < 4; ++s) {  // scale_min_k4 backwards
-        blk.scales[s] = static_cast<uint8_t>(sc[s] | (sc[s + 4] >> 4) << 6);
-        blk.scales[s + 4] = static_cast<uint8_t>(m[s] | (m[s + 4] >> 4) << 6);
-        blk.scales[s + 8] = static_cast<uint8_t>((sc[s + 4] & 15) | (m[s + 4] & 15) << 4);
-      }
+      put_scale_min_k4(sc, m, blk.scales);
     }
     for (int c = 0; c < 32; ++c) move_bytes(to_packed, blk.qs + 4 * c, x.qs + 32 * c + 4 * j, 4);
   }

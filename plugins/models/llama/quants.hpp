@@ -89,6 +89,14 @@ inline void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
     m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
   }
 }
+// The other way: eight 6-bit scales and mins (0..63) into scales[12].
+inline void put_scale_min_k4(const int sc[8], const int m[8], uint8_t* q) {
+  for (int s = 0; s < 4; ++s) {
+    q[s] = static_cast<uint8_t>(sc[s] | (sc[s + 4] >> 4) << 6);
+    q[s + 4] = static_cast<uint8_t>(m[s] | (m[s + 4] >> 4) << 6);
+    q[s + 8] = static_cast<uint8_t>((sc[s + 4] & 15) | (m[s + 4] & 15) << 4);
+  }
+}
 
 // Eight rows of Q4_0 or Q8_0 interleaved: block b of rows 8g .. 8g + 7 of a matrix as one
 // BlockQ4_0x8 / BlockQ8_0x8 (the group's blocks in order, groups in order). d[j] is row j's scale
