@@ -133,6 +133,7 @@ def llama_cpp_quantize(src, qtype):
     import glob
     import os
 
+    import gguf
     import llama_cpp
     import numpy as np
 
@@ -141,13 +142,24 @@ def llama_cpp_quantize(src, qtype):
     fn = getattr(ggml, f"quantize_row_{qtype.name[:2].lower()}_K_ref")
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     fn.restype = None
-    import gguf
-
     block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
     x = np.ascontiguousarray(src, dtype=np.float32).reshape(-1)
     out = np.zeros(x.size // block * block_bytes, dtype=np.uint8)
     fn(x.ctypes.data, out.ctypes.data, x.size)
     return out
+
+
+def paired_tensors(one, other):
+    """The tensors of two GGUF files by name, or (None, None) having said which names only one
+    of them has."""
+    import gguf
+
+    a = {t.name: t for t in gguf.GGUFReader(one).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(other).tensors}
+    if set(a) != set(b):
+        print(f"tensor names differ: {sorted(set(a) ^ set(b))}")
+        return None, None
+    return a, b
 
 
 def same_quant(kind, plain, q8):
@@ -163,10 +175,8 @@ def same_quant(kind, plain, q8):
     fallback = {"q4_k": gguf.GGMLQuantizationType.Q5_0, "q5_k": gguf.GGMLQuantizationType.Q5_1,
                 "q6_k": gguf.GGMLQuantizationType.Q8_0}.get(kind.lower(), main)
 
-    a = {t.name: t for t in gguf.GGUFReader(plain).tensors}
-    b = {t.name: t for t in gguf.GGUFReader(q8).tensors}
-    if set(a) != set(b):
-        print(f"tensor names differ: {sorted(set(a) ^ set(b))}")
+    a, b = paired_tensors(plain, q8)
+    if a is None:
         return 1
     n_q8 = 0
     counts = collections.Counter()
@@ -206,13 +216,10 @@ def same_tensors(theirs, ours):
     types included, written as llama.cpp's quantizer writes it)."""
     import collections
 
-    import gguf
     import numpy as np
 
-    a = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
-    b = {t.name: t for t in gguf.GGUFReader(ours).tensors}
-    if set(a) != set(b):
-        print(f"tensor names differ: {sorted(set(a) ^ set(b))}")
+    a, b = paired_tensors(theirs, ours)
+    if a is None:
         return 1
     counts = collections.Counter()
     for name, t in a.items():
