@@ -1,9 +1,9 @@
 // The `vhost` command: a thin shell over the embedding API in vhost/host/host.hpp.
 #include "launch.hpp"
+#include "shortcut.hpp"
 
 #include <vhost/conversation.hpp>
 #include <vhost/host/host.hpp>
-#include <vhost/host/sampling.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -20,6 +20,8 @@
 #include <cctype>
 
 namespace vh = vhost::host;
+using vhost::cli::Shortcut;
+using vhost::cli::StageFlags;
 
 namespace {
 
@@ -28,96 +30,6 @@ constexpr int kFailed = 1;
 constexpr int kBadInput = 2;
 
 std::string absolute(const std::string& path) { return path.empty() ? path : std::filesystem::absolute(path).string(); }
-
-// The CLI's shortcuts (generate, serve, worker, chat, prepare) are one-stage pipelines built as
-// data (Host::load_json), not as TOML text; each value records the flag it came from, so that an
-// error names the flag ("--max-tokens: ...") rather than a line of a file the user never saw.
-struct Shortcut {
-  vh::json doc = vh::json::object();
-  std::map<std::string, std::string> origins;
-  // Sets a dotted key path ("stages.generate.max_tokens"; no component holds a dot).
-  Shortcut& set(const std::string& keypath, vh::json value, const std::string& flag = "") {
-    vh::json* cur = &doc;
-    std::size_t start = 0;
-    for (auto dot = keypath.find('.'); dot != std::string::npos; start = dot + 1, dot = keypath.find('.', start))
-      cur = &(*cur)[keypath.substr(start, dot - start)];
-    (*cur)[keypath.substr(start)] = std::move(value);
-    if (!flag.empty()) origins[keypath] = flag;
-    return *this;
-  }
-  Shortcut(const std::string& name, const std::string& stage, const std::filesystem::path& work_dir) {
-    set("pipeline.name", name).set("pipeline.stages", vh::json::array({stage})).set("pipeline.work_dir", work_dir.string());
-  }
-  // [backends.NAME] of the backend plugin NAME (--backend), with --threads where the plugin has
-  // that option (the cpu backend); --threads given for one without it is refused naming it.
-  void backend(const std::string& plugin, const std::set<std::string>& keys, int64_t threads, bool threads_given) {
-    const std::string t = "backends." + plugin;
-    set(t + ".plugin", plugin, "--backend " + plugin);
-    if (keys.count("threads")) set(t + ".threads", threads, "--threads");
-    else if (threads_given) throw vh::ConfigError("--threads: the backend plugin '" + plugin + "' has no option threads");
-  }
-  // [models.m] of `plugin` on MODEL_DIR (with --adapter).
-  void model(const std::string& plugin, const std::string& dir, const std::string& adapter) {
-    set("models.m.plugin", plugin).set("models.m.path", absolute(dir), "MODEL_DIR " + dir);
-    if (!adapter.empty()) set("models.m.adapter", absolute(adapter), "--adapter");
-  }
-  vh::RunResult run(const vh::Host& host) const { return host.run(load(host)); }
-  vh::Pipeline load(const vh::Host& host) const { return host.load_json(doc, "vhost " + doc["pipeline"]["name"].get<std::string>(), origins); }
-};
-
-// --model-option KEY=VALUE pairs into the [models.NAME] table: the plugin, not the host, knows
-// its options and checks them. VALUE: true/false and numbers as such, else a string.
-void model_options(Shortcut& s, const std::string& table, const std::vector<std::string>& options) {
-  for (const auto& o : options) {
-    const auto eq = o.find('=');
-    const std::string key = o.substr(0, eq);
-    if (eq == std::string::npos || key.empty() ||
-        key.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != std::string::npos)
-      throw vh::ConfigError("--model-option " + o + ": expected KEY=VALUE with KEY letters, digits and _");
-    const std::string value = o.substr(eq + 1);
-    vh::json v;
-    try {
-      v = vh::json::parse(value);
-    } catch (const std::exception&) {
-      v = value;
-    }
-    if (!v.is_boolean() && !v.is_number()) v = value;
-    s.set(table + "." + key, v, "--model-option " + o);
-  }
-}
-
-// A sampling flag checked against the one range its pipeline option and the HTTP API use, so that
-// a bad value is named by its flag ("--temperature: must be in [0, 2]"), not by the hidden pipeline.
-CLI::Option* sampling_flag(CLI::App* app, const vh::sampling::Range& r, double& value) {
-  const vh::sampling::Range range = r;
-  return app->add_option(range.flag, value, range.help)
-      ->check(CLI::Validator(
-          [range](std::string& text) -> std::string {
-            try {
-              std::size_t used = 0;
-              double v = std::stod(text, &used);
-              if (used == text.size() && range.contains(v)) return "";
-            } catch (const std::exception&) {
-            }
-            return "must be a number in " + range.text() + ", got '" + text + "'";
-          },
-          range.text(), ""))
-      ->capture_default_str();
-}
-CLI::Option* sampling_flag(CLI::App* app, const vh::sampling::Range& r, int64_t& value) {
-  return app->add_option(r.flag, value, r.help)
-      ->check(CLI::Range(static_cast<int64_t>(r.min), static_cast<int64_t>(r.max)))
-      ->capture_default_str();
-}
-
-// Custom templates from a TOML file of [NAME] tables into TABLE.templates (none for no file).
-void templates(Shortcut& s, const std::string& table, const std::string& file) {
-  if (file.empty()) return;
-  vh::json tj = vh::read_toml_file(file);
-  for (auto it = tj.begin(); it != tj.end(); ++it)
-    if (!it->is_object()) throw vh::ConfigError(file + ": " + it.key() + ": a template is a table ([" + it.key() + "])");
-  s.set(table + ".templates", tj, "--templates " + file);
-}
 
 // A command that only groups subcommands (vhost model, tokenizer, template, eval, arena).
 CLI::App* group(CLI::App& app, const std::string& name, const std::string& help) {
@@ -202,14 +114,13 @@ struct Cli {
   bool tok_jsonl = false;
   CLI::App* tok_decode = nullptr;
   CLI::App* tok_train = nullptr;
+  // The flags of the shortcuts that map onto a stage's options, made from its schema.
+  std::optional<StageFlags> gen_flags, ppl_flags, chat_flags, serve_flags, worker_flags, report_flags, agree_flags,
+      arena_flags, ctl_flags, api_flags;
   CLI::App* gen = nullptr;
-  std::string gen_model, gen_prompt;
+  std::string gen_model;
   CLI::App* ppl = nullptr;
-  std::string ppl_model, ppl_text;
-  int64_t ppl_context = 512, ppl_chunks = 0;
-  int64_t gen_max = 64, gen_top_k = 0, gen_seed = -1;
-  double gen_temp = vh::sampling::kTemperatureGenerate, gen_top_p = 1.0;
-  std::vector<std::string> gen_stop;
+  std::string ppl_model;
   std::string gen_adapter, chat_adapter;
   // Shared by the subcommands that run a model (one runs per process): --threads, --model-option.
   int64_t threads = 0;
@@ -227,38 +138,19 @@ struct Cli {
   CLI::App* tmpl_list = nullptr;
   CLI::App* serve = nullptr;
   CLI::App* worker = nullptr;
-  std::vector<std::string> serve_models, serve_keys, serve_blocked, serve_adapters;
-  std::string serve_host = "127.0.0.1", serve_log, serve_template, serve_templates, serve_controller, serve_advertise, serve_moderation,
-              serve_moderation_model = "omni-moderation-latest", serve_decode_dtype = "float32";
-  int64_t serve_port = 8000, serve_batch = 16, serve_queue = 64, serve_interval = 16,
-          serve_flush_ms = 20;
-  double serve_heartbeat = 5;
+  std::vector<std::string> serve_models, serve_adapters;
+  std::string serve_template, serve_templates, serve_moderation, serve_moderation_model = "omni-moderation-latest",
+              serve_decode_dtype = "float32";
+  int64_t serve_batch = 16, serve_queue = 64;
   CLI::App* eval = nullptr;
   CLI::App* eval_report_cmd = nullptr;
-  std::vector<std::string> review_files, review_names;
-  std::string review_baseline, review_out;
-  std::string review_questions;
   CLI::App* agree_cmd = nullptr;
-  std::vector<std::string> agree_files, agree_judges = {"gpt4-pair", "human"};
-  bool agree_json = false;
   CLI::App* arena_cmd = nullptr;
   CLI::App* arena_report_cmd = nullptr;
-  std::vector<std::string> arena_files, arena_anchor;
-  std::string arena_out;
-  int64_t arena_rounds = 1000, arena_seed = 0;
-  bool arena_anonymous = false, arena_json = false;
   CLI::App* controller = nullptr;
-  std::string ctl_host = "127.0.0.1", ctl_dispatch = "shortest_queue";
-  int64_t ctl_port = 21001;
-  double ctl_expiry = 30;
   CLI::App* api = nullptr;
-  std::string api_host = "127.0.0.1", api_controller, api_log;
-  int64_t api_port = 8000;
-  std::vector<std::string> api_keys;
   CLI::App* chat = nullptr;
-  std::string chat_model, chat_template, chat_templates, chat_system;
-  int64_t chat_max = 512, chat_seed = -1;
-  double chat_temp = vh::sampling::kTemperatureChat, chat_top_p = 1.0;
+  std::string chat_model, chat_templates;
   CLI::App* ver = nullptr;
 
   // --plugin and --model-option: the model plugin a shortcut uses, and its options.
@@ -373,21 +265,15 @@ struct Cli {
   void declare_perplexity(CLI::App& app) {
     ppl = app.add_subcommand("perplexity", "a model's perplexity on a text file (llama-perplexity's method)");
     ppl->add_option("model_dir", ppl_model, "checkpoint folder or GGUF file")->required();
-    ppl->add_option("--text", ppl_text, "the text file")->required();
-    ppl->add_option("--context", ppl_context, "tokens per chunk (llama-perplexity's -c)")->check(CLI::Range(int64_t{4}, int64_t{1} << 20))->capture_default_str();
-    ppl->add_option("--chunks", ppl_chunks, "score only the first N chunks (0: all)")->check(CLI::Range(int64_t{0}, int64_t{1000000000}))->capture_default_str();
+    ppl_flags.emplace(ppl, "perplexity", std::vector<StageFlags::Flag>{{"text"}, {"context"}, {"chunks"}});
     declare_runtime(ppl);
   }
   void declare_generate(CLI::App& app) {
     gen = app.add_subcommand("generate", "continue a prompt with a model");
     gen->add_option("model_dir", gen_model, "checkpoint folder")->required();
-    gen->add_option("--prompt", gen_prompt, "the prompt")->required();
-    gen->add_option("--max-tokens", gen_max, "tokens to generate at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
-    sampling_flag(gen, vh::sampling::kTemperature, gen_temp);
-    sampling_flag(gen, vh::sampling::kTopP, gen_top_p);
-    sampling_flag(gen, vh::sampling::kTopK, gen_top_k);
-    gen->add_option("--seed", gen_seed, "sampling seed (-1: random)")->capture_default_str();
-    gen->add_option("--stop", gen_stop, "stop before this text (repeatable)");
+    gen_flags.emplace(gen, "generate",
+                      std::vector<StageFlags::Flag>{{"prompts", "--prompt"}, {"max_tokens"}, {"temperature"}, {"top_p"},
+                                                    {"top_k"}, {"repetition_penalty"}, {"seed"}, {"stop"}});
     declare_runtime(gen);
     gen->add_option("--adapter", gen_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
     // Data preparation (a one-stage pipeline, like generate).
@@ -428,13 +314,17 @@ struct Cli {
       sub->add_option("--adapter,--lora-modules", serve_adapters,
                       "NAME=DIR: serve a LoRA adapter folder (PEFT's, or the train stage's out/adapter) as model id "
                       "NAME on the base model_dir; requests for the base and its adapters share batches (repeatable)");
-      sub->add_option("--host", serve_host, "address to listen on")->capture_default_str();
-      sub->add_option("--port", serve_port, "port (0: any free one)")->capture_default_str();
+      auto& flags = sub == serve ? serve_flags : worker_flags;
+      flags.emplace(sub, "serve",
+                    std::vector<StageFlags::Flag>{{"host"}, {"port"}, {"api_keys", "--api-key"}, {"log"},
+                                                  {"blocked_words", "--blocked-word"}, {"stream_interval"}, {"stream_flush_ms"},
+                                                  {"controller"}, {"advertise"}, {"heartbeat"}, {"max_body"},
+                                                  {"request_timeout"}, {"client_connections"}});
+      if (sub == worker) flags->option("controller")->required();
       sub->add_option("--max-batch", serve_batch,
                       "sequences decoded together per model (continuous batching; the model plugin's max_batch, "
                       "set where it has one)")->capture_default_str();
       sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429 (the plugin's max_queue)")->capture_default_str();
-      sub->add_option("--api-key", serve_keys, "accept this Bearer key (repeatable; none: no authentication)");
       declare_runtime(sub);
       sub->add_option("--decode-dtype", serve_decode_dtype,
                       "decoding steps: float32, or bfloat16 on Intel AMX (the plugin's decode_dtype, set where it has one)")
@@ -443,81 +333,48 @@ struct Cli {
       sub->add_option("--template", serve_template,
                       "conversation template for chat (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");
       sub->add_option("--templates", serve_templates, "TOML file of custom templates ([NAME] tables) --template may name");
-      sub->add_option("--log", serve_log, "append conversations to this JSONL file");
-      sub->add_option("--blocked-word", serve_blocked, "moderation: refuse prompts containing this (repeatable)");
       sub->add_option("--moderation", serve_moderation,
                       "moderation: also ask this OpenAI-compatible endpoint's /moderations about every prompt "
                       "(e.g. https://api.openai.com/v1; key from OPENAI_API_KEY)");
       sub->add_option("--moderation-model", serve_moderation_model, "the model --moderation asks")->capture_default_str();
-      sub->add_option("--stream-interval", serve_interval, "streaming: write once this many tokens wait")->capture_default_str();
-      sub->add_option("--stream-flush-ms", serve_flush_ms, "streaming: or this many ms after the last write (0: by count only)")
-          ->capture_default_str();
-      auto* c = sub->add_option("--controller", serve_controller, "register with this controller (http://host:port)");
-      if (sub == worker) c->required();
-      sub->add_option("--advertise", serve_advertise, "the URL the controller hands out (default http://host:port)");
-      sub->add_option("--heartbeat", serve_heartbeat, "seconds between heartbeats")->capture_default_str();
     }
   }
 
   void declare_evaluation(CLI::App& app) {
     eval = group(app, "eval", "evaluation reports");
     eval_report_cmd = eval->add_subcommand("report", "recompute the report from judgment files (vhost's or FastChat's reviews)");
-    eval_report_cmd->add_option("--reviews", review_files, "judgments.jsonl or FastChat review JSONL files")->required();
-    eval_report_cmd->add_option("--names", review_names, "FastChat reviews: the two models' names, in answer order")->expected(2);
-    eval_report_cmd->add_option("--baseline", review_baseline, "the model the others are compared with");
-    eval_report_cmd->add_option("--out", review_out, "also write report.md, report.json and report.html here");
-    eval_report_cmd->add_option("--questions", review_questions,
-                                "question JSONL: categories for FastChat reviews that carry none");
+    report_flags.emplace(eval_report_cmd, "eval-report",
+                         std::vector<StageFlags::Flag>{{"reviews"}, {"names"}, {"baseline"}, {"out"}, {"questions"}});
+    report_flags->exactly("names", 2);
     agree_cmd = eval->add_subcommand(
         "agreement", "agreement between judges on pairwise votes, per turn, with and without ties (FastChat's compute_agreement.py)");
-    agree_cmd->add_option("files", agree_files,
-                          "vote files: FastChat's MT-bench judgment JSON (human and GPT-4), or vhost pairwise judgments.jsonl (as gpt4-pair)")
-        ->required();
-    agree_cmd->add_option("--judges", agree_judges, "the two judges: gpt4-pair human, or human human")->expected(2)->capture_default_str();
-    agree_cmd->add_flag("--json", agree_json, "print JSON");
+    agree_flags.emplace(agree_cmd, "agreement", std::vector<StageFlags::Flag>{{"files", "files"}, {"judges"}, {"json"}});
+    agree_flags->exactly("judges", 2);
     arena_cmd = group(app, "arena", "the arena leaderboard (FastChat's Chatbot Arena)");
     arena_report_cmd = arena_cmd->add_subcommand(
         "report", "ratings (Bradley-Terry MLE with bootstrap intervals, online Elo) from votes, battles or pairwise judgments");
-    arena_report_cmd->add_option("files", arena_files,
-                                 "conversation logs with votes (vhost serve|api --log), FastChat battle files, pairwise judgments")
-        ->required();
-    arena_report_cmd->add_option("--bootstrap", arena_rounds, "bootstrap rounds for the 95% intervals (0: none)")
-        ->check(CLI::Range(int64_t{0}, int64_t{100000}))
-        ->capture_default_str();
-    arena_report_cmd->add_option("--seed", arena_seed, "bootstrap seed")->check(CLI::Range(int64_t{0}, int64_t{9007199254740991}))->capture_default_str();
-    arena_report_cmd->add_flag("--anonymous-only", arena_anonymous, "only battles whose models were hidden until the vote");
-    arena_report_cmd->add_option("--anchor", arena_anchor, "MODEL=RATING: shift every rating so MODEL has RATING (FastChat: llama-13b=800)");
-    arena_report_cmd->add_option("--out", arena_out, "also write arena.md, arena.json and arena.html here");
-    arena_report_cmd->add_flag("--json", arena_json, "print the report as JSON");
+    arena_flags.emplace(arena_report_cmd, "arena",
+                        std::vector<StageFlags::Flag>{{"files", "files"}, {"bootstrap"}, {"seed"}, {"anonymous_only"},
+                                                      {"anchors", "--anchor"}, {"out"}, {"json"}});
   }
 
   void declare_cluster(CLI::App& app) {
     controller = app.add_subcommand("controller", "keep the live workers and dispatch requests to them");
-    controller->add_option("--host", ctl_host, "address to listen on")->capture_default_str();
-    controller->add_option("--port", ctl_port, "port (0: any free one)")->capture_default_str();
-    controller->add_option("--expiry", ctl_expiry, "drop a worker silent this many seconds")->capture_default_str();
-    controller->add_option("--dispatch", ctl_dispatch, "shortest_queue or lottery")
-        ->check(CLI::IsMember({"shortest_queue", "lottery"}))->capture_default_str();
+    ctl_flags.emplace(controller, "controller", std::vector<StageFlags::Flag>{{"host"}, {"port"}, {"expiry"}, {"dispatch"}});
     api = app.add_subcommand("api", "OpenAI-compatible API and chat page in front of a controller's workers");
-    api->add_option("--controller", api_controller, "the controller (http://host:port)")->required();
-    api->add_option("--host", api_host, "address to listen on")->capture_default_str();
-    api->add_option("--port", api_port, "port (0: any free one)")->capture_default_str();
-    api->add_option("--api-key", api_keys, "accept this Bearer key (repeatable)");
-    api->add_option("--log", api_log, "append the chat page's votes to this JSONL file");
+    api_flags.emplace(api, "api",
+                      std::vector<StageFlags::Flag>{{"controller"}, {"host"}, {"port"}, {"api_keys", "--api-key"}, {"log"},
+                                                    {"max_body"}, {"request_timeout"}, {"client_connections"}});
   }
 
   void declare_chat(CLI::App& app) {
     chat = app.add_subcommand("chat", "chat with a model in the terminal (multi-turn, streaming)");
     chat->add_option("model_dir", chat_model, "checkpoint folder or GGUF file")->required();
-    chat->add_option("--template", chat_template,
-                     "conversation template (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");
+    chat_flags.emplace(chat, "chat",
+                       std::vector<StageFlags::Flag>{{"template"}, {"system"}, {"max_tokens"}, {"temperature"}, {"top_p"},
+                                                     {"repetition_penalty"}, {"seed"}});
     chat->add_option("--templates", chat_templates, "TOML file of custom templates ([NAME] tables) --template may name");
-    chat->add_option("--system", chat_system, "system message");
     chat->add_option("--adapter", chat_adapter, "a LoRA adapter folder merged into the model (the llama option adapter)");
-    chat->add_option("--max-tokens", chat_max, "reply length limit")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
-    sampling_flag(chat, vh::sampling::kTemperature, chat_temp);
-    sampling_flag(chat, vh::sampling::kTopP, chat_top_p);
-    chat->add_option("--seed", chat_seed, "sampling seed (-1: random)")->capture_default_str();
     declare_runtime(chat);
 
     ver = app.add_subcommand("version", "print versions");
@@ -691,20 +548,14 @@ struct Cli {
   void one_model(Shortcut& s, const vh::Host& host, CLI::App* sub, const std::string& dir, const std::string& adapter) {
     s.backend(backend_plugin, option_keys(host, "backend", backend_plugin), threads, given(sub, "--threads"));
     s.model(model_plugin, dir, adapter);
-    model_options(s, "models.m", model_option_args);
+    s.model_options("models.m", model_option_args);
   }
 
   int cmd_generate(const vh::Host& host) {
     // A one-stage pipeline, so `vhost generate` runs exactly what the generate stage runs.
     Shortcut g("generate", "generate", std::filesystem::temp_directory_path() / "vhost-generate");
     one_model(g, host, gen, gen_model, gen_adapter);
-    g.set("stages.generate.prompts", vh::json::array({gen_prompt}), "--prompt")
-        .set("stages.generate.max_tokens", gen_max, "--max-tokens")
-        .set("stages.generate.temperature", gen_temp, "--temperature")
-        .set("stages.generate.top_p", gen_top_p, "--top-p")
-        .set("stages.generate.top_k", gen_top_k, "--top-k")
-        .set("stages.generate.seed", gen_seed, "--seed")
-        .set("stages.generate.stop", gen_stop, "--stop");
+    gen_flags->apply(g, "generate");
     g.run(host);
     return 0;
   }
@@ -712,75 +563,28 @@ struct Cli {
   int cmd_perplexity(const vh::Host& host) {
     Shortcut g("perplexity", "perplexity", std::filesystem::temp_directory_path() / "vhost-perplexity");
     one_model(g, host, ppl, ppl_model, "");
-    g.set("stages.perplexity.text", absolute(ppl_text), "--text")
-        .set("stages.perplexity.context", ppl_context, "--context")
-        .set("stages.perplexity.chunks", ppl_chunks, "--chunks");
+    ppl_flags->apply(g, "perplexity");
     g.run(host);
     return 0;
   }
 
   // The report commands run the report stages (eval-report, agreement, arena) as one-stage
   // pipelines; their text is the stage's output.
-  static std::vector<std::string> absolute_all(const std::vector<std::string>& paths) {
-    std::vector<std::string> out;
-    for (const auto& p : paths) out.push_back(absolute(p));
-    return out;
-  }
-  int run_quietly(const vh::Host& host, const Shortcut& s) const {
+  int run_quietly(const vh::Host& host, const std::string& stage_type, const StageFlags& flags) const {
+    Shortcut r(stage_type, "report", std::filesystem::temp_directory_path() / ("vhost-" + stage_type));
+    r.set("stages.report.type", stage_type);
+    flags.apply(r, "report");
     vh::set_log_level(log_level == "info" ? "warn" : log_level);  // the report is the output
-    s.run(host);
+    r.run(host);
     return 0;
-  }
-
-  int cmd_eval_report(const vh::Host& host) {
-    Shortcut r("eval-report", "report", std::filesystem::temp_directory_path() / "vhost-eval-report");
-    r.set("stages.report.type", "eval-report")
-        .set("stages.report.reviews", absolute_all(review_files), "--reviews")
-        .set("stages.report.names", review_names, "--names")
-        .set("stages.report.baseline", review_baseline, "--baseline")
-        .set("stages.report.questions", absolute(review_questions), "--questions")
-        .set("stages.report.out", absolute(review_out), "--out");
-    return run_quietly(host, r);
-  }
-
-  int cmd_agreement(const vh::Host& host) {
-    Shortcut r("agreement", "agreement", std::filesystem::temp_directory_path() / "vhost-agreement");
-    r.set("stages.agreement.files", absolute_all(agree_files), "FILES")
-        .set("stages.agreement.judges", agree_judges, "--judges")
-        .set("stages.agreement.json", agree_json, "--json");
-    return run_quietly(host, r);
-  }
-
-  int cmd_arena_report(const vh::Host& host) {
-    Shortcut r("arena", "arena", std::filesystem::temp_directory_path() / "vhost-arena");
-    r.set("stages.arena.files", absolute_all(arena_files), "FILES")
-        .set("stages.arena.bootstrap", arena_rounds, "--bootstrap")
-        .set("stages.arena.seed", arena_seed, "--seed")
-        .set("stages.arena.anonymous_only", arena_anonymous, "--anonymous-only")
-        .set("stages.arena.anchors", arena_anchor, "--anchor")
-        .set("stages.arena.out", absolute(arena_out), "--out")
-        .set("stages.arena.json", arena_json, "--json");
-    return run_quietly(host, r);
   }
 
   // `controller` and `api`: the cluster's stages, until SIGINT or SIGTERM.
   int cmd_cluster(const vh::Host& host) {
-    if (*controller) {
-      Shortcut c("controller", "controller", std::filesystem::temp_directory_path() / "vhost-controller");
-      c.set("stages.controller.host", ctl_host, "--host")
-          .set("stages.controller.port", ctl_port, "--port")
-          .set("stages.controller.expiry", ctl_expiry, "--expiry")
-          .set("stages.controller.dispatch", ctl_dispatch, "--dispatch");
-      c.run(host);
-      return 0;
-    }
-    Shortcut a("api", "api", std::filesystem::temp_directory_path() / "vhost-api");
-    a.set("stages.api.controller", api_controller, "--controller")
-        .set("stages.api.host", api_host, "--host")
-        .set("stages.api.port", api_port, "--port")
-        .set("stages.api.api_keys", api_keys, "--api-key")
-        .set("stages.api.log", absolute(api_log), "--log");
-    a.run(host);
+    const std::string stage = *controller ? "controller" : "api";
+    Shortcut c(stage, stage, std::filesystem::temp_directory_path() / ("vhost-" + stage));
+    (*controller ? ctl_flags : api_flags)->apply(c, stage);
+    c.run(host);
     return 0;
   }
 
@@ -821,28 +625,18 @@ struct Cli {
       const std::string t = "models." + name;
       sv.set(t + ".plugin", model_plugin).set(t + ".path", path.string(), "MODEL_DIR " + m);
       engine_options(sv, t, keys);
-      model_options(sv, t, model_option_args);
+      sv.model_options(t, model_option_args);
       if (!adapters.empty()) sv.set(t + ".adapters", adapters, "--adapter");
       if (!serve_template.empty()) sv.set(t + ".template", serve_template, "--template");
-      templates(sv, t, serve_templates);
+      sv.templates(t, serve_templates);
     }
     if (!serve_moderation.empty())
       sv.set("judges.moderation.plugin", "openai")
           .set("judges.moderation.base_url", serve_moderation, "--moderation")
           .set("judges.moderation.model", serve_moderation_model, "--moderation-model")
           .set("judges.moderation.moderation_model", serve_moderation_model, "--moderation-model");
-    sv.set("stages.serve.host", serve_host, "--host")
-        .set("stages.serve.port", serve_port, "--port")
-        .set("stages.serve.api_keys", serve_keys, "--api-key")
-        .set("stages.serve.log", absolute(serve_log), "--log")
-        .set("stages.serve.controller", serve_controller, "--controller")
-        .set("stages.serve.advertise", serve_advertise, "--advertise")
-        .set("stages.serve.heartbeat", serve_heartbeat, "--heartbeat")
-        .set("stages.serve.blocked_words", serve_blocked, "--blocked-word")
-        .set("stages.serve.moderators",
-             serve_moderation.empty() ? vh::json::array() : vh::json::array({"judges.moderation"}), "--moderation")
-        .set("stages.serve.stream_interval", serve_interval, "--stream-interval")
-        .set("stages.serve.stream_flush_ms", serve_flush_ms, "--stream-flush-ms");
+    (*serve ? serve_flags : worker_flags)->apply(sv, "serve");
+    if (!serve_moderation.empty()) sv.set("stages.serve.moderators", vh::json::array({"judges.moderation"}), "--moderation");
     sv.run(host);
     return 0;
   }
@@ -850,13 +644,8 @@ struct Cli {
   int cmd_chat(const vh::Host& host) {
     Shortcut ch("chat", "chat", std::filesystem::temp_directory_path() / "vhost-chat");
     one_model(ch, host, chat, chat_model, chat_adapter);
-    templates(ch, "models.m", chat_templates);
-    ch.set("stages.chat.template", chat_template, "--template")
-        .set("stages.chat.system", chat_system, "--system")
-        .set("stages.chat.max_tokens", chat_max, "--max-tokens")
-        .set("stages.chat.temperature", chat_temp, "--temperature")
-        .set("stages.chat.top_p", chat_top_p, "--top-p")
-        .set("stages.chat.seed", chat_seed, "--seed");
+    ch.templates("models.m", chat_templates);
+    chat_flags->apply(ch, "chat");
     vh::set_log_level(log_level == "info" ? "warn" : log_level);  // keep the chat clean
     ch.run(host);
     return 0;
@@ -927,7 +716,7 @@ struct Cli {
     pr.set("models.m.plugin", model_plugin).set("models.m.path", absolute(prep_model), "--model " + prep_model);
     if (option_keys(host, "model", model_plugin).count("load_weights"))
       pr.set("models.m.load_weights", false);  // the tokenizer and template are all it needs
-    model_options(pr, "models.m", model_option_args);
+    pr.model_options("models.m", model_option_args);
     pr.set("datasets.d.plugin", "sharegpt")
         .set("datasets.d.path", absolute(prep_input), "INPUT " + prep_input)
         .set("datasets.d.template", prep_template, "--template")
@@ -941,7 +730,7 @@ struct Cli {
         .set("datasets.d.blocked_words", prep_blocked, "--blocked-word")
         .set("datasets.d.max_turns", prep_max_turns, "--max-turns")
         .set("datasets.d.dedupe", !prep_no_dedupe, "--no-dedupe");
-    templates(pr, "datasets.d", prep_templates);
+    pr.templates("datasets.d", prep_templates);
     pr.set("stages.prepare.out", absolute(prep_out), "--out");
     pr.run(host);
     std::cout << "prepared: " << std::filesystem::absolute(prep_out).string() << " (train/, stats.json)\n";
@@ -986,9 +775,9 @@ struct Cli {
     if (*tok_train) return cmd_tokenizer_train(host);
     if (*gen) return cmd_generate(host);
     if (*ppl) return cmd_perplexity(host);
-    if (*eval_report_cmd) return cmd_eval_report(host);
-    if (*agree_cmd) return cmd_agreement(host);
-    if (*arena_report_cmd) return cmd_arena_report(host);
+    if (*eval_report_cmd) return run_quietly(host, "eval-report", *report_flags);
+    if (*agree_cmd) return run_quietly(host, "agreement", *agree_flags);
+    if (*arena_report_cmd) return run_quietly(host, "arena", *arena_flags);
     if (*controller || *api) return cmd_cluster(host);
     if (*serve || *worker) return cmd_serve(host);
     if (*chat) return cmd_chat(host);

@@ -102,3 +102,47 @@ TEST_CASE("vhost model init: the model plugin names its presets when refusing on
   CHECK_FALSE(fs::exists(dir / "m" / "model.safetensors"));
 }
 #endif
+
+TEST_CASE("shortcut flags are the stage options: ranges, choices, required, defaults from one schema", "[cli][malformed]") {
+  // Refused by the flag, exit 2, before any plugin loads (the model folder does not exist).
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"serve /nonexistent --port 70000", "--port: must be an integer in [0, 65535], got '70000'"},
+      {"serve /nonexistent --heartbeat 0", "--heartbeat: must be a number in [0.05, 3600], got '0'"},
+      {"worker /nonexistent", "--controller is required"},
+      {"controller --dispatch random", "--dispatch: random not in {shortest_queue,lottery}"},
+      {"api --controller http://x --max-body 10", "--max-body: must be an integer in [1024, 1000000000], got '10'"},
+      {"arena report", "files is required"},
+      {"arena report v.json --bootstrap -1", "--bootstrap: must be an integer in [0, 100000], got '-1'"},
+      {"eval agreement a.json --judges human", "--judges: At least 2 required but received 1"},
+      {"perplexity /nonexistent --text t --context 2", "--context: must be an integer in [4, 1048576], got '2'"},
+      {"generate /nonexistent --max-tokens 4", "--prompt is required"},
+      {"generate /nonexistent --prompt hi --seed -2", "--seed: must be an integer in [-1, 9007199254740991], got '-2'"}};
+  for (const auto& [args, message] : refused) {
+    auto r = run_cmd(vhost_cmd(args));
+    INFO(args << "\n" << r.out);
+    CHECK(r.rc == 2);
+    CHECK_THAT(r.out, Contains(message));
+  }
+  // The help shows the stage's defaults and ranges, not copies of them.
+  auto r = run_cmd(vhost_cmd("chat --help"));
+  CHECK_THAT(r.out, Contains("--max-tokens INT:[1, 1048576]=512"));
+  CHECK_THAT(r.out, Contains("--temperature FLOAT:[0, 2]=0.7"));
+  r = run_cmd(vhost_cmd("serve --help"));
+  CHECK_THAT(r.out, Contains("--max-body INT:[1024, 1000000000]=1048576"));
+
+  // Vote files are paths: on the command line read from the directory it runs in, in a pipeline
+  // from the pipeline file's directory. A flag given reaches the stage (--anonymous-only: 2 of 3).
+  fs::path dir = scratch("cli-arena-relative");
+  write_file(dir / "battles.json", R"([{"model_a": "x", "model_b": "y", "winner": "model_a", "anony": true},
+                                        {"model_a": "y", "model_b": "x", "winner": "tie", "anony": true},
+                                        {"model_a": "y", "model_b": "x", "winner": "model_a", "anony": false}])");
+  r = run_cmd("cd " + dir.string() + " && " + vhost_cmd("arena report battles.json --bootstrap 0 --json --anonymous-only"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK_THAT(r.out, Contains("\"battles\": 2,"));
+  write_file(dir / "p.toml", "[pipeline]\nstages = [\"board\"]\n[stages.board]\ntype = \"arena\"\nfiles = [\"battles.json\"]\nbootstrap = 0\n");
+  r = run_cmd("cd / && " + vhost_cmd("run " + (dir / "p.toml").string()));
+  INFO(r.out);
+  CHECK(r.rc == 0);
+  CHECK_THAT(r.out, Contains("3 battles"));
+}

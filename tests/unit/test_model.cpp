@@ -80,10 +80,10 @@ TEST_CASE("the train stage takes its recipe keys from the model plugin's train-o
 
 TEST_CASE("CLI shortcuts name the flag a bad value came from, not a hidden pipeline", "[model][cli][malformed]") {
   const std::string m = tiny_model().string();
-  // Values CLI11 does not range-check itself: the stage's or the plugin's check, named by flag.
+  // Refused by the flag: at parsing (the stage option's range) or by the plugin's check.
   const std::vector<std::pair<std::string, std::string>> refused = {
-      {"serve " + m + " --port 0 --stream-interval 0", "--stream-interval: stages.serve.stream_interval: 0 is out of range"},
-      {"serve " + m + " --port 0 --heartbeat 0", "--heartbeat: stages.serve.heartbeat: 0 is out of range"},
+      {"serve " + m + " --port 0 --stream-interval 0", "--stream-interval: must be an integer in [1, 256], got '0'"},
+      {"serve " + m + " --port 0 --heartbeat 0", "--heartbeat: must be a number in [0.05, 3600], got '0'"},
       {"serve " + m + " --port 0 --decode-dtype int3", "--decode-dtype"},
       {"generate " + m + " --prompt hi --model-option nosuch=1", "--model-option nosuch=1"},
       {"generate /nonexistent/model --prompt hi", "MODEL_DIR /nonexistent/model: models.m.path: /nonexistent/model does not exist"},

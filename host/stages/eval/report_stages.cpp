@@ -111,7 +111,7 @@ std::vector<StageType> report_stage_types() {
       {"eval-report",
        "Recomputes the evaluation report from judgment files: vhost's judgments.jsonl or FastChat's reviews "
        "(Markdown on the output; with out, report.md, report.json and report.html).",
-       {option_spec("reviews", "string_list", std::nullopt, "judgments.jsonl or FastChat review JSONL files"),
+       {option_spec("reviews", "path_list", std::nullopt, "judgments.jsonl or FastChat review JSONL files"),
         option_spec("names", "string_list", json::array(), "FastChat reviews: the two models' names, in answer order"),
         option_spec("baseline", "string", "", "the model the others are compared with (default: the first)"),
         option_spec("questions", "path", "", "question JSONL: categories for FastChat reviews that carry none"),
@@ -121,7 +121,7 @@ std::vector<StageType> report_stage_types() {
        run_eval_report},
       {"agreement",
        "Agreement between judges on pairwise votes, per turn, with and without ties (FastChat's compute_agreement.py).",
-       {option_spec("files", "string_list", std::nullopt,
+       {option_spec("files", "path_list", std::nullopt,
                     "vote files: FastChat's MT-bench judgment JSON (human and GPT-4), or vhost pairwise judgments.jsonl (as gpt4-pair)"),
         option_spec("judges", "string_list", json::array({"gpt4-pair", "human"}), "the two judges: gpt4-pair human, or human human"),
         option_spec("json", "boolean", false, "print JSON")},
@@ -131,7 +131,7 @@ std::vector<StageType> report_stage_types() {
       {"arena",
        "The arena leaderboard (FastChat's Chatbot Arena): Bradley-Terry MLE ratings with bootstrap intervals and online "
        "Elo, from votes, battles or pairwise judgments.",
-       {option_spec("files", "string_list", std::nullopt,
+       {option_spec("files", "path_list", std::nullopt,
                     "conversation logs with votes (vhost serve|api --log), FastChat battle files, pairwise judgments"),
         option_spec("bootstrap", "integer", 1000, "bootstrap rounds for the 95% intervals (0: none)", 0, 100000),
         option_spec("seed", "integer", 0, "bootstrap seed", 0, 9007199254740991.0),
