@@ -303,28 +303,27 @@ class ModelClient {
     return r;
   }
   std::string decode(const std::vector<std::int32_t>& ids) const {
-    std::string out;
-    vhost_sink sink{&out, [](void* c, const char* d, size_t n) { static_cast<std::string*>(c)->append(d, n); }};
-    check(t_->decode(self_, ids.data(), ids.size(), &sink));
-    return out;
+    return collect([&](vhost_sink* sink) { return t_->decode(self_, ids.data(), ids.size(), sink); });
   }
   json tokenizer_info() const {
-    std::string out;
-    vhost_sink sink{&out, [](void* c, const char* d, size_t n) { static_cast<std::string*>(c)->append(d, n); }};
-    check(t_->tokenizer_info(self_, &sink));
-    return json::parse(out);
+    return json::parse(collect([&](vhost_sink* sink) { return t_->tokenizer_info(self_, sink); }));
   }
   // The model's capabilities; from a model plugin older than ABI 1.7, its tokenizer_info (which
   // carried them then).
   json capabilities() const {
     if (t_->struct_size < offsetof(vhost_model_iface, capabilities) + sizeof(t_->capabilities)) return tokenizer_info();
-    std::string out;
-    vhost_sink sink{&out, [](void* c, const char* d, size_t n) { static_cast<std::string*>(c)->append(d, n); }};
-    check(t_->capabilities(self_, &sink));
-    return json::parse(out);
+    return json::parse(collect([&](vhost_sink* sink) { return t_->capabilities(self_, sink); }));
   }
 
  private:
+  // What `call` writes to the sink it is given, once it returned no status.
+  template <class F>
+  std::string collect(F&& call) const {
+    std::string out;
+    vhost_sink sink{&out, [](void* c, const char* d, size_t n) { static_cast<std::string*>(c)->append(d, n); }};
+    check(call(&sink));
+    return out;
+  }
   // A status from the other plugin becomes an Error of ours, naming the instance.
   void check(vhost_status* s) const {
     if (!s) return;
