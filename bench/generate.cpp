@@ -179,7 +179,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
               dtype_name(model.dtype()).c_str(), model.quantized_matrices() ? (" with " + quant_summary(model) + " matrices").c_str() : "", (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
               weight_bytes / 1e9, threads);
   std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
-              model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0/Q4_K/Q6_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
+              model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
               : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
   for (int64_t b : {int64_t{1}, batch}) {
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
@@ -238,7 +238,7 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
     print_gemm_rows(WeightsRef(W.data_ptr(), wt), N, K, static_cast<double>(W.numel() * W.element_size()));
   }
   // Quantized blocks: random bytes with finite float16 scales (the speed does not depend on the
-  // values); those with integer kernels (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K) by them and by the float32 path.
+  // values); those with integer kernels (Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) by them and by the float32 path.
   for (WeightType t : {WeightType::q8_0, WeightType::q4_0, WeightType::q5_0, WeightType::q4_k, WeightType::q5_k,
                        WeightType::q6_k}) {
     const QuantFormat& f = *quant_format(t);
@@ -255,13 +255,13 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
     for (bool int8 : {true, false}) {
       set_int8_activations(int8);
       const bool has_int = t == WeightType::q8_0 || t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q4_k ||
-                           t == WeightType::q6_k;
+                           t == WeightType::q5_k || t == WeightType::q6_k;
       std::printf("  %-4s %-5s", f.name, int8 && *int8_dot_isa() && has_int ? "int8" : "f32");
       print_gemm_rows(WeightsRef(blocks.data(), t), N, K, static_cast<double>(blocks.size()));
       if (!has_int) break;
     }
     set_int8_activations(true);
-    if (packs_x8(t) && N % 8 == 0) {  // the eight-row interleaving a model packs Q4_0 / Q8_0 / Q4_K / Q6_K into
+    if (packs_x8(t) && N % 8 == 0) {  // the eight-row interleaving a model packs Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K into
       std::vector<uint8_t> packed(blocks.size());
       pack_x8(t, blocks.data(), N, K, packed.data());
       std::printf("  %-4s %-5s", f.name, "x8");
@@ -278,7 +278,7 @@ int main(int argc, char** argv) {
   bool child = false, wait_policy = true;
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--no-wait-policy")) wait_policy = false;
-  // --float-activations: Q4_0/Q5_0/Q8_0/Q4_K/Q6_K weights widened to float32 in registers instead of the
+  // --float-activations: Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K weights widened to float32 in registers instead of the
   // integer dot products (an A/B run of the two paths on one file).
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--float-activations")) vhost::llama::set_int8_activations(false);

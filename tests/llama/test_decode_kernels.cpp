@@ -233,11 +233,11 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
     set_int8_activations(int8);
     for (WeightType t : types) {
       const QuantFormat& f = *quant_format(t);
-      // Q4_0, Q5_0 and Q8_0 go through the integer kernels where they are on: the reference
-      // then multiplies the 8-bit-rounded A.
+      // Q4_0, Q5_0, Q8_0 and the K-quants go through the integer kernels where they are on: the
+      // reference then multiplies the 8-bit-rounded A.
       const bool rounded = int8 && *int8_dot_isa() &&
                            (t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q8_0 || t == WeightType::q4_k ||
-                            t == WeightType::q6_k);
+                            t == WeightType::q5_k || t == WeightType::q6_k);
       INFO("kernels: " << small_gemm_isa() << ", format " << f.name << ", integer: " << int8_dot_isa());
       if (!small_gemm_supports(t)) {
         WARN("SKIP: the " << small_gemm_isa() << " kernels here cannot read " << f.name << " (no F16C)");
@@ -249,7 +249,9 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
         INFO("M=" << M << " N=" << N << " K=" << K);
         torch::manual_seed(9);
         auto A = torch::randn({M, K});
-        auto Aref = !rounded ? A : t == WeightType::q4_k || t == WeightType::q6_k ? q8k_rounded(A) : q8_rounded(A);
+        auto Aref = !rounded                                                                        ? A
+                    : t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k ? q8k_rounded(A)
+                                                                                               : q8_rounded(A);
         auto [b1, w1] = random_blocks(f, N, K, 1);
         auto [b2, w2] = random_blocks(f, N + 3, K, 2);
         const double tol = 1e-4 * std::max(1.0, w1.abs().max().item<double>() * std::sqrt(double(K)));
@@ -283,9 +285,9 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
   select_kernels(nullptr);
 }
 
-TEST_CASE("Q4_0, Q8_0, Q4_K and Q6_K with eight rows interleaved: the same products, by every kernel and the float32 path",
+TEST_CASE("Q4_0, Q8_0, Q4_K, Q5_K and Q6_K with eight rows interleaved: the same products, by every kernel and the float32 path",
           "[kernels][quant][x8]") {
-  for (WeightType t : {WeightType::q4_0, WeightType::q8_0, WeightType::q4_k, WeightType::q6_k}) {
+  for (WeightType t : {WeightType::q4_0, WeightType::q8_0, WeightType::q4_k, WeightType::q5_k, WeightType::q6_k}) {
     const QuantFormat& f = *quant_format(t);
     const int64_t E = f.block_elems;
     const WeightType pt = packed_x8(t);
@@ -299,7 +301,7 @@ TEST_CASE("Q4_0, Q8_0, Q4_K and Q6_K with eight rows interleaved: the same produ
     unpack_x8(pt, p0.data(), 24, 3 * E, u0.data());
     CHECK(u0 == b0);
     CHECK_THROWS(pack_x8(t, b0.data(), 12, 2 * E, p0.data()));  // not groups of eight rows
-    CHECK_THROWS(pack_x8(WeightType::q5_k, b0.data(), 8, 256, p0.data()));
+    CHECK_THROWS(pack_x8(WeightType::q5_0, b0.data(), 8, 256, p0.data()));  // no interleaved Q5_0
     for (const auto& [isa, int8] : {std::pair<std::string, bool>{"avx2", false}, {"avx2", true}, {"avx512", false},
                                     {"avx512", true}}) {
       if (!select_kernels(isa.c_str())) continue;
@@ -315,7 +317,9 @@ TEST_CASE("Q4_0, Q8_0, Q4_K and Q6_K with eight rows interleaved: the same produ
         INFO("M=" << M << " N=" << N << " K=" << K);
         torch::manual_seed(9);
         auto A = torch::randn({M, K});
-        auto Aref = !rounded ? A : t == WeightType::q4_k || t == WeightType::q6_k ? q8k_rounded(A) : q8_rounded(A);
+        auto Aref = !rounded                                                                        ? A
+                    : t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k ? q8k_rounded(A)
+                                                                                               : q8_rounded(A);
         auto [b1, w1] = random_blocks(f, N, K, 1);
         auto [b2, w2] = random_blocks(f, N + 8, K, 2);
         std::vector<uint8_t> p1(b1.size()), p2(b2.size());

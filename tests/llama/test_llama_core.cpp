@@ -1264,9 +1264,9 @@ TEST_CASE("A model of mixed K-quant blocks (as llama.cpp's Q4_K_M files) equals 
   bad[1].second = torch::zeros({bad[1].second.size(0), 3, 19}, torch::kUInt8);
   CHECK_THAT(error_of([&] { LlamaModel(cfg, bad, "bad.gguf", torch::kCPU, torch::kFloat32); }),
              Contains("bad.gguf") && Contains(bad[1].first) && Contains("no quantized format"));
-  // Eight-row groups exist for Q4_0, Q8_0, Q4_K and Q6_K only: Q5_K blocks in that shape are refused too.
+  // Eight-row groups exist for Q4_0, Q8_0, Q4_K, Q5_K and Q6_K only: Q5_0 blocks in that shape are refused too.
   const int64_t rows = cfg.num_attention_heads * cfg.head_dim();
-  bad[1].second = torch::zeros({rows / 8, cfg.hidden_size / 256, 8, 176}, torch::kUInt8);
+  bad[1].second = torch::zeros({rows / 8, cfg.hidden_size / 32, 8, 22}, torch::kUInt8);
   CHECK_THAT(error_of([&] { LlamaModel(cfg, bad, "bad.gguf", torch::kCPU, torch::kFloat32); }),
              Contains("bad.gguf") && Contains(bad[1].first) && Contains("no quantized format"));
   // Q8_0 and Q4_K matrices given interleaved (as load_gguf_llama packs them) are taken as they are.

@@ -377,7 +377,7 @@ VHOST_INLINE void any_tile(int mr, int nr, const float* A, const TW* W, int64_t 
 // blocks' scales into float32 sums: llama.cpp's own arithmetic, so the result is the product of
 // the dequantised weights with the 8-bit-rounded activations (not the float32 ones), ~1e-3
 // relative (see decode_kernels.hpp).
-struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q5_0, Q8_0) and Q8_K blocks (for Q4_K, Q6_K)
+struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q5_0, Q8_0) and Q8_K blocks (for Q4_K, Q5_K, Q6_K)
   const int8_t* q;     // [M, K]
   const float* d;      // [M, K / 32]
   const int32_t* sum;  // [M, K / 32]: the sum of each block's int8
@@ -697,7 +697,7 @@ __attribute__((target("avx2,fma"))) float exp_avx2(const float* x, int64_t n, fl
   return exp_weights<8>(x, n, inv_t, w);
 }
 
-constexpr int kWeightTypes = static_cast<int>(WeightType::q6_kx8) + 1;
+constexpr int kWeightTypes = static_cast<int>(WeightType::q5_kx8) + 1;
 
 using IntRangeFn = void (*)(const QuantRows&, int64_t, const void*, int64_t, float*, bool, int64_t, int64_t);
 using IntGateUpFn = void (*)(const QuantRows&, int64_t, const void*, const void*, int64_t, float*, int64_t, int64_t);
@@ -730,6 +730,8 @@ struct Isa {
     (s).int_gate_up[static_cast<int>(WeightType::q5_0)] = ns::gate_up_int<BlockQ5_0>;           \
     (s).int_range[static_cast<int>(WeightType::q4_k)] = ns::range_int<BlockQ4_K>;               \
     (s).int_gate_up[static_cast<int>(WeightType::q4_k)] = ns::gate_up_int<BlockQ4_K>;           \
+    (s).int_range[static_cast<int>(WeightType::q5_k)] = ns::range_int<BlockQ5_K>;               \
+    (s).int_gate_up[static_cast<int>(WeightType::q5_k)] = ns::gate_up_int<BlockQ5_K>;           \
     (s).int_range[static_cast<int>(WeightType::q6_k)] = ns::range_int<BlockQ6_K>;               \
     (s).int_gate_up[static_cast<int>(WeightType::q6_k)] = ns::gate_up_int<BlockQ6_K>;           \
     (s).int_range[static_cast<int>(WeightType::q4_0x8)] = ns::range_x8<BlockQ4_0x8>;            \
@@ -740,6 +742,8 @@ struct Isa {
     (s).int_gate_up[static_cast<int>(WeightType::q4_kx8)] = ns::gate_up_x8<BlockQ4_Kx8>;        \
     (s).int_range[static_cast<int>(WeightType::q6_kx8)] = ns::range_x8<BlockQ6_Kx8>;            \
     (s).int_gate_up[static_cast<int>(WeightType::q6_kx8)] = ns::gate_up_x8<BlockQ6_Kx8>;        \
+    (s).int_range[static_cast<int>(WeightType::q5_kx8)] = ns::range_x8<BlockQ5_Kx8>;            \
+    (s).int_gate_up[static_cast<int>(WeightType::q5_kx8)] = ns::gate_up_x8<BlockQ5_Kx8>;        \
   } while (0)
 
 bool g_int8_activations = true;  // set_int8_activations
@@ -759,14 +763,17 @@ void gate_up_packed_float(const float* A, int64_t M, const void* Wg, const void*
   {range<float>, range<uint16_t>, range<Half>, range<Q8Block>, range<BlockQ4_0>, range<BlockQ4_1>, range<BlockQ5_0>, \
    range<BlockQ5_1>, range<BlockQ4_K>, range<BlockQ5_K>, range<BlockQ6_K>,                                         \
    range_packed_float<WeightType::q4_0x8>, range_packed_float<WeightType::q8_0x8>,                                 \
-   range_packed_float<WeightType::q4_kx8>, range_packed_float<WeightType::q6_kx8>},                                 \
+   range_packed_float<WeightType::q4_kx8>, range_packed_float<WeightType::q6_kx8>,                                  \
+   range_packed_float<WeightType::q5_kx8>},                                                                        \
   {                                                                                                                \
     gate_up<float>, gate_up<uint16_t>, gate_up<Half>, gate_up<Q8Block>, gate_up<BlockQ4_0>, gate_up<BlockQ4_1>,   \
         gate_up<BlockQ5_0>, gate_up<BlockQ5_1>, gate_up<BlockQ4_K>, gate_up<BlockQ5_K>, gate_up<BlockQ6_K>,        \
         gate_up_packed_float<WeightType::q4_0x8>, gate_up_packed_float<WeightType::q8_0x8>,                        \
-        gate_up_packed_float<WeightType::q4_kx8>, gate_up_packed_float<WeightType::q6_kx8>                         \
+        gate_up_packed_float<WeightType::q4_kx8>, gate_up_packed_float<WeightType::q6_kx8>,                        \
+        gate_up_packed_float<WeightType::q5_kx8>                                                                   \
   }
-static_assert(static_cast<int>(WeightType::q6_k) == 10 && static_cast<int>(WeightType::q6_kx8) == 14,
+static_assert(static_cast<int>(WeightType::q6_k) == 10 && static_cast<int>(WeightType::q6_kx8) == 14 &&
+                  static_cast<int>(WeightType::q5_kx8) == 15,
               "VHOST_BY_TYPE lists the types in WeightType's order");
 
 Isa pick(const char* name) {
@@ -952,7 +959,8 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
 
 // Whether the integer kernels of type t take the activations as Q8_K (one scale per 256), not Q8_0.
 static bool q8_k_activations(WeightType t) {
-  return t == WeightType::q4_k || t == WeightType::q6_k || t == WeightType::q4_kx8 || t == WeightType::q6_kx8;
+  return t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k || t == WeightType::q4_kx8 ||
+         t == WeightType::q5_kx8 || t == WeightType::q6_kx8;
 }
 
 // Whether the integer kernels take W [?, K] here.

@@ -39,7 +39,7 @@ bool select_kernels(const char* name);
 struct WeightsRef {
   const void* data = nullptr;
   WeightType type = WeightType::f32;
-  bool int8 = true;  // Q4_0/Q5_0/Q8_0/Q4_K/Q6_K: integer dot products allowed (set_int8_activations); false: float32 path
+  bool int8 = true;  // Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K: integer dot products allowed (set_int8_activations); false: float32 path
   WeightsRef() = default;
   WeightsRef(const float* p) : data(p), type(WeightType::f32) {}  // NOLINT: a float matrix as before
   WeightsRef(const void* p, WeightType t, bool int8_ok = true) : data(p), type(t), int8(int8_ok) {}
@@ -53,7 +53,7 @@ bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, f
 // Whether the kernels in use read weights of this type.
 bool small_gemm_supports(WeightType t);
 
-// Q4_0, Q5_0, Q8_0, Q4_K and Q6_K weights: by default (where the CPU has AVX2) each call rounds
+// Q4_0, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K weights: by default (where the CPU has AVX2) each call rounds
 // the rows of A to Q8_0 blocks (a scale per 32 values, max|a| / 127, and int8; for the K-quants
 // ggml's Q8_K, a scale per 256) and multiplies them by the weights' integers in integer dot
 // products, scaled by both blocks' scales: llama.cpp's arithmetic, 2-4x fewer instructions a
@@ -62,8 +62,8 @@ bool small_gemm_supports(WeightType t);
 // product with WeightsRef::int8), these types take the float32 path of the others (exact float32
 // activations). Not thread-safe with running kernels.
 void set_int8_activations(bool on);
-// Whether this CPU's integer kernels read Q4_0 / Q8_0 / Q4_K / Q6_K matrices with eight rows interleaved
-// (quants.hpp's pack_x8: WeightType::q4_0x8, q8_0x8, q4_kx8, q6_kx8), the layout a model packs such matrices into
+// Whether this CPU's integer kernels read Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrices with eight rows interleaved
+// (quants.hpp's pack_x8: WeightType::q4_0x8, q8_0x8, q4_kx8, q5_kx8, q6_kx8), the layout a model packs such matrices into
 // at load. Interleaved weights take the float32 path too (unpacked a group at a time, slower).
 bool packs_x8(WeightType plain);
 // The integer kernels in use for those types: "avx512vnni" (vpdpbusd on 256-bit vectors), "avx2"

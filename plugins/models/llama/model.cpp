@@ -126,7 +126,7 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
     const auto& t = it->second;
     // Quantized blocks of a [N, K] matrix (load_gguf_llama with keep_blocks): uint8
     // [N, K / block_elems, block_bytes], the block size naming the format (quants.hpp), or
-    // [N / 8, K / block_elems, 8, block_bytes] for Q4_0 / Q8_0 / Q4_K / Q6_K with eight rows interleaved (pack_x8).
+    // [N / 8, K / block_elems, 8, block_bytes] for Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K with eight rows interleaved (pack_x8).
     // The embedding too, [vocab, D / block_elems, block_bytes] (rows looked up, never interleaved).
     const bool x8 = t.dim() == 4 && t.size(2) == 8, embedding = name == "model.embed_tokens.weight";
     if (t.scalar_type() == torch::kUInt8 && (t.dim() == 3 || (x8 && !embedding)) && shape.size() == 2) {

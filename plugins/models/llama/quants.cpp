@@ -494,13 +494,15 @@ static int get6(const uint8_t* lo, const uint8_t* hi, int v) {
   return ((lo[v % 32] >> (v < 32 ? 0 : 4)) & 15) | ((hi[v % 16] >> (2 * (v / 16))) & 3) << 4;
 }
 
-// Q4_K's superblock b of one group (BlockQ4_Kx8). The 12 bytes of ggml's scales are 16 6-bit
-// values with no bit to spare, so unpacking writes back exactly the bytes packing read.
-static void shuffle_q4k_x8(uint8_t* const rows[8], int64_t b, uint8_t* packed, bool to_packed) {
-  auto& x = *reinterpret_cast<BlockQ4_Kx8*>(packed);
+// Q4_K's or Q5_K's superblock b of one group (BlockQ4_Kx8, BlockQ5_Kx8). The 12 bytes of ggml's
+// scales are 16 6-bit values with no bit to spare, so unpacking writes back exactly the bytes
+// packing read.
+template <typename B, typename P>
+static void shuffle_q45k_x8(uint8_t* const rows[8], int64_t b, uint8_t* packed, bool to_packed) {
+  auto& x = *reinterpret_cast<P*>(packed);
   if (to_packed) std::memset(&x, 0, sizeof x);
   for (int j = 0; j < 8; ++j) {
-    auto& blk = *reinterpret_cast<BlockQ4_K*>(rows[j] + b * int64_t(sizeof(BlockQ4_K)));
+    auto& blk = *reinterpret_cast<B*>(rows[j] + b * int64_t(sizeof(B)));
     if (to_packed) {
       x.d[j] = blk.d, x.dmin[j] = blk.dmin;
       for (int s = 0; s < 8; ++s) {
@@ -516,6 +518,8 @@ static void shuffle_q4k_x8(uint8_t* const rows[8], int64_t b, uint8_t* packed, b
       put_scale_min_k4(sc, m, blk.scales);
     }
     for (int c = 0; c < 32; ++c) move_bytes(to_packed, blk.qs + 4 * c, x.qs + 32 * c + 4 * j, 4);
+    if constexpr (std::is_same_v<B, BlockQ5_K>)
+      for (int c = 0; c < 8; ++c) move_bytes(to_packed, blk.qh + 4 * c, x.qh + 32 * c + 4 * j, 4);
   }
 }
 
@@ -539,7 +543,7 @@ static void repack_x8(WeightType plain, uint8_t* rows_base, int64_t N, int64_t K
                       const int64_t* order) {
   const QuantFormat* f = quant_format(plain);
   if (!f || packed_x8(plain) == WeightType::f32 || N % 8 || K % f->block_elems)
-    throw std::invalid_argument("pack_x8: not eight-row groups of Q4_0/Q8_0/Q4_K/Q6_K blocks");
+    throw std::invalid_argument("pack_x8: not eight-row groups of Q4_0/Q8_0/Q4_K/Q5_K/Q6_K blocks");
   const int64_t bb = f->block_bytes, nb = K / f->block_elems;
   for (int64_t g = 0; g < N / 8; ++g) {
     uint8_t* rows[8];
@@ -547,7 +551,9 @@ static void repack_x8(WeightType plain, uint8_t* rows_base, int64_t N, int64_t K
     for (int64_t b = 0; b < nb; ++b) {
       uint8_t* at = packed + (g * nb + b) * 8 * bb;
       if (plain == WeightType::q4_k)
-        shuffle_q4k_x8(rows, b, at, to_packed);
+        shuffle_q45k_x8<BlockQ4_K, BlockQ4_Kx8>(rows, b, at, to_packed);
+      else if (plain == WeightType::q5_k)
+        shuffle_q45k_x8<BlockQ5_K, BlockQ5_Kx8>(rows, b, at, to_packed);
       else if (plain == WeightType::q6_k)
         shuffle_q6k_x8(rows, b, at, to_packed);
       else

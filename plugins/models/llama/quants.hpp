@@ -17,9 +17,9 @@ namespace vhost::llama {
 
 // The element type of a weight matrix the decode kernels read (decode_kernels.hpp): float32,
 // bfloat16 or float16 bits, or blocks of one of the formats below.
-// q4_0x8, q8_0x8, q4_kx8 and q6_kx8 are Q4_0, Q8_0, Q4_K and Q6_K matrices with eight rows
+// q4_0x8, q8_0x8, q4_kx8, q6_kx8 and q5_kx8 are Q4_0, Q8_0, Q4_K, Q6_K and Q5_K matrices with eight rows
 // interleaved (below), the layout the decode kernels read fastest; no file stores them.
-enum class WeightType : uint8_t { f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_0x8, q8_0x8, q4_kx8, q6_kx8 };
+enum class WeightType : uint8_t { f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_0x8, q8_0x8, q4_kx8, q6_kx8, q5_kx8 };
 
 // The blocks, byte for byte as ggml lays them out (ggml-common.h); d, dmin, m are float16 bits.
 // 32 weights: d * (q - 8), q a nibble: qs[j] holds element j (low nibble) and j + 16 (high).
@@ -129,6 +129,16 @@ struct BlockQ4_Kx8 {
   uint8_t sl[32], ml[32], sh[16], mh[16];
   uint8_t qs[1024];
 };
+// Eight rows of Q5_K: BlockQ4_Kx8's fields, and the rows' fifth bits interleaved the same way,
+// qh[32 c + 4 j + i] = row j's qh[4 c + i] (c = 0..7): lane j of the 32-byte load at 32 c holds the
+// fifth bits of the elements whose nibbles the loads at 32 (8 s + c) hold, bit s of each byte for
+// sub-block s. qh before qs: the kernel reads it beside the first 256 bytes of qs.
+struct BlockQ5_Kx8 {
+  uint16_t d[8], dmin[8];
+  uint8_t sl[32], ml[32], sh[16], mh[16];
+  uint8_t qh[256];
+  uint8_t qs[1024];
+};
 // Eight rows of Q6_K: d[j] row j's, scales[8 g + j] = row j's scale of group g (the eight rows'
 // scales of a group side by side), then ql and qh in 32-byte chunks of four bytes of each row in
 // turn as the quants above, in the order the kernel reads them, so that it reads the block from
@@ -142,7 +152,8 @@ struct BlockQ6_Kx8 {
   uint8_t q[1536];
 };
 static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0) && sizeof(BlockQ8_0x8) == 8 * sizeof(Q8Block) &&
-                  sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K) && sizeof(BlockQ6_Kx8) == 8 * sizeof(BlockQ6_K),
+                  sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K) && sizeof(BlockQ5_Kx8) == 8 * sizeof(BlockQ5_K) &&
+                  sizeof(BlockQ6_Kx8) == 8 * sizeof(BlockQ6_K),
               "a packed block holds eight blocks' bytes");
 // The plain types that have an interleaved layout, each beside it.
 struct X8Pair {
@@ -151,6 +162,7 @@ struct X8Pair {
 inline constexpr X8Pair kX8Pairs[] = {{WeightType::q4_0, WeightType::q4_0x8},
                                       {WeightType::q8_0, WeightType::q8_0x8},
                                       {WeightType::q4_k, WeightType::q4_kx8},
+                                      {WeightType::q5_k, WeightType::q5_kx8},
                                       {WeightType::q6_k, WeightType::q6_kx8}};
 // The interleaved type of a plain one (q4_0 -> q4_0x8, ...), and back; f32 where there is none.
 constexpr WeightType packed_x8(WeightType plain) {
