@@ -957,10 +957,11 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
   return out;
 }
 
-// Whether the integer kernels of type t take the activations as Q8_K (one scale per 256), not Q8_0.
+// Whether the integer kernels of type t take the activations as Q8_K (one scale per 256), not Q8_0:
+// the K-quants, whose blocks are 256 weights, plain or interleaved.
 static bool q8_k_activations(WeightType t) {
-  return t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k || t == WeightType::q4_kx8 ||
-         t == WeightType::q5_kx8 || t == WeightType::q6_kx8;
+  const QuantFormat* f = quant_format(packed(t) ? plain_of_x8(t) : t);
+  return f && f->block_elems == 256;
 }
 
 // Whether the integer kernels take W [?, K] here.
