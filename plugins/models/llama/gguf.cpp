@@ -456,6 +456,18 @@ std::string lower(std::string s) {
   return s;
 }
 
+// llama.cpp's K-quant presets for a LLaMA model, each with its base format (the rest: Q6_K).
+struct KPreset {
+  const char* name;
+  WeightType base;
+};
+constexpr KPreset kKPresets[] = {{"q4_k_m", WeightType::q4_k}, {"q5_k_m", WeightType::q5_k}};
+const KPreset* k_preset(const std::string& lowered) {
+  for (const auto& p : kKPresets)
+    if (lowered == p.name) return &p;
+  return nullptr;
+}
+
 // llama.cpp's rule for which layers of a Q4_K_M / Q5_K_M file get more bits: the first and last
 // eighth, and every third one between (its use_more_bits, integer arithmetic).
 bool more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
@@ -468,11 +480,12 @@ bool more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i 
 const QuantFormat* preset_format(const std::string& quantize, const std::string& name, int64_t layer, int64_t layers,
                                  bool has_output) {
   const std::string q = lower(quantize);
-  if (q != "q4_k_m" && q != "q5_k_m") return quant_format_writable(q);
+  const KPreset* preset = k_preset(q);
+  if (!preset) return quant_format_writable(q);
   const bool wide = name == "output.weight" || (!has_output && name == "token_embd.weight") ||
                     ((name.find(".attn_v.") != std::string::npos || name.find(".ffn_down.") != std::string::npos) &&
                      more_bits(layer, layers));
-  return quant_format(wide ? WeightType::q6_k : q == "q4_k_m" ? WeightType::q4_k : WeightType::q5_k);
+  return quant_format(wide ? WeightType::q6_k : preset->base);
 }
 
 // The model's tensors under their GGUF names, with the type each is written in.
@@ -582,7 +595,7 @@ const char* const kGgufQuantizeNames = "q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k
 
 bool gguf_quantize_supported(const std::string& quantize) {
   const std::string q = lower(quantize);
-  return q == "q4_k_m" || q == "q5_k_m" || quant_format_writable(q) != nullptr;
+  return k_preset(q) || quant_format_writable(q) != nullptr;
 }
 
 void save_gguf_llama(const LlamaModel& model, const std::string& tokenizer_model, const fs::path& file,
