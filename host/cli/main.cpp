@@ -20,6 +20,7 @@
 #include <cctype>
 
 namespace vh = vhost::host;
+using vhost::cli::absolute;
 using vhost::cli::Shortcut;
 using vhost::cli::StageFlags;
 
@@ -28,8 +29,6 @@ namespace {
 // Exit codes: 0 success, 1 a stage or plugin failed, 2 the command line or pipeline is wrong.
 constexpr int kFailed = 1;
 constexpr int kBadInput = 2;
-
-std::string absolute(const std::string& path) { return path.empty() ? path : std::filesystem::absolute(path).string(); }
 
 // A command that only groups subcommands (vhost model, tokenizer, template, eval, arena).
 CLI::App* group(CLI::App& app, const std::string& name, const std::string& help) {

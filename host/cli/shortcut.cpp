@@ -7,9 +7,9 @@
 
 namespace vhost::cli {
 
-namespace {
-
 std::string absolute(const std::string& path) { return path.empty() ? path : std::filesystem::absolute(path).string(); }
+
+namespace {
 
 // 1048576, not 1.04858e+06; 0.05 as such.
 std::string number_text(double v) {

@@ -20,6 +20,9 @@ namespace vhost::cli {
 
 namespace vh = vhost::host;
 
+// PATH made absolute against the working directory ("" stays "").
+std::string absolute(const std::string& path);
+
 // A pipeline as data. Each value records the flag it came from, so that an error names the flag
 // ("--max-tokens: ...") rather than a line of a file the user never saw.
 struct Shortcut {
