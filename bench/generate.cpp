@@ -14,7 +14,7 @@
 //                  [--bf16-kernel amx|avx512bf16|avx512|avx2]   (default: the best this CPU runs)
 //                  [--no-wait-policy]
 //
-//   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16] [--float-activations] [--prompt 512]
+//   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16] [--float-activations] [--bf16-activations] [--prompt 512]
 //   bench_generate --gemm N K [--threads 2]     (small_gemm alone: f32, bf16, f16 weights and the
 //                                                quantized formats, int8 and float32 activations)
 // A checkpoint as the model plugin loads it (an HF folder or a GGUF file, the stored dtype kept:
@@ -159,6 +159,10 @@ static double child_tokens_per_s(const char* policy, bool busy, int threads, int
   return best;
 }
 
+// --bf16-activations: a bf16 checkpoint's products with bf16-rounded activations (the plugin's
+// decode_dtype = "bfloat16": vdpbf16ps from 16 rows where the CPU has it).
+static bool g_bf16_activations = false;
+
 // Decoding steps of a real checkpoint: tokens/s after the first (prefill) step.
 static int model_mode(const std::string& path, int threads, int64_t tokens, int64_t batch, int64_t prompt) {
   auto t0 = Clock::now();
@@ -170,6 +174,8 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
   }();
   // As the plugin's quant_activations: float32 activations take the blocks in their plain layout.
   if (!*int8_dot_isa()) model.set_int8_activations(false);
+  if (g_bf16_activations && !model.set_bf16_activations(true))
+    std::fprintf(stderr, "--bf16-activations: not a bfloat16 model read in place; float32 activations\n");
   const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
   c10::InferenceMode inference;
   double weight_bytes = 0;
@@ -180,6 +186,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
               weight_bytes / 1e9, threads);
   std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
               model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
+              : model.bf16_activations() ? (" (bf16 activations: " + std::string(*bf16_dot_isa() ? "vdpbf16ps from 16 rows, " : "") + "widened below)").c_str()
               : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
   for (int64_t b : {int64_t{1}, batch}) {
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
@@ -209,10 +216,10 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
   return 0;
 }
 
-// small_gemm of M = 1, 4, 16 rows against W [N, K] of `bytes` bytes: a line of weight bytes
+// small_gemm of M = 1, 4, 8, 16 rows against W [N, K] of `bytes` bytes: a line of weight bytes
 // streamed per second (10 calls each after one to warm up).
 static void print_gemm_rows(WeightsRef W, int64_t N, int64_t K, double bytes) {
-  for (int64_t M : {1, 4, 16}) {
+  for (int64_t M : {1, 4, 8, 16}) {
     auto A = torch::randn({M, K}), C = torch::empty({M, N});
     auto call = [&] { small_gemm(A.data_ptr<float>(), M, W, N, K, C.data_ptr<float>()); };
     call();
@@ -236,6 +243,10 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
     const WeightType wt = dt == torch::kBFloat16 ? WeightType::bf16 : dt == torch::kFloat16 ? WeightType::f16 : WeightType::f32;
     std::printf("  %-9s", dtype_name(dt).c_str());
     print_gemm_rows(WeightsRef(W.data_ptr(), wt), N, K, static_cast<double>(W.numel() * W.element_size()));
+    if (dt == torch::kBFloat16 && *bf16_dot_isa()) {  // the same weights against bf16-rounded activations
+      std::printf("  %-9s", "bf16 dot");
+      print_gemm_rows(WeightsRef(W.data_ptr(), wt, true, true), N, K, static_cast<double>(W.numel() * W.element_size()));
+    }
   }
   // Quantized blocks: random bytes with finite float16 scales (the speed does not depend on the
   // values); those with integer kernels (Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) by them and by the float32 path.
@@ -282,9 +293,13 @@ int main(int argc, char** argv) {
   // integer dot products (an A/B run of the two paths on one file).
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--float-activations")) vhost::llama::set_int8_activations(false);
+  for (int i = 1; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--bf16-activations")) g_bf16_activations = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--child")) child = true;
-    if (!std::strcmp(argv[i], "--no-wait-policy") || !std::strcmp(argv[i], "--float-activations")) --i;
+    if (!std::strcmp(argv[i], "--no-wait-policy") || !std::strcmp(argv[i], "--float-activations") ||
+        !std::strcmp(argv[i], "--bf16-activations"))
+      --i;
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--batch")) batch = std::atoll(argv[i + 1]);

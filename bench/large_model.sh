@@ -4,10 +4,12 @@
 # llama.cpp on the same GGUF file in the same run.
 #
 #   bench/large_model.sh [--preset 7b] [--dir DIR] [--threads 2] [--tokens 8] [--batch 16] [--rounds 3]
-#                        [--keep] [--reuse] [--quantize q8_0] [--prompt 256]
+#                        [--keep] [--reuse] [--quantize q8_0] [--prompt 256] [--decode-dtype bfloat16]
 #   --keep: leave DIR/m.gguf; --reuse: start from it; --quantize: convert with it (vhost decodes
 #   the Q8_0 blocks in place, llama.cpp runs the same file); --prompt N: also the prefill of one
-#   N-token prompt, beside llama-bench's "pp N"
+#   N-token prompt, beside llama-bench's "pp N"; --decode-dtype bfloat16: vhost's products of a bf16
+#   file with bf16-rounded activations (the llama plugin's decode_dtype = "bfloat16", llama.cpp's
+#   arithmetic for BF16; default float32 activations)
 #
 # Steps (peak RSS of each from /usr/bin/time):
 #   1. vhost model init --preset P --dtype bfloat16   (HF folder, shard by shard)
@@ -21,7 +23,7 @@
 # Needs ~14 GB of free disk (7b) and about 16 GB of memory; takes ~15 minutes on 2 cores.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0 quantize= prompt=0
+preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0 quantize= prompt=0 bf16act=()
 while [ $# -gt 0 ]; do
   case $1 in
     --preset) preset=$2; shift 2 ;;
@@ -34,6 +36,13 @@ while [ $# -gt 0 ]; do
     --reuse) reuse=1; shift ;;
     --quantize) quantize=$2; shift 2 ;;
     --prompt) prompt=$2; shift 2 ;;
+    --decode-dtype)
+      case $2 in
+        float32) bf16act=() ;;
+        bfloat16) bf16act=(--bf16-activations) ;;
+        *) echo "large_model.sh: --decode-dtype: float32 or bfloat16, got '$2'" >&2; exit 2 ;;
+      esac
+      shift 2 ;;
     *) echo "large_model.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -88,7 +97,7 @@ have_llama=0
 [ -x "$llama_bin/llama-bench" ] && [ -x "$llama_bin/llama-batched-bench" ] && have_llama=1
 [ "$have_llama" = 1 ] || echo "5. llama.cpp: not run: no llama-bench/llama-batched-bench in $llama_bin (scripts/llama-cpp-tools.sh builds them; or set LLAMA_CPP_BIN)"
 for round in $(seq 1 "$rounds"); do
-  run env OMP_NUM_THREADS="$threads" "$bench" --model "$dir/m.gguf" --threads "$threads" --tokens "$tokens" --batch "$batch" --prompt "$prompt"
+  run env OMP_NUM_THREADS="$threads" "$bench" --model "$dir/m.gguf" --threads "$threads" --tokens "$tokens" --batch "$batch" --prompt "$prompt" ${bf16act[@]+"${bf16act[@]}"}
   report "4. bench_generate (decoding), round $round"
   sed 's/^/   /' "$dir/out.$$"
   v1=$(awk '$1 == "batch" && $2 == 1 { print $3 }' "$dir/out.$$")

@@ -8,7 +8,7 @@
 #   half_weights.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
-pipeline() {  # pipeline PATH DTYPE [MAX_TOKENS [MAX_BATCH]] > p.toml
+pipeline() {  # pipeline PATH DTYPE [MAX_TOKENS [MAX_BATCH [DECODE_DTYPE]]] > p.toml
   cat <<TOML
 [pipeline]
 stages = ["info", "generate"]
@@ -17,6 +17,7 @@ plugin = "llama"
 path = "$1"
 dtype = "$2"
 max_batch = ${4:-0}
+decode_dtype = "${5:-float32}"
 [stages.generate]
 prompts = ["Once upon a time", "The model"]
 max_tokens = ${3:-48}
@@ -63,6 +64,15 @@ pipeline m.gguf auto 48 4 > engine.toml
 "$vhost" run engine.toml > engine.log 2>&1 || { cat engine.log; exit 1; }
 grep -q "max_batch: 4" engine.log || { echo "the engine did not run:"; cat engine.log; exit 1; }
 [ "$(text engine.log)" = "$(text gguf.log)" ] || { echo "the engine decodes the GGUF differently:"; diff <(text engine.log) <(text gguf.log); exit 1; }
+# decode_dtype = "bfloat16" on the bf16 GGUF: products with bf16-rounded activations on the mapped
+# weights (vdpbf16ps from 16 rows where the CPU has AVX512-BF16), no packed copy; info says so.
+pipeline m.gguf auto 12 0 bfloat16 > bf.toml
+"$vhost" run bf.toml > bf.log 2>&1 || { cat bf.log; exit 1; }
+for want in "activations: bfloat16" "decode_dtype: bfloat16 (" "kernel: avx.*, bfloat16 against bfloat16-rounded activations: " \
+            "bytes_per_weight: 2.0"; do
+  grep -q "$want" bf.log || { echo "decode_dtype bfloat16: info lacks '$want':"; cat bf.log; exit 1; }
+done
+[ "$(text bf.log | wc -l)" -ge 2 ] || { echo "no text with bf16 activations:"; cat bf.log; exit 1; }
 # A Q8_0 GGUF (vhost's own quantizer): decoded from its blocks (1.06 bytes a Q8_0 weight; the
 # tiny preset's down projection, 172 wide, stays F32, so 1.8 on the whole). With
 # quant_activations = "float32" the same text as the same file dequantised to float32

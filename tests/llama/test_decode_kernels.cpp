@@ -133,6 +133,56 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read bfloat16 and float1
   select_kernels(nullptr);
 }
 
+TEST_CASE("bfloat16 weights with bfloat16 activations: the product of the rounded operands, by vdpbf16ps and widened",
+          "[kernels][half][bf16]") {
+  auto bf = [](const torch::Tensor& t) { return WeightsRef(t.data_ptr(), WeightType::bf16, true, /*bf16_act=*/true); };
+  for (const auto& isa : runnable_kernels()) {
+    select_kernels(isa.c_str());
+    INFO("kernels: " << small_gemm_isa() << ", vdpbf16ps: " << (*bf16_dot_isa() ? bf16_dot_isa() : "none"));
+    torch::manual_seed(11);
+    // Rows below and from 16 (widened, vdpbf16ps), off the tile (4 rows of W) and vector (32) grids,
+    // K past one pass of 512 with a tail.
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 5, 17}, {7, 37, 300}, {15, 37, 300}, {16, 37, 300},
+                           {17, 1001, 1100}, {16, 6, 768}, {33, 13, 1056}, {18, 1, 1}, {3, 1, 1}}) {
+      INFO("M=" << M << " N=" << N << " K=" << K);
+      auto A = torch::randn({M, K}), W = torch::randn({N, K}).to(torch::kBFloat16);
+      auto W2 = torch::randn({N, K}).to(torch::kBFloat16);
+      auto a16 = A.to(torch::kBFloat16).to(torch::kFloat32);  // the activations as the kernels round them
+      auto w32 = W.to(torch::kFloat32), w2_32 = W2.to(torch::kFloat32);
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      auto C = torch::full({M, N}, nan);
+      REQUIRE(small_gemm(A.data_ptr<float>(), M, bf(W), N, K, C.data_ptr<float>()));
+      // Rounding A moves these sums by ~1e-2 (K = 300: sqrt(K) * 2^-9), far outside the tolerance:
+      // a kernel on the exact A fails here.
+      const auto want = torch::linear(a16, w32);
+      CHECK(torch::allclose(C, want, 1e-4, 1e-3));
+      if (K >= 300) CHECK_FALSE(torch::allclose(C, torch::linear(A, w32), 1e-4, 1e-3));
+      auto C0 = torch::randn({M, N});
+      auto Cacc = C0.clone();
+      REQUIRE(small_gemm(A.data_ptr<float>(), M, bf(W), N, K, Cacc.data_ptr<float>(), /*accumulate=*/true));
+      CHECK(torch::allclose(Cacc, C0 + want, 1e-4, 1e-3));
+      // Two outputs asking for bf16 activations, then a mix with a float32 one (separate products).
+      auto c1 = torch::full({M, N}, nan), c2 = torch::full({M, N}, nan);
+      const GemmOutput both[2] = {{bf(W), N, c1.data_ptr<float>()}, {bf(W2), N, c2.data_ptr<float>()}};
+      REQUIRE(small_gemm_many(A.data_ptr<float>(), M, K, both, 2));
+      CHECK(torch::allclose(c1, want, 1e-4, 1e-3));
+      CHECK(torch::allclose(c2, torch::linear(a16, w2_32), 1e-4, 1e-3));
+      auto Wf = torch::randn({N, K});
+      auto c3 = torch::full({M, N}, nan);
+      c1.fill_(nan);
+      const GemmOutput mix[2] = {{bf(W), N, c1.data_ptr<float>()}, {Wf.data_ptr<float>(), N, c3.data_ptr<float>()}};
+      REQUIRE(small_gemm_many(A.data_ptr<float>(), M, K, mix, 2));
+      CHECK(torch::allclose(c1, want, 1e-4, 1e-3));
+      CHECK(torch::allclose(c3, torch::linear(A, Wf), 1e-4, 1e-4));  // the exact A for the float32 one
+      auto act = torch::full({M, N}, nan);
+      REQUIRE(gate_up_silu(A.data_ptr<float>(), M, K, bf(W), bf(W2), N, act.data_ptr<float>()));
+      auto gu = torch::silu(want) * torch::linear(a16, w2_32);
+      CHECK(torch::allclose(act, gu, 1e-4, 1e-3 * std::max(1.0, gu.abs().max().item<double>())));
+    }
+  }
+  select_kernels(nullptr);
+}
+
 // Q8_0 blocks of W [N, K] (K a multiple of 32) as llama.cpp lays them out, and their float32
 // values (d * q, d rounded to f16).
 static std::pair<std::vector<uint8_t>, torch::Tensor> q8_blocks(const torch::Tensor& W) {

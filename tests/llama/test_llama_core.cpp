@@ -290,6 +290,44 @@ TEST_CASE("model: a bfloat16/float16 model on the CPU runs float32 activations o
   }
 }
 
+TEST_CASE("model: a bfloat16 model with bfloat16 activations (decode_dtype = bfloat16) stays close to float32 ones",
+          "[model][half][bf16]") {
+  auto cfg = LlamaConfig::preset("tiny");
+  auto m32 = LlamaModel::random(cfg, 8);
+  c10::InferenceMode inference;
+  CHECK_FALSE(m32.set_bf16_activations(true));  // a float32 model: refused, stays off
+  CHECK_FALSE(m32.bf16_activations());
+  LlamaModel f16(cfg, m32.named_tensors(), "f16", torch::kCPU, torch::kFloat16);
+  CHECK_FALSE(f16.set_bf16_activations(true));
+  LlamaModel bf(cfg, m32.named_tensors(), "bf", torch::kCPU, torch::kBFloat16);
+  if (!bf.mixed_cpu()) {
+    WARN("SKIP: no kernel reads bfloat16 weights on this CPU");
+    return;
+  }
+  // Two prompts of 17 tokens (34 rows: vdpbf16ps where the CPU has it), then steps of 2 rows (widened).
+  auto prompt = torch::randint(0, cfg.vocab_size, {2, 17}, torch::kInt64);
+  auto run = [&](const LlamaModel& m) {
+    auto cache = KVCache::create(cfg, 2, 24, torch::TensorOptions().dtype(torch::kBFloat16));
+    std::vector<torch::Tensor> out{m.forward(prompt, &cache)};
+    for (int64_t t = 0; t < 4; ++t) out.push_back(m.forward(torch::tensor(std::vector<int64_t>{5 + t, 200 + t}).view({2, 1}), &cache));
+    return torch::cat(out, 1);
+  };
+  auto exact = run(bf);
+  REQUIRE(bf.set_bf16_activations(true));
+  CHECK(bf.bf16_activations());
+  auto rounded = run(bf);
+  const double scale = exact.abs().max().item<double>(), diff = (rounded - exact).abs().max().item<double>();
+  INFO("max |bf16 activations - float32 activations| " << diff << ", max |logit| " << scale);
+  CHECK(diff > 0);                // the activations were rounded
+  CHECK(diff < 2e-2 * scale);     // by about bf16's step, not more
+  // The same rows one prompt at a time (17 rows: the same kernel as the batch's 34): the same logits.
+  auto cache = KVCache::create(cfg, 1, 24, torch::TensorOptions().dtype(torch::kBFloat16));
+  auto one = bf.forward(prompt.narrow(0, 1, 1), &cache);
+  CHECK(torch::allclose(one, rounded.narrow(0, 1, 1).narrow(1, 0, 17), 1e-5, 1e-5));
+  bf.set_bf16_activations(false);
+  CHECK(torch::allclose(run(bf), exact, 0, 0));
+}
+
 TEST_CASE("model: full forward equals incremental decoding with the KV cache", "[model]") {
   auto cfg = LlamaConfig::preset("tiny");  // 4 heads, 2 KV heads: grouped-query attention
   auto m = LlamaModel::random(cfg, 3);

@@ -386,6 +386,7 @@ struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q5_0, Q8_0) and Q8_K b
   const float* dk = nullptr;   // [M, K / 256]
   const int16_t* bs = nullptr;  // [M, K / 32]: sums of 32 of qk
   const int16_t* b16 = nullptr;  // [M, K / 16]: sums of 16 of qk
+  const uint16_t* h = nullptr;   // [M, K]: rounded to bfloat16 (for bf16 weights on vdpbf16ps: bf16_dot.inc)
 };
 constexpr int kIntNR = 4;  // weight rows in a tile of the integer kernels (its rows of A: int_kernels.inc)
 
@@ -405,6 +406,13 @@ namespace int_vnni {
 #include "int_kernels.inc"
 #undef VHOST_INT_VNNI
 }  // namespace int_vnni
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")
+
+namespace bf16_dot {
+#include "bf16_dot.inc"
+}  // namespace bf16_dot
 #pragma GCC pop_options
 #endif
 
@@ -716,6 +724,9 @@ struct Isa {
   const char* int_name = "";
   IntRangeFn int_range[kWeightTypes] = {};
   IntGateUpFn int_gate_up[kWeightTypes] = {};
+  // bfloat16 weights against bfloat16-rounded activations (vdpbf16ps: AVX512-BF16), in
+  // int_range/int_gate_up[bf16]; "" where this CPU has no such instruction.
+  const char* bf16_dot_name = "";
 };
 
 // The integer kernels of one namespace (int_avx2, int_vnni) into s.
@@ -791,6 +802,11 @@ Isa pick(const char* name) {
       VHOST_INT_KERNELS(s, int_vnni, "avx512vnni");
     else if (f16c)
       VHOST_INT_KERNELS(s, int_avx2, "avx2");
+    if (vnni && __builtin_cpu_supports("avx512bf16")) {
+      s.bf16_dot_name = "avx512bf16";
+      s.int_range[static_cast<int>(WeightType::bf16)] = bf16_dot::range_bf16;
+      s.int_gate_up[static_cast<int>(WeightType::bf16)] = bf16_dot::gate_up_bf16;
+    }
     return s;
   }
   if (avx2 && (best || want == "avx2" || want == "avx512")) {
@@ -899,12 +915,19 @@ static bool readable(WeightType t, int64_t K) {
 // A [M, K] as Q8_0 blocks for the integer kernels, as ggml's quantize_row_q8_0 makes them on x86:
 // q = round-to-nearest-even(a * 127 / max|a|), d = max|a| / 127 rounded to float16. In buffers of
 // the calling thread, valid until its next call.
-static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 = true, bool q8_k = false) {
+static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 = true, bool q8_k = false,
+                               bool bf16 = false) {
+  thread_local std::vector<uint16_t> h;
   thread_local std::vector<int8_t> q, qk;
   thread_local std::vector<float> d, dk;
   thread_local std::vector<int32_t> sum;
   thread_local std::vector<int16_t> bs, b16;
   QuantRows out{nullptr, nullptr, nullptr, K};
+  if (bf16) {  // nearest even, as torch and ggml round float32 to bfloat16
+    h.resize(static_cast<std::size_t>(M * K));
+    to_bf16_rows(A, M, K, h.data(), K);
+    out.h = h.data();
+  }
   if (q8_k && K % 256 == 0) {
     // ggml's quantize_row_q8_K: per 256 the value of largest magnitude maps to -127.
     qk.resize(static_cast<std::size_t>(M * K));
@@ -964,18 +987,62 @@ static bool q8_k_activations(WeightType t) {
   return f && f->block_elems == 256;
 }
 
-// Whether the integer kernels take W [?, K] here.
+// The rounded activations the kernels of int_range[t] read: bfloat16 rows, Q8_K or Q8_0 blocks.
+struct ActFormats {
+  bool q8_0 = false, q8_k = false, bf16 = false;
+  void add(WeightType t) { (t == WeightType::bf16 ? bf16 : q8_k_activations(t) ? q8_k : q8_0) = true; }
+  QuantRows round(const float* A, int64_t M, int64_t K) const { return quantize_rows(A, M, K, q8_0, q8_k, bf16); }
+};
+
+// Whether the kernels of int_range take W [?, K] here: its integers against 8-bit activations, or
+// its bfloat16 against bfloat16 activations (asked for by the product: WeightsRef::bf16_activations).
 static bool int_path(const Isa& s, WeightsRef W, int64_t K) {
+  if (W.type == WeightType::bf16) return W.bf16_activations && s.int_range[static_cast<int>(W.type)];
   return g_int8_activations && W.int8 && s.int_range[static_cast<int>(W.type)] &&
          K % (q8_k_activations(W.type) ? 256 : 32) == 0;
+}
+// Below this many rows vdpbf16ps measured no faster than the widened path (bench_generate --gemm
+// 11008 4096, three runs: 8 rows 4.33-4.39 ms against 3.94-4.06, 16 rows 6.10-6.64 against
+// 6.61-6.89; a 128-token prompt 1.67x faster end to end); bf16 weights asking for
+// bf16 activations then take the widened path on the activations rounded to bfloat16 (Bf16Rounded),
+// the same products (bf16 times bf16 is exact in float32) summed in float32 in another order.
+constexpr int64_t kBf16DotRows = 16;
+
+// A as the float32 values of its bfloat16 rounding, where a product of bf16 weights asks for bf16
+// activations with too few rows for vdpbf16ps (or on a CPU without it); `W.bf16_activations` is then
+// answered and cleared. In a buffer of the calling thread.
+struct Bf16Rounded {
+  const float* A;
+  Bf16Rounded(const Isa& s, const float* a, int64_t M, int64_t K, WeightsRef* const* ws, int n) : A(a) {
+    bool round = false;
+    for (int i = 0; i < n; ++i)
+      if (ws[i]->type == WeightType::bf16 && ws[i]->bf16_activations &&
+          (M < kBf16DotRows || !s.int_range[static_cast<int>(WeightType::bf16)]))
+        ws[i]->bf16_activations = false, round = true;
+    if (!round) return;
+    thread_local std::vector<uint16_t> h;
+    thread_local std::vector<float> f;
+    h.resize(static_cast<std::size_t>(M * K));
+    f.resize(static_cast<std::size_t>(M * K));
+    to_bf16_rows(a, M, K, h.data(), K);
+    for (int64_t i = 0; i < M * K; ++i) f[static_cast<std::size_t>(i)] = as_float(h[static_cast<std::size_t>(i)]);
+    A = f.data();
+  }
+};
+
+static QuantRows round_for(WeightType t, const float* A, int64_t M, int64_t K) {
+  ActFormats f;
+  f.add(t);
+  return f.round(A, M, K);
 }
 
 bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, float* C, bool accumulate) {
   const Isa s = isa();
   if (!readable(W.type, K)) return false;
+  WeightsRef* ws[] = {&W};
+  A = Bf16Rounded(s, A, M, K, ws, 1).A;
   if (int_path(s, W, K)) {
-    const bool k = q8_k_activations(W.type);
-    const QuantRows qa = quantize_rows(A, M, K, !k, k);
+    const QuantRows qa = round_for(W.type, A, M, K);
     const IntRangeFn fn = s.int_range[static_cast<int>(W.type)];
     const int64_t cols = tile_cols(s, W.type, true);
     parallel_tiles((N + cols - 1) / cols, tile_grain(M, K, cols),
@@ -988,21 +1055,36 @@ bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, f
   return true;
 }
 
-bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* outs, int n) {
+bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* outs_in, int n) {
   const Isa s = isa();
   for (int i = 0; i < n; ++i)
-    if (!readable(outs[i].W.type, K)) return false;
+    if (!readable(outs_in[i].W.type, K)) return false;
+  // The outputs share A: rounded to bf16 when every one asks for it (the model's q, k, v always
+  // agree); a mix runs as separate products.
+  std::vector<GemmOutput> own(outs_in, outs_in + n);
+  const GemmOutput* outs = own.data();
+  std::vector<WeightsRef*> ws;
+  int asking = 0;
+  for (auto& o : own) {
+    asking += o.W.type == WeightType::bf16 && o.W.bf16_activations;
+    ws.push_back(&o.W);
+  }
+  if (asking > 0 && asking < n) {
+    for (const auto& o : own) small_gemm(A, M, o.W, o.N, K, o.C);
+    return true;
+  }
+  if (asking) A = Bf16Rounded(s, A, M, K, ws.data(), n).A;
   // Tiles of each output in one index space (an output's tiles are kIntNR columns wide on the
   // integer kernels, s.nr on the float ones); A rounded to 8 bits once for all that need it.
   std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);
-  bool any_q8_0 = false, any_q8_k = false;
+  ActFormats formats;
   for (int i = 0; i < n; ++i) {
     const bool in = int_path(s, outs[i].W, K);
-    (q8_k_activations(outs[i].W.type) ? any_q8_k : any_q8_0) |= in;
+    if (in) formats.add(outs[i].W.type);
     const int64_t cols = tile_cols(s, outs[i].W.type, in);
     first[i + 1] = first[i] + (outs[i].N + cols - 1) / cols;
   }
-  const QuantRows qa = any_q8_0 || any_q8_k ? quantize_rows(A, M, K, any_q8_0, any_q8_k) : QuantRows{};
+  const QuantRows qa = formats.round(A, M, K);
   parallel_tiles(first[n], tile_grain(M, K, s.nr), [&](int64_t t0, int64_t t1) {
     for (int i = 0; i < n; ++i) {
       const int64_t a = std::max(t0, first[i]), b = std::min(t1, first[i + 1]);
@@ -1020,9 +1102,10 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
 bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRef Wu, int64_t N, float* C) {
   const Isa s = isa();
   if (Wg.type != Wu.type || !readable(Wg.type, K)) return false;
-  if (int_path(s, Wg, K) && Wu.int8) {
-    const bool k = q8_k_activations(Wg.type);
-    const QuantRows qa = quantize_rows(A, M, K, !k, k);
+  WeightsRef* ws[] = {&Wg, &Wu};
+  A = Bf16Rounded(s, A, M, K, ws, 2).A;
+  if (int_path(s, Wg, K) && int_path(s, Wu, K)) {
+    const QuantRows qa = round_for(Wg.type, A, M, K);
     const IntGateUpFn fn = s.int_gate_up[static_cast<int>(Wg.type)];
     const int64_t cols = tile_cols(s, Wg.type, true);
     parallel_tiles((N + cols - 1) / cols, std::max<int64_t>(1, tile_grain(M, K, cols) / 2),
@@ -1042,6 +1125,7 @@ bool packs_x8(WeightType plain) {
   return p != WeightType::f32 && isa().int_range[static_cast<int>(p)] != nullptr;
 }
 const char* int8_dot_isa() { return g_int8_activations ? isa().int_name : ""; }
+const char* bf16_dot_isa() { return isa().bf16_dot_name; }
 
 bool decode_attention(const DecodeAttention& a) {
   const Isa s = isa();
@@ -1063,6 +1147,7 @@ bool small_gemm_supports(WeightType) { return false; }
 bool packs_x8(WeightType) { return false; }
 void set_int8_activations(bool) {}
 const char* int8_dot_isa() { return ""; }
+const char* bf16_dot_isa() { return ""; }
 bool small_gemm_many(const float*, int64_t, int64_t, const GemmOutput*, int) { return false; }
 bool gate_up_silu(const float*, int64_t, int64_t, WeightsRef, WeightsRef, int64_t, float*) { return false; }
 bool decode_attention(const DecodeAttention&) { return false; }

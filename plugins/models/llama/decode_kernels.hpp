@@ -40,9 +40,14 @@ struct WeightsRef {
   const void* data = nullptr;
   WeightType type = WeightType::f32;
   bool int8 = true;  // Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K: integer dot products allowed (set_int8_activations); false: float32 path
+  // bf16 weights: the activations rounded to bfloat16 and multiplied by vdpbf16ps where the CPU has
+  // AVX512-BF16 (bf16_dot_isa), llama.cpp's arithmetic for a BF16 model: twice the multiply-adds an
+  // instruction of the widened float32 path (batches, prompts). false (the default): widened.
+  bool bf16_activations = false;
   WeightsRef() = default;
   WeightsRef(const float* p) : data(p), type(WeightType::f32) {}  // NOLINT: a float matrix as before
-  WeightsRef(const void* p, WeightType t, bool int8_ok = true) : data(p), type(t), int8(int8_ok) {}
+  WeightsRef(const void* p, WeightType t, bool int8_ok = true, bool bf16_act = false)
+      : data(p), type(t), int8(int8_ok), bf16_activations(bf16_act) {}
 };
 
 // C[m, n] = sum_k A[m, k] * W[n, k] for row-major contiguous A [M, K], W [N, K], C [M, N]
@@ -69,6 +74,10 @@ bool packs_x8(WeightType plain);
 // The integer kernels in use for those types: "avx512vnni" (vpdpbusd on 256-bit vectors), "avx2"
 // (vpmaddubsw), or "" (off, or none on this CPU).
 const char* int8_dot_isa();
+// The kernel that multiplies bf16 weights by bf16-rounded activations (WeightsRef::bf16_activations):
+// "avx512bf16" (vdpbf16ps on 512-bit vectors, rows of W read in place), or "" (none on this CPU:
+// such products take the widened float32 path).
+const char* bf16_dot_isa();
 
 // Several products of the same A, C_i = A · W_iᵀ (W_i [N_i, K], C_i [M, N_i]), in one parallel
 // region: the query, key and value projections of a layer.

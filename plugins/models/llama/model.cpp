@@ -374,18 +374,18 @@ torch::Tensor LlamaModel::rms_norm(const torch::Tensor& x, const torch::Tensor& 
 constexpr int64_t kSmallGemmRows = 32;
 
 // A CPU weight tensor's memory for the decode kernels, in its stored type.
-static WeightsRef weights_ref(const torch::Tensor& w, bool int8 = true) {
+static WeightsRef weights_ref(const torch::Tensor& w, bool int8 = true, bool bf16_act = false) {
   switch (w.scalar_type()) {
     case torch::kUInt8:  // checked at load; [N / 8, nb, 8, bytes]: eight rows interleaved
       return {w.data_ptr(),
               w.dim() == 4 ? packed_x8(quant_format_bytes(w.size(3))->type) : quant_format_bytes(w.size(2))->type, int8};
-    case torch::kBFloat16: return {w.data_ptr(), WeightType::bf16};
+    case torch::kBFloat16: return {w.data_ptr(), WeightType::bf16, true, bf16_act};
     case torch::kFloat16: return {w.data_ptr(), WeightType::f16};
     default: return {w.data_ptr<float>()};
   }
 }
 
-static torch::Tensor proj(const torch::Tensor& x, const torch::Tensor& w, bool int8) {
+static torch::Tensor proj(const torch::Tensor& x, const torch::Tensor& w, bool int8, bool bf16_act) {
   const int64_t K = x.size(-1), M = x.numel() / std::max<int64_t>(K, 1);
   const int64_t N = w.dim() == 4 ? w.size(0) * 8 : w.size(0);  // rows of W (interleaved: in groups of 8)
   auto sizes = x.sizes().vec();
@@ -406,7 +406,7 @@ static torch::Tensor proj(const torch::Tensor& x, const torch::Tensor& w, bool i
       !(torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad()))) {
     auto a = x.contiguous();
     auto out = torch::empty(sizes, x.options());
-    if (small_gemm(a.data_ptr<float>(), M, weights_ref(w), w.size(0), K, out.data_ptr<float>())) return out;
+    if (small_gemm(a.data_ptr<float>(), M, weights_ref(w, int8, bf16_act), w.size(0), K, out.data_ptr<float>())) return out;
   }
   if (x.scalar_type() != w.scalar_type()) return torch::linear(x.to(w.scalar_type()), w).to(x.scalar_type());
   if (M == 1) return torch::mv(w, x.reshape({-1})).view(sizes);  // gemv beats a one-row gemm (2.4x, 32000x288)
@@ -600,6 +600,11 @@ bool LlamaModel::enable_bf16_decode() {
   if (!lm_head_.is_inference()) w->versions.emplace_back(lm_head_, lm_head_._version());
   bf16_ = std::move(w);
   return true;
+}
+
+bool LlamaModel::set_bf16_activations(bool on) {
+  bf16_activations_ = on && mixed_cpu() && dtype_ == torch::kBFloat16;
+  return bf16_activations_ == on;
 }
 
 bool LlamaModel::mixed_cpu() const {
@@ -808,7 +813,7 @@ torch::Tensor LlamaModel::decode_step(const torch::Tensor& tokens, KVCache& cach
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const float* cosp = cos32_.data_ptr<float>();
   const float* sinp = sin32_.data_ptr<float>();
-  auto w = [this](const torch::Tensor& t) { return weights_ref(t, int8_activations_); };
+  auto w = [this](const torch::Tensor& t) { return weights_ref(t, int8_activations_, bf16_activations_); };
   // The norms' weights in float32 (a half-precision model's widened each step: D floats each).
   std::vector<torch::Tensor> norms32;
   auto norm_w = [&](const torch::Tensor& t) {
@@ -897,7 +902,7 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
   const auto lora = lora_rows(adapters, B);
   // A projection, plus each row's LoRA update of module m (see lora_add).
   auto proj_lora = [&](const torch::Tensor& in, const torch::Tensor& w, std::size_t li, int m) {
-    auto y = proj(in, w, int8_activations_);
+    auto y = proj(in, w, int8_activations_, bf16_activations_);
     if (!lora.empty()) lora_add(y, in, li, m, lora);
     return y;
   };
@@ -996,7 +1001,7 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
   if (last_only && T > 1) x = x.narrow(1, T - 1, 1);
   x = rms_norm(x, norm_);
   if (hidden) return x.to(torch::kFloat32);
-  return proj(x, lm_head_, int8_activations_).to(torch::kFloat32);
+  return proj(x, lm_head_, int8_activations_, bf16_activations_).to(torch::kFloat32);
 }
 
 std::string quant_summary(const LlamaModel& model) {

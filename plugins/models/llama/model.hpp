@@ -114,6 +114,13 @@ class LlamaModel {
   // plain blocks for the float32 path (which reads those at full speed).
   void set_int8_activations(bool on);
   bool int8_activations() const { return int8_activations_; }
+  // A bfloat16 model on the CPU (mixed_cpu): products with the activations rounded to bfloat16
+  // (true; decode_dtype = "bfloat16"), by vdpbf16ps on the weights in place where the CPU has
+  // AVX512-BF16 and a product has 16 rows or more (batches, prompts), else widened: llama.cpp's
+  // arithmetic for a BF16 model. false (the default): float32 activations. Returns false, and
+  // stays off, for any other model.
+  bool set_bf16_activations(bool on);
+  bool bf16_activations() const { return bf16_activations_; }
   int64_t quantized_matrices() const {  // all formats together
     int64_t n = 0;
     for (const auto& [f, c] : quant_matrices_) n += c;
@@ -160,6 +167,7 @@ class LlamaModel {
   int64_t largest_matrix_ = 0;  // elements of the largest weight matrix
   std::map<std::string, int64_t> quant_matrices_;
   bool int8_activations_ = true;
+  bool bf16_activations_ = false;
   LlamaConfig cfg_;
   torch::Device device_;
   torch::ScalarType dtype_;

@@ -80,7 +80,9 @@ class LlamaPlugin final : public vhost::Model {
             Option::string("decode_dtype", "float32",
                            "decoding steps on the CPU: float32, or bfloat16 (weight products in bfloat16 on AMX "
                            "or AVX512-BF16, or widened to float32 on AVX-512/AVX2, with activations and the "
-                           "KV cache in bfloat16; float32 on other CPUs)")
+                           "KV cache in bfloat16; float32 on other CPUs). A bfloat16 checkpoint read in place "
+                           "(dtype auto) is not copied: every product, prompts too, takes bf16-rounded activations "
+                           "against its stored weights (vdpbf16ps from 16 rows on AVX512-BF16), as llama.cpp does")
                 .one_of({"float32", "bfloat16"}),
             Option::string("quant_activations", "int8",
                            "Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K matrices decoded from their blocks: int8 (the activations rounded to "
@@ -184,7 +186,12 @@ class LlamaPlugin final : public vhost::Model {
       throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
                                                 " pieces but the model only " + std::to_string(config_.vocab_size));
     if (model_) model_->set_int8_activations(cfg.get<std::string>("quant_activations") == "int8");
-    if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && !model_->mixed_cpu() && !model_->enable_bf16_decode())
+    // A bfloat16 checkpoint read in place: its products take bf16-rounded activations (vdpbf16ps on
+    // the stored weights where the CPU has it), no packed copy; any other model packs bf16 copies.
+    if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && model_->mixed_cpu() &&
+        model_->dtype() == torch::kBFloat16)
+      model_->set_bf16_activations(true);
+    else if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && !model_->mixed_cpu() && !model_->enable_bf16_decode())
       vhost::log(VHOST_LOG_WARN, "decode_dtype = \"bfloat16\" needs an x86 CPU with AVX2 or better and float32 weights on the CPU (" +
                                      std::string(*vhost::llama::bf16_gemm_isa() ? "the weights are " + vhost::llama::dtype_name(model_->dtype()) + " on " + model_->device().str()
                                                                                 : "this CPU has no bfloat16 kernel") +
@@ -229,6 +236,7 @@ class LlamaPlugin final : public vhost::Model {
             {"device", model_ ? model_->device().str() : "(weights not loaded)"},
             {"decode_dtype", !model_ ? "(weights not loaded)"
                              : model_->bf16_decode() ? "bfloat16 (" + std::string(vhost::llama::bf16_gemm_isa()) + ")"
+                             : model_->bf16_activations() ? "bfloat16 (" + bf16_dot_label() + ")"
                              : model_->mixed_cpu() ? "float32 (" + vhost::llama::dtype_name(model_->dtype()) + " weights)"
                                                    : vhost::llama::dtype_name(model_->dtype())},
             {"weights", model_ ? weights_json() : json("(weights not loaded)")},
@@ -254,6 +262,13 @@ class LlamaPlugin final : public vhost::Model {
                : model_dtype_;
   }
 
+  // Which kernel multiplies a bfloat16 checkpoint by bf16-rounded activations.
+  static std::string bf16_dot_label() {
+    return *vhost::llama::bf16_dot_isa()
+               ? std::string("vdpbf16ps (") + vhost::llama::bf16_dot_isa() + ") from 16 rows, widened below"
+               : std::string("widened to float32 in registers (no AVX512-BF16 on this CPU)");
+  }
+
   // What the weights cost and which kernel multiplies by them in a decoding step.
   json weights_json() const {
     int64_t bytes = 0, elements = 0;
@@ -274,13 +289,14 @@ class LlamaPlugin final : public vhost::Model {
       kernel = std::string(vhost::llama::small_gemm_isa()) +
                (model_->quantized_matrices() ? ", " + vhost::llama::quant_summary(*model_) + " blocks dequantised in registers" +
                                                    (*vhost::llama::int8_dot_isa() && model_->int8_activations() ? std::string("; q4_0/q5_0/q8_0/q4_k/q5_k/q6_k by integer dot products with 8-bit activations (") + vhost::llama::int8_dot_isa() + ")" : std::string())
+                : model_->bf16_activations() ? ", bfloat16 against bfloat16-rounded activations: " + bf16_dot_label()
                 : model_->mixed_cpu() ? ", " + vhost::llama::dtype_name(model_->dtype()) + " widened to float32 in registers"
                                       : "");
     else
       kernel = "libtorch";
     return {{"bytes_per_weight", elements ? static_cast<double>(bytes) / static_cast<double>(elements) : 0.0},
             {"layer_weight_bytes", bytes},
-            {"activations", model_->mixed_cpu() ? "float32" : vhost::llama::dtype_name(model_->dtype())},
+            {"activations", model_->bf16_activations() ? "bfloat16" : model_->mixed_cpu() ? "float32" : vhost::llama::dtype_name(model_->dtype())},
             {"kernel", kernel}};
   }
 
