@@ -186,7 +186,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
               weight_bytes / 1e9, threads);
   std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
               model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
-              : model.bf16_activations() ? (" (bf16 activations: " + std::string(*bf16_dot_isa() ? "vdpbf16ps from 16 rows, " : "") + "widened below)").c_str()
+              : model.bf16_activations() ? (" (bf16 activations: " + (*bf16_dot_isa() ? "vdpbf16ps from " + std::to_string(bf16_dot_rows()) + " rows, " : std::string()) + "widened below)").c_str()
               : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
   for (int64_t b : {int64_t{1}, batch}) {
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));

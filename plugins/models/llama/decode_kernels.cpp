@@ -1060,20 +1060,22 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
   for (int i = 0; i < n; ++i)
     if (!readable(outs_in[i].W.type, K)) return false;
   // The outputs share A: rounded to bf16 when every one asks for it (the model's q, k, v always
-  // agree); a mix runs as separate products.
-  std::vector<GemmOutput> own(outs_in, outs_in + n);
-  const GemmOutput* outs = own.data();
-  std::vector<WeightsRef*> ws;
+  // agree); a mix runs as separate products. (Copies only then: this runs every layer of a step.)
   int asking = 0;
-  for (auto& o : own) {
-    asking += o.W.type == WeightType::bf16 && o.W.bf16_activations;
-    ws.push_back(&o.W);
-  }
+  for (int i = 0; i < n; ++i) asking += outs_in[i].W.type == WeightType::bf16 && outs_in[i].W.bf16_activations;
   if (asking > 0 && asking < n) {
-    for (const auto& o : own) small_gemm(A, M, o.W, o.N, K, o.C);
+    for (int i = 0; i < n; ++i) small_gemm(A, M, outs_in[i].W, outs_in[i].N, K, outs_in[i].C);
     return true;
   }
-  if (asking) A = Bf16Rounded(s, A, M, K, ws.data(), n).A;
+  std::vector<GemmOutput> own;
+  const GemmOutput* outs = outs_in;
+  if (asking) {
+    own.assign(outs_in, outs_in + n);
+    std::vector<WeightsRef*> ws;
+    for (auto& o : own) ws.push_back(&o.W);
+    A = Bf16Rounded(s, A, M, K, ws.data(), n).A;
+    outs = own.data();
+  }
   // Tiles of each output in one index space (an output's tiles are kIntNR columns wide on the
   // integer kernels, s.nr on the float ones); A rounded to 8 bits once for all that need it.
   std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);
@@ -1126,6 +1128,7 @@ bool packs_x8(WeightType plain) {
 }
 const char* int8_dot_isa() { return g_int8_activations ? isa().int_name : ""; }
 const char* bf16_dot_isa() { return isa().bf16_dot_name; }
+int64_t bf16_dot_rows() { return kBf16DotRows; }
 
 bool decode_attention(const DecodeAttention& a) {
   const Isa s = isa();
@@ -1148,6 +1151,7 @@ bool packs_x8(WeightType) { return false; }
 void set_int8_activations(bool) {}
 const char* int8_dot_isa() { return ""; }
 const char* bf16_dot_isa() { return ""; }
+int64_t bf16_dot_rows() { return 0; }
 bool small_gemm_many(const float*, int64_t, int64_t, const GemmOutput*, int) { return false; }
 bool gate_up_silu(const float*, int64_t, int64_t, WeightsRef, WeightsRef, int64_t, float*) { return false; }
 bool decode_attention(const DecodeAttention&) { return false; }

@@ -186,12 +186,11 @@ class LlamaPlugin final : public vhost::Model {
       throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
                                                 " pieces but the model only " + std::to_string(config_.vocab_size));
     if (model_) model_->set_int8_activations(cfg.get<std::string>("quant_activations") == "int8");
-    // A bfloat16 checkpoint read in place: its products take bf16-rounded activations (vdpbf16ps on
-    // the stored weights where the CPU has it), no packed copy; any other model packs bf16 copies.
-    if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && model_->mixed_cpu() &&
-        model_->dtype() == torch::kBFloat16)
-      model_->set_bf16_activations(true);
-    else if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && !model_->mixed_cpu() && !model_->enable_bf16_decode())
+    // A bfloat16 checkpoint read in place takes bf16-rounded activations (vdpbf16ps on the stored
+    // weights where the CPU has it; set_bf16_activations refuses any other model), no packed copy;
+    // a float32 model packs bf16 copies.
+    if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && !model_->set_bf16_activations(true) &&
+        !model_->mixed_cpu() && !model_->enable_bf16_decode())
       vhost::log(VHOST_LOG_WARN, "decode_dtype = \"bfloat16\" needs an x86 CPU with AVX2 or better and float32 weights on the CPU (" +
                                      std::string(*vhost::llama::bf16_gemm_isa() ? "the weights are " + vhost::llama::dtype_name(model_->dtype()) + " on " + model_->device().str()
                                                                                 : "this CPU has no bfloat16 kernel") +
@@ -265,7 +264,8 @@ class LlamaPlugin final : public vhost::Model {
   // Which kernel multiplies a bfloat16 checkpoint by bf16-rounded activations.
   static std::string bf16_dot_label() {
     return *vhost::llama::bf16_dot_isa()
-               ? std::string("vdpbf16ps (") + vhost::llama::bf16_dot_isa() + ") from 16 rows, widened below"
+               ? std::string("vdpbf16ps (") + vhost::llama::bf16_dot_isa() + ") from " +
+                     std::to_string(vhost::llama::bf16_dot_rows()) + " rows, widened below"
                : std::string("widened to float32 in registers (no AVX512-BF16 on this CPU)");
   }
 
