@@ -185,7 +185,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
               dtype_name(model.dtype()).c_str(), model.quantized_matrices() ? (" with " + quant_summary(model) + " matrices").c_str() : "", (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
               weight_bytes / 1e9, threads);
   std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
-              model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
+              model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
               : model.bf16_activations() ? (" (bf16 activations: " + (*bf16_dot_isa() ? "vdpbf16ps from " + std::to_string(bf16_dot_rows()) + " rows, " : std::string()) + "widened below)").c_str()
               : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
   for (int64_t b : {int64_t{1}, batch}) {
@@ -218,18 +218,36 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
 
 // small_gemm of M = 1, 4, 8, 16 rows against W [N, K] of `bytes` bytes: a line of weight bytes
 // streamed per second (10 calls each after one to warm up).
-static void print_gemm_rows(WeightsRef W, int64_t N, int64_t K, double bytes) {
+// With copies > 1, call i reads copy i % copies of W (each `stride` bytes after the last): the
+// weights come from memory, not from the last-level cache, as in a model's step.
+static void print_gemm_rows(WeightsRef W, int64_t N, int64_t K, double bytes, int copies = 1, int64_t stride = 0) {
   for (int64_t M : {1, 4, 8, 16}) {
     auto A = torch::randn({M, K}), C = torch::empty({M, N});
-    auto call = [&] { small_gemm(A.data_ptr<float>(), M, W, N, K, C.data_ptr<float>()); };
+    int i = 0;
+    auto call = [&] {
+      WeightsRef w = W;
+      w.data = static_cast<const char*>(W.data) + (i++ % copies) * stride;
+      small_gemm(A.data_ptr<float>(), M, w, N, K, C.data_ptr<float>());
+    };
     call();
-    const int reps = 10;
+    const int reps = std::max(10, copies);
     auto t0 = Clock::now();
-    for (int i = 0; i < reps; ++i) call();
+    for (int r = 0; r < reps; ++r) call();
     const double s = std::chrono::duration<double>(Clock::now() - t0).count() / reps;
     std::printf("  M=%-2lld %6.1f GB/s (%.2f ms)", (long long)M, bytes / s / 1e9, s * 1e3);
   }
   std::printf("\n");
+}
+
+// print_gemm_rows on copies of W's `bytes` bytes filling 512 MB (at least two), read one after
+// another: the rate from memory, as a model's step reads its weights, not from the last-level cache.
+static void print_gemm_rows_mem(WeightsRef W, int64_t N, int64_t K, std::size_t bytes) {
+  const int copies = static_cast<int>(std::max<std::size_t>(2, (std::size_t(512) << 20) / bytes));
+  std::vector<uint8_t> many(bytes * copies);
+  for (int c = 0; c < copies; ++c) std::memcpy(many.data() + c * bytes, W.data, bytes);
+  WeightsRef w = W;
+  w.data = many.data();
+  print_gemm_rows(w, N, K, static_cast<double>(bytes), copies, static_cast<int64_t>(bytes));
 }
 
 // small_gemm alone on one [N, K] weight matrix in float32, bfloat16, float16 and the quantized
@@ -247,11 +265,20 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
       std::printf("  %-9s", "bf16 dot");
       print_gemm_rows(WeightsRef(W.data_ptr(), wt, true, true), N, K, static_cast<double>(W.numel() * W.element_size()));
     }
+    if (dt == torch::kBFloat16) {  // both again from memory
+      const std::size_t bytes = static_cast<std::size_t>(W.numel() * W.element_size());
+      std::printf("  %-9s", "bf16 mem");
+      print_gemm_rows_mem(WeightsRef(W.data_ptr(), wt), N, K, bytes);
+      if (*bf16_dot_isa()) {
+        std::printf("  %-9s", "dot mem");
+        print_gemm_rows_mem(WeightsRef(W.data_ptr(), wt, true, true), N, K, bytes);
+      }
+    }
   }
   // Quantized blocks: random bytes with finite float16 scales (the speed does not depend on the
-  // values); those with integer kernels (Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) by them and by the float32 path.
-  for (WeightType t : {WeightType::q8_0, WeightType::q4_0, WeightType::q5_0, WeightType::q4_k, WeightType::q5_k,
-                       WeightType::q6_k}) {
+  // values); each by its integer kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) and by the float32 path.
+  for (WeightType t : {WeightType::q8_0, WeightType::q4_0, WeightType::q4_1, WeightType::q5_0, WeightType::q5_1,
+                       WeightType::q4_k, WeightType::q5_k, WeightType::q6_k}) {
     const QuantFormat& f = *quant_format(t);
     if (K % f.block_elems) continue;
     std::vector<uint8_t> blocks(static_cast<std::size_t>(N * K / f.block_elems * f.block_bytes));
@@ -261,11 +288,13 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
     for (int64_t i = 0; i < N * K / f.block_elems; ++i) {
       const uint16_t h = fp16_from_float(0.01f);
       std::memcpy(blocks.data() + i * f.block_bytes + scale_at, &h, 2);
-      if (t == WeightType::q4_k || t == WeightType::q5_k) std::memcpy(blocks.data() + i * f.block_bytes + 2, &h, 2);
+      if (t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q4_1 || t == WeightType::q5_1)
+        std::memcpy(blocks.data() + i * f.block_bytes + 2, &h, 2);  // dmin, m
     }
     for (bool int8 : {true, false}) {
       set_int8_activations(int8);
-      const bool has_int = t == WeightType::q8_0 || t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q4_k ||
+      const bool has_int = t == WeightType::q8_0 || t == WeightType::q4_0 || t == WeightType::q4_1 || t == WeightType::q5_0 ||
+                           t == WeightType::q5_1 || t == WeightType::q4_k ||
                            t == WeightType::q5_k || t == WeightType::q6_k;
       std::printf("  %-4s %-5s", f.name, int8 && *int8_dot_isa() && has_int ? "int8" : "f32");
       print_gemm_rows(WeightsRef(blocks.data(), t), N, K, static_cast<double>(blocks.size()));
@@ -277,6 +306,8 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
       pack_x8(t, blocks.data(), N, K, packed.data());
       std::printf("  %-4s %-5s", f.name, "x8");
       print_gemm_rows(WeightsRef(packed.data(), packed_x8(t)), N, K, static_cast<double>(packed.size()));
+      std::printf("  %-4s %-5s", f.name, "x8mem");
+      print_gemm_rows_mem(WeightsRef(packed.data(), packed_x8(t)), N, K, packed.size());
     }
   }
   return 0;
@@ -289,7 +320,7 @@ int main(int argc, char** argv) {
   bool child = false, wait_policy = true;
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--no-wait-policy")) wait_policy = false;
-  // --float-activations: Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K weights widened to float32 in registers instead of the
+  // --float-activations: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K weights widened to float32 in registers instead of the
   // integer dot products (an A/B run of the two paths on one file).
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--float-activations")) vhost::llama::set_int8_activations(false);

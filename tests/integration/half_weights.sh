@@ -89,7 +89,7 @@ grep -q "bytes_per_weight: 4.0" q8f.log || { cat q8f.log; exit 1; }
 pipeline q8.gguf auto 12 > q8i.toml
 "$vhost" run q8i.toml > q8i.log 2>&1 || { cat q8i.log; exit 1; }
 if grep -q "avx512\|avx2" q8i.log; then
-  grep -q "kernel: avx.*, q8_0 x [0-9]* ([0-9]* with eight rows interleaved) blocks dequantised in registers; q4_0/q5_0/q8_0/q4_k/q5_k/q6_k by integer dot products" q8i.log ||
+  grep -q "kernel: avx.*, q8_0 x [0-9]* ([0-9]* with eight rows interleaved) blocks dequantised in registers; q4_0/q4_1/q5_0/q5_1/q8_0/q4_k/q5_k/q6_k by integer dot products" q8i.log ||
     { echo "the Q8_0 file is not decoded by the integer kernels:"; cat q8i.log; exit 1; }
 fi
 [ "$(text q8i.log | wc -l)" -ge 2 ] || { echo "no text from the integer kernels:"; cat q8i.log; exit 1; }

@@ -273,6 +273,25 @@ static torch::Tensor q8k_rounded(const torch::Tensor& A) {
   return (torch::clamp_max(torch::round(b * is), 127) * d).reshape(A.sizes());
 }
 
+// W [N, K] of Q4_1 / Q5_1 blocks (values w) times A as the integer kernels take it: the 8-bit-
+// rounded A times each block's d * q, plus the block's min m times the activation block's sum
+// as ggml's Q8_1 keeps it, (max|a| / 127) * (sum of its 8-bit values) in float16.
+static torch::Tensor q8_1_product(const torch::Tensor& A, const std::vector<uint8_t>& blocks, const torch::Tensor& w,
+                                  const QuantFormat& f) {
+  const int64_t N = w.size(0), K = w.size(1), nb = K / 32;
+  auto m = torch::empty({N, nb});
+  for (int64_t i = 0; i < N * nb; ++i) {
+    uint16_t h;
+    std::memcpy(&h, blocks.data() + i * f.block_bytes + 2, 2);
+    m.data_ptr<float>()[i] = fp16_to_float(h);
+  }
+  auto b = A.reshape({-1, 32});
+  auto amax = b.abs().amax(1, true);
+  auto id = torch::where(amax == 0, torch::zeros_like(amax), 127 / amax);
+  auto s = ((amax / 127) * torch::round(b * id).sum(1, true)).to(torch::kHalf).to(torch::kFloat32).reshape({A.size(0), nb});
+  return torch::linear(q8_rounded(A), w - m.repeat_interleave(32, 1)) + torch::matmul(s, m.t());
+}
+
 TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized format, dequantised in registers",
           "[kernels][quant]") {
   const WeightType types[] = {WeightType::q4_0, WeightType::q4_1, WeightType::q5_0, WeightType::q5_1,
@@ -283,11 +302,10 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
     set_int8_activations(int8);
     for (WeightType t : types) {
       const QuantFormat& f = *quant_format(t);
-      // Q4_0, Q5_0, Q8_0 and the K-quants go through the integer kernels where they are on: the
-      // reference then multiplies the 8-bit-rounded A.
-      const bool rounded = int8 && *int8_dot_isa() &&
-                           (t == WeightType::q4_0 || t == WeightType::q5_0 || t == WeightType::q8_0 || t == WeightType::q4_k ||
-                            t == WeightType::q5_k || t == WeightType::q6_k);
+      // Every format goes through the integer kernels where they are on: the reference then
+      // multiplies the 8-bit-rounded A (Q4_1, Q5_1: q8_1_product).
+      const bool rounded = int8 && *int8_dot_isa();
+      const bool q8_1 = rounded && (t == WeightType::q4_1 || t == WeightType::q5_1);
       INFO("kernels: " << small_gemm_isa() << ", format " << f.name << ", integer: " << int8_dot_isa());
       if (!small_gemm_supports(t)) {
         WARN("SKIP: the " << small_gemm_isa() << " kernels here cannot read " << f.name << " (no F16C)");
@@ -304,25 +322,28 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
                                                                                                : q8_rounded(A);
         auto [b1, w1] = random_blocks(f, N, K, 1);
         auto [b2, w2] = random_blocks(f, N + 3, K, 2);
+        auto lin = [&](const std::vector<uint8_t>& blocks, const torch::Tensor& w) {
+          return q8_1 ? q8_1_product(A, blocks, w, f) : torch::linear(Aref, w);
+        };
         const double tol = 1e-4 * std::max(1.0, w1.abs().max().item<double>() * std::sqrt(double(K)));
         const float nan = std::numeric_limits<float>::quiet_NaN();
         auto C = torch::full({M, N}, nan);
         REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(b1.data(), t), N, K, C.data_ptr<float>()));
-        CHECK(torch::allclose(C, torch::linear(Aref, w1), 1e-4, tol));  // every element written
+        CHECK(torch::allclose(C, lin(b1, w1), 1e-4, tol));  // every element written
         auto C0 = torch::randn({M, N});
         auto Cacc = C0.clone();
         REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(b1.data(), t), N, K, Cacc.data_ptr<float>(), true));
-        CHECK(torch::allclose(Cacc, C0 + torch::linear(Aref, w1), 1e-4, tol));
+        CHECK(torch::allclose(Cacc, C0 + lin(b1, w1), 1e-4, tol));
         auto c1 = torch::full({M, N + 3}, nan), c2 = torch::full({M, N}, nan);
         const GemmOutput outs[2] = {{WeightsRef(b2.data(), t), N + 3, c1.data_ptr<float>()},
                                     {WeightsRef(b1.data(), t), N, c2.data_ptr<float>()}};
         REQUIRE(small_gemm_many(A.data_ptr<float>(), M, K, outs, 2));
-        CHECK(torch::allclose(c1, torch::linear(Aref, w2), 1e-4, tol));
-        CHECK(torch::allclose(c2, torch::linear(Aref, w1), 1e-4, tol));
+        CHECK(torch::allclose(c1, lin(b2, w2), 1e-4, tol));
+        CHECK(torch::allclose(c2, lin(b1, w1), 1e-4, tol));
         auto act = torch::full({M, N}, nan);
         REQUIRE(gate_up_silu(A.data_ptr<float>(), M, K, WeightsRef(b1.data(), t), WeightsRef(b2.data(), t), N,
                              act.data_ptr<float>()));
-        auto want = torch::silu(torch::linear(Aref, w1)) * torch::linear(Aref, w2.narrow(0, 0, N));
+        auto want = torch::silu(lin(b1, w1)) * lin(b2, w2).narrow(1, 0, N);
         CHECK(torch::allclose(act, want, 1e-4, tol * (1 + want.abs().max().item<double>())));
       }
       // A row that is not whole blocks is declined, not misread.

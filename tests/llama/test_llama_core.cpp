@@ -1222,7 +1222,7 @@ TEST_CASE("GGUF: a model decoding from quantized blocks equals the float32 model
     set_int8_activations(false);  // exact: the float32 model of the blocks' values
     CHECK(torch::allclose(run(blocks), run(ref), 1e-5, 1e-5));
     CHECK(torch::allclose(blocks.forward(prompt), ref.forward(prompt), 1e-5, 1e-5));
-    set_int8_activations(true);  // llama.cpp's arithmetic for Q4_0, Q5_0, Q8_0: close, not equal
+    set_int8_activations(true);  // llama.cpp's arithmetic (8-bit activations): close, not equal
     auto a = run(blocks), b = run(ref);
     const double rel = ((a - b).abs().max() / b.abs().max()).item<double>();
     INFO("int8 activations: max |diff| / max |logit| = " << rel << " (" << int8_dot_isa() << ")");

@@ -377,7 +377,7 @@ VHOST_INLINE void any_tile(int mr, int nr, const float* A, const TW* W, int64_t 
 // blocks' scales into float32 sums: llama.cpp's own arithmetic, so the result is the product of
 // the dequantised weights with the 8-bit-rounded activations (not the float32 ones), ~1e-3
 // relative (see decode_kernels.hpp).
-struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q5_0, Q8_0) and Q8_K blocks (for Q4_K, Q5_K, Q6_K)
+struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and Q8_K blocks (for Q4_K, Q5_K, Q6_K)
   const int8_t* q;     // [M, K]
   const float* d;      // [M, K / 32]
   const int32_t* sum;  // [M, K / 32]: the sum of each block's int8
@@ -386,6 +386,7 @@ struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q5_0, Q8_0) and Q8_K b
   const float* dk = nullptr;   // [M, K / 256]
   const int16_t* bs = nullptr;  // [M, K / 32]: sums of 32 of qk
   const int16_t* b16 = nullptr;  // [M, K / 16]: sums of 16 of qk
+  const float* ds = nullptr;     // [M, K / 32]: (max|a| / 127) * sum rounded to float16, ggml's Q8_1 s (Q4_1, Q5_1 mins)
   const uint16_t* h = nullptr;   // [M, K]: rounded to bfloat16 (for bf16 weights on vdpbf16ps: bf16_dot.inc)
 };
 constexpr int kIntNR = 4;  // weight rows in a tile of the integer kernels (its rows of A: int_kernels.inc)
@@ -720,7 +721,7 @@ struct Isa {
   // float16 of f16 weights and of every block's scale).
   RangeFn range[kWeightTypes];
   GateUpFn gate_up[kWeightTypes];
-  // The integer kernels by WeightType (Q4_0, Q5_0, Q8_0; nullptr for the rest), and their ISA.
+  // The integer kernels by WeightType (the 32-blocks, the K-quants, their eight-row packings; nullptr for the rest), and their ISA.
   const char* int_name = "";
   IntRangeFn int_range[kWeightTypes] = {};
   IntGateUpFn int_gate_up[kWeightTypes] = {};
@@ -736,6 +737,10 @@ struct Isa {
     (s).int_range[static_cast<int>(WeightType::q8_0)] = ns::range_int<Q8Block>;                 \
     (s).int_range[static_cast<int>(WeightType::q4_0)] = ns::range_int<BlockQ4_0>;               \
     (s).int_range[static_cast<int>(WeightType::q5_0)] = ns::range_int<BlockQ5_0>;               \
+    (s).int_range[static_cast<int>(WeightType::q4_1)] = ns::range_int<BlockQ4_1>;               \
+    (s).int_range[static_cast<int>(WeightType::q5_1)] = ns::range_int<BlockQ5_1>;               \
+    (s).int_gate_up[static_cast<int>(WeightType::q4_1)] = ns::gate_up_int<BlockQ4_1>;           \
+    (s).int_gate_up[static_cast<int>(WeightType::q5_1)] = ns::gate_up_int<BlockQ5_1>;           \
     (s).int_gate_up[static_cast<int>(WeightType::q8_0)] = ns::gate_up_int<Q8Block>;             \
     (s).int_gate_up[static_cast<int>(WeightType::q4_0)] = ns::gate_up_int<BlockQ4_0>;           \
     (s).int_gate_up[static_cast<int>(WeightType::q5_0)] = ns::gate_up_int<BlockQ5_0>;           \
@@ -916,10 +921,10 @@ static bool readable(WeightType t, int64_t K) {
 // q = round-to-nearest-even(a * 127 / max|a|), d = max|a| / 127 rounded to float16. In buffers of
 // the calling thread, valid until its next call.
 static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 = true, bool q8_k = false,
-                               bool bf16 = false) {
+                               bool bf16 = false, bool q8_1 = false) {
   thread_local std::vector<uint16_t> h;
   thread_local std::vector<int8_t> q, qk;
-  thread_local std::vector<float> d, dk;
+  thread_local std::vector<float> d, dk, ds;
   thread_local std::vector<int32_t> sum;
   thread_local std::vector<int16_t> bs, b16;
   QuantRows out{nullptr, nullptr, nullptr, K};
@@ -960,6 +965,7 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
   q.resize(static_cast<std::size_t>(M * K));
   d.resize(static_cast<std::size_t>(M * nb));
   sum.resize(static_cast<std::size_t>(M * nb));
+  if (q8_1) ds.resize(static_cast<std::size_t>(M * nb));
   for (int64_t i = 0; i < M * nb; ++i) {
     const float* a = A + i * 32;
     float amax = 0;
@@ -975,8 +981,10 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
       s += static_cast<int32_t>(r);
     }
     sum[i] = s;
+    // Q4_1 / Q5_1 (ggml's quantize_row_q8_1): the unrounded scale times the sum, to float16.
+    if (q8_1) ds[i] = half_to_float(fp16_from_float(amax / 127.0f * static_cast<float>(s)));
   }
-  out.q = q.data(), out.d = d.data(), out.sum = sum.data();
+  out.q = q.data(), out.d = d.data(), out.sum = sum.data(), out.ds = q8_1 ? ds.data() : nullptr;
   return out;
 }
 
@@ -989,9 +997,12 @@ static bool q8_k_activations(WeightType t) {
 
 // The rounded activations the kernels of int_range[t] read: bfloat16 rows, Q8_K or Q8_0 blocks.
 struct ActFormats {
-  bool q8_0 = false, q8_k = false, bf16 = false;
-  void add(WeightType t) { (t == WeightType::bf16 ? bf16 : q8_k_activations(t) ? q8_k : q8_0) = true; }
-  QuantRows round(const float* A, int64_t M, int64_t K) const { return quantize_rows(A, M, K, q8_0, q8_k, bf16); }
+  bool q8_0 = false, q8_k = false, bf16 = false, q8_1 = false;
+  void add(WeightType t) {
+    (t == WeightType::bf16 ? bf16 : q8_k_activations(t) ? q8_k : q8_0) = true;
+    q8_1 = q8_1 || t == WeightType::q4_1 || t == WeightType::q5_1;
+  }
+  QuantRows round(const float* A, int64_t M, int64_t K) const { return quantize_rows(A, M, K, q8_0, q8_k, bf16, q8_1); }
 };
 
 // Whether the kernels of int_range take W [?, K] here: its integers against 8-bit activations, or

@@ -39,7 +39,7 @@ bool select_kernels(const char* name);
 struct WeightsRef {
   const void* data = nullptr;
   WeightType type = WeightType::f32;
-  bool int8 = true;  // Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K: integer dot products allowed (set_int8_activations); false: float32 path
+  bool int8 = true;  // the quantized formats: integer dot products allowed (set_int8_activations); false: float32 path
   // bf16 weights: the activations rounded to bfloat16 and multiplied by vdpbf16ps where the CPU has
   // AVX512-BF16 (bf16_dot_isa), llama.cpp's arithmetic for a BF16 model: twice the multiply-adds an
   // instruction of the widened float32 path (batches, prompts). false (the default): widened.
@@ -58,10 +58,11 @@ bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, f
 // Whether the kernels in use read weights of this type.
 bool small_gemm_supports(WeightType t);
 
-// Q4_0, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K weights: by default (where the CPU has AVX2) each call rounds
+// Quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): by default (where the CPU has AVX2) each call rounds
 // the rows of A to Q8_0 blocks (a scale per 32 values, max|a| / 127, and int8; for the K-quants
 // ggml's Q8_K, a scale per 256) and multiplies them by the weights' integers in integer dot
-// products, scaled by both blocks' scales: llama.cpp's arithmetic, 2-4x fewer instructions a
+// products, scaled by both blocks' scales (Q4_1, Q5_1: plus the block's min times the rounded
+// activations' block sum, which llama.cpp's Q8_1 blocks keep in float16): llama.cpp's arithmetic, 2-4x fewer instructions a
 // weight than widening the weights to float32 (bench_generate --gemm; bench/large_model.sh). The result is the product with 8-bit-rounded activations (about
 // 0.4% of each element's magnitude per block, as llama.cpp's). Off (here for the process, or per
 // product with WeightsRef::int8), these types take the float32 path of the others (exact float32

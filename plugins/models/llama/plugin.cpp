@@ -85,7 +85,7 @@ class LlamaPlugin final : public vhost::Model {
                            "against its stored weights (vdpbf16ps from 16 rows on AVX512-BF16), as llama.cpp does")
                 .one_of({"float32", "bfloat16"}),
             Option::string("quant_activations", "int8",
-                           "Q4_0/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K matrices decoded from their blocks: int8 (the activations rounded to "
+                           "Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K matrices decoded from their blocks: int8 (the activations rounded to "
                            "8 bits per 32 for integer dot products, as llama.cpp computes: faster) or float32 "
                            "(the weights widened to float32 in registers: the exact float32 model of the blocks)")
                 .one_of({"int8", "float32"})};
@@ -288,7 +288,7 @@ class LlamaPlugin final : public vhost::Model {
     else if (*vhost::llama::small_gemm_isa() && (model_->dtype() == torch::kFloat32 || model_->mixed_cpu()))
       kernel = std::string(vhost::llama::small_gemm_isa()) +
                (model_->quantized_matrices() ? ", " + vhost::llama::quant_summary(*model_) + " blocks dequantised in registers" +
-                                                   (*vhost::llama::int8_dot_isa() && model_->int8_activations() ? std::string("; q4_0/q5_0/q8_0/q4_k/q5_k/q6_k by integer dot products with 8-bit activations (") + vhost::llama::int8_dot_isa() + ")" : std::string())
+                                                   (*vhost::llama::int8_dot_isa() && model_->int8_activations() ? std::string("; q4_0/q4_1/q5_0/q5_1/q8_0/q4_k/q5_k/q6_k by integer dot products with 8-bit activations (") + vhost::llama::int8_dot_isa() + ")" : std::string())
                 : model_->bf16_activations() ? ", bfloat16 against bfloat16-rounded activations: " + bf16_dot_label()
                 : model_->mixed_cpu() ? ", " + vhost::llama::dtype_name(model_->dtype()) + " widened to float32 in registers"
                                       : "");
