@@ -37,7 +37,10 @@ assert sorted(a["question_id"] for a in ans) == sorted(qs), ans
 for a in ans:
     turns = a["choices"][0]["turns"]
     assert a["model_id"] == "tiny" and len(turns) == len(qs[a["question_id"]]["turns"]), a
-    assert all(isinstance(t, str) and t and "$ERROR$" not in t for t in turns), a
+    assert all(isinstance(t, str) and "$ERROR$" not in t for t in turns), a
+# The random model samples (gen_api_answer's temperatures): a turn may be empty when it draws its
+# end-of-sequence token first (seen once in a full ctest run, 2026-12-06), but not every one.
+assert sum(len(t) for a in ans for t in a["choices"][0]["turns"]) > 0, ans
 print(f"  gen_api_answer.py through vhost serve: {len(ans)} answers, {sum(len(a['choices'][0]['turns']) for a in ans)} turns")
 PY
 if grep -E '\[error\]' serve.log; then echo "the server logged internal errors"; exit 1; fi
