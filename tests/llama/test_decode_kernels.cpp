@@ -356,9 +356,9 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read every quantized for
   select_kernels(nullptr);
 }
 
-TEST_CASE("Q4_0, Q8_0, Q4_K, Q5_K and Q6_K with eight rows interleaved: the same products, by every kernel and the float32 path",
+TEST_CASE("Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K with eight rows interleaved: the same products, by every kernel and the float32 path",
           "[kernels][quant][x8]") {
-  for (WeightType t : {WeightType::q4_0, WeightType::q8_0, WeightType::q4_k, WeightType::q5_k, WeightType::q6_k}) {
+  for (WeightType t : {WeightType::q4_0, WeightType::q4_1, WeightType::q8_0, WeightType::q4_k, WeightType::q5_k, WeightType::q6_k}) {
     const QuantFormat& f = *quant_format(t);
     const int64_t E = f.block_elems;
     const WeightType pt = packed_x8(t);
@@ -383,6 +383,7 @@ TEST_CASE("Q4_0, Q8_0, Q4_K, Q5_K and Q6_K with eight rows interleaved: the same
         continue;
       }
       const bool rounded = int8 && *int8_dot_isa();
+      const bool q8_1 = rounded && t == WeightType::q4_1;  // its mins: q8_1_product
       for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, E}, {2, 16, 2 * E}, {5, 40, 3 * E}, {3, 1000, E},
                              {33, 32, 3 * E}, {16, 288, 2 * E}, {7, 8, 8 * E}}) {
         INFO("M=" << M << " N=" << N << " K=" << K);
@@ -396,15 +397,18 @@ TEST_CASE("Q4_0, Q8_0, Q4_K, Q5_K and Q6_K with eight rows interleaved: the same
         std::vector<uint8_t> p1(b1.size()), p2(b2.size());
         pack_x8(t, b1.data(), N, K, p1.data());
         pack_x8(t, b2.data(), N + 8, K, p2.data());
+        auto lin = [&](const std::vector<uint8_t>& blocks, const torch::Tensor& w) {
+          return q8_1 ? q8_1_product(A, blocks, w, f) : torch::linear(Aref, w);
+        };
         const double tol = 1e-4 * std::max(1.0, w1.abs().max().item<double>() * std::sqrt(double(K)));
         const float nan = std::numeric_limits<float>::quiet_NaN();
         auto C = torch::full({M, N}, nan);
         REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(p1.data(), pt), N, K, C.data_ptr<float>()));
-        CHECK(torch::allclose(C, torch::linear(Aref, w1), 1e-4, tol));  // every element written
+        CHECK(torch::allclose(C, lin(b1, w1), 1e-4, tol));  // every element written
         auto C0 = torch::randn({M, N});
         auto Cacc = C0.clone();
         REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(p1.data(), pt), N, K, Cacc.data_ptr<float>(), true));
-        CHECK(torch::allclose(Cacc, C0 + torch::linear(Aref, w1), 1e-4, tol));
+        CHECK(torch::allclose(Cacc, C0 + lin(b1, w1), 1e-4, tol));
         // A product may say "float32 activations" for itself (WeightsRef::int8 false).
         auto Cf = torch::full({M, N}, nan);
         REQUIRE(small_gemm(A.data_ptr<float>(), M, WeightsRef(p1.data(), pt, false), N, K, Cf.data_ptr<float>()));
@@ -413,12 +417,12 @@ TEST_CASE("Q4_0, Q8_0, Q4_K, Q5_K and Q6_K with eight rows interleaved: the same
         const GemmOutput outs[2] = {{WeightsRef(p2.data(), pt), N + 8, c1.data_ptr<float>()},
                                     {WeightsRef(b1.data(), t), N, c2.data_ptr<float>()}};  // one of each layout
         REQUIRE(small_gemm_many(A.data_ptr<float>(), M, K, outs, 2));
-        CHECK(torch::allclose(c1, torch::linear(Aref, w2), 1e-4, tol));
-        CHECK(torch::allclose(c2, torch::linear(Aref, w1), 1e-4, tol));
+        CHECK(torch::allclose(c1, lin(b2, w2), 1e-4, tol));
+        CHECK(torch::allclose(c2, lin(b1, w1), 1e-4, tol));
         auto act = torch::full({M, N}, nan);
         REQUIRE(gate_up_silu(A.data_ptr<float>(), M, K, WeightsRef(p1.data(), pt), WeightsRef(p2.data(), pt), N,
                              act.data_ptr<float>()));
-        auto want = torch::silu(torch::linear(Aref, w1)) * torch::linear(Aref, w2.narrow(0, 0, N));
+        auto want = torch::silu(lin(b1, w1)) * lin(b2, w2).narrow(1, 0, N);
         CHECK(torch::allclose(act, want, 1e-4, tol * (1 + want.abs().max().item<double>())));
       }
     }

@@ -706,7 +706,7 @@ __attribute__((target("avx2,fma"))) float exp_avx2(const float* x, int64_t n, fl
   return exp_weights<8>(x, n, inv_t, w);
 }
 
-constexpr int kWeightTypes = static_cast<int>(WeightType::q5_kx8) + 1;
+constexpr int kWeightTypes = static_cast<int>(WeightType::q4_1x8) + 1;
 
 using IntRangeFn = void (*)(const QuantRows&, int64_t, const void*, int64_t, float*, bool, int64_t, int64_t);
 using IntGateUpFn = void (*)(const QuantRows&, int64_t, const void*, const void*, int64_t, float*, int64_t, int64_t);
@@ -760,6 +760,8 @@ struct Isa {
     (s).int_gate_up[static_cast<int>(WeightType::q6_kx8)] = ns::gate_up_x8<BlockQ6_Kx8>;        \
     (s).int_range[static_cast<int>(WeightType::q5_kx8)] = ns::range_x8<BlockQ5_Kx8>;            \
     (s).int_gate_up[static_cast<int>(WeightType::q5_kx8)] = ns::gate_up_x8<BlockQ5_Kx8>;        \
+    (s).int_range[static_cast<int>(WeightType::q4_1x8)] = ns::range_x8<BlockQ4_1x8>;            \
+    (s).int_gate_up[static_cast<int>(WeightType::q4_1x8)] = ns::gate_up_x8<BlockQ4_1x8>;        \
   } while (0)
 
 bool g_int8_activations = true;  // set_int8_activations
@@ -780,16 +782,16 @@ void gate_up_packed_float(const float* A, int64_t M, const void* Wg, const void*
    range<BlockQ5_1>, range<BlockQ4_K>, range<BlockQ5_K>, range<BlockQ6_K>,                                         \
    range_packed_float<WeightType::q4_0x8>, range_packed_float<WeightType::q8_0x8>,                                 \
    range_packed_float<WeightType::q4_kx8>, range_packed_float<WeightType::q6_kx8>,                                  \
-   range_packed_float<WeightType::q5_kx8>},                                                                        \
+   range_packed_float<WeightType::q5_kx8>, range_packed_float<WeightType::q4_1x8>},                                \
   {                                                                                                                \
     gate_up<float>, gate_up<uint16_t>, gate_up<Half>, gate_up<Q8Block>, gate_up<BlockQ4_0>, gate_up<BlockQ4_1>,   \
         gate_up<BlockQ5_0>, gate_up<BlockQ5_1>, gate_up<BlockQ4_K>, gate_up<BlockQ5_K>, gate_up<BlockQ6_K>,        \
         gate_up_packed_float<WeightType::q4_0x8>, gate_up_packed_float<WeightType::q8_0x8>,                        \
         gate_up_packed_float<WeightType::q4_kx8>, gate_up_packed_float<WeightType::q6_kx8>,                        \
-        gate_up_packed_float<WeightType::q5_kx8>                                                                   \
+        gate_up_packed_float<WeightType::q5_kx8>, gate_up_packed_float<WeightType::q4_1x8>                         \
   }
 static_assert(static_cast<int>(WeightType::q6_k) == 10 && static_cast<int>(WeightType::q6_kx8) == 14 &&
-                  static_cast<int>(WeightType::q5_kx8) == 15,
+                  static_cast<int>(WeightType::q5_kx8) == 15 && static_cast<int>(WeightType::q4_1x8) == 16,
               "VHOST_BY_TYPE lists the types in WeightType's order");
 
 Isa pick(const char* name) {
@@ -1000,7 +1002,7 @@ struct ActFormats {
   bool q8_0 = false, q8_k = false, bf16 = false, q8_1 = false;
   void add(WeightType t) {
     (t == WeightType::bf16 ? bf16 : q8_k_activations(t) ? q8_k : q8_0) = true;
-    q8_1 = q8_1 || t == WeightType::q4_1 || t == WeightType::q5_1;
+    q8_1 = q8_1 || t == WeightType::q4_1 || t == WeightType::q5_1 || t == WeightType::q4_1x8;
   }
   QuantRows round(const float* A, int64_t M, int64_t K) const { return quantize_rows(A, M, K, q8_0, q8_k, bf16, q8_1); }
 };

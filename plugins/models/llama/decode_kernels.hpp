@@ -68,8 +68,8 @@ bool small_gemm_supports(WeightType t);
 // product with WeightsRef::int8), these types take the float32 path of the others (exact float32
 // activations). Not thread-safe with running kernels.
 void set_int8_activations(bool on);
-// Whether this CPU's integer kernels read Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrices with eight rows interleaved
-// (quants.hpp's pack_x8: WeightType::q4_0x8, q8_0x8, q4_kx8, q5_kx8, q6_kx8), the layout a model packs such matrices into
+// Whether this CPU's integer kernels read Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K matrices with eight rows interleaved
+// (quants.hpp's pack_x8: WeightType::q4_0x8, q4_1x8, q8_0x8, q4_kx8, q5_kx8, q6_kx8), the layout a model packs such matrices into
 // at load. Interleaved weights take the float32 path too (unpacked a group at a time, slower).
 bool packs_x8(WeightType plain);
 // The integer kernels in use for those types: "avx512vnni" (vpdpbusd on 256-bit vectors), "avx2"

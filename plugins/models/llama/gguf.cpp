@@ -312,7 +312,7 @@ torch::Tensor meta_to_hf(const torch::Tensor& w, int64_t heads) {
   return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape(w.sizes());
 }
 
-// Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K blocks [N, nb, bytes] (N a multiple of 8) packed by pack_rows_x8, rows reordered by
+// Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks [N, nb, bytes] (N a multiple of 8) packed by pack_rows_x8, rows reordered by
 // meta_to_hf for `heads` heads (0: none). The source's pages are handed back as soon as it is
 // packed (MADV_PAGEOUT: a mapped file's clean pages, reread if ever touched again; memory of the
 // process's own is never lost, it goes to swap or stays), so the process holds the weights' bytes
@@ -707,7 +707,7 @@ GgufLlama load_gguf_llama(const fs::path& file, bool keep_blocks) {
   // Reordered in place: a view of the private mapping is overwritten (its pages become the
   // process's own copies), so the model holds one copy of these matrices, not the mapped file's
   // pages and a reordered copy beside them (2.1 GB of a 7B model). Quantized blocks are kept as
-  // they are when asked; Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K ones with rows in eights come interleaved as the decode
+  // they are when asked; Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K ones with rows in eights come interleaved as the decode
   // kernels read them (packed_matrix), reordered on the way.
   auto matrix = [&](const std::string& name, int64_t heads = 0) {
     auto it = by.find(name);

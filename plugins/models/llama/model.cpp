@@ -90,27 +90,30 @@ torch::Tensor pack_rows_x8(const torch::Tensor& t, const int64_t* order) {
 
 void LlamaModel::set_int8_activations(bool on) {
   int8_activations_ = on;
-  std::map<const void*, torch::Tensor> moved;  // by the old tensor's data
-  for (auto& [name, t] : tensors_) {
-    if (t.scalar_type() != torch::kUInt8) continue;
-    const QuantFormat* f = quant_format_bytes(t.size(t.dim() - 1));
-    if (!on && t.dim() == 4) {
-      auto plain = torch::empty({t.size(0) * 8, t.size(1), t.size(3)}, torch::TensorOptions().dtype(torch::kUInt8));
-      unpack_x8(packed_x8(f->type), t.data_ptr(), plain.size(0), t.size(1) * f->block_elems, plain.data_ptr());
-      moved[t.data_ptr()] = plain;
-      t = plain;
-    } else if (on && t.dim() == 3 && packs_x8(f->type) && t.size(0) % 8 == 0) {
-      auto packed = pack_rows_x8(t);
-      moved[t.data_ptr()] = packed;
-      t = packed;
-    }
-  }
-  auto fix = [&](torch::Tensor& t) {
-    if (auto it = moved.find(t.data_ptr()); it != moved.end()) t = it->second;
-  };
+  // Every other reference to a matrix, moved with it: the old layout is freed as each one is
+  // relaid (all of them kept to the end, a 7B Q4_0 model peaked at 2.0x its weights).
+  std::vector<torch::Tensor*> refs;
   for (auto& L : layers_)
-    for (auto* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) fix(*t);
-  fix(lm_head_);
+    for (auto* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) refs.push_back(t);
+  refs.push_back(&lm_head_);
+  for (auto& [name, t] : tensors_) {
+    // The embedding's rows are looked up, never interleaved (as at load).
+    if (t.scalar_type() != torch::kUInt8 || name == "model.embed_tokens.weight") continue;
+    const QuantFormat* f = quant_format_bytes(t.size(t.dim() - 1));
+    torch::Tensor relaid;
+    if (!on && t.dim() == 4) {
+      relaid = torch::empty({t.size(0) * 8, t.size(1), t.size(3)}, torch::TensorOptions().dtype(torch::kUInt8));
+      unpack_x8(packed_x8(f->type), t.data_ptr(), relaid.size(0), t.size(1) * f->block_elems, relaid.data_ptr());
+    } else if (on && t.dim() == 3 && packs_x8(f->type) && t.size(0) % 8 == 0) {
+      relaid = pack_rows_x8(t);
+    } else {
+      continue;
+    }
+    const void* old = t.data_ptr();
+    for (auto* r : refs)
+      if (r->defined() && r->data_ptr() == old) *r = relaid;
+    t = relaid;
+  }
 }
 
 LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch::Tensor>> tensors,
@@ -126,7 +129,7 @@ LlamaModel::LlamaModel(LlamaConfig cfg, std::vector<std::pair<std::string, torch
     const auto& t = it->second;
     // Quantized blocks of a [N, K] matrix (load_gguf_llama with keep_blocks): uint8
     // [N, K / block_elems, block_bytes], the block size naming the format (quants.hpp), or
-    // [N / 8, K / block_elems, 8, block_bytes] for Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K with eight rows interleaved (pack_x8).
+    // [N / 8, K / block_elems, 8, block_bytes] for Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K with eight rows interleaved (pack_x8).
     // The embedding too, [vocab, D / block_elems, block_bytes] (rows looked up, never interleaved).
     const bool x8 = t.dim() == 4 && t.size(2) == 8, embedding = name == "model.embed_tokens.weight";
     if (t.scalar_type() == torch::kUInt8 && (t.dim() == 3 || (x8 && !embedding)) && shape.size() == 2) {

@@ -110,7 +110,7 @@ class LlamaModel {
   // Q4_0, Q5_0 and Q8_0 matrices: products by integer dot products with the activations rounded
   // to 8 bits (true, the default: llama.cpp's arithmetic, decode_kernels.hpp) or with the weights
   // widened to float32 (false: the float32 model of the blocks' values).
-  // Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrices change layout with it: eight rows interleaved for the integer kernels,
+  // Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K matrices change layout with it: eight rows interleaved for the integer kernels,
   // plain blocks for the float32 path (which reads those at full speed).
   void set_int8_activations(bool on);
   bool int8_activations() const { return int8_activations_; }
@@ -180,7 +180,7 @@ class LlamaModel {
 
 // The formats of a model's quantized matrices with their counts: "q4_k x 193, q6_k x 33".
 std::string quant_summary(const LlamaModel& model);
-// Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K blocks [N, nb, bytes] (N a multiple of 8; the block size names the format) with
+// Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks [N, nb, bytes] (N a multiple of 8; the block size names the format) with
 // eight rows interleaved (quants.hpp's pack_x8) as [N / 8, nb, 8, bytes], the layout the decode
 // kernels read fastest; with `order`, packed row r is row order[r] of `blocks` (N entries).
 torch::Tensor pack_rows_x8(const torch::Tensor& blocks, const int64_t* order = nullptr);

@@ -474,14 +474,16 @@ static void move_bytes(bool to_packed, void* plain, void* packed, std::size_t n)
   else std::memcpy(plain, packed, n);
 }
 
-// Block b of one group: the scales, then the quants in 4-byte chunks, row after row per chunk.
-// rows[j]: row j's first block in the plain layout. to_packed: plain -> packed; else the reverse.
-static void shuffle_x8(int64_t bb, uint8_t* const rows[8], int64_t b, uint8_t* packed, bool to_packed) {
-  const int64_t qbytes = bb - 2;
+// Block b of one group: the block's float16 fields (d; Q4_1: d, m) each as eight rows' side by
+// side, then the quants in 4-byte chunks, row after row per chunk. rows[j]: row j's first block in
+// the plain layout. to_packed: plain -> packed; else the reverse.
+static void shuffle_x8(int64_t bb, int64_t halves, uint8_t* const rows[8], int64_t b, uint8_t* packed, bool to_packed) {
+  const int64_t qbytes = bb - 2 * halves;
   for (int j = 0; j < 8; ++j) {
     uint8_t* blk = rows[j] + b * bb;
-    move_bytes(to_packed, blk, packed + 2 * j, 2);
-    for (int64_t c = 0; c < qbytes / 4; ++c) move_bytes(to_packed, blk + 2 + 4 * c, packed + 16 + 32 * c + 4 * j, 4);
+    for (int64_t h = 0; h < halves; ++h) move_bytes(to_packed, blk + 2 * h, packed + 16 * h + 2 * j, 2);
+    for (int64_t c = 0; c < qbytes / 4; ++c)
+      move_bytes(to_packed, blk + 2 * halves + 4 * c, packed + 16 * halves + 32 * c + 4 * j, 4);
   }
 }
 
@@ -543,7 +545,7 @@ static void repack_x8(WeightType plain, uint8_t* rows_base, int64_t N, int64_t K
                       const int64_t* order) {
   const QuantFormat* f = quant_format(plain);
   if (!f || packed_x8(plain) == WeightType::f32 || N % 8 || K % f->block_elems)
-    throw std::invalid_argument("pack_x8: not eight-row groups of Q4_0/Q8_0/Q4_K/Q5_K/Q6_K blocks");
+    throw std::invalid_argument("pack_x8: not eight-row groups of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks");
   const int64_t bb = f->block_bytes, nb = K / f->block_elems;
   for (int64_t g = 0; g < N / 8; ++g) {
     uint8_t* rows[8];
@@ -557,7 +559,7 @@ static void repack_x8(WeightType plain, uint8_t* rows_base, int64_t N, int64_t K
       else if (plain == WeightType::q6_k)
         shuffle_q6k_x8(rows, b, at, to_packed);
       else
-        shuffle_x8(bb, rows, b, at, to_packed);
+        shuffle_x8(bb, plain == WeightType::q4_1 ? 2 : 1, rows, b, at, to_packed);
     }
   }
 }

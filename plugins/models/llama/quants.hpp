@@ -17,9 +17,9 @@ namespace vhost::llama {
 
 // The element type of a weight matrix the decode kernels read (decode_kernels.hpp): float32,
 // bfloat16 or float16 bits, or blocks of one of the formats below.
-// q4_0x8, q8_0x8, q4_kx8, q6_kx8 and q5_kx8 are Q4_0, Q8_0, Q4_K, Q6_K and Q5_K matrices with eight rows
+// q4_0x8, q8_0x8, q4_kx8, q6_kx8, q5_kx8 and q4_1x8 are Q4_0, Q8_0, Q4_K, Q6_K, Q5_K and Q4_1 matrices with eight rows
 // interleaved (below), the layout the decode kernels read fastest; no file stores them.
-enum class WeightType : uint8_t { f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_0x8, q8_0x8, q4_kx8, q6_kx8, q5_kx8 };
+enum class WeightType : uint8_t { f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_0x8, q8_0x8, q4_kx8, q6_kx8, q5_kx8, q4_1x8 };
 
 // The blocks, byte for byte as ggml lays them out (ggml-common.h); d, dmin, m are float16 bits.
 // 32 weights: d * (q - 8), q a nibble: qs[j] holds element j (low nibble) and j + 16 (high).
@@ -114,6 +114,11 @@ struct BlockQ8_0x8 {
   uint16_t d[8];
   int8_t qs[256];
 };
+// Eight rows of Q4_1: BlockQ4_0x8's layout with the rows' mins after their scales.
+struct BlockQ4_1x8 {
+  uint16_t d[8], m[8];
+  uint8_t qs[128];
+};
 // Eight rows of Q4_K: superblock b of rows 8g .. 8g + 7 (groups in order, superblocks in order).
 // The quants as BlockQ4_0x8's, qs[32 c + 4 j + i] = row j's qs[4 c + i] (c = 0..31), so int32 lane
 // j of a 32-byte load holds row j's bytes: low nibbles of sub-block 2 (c / 8), high ones of
@@ -152,6 +157,7 @@ struct BlockQ6_Kx8 {
   uint8_t q[1536];
 };
 static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0) && sizeof(BlockQ8_0x8) == 8 * sizeof(Q8Block) &&
+                  sizeof(BlockQ4_1x8) == 8 * sizeof(BlockQ4_1) &&
                   sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K) && sizeof(BlockQ5_Kx8) == 8 * sizeof(BlockQ5_K) &&
                   sizeof(BlockQ6_Kx8) == 8 * sizeof(BlockQ6_K),
               "a packed block holds eight blocks' bytes");
@@ -163,7 +169,8 @@ inline constexpr X8Pair kX8Pairs[] = {{WeightType::q4_0, WeightType::q4_0x8},
                                       {WeightType::q8_0, WeightType::q8_0x8},
                                       {WeightType::q4_k, WeightType::q4_kx8},
                                       {WeightType::q5_k, WeightType::q5_kx8},
-                                      {WeightType::q6_k, WeightType::q6_kx8}};
+                                      {WeightType::q6_k, WeightType::q6_kx8},
+                                      {WeightType::q4_1, WeightType::q4_1x8}};
 // The interleaved type of a plain one (q4_0 -> q4_0x8, ...), and back; f32 where there is none.
 constexpr WeightType packed_x8(WeightType plain) {
   for (const X8Pair& p : kX8Pairs)
