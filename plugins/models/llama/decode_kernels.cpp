@@ -1002,7 +1002,8 @@ struct ActFormats {
   bool q8_0 = false, q8_k = false, bf16 = false, q8_1 = false;
   void add(WeightType t) {
     (t == WeightType::bf16 ? bf16 : q8_k_activations(t) ? q8_k : q8_0) = true;
-    q8_1 = q8_1 || t == WeightType::q4_1 || t == WeightType::q5_1 || t == WeightType::q4_1x8;
+    const WeightType p = packed(t) ? plain_of_x8(t) : t;  // formats with mins: their sums as ggml's Q8_1
+    q8_1 = q8_1 || p == WeightType::q4_1 || p == WeightType::q5_1;
   }
   QuantRows round(const float* A, int64_t M, int64_t K) const { return quantize_rows(A, M, K, q8_0, q8_k, bf16, q8_1); }
 };

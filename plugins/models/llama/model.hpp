@@ -107,7 +107,7 @@ class LlamaModel {
   // load_gguf_llama with keep_blocks), by format ("q4_0": 96, ...): the decode kernels dequantise
   // them in registers, every product on the CPU. Empty otherwise.
   const std::map<std::string, int64_t>& quant_matrices() const { return quant_matrices_; }
-  // Q4_0, Q5_0 and Q8_0 matrices: products by integer dot products with the activations rounded
+  // Quantized matrices: products by integer dot products with the activations rounded
   // to 8 bits (true, the default: llama.cpp's arithmetic, decode_kernels.hpp) or with the weights
   // widened to float32 (false: the float32 model of the blocks' values).
   // Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K matrices change layout with it: eight rows interleaved for the integer kernels,
