@@ -15,13 +15,17 @@
 //                  [--no-wait-policy]
 //
 //   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16] [--float-activations] [--bf16-activations] [--prompt 512]
+//   bench_generate --model PATH --memory-bound [--threads 2]   (the memory bound line alone)
 //   bench_generate --gemm N K [--threads 2]     (small_gemm alone: f32, bf16, f16 weights and the
 //                                                quantized formats, int8 and float32 activations)
 // A checkpoint as the model plugin loads it (an HF folder or a GGUF file, the stored dtype kept:
 // bf16/f16 weights read in place), decoded greedily from a one-token prompt at batch 1 and at
 // --batch: tokens/s of the decoding steps alone (after the prefill), and the process's peak RSS
 // beside the weights' bytes; with --prompt P, also one prompt of P tokens in one forward (the
-// prefill, llama-bench's "pp P"). bench/large_model.sh runs it beside llama.cpp on the same file.
+// prefill, llama-bench's "pp P"). After batch 1, its memory bound: the bytes of weights a step
+// reads, streamed by as many threads right after, as tokens/s (no program decodes faster at batch
+// 1 than the rate at which the machine can read its weights). bench/large_model.sh runs it beside
+// llama.cpp on the same file.
 #include "decode_kernels.hpp"
 #include "generate.hpp"
 #include "gguf.hpp"
@@ -39,6 +43,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 using namespace vhost::llama;
 using Clock = std::chrono::steady_clock;
@@ -164,7 +171,86 @@ static double child_tokens_per_s(const char* policy, bool busy, int threads, int
 static bool g_bf16_activations = false;
 
 // Decoding steps of a real checkpoint: tokens/s after the first (prefill) step.
-static int model_mode(const std::string& path, int threads, int64_t tokens, int64_t batch, int64_t prompt) {
+// The memory bound of a batch-1 decoding step: the bytes of the weights one step reads (every
+// matrix the model holds, as it holds it -- mapped, or packed at load -- and the embedding only
+// when it is also the output layer), summed by `threads` threads, each over a contiguous share of
+// them, as the decode kernels split the rows. Returns bytes a second, the best of `passes` passes.
+// Plain 8-byte loads in eight chains: on the 2-core development machine this streams as fast as
+// 64-byte AVX-512 loads (both 35 GB/s on a mapped 6 GB file, same minute).
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("O3")))
+#endif
+static uint64_t sum_bytes(const uint8_t* p, std::size_t n) {
+  uint64_t a[8] = {};
+  std::size_t i = 0;
+  for (; i + 64 <= n; i += 64)
+    for (int j = 0; j < 8; ++j) {
+      uint64_t v;
+      std::memcpy(&v, p + i + 8 * j, 8);
+      a[j] += v;
+    }
+  for (; i < n; ++i) a[0] += p[i];
+  uint64_t s = 0;
+  for (uint64_t v : a) s += v;
+  return s;
+}
+
+static double stream_bytes_per_s(const std::vector<std::pair<const uint8_t*, std::size_t>>& ranges, int threads, int passes) {
+  std::size_t total = 0;
+  for (const auto& r : ranges) total += r.second;
+  // Thread t reads the bytes [total * t / threads, total * (t + 1) / threads) of the ranges laid end to end.
+  auto share = [&](int t) {
+    const std::size_t lo = total * t / threads, hi = total * (t + 1) / threads;
+    uint64_t s = 0;
+    std::size_t at = 0;
+    for (const auto& [p, n] : ranges) {
+      const std::size_t b = std::max(at, lo), e = std::min(at + n, hi);
+      if (b < e) s += sum_bytes(p + (b - at), e - b);
+      at += n;
+    }
+    return s;
+  };
+  double best = 0;
+  uint64_t sink = 0;
+  for (int pass = 0; pass < passes; ++pass) {
+    std::vector<uint64_t> sums(threads);
+    auto t0 = Clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back([&, t] { sums[t] = share(t); });
+    sums[0] = share(0);
+    for (auto& th : pool) th.join();
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    for (uint64_t v : sums) sink += v;
+    best = std::max(best, static_cast<double>(total) / s);
+  }
+  if (sink == 1) std::printf(" ");  // keeps the sums
+  return best;
+}
+
+// Prints "memory bound T tokens/s (...)": the tokens/s of batch 1 if a step took only the time to
+// stream the weights it reads; with got > 0, also what share of it `got` tokens/s is.
+static void print_memory_bound(const LlamaModel& model, int threads, double got) {
+  bool has_output = false;
+  for (const auto& [name, t] : model.named_tensors()) has_output |= name == "lm_head.weight";
+  std::vector<std::pair<const uint8_t*, std::size_t>> ranges;
+  double step_bytes = 0;
+  for (const auto& [name, t] : model.named_tensors()) {
+    if (name == "model.embed_tokens.weight" && has_output) continue;  // one row a token
+    const auto n = static_cast<std::size_t>(t.numel() * t.element_size());
+    ranges.push_back({static_cast<const uint8_t*>(t.data_ptr()), n});
+    step_bytes += static_cast<double>(n);
+  }
+  stream_bytes_per_s(ranges, threads, 1);  // faults the pages in, if a step has not yet
+  const double bw = stream_bytes_per_s(ranges, threads, 3);
+  const double bound = bw / step_bytes;
+  std::printf("  memory bound %.3f tokens/s  (a step reads %.2f GB of weights; %d threads streamed them at %.1f GB/s, "
+              "best of 3 passes",
+              bound, step_bytes / 1e9, threads, bw / 1e9);
+  if (got > 0) std::printf("; batch 1 above: %.0f%% of it", 100 * got / bound);
+  std::printf(")\n");
+}
+
+static int model_mode(const std::string& path, int threads, int64_t tokens, int64_t batch, int64_t prompt, bool bound_only) {
   auto t0 = Clock::now();
   // As the plugin on the CPU: the stored dtype, mapped; a GGUF's Q8_0 matrices kept as blocks.
   auto model = [&] {
@@ -188,6 +274,10 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
               model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
               : model.bf16_activations() ? (" (bf16 activations: " + (*bf16_dot_isa() ? "vdpbf16ps from " + std::to_string(bf16_dot_rows()) + " rows, " : std::string()) + "widened below)").c_str()
               : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
+  if (bound_only) {  // bench/large_model.sh: the bound again, right before llama.cpp's batch 1
+    print_memory_bound(model, threads, 0);
+    return 0;
+  }
   for (int64_t b : {int64_t{1}, batch}) {
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
     auto tok = torch::ones({b, 1}, torch::kInt64);
@@ -199,6 +289,9 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
     const double s = std::chrono::duration<double>(Clock::now() - s1).count();
     std::printf("  batch %-3lld %8.3f tokens/s  (%lld steps, %.2f s a step; the prompt's step %.2f s)\n", (long long)b,
                 b * tokens / s, (long long)tokens, s / tokens, first);
+    // The bound right after the steps it bounds (this VM's bandwidth moves by tens of percent
+    // within minutes).
+    if (b == 1) print_memory_bound(model, threads, b * tokens / s);
     if (b == batch) break;
   }
   if (prompt > 0) {  // one prompt of `prompt` tokens in one forward (llama-bench's pp test)
@@ -329,7 +422,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--child")) child = true;
     if (!std::strcmp(argv[i], "--no-wait-policy") || !std::strcmp(argv[i], "--float-activations") ||
-        !std::strcmp(argv[i], "--bf16-activations"))
+        !std::strcmp(argv[i], "--bf16-activations") || !std::strcmp(argv[i], "--memory-bound"))
       --i;
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[i + 1]);
@@ -348,7 +441,9 @@ int main(int argc, char** argv) {
       int64_t prompt = 0;
       for (int j = 1; j + 1 < argc; ++j)
         if (!std::strcmp(argv[j], "--prompt")) prompt = std::atoll(argv[j + 1]);
-      return model_mode(argv[i + 1], threads, t, batch, prompt);
+      bool bound_only = false;
+      for (int j = 1; j < argc; ++j) bound_only |= !std::strcmp(argv[j], "--memory-bound");
+      return model_mode(argv[i + 1], threads, t, batch, prompt, bound_only);
     }
   auto cfg = LlamaConfig::preset(preset);
   auto model = LlamaModel::random(cfg, 0);

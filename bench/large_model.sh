@@ -15,7 +15,9 @@
 #   1. vhost model init --preset P --dtype bfloat16   (HF folder, shard by shard)
 #   2. vhost model convert HF -> GGUF (BF16 matrices, F32 norms: what llama.cpp's converter writes)
 #   3. the HF folder is removed (disk: two copies of 7B are 27 GB)
-#   4. bench_generate --model the GGUF: batch 1 and --batch, tokens/s of the decoding steps
+#   4. bench_generate --model the GGUF: batch 1 and --batch, tokens/s of the decoding steps, and the
+#      memory bound of batch 1: the weights a step reads, streamed by the same threads right after
+#      (in 5 the bound is measured again right before llama-bench and its batch 1 set beside it)
 #   5. llama.cpp on the same GGUF, alternating with 4 for --rounds rounds: llama-bench (batch 1) and llama-batched-bench (--batch
 #      sequences), when its tools are found: LLAMA_CPP_BIN, else build/llamacpp/cmake-build/bin
 #      (llama.cpp's own sources from PyPI's llama-cpp-python sdist, built by
@@ -102,7 +104,11 @@ for round in $(seq 1 "$rounds"); do
   sed 's/^/   /' "$dir/out.$$"
   v1=$(awk '$1 == "batch" && $2 == 1 { print $3 }' "$dir/out.$$")
   vb=$(awk -v b="$batch" '$1 == "batch" && $2 == b { print $3 }' "$dir/out.$$")
+  bound=$(awk '$1 == "memory" && $2 == "bound" { print $3 }' "$dir/out.$$")
   [ "$have_llama" = 1 ] || continue
+  # The bound again right before llama.cpp's batch 1 (bandwidth here moves within minutes).
+  lbound=$(env OMP_NUM_THREADS="$threads" "$bench" --model "$dir/m.gguf" --threads "$threads" --memory-bound 2>&1 |
+    awk '$1 == "memory" && $2 == "bound" { print $3 }')
   "$llama_bin/llama-bench" -m "$dir/m.gguf" -t "$threads" -p 0 -n "$tokens" -r 1 -o csv > "$dir/lb.csv" 2> "$dir/lb.err" ||
     { cat "$dir/lb.err" >&2; echo "large_model.sh: llama-bench failed on vhost's GGUF" >&2; exit 1; }
   l1=$(python3 -c 'import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); print(r[-1]["avg_ts"])' "$dir/lb.csv")
@@ -113,9 +119,12 @@ for round in $(seq 1 "$rounds"); do
   lb=$(awk -F'|' '{ for (i = 2; i < NF; ++i) { f = $i; gsub(/^ +| +$/, "", f); if (f == "S_TG t/s") col = i } }
     col && NF > col && $2 ~ /[0-9]/ { f = $col; gsub(/ /, "", f); v = f } END { print v }' "$dir/bb.out")
   [ -n "$lb" ] || { cat "$dir/bb.out" >&2; echo "large_model.sh: no S_TG t/s column in llama-batched-bench's table" >&2; exit 1; }
-  awk -v v="$v1" -v l="$l1" -v vb="$vb" -v lb="$lb" -v b="$batch" 'BEGIN {
+  awk -v v="$v1" -v l="$l1" -v vb="$vb" -v lb="$lb" -v b="$batch" -v bd="${bound:-0}" -v lbd="${lbound:-0}" 'BEGIN {
     printf "5. llama.cpp, round %d: llama-bench batch 1 %.3f tokens/s, llama-batched-bench %d sequences %.3f tokens/s (S_TG)\n", '"$round"', l, b, lb
-    printf "   vhost / llama.cpp: batch 1 %.2fx, batch %d %.2fx\n", v / l, b, vb / lb }'
+    printf "   vhost / llama.cpp: batch 1 %.2fx, batch %d %.2fx\n", v / l, b, vb / lb
+    if (bd > 0 && lbd > 0)
+      printf "   batch 1 against the memory bound: vhost %.0f%% of %.3f tokens/s (measured after its steps), llama.cpp %.0f%% of %.3f (measured right before); a lead over llama.cpp of %.2fx at most\n",
+             100 * v / bd, bd, 100 * l / lbd, lbd, lbd / l }'
   if [ "$prompt" -gt 0 ]; then
     vp=$(awk '$1 == "prompt" { print $3 }' "$dir/out.$$")
     "$llama_bin/llama-bench" -m "$dir/m.gguf" -t "$threads" -p "$prompt" -n 0 -r 1 -o csv > "$dir/lp.csv" 2> "$dir/lb.err" ||
