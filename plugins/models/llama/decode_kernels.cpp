@@ -1015,12 +1015,15 @@ static bool int_path(const Isa& s, WeightsRef W, int64_t K) {
   return g_int8_activations && W.int8 && s.int_range[static_cast<int>(W.type)] &&
          K % (q8_k_activations(W.type) ? 256 : 32) == 0;
 }
-// Below this many rows vdpbf16ps measured no faster than the widened path (bench_generate --gemm
+// From 2 to this many rows vdpbf16ps measured no faster than the widened path (bench_generate --gemm
 // 11008 4096, three runs: 8 rows 4.33-4.39 ms against 3.94-4.06, 16 rows 6.10-6.64 against
 // 6.61-6.89; a 128-token prompt 1.67x faster end to end); bf16 weights asking for
 // bf16 activations then take the widened path on the activations rounded to bfloat16 (Bf16Rounded),
 // the same products (bf16 times bf16 is exact in float32) summed in float32 in another order.
+// One row (batch-1 decoding) takes vdpbf16ps again: bf16_dot.inc's row_bf16 streams W at the
+// machine's memory rate, which no widened tile reached.
 constexpr int64_t kBf16DotRows = 16;
+static bool bf16_dot_rows_ok(int64_t M) { return M == 1 || M >= kBf16DotRows; }
 
 // A as the float32 values of its bfloat16 rounding, where a product of bf16 weights asks for bf16
 // activations with too few rows for vdpbf16ps (or on a CPU without it); `W.bf16_activations` is then
@@ -1031,7 +1034,7 @@ struct Bf16Rounded {
     bool round = false;
     for (int i = 0; i < n; ++i)
       if (ws[i]->type == WeightType::bf16 && ws[i]->bf16_activations &&
-          (M < kBf16DotRows || !s.int_range[static_cast<int>(WeightType::bf16)]))
+          (!bf16_dot_rows_ok(M) || !s.int_range[static_cast<int>(WeightType::bf16)]))
         ws[i]->bf16_activations = false, round = true;
     if (!round) return;
     thread_local std::vector<uint16_t> h;

@@ -264,8 +264,8 @@ class LlamaPlugin final : public vhost::Model {
   // Which kernel multiplies a bfloat16 checkpoint by bf16-rounded activations.
   static std::string bf16_dot_label() {
     return *vhost::llama::bf16_dot_isa()
-               ? std::string("vdpbf16ps (") + vhost::llama::bf16_dot_isa() + ") from " +
-                     std::to_string(vhost::llama::bf16_dot_rows()) + " rows, widened below"
+               ? std::string("vdpbf16ps (") + vhost::llama::bf16_dot_isa() + ") at 1 row and from " +
+                     std::to_string(vhost::llama::bf16_dot_rows()) + " rows, widened between"
                : std::string("widened to float32 in registers (no AVX512-BF16 on this CPU)");
   }
 
