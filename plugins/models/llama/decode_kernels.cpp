@@ -1020,8 +1020,8 @@ static bool int_path(const Isa& s, WeightsRef W, int64_t K) {
 // 6.61-6.89; a 128-token prompt 1.67x faster end to end); bf16 weights asking for
 // bf16 activations then take the widened path on the activations rounded to bfloat16 (Bf16Rounded),
 // the same products (bf16 times bf16 is exact in float32) summed in float32 in another order.
-// One row (batch-1 decoding) takes vdpbf16ps again: bf16_dot.inc's row_bf16 streams W at the
-// machine's memory rate, which no widened tile reached.
+// One row (batch-1 decoding) takes vdpbf16ps again: bf16_dot.inc's row_bf16 reads W one row at a
+// time, which streams faster than any tile of several rows (its comment has the measurements).
 constexpr int64_t kBf16DotRows = 16;
 static bool bf16_dot_rows_ok(int64_t M) { return M == 1 || M >= kBf16DotRows; }
 
