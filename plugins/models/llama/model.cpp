@@ -8,6 +8,8 @@
 
 #include <vhost/plugin.hpp>
 
+#include <sys/mman.h>
+
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -84,6 +86,20 @@ static std::string shape_str(c10::IntArrayRef s) {
 torch::Tensor pack_rows_x8(const torch::Tensor& t, const int64_t* order) {
   const QuantFormat* f = quant_format_bytes(t.size(2));
   auto out = torch::empty({t.size(0) / 8, t.size(1), 8, t.size(2)}, torch::TensorOptions().dtype(torch::kUInt8));
+#ifdef MADV_HUGEPAGE
+  // Transparent huge pages for the packed weights (before they are written, so the first touch
+  // gets them; Linux's default "madvise" mode gives them only when asked): a batch-1 step streams
+  // all of them, and 2 MiB pages streamed ~15% faster than 4 KiB ones here (2 threads, the two
+  // alternating in one process). Paired runs of bench_generate --model, batch 1, with and
+  // without, alternating (8 pairs on 7B Q4_K_M and Q4_0, 2026-12-06): faster in all 8, 1.06-1.67x,
+  // median 1.13x. Only the whole 2 MiB pages inside the buffer are asked for; advice, so a failure
+  // (no THP in this kernel) changes nothing.
+  {
+    const uintptr_t huge = uintptr_t(2) << 20, at = reinterpret_cast<uintptr_t>(out.data_ptr());
+    const uintptr_t first = (at + huge - 1) / huge * huge, last = (at + static_cast<uintptr_t>(out.nbytes())) / huge * huge;
+    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  }
+#endif
   pack_x8(f->type, t.data_ptr(), t.size(0), t.size(1) * f->block_elems, out.data_ptr(), order);
   return out;
 }
