@@ -142,7 +142,7 @@ TEST_CASE("bfloat16 weights with bfloat16 activations: the product of the rounde
     torch::manual_seed(11);
     // One row (vdpbf16ps, row_bf16: K in steps of 128, then 32, then a masked tail), rows 2-15
     // (widened) and from 16 (vdpbf16ps), off the tile (4 rows of W) and vector (32) grids, K past one
-    // pass of 512 with a tail.
+    // pass of 1024 (QuantRows::h's chunks) with a tail.
     for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 5, 17}, {1, 37, 300}, {1, 9, 1056}, {1, 3, 128}, {7, 37, 300}, {15, 37, 300}, {16, 37, 300},
                            {17, 1001, 1100}, {16, 6, 768}, {33, 13, 1056}, {18, 1, 1}, {3, 1, 1}}) {
       INFO("M=" << M << " N=" << N << " K=" << K);

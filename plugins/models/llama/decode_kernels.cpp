@@ -387,8 +387,12 @@ struct QuantRows {  // A [M, K] as Q8_0 blocks (for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
   const int16_t* bs = nullptr;  // [M, K / 32]: sums of 32 of qk
   const int16_t* b16 = nullptr;  // [M, K / 16]: sums of 16 of qk
   const float* ds = nullptr;     // [M, K / 32]: (max|a| / 127) * sum rounded to float16, ggml's Q8_1 s (Q4_1, Q5_1 mins)
-  const uint16_t* h = nullptr;   // [M, K]: rounded to bfloat16 (for bf16 weights on vdpbf16ps: bf16_dot.inc)
+  // Rounded to bfloat16 (for bf16 weights on vdpbf16ps: bf16_dot.inc), chunk-major: K in chunks of
+  // kBf16Chunk, each chunk's M rows side by side, so element (m, k) of chunk c (n = its length) is at
+  // c * kBf16Chunk * M + m * n + k % kBf16Chunk. (One row: row-major.)
+  const uint16_t* h = nullptr;
 };
+constexpr int64_t kBf16Chunk = 1024;
 constexpr int kIntNR = 4;  // weight rows in a tile of the integer kernels (its rows of A: int_kernels.inc)
 
 #if defined(__x86_64__)
@@ -932,7 +936,10 @@ static QuantRows quantize_rows(const float* A, int64_t M, int64_t K, bool q8_0 =
   QuantRows out{nullptr, nullptr, nullptr, K};
   if (bf16) {  // nearest even, as torch and ggml round float32 to bfloat16
     h.resize(static_cast<std::size_t>(M * K));
-    to_bf16_rows(A, M, K, h.data(), K);
+    for (int64_t k0 = 0; k0 < K; k0 += kBf16Chunk) {  // QuantRows::h's chunks
+      const int64_t n = std::min(kBf16Chunk, K - k0);
+      for (int64_t m = 0; m < M; ++m) to_bf16_rows(A + m * K + k0, 1, n, h.data() + k0 * M + m * n, n);
+    }
     out.h = h.data();
   }
   if (q8_k && K % 256 == 0) {
