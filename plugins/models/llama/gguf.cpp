@@ -2,6 +2,7 @@
 
 #include "decode_kernels.hpp"
 #include "model.hpp"
+#include "page_advice.hpp"
 #include "quants.hpp"
 #include "safetensors.hpp"
 
@@ -323,10 +324,7 @@ torch::Tensor packed_matrix(const torch::Tensor& blocks, int64_t heads) {
       heads ? meta_to_hf(torch::arange(blocks.size(0), torch::kInt64).view({-1, 1}), heads).contiguous() : torch::Tensor();
   auto out = pack_rows_x8(blocks, heads ? order.data_ptr<int64_t>() : nullptr);
 #ifdef MADV_PAGEOUT
-  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const auto at = reinterpret_cast<uintptr_t>(blocks.data_ptr());
-  const uintptr_t first = (at + page - 1) / page * page, last = (at + static_cast<uintptr_t>(blocks.nbytes())) / page * page;
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_PAGEOUT);  // advice: failure is harmless
+  advise_whole_pages(blocks.data_ptr(), blocks.nbytes(), static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE)), MADV_PAGEOUT);
 #endif
   return out;
 }
