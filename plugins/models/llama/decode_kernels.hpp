@@ -72,7 +72,8 @@ void set_int8_activations(bool on);
 // (quants.hpp's pack_x8: WeightType::q4_0x8, q4_1x8, q8_0x8, q4_kx8, q5_kx8, q6_kx8), the layout a model packs such matrices into
 // at load. Interleaved weights take the float32 path too (unpacked a group at a time, slower).
 bool packs_x8(WeightType plain);
-// The integer kernels in use for those types: "avx512vnni" (vpdpbusd on 256-bit vectors), "avx2"
+// The integer kernels in use for those types: "avx512vnni" (vpdpbusd on 256-bit vectors; on 512-bit
+// ones for eight-row groups from two rows of activations, four for the K-quants), "avx2"
 // (vpmaddubsw), or "" (off, or none on this CPU).
 const char* int8_dot_isa();
 // The kernel that multiplies bf16 weights by bf16-rounded activations (WeightsRef::bf16_activations):
