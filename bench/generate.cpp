@@ -421,6 +421,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--bf16-activations")) g_bf16_activations = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--child")) child = true;
+    if (!std::strcmp(argv[i], "--gemm")) ++i;  // two values: N K
     if (!std::strcmp(argv[i], "--no-wait-policy") || !std::strcmp(argv[i], "--float-activations") ||
         !std::strcmp(argv[i], "--bf16-activations") || !std::strcmp(argv[i], "--memory-bound"))
       --i;
