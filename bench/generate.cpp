@@ -167,7 +167,7 @@ static double child_tokens_per_s(const char* policy, bool busy, int threads, int
 }
 
 // --bf16-activations: a bf16 checkpoint's products with bf16-rounded activations (the plugin's
-// decode_dtype = "bfloat16": vdpbf16ps from 16 rows where the CPU has it).
+// decode_dtype = "bfloat16": vdpbf16ps where the CPU has it).
 static bool g_bf16_activations = false;
 
 // Decoding steps of a real checkpoint: tokens/s after the first (prefill) step.
@@ -272,7 +272,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
               weight_bytes / 1e9, threads);
   std::printf("  kernels: %s%s; load %.2f s\n", *small_gemm_isa() ? small_gemm_isa() : "libtorch",
               model.quantized_matrices() ? (*int8_dot_isa() ? " (blocks dequantised in registers; Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K as integer dot products with 8-bit activations, " + std::string(int8_dot_isa()) + ")" : std::string(" (blocks dequantised in registers, float32 activations)")).c_str()
-              : model.bf16_activations() ? (" (bf16 activations: " + (*bf16_dot_isa() ? "vdpbf16ps at 1 row and from " + std::to_string(bf16_dot_rows()) + " rows, widened between" : std::string("widened")) + ")").c_str()
+              : model.bf16_activations() ? (" (bf16 activations: " + (*bf16_dot_isa() ? "vdpbf16ps" : std::string("widened")) + ")").c_str()
               : model.mixed_cpu() ? " (stored weights widened in registers, float32 activations)" : "", load_s);
   if (bound_only) {  // bench/large_model.sh: the bound again, right before llama.cpp's batch 1
     print_memory_bound(model, threads, 0);

@@ -65,7 +65,7 @@ pipeline m.gguf auto 48 4 > engine.toml
 grep -q "max_batch: 4" engine.log || { echo "the engine did not run:"; cat engine.log; exit 1; }
 [ "$(text engine.log)" = "$(text gguf.log)" ] || { echo "the engine decodes the GGUF differently:"; diff <(text engine.log) <(text gguf.log); exit 1; }
 # decode_dtype = "bfloat16" on the bf16 GGUF: products with bf16-rounded activations on the mapped
-# weights (vdpbf16ps from 16 rows where the CPU has AVX512-BF16), no packed copy; info says so.
+# weights (vdpbf16ps where the CPU has AVX512-BF16), no packed copy; info says so.
 pipeline m.gguf auto 12 0 bfloat16 > bf.toml
 "$vhost" run bf.toml > bf.log 2>&1 || { cat bf.log; exit 1; }
 for want in "activations: bfloat16" "decode_dtype: bfloat16 (" "kernel: avx.*, bfloat16 against bfloat16-rounded activations: " \

@@ -140,9 +140,10 @@ TEST_CASE("bfloat16 weights with bfloat16 activations: the product of the rounde
     select_kernels(isa.c_str());
     INFO("kernels: " << small_gemm_isa() << ", vdpbf16ps: " << (*bf16_dot_isa() ? bf16_dot_isa() : "none"));
     torch::manual_seed(11);
-    // One row (vdpbf16ps, row_bf16: K in steps of 128, then 32, then a masked tail), rows 2-15
-    // (widened) and from 16 (vdpbf16ps), off the tile (4 rows of W) and vector (32) grids, K past one
-    // pass of 1024 (QuantRows::h's chunks) with a tail.
+    // One row (vdpbf16ps, row_bf16: K in steps of 128, then 32, then a masked tail), and more
+    // (vdpbf16ps tiles of up to 4 rows, so each partial tile: 3, 7, 15, 17, 18 rows; widened where
+    // the kernels picked lack vdpbf16ps), off the tile (4 rows of W) and vector (32) grids, K past
+    // one pass of 1024 (QuantRows::h's chunks) with a tail.
     for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 5, 17}, {1, 37, 300}, {1, 9, 1056}, {1, 3, 128}, {7, 37, 300}, {15, 37, 300}, {16, 37, 300},
                            {17, 1001, 1100}, {16, 6, 768}, {33, 13, 1056}, {18, 1, 1}, {3, 1, 1}}) {
       INFO("M=" << M << " N=" << N << " K=" << K);

@@ -1022,26 +1022,25 @@ static bool int_path(const Isa& s, WeightsRef W, int64_t K) {
   return g_int8_activations && W.int8 && s.int_range[static_cast<int>(W.type)] &&
          K % (q8_k_activations(W.type) ? 256 : 32) == 0;
 }
-// From 2 to this many rows vdpbf16ps measured no faster than the widened path (bench_generate --gemm
-// 11008 4096, three runs: 8 rows 4.33-4.39 ms against 3.94-4.06, 16 rows 6.10-6.64 against
-// 6.61-6.89; a 128-token prompt 1.67x faster end to end); bf16 weights asking for
-// bf16 activations then take the widened path on the activations rounded to bfloat16 (Bf16Rounded),
-// the same products (bf16 times bf16 is exact in float32) summed in float32 in another order.
-// One row (batch-1 decoding) takes vdpbf16ps again: bf16_dot.inc's row_bf16 reads W one row at a
-// time, which streams faster than any tile of several rows (its comment has the measurements).
-constexpr int64_t kBf16DotRows = 16;
-static bool bf16_dot_rows_ok(int64_t M) { return M == 1 || M >= kBf16DotRows; }
+// Every row count takes vdpbf16ps where the CPU has it. (From 2 to 15 rows it once measured no
+// faster than the widened path, which then took them; with bf16_dot.inc's prefetch into L2 it is:
+// bench_generate --gemm 11008 4096, 2 threads, from memory, 4 rows 39.3-39.9 against 31.5-31.7
+// GB/s, 8 rows 26.1-29.1 against 21.6-22.1, 16 rows 18.8-19.1 against 12.7-13.2; the 7B model with
+// --bf16-activations, alternating builds, batch 2 7.02-7.08 against 5.02-5.03 tokens/s, batch 8
+// 18.50-18.60 against 13.36-13.38.) Without it, bf16 weights asking for bf16 activations take the
+// widened path on the activations rounded to bfloat16 (Bf16Rounded): the same products (bf16 times
+// bf16 is exact in float32) summed in float32 in another order.
 
 // A as the float32 values of its bfloat16 rounding, where a product of bf16 weights asks for bf16
-// activations with too few rows for vdpbf16ps (or on a CPU without it); `W.bf16_activations` is then
-// answered and cleared. In a buffer of the calling thread.
+// activations on a CPU without vdpbf16ps; `W.bf16_activations` is then answered and cleared. In a
+// buffer of the calling thread.
 struct Bf16Rounded {
   const float* A;
   Bf16Rounded(const Isa& s, const float* a, int64_t M, int64_t K, WeightsRef* const* ws, int n) : A(a) {
     bool round = false;
     for (int i = 0; i < n; ++i)
       if (ws[i]->type == WeightType::bf16 && ws[i]->bf16_activations &&
-          (!bf16_dot_rows_ok(M) || !s.int_range[static_cast<int>(WeightType::bf16)]))
+          !s.int_range[static_cast<int>(WeightType::bf16)])
         ws[i]->bf16_activations = false, round = true;
     if (!round) return;
     thread_local std::vector<uint16_t> h;
@@ -1152,7 +1151,6 @@ bool packs_x8(WeightType plain) {
 }
 const char* int8_dot_isa() { return g_int8_activations ? isa().int_name : ""; }
 const char* bf16_dot_isa() { return isa().bf16_dot_name; }
-int64_t bf16_dot_rows() { return kBf16DotRows; }
 
 bool decode_attention(const DecodeAttention& a) {
   const Isa s = isa();
@@ -1175,7 +1173,6 @@ bool packs_x8(WeightType) { return false; }
 void set_int8_activations(bool) {}
 const char* int8_dot_isa() { return ""; }
 const char* bf16_dot_isa() { return ""; }
-int64_t bf16_dot_rows() { return 0; }
 bool small_gemm_many(const float*, int64_t, int64_t, const GemmOutput*, int) { return false; }
 bool gate_up_silu(const float*, int64_t, int64_t, WeightsRef, WeightsRef, int64_t, float*) { return false; }
 bool decode_attention(const DecodeAttention&) { return false; }

@@ -80,8 +80,6 @@ const char* int8_dot_isa();
 // "avx512bf16" (vdpbf16ps on 512-bit vectors, rows of W read in place), or "" (none on this CPU:
 // such products take the widened float32 path).
 const char* bf16_dot_isa();
-// The fewest rows a product takes to that kernel (fewer: the widened path on the rounded activations).
-int64_t bf16_dot_rows();
 
 // Several products of the same A, C_i = A · W_iᵀ (W_i [N_i, K], C_i [M, N_i]), in one parallel
 // region: the query, key and value projections of a layer.

@@ -116,9 +116,8 @@ class LlamaModel {
   bool int8_activations() const { return int8_activations_; }
   // A bfloat16 model on the CPU (mixed_cpu): products with the activations rounded to bfloat16
   // (true; decode_dtype = "bfloat16"), by vdpbf16ps on the weights in place where the CPU has
-  // AVX512-BF16 and a product has 16 rows or more (batches, prompts), else widened: llama.cpp's
-  // arithmetic for a BF16 model. false (the default): float32 activations. Returns false, and
-  // stays off, for any other model.
+  // AVX512-BF16, else widened: llama.cpp's arithmetic for a BF16 model. false (the default):
+  // float32 activations. Returns false, and stays off, for any other model.
   bool set_bf16_activations(bool on);
   bool bf16_activations() const { return bf16_activations_; }
   int64_t quantized_matrices() const {  // all formats together

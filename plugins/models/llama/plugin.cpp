@@ -82,7 +82,7 @@ class LlamaPlugin final : public vhost::Model {
                            "or AVX512-BF16, or widened to float32 on AVX-512/AVX2, with activations and the "
                            "KV cache in bfloat16; float32 on other CPUs). A bfloat16 checkpoint read in place "
                            "(dtype auto) is not copied: every product, prompts too, takes bf16-rounded activations "
-                           "against its stored weights (vdpbf16ps from 16 rows on AVX512-BF16), as llama.cpp does")
+                           "against its stored weights (vdpbf16ps on AVX512-BF16), as llama.cpp does")
                 .one_of({"float32", "bfloat16"}),
             Option::string("quant_activations", "int8",
                            "Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K matrices decoded from their blocks: int8 (the activations rounded to "
@@ -264,8 +264,7 @@ class LlamaPlugin final : public vhost::Model {
   // Which kernel multiplies a bfloat16 checkpoint by bf16-rounded activations.
   static std::string bf16_dot_label() {
     return *vhost::llama::bf16_dot_isa()
-               ? std::string("vdpbf16ps (") + vhost::llama::bf16_dot_isa() + ") at 1 row and from " +
-                     std::to_string(vhost::llama::bf16_dot_rows()) + " rows, widened between"
+               ? std::string("vdpbf16ps (") + vhost::llama::bf16_dot_isa() + ")"
                : std::string("widened to float32 in registers (no AVX512-BF16 on this CPU)");
   }
 
