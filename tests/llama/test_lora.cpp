@@ -109,7 +109,11 @@ TEST_CASE("LoRA gradients equal plain autograd through W + s B A", "[lora]") {
       for (auto& [k, leaf] : leaves) {
         INFO(k << " checkpointing=" << ckpt);
         REQUIRE(grads.count(k));
-        CHECK(torch::allclose(grads.at(k), leaf.grad(), 1e-4, 1e-6));
+        // Absolute tolerance on the tensor's own scale: float32 sums in another order (the BLAS
+        // kernels of an AVX2 CPU against an AVX-512 one) move an element by ~1e-6 of the largest
+        // gradient, which an element 1e-4 of that size cannot absorb in a relative 1e-4.
+        const double scale = leaf.grad().abs().max().item<double>();
+        CHECK(torch::allclose(grads.at(k), leaf.grad(), 1e-4, 1e-5 * scale));
       }
     }
   }
