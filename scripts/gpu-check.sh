@@ -9,19 +9,27 @@
 # Rows (each PASS, FAIL or INFO):
 #   build       cmake + ninja against the host's torch (CUDA ON, NCCL)
 #   backend     the cuda backend's describe(): GPU, bf16, peak TFLOP/s
-#   logits      INFO only so far: whether transformers is importable on the host; comparing
-#               vhost's GPU logits with it needs a logits dump the CLI does not have yet
-#   decode      `vhost generate` tokens/s at batch 1 on a 1B- and a 7B-shaped bf16 checkpoint
-#               (random weights made on the spot, in bf16 on disk), with the HBM bound
-#               (weight bytes / measured device copy bandwidth) beside it
+#   logits      a GQA checkpoint's logits from vhost on the GPU (bench_device logits) against HF
+#               transformers' LlamaForCausalLM on the GPU (tests/reference/hf_compare.py), float32
+#               (judged: 1e-4, and 64 greedy tokens equal) and bfloat16 (max |diff| reported)
+#   decode      bench_device decode: tokens/s at batch 1, 16 and 64 on a 1B- and a 7B-shaped bf16
+#               checkpoint (random weights made on the spot, bf16 on disk), batch 1 as a share of
+#               the HBM bound (weight bytes / the device's copy bandwidth measured in the same
+#               run), beside HF transformers' generate() on the same checkpoint (bench/hf_generate.py)
 #   train       20 steps of a ~1B shape at 2048 tokens, bf16 compute, gradient checkpointing:
 #               the loss falls; tokens/s and MFU from metrics.jsonl; peak allocated memory
 #   resume      SIGTERM after a checkpoint, then the same command: it resumes and the losses of
 #               the resumed steps equal the uninterrupted run's (within 2e-3)
 # Work goes to ${GPU_CHECK_DIR:-/tmp/vhost-gpu-check}; the table also lands in $OUT when set.
+#
+# The dry run (tests/integration/gpu_check_dry.sh): GPU_CHECK_DEVICE=cpu GPU_CHECK_BUILD=BUILD_DIR
+# runs the same rows on the CPU with an existing build, small shapes and short runs, and
+# llama_reference.py's formulas where transformers is absent: the script's own logic is tested
+# before a GPU minute is spent on it. GPU_CHECK_PYTHON names a python with torch (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
+dev=${GPU_CHECK_DEVICE:-cuda}
 work=${GPU_CHECK_DIR:-/tmp/vhost-gpu-check}
 mkdir -p "$work"
 table=()
@@ -33,38 +41,53 @@ row() {  # row NAME STATUS TEXT
 }
 finish() {
   {
-    echo "== vhost GPU check ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+    echo "== vhost GPU check on $dev ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
     printf '%s\n' "${table[@]}"
   } | tee "$work/table.txt"
   [ -n "${OUT:-}" ] && cp "$work/table.txt" "$OUT/gpu-check.txt"
   exit $failed
 }
+case $dev in
+  cuda) backend=cuda shapes=full ;;
+  cpu) backend=cpu shapes=dry ;;
+  *) echo "gpu-check: GPU_CHECK_DEVICE=$dev: cuda (the check) or cpu (its dry run)" >&2; exit 2 ;;
+esac
+python=${GPU_CHECK_PYTHON:-python3}  # the one with torch (the GPU host's plain python3)
+py() { PYTHONUNBUFFERED=1 "$python" "$@"; }
 
-# ---- build
-if [ -f .device-deps/unpack.sh ]; then
-  bash .device-deps/unpack.sh >/dev/null && source .device-deps/env.sh
-fi
-prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-t0=$(date +%s)
-if cmake -S . -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DVHOST_BUILD_TESTS=OFF \
-     -DCMAKE_PREFIX_PATH="$prefix${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}" \
-     -DCMAKE_LIBRARY_PATH="$prefix/../../lib" > "$work/cmake.log" 2>&1 &&
-   grep -q "cuda backend: CUDA" "$work/cmake.log" &&
-   cmake --build "$work/build" -j "$(nproc)" > "$work/build.log" 2>&1; then
-  row build PASS "$(( $(date +%s) - t0 )) s, torch $(python3 -c 'import torch; print(torch.__version__)')"
+# ---- build (the dry run takes an existing one)
+if [ -n "${GPU_CHECK_BUILD:-}" ]; then
+  build=$GPU_CHECK_BUILD
+  [ -x "$build/bin/vhost" ] && [ -x "$build/bin/bench_device" ] || { row build FAIL "$build has no bin/vhost and bin/bench_device"; finish; }
+  row build INFO "the build in $build"
 else
-  tail -20 "$work/cmake.log" "$work/build.log"
-  row build FAIL "see $work/build.log"
-  finish
+  if [ -f .device-deps/unpack.sh ]; then
+    bash .device-deps/unpack.sh >/dev/null && source .device-deps/env.sh
+  fi
+  prefix=$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+  build=$work/build
+  t0=$(date +%s)
+  if cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DVHOST_BUILD_TESTS=OFF \
+       -DCMAKE_PREFIX_PATH="$prefix${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}" \
+       -DCMAKE_LIBRARY_PATH="$prefix/../../lib" > "$work/cmake.log" 2>&1 &&
+     { [ $dev = cpu ] || grep -q "cuda backend: CUDA" "$work/cmake.log"; } &&
+     cmake --build "$build" -j "$(nproc)" > "$work/build.log" 2>&1; then
+    row build PASS "$(( $(date +%s) - t0 )) s, torch $("$python" -c 'import torch; print(torch.__version__)')"
+  else
+    tail -20 "$work/cmake.log" "$work/build.log"
+    row build FAIL "see $work/build.log"
+    finish
+  fi
 fi
-vhost=$work/build/bin/vhost
-py() { PYTHONUNBUFFERED=1 python3 "$@"; }
+vhost=$build/bin/vhost
+bench=$build/bin/bench_device
 
 # ---- checkpoints (bf16 on disk), a tokenizer and data
-"$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out "$work/tok" >/dev/null
-py - "$work" <<'PY'
+"$vhost" model init --preset tiny --tokenizer-text "$src/docs/plugins.md" --out "$work/tok" >/dev/null ||
+  { row setup FAIL "vhost model init failed"; finish; }
+py - "$work" "$dev" "$shapes" <<'PY'
 import json, os, sys, torch
-work = sys.argv[1]
+work, dev, shapes = sys.argv[1:4]
 tok = open(os.path.join(work, "tok", "tokenizer.model"), "rb").read()
 def make(name, d, f, layers, heads, kv, vocab=32000, ctx=4096):
     out = os.path.join(work, name)
@@ -77,7 +100,7 @@ def make(name, d, f, layers, heads, kv, vocab=32000, ctx=4096):
            "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"}
     json.dump(cfg, open(os.path.join(out, "config.json"), "w"), indent=2)
     open(os.path.join(out, "tokenizer.model"), "wb").write(tok)
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=dev).manual_seed(0)
     hd = d // heads
     shapes = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,), "lm_head.weight": (vocab, d)}
     for i in range(layers):
@@ -96,30 +119,29 @@ def make(name, d, f, layers, heads, kv, vocab=32000, ctx=4096):
     with open(os.path.join(out, "model.safetensors"), "wb") as fo:
         fo.write(len(h).to_bytes(8, "little") + h)
         for n, s in shapes.items():
-            t = torch.ones(s, dtype=torch.bfloat16, device="cuda") if len(s) == 1 else \
-                (torch.randn(s, generator=g, device="cuda") * 0.02).to(torch.bfloat16)
+            t = torch.ones(s, dtype=torch.bfloat16, device=dev) if len(s) == 1 else \
+                (torch.randn(s, generator=g, device=dev) * 0.02).to(torch.bfloat16)
             fo.write(t.cpu().view(torch.int16).numpy().tobytes())
 make("gqa", 256, 688, 4, 8, 2, vocab=512, ctx=512)
-make("m1b", 2048, 5632, 22, 32, 4)
-make("m7b", 4096, 11008, 32, 32, 32)
-# Long ShareGPT conversations: 2048-token sequences for the training row.
+if shapes == "full":
+    make("m1b", 2048, 5632, 22, 32, 4)
+    make("m7b", 4096, 11008, 32, 32, 32)
+    words_a_reply, conversations = 3000, 256
+else:  # the dry run: the same rows on small shapes
+    make("m1b", 128, 344, 2, 4, 2, ctx=512)
+    make("m7b", 256, 688, 2, 4, 4, ctx=512)
+    words_a_reply, conversations = 300, 32
+# Long ShareGPT conversations: 2048-token sequences for the training row (256 in the dry run).
 import random
 rng = random.Random(1)
 words = "the model reads each token and writes the next one while the loss falls step by step".split()
 convs = [{"id": str(i), "conversations": [
     {"from": "human", "value": " ".join(rng.choice(words) for _ in range(40))},
-    {"from": "gpt", "value": " ".join(rng.choice(words) for _ in range(3000))}]} for i in range(256)]
+    {"from": "gpt", "value": " ".join(rng.choice(words) for _ in range(words_a_reply))}]} for i in range(conversations)]
 json.dump(convs, open(os.path.join(work, "long.json"), "w"))
-bw = None
-x = torch.empty(2**30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
-for _ in range(3): y.copy_(x)
-torch.cuda.synchronize(); s = torch.cuda.Event(enable_timing=True); e = torch.cuda.Event(enable_timing=True)
-s.record(); [y.copy_(x) for _ in range(20)]; e.record(); torch.cuda.synchronize()
-bw = 2 * 20 * 2**30 / (s.elapsed_time(e) / 1e3)  # read + write bytes per second
-open(os.path.join(work, "bandwidth.txt"), "w").write(str(bw))
 PY
 [ $? -eq 0 ] || { row setup FAIL "making checkpoints failed"; finish; }
-bw=$(cat "$work/bandwidth.txt")
+if [ $shapes = full ]; then seq_len=2048 steps=20 batch=8 save=5; else seq_len=256 steps=8 batch=2 save=3; fi
 
 pipeline() {  # pipeline FILE MODEL STAGES EXTRA...
   local file=$1 model=$2 stages=$3; shift 3
@@ -129,7 +151,7 @@ name = "$(basename "$file" .toml)"
 stages = $stages
 work_dir = "$work/runs/$(basename "$file" .toml)"
 [backends.gpu]
-plugin = "cuda"
+plugin = "$backend"
 dtype = "bfloat16"
 [models.m]
 plugin = "llama"
@@ -142,44 +164,71 @@ EOF
 # ---- backend
 pipeline "$work/info.toml" gqa '["info"]' 'dtype = "bfloat16"'
 if "$vhost" run "$work/info.toml" > "$work/info.log" 2>&1; then
-  row backend PASS "$(grep -o '"gpu": *"[^"]*"' "$work/runs/info/run.json" | head -1), peak $(grep -o '"peak_tflops": *[0-9.]*' "$work/runs/info/run.json" | head -1 | grep -o '[0-9.]*$') TFLOP/s"
+  row backend PASS "$(grep -o '"\(gpu\|cpu\)": *"[^"]*"' "$work/runs/info/run.json" | head -1), peak $(grep -o '"peak_tflops": *[0-9.]*' "$work/runs/info/run.json" | head -1 | grep -o '[0-9.]*$') TFLOP/s"
 else
   tail -5 "$work/info.log"; row backend FAIL "the info stage failed"; finish
 fi
 
-# ---- logits
-if py -c 'import transformers' 2>/dev/null; then hf=1; else hf=0; fi
-row logits INFO "transformers $( [ $hf = 1 ] && echo present || echo absent ) on this host; vhost's GPU logits are not yet dumped by the CLI (see the note of issue 19)"
-
-# ---- decode: (time for 129 new tokens - time for 1) / 128, so loading is not counted
-gen_s() {  # gen_s MODEL N: seconds for `vhost generate` with N new tokens
-  local a b
-  a=$(date +%s.%N)
-  "$vhost" generate "$work/$1" --prompt "Once upon a time" --max-tokens "$2" --temperature 0 > "$work/gen-$1-$2.log" 2>&1 || return 1
-  b=$(date +%s.%N)
-  py -c "print($b - $a)"
-}
-for m in m1b m7b; do
-  bytes=$(stat -c %s "$work/$m/model.safetensors")
-  if t1=$(gen_s $m 1) && t129=$(gen_s $m 129); then
-    row decode INFO "$m batch 1: $(py -c "print(f'{128 / max(1e-9, $t129 - $t1):.1f}')") tokens/s; HBM bound $(py -c "print(f'{$bw / $bytes:.0f}')") tokens/s ($((bytes / 1048576)) MiB of weights at $(py -c "print(f'{$bw / 1e9:.0f}')") GB/s copy bandwidth)"
+# ---- logits: vhost on the device against HF transformers on the device (llama_reference.py's
+# formulas where transformers is absent: the dry run on a machine without it)
+if py -c 'import transformers' 2>/dev/null; then ref=(); against=transformers; else ref=(--formulas); against="llama_reference.py (no transformers here)"; fi
+for dt in float32 bfloat16; do
+  if "$bench" logits "$work/gqa" --device "$dev" --dtype $dt --greedy 64 --out "$work/logits-$dt.json" > "$work/logits-$dt.log" 2>&1 &&
+     py "$src/tests/reference/hf_compare.py" "${ref[@]}" --vhost "$work/logits-$dt.json" "$work/gqa" > "$work/compare-$dt.log" 2>&1; then
+    row logits PASS "$dt against $against: $(grep -o 'max |logit difference| .*' "$work/compare-$dt.log" | head -1); $(grep -o 'greedy tokens equal for .*' "$work/compare-$dt.log" | head -1)"
   else
-    tail -5 "$work"/gen-$m-*.log; row decode FAIL "$m: generate failed"
+    cat "$work/logits-$dt.log" "$work/compare-$dt.log" | tail -8
+    row logits FAIL "$dt against $against: $(grep -h -o 'max |logit difference| .*\|greedy tokens equal for .*\|bench_device: .*' "$work/logits-$dt.log" "$work/compare-$dt.log" | tr '\n' ';')"
   fi
 done
 
+# ---- decode: bench_device beside HF generate() on the same checkpoint, batch 1, 16, 64
+for m in m1b m7b; do
+  if ! "$bench" decode "$work/$m" --device "$dev" --dtype bfloat16 --batch 1,16,64 --tokens 64 > "$work/decode-$m.jsonl" 2> "$work/decode-$m.log"; then
+    tail -5 "$work/decode-$m.log"; row decode FAIL "$m: bench_device decode failed"; continue
+  fi
+  if [ "$against" = transformers ]; then
+    py "$src/bench/hf_generate.py" "$work/$m" --device "$dev" --dtype bfloat16 --batch 1,16,64 --tokens 64 > "$work/hf-$m.jsonl" 2> "$work/hf-$m.log" ||
+      { tail -5 "$work/hf-$m.log"; row decode FAIL "$m: bench/hf_generate.py failed"; }
+  fi
+  while IFS= read -r line; do row decode INFO "$line"; done < <(py - "$m" "$work/decode-$m.jsonl" "$work/hf-$m.jsonl" <<'PY'
+import json, os, sys
+m, ours, theirs = sys.argv[1:4]
+rows = [json.loads(l) for l in open(ours) if l.strip()]
+head, steps = rows[0], {r["batch"]: r for r in rows[1:]}
+hf = {}
+if os.path.exists(theirs):
+    hf = {r["batch"]: r for r in (json.loads(l) for l in open(theirs) if l.strip()) if "batch" in r}
+print(f"{m}: {head['step_weight_bytes'] / 2**20:.0f} MiB of weights a step, {head['copy_bytes_per_s'] / 1e9:.0f} GB/s copy "
+      f"bandwidth: bound {head['bound_tokens_per_s']:.0f} tokens/s at batch 1")
+for b, r in sorted(steps.items()):
+    text = f"{m} batch {b}: {r['tokens_per_s']:.1f} tokens/s ({r['step_ms']:.2f} ms a step"
+    text += f", {100 * r['bound_fraction']:.0f}% of the HBM bound)" if b == 1 else ")"
+    if b in hf:
+        ratio = r["tokens_per_s"] / hf[b]["tokens_per_s"]
+        text += f"; HF generate() {hf[b]['tokens_per_s']:.1f}: {ratio:.2f}x"
+    else:
+        text += "; HF generate() not run (no transformers here)"
+    if m == "m7b" and b == 1:  # the issue's goals
+        ok = r["bound_fraction"] >= 0.7 and (b in hf and r["tokens_per_s"] >= 3 * hf[b]["tokens_per_s"])
+        text += "; goal (>= 70% of the bound, >= 3x HF) " + ("met" if ok else "NOT met")
+    print(text)
+PY
+)
+done
+
 # ---- train and resume
-"$vhost" prepare "$work/long.json" --model "$work/m1b" --out "$work/data" --max-length 2048 > "$work/prepare.log" 2>&1 ||
+"$vhost" prepare "$work/long.json" --model "$work/m1b" --out "$work/data" --max-length $seq_len > "$work/prepare.log" 2>&1 ||
   { tail -5 "$work/prepare.log"; row train FAIL "prepare failed"; finish; }
 train_toml() {  # train_toml NAME OUT EXTRA...
   local n=$1 o=$2; shift 2
   pipeline "$work/$n.toml" m1b '["train"]' 'load_weights = false' '[stages.train]' "data = \"$work/data\"" \
-    "out = \"$work/$o\"" 'max_steps = 20' 'batch_size = 8' 'micro_batch_size = 1' 'lr = 1e-4' 'warmup_steps = 2' \
+    "out = \"$work/$o\"" "max_steps = $steps" "batch_size = $batch" 'micro_batch_size = 1' 'lr = 1e-4' 'warmup_steps = 2' \
     'gradient_checkpointing = true' 'log_every = 1' "$@"
 }
 train_toml train out-train
 if timeout 300 "$vhost" run "$work/train.toml" > "$work/train.log" 2>&1; then
-  row train "$(py - "$work/out-train/metrics.jsonl" <<'PY'
+  verdict=$(py - "$work/out-train/metrics.jsonl" <<'PY'
 import json, sys
 m = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
 first, last = m[0]["loss"], m[-1]["loss"]
@@ -187,27 +236,30 @@ tps = sorted(x["tokens_per_s"] for x in m[2:])[len(m[2:]) // 2]
 mfu = sorted(x.get("mfu", 0) for x in m[2:])[len(m[2:]) // 2]
 print(("PASS" if last < first else "FAIL") + f" loss {first:.3f} -> {last:.3f} in {len(m)} steps; median {tps:.0f} tokens/s, MFU {100 * mfu:.1f}%")
 PY
-)"
+) || verdict="FAIL no losses in $work/out-train/metrics.jsonl"
+  row train "${verdict%% *}" "${verdict#* }"
   grep -o '"peak_allocated_bytes": *[0-9]*' "$work/runs/train/run.json" | head -1 | sed 's/^/  /'
 else
   tail -10 "$work/train.log"; row train FAIL "training failed"
 fi
-train_toml cut out-cut 'save_every = 5'
+train_toml cut out-cut "save_every = $save"
 timeout 300 "$vhost" run "$work/cut.toml" > "$work/cut1.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 3000); do
-  [ -d "$work/out-cut/checkpoints/step-00000005" ] && [ "$(grep -c '"loss"' "$work/out-cut/metrics.jsonl" 2>/dev/null)" -ge 7 ] && break
+  [ -d "$work/out-cut/checkpoints/step-$(printf %08d $save)" ] && [ "$(grep -c '"loss"' "$work/out-cut/metrics.jsonl" 2>/dev/null)" -ge $((save + 2)) ] && break
+  kill -0 $pid 2>/dev/null || break
   sleep 0.1
 done
-kill -TERM $pid; wait $pid
+kill -TERM $pid 2>/dev/null; wait $pid
 if timeout 300 "$vhost" run "$work/cut.toml" > "$work/cut2.log" 2>&1 && grep -q "resumed from" "$work/cut2.log"; then
-  row resume "$(py - "$work/out-train/metrics.jsonl" "$work/out-cut/metrics.jsonl" <<'PY'
+  verdict=$(py - "$work/out-train/metrics.jsonl" "$work/out-cut/metrics.jsonl" <<'PY'
 import json, sys
 a, b = ([json.loads(l)["loss"] for l in open(f) if '"loss"' in l] for f in sys.argv[1:3])
 worst = max(abs(x - y) / max(1, abs(x)) for x, y in zip(a, b))
 print(("PASS" if len(a) == len(b) and worst <= 2e-3 else "FAIL") + f" {len(b)} losses after SIGTERM and resume, worst relative difference {worst:.1e}")
 PY
-)"
+) || verdict="FAIL the losses of the two runs could not be compared"
+  row resume "${verdict%% *}" "${verdict#* }"
 else
   tail -10 "$work/cut2.log"; row resume FAIL "the resumed run failed"
 fi

@@ -11,9 +11,16 @@ Debian 12, so the comparison with it runs where it is installed, such as the len
                                                 and bfloat16 (bfloat16 reported, not judged)
     hf_compare.py --formulas CHECKPOINT_DIR...  llama_reference.py's forward instead of transformers
                                                 (runs anywhere; the test of this script)
+    hf_compare.py [--formulas] --vhost FILE CHECKPOINT_DIR
+                                                the logits in FILE (bench_device logits: vhost on a
+                                                device, such as the GPU, in a dtype) against the
+                                                reference on FILE's device and dtype; and where FILE
+                                                has greedy tokens (--greedy N), the reference's own
+                                                greedy continuation of the first row beside them
 
 One line per checkpoint and run; the table also goes to $OUT/hf_compare.json when $OUT is set.
-Exit status 1 when a float32 run differs from vhost by more than 1e-4 (bfloat16 is reported only).
+Exit status 1 when a float32 run differs from vhost by more than 1e-4 or its greedy tokens differ
+(bfloat16 is reported only); 2 when a file is missing or malformed.
 """
 import json
 import os
@@ -50,10 +57,45 @@ def formula_logits(ckpt, ids, device, dtype):
         return llama_reference.forward(cfg, w, ids).numpy()
 
 
+def greedy_tokens(ckpt, row, n, device, dtype, formulas):
+    """The reference's greedy continuation of `row` by n tokens: the whole sequence again at each
+    step (no cache of its own to get wrong), argmax of the last position."""
+    if formulas:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import llama_reference
+
+        cfg, w = llama_reference.load(ckpt)
+        step = lambda seq: llama_reference.forward(cfg, w, [seq])[0, -1]
+    else:
+        from transformers import LlamaForCausalLM
+
+        try:
+            model = LlamaForCausalLM.from_pretrained(ckpt, dtype=dtype, attn_implementation="eager")
+        except TypeError:
+            model = LlamaForCausalLM.from_pretrained(ckpt, torch_dtype=dtype, attn_implementation="eager")
+        model = model.to(device).eval()
+        step = lambda seq: model(torch.tensor([seq], device=device)).logits[0, -1].float().cpu()
+    seq, out = list(row), []
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(torch.argmax(step(seq))))
+            seq.append(out[-1])
+    return out
+
+
 def main(argv):
     formulas = "--formulas" in argv
-    dirs = [a for a in argv if a != "--formulas"]
-    if not dirs:
+    argv = [a for a in argv if a != "--formulas"]
+    vhost_file = None
+    if "--vhost" in argv:
+        i = argv.index("--vhost")
+        if i + 1 >= len(argv):
+            print("hf_compare.py: --vhost needs a FILE", file=sys.stderr)
+            return 2
+        vhost_file = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    dirs = argv
+    if not dirs or (vhost_file and len(dirs) != 1):
         print(__doc__, file=sys.stderr)
         return 2
     # Full float32 products on the GPU (no TF32), as on the CPU.
@@ -66,12 +108,23 @@ def main(argv):
     who = "llama_reference.py" if formulas else "transformers"
     rows, failed = [], False
     for ckpt in dirs:
-        path = os.path.join(ckpt, "vhost_logits.json")
+        path = vhost_file or os.path.join(ckpt, "vhost_logits.json")
         try:
             saved = json.load(open(path))
             ids, ours = saved["ids"], np.asarray(saved["logits"], dtype=np.float32)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"{path}: {e} (run vhost_llama_tests \"forward matches*\" first)", file=sys.stderr)
+            if ours.ndim != 3 or ours.shape[:2] != np.asarray(ids).shape:
+                raise ValueError(f"logits of shape {ours.shape} for ids of shape {np.asarray(ids).shape}")
+            greedy = [int(t) for t in saved.get("greedy", [])]
+            if vhost_file:  # the reference on the device and in the dtype vhost ran
+                want = ("cuda" if str(saved["device"]).startswith("cuda") else "cpu",
+                        {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[saved["dtype"]])
+                if want[0] == "cuda" and not torch.cuda.is_available():
+                    print(f"{path}: vhost ran on {saved['device']}, and this torch sees no CUDA device", file=sys.stderr)
+                    return 2
+                runs = [want]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            hint = "" if vhost_file else " (run vhost_llama_tests \"forward matches*\" first)"
+            print(f"{path}: {e!r}{hint}", file=sys.stderr)
             return 2
         for device, dtype in runs:
             theirs = logits_of(ckpt, ids, device, dtype)
@@ -85,8 +138,17 @@ def main(argv):
             name = str(dtype).replace("torch.", "")
             print(f"{ckpt}: {who} on {device} in {name}: max |logit difference| {diff:.3g} "
                   f"(largest |logit| {scale:.3g}){'  FAIL' if bad else ''}")
-            rows.append({"checkpoint": ckpt, "against": who, "device": device, "dtype": name,
-                         "max_abs_diff": diff, "max_abs_logit": scale, "ok": not bad})
+            row = {"checkpoint": ckpt, "against": who, "device": device, "dtype": name,
+                   "max_abs_diff": diff, "max_abs_logit": scale, "ok": not bad}
+            if greedy:
+                ref = greedy_tokens(ckpt, ids[0], len(greedy), device, dtype, formulas)
+                same = next((i for i, (a, b) in enumerate(zip(greedy, ref)) if a != b), len(greedy))
+                gbad = dtype == torch.float32 and same != len(greedy)
+                failed |= gbad
+                print(f"{ckpt}: {who} on {device} in {name}: greedy tokens equal for {same} of {len(greedy)}"
+                      f"{'  FAIL' if gbad else ''}")
+                row.update({"greedy_tokens": len(greedy), "greedy_equal": same, "ok": not (bad or gbad)})
+            rows.append(row)
     if os.environ.get("OUT"):
         info = {"torch": torch.__version__,
                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
