@@ -32,7 +32,8 @@ import torch
 TOLERANCE = 1e-4  # float32; the in-tree reference test holds vhost to 1e-5 against the formulas
 
 
-def hf_logits(ckpt, ids, device, dtype):
+def hf_model(ckpt, device, dtype):
+    """transformers' LlamaForCausalLM (eager attention) as a function: ids -> float32 logits."""
     try:
         from transformers import LlamaForCausalLM
     except ImportError:
@@ -44,42 +45,33 @@ def hf_logits(ckpt, ids, device, dtype):
     except TypeError:  # transformers 4.x names it torch_dtype
         model = LlamaForCausalLM.from_pretrained(ckpt, torch_dtype=dtype, attn_implementation="eager")
     model = model.to(device).eval()
-    with torch.no_grad():
-        return model(torch.tensor(ids, device=device)).logits.float().cpu().numpy()
+
+    def logits(ids):
+        with torch.no_grad():
+            return model(torch.tensor(ids, device=device)).logits.float().cpu().numpy()
+    return logits
 
 
-def formula_logits(ckpt, ids, device, dtype):
+def formula_model(ckpt, device, dtype):
+    """llama_reference.py's forward (on the CPU, float32) as a function: ids -> logits."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import llama_reference
 
     cfg, w = llama_reference.load(ckpt)
-    with torch.no_grad():
-        return llama_reference.forward(cfg, w, ids).numpy()
+
+    def logits(ids):
+        with torch.no_grad():
+            return llama_reference.forward(cfg, w, ids).numpy()
+    return logits
 
 
-def greedy_tokens(ckpt, row, n, device, dtype, formulas):
+def greedy_tokens(logits, row, n):
     """The reference's greedy continuation of `row` by n tokens: the whole sequence again at each
     step (no cache of its own to get wrong), argmax of the last position."""
-    if formulas:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import llama_reference
-
-        cfg, w = llama_reference.load(ckpt)
-        step = lambda seq: llama_reference.forward(cfg, w, [seq])[0, -1]
-    else:
-        from transformers import LlamaForCausalLM
-
-        try:
-            model = LlamaForCausalLM.from_pretrained(ckpt, dtype=dtype, attn_implementation="eager")
-        except TypeError:
-            model = LlamaForCausalLM.from_pretrained(ckpt, torch_dtype=dtype, attn_implementation="eager")
-        model = model.to(device).eval()
-        step = lambda seq: model(torch.tensor([seq], device=device)).logits[0, -1].float().cpu()
     seq, out = list(row), []
-    with torch.no_grad():
-        for _ in range(n):
-            out.append(int(torch.argmax(step(seq))))
-            seq.append(out[-1])
+    for _ in range(n):
+        out.append(int(np.argmax(logits([seq])[0, -1])))
+        seq.append(out[-1])
     return out
 
 
@@ -104,7 +96,7 @@ def main(argv):
     runs = [("cpu", torch.float32)] + ([] if formulas else [("cpu", torch.bfloat16)])  # bfloat16: reported
     if not formulas and torch.cuda.is_available():
         runs += [("cuda", torch.float32), ("cuda", torch.bfloat16)]
-    logits_of = formula_logits if formulas else hf_logits
+    reference = formula_model if formulas else hf_model
     who = "llama_reference.py" if formulas else "transformers"
     rows, failed = [], False
     for ckpt in dirs:
@@ -127,7 +119,8 @@ def main(argv):
             print(f"{path}: {e!r}{hint}", file=sys.stderr)
             return 2
         for device, dtype in runs:
-            theirs = logits_of(ckpt, ids, device, dtype)
+            logits = reference(ckpt, device, dtype)  # loaded once for the logits and the greedy tokens
+            theirs = logits(ids)
             if theirs.shape != ours.shape:
                 print(f"{ckpt}: {who} gave logits of shape {theirs.shape}, vhost {ours.shape}", file=sys.stderr)
                 return 1
@@ -141,7 +134,7 @@ def main(argv):
             row = {"checkpoint": ckpt, "against": who, "device": device, "dtype": name,
                    "max_abs_diff": diff, "max_abs_logit": scale, "ok": not bad}
             if greedy:
-                ref = greedy_tokens(ckpt, ids[0], len(greedy), device, dtype, formulas)
+                ref = greedy_tokens(logits, ids[0], len(greedy))
                 same = next((i for i, (a, b) in enumerate(zip(greedy, ref)) if a != b), len(greedy))
                 gbad = dtype == torch.float32 and same != len(greedy)
                 failed |= gbad
