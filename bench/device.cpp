@@ -14,6 +14,7 @@
 // A device this libtorch cannot use, a checkpoint that does not load, bad flags: one line naming
 // the flag or the file on stderr, exit status 2.
 #include "model.hpp"
+#include "step_weights.hpp"
 
 #include <torch/cuda.h>
 
@@ -94,14 +95,10 @@ int64_t parse_count(const std::string& flag, const std::string& s, int64_t lo, i
   return v;
 }
 
-// Bytes a decoding step reads: every tensor but the embedding (one row a token) where the output
-// head is a tensor of its own.
+// Bytes a decoding step reads (step_weights.hpp).
 double step_bytes(const LlamaModel& m) {
-  bool has_output = false;
-  for (const auto& [name, t] : m.named_tensors()) has_output |= name == "lm_head.weight";
   double bytes = 0;
-  for (const auto& [name, t] : m.named_tensors())
-    if (!(name == "model.embed_tokens.weight" && has_output)) bytes += static_cast<double>(t.numel() * t.element_size());
+  for (const auto& t : step_weights(m)) bytes += static_cast<double>(t.numel() * t.element_size());
   return bytes;
 }
 

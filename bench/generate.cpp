@@ -30,6 +30,7 @@
 #include "generate.hpp"
 #include "gguf.hpp"
 #include "model.hpp"
+#include "step_weights.hpp"
 
 #include <signal.h>
 #include <sys/resource.h>
@@ -230,12 +231,9 @@ static double stream_bytes_per_s(const std::vector<std::pair<const uint8_t*, std
 // Prints "memory bound T tokens/s (...)": the tokens/s of batch 1 if a step took only the time to
 // stream the weights it reads; with got > 0, also what share of it `got` tokens/s is.
 static void print_memory_bound(const LlamaModel& model, int threads, double got) {
-  bool has_output = false;
-  for (const auto& [name, t] : model.named_tensors()) has_output |= name == "lm_head.weight";
   std::vector<std::pair<const uint8_t*, std::size_t>> ranges;
   double step_bytes = 0;
-  for (const auto& [name, t] : model.named_tensors()) {
-    if (name == "model.embed_tokens.weight" && has_output) continue;  // one row a token
+  for (const auto& t : step_weights(model)) {
     const auto n = static_cast<std::size_t>(t.numel() * t.element_size());
     ranges.push_back({static_cast<const uint8_t*>(t.data_ptr()), n});
     step_bytes += static_cast<double>(n);
