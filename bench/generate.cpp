@@ -16,8 +16,10 @@
 //
 //   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16] [--float-activations] [--bf16-activations] [--prompt 512]
 //   bench_generate --model PATH --memory-bound [--threads 2]   (the memory bound line alone)
-//   bench_generate --gemm N K [--threads 2]     (small_gemm alone: f32, bf16, f16 weights and the
-//                                                quantized formats, int8 and float32 activations)
+//   bench_generate --gemm N K [--threads 2] [--reps 10] [--only q4_k,q6_k]
+//                                               (small_gemm alone: f32, bf16, f16 weights and the
+//                                                quantized formats, int8 and float32 activations;
+//                                                --only: those quantized formats alone)
 // A checkpoint as the model plugin loads it (an HF folder or a GGUF file, the stored dtype kept:
 // bf16/f16 weights read in place), decoded greedily from a one-token prompt at batch 1 and at
 // --batch: tokens/s of the decoding steps alone (after the prefill), and the process's peak RSS
@@ -308,9 +310,12 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
 }
 
 // small_gemm of M = 1, 4, 8, 16 rows against W [N, K] of `bytes` bytes: a line of weight bytes
-// streamed per second (10 calls each after one to warm up).
+// streamed per second, from the median call of g_gemm_reps (10 by default, --reps) after one to
+// warm up: the median, as this shared VM's neighbours slow some calls by 2x.
 // With copies > 1, call i reads copy i % copies of W (each `stride` bytes after the last): the
 // weights come from memory, not from the last-level cache, as in a model's step.
+static int g_gemm_reps = 10;
+static std::string g_gemm_only;  // --only: the quantized formats named (q4_k,q6_k), no float rows
 static void print_gemm_rows(WeightsRef W, int64_t N, int64_t K, double bytes, int copies = 1, int64_t stride = 0) {
   for (int64_t M : {1, 4, 8, 16}) {
     auto A = torch::randn({M, K}), C = torch::empty({M, N});
@@ -321,10 +326,15 @@ static void print_gemm_rows(WeightsRef W, int64_t N, int64_t K, double bytes, in
       small_gemm(A.data_ptr<float>(), M, w, N, K, C.data_ptr<float>());
     };
     call();
-    const int reps = std::max(10, copies);
-    auto t0 = Clock::now();
-    for (int r = 0; r < reps; ++r) call();
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count() / reps;
+    const int reps = std::max(g_gemm_reps, copies);
+    std::vector<double> times;
+    for (int r = 0; r < reps; ++r) {
+      auto t0 = Clock::now();
+      call();
+      times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::nth_element(times.begin(), times.begin() + reps / 2, times.end());
+    const double s = times[reps / 2];
     std::printf("  M=%-2lld %6.1f GB/s (%.2f ms)", (long long)M, bytes / s / 1e9, s * 1e3);
   }
   std::printf("\n");
@@ -344,9 +354,27 @@ static void print_gemm_rows_mem(WeightsRef W, int64_t N, int64_t K, std::size_t 
 // small_gemm alone on one [N, K] weight matrix in float32, bfloat16, float16 and the quantized
 // formats: weight bytes streamed per second.
 static int gemm_mode(int64_t N, int64_t K, int threads) {
+  if (!g_gemm_only.empty()) {  // every name --only gives must be a quantized format here
+    std::size_t at = 0;
+    while (at <= g_gemm_only.size()) {
+      const std::size_t end = std::min(g_gemm_only.find(',', at), g_gemm_only.size());
+      const std::string name = g_gemm_only.substr(at, end - at);
+      bool known = false;
+      for (WeightType t : {WeightType::q8_0, WeightType::q4_0, WeightType::q4_1, WeightType::q5_0, WeightType::q5_1,
+                           WeightType::q4_k, WeightType::q5_k, WeightType::q6_k})
+        known |= name == quant_format(t)->name;
+      if (!known) {
+        std::fprintf(stderr, "bench_generate: --only: '%s' is not one of q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k\n",
+                     name.c_str());
+        return 2;
+      }
+      at = end + 1;
+    }
+  }
   std::printf("bench/generate --gemm %lld %lld: small_gemm (%s), %d threads, GB/s of weights (ms a call)\n", (long long)N,
               (long long)K, small_gemm_isa(), threads);
   for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    if (!g_gemm_only.empty()) break;
     auto w32 = torch::randn({N, K}) * 0.02;
     auto W = w32.to(dt).contiguous();
     const WeightType wt = dt == torch::kBFloat16 ? WeightType::bf16 : dt == torch::kFloat16 ? WeightType::f16 : WeightType::f32;
@@ -372,6 +400,7 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
                        WeightType::q4_k, WeightType::q5_k, WeightType::q6_k}) {
     const QuantFormat& f = *quant_format(t);
     if (K % f.block_elems) continue;
+    if (!g_gemm_only.empty() && ("," + g_gemm_only + ",").find(std::string(",") + f.name + ",") == std::string::npos) continue;
     std::vector<uint8_t> blocks(static_cast<std::size_t>(N * K / f.block_elems * f.block_bytes));
     uint32_t x = 1;
     for (auto& b : blocks) b = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
@@ -428,6 +457,8 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--batch")) batch = std::atoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--preset")) preset = argv[i + 1];
     if (!std::strcmp(argv[i], "--bf16-kernel")) bf16_kernel = argv[i + 1];
+    if (!std::strcmp(argv[i], "--reps")) g_gemm_reps = std::max(1, std::atoi(argv[i + 1]));
+    if (!std::strcmp(argv[i], "--only")) g_gemm_only = argv[i + 1];
   }
   torch::set_num_threads(threads);
   for (int i = 1; i + 2 < argc; ++i)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# bench_generate --gemm's --only and --reps (the A/B harness of the integer kernels): the formats
+# named are measured alone (no float rows, no other format), and a name it does not know is
+# refused (exit status 2, naming it) rather than measuring nothing.
+#   bench_gemm_only.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+source "$(dirname "$0")/lib.sh" "$@"
+bench=$build/bin/bench_generate
+
+"$bench" --gemm 16 256 --threads 1 --only q4_k,q6_k --reps 2 > only.txt
+grep -q '^  q4_k x8 ' only.txt || { cat only.txt; echo "no q4_k x8 row"; exit 1; }
+grep -q '^  q6_k x8 ' only.txt || { cat only.txt; echo "no q6_k x8 row"; exit 1; }
+if grep -Eq '^  (float32|bfloat16|float16|q4_0|q8_0)' only.txt; then
+  cat only.txt; echo "--only q4_k,q6_k measured other formats"; exit 1
+fi
+
+rc=0
+"$bench" --gemm 16 256 --only q4_k,bogus > out.txt 2> err.txt || rc=$?
+[ "$rc" = 2 ] || { cat out.txt err.txt; echo "--only bogus: exit $rc, want 2"; exit 1; }
+grep -q "'bogus' is not one of" err.txt || { cat err.txt; echo "the refusal does not name 'bogus'"; exit 1; }
+echo "bench_gemm_only: ok"
