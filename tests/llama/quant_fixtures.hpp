@@ -35,4 +35,22 @@ inline std::pair<std::vector<uint8_t>, torch::Tensor> random_blocks(const QuantF
   return {std::move(b), w};
 }
 
+// N rows of blocks of format f whose every quant byte is `fill` (0xFF: each nibble, fifth and
+// sixth bit set, so every unsigned quant at its largest; Q4_K / Q5_K scales and mins 63), with each
+// float16 field (d, m / dmin) 0.01: the largest integer sums a kernel can meet. And their values.
+inline std::pair<std::vector<uint8_t>, torch::Tensor> extreme_blocks(const QuantFormat& f, int64_t N, int64_t K,
+                                                                     uint8_t fill = 0xFF) {
+  std::vector<uint8_t> b(static_cast<std::size_t>(N * K / f.block_elems * f.block_bytes), fill);
+  std::vector<int> halves = {0};
+  if (f.type == WeightType::q4_1 || f.type == WeightType::q5_1 || f.type == WeightType::q4_k || f.type == WeightType::q5_k)
+    halves.push_back(2);
+  if (f.type == WeightType::q6_k) halves = {208};
+  const uint16_t h = fp16_from_float(0.01f);
+  for (int64_t i = 0; i < N * K / f.block_elems; ++i)
+    for (int off : halves) std::memcpy(b.data() + i * f.block_bytes + off, &h, 2);
+  auto w = torch::empty({N, K});
+  dequantize(f.type, b.data(), N * K, w.data_ptr<float>());
+  return {std::move(b), w};
+}
+
 }  // namespace vhost::llama

@@ -433,6 +433,53 @@ TEST_CASE("Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K with eight rows interleaved: th
   select_kernels(nullptr);
 }
 
+TEST_CASE("Quantized kernels at their largest quants and activations: no 16-bit or 32-bit sum overflows",
+          "[kernels][quant][x8]") {
+  // Every quant at its largest against activation rows of one value (each rounds to +-127 in
+  // every block): the largest products, all of one sign, that the integer kernels' 16-bit pair sums
+  // (vpmaddubsw, added in 16 bits over runs of blocks on AVX2) and 32-bit sums must hold.
+  set_int8_activations(true);
+  for (const auto& isa : std::vector<std::string>{"avx2", "avx512"}) {
+    if (!select_kernels(isa.c_str()) || !*int8_dot_isa()) continue;
+    for (WeightType t : {WeightType::q4_0, WeightType::q4_1, WeightType::q5_0, WeightType::q5_1, WeightType::q8_0,
+                         WeightType::q4_k, WeightType::q5_k, WeightType::q6_k}) {
+      const QuantFormat& f = *quant_format(t);
+      if (!small_gemm_supports(t)) continue;
+      const int64_t E = f.block_elems, K = t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k ? 2 * E : 16 * E;
+      const int64_t N = 16, M = 6;
+      auto A = torch::ones({M, K});
+      A[1].fill_(-1.0f);
+      A[2].fill_(100.0f);
+      A[3].fill_(-0.001f);
+      A[4] = torch::randn({K});
+      A[5].narrow(0, 0, K / 2).fill_(1.0f);  // half of each row positive, half negative
+      A[5].narrow(0, K / 2, K / 2).fill_(-1.0f);
+      const bool kq = t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k;
+      auto Aref = kq ? q8k_rounded(A) : q8_rounded(A);
+      for (uint8_t fill : {uint8_t(0xFF), uint8_t(0x81)}) {  // 0x81: Q8_0's -127
+        auto [b, w] = extreme_blocks(f, N, K, fill);
+        INFO("kernels: " << small_gemm_isa() << ", format " << f.name << ", fill " << int(fill));
+        auto want = t == WeightType::q4_1 || t == WeightType::q5_1 ? q8_1_product(A, b, w, f) : torch::linear(Aref, w);
+        const double tol = 1e-4 * std::max(1.0, want.abs().max().item<double>());
+        for (int rows : {1, 4, 6}) {
+          INFO("rows of A: " << rows);
+          auto C = torch::full({rows, N}, std::numeric_limits<float>::quiet_NaN());
+          REQUIRE(small_gemm(A.data_ptr<float>(), rows, WeightsRef(b.data(), t), N, K, C.data_ptr<float>()));
+          CHECK(torch::allclose(C, want.narrow(0, 0, rows), 1e-4, tol));
+          if (packs_x8(t)) {
+            std::vector<uint8_t> p(b.size());
+            pack_x8(t, b.data(), N, K, p.data());
+            auto Cp = torch::full({rows, N}, std::numeric_limits<float>::quiet_NaN());
+            REQUIRE(small_gemm(A.data_ptr<float>(), rows, WeightsRef(p.data(), packed_x8(t)), N, K, Cp.data_ptr<float>()));
+            CHECK(torch::allclose(Cp, want.narrow(0, 0, rows), 1e-4, tol));
+          }
+        }
+      }
+    }
+  }
+  select_kernels(nullptr);
+}
+
 TEST_CASE("argmax_rows: the first largest of each row, as torch::argmax", "[kernels][sampling]") {
   for (const auto& isa : std::vector<std::string>{"", "avx2", "avx512"}) {
     if (!select_kernels(isa.c_str())) continue;
