@@ -45,6 +45,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -316,6 +317,9 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
 // weights come from memory, not from the last-level cache, as in a model's step.
 static int g_gemm_reps = 10;
 static std::string g_gemm_only;  // --only: the quantized formats named (q4_k,q6_k), no float rows
+// The quantized formats --gemm measures, in its order.
+static const WeightType kGemmQuant[] = {WeightType::q8_0, WeightType::q4_0, WeightType::q4_1, WeightType::q5_0,
+                                        WeightType::q5_1, WeightType::q4_k, WeightType::q5_k, WeightType::q6_k};
 static void print_gemm_rows(WeightsRef W, int64_t N, int64_t K, double bytes, int copies = 1, int64_t stride = 0) {
   for (int64_t M : {1, 4, 8, 16}) {
     auto A = torch::randn({M, K}), C = torch::empty({M, N});
@@ -354,27 +358,23 @@ static void print_gemm_rows_mem(WeightsRef W, int64_t N, int64_t K, std::size_t 
 // small_gemm alone on one [N, K] weight matrix in float32, bfloat16, float16 and the quantized
 // formats: weight bytes streamed per second.
 static int gemm_mode(int64_t N, int64_t K, int threads) {
-  if (!g_gemm_only.empty()) {  // every name --only gives must be a quantized format here
-    std::size_t at = 0;
-    while (at <= g_gemm_only.size()) {
-      const std::size_t end = std::min(g_gemm_only.find(',', at), g_gemm_only.size());
-      const std::string name = g_gemm_only.substr(at, end - at);
-      bool known = false;
-      for (WeightType t : {WeightType::q8_0, WeightType::q4_0, WeightType::q4_1, WeightType::q5_0, WeightType::q5_1,
-                           WeightType::q4_k, WeightType::q5_k, WeightType::q6_k})
-        known |= name == quant_format(t)->name;
-      if (!known) {
-        std::fprintf(stderr, "bench_generate: --only: '%s' is not one of q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k\n",
-                     name.c_str());
-        return 2;
-      }
-      at = end + 1;
+  // --only's names, each one of the quantized formats measured below.
+  std::set<std::string> only;
+  for (std::size_t at = 0; !g_gemm_only.empty() && at <= g_gemm_only.size();) {
+    const std::size_t end = std::min(g_gemm_only.find(',', at), g_gemm_only.size());
+    const std::string name = g_gemm_only.substr(at, end - at);
+    if (std::none_of(std::begin(kGemmQuant), std::end(kGemmQuant), [&](WeightType t) { return name == quant_format(t)->name; })) {
+      std::fprintf(stderr, "bench_generate: --only: '%s' is not one of q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k\n",
+                   name.c_str());
+      return 2;
     }
+    only.insert(name);
+    at = end + 1;
   }
   std::printf("bench/generate --gemm %lld %lld: small_gemm (%s), %d threads, GB/s of weights (ms a call)\n", (long long)N,
               (long long)K, small_gemm_isa(), threads);
   for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
-    if (!g_gemm_only.empty()) break;
+    if (!only.empty()) break;
     auto w32 = torch::randn({N, K}) * 0.02;
     auto W = w32.to(dt).contiguous();
     const WeightType wt = dt == torch::kBFloat16 ? WeightType::bf16 : dt == torch::kFloat16 ? WeightType::f16 : WeightType::f32;
@@ -396,11 +396,10 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
   }
   // Quantized blocks: random bytes with finite float16 scales (the speed does not depend on the
   // values); each by its integer kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) and by the float32 path.
-  for (WeightType t : {WeightType::q8_0, WeightType::q4_0, WeightType::q4_1, WeightType::q5_0, WeightType::q5_1,
-                       WeightType::q4_k, WeightType::q5_k, WeightType::q6_k}) {
+  for (WeightType t : kGemmQuant) {
     const QuantFormat& f = *quant_format(t);
     if (K % f.block_elems) continue;
-    if (!g_gemm_only.empty() && ("," + g_gemm_only + ",").find(std::string(",") + f.name + ",") == std::string::npos) continue;
+    if (!only.empty() && !only.count(f.name)) continue;
     std::vector<uint8_t> blocks(static_cast<std::size_t>(N * K / f.block_elems * f.block_bytes));
     uint32_t x = 1;
     for (auto& b : blocks) b = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
