@@ -445,7 +445,8 @@ TEST_CASE("Quantized kernels at their largest quants and activations: no 16-bit 
                          WeightType::q4_k, WeightType::q5_k, WeightType::q6_k}) {
       const QuantFormat& f = *quant_format(t);
       if (!small_gemm_supports(t)) continue;
-      const int64_t E = f.block_elems, K = t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k ? 2 * E : 16 * E;
+      const bool kq = t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k;
+      const int64_t E = f.block_elems, K = kq ? 2 * E : 16 * E;
       const int64_t N = 16, M = 6;
       auto A = torch::ones({M, K});
       A[1].fill_(-1.0f);
@@ -454,7 +455,6 @@ TEST_CASE("Quantized kernels at their largest quants and activations: no 16-bit 
       A[4] = torch::randn({K});
       A[5].narrow(0, 0, K / 2).fill_(1.0f);  // half of each row positive, half negative
       A[5].narrow(0, K / 2, K / 2).fill_(-1.0f);
-      const bool kq = t == WeightType::q4_k || t == WeightType::q5_k || t == WeightType::q6_k;
       auto Aref = kq ? q8k_rounded(A) : q8_rounded(A);
       for (uint8_t fill : {uint8_t(0xFF), uint8_t(0x81)}) {  // 0x81: Q8_0's -127
         auto [b, w] = extreme_blocks(f, N, K, fill);
