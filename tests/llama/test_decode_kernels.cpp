@@ -133,6 +133,41 @@ TEST_CASE("small_gemm, small_gemm_many and gate_up_silu read bfloat16 and float1
   select_kernels(nullptr);
 }
 
+// A batch's rows get the same bits as each row alone: the bfloat16 tiles split k into spans that
+// depend on the number of rows (tile_pairs) and carry their sums between them, and rows fall in
+// tiles of different heights; a decoding step of 16 sequences must not change any one's numbers.
+TEST_CASE("small_gemm and gate_up_silu: each row of a batch bit for bit as that row alone", "[kernels][half]") {
+  for (const auto& isa : runnable_kernels()) {
+    select_kernels(isa.c_str());
+    for (auto dt : {torch::kBFloat16, torch::kFloat16, torch::kFloat32}) {
+      INFO("kernels: " << small_gemm_isa() << ", weights " << c10::toString(dt));
+      const WeightType wt = dt == torch::kBFloat16 ? WeightType::bf16 : dt == torch::kFloat16 ? WeightType::f16 : WeightType::f32;
+      if (!small_gemm_supports(wt)) continue;
+      torch::manual_seed(11);
+      // K: several spans at 16 and 33 rows, and a tail past the last pair block; N off 2, 3 and 4.
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{16, 101, 1000}, {33, 7, 4100}, {6, 10, 512}}) {
+        INFO("M=" << M << " N=" << N << " K=" << K);
+        auto A = torch::randn({M, K}), W = torch::randn({N, K}).to(dt), W2 = torch::randn({N, K}).to(dt);
+        const WeightsRef w(W.data_ptr(), wt), w2(W2.data_ptr(), wt);
+        auto C = torch::empty({M, N}), act = torch::empty({M, N});
+        REQUIRE(small_gemm(A.data_ptr<float>(), M, w, N, K, C.data_ptr<float>()));
+        REQUIRE(gate_up_silu(A.data_ptr<float>(), M, K, w, w2, N, act.data_ptr<float>()));
+        int differ = 0;
+        for (int64_t m = 0; m < M; ++m) {
+          auto row = A[m].unsqueeze(0).contiguous();
+          auto c = torch::empty({1, N}), g = torch::empty({1, N});
+          REQUIRE(small_gemm(row.data_ptr<float>(), 1, w, N, K, c.data_ptr<float>()));
+          REQUIRE(gate_up_silu(row.data_ptr<float>(), 1, K, w, w2, N, g.data_ptr<float>()));
+          differ += !torch::equal(c[0], C[m]) + !torch::equal(g[0], act[m]);
+        }
+        CHECK(differ == 0);
+        CHECK(torch::allclose(C, torch::linear(A, W.to(torch::kFloat32)), 1e-4, 1e-4));
+      }
+    }
+  }
+  select_kernels(nullptr);
+}
+
 TEST_CASE("bfloat16 weights with bfloat16 activations: the product of the rounded operands, by vdpbf16ps and widened",
           "[kernels][half][bf16]") {
   auto bf = [](const torch::Tensor& t) { return WeightsRef(t.data_ptr(), WeightType::bf16, true, /*bf16_act=*/true); };

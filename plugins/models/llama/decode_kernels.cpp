@@ -102,6 +102,9 @@ VHOST_INLINE void tile(const float* A, const TW* W, int64_t K, float* C, int64_t
     for (int r = 0; r < MR; ++r) {
       vec a;
       std::memcpy(&a, A + r * K + k, sizeof(vec));
+      // In a register: else GCC folds the load into each of the NR multiply-adds, NR loads of
+      // the same vector (AVX2 4x2: 10 loads for 8 multiply-adds, more than the 2 a cycle).
+      __asm__("" : "+v"(a));
 #pragma GCC unroll 8
       for (int c = 0; c < NR; ++c) acc[r * NR + c] += a * w[c];
     }
@@ -126,6 +129,147 @@ VHOST_INLINE void tile(const float* A, const TW* W, int64_t K, float* C, int64_t
   tree_reduce<V, V>(acc);
   float sums[V];
   std::memcpy(sums, &acc[0], sizeof sums);
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NR; ++c) C[r * ldc + c] = add ? C[r * ldc + c] + sums[r * NR + c] : sums[r * NR + c];
+}
+
+// bfloat16 weights taken as (k, k+1) pairs: each 32-bit lane of a row of W holds k's bf16 in its
+// low half and k+1's in its high half, so shifted up 16 bits it is k's float and masked to its
+// high half it is k+1's: 2V weights of a row are one load and two instructions (widening V at a
+// time, vpmovzxwd and a shift, takes four). A comes pair-split (split_pairs): each 2V of a row as
+// its V values at even k, then its V at odd k, zeros past K. Lane j of an accumulator adds k = 2j
+// and 2j + 1 of each 2V: tile()'s products summed in another order.
+//
+// And k in spans (pair_span): a tile reads its rows of A for every column tile, and 16 rows of
+// K = 4096 floats (256 KiB) are not in L1: they streamed from L2 at 4 x 32 bytes a k step, more than
+// L2 gives (Zen 3: 16 rows of 11008 x 4096 bf16 on one core 21 ms, ~66% of the multiply-adds'
+// peak, however cheap the widening). A span's rows of A are one contiguous block of at most
+// kSpanBytes (split_pairs lays A out span after span; rows of a span 16 KiB apart would share L1's
+// sets), which stays in L1 while a few column tiles take turns on it. Between spans a tile parks
+// its MR*NR vector sums in `carry` and picks them up again: each lane adds the same products in
+// the same order as one pass over k, so the result is bit for bit the same however k is split, for
+// any number of rows.
+//
+// Rows [0, MR) of A from k0 on, at `A`: A's blocks of 2V, each block's M rows side by side
+// (split_pairs), so row r of the tile at A + r * 2V and the next block `stride` (M * 2V) floats on.
+// W advanced to the tile's first row, row stride K. Up to k0 + len; `last`: the span reaching K
+// (then the sums go to C; else to carry).
+template <int V, int MR, int NR>
+VHOST_INLINE void tile_pairs(const float* A, int64_t stride, int64_t len, const uint16_t* W, int64_t K, float* C,
+                             int64_t ldc, bool add, const uint16_t* next, int pf_rows, int64_t k0, bool last,
+                             float* carry) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  typedef typename Widen<V>::word uvec;
+  static_assert(MR * NR <= 2 * V, "a tile has at most 2V accumulators");
+  vec acc[2 * V] = {};
+  if (k0 > 0)
+#pragma GCC unroll 16
+    for (int i = 0; i < MR * NR; ++i) std::memcpy(&acc[i], carry + i * V, sizeof(vec));
+  const uvec high = uvec{} + 0xffff0000u;
+  // The 2V of k at w[c] (each column's) and a: k's even half, then its odd half, each column's
+  // weights loaded again for the second (from L1), and A's vector in a register for the NR
+  // multiply-adds.
+  const auto step = [&](const float* a, const uint16_t* const* w) {
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      vec wv[NR];
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c) {
+        uvec u;
+        std::memcpy(&u, w[c], sizeof u);
+        u = half ? (u & high) : (u << 16);
+        std::memcpy(&wv[c], &u, sizeof u);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        vec av;
+        std::memcpy(&av, a + r * 2 * V + half * V, sizeof av);
+        __asm__("" : "+v"(av));  // one load (see tile())
+#pragma GCC unroll 8
+        for (int c = 0; c < NR; ++c) acc[r * NR + c] += av * wv[c];
+      }
+    }
+  };
+  const int64_t Kb = K - K % (2 * V), end = last ? Kb : k0 + len;
+  const float* a = A;
+  int64_t k = k0;
+#if defined(__x86_64__)
+  if constexpr (V == 8 && MR == 4 && NR == 3) {
+    // AVX2's 4x3 tile in assembly: its 12 sums, 3 columns' weights and A's vector take all 16
+    // registers, and GCC 12's allocation of the loop above kept several A vectors live at once
+    // and spilled sums to the stack (one thread, 16 rows of 11008 x 4096: 23 ms, against 21 for
+    // the 4x2 tile before it; this loop alone, A from L2: 4.9 G multiply-adds a second, 4.2 before).
+    vec c00 = acc[0], c01 = acc[1], c02 = acc[2], c10 = acc[3], c11 = acc[4], c12 = acc[5], c20 = acc[6],
+        c21 = acc[7], c22 = acc[8], c30 = acc[9], c31 = acc[10], c32 = acc[11];
+    const uint16_t *w0 = W, *w1 = W + K, *w2 = W + 2 * K;
+    for (; k < end; k += 2 * V, a += stride) {
+      if (next)
+#pragma GCC unroll 8
+        for (int c = 0; c < NR; ++c)
+          if (c < pf_rows) __builtin_prefetch(next + c * K + k);
+// Row r's 8 values at byte offset `at` of a, times the 3 columns' weights in ymm12-14.
+#define VHOST_FMA3(at, r)                           \
+  "vmovups " #at "(%[a]), %%ymm15\n\t"              \
+  "vfmadd231ps %%ymm15, %%ymm12, %[c" #r "0]\n\t"   \
+  "vfmadd231ps %%ymm15, %%ymm13, %[c" #r "1]\n\t"   \
+  "vfmadd231ps %%ymm15, %%ymm14, %[c" #r "2]\n\t"
+      __asm__(
+          "vmovdqu %[w0], %%ymm12\n\t"
+          "vpslld $16, %%ymm12, %%ymm12\n\t"
+          "vmovdqu %[w1], %%ymm13\n\t"
+          "vpslld $16, %%ymm13, %%ymm13\n\t"
+          "vmovdqu %[w2], %%ymm14\n\t"
+          "vpslld $16, %%ymm14, %%ymm14\n\t"
+          VHOST_FMA3(0, 0) VHOST_FMA3(64, 1) VHOST_FMA3(128, 2) VHOST_FMA3(192, 3)
+          "vmovdqu %[hi], %%ymm15\n\t"
+          "vpand %[w0], %%ymm15, %%ymm12\n\t"
+          "vpand %[w1], %%ymm15, %%ymm13\n\t"
+          "vpand %[w2], %%ymm15, %%ymm14\n\t"
+          VHOST_FMA3(32, 0) VHOST_FMA3(96, 1) VHOST_FMA3(160, 2) VHOST_FMA3(224, 3)
+          : [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12),
+            [c20] "+x"(c20), [c21] "+x"(c21), [c22] "+x"(c22), [c30] "+x"(c30), [c31] "+x"(c31), [c32] "+x"(c32)
+          : [a] "r"(a), [w0] "m"(*reinterpret_cast<const uvec*>(w0 + k)), [w1] "m"(*reinterpret_cast<const uvec*>(w1 + k)),
+            [w2] "m"(*reinterpret_cast<const uvec*>(w2 + k)), [hi] "m"(high),
+            "m"(*reinterpret_cast<const float(*)[2 * V * MR]>(a))
+          : "xmm12", "xmm13", "xmm14", "xmm15");
+#undef VHOST_FMA3
+    }
+    acc[0] = c00, acc[1] = c01, acc[2] = c02, acc[3] = c10, acc[4] = c11, acc[5] = c12;
+    acc[6] = c20, acc[7] = c21, acc[8] = c22, acc[9] = c30, acc[10] = c31, acc[11] = c32;
+  }
+#endif
+  for (; k < end; k += 2 * V, a += stride) {
+    if (next)
+#pragma GCC unroll 8
+      for (int c = 0; c < NR; ++c)
+        if (c < pf_rows) __builtin_prefetch(next + c * K + k);
+    const uint16_t* w[NR];
+#pragma GCC unroll 8
+    for (int c = 0; c < NR; ++c) w[c] = W + c * K + k;
+    step(a, w);
+  }
+  if (!last) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR * NR; ++i) std::memcpy(carry + i * V, &acc[i], sizeof(vec));
+    return;
+  }
+  if (Kb < K) {  // the last K % 2V of each row, zero-padded (A's copy is zero there already)
+    uint16_t part[NR][2 * V] = {};
+    const uint16_t* w[NR];
+#pragma GCC unroll 8
+    for (int c = 0; c < NR; ++c) {
+      std::memcpy(part[c], W + c * K + Kb, static_cast<std::size_t>(K - Kb) * sizeof(uint16_t));
+      w[c] = part[c];
+    }
+    step(a, w);
+  }
+  tree_reduce<V, V>(acc);
+  float sums[2 * V];
+  std::memcpy(sums, &acc[0], V * sizeof(float));
+  if constexpr (MR * NR > V) {
+    tree_reduce<V, V>(acc + V);
+    std::memcpy(sums + V, &acc[V], V * sizeof(float));
+  }
   for (int r = 0; r < MR; ++r)
     for (int c = 0; c < NR; ++c) C[r * ldc + c] = add ? C[r * ldc + c] + sums[r * NR + c] : sums[r * NR + c];
 }
@@ -354,16 +498,30 @@ VHOST_INLINE void tile_quant(const float* A, const B* W, int64_t K, float* C, in
     for (int c = 0; c < NR; ++c) C[r * ldc + c] = add ? C[r * ldc + c] + sums[r * NR + c] : sums[r * NR + c];
 }
 
+// Whether the tiles of weights TW at V floats a vector are tile_pairs: bfloat16 on AVX2. (On
+// AVX-512 bfloat16 keeps tile(): the pairs were measured on a Zen 3 only.)
+template <int V, typename TW>
+constexpr bool kPairs = std::is_same_v<TW, uint16_t> && V == 8;
+
+// The share of k a tile takes (tile_pairs; the others take all of K).
+struct Span {
+  int64_t k0 = 0, len = 0, stride = 0;
+  bool last = true;
+  float* carry = nullptr;
+};
+
 // A tile of mr <= MR rows by nr <= NR columns, with the sizes made compile-time constants.
 template <int V, int MR, int NR, typename TW>
 VHOST_INLINE void any_tile(int mr, int nr, const float* A, const TW* W, int64_t K, float* C, int64_t ldc, bool acc,
-                           const TW* next = nullptr, int pf_rows = NR) {
+                           const TW* next, int pf_rows, const Span& span) {
   if constexpr (MR > 1)
-    if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
+    if (mr < MR) return any_tile<V, MR - 1, NR>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows, span);
   if constexpr (NR > 1)
-    if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows);
+    if (nr < NR) return any_tile<V, MR, NR - 1>(mr, nr, A, W, K, C, ldc, acc, next, pf_rows, span);
   if constexpr (kQuantized<TW>)
     tile_quant<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
+  else if constexpr (kPairs<V, TW>)
+    tile_pairs<V, MR, NR>(A, span.stride, span.len, W, K, C, ldc, acc, next, pf_rows, span.k0, span.last, span.carry);
   else
     tile<V, MR, NR>(A, W, K, C, ldc, acc, next, pf_rows);
 }
@@ -421,54 +579,120 @@ namespace bf16_dot {
 #pragma GCC pop_options
 #endif
 
-// Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache.
+// The spans of k the bfloat16 tiles take for M rows (tile_pairs): the longest multiple of the pair
+// block P (2V) whose M rows of floats fit kSpanBytes, or all of K (padded to P) for one row (its A
+// is read once a tile as it is, and the weights, its real cost, then stream row after row).
+// (One thread, 16 rows of 11008 x 4096 bf16 on Zen 3: 18.8 ms in spans of 16 KiB, 18.7 in 32 KiB,
+// 21.4 in one span.)
+constexpr int64_t kSpanBytes = 16 << 10;
+constexpr int64_t kSpanTiles = 8;  // column tiles taking turns on a span (their carries: 8 x 1.5 KiB, AVX2 at 16 rows)
+inline int64_t pair_span(int64_t M, int64_t K, int64_t P) {
+  const int64_t Kp = (K + P - 1) / P * P;
+  if (M < 2) return Kp;
+  return std::min(Kp, std::max<int64_t>(P, kSpanBytes / (4 * M) / P * P));
+}
+
+// The spans of k a product of M rows by weights TW runs in: for bfloat16 pair_span's (A laid out
+// span after span by split_pairs), else one span of K (A as it is); and the column tiles taking
+// turns on each span.
+template <int V, typename TW>
+struct Spans {
+  int64_t Kp, kc, tiles, row;  // row: floats from one row of A to the next
+  Spans(int64_t M, int64_t K, int64_t t0, int64_t t1) {
+    if constexpr (kPairs<V, TW>) {
+      Kp = (K + 2 * V - 1) / (2 * V) * (2 * V);
+      kc = pair_span(M, K, 2 * V);
+      row = 2 * V;
+    } else {
+      Kp = kc = row = K;
+    }
+    tiles = kc < Kp ? kSpanTiles : std::max<int64_t>(1, t1 - t0);
+  }
+};
+
+// Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache;
+// with k in spans (bfloat16, Spans), kSpanTiles column tiles at a time take turns on each span.
 template <int V, int MR, int NR, typename TW>
 VHOST_INLINE void column_tiles(const float* A, int64_t M, const TW* W, int64_t N, int64_t K, float* C, bool acc,
                                int64_t t0, int64_t t1) {
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t n = t * NR;
-    const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
-    // The row tiles pull the next column tile's weights toward the cache meanwhile, each its
-    // share of the NR rows.
-    const int64_t wr = w_row<TW>(K);
-    const TW* next = n + 2 * NR <= N ? W + (n + NR) * wr : nullptr;
-    const int64_t blocks = (M + MR - 1) / MR;
-    for (int64_t m = 0, bi = 0; m < M; m += MR, ++bi) {
-      const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
-      any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, A + m * K, W + n * wr, K, C + m * N + n, N,
-                          acc, next && r1 > r0 ? next + r0 * wr : nullptr, r1 - r0);
+  const int64_t wr = w_row<TW>(K);
+  const int64_t blocks = (M + MR - 1) / MR;
+  const Spans<V, TW> sp(M, K, t0, t1);
+  constexpr int64_t kCarry = MR * NR * V;  // floats a tile parks between spans
+  thread_local std::vector<float> carry;
+  if (sp.kc < sp.Kp) carry.resize(static_cast<std::size_t>(sp.tiles * blocks * kCarry));
+  for (int64_t s0 = t0; s0 < t1; s0 += sp.tiles) {
+    const int64_t s1 = std::min(t1, s0 + sp.tiles);
+    for (int64_t k0 = 0; k0 < sp.Kp; k0 += sp.kc) {
+      const int64_t len = std::min(sp.kc, sp.Kp - k0);
+      const float* Ak = A + k0 * M;  // the span's first block (bfloat16), else A
+      for (int64_t t = s0; t < s1; ++t) {
+        const int64_t n = t * NR;
+        const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
+        // The row tiles pull the next column tile's weights toward the cache meanwhile, each its
+        // share of the NR rows.
+        const TW* next = n + 2 * NR <= N ? W + (n + NR) * wr : nullptr;
+        for (int64_t m = 0, bi = 0; m < M; m += MR, ++bi) {
+          const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
+          const Span span{k0, len, M * sp.row, k0 + len >= sp.Kp,
+                          sp.kc < sp.Kp ? carry.data() + ((t - s0) * blocks + bi) * kCarry : nullptr};
+          any_tile<V, MR, NR>(static_cast<int>(std::min<int64_t>(MR, M - m)), nr, Ak + m * sp.row, W + n * wr, K,
+                              C + m * N + n, N, acc, next && r1 > r0 ? next + r0 * wr : nullptr, r1 - r0, span);
+        }
+      }
     }
   }
 }
 
 // Column tiles [t0, t1) of both Wg and Wu: each tile's two MR x NR blocks of sums, then
-// C = silu(gate) * up for them, so the gate and up projections never reach memory.
+// C = silu(gate) * up for them, so the gate and up projections never reach memory. k in spans as
+// in column_tiles.
 template <int V, int MR, int NR, typename TW>
 VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const TW* Wg, const TW* Wu, int64_t N, int64_t K, float* C,
                                 int64_t t0, int64_t t1) {
   typedef float vec __attribute__((vector_size(4 * V)));
-  static_assert(MR * NR == V, "one tile's sums fill one vector");
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t n = t * NR;
-    const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
-    const bool more = n + 2 * NR <= N;  // the row tiles prefetch the next column tile, each its share
-    const int64_t blocks = (M + MR - 1) / MR;
-    for (int64_t m = 0, bi = 0; m < M; m += MR, ++bi) {
-      const int mr = static_cast<int>(std::min<int64_t>(MR, M - m));
-      const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
-      const bool pf = more && r1 > r0;
-      float g[V] = {}, u[V] = {};
-      const float* Am = A + m * K;
-      const int64_t wr = w_row<TW>(K);
-      any_tile<V, MR, NR>(mr, nr, Am, Wg + n * wr, K, g, NR, false, pf ? Wg + (n + NR + r0) * wr : nullptr, r1 - r0);
-      any_tile<V, MR, NR>(mr, nr, Am, Wu + n * wr, K, u, NR, false, pf ? Wu + (n + NR + r0) * wr : nullptr, r1 - r0);
-      vec gv, uv;
-      std::memcpy(&gv, g, sizeof gv);
-      std::memcpy(&uv, u, sizeof uv);
-      gv = silu_mul<V>(gv, uv);
-      std::memcpy(g, &gv, sizeof gv);
-      for (int r = 0; r < mr; ++r)
-        for (int c = 0; c < nr; ++c) C[(m + r) * N + n + c] = g[r * NR + c];
+  static_assert(MR * NR == V || MR * NR == 2 * V || (kPairs<V, TW> && MR * NR < 2 * V),
+                "one tile's sums fill whole vectors");
+  constexpr int kSums = MR * NR > V ? 2 * V : V;
+  const int64_t wr = w_row<TW>(K);
+  const int64_t blocks = (M + MR - 1) / MR;
+  const Spans<V, TW> sp(M, K, t0, t1);
+  constexpr int64_t kCarry = MR * NR * V;
+  thread_local std::vector<float> carry;
+  if (sp.kc < sp.Kp) carry.resize(static_cast<std::size_t>(sp.tiles * blocks * 2 * kCarry));
+  for (int64_t s0 = t0; s0 < t1; s0 += sp.tiles) {
+    const int64_t s1 = std::min(t1, s0 + sp.tiles);
+    for (int64_t k0 = 0; k0 < sp.Kp; k0 += sp.kc) {
+      const int64_t len = std::min(sp.kc, sp.Kp - k0);
+      const bool last = k0 + len >= sp.Kp;
+      const float* Ak = A + k0 * M;
+      for (int64_t t = s0; t < s1; ++t) {
+        const int64_t n = t * NR;
+        const int nr = static_cast<int>(std::min<int64_t>(NR, N - n));
+        const bool more = n + 2 * NR <= N;  // the row tiles prefetch the next column tile, each its share
+        for (int64_t m = 0, bi = 0; m < M; m += MR, ++bi) {
+          const int mr = static_cast<int>(std::min<int64_t>(MR, M - m));
+          const int r0 = static_cast<int>(NR * bi / blocks), r1 = static_cast<int>(NR * (bi + 1) / blocks);
+          const bool pf = more && r1 > r0;
+          float g[kSums] = {}, u[kSums] = {};
+          const float* Am = Ak + m * sp.row;
+          float* cg = sp.kc < sp.Kp ? carry.data() + ((t - s0) * blocks + bi) * 2 * kCarry : nullptr;
+          any_tile<V, MR, NR>(mr, nr, Am, Wg + n * wr, K, g, NR, false, pf ? Wg + (n + NR + r0) * wr : nullptr, r1 - r0,
+                              Span{k0, len, M * sp.row, last, cg});
+          any_tile<V, MR, NR>(mr, nr, Am, Wu + n * wr, K, u, NR, false, pf ? Wu + (n + NR + r0) * wr : nullptr, r1 - r0,
+                              Span{k0, len, M * sp.row, last, cg ? cg + kCarry : nullptr});
+          if (!last) continue;  // the sums parked until the last span
+          for (int h = 0; h < kSums; h += V) {
+            vec gv, uv;
+            std::memcpy(&gv, g + h, sizeof gv);
+            std::memcpy(&uv, u + h, sizeof uv);
+            gv = silu_mul<V>(gv, uv);
+            std::memcpy(g + h, &gv, sizeof gv);
+          }
+          for (int r = 0; r < mr; ++r)
+            for (int c = 0; c < nr; ++c) C[(m + r) * N + n + c] = g[r * NR + c];
+        }
+      }
     }
   }
 }
@@ -631,16 +855,20 @@ __attribute__((target("avx512f"))) void attend_avx512(const DecodeAttention& a, 
   attend_rows<16>(a, r0, r1);
 }
 
-// 8 floats a vector, 4x2 tiles: 8 accumulators + 2 + 1 in 16 registers.
+// 8 floats a vector, 4x2 tiles: 8 accumulators + 2 + 1 in 16 registers. bfloat16: 4x3 tiles, 12
+// accumulators + 3 + 1 (tile_pairs): Zen 3's multiply-adds (latency 4, two a cycle) ran at ~84%
+// of their peak on 8 independent sums and at the peak on 12, and each vector of A loaded serves 3.
+template <typename TW>
+constexpr int kAvx2NR = std::is_same_v<TW, uint16_t> ? 3 : 2;
 template <typename TW>
 __attribute__((target("avx2,fma,f16c"))) void range_avx2(const float* A, int64_t M, const void* W, int64_t N, int64_t K,
                                                    float* C, bool acc, int64_t t0, int64_t t1) {
-  column_tiles<8, 4, 2>(A, M, static_cast<const TW*>(W), N, K, C, acc, t0, t1);
+  column_tiles<8, 4, kAvx2NR<TW>>(A, M, static_cast<const TW*>(W), N, K, C, acc, t0, t1);
 }
 template <typename TW>
 __attribute__((target("avx2,fma,f16c"))) void gate_up_avx2(const float* A, int64_t M, const void* Wg, const void* Wu,
                                                      int64_t N, int64_t K, float* C, int64_t t0, int64_t t1) {
-  gate_up_tiles<8, 4, 2>(A, M, static_cast<const TW*>(Wg), static_cast<const TW*>(Wu), N, K, C, t0, t1);
+  gate_up_tiles<8, 4, kAvx2NR<TW>>(A, M, static_cast<const TW*>(Wg), static_cast<const TW*>(Wu), N, K, C, t0, t1);
 }
 __attribute__((target("avx2,fma"))) void attend_avx2(const DecodeAttention& a, int64_t r0, int64_t r1) {
   attend_rows<8>(a, r0, r1);
@@ -732,6 +960,9 @@ struct Isa {
   // bfloat16 weights against bfloat16-rounded activations (vdpbf16ps: AVX512-BF16), in
   // int_range/int_gate_up[bf16]; "" where this CPU has no such instruction.
   const char* bf16_dot_name = "";
+  // The float kernels of bfloat16 weights read A pair-split in blocks of this many (2V; split_pairs)
+  // where they are tile_pairs (0: A as it is), in tiles of nr_bf16 columns.
+  int64_t pair_block = 0, nr_bf16 = 0;
 };
 
 // The integer kernels of one namespace (int_avx2, int_vnni) into s.
@@ -813,6 +1044,7 @@ Isa pick(const char* name) {
       VHOST_INT_KERNELS(s, int_vnni, "avx512vnni");
     else if (f16c)
       VHOST_INT_KERNELS(s, int_avx2, "avx2");
+    s.nr_bf16 = s.nr;
     if (vnni && __builtin_cpu_supports("avx512bf16")) {
       s.bf16_dot_name = "avx512bf16";
       s.int_range[static_cast<int>(WeightType::bf16)] = bf16_dot::range_bf16;
@@ -822,6 +1054,7 @@ Isa pick(const char* name) {
   }
   if (avx2 && (best || want == "avx2" || want == "avx512")) {
     Isa s{"avx2", 2, attend_avx2, exp_avx2, argmax_avx2, VHOST_BY_TYPE(range_avx2, gate_up_avx2)};
+    s.pair_block = 16, s.nr_bf16 = kAvx2NR<uint16_t>;
     if (!f16c)  // only float32 and bfloat16 weights need no float16
       for (int t = static_cast<int>(WeightType::f16); t < kWeightTypes; ++t) s.range[t] = nullptr, s.gate_up[t] = nullptr;
     else
@@ -837,9 +1070,11 @@ Isa& isa() {
 }
 
 // Columns of W a parallel task's tile spans: eight for interleaved weights (one group), else the
-// kernels' own (kIntNR on the integer kernels, s.nr on the float ones).
+// kernels' own (kIntNR on the integer kernels, s.nr on the float ones, s.nr_bf16 on bfloat16's).
 bool packed(WeightType t) { return plain_of_x8(t) != WeightType::f32; }
-int64_t tile_cols(const Isa& s, WeightType t, bool int_kernels) { return packed(t) ? 8 : int_kernels ? kIntNR : s.nr; }
+int64_t tile_cols(const Isa& s, WeightType t, bool int_kernels) {
+  return packed(t) ? 8 : int_kernels ? kIntNR : t == WeightType::bf16 ? s.nr_bf16 : s.nr;
+}
 
 // [M, 8] sums of one unpacked group into C's columns 8g .. 8g + nr.
 void group_out(const float* out, int64_t M, float* C, int64_t N, int64_t g, bool acc) {
@@ -1053,6 +1288,26 @@ struct Bf16Rounded {
   }
 };
 
+// A [M, K] as the float kernels of bfloat16 weights read it (tile_pairs): K padded to P =
+// s.pair_block with zeros, in blocks of P, each block the M rows' P values side by side, each row's
+// as its values at even k, then those at odd k. (A span of k is then one run of memory, and a
+// tile's rows are at fixed distances.) In a buffer of the calling thread.
+static const float* split_pairs(const Isa& s, const float* A, int64_t M, int64_t K) {
+  const int64_t P = s.pair_block, h = P / 2, Kp = (K + P - 1) / P * P;
+  thread_local std::vector<float> buf;
+  buf.resize(static_cast<std::size_t>(M * Kp));
+  for (int64_t b = 0; b < Kp; b += P)
+    for (int64_t m = 0; m < M; ++m) {
+      const float* a = A + m * K + b;
+      float* o = buf.data() + b * M + m * P;
+      for (int64_t j = 0; j < h; ++j) {
+        o[j] = b + 2 * j < K ? a[2 * j] : 0.0f;
+        o[h + j] = b + 2 * j + 1 < K ? a[2 * j + 1] : 0.0f;
+      }
+    }
+  return buf.data();
+}
+
 static QuantRows round_for(WeightType t, const float* A, int64_t M, int64_t K) {
   ActFormats f;
   f.add(t);
@@ -1074,6 +1329,7 @@ bool small_gemm(const float* A, int64_t M, WeightsRef W, int64_t N, int64_t K, f
   }
   const int64_t cols = tile_cols(s, W.type, false), tiles = (N + cols - 1) / cols;
   const RangeFn fn = s.range[static_cast<int>(W.type)];
+  if (W.type == WeightType::bf16 && s.pair_block) A = split_pairs(s, A, M, K);
   parallel_tiles(tiles, tile_grain(M, K, cols), [&](int64_t t0, int64_t t1) { fn(A, M, W.data, N, K, C, accumulate, t0, t1); });
   return true;
 }
@@ -1103,9 +1359,11 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
   // integer kernels, s.nr on the float ones); A rounded to 8 bits once for all that need it.
   std::vector<int64_t> first(static_cast<std::size_t>(n) + 1, 0);
   ActFormats formats;
+  const float* pairs = nullptr;  // A pair-split, for bfloat16 weights on the float kernels
   for (int i = 0; i < n; ++i) {
     const bool in = int_path(s, outs[i].W, K);
     if (in) formats.add(outs[i].W.type);
+    if (!in && outs[i].W.type == WeightType::bf16 && s.pair_block && !pairs) pairs = split_pairs(s, A, M, K);
     const int64_t cols = tile_cols(s, outs[i].W.type, in);
     first[i + 1] = first[i] + (outs[i].N + cols - 1) / cols;
   }
@@ -1118,7 +1376,8 @@ bool small_gemm_many(const float* A, int64_t M, int64_t K, const GemmOutput* out
       if (int_path(s, outs[i].W, K))
         s.int_range[t](qa, M, outs[i].W.data, outs[i].N, outs[i].C, false, a - first[i], b - first[i]);
       else
-        s.range[t](A, M, outs[i].W.data, outs[i].N, K, outs[i].C, false, a - first[i], b - first[i]);
+        s.range[t](outs[i].W.type == WeightType::bf16 && pairs ? pairs : A, M, outs[i].W.data, outs[i].N, K, outs[i].C, false,
+                   a - first[i], b - first[i]);
     }
   });
   return true;
@@ -1139,6 +1398,7 @@ bool gate_up_silu(const float* A, int64_t M, int64_t K, WeightsRef Wg, WeightsRe
   }
   const int64_t cols = tile_cols(s, Wg.type, false), tiles = (N + cols - 1) / cols;
   const GateUpFn fn = s.gate_up[static_cast<int>(Wg.type)];
+  if (Wg.type == WeightType::bf16 && s.pair_block) A = split_pairs(s, A, M, K);
   parallel_tiles(tiles, std::max<int64_t>(1, tile_grain(M, K, cols) / 2),
                  [&](int64_t t0, int64_t t1) { fn(A, M, Wg.data, Wu.data, N, K, C, t0, t1); });
   return true;
