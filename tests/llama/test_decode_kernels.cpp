@@ -145,7 +145,7 @@ TEST_CASE("small_gemm and gate_up_silu: each row of a batch bit for bit as that 
       if (!small_gemm_supports(wt)) continue;
       torch::manual_seed(11);
       // K: several spans at 16 and 33 rows, and a tail past the last pair block; N off 2, 3 and 4.
-      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{16, 101, 1000}, {33, 7, 4100}, {6, 10, 512}}) {
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{16, 101, 1000}, {33, 7, 4100}, {6, 10, 512}, {80, 5, 300}}) {
         INFO("M=" << M << " N=" << N << " K=" << K);
         auto A = torch::randn({M, K}), W = torch::randn({N, K}).to(dt), W2 = torch::randn({N, K}).to(dt);
         const WeightsRef w(W.data_ptr(), wt), w2(W2.data_ptr(), wt);

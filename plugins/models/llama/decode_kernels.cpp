@@ -587,9 +587,9 @@ namespace bf16_dot {
 constexpr int64_t kSpanBytes = 16 << 10;
 constexpr int64_t kSpanTiles = 8;  // column tiles taking turns on a span (their carries: 8 x 1.5 KiB, AVX2 at 16 rows)
 inline int64_t pair_span(int64_t M, int64_t K, int64_t P) {
-  const int64_t Kp = (K + P - 1) / P * P;
-  if (M < 2) return Kp;
-  return std::min(Kp, std::max<int64_t>(P, kSpanBytes / (4 * M) / P * P));
+  const int64_t Kp = (K + P - 1) / P * P, kc = kSpanBytes / (4 * M) / P * P;
+  // (Past ~64 rows a span would be a few steps of k between parking the sums: one span then.)
+  return M < 2 || kc < 4 * P ? Kp : std::min(Kp, kc);
 }
 
 // The spans of k a product of M rows by weights TW runs in: for bfloat16 pair_span's (A laid out
