@@ -16,10 +16,11 @@
 //
 //   bench_generate --model PATH [--threads 2] [--tokens 8] [--batch 16] [--float-activations] [--bf16-activations] [--prompt 512]
 //   bench_generate --model PATH --memory-bound [--threads 2]   (the memory bound line alone)
-//   bench_generate --gemm N K [--threads 2] [--reps 10] [--only q4_k,q6_k]
+//   bench_generate --gemm N K [--threads 2] [--reps 10] [--only bf16,q4_k,q6_k]
+//   (any mode: --kernels avx2|avx512 runs that set of decode kernels, e.g. AVX2's on an AVX-512 CPU)
 //                                               (small_gemm alone: f32, bf16, f16 weights and the
 //                                                quantized formats, int8 and float32 activations;
-//                                                --only: those quantized formats alone)
+//                                                --only: those formats alone)
 // A checkpoint as the model plugin loads it (an HF folder or a GGUF file, the stored dtype kept:
 // bf16/f16 weights read in place), decoded greedily from a one-token prompt at batch 1 and at
 // --batch: tokens/s of the decoding steps alone (after the prefill), and the process's peak RSS
@@ -316,7 +317,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
 // With copies > 1, call i reads copy i % copies of W (each `stride` bytes after the last): the
 // weights come from memory, not from the last-level cache, as in a model's step.
 static int g_gemm_reps = 10;
-static std::string g_gemm_only;  // --only: the quantized formats named (q4_k,q6_k), no float rows
+static std::string g_gemm_only;  // --only: the formats named (bf16,q4_k,q6_k), the others not measured
 // The quantized formats --gemm measures, in its order.
 static const WeightType kGemmQuant[] = {WeightType::q8_0, WeightType::q4_0, WeightType::q4_1, WeightType::q5_0,
                                         WeightType::q5_1, WeightType::q4_k, WeightType::q5_k, WeightType::q6_k};
@@ -358,13 +359,14 @@ static void print_gemm_rows_mem(WeightsRef W, int64_t N, int64_t K, std::size_t 
 // small_gemm alone on one [N, K] weight matrix in float32, bfloat16, float16 and the quantized
 // formats: weight bytes streamed per second.
 static int gemm_mode(int64_t N, int64_t K, int threads) {
-  // --only's names, each one of the quantized formats measured below.
+  // --only's names, each one of the formats measured below.
   std::set<std::string> only;
   for (std::size_t at = 0; !g_gemm_only.empty() && at <= g_gemm_only.size();) {
     const std::size_t end = std::min(g_gemm_only.find(',', at), g_gemm_only.size());
     const std::string name = g_gemm_only.substr(at, end - at);
-    if (std::none_of(std::begin(kGemmQuant), std::end(kGemmQuant), [&](WeightType t) { return name == quant_format(t)->name; })) {
-      std::fprintf(stderr, "bench_generate: --only: '%s' is not one of q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k\n",
+    if (name != "f32" && name != "bf16" && name != "f16" &&
+        std::none_of(std::begin(kGemmQuant), std::end(kGemmQuant), [&](WeightType t) { return name == quant_format(t)->name; })) {
+      std::fprintf(stderr, "bench_generate: --only: '%s' is not one of f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k\n",
                    name.c_str());
       return 2;
     }
@@ -374,7 +376,7 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
   std::printf("bench/generate --gemm %lld %lld: small_gemm (%s), %d threads, GB/s of weights (ms a call)\n", (long long)N,
               (long long)K, small_gemm_isa(), threads);
   for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
-    if (!only.empty()) break;
+    if (!only.empty() && !only.count(dt == torch::kBFloat16 ? "bf16" : dt == torch::kFloat16 ? "f16" : "f32")) continue;
     auto w32 = torch::randn({N, K}) * 0.02;
     auto W = w32.to(dt).contiguous();
     const WeightType wt = dt == torch::kBFloat16 ? WeightType::bf16 : dt == torch::kFloat16 ? WeightType::f16 : WeightType::f32;
@@ -458,6 +460,10 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--bf16-kernel")) bf16_kernel = argv[i + 1];
     if (!std::strcmp(argv[i], "--reps")) g_gemm_reps = std::max(1, std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--only")) g_gemm_only = argv[i + 1];
+    if (!std::strcmp(argv[i], "--kernels") && !vhost::llama::select_kernels(argv[i + 1])) {
+      std::fprintf(stderr, "--kernels %s: not runnable on this CPU (avx2, avx512)\n", argv[i + 1]);
+      return 2;
+    }
   }
   torch::set_num_threads(threads);
   for (int i = 1; i + 2 < argc; ++i)
