@@ -513,7 +513,7 @@ constexpr bool kPairs = std::is_same_v<TW, uint16_t> && V == 8;
 // kAheadBf16 elements (2 KiB) ahead into L2, as row_bf16 does (bf16_dot.inc), instead of for the
 // next column tile into L1: a batch-1 step streams the weights from memory, and the hardware
 // prefetchers alone do not run far enough ahead. On the Zen 4, 7B bf16 at batch 1, float32
-// activations, alternating with the L1 form 18 times: faster in 15, median +12% (docs/models.md);
+// activations, alternating with the L1 form 18 times: faster in 15, median 1.11x (docs/models.md);
 // asking once a 64-byte line instead of once a vector measured slower (4 of 4).
 constexpr int64_t kAheadBf16 = 1024;
 template <int V, typename TW>
