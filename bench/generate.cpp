@@ -171,9 +171,10 @@ static double child_tokens_per_s(const char* policy, bool busy, int threads, int
   return best;
 }
 
-// --bf16-activations: a bf16 checkpoint's products with bf16-rounded activations (the plugin's
-// decode_dtype = "bfloat16": vdpbf16ps where the CPU has it).
-static bool g_bf16_activations = false;
+// --decode-dtype auto|float32|bfloat16, as the llama plugin's decode_dtype: a bf16 checkpoint's
+// products with bf16-rounded activations (bfloat16; vdpbf16ps where the CPU has it) or float32 ones;
+// auto (the default, as the plugin's): bfloat16 where vdpbf16ps exists. --bf16-activations: bfloat16.
+static std::string g_decode_dtype = "auto";
 
 // Decoding steps of a real checkpoint: tokens/s after the first (prefill) step.
 // The memory bound of a batch-1 decoding step: the bytes of the weights one step reads (every
@@ -262,8 +263,9 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
   }();
   // As the plugin's quant_activations: float32 activations take the blocks in their plain layout.
   if (!*int8_dot_isa()) model.set_int8_activations(false);
-  if (g_bf16_activations && !model.set_bf16_activations(true))
-    std::fprintf(stderr, "--bf16-activations: not a bfloat16 model read in place; float32 activations\n");
+  if (g_decode_dtype == "auto" && *bf16_dot_isa()) model.set_bf16_activations(true);
+  if (g_decode_dtype == "bfloat16" && !model.set_bf16_activations(true))
+    std::fprintf(stderr, "--decode-dtype bfloat16: not a bfloat16 model read in place; float32 activations\n");
   const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
   c10::InferenceMode inference;
   double weight_bytes = 0;
@@ -446,7 +448,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--float-activations")) vhost::llama::set_int8_activations(false);
   for (int i = 1; i < argc; ++i)
-    if (!std::strcmp(argv[i], "--bf16-activations")) g_bf16_activations = true;
+    if (!std::strcmp(argv[i], "--bf16-activations")) g_decode_dtype = "bfloat16";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--child")) child = true;
     if (!std::strcmp(argv[i], "--gemm")) ++i;  // two values: N K
@@ -460,6 +462,13 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--bf16-kernel")) bf16_kernel = argv[i + 1];
     if (!std::strcmp(argv[i], "--reps")) g_gemm_reps = std::max(1, std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--only")) g_gemm_only = argv[i + 1];
+    if (!std::strcmp(argv[i], "--decode-dtype")) {
+      g_decode_dtype = argv[i + 1];
+      if (g_decode_dtype != "auto" && g_decode_dtype != "float32" && g_decode_dtype != "bfloat16") {
+        std::fprintf(stderr, "--decode-dtype %s: expected auto, float32 or bfloat16\n", argv[i + 1]);
+        return 2;
+      }
+    }
     if (!std::strcmp(argv[i], "--kernels") && !vhost::llama::select_kernels(argv[i + 1])) {
       std::fprintf(stderr, "--kernels %s: not runnable on this CPU (avx2, avx512)\n", argv[i + 1]);
       return 2;

@@ -4,12 +4,13 @@
 # llama.cpp on the same GGUF file in the same run.
 #
 #   bench/large_model.sh [--preset 7b] [--dir DIR] [--threads 2] [--tokens 8] [--batch 16] [--rounds 3]
-#                        [--keep] [--reuse] [--quantize q8_0] [--prompt 256] [--decode-dtype bfloat16]
+#                        [--keep] [--reuse] [--quantize q8_0] [--prompt 256] [--decode-dtype auto|float32|bfloat16]
 #   --keep: leave DIR/m.gguf; --reuse: start from it; --quantize: convert with it (vhost decodes
 #   the Q8_0 blocks in place, llama.cpp runs the same file); --prompt N: also the prefill of one
-#   N-token prompt, beside llama-bench's "pp N"; --decode-dtype bfloat16: vhost's products of a bf16
-#   file with bf16-rounded activations (the llama plugin's decode_dtype = "bfloat16", llama.cpp's
-#   arithmetic for BF16; default float32 activations)
+#   N-token prompt, beside llama-bench's "pp N"; --decode-dtype: as the llama plugin's decode_dtype,
+#   bfloat16: vhost's products of a bf16 file with bf16-rounded activations (llama.cpp's arithmetic
+#   for BF16), float32: float32 activations, auto (the default, as the plugin's): bfloat16 where
+#   the CPU has AVX512-BF16 (vdpbf16ps), float32 elsewhere
 #
 # Steps (peak RSS of each from /usr/bin/time):
 #   1. vhost model init --preset P --dtype bfloat16   (HF folder, shard by shard)
@@ -25,7 +26,7 @@
 # Needs ~14 GB of free disk (7b) and about 16 GB of memory; takes ~15 minutes on 2 cores.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0 quantize= prompt=0 bf16act=()
+preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0 quantize= prompt=0 bf16act=(--decode-dtype auto)
 while [ $# -gt 0 ]; do
   case $1 in
     --preset) preset=$2; shift 2 ;;
@@ -40,9 +41,8 @@ while [ $# -gt 0 ]; do
     --prompt) prompt=$2; shift 2 ;;
     --decode-dtype)
       case $2 in
-        float32) bf16act=() ;;
-        bfloat16) bf16act=(--bf16-activations) ;;
-        *) echo "large_model.sh: --decode-dtype: float32 or bfloat16, got '$2'" >&2; exit 2 ;;
+        auto|float32|bfloat16) bf16act=(--decode-dtype "$2") ;;
+        *) echo "large_model.sh: --decode-dtype: auto, float32 or bfloat16, got '$2'" >&2; exit 2 ;;
       esac
       shift 2 ;;
     *) echo "large_model.sh: unknown argument '$1'" >&2; exit 2 ;;

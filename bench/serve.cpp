@@ -7,7 +7,7 @@
 // Also p50/p99 time to first token over HTTP.
 //
 //   bench_serve [--clients 64] [--requests 4] [--tokens 256] [--threads 2] [--rounds 5]
-//               [--decode-dtype float32|bfloat16]
+//               [--decode-dtype auto|float32|bfloat16]
 // --requests 1: a single burst of one request per client (ramp-up and tail weigh more).
 //
 //   bench_serve --soak SECONDS [--clients 200] [--threads 2]
@@ -131,7 +131,7 @@ static std::pair<pid_t, int> start(const fs::path& vhost, std::vector<std::strin
   std::exit(1);
 }
 
-static std::string decode_dtype = "float32";
+static std::string decode_dtype = "auto";
 
 static std::pair<pid_t, int> start_server(const fs::path& vhost, const fs::path& model, int batch, int threads,
                                           const fs::path& log) {

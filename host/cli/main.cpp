@@ -139,7 +139,7 @@ struct Cli {
   CLI::App* worker = nullptr;
   std::vector<std::string> serve_models, serve_adapters;
   std::string serve_template, serve_templates, serve_moderation, serve_moderation_model = "omni-moderation-latest",
-              serve_decode_dtype = "float32";
+              serve_decode_dtype = "auto";
   int64_t serve_batch = 16, serve_queue = 64;
   CLI::App* eval = nullptr;
   CLI::App* eval_report_cmd = nullptr;
@@ -326,8 +326,9 @@ struct Cli {
       sub->add_option("--max-queue", serve_queue, "requests waiting beyond that before HTTP 429 (the plugin's max_queue)")->capture_default_str();
       declare_runtime(sub);
       sub->add_option("--decode-dtype", serve_decode_dtype,
-                      "decoding steps: float32, or bfloat16 on Intel AMX (the plugin's decode_dtype, set where it has one)")
-          ->check(CLI::IsMember({"float32", "bfloat16"}))
+                      "decoding steps: auto (bfloat16 for a bf16 checkpoint on AVX512-BF16, else float32), float32, "
+                      "or bfloat16 (the plugin's decode_dtype, set where it has one)")
+          ->check(CLI::IsMember({"auto", "float32", "bfloat16"}))
           ->capture_default_str();
       sub->add_option("--template", serve_template,
                       "conversation template for chat (default: the checkpoint's conversation_template.json, else vicuna_v1.1)");

@@ -33,4 +33,8 @@ rc=0
 "$bench" --gemm 16 256 --kernels sse9 > out.txt 2> err.txt || rc=$?
 [ "$rc" = 2 ] || { cat out.txt err.txt; echo "--kernels sse9: exit $rc, want 2"; exit 1; }
 grep -q -- "--kernels sse9: not runnable" err.txt || { cat err.txt; echo "the refusal does not name sse9"; exit 1; }
+rc=0
+"$bench" --gemm 16 256 --decode-dtype int4 > out.txt 2> err.txt || rc=$?
+[ "$rc" = 2 ] || { cat out.txt err.txt; echo "--decode-dtype int4: exit $rc, want 2"; exit 1; }
+grep -q -- "--decode-dtype int4: expected auto, float32 or bfloat16" err.txt || { cat err.txt; echo "the refusal does not name int4"; exit 1; }
 echo "bench_gemm_only: ok"

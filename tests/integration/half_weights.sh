@@ -73,6 +73,21 @@ for want in "activations: bfloat16" "decode_dtype: bfloat16 (" "kernel: avx.*, b
   grep -q "$want" bf.log || { echo "decode_dtype bfloat16: info lacks '$want':"; cat bf.log; exit 1; }
 done
 [ "$(text bf.log | wc -l)" -ge 2 ] || { echo "no text with bf16 activations:"; cat bf.log; exit 1; }
+# decode_dtype = "auto" (the default): bf16-rounded activations exactly where vdpbf16ps multiplies
+# them (the text of decode_dtype = "bfloat16" above), float32 ones elsewhere (the text of
+# decode_dtype = "float32"); a float16 checkpoint stays float32 on every CPU.
+pipeline m.gguf auto 12 | sed '/^decode_dtype/d' > dflt.toml
+"$vhost" run dflt.toml > dflt.log 2>&1 || { cat dflt.log; exit 1; }
+pipeline m.gguf auto 12 0 float32 > f12.toml
+"$vhost" run f12.toml > f12.log 2>&1 || { cat f12.log; exit 1; }
+if grep -q "decode_dtype: bfloat16 (vdpbf16ps" bf.log; then want="decode_dtype: bfloat16 (vdpbf16ps" same=bf.log
+else want="decode_dtype: float32 (bfloat16 weights)" same=f12.log; fi
+grep -q "$want" dflt.log || { echo "decode_dtype auto: info lacks '$want':"; cat dflt.log; exit 1; }
+[ "$(text dflt.log)" = "$(text $same)" ] ||
+  { echo "decode_dtype auto decodes differently from $same:"; diff <(text dflt.log) <(text $same); exit 1; }
+pipeline float16 auto 4 | sed '/^decode_dtype/d' > f16d.toml
+"$vhost" run f16d.toml > f16d.log 2>&1 || { cat f16d.log; exit 1; }
+grep -q "decode_dtype: float32 (float16 weights)" f16d.log || { echo "decode_dtype auto on float16 weights:"; cat f16d.log; exit 1; }
 # A Q8_0 GGUF (vhost's own quantizer): decoded from its blocks (1.06 bytes a Q8_0 weight; the
 # tiny preset's down projection, 172 wide, stays F32, so 1.8 on the whole). With
 # quant_activations = "float32" the same text as the same file dequantised to float32

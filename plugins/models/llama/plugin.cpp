@@ -77,13 +77,15 @@ class LlamaPlugin final : public vhost::Model {
             Option::table("adapters",
                           "LoRA adapters served on this one base (vLLM's multi-LoRA): name -> adapter folder; each "
                           "is a model of its own to the API, and requests for different adapters share a batch"),
-            Option::string("decode_dtype", "float32",
-                           "decoding steps on the CPU: float32, or bfloat16 (weight products in bfloat16 on AMX "
+            Option::string("decode_dtype", "auto",
+                           "decoding steps on the CPU: auto (bfloat16 for a bfloat16 checkpoint read in place on a "
+                           "CPU with AVX512-BF16, as HF and llama.cpp compute a bf16 model; float32 otherwise), "
+                           "float32, or bfloat16 (weight products in bfloat16 on AMX "
                            "or AVX512-BF16, or widened to float32 on AVX-512/AVX2, with activations and the "
                            "KV cache in bfloat16; float32 on other CPUs). A bfloat16 checkpoint read in place "
                            "(dtype auto) is not copied: every product, prompts too, takes bf16-rounded activations "
                            "against its stored weights (vdpbf16ps on AVX512-BF16), as llama.cpp does")
-                .one_of({"float32", "bfloat16"}),
+                .one_of({"auto", "float32", "bfloat16"}),
             Option::string("quant_activations", "int8",
                            "Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K matrices decoded from their blocks: int8 (the activations rounded to "
                            "8 bits per 32 for integer dot products, as llama.cpp computes: faster) or float32 "
@@ -185,22 +187,33 @@ class LlamaPlugin final : public vhost::Model {
     if (tokenizer_->vocab_size() > config_.vocab_size)
       throw vhost::ConfigError("tokenizer", tok_name + " has " + std::to_string(tokenizer_->vocab_size()) +
                                                 " pieces but the model only " + std::to_string(config_.vocab_size));
-    if (model_) model_->set_int8_activations(cfg.get<std::string>("quant_activations") == "int8");
-    // A bfloat16 checkpoint read in place takes bf16-rounded activations (vdpbf16ps on the stored
-    // weights where the CPU has it; set_bf16_activations refuses any other model), no packed copy;
-    // a float32 model packs bf16 copies.
-    if (cfg.get<std::string>("decode_dtype") == "bfloat16" && model_ && !model_->set_bf16_activations(true) &&
-        !model_->mixed_cpu() && !model_->enable_bf16_decode())
-      vhost::log(VHOST_LOG_WARN, "decode_dtype = \"bfloat16\" needs an x86 CPU with AVX2 or better and float32 weights on the CPU (" +
-                                     std::string(*vhost::llama::bf16_gemm_isa() ? "the weights are " + vhost::llama::dtype_name(model_->dtype()) + " on " + model_->device().str()
-                                                                                : "this CPU has no bfloat16 kernel") +
-                                     "): decoding in " + vhost::llama::dtype_name(model_->dtype()));
+    int8_activations_ = cfg.get<std::string>("quant_activations") == "int8";
+    decode_dtype_ = cfg.get<std::string>("decode_dtype");
+    apply_decode_options(true);
     load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     max_batch_ = cfg.get<int64_t>("max_batch");
     max_queue_ = cfg.get<int64_t>("max_queue");
     max_context_ = cfg.get<int64_t>("max_context");
     if (max_batch_ > 0 && model_)
       engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
+  }
+
+  // quant_activations and decode_dtype on model_ (at load, and again on the model training makes).
+  // A bfloat16 checkpoint read in place takes bf16-rounded activations (vdpbf16ps on the stored
+  // weights where the CPU has it; set_bf16_activations refuses any other model), no packed copy;
+  // with decode_dtype = "bfloat16" a float32 model packs bf16 copies. auto: only the in-place
+  // case, and only where vdpbf16ps multiplies (llama.cpp's and HF's arithmetic for a bf16 model,
+  // no copy; the widened AVX2 path gains nothing from rounding).
+  void apply_decode_options(bool warn) {
+    if (!model_) return;
+    model_->set_int8_activations(int8_activations_);
+    if (decode_dtype_ == "auto" && *vhost::llama::bf16_dot_isa()) model_->set_bf16_activations(true);
+    if (decode_dtype_ == "bfloat16" && !model_->set_bf16_activations(true) && !model_->mixed_cpu() &&
+        !model_->enable_bf16_decode() && warn)
+      vhost::log(VHOST_LOG_WARN, "decode_dtype = \"bfloat16\" needs an x86 CPU with AVX2 or better and float32 weights on the CPU (" +
+                                     std::string(*vhost::llama::bf16_gemm_isa() ? "the weights are " + vhost::llama::dtype_name(model_->dtype()) + " on " + model_->device().str()
+                                                                                : "this CPU has no bfloat16 kernel") +
+                                     "): decoding in " + vhost::llama::dtype_name(model_->dtype()));
   }
 
   // The served adapters again, on a model_ made anew (after training).
@@ -428,6 +441,7 @@ class LlamaPlugin final : public vhost::Model {
         model_ = std::make_unique<vhost::llama::LlamaModel>(
             vhost::llama::LlamaModel::load(src, device_, load_dtype(stored)));
       }
+      apply_decode_options(false);
       reattach_adapters();  // (served adapters of the old base on the new weights: their shapes still fit)
       if (max_batch_ > 0)
         engine_ = std::make_unique<vhost::llama::Engine>(*model_, tokenizer_.get(), max_batch_, max_context_, max_queue_);
@@ -733,6 +747,8 @@ class LlamaPlugin final : public vhost::Model {
   const vhost::torch_ext::Backend* backend_ = nullptr;
   std::unique_ptr<vhost::llama::Engine> engine_;  // declared after model_: destroyed first
   int64_t max_batch_ = 0, max_queue_ = 64, max_context_ = 0;
+  bool int8_activations_ = true;  // quant_activations = "int8"
+  std::string decode_dtype_;      // see apply_decode_options
   torch::Device device_ = torch::kCPU;
   torch::ScalarType dtype_ = torch::kFloat32;        // the backend's compute dtype (training)
   torch::ScalarType model_dtype_ = torch::kFloat32;  // the model's dtype option, else the backend's
