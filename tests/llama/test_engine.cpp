@@ -175,6 +175,67 @@ TEST_CASE("batched sampling draws what each row draws alone", "[engine][generate
   }
 }
 
+TEST_CASE("sampling on the logits' device draws what sample_token draws, one transfer of ids", "[engine][generate]") {
+  // sample_tokens_on_device (every row in tensor operations, as a GPU runs them) on CPU tensors
+  // against sample_token row by row with the same generators: each kind of row, penalties
+  // included. Rows without top-k / top-p / penalties take softmax_draw in sample_token (its own
+  // exp), so they may differ where a draw lands on a boundary: at most 2 of their 240 draws.
+  const int64_t V = 211;
+  auto logits = torch::randn({12, V}) * 2.5;
+  std::vector<SamplingParams> p(12);
+  p[0].temperature = 0;
+  p[1].temperature = 0, p[1].repetition_penalty = 1.3;
+  p[2].temperature = 0, p[2].presence_penalty = 1.5, p[2].frequency_penalty = 0.7;
+  p[3].temperature = 1.1;  // plain
+  p[4].temperature = 0.6;  // plain
+  p[5].temperature = 0.9, p[5].top_k = 7;
+  p[6].temperature = 1.2, p[6].top_p = 0.8;
+  p[7].temperature = 0.8, p[7].top_k = 20, p[7].top_p = 0.5;
+  p[8].temperature = 1.0, p[8].repetition_penalty = 0.8, p[8].top_p = 0.95;
+  p[9].temperature = 0.7, p[9].frequency_penalty = -1.0, p[9].top_k = 3;
+  p[10].temperature = 1.5, p[10].top_p = 0.3;
+  p[11].temperature = 0;
+  std::vector<int32_t> hist = {3, 9, 9, 40, 77, 77, 77, 150, 3}, none;
+  std::vector<const SamplingParams*> ps;
+  std::vector<const std::vector<int32_t>*> seen, generated;
+  for (int64_t r = 0; r < 12; ++r) {
+    ps.push_back(&p[r]);
+    seen.push_back(r % 2 ? &hist : &none);
+    generated.push_back(r % 3 ? &hist : &none);
+  }
+  // Make the penalised greedy rows' winners penalised tokens, so the penalties decide them.
+  logits[1][77] = 30;
+  logits[2][9] = 30;
+  int plain_diff = 0, other_diff = 0;
+  for (uint64_t trial = 0; trial < 120; ++trial) {
+    std::vector<torch::Generator> a, b;
+    std::vector<torch::Generator*> pa;
+    for (uint64_t r = 0; r < 12; ++r) {
+      a.push_back(at::detail::createCPUGenerator(trial * 100 + r));
+      b.push_back(at::detail::createCPUGenerator(trial * 100 + r));
+    }
+    for (auto& g : a) pa.push_back(&g);
+    auto dev = sample_tokens_on_device(logits, ps, seen, pa, generated);
+    REQUIRE(dev.size() == 12);
+    for (int64_t r = 0; r < 12; ++r) {
+      const auto host = sample_token(logits[r], p[r], *seen[r], b[r], generated[r]);
+      if (dev[r] != host) ++(r == 3 || r == 4 ? plain_diff : other_diff);
+      if (p[r].temperature == 0) CHECK(dev[r] == host);
+      CHECK(dev[r] >= 0);
+      CHECK(dev[r] < V);
+    }
+  }
+  CHECK(other_diff == 0);
+  CHECK(plain_diff <= 2);
+  // The penalties decided the greedy rows: not the boosted tokens.
+  std::vector<torch::Generator> g1(1, at::detail::createCPUGenerator(1));
+  std::vector<torch::Generator*> pg = {&g1[0]};
+  CHECK(sample_tokens_on_device(logits.slice(0, 1, 2), {&p[1]}, {&hist}, pg, {&none})[0] == 77);  // 30 / 1.3 still leads
+  SamplingParams strong = p[1];
+  strong.repetition_penalty = 100;
+  CHECK(sample_tokens_on_device(logits.slice(0, 1, 2), {&strong}, {&hist}, pg, {&none})[0] != 77);
+}
+
 TEST_CASE("presence and frequency penalties count the generated tokens only, as OpenAI's", "[engine][generate]") {
   // Token 3 leads token 5 by 1.5: a presence penalty of 2 once it was generated hands the lead
   // to 5; a frequency penalty of 0.5 needs it generated 4 times (2.0 > 1.5), not 3 (1.5).

@@ -108,6 +108,7 @@ std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vecto
                                    const std::vector<const std::vector<int32_t>*>& seen,
                                    const std::vector<torch::Generator*>& gens,
                                    const std::vector<const std::vector<int32_t>*>& generated) {
+  if (!logits.device().is_cpu()) return sample_tokens_on_device(logits, params, seen, gens, generated);
   const int64_t R = logits.size(0);
   std::vector<int64_t> out(static_cast<std::size_t>(R), 0);
   auto lg = logits.to(torch::kCPU, torch::kFloat32);
@@ -128,6 +129,97 @@ std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vecto
                             uniform(*gens[r]));
   }
   return out;
+}
+
+std::vector<int64_t> sample_tokens_on_device(const torch::Tensor& logits, const std::vector<const SamplingParams*>& params,
+                                             const std::vector<const std::vector<int32_t>*>& seen,
+                                             const std::vector<torch::Generator*>& gens,
+                                             const std::vector<const std::vector<int32_t>*>& generated) {
+  const int64_t R = logits.size(0), V = logits.size(1);
+  const auto dev = logits.device();
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  auto x = logits.to(torch::kFloat32).clone();
+  // Penalties, as sample_token: presence and frequency first (x[t] -= presence + frequency * count,
+  // in double, rounded once), then the repetition penalty on each distinct seen token.
+  std::vector<int64_t> pr, pt, rr, rt;
+  std::vector<float> pd, rp;
+  for (int64_t r = 0; r < R; ++r) {
+    const SamplingParams& p = *params[r];
+    const auto* gen_so_far = generated.empty() ? nullptr : generated[r];
+    if ((p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) && gen_so_far && !gen_so_far->empty()) {
+      std::map<int32_t, int> count;
+      for (int32_t t : *gen_so_far) ++count[t];
+      for (const auto& [t, c] : count)
+        if (t >= 0 && t < V) {
+          pr.push_back(r);
+          pt.push_back(t);
+          pd.push_back(-static_cast<float>(p.presence_penalty + p.frequency_penalty * c));
+        }
+    }
+    if (p.repetition_penalty != 1.0 && !seen[r]->empty())
+      for (int64_t t : std::set<int64_t>(seen[r]->begin(), seen[r]->end())) {
+        rr.push_back(r);
+        rt.push_back(t);
+        rp.push_back(static_cast<float>(p.repetition_penalty));
+      }
+  }
+  auto up = [&](auto& v, const torch::TensorOptions& o) {
+    return torch::from_blob(v.data(), {static_cast<int64_t>(v.size())}, o).to(dev);
+  };
+  if (!pr.empty()) {
+    const auto ri = up(pr, i64), ti = up(pt, i64);
+    x.index_put_({ri, ti}, x.index({ri, ti}) + up(pd, f32));
+  }
+  if (!rr.empty()) {
+    const auto ri = up(rr, i64), ti = up(rt, i64), pen = up(rp, f32);
+    const auto vals = x.index({ri, ti});
+    x.index_put_({ri, ti}, torch::where(vals > 0, vals / pen, vals * pen));
+  }
+  // Per row: temperature (1 for greedy rows), top-k (0: none), top-p, the uniform draw.
+  std::vector<float> temp(R), top_p(R);
+  std::vector<int64_t> top_k(R);
+  std::vector<double> u(R);
+  std::vector<uint8_t> greedy(R);
+  bool any_k = false, any_p = false, any_draw = false;
+  for (int64_t r = 0; r < R; ++r) {
+    const SamplingParams& p = *params[r];
+    greedy[r] = p.temperature == 0;
+    temp[r] = greedy[r] ? 1.0f : static_cast<float>(p.temperature);
+    top_k[r] = !greedy[r] && p.top_k > 0 && p.top_k < V ? p.top_k : 0;
+    top_p[r] = greedy[r] ? 1.0f : static_cast<float>(p.top_p);
+    u[r] = greedy[r] ? 0.0 : uniform(*gens[r]);  // a greedy row draws nothing, as in sample_token
+    any_k |= top_k[r] > 0;
+    any_p |= top_p[r] < 1.0f;
+    any_draw |= !greedy[r];
+  }
+  auto ids = x.argmax(-1);
+  if (any_draw) {
+    auto y = x / up(temp, f32).unsqueeze(1);
+    if (any_k) {  // below the k-th largest: -inf (rows without top-k keep everything)
+      const auto k = up(top_k, i64).unsqueeze(1);
+      const auto sorted = std::get<0>(y.sort(-1, /*descending=*/true));
+      const auto kth = torch::where(k > 0, sorted.gather(1, (k - 1).clamp_min(0)),
+                                    torch::full_like(k, -std::numeric_limits<float>::infinity(), f32.device(dev)));
+      y = y.masked_fill(y < kth, -std::numeric_limits<float>::infinity());
+    }
+    auto probs = torch::softmax(y, -1);
+    if (any_p) {  // the smallest prefix of the sorted probabilities reaching top_p, the rest 0
+      const auto sorted = probs.sort(-1, /*descending=*/true);
+      auto sp = std::get<0>(sorted);
+      const auto si = std::get<1>(sorted);
+      const auto tp = up(top_p, f32).unsqueeze(1);
+      sp = sp.masked_fill(((sp.cumsum(-1) - sp) >= tp) & (tp < 1.0f), 0);
+      probs = torch::zeros_like(probs).scatter(1, si, sp);
+    }
+    const auto cdf = probs.cumsum(-1).to(torch::kFloat64);
+    const auto target = torch::from_blob(u.data(), {R, 1}, torch::TensorOptions().dtype(torch::kFloat64)).to(dev) *
+                        cdf.slice(1, V - 1, V);
+    const auto drawn = (cdf < target).sum(-1).clamp_max(V - 1);
+    ids = torch::where(up(greedy, torch::TensorOptions().dtype(torch::kBool)), ids, drawn);
+  }
+  ids = ids.to(torch::kCPU, torch::kInt64).contiguous();  // the one transfer back
+  return std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + R);
 }
 
 std::size_t held_back(const std::string& text, const std::vector<std::string>& stops) {

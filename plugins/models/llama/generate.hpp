@@ -73,6 +73,17 @@ std::vector<int64_t> sample_tokens(const torch::Tensor& logits, const std::vecto
                                    const std::vector<torch::Generator*>& gens,
                                    const std::vector<const std::vector<int32_t>*>& generated = {});
 
+// sample_tokens in tensor operations on the logits' own device (sample_tokens calls it for logits
+// that are not on the CPU): penalties, greedy argmax, temperature, top-k, top-p and the
+// inverse-CDF draw for all rows at once, the uniform draws still from each row's CPU generator,
+// and one transfer back: the R ids. Row for row the same operations as sample_token, so on the
+// CPU it picks the same tokens (test_engine.cpp compares them); on a GPU the sums may round
+// differently, which moves a draw only when it lands on a boundary.
+std::vector<int64_t> sample_tokens_on_device(const torch::Tensor& logits, const std::vector<const SamplingParams*>& params,
+                                             const std::vector<const std::vector<int32_t>*>& seen,
+                                             const std::vector<torch::Generator*>& gens,
+                                             const std::vector<const std::vector<int32_t>*>& generated = {});
+
 // Length of the longest suffix of `text` that is a proper prefix of a stop string: text that
 // may still become a stop string, and so must not be streamed yet.
 std::size_t held_back(const std::string& text, const std::vector<std::string>& stops);  // throws vhost::Error(VHOST_ERR_INVALID_ARGUMENT) naming the field
