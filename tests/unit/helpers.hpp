@@ -5,6 +5,8 @@
 #include <catch2/catch.hpp>
 
 #include <array>
+#include <cctype>
+#include <functional>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -19,9 +21,15 @@ using Catch::Matchers::Contains;
 using Catch::Matchers::Matches;
 using Catch::Matchers::StartsWith;
 
-// A fresh, empty scratch folder for one test.
+// A fresh, empty scratch folder for one test, under a folder of the running test case's own:
+// CTest runs each test case as a process of its own, and `ctest -j` runs several at once, which
+// removed and remade each other's folders of the same name (a shared tiny model: "cannot remove
+// all: No such file or directory ... model-tiny/m/config.json").
 inline fs::path scratch(const std::string& name) {
-  fs::path p = fs::path(VHOST_TEST_TMP_DIR) / name;
+  std::string test = Catch::getResultCapture().getCurrentTestName(), slug;
+  for (char c : test) slug += std::isalnum(static_cast<unsigned char>(c)) ? c : '-';
+  if (slug.size() > 48) slug = slug.substr(0, 48) + "-" + std::to_string(std::hash<std::string>{}(test) % 1000000);
+  fs::path p = fs::path(VHOST_TEST_TMP_DIR) / "cases" / (slug.empty() ? std::string("none") : slug) / name;
   fs::remove_all(p);
   fs::create_directories(p);
   return p;
