@@ -1043,6 +1043,29 @@ TEST_CASE("GGUF: a bf16 model is written with its 1-D tensors in F32, as llama.c
     CHECK(t.scalar_type() == (t.dim() == 1 ? torch::kFloat32 : torch::kBFloat16));
     CHECK(torch::equal(t.to(torch::kFloat32), before.at(name).to(torch::kFloat32)));
   }
+  // Where they live: the matrices views of the file's mapping, except the query and key weights,
+  // whose rows were reordered into memory of the process's own (not written into the private
+  // mapping in place: one copy-on-write fault and TLB shootdown a 4 KiB page).
+  uintptr_t lo = 0, hi = 0;
+  {
+    std::ifstream maps("/proc/self/maps");
+    const std::string want = fs::canonical(dir / "m.gguf").string();
+    for (std::string line; std::getline(maps, line);)
+      if (line.size() >= want.size() && line.compare(line.size() - want.size(), want.size(), want) == 0) {
+        const auto a = std::stoull(line.substr(0, line.find('-')), nullptr, 16);
+        const auto b = std::stoull(line.substr(line.find('-') + 1, line.find(' ') - line.find('-') - 1), nullptr, 16);
+        lo = lo ? std::min<uintptr_t>(lo, a) : a;
+        hi = std::max<uintptr_t>(hi, b);
+      }
+  }
+  REQUIRE(hi > lo);
+  for (const auto& [name, t] : back.tensors) {
+    if (t.dim() != 2) continue;
+    INFO(name);
+    const auto at = reinterpret_cast<uintptr_t>(t.data_ptr());
+    const bool reordered = name.find("q_proj") != std::string::npos || name.find("k_proj") != std::string::npos;
+    CHECK((at >= lo && at < hi) == !reordered);
+  }
 }
 
 TEST_CASE("GGUF: convert --quantize q8_0 writes Q8_0 blocks that read back within half a step", "[gguf]") {

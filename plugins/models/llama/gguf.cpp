@@ -329,6 +329,23 @@ torch::Tensor packed_matrix(const torch::Tensor& blocks, int64_t heads) {
   return out;
 }
 
+// meta_to_hf of a view of the mapped file (rows [N, ...], contiguous) into memory of the process's
+// own, on 2 MiB pages where the kernel gives them, and the view's pages dropped from the process
+// (MADV_DONTNEED: clean pages of a private file mapping, reread if ever touched again): the model
+// holds these matrices once. They were reordered in place in the private mapping before: each
+// 4 KiB page written was a copy-on-write fault with a TLB shootdown to the other threads, ~0.5 M
+// of them for a 7B model's 2.1 GB of query and key weights, most of its load time.
+torch::Tensor reordered_copy(const torch::Tensor& w, int64_t heads) {
+  auto out = torch::empty(w.sizes(), w.options());
+#ifdef MADV_HUGEPAGE
+  advise_whole_pages(out.data_ptr(), out.nbytes(), std::uintptr_t(2) << 20, MADV_HUGEPAGE);
+#endif
+  const int64_t rows = w.size(0), cols = w.numel() / std::max<int64_t>(rows, 1);
+  out.view({heads, 2, rows / heads / 2, cols}).copy_(w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2));
+  advise_whole_pages(w.data_ptr(), w.nbytes(), static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE)), MADV_DONTNEED);
+  return out;
+}
+
 // HF's rotate-half rows -> Meta's interleaved rows (llama.cpp's conversion does the same).
 torch::Tensor hf_to_meta(const torch::Tensor& w, int64_t heads) {
   int64_t rows = w.size(0), cols = w.size(1);
@@ -701,10 +718,9 @@ GgufLlama load_gguf_llama(const fs::path& file, bool keep_blocks) {
     if (it == by.end()) fail(file, "missing tensor '" + name + "'");
     return g.tensor(*it->second);
   };
-  // A matrix, its rows reordered from Meta's rotary order to HF's for `heads` query/key heads.
-  // Reordered in place: a view of the private mapping is overwritten (its pages become the
-  // process's own copies), so the model holds one copy of these matrices, not the mapped file's
-  // pages and a reordered copy beside them (2.1 GB of a 7B model). Quantized blocks are kept as
+  // A matrix, its rows reordered from Meta's rotary order to HF's for `heads` query/key heads
+  // (reordered_copy: one copy of these matrices, the mapped file's pages of them dropped, not
+  // both: 2.1 GB of a 7B model). Quantized blocks are kept as
   // they are when asked; Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K ones with rows in eights come interleaved as the decode
   // kernels read them (packed_matrix), reordered on the way.
   auto matrix = [&](const std::string& name, int64_t heads = 0) {
@@ -717,10 +733,10 @@ GgufLlama load_gguf_llama(const fs::path& file, bool keep_blocks) {
     if (keep_blocks && f && it->second->shape.size() == 2) {
       auto b = g.blocks(*it->second);
       if (packs_x8(f->type) && b.size(0) % 8 == 0) return packed_matrix(b, heads);
-      return heads ? b.copy_(meta_to_hf(b, heads)) : b;
+      return heads ? reordered_copy(b, heads) : b;
     }
     auto t = g.tensor(*it->second);
-    return heads ? t.copy_(meta_to_hf(t, heads)) : t;
+    return heads ? reordered_copy(t, heads) : t;
   };
   // The embedding: rows looked up by token, never multiplied (unless the output is tied to it).
   // Quantized, it is kept as its blocks when asked, a row dequantised as each token comes in (a
