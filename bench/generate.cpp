@@ -263,7 +263,7 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
   }();
   // As the plugin's quant_activations: float32 activations take the blocks in their plain layout.
   if (!*int8_dot_isa()) model.set_int8_activations(false);
-  if (g_decode_dtype == "auto" && *bf16_dot_isa()) model.set_bf16_activations(true);
+  if (g_decode_dtype == "auto") model.set_auto_activations();
   if (g_decode_dtype == "bfloat16" && !model.set_bf16_activations(true))
     std::fprintf(stderr, "--decode-dtype bfloat16: not a bfloat16 model read in place; float32 activations\n");
   const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -594,11 +594,13 @@ struct Cli {
     const std::tuple<const char*, vh::json, const char*> flags[] = {
         {"max_batch", serve_batch, "--max-batch"}, {"max_queue", serve_queue, "--max-queue"}, {"decode_dtype", serve_decode_dtype, "--decode-dtype"}};
     for (const auto& [key, value, flag] : flags) {
+      if (!keys.count(key)) {
+        if (given(serve, flag))
+          throw vh::ConfigError(std::string(flag) + ": the model plugin '" + model_plugin + "' has no option " + key);
+        continue;
+      }
       // --decode-dtype only when given: the plugin's own default otherwise (llama's "auto").
-      if (keys.count(key) && (std::string(key) != "decode_dtype" || given(serve, flag))) sv.set(t + "." + key, value, flag);
-      else if (keys.count(key)) continue;
-      else if (given(serve, flag))
-        throw vh::ConfigError(std::string(flag) + ": the model plugin '" + model_plugin + "' has no option " + key);
+      if (std::string(key) != "decode_dtype" || given(serve, flag)) sv.set(t + "." + key, value, flag);
     }
   }
 

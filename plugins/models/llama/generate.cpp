@@ -48,6 +48,19 @@ int64_t draw(const torch::Tensor& probs, double u) {
   return std::min<int64_t>(idx, probs.size(0) - 1);
 }
 
+// A row's presence and frequency penalties: (token, presence + frequency * its count, rounded to
+// float once) for each distinct generated token in [0, V).
+std::vector<std::pair<int64_t, float>> count_penalties(const SamplingParams& p, const std::vector<int32_t>* generated,
+                                                       int64_t V) {
+  std::vector<std::pair<int64_t, float>> out;
+  if ((p.presence_penalty == 0.0 && p.frequency_penalty == 0.0) || !generated || generated->empty()) return out;
+  std::map<int32_t, int> count;
+  for (int32_t t : *generated) ++count[t];
+  for (const auto& [t, c] : count)
+    if (t >= 0 && t < V) out.emplace_back(t, static_cast<float>(p.presence_penalty + p.frequency_penalty * c));
+  return out;
+}
+
 bool penalised(const SamplingParams& p) {
   return p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
 }
@@ -58,14 +71,7 @@ bool plain(const SamplingParams& p) { return !penalised(p) && p.top_k == 0 && p.
 int64_t sample_token(const torch::Tensor& logits, const SamplingParams& p, const std::vector<int32_t>& seen,
                      torch::Generator& gen, const std::vector<int32_t>* generated) {
   auto row = logits.to(torch::kCPU, torch::kFloat32).clone();
-  if ((p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) && generated && !generated->empty()) {
-    std::map<int32_t, int> count;
-    for (int32_t t : *generated) ++count[t];
-    float* x = row.data_ptr<float>();
-    for (const auto& [t, c] : count)
-      if (t >= 0 && t < row.size(0))
-        x[t] -= static_cast<float>(p.presence_penalty + p.frequency_penalty * c);
-  }
+  for (const auto& [t, d] : count_penalties(p, generated, row.size(0))) row.data_ptr<float>()[t] -= d;
   if (p.repetition_penalty != 1.0 && !seen.empty()) {
     std::set<int64_t> distinct(seen.begin(), seen.end());
     auto idx = torch::tensor(std::vector<int64_t>(distinct.begin(), distinct.end()), torch::kInt64);
@@ -140,22 +146,16 @@ std::vector<int64_t> sample_tokens_on_device(const torch::Tensor& logits, const 
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
   auto x = logits.to(torch::kFloat32).clone();
-  // Penalties, as sample_token: presence and frequency first (x[t] -= presence + frequency * count,
-  // in double, rounded once), then the repetition penalty on each distinct seen token.
+  // Penalties, as sample_token: presence and frequency first (count_penalties), then the
+  // repetition penalty on each distinct seen token.
   std::vector<int64_t> pr, pt, rr, rt;
   std::vector<float> pd, rp;
   for (int64_t r = 0; r < R; ++r) {
     const SamplingParams& p = *params[r];
-    const auto* gen_so_far = generated.empty() ? nullptr : generated[r];
-    if ((p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) && gen_so_far && !gen_so_far->empty()) {
-      std::map<int32_t, int> count;
-      for (int32_t t : *gen_so_far) ++count[t];
-      for (const auto& [t, c] : count)
-        if (t >= 0 && t < V) {
-          pr.push_back(r);
-          pt.push_back(t);
-          pd.push_back(-static_cast<float>(p.presence_penalty + p.frequency_penalty * c));
-        }
+    for (const auto& [t, d] : count_penalties(p, generated.empty() ? nullptr : generated[r], V)) {
+      pr.push_back(r);
+      pt.push_back(t);
+      pd.push_back(-d);
     }
     if (p.repetition_penalty != 1.0 && !seen[r]->empty())
       for (int64_t t : std::set<int64_t>(seen[r]->begin(), seen[r]->end())) {

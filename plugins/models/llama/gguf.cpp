@@ -307,11 +307,15 @@ std::string sentencepiece_proto(const fs::path& file, const std::map<std::string
   return out;
 }
 
-// Meta's interleaved rotary rows -> HF's rotate-half rows (what HF's conversion script does).
-torch::Tensor meta_to_hf(const torch::Tensor& w, int64_t heads) {
+// w's rows (contiguous) in HF's rotate-half order, as a view [heads, 2, rows / heads / 2, cols] of
+// Meta's interleaved rows: what meta_to_hf and reordered_copy copy out.
+static torch::Tensor hf_order_view(const torch::Tensor& w, int64_t heads) {
   const int64_t rows = w.size(0), cols = w.numel() / std::max<int64_t>(rows, 1);  // a row may be [blocks, bytes]
-  return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape(w.sizes());
+  return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2);
 }
+
+// Meta's interleaved rotary rows -> HF's rotate-half rows (what HF's conversion script does).
+torch::Tensor meta_to_hf(const torch::Tensor& w, int64_t heads) { return hf_order_view(w, heads).reshape(w.sizes()); }
 
 // Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks [N, nb, bytes] (N a multiple of 8) packed by pack_rows_x8, rows reordered by
 // meta_to_hf for `heads` heads (0: none). The source's pages are handed back as soon as it is
@@ -340,8 +344,8 @@ torch::Tensor reordered_copy(const torch::Tensor& w, int64_t heads) {
 #ifdef MADV_HUGEPAGE
   advise_whole_pages(out.data_ptr(), out.nbytes(), std::uintptr_t(2) << 20, MADV_HUGEPAGE);
 #endif
-  const int64_t rows = w.size(0), cols = w.numel() / std::max<int64_t>(rows, 1);
-  out.view({heads, 2, rows / heads / 2, cols}).copy_(w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2));
+  const auto hf = hf_order_view(w, heads);
+  out.view(hf.sizes()).copy_(hf);
   advise_whole_pages(w.data_ptr(), w.nbytes(), static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE)), MADV_DONTNEED);
   return out;
 }

@@ -623,6 +623,11 @@ bool LlamaModel::set_bf16_activations(bool on) {
   return bf16_activations_ == on;
 }
 
+bool LlamaModel::set_auto_activations() {
+  set_bf16_activations(*bf16_dot_isa() != '\0');
+  return bf16_activations_;
+}
+
 bool LlamaModel::mixed_cpu() const {
   const WeightType t = dtype_ == torch::kBFloat16 ? WeightType::bf16 : WeightType::f16;
   return device_.is_cpu() && (dtype_ == torch::kBFloat16 || dtype_ == torch::kFloat16) && small_gemm_supports(t) &&

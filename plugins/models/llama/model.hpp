@@ -119,6 +119,10 @@ class LlamaModel {
   // AVX512-BF16, else widened: llama.cpp's arithmetic for a BF16 model. false (the default):
   // float32 activations. Returns false, and stays off, for any other model.
   bool set_bf16_activations(bool on);
+  // decode_dtype = "auto": bf16-rounded activations exactly where vdpbf16ps multiplies them
+  // (bf16_dot_isa) for a bfloat16 model read in place, as llama.cpp and HF compute such a model;
+  // float32 ones elsewhere (the widened AVX2 path gains nothing from rounding). Returns whether on.
+  bool set_auto_activations();
   bool bf16_activations() const { return bf16_activations_; }
   int64_t quantized_matrices() const {  // all formats together
     int64_t n = 0;

@@ -202,12 +202,11 @@ class LlamaPlugin final : public vhost::Model {
   // A bfloat16 checkpoint read in place takes bf16-rounded activations (vdpbf16ps on the stored
   // weights where the CPU has it; set_bf16_activations refuses any other model), no packed copy;
   // with decode_dtype = "bfloat16" a float32 model packs bf16 copies. auto: only the in-place
-  // case, and only where vdpbf16ps multiplies (llama.cpp's and HF's arithmetic for a bf16 model,
-  // no copy; the widened AVX2 path gains nothing from rounding).
+  // case, and only where vdpbf16ps multiplies (LlamaModel::set_auto_activations).
   void apply_decode_options(bool warn) {
     if (!model_) return;
     model_->set_int8_activations(int8_activations_);
-    if (decode_dtype_ == "auto" && *vhost::llama::bf16_dot_isa()) model_->set_bf16_activations(true);
+    if (decode_dtype_ == "auto") model_->set_auto_activations();
     if (decode_dtype_ == "bfloat16" && !model_->set_bf16_activations(true) && !model_->mixed_cpu() &&
         !model_->enable_bf16_decode() && warn)
       vhost::log(VHOST_LOG_WARN, "decode_dtype = \"bfloat16\" needs an x86 CPU with AVX2 or better and float32 weights on the CPU (" +
