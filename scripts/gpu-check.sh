@@ -237,7 +237,8 @@ mfu = sorted(x.get("mfu", 0) for x in m[2:])[len(m[2:]) // 2]
 print(("PASS" if last < first else "FAIL") + f" loss {first:.3f} -> {last:.3f} in {len(m)} steps; median {tps:.0f} tokens/s, MFU {100 * mfu:.1f}%")
 PY
 ) || verdict="FAIL no losses in $work/out-train/metrics.jsonl"
-  row train "${verdict%% *}" "${verdict#* }"
+  kernel=$(sed -n 's/^attention kernel: //p' "$work/train.log" | head -1)
+  row train "${verdict%% *}" "${verdict#* }; attention kernel: ${kernel:-not named}"
   grep -o '"peak_allocated_bytes": *[0-9]*' "$work/runs/train/run.json" | head -1 | sed 's/^/  /'
 else
   tail -10 "$work/train.log"; row train FAIL "training failed"

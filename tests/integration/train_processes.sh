@@ -68,6 +68,9 @@ pipeline two out-two 3
 "$vhost" run one.toml > one.log 2>&1 || { cat one.log; exit 1; }
 "$vhost" launch --nproc-per-node 2 --log-dir logs two.toml > two.log 2>&1 || { cat two.log logs/*; exit 1; }
 grep -q "x 2 processes" two.log || { echo "2-process run did not say so"; cat two.log; exit 1; }
+# The attention kernel is named (libtorch 1.13: the math path; 2.x: the SDPA dispatcher's choice).
+grep -Eq "^attention kernel: (math|flash_attention|efficient_attention|cudnn_attention)" one.log ||
+  { echo "the train stage did not name its attention kernel"; cat one.log; exit 1; }
 compare out-one out-two 1e-5
 python3 - work-one/run.json work-two/run.json <<'PY'
 import json, sys

@@ -6,6 +6,7 @@
 #include "train_fixtures.hpp"
 
 #include <vhost/plugin.hpp>
+#include <vhost/torch/compat.hpp>
 
 #undef CHECK
 #include <catch2/catch.hpp>
@@ -207,11 +208,13 @@ namespace {
 struct Run {
   std::vector<double> losses;
   json result;
+  std::string attention;  // the start event's attention kernel
 };
 
 Run run(const LlamaModel& init, TrainConfig c, int stop_after = -1) {
   Run r;
   r.result = train(init, c, {}, [&](const json& e) {
+    if (e["event"] == "start") r.attention = e.value("attention", std::string("(not named)"));
     if (e["event"] == "step") {
       r.losses.push_back(e["loss"].get<double>());
       if (static_cast<int>(r.losses.size()) == stop_after) return false;
@@ -245,6 +248,13 @@ TEST_CASE("training lowers the loss and writes a loadable model", "[train]") {
   REQUIRE(r.losses.size() == 24);
   CHECK(r.losses.back() < r.losses.front() - 0.3);
   CHECK(r.result["interrupted"] == false);
+  // The start event names the attention kernel the layers run: the SDPA dispatcher's choice on
+  // libtorch 2.x (on this CPU float32, causal, with gradients), the math path on 1.13.
+#if VHOST_TORCH_AT_LEAST(2, 0)
+  CHECK_THAT(r.attention, Catch::Matchers::Matches("math|flash_attention|efficient_attention|cudnn_attention"));
+#else
+  CHECK_THAT(r.attention, Catch::Matchers::StartsWith("math (libtorch 1.13"));
+#endif
   auto m = LlamaModel::load(r.result["model"].get<std::string>());
   CHECK(m.config().vocab_size == 97);
   CHECK(fs::exists(dir / "out" / "checkpoints" / "step-00000024" / "optimizer.safetensors"));

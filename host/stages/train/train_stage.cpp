@@ -82,6 +82,8 @@ json run_train(StageContext& ctx) {
                 << (e.value("world_size", 1) > 1 ? " x " + std::to_string(e.value("world_size", 1)) + " processes" : "")
                 << ": " << total << " steps of " << e.value("batch_size", 0) << " sequences (micro-batch "
                 << e.value("micro_batch_size", 0) << ", accumulation " << e.value("grad_accum", 0) << ")\n";
+        if (e.contains("attention") && e["attention"].is_string())
+          ctx.out << "attention kernel: " << e["attention"].get<std::string>() << "\n";
         if (e.contains("resumed_from"))
           ctx.out << "resumed from " << e["resumed_from"].get<std::string>() << " at step " << from << "\n";
       }

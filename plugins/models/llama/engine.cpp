@@ -250,7 +250,7 @@ void Engine::step(const std::shared_ptr<Request>& joining) {
     auto logits = model_.forward(ids.narrow(0, r0, n), &view, pads.narrow(0, r0, n), false,
                                  adapters.defined() ? adapters.narrow(0, r0, n) : adapters)
                       .select(1, 0)
-                      .to(torch::kCPU, torch::kFloat32);
+                      .to(torch::kFloat32);  // on a GPU they stay there: sample_tokens samples on the device
     std::vector<const SamplingParams*> ps;
     std::vector<const std::vector<int32_t>*> ss, generated;
     std::vector<torch::Generator*> gs;

@@ -334,9 +334,15 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
   std::vector<int64_t> next_ids(B), all_rows(B);
   for (int64_t b = 0; b < B; ++b) all_rows[b] = b;
   for (int64_t step = 0; step < p.max_tokens; ++step) {
-    auto lg = logits.to(torch::kCPU, torch::kFloat32).contiguous();
-    if (plain_greedy) {
+    // On the CPU the rows are read in place; on a device they stay there (argmax or
+    // sample_tokens_on_device) and only the B picked ids come back.
+    const bool on_host = logits.device().is_cpu();
+    auto lg = on_host ? logits.to(torch::kFloat32).contiguous() : logits;
+    if (plain_greedy && on_host) {
       greedy_ids(lg, all_rows, next_ids);
+    } else if (plain_greedy) {
+      auto ids = lg.argmax(-1).to(torch::kCPU, torch::kInt64).contiguous();
+      std::copy(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + B, next_ids.begin());
     } else {  // the rows still going, each with its generator and what it has seen
       std::vector<int64_t> rows;
       std::vector<const std::vector<int32_t>*> ss, gen_so_far;
@@ -345,7 +351,7 @@ std::vector<GenerationResult> generate(const LlamaModel& model, const Tokenizer*
         if (state[b].done) next_ids[b] = 0;
         else rows.push_back(b), ss.push_back(&seen[b]), gs.push_back(&gens[b]), gen_so_far.push_back(&results[b].tokens);
       std::vector<const SamplingParams*> ps(rows.size(), &p);
-      auto picks = sample_tokens(lg.index_select(0, torch::tensor(rows, torch::kInt64)), ps, ss, gs, gen_so_far);
+      auto picks = sample_tokens(lg.index_select(0, torch::tensor(rows, torch::kInt64).to(lg.device())), ps, ss, gs, gen_so_far);
       for (std::size_t i = 0; i < rows.size(); ++i) next_ids[rows[i]] = picks[i];
     }
     // Account the new tokens; stop what has stopped.

@@ -938,13 +938,16 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
     throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "sequence of " + std::to_string(S) +
                                                        " positions exceeds the KV cache capacity " +
                                                        std::to_string(cache->capacity));
-  auto ids = tokens.to(device_, torch::kInt64);
-  if (ids.numel()) {
-    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  // Token ids from the host are checked there. Ids already on the device (a decoder's own argmax
+  // or sample, kept there) are not read back: that would wait for the device every step.
+  if (tokens.device().is_cpu() && tokens.numel()) {
+    const auto host = tokens.to(torch::kInt64);
+    const int64_t lo = host.min().item<int64_t>(), hi = host.max().item<int64_t>();
     if (lo < 0 || hi >= cfg_.vocab_size)
       throw vhost::Error(VHOST_ERR_INVALID_ARGUMENT, "token id " + std::to_string(lo < 0 ? lo : hi) +
                                                          " is outside the vocabulary of " + std::to_string(cfg_.vocab_size));
   }
+  auto ids = tokens.to(device_, torch::kInt64);
   torch::Tensor x;  // [B, T, D]
   if (embed_.scalar_type() == torch::kUInt8) {  // quantized rows, dequantised as they are looked up
     auto flat = ids.contiguous();

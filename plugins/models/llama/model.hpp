@@ -61,7 +61,9 @@ class LlamaModel {
   // `last_only`: logits of the last position only ([batch, 1, vocab]), as a prefill that samples
   // its next token needs; the output layer then runs on one row instead of `time`.
   // `adapters` ([batch] int64, optional): each row's LoRA adapter (an add_adapter index), -1 the
-  // base alone.
+  // base alone. Token ids on the CPU outside the vocabulary are an error (INVALID_ARGUMENT); ids
+  // already on the model's device (its own argmax or samples) are used unread, so a decoding loop
+  // that keeps them there never waits for the device.
   torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr,
                         const torch::Tensor& left_pad = torch::Tensor(), bool last_only = false,
                         const torch::Tensor& adapters = torch::Tensor()) const;

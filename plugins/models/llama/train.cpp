@@ -1199,8 +1199,18 @@ class TrainRun {
                   {"gradient_checkpointing", c_.gradient_checkpointing},
                   {"method", c_.lora ? "lora" : "full"}, {"trainable_parameters", tr_->trainable_parameters()},
                   {"frozen_bytes_per_rank", tr_->frozen_bytes()}};
+    start["attention"] = attention_kernel();
     if (!resumed_from_.empty()) start["resumed_from"] = resumed_from_.string();
     return start;
+  }
+
+  // The attention kernel the layers' causal_attention runs: the SDPA dispatcher asked with
+  // inputs of one micro-batch row's shape, dtype and device (gradients on, as in training).
+  std::string attention_kernel() const {
+    const int64_t H = mc_.num_attention_heads, hd = mc_.head_dim(), T = std::max<int64_t>(1, longest_);
+    const auto o = torch::TensorOptions().dtype(env_.compute_dtype).device(env_.device);
+    auto q = torch::empty({1, H, T, hd}, o).requires_grad_(true), kv = torch::empty({1, H, T, hd}, o);
+    return torch_compat::attention_kernel(q, kv, kv);
   }
 
   // One optimizer step over batch_size sequences (micro-batch k on rank k % world); returns

@@ -46,4 +46,24 @@ inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, con
 #endif
 }
 
+// Which attention kernel causal_attention runs for inputs like these (q [B, H, T, d] and k, v
+// already repeated to H heads, as causal_attention hands them on): on libtorch 2.x the SDPA
+// dispatcher's own choice (at::_fused_sdp_choice: "flash_attention", "efficient_attention",
+// "cudnn_attention", "math", ...), on 1.13 "math (libtorch 1.13: no scaled_dot_product_attention)".
+inline std::string attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+#if VHOST_TORCH_AT_LEAST(2, 0)
+  switch (at::_fused_sdp_choice(q, k, v, {}, 0.0, /*is_causal=*/true)) {
+    case 0: return "math";
+    case 1: return "flash_attention";
+    case 2: return "efficient_attention";
+    case 3: return "cudnn_attention";
+    case 4: return "overrideable";
+    default: return "none (no SDPA kernel takes these inputs)";
+  }
+#else
+  (void)q, (void)k, (void)v;
+  return "math (libtorch " + version() + ": no scaled_dot_product_attention)";
+#endif
+}
+
 }  // namespace vhost::torch_compat
