@@ -8,6 +8,7 @@
 #include "safetensors.hpp"
 
 #include <vhost/plugin.hpp>
+#include <vhost/torch/compat.hpp>
 
 #include <sys/mman.h>
 
@@ -1016,6 +1017,13 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
     }
     // One new token per row in float32 on the CPU: one kernel pass over the cache.
     torch::Tensor attn = T == 1 && cache ? kernel_decode_attention(q, *cache, li, pad, S, scale) : torch::Tensor();
+    // A prompt from slot 0 without padding (a prefill, the engine's included: each prompt fills a
+    // row of its own) is plain causal attention: on libtorch 2.x scaled_dot_product_attention,
+    // whose flash / memory-efficient kernels never hold the [T, S] scores.
+    if (!attn.defined() && torch_compat::has_sdpa() && T > 1 && start == 0 && !padded)
+      attn = torch_compat::causal_attention(q, keys.to(q.scalar_type()), values.to(q.scalar_type()))
+                 .transpose(1, 2)
+                 .reshape({B, T, H * hd});
     if (!attn.defined()) attn = torch_attention(q, keys, values, mask(), KV, rep, scale);
     x = x + proj_lora(attn, L.o, li, 3);
     auto m = rms_norm(x, L.post_norm);

@@ -23,6 +23,9 @@ inline std::string gpu_runtime() { return VHOST_TORCH_GPU; }
 // Whether a CUDA (or HIP) device is usable right now.
 inline bool gpu_available() { return torch::cuda::is_available(); }
 
+// Whether causal_attention runs libtorch's scaled_dot_product_attention (2.x) or the maths (1.13).
+constexpr bool has_sdpa() { return VHOST_TORCH_AT_LEAST(2, 0); }
+
 // Causal self-attention: q [B, H, T, d]; k and v [B, KV, T, d] with H a multiple of KV
 // (grouped-query attention: query head h reads kv head h / (H / KV)); scaled by 1/sqrt(d).
 // libtorch 2.x: scaled_dot_product_attention (flash or memory-efficient kernels on CUDA);
