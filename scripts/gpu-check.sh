@@ -16,8 +16,13 @@
 #               checkpoint (random weights made on the spot, bf16 on disk), batch 1 as a share of
 #               the HBM bound (weight bytes / the device's copy bandwidth measured in the same
 #               run), beside HF transformers' generate() on the same checkpoint (bench/hf_generate.py)
+#   serve       vhost serve --backend cuda on the GQA checkpoint: 8 concurrent completions through
+#               the continuous-batching engine (its logits sampled on the device), half greedy,
+#               half with top-k / top-p / a presence penalty / a seed; 32 tokens each; a greedy
+#               request alone twice the same text
 #   train       20 steps of a ~1B shape at 2048 tokens, bf16 compute, gradient checkpointing:
-#               the loss falls; tokens/s and MFU from metrics.jsonl; peak allocated memory
+#               the loss falls; tokens/s and MFU from metrics.jsonl; the attention kernel the
+#               train stage names; peak allocated memory
 #   resume      SIGTERM after a checkpoint, then the same command: it resumes and the losses of
 #               the resumed steps equal the uninterrupted run's (within 2e-3)
 # Work goes to ${GPU_CHECK_DIR:-/tmp/vhost-gpu-check}; the table also lands in $OUT when set.
@@ -216,6 +221,65 @@ for b, r in sorted(steps.items()):
 PY
 )
 done
+
+# ---- serve: the continuous-batching engine on the device (each step's logits sampled there),
+# through the OpenAI API: 8 concurrent completions of 32 tokens, half greedy, half sampled with
+# top-k, top-p, a presence penalty and a seed each (the four differ); a greedy request and a
+# seeded one alone, twice each, give the same text.
+"$vhost" serve "$work/gqa" --backend "$backend" --port 0 --max-batch 8 > "$work/serve.log" 2>&1 &
+spid=$!
+port=
+for _ in $(seq 1 1200); do
+  port=$(sed -n 's/.*127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$work/serve.log" | head -1)
+  [ -n "$port" ] && break
+  kill -0 $spid 2>/dev/null || break
+  sleep 0.1
+done
+if [ -z "$port" ]; then
+  tail -5 "$work/serve.log"; row serve FAIL "vhost serve --backend $backend did not start"
+else
+  verdict=$(py - "$port" "$backend" <<'PY'
+import json, sys, threading, time, urllib.request
+port, backend = sys.argv[1:3]
+def ask(body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.load(r)
+base = {"model": "gqa", "prompt": "the model reads each token", "max_tokens": 32, "ignore_eos": True}
+greedy = dict(base, temperature=0)
+sampled = dict(base, temperature=0.8, top_p=0.9, top_k=40, presence_penalty=0.5, seed=7)
+alone = [ask(greedy)["choices"][0]["text"] for _ in range(2)]
+seeded = [ask(sampled)["choices"][0]["text"] for _ in range(2)]
+out, errors = [None] * 8, []
+def run(i):
+    try:
+        out[i] = ask(greedy if i % 2 == 0 else dict(sampled, seed=i))
+    except Exception as e:
+        errors.append(f"request {i}: {e}")
+t0 = time.time()
+threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+secs = time.time() - t0
+if errors:
+    print("FAIL " + "; ".join(errors[:2])); sys.exit()
+lengths = {o["usage"]["completion_tokens"] for o in out}
+texts = [o["choices"][0]["text"] for o in out]
+problems = []
+if alone[0] != alone[1]: problems.append("a greedy request alone gave two texts")
+if seeded[0] != seeded[1]: problems.append("a seeded sampled request alone gave two texts")
+if lengths != {32}: problems.append(f"completion lengths {sorted(lengths)}, want 32")
+if len(set(texts[1::2])) < 2: problems.append("four sampled requests with four seeds gave one text")
+print(("FAIL " + "; ".join(problems)) if problems else
+      f"PASS 8 concurrent completions on {backend} (4 greedy, 4 sampled with 4 seeds: top-k, top-p, presence "
+      f"penalty), 32 tokens each in {secs:.2f} s, {len(set(texts[1::2]))} distinct sampled texts; "
+      f"greedy and seeded requests alone twice the same")
+PY
+) || verdict="FAIL the requests could not be made"
+  row serve "${verdict%% *}" "${verdict#* }"
+  kill $spid 2>/dev/null; wait $spid 2>/dev/null
+fi
 
 # ---- train and resume
 "$vhost" prepare "$work/long.json" --model "$work/m1b" --out "$work/data" --max-length $seq_len > "$work/prepare.log" 2>&1 ||

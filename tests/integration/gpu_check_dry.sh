@@ -38,6 +38,7 @@ else
   expect '^decode +INFO +m7b batch 16: .*HF generate\(\) not run \(no transformers here\)'
 fi
 expect '^decode .*m7b batch 1: .*goal \(>= 70% of the bound, >= 3x HF\) (met|NOT met)'
+expect '^serve +PASS +8 concurrent completions on cpu .* 32 tokens each'
 expect '^train +PASS +loss .* -> .* in 8 steps.*; attention kernel: (math|flash_attention|efficient_attention|cudnn_attention)'
 expect '^resume +PASS +8 losses after SIGTERM and resume'
 if grep -q FAIL $t; then echo "a row failed"; exit 1; fi
