@@ -18,8 +18,8 @@
 #               run), beside HF transformers' generate() on the same checkpoint (bench/hf_generate.py)
 #   serve       vhost serve --backend cuda on the GQA checkpoint: 8 concurrent completions through
 #               the continuous-batching engine (its logits sampled on the device), half greedy,
-#               half with top-k / top-p / a presence penalty / a seed; 32 tokens each; a greedy
-#               request alone twice the same text
+#               half with top-k / top-p / a presence penalty and four seeds: 32 tokens each, the
+#               sampled texts not all one; a greedy and a seeded request alone twice the same text
 #   train       20 steps of a ~1B shape at 2048 tokens, bf16 compute, gradient checkpointing:
 #               the loss falls; tokens/s and MFU from metrics.jsonl; the attention kernel the
 #               train stage names; peak allocated memory

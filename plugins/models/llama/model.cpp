@@ -1021,9 +1021,7 @@ torch::Tensor LlamaModel::forward_rows(const torch::Tensor& tokens, KVCache* cac
     // row of its own) is plain causal attention: on libtorch 2.x scaled_dot_product_attention,
     // whose flash / memory-efficient kernels never hold the [T, S] scores.
     if (!attn.defined() && torch_compat::has_sdpa() && T > 1 && start == 0 && !padded)
-      attn = torch_compat::causal_attention(q, keys.to(q.scalar_type()), values.to(q.scalar_type()))
-                 .transpose(1, 2)
-                 .reshape({B, T, H * hd});
+      attn = torch_compat::causal_attention(q, keys, values).transpose(1, 2).reshape({B, T, H * hd});
     if (!attn.defined()) attn = torch_attention(q, keys, values, mask(), KV, rep, scale);
     x = x + proj_lora(attn, L.o, li, 3);
     auto m = rms_norm(x, L.post_norm);
