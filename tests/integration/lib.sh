@@ -4,6 +4,9 @@
 build=$1 src=$2 scratch=$3
 vhost=$build/bin/vhost
 rm -rf "$scratch"; mkdir -p "$scratch"; cd "$scratch"
+# The CLI's shortcuts write their work folders under $TMPDIR ($TMPDIR/vhost-serve, ...): each test
+# gets its own, so tests run side by side (ctest -j) never write or read another's.
+export TMPDIR=$scratch/tmp; mkdir -p "$TMPDIR"
 
 # port_of LOG [PID]: prints the first 127.0.0.1 port LOG names, waiting up to 15 s for it; fails
 # with the log when PID exits first or the time is up.

@@ -97,10 +97,14 @@ TEST_CASE("CLI shortcuts name the flag a bad value came from, not a hidden pipel
     CHECK_THAT(r.out, !Contains("vhost serve:") && !Contains("vhost generate:") && !Contains("vhost prepare:"));
   }
   // A prompt is the user's text: no ${NAME} expansion, no TOML quoting to get wrong.
-  auto r = run_cmd(vhost_cmd("generate " + m + " --prompt '${HOME} \"q\" \\ $$' --max-tokens 1 --temperature 0"));
+  // (TMPDIR its own: the shortcut's work folder, $TMPDIR/vhost-generate, is not shared with tests
+  // running beside it.)
+  const fs::path tmp = scratch("cli-prompt-text");
+  auto r = run_cmd("TMPDIR=" + tmp.string() + " " +
+                   vhost_cmd("generate " + m + " --prompt '${HOME} \"q\" \\ $$' --max-tokens 1 --temperature 0"));
   CHECK(r.rc == 0);
   INFO(r.out);
-  std::string line = read_file(fs::temp_directory_path() / "vhost-generate" / "generate.jsonl");
+  std::string line = read_file(tmp / "vhost-generate" / "generate.jsonl");
   CHECK(nlohmann::json::parse(line.substr(0, line.find('\n')))["prompt"] == "${HOME} \"q\" \\ $$");
 }
 
