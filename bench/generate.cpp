@@ -283,6 +283,16 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
     return 0;
   }
   for (int64_t b : {int64_t{1}, batch}) {
+    {  // Untimed warm-up steps, as llama-bench's warm-up run: at least 2 and 0.25 s. libtorch's
+       // set_num_threads starts a pthreadpool whose idle workers spin on the cores for tens of
+       // milliseconds (perf: ~65 ms of CPU on this 2-core VM); on a small model the timed steps
+       // began inside that.
+      auto warm = KVCache::create(cfg, b, 34, torch::TensorOptions().dtype(model.cache_dtype()));
+      auto t = torch::ones({b, 1}, torch::kInt64);
+      const auto w0 = Clock::now();
+      for (int i = 0; i < 32 && (i < 2 || std::chrono::duration<double>(Clock::now() - w0).count() < 0.25); ++i)
+        t = model.forward(t, &warm).argmax(-1);
+    }
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
     auto tok = torch::ones({b, 1}, torch::kInt64);
     auto s0 = Clock::now();

@@ -5,16 +5,19 @@
 #
 #   bench/large_model.sh [--preset 7b] [--dir DIR] [--threads 2] [--tokens 8] [--batch 16] [--rounds 3]
 #                        [--keep] [--reuse] [--quantize q8_0] [--prompt 256] [--decode-dtype auto|float32|bfloat16]
+#                        [--dtype bfloat16|float16|float32]
 #   --keep: leave DIR/m.gguf; --reuse: start from it; --quantize: convert with it (vhost decodes
 #   the Q8_0 blocks in place, llama.cpp runs the same file); --prompt N: also the prefill of one
 #   N-token prompt, beside llama-bench's "pp N"; --decode-dtype: as the llama plugin's decode_dtype,
 #   bfloat16: vhost's products of a bf16 file with bf16-rounded activations (llama.cpp's arithmetic
 #   for BF16), float32: float32 activations, auto (the default, as the plugin's): bfloat16 where
-#   the CPU has AVX512-BF16 (vdpbf16ps), float32 elsewhere
+#   the CPU has AVX512-BF16 (vdpbf16ps), float32 elsewhere; --dtype: the checkpoint's (and so the
+#   GGUF's) dtype, bfloat16 by default (float32: the stories15M float32 row, e.g. --preset stories15m
+#   --dtype float32 --tokens 128)
 #
 # Steps (peak RSS of each from /usr/bin/time):
-#   1. vhost model init --preset P --dtype bfloat16   (HF folder, shard by shard)
-#   2. vhost model convert HF -> GGUF (BF16 matrices, F32 norms: what llama.cpp's converter writes)
+#   1. vhost model init --preset P --dtype D   (HF folder, shard by shard)
+#   2. vhost model convert HF -> GGUF (D's matrices, F32 norms: what llama.cpp's converter writes)
 #   3. the HF folder is removed (disk: two copies of 7B are 27 GB)
 #   4. bench_generate --model the GGUF: batch 1 and --batch, tokens/s of the decoding steps, and the
 #      memory bound of batch 1: the weights a step reads, streamed by the same threads right after
@@ -26,10 +29,16 @@
 # Needs ~14 GB of free disk (7b) and about 16 GB of memory; takes ~15 minutes on 2 cores.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-preset=7b dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0 quantize= prompt=0 bf16act=(--decode-dtype auto)
+preset=7b dtype=bfloat16 dir= threads=2 tokens=8 batch=16 keep=0 rounds=3 reuse=0 quantize= prompt=0 bf16act=(--decode-dtype auto)
 while [ $# -gt 0 ]; do
   case $1 in
     --preset) preset=$2; shift 2 ;;
+    --dtype)
+      case $2 in
+        bfloat16|float16|float32) dtype=$2 ;;
+        *) echo "large_model.sh: --dtype: bfloat16, float16 or float32, got '$2'" >&2; exit 2 ;;
+      esac
+      shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --tokens) tokens=$2; shift 2 ;;
@@ -74,7 +83,7 @@ report() {  # report LABEL: the last run's peak RSS beside the weights' bytes
     'BEGIN { printf "%-34s peak RSS %6.2f GB  (%.2fx the weights)  %4d s\n", l, kb * 1024 / 1e9, kb * 1024 / w, s }'
 }
 
-echo "bench/large_model.sh: preset $preset, bf16, $threads threads, $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo) GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "bench/large_model.sh: preset $preset, $dtype, $threads threads, $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo) GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 tokarg=(--tokenizer-text "$here/README.md")
 [ -n "$tok" ] && tokarg=(--tokenizer "$tok")
 weights=$(stat -c %s "$dir/m.gguf" 2>/dev/null || echo 1)
@@ -82,10 +91,10 @@ if [ "$reuse" = 1 ] && [ -f "$dir/m.gguf" ]; then
   echo "   reusing $dir/m.gguf (steps 1-3 skipped)"
 else
 rm -rf "$dir/hf" "$dir/m.gguf"
-run "$vhost" model init --preset "$preset" --dtype bfloat16 --out "$dir/hf" "${tokarg[@]}" --overwrite
+run "$vhost" model init --preset "$preset" --dtype "$dtype" --out "$dir/hf" "${tokarg[@]}" --overwrite
 weights=$(cat "$dir"/hf/*.safetensors | wc -c)
 echo "   checkpoint: $(awk -v w="$weights" 'BEGIN { printf "%.2f GB", w / 1e9 }') in $(ls "$dir/hf" | grep -c 'safetensors$') safetensors files"
-report "1. model init ($preset, bfloat16)"
+report "1. model init ($preset, $dtype)"
 run "$vhost" model convert "$dir/hf" "$dir/m.gguf" ${quantize:+--quantize "$quantize"}
 report "2. model convert HF -> GGUF${quantize:+ ($quantize)}"
 [ -z "$quantize" ] || weights=$(stat -c %s "$dir/m.gguf")  # from here on, against the quantized file

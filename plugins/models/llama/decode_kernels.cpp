@@ -632,11 +632,69 @@ struct Spans {
   }
 };
 
+// One row of A against float32 weights with short rows (K <= kRowByRowK): W's rows one after
+// another, each summed in one vector as tile() sums it (lane j adds k = j, j + V, ... in order; the
+// last K % V zero-padded), V rows' sums reduced by tree_reduce as tile() reduces its own: each
+// sum is bit for bit tile()'s, so a batch's row stays the row alone. emit(n, sums, count) for
+// rows [n, n + count).
+//
+// Why: a tile's NR rows side by side are NR streams a row (1152 bytes at K = 288) apart, which
+// this machine's prefetchers served at half the rate of one stream, software prefetch or not; one
+// row after another is a single sequential stream. Zen 4, 2 threads, 37 MB of float32 weights
+// streamed from memory (a stand-alone harness, the two ways alternating 4 times): K = 288 28-30
+// against 15-20 GB/s, K = 512 38-40 against 20-24, K = 768 34-39 against 24-26, K = 1024 26-28
+// against 22-24, K = 2048 even (17-25 against 23-26), K = 4096 slower on one thread (14-17 against
+// 16-21: one chain of V-wide sums a row waits on the multiply-adds' latency). In vhost,
+// `bench_generate --gemm 32000 288 --only f32` (stories15M's output layer), one row: 9.8, 18.5 ->
+// 28.2, 37.7 GB/s (AVX-512), 15.4, 19.3 -> 32.4, 31.2 (`--kernels avx2`); stories15M float32 batch 1
+// 237-330 -> 331-445 tokens/s (builds alternating 5 times; docs/models.md).
+constexpr int64_t kRowByRowK = 1024;
+template <int V, typename F>
+VHOST_INLINE void row_by_row(const float* A, const float* W, int64_t K, int64_t n0, int64_t n1, F&& emit) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  const int64_t Kv = K - K % V;
+  const std::size_t rest = static_cast<std::size_t>(K - Kv);
+  vec a_rest{};
+  if (rest) std::memcpy(&a_rest, A + Kv, rest * sizeof(float));
+  for (int64_t n = n0; n < n1; n += V) {
+    const int count = static_cast<int>(std::min<int64_t>(V, n1 - n));
+    vec acc[V] = {};
+    for (int i = 0; i < count; ++i) {
+      const float* w = W + (n + i) * K;
+      vec sum{};
+      for (int64_t k = 0; k < Kv; k += V) {
+        vec a;
+        std::memcpy(&a, A + k, sizeof(vec));
+        sum += a * load_vec<V, vec>(w + k);
+      }
+      if (rest) {
+        float part[V] = {};
+        std::memcpy(part, w + Kv, rest * sizeof(float));
+        sum += a_rest * load_vec<V, vec>(part);
+      }
+      acc[i] = sum;
+    }
+    tree_reduce<V, V>(acc);
+    float sums[V];
+    std::memcpy(sums, &acc[0], sizeof sums);
+    emit(n, sums, count);
+  }
+}
+template <typename TW>
+inline bool use_row_by_row(int64_t M, int64_t K) {
+  return std::is_same_v<TW, float> && M == 1 && K <= kRowByRowK;
+}
+
 // Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache;
 // with k in spans (bfloat16, Spans), kSpanTiles column tiles at a time take turns on each span.
 template <int V, int MR, int NR, typename TW>
 VHOST_INLINE void column_tiles(const float* A, int64_t M, const TW* W, int64_t N, int64_t K, float* C, bool acc,
                                int64_t t0, int64_t t1) {
+  if constexpr (std::is_same_v<TW, float>)
+    if (use_row_by_row<TW>(M, K))
+      return row_by_row<V>(A, W, K, t0 * NR, std::min(N, t1 * NR), [&](int64_t n, const float* sums, int count) {
+        for (int i = 0; i < count; ++i) C[n + i] = acc ? C[n + i] + sums[i] : sums[i];
+      });
   const int64_t wr = w_row<TW>(K);
   const int64_t blocks = (M + MR - 1) / MR;
   const Spans<V, TW> sp(M, K, t0, t1);
@@ -677,6 +735,22 @@ VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const TW* Wg, const T
   static_assert(MR * NR == V || MR * NR == 2 * V || (kPairs<V, TW> && MR * NR < 2 * V),
                 "one tile's sums fill whole vectors");
   constexpr int kSums = MR * NR > V ? 2 * V : V;
+  if constexpr (std::is_same_v<TW, float>)
+    if (use_row_by_row<TW>(M, K)) {  // V rows of each at a time, then silu(gate) * up as below
+      for (int64_t n = t0 * NR, end = std::min(N, t1 * NR); n < end; n += V) {
+        float g[V] = {}, u[V] = {};
+        const int64_t e = std::min(end, n + V);
+        row_by_row<V>(A, Wg, K, n, e, [&](int64_t, const float* sums, int count) { std::memcpy(g, sums, count * sizeof(float)); });
+        row_by_row<V>(A, Wu, K, n, e, [&](int64_t, const float* sums, int count) { std::memcpy(u, sums, count * sizeof(float)); });
+        vec gv, uv;
+        std::memcpy(&gv, g, sizeof gv);
+        std::memcpy(&uv, u, sizeof uv);
+        gv = silu_mul<V>(gv, uv);
+        std::memcpy(g, &gv, sizeof gv);
+        std::memcpy(C + n, g, static_cast<std::size_t>(e - n) * sizeof(float));
+      }
+      return;
+    }
   const int64_t wr = w_row<TW>(K);
   const int64_t blocks = (M + MR - 1) / MR;
   const Spans<V, TW> sp(M, K, t0, t1);

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# bench/large_model.sh end to end on the tiny preset (seconds, not the 7B's 15 minutes): model init
+# in the --dtype asked for, convert to GGUF, bench_generate on it, each step's peak RSS; llama.cpp's
+# tools pointed away (LLAMA_CPP_BIN), so it says they were not run. Malformed flags are refused with
+# exit 2 naming the flag and the values it takes.
+#   large_model_script.sh BUILD_DIR SOURCE_DIR SCRATCH_DIR
+set -euo pipefail
+source "$(dirname "$0")/lib.sh" "$@"
+script=$src/bench/large_model.sh
+[ -x /usr/bin/time ] || { echo "SKIP: /usr/bin/time is missing (scripts/install-deps.sh installs time)"; exit 0; }
+
+export VHOST_BUILD=$build LLAMA_CPP_BIN=$scratch/no-llama-cpp
+bash "$script" --preset tiny --dtype float32 --tokens 4 --batch 2 --rounds 1 --dir "$scratch/m" > run.txt 2>&1 ||
+  { cat run.txt; echo "large_model.sh failed"; exit 1; }
+for want in 'preset tiny, float32' '1. model init (tiny, float32)' '2. model convert HF -> GGUF' \
+            'bench/generate --model .*: float32' 'batch 1 ' 'batch 2 ' '5. llama.cpp: not run'; do
+  grep -q -- "$want" run.txt || { cat run.txt; echo "no '$want' in the output"; exit 1; }
+done
+[ ! -e "$scratch/m" ] || { echo "without --keep the folder should be gone"; exit 1; }
+
+refused() {  # refused MESSAGE ARGS...
+  local want=$1; shift
+  local rc=0
+  bash "$script" "$@" > bad.txt 2>&1 || rc=$?
+  [ "$rc" = 2 ] || { cat bad.txt; echo "large_model.sh $*: exit $rc, want 2"; exit 1; }
+  grep -qF -- "$want" bad.txt || { cat bad.txt; echo "large_model.sh $*: wanted '$want'"; exit 1; }
+}
+refused "--dtype: bfloat16, float16 or float32, got 'int8'" --preset tiny --dtype int8
+refused "--decode-dtype: auto, float32 or bfloat16, got 'f64'" --decode-dtype f64
+refused "unknown argument '--dtypes'" --dtypes float32
+echo "large_model_script: ok"
