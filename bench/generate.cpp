@@ -46,6 +46,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <set>
 #include <string>
 #include <thread>
@@ -287,10 +288,11 @@ static int model_mode(const std::string& path, int threads, int64_t tokens, int6
        // set_num_threads starts a pthreadpool whose idle workers spin on the cores for tens of
        // milliseconds (perf: ~65 ms of CPU on this 2-core VM); on a small model the timed steps
        // began inside that.
-      auto warm = KVCache::create(cfg, b, 34, torch::TensorOptions().dtype(model.cache_dtype()));
+      const int64_t slots = std::min<int64_t>(34, cfg.max_position_embeddings);
+      auto warm = KVCache::create(cfg, b, slots, torch::TensorOptions().dtype(model.cache_dtype()));
       auto t = torch::ones({b, 1}, torch::kInt64);
       const auto w0 = Clock::now();
-      for (int i = 0; i < 32 && (i < 2 || std::chrono::duration<double>(Clock::now() - w0).count() < 0.25); ++i)
+      for (int64_t i = 0; i + 2 < slots && (i < 2 || std::chrono::duration<double>(Clock::now() - w0).count() < 0.25); ++i)
         t = model.forward(t, &warm).argmax(-1);
     }
     auto cache = KVCache::create(cfg, b, tokens + 2, torch::TensorOptions().dtype(model.cache_dtype()));
@@ -446,7 +448,7 @@ static int gemm_mode(int64_t N, int64_t K, int threads) {
   return 0;
 }
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   int threads = 2;
   int64_t tokens = 128, batch = 16;
   std::string preset = "stories15m", bf16_kernel;
@@ -556,4 +558,16 @@ int main(int argc, char** argv) {
                 threads - 1, threads - 1 == 1 ? "" : "s", fewer, fewer / idle, fewer / spin);
   }
   return 0;
+}
+
+// A bad file or a request the model cannot take (more --tokens than its context) is an error
+// message and exit status 2, not std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "bench_generate: %s\n", e.what());
+    return 2;
+  }
 }

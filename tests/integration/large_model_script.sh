@@ -10,13 +10,20 @@ script=$src/bench/large_model.sh
 [ -x /usr/bin/time ] || { echo "SKIP: /usr/bin/time is missing (scripts/install-deps.sh installs time)"; exit 0; }
 
 export VHOST_BUILD=$build LLAMA_CPP_BIN=$scratch/no-llama-cpp
-bash "$script" --preset tiny --dtype float32 --tokens 4 --batch 2 --rounds 1 --dir "$scratch/m" > run.txt 2>&1 ||
+bash "$script" --preset tiny --dtype float32 --tokens 4 --batch 2 --rounds 1 --dir "$scratch/m" --keep > run.txt 2>&1 ||
   { cat run.txt; echo "large_model.sh failed"; exit 1; }
 for want in 'preset tiny, float32' '1. model init (tiny, float32)' '2. model convert HF -> GGUF' \
             'bench/generate --model .*: float32' 'batch 1 ' 'batch 2 ' '5. llama.cpp: not run'; do
   grep -q -- "$want" run.txt || { cat run.txt; echo "no '$want' in the output"; exit 1; }
 done
-[ ! -e "$scratch/m" ] || { echo "without --keep the folder should be gone"; exit 1; }
+[ -f "$scratch/m/m.gguf" ] || { echo "--keep did not keep m/m.gguf"; exit 1; }
+
+# bench_generate on that file: more tokens than the model's context, or no such file, is an error
+# message and exit 2 (it was std::terminate's "terminate called after throwing").
+rc=0; "$build/bin/bench_generate" --model "$scratch/m/m.gguf" --tokens 100000 --batch 1 > ctx.txt 2>&1 || rc=$?
+[ "$rc" = 2 ] && grep -q '^bench_generate: .*exceeds the context' ctx.txt || { cat ctx.txt; echo "--tokens 100000: exit $rc"; exit 1; }
+rc=0; "$build/bin/bench_generate" --model "$scratch/none.gguf" > none.txt 2>&1 || rc=$?
+[ "$rc" = 2 ] && grep -q '^bench_generate: .*none.gguf' none.txt || { cat none.txt; echo "a missing file: exit $rc"; exit 1; }
 
 refused() {  # refused MESSAGE ARGS...
   local want=$1; shift
