@@ -680,10 +680,8 @@ VHOST_INLINE void row_by_row(const float* A, const float* W, int64_t K, int64_t 
     emit(n, sums, count);
   }
 }
-template <typename TW>
-inline bool use_row_by_row(int64_t M, int64_t K) {
-  return std::is_same_v<TW, float> && M == 1 && K <= kRowByRowK;
-}
+// Whether a product of M rows takes row_by_row (callers: float32 weights only, by if constexpr).
+inline bool use_row_by_row(int64_t M, int64_t K) { return M == 1 && K <= kRowByRowK; }
 
 // Column tiles [t0, t1) (NR rows of W each), every row of A against each while it is in cache;
 // with k in spans (bfloat16, Spans), kSpanTiles column tiles at a time take turns on each span.
@@ -691,7 +689,7 @@ template <int V, int MR, int NR, typename TW>
 VHOST_INLINE void column_tiles(const float* A, int64_t M, const TW* W, int64_t N, int64_t K, float* C, bool acc,
                                int64_t t0, int64_t t1) {
   if constexpr (std::is_same_v<TW, float>)
-    if (use_row_by_row<TW>(M, K))
+    if (use_row_by_row(M, K))
       return row_by_row<V>(A, W, K, t0 * NR, std::min(N, t1 * NR), [&](int64_t n, const float* sums, int count) {
         for (int i = 0; i < count; ++i) C[n + i] = acc ? C[n + i] + sums[i] : sums[i];
       });
@@ -736,7 +734,7 @@ VHOST_INLINE void gate_up_tiles(const float* A, int64_t M, const TW* Wg, const T
                 "one tile's sums fill whole vectors");
   constexpr int kSums = MR * NR > V ? 2 * V : V;
   if constexpr (std::is_same_v<TW, float>)
-    if (use_row_by_row<TW>(M, K)) {  // V rows of each at a time, then silu(gate) * up as below
+    if (use_row_by_row(M, K)) {  // V rows of each at a time, then silu(gate) * up as below
       for (int64_t n = t0 * NR, end = std::min(N, t1 * NR); n < end; n += V) {
         float g[V] = {}, u[V] = {};
         const int64_t e = std::min(end, n + V);
